@@ -1,0 +1,43 @@
+# Thin wrapper over CMake for the two commands of README.md: `make run` and `make test`.
+BUILD      ?= build
+BUILD_TYPE ?= Debug
+CMAKE_ARGS ?=
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: all deps configure build run test test-asan stop clean release bench
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+configure: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_ARGS) >/dev/null
+
+build: configure
+	@cmake --build $(BUILD) -j $(JOBS)
+
+release:
+	@$(MAKE) --no-print-directory build BUILD=build-release BUILD_TYPE=Release
+
+run: deps
+	@$(MAKE) --no-print-directory build BUILD=build-release BUILD_TYPE=Release
+	@scripts/run.sh build-release/batchd conf/dev.yaml
+
+test: build
+	@scripts/test.sh $(BUILD)
+
+test-asan:
+	@$(MAKE) --no-print-directory build BUILD=build-asan \
+	    CMAKE_ARGS="-DBATCHD_ASAN=ON -DBATCHD_UBSAN=ON"
+	@ASAN_OPTIONS=detect_leaks=1 scripts/test.sh build-asan
+
+stop:
+	@scripts/stack.sh stop dev
+
+bench: deps
+	@$(MAKE) --no-print-directory build BUILD=build-release BUILD_TYPE=Release
+	@bench/run.sh build-release
+
+clean:
+	rm -rf build build-release build-asan

@@ -1,0 +1,34 @@
+/* buf.h -- a growable byte buffer, reused rather than reallocated on hot paths.
+ *
+ * Owns its memory; bd_buf_reset keeps the capacity for the next use (redis's reusable
+ * query buffer). Any thread, no locking.
+ */
+#ifndef BATCHD_BUF_H
+#define BATCHD_BUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct bd_buf {
+    char *data;           /* NUL-terminated when len < cap */
+    size_t len;
+    size_t cap;
+    int is_failed;        /* an allocation failed: contents are incomplete */
+};
+
+void bd_buf_init(struct bd_buf *b);
+void bd_buf_free(struct bd_buf *b);
+void bd_buf_reset(struct bd_buf *b);               /* len = 0, keeps the memory */
+int bd_buf_reserve(struct bd_buf *b, size_t extra); /* BD_OK or BD_ENOMEM (is_failed set) */
+void bd_buf_append(struct bd_buf *b, const void *data, size_t len);
+void bd_buf_puts(struct bd_buf *b, const char *s);
+void bd_buf_printf(struct bd_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void bd_buf_put_u16be(struct bd_buf *b, uint16_t v);
+void bd_buf_put_u32be(struct bd_buf *b, uint32_t v);
+void bd_buf_put_u64be(struct bd_buf *b, uint64_t v);
+/* Append s as a JSON string literal (quotes and escapes). */
+void bd_buf_json_string(struct bd_buf *b, const char *s, size_t len);
+/* Take the memory out (caller frees); b is left empty. */
+char *bd_buf_steal(struct bd_buf *b, size_t *len);
+
+#endif

@@ -1,0 +1,159 @@
+/* http_server.h -- HTTP/1.1 server on uv_tcp + llhttp.
+ *
+ * Keep-alive, pipelined requests answered in order, chunked request bodies, limits on
+ * header size, URL length, body size and connections, idle and slow-request timeouts.
+ * A complete request is handed to one callback; the handler answers it, now or later,
+ * with exactly one bd_http_respond*() or one bd_http_stream_begin() ... bd_http_stream_end().
+ * Knows nothing of jobs. Loop thread only. The process must ignore SIGPIPE (libuv writes
+ * with write(2)).
+ */
+#ifndef BATCHD_HTTP_SERVER_H
+#define BATCHD_HTTP_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define BD_HTTP_MAX_PARAMS 4
+
+struct bd_http_server;
+
+struct bd_http_header {
+    const char *name;                 /* as received; compare case-insensitively */
+    const char *value;
+};
+
+struct bd_http_request {
+    /* Filled by the server; all memory lives in the request's arena and is valid until
+     * the response is finished (bd_http_respond*() returned or bd_http_stream_end()). */
+    const char *method;               /* "GET", "POST", ... */
+    const char *target;               /* raw request target "/a/b?x=1" */
+    const char *path;                 /* target without the query, still percent-encoded */
+    const char *query;                /* raw query without '?', "" when none */
+    const char *body;                 /* NUL-terminated copy of the de-chunked body ("" if none) */
+    size_t body_len;
+    const struct bd_http_header *headers;
+    unsigned headers_count;
+    uint64_t start_ns;                /* uv_hrtime() when the first byte arrived */
+
+    /* Filled by the router before the handler runs. */
+    const char *route;                /* the matched pattern ("/api/v1/batch/jobs/{id}"), or NULL */
+    const char *params[BD_HTTP_MAX_PARAMS]; /* decoded path parameters, in pattern order */
+    unsigned params_count;
+
+    void *user;                       /* free for the handler */
+};
+
+/* Called once per complete request. req is borrowed until the handler finishes it. */
+typedef void (*bd_http_request_cb)(struct bd_http_request *req, void *arg);
+
+/* Called after each response has been queued, for metrics/logging (route may be NULL). */
+typedef void (*bd_http_response_cb)(const struct bd_http_request *req, int status,
+                                    uint64_t duration_ns, void *arg);
+
+/* Called when the client goes away before its response finished. The handler must still
+ * finish the request (respond or stream_end); the server then just frees it. */
+typedef void (*bd_http_abort_cb)(struct bd_http_request *req, void *arg);
+
+/* Called when a stream's queued output has been written to the socket (backpressure). */
+typedef void (*bd_http_drain_cb)(struct bd_http_request *req, void *arg);
+
+/* Called once when bd_http_server_close() has finished (all connections closed). */
+typedef void (*bd_http_closed_cb)(struct bd_http_server *srv, void *arg);
+
+/* A zero limit or timeout below picks the default in brackets. */
+struct bd_http_options {
+    unsigned max_connections;         /* more are accepted and closed at once with 503 [1024] */
+    unsigned max_header_bytes;        /* sum of header names+values; over -> 431, close [16 KiB] */
+    unsigned max_url_bytes;           /* over -> 414, close [8 KiB] */
+    size_t max_body_bytes;            /* over (Content-Length or chunked) -> 413, close [16 MiB] */
+    uint64_t idle_timeout_ms;         /* no request in progress [60 s] */
+    uint64_t request_timeout_ms;      /* first byte to full request; over -> 408 [30 s] */
+    bd_http_request_cb on_request;    /* required */
+    void *on_request_arg;
+    bd_http_response_cb on_response;  /* optional */
+    void *on_response_arg;
+};
+
+/* Create a server on loop. Returns BD_OK and *out, or a negative error (nothing created). */
+int bd_http_server_new(uv_loop_t *loop, const struct bd_http_options *opt,
+                       struct bd_http_server **out);
+
+/* Bind and listen on host:port (port 0 picks one; see bd_http_server_get_port).
+ * Returns BD_OK or a libuv error (UV_EADDRINUSE, ...). */
+int bd_http_server_listen(struct bd_http_server *srv, const char *host, int port);
+
+/* The bound port, or -1 if not listening. */
+int bd_http_server_get_port(const struct bd_http_server *srv);
+
+/* Open connections right now. */
+unsigned bd_http_server_get_connections(const struct bd_http_server *srv);
+
+/* Stop accepting, close idle connections, let requests in progress finish (their
+ * connections close after the response), then free srv and call cb once (async). */
+void bd_http_server_close(struct bd_http_server *srv, bd_http_closed_cb cb, void *arg);
+
+/* ---- Per-request helpers --------------------------------------------------------- */
+
+/* Allocate from the request's arena (freed with the request). NULL on ENOMEM. */
+void *bd_http_alloc(struct bd_http_request *req, size_t size);
+char *bd_http_strdup(struct bd_http_request *req, const char *s);
+
+/* Header value (case-insensitive name) or NULL. Borrowed from req. */
+const char *bd_http_header_get(const struct bd_http_request *req, const char *name);
+
+/* Percent-decoded value of query parameter name ('+' is a space), or NULL when absent.
+ * Arena memory. */
+const char *bd_http_query_get(struct bd_http_request *req, const char *name);
+
+/* Register the abort callback (see bd_http_abort_cb). */
+void bd_http_set_abort_cb(struct bd_http_request *req, bd_http_abort_cb cb, void *arg);
+
+/* Finish req with a complete response. extra_headers is NULL or "Name: value\r\n..." lines.
+ * body is copied. Safe to call after the client went away (then it just frees req).
+ * req must not be used afterwards. */
+void bd_http_respond(struct bd_http_request *req, int status, const char *content_type,
+                     const char *extra_headers, const char *body, size_t body_len);
+
+/* Finish req with {"error":{"code":code,"message":message[,"field":field]}} and status.
+ * field may be NULL. */
+void bd_http_respond_error(struct bd_http_request *req, int status, const char *code,
+                           const char *message, const char *field);
+
+/* bd_http_respond_error() plus extra_headers (NULL or "Name: value\r\n..." lines), for the
+ * errors that need one: 405 Allow, 429/503 Retry-After. */
+void bd_http_respond_error_ex(struct bd_http_request *req, int status, const char *extra_headers,
+                              const char *code, const char *message, const char *field);
+
+/* Finish req with the JSON error for a bd error code (bd_err_http_status/bd_err_api_code);
+ * message NULL means bd_strerror(err). */
+void bd_http_respond_err(struct bd_http_request *req, int err, const char *message,
+                         const char *field);
+
+/* Start a streamed (chunked) response. Returns BD_OK, or a negative error when the client
+ * is gone (the handler still ends the stream). */
+int bd_http_stream_begin(struct bd_http_request *req, int status, const char *content_type,
+                         const char *extra_headers);
+
+/* Queue data (copied) as one chunk. Returns BD_OK, or UV_ECONNRESET/UV_EPIPE when the client
+ * is gone. */
+int bd_http_stream_write(struct bd_http_request *req, const char *data, size_t len);
+
+/* Bytes queued for this stream but not yet written to the socket. */
+size_t bd_http_stream_get_pending(const struct bd_http_request *req);
+
+/* Call cb once the stream's pending output drops to zero (one-shot; re-arm each time). */
+void bd_http_stream_set_drain_cb(struct bd_http_request *req, bd_http_drain_cb cb, void *arg);
+
+/* Finish the stream (terminating chunk). req must not be used afterwards. */
+void bd_http_stream_end(struct bd_http_request *req);
+
+/* Reason phrase for status ("Not Found"). Never NULL. */
+const char *bd_http_status_text(int status);
+
+/* Percent-decode in[0..len) into out (outlen bytes, NUL-terminated). plus_is_space turns
+ * '+' into ' ' (query strings). Returns the decoded length, or -1 on a bad escape, an
+ * encoded NUL, or when out is too small. */
+long bd_http_url_decode(const char *in, size_t len, char *out, size_t outlen, int plus_is_space);
+
+#endif

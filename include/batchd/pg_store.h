@@ -1,0 +1,164 @@
+/* pg_store.h -- PostgreSQL through nonblocking libpq: a pool, async queries, COPY IN,
+ * and the versioned schema.
+ *
+ * Each connection is connected with PQconnectStart/PQconnectPoll and watched with a
+ * uv_poll on PQsocket; nothing here ever blocks the loop (no PQexec, no PQconnectdb).
+ * Broken connections are reconnected with backoff. Loop thread only.
+ *
+ * Callback contract (STYLE.md): a function that takes a callback returns < 0 and never
+ * calls it, or returns BD_OK and calls it exactly once, asynchronously -- with BD_EPG when
+ * the connection broke and BD_ECANCELED when the pool is closing.
+ */
+#ifndef BATCHD_PG_STORE_H
+#define BATCHD_PG_STORE_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct bd_pg;        /* the pool */
+struct bd_pg_conn;   /* one pooled connection, leased to one caller at a time */
+
+struct bd_pg_options {
+    const char *conninfo;            /* URL or key=value conninfo; copied */
+    unsigned pool_size;              /* connections kept open, >= 1 */
+    double acquire_timeout_s;        /* bd_pg_acquire waits at most this, then BD_EPG */
+    double statement_timeout_s;      /* SET statement_timeout on each new connection; 0 = none */
+};
+
+/* Called once when a pool-level operation completes (connect, migrate, close). */
+typedef void (*bd_pg_done_cb)(int status, void *arg);
+
+/* Called with a leased connection (status BD_OK) or with NULL and an error. */
+typedef void (*bd_pg_conn_cb)(int status, struct bd_pg_conn *conn, void *arg);
+
+/* Called with a statement's result. status BD_OK: res is the last result (tuples or command
+ * ok). status BD_EPG: res is the error result when the server sent one (inspect it with
+ * PQresultErrorField, e.g. PG_DIAG_SQLSTATE "23505"), or NULL when the connection broke.
+ * res is borrowed and PQclear'ed when the callback returns. */
+typedef void (*bd_pg_result_cb)(int status, PGresult *res, void *arg);
+
+/* Create the pool and start connecting every connection (async). Returns BD_OK and *out,
+ * or a negative error with nothing created. Connections that fail are retried forever with
+ * backoff (100 ms doubling to 5 s); bd_pg_is_up tells whether one is connected. */
+int bd_pg_new(uv_loop_t *loop, const struct bd_pg_options *opt, struct bd_pg **out);
+
+/* Fail everything pending with BD_ECANCELED, close every connection, free the pool, then
+ * call cb (async, may be NULL). Waiters and operations in flight are called back (with
+ * BD_ECANCELED) from inside bd_pg_close. A connection still leased stays valid until its
+ * holder calls bd_pg_release (every other call on it returns BD_ECANCELED): the pool is
+ * freed, and cb called, only once every lease has been released. */
+void bd_pg_close(struct bd_pg *pg, bd_pg_done_cb cb, void *arg);
+
+/* Apply the versioned schema migrations (src/pg_schema.c) that are not yet in
+ * schema_migrations, each in its own transaction under an advisory lock so several
+ * processes may start at once. Running it twice is a no-op. Waits for a connection (so
+ * fails with BD_EPG after acquire_timeout_s when PostgreSQL is down). A failing statement's
+ * server message is logged here (level error), since only this function sees it. */
+int bd_pg_migrate(struct bd_pg *pg, bd_pg_done_cb cb, void *arg);
+
+/* True when at least one connection is established. */
+bool bd_pg_is_up(const struct bd_pg *pg);
+
+/* Established connections / configured pool size / callers waiting for a connection. */
+unsigned bd_pg_get_connected(const struct bd_pg *pg);
+unsigned bd_pg_get_pool_size(const struct bd_pg *pg);
+unsigned bd_pg_get_waiting(const struct bd_pg *pg);
+
+/* Lease a connection (FIFO among waiters). cb gets it once one is free and connected, or
+ * BD_EPG after acquire_timeout_s (0 = wait for ever). The caller must bd_pg_release it
+ * exactly once. Allocates one small waiter record. */
+int bd_pg_acquire(struct bd_pg *pg, bd_pg_conn_cb cb, void *arg);
+
+/* Give conn back. If it is inside a transaction (failed or not) it is rolled back before
+ * reuse; if it is broken it is reconnected. Must not be called while an operation on conn
+ * is in flight. */
+void bd_pg_release(struct bd_pg_conn *conn);
+
+/* Send one statement with parameters (PQsendQueryParams; params are copied into libpq's
+ * buffer before return, so they are borrowed only for the call). values[i] NULL = SQL NULL;
+ * lengths/formats may be NULL (all text). result_binary asks for binary results.
+ * sql may hold several ';'-separated statements only when nparams is 0 (then PQsendQuery):
+ * the callback gets the last result, or the first error. One operation per conn at a time. */
+int bd_pg_conn_query(struct bd_pg_conn *conn, const char *sql, int nparams,
+                     const char *const *values, const int *lengths, const int *formats,
+                     int result_binary, bd_pg_result_cb cb, void *arg);
+
+/* Run copy_sql ("COPY t (...) FROM STDIN [WITH (FORMAT binary)]") and feed data[0..len)
+ * with PQputCopyData without blocking (resumes on writability), then PQputCopyEnd.
+ * data is borrowed until cb. cb gets the COPY's command result ("COPY n"). */
+int bd_pg_conn_copy_in(struct bd_pg_conn *conn, const char *copy_sql, const char *data,
+                       size_t len, bd_pg_result_cb cb, void *arg);
+
+/* Send several statements in one round trip using libpq pipeline mode; results are
+ * delivered to cb once: status BD_OK with the LAST statement's result, or BD_EPG with the
+ * first error result (statements after an error are skipped by the server).
+ * Each statement is sqls[i] with nparams[i] text parameters params[i][0..] (nparams may be
+ * NULL: no parameters anywhere). Each sqls[i] must be ONE statement (extended protocol).
+ * Outside an explicit BEGIN the statements run as one implicit transaction: an error rolls
+ * back the ones before it too. */
+int bd_pg_conn_pipeline(struct bd_pg_conn *conn, unsigned count, const char *const *sqls,
+                        const int *nparams, const char *const *const *params,
+                        bd_pg_result_cb cb, void *arg);
+
+/* Convenience: acquire, run one bd_pg_conn_query, release. Same callback rules. */
+int bd_pg_query(struct bd_pg *pg, const char *sql, int nparams, const char *const *values,
+                const int *lengths, const int *formats, int result_binary,
+                bd_pg_result_cb cb, void *arg);
+
+/* Error text of the connection (PQerrorMessage, trailing newline removed), for logs.
+ * Borrowed until the next operation on conn. */
+const char *bd_pg_conn_get_error(struct bd_pg_conn *conn);
+
+/* The backend's process id of a connected conn (PQbackendPID), 0 when not connected. For
+ * logs and tests (pg_terminate_backend). */
+int bd_pg_conn_get_backend_pid(const struct bd_pg_conn *conn);
+
+/* ---- binary COPY encoder ------------------------------------------------------------------
+ * Builds a "COPY t (...) FROM STDIN WITH (FORMAT binary)" payload for bd_pg_conn_copy_in:
+ *     bd_pg_copybuf_begin(&b);
+ *     for each row: bd_pg_copybuf_row(&b, ncols); then one field call per column, in order;
+ *     bd_pg_copybuf_end(&b);
+ *     bd_pg_conn_copy_in(conn, sql, b.data, b.len, cb, arg);
+ * All integers go out in network byte order. The buffer grows by doubling (it allocates);
+ * reuse it with bd_pg_copybuf_reset, which keeps the memory. Errors are sticky: after a
+ * failure (BD_ENOMEM, or BD_EINVAL for a value too large) every call returns it, so a caller
+ * may check only the result of bd_pg_copybuf_end (or b.err). */
+struct bd_pg_copybuf {
+    char *data;                       /* owned; payload is data[0..len) */
+    size_t len;
+    size_t cap;
+    int err;                          /* BD_OK or the first error */
+};
+
+void bd_pg_copybuf_init(struct bd_pg_copybuf *b);                 /* empty, no allocation */
+void bd_pg_copybuf_reset(struct bd_pg_copybuf *b);                /* len = 0, err cleared */
+void bd_pg_copybuf_free(struct bd_pg_copybuf *b);                 /* frees data; re-init'd */
+int bd_pg_copybuf_reserve(struct bd_pg_copybuf *b, size_t bytes); /* room for bytes more */
+int bd_pg_copybuf_begin(struct bd_pg_copybuf *b);                 /* signature + header */
+int bd_pg_copybuf_row(struct bd_pg_copybuf *b, unsigned ncols);   /* starts a tuple */
+int bd_pg_copybuf_null(struct bd_pg_copybuf *b);                  /* SQL NULL field */
+int bd_pg_copybuf_text(struct bd_pg_copybuf *b, const char *s, size_t len); /* text, UTF-8 */
+int bd_pg_copybuf_bytes(struct bd_pg_copybuf *b, const void *p, size_t len); /* bytea */
+int bd_pg_copybuf_int4(struct bd_pg_copybuf *b, int32_t v);
+int bd_pg_copybuf_int8(struct bd_pg_copybuf *b, int64_t v);
+int bd_pg_copybuf_float8(struct bd_pg_copybuf *b, double v);
+int bd_pg_copybuf_bool(struct bd_pg_copybuf *b, bool v);
+/* real[] with one dimension (lower bound 1, no NULLs); n == 0 writes '{}'. */
+int bd_pg_copybuf_float4_array(struct bd_pg_copybuf *b, const float *v, size_t n);
+/* jsonb from JSON text (the server validates it). */
+int bd_pg_copybuf_jsonb(struct bd_pg_copybuf *b, const char *json, size_t len);
+int bd_pg_copybuf_end(struct bd_pg_copybuf *b);                   /* trailer */
+
+/* ---- schema (src/pg_schema.c) ---------------------------------------------------------- */
+struct bd__pg_migration {
+    int version;
+    const char *name;
+    const char *sql;                  /* may hold several statements */
+};
+extern const struct bd__pg_migration bd__pg_migrations[];
+extern const unsigned bd__pg_migrations_count;
+
+#endif

@@ -1,0 +1,138 @@
+/* redis_queue.h -- the job queue, leases and counters in Redis, through hiredis async on
+ * the libuv adapter.
+ *
+ * Keys (prefix default "bd:"):
+ *   {p}seq                 INCR: job id sequence shared by every process
+ *   {p}q:high|normal|low   ZSET job_id -> seq (FIFO within a priority)
+ *   {p}inflight            ZSET job_id -> lease deadline (ms, Redis server time)
+ *   {p}job:<id>            HASH priority, seq, model, items, owner, cancel
+ *   {p}model:<m>           HASH pending, processing (per-model counts)
+ *   {p}queued_items        counter of items in queued jobs (backpressure)
+ * Atomic operations are Lua scripts loaded once (SCRIPT LOAD, EVALSHA, reloaded on
+ * NOSCRIPT). The connection is re-established with backoff when Redis goes away; the owner
+ * is told through the state callback so it can rebuild the queue from PostgreSQL.
+ * Loop thread only.
+ *
+ * Callback contract (STYLE.md): returns < 0 and never calls cb, or returns BD_OK and calls
+ * cb exactly once, asynchronously (BD_EREDIS on error/disconnect, BD_ECANCELED on close).
+ */
+#ifndef BATCHD_REDIS_QUEUE_H
+#define BATCHD_REDIS_QUEUE_H
+
+#include <hiredis/hiredis.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct bd_rq;
+
+enum bd_priority { BD_PRIO_HIGH = 0, BD_PRIO_NORMAL = 1, BD_PRIO_LOW = 2 };
+#define BD_PRIO_COUNT 3
+
+struct bd_rq_options {
+    const char *url;                 /* redis://[:password@]host:port[/db]; copied */
+    const char *worker_id;           /* lease owner name; copied */
+    const char *prefix;              /* key prefix, NULL = "bd:" (tests use their own) */
+    double lease_s;                  /* lease length */
+    double command_timeout_s;        /* a command unanswered this long fails with BD_EREDIS
+                                      * and the connection is reset (hiredis 0.14 has no
+                                      * per-command timeout) */
+};
+
+/* Called on every transition: up=true after (re)connect and scripts loaded; false on loss. */
+typedef void (*bd_rq_state_cb)(bool up, void *arg);
+typedef void (*bd_rq_done_cb)(int status, void *arg);
+/* Generic reply; reply is borrowed (freed by hiredis when the callback returns), NULL on error. */
+typedef void (*bd_rq_reply_cb)(int status, const redisReply *reply, void *arg);
+typedef void (*bd_rq_int_cb)(int status, long long value, void *arg);
+/* job_id is borrowed (NULL when nothing to claim). */
+typedef void (*bd_rq_claim_cb)(int status, const char *job_id, void *arg);
+
+struct bd_rq_counts {
+    long long pending[BD_PRIO_COUNT];
+    long long inflight;
+    long long queued_items;
+};
+typedef void (*bd_rq_counts_cb)(int status, const struct bd_rq_counts *counts, void *arg);
+
+/* Create and start connecting (async). Returns BD_OK and *out or a negative error. */
+int bd_rq_new(uv_loop_t *loop, const struct bd_rq_options *opt, struct bd_rq **out);
+
+/* Register the up/down callback (one). */
+void bd_rq_set_state_cb(struct bd_rq *rq, bd_rq_state_cb cb, void *arg);
+
+/* Fail pending commands with BD_ECANCELED, disconnect, free, then cb (async; may be NULL). */
+void bd_rq_close(struct bd_rq *rq, bd_rq_done_cb cb, void *arg);
+
+bool bd_rq_is_up(const struct bd_rq *rq);
+
+/* Any command, argv form (binary safe). */
+int bd_rq_command_argv(struct bd_rq *rq, int argc, const char **argv, const size_t *argvlen,
+                       bd_rq_reply_cb cb, void *arg);
+
+/* Next job sequence number (INCR {p}seq). */
+int bd_rq_next_seq(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
+
+/* Queue job_id at prio with FIFO key seq; records model and item count for counters.
+ * Idempotent: a job already queued or in flight is left where it is.
+ * cb's value is the job's 1-based position across all priorities (jobs ahead + 1). */
+int bd_rq_enqueue(struct bd_rq *rq, const char *job_id, enum bd_priority prio, int64_t seq,
+                  const char *model, long long items, bd_rq_int_cb cb, void *arg);
+
+/* Atomically take the oldest job of the highest non-empty priority, put it in flight with a
+ * lease of lease_s owned by worker_id. cb gets the id, or NULL when all queues are empty. */
+int bd_rq_claim(struct bd_rq *rq, bd_rq_claim_cb cb, void *arg);
+
+/* Extend the lease of job_id if this worker still owns it. cb value: 1 renewed, 0 lost
+ * (not in flight or another owner), 2 renewed and a cancel was requested for the job. */
+int bd_rq_renew(struct bd_rq *rq, const char *job_id, bd_rq_int_cb cb, void *arg);
+
+/* Job finished (or handed back when requeue): drop it from in flight if we own it; with
+ * requeue put it back at the head of its priority (its original seq). cb value 1 if done. */
+int bd_rq_release(struct bd_rq *rq, const char *job_id, bool requeue, bd_rq_int_cb cb,
+                  void *arg);
+
+/* Cancel bookkeeping: if job_id is queued remove it (cb value 1); if in flight set its cancel
+ * flag for the owner to see at its next renew (cb value 2); else 0. */
+int bd_rq_cancel(struct bd_rq *rq, const char *job_id, bd_rq_int_cb cb, void *arg);
+
+/* Return every job whose lease deadline passed to the head of its queue. cb value: count. */
+int bd_rq_reap(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
+
+/* Queue depths, in-flight count and queued items (backpressure). */
+int bd_rq_get_counts(struct bd_rq *rq, bd_rq_counts_cb cb, void *arg);
+
+/* Per-model pending/processing: reply is an array [model, pending, processing, ...]. */
+int bd_rq_get_model_counts(struct bd_rq *rq, bd_rq_reply_cb cb, void *arg);
+
+/* INFO memory's used_memory in bytes. */
+int bd_rq_get_used_memory(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
+
+/* 1 when the queue keys are absent (Redis was flushed or restarted empty): the caller then
+ * rebuilds from PostgreSQL. Uses a marker key {p}alive set by bd_rq_mark_alive. */
+int bd_rq_is_empty(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
+int bd_rq_mark_alive(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
+
+/* Added by redis_queue.c (for GET /debug/job/{id}): reply is a flat array of field, value
+ * pairs: the job hash (priority, seq, model, items, owner, cancel when set), then
+ * "lease_ms_left" when in flight, and last "state" = "queued" | "inflight" | "absent". */
+int bd_rq_get_job_info(struct bd_rq *rq, const char *job_id, bd_rq_reply_cb cb, void *arg);
+
+/* Added: rebuild after Redis lost its data (bd_rq_is_empty gave 1). Puts job_id, which this
+ * process is running, straight in flight under this worker with a fresh lease, so that
+ * bd_rq_renew keeps answering 1 and no other process claims it (queued jobs are rebuilt with
+ * bd_rq_enqueue). cb value: 1 adopted (or already ours: lease renewed), 0 when the job is
+ * queued or in flight under another worker. model may be NULL (no per-model counts). */
+int bd_rq_adopt(struct bd_rq *rq, const char *job_id, enum bd_priority prio, int64_t seq,
+                const char *model, long long items, bd_rq_int_cb cb, void *arg);
+
+/* Notes on the above (redis_queue.c): lease_s <= 0 means 30 s, command_timeout_s <= 0 means
+ * 5 s. Functions return BD_EREDIS at once while the connection is down, BD_ECANCELED once
+ * bd_rq_close was called, BD_EINVAL for a NULL/empty job_id or a NULL cb, BD_ENOMEM.
+ * bd_rq_enqueue's value is 0 for a job already in flight. bd_rq_release of a job that is
+ * neither in flight nor queued (its lease was reaped and it was claimed and finished
+ * elsewhere, or a repeat) deletes what is left of it and gives 1. bd_rq_command_argv is for
+ * request/reply commands only (no SUBSCRIBE/MONITOR). Error replies reach a
+ * bd_rq_reply_cb as BD_EREDIS with reply NULL (logged at debug level). */
+
+#endif

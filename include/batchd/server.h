@@ -1,0 +1,52 @@
+/* server.h -- the one struct that ties batchd's modules to the loop.
+ *
+ * main() creates it, bd_server_start() creates every module and starts listening,
+ * bd_server_stop() shuts down in order (stop accepting, hand jobs back, close stores).
+ * loop->data points at it. Loop thread only.
+ */
+#ifndef BATCHD_SERVER_H
+#define BATCHD_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct bd_config;
+struct bd_http_server;
+struct bd_router;
+struct bd_rq;
+struct bd_pg;
+struct bd_job_engine;
+struct bd_metrics;
+struct bd_model_client;
+
+struct bd_server {
+    uv_loop_t *loop;
+    const struct bd_config *cfg;           /* borrowed from main */
+    struct bd_http_server *http;
+    struct bd_router *router;
+    struct bd_rq *rq;
+    struct bd_pg *pg;
+    struct bd_job_engine *jobs;
+    struct bd_metrics *metrics;
+    struct bd_model_client *models;
+
+    uv_signal_t sig_term;
+    uv_signal_t sig_int;
+    uv_signal_t sig_hup;
+    uv_timer_t lag_timer;                  /* loop-lag probe */
+    uint64_t lag_expected_ns;
+    uint64_t start_time_unix;
+    unsigned pending_closes;
+    bool is_stopping;
+    int exit_code;
+};
+
+/* Create every module and listen. Returns BD_OK or a negative error (logged once here,
+ * everything created so far is closed again before return). */
+int bd_server_start(struct bd_server *srv, uv_loop_t *loop, const struct bd_config *cfg);
+
+/* Begin an orderly shutdown (idempotent); uv_run returns when it is complete. */
+void bd_server_stop(struct bd_server *srv);
+
+#endif

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# deps.sh -- install the Debian packages batchd needs to build, run and test.
+# Idempotent and silent when everything is already there. Debian 12 (bookworm).
+set -euo pipefail
+
+PKGS=(
+  gcc make cmake pkg-config libc6-dev
+  libuv1-dev node-llhttp libhiredis-dev libpq-dev libjansson-dev libcyaml-dev
+  libcurl4-openssl-dev libcmocka-dev
+  redis-server redis-tools postgresql postgresql-client
+  curl ca-certificates procps
+)
+PKGS+=("$@")
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "deps: installing ${missing[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "deps: missing packages (${missing[*]}) and not root; install them or run as root" >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+# Do not let package installation start system-wide Redis/PostgreSQL services: the project
+# runs its own private servers (scripts/stack.sh).
+if [ ! -e /usr/sbin/policy-rc.d ] && [ -z "$SUDO" ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+$SUDO apt-get update -qq >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "deps: done" >&2

@@ -1,0 +1,1034 @@
+/* api_jobs.c -- the write side of the job API: submit, cancel, retry.
+ *
+ * Owns each request's small state record from the handler to its response. Loop thread
+ * only. Submit validates everything before anything is written, then records the job and
+ * its batches in one PostgreSQL transaction (so a job is either wholly there or not at
+ * all), then queues it in Redis. PostgreSQL holds the truth: a job whose enqueue failed is
+ * still accepted and is queued by the engine's rebuild from PostgreSQL.
+ * SPDX-License-Identifier: MIT
+ */
+#include "batchd/api.h"
+
+#include "batchd/buf.h"
+#include "batchd/config.h"
+#include "batchd/error.h"
+#include "batchd/http_server.h"
+#include "batchd/job_engine.h"
+#include "batchd/log.h"
+#include "batchd/pg_store.h"
+#include "batchd/redis_queue.h"
+#include "batchd/router.h"
+#include "batchd/server.h"
+#include "batchd/sha256.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define API_ITEM_ID_MAX 256
+#define API_TEXT_MAX (1u << 20)
+
+/* ---- validation -------------------------------------------------------------------- */
+
+struct api_invalid {
+    char field[96];
+    char message[256];
+};
+
+static int api_fail(struct api_invalid *inv, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int api_fail(struct api_invalid *inv, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+    snprintf(inv->field, sizeof(inv->field), "%s", field);
+    va_start(ap, fmt);
+    vsnprintf(inv->message, sizeof(inv->message), fmt, ap);
+    va_end(ap);
+    return BD_EINVAL;
+}
+
+static bool api_is_collection_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 63 || !(islower((unsigned char)s[0]) || s[0] == '_'))
+        return false;
+    for (size_t i = 1; i < n; i++)
+        if (!(islower((unsigned char)s[i]) || isdigit((unsigned char)s[i]) || s[i] == '_'))
+            return false;
+    return true;
+}
+
+static bool api_is_item_id(const char *s, size_t n)
+{
+    if (n == 0 || n > API_ITEM_ID_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return false;
+    return true;
+}
+
+/* An open-addressed set of the job's item ids, to reject duplicates: the upsert of one
+ * batch may not touch the same (collection, id) twice. */
+struct api_idset {
+    const char **slots;
+    size_t mask;
+};
+
+static uint64_t api_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+/* 1 if added, 0 if present, -1 on ENOMEM. */
+static int api_idset_add(struct api_idset *set, size_t expected, const char *id)
+{
+    if (set->slots == NULL) {
+        size_t cap = 16;
+        while (cap < expected * 2)
+            cap <<= 1;
+        set->slots = calloc(cap, sizeof(char *));
+        if (set->slots == NULL)
+            return -1;
+        set->mask = cap - 1;
+    }
+    for (size_t i = api_hash(id) & set->mask;; i = (i + 1) & set->mask) {
+        if (set->slots[i] == NULL) {
+            set->slots[i] = id;
+            return 1;
+        }
+        if (strcmp(set->slots[i], id) == 0)
+            return 0;
+    }
+}
+
+struct api_submit {
+    struct bd_http_request *req;
+    struct bd_server *srv;
+    json_t *body;                     /* the parsed request (owns the items) */
+    json_t *data;                     /* borrowed from body */
+    enum bd_job_operation op;
+    const char *model;                /* borrowed from body; NULL for bulk_insert */
+    char collection[64];
+    int priority;
+    unsigned batch_size;
+    double timeout_s;
+    int max_retries;
+    unsigned items;
+    unsigned batches;
+    unsigned dim;
+    const char *idem_key;             /* header, arena */
+    char request_hash[65];
+    char job_id[160];
+    char created_at[32];
+    double created_unix;
+    long long seq;
+    long long queue_position;
+    long long queued_ahead;           /* items queued before this job (Redis counter) */
+    json_t *metadata;                 /* {submitted_by, integration_pattern, ...} (owned) */
+    struct bd_pg_conn *conn;
+    char **batch_texts;               /* per batch JSON text, freed after the pipeline */
+};
+
+static const char *const api_submit_keys[] = { "operation", "model", "collection", "data",
+                                               "options", "metadata", NULL };
+static const char *const api_option_keys[] = { "batch_size", "priority", "timeout_s",
+                                               "max_retries", NULL };
+
+static const char *api_unknown_key(json_t *obj, const char *const *allowed)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v) {
+        bool ok = false;
+        for (const char *const *a = allowed; *a && !ok; a++)
+            ok = strcmp(*a, key) == 0;
+        if (!ok)
+            return key;
+    }
+    return NULL;
+}
+
+static int api_validate_items(struct api_submit *s, struct api_invalid *inv)
+{
+    struct api_idset ids = { 0 };
+    char field[64];
+    int rc = BD_OK;
+    size_t i;
+    json_t *item;
+
+    json_array_foreach(s->data, i, item) {
+        snprintf(field, sizeof(field), "data[%zu]", i);
+        if (!json_is_object(item)) {
+            rc = api_fail(inv, field, "must be an object");
+            break;
+        }
+        const char *k;
+        json_t *v;
+        json_object_foreach(item, k, v) {
+            if (strcmp(k, "id") && strcmp(k, "metadata") &&
+                strcmp(k, s->op == BD_OP_BULK_EMBED ? "text" : "embedding")) {
+                snprintf(field, sizeof(field), "data[%zu].%.32s", i, k);
+                rc = api_fail(inv, field, "unknown field");
+                goto out;
+            }
+        }
+        json_t *id = json_object_get(item, "id");
+        if (id) {
+            snprintf(field, sizeof(field), "data[%zu].id", i);
+            if (!json_is_string(id) || !api_is_item_id(json_string_value(id),
+                                                       json_string_length(id))) {
+                rc = api_fail(inv, field, "must be a string of 1 to %d printable characters",
+                              API_ITEM_ID_MAX);
+                break;
+            }
+            int added = api_idset_add(&ids, json_array_size(s->data), json_string_value(id));
+            if (added < 0) {
+                rc = BD_ENOMEM;
+                break;
+            }
+            if (added == 0) {
+                rc = api_fail(inv, field, "duplicate id '%s' in this job",
+                              json_string_value(id));
+                break;
+            }
+        } else if (s->op == BD_OP_BULK_INSERT) {
+            snprintf(field, sizeof(field), "data[%zu].id", i);
+            rc = api_fail(inv, field, "is required for bulk_insert");
+            break;
+        }
+        json_t *meta = json_object_get(item, "metadata");
+        if (meta && !json_is_object(meta) && !json_is_null(meta)) {
+            snprintf(field, sizeof(field), "data[%zu].metadata", i);
+            rc = api_fail(inv, field, "must be an object");
+            break;
+        }
+        if (s->op == BD_OP_BULK_EMBED) {
+            json_t *t = json_object_get(item, "text");
+            snprintf(field, sizeof(field), "data[%zu].text", i);
+            if (!json_is_string(t) || json_string_length(t) == 0) {
+                rc = api_fail(inv, field, "must be a non-empty string");
+                break;
+            }
+            if (json_string_length(t) > API_TEXT_MAX) {
+                rc = api_fail(inv, field, "is longer than %u bytes", API_TEXT_MAX);
+                break;
+            }
+            continue;
+        }
+        json_t *emb = json_object_get(item, "embedding");
+        snprintf(field, sizeof(field), "data[%zu].embedding", i);
+        if (!json_is_array(emb) || json_array_size(emb) == 0) {
+            rc = api_fail(inv, field, "must be a non-empty array of numbers");
+            break;
+        }
+        if (s->dim == 0) {
+            if (json_array_size(emb) > 65536) {
+                rc = api_fail(inv, field, "has more than 65536 dimensions");
+                break;
+            }
+            s->dim = (unsigned)json_array_size(emb);
+        } else if (json_array_size(emb) != s->dim) {
+            rc = api_fail(inv, field, "has %zu dimensions; the job's first item has %u",
+                          json_array_size(emb), s->dim);
+            break;
+        }
+        size_t d;
+        json_t *x;
+        json_array_foreach(emb, d, x) {
+            double f = json_number_value(x);
+            if (!json_is_number(x) || !isfinite(f) || fabs(f) > 3.4e38) {
+                snprintf(field, sizeof(field), "data[%zu].embedding[%zu]", i, d);
+                rc = api_fail(inv, field, "must be a finite number in float range");
+                goto out;
+            }
+        }
+    }
+out:
+    free(ids.slots);
+    return rc;
+}
+
+/* Collections default to "<model>_embeddings" with the model name folded into
+ * ^[a-z_][a-z0-9_]*$ (lower case; anything else becomes '_'). */
+static void api_default_collection(const char *model, char *out, size_t outlen)
+{
+    size_t n = 0;
+    if (!islower((unsigned char)tolower((unsigned char)model[0])))
+        out[n++] = '_';
+    for (const char *p = model; *p && n + 12 < outlen; p++) {
+        unsigned char c = (unsigned char)tolower((unsigned char)*p);
+        out[n++] = (islower(c) || isdigit(c)) ? (char)c : '_';
+    }
+    snprintf(out + n, outlen - n, "_embeddings");
+}
+
+static int api_validate_submit(struct api_submit *s, struct api_invalid *inv)
+{
+    const struct bd_config *cfg = s->srv->cfg;
+    json_t *b = s->body, *v;
+    const char *bad;
+
+    if (!json_is_object(b))
+        return api_fail(inv, "body", "must be a JSON object");
+    if ((bad = api_unknown_key(b, api_submit_keys)) != NULL)
+        return api_fail(inv, bad, "unknown field");
+    v = json_object_get(b, "operation");
+    if (!json_is_string(v))
+        return api_fail(inv, "operation", "is required: bulk_embed or bulk_insert");
+    if (bd_job_operation_parse(json_string_value(v), &s->op) != BD_OK)
+        return api_fail(inv, "operation", "must be bulk_embed or bulk_insert");
+
+    v = json_object_get(b, "model");
+    if (v && !json_is_null(v)) {
+        if (!json_is_string(v))
+            return api_fail(inv, "model", "must be a string");
+        s->model = json_string_value(v);
+    }
+    if (s->op == BD_OP_BULK_EMBED) {
+        if (s->model == NULL)
+            return api_fail(inv, "model", "is required for bulk_embed");
+        const struct bd_model_config *mc = bd_config_get_model(cfg, s->model);
+        if (mc == NULL)
+            return api_fail(inv, "model", "unknown model '%.64s'", s->model);
+        s->dim = mc->dimensions;
+    } else if (s->model && strlen(s->model) > 128) {
+        return api_fail(inv, "model", "is longer than 128 characters");
+    }
+
+    v = json_object_get(b, "collection");
+    if (v && !json_is_null(v)) {
+        if (!json_is_string(v) || !api_is_collection_name(json_string_value(v)))
+            return api_fail(inv, "collection", "must match ^[a-z_][a-z0-9_]{0,62}$");
+        snprintf(s->collection, sizeof(s->collection), "%s", json_string_value(v));
+    } else if (s->op == BD_OP_BULK_INSERT) {
+        return api_fail(inv, "collection", "is required for bulk_insert");
+    } else {
+        api_default_collection(s->model, s->collection, sizeof(s->collection));
+    }
+
+    v = json_object_get(b, "metadata");
+    if (v && !json_is_object(v) && !json_is_null(v))
+        return api_fail(inv, "metadata", "must be an object");
+
+    s->batch_size = cfg->default_batch_size;
+    s->priority = BD_PRIO_NORMAL;
+    s->timeout_s = cfg->job_timeout_s;
+    s->max_retries = (int)cfg->retry_attempts;
+    json_t *opt = json_object_get(b, "options");
+    if (opt && !json_is_null(opt)) {
+        if (!json_is_object(opt))
+            return api_fail(inv, "options", "must be an object");
+        if ((bad = api_unknown_key(opt, api_option_keys)) != NULL) {
+            char f[96];
+            snprintf(f, sizeof(f), "options.%.80s", bad);
+            return api_fail(inv, f, "unknown option");
+        }
+        if ((v = json_object_get(opt, "batch_size")) != NULL) {
+            if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+                json_integer_value(v) > (json_int_t)cfg->max_batch_size)
+                return api_fail(inv, "options.batch_size", "must be an integer from 1 to %u",
+                                cfg->max_batch_size);
+            s->batch_size = (unsigned)json_integer_value(v);
+        }
+        if ((v = json_object_get(opt, "priority")) != NULL) {
+            if (!json_is_string(v) ||
+                bd_job_priority_parse(json_string_value(v), &s->priority) != BD_OK)
+                return api_fail(inv, "options.priority", "must be high, normal or low");
+        }
+        if ((v = json_object_get(opt, "timeout_s")) != NULL) {
+            if (!json_is_number(v) || !(json_number_value(v) > 0) ||
+                json_number_value(v) > 30 * 86400.0)
+                return api_fail(inv, "options.timeout_s",
+                                "must be a number of seconds above 0 and at most 2592000");
+            s->timeout_s = json_number_value(v);
+        }
+        if ((v = json_object_get(opt, "max_retries")) != NULL) {
+            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 100)
+                return api_fail(inv, "options.max_retries", "must be an integer from 0 to 100");
+            s->max_retries = (int)json_integer_value(v);
+        }
+    }
+
+    s->data = json_object_get(b, "data");
+    if (!json_is_array(s->data) || json_array_size(s->data) == 0)
+        return api_fail(inv, "data", "must be a non-empty array");
+    if (json_array_size(s->data) > cfg->max_items_per_job)
+        return api_fail(inv, "data", "has %zu items; the limit is %u per job",
+                        json_array_size(s->data), cfg->max_items_per_job);
+    s->items = (unsigned)json_array_size(s->data);
+    s->batches = (s->items + s->batch_size - 1) / s->batch_size;
+    return api_validate_items(s, inv);
+}
+
+/* ---- submit: the async chain ---------------------------------------------------------- */
+
+static void api_submit_free(struct api_submit *s)
+{
+    if (s->batch_texts) {
+        for (unsigned i = 0; i < s->batches; i++)
+            free(s->batch_texts[i]);
+        free(s->batch_texts);
+    }
+    if (s->conn)
+        bd_pg_release(s->conn);
+    json_decref(s->metadata);
+    json_decref(s->body);
+    free(s);
+}
+
+static void api_submit_error(struct api_submit *s, int err, const char *message)
+{
+    if (err == BD_EPG || err == BD_EREDIS)
+        bd_log(BD_LOG_WARN, "api", "event=submit_failed err=%s msg=\"%s\"", bd_err_name(err),
+               message ? message : "");
+    bd_http_respond_err(s->req, err, message, NULL);
+    api_submit_free(s);
+}
+
+static void api_format_time(double unix_s, char *out, size_t outlen)
+{
+    time_t t = (time_t)unix_s;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static void api_submit_respond(struct api_submit *s, int status)
+{
+    const char *prio = bd_job_priority_name(s->priority);
+    double tput = bd_job_engine_get_throughput(s->srv->jobs);
+    json_t *eta = json_null();
+
+    /* Completion estimate from observed throughput (items/s over recent jobs, all
+     * processes): the items queued ahead of this job plus its own. Unknown until some job
+     * has finished. */
+    if (tput > 0 && s->queue_position > 0) {
+        char when[32];
+        double ahead = (double)s->queued_ahead;
+        api_format_time(s->created_unix + (ahead + s->items) / tput, when, sizeof(when));
+        eta = json_string(when);
+    }
+    json_t *j = json_pack("{s:s,s:s,s:s,s:s?,s:s,s:i,s:i,s:s,s:o,s:o,s:s,s:O}",
+                          "job_id", s->job_id, "status", "queued",
+                          "operation", bd_job_operation_name(s->op), "model", s->model,
+                          "collection", s->collection, "items_count", (int)s->items,
+                          "batch_size", (int)s->batch_size, "priority", prio,
+                          "estimated_completion", eta,
+                          "queue_position",
+                          s->queue_position > 0 ? json_integer(s->queue_position) : json_null(),
+                          "created_at", s->created_at, "metadata", s->metadata);
+    char loc[256];
+    snprintf(loc, sizeof(loc), "Location: " BD_API_PREFIX "/jobs/%s\r\n", s->job_id);
+    bd__api_respond_json(s->req, status, j, loc);
+    api_submit_free(s);
+}
+
+static void api_on_enqueued(int status, long long position, void *arg)
+{
+    struct api_submit *s = arg;
+
+    if (status == BD_OK)
+        s->queue_position = position;
+    else
+        bd_log(BD_LOG_WARN, "api", "job=%s event=enqueue_failed err=%s "
+               "note=queued_by_rebuild_from_postgres", s->job_id, bd_strerror(status));
+    bd_job_engine_kick(s->srv->jobs);
+    bd_log(BD_LOG_INFO, "api", "job=%s event=submitted operation=%s items=%u batches=%u "
+           "priority=%s", s->job_id, bd_job_operation_name(s->op), s->items, s->batches,
+           bd_job_priority_name(s->priority));
+    api_submit_respond(s, 202);
+}
+
+static void api_submit_step_existing(struct api_submit *s);
+
+static void api_on_job_written(int status, PGresult *res, void *arg)
+{
+    struct api_submit *s = arg;
+
+    bd_pg_release(s->conn);
+    s->conn = NULL;
+    if (status < 0) {
+        const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+        if (state && strcmp(state, "23505") == 0 && s->idem_key) {
+            /* Another request with this key won the race: answer as for a repeat. */
+            api_submit_step_existing(s);
+            return;
+        }
+        api_submit_error(s, BD_EPG, res ? PQresultErrorMessage(res) : "connection lost");
+        return;
+    }
+    if (bd_rq_enqueue(s->srv->rq, s->job_id, (enum bd_priority)s->priority, s->seq,
+                      s->model ? s->model : "", s->items, api_on_enqueued, s) < 0)
+        api_on_enqueued(BD_EREDIS, 0, s);
+}
+
+/* One transaction: the job row and one row per batch holding its items as compact JSON,
+ * sent as a pipeline (one round trip). */
+static void api_on_conn(int status, struct bd_pg_conn *conn, void *arg)
+{
+    struct api_submit *s = arg;
+    unsigned n = s->batches + 3;
+    int rc = BD_ENOMEM;
+
+    if (status < 0) {
+        api_submit_error(s, BD_EPG, "no database connection available");
+        return;
+    }
+    s->conn = conn;
+    const char **sqls = calloc(n, sizeof(*sqls));
+    int *np = calloc(n, sizeof(*np));
+    const char *const **params = calloc(n, sizeof(*params));
+    const char **bparams = calloc((size_t)s->batches * 5, sizeof(char *));
+    char *nums = calloc((size_t)s->batches * 3, 12);
+    s->batch_texts = calloc(s->batches, sizeof(char *));
+    if (!sqls || !np || !params || !bparams || !nums || !s->batch_texts)
+        goto out;
+
+    char prio[8], bs[16], items[16], nb[16], seq[24], created[32], timeout[32], retries[16],
+        dim[16];
+    snprintf(prio, sizeof(prio), "%d", s->priority);
+    snprintf(bs, sizeof(bs), "%u", s->batch_size);
+    snprintf(items, sizeof(items), "%u", s->items);
+    snprintf(nb, sizeof(nb), "%u", s->batches);
+    snprintf(seq, sizeof(seq), "%lld", s->seq);
+    snprintf(created, sizeof(created), "%.3f", s->created_unix);
+    snprintf(timeout, sizeof(timeout), "%.3f", s->timeout_s);
+    snprintf(retries, sizeof(retries), "%d", s->max_retries);
+    snprintf(dim, sizeof(dim), "%u", s->dim);
+    char *options = NULL, *metadata = json_dumps(s->metadata, JSON_COMPACT);
+    json_t *opt = json_pack("{s:i,s:s,s:f,s:i,s:i}", "batch_size", (int)s->batch_size,
+                            "priority", bd_job_priority_name(s->priority), "timeout_s",
+                            s->timeout_s, "max_retries", s->max_retries, "dimension",
+                            (int)s->dim);
+    options = opt ? json_dumps(opt, JSON_COMPACT) : NULL;
+    json_decref(opt);
+    if (metadata == NULL || options == NULL) {
+        free(metadata);
+        free(options);
+        goto out;
+    }
+    const char *jparams[15] = { s->job_id, seq, bd_job_operation_name(s->op), s->model,
+                                s->collection, prio, bs, items, nb, timeout, retries,
+                                options, metadata, s->idem_key, s->request_hash };
+    sqls[0] = "BEGIN";
+    sqls[1] = "INSERT INTO jobs (id, seq, operation, model, collection, status, priority, "
+              "batch_size, total_items, total_batches, timeout_s, max_retries, options, "
+              "metadata, idempotency_key, request_hash, created_at, updated_at) VALUES "
+              "($1, $2::int8, $3, $4, $5, 'queued', $6::int2, $7::int, $8::int, $9::int, "
+              "$10::float8, $11::int, $12::jsonb, $13::jsonb, $14, $15, "
+              "to_timestamp($16::float8), now())";
+    const char *jp16[16];
+    memcpy(jp16, jparams, sizeof(jparams));
+    jp16[15] = created;
+    np[1] = 16;
+    params[1] = jp16;
+    for (unsigned b = 0; b < s->batches; b++) {
+        unsigned first = b * s->batch_size;
+        unsigned cnt = s->items - first < s->batch_size ? s->items - first : s->batch_size;
+        json_t *slice = json_array();
+        for (unsigned i = 0; slice && i < cnt; i++)
+            json_array_append(slice, json_array_get(s->data, first + i));
+        s->batch_texts[b] = slice ? json_dumps(slice, JSON_COMPACT) : NULL;
+        json_decref(slice);
+        if (s->batch_texts[b] == NULL) {
+            free(metadata);
+            free(options);
+            goto out;
+        }
+        char *num = nums + (size_t)b * 36;
+        snprintf(num, 12, "%u", b);
+        snprintf(num + 12, 12, "%u", first);
+        snprintf(num + 24, 12, "%u", cnt);
+        const char **bp = bparams + (size_t)b * 5;
+        bp[0] = s->job_id;
+        bp[1] = num;
+        bp[2] = num + 12;
+        bp[3] = num + 24;
+        bp[4] = s->batch_texts[b];
+        sqls[2 + b] = "INSERT INTO job_batches (job_id, batch_no, first_index, item_count, "
+                      "items) VALUES ($1, $2::int, $3::int, $4::int, $5)";
+        np[2 + b] = 5;
+        params[2 + b] = bp;
+    }
+    sqls[n - 1] = "COMMIT";
+    rc = bd_pg_conn_pipeline(conn, n, sqls, np, params, api_on_job_written, s);
+    /* libpq copied every parameter into its send buffer: the texts can go now. */
+    for (unsigned b = 0; b < s->batches; b++) {
+        free(s->batch_texts[b]);
+        s->batch_texts[b] = NULL;
+    }
+    free(metadata);
+    free(options);
+out:
+    free(sqls);
+    free(np);
+    free(params);
+    free(bparams);
+    free(nums);
+    if (rc < 0)
+        api_submit_error(s, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG, NULL);
+}
+
+static void api_on_seq(int status, long long seq, void *arg)
+{
+    struct api_submit *s = arg;
+    char stamp[32], model[64];
+    struct tm tm;
+    time_t t;
+
+    if (status < 0) {
+        api_submit_error(s, BD_EREDIS, "could not allocate a job id");
+        return;
+    }
+    s->seq = seq;
+    s->created_unix = (double)time(NULL);
+    t = (time_t)s->created_unix;
+    gmtime_r(&t, &tm);
+    strftime(stamp, sizeof(stamp), "%Y%m%d_%H%M%S", &tm);
+    api_format_time(s->created_unix, s->created_at, sizeof(s->created_at));
+    if (s->op == BD_OP_BULK_INSERT) {
+        snprintf(s->job_id, sizeof(s->job_id), "batch_insert_%s_%03lld", stamp, seq);
+    } else {
+        size_t n = 0;
+        for (const char *p = s->model; *p && n + 1 < sizeof(model); p++)
+            model[n++] = (isalnum((unsigned char)*p) || *p == '-' || *p == '_') ? *p : '_';
+        model[n] = '\0';
+        snprintf(s->job_id, sizeof(s->job_id), "batch_%s_%s_%03lld", model, stamp, seq);
+    }
+    if (bd_pg_acquire(s->srv->pg, api_on_conn, s) < 0)
+        api_submit_error(s, BD_EPG, NULL);
+}
+
+static void api_on_counts(int status, const struct bd_rq_counts *c, void *arg)
+{
+    struct api_submit *s = arg;
+    unsigned max = s->srv->cfg->max_queued_items;
+
+    if (status < 0) {
+        api_submit_error(s, BD_EREDIS, NULL);
+        return;
+    }
+    s->queued_ahead = c->queued_items;
+    if ((unsigned long long)c->queued_items + s->items > max) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "queue is full: %lld items queued, limit %u; retry later",
+                 c->queued_items, max);
+        bd_log(BD_LOG_INFO, "api", "event=backpressure queued_items=%lld items=%u limit=%u",
+               c->queued_items, s->items, max);
+        json_t *j = json_pack("{s:{s:s,s:s}}", "error", "code", "queue_full", "message", msg);
+        bd__api_respond_json(s->req, 429, j, "Retry-After: 5\r\n");
+        api_submit_free(s);
+        return;
+    }
+    if (bd_rq_next_seq(s->srv->rq, api_on_seq, s) < 0)
+        api_submit_error(s, BD_EREDIS, NULL);
+}
+
+static void api_submit_step_counts(struct api_submit *s)
+{
+    if (bd_rq_get_counts(s->srv->rq, api_on_counts, s) < 0)
+        api_submit_error(s, BD_EREDIS, NULL);
+}
+
+/* An earlier submit with the same Idempotency-Key: same body -> the same job (200),
+ * another body -> 409. */
+static void api_on_existing(int status, PGresult *res, void *arg)
+{
+    struct api_submit *s = arg;
+
+    if (status < 0) {
+        api_submit_error(s, BD_EPG, NULL);
+        return;
+    }
+    if (PQntuples(res) == 0) {
+        api_submit_step_counts(s);
+        return;
+    }
+    if (strcmp(PQgetvalue(res, 0, BD__API_JOB_NCOLUMNS), s->request_hash) != 0) {
+        api_submit_error(s, BD_ECONFLICT,
+                         "Idempotency-Key was already used with a different request body");
+        return;
+    }
+    json_t *j = bd__api_job_status_json(res, 0);
+    if (j == NULL) {
+        api_submit_error(s, BD_ENOMEM, NULL);
+        return;
+    }
+    json_object_set_new(j, "idempotent_replay", json_true());
+    char loc[256];
+    snprintf(loc, sizeof(loc), "Location: " BD_API_PREFIX "/jobs/%s\r\n",
+             PQgetvalue(res, 0, 0));
+    bd__api_respond_json(s->req, 200, j, loc);
+    api_submit_free(s);
+}
+
+static void api_submit_step_existing(struct api_submit *s)
+{
+    const char *params[1] = { s->idem_key };
+    if (bd_pg_query(s->srv->pg,
+                    "SELECT " BD__API_JOB_COLUMNS ", request_hash FROM jobs "
+                    "WHERE idempotency_key = $1",
+                    1, params, NULL, NULL, 0, api_on_existing, s) < 0)
+        api_submit_error(s, BD_EPG, NULL);
+}
+
+static void api_on_collection(int status, PGresult *res, void *arg)
+{
+    struct api_submit *s = arg;
+
+    if (status < 0) {
+        api_submit_error(s, BD_EPG, NULL);
+        return;
+    }
+    if (PQntuples(res) > 0) {
+        long have = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+        if (have != (long)s->dim) {
+            char msg[200];
+            snprintf(msg, sizeof(msg), "collection '%s' holds %ld-dimensional vectors; this "
+                     "job's are %u-dimensional", s->collection, have, s->dim);
+            bd_http_respond_error(s->req, 400, "validation_error", msg,
+                                  s->op == BD_OP_BULK_INSERT ? "data[0].embedding"
+                                                             : "collection");
+            api_submit_free(s);
+            return;
+        }
+    }
+    if (s->idem_key)
+        api_submit_step_existing(s);
+    else
+        api_submit_step_counts(s);
+}
+
+static void api_on_submit(struct bd_http_request *req, void *arg)
+{
+    struct bd_server *srv = arg;
+    struct api_invalid inv = { { 0 }, { 0 } };
+    json_error_t jerr;
+
+    if (!bd__api_check_auth(req, srv))
+        return;
+    if (srv->is_stopping) {
+        bd_http_respond_err(req, BD_ESHUTDOWN, NULL, NULL);
+        return;
+    }
+    if (!bd_job_engine_is_ready(srv->jobs)) {
+        bd_http_respond(req, 503, "application/json", "Retry-After: 1\r\n",
+                        "{\"error\":{\"code\":\"not_ready\",\"message\":\"the store is not "
+                        "ready yet\"}}",
+                        strlen("{\"error\":{\"code\":\"not_ready\",\"message\":\"the store is "
+                               "not ready yet\"}}"));
+        return;
+    }
+    const char *ct = bd_http_header_get(req, "Content-Type");
+    if (ct == NULL || strncasecmp(ct, "application/json", 16) != 0) {
+        bd_http_respond_err(req, BD_EMEDIATYPE, "Content-Type must be application/json", NULL);
+        return;
+    }
+    const char *key = bd_http_header_get(req, "Idempotency-Key");
+    if (key && (strlen(key) == 0 || strlen(key) > 255)) {
+        bd_http_respond_error(req, 400, "validation_error",
+                              "Idempotency-Key must be 1 to 255 characters", "Idempotency-Key");
+        return;
+    }
+
+    struct api_submit *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
+        return;
+    }
+    s->req = req;
+    s->srv = srv;
+    s->idem_key = key;
+    s->body = json_loadb(req->body, req->body_len, 0, &jerr);
+    if (s->body == NULL) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "body is not valid JSON: %s (line %d, column %d)",
+                 jerr.text, jerr.line, jerr.column);
+        bd_http_respond_error(req, 400, "invalid_json", msg, "body");
+        api_submit_free(s);
+        return;
+    }
+    int rc = api_validate_submit(s, &inv);
+    if (rc == BD_EINVAL) {
+        char msg[400];
+        snprintf(msg, sizeof(msg), "%s %s", inv.field, inv.message);
+        bd_http_respond_error(req, 400, "validation_error", msg, inv.field);
+        api_submit_free(s);
+        return;
+    }
+    if (rc < 0) {
+        api_submit_error(s, rc, NULL);
+        return;
+    }
+    bd_sha256_hex(req->body, req->body_len, s->request_hash);
+
+    json_t *meta = json_object_get(s->body, "metadata");
+    s->metadata = json_is_object(meta) ? json_deep_copy(meta) : json_object();
+    if (json_object_get(s->metadata, "submitted_by") == NULL) {
+        const char *by = bd_http_header_get(req, "X-Submitted-By");
+        json_object_set_new(s->metadata, "submitted_by", json_string(by ? by : "api"));
+    }
+    if (json_object_get(s->metadata, "integration_pattern") == NULL)
+        json_object_set_new(s->metadata, "integration_pattern", json_string("bulk_only"));
+
+    const char *params[1] = { s->collection };
+    if (bd_pg_query(srv->pg, "SELECT dimension FROM collections WHERE name = $1", 1, params,
+                    NULL, NULL, 0, api_on_collection, s) < 0)
+        api_submit_error(s, BD_EPG, NULL);
+}
+
+/* ---- cancel ---------------------------------------------------------------------------- */
+
+struct api_job_call {
+    struct bd_http_request *req;
+    struct bd_server *srv;
+    char id[BD__API_JOB_ID_MAX + 1];
+    int step;
+};
+
+static void api_call_free(struct api_job_call *c)
+{
+    free(c);
+}
+
+static struct api_job_call *api_call_new(struct bd_http_request *req, struct bd_server *srv)
+{
+    if (!bd__api_check_auth(req, srv))
+        return NULL;
+    const char *id = req->params_count > 0 ? req->params[0] : "";
+    if (!bd__api_is_job_id_valid(id)) {
+        bd_http_respond_error(req, 400, "validation_error",
+                              "job_id must match ^[A-Za-z0-9_-]{1,128}$", "job_id");
+        return NULL;
+    }
+    struct api_job_call *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
+        return NULL;
+    }
+    c->req = req;
+    c->srv = srv;
+    snprintf(c->id, sizeof(c->id), "%s", id);
+    return c;
+}
+
+static void api_on_rq_cancelled(int status, long long v, void *arg)
+{
+    (void)status;
+    (void)v;
+    (void)arg;
+}
+
+static void api_on_cancel_updated(int status, PGresult *res, void *arg)
+{
+    struct api_job_call *c = arg;
+
+    if (status < 0) {
+        bd_http_respond_err(c->req, BD_EPG, NULL, NULL);
+        api_call_free(c);
+        return;
+    }
+    if (PQntuples(res) == 0) {
+        /* Not found, or already terminal (or raced into a terminal state). */
+        if (c->step == 0) {
+            bd_http_respond_err(c->req, BD_ENOTFOUND, "no such job", NULL);
+        } else {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "job is %s; only queued or processing jobs can be "
+                     "cancelled", c->step == 2 ? "already being cancelled" : "finished");
+            bd_http_respond_error(c->req, 409, "conflict", msg, NULL);
+        }
+        api_call_free(c);
+        return;
+    }
+    json_t *j = bd__api_job_status_json(res, 0);
+    const char *st = PQgetvalue(res, 0, 1);
+    if (strcmp(st, "processing") == 0) {
+        /* The owner aborts its model request and stops before the next batch: here at
+         * once, elsewhere at its next lease renewal (Redis flag). */
+        if (!bd_job_engine_cancel_local(c->srv->jobs, c->id))
+            (void)bd_rq_cancel(c->srv->rq, c->id, api_on_rq_cancelled, NULL);
+        json_object_set_new(j, "cancel_requested", json_true());
+        json_object_set_new(j, "message", json_string("cancellation requested; the job stops "
+                                                      "before its next batch"));
+    } else {
+        (void)bd_rq_cancel(c->srv->rq, c->id, api_on_rq_cancelled, NULL);
+    }
+    bd_log(BD_LOG_INFO, "api", "job=%s event=cancel status=%s", c->id, st);
+    bd__api_respond_json(c->req, 200, j, NULL);
+    api_call_free(c);
+}
+
+static void api_on_cancel_lookup(int status, PGresult *res, void *arg)
+{
+    struct api_job_call *c = arg;
+
+    if (status < 0) {
+        bd_http_respond_err(c->req, BD_EPG, NULL, NULL);
+        api_call_free(c);
+        return;
+    }
+    if (PQntuples(res) == 0) {
+        c->step = 0;
+        api_on_cancel_updated(BD_OK, res, c);
+        return;
+    }
+    const char *st = PQgetvalue(res, 0, 0);
+    bool requested = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+    const char *params[1] = { c->id };
+    const char *sql;
+    if (strcmp(st, "queued") == 0) {
+        c->step = 1;
+        sql = "UPDATE jobs SET status = 'cancelled', cancel_requested = true, "
+              "completed_at = now(), updated_at = now() WHERE id = $1 AND status = 'queued' "
+              "RETURNING " BD__API_JOB_COLUMNS;
+    } else if (strcmp(st, "processing") == 0 && !requested) {
+        c->step = 2;
+        sql = "UPDATE jobs SET cancel_requested = true, updated_at = now() "
+              "WHERE id = $1 AND status = 'processing' AND NOT cancel_requested "
+              "RETURNING " BD__API_JOB_COLUMNS;
+    } else {
+        c->step = strcmp(st, "processing") == 0 ? 2 : 3;
+        char msg[160];
+        snprintf(msg, sizeof(msg), "job is %s; only queued or processing jobs can be cancelled",
+                 c->step == 2 ? "already being cancelled" : st);
+        bd_http_respond_error(c->req, 409, "conflict", msg, NULL);
+        api_call_free(c);
+        return;
+    }
+    if (bd_pg_query(c->srv->pg, sql, 1, params, NULL, NULL, 0, api_on_cancel_updated, c) < 0) {
+        bd_http_respond_err(c->req, BD_EPG, NULL, NULL);
+        api_call_free(c);
+    }
+}
+
+static void api_on_cancel(struct bd_http_request *req, void *arg)
+{
+    struct api_job_call *c = api_call_new(req, arg);
+    if (c == NULL)
+        return;
+    const char *params[1] = { c->id };
+    if (bd_pg_query(c->srv->pg, "SELECT status, cancel_requested FROM jobs WHERE id = $1", 1,
+                    params, NULL, NULL, 0, api_on_cancel_lookup, c) < 0) {
+        bd_http_respond_err(req, BD_EPG, NULL, NULL);
+        api_call_free(c);
+    }
+}
+
+/* ---- retry ----------------------------------------------------------------------------- */
+
+static void api_on_retry_enqueued(int status, long long pos, void *arg)
+{
+    struct api_job_call *c = arg;
+    (void)status;
+    (void)pos;
+    bd_job_engine_kick(c->srv->jobs);
+    api_call_free(c);
+}
+
+static void api_on_retry_done(int status, PGresult *res, void *arg)
+{
+    struct api_job_call *c = arg;
+
+    if (status < 0) {
+        bd_http_respond_err(c->req, BD_EPG, NULL, NULL);
+        api_call_free(c);
+        return;
+    }
+    if (PQntuples(res) == 0) {
+        bd_http_respond_error(c->req, 409, "conflict",
+                              "job is not finished, or has no failed or unfinished items to "
+                              "retry", NULL);
+        api_call_free(c);
+        return;
+    }
+    json_t *j = bd__api_job_status_json(res, 0);
+    int prio = (int)strtol(PQgetvalue(res, 0, BD__API_JOB_NCOLUMNS), NULL, 10);
+    long long seq = strtoll(PQgetvalue(res, 0, 16), NULL, 10);
+    long items = strtol(PQgetvalue(res, 0, 5), NULL, 10);
+    const char *model = PQgetisnull(res, 0, 3) ? "" : PQgetvalue(res, 0, 3);
+    json_object_set_new(j, "run_attempt",
+                        json_integer(strtol(PQgetvalue(res, 0, BD__API_JOB_NCOLUMNS + 1), NULL,
+                                            10)));
+    bd_log(BD_LOG_INFO, "api", "job=%s event=retry", c->id);
+    bd__api_respond_json(c->req, 202, j, NULL);
+    c->req = NULL;
+    if (bd_rq_enqueue(c->srv->rq, c->id, (enum bd_priority)prio, seq, model, items,
+                      api_on_retry_enqueued, c) < 0)
+        api_call_free(c);
+}
+
+static void api_on_retry_lookup(int status, PGresult *res, void *arg)
+{
+    struct api_job_call *c = arg;
+
+    if (status < 0 || PQntuples(res) == 0) {
+        bd_http_respond_err(c->req, status < 0 ? BD_EPG : BD_ENOTFOUND,
+                            status < 0 ? NULL : "no such job", NULL);
+        api_call_free(c);
+        return;
+    }
+    const char *params[1] = { c->id };
+    /* Batches with failed items go back to pending (their counts are taken off the job's,
+     * since the whole batch runs again and its vectors are upserted); unfinished batches
+     * (cancelled or timed-out jobs) simply stay pending. */
+    int rc = bd_pg_query(
+        c->srv->pg,
+        "WITH j0 AS (SELECT id FROM jobs WHERE id = $1 AND status IN ('completed', 'failed', "
+        "'cancelled') FOR UPDATE), "
+        "old AS (SELECT b.batch_no, b.processed, b.failed FROM job_batches b JOIN j0 "
+        "ON b.job_id = j0.id WHERE b.failed > 0 FOR UPDATE OF b), "
+        "pend AS (SELECT count(*) AS n FROM job_batches b JOIN j0 ON b.job_id = j0.id "
+        "WHERE b.status = 'pending'), "
+        "reset AS (UPDATE job_batches b SET status = 'pending', processed = 0, failed = 0, "
+        "attempts = 0, last_error = NULL, updated_at = now() FROM old "
+        "WHERE b.job_id = $1 AND b.batch_no = old.batch_no RETURNING 1) "
+        "UPDATE jobs SET status = 'queued', run_attempt = run_attempt + 1, "
+        "processed_items = processed_items - (SELECT COALESCE(sum(processed), 0) FROM old), "
+        "failed_items = failed_items - (SELECT COALESCE(sum(failed), 0) FROM old), "
+        "stored_vectors = stored_vectors - (SELECT COALESCE(sum(processed), 0) FROM old), "
+        "next_batch = next_batch - (SELECT count(*) FROM old), "
+        "error_code = NULL, error_message = NULL, completed_at = NULL, "
+        "cancel_requested = false, lease_owner = NULL, updated_at = now() "
+        "WHERE id IN (SELECT id FROM j0) AND ((SELECT count(*) FROM old) > 0 "
+        "OR (SELECT n FROM pend) > 0) "
+        "RETURNING " BD__API_JOB_COLUMNS ", priority, run_attempt",
+        1, params, NULL, NULL, 0, api_on_retry_done, c);
+    if (rc < 0) {
+        bd_http_respond_err(c->req, BD_EPG, NULL, NULL);
+        api_call_free(c);
+    }
+}
+
+static void api_on_retry(struct bd_http_request *req, void *arg)
+{
+    struct api_job_call *c = api_call_new(req, arg);
+    if (c == NULL)
+        return;
+    const char *params[1] = { c->id };
+    if (bd_pg_query(c->srv->pg, "SELECT status FROM jobs WHERE id = $1", 1, params, NULL,
+                    NULL, 0, api_on_retry_lookup, c) < 0) {
+        bd_http_respond_err(req, BD_EPG, NULL, NULL);
+        api_call_free(c);
+    }
+}
+
+int bd__api_register_jobs(struct bd_router *r, struct bd_server *srv)
+{
+    int rc = BD_OK;
+    rc = rc ? rc : bd_router_add(r, "POST", BD_API_PREFIX "/jobs", api_on_submit, srv);
+    rc = rc ? rc : bd_router_add(r, "DELETE", BD_API_PREFIX "/jobs/{id}", api_on_cancel, srv);
+    rc = rc ? rc : bd_router_add(r, "POST", BD_API_PREFIX "/jobs/{id}/retry", api_on_retry,
+                                 srv);
+    return rc;
+}

@@ -1,0 +1,140 @@
+/* buf.c -- growable byte buffer.  Owns nothing beyond each buffer's memory. Any thread.
+ * SPDX-License-Identifier: MIT
+ */
+#include "batchd/buf.h"
+#include "batchd/error.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void bd_buf_init(struct bd_buf *b)
+{
+    memset(b, 0, sizeof(*b));
+}
+
+void bd_buf_free(struct bd_buf *b)
+{
+    free(b->data);
+    memset(b, 0, sizeof(*b));
+}
+
+void bd_buf_reset(struct bd_buf *b)
+{
+    b->len = 0;
+    b->is_failed = 0;
+    if (b->data)
+        b->data[0] = '\0';
+}
+
+int bd_buf_reserve(struct bd_buf *b, size_t extra)
+{
+    if (b->len + extra + 1 <= b->cap)
+        return BD_OK;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra + 1)
+        cap *= 2;
+    char *d = realloc(b->data, cap);
+    if (d == NULL) {
+        b->is_failed = 1;
+        return BD_ENOMEM;
+    }
+    b->data = d;
+    b->cap = cap;
+    return BD_OK;
+}
+
+void bd_buf_append(struct bd_buf *b, const void *data, size_t len)
+{
+    if (bd_buf_reserve(b, len) != BD_OK)
+        return;
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+    b->data[b->len] = '\0';
+}
+
+void bd_buf_puts(struct bd_buf *b, const char *s)
+{
+    bd_buf_append(b, s, strlen(s));
+}
+
+void bd_buf_printf(struct bd_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (bd_buf_reserve(b, 64) != BD_OK)
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf(b->data + b->len, b->cap - b->len, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n >= b->cap - b->len) {
+        if (bd_buf_reserve(b, (size_t)n) != BD_OK)
+            return;
+        va_start(ap, fmt);
+        vsnprintf(b->data + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+    }
+    b->len += (size_t)n;
+}
+
+void bd_buf_put_u16be(struct bd_buf *b, uint16_t v)
+{
+    unsigned char x[2] = { (unsigned char)(v >> 8), (unsigned char)v };
+    bd_buf_append(b, x, 2);
+}
+
+void bd_buf_put_u32be(struct bd_buf *b, uint32_t v)
+{
+    unsigned char x[4] = { (unsigned char)(v >> 24), (unsigned char)(v >> 16),
+                           (unsigned char)(v >> 8), (unsigned char)v };
+    bd_buf_append(b, x, 4);
+}
+
+void bd_buf_put_u64be(struct bd_buf *b, uint64_t v)
+{
+    bd_buf_put_u32be(b, (uint32_t)(v >> 32));
+    bd_buf_put_u32be(b, (uint32_t)v);
+}
+
+void bd_buf_json_string(struct bd_buf *b, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t start = 0;
+
+    if (bd_buf_reserve(b, len + 2) != BD_OK)
+        return;
+    bd_buf_append(b, "\"", 1);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        bd_buf_append(b, s + start, i - start);
+        start = i + 1;
+        switch (c) {
+        case '"': bd_buf_append(b, "\\\"", 2); break;
+        case '\\': bd_buf_append(b, "\\\\", 2); break;
+        case '\n': bd_buf_append(b, "\\n", 2); break;
+        case '\r': bd_buf_append(b, "\\r", 2); break;
+        case '\t': bd_buf_append(b, "\\t", 2); break;
+        default: {
+            char u[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
+            bd_buf_append(b, u, 6);
+        }
+        }
+    }
+    bd_buf_append(b, s + start, len - start);
+    bd_buf_append(b, "\"", 1);
+}
+
+char *bd_buf_steal(struct bd_buf *b, size_t *len)
+{
+    char *d = b->data;
+    if (len)
+        *len = b->len;
+    bd_buf_init(b);
+    return d;
+}

@@ -1,0 +1,358 @@
+/* model_wire.c -- the embedding wire formats of ollama, openai and tei: request bodies and
+ * response parsing with validation.
+ *
+ * Owns nothing: bodies go into the caller's reusable buffer, responses are parsed with
+ * jansson into the caller's float array and the tree is freed before returning. Pure
+ * functions, any thread; no I/O, no logging. Must not trust a response: every shape, count,
+ * dimension and number is checked before a float is accepted.  SPDX-License-Identifier: MIT
+ *
+ *   ollama  POST {base}/api/embed      {"model": m, "input": [..]}   -> {"embeddings": [[..]]}
+ *   openai  POST {base}/v1/embeddings  {"model": m, "input": [..],
+ *                                       "encoding_format": "float"}  -> {"data": [{"index": i,
+ *                                                                          "embedding": [..]}]}
+ *   tei     POST {base}/embed          {"inputs": [..]}              -> [[..], ..]
+ */
+#include "batchd/model_internal.h"
+
+#include "batchd/error.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *bd__model_wire_path(enum bd_model_provider p)
+{
+    switch (p) {
+    case BD_PROVIDER_OLLAMA: return "/api/embed";
+    case BD_PROVIDER_OPENAI: return "/v1/embeddings";
+    case BD_PROVIDER_TEI:    return "/embed";
+    default:                 return NULL;
+    }
+}
+
+size_t bd__model_utf8_cut(const char *text, size_t len, size_t max)
+{
+    if (len <= max)
+        return len;
+    /* text[max] is the first byte left out; if it continues a sequence, that sequence
+     * started inside the prefix and must go too. A lead byte is at most 3 bytes back. */
+    size_t cut = max;
+    for (unsigned k = 0; k < 4 && cut > 0 && ((unsigned char)text[cut] & 0xC0) == 0x80; k++)
+        cut--;
+    return cut;
+}
+
+/* Length of the valid UTF-8 sequence at s[0..n), or 0 if it is not one (RFC 3629: no
+ * overlongs, no surrogates, nothing above U+10FFFF). s[0] >= 0x80. */
+static size_t utf8_seq_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t need;
+    unsigned char lo = 0x80, hi = 0xBF;
+
+    if (c >= 0xC2 && c <= 0xDF)
+        need = 1;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        need = 2;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        need = 3;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else
+        return 0;
+    if (n < need + 1 || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i <= need; i++)
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+    return need + 1;
+}
+
+/* Append text as a JSON string literal. One reservation for the worst case (6 bytes per
+ * input byte), then a tight loop; invalid UTF-8 becomes U+FFFD so the body is always valid
+ * JSON (a server would reject the whole request otherwise, failing the batch for one byte). */
+static void wire_put_string(struct bd_buf *b, const char *text, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *s = (const unsigned char *)text;
+
+    if (bd_buf_reserve(b, len * 6 + 2) != BD_OK)
+        return;
+    char *o = b->data + b->len;
+    *o++ = '"';
+    for (size_t i = 0; i < len;) {
+        unsigned char c = s[i];
+        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            i++;
+        } else if (c < 0x80) {
+            *o++ = '\\';
+            switch (c) {
+            case '"':  *o++ = '"'; break;
+            case '\\': *o++ = '\\'; break;
+            case '\n': *o++ = 'n'; break;
+            case '\r': *o++ = 'r'; break;
+            case '\t': *o++ = 't'; break;
+            default:
+                *o++ = 'u';
+                *o++ = '0';
+                *o++ = '0';
+                *o++ = hex[c >> 4];
+                *o++ = hex[c & 15];
+            }
+            i++;
+        } else {
+            size_t n = utf8_seq_len(s + i, len - i);
+            if (n == 0) {
+                memcpy(o, "\\ufffd", 6);
+                o += 6;
+                i++;
+            } else {
+                memcpy(o, s + i, n);
+                o += n;
+                i += n;
+            }
+        }
+    }
+    *o++ = '"';
+    b->len = (size_t)(o - b->data);
+    b->data[b->len] = '\0';
+}
+
+void bd__model_wire_begin(struct bd_buf *b, enum bd_model_provider p, const char *remote_model)
+{
+    if (p == BD_PROVIDER_TEI) {
+        bd_buf_puts(b, "{\"inputs\":[");
+        return;
+    }
+    bd_buf_puts(b, "{\"model\":");
+    wire_put_string(b, remote_model ? remote_model : "", remote_model ? strlen(remote_model) : 0);
+    if (p == BD_PROVIDER_OPENAI)
+        bd_buf_puts(b, ",\"encoding_format\":\"float\"");
+    bd_buf_puts(b, ",\"input\":[");
+}
+
+void bd__model_wire_add(struct bd_buf *b, const char *text, size_t len, bool is_first)
+{
+    if (!is_first)
+        bd_buf_append(b, ",", 1);
+    wire_put_string(b, text, len);
+}
+
+void bd__model_wire_end(struct bd_buf *b, enum bd_model_provider p)
+{
+    (void)p;
+    bd_buf_puts(b, "]}");
+}
+
+static int wire_bad(char *msg, size_t msglen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int wire_bad(char *msg, size_t msglen, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, msglen, fmt, ap);
+    va_end(ap);
+    return BD_EMODELBAD;
+}
+
+/* One vector: exactly dim finite numbers (integers are numbers too) into row. */
+static int wire_vector(const json_t *v, unsigned idx, unsigned dim, float *row, char *msg,
+                       size_t msglen)
+{
+    if (!json_is_array(v))
+        return wire_bad(msg, msglen, "vector %u is not an array", idx);
+    size_t n = json_array_size(v);
+    if (n != dim)
+        return wire_bad(msg, msglen, "vector %u has %zu dimensions, expected %u", idx, n, dim);
+    for (unsigned j = 0; j < dim; j++) {
+        const json_t *x = json_array_get(v, j);
+        if (!json_is_number(x))
+            return wire_bad(msg, msglen, "vector %u component %u is not a number", idx, j);
+        /* jansson refuses NaN/Infinity and overflowing doubles already; a double beyond
+         * float's range would still become inf here. */
+        float f = (float)json_number_value(x);
+        if (!isfinite(f))
+            return wire_bad(msg, msglen, "vector %u component %u is not finite (%g)", idx, j,
+                            json_number_value(x));
+        row[j] = f;
+    }
+    return BD_OK;
+}
+
+/* An array of n vectors, in order. */
+static int wire_rows(const json_t *arr, unsigned n, unsigned dim, float *out, char *msg,
+                     size_t msglen)
+{
+    size_t got = json_array_size(arr);
+
+    if (got != n)
+        return wire_bad(msg, msglen, "model returned %zu vectors for %u inputs", got, n);
+    for (unsigned i = 0; i < n; i++) {
+        int rc = wire_vector(json_array_get(arr, i), i, dim, out + (size_t)i * dim, msg, msglen);
+        if (rc < 0)
+            return rc;
+    }
+    return BD_OK;
+}
+
+/* openai: data[k] = {"index": i, "embedding": [..]}; rows placed by index, which must be a
+ * permutation of 0..n-1 (servers may answer out of order). A missing index means position. */
+static int wire_openai(const json_t *root, unsigned n, unsigned dim, float *out, char *msg,
+                       size_t msglen)
+{
+    const json_t *data = json_object_get(root, "data");
+    int rc = BD_OK;
+
+    if (!json_is_array(data))
+        return wire_bad(msg, msglen, "response has no \"data\" array");
+    size_t got = json_array_size(data);
+    if (got != n)
+        return wire_bad(msg, msglen, "model returned %zu vectors for %u inputs", got, n);
+    unsigned char *seen = calloc((size_t)n / 8 + 1, 1);
+    if (seen == NULL)
+        return BD_ENOMEM;
+    for (unsigned k = 0; k < n; k++) {
+        const json_t *item = json_array_get(data, k);
+        if (!json_is_object(item)) {
+            rc = wire_bad(msg, msglen, "data[%u] is not an object", k);
+            break;
+        }
+        const json_t *jidx = json_object_get(item, "index");
+        json_int_t idx = k;
+        if (jidx != NULL) {
+            if (!json_is_integer(jidx)) {
+                rc = wire_bad(msg, msglen, "data[%u].index is not an integer", k);
+                break;
+            }
+            idx = json_integer_value(jidx);
+        }
+        if (idx < 0 || idx >= (json_int_t)n) {
+            rc = wire_bad(msg, msglen, "data[%u].index %lld is out of range for %u inputs", k,
+                          (long long)idx, n);
+            break;
+        }
+        if (seen[idx / 8] & (1u << (idx % 8))) {
+            rc = wire_bad(msg, msglen, "data[%u].index %lld appears twice", k, (long long)idx);
+            break;
+        }
+        seen[idx / 8] |= (unsigned char)(1u << (idx % 8));
+        const json_t *emb = json_object_get(item, "embedding");
+        if (emb == NULL) {
+            rc = wire_bad(msg, msglen, "data[%u] has no \"embedding\"", k);
+            break;
+        }
+        rc = wire_vector(emb, (unsigned)idx, dim, out + (size_t)idx * dim, msg, msglen);
+        if (rc < 0)
+            break;
+    }
+    free(seen);
+    return rc;
+}
+
+int bd__model_wire_parse(enum bd_model_provider p, const char *body, size_t len, unsigned n,
+                         unsigned dim, float *out, char *msg, size_t msglen)
+{
+    json_error_t jerr;
+    json_t *root;
+    int rc;
+
+    if (len == 0)
+        return wire_bad(msg, msglen, "response is empty");
+    root = json_loadb(body, len, 0, &jerr);
+    if (root == NULL) {
+        if (json_error_code(&jerr) == json_error_out_of_memory)
+            return BD_ENOMEM;
+        return wire_bad(msg, msglen, "response is not valid JSON: %s (line %d, column %d)",
+                        jerr.text, jerr.line, jerr.column);
+    }
+    switch (p) {
+    case BD_PROVIDER_OLLAMA: {
+        const json_t *arr = json_object_get(root, "embeddings");
+        if (!json_is_object(root))
+            rc = wire_bad(msg, msglen, "response is not a JSON object");
+        else if (!json_is_array(arr))
+            rc = wire_bad(msg, msglen, "response has no \"embeddings\" array");
+        else
+            rc = wire_rows(arr, n, dim, out, msg, msglen);
+        break;
+    }
+    case BD_PROVIDER_OPENAI:
+        if (!json_is_object(root))
+            rc = wire_bad(msg, msglen, "response is not a JSON object");
+        else
+            rc = wire_openai(root, n, dim, out, msg, msglen);
+        break;
+    case BD_PROVIDER_TEI:
+        if (!json_is_array(root))
+            rc = wire_bad(msg, msglen, "response is not a JSON array of vectors");
+        else
+            rc = wire_rows(root, n, dim, out, msg, msglen);
+        break;
+    default:
+        rc = wire_bad(msg, msglen, "provider has no wire format");
+        break;
+    }
+    json_decref(root);
+    return rc;
+}
+
+/* Copy s[0..n) into out as one printable line: control bytes become spaces, runs of spaces
+ * collapse, the cut falls on a UTF-8 boundary. */
+static void wire_excerpt(const char *s, size_t n, char *out, size_t outlen)
+{
+    size_t o = 0;
+
+    if (outlen == 0)
+        return;
+    n = bd__model_utf8_cut(s, n, outlen - 1);
+    for (size_t i = 0; i < n; i++) {
+        char c = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? ' ' : s[i];
+        if (c == ' ' && (o == 0 || out[o - 1] == ' '))
+            continue;
+        out[o++] = c;
+    }
+    while (o > 0 && out[o - 1] == ' ')
+        o--;
+    out[o] = '\0';
+}
+
+void bd__model_wire_error_text(const char *body, size_t len, char *out, size_t outlen)
+{
+    json_t *root = len ? json_loadb(body, len, JSON_DECODE_ANY, NULL) : NULL;
+    const json_t *v = NULL;
+
+    if (outlen == 0)
+        return;
+    if (json_is_object(root)) {
+        const json_t *e = json_object_get(root, "error");
+        if (json_is_string(e))
+            v = e;
+        else if (json_is_object(e) && json_is_string(json_object_get(e, "message")))
+            v = json_object_get(e, "message");
+        else if (json_is_string(json_object_get(root, "message")))
+            v = json_object_get(root, "message");
+        else if (json_is_string(json_object_get(root, "detail")))
+            v = json_object_get(root, "detail");
+    } else if (json_is_string(root))
+        v = root;
+    if (v != NULL)
+        wire_excerpt(json_string_value(v), json_string_length(v), out, outlen);
+    else
+        wire_excerpt(body ? body : "", len, out, outlen);
+    if (out[0] == '\0')
+        snprintf(out, outlen, "(empty body)");
+    json_decref(root);
+}

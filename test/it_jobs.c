@@ -1,0 +1,709 @@
+/* it_jobs.c -- the job engine end to end: the real batchd binary, the real Redis and
+ * PostgreSQL of the test stack. bulk_insert lifecycle, progress, priority, cancel,
+ * validation, idempotency, backpressure, crash recovery (SIGKILL, two processes), Redis
+ * flushed, PostgreSQL restarted, results while running.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bd_it.h"
+#include "batchd/buf.h"
+
+static const char *it_config =
+    "jobs:\n"
+    "  max_concurrent_jobs: 2\n"
+    "  processing_interval: 0.1\n"
+    "  retry_delay: 0.05\n"
+    "  lease: 2\n"
+    "  reaper_interval: 0.5\n"
+    "models:\n"
+    "  - name: hashmodel\n"
+    "    provider: hashing\n"
+    "    dimensions: 16\n";
+
+static const char *it_config_serial =
+    "jobs:\n"
+    "  max_concurrent_jobs: 1\n"
+    "  processing_interval: 0.1\n"
+    "  retry_delay: 0.05\n"
+    "  lease: 2\n"
+    "  reaper_interval: 0.5\n"
+    "models:\n"
+    "  - name: hashmodel\n"
+    "    provider: hashing\n"
+    "    dimensions: 16\n";
+
+static char it_prefix[64];
+
+static const char *pg_url(void)
+{
+    return bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd");
+}
+
+static long psql_long(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static long psql_long(const char *fmt, ...)
+{
+    char sql[2048], out[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof(sql), fmt, ap);
+    va_end(ap);
+    if (bd_it_sh_out(out, sizeof(out), "psql '%s' -Atqc \"%s\"", pg_url(), sql) != 0)
+        return -1;
+    return strtol(out, NULL, 10);
+}
+
+static void psql_str(char *out, size_t outlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void psql_str(char *out, size_t outlen, const char *fmt, ...)
+{
+    char sql[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof(sql), fmt, ap);
+    va_end(ap);
+    bd_it_sh_out(out, outlen, "psql '%s' -Atqc \"%s\"", pg_url(), sql);
+}
+
+/* A bulk_insert body with n vectors of dim d in collection coll. Caller frees. */
+static char *insert_body(const char *coll, unsigned n, unsigned d, unsigned batch,
+                         const char *priority)
+{
+    struct bd_buf b;
+    bd_buf_init(&b);
+    bd_buf_printf(&b, "{\"operation\":\"bulk_insert\",\"collection\":\"%s\",\"options\":"
+                      "{\"batch_size\":%u,\"priority\":\"%s\"},\"data\":[",
+                  coll, batch, priority);
+    for (unsigned i = 0; i < n; i++) {
+        bd_buf_printf(&b, "%s{\"id\":\"v%u\",\"embedding\":[", i ? "," : "", i);
+        for (unsigned k = 0; k < d; k++)
+            bd_buf_printf(&b, "%s%.4f", k ? "," : "", (double)((i * 31 + k) % 97) / 97.0);
+        bd_buf_printf(&b, "],\"metadata\":{\"n\":%u}}", i);
+    }
+    bd_buf_puts(&b, "]}");
+    return bd_buf_steal(&b, NULL);
+}
+
+/* POST a job; returns its id (caller frees) or NULL; *status gets the HTTP status. */
+static char *submit(struct bd_it_proc *p, const char *body, long *status)
+{
+    json_t *j = bd_it_json(p, "POST", "/api/v1/batch/jobs", body, status);
+    const char *id = json_string_value(json_object_get(j, "job_id"));
+    char *r = id ? strdup(id) : NULL;
+    if (r == NULL)
+        fprintf(stderr, "submit failed: status %ld\n", status ? *status : 0L);
+    json_decref(j);
+    return r;
+}
+
+static long status_field(struct bd_it_proc *p, const char *id, const char *obj,
+                         const char *field)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s/status", id);
+    json_t *j = bd_it_json(p, "GET", path, NULL, NULL);
+    long v = (long)json_integer_value(json_object_get(json_object_get(j, obj), field));
+    json_decref(j);
+    return v;
+}
+
+static void wait_completed(struct bd_it_proc *p, const char *id, double timeout_s)
+{
+    json_t *j = bd_it_wait_status(p, id, "completed", timeout_s);
+    const char *st = json_string_value(json_object_get(j, "status"));
+    if (st == NULL || strcmp(st, "completed") != 0) {
+        char *dump = j ? json_dumps(j, 0) : NULL;
+        fprintf(stderr, "job %s not completed: %s\n", id, dump ? dump : "(no answer)");
+        free(dump);
+    }
+    assert_non_null(st);
+    assert_string_equal(st, "completed");
+    json_decref(j);
+}
+
+static void coll_name(char *out, size_t len, const char *what)
+{
+    snprintf(out, len, "%s_%s", it_prefix, what);
+}
+
+/* ---- cases ------------------------------------------------------------------------------ */
+
+static void test_jobs_seed_insert_completes_when_submitted(void **state)
+{
+    struct bd_it_proc p;
+    char coll[96], body[1024], path[256];
+    long st;
+    (void)state;
+
+    assert_int_equal(bd_it_start(&p, it_config, NULL), 0);
+    coll_name(coll, sizeof(coll), "seed");
+    snprintf(body, sizeof(body),
+             "{\"operation\":\"bulk_insert\",\"collection\":\"%s\",\"data\":["
+             "{\"id\":\"vec_001\",\"embedding\":[0.1,0.2,0.3],\"metadata\":{\"text\":\"example 1\"}},"
+             "{\"id\":\"vec_002\",\"embedding\":[0.4,0.5,0.6],\"metadata\":{\"text\":\"example 2\"}}]}",
+             coll);
+    json_t *j = bd_it_json(&p, "POST", "/api/v1/batch/jobs", body, &st);
+    assert_int_equal(st, 202);
+    const char *id = json_string_value(json_object_get(j, "job_id"));
+    assert_non_null(id);
+    assert_true(strncmp(id, "batch_insert_", 13) == 0);
+    assert_string_equal(json_string_value(json_object_get(j, "status")), "queued");
+    assert_string_equal(json_string_value(json_object_get(j, "operation")), "bulk_insert");
+    assert_int_equal(json_integer_value(json_object_get(j, "items_count")), 2);
+    assert_string_equal(json_string_value(json_object_get(j, "priority")), "normal");
+    assert_non_null(json_object_get(j, "created_at"));
+    assert_non_null(json_object_get(j, "queue_position"));
+    assert_non_null(json_object_get(j, "estimated_completion"));
+    assert_non_null(json_object_get(json_object_get(j, "metadata"), "submitted_by"));
+    assert_non_null(json_object_get(json_object_get(j, "metadata"), "integration_pattern"));
+    char *jid = strdup(id);
+    json_decref(j);
+
+    wait_completed(&p, jid, 30);
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s/status", jid);
+    j = bd_it_json(&p, "GET", path, NULL, &st);
+    assert_int_equal(st, 200);
+    json_t *res = json_object_get(j, "results");
+    assert_int_equal(json_integer_value(json_object_get(res, "stored_vectors")), 2);
+    assert_string_equal(json_string_value(json_object_get(res, "output_collection")), coll);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "progress"),
+                                                        "processed_items")), 2);
+    json_decref(j);
+
+    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll), 2);
+    char meta[256];
+    psql_str(meta, sizeof(meta),
+             "SELECT metadata->>'text' || '|' || embedding::text FROM vectors "
+             "WHERE collection = '%s' AND id = 'vec_002'", coll);
+    assert_string_equal(meta, "example 2|{0.4,0.5,0.6}");
+    free(jid);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
+static void test_jobs_progress_rises_monotonically_when_inserting_10000(void **state)
+{
+    struct bd_it_proc p;
+    char coll[96];
+    long st, last = -1;
+    int samples = 0;
+    (void)state;
+
+    assert_int_equal(bd_it_start(&p, it_config, NULL), 0);
+    coll_name(coll, sizeof(coll), "tenk");
+    char *body = insert_body(coll, 10000, 32, 500, "normal");
+    char *id = submit(&p, body, &st);
+    free(body);
+    assert_int_equal(st, 202);
+    double deadline = bd_it_now() + 60;
+    for (;;) {
+        long done = status_field(&p, id, "progress", "processed_items");
+        assert_true(done >= last);
+        if (done != last)
+            samples++;
+        last = done;
+        if (done == 10000 || bd_it_now() > deadline)
+            break;
+        bd_it_sleep_ms(5);
+    }
+    wait_completed(&p, id, 30);
+    assert_int_equal(status_field(&p, id, "progress", "total_batches"), 20);
+    assert_int_equal(status_field(&p, id, "progress", "current_batch"), 20);
+    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll),
+                     10000);
+    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s'", id), 10000);
+    fprintf(stderr, "progress samples seen: %d\n", samples);
+    free(id);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
+static void test_jobs_run_high_before_normal_before_low_when_saturated(void **state)
+{
+    struct bd_it_proc p;
+    char coll[96], small[96];
+    long st;
+    (void)state;
+
+    assert_int_equal(bd_it_start(&p, it_config_serial, NULL), 0);
+    coll_name(coll, sizeof(coll), "prio_block");
+    coll_name(small, sizeof(small), "prio");
+    char *body = insert_body(coll, 20000, 16, 50, "normal");
+    char *blocker = submit(&p, body, &st);
+    free(body);
+    assert_non_null(blocker);
+    /* Wait until the blocker runs, then queue the others behind it. */
+    bd_it_wait_status(&p, blocker, "processing", 20);
+    const char *order[] = { "low", "normal", "high", "normal", "high", "low" };
+    char *ids[6];
+    for (int i = 0; i < 6; i++) {
+        body = insert_body(small, 3, 4, 10, order[i]);
+        /* same ids across jobs: upserts into one collection, fine */
+        ids[i] = submit(&p, body, &st);
+        free(body);
+        assert_int_equal(st, 202);
+    }
+    assert_int_equal(psql_long("SELECT count(*) FROM jobs WHERE id = '%s' AND status = "
+                               "'processing'", blocker), 1);
+    wait_completed(&p, blocker, 60);
+    for (int i = 0; i < 6; i++)
+        wait_completed(&p, ids[i], 30);
+    /* Expected start order: high(2), high(4), normal(1), normal(3), low(0), low(5). */
+    const int want[] = { 2, 4, 1, 3, 0, 5 };
+    char got[512], expect[512] = "";
+    psql_str(got, sizeof(got),
+             "SELECT string_agg(id, ',' ORDER BY started_at, seq) FROM jobs WHERE id IN "
+             "('%s','%s','%s','%s','%s','%s')", ids[0], ids[1], ids[2], ids[3], ids[4], ids[5]);
+    for (int i = 0; i < 6; i++) {
+        strcat(expect, ids[want[i]]);
+        if (i < 5)
+            strcat(expect, ",");
+    }
+    assert_string_equal(got, expect);
+    for (int i = 0; i < 6; i++)
+        free(ids[i]);
+    free(blocker);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
+static void test_jobs_cancel_queued_and_processing_when_deleted(void **state)
+{
+    struct bd_it_proc p;
+    char coll[96], path[256];
+    long st;
+    (void)state;
+
+    assert_int_equal(bd_it_start(&p, it_config_serial, NULL), 0);
+    coll_name(coll, sizeof(coll), "cancel");
+    char *body = insert_body(coll, 20000, 16, 50, "normal");
+    char *running = submit(&p, body, &st);
+    free(body);
+    bd_it_wait_status(&p, running, "processing", 20);
+    body = insert_body(coll, 10, 16, 5, "low");
+    char *queued = submit(&p, body, &st);
+    free(body);
+
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s", queued);
+    json_t *j = bd_it_json(&p, "DELETE", path, NULL, &st);
+    assert_int_equal(st, 200);
+    assert_string_equal(json_string_value(json_object_get(j, "status")), "cancelled");
+    json_decref(j);
+    j = bd_it_json(&p, "DELETE", path, NULL, &st);
+    assert_int_equal(st, 409);
+    assert_non_null(json_object_get(json_object_get(j, "error"), "code"));
+    json_decref(j);
+
+    /* wait for some progress, then cancel the running one */
+    double deadline = bd_it_now() + 20;
+    while (status_field(&p, running, "progress", "processed_items") < 500 &&
+           bd_it_now() < deadline)
+        bd_it_sleep_ms(10);
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s", running);
+    double t0 = bd_it_now();
+    j = bd_it_json(&p, "DELETE", path, NULL, &st);
+    assert_int_equal(st, 200);
+    json_decref(j);
+    j = bd_it_wait_status(&p, running, "cancelled", 10);
+    assert_string_equal(json_string_value(json_object_get(j, "status")), "cancelled");
+    json_decref(j);
+    assert_true(bd_it_now() - t0 < 5.0);
+    long done = status_field(&p, running, "progress", "processed_items");
+    assert_true(done > 0 && done < 20000);
+    /* rows already written stay, and exactly those */
+    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s'", running),
+                     done);
+    j = bd_it_json(&p, "DELETE", path, NULL, &st);
+    assert_int_equal(st, 409);
+    json_decref(j);
+    j = bd_it_json(&p, "DELETE", "/api/v1/batch/jobs/no_such_job_123", NULL, &st);
+    assert_int_equal(st, 404);
+    json_decref(j);
+    /* the queued job never ran */
+    assert_int_equal(psql_long("SELECT count(*) FROM jobs WHERE id = '%s' AND started_at IS "
+                               "NULL AND status = 'cancelled'", queued), 1);
+
+    /* retry resumes the cancelled job's unfinished batches */
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s/retry", running);
+    j = bd_it_json(&p, "POST", path, NULL, &st);
+    assert_int_equal(st, 202);
+    json_decref(j);
+    wait_completed(&p, running, 60);
+    assert_int_equal(status_field(&p, running, "progress", "processed_items"), 20000);
+    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s'", running),
+                     20000);
+    free(running);
+    free(queued);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
+struct bad_case {
+    const char *body;
+    const char *content_type;
+    long status;
+    const char *field;
+};
+
+static void test_jobs_reject_each_invalid_body_when_submitted(void **state)
+{
+    struct bd_it_proc p;
+    char url[256];
+    (void)state;
+
+    static const struct bad_case cases[] = {
+        { "{", NULL, 400, "body" },
+        { "[]", NULL, 400, "body" },
+        { "{\"operation\":\"bulk_nope\",\"data\":[{\"text\":\"a\"}]}", NULL, 400, "operation" },
+        { "{\"data\":[{\"text\":\"a\"}]}", NULL, 400, "operation" },
+        { "{\"operation\":\"bulk_embed\",\"data\":[{\"text\":\"a\"}]}", NULL, 400, "model" },
+        { "{\"operation\":\"bulk_embed\",\"model\":\"nope\",\"data\":[{\"text\":\"a\"}]}", NULL,
+          400, "model" },
+        { "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":[]}", NULL, 400,
+          "data" },
+        { "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":\"x\"}", NULL, 400,
+          "data" },
+        { "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":[{\"text\":\"\"}]}",
+          NULL, 400, "data[0].text" },
+        { "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":[{\"text\":5}]}",
+          NULL, 400, "data[0].text" },
+        { "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":[{\"text\":\"a\","
+          "\"id\":\"x\"},{\"text\":\"b\",\"id\":\"x\"}]}", NULL, 400, "data[1].id" },
+        { "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":[{\"text\":\"a\","
+          "\"metadata\":3}]}", NULL, 400, "data[0].metadata" },
+        { "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":[{\"text\":\"a\","
+          "\"bogus\":1}]}", NULL, 400, "data[0].bogus" },
+        { "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":[{\"text\":\"a\"}],"
+          "\"options\":{\"batch_size\":0}}", NULL, 400, "options.batch_size" },
+        { "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":[{\"text\":\"a\"}],"
+          "\"options\":{\"batch_size\":\"10\"}}", NULL, 400, "options.batch_size" },
+        { "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":[{\"text\":\"a\"}],"
+          "\"options\":{\"priority\":\"urgent\"}}", NULL, 400, "options.priority" },
+        { "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":[{\"text\":\"a\"}],"
+          "\"options\":{\"timeout_s\":-1}}", NULL, 400, "options.timeout_s" },
+        { "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":[{\"text\":\"a\"}],"
+          "\"options\":{\"max_retries\":1000}}", NULL, 400, "options.max_retries" },
+        { "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":[{\"text\":\"a\"}],"
+          "\"options\":{\"colour\":1}}", NULL, 400, "options.colour" },
+        { "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"collection\":\"Bad-Name\","
+          "\"data\":[{\"text\":\"a\"}]}", NULL, 400, "collection" },
+        { "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":[{\"text\":\"a\"}],"
+          "\"extra\":1}", NULL, 400, "extra" },
+        { "{\"operation\":\"bulk_insert\",\"data\":[{\"id\":\"a\",\"embedding\":[1]}]}", NULL,
+          400, "collection" },
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[{\"embedding\":[1]}]}",
+          NULL, 400, "data[0].id" },
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[{\"id\":\"a\","
+          "\"embedding\":[]}]}", NULL, 400, "data[0].embedding" },
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[{\"id\":\"a\","
+          "\"embedding\":[1,2]},{\"id\":\"b\",\"embedding\":[1]}]}", NULL, 400,
+          "data[1].embedding" },
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[{\"id\":\"a\","
+          "\"embedding\":[1,\"x\"]}]}", NULL, 400, "data[0].embedding[1]" },
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[{\"id\":\"a\","
+          "\"embedding\":[1e39]}]}", NULL, 400, "data[0].embedding[0]" },
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[{\"id\":\"a\","
+          "\"embedding\":[1]}]}", "text/plain", 415, NULL },
+    };
+    assert_int_equal(bd_it_start(&p, it_config, NULL), 0);
+    long before = psql_long("SELECT count(*) FROM jobs");
+    snprintf(url, sizeof(url), "%s/api/v1/batch/jobs", p.base);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const struct bad_case *c = &cases[i];
+        char ct[128];
+        snprintf(ct, sizeof(ct), "Content-Type: %s",
+                 c->content_type ? c->content_type : "application/json");
+        const char *hdrs[] = { ct, NULL };
+        struct bd_it_resp r;
+        assert_int_equal(bd_it_http("POST", url, c->body, hdrs, &r), 0);
+        json_t *j = json_loads(r.body, 0, NULL);
+        json_t *err = json_object_get(j, "error");
+        if (r.status != c->status || err == NULL ||
+            (c->field && (json_string_value(json_object_get(err, "field")) == NULL ||
+                          strcmp(json_string_value(json_object_get(err, "field")), c->field))))
+            fprintf(stderr, "case %zu: body %s -> %ld %s\n", i, c->body, r.status, r.body);
+        assert_int_equal(r.status, c->status);
+        assert_non_null(json_object_get(err, "code"));
+        assert_non_null(json_object_get(err, "message"));
+        if (c->field)
+            assert_string_equal(json_string_value(json_object_get(err, "field")), c->field);
+        json_decref(j);
+        bd_it_resp_free(&r);
+    }
+    /* a collection that exists with another dimension */
+    char coll[96], body[512];
+    long st;
+    coll_name(coll, sizeof(coll), "dims");
+    snprintf(body, sizeof(body), "{\"operation\":\"bulk_insert\",\"collection\":\"%s\","
+             "\"data\":[{\"id\":\"a\",\"embedding\":[1,2,3]}]}", coll);
+    char *id = submit(&p, body, &st);
+    assert_int_equal(st, 202);
+    wait_completed(&p, id, 20);
+    free(id);
+    before = psql_long("SELECT count(*) FROM jobs");
+    snprintf(body, sizeof(body), "{\"operation\":\"bulk_insert\",\"collection\":\"%s\","
+             "\"data\":[{\"id\":\"a\",\"embedding\":[1,2]}]}", coll);
+    json_t *j = bd_it_json(&p, "POST", "/api/v1/batch/jobs", body, &st);
+    assert_int_equal(st, 400);
+    json_decref(j);
+    assert_int_equal(psql_long("SELECT count(*) FROM jobs"), before);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
+static void test_jobs_idempotency_key_replays_or_conflicts_when_reused(void **state)
+{
+    struct bd_it_proc p;
+    char url[256], key[128], coll[96];
+    struct bd_it_resp r1, r2, r3;
+    (void)state;
+
+    assert_int_equal(bd_it_start(&p, it_config, NULL), 0);
+    coll_name(coll, sizeof(coll), "idem");
+    snprintf(url, sizeof(url), "%s/api/v1/batch/jobs", p.base);
+    snprintf(key, sizeof(key), "Idempotency-Key: %s-key", it_prefix);
+    const char *hdrs[] = { key, NULL };
+    char *body = insert_body(coll, 5, 4, 10, "normal");
+    char *other = insert_body(coll, 6, 4, 10, "normal");
+    assert_int_equal(bd_it_http("POST", url, body, hdrs, &r1), 0);
+    assert_int_equal(r1.status, 202);
+    assert_int_equal(bd_it_http("POST", url, body, hdrs, &r2), 0);
+    assert_int_equal(r2.status, 200);
+    json_t *a = json_loads(r1.body, 0, NULL), *b = json_loads(r2.body, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(a, "job_id")),
+                        json_string_value(json_object_get(b, "job_id")));
+    assert_int_equal(bd_it_http("POST", url, other, hdrs, &r3), 0);
+    assert_int_equal(r3.status, 409);
+    assert_int_equal(psql_long("SELECT count(*) FROM jobs WHERE idempotency_key = '%s-key'",
+                               it_prefix), 1);
+    json_decref(a);
+    json_decref(b);
+    bd_it_resp_free(&r1);
+    bd_it_resp_free(&r2);
+    bd_it_resp_free(&r3);
+    free(body);
+    free(other);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
+static void test_jobs_answer_429_with_retry_after_when_queue_full(void **state)
+{
+    struct bd_it_proc p;
+    char url[256], coll[96], ra[32];
+    struct bd_it_resp r;
+    const char *env[] = { "BATCH_MAX_QUEUED_ITEMS=100", NULL };
+    (void)state;
+
+    assert_int_equal(bd_it_start(&p, it_config, env), 0);
+    coll_name(coll, sizeof(coll), "bp");
+    snprintf(url, sizeof(url), "%s/api/v1/batch/jobs", p.base);
+    long before = psql_long("SELECT count(*) FROM jobs");
+    char *body = insert_body(coll, 150, 4, 10, "normal");
+    assert_int_equal(bd_it_http("POST", url, body, NULL, &r), 0);
+    assert_int_equal(r.status, 429);
+    assert_non_null(bd_it_resp_header(&r, "Retry-After", ra, sizeof(ra)));
+    assert_true(atoi(ra) > 0);
+    assert_non_null(strstr(r.body, "queue_full"));
+    bd_it_resp_free(&r);
+    assert_int_equal(psql_long("SELECT count(*) FROM jobs"), before);
+    free(body);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
+/* SIGKILL mid-job, start again: the job resumes at its first unfinished batch and every
+ * item is stored and counted exactly once. */
+static void test_jobs_resume_exactly_once_when_killed_mid_job(void **state)
+{
+    struct bd_it_proc p;
+    char coll[96];
+    long st;
+    (void)state;
+
+    assert_int_equal(bd_it_start(&p, it_config, NULL), 0);
+    coll_name(coll, sizeof(coll), "crash");
+    char *body = insert_body(coll, 20000, 16, 50, "normal");
+    char *id = submit(&p, body, &st);
+    free(body);
+    assert_int_equal(st, 202);
+    double deadline = bd_it_now() + 30;
+    long done = 0;
+    while ((done = status_field(&p, id, "progress", "processed_items")) < 2000 &&
+           bd_it_now() < deadline)
+        bd_it_sleep_ms(2);
+    assert_true(done >= 2000);
+    assert_int_equal(bd_it_stop(&p, SIGKILL, 5), 128 + SIGKILL);
+    long at_kill = psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", id);
+    assert_true(at_kill < 20000);
+
+    assert_int_equal(bd_it_start(&p, it_config, NULL), 0);
+    wait_completed(&p, id, 60);
+    assert_int_equal(psql_long("SELECT count(DISTINCT id) FROM vectors WHERE collection = "
+                               "'%s'", coll), 20000);
+    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll),
+                     20000);
+    assert_int_equal(psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", id), 20000);
+    assert_int_equal(psql_long("SELECT failed_items FROM jobs WHERE id = '%s'", id), 0);
+    assert_int_equal(psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' AND "
+                               "status = 'done'", id), 400);
+    free(id);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
+/* Two processes share the stack; the one running the job dies; the other takes it over
+ * after the lease expires. */
+static void test_jobs_taken_over_by_peer_when_owner_dies(void **state)
+{
+    struct bd_it_proc a, b;
+    char coll[96], owner[128];
+    long st;
+    (void)state;
+
+    assert_int_equal(bd_it_start(&a, it_config, NULL), 0);
+    assert_int_equal(bd_it_start(&b, it_config, NULL), 0);
+    coll_name(coll, sizeof(coll), "peer");
+    char *body = insert_body(coll, 20000, 16, 50, "normal");
+    char *id = submit(&a, body, &st);
+    free(body);
+    assert_int_equal(st, 202);
+    double deadline = bd_it_now() + 30;
+    while (status_field(&a, id, "progress", "processed_items") < 2000 && bd_it_now() < deadline)
+        bd_it_sleep_ms(2);
+    psql_str(owner, sizeof(owner), "SELECT lease_owner FROM jobs WHERE id = '%s'", id);
+    const char *dash = strrchr(owner, '-');
+    assert_non_null(dash);
+    int pid = atoi(dash + 1);
+    assert_true(pid == a.pid || pid == b.pid);
+    struct bd_it_proc *victim = pid == a.pid ? &a : &b;
+    struct bd_it_proc *survivor = pid == a.pid ? &b : &a;
+    assert_int_equal(bd_it_stop(victim, SIGKILL, 5), 128 + SIGKILL);
+    wait_completed(survivor, id, 60);
+    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll),
+                     20000);
+    assert_int_equal(psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", id), 20000);
+    free(id);
+    assert_int_equal(bd_it_stop(survivor, SIGTERM, 20), 0);
+}
+
+static void test_jobs_rebuilt_from_postgres_when_redis_flushed(void **state)
+{
+    struct bd_it_proc p;
+    char coll[96], small[96];
+    long st;
+    (void)state;
+
+    assert_int_equal(bd_it_start(&p, it_config_serial, NULL), 0);
+    coll_name(coll, sizeof(coll), "flush_block");
+    coll_name(small, sizeof(small), "flush");
+    char *body = insert_body(coll, 20000, 16, 50, "normal");
+    char *blocker = submit(&p, body, &st);
+    free(body);
+    bd_it_wait_status(&p, blocker, "processing", 20);
+    char *ids[3];
+    for (int i = 0; i < 3; i++) {
+        body = insert_body(small, 20, 4, 10, "normal");
+        ids[i] = submit(&p, body, &st);
+        free(body);
+        assert_int_equal(st, 202);
+    }
+    assert_int_equal(bd_it_sh("redis-cli -u '%s' FLUSHALL >/dev/null",
+                              bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0")), 0);
+    wait_completed(&p, blocker, 90);
+    for (int i = 0; i < 3; i++) {
+        wait_completed(&p, ids[i], 60);
+        free(ids[i]);
+    }
+    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll),
+                     20000);
+    assert_int_equal(psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", blocker),
+                     20000);
+    free(blocker);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
+static void test_jobs_complete_when_postgres_restarts_mid_job(void **state)
+{
+    struct bd_it_proc p;
+    char coll[96];
+    long st;
+    (void)state;
+
+    assert_int_equal(bd_it_start(&p, it_config, NULL), 0);
+    coll_name(coll, sizeof(coll), "pgrestart");
+    char *body = insert_body(coll, 20000, 16, 50, "normal");
+    char *id = submit(&p, body, &st);
+    free(body);
+    double deadline = bd_it_now() + 30;
+    while (status_field(&p, id, "progress", "processed_items") < 1000 && bd_it_now() < deadline)
+        bd_it_sleep_ms(2);
+    assert_int_equal(bd_it_sh("%s/scripts/stack.sh restart-pg test >/dev/null 2>&1",
+                              bd_it_env("BD_SOURCE_DIR", ".")), 0);
+    wait_completed(&p, id, 90);
+    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll),
+                     20000);
+    assert_int_equal(psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", id), 20000);
+    free(id);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
+static void test_jobs_results_readable_while_running_and_streamed_when_done(void **state)
+{
+    struct bd_it_proc p;
+    char coll[96], path[256], url[512];
+    long st;
+    (void)state;
+
+    assert_int_equal(bd_it_start(&p, it_config, NULL), 0);
+    coll_name(coll, sizeof(coll), "results");
+    char *body = insert_body(coll, 10000, 8, 100, "normal");
+    char *id = submit(&p, body, &st);
+    free(body);
+    double deadline = bd_it_now() + 30;
+    long done;
+    while ((done = status_field(&p, id, "progress", "processed_items")) < 100 &&
+           bd_it_now() < deadline)
+        bd_it_sleep_ms(2);
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s/results?limit=50", id);
+    json_t *j = bd_it_json(&p, "GET", path, NULL, &st);
+    assert_int_equal(st, 200);
+    assert_int_equal(json_array_size(json_object_get(j, "results")), 50);
+    json_decref(j);
+    wait_completed(&p, id, 60);
+
+    snprintf(url, sizeof(url), "%s/api/v1/batch/jobs/%s/results", p.base, id);
+    const char *hdrs[] = { "Accept: application/x-ndjson", NULL };
+    struct bd_it_resp r;
+    assert_int_equal(bd_it_http("GET", url, NULL, hdrs, &r), 0);
+    assert_int_equal(r.status, 200);
+    long lines = 0;
+    for (size_t i = 0; i < r.len; i++)
+        lines += r.body[i] == '\n';
+    assert_int_equal(lines, 10000);
+    bd_it_resp_free(&r);
+    free(id);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
+int main(void)
+{
+    snprintf(it_prefix, sizeof(it_prefix), "itj%d", (int)getpid());
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_jobs_seed_insert_completes_when_submitted),
+        cmocka_unit_test(test_jobs_progress_rises_monotonically_when_inserting_10000),
+        cmocka_unit_test(test_jobs_run_high_before_normal_before_low_when_saturated),
+        cmocka_unit_test(test_jobs_cancel_queued_and_processing_when_deleted),
+        cmocka_unit_test(test_jobs_reject_each_invalid_body_when_submitted),
+        cmocka_unit_test(test_jobs_idempotency_key_replays_or_conflicts_when_reused),
+        cmocka_unit_test(test_jobs_answer_429_with_retry_after_when_queue_full),
+        cmocka_unit_test(test_jobs_resume_exactly_once_when_killed_mid_job),
+        cmocka_unit_test(test_jobs_taken_over_by_peer_when_owner_dies),
+        cmocka_unit_test(test_jobs_rebuilt_from_postgres_when_redis_flushed),
+        cmocka_unit_test(test_jobs_complete_when_postgres_restarts_mid_job),
+        cmocka_unit_test(test_jobs_results_readable_while_running_and_streamed_when_done),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

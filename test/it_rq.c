@@ -1,0 +1,1042 @@
+/* it_rq.c -- redis_queue.c against the real Redis of the test stack (BATCH_REDIS_URL).
+ *
+ * Every case gets its own loop and key prefix ("bdtest:<pid>:<n>:"), deletes its keys at
+ * the end, counts the callbacks it started and received, checks that no callback ran
+ * synchronously, and asserts uv_loop_close() == 0. Waiting is done by running the loop
+ * until a callback count is reached, with a watchdog timer so a lost callback fails the
+ * case instead of hanging it. CLIENT PAUSE (the timeout case) briefly stalls every client
+ * of that Redis.  SPDX-License-Identifier: MIT
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bd_it.h"
+#include "batchd/error.h"
+#include "batchd/log.h"
+#include "batchd/redis_queue.h"
+
+#define WAIT_S 5.0
+
+struct ctx {
+    uv_loop_t loop;
+    uv_timer_t watchdog;
+    bool is_timed_out;
+    char prefix[64];
+    struct bd_rq *rq;               /* worker "w1", opened by setup */
+    int started;                    /* operations that returned BD_OK */
+    int finished;                   /* their callbacks */
+};
+
+struct rq_state {
+    int ups;
+    int downs;
+    struct bd_rq *rq;
+    int probe_err;                  /* what a claim returned from inside the down callback */
+    int probe_calls;                /* must stay 0: a refused call never calls back */
+    bool probe_is_up;
+};
+
+struct ires {
+    struct ctx *c;
+    int calls;
+    int status;
+    long long v;
+};
+
+struct cres {
+    struct ctx *c;
+    int calls;
+    int status;
+    char id[128];
+    bool is_null;
+};
+
+struct nres {
+    struct ctx *c;
+    int calls;
+    int status;
+    struct bd_rq_counts counts;
+};
+
+struct rres {
+    struct ctx *c;
+    int calls;
+    int status;
+    int type;
+    long long integer;
+    char text[512];                 /* string reply, or an array flattened with spaces */
+};
+
+static const char *redis_url(void)
+{
+    return bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0");
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Loop helpers
+ * ------------------------------------------------------------------------------------- */
+
+static void on_watchdog(uv_timer_t *t)
+{
+    struct ctx *c = t->data;
+
+    c->is_timed_out = true;
+}
+
+/* Run the loop until *calls >= want; fail the case after timeout_s. */
+static void wait_calls(struct ctx *c, const int *calls, int want, double timeout_s)
+{
+    c->is_timed_out = false;
+    uv_timer_start(&c->watchdog, on_watchdog, (uint64_t)(timeout_s * 1000), 0);
+    while (*calls < want && !c->is_timed_out)
+        uv_run(&c->loop, UV_RUN_ONCE);
+    uv_timer_stop(&c->watchdog);
+    if (*calls < want)
+        fail_msg("timed out waiting for a callback (%d of %d)", *calls, want);
+}
+
+static void on_sleep(uv_timer_t *t)
+{
+    (*(int *)t->data)++;
+}
+
+static void loop_sleep(struct ctx *c, unsigned ms)
+{
+    uv_timer_t t;
+    int fired = 0;
+
+    uv_timer_init(&c->loop, &t);
+    t.data = &fired;
+    uv_timer_start(&t, on_sleep, ms, 0);
+    wait_calls(c, &fired, 1, ms / 1000.0 + WAIT_S);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(&c->loop, UV_RUN_NOWAIT);    /* runs the close before t goes out of scope */
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Callbacks
+ * ------------------------------------------------------------------------------------- */
+
+static void on_probe_claim(int status, const char *job_id, void *arg)
+{
+    struct rq_state *st = arg;
+
+    (void)status;
+    (void)job_id;
+    st->probe_calls++;
+}
+
+static void on_state(bool up, void *arg)
+{
+    struct rq_state *st = arg;
+
+    if (up) {
+        st->ups++;
+        return;
+    }
+    st->downs++;
+    st->probe_is_up = bd_rq_is_up(st->rq);
+    st->probe_err = bd_rq_claim(st->rq, on_probe_claim, st);
+}
+
+static void on_int(int status, long long v, void *arg)
+{
+    struct ires *r = arg;
+
+    r->calls++;
+    r->c->finished++;
+    r->status = status;
+    r->v = v;
+}
+
+static void on_claim(int status, const char *job_id, void *arg)
+{
+    struct cres *r = arg;
+
+    r->calls++;
+    r->c->finished++;
+    r->status = status;
+    r->is_null = job_id == NULL;
+    snprintf(r->id, sizeof(r->id), "%s", job_id != NULL ? job_id : "");
+}
+
+static void on_counts(int status, const struct bd_rq_counts *counts, void *arg)
+{
+    struct nres *r = arg;
+
+    r->calls++;
+    r->c->finished++;
+    r->status = status;
+    if (counts != NULL)
+        r->counts = *counts;
+}
+
+static void on_reply(int status, const redisReply *reply, void *arg)
+{
+    struct rres *r = arg;
+    size_t off = 0;
+
+    r->calls++;
+    r->c->finished++;
+    r->status = status;
+    r->text[0] = '\0';
+    if (reply == NULL)
+        return;
+    r->type = reply->type;
+    r->integer = reply->integer;
+    if (reply->type == REDIS_REPLY_STRING || reply->type == REDIS_REPLY_STATUS) {
+        snprintf(r->text, sizeof(r->text), "%s", reply->str);
+        return;
+    }
+    for (size_t i = 0; reply->type == REDIS_REPLY_ARRAY && i < reply->elements; i++) {
+        const redisReply *e = reply->element[i];
+        int n = e->type == REDIS_REPLY_INTEGER
+                    ? snprintf(r->text + off, sizeof(r->text) - off, "%s%lld", i ? " " : "",
+                               e->integer)
+                    : snprintf(r->text + off, sizeof(r->text) - off, "%s%s", i ? " " : "",
+                               e->str != NULL ? e->str : "(nil)");
+        if (n < 0 || (size_t)n >= sizeof(r->text) - off)
+            break;
+        off += (size_t)n;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Operations, run to completion (each asserts BD_OK, no synchronous callback, one call)
+ * ------------------------------------------------------------------------------------- */
+
+#define STARTED(c, err, r)                                                                 \
+    do {                                                                                   \
+        assert_int_equal((err), BD_OK);                                                    \
+        assert_int_equal((r).calls, 0); /* never synchronous */                            \
+        (c)->started++;                                                                    \
+        wait_calls((c), &(r).calls, 1, WAIT_S);                                            \
+        assert_int_equal((r).calls, 1);                                                    \
+    } while (0)
+
+static long long op_enqueue(struct ctx *c, struct bd_rq *rq, const char *id,
+                            enum bd_priority prio, int64_t seq, const char *model,
+                            long long items)
+{
+    struct ires r = { .c = c };
+
+    STARTED(c, bd_rq_enqueue(rq, id, prio, seq, model, items, on_int, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    return r.v;
+}
+
+/* Returns the claimed id in buf ("" when none). */
+static const char *op_claim(struct ctx *c, struct bd_rq *rq, char *buf, size_t len)
+{
+    struct cres r = { .c = c };
+
+    STARTED(c, bd_rq_claim(rq, on_claim, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    snprintf(buf, len, "%s", r.id);
+    return buf;
+}
+
+static long long op_renew(struct ctx *c, struct bd_rq *rq, const char *id)
+{
+    struct ires r = { .c = c };
+
+    STARTED(c, bd_rq_renew(rq, id, on_int, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    return r.v;
+}
+
+static long long op_release(struct ctx *c, struct bd_rq *rq, const char *id, bool requeue)
+{
+    struct ires r = { .c = c };
+
+    STARTED(c, bd_rq_release(rq, id, requeue, on_int, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    return r.v;
+}
+
+static long long op_cancel(struct ctx *c, struct bd_rq *rq, const char *id)
+{
+    struct ires r = { .c = c };
+
+    STARTED(c, bd_rq_cancel(rq, id, on_int, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    return r.v;
+}
+
+static long long op_reap(struct ctx *c, struct bd_rq *rq)
+{
+    struct ires r = { .c = c };
+
+    STARTED(c, bd_rq_reap(rq, on_int, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    return r.v;
+}
+
+static long long op_adopt(struct ctx *c, struct bd_rq *rq, const char *id,
+                          enum bd_priority prio, int64_t seq, const char *model,
+                          long long items)
+{
+    struct ires r = { .c = c };
+
+    STARTED(c, bd_rq_adopt(rq, id, prio, seq, model, items, on_int, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    return r.v;
+}
+
+static long long op_seq(struct ctx *c, struct bd_rq *rq)
+{
+    struct ires r = { .c = c };
+
+    STARTED(c, bd_rq_next_seq(rq, on_int, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    return r.v;
+}
+
+static struct bd_rq_counts op_counts(struct ctx *c, struct bd_rq *rq)
+{
+    struct nres r = { .c = c };
+
+    STARTED(c, bd_rq_get_counts(rq, on_counts, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    return r.counts;
+}
+
+/* Per-model counts flattened: "m1 1 0 m2 0 1". */
+static void op_model_counts(struct ctx *c, struct bd_rq *rq, char *buf, size_t len)
+{
+    struct rres r = { .c = c };
+
+    STARTED(c, bd_rq_get_model_counts(rq, on_reply, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    assert_int_equal(r.type, REDIS_REPLY_ARRAY);
+    snprintf(buf, len, "%s", r.text);
+}
+
+/* Any command; returns the reply status, text in r. */
+static int op_cmd(struct ctx *c, struct bd_rq *rq, struct rres *r, int argc, const char **argv)
+{
+    memset(r, 0, sizeof(*r));
+    r->c = c;
+    STARTED(c, bd_rq_command_argv(rq, argc, argv, NULL, on_reply, r), *r);
+    return r->status;
+}
+
+static void assert_counts(struct ctx *c, struct bd_rq *rq, long long high, long long normal,
+                          long long low, long long inflight, long long queued_items)
+{
+    struct bd_rq_counts n = op_counts(c, rq);
+
+    assert_int_equal(n.pending[BD_PRIO_HIGH], high);
+    assert_int_equal(n.pending[BD_PRIO_NORMAL], normal);
+    assert_int_equal(n.pending[BD_PRIO_LOW], low);
+    assert_int_equal(n.inflight, inflight);
+    assert_int_equal(n.queued_items, queued_items);
+}
+
+static void assert_models(struct ctx *c, struct bd_rq *rq, const char *want)
+{
+    char got[512];
+
+    op_model_counts(c, rq, got, sizeof(got));
+    assert_string_equal(got, want);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Opening and closing
+ * ------------------------------------------------------------------------------------- */
+
+static struct bd_rq *rq_open_url(struct ctx *c, const char *url, const char *worker,
+                                 double lease_s, double timeout_s, struct rq_state *st)
+{
+    struct bd_rq_options o = {
+        .url = url, .worker_id = worker, .prefix = c->prefix,
+        .lease_s = lease_s, .command_timeout_s = timeout_s,
+    };
+    struct bd_rq *rq = NULL;
+
+    memset(st, 0, sizeof(*st));
+    assert_int_equal(bd_rq_new(&c->loop, &o, &rq), BD_OK);
+    assert_non_null(rq);
+    st->rq = rq;
+    bd_rq_set_state_cb(rq, on_state, st);
+    return rq;
+}
+
+static struct bd_rq *rq_open(struct ctx *c, const char *worker, double lease_s,
+                             double timeout_s, struct rq_state *st)
+{
+    struct bd_rq *rq = rq_open_url(c, redis_url(), worker, lease_s, timeout_s, st);
+
+    assert_false(bd_rq_is_up(rq));  /* up only once the handshake is answered */
+    wait_calls(c, &st->ups, 1, WAIT_S);
+    assert_true(bd_rq_is_up(rq));
+    return rq;
+}
+
+static void on_closed(int status, void *arg)
+{
+    struct ires *r = arg;
+
+    r->calls++;
+    r->status = status;
+}
+
+static void rq_close_wait(struct ctx *c, struct bd_rq *rq)
+{
+    struct ires r = { .c = c };
+
+    bd_rq_close(rq, on_closed, &r);
+    assert_int_equal(r.calls, 0);
+    wait_calls(c, &r.calls, 1, WAIT_S);
+    assert_int_equal(r.status, BD_OK);
+}
+
+static int setup(void **state)
+{
+    static int n;
+    struct ctx *c = calloc(1, sizeof(*c));
+    static struct rq_state st;
+
+    assert_non_null(c);
+    assert_int_equal(uv_loop_init(&c->loop), 0);
+    uv_timer_init(&c->loop, &c->watchdog);
+    c->watchdog.data = c;
+    snprintf(c->prefix, sizeof(c->prefix), "bdtest:%d:%d:", (int)getpid(), ++n);
+    c->rq = rq_open(c, "w1", 30.0, 5.0, &st);
+    *state = c;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct ctx *c = *state;
+    struct rq_state st;
+    struct rres r;
+    const char *del[5] = {
+        "EVAL",
+        "local n = 0\n"
+        "for _, k in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do\n"
+        "  redis.call('DEL', k); n = n + 1\n"
+        "end\n"
+        "return n\n",
+        "0", c->prefix, NULL,
+    };
+
+    if (c->rq == NULL)
+        c->rq = rq_open(c, "cleanup", 30.0, 5.0, &st);
+    assert_int_equal(op_cmd(c, c->rq, &r, 4, del), BD_OK);
+    rq_close_wait(c, c->rq);
+    uv_close((uv_handle_t *)&c->watchdog, NULL);
+    assert_int_equal(uv_run(&c->loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(c->finished, c->started);     /* each callback exactly once */
+    assert_int_equal(uv_loop_close(&c->loop), 0);  /* no handle leaked */
+    free(c);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Cases
+ * ------------------------------------------------------------------------------------- */
+
+static void seq_increases_across_instances(void **state)
+{
+    struct ctx *c = *state;
+    struct rq_state st2;
+    struct bd_rq *rq2 = rq_open(c, "w2", 30.0, 5.0, &st2);
+    struct ires r1 = { .c = c }, r2 = { .c = c };
+
+    long long a = op_seq(c, c->rq);
+    long long b = op_seq(c, rq2);
+    long long d = op_seq(c, c->rq);
+    assert_true(a >= 1);
+    assert_true(b > a);
+    assert_true(d > b);
+
+    /* Concurrent: two "processes" never get the same number. */
+    assert_int_equal(bd_rq_next_seq(c->rq, on_int, &r1), BD_OK);
+    assert_int_equal(bd_rq_next_seq(rq2, on_int, &r2), BD_OK);
+    c->started += 2;
+    wait_calls(c, &r1.calls, 1, WAIT_S);
+    wait_calls(c, &r2.calls, 1, WAIT_S);
+    assert_true(r1.v > d && r2.v > d && r1.v != r2.v);
+    rq_close_wait(c, rq2);
+}
+
+static void claim_follows_priority_then_fifo(void **state)
+{
+    struct ctx *c = *state;
+    char id[128];
+
+    op_enqueue(c, c->rq, "a-low", BD_PRIO_LOW, 1, "m", 1);
+    op_enqueue(c, c->rq, "b-normal", BD_PRIO_NORMAL, 2, "m", 1);
+    op_enqueue(c, c->rq, "c-high", BD_PRIO_HIGH, 3, "m", 1);
+    op_enqueue(c, c->rq, "d-normal2", BD_PRIO_NORMAL, 4, "m", 1);
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "c-high");
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "b-normal");
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "d-normal2");
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "a-low");
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "");
+}
+
+static void claim_returns_null_when_queues_empty(void **state)
+{
+    struct ctx *c = *state;
+    struct cres r = { .c = c };
+
+    STARTED(c, bd_rq_claim(c->rq, on_claim, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    assert_true(r.is_null);
+    assert_counts(c, c->rq, 0, 0, 0, 0, 0);
+}
+
+static void enqueue_is_idempotent_and_reports_position(void **state)
+{
+    struct ctx *c = *state;
+    char id[128];
+
+    assert_int_equal(op_enqueue(c, c->rq, "a", BD_PRIO_LOW, 1, "m", 10), 1);
+    assert_int_equal(op_enqueue(c, c->rq, "b", BD_PRIO_NORMAL, 2, "m", 10), 1);
+    assert_int_equal(op_enqueue(c, c->rq, "c", BD_PRIO_HIGH, 3, "m", 10), 1);
+    assert_int_equal(op_enqueue(c, c->rq, "d", BD_PRIO_NORMAL, 4, "m", 10), 3);
+    /* Again, even with another priority and seq: left where it is, position reported. */
+    assert_int_equal(op_enqueue(c, c->rq, "a", BD_PRIO_HIGH, 99, "m", 10), 4);
+    assert_int_equal(op_enqueue(c, c->rq, "b", BD_PRIO_NORMAL, 2, "m", 10), 2);
+    assert_counts(c, c->rq, 1, 2, 1, 0, 40);
+    assert_models(c, c->rq, "m 4 0");
+    /* In flight: left alone, position 0. */
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "c");
+    assert_int_equal(op_enqueue(c, c->rq, "c", BD_PRIO_HIGH, 3, "m", 10), 0);
+    assert_counts(c, c->rq, 0, 2, 1, 1, 30);
+    assert_models(c, c->rq, "m 3 1");
+}
+
+static void renew_reports_owner_and_cancel(void **state)
+{
+    struct ctx *c = *state;
+    struct rq_state st2;
+    struct bd_rq *rq2 = rq_open(c, "w2", 30.0, 5.0, &st2);
+    char id[128];
+
+    op_enqueue(c, c->rq, "j", BD_PRIO_NORMAL, 1, "m", 3);
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "j");
+    assert_int_equal(op_renew(c, c->rq, "j"), 1);
+    assert_int_equal(op_adopt(c, c->rq, "j", BD_PRIO_NORMAL, 1, "m", 3), 1); /* ours */
+    assert_int_equal(op_adopt(c, rq2, "j", BD_PRIO_NORMAL, 1, "m", 3), 0);
+    op_enqueue(c, c->rq, "q", BD_PRIO_LOW, 2, "m", 1);
+    assert_int_equal(op_adopt(c, c->rq, "q", BD_PRIO_LOW, 2, "m", 1), 0);   /* queued */
+    assert_int_equal(op_cancel(c, c->rq, "q"), 1);
+    assert_int_equal(op_renew(c, rq2, "j"), 0);          /* another worker's job */
+    assert_int_equal(op_release(c, rq2, "j", false), 0); /* not its to release either */
+    assert_int_equal(op_renew(c, c->rq, "nope"), 0);
+    assert_int_equal(op_cancel(c, rq2, "j"), 2);         /* any process may ask */
+    assert_int_equal(op_renew(c, c->rq, "j"), 2);
+    assert_int_equal(op_renew(c, c->rq, "j"), 2);        /* the flag stays */
+    assert_int_equal(op_release(c, c->rq, "j", false), 1);
+    assert_int_equal(op_renew(c, c->rq, "j"), 0);
+    assert_counts(c, c->rq, 0, 0, 0, 0, 0);
+    assert_models(c, c->rq, "m 0 0");
+    rq_close_wait(c, rq2);
+}
+
+static void cancel_removes_queued_job(void **state)
+{
+    struct ctx *c = *state;
+    char id[128];
+
+    op_enqueue(c, c->rq, "j", BD_PRIO_HIGH, 1, "m", 5);
+    assert_counts(c, c->rq, 1, 0, 0, 0, 5);
+    assert_int_equal(op_cancel(c, c->rq, "j"), 1);
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "");
+    assert_int_equal(op_cancel(c, c->rq, "j"), 0);
+    assert_counts(c, c->rq, 0, 0, 0, 0, 0);
+    assert_models(c, c->rq, "m 0 0");
+}
+
+static void release_requeue_puts_job_first_in_its_priority(void **state)
+{
+    struct ctx *c = *state;
+    char id[128];
+
+    op_enqueue(c, c->rq, "a", BD_PRIO_NORMAL, 10, "m", 2);
+    op_enqueue(c, c->rq, "b", BD_PRIO_NORMAL, 11, "m", 3);
+    op_enqueue(c, c->rq, "z", BD_PRIO_LOW, 1, "m", 4);
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "a");
+    assert_counts(c, c->rq, 0, 1, 1, 1, 7);
+    assert_int_equal(op_release(c, c->rq, "a", true), 1);
+    assert_counts(c, c->rq, 0, 2, 1, 0, 9);
+    assert_models(c, c->rq, "m 3 0");
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "a");
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "b");
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "z");
+    /* Releasing twice changes nothing the second time. */
+    assert_int_equal(op_release(c, c->rq, "a", false), 1);
+    assert_int_equal(op_release(c, c->rq, "a", false), 1);
+    assert_int_equal(op_release(c, c->rq, "a", true), 0);  /* nothing left to requeue */
+    assert_counts(c, c->rq, 0, 0, 0, 2, 0);
+    assert_models(c, c->rq, "m 0 2");
+}
+
+static void reap_returns_expired_lease_to_queue(void **state)
+{
+    struct ctx *c = *state;
+    struct rq_state st_short, st2;
+    struct bd_rq *rq_short = rq_open(c, "w-short", 0.2, 5.0, &st_short);
+    struct bd_rq *rq2 = rq_open(c, "w2", 30.0, 5.0, &st2);
+    char id[128];
+
+    op_enqueue(c, c->rq, "j", BD_PRIO_NORMAL, 1, "m", 6);
+    op_enqueue(c, c->rq, "k", BD_PRIO_NORMAL, 2, "m", 1);
+    assert_string_equal(op_claim(c, rq_short, id, sizeof(id)), "j");
+    assert_int_equal(op_reap(c, c->rq), 0);               /* lease still running */
+    loop_sleep(c, 350);
+    assert_int_equal(op_reap(c, c->rq), 1);
+    assert_counts(c, c->rq, 0, 2, 0, 0, 7);
+    assert_models(c, c->rq, "m 2 0");
+    assert_int_equal(op_renew(c, rq_short, "j"), 0);      /* the lease is lost */
+    assert_string_equal(op_claim(c, rq2, id, sizeof(id)), "j"); /* back at the head */
+    assert_int_equal(op_renew(c, rq2, "j"), 1);
+    assert_int_equal(op_release(c, rq_short, "j", false), 0);
+    assert_counts(c, c->rq, 0, 1, 0, 1, 1);
+    assert_models(c, c->rq, "m 1 1");
+    assert_int_equal(op_reap(c, c->rq), 0);
+    rq_close_wait(c, rq_short);
+    rq_close_wait(c, rq2);
+}
+
+static void counts_stay_consistent_through_a_sequence(void **state)
+{
+    struct ctx *c = *state;
+    char id[128];
+
+    op_enqueue(c, c->rq, "j1", BD_PRIO_HIGH, 1, "m1", 10);
+    op_enqueue(c, c->rq, "j2", BD_PRIO_NORMAL, 2, "m1", 20);
+    op_enqueue(c, c->rq, "j3", BD_PRIO_LOW, 3, "m2", 5);
+    op_enqueue(c, c->rq, "j4", BD_PRIO_NORMAL, 4, "m2", 7);
+    op_enqueue(c, c->rq, "i1", BD_PRIO_LOW, 5, NULL, 100);    /* bulk_insert: no model */
+    assert_counts(c, c->rq, 1, 2, 2, 0, 142);
+    assert_models(c, c->rq, "m1 2 0 m2 2 0");
+
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "j1");
+    assert_int_equal(op_cancel(c, c->rq, "j3"), 1);
+    assert_counts(c, c->rq, 0, 2, 1, 1, 127);
+    assert_models(c, c->rq, "m1 1 1 m2 1 0");
+
+    assert_int_equal(op_release(c, c->rq, "j1", true), 1);
+    assert_counts(c, c->rq, 1, 2, 1, 0, 137);
+    assert_models(c, c->rq, "m1 2 0 m2 1 0");
+
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "j1");
+    assert_int_equal(op_release(c, c->rq, "j1", false), 1);
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "j2");
+    assert_int_equal(op_cancel(c, c->rq, "j2"), 2);
+    assert_int_equal(op_release(c, c->rq, "j2", false), 1);
+    assert_counts(c, c->rq, 0, 1, 1, 0, 107);
+    assert_models(c, c->rq, "m1 0 0 m2 1 0");
+
+    /* Repeats and unknown ids leave every counter where it is (never below zero). */
+    assert_int_equal(op_release(c, c->rq, "j2", false), 1);
+    assert_int_equal(op_cancel(c, c->rq, "j2"), 0);
+    assert_int_equal(op_cancel(c, c->rq, "ghost"), 0);
+    assert_int_equal(op_reap(c, c->rq), 0);
+    assert_counts(c, c->rq, 0, 1, 1, 0, 107);
+    assert_models(c, c->rq, "m1 0 0 m2 1 0");
+
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "j4");
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "i1");
+    assert_counts(c, c->rq, 0, 0, 0, 2, 0);
+    assert_models(c, c->rq, "m1 0 0 m2 0 1");
+    assert_int_equal(op_release(c, c->rq, "j4", false), 1);
+    assert_int_equal(op_release(c, c->rq, "i1", false), 1);
+    assert_counts(c, c->rq, 0, 0, 0, 0, 0);
+    assert_models(c, c->rq, "m1 0 0 m2 0 0");
+}
+
+static void noscript_is_recovered_transparently(void **state)
+{
+    struct ctx *c = *state;
+    struct rres r;
+    struct ires e = { .c = c };
+    struct nres n = { .c = c };
+    const char *flush[2] = { "SCRIPT", "FLUSH" };
+    char id[128];
+
+    assert_int_equal(op_cmd(c, c->rq, &r, 2, flush), BD_OK);
+    assert_string_equal(r.text, "OK");
+    /* Two different scripts pipelined: each reloads its own and is retried once. */
+    assert_int_equal(bd_rq_enqueue(c->rq, "j", BD_PRIO_NORMAL, 1, "m", 2, on_int, &e), BD_OK);
+    assert_int_equal(bd_rq_get_counts(c->rq, on_counts, &n), BD_OK);
+    c->started += 2;
+    wait_calls(c, &e.calls, 1, WAIT_S);
+    wait_calls(c, &n.calls, 1, WAIT_S);
+    assert_int_equal(e.status, BD_OK);
+    assert_int_equal(e.v, 1);
+    assert_int_equal(n.status, BD_OK);
+    assert_int_equal(n.counts.pending[BD_PRIO_NORMAL], 1);
+
+    assert_int_equal(op_cmd(c, c->rq, &r, 2, flush), BD_OK);
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "j");
+    assert_int_equal(op_release(c, c->rq, "j", false), 1);
+}
+
+static void reconnects_after_client_kill(void **state)
+{
+    struct ctx *c = *state;
+    struct rq_state st1, st2;
+    struct bd_rq *rq1 = rq_open(c, "w-kill", 30.0, 5.0, &st1);
+    struct bd_rq *rq2 = rq_open(c, "w2", 30.0, 5.0, &st2);
+    const char *client_id[2] = { "CLIENT", "ID" };
+    const char *kill[4] = { "CLIENT", "KILL", "ID", NULL };
+    struct rres r;
+    char idbuf[32], id[128];
+
+    assert_int_equal(op_cmd(c, rq1, &r, 2, client_id), BD_OK);
+    snprintf(idbuf, sizeof(idbuf), "%lld", r.integer);
+    kill[3] = idbuf;
+    assert_int_equal(op_cmd(c, rq2, &r, 4, kill), BD_OK);
+    assert_int_equal(r.integer, 1);
+
+    wait_calls(c, &st1.downs, 1, WAIT_S);
+    /* Inside the down callback commands already failed fast and is_up was false. */
+    assert_false(st1.probe_is_up);
+    assert_int_equal(st1.probe_err, BD_EREDIS);
+    assert_int_equal(st1.probe_calls, 0);
+    if (st1.ups == 1) {
+        struct cres cr = { .c = c };
+        assert_false(bd_rq_is_up(rq1));
+        assert_int_equal(bd_rq_claim(rq1, on_claim, &cr), BD_EREDIS);
+        assert_int_equal(cr.calls, 0);
+    }
+    wait_calls(c, &st1.ups, 2, WAIT_S);
+    assert_int_equal(st1.downs, 1);
+    assert_true(bd_rq_is_up(rq1));
+    op_enqueue(c, rq1, "after-kill", BD_PRIO_NORMAL, 1, "m", 1);
+    assert_string_equal(op_claim(c, rq1, id, sizeof(id)), "after-kill");
+    assert_int_equal(op_release(c, rq1, "after-kill", false), 1);
+    assert_int_equal(st2.downs, 0);
+    rq_close_wait(c, rq1);
+    rq_close_wait(c, rq2);
+}
+
+static void commands_fail_fast_when_redis_unreachable(void **state)
+{
+    struct ctx *c = *state;
+    struct rq_state st;
+    struct bd_rq *rq;
+    struct cres cr = { .c = c };
+    struct ires ir = { .c = c };
+    char url[64];
+
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d/0", bd_it_free_port());
+    rq = rq_open_url(c, url, "w-nowhere", 30.0, 0.5, &st);
+    assert_false(bd_rq_is_up(rq));
+    assert_int_equal(bd_rq_claim(rq, on_claim, &cr), BD_EREDIS);
+    assert_int_equal(bd_rq_next_seq(rq, on_int, &ir), BD_EREDIS);
+    loop_sleep(c, 400);             /* a few reconnect attempts (100, 200 ms) */
+    assert_int_equal(bd_rq_enqueue(rq, "j", BD_PRIO_LOW, 1, "m", 1, on_int, &ir), BD_EREDIS);
+    assert_int_equal(cr.calls + ir.calls, 0);
+    assert_int_equal(st.ups + st.downs, 0);  /* never up, so no transition to report */
+    rq_close_wait(c, rq);
+}
+
+static void bad_arguments_are_refused(void **state)
+{
+    struct ctx *c = *state;
+    static const char *const bad_urls[] = {
+        "http://127.0.0.1:6379", "redis://", "redis://h:0", "redis://h:99999",
+        "redis://h:12x", "redis://h:1/x", "redis://[::1", "redis://h:1?db=2",
+    };
+    struct bd_rq_options o = { .worker_id = "w", .prefix = c->prefix };
+    struct bd_rq *rq = (struct bd_rq *)&o;
+    struct ires ir = { .c = c };
+
+    for (size_t i = 0; i < sizeof(bad_urls) / sizeof(bad_urls[0]); i++) {
+        o.url = bad_urls[i];
+        assert_int_equal(bd_rq_new(&c->loop, &o, &rq), BD_EINVAL);
+        assert_null(rq);
+    }
+    o.url = redis_url();
+    o.worker_id = NULL;
+    assert_int_equal(bd_rq_new(&c->loop, &o, &rq), BD_EINVAL);
+    assert_int_equal(bd_rq_enqueue(c->rq, NULL, BD_PRIO_LOW, 1, "m", 1, on_int, &ir), BD_EINVAL);
+    assert_int_equal(bd_rq_enqueue(c->rq, "", BD_PRIO_LOW, 1, "m", 1, on_int, &ir), BD_EINVAL);
+    assert_int_equal(bd_rq_enqueue(c->rq, "j", (enum bd_priority)3, 1, "m", 1, on_int, &ir),
+                     BD_EINVAL);
+    assert_int_equal(bd_rq_enqueue(c->rq, "j", BD_PRIO_LOW, 1, "m", -1, on_int, &ir),
+                     BD_EINVAL);
+    assert_int_equal(bd_rq_renew(c->rq, NULL, on_int, &ir), BD_EINVAL);
+    assert_int_equal(ir.calls, 0);
+}
+
+/* redis://user:password@host:port/db: AUTH with a user name (Redis 7's default user has no
+ * password, so any password is accepted for it), a %-encoded password, SELECT of db 1. */
+static void url_with_user_password_and_db(void **state)
+{
+    struct ctx *c = *state;
+    struct rq_state st;
+    struct bd_rq *rq;
+    struct rres r;
+    const char *u = redis_url() + strlen("redis://");
+    const char *get[2] = { "GET", NULL };
+    const char *del[3] = { "DEL", NULL, NULL };
+    char url[256], key[96];
+
+    if (strchr(u, '@') != NULL)
+        skip();
+    snprintf(url, sizeof(url), "redis://default:any%%40thing@%.*s/1", (int)strcspn(u, "/"), u);
+    rq = rq_open_url(c, url, "w-db1", 30.0, 5.0, &st);
+    wait_calls(c, &st.ups, 1, WAIT_S);
+    assert_int_equal(op_seq(c, rq), 1);
+    snprintf(key, sizeof(key), "%sseq", c->prefix);
+    get[1] = key;
+    assert_int_equal(op_cmd(c, rq, &r, 2, get), BD_OK);
+    assert_string_equal(r.text, "1");
+    if (strstr(redis_url(), "/1") == NULL) {        /* the main client is on another db */
+        assert_int_equal(op_cmd(c, c->rq, &r, 2, get), BD_OK);
+        assert_int_equal(r.type, REDIS_REPLY_NIL);
+    }
+    del[1] = key;
+    assert_int_equal(op_cmd(c, rq, &r, 2, del), BD_OK);
+    rq_close_wait(c, rq);
+}
+
+/* A URL with a password: this Redis has none, so AUTH is refused, the handshake fails, and
+ * the client keeps retrying without ever reporting up. */
+static void auth_failure_keeps_client_down(void **state)
+{
+    struct ctx *c = *state;
+    struct rq_state st;
+    struct bd_rq *rq;
+    const char *u = redis_url();
+    char url[256];
+
+    if (strchr(u, '@') != NULL)
+        skip();                      /* the stack's Redis has a password: not this case */
+    snprintf(url, sizeof(url), "redis://:wrong%%21pw@%s", u + strlen("redis://"));
+    rq = rq_open_url(c, url, "w-auth", 30.0, 1.0, &st);
+    loop_sleep(c, 400);
+    assert_int_equal(st.ups, 0);
+    assert_false(bd_rq_is_up(rq));
+    rq_close_wait(c, rq);
+}
+
+/* Redis itself restarts (a private redis-server, reached as "localhost" to go through the
+ * resolver): the client reports down, fails fast while it is gone, comes back up on its
+ * own, and is_empty tells the owner to rebuild. */
+static void survives_redis_restart(void **state)
+{
+    struct ctx *c = *state;
+    struct rq_state st;
+    struct bd_rq *rq;
+    struct ires ir = { .c = c };
+    char url[64], id[128];
+    double t0;
+    int port = bd_it_free_port();
+    const char *start = "redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no "
+                        "--daemonize yes --pidfile /tmp/bdtest-rq-%d.pid --logfile /dev/null";
+
+    if (bd_it_sh("command -v redis-server >/dev/null && command -v redis-cli >/dev/null") != 0)
+        skip();
+    assert_int_equal(bd_it_sh(start, port, port), 0);
+    snprintf(url, sizeof(url), "redis://localhost:%d/0", port);
+    rq = rq_open_url(c, url, "w-restart", 30.0, 2.0, &st);
+    wait_calls(c, &st.ups, 1, WAIT_S);
+    STARTED(c, bd_rq_mark_alive(rq, on_int, &ir), ir);
+    op_enqueue(c, rq, "j", BD_PRIO_NORMAL, 1, "m", 1);
+
+    assert_int_equal(bd_it_sh("redis-cli -p %d shutdown nosave >/dev/null 2>&1", port), 0);
+    wait_calls(c, &st.downs, 1, WAIT_S);
+    assert_int_equal(bd_rq_enqueue(rq, "k", BD_PRIO_LOW, 2, "m", 1, on_int, &ir), BD_EREDIS);
+    loop_sleep(c, 350);             /* some refused reconnects: still one down, no up */
+    assert_int_equal(st.downs, 1);
+    assert_int_equal(st.ups, 1);
+
+    t0 = bd_it_now();
+    assert_int_equal(bd_it_sh(start, port, port), 0);
+    wait_calls(c, &st.ups, 2, 10.0);
+    /* Refused reconnects are noticed at once (not at the 2 s command timeout), so the next
+     * attempt comes after at most the current backoff (800 ms here). */
+    assert_true(bd_it_now() - t0 < 1.6);
+    ir.calls = 0;
+    STARTED(c, bd_rq_is_empty(rq, on_int, &ir), ir);
+    assert_int_equal(ir.v, 1);      /* started empty: the owner rebuilds from PostgreSQL */
+    assert_string_equal(op_claim(c, rq, id, sizeof(id)), "");
+    assert_int_equal(op_renew(c, rq, "running"), 0);          /* its lease went with Redis */
+    assert_int_equal(op_adopt(c, rq, "running", BD_PRIO_HIGH, 2, "m", 4), 1);
+    assert_int_equal(op_renew(c, rq, "running"), 1);
+    assert_int_equal(op_enqueue(c, rq, "j", BD_PRIO_NORMAL, 1, "m", 1), 1);
+    assert_counts(c, rq, 0, 1, 0, 1, 1);
+    assert_models(c, rq, "m 1 1");
+    assert_string_equal(op_claim(c, rq, id, sizeof(id)), "j");
+    rq_close_wait(c, rq);
+    bd_it_sh("redis-cli -p %d shutdown nosave >/dev/null 2>&1", port);
+}
+
+static void command_timeout_fails_pending_and_recovers(void **state)
+{
+    struct ctx *c = *state;
+    struct rq_state st_t, st2;
+    struct bd_rq *rq_t = rq_open(c, "w-timeout", 30.0, 0.5, &st_t);
+    struct bd_rq *rq2 = rq_open(c, "w2", 30.0, 5.0, &st2);
+    const char *pause[4] = { "CLIENT", "PAUSE", "1500", "ALL" };
+    struct ires r[3] = { { .c = c }, { .c = c }, { .c = c } };
+    struct cres cr = { .c = c };
+    struct rres rr;
+    double t0, dt;
+
+    assert_int_equal(op_cmd(c, rq2, &rr, 4, pause), BD_OK);
+    t0 = bd_it_now();
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(bd_rq_next_seq(rq_t, on_int, &r[i]), BD_OK);
+    assert_int_equal(bd_rq_claim(rq_t, on_claim, &cr), BD_OK);
+    c->started += 4;
+    wait_calls(c, &cr.calls, 1, WAIT_S);
+    dt = bd_it_now() - t0;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(r[i].calls, 1);
+        assert_int_equal(r[i].status, BD_EREDIS);
+    }
+    assert_int_equal(cr.status, BD_EREDIS);
+    assert_true(cr.is_null);
+    assert_true(dt >= 0.45 && dt < 1.2);
+    assert_int_equal(st_t.downs, 1);
+    assert_false(bd_rq_is_up(rq_t));
+
+    wait_calls(c, &st_t.ups, 2, WAIT_S);    /* back once the pause ends */
+    assert_true(bd_it_now() - t0 >= 1.4);
+    assert_true(op_seq(c, rq_t) > 0);
+    assert_int_equal(st_t.downs, 1);
+    rq_close_wait(c, rq_t);
+    rq_close_wait(c, rq2);
+}
+
+static void close_fails_pending_with_canceled(void **state)
+{
+    struct ctx *c = *state;
+    struct ires r[3] = { { .c = c }, { .c = c }, { .c = c } };
+    struct ires closed = { .c = c };
+    struct cres cr = { .c = c };
+
+    assert_int_equal(bd_rq_enqueue(c->rq, "j", BD_PRIO_LOW, 1, "m", 1, on_int, &r[0]), BD_OK);
+    assert_int_equal(bd_rq_next_seq(c->rq, on_int, &r[1]), BD_OK);
+    assert_int_equal(bd_rq_renew(c->rq, "j", on_int, &r[2]), BD_OK);
+    c->started += 3;
+    bd_rq_close(c->rq, on_closed, &closed);
+    assert_int_equal(bd_rq_claim(c->rq, on_claim, &cr), BD_ECANCELED);
+    assert_int_equal(r[0].calls + r[1].calls + r[2].calls + closed.calls, 0);
+    wait_calls(c, &closed.calls, 1, WAIT_S);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(r[i].calls, 1);
+        assert_int_equal(r[i].status, BD_ECANCELED);
+    }
+    assert_int_equal(cr.calls, 0);
+    c->rq = NULL;
+}
+
+/* bd_rq_close from inside a reply callback, with another command still pending. */
+struct close_in_cb {
+    struct ctx *c;
+    struct bd_rq *rq;
+    struct ires closed;
+    int calls;
+};
+
+static void on_seq_then_close(int status, long long v, void *arg)
+{
+    struct close_in_cb *x = arg;
+
+    (void)v;
+    assert_int_equal(status, BD_OK);
+    x->calls++;
+    x->c->finished++;
+    bd_rq_close(x->rq, on_closed, &x->closed);
+}
+
+static void close_from_inside_a_callback(void **state)
+{
+    struct ctx *c = *state;
+    struct close_in_cb x = { .c = c, .rq = c->rq, .closed = { .c = c } };
+    struct ires later = { .c = c };
+
+    assert_int_equal(bd_rq_next_seq(c->rq, on_seq_then_close, &x), BD_OK);
+    assert_int_equal(bd_rq_next_seq(c->rq, on_int, &later), BD_OK);
+    c->started += 2;
+    wait_calls(c, &x.closed.calls, 1, WAIT_S);
+    assert_int_equal(x.calls, 1);
+    assert_int_equal(later.calls, 1);
+    assert_int_equal(later.status, BD_ECANCELED);
+    c->rq = NULL;
+}
+
+static void alive_marker_and_info(void **state)
+{
+    struct ctx *c = *state;
+    struct ires r = { .c = c };
+    struct rres rr = { .c = c };
+
+    STARTED(c, bd_rq_is_empty(c->rq, on_int, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    assert_int_equal(r.v, 1);
+    r.calls = 0;
+    STARTED(c, bd_rq_mark_alive(c->rq, on_int, &r), r);
+    assert_int_equal(r.v, 1);
+    r.calls = 0;
+    STARTED(c, bd_rq_is_empty(c->rq, on_int, &r), r);
+    assert_int_equal(r.v, 0);
+    r.calls = 0;
+    STARTED(c, bd_rq_get_used_memory(c->rq, on_int, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    assert_true(r.v > 0);
+
+    op_enqueue(c, c->rq, "j", BD_PRIO_HIGH, 7, "m", 3);
+    STARTED(c, bd_rq_get_job_info(c->rq, "j", on_reply, &rr), rr);
+    assert_int_equal(rr.status, BD_OK);
+    assert_non_null(strstr(rr.text, "priority high"));
+    assert_non_null(strstr(rr.text, "seq 7"));
+    assert_non_null(strstr(rr.text, "state queued"));
+    rr.calls = 0;
+    STARTED(c, bd_rq_get_job_info(c->rq, "nope", on_reply, &rr), rr);
+    assert_string_equal(rr.text, "state absent");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+        T(seq_increases_across_instances),
+        T(claim_follows_priority_then_fifo),
+        T(claim_returns_null_when_queues_empty),
+        T(enqueue_is_idempotent_and_reports_position),
+        T(renew_reports_owner_and_cancel),
+        T(cancel_removes_queued_job),
+        T(release_requeue_puts_job_first_in_its_priority),
+        T(reap_returns_expired_lease_to_queue),
+        T(counts_stay_consistent_through_a_sequence),
+        T(noscript_is_recovered_transparently),
+        T(reconnects_after_client_kill),
+        T(commands_fail_fast_when_redis_unreachable),
+        T(bad_arguments_are_refused),
+        T(url_with_user_password_and_db),
+        T(auth_failure_keeps_client_down),
+        T(survives_redis_restart),
+        T(command_timeout_fails_pending_and_recovers),
+        T(close_fails_pending_with_canceled),
+        T(close_from_inside_a_callback),
+        T(alive_marker_and_info),
+#undef T
+    };
+    const char *level = getenv("BD_TEST_LOG");
+    enum bd_log_level lv = BD_LOG_ERROR;
+
+    if (level != NULL)
+        bd_log_level_parse(level, &lv);
+    bd_log_set_level(lv);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,361 @@
+/* bd_it.c -- integration-test helpers: spawn batchd, blocking HTTP via libcurl, JSON.
+ *
+ * Test code only: blocking calls are fine here and never appear in src/.
+ */
+#include "bd_it.h"
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+double bd_it_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void bd_it_sleep_ms(unsigned ms)
+{
+    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+const char *bd_it_env(const char *name, const char *fallback)
+{
+    const char *v = getenv(name);
+    return (v && *v) ? v : fallback;
+}
+
+int bd_it_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = 0 };
+    socklen_t len = sizeof(sa);
+    int port = -1;
+
+    if (fd < 0)
+        return -1;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+        port = ntohs(sa.sin_port);
+    close(fd);
+    return port;
+}
+
+static void it_print_log(const struct bd_it_proc *p)
+{
+    FILE *f = fopen(p->log_path, "r");
+    char line[1024];
+
+    if (f == NULL)
+        return;
+    fprintf(stderr, "---- batchd log %s ----\n", p->log_path);
+    while (fgets(line, sizeof(line), f))
+        fputs(line, stderr);
+    fprintf(stderr, "---- end of log ----\n");
+    fclose(f);
+}
+
+int bd_it_start(struct bd_it_proc *p, const char *extra_yaml, const char *const *env)
+{
+    const char *bin = bd_it_env("BD_BATCHD_BIN", "./batchd");
+    static unsigned counter;
+    FILE *f;
+
+    memset(p, 0, sizeof(*p));
+    p->port = bd_it_free_port();
+    if (p->port < 0)
+        return -1;
+    snprintf(p->base, sizeof(p->base), "http://127.0.0.1:%d", p->port);
+    snprintf(p->config_path, sizeof(p->config_path), "/tmp/bd_it_%d_%u.yaml", (int)getpid(),
+             counter);
+    snprintf(p->log_path, sizeof(p->log_path), "/tmp/bd_it_%d_%u.log", (int)getpid(),
+             counter++);
+    f = fopen(p->config_path, "w");
+    if (f == NULL)
+        return -1;
+    fprintf(f, "server:\n  listen: 127.0.0.1:%d\n  log_level: %s\n", p->port,
+            bd_it_env("BD_IT_LOG_LEVEL", "info"));
+    fprintf(f, "redis:\n  url: %s\n",
+            bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0"));
+    fprintf(f, "postgres:\n  url: %s\n",
+            bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd"));
+    if (extra_yaml)
+        fputs(extra_yaml, f);
+    fclose(f);
+
+    p->pid = fork();
+    if (p->pid < 0)
+        return -1;
+    if (p->pid == 0) {
+        FILE *log = freopen(p->log_path, "w", stderr);
+        (void)log;
+        /* The stack's URLs come from the file; drop the environment copies so the file is
+         * what the test controls (env overrides would otherwise win). */
+        unsetenv("BATCH_REDIS_URL");
+        unsetenv("BATCH_POSTGRES_URL");
+        for (const char *const *e = env; e && *e; e++)
+            putenv(strdup(*e));
+        execl(bin, bin, "--config", p->config_path, (char *)NULL);
+        perror("execl batchd");
+        _exit(127);
+    }
+
+    double deadline = bd_it_now() + 20.0;
+    char url[128];
+    snprintf(url, sizeof(url), "%s/healthz", p->base);
+    while (bd_it_now() < deadline) {
+        struct bd_it_resp r;
+        int status;
+        if (waitpid(p->pid, &status, WNOHANG) == p->pid) {
+            fprintf(stderr, "batchd exited early (status %d)\n", status);
+            it_print_log(p);
+            p->pid = 0;
+            return -1;
+        }
+        if (bd_it_http("GET", url, NULL, NULL, &r) == 0) {
+            long code = r.status;
+            bd_it_resp_free(&r);
+            if (code == 200)
+                return 0;
+        }
+        bd_it_sleep_ms(50);
+    }
+    fprintf(stderr, "batchd did not become healthy in time\n");
+    it_print_log(p);
+    kill(p->pid, SIGKILL);
+    waitpid(p->pid, NULL, 0);
+    p->pid = 0;
+    return -1;
+}
+
+int bd_it_stop(struct bd_it_proc *p, int sig, double timeout_s)
+{
+    int status = 0;
+    double deadline = bd_it_now() + timeout_s;
+
+    if (p->pid <= 0)
+        return -1;
+    kill(p->pid, sig);
+    for (;;) {
+        pid_t r = waitpid(p->pid, &status, WNOHANG);
+        if (r == p->pid)
+            break;
+        if (bd_it_now() > deadline) {
+            fprintf(stderr, "batchd pid %d did not exit after signal %d\n", (int)p->pid, sig);
+            it_print_log(p);
+            kill(p->pid, SIGKILL);
+            waitpid(p->pid, &status, 0);
+            p->pid = 0;
+            return -1;
+        }
+        bd_it_sleep_ms(20);
+    }
+    p->pid = 0;
+    if (WIFEXITED(status)) {
+        if (WEXITSTATUS(status) != 0)
+            it_print_log(p);
+        return WEXITSTATUS(status);
+    }
+    return 128 + WTERMSIG(status);
+}
+
+struct it_buf {
+    char *data;
+    size_t len;
+};
+
+static size_t it_on_data(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    struct it_buf *b = userdata;
+    size_t n = size * nmemb;
+    char *d = realloc(b->data, b->len + n + 1);
+
+    if (d == NULL)
+        return 0;
+    memcpy(d + b->len, ptr, n);
+    b->len += n;
+    d[b->len] = '\0';
+    b->data = d;
+    return n;
+}
+
+int bd_it_http(const char *method, const char *url, const char *body,
+               const char *const *headers, struct bd_it_resp *out)
+{
+    CURL *c = curl_easy_init();
+    struct curl_slist *hl = NULL;
+    struct it_buf bb = { 0 }, hb = { 0 };
+    CURLcode rc;
+
+    memset(out, 0, sizeof(*out));
+    if (c == NULL)
+        return -1;
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+    if (strcmp(method, "HEAD") == 0)
+        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
+    }
+    bool has_ct = false;
+    for (const char *const *h = headers; h && *h; h++) {
+        hl = curl_slist_append(hl, *h);
+        if (strncasecmp(*h, "Content-Type:", 13) == 0)
+            has_ct = true;
+    }
+    if (body && !has_ct)
+        hl = curl_slist_append(hl, "Content-Type: application/json");
+    hl = curl_slist_append(hl, "Expect:");
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, it_on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &bb);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, it_on_data);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &hb);
+    rc = curl_easy_perform(c);
+    if (rc == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
+    curl_slist_free_all(hl);
+    curl_easy_cleanup(c);
+    if (rc != CURLE_OK) {
+        free(bb.data);
+        free(hb.data);
+        return -1;
+    }
+    out->body = bb.data ? bb.data : strdup("");
+    out->len = bb.len;
+    out->headers = hb.data ? hb.data : strdup("");
+    return 0;
+}
+
+void bd_it_resp_free(struct bd_it_resp *r)
+{
+    free(r->body);
+    free(r->headers);
+    memset(r, 0, sizeof(*r));
+}
+
+const char *bd_it_resp_header(const struct bd_it_resp *r, const char *name, char *buf,
+                              size_t buflen)
+{
+    size_t nlen = strlen(name);
+    const char *line = r->headers;
+
+    while (line && *line) {
+        const char *eol = strstr(line, "\r\n");
+        size_t llen = eol ? (size_t)(eol - line) : strlen(line);
+        if (llen > nlen && strncasecmp(line, name, nlen) == 0 && line[nlen] == ':') {
+            const char *v = line + nlen + 1;
+            while (*v == ' ')
+                v++;
+            size_t vlen = llen - (size_t)(v - line);
+            if (vlen >= buflen)
+                vlen = buflen - 1;
+            memcpy(buf, v, vlen);
+            buf[vlen] = '\0';
+            return buf;
+        }
+        line = eol ? eol + 2 : NULL;
+    }
+    return NULL;
+}
+
+json_t *bd_it_json(struct bd_it_proc *p, const char *method, const char *path,
+                   const char *body, long *status)
+{
+    char url[1024];
+    struct bd_it_resp r;
+    json_t *j;
+
+    snprintf(url, sizeof(url), "%s%s", p->base, path);
+    if (bd_it_http(method, url, body, NULL, &r) != 0) {
+        if (status)
+            *status = -1;
+        return NULL;
+    }
+    if (status)
+        *status = r.status;
+    j = json_loadb(r.body, r.len, 0, NULL);
+    bd_it_resp_free(&r);
+    return j;
+}
+
+json_t *bd_it_wait_status(struct bd_it_proc *p, const char *job_id, const char *want,
+                          double timeout_s)
+{
+    char path[512];
+    double deadline = bd_it_now() + timeout_s;
+    json_t *j = NULL;
+
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s/status", job_id);
+    while (bd_it_now() < deadline) {
+        json_decref(j);
+        j = bd_it_json(p, "GET", path, NULL, NULL);
+        const char *s = json_string_value(json_object_get(j, "status"));
+        if (s && strcmp(s, want) == 0)
+            return j;
+        bd_it_sleep_ms(50);
+    }
+    return j;
+}
+
+static int it_vsh(char *out, size_t outlen, const char *fmt, va_list ap)
+{
+    char cmd[4096];
+    FILE *f;
+    int status;
+
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    f = popen(cmd, "r");
+    if (f == NULL)
+        return -1;
+    if (out && outlen) {
+        out[0] = '\0';
+        if (fgets(out, (int)outlen, f)) {
+            size_t n = strlen(out);
+            while (n && (out[n - 1] == '\n' || out[n - 1] == '\r'))
+                out[--n] = '\0';
+        }
+    }
+    char sink[512];
+    while (fgets(sink, sizeof(sink), f))
+        ;
+    status = pclose(f);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+int bd_it_sh(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int r = it_vsh(NULL, 0, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+int bd_it_sh_out(char *out, size_t outlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int r = it_vsh(out, outlen, fmt, ap);
+    va_end(ap);
+    return r;
+}
