@@ -29,6 +29,7 @@
 #include "batchd/model_client.h"
 #include "fake_model/fake_model_client.h"
 #include "fake_model/fake_vectors.h"
+#include "bd_it.h"
 
 #define IT_DIM 16
 
@@ -717,10 +718,14 @@ static void test_unreachable_is_connection_error(void **state)
 {
     struct it_env e;
     struct it_call c;
+    char url[64];
 
     (void)state;
+    /* A port that was free a moment ago: nothing listens there (port 1 is not safe to
+     * assume closed on every machine). */
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", bd_it_free_port());
     env_init(&e);
-    env_model(&e, "m", BD_PROVIDER_OLLAMA)->base_url = (char *)"http://127.0.0.1:1";
+    env_model(&e, "m", BD_PROVIDER_OLLAMA)->base_url = url;
     env_start(&e);
     it_embed(&e, "m", wire_inputs, 2, &c, NULL);
     it_wait(&e, &c);
