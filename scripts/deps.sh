@@ -9,6 +9,8 @@ PKGS=(
   libcurl4-openssl-dev libcmocka-dev
   redis-server redis-tools postgresql postgresql-client
   curl ca-certificates procps
+  jq          # scripts/test_batch_processing.sh
+  prometheus  # promtool: the metrics tests check the exposition with `promtool check metrics`
 )
 PKGS+=("$@")
 

@@ -7,7 +7,7 @@ build=${1:-build}; shift || true
 cd "$top"
 
 scripts/stack.sh wipe test >/dev/null 2>&1 || true
-trap 'scripts/stack.sh stop test >/dev/null 2>&1 || true' EXIT
+trap '"$top/scripts/stack.sh" stop test >/dev/null 2>&1 || true' EXIT
 scripts/stack.sh start test
 eval "$(scripts/stack.sh env test)"
 export BATCH_REDIS_URL BATCH_POSTGRES_URL

@@ -26,6 +26,7 @@
 #include "batchd/pg_store.h"
 #include "batchd/redis_queue.h"
 #include "batchd/server.h"
+#include "batchd/sha256.h"
 
 #include <assert.h>
 #include <stdarg.h>
@@ -45,6 +46,7 @@ enum job_phase {
     JOB_PHASE_START,          /* mark processing, read the job row */
     JOB_PHASE_COLLECTION,     /* make sure the output collection exists with our dimension */
     JOB_PHASE_LOAD_BATCH,     /* read the first pending batch */
+    JOB_PHASE_CACHE,          /* bulk_embed: vectors of texts already embedded by the model */
     JOB_PHASE_EXECUTE,        /* model call (bulk_embed) or take given vectors (bulk_insert) */
     JOB_PHASE_WRITE,          /* one transaction: vectors, item errors, checkpoint */
     JOB_PHASE_FINISH,         /* terminal status in PostgreSQL */
@@ -52,8 +54,9 @@ enum job_phase {
     JOB_PHASE_DONE,
 };
 
-static const char *const job_phase_names[] = { "start", "collection", "load_batch", "execute",
-                                               "write", "finish", "release", "done" };
+static const char *const job_phase_names[] = { "start",   "collection", "load_batch",
+                                               "cache",   "execute",    "write",
+                                               "finish",  "release",    "done" };
 
 enum job_write_step { WRITE_ACQUIRE, WRITE_BEGIN, WRITE_COPY, WRITE_COMMIT };
 
@@ -99,11 +102,20 @@ struct bd_job {
     const char **item_error;  /* per item: message when failed (static or in error_buf) */
     size_t items_cap;
     char batch_error[512];    /* message shared by the items of a failed batch */
+    bool is_batch_failed;     /* retries ran out: the last failed try is in attempts */
     const char *batch_error_code;
     uint64_t batch_start_ns;
     unsigned batch_ok, batch_failed, batch_cache_hits;
     struct bd_model_call *model_call;
     struct bd_embed_input *inputs;
+    char *hashes;             /* item_count * 65: cache key (hex SHA-256) per item */
+    unsigned char *is_cached; /* per item: vector came from the cache */
+    unsigned *miss_index;     /* model input i is batch item miss_index[i] */
+    unsigned miss_count;
+    int32_t *ht;              /* hash -> first item index (-1 empty), 2^k slots */
+    int32_t *ht_next;         /* next item with the same hash */
+    size_t ht_cap;
+    char cache_prefix[65];    /* SHA-256 state input: model, version, input limit */
 
     /* write transaction */
     struct bd_pg_conn *conn;
@@ -233,6 +245,11 @@ static void job_on_timer_closed(uv_handle_t *h)
     free(job->item_status);
     free(job->item_error);
     free(job->inputs);
+    free(job->hashes);
+    free(job->is_cached);
+    free(job->miss_index);
+    free(job->ht);
+    free(job->ht_next);
     bd_pg_copybuf_free(&job->copy);
     bd_buf_free(&job->meta);
     bd_buf_free(&job->sql);
@@ -336,9 +353,11 @@ static void job_on_started(int status, PGresult *res, void *arg)
         /* Could not even read the job: give it back, another try will pick it up. */
         bd_log(BD_LOG_WARN, "job", "job=%s event=start_failed err=%s", job->id,
                res ? PQresultErrorMessage(res) : "connection lost");
+        /* Hand it back after a pause, so a store that keeps failing is not hammered by
+         * an immediate claim-fail-release loop. */
         job->is_handing_back = true;
         job->phase = JOB_PHASE_RELEASE;
-        job_step(job);
+        job_arm_timer(job, 1.0);
     } else if (PQntuples(res) == 0) {
         /* Terminal or deleted: the queue entry was stale. Drop it without finishing. */
         bd_log(BD_LOG_DEBUG, "job", "job=%s event=stale_claim", job->id);
@@ -428,13 +447,13 @@ static int job_collection_query(struct bd_job *job)
     char dim[16];
     snprintf(dim, sizeof(dim), "%u", job->dim);
     const char *params[2] = { job->collection, dim };
-    /* The CTE's SELECT sees the snapshot before the INSERT, so exactly one branch
-     * returns a row: the new collection's dimension or the existing one's. */
+    /* DO UPDATE (a no-op change) rather than DO NOTHING: RETURNING then yields the row in
+     * both cases, including when another transaction created the collection while this
+     * statement waited on it (a snapshot-based SELECT would miss that row). */
     return bd_pg_query(job->e->srv->pg,
-                       "WITH ins AS (INSERT INTO collections (name, dimension) "
-                       "VALUES ($1, $2::int) ON CONFLICT (name) DO NOTHING RETURNING dimension) "
-                       "SELECT dimension FROM ins UNION ALL "
-                       "SELECT dimension FROM collections WHERE name = $1 LIMIT 1",
+                       "INSERT INTO collections (name, dimension) VALUES ($1, $2::int) "
+                       "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name "
+                       "RETURNING dimension",
                        2, params, NULL, NULL, 0, job_on_collection, job);
 }
 
@@ -463,6 +482,22 @@ static int job_reserve_batch(struct bd_job *job, unsigned n)
         if (in == NULL)
             return BD_ENOMEM;
         job->inputs = in;
+        char *h = realloc(job->hashes, (size_t)n * 65);
+        if (h == NULL)
+            return BD_ENOMEM;
+        job->hashes = h;
+        unsigned char *c = realloc(job->is_cached, n);
+        if (c == NULL)
+            return BD_ENOMEM;
+        job->is_cached = c;
+        unsigned *mi = realloc(job->miss_index, n * sizeof(unsigned));
+        if (mi == NULL)
+            return BD_ENOMEM;
+        job->miss_index = mi;
+        int32_t *nx = realloc(job->ht_next, n * sizeof(int32_t));
+        if (nx == NULL)
+            return BD_ENOMEM;
+        job->ht_next = nx;
         job->items_cap = n;
     }
     return BD_OK;
@@ -499,6 +534,7 @@ static void job_on_batch_loaded(int status, PGresult *res, void *arg)
     job->batch_cache_hits = 0;
     job->batch_error[0] = '\0';
     job->batch_error_code = NULL;
+    job->is_batch_failed = false;
     if (job->items == NULL || !json_is_array(job->items) ||
         json_array_size(job->items) != job->item_count ||
         job_reserve_batch(job, job->item_count) != BD_OK) {
@@ -508,7 +544,7 @@ static void job_on_batch_loaded(int status, PGresult *res, void *arg)
                       job->batch_no, job->items ? "wrong shape" : jerr.text);
         job_wind_down(job);
     } else {
-        job->phase = JOB_PHASE_EXECUTE;
+        job->phase = job->op == BD_OP_BULK_EMBED ? JOB_PHASE_CACHE : JOB_PHASE_EXECUTE;
         job_step(job);
     }
     job_unref(job);
@@ -524,6 +560,151 @@ static int job_load_query(struct bd_job *job)
                        1, params, NULL, NULL, 0, job_on_batch_loaded, job);
 }
 
+/* ---- CACHE: texts this model already embedded (any job, any process) ------------------ */
+
+static uint32_t job_hex_hash(const char *hex)
+{
+    uint32_t h = 0;
+    for (int i = 0; i < 8; i++)
+        h = (h << 4) | (uint32_t)(hex[i] <= '9' ? hex[i] - '0' : hex[i] - 'a' + 10);
+    return h;
+}
+
+/* Keys: SHA-256 of (model, version, max_input_chars, text). Builds the hash -> items table
+ * used to scatter cached rows back (a text may appear several times in one batch). */
+static int job_cache_prepare(struct bd_job *job)
+{
+    const struct bd_model_config *mc = bd_config_get_model(job->e->cfg, job->model);
+    size_t cap = 16;
+
+    while (cap < (size_t)job->item_count * 2)
+        cap <<= 1;
+    if (cap > job->ht_cap) {
+        int32_t *ht = realloc(job->ht, cap * sizeof(int32_t));
+        if (ht == NULL)
+            return BD_ENOMEM;
+        job->ht = ht;
+        job->ht_cap = cap;
+    }
+    memset(job->ht, 0xff, job->ht_cap * sizeof(int32_t));
+    for (unsigned i = 0; i < job->item_count; i++) {
+        json_t *t = json_object_get(json_array_get(job->items, i), "text");
+        struct bd_sha256 sh;
+        unsigned char d[32];
+        char *hex = job->hashes + (size_t)i * 65;
+        static const char digits[] = "0123456789abcdef";
+
+        bd_sha256_init(&sh);
+        bd_sha256_update(&sh, job->model, strlen(job->model) + 1);
+        if (mc) {
+            char lim[24];
+            const char *ver = mc->version ? mc->version : "";
+            bd_sha256_update(&sh, ver, strlen(ver) + 1);
+            snprintf(lim, sizeof(lim), "%u", mc->max_input_chars);
+            bd_sha256_update(&sh, lim, strlen(lim) + 1);
+        }
+        bd_sha256_update(&sh, json_string_value(t) ? json_string_value(t) : "",
+                         json_string_length(t));
+        bd_sha256_final(&sh, d);
+        for (int k = 0; k < 32; k++) {
+            hex[2 * k] = digits[d[k] >> 4];
+            hex[2 * k + 1] = digits[d[k] & 15];
+        }
+        hex[64] = '\0';
+        job->is_cached[i] = 0;
+        size_t slot = job_hex_hash(hex) & (job->ht_cap - 1);
+        while (job->ht[slot] >= 0 && strcmp(job->hashes + (size_t)job->ht[slot] * 65, hex) != 0)
+            slot = (slot + 1) & (job->ht_cap - 1);
+        job->ht_next[i] = job->ht[slot];      /* chain items with the same text */
+        job->ht[slot] = (int32_t)i;
+    }
+    return BD_OK;
+}
+
+/* real[] in binary: ndim, flags, elemtype, (dim, lbound) per dimension, then (len, value)
+ * per element, all big-endian. Returns 0 when it is a 1-D array of exactly dim floats. */
+static int job_decode_float4_array(const unsigned char *p, int len, unsigned dim, float *out)
+{
+    uint32_t v[5];
+    if (len < 20)
+        return -1;
+    for (int i = 0; i < 5; i++)
+        v[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    if (v[0] != 1 || v[1] != 0 || v[2] != 700 || v[3] != dim ||
+        (size_t)len != 20 + 8 * (size_t)dim)
+        return -1;
+    p += 20;
+    for (unsigned i = 0; i < dim; i++, p += 8) {
+        uint32_t bits = (uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 | (uint32_t)p[6] << 8 | p[7];
+        memcpy(&out[i], &bits, 4);
+    }
+    return 0;
+}
+
+static void job_on_cache_rows(int status, PGresult *res, void *arg)
+{
+    struct bd_job *job = arg;
+
+    /* A cache that cannot be read is only a lost saving: embed everything. */
+    if (status < 0)
+        bd_log(BD_LOG_WARN, "job", "job=%s batch=%d event=cache_lookup_failed err=%s",
+               job->id, job->batch_no, res ? PQresultErrorMessage(res) : "connection lost");
+    int rows = status < 0 ? 0 : PQntuples(res);
+    for (int r = 0; r < rows; r++) {
+        const char *hex = PQgetvalue(res, r, 0);
+        if (PQgetlength(res, r, 0) != 64)
+            continue;
+        size_t slot = job_hex_hash(hex) & (job->ht_cap - 1);
+        while (job->ht[slot] >= 0 &&
+               memcmp(job->hashes + (size_t)job->ht[slot] * 65, hex, 64) != 0)
+            slot = (slot + 1) & (job->ht_cap - 1);
+        for (int32_t i = job->ht[slot]; i >= 0; i = job->ht_next[i]) {
+            float *row = job->vectors + (size_t)i * job->dim;
+            if (job_decode_float4_array((const unsigned char *)PQgetvalue(res, r, 1),
+                                        PQgetlength(res, r, 1), job->dim, row) == 0)
+                job->is_cached[i] = 1;
+        }
+    }
+    job->miss_count = 0;
+    job->batch_cache_hits = 0;
+    for (unsigned i = 0; i < job->item_count; i++) {
+        if (job->is_cached[i])
+            job->batch_cache_hits++;
+        else
+            job->miss_index[job->miss_count++] = i;
+    }
+    job->e->stats.cache_hits += job->batch_cache_hits;
+    job->e->stats.cache_misses += job->miss_count;
+    job->phase = JOB_PHASE_EXECUTE;
+    job_step(job);
+    job_unref(job);
+}
+
+static int job_cache_query(struct bd_job *job)
+{
+    struct bd_buf *q = &job->sql;
+    int rc = job_cache_prepare(job);
+    if (rc < 0)
+        return rc;
+    /* The keys are hex digests, so the array literal needs no quoting. */
+    bd_buf_reset(q);
+    bd_buf_puts(q, "{");
+    for (unsigned i = 0; i < job->item_count; i++) {
+        if (i)
+            bd_buf_puts(q, ",");
+        bd_buf_append(q, job->hashes + (size_t)i * 65, 64);
+    }
+    bd_buf_puts(q, "}");
+    if (q->is_failed)
+        return BD_ENOMEM;
+    const char *params[1] = { q->data };
+    return bd_pg_query(job->e->srv->pg,
+                       "SELECT text_hash, embedding FROM embedding_cache "
+                       "WHERE text_hash = ANY($1::text[])",
+                       1, params, NULL, NULL, 1, job_on_cache_rows, job);
+}
+
 /* ---- EXECUTE ------------------------------------------------------------------------- */
 
 /* Every item of the batch fails with the batch's error (retries ran out, or not
@@ -532,12 +713,19 @@ static void job_fail_batch(struct bd_job *job, const char *code, const char *mes
 {
     snprintf(job->batch_error, sizeof(job->batch_error), "%s", message);
     job->batch_error_code = code;
+    job->is_batch_failed = true;
+    job->batch_ok = job->batch_failed = 0;
     for (unsigned i = 0; i < job->item_count; i++) {
+        /* Items served from the embedding cache still have their vector. */
+        if (job->op == BD_OP_BULK_EMBED && job->is_cached[i]) {
+            job->item_status[i] = BD_OK;
+            job->batch_ok++;
+            continue;
+        }
         job->item_status[i] = BD_EMODEL;
         job->item_error[i] = job->batch_error;
+        job->batch_failed++;
     }
-    job->batch_ok = 0;
-    job->batch_failed = job->item_count;
     job->e->stats.batches_failed++;
     job->phase = JOB_PHASE_WRITE;
     job->write_step = WRITE_ACQUIRE;
@@ -545,6 +733,31 @@ static void job_fail_batch(struct bd_job *job, const char *code, const char *mes
 }
 
 static void job_record_attempt(struct bd_job *job, const char *message);
+
+/* Cached items are already in place; the model's rows (for the misses only, in order)
+ * are scattered to their items. res is borrowed. */
+static void job_take_model_vectors(struct bd_job *job, const struct bd_embed_result *res)
+{
+    job->batch_ok = job->batch_failed = 0;
+    for (unsigned i = 0; i < job->item_count; i++) {
+        if (job->is_cached[i]) {
+            job->item_status[i] = BD_OK;
+            job->batch_ok++;
+        }
+    }
+    for (unsigned m = 0; res && m < job->miss_count; m++) {
+        unsigned i = job->miss_index[m];
+        job->item_status[i] = res->item_status[m];
+        if (res->item_status[m] == BD_OK) {
+            memcpy(job->vectors + (size_t)i * job->dim, res->vectors + (size_t)m * job->dim,
+                   job->dim * sizeof(float));
+            job->batch_ok++;
+        } else {
+            job->item_error[i] = "text is longer than the model's max_input_chars";
+            job->batch_failed++;
+        }
+    }
+}
 
 static void job_on_model_done(int status, const struct bd_embed_result *res, const char *message,
                               bool is_retryable, void *arg)
@@ -573,17 +786,7 @@ static void job_on_model_done(int status, const struct bd_embed_result *res, con
             job_fail_batch(job, bd_err_api_code(status), msg);
         }
     } else {
-        memcpy(job->vectors, res->vectors, (size_t)job->item_count * job->dim * sizeof(float));
-        job->batch_ok = job->batch_failed = 0;
-        for (unsigned i = 0; i < job->item_count; i++) {
-            job->item_status[i] = res->item_status[i];
-            if (res->item_status[i] == BD_OK) {
-                job->batch_ok++;
-            } else {
-                job->item_error[i] = "text is longer than the model's max_input_chars";
-                job->batch_failed++;
-            }
-        }
+        job_take_model_vectors(job, res);
         job->phase = JOB_PHASE_WRITE;
         job->write_step = WRITE_ACQUIRE;
         job_step(job);
@@ -621,16 +824,20 @@ static int job_execute(struct bd_job *job)
         job_arm_timer(job, 0);
         return BD_OK;
     }
-    for (unsigned i = 0; i < job->item_count; i++) {
-        json_t *t = json_object_get(json_array_get(job->items, i), "text");
-        job->inputs[i].text = json_string_value(t);
-        job->inputs[i].len = json_string_length(t);
-        if (job->inputs[i].text == NULL) {
-            job->inputs[i].text = "";
-            job->inputs[i].len = 0;
-        }
+    if (job->miss_count == 0) {             /* every text came from the cache */
+        job_take_model_vectors(job, NULL);
+        job->phase = JOB_PHASE_WRITE;
+        job->write_step = WRITE_ACQUIRE;
+        job_arm_timer(job, 0);
+        job_unref(job);                      /* job_step's reference: no call in flight */
+        return BD_OK;
     }
-    return bd_model_embed(job->e->srv->models, job->model, job->inputs, job->item_count,
+    for (unsigned m = 0; m < job->miss_count; m++) {
+        json_t *t = json_object_get(json_array_get(job->items, job->miss_index[m]), "text");
+        job->inputs[m].text = json_string_value(t) ? json_string_value(t) : "";
+        job->inputs[m].len = json_string_length(t);
+    }
+    return bd_model_embed(job->e->srv->models, job->model, job->inputs, job->miss_count,
                           job_on_model_done, job, &job->model_call);
 }
 
@@ -711,7 +918,7 @@ static int job_build_copy(struct bd_job *job)
             snprintf(genid, sizeof(genid), "%s:%u", job->id, index);
             id = genid;
         }
-        bd_pg_copybuf_row(b, 6);
+        bd_pg_copybuf_row(b, 7);
         bd_pg_copybuf_int4(b, (int32_t)index);
         bd_pg_copybuf_text(b, id, strlen(id));
         if (job->item_status[i] == BD_OK) {
@@ -720,14 +927,22 @@ static int job_build_copy(struct bd_job *job)
             bd_pg_copybuf_jsonb(b, job->meta.data, job->meta.len);
             bd_pg_copybuf_null(b);
             bd_pg_copybuf_null(b);
+            /* Only vectors the model just computed go into the cache. */
+            if (job->op == BD_OP_BULK_EMBED && !job->is_cached[i])
+                bd_pg_copybuf_text(b, job->hashes + (size_t)i * 65, 64);
+            else
+                bd_pg_copybuf_null(b);
         } else {
-            const char *code = job->batch_error_code ? job->batch_error_code
-                               : job->item_status[i] == BD_EINVAL ? "input_too_long"
-                                                                  : "processing_error";
+            const char *code = "processing_error";
+            if (job->item_status[i] == BD_EINVAL)
+                code = job->op == BD_OP_BULK_EMBED ? "input_too_long" : "invalid_input";
+            else if (job->batch_error_code)
+                code = job->batch_error_code;
             bd_pg_copybuf_null(b);
             bd_pg_copybuf_null(b);
             bd_pg_copybuf_text(b, code, strlen(code));
             bd_pg_copybuf_text(b, job->item_error[i], strlen(job->item_error[i]));
+            bd_pg_copybuf_null(b);
         }
     }
     return job->meta.is_failed ? BD_ENOMEM : bd_pg_copybuf_end(b);
@@ -771,6 +986,9 @@ static void job_on_committed(int status, PGresult *res, void *arg)
     job->write_failures = 0;
     job->batches_run++;
     e->stats.batches_done++;
+    bd_metrics_batch_done(e->srv->metrics, job->op, bd_metrics_model_slot(e->cfg, job->model),
+                          (double)(uv_hrtime() - job->batch_start_ns) / 1e9, job->batch_ok,
+                          job->batch_failed, job->batch_cache_hits);
     bd_log(BD_LOG_DEBUG, "job", "job=%s batch=%d event=checkpoint ok=%u failed=%u ms=%.1f",
            job->id, job->batch_no, job->batch_ok, job->batch_failed,
            (double)(uv_hrtime() - job->batch_start_ns) / 1e6);
@@ -848,8 +1066,8 @@ static void job_write_step(struct bd_job *job)
         bd_buf_printf(q,
                       "BEGIN; "
                       "CREATE TEMP TABLE IF NOT EXISTS bd_stage (item_index int, id text, "
-                      "embedding real[], metadata jsonb, err_code text, err_msg text) "
-                      "ON COMMIT DELETE ROWS; "
+                      "embedding real[], metadata jsonb, err_code text, err_msg text, "
+                      "text_hash text) ON COMMIT DELETE ROWS; "
                       "SELECT status FROM job_batches WHERE job_id = '%s' AND batch_no = %d "
                       "FOR UPDATE",
                       job->id, job->batch_no);
@@ -871,12 +1089,16 @@ static void job_write_step(struct bd_job *job)
                       "ON CONFLICT (collection, id) DO UPDATE SET embedding = "
                       "EXCLUDED.embedding, metadata = EXCLUDED.metadata, job_id = "
                       "EXCLUDED.job_id, item_index = EXCLUDED.item_index, updated_at = now(); "
+                      "INSERT INTO embedding_cache (text_hash, embedding) SELECT text_hash, "
+                      "embedding FROM bd_stage WHERE text_hash IS NOT NULL "
+                      "ON CONFLICT (text_hash) DO NOTHING; "
                       "DELETE FROM job_item_errors WHERE job_id = '%s' AND item_index >= %u "
                       "AND item_index < %u; "
                       "INSERT INTO job_item_errors (job_id, item_index, item_id, code, message, "
                       "run_attempt) SELECT '%s', item_index, id, err_code, err_msg, %d "
                       "FROM bd_stage WHERE embedding IS NULL; "
-                      "UPDATE job_batches SET status = 'done', processed = %u, failed = %u, "
+                      "UPDATE job_batches SET status = CASE WHEN %u = 0 AND %u > 0 "
+                      "THEN 'failed' ELSE 'done' END, processed = %u, failed = %u, "
                       "attempts = %u, duration_ms = %u, updated_at = now() "
                       "WHERE job_id = '%s' AND batch_no = %d; "
                       "UPDATE jobs SET next_batch = next_batch + 1, "
@@ -887,7 +1109,8 @@ static void job_write_step(struct bd_job *job)
                       "COMMIT",
                       job->collection, job->id, job->id, job->first_index,
                       job->first_index + job->item_count, job->id, job->run_attempt,
-                      job->batch_ok, job->batch_failed, job->attempts + 1, ms, job->id,
+                      job->batch_ok, job->batch_failed, job->batch_ok, job->batch_failed,
+                      job->attempts + (job->is_batch_failed ? 0 : 1), ms, job->id,
                       job->batch_no, job->batch_ok, job->batch_failed, job->batch_ok,
                       job->batch_cache_hits, ms, job->id);
         rc = q->is_failed ? BD_ENOMEM
@@ -928,6 +1151,9 @@ static void job_on_finished(int status, PGresult *res, void *arg)
                PQntuples(res) ? PQgetvalue(res, 0, 1) : "-",
                PQntuples(res) ? PQgetvalue(res, 0, 2) : "-", job->batches_run,
                job->error_code[0] ? job->error_code : "-");
+        bd_metrics_job_finished(job->e->srv->metrics, job->op,
+                                bd_metrics_model_slot(job->e->cfg, job->model), st,
+                                job_now_unix() - job->started_unix);
         job->phase = JOB_PHASE_RELEASE;
         job_step(job);
     }
@@ -1023,7 +1249,8 @@ static void job_step(struct bd_job *job)
         return;
     }
     if ((job->phase == JOB_PHASE_COLLECTION || job->phase == JOB_PHASE_LOAD_BATCH ||
-         job->phase == JOB_PHASE_EXECUTE) && job_should_stop(job)) {
+         job->phase == JOB_PHASE_CACHE || job->phase == JOB_PHASE_EXECUTE) &&
+        job_should_stop(job)) {
         job_wind_down(job);
         return;
     }
@@ -1043,6 +1270,9 @@ static void job_step(struct bd_job *job)
         break;
     case JOB_PHASE_LOAD_BATCH:
         err = job_load_query(job);
+        break;
+    case JOB_PHASE_CACHE:
+        err = job_cache_query(job);
         break;
     case JOB_PHASE_EXECUTE:
         err = job_execute(job);
@@ -1375,6 +1605,8 @@ static void engine_on_sweep_timer(uv_timer_t *t)
     const char *params[1] = { secs };
     engine_op_begin(e);
     if (bd_pg_query(e->srv->pg,
+                      "WITH c AS (DELETE FROM embedding_cache "
+                      "WHERE created_at < now() - make_interval(secs => $1::float8)) "
                       "DELETE FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') "
                       "AND completed_at < now() - make_interval(secs => $1::float8)",
                       1, params, NULL, NULL, 0, engine_on_swept, e) < 0)

@@ -2,18 +2,26 @@
  *
  * Owns struct bd_metrics. Loop thread only. Recording never allocates or formats; the
  * HTTP counter is a small open-addressed table keyed by (route pointer, method, status),
- * whose cardinality is bounded by the route table. Process figures (CPU, RSS, fds) are
- * read from getrusage and /proc only when scraped.  SPDX-License-Identifier: MIT
+ * whose cardinality is bounded by the route table. Job, batch and item counts and their
+ * duration histograms sit in a fixed array indexed by (operation, model slot), the slot
+ * being the model's index in the config, so a job event is a few additions. Process
+ * figures (CPU, RSS, fds) are read from getrusage and /proc only when asked for. Includes
+ * job_engine.h for the state and operation enums and names only.
+ * SPDX-License-Identifier: MIT
  */
 #include "batchd/metrics.h"
 
 #include "batchd/buf.h"
+#include "batchd/config.h"
+#include "batchd/job_engine.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #define METRICS_HTTP_SLOTS 512
@@ -26,6 +34,25 @@ static const double metrics_latency_bounds[] = { 0.0001, 0.00025, 0.0005, 0.001,
 static const double metrics_lag_bounds[] = { 0.001, 0.002, 0.005, 0.01, 0.025,
                                              0.05,  0.1,   0.25,  0.5,  1 };
 
+/* Job duration buckets (seconds), started_at to the terminal state: 100 ms .. 6 h. */
+static const double metrics_job_bounds[] = { 0.1, 0.25, 0.5, 1,    2.5,  5,    10,   30,
+                                             60,  120,  300, 600, 1800, 3600, 7200, 21600 };
+/* Batch duration buckets (seconds), load to commit: 5 ms .. 5 min. */
+static const double metrics_batch_bounds[] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                               2.5,   5,    10,    30,   60,  120,  300 };
+
+#define METRICS_COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Model slots: 0..BD_METRICS_MAX_MODELS-1 are config indexes, then these three. */
+#define METRICS_SLOT_OTHER BD_METRICS_MAX_MODELS
+#define METRICS_SLOT_NONE (BD_METRICS_MAX_MODELS + 1)
+#define METRICS_SLOT_UNKNOWN (BD_METRICS_MAX_MODELS + 2)
+#define METRICS_SLOTS (BD_METRICS_MAX_MODELS + 3)
+#define METRICS_OPS 2                 /* enum bd_job_operation */
+
+static_assert(BD_JOB_STATE_COUNT == 5, "bd_metrics_job_totals.jobs has 5 entries");
+static_assert(BD_OP_BULK_INSERT == METRICS_OPS - 1, "operations are 0..METRICS_OPS-1");
+
 static const char *const metrics_methods[] = { "GET", "POST", "DELETE", "HEAD", "PUT",
                                                "PATCH", "OPTIONS", "OTHER" };
 #define METRICS_METHODS_COUNT (sizeof(metrics_methods) / sizeof(metrics_methods[0]))
@@ -37,12 +64,26 @@ struct metrics_http_slot {
     uint64_t count;
 };
 
+/* What this process did for one (operation, model slot). */
+struct metrics_work {
+    uint64_t jobs[BD_JOB_STATE_COUNT];
+    uint64_t batches;
+    uint64_t items_ok, items_failed, cache_hits;
+    struct bd_hist job_seconds;
+    struct bd_hist batch_seconds;
+};
+
 struct bd_metrics {
     struct metrics_http_slot http[METRICS_HTTP_SLOTS];
     uint64_t http_dropped;            /* table full (cannot happen with bounded routes) */
     struct bd_hist http_duration;
     struct bd_hist loop_lag;
     double max_loop_lag;
+    struct metrics_work work[METRICS_OPS][METRICS_SLOTS];
+
+    /* CPU window: from sample a to now; b is the newer sample that becomes a after 5 s. */
+    double cpu_a_s, cpu_b_s;
+    double wall_a_s, wall_b_s;
 };
 
 static const char metrics_unmatched[] = "unmatched";
@@ -54,6 +95,23 @@ static void metrics_hist_init(struct bd_hist *h, const double *bounds, unsigned 
     h->bounds_count = n;
 }
 
+static double metrics_cpu_seconds(void)
+{
+    struct rusage ru;
+
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+static double metrics_mono_seconds(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 struct bd_metrics *bd_metrics_new(void)
 {
     struct bd_metrics *m = calloc(1, sizeof(*m));
@@ -63,6 +121,16 @@ struct bd_metrics *bd_metrics_new(void)
                       sizeof(metrics_latency_bounds) / sizeof(double));
     metrics_hist_init(&m->loop_lag, metrics_lag_bounds,
                       sizeof(metrics_lag_bounds) / sizeof(double));
+    for (unsigned op = 0; op < METRICS_OPS; op++) {
+        for (unsigned i = 0; i < METRICS_SLOTS; i++) {
+            metrics_hist_init(&m->work[op][i].job_seconds, metrics_job_bounds,
+                              METRICS_COUNT(metrics_job_bounds));
+            metrics_hist_init(&m->work[op][i].batch_seconds, metrics_batch_bounds,
+                              METRICS_COUNT(metrics_batch_bounds));
+        }
+    }
+    m->cpu_a_s = m->cpu_b_s = metrics_cpu_seconds();
+    m->wall_a_s = m->wall_b_s = metrics_mono_seconds();
     return m;
 }
 
@@ -128,6 +196,198 @@ double bd_metrics_get_max_loop_lag(const struct bd_metrics *m)
     return m->max_loop_lag;
 }
 
+int bd_metrics_model_slot(const struct bd_config *cfg, const char *model)
+{
+    if (model == NULL || *model == '\0')
+        return BD_METRICS_MODEL_NONE;
+    for (unsigned i = 0; cfg && i < cfg->models_count; i++)
+        if (strcmp(cfg->models[i].name, model) == 0)
+            return i < BD_METRICS_MAX_MODELS ? (int)i : METRICS_SLOT_OTHER;
+    return BD_METRICS_MODEL_UNKNOWN;
+}
+
+/* The work record of (op, slot); out-of-range values land in "unknown", never outside. */
+static struct metrics_work *metrics_work_of(struct bd_metrics *m, int op, int slot)
+{
+    unsigned o = (op >= 0 && op < METRICS_OPS) ? (unsigned)op : 0;
+    unsigned i = slot == BD_METRICS_MODEL_NONE             ? METRICS_SLOT_NONE
+                 : (slot >= 0 && slot < METRICS_SLOTS - 2) ? (unsigned)slot
+                                                           : METRICS_SLOT_UNKNOWN;
+    return &m->work[o][i];
+}
+
+void bd_metrics_job_finished(struct bd_metrics *m, int op, int model_slot, const char *state,
+                             double seconds)
+{
+    enum bd_job_state st;
+
+    if (m == NULL || state == NULL || bd_job_state_parse(state, &st) != 0 ||
+        st == BD_JOB_QUEUED || st == BD_JOB_PROCESSING)
+        return;
+    struct metrics_work *w = metrics_work_of(m, op, model_slot);
+    w->jobs[st]++;
+    bd_hist_observe(&w->job_seconds, seconds > 0 ? seconds : 0);
+}
+
+void bd_metrics_batch_done(struct bd_metrics *m, int op, int model_slot, double seconds,
+                           unsigned items_ok, unsigned items_failed, unsigned cache_hits)
+{
+    if (m == NULL)
+        return;
+    struct metrics_work *w = metrics_work_of(m, op, model_slot);
+    w->batches++;
+    w->items_ok += items_ok;
+    w->items_failed += items_failed;
+    w->cache_hits += cache_hits;
+    bd_hist_observe(&w->batch_seconds, seconds > 0 ? seconds : 0);
+}
+
+void bd_metrics_get_job_totals(const struct bd_metrics *m, struct bd_metrics_job_totals *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (unsigned op = 0; op < METRICS_OPS; op++) {
+        for (unsigned i = 0; i < METRICS_SLOTS; i++) {
+            const struct metrics_work *w = &m->work[op][i];
+            for (unsigned st = 0; st < BD_JOB_STATE_COUNT; st++)
+                out->jobs[st] += w->jobs[st];
+            out->batches += w->batches;
+            out->items_ok += w->items_ok;
+            out->items_failed += w->items_failed;
+            out->cache_hits += w->cache_hits;
+        }
+    }
+}
+
+/* The model label of slot i: the config's name, "" for no model (bulk_insert). */
+static const char *metrics_slot_name(const struct bd_config *cfg, unsigned i)
+{
+    if (i == METRICS_SLOT_NONE)
+        return "";
+    if (i == METRICS_SLOT_UNKNOWN)
+        return "_unknown";
+    if (i == METRICS_SLOT_OTHER)
+        return "_other";
+    return (cfg && i < cfg->models_count) ? cfg->models[i].name : "_unknown";
+}
+
+/* 'operation="bulk_embed",model="x"' into lab (reset first). */
+static void metrics_work_labels(struct bd_buf *lab, const struct bd_config *cfg, unsigned op,
+                                unsigned i)
+{
+    bd_buf_reset(lab);
+    bd_buf_printf(lab, "operation=\"%s\",model=\"", bd_job_operation_name(op));
+    bd_metrics_escape_label(lab, metrics_slot_name(cfg, i));
+    bd_buf_puts(lab, "\"");
+}
+
+void bd_metrics_render_jobs(const struct bd_metrics *m, struct bd_buf *out,
+                            const struct bd_config *cfg)
+{
+    static const char *const outcomes[] = { "succeeded", "failed" };
+    struct bd_buf lab;
+
+    bd_buf_init(&lab);
+    bd_buf_puts(out, "# HELP batchd_jobs_total Jobs that reached a terminal state in this "
+                     "process.\n# TYPE batchd_jobs_total counter\n");
+    for (unsigned op = 0; op < METRICS_OPS; op++) {
+        for (unsigned i = 0; i < METRICS_SLOTS; i++) {
+            const struct metrics_work *w = &m->work[op][i];
+            for (unsigned st = BD_JOB_COMPLETED; st < BD_JOB_STATE_COUNT; st++) {
+                if (w->jobs[st] == 0)
+                    continue;
+                metrics_work_labels(&lab, cfg, op, i);
+                bd_buf_printf(out, "batchd_jobs_total{%.*s,status=\"%s\"} %llu\n",
+                              (int)lab.len, lab.data, bd_job_state_name(st),
+                              (unsigned long long)w->jobs[st]);
+            }
+        }
+    }
+    bd_buf_puts(out, "# HELP batchd_items_total Items checkpointed in this process, by "
+                     "outcome.\n# TYPE batchd_items_total counter\n");
+    for (unsigned op = 0; op < METRICS_OPS; op++) {
+        for (unsigned i = 0; i < METRICS_SLOTS; i++) {
+            const struct metrics_work *w = &m->work[op][i];
+            const uint64_t n[2] = { w->items_ok, w->items_failed };
+            if (w->batches == 0)
+                continue;
+            metrics_work_labels(&lab, cfg, op, i);
+            for (unsigned k = 0; k < 2; k++)
+                bd_buf_printf(out, "batchd_items_total{%.*s,outcome=\"%s\"} %llu\n",
+                              (int)lab.len, lab.data, outcomes[k], (unsigned long long)n[k]);
+        }
+    }
+    bd_buf_puts(out, "# HELP batchd_batches_total Batches checkpointed in this process.\n"
+                     "# TYPE batchd_batches_total counter\n");
+    for (unsigned op = 0; op < METRICS_OPS; op++) {
+        for (unsigned i = 0; i < METRICS_SLOTS; i++) {
+            const struct metrics_work *w = &m->work[op][i];
+            if (w->batches == 0)
+                continue;
+            metrics_work_labels(&lab, cfg, op, i);
+            bd_buf_printf(out, "batchd_batches_total{%.*s} %llu\n", (int)lab.len, lab.data,
+                          (unsigned long long)w->batches);
+        }
+    }
+    bd_buf_puts(out, "# HELP batchd_cache_hits_total Items served from the embedding cache "
+                     "in this process.\n# TYPE batchd_cache_hits_total counter\n");
+    for (unsigned op = 0; op < METRICS_OPS; op++) {
+        for (unsigned i = 0; i < METRICS_SLOTS; i++) {
+            const struct metrics_work *w = &m->work[op][i];
+            if (w->batches == 0)
+                continue;
+            metrics_work_labels(&lab, cfg, op, i);
+            bd_buf_printf(out, "batchd_cache_hits_total{%.*s} %llu\n", (int)lab.len, lab.data,
+                          (unsigned long long)w->cache_hits);
+        }
+    }
+    bd_buf_puts(out, "# HELP batchd_job_duration_seconds Time from a job's start to its "
+                     "terminal state, for jobs finished in this process.\n"
+                     "# TYPE batchd_job_duration_seconds histogram\n");
+    for (unsigned op = 0; op < METRICS_OPS; op++) {
+        for (unsigned i = 0; i < METRICS_SLOTS; i++) {
+            const struct metrics_work *w = &m->work[op][i];
+            if (w->job_seconds.count == 0)
+                continue;
+            metrics_work_labels(&lab, cfg, op, i);
+            bd_buf_append(&lab, "", 1);                 /* NUL-terminate for bd_hist_render */
+            bd_hist_render(&w->job_seconds, out, "batchd_job_duration_seconds", NULL,
+                           lab.data, 0);
+        }
+    }
+    bd_buf_puts(out, "# HELP batchd_batch_duration_seconds Time from loading a batch to "
+                     "committing its checkpoint (model call and retries included).\n"
+                     "# TYPE batchd_batch_duration_seconds histogram\n");
+    for (unsigned op = 0; op < METRICS_OPS; op++) {
+        for (unsigned i = 0; i < METRICS_SLOTS; i++) {
+            const struct metrics_work *w = &m->work[op][i];
+            if (w->batch_seconds.count == 0)
+                continue;
+            metrics_work_labels(&lab, cfg, op, i);
+            bd_buf_append(&lab, "", 1);
+            bd_hist_render(&w->batch_seconds, out, "batchd_batch_duration_seconds", NULL,
+                           lab.data, 0);
+        }
+    }
+    if (lab.is_failed)
+        out->is_failed = 1;
+    bd_buf_free(&lab);
+}
+
+double bd_metrics_sample_cpu_percent(struct bd_metrics *m)
+{
+    double cpu = metrics_cpu_seconds(), now = metrics_mono_seconds();
+
+    if (now - m->wall_b_s >= 5.0) {
+        m->cpu_a_s = m->cpu_b_s;
+        m->wall_a_s = m->wall_b_s;
+        m->cpu_b_s = cpu;
+        m->wall_b_s = now;
+    }
+    if (now - m->wall_a_s <= 0)
+        return 0;
+    return (cpu - m->cpu_a_s) / (now - m->wall_a_s) * 100.0;
+}
+
 void bd_metrics_escape_label(struct bd_buf *out, const char *v)
 {
     for (const char *p = v; *p; p++) {
@@ -169,7 +429,7 @@ void bd_hist_render(const struct bd_hist *h, struct bd_buf *out, const char *nam
     }
 }
 
-static long metrics_rss_bytes(void)
+long bd_metrics_get_rss_bytes(void)
 {
     long pages = 0, rss = 0;
     FILE *f = fopen("/proc/self/statm", "r");
@@ -198,8 +458,6 @@ static long metrics_open_fds(void)
 
 void bd_metrics_render(const struct bd_metrics *m, struct bd_buf *out, uint64_t start_time_unix)
 {
-    struct rusage ru;
-
     bd_buf_puts(out, "# HELP batchd_http_requests_total HTTP responses by route pattern, "
                      "method and status code.\n# TYPE batchd_http_requests_total counter\n");
     for (unsigned i = 0; i < METRICS_HTTP_SLOTS; i++) {
@@ -216,15 +474,13 @@ void bd_metrics_render(const struct bd_metrics *m, struct bd_buf *out, uint64_t 
     bd_hist_render(&m->loop_lag, out, "batchd_loop_lag_seconds",
                    "How late a 100 ms loop timer fired: time the loop spent blocked.", "", 1);
 
-    getrusage(RUSAGE_SELF, &ru);
-    double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
-                 (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+    double cpu = metrics_cpu_seconds();
     bd_buf_printf(out, "# HELP process_cpu_seconds_total User and system CPU time spent.\n"
                        "# TYPE process_cpu_seconds_total counter\n"
                        "process_cpu_seconds_total %.6f\n", cpu);
     bd_buf_printf(out, "# HELP process_resident_memory_bytes Resident memory size.\n"
                        "# TYPE process_resident_memory_bytes gauge\n"
-                       "process_resident_memory_bytes %ld\n", metrics_rss_bytes());
+                       "process_resident_memory_bytes %ld\n", bd_metrics_get_rss_bytes());
     bd_buf_printf(out, "# HELP process_open_fds Open file descriptors.\n"
                        "# TYPE process_open_fds gauge\nprocess_open_fds %ld\n",
                   metrics_open_fds());

@@ -833,6 +833,9 @@ static void model_pump(struct model *m)
             bool is_probe = false;
 
             if (m->breaker == BREAKER_OPEN && now < m->open_until) {
+                /* Refused without a request, but still a failure of this model as the
+                 * batch sees it: count it, or error statistics would undercount. */
+                m->stats.errors[BD_MODEL_ERR_CONNECTION]++;
                 call_finish(sub->call, BD_EMODELCONN, true,
                             "circuit open for model %s after %u failed requests; "
                             "next try in %.1f s", m->cfg->name, m->consecutive_failures,

@@ -54,8 +54,19 @@ static const char pg_schema_v1_initial[] =
     "ALTER TABLE vectors ALTER COLUMN embedding SET STORAGE EXTERNAL;\n"
     "CREATE INDEX vectors_job_idx ON vectors (job_id, item_index);\n";
 
+/* The embedding cache (SPEC §3): text_hash is SHA-256 over the model name, its configured
+ * version and input limit, and the text, so a model or version change never serves stale
+ * vectors. Entries expire with the retention sweep (created_at). */
+static const char pg_schema_v2_embedding_cache[] =
+    "CREATE TABLE embedding_cache (\n"
+    "  text_hash text PRIMARY KEY, embedding real[] NOT NULL,\n"
+    "  created_at timestamptz NOT NULL DEFAULT now());\n"
+    "ALTER TABLE embedding_cache ALTER COLUMN embedding SET STORAGE EXTERNAL;\n"
+    "CREATE INDEX embedding_cache_created_idx ON embedding_cache (created_at);\n";
+
 const struct bd__pg_migration bd__pg_migrations[] = {
     { 1, "initial", pg_schema_v1_initial },
+    { 2, "embedding_cache", pg_schema_v2_embedding_cache },
 };
 
 const unsigned bd__pg_migrations_count =

@@ -138,8 +138,12 @@ static void server_on_lag_probe(uv_timer_t *t)
     struct bd_server *srv = t->data;
     uint64_t now = uv_hrtime();
 
-    if (srv->lag_expected_ns != 0 && now > srv->lag_expected_ns && srv->metrics)
-        bd_metrics_observe_loop_lag(srv->metrics, (double)(now - srv->lag_expected_ns) / 1e9);
+    /* Every probe is one observation (on time = 0), so _count is the number of probes. */
+    if (srv->lag_expected_ns != 0 && srv->metrics)
+        bd_metrics_observe_loop_lag(srv->metrics,
+                                    now > srv->lag_expected_ns
+                                        ? (double)(now - srv->lag_expected_ns) / 1e9
+                                        : 0.0);
     srv->lag_expected_ns = now + (uint64_t)SERVER_LAG_PROBE_MS * 1000000ULL;
 }
 

@@ -692,18 +692,18 @@ int main(void)
 {
     snprintf(it_prefix, sizeof(it_prefix), "itj%d", (int)getpid());
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_jobs_seed_insert_completes_when_submitted),
-        cmocka_unit_test(test_jobs_progress_rises_monotonically_when_inserting_10000),
-        cmocka_unit_test(test_jobs_run_high_before_normal_before_low_when_saturated),
-        cmocka_unit_test(test_jobs_cancel_queued_and_processing_when_deleted),
-        cmocka_unit_test(test_jobs_reject_each_invalid_body_when_submitted),
-        cmocka_unit_test(test_jobs_idempotency_key_replays_or_conflicts_when_reused),
-        cmocka_unit_test(test_jobs_answer_429_with_retry_after_when_queue_full),
-        cmocka_unit_test(test_jobs_resume_exactly_once_when_killed_mid_job),
-        cmocka_unit_test(test_jobs_taken_over_by_peer_when_owner_dies),
-        cmocka_unit_test(test_jobs_rebuilt_from_postgres_when_redis_flushed),
-        cmocka_unit_test(test_jobs_complete_when_postgres_restarts_mid_job),
-        cmocka_unit_test(test_jobs_results_readable_while_running_and_streamed_when_done),
+        cmocka_unit_test_teardown(test_jobs_seed_insert_completes_when_submitted, bd_it_teardown),
+        cmocka_unit_test_teardown(test_jobs_progress_rises_monotonically_when_inserting_10000, bd_it_teardown),
+        cmocka_unit_test_teardown(test_jobs_run_high_before_normal_before_low_when_saturated, bd_it_teardown),
+        cmocka_unit_test_teardown(test_jobs_cancel_queued_and_processing_when_deleted, bd_it_teardown),
+        cmocka_unit_test_teardown(test_jobs_reject_each_invalid_body_when_submitted, bd_it_teardown),
+        cmocka_unit_test_teardown(test_jobs_idempotency_key_replays_or_conflicts_when_reused, bd_it_teardown),
+        cmocka_unit_test_teardown(test_jobs_answer_429_with_retry_after_when_queue_full, bd_it_teardown),
+        cmocka_unit_test_teardown(test_jobs_resume_exactly_once_when_killed_mid_job, bd_it_teardown),
+        cmocka_unit_test_teardown(test_jobs_taken_over_by_peer_when_owner_dies, bd_it_teardown),
+        cmocka_unit_test_teardown(test_jobs_rebuilt_from_postgres_when_redis_flushed, bd_it_teardown),
+        cmocka_unit_test_teardown(test_jobs_complete_when_postgres_restarts_mid_job, bd_it_teardown),
+        cmocka_unit_test_teardown(test_jobs_results_readable_while_running_and_streamed_when_done, bd_it_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

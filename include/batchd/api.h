@@ -1,6 +1,7 @@
 /* api.h -- the REST API: JSON in and out, one place that maps errors to HTTP.
  *
- * api_admin.c: /healthz, /readyz, /metrics, queue status, JSON metrics.
+ * api_admin.c: /healthz, /readyz, Prometheus /metrics.
+ * api_metrics.c: queue status and JSON metrics under /api/v1/batch.
  * api_jobs.c:  submit, cancel and retry under /api/v1/batch/jobs.
  * api_jobs_read.c: the read side: status, lists, items, results, events, /debug/job.
  * Handlers reach jobs only through job_engine.h, and stores through their headers.
@@ -26,6 +27,9 @@ int bd__api_register_jobs(struct bd_router *r, struct bd_server *srv);
 /* Register the read-only job routes (api_jobs_read.c): GET /jobs, /jobs/{id}, /jobs/{id}/status,
  * /jobs/{id}/items, /jobs/{id}/results, /jobs/{id}/events and /debug/job/{id}. */
 int bd__api_register_jobs_read(struct bd_router *r, struct bd_server *srv);
+
+/* Register GET /api/v1/batch/queue/status and GET /api/v1/batch/metrics (api_metrics.c). */
+int bd__api_register_metrics(struct bd_router *r, struct bd_server *srv);
 
 /* 1 when id is a valid job id (^[A-Za-z0-9_-]{1,128}$), else 0. */
 #define BD__API_JOB_ID_MAX 128

@@ -96,6 +96,8 @@ struct bd_job_engine_stats {
     uint64_t reaped;
     uint64_t rebuilt;
     uint64_t swept;
+    uint64_t cache_hits;      /* bulk_embed items served from the embedding cache */
+    uint64_t cache_misses;    /* bulk_embed items sent to a model */
 };
 const struct bd_job_engine_stats *bd_job_engine_get_stats(const struct bd_job_engine *e);
 

@@ -44,6 +44,57 @@ void bd_hist_observe(struct bd_hist *h, double v);
 void bd_hist_render(const struct bd_hist *h, struct bd_buf *out, const char *name,
                     const char *help, const char *labels, int with_header);
 
+/* ---- jobs, batches, items ---------------------------------------------------------------
+ * Recorded by the job engine for the work done in this process; indexed by fixed arrays
+ * (operation x model slot x state), so recording is a few additions. A model slot is the
+ * model's index in the config (cfg->models), or one of the values below. */
+#define BD_METRICS_MAX_MODELS 64      /* config models beyond this share the "_other" slot */
+#define BD_METRICS_MODEL_NONE (-1)    /* no model: bulk_insert */
+#define BD_METRICS_MODEL_UNKNOWN (-2) /* a model name this process's config does not know */
+
+/* The slot of model (NULL or "" = BD_METRICS_MODEL_NONE). A linear scan of cfg->models with
+ * strcmp: no allocation. */
+struct bd_config;
+int bd_metrics_model_slot(const struct bd_config *cfg, const char *model);
+
+/* A job ended in this process (its terminal row was written here). op is an
+ * enum bd_job_operation, state the terminal status as stored ("completed", "failed",
+ * "cancelled"; anything else is ignored), seconds the time from started_at to now.
+ * m may be NULL (nothing is recorded). No allocation, no formatting. */
+void bd_metrics_job_finished(struct bd_metrics *m, int op, int model_slot, const char *state,
+                             double seconds);
+
+/* A batch was checkpointed in this process (its transaction committed): items_ok items
+ * stored, items_failed recorded as failed, cache_hits served from the embedding cache;
+ * seconds from loading the batch to the commit. m may be NULL. No allocation. */
+void bd_metrics_batch_done(struct bd_metrics *m, int op, int model_slot, double seconds,
+                           unsigned items_ok, unsigned items_failed, unsigned cache_hits);
+
+/* Totals since start, summed over operations and models (for the JSON metrics and tests). */
+struct bd_metrics_job_totals {
+    uint64_t jobs[5];                 /* by enum bd_job_state (queued/processing stay 0) */
+    uint64_t batches;
+    uint64_t items_ok, items_failed, cache_hits;
+};
+void bd_metrics_get_job_totals(const struct bd_metrics *m, struct bd_metrics_job_totals *out);
+
+/* Append batchd_jobs_total, batchd_items_total, batchd_batches_total,
+ * batchd_cache_hits_total and the job and batch duration histograms to out (allocates a
+ * small label buffer; scrape time only). Model labels come from cfg->models (borrowed). Label
+ * combinations never recorded are not written (a counter absent from a scrape is 0). */
+void bd_metrics_render_jobs(const struct bd_metrics *m, struct bd_buf *out,
+                            const struct bd_config *cfg);
+
+/* ---- this process ---------------------------------------------------------------------- */
+
+/* CPU use of this process in percent of one core, over the last 5 to 10 seconds: the
+ * window runs from a sample kept in m (refreshed when it is older than 5 s) to now; the
+ * first window starts at bd_metrics_new. Reads getrusage; no allocation. */
+double bd_metrics_sample_cpu_percent(struct bd_metrics *m);
+
+/* Resident memory of this process in bytes (/proc/self/statm), -1 when unknown. */
+long bd_metrics_get_rss_bytes(void);
+
 /* Append this process's families (HTTP, loop lag, process CPU/RSS/fds/start time) in
  * Prometheus text format to out. start_time_unix is the process start. */
 void bd_metrics_render(const struct bd_metrics *m, struct bd_buf *out, uint64_t start_time_unix);

@@ -131,6 +131,7 @@ void *fm_xrealloc(void *p, size_t size);
 void fm_config_init(struct fm_config *cfg);
 /* dst becomes an independent copy of src (dst must not hold a model_dims). */
 void fm_config_copy(struct fm_config *dst, const struct fm_config *src);
+/* Releases model_dims; cfg may be copied into or re-initialised afterwards. */
 void fm_config_free(struct fm_config *cfg);
 
 /* Set one setting from a command-line flag: name is the flag without "--" ('-' or '_'),
@@ -139,9 +140,8 @@ void fm_config_free(struct fm_config *cfg);
 int fm_config_set_arg(struct fm_config *cfg, const char *name, const char *arg, char *err,
                       size_t errlen);
 
-/* Whether name is a setting (so main can build its option table from the same list). */
-bool fm_config_has_key(const char *name);
-/* Setting names, NULL-terminated, with '_' (the flags use '-'). */
+/* Setting names, NULL-terminated, with '_'; main builds its flags from them ('-' for '_').
+ * model_dims is absent: its flag is the repeatable --model-dim NAME=N. */
 extern const char *const fm_config_keys[];
 
 /* Route req and fill rep (which the caller zeroed). Updates srv->stats and draws from

@@ -402,11 +402,6 @@ static const struct key_desc *key_find(const char *name)
     return NULL;
 }
 
-bool fm_config_has_key(const char *name)
-{
-    return key_find(name) != NULL;
-}
-
 static int dims_check(json_t *dims, char *err, size_t errlen)
 {
     const char *name;

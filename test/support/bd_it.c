@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -55,6 +56,37 @@ int bd_it_free_port(void)
         port = ntohs(sa.sin_port);
     close(fd);
     return port;
+}
+
+#define IT_MAX_PROCS 32
+static pid_t it_procs[IT_MAX_PROCS];
+
+static void it_track(pid_t pid, bool add)
+{
+    for (int i = 0; i < IT_MAX_PROCS; i++) {
+        if (add ? it_procs[i] == 0 : it_procs[i] == pid) {
+            it_procs[i] = add ? pid : 0;
+            return;
+        }
+    }
+}
+
+void bd_it_kill_all(void)
+{
+    for (int i = 0; i < IT_MAX_PROCS; i++) {
+        if (it_procs[i] > 0) {
+            kill(it_procs[i], SIGKILL);
+            waitpid(it_procs[i], NULL, 0);
+            it_procs[i] = 0;
+        }
+    }
+}
+
+int bd_it_teardown(void **state)
+{
+    (void)state;
+    bd_it_kill_all();
+    return 0;
 }
 
 static void it_print_log(const struct bd_it_proc *p)
@@ -103,7 +135,11 @@ int bd_it_start(struct bd_it_proc *p, const char *extra_yaml, const char *const 
     if (p->pid < 0)
         return -1;
     if (p->pid == 0) {
+        /* Die with the test: a crashed test must not leave batchd claiming jobs. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         FILE *log = freopen(p->log_path, "w", stderr);
+        FILE *out = freopen("/dev/null", "w", stdout);
+        (void)out;
         (void)log;
         /* The stack's URLs come from the file; drop the environment copies so the file is
          * what the test controls (env overrides would otherwise win). */
@@ -116,6 +152,12 @@ int bd_it_start(struct bd_it_proc *p, const char *extra_yaml, const char *const 
         _exit(127);
     }
 
+    static bool has_atexit;
+    if (!has_atexit) {
+        atexit(bd_it_kill_all);
+        has_atexit = true;
+    }
+    it_track(p->pid, true);
     double deadline = bd_it_now() + 20.0;
     char url[128];
     snprintf(url, sizeof(url), "%s/healthz", p->base);
@@ -123,6 +165,7 @@ int bd_it_start(struct bd_it_proc *p, const char *extra_yaml, const char *const 
         struct bd_it_resp r;
         int status;
         if (waitpid(p->pid, &status, WNOHANG) == p->pid) {
+            it_track(p->pid, false);
             fprintf(stderr, "batchd exited early (status %d)\n", status);
             it_print_log(p);
             p->pid = 0;
@@ -140,6 +183,7 @@ int bd_it_start(struct bd_it_proc *p, const char *extra_yaml, const char *const 
     it_print_log(p);
     kill(p->pid, SIGKILL);
     waitpid(p->pid, NULL, 0);
+    it_track(p->pid, false);
     p->pid = 0;
     return -1;
 }
@@ -151,6 +195,7 @@ int bd_it_stop(struct bd_it_proc *p, int sig, double timeout_s)
 
     if (p->pid <= 0)
         return -1;
+    it_track(p->pid, false);
     kill(p->pid, sig);
     for (;;) {
         pid_t r = waitpid(p->pid, &status, WNOHANG);

@@ -36,6 +36,11 @@ const char *bd_it_env(const char *name, const char *fallback);
  * "NAME=value" added to batchd's environment. Returns 0, or -1 with batchd's log printed. */
 int bd_it_start(struct bd_it_proc *p, const char *extra_yaml, const char *const *env);
 
+/* SIGKILL every batchd this test binary started and has not stopped yet (a failed test
+ * leaves its processes behind otherwise). Use as a cmocka teardown; also run at exit. */
+void bd_it_kill_all(void);
+int bd_it_teardown(void **state);
+
 /* Send sig (SIGTERM usually), wait up to timeout_s; returns the exit status (0..255),
  * 128+signal if killed by a signal, or -1 if it did not exit (then SIGKILLed). */
 int bd_it_stop(struct bd_it_proc *p, int sig, double timeout_s);

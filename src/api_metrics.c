@@ -1,0 +1,469 @@
+/* api_metrics.c -- GET /api/v1/batch/queue/status and GET /api/v1/batch/metrics: the JSON
+ * views of the queue and of the work done, in the seed's shapes.
+ *
+ * Owns each request's gather record (in the request's arena) from the handler to its
+ * response. Loop thread only. Totals over every process sharing the stack come from
+ * PostgreSQL (job counts, items, times: one GROUP BY over jobs, one sliding-window sum over
+ * job_batches) and Redis (queue depths, INFO memory); per-process figures (CPU, memory,
+ * active workers, model request errors, pool connections) come from this process. Nothing
+ * here is a constant: a figure that cannot be measured right now is null.
+ * SPDX-License-Identifier: MIT
+ */
+#include "batchd/api.h"
+
+#include "batchd/config.h"
+#include "batchd/error.h"
+#include "batchd/http_server.h"
+#include "batchd/job_engine.h"
+#include "batchd/metrics.h"
+#include "batchd/model_client.h"
+#include "batchd/pg_store.h"
+#include "batchd/redis_queue.h"
+#include "batchd/router.h"
+#include "batchd/server.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The throughput window: items checkpointed in the last API_WINDOW_S seconds, over the time
+ * from the start of the first of those batches (or the window's start, if earlier) to now,
+ * so that a burst younger than the window is not diluted by the idle time before it. */
+#define API_WINDOW_S 300
+
+/* One (model, status) group of the jobs table. */
+struct api_mrow {
+    const char *model;                 /* "" for jobs without a model (bulk_insert); arena */
+    int state;                         /* enum bd_job_state, -1 when not one we know */
+    long long jobs;
+    long long processed, failed;       /* items succeeded / failed */
+    long long processing_ms;           /* batch time summed */
+    long long started;                 /* jobs with started_at */
+    double wait_s;                     /* sum of started_at - created_at over those */
+    long long ran;                     /* jobs with started_at and completed_at */
+    double run_s;                      /* sum of completed_at - started_at over those */
+};
+
+struct api_gather {
+    struct bd_http_request *req;
+    struct bd_server *srv;
+    bool is_metrics;                   /* JSON metrics; else queue status */
+    unsigned pending;                  /* store calls still due, +1 while starting */
+
+    bool has_jobs;
+    struct api_mrow *rows;
+    unsigned rows_count;
+
+    bool has_window;
+    long long window_items;
+    double window_span_s;
+
+    bool has_counts;
+    struct bd_rq_counts counts;
+
+    bool has_memory;
+    long long used_memory;
+};
+
+static const char api_sql_jobs[] =
+    "SELECT COALESCE(model, ''), status, count(*), "
+    "COALESCE(sum(processed_items), 0)::int8, COALESCE(sum(failed_items), 0)::int8, "
+    "COALESCE(sum(processing_ms), 0)::int8, count(started_at), "
+    "COALESCE(sum(extract(epoch FROM started_at - created_at)), 0)::float8, "
+    "count(*) FILTER (WHERE started_at IS NOT NULL AND completed_at IS NOT NULL), "
+    "COALESCE(sum(extract(epoch FROM completed_at - started_at)), 0)::float8 "
+    "FROM jobs GROUP BY 1, 2";
+
+#define API_STR(x) API_STR2(x)
+#define API_STR2(x) #x
+static const char api_sql_window[] =
+    "SELECT COALESCE(sum(processed + failed), 0)::int8, "
+    "extract(epoch FROM now() - GREATEST(min(updated_at - COALESCE(duration_ms, 0) * "
+    "interval '1 millisecond'), now() - interval '" API_STR(API_WINDOW_S) " seconds'))::float8 "
+    "FROM job_batches WHERE status <> 'pending' "
+    "AND updated_at > now() - interval '" API_STR(API_WINDOW_S) " seconds'";
+
+/* x rounded to one decimal, as every real in the API is. */
+static double api_round1(double x)
+{
+    return round(x * 10.0) / 10.0;
+}
+
+static json_t *api_real1(double x)
+{
+    return json_real(api_round1(isfinite(x) ? x : 0.0));
+}
+
+/* succeeded / (succeeded + failed) * 100, and 100.0 while nothing finished (as the status
+ * object does: no failure so far). */
+static double api_success_rate(long long ok, long long failed)
+{
+    return ok + failed > 0 ? (double)ok * 100.0 / (double)(ok + failed) : 100.0;
+}
+
+/* ---- building the answers ------------------------------------------------------------ */
+
+struct api_totals {
+    long long by_state[BD_JOB_STATE_COUNT];
+    long long jobs, processed, failed;
+    long long started;
+    double wait_s;
+    long long ran;                     /* completed or failed jobs with both timestamps */
+    double run_s;
+};
+
+static bool api_is_finished(int state)
+{
+    return state == BD_JOB_COMPLETED || state == BD_JOB_FAILED;
+}
+
+static void api_totals(const struct api_gather *g, struct api_totals *t)
+{
+    memset(t, 0, sizeof(*t));
+    for (unsigned i = 0; i < g->rows_count; i++) {
+        const struct api_mrow *r = &g->rows[i];
+        if (r->state >= 0)
+            t->by_state[r->state] += r->jobs;
+        t->jobs += r->jobs;
+        t->processed += r->processed;
+        t->failed += r->failed;
+        t->started += r->started;
+        t->wait_s += r->wait_s;
+        if (api_is_finished(r->state)) {
+            t->ran += r->ran;
+            t->run_s += r->run_s;
+        }
+    }
+}
+
+static double api_window_per_minute(const struct api_gather *g)
+{
+    if (!g->has_window || g->window_items == 0)
+        return 0.0;
+    return (double)g->window_items * 60.0 / fmax(g->window_span_s, 0.001);
+}
+
+/* Per-model figures, summed over the rows of model. */
+struct api_model_sum {
+    long long pending, processing, finished;
+    long long processed, failed, processing_ms;
+    long long ran;
+    double run_s;
+};
+
+static void api_model_sum(const struct api_gather *g, const char *model,
+                          struct api_model_sum *s)
+{
+    memset(s, 0, sizeof(*s));
+    for (unsigned i = 0; i < g->rows_count; i++) {
+        const struct api_mrow *r = &g->rows[i];
+        if (strcmp(r->model, model) != 0)
+            continue;
+        if (r->state == BD_JOB_QUEUED)
+            s->pending += r->jobs;
+        else if (r->state == BD_JOB_PROCESSING)
+            s->processing += r->jobs;
+        if (api_is_finished(r->state)) {
+            s->finished += r->jobs;
+            s->ran += r->ran;
+            s->run_s += r->run_s;
+        }
+        s->processed += r->processed;
+        s->failed += r->failed;
+        s->processing_ms += r->processing_ms;
+    }
+}
+
+/* Call fn for every model: the configured ones in config order, then any other model name
+ * PostgreSQL knows (jobs accepted by a process with another config). */
+typedef int (*api_model_fn)(const struct api_gather *g, const char *model, json_t *obj);
+
+static int api_each_model(const struct api_gather *g, json_t *obj, api_model_fn fn)
+{
+    const struct bd_config *cfg = g->srv->cfg;
+
+    for (unsigned i = 0; i < cfg->models_count; i++)
+        if (fn(g, cfg->models[i].name, obj) < 0)
+            return BD_ENOMEM;
+    for (unsigned i = 0; i < g->rows_count; i++) {
+        const char *m = g->rows[i].model;
+        if (*m == '\0' || json_object_get(obj, m) != NULL)
+            continue;
+        if (fn(g, m, obj) < 0)
+            return BD_ENOMEM;
+    }
+    return BD_OK;
+}
+
+static int api_model_queue(const struct api_gather *g, const char *model, json_t *obj)
+{
+    struct api_model_sum s;
+
+    api_model_sum(g, model, &s);
+    return json_object_set_new(obj, model,
+                               json_pack("{s:I,s:I,s:o}", "pending", (json_int_t)s.pending,
+                                         "processing", (json_int_t)s.processing,
+                                         "avg_time_seconds",
+                                         api_real1(s.ran ? s.run_s / (double)s.ran : 0.0)));
+}
+
+static int api_model_perf(const struct api_gather *g, const char *model, json_t *obj)
+{
+    struct api_model_sum s;
+    long long items;
+
+    api_model_sum(g, model, &s);
+    items = s.processed + s.failed;
+    return json_object_set_new(
+        obj, model,
+        json_pack("{s:I,s:I,s:o,s:o}", "jobs_processed", (json_int_t)s.finished,
+                  "items_processed", (json_int_t)items, "avg_processing_time_ms",
+                  api_real1(items ? (double)s.processing_ms / (double)items : 0.0),
+                  "success_rate", api_real1(api_success_rate(s.processed, s.failed))));
+}
+
+static json_t *api_queue_status_json(const struct api_gather *g)
+{
+    struct bd_server *srv = g->srv;
+    struct api_totals t;
+    unsigned cap = srv->jobs ? bd_job_engine_get_capacity(srv->jobs)
+                             : srv->cfg->max_concurrent_jobs;
+    unsigned active = srv->jobs ? bd_job_engine_get_active(srv->jobs) : 0;
+    json_t *models = json_object(), *depth, *j;
+
+    api_totals(g, &t);
+    if (models == NULL || api_each_model(g, models, api_model_queue) < 0) {
+        json_decref(models);
+        return NULL;
+    }
+    if (g->has_counts)
+        depth = json_pack("{s:I,s:I,s:I,s:I,s:I}", "high", (json_int_t)g->counts.pending[0],
+                          "normal", (json_int_t)g->counts.pending[1], "low",
+                          (json_int_t)g->counts.pending[2], "in_flight",
+                          (json_int_t)g->counts.inflight, "queued_items",
+                          (json_int_t)g->counts.queued_items);
+    else
+        depth = json_null();
+    j = json_pack(
+        "{s:{s:I,s:I,s:I,s:I,s:I,s:I},s:{s:i,s:i,s:i},s:{s:o,s:o,s:o,s:o},s:o,s:o}",
+        "queue_status", "total_jobs", (json_int_t)t.jobs, "pending_jobs",
+        (json_int_t)t.by_state[BD_JOB_QUEUED], "processing_jobs",
+        (json_int_t)t.by_state[BD_JOB_PROCESSING], "completed_jobs",
+        (json_int_t)t.by_state[BD_JOB_COMPLETED], "failed_jobs",
+        (json_int_t)t.by_state[BD_JOB_FAILED], "cancelled_jobs",
+        (json_int_t)t.by_state[BD_JOB_CANCELLED],
+        "processing_capacity", "max_concurrent_jobs", (int)cap, "active_workers", (int)active,
+        "available_workers", (int)(cap > active ? cap - active : 0),
+        "queue_health", "average_wait_time_seconds",
+        api_real1(t.started ? t.wait_s / (double)t.started : 0.0),
+        "average_processing_time_seconds", api_real1(t.ran ? t.run_s / (double)t.ran : 0.0),
+        "throughput_items_per_minute", api_real1(api_window_per_minute(g)), "success_rate",
+        api_real1(api_success_rate(t.processed, t.failed)),
+        "model_queues", models, "queue_depth", depth);
+    return j;
+}
+
+static json_t *api_metrics_json(struct api_gather *g)
+{
+    struct bd_server *srv = g->srv;
+    const struct bd_config *cfg = srv->cfg;
+    uint64_t errs[BD_MODEL_ERR_KIND_COUNT] = { 0 };
+    struct api_totals t;
+    json_t *models = json_object(), *redis_mb, *common;
+    long rss = bd_metrics_get_rss_bytes();
+    uint64_t total = 0, best = 0;
+    int best_kind = -1;
+
+    api_totals(g, &t);
+    if (models == NULL || api_each_model(g, models, api_model_perf) < 0) {
+        json_decref(models);
+        return NULL;
+    }
+    for (unsigned i = 0; srv->models && i < cfg->models_count; i++) {
+        const struct bd_model_stats *st = bd_model_client_get_stats(srv->models, i);
+        for (unsigned k = 0; st && k < BD_MODEL_ERR_KIND_COUNT; k++)
+            errs[k] += st->errors[k];
+    }
+    /* A 429 is waited out inside the model client and fails nothing: it is reported on its
+     * own, not as an error. */
+    for (int k = 0; k < BD_MODEL_ERR_RATE_LIMITED; k++) {
+        total += errs[k];
+        if (errs[k] > best) {
+            best = errs[k];
+            best_kind = k;
+        }
+    }
+    common = best_kind >= 0 ? json_string(bd_model_error_kind_name(best_kind)) : json_null();
+    redis_mb = g->has_memory ? api_real1((double)g->used_memory / (1024.0 * 1024.0))
+                             : json_null();
+    return json_pack(
+        "{s:{s:{s:I,s:I,s:o,s:o,s:o},s:{s:o,s:o,s:o,s:i},s:{s:I,s:I,s:I,s:I,s:I,s:o},s:o}}",
+        "batch_metrics",
+        "performance", "total_jobs_processed",
+        (json_int_t)(t.by_state[BD_JOB_COMPLETED] + t.by_state[BD_JOB_FAILED]),
+        "total_items_processed", (json_int_t)(t.processed + t.failed),
+        "average_throughput_items_per_minute", api_real1(api_window_per_minute(g)),
+        "average_job_processing_time_seconds",
+        api_real1(t.ran ? t.run_s / (double)t.ran : 0.0), "success_rate",
+        api_real1(api_success_rate(t.processed, t.failed)),
+        "resource_utilization", "cpu_usage_percent",
+        api_real1(bd_metrics_sample_cpu_percent(srv->metrics)), "memory_usage_mb",
+        api_real1(rss > 0 ? (double)rss / (1024.0 * 1024.0) : 0.0), "redis_memory_usage_mb",
+        redis_mb, "postgres_connections", srv->pg ? (int)bd_pg_get_connected(srv->pg) : 0,
+        "error_statistics", "total_errors", (json_int_t)total, "timeout_errors",
+        (json_int_t)errs[BD_MODEL_ERR_TIMEOUT], "connection_errors",
+        (json_int_t)errs[BD_MODEL_ERR_CONNECTION], "processing_errors",
+        (json_int_t)errs[BD_MODEL_ERR_PROCESSING], "rate_limited_responses",
+        (json_int_t)errs[BD_MODEL_ERR_RATE_LIMITED], "most_common_error", common,
+        "model_performance", models);
+}
+
+/* ---- gathering ------------------------------------------------------------------------ */
+
+static void api_gather_respond(struct api_gather *g)
+{
+    json_t *j;
+
+    if (!g->has_jobs) {
+        bd_http_respond_err(g->req, BD_EPG, NULL, NULL);
+        return;
+    }
+    j = g->is_metrics ? api_metrics_json(g) : api_queue_status_json(g);
+    if (j == NULL)
+        bd_http_respond_err(g->req, BD_ENOMEM, NULL, NULL);
+    else
+        bd__api_respond_json(g->req, 200, j, "Cache-Control: no-store\r\n");
+}
+
+static void api_gather_done(struct api_gather *g)
+{
+    if (--g->pending == 0)
+        api_gather_respond(g);
+}
+
+static void api_on_jobs(int status, PGresult *res, void *arg)
+{
+    struct api_gather *g = arg;
+    int n;
+
+    if (status != BD_OK)
+        goto done;
+    n = PQntuples(res);
+    g->rows = n > 0 ? bd_http_alloc(g->req, (size_t)n * sizeof(*g->rows)) : NULL;
+    if (n > 0 && g->rows == NULL)
+        goto done;
+    for (int i = 0; i < n; i++) {
+        struct api_mrow *r = &g->rows[i];
+        enum bd_job_state st;
+        r->model = bd_http_strdup(g->req, PQgetvalue(res, i, 0));
+        if (r->model == NULL)
+            goto done;
+        r->state = bd_job_state_parse(PQgetvalue(res, i, 1), &st) == BD_OK ? (int)st : -1;
+        r->jobs = atoll(PQgetvalue(res, i, 2));
+        r->processed = atoll(PQgetvalue(res, i, 3));
+        r->failed = atoll(PQgetvalue(res, i, 4));
+        r->processing_ms = atoll(PQgetvalue(res, i, 5));
+        r->started = atoll(PQgetvalue(res, i, 6));
+        r->wait_s = strtod(PQgetvalue(res, i, 7), NULL);
+        r->ran = atoll(PQgetvalue(res, i, 8));
+        r->run_s = strtod(PQgetvalue(res, i, 9), NULL);
+    }
+    g->rows_count = (unsigned)n;
+    g->has_jobs = true;
+done:
+    api_gather_done(g);
+}
+
+static void api_on_window(int status, PGresult *res, void *arg)
+{
+    struct api_gather *g = arg;
+
+    if (status == BD_OK && PQntuples(res) == 1) {
+        g->window_items = atoll(PQgetvalue(res, 0, 0));
+        g->window_span_s = strtod(PQgetvalue(res, 0, 1), NULL);
+        g->has_window = true;
+    }
+    api_gather_done(g);
+}
+
+static void api_on_counts(int status, const struct bd_rq_counts *c, void *arg)
+{
+    struct api_gather *g = arg;
+
+    if (status == BD_OK && c) {
+        g->counts = *c;
+        g->has_counts = true;
+    }
+    api_gather_done(g);
+}
+
+static void api_on_memory(int status, long long value, void *arg)
+{
+    struct api_gather *g = arg;
+
+    if (status == BD_OK && value >= 0) {
+        g->used_memory = value;
+        g->has_memory = true;
+    }
+    api_gather_done(g);
+}
+
+static void api_gather_start(struct bd_http_request *req, struct bd_server *srv, bool is_metrics)
+{
+    struct api_gather *g;
+
+    if (!bd__api_check_auth(req, srv))
+        return;
+    if (srv->pg == NULL || !bd_pg_is_up(srv->pg) || srv->jobs == NULL ||
+        !bd_job_engine_is_ready(srv->jobs)) {
+        bd_http_respond_err(req, BD_EPG, NULL, NULL);
+        return;
+    }
+    g = bd_http_alloc(req, sizeof(*g));
+    if (g == NULL) {
+        bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
+        return;
+    }
+    memset(g, 0, sizeof(*g));
+    g->req = req;
+    g->srv = srv;
+    g->is_metrics = is_metrics;
+    g->pending = 1;                        /* released below, after every call was started */
+    if (bd_pg_query(srv->pg, api_sql_jobs, 0, NULL, NULL, NULL, 0, api_on_jobs, g) == BD_OK)
+        g->pending++;
+    if (bd_pg_query(srv->pg, api_sql_window, 0, NULL, NULL, NULL, 0, api_on_window, g) == BD_OK)
+        g->pending++;
+    if (srv->rq && bd_rq_is_up(srv->rq)) {
+        if (!is_metrics && bd_rq_get_counts(srv->rq, api_on_counts, g) == BD_OK)
+            g->pending++;
+        if (is_metrics && bd_rq_get_used_memory(srv->rq, api_on_memory, g) == BD_OK)
+            g->pending++;
+    }
+    api_gather_done(g);
+}
+
+static void api_on_queue_status(struct bd_http_request *req, void *arg)
+{
+    api_gather_start(req, arg, false);
+}
+
+static void api_on_metrics(struct bd_http_request *req, void *arg)
+{
+    struct bd_server *srv = arg;
+
+    if (!srv->cfg->metrics_enabled) {
+        bd_http_respond_error(req, 404, "not_found", "metrics are disabled", NULL);
+        return;
+    }
+    api_gather_start(req, srv, true);
+}
+
+int bd__api_register_metrics(struct bd_router *r, struct bd_server *srv)
+{
+    int rc = BD_OK;
+    rc = rc ? rc : bd_router_add(r, "GET", BD_API_PREFIX "/queue/status", api_on_queue_status,
+                                 srv);
+    rc = rc ? rc : bd_router_add(r, "GET", BD_API_PREFIX "/metrics", api_on_metrics, srv);
+    return rc;
+}
