@@ -801,6 +801,13 @@ static void api_call_free(struct api_job_call *c)
     free(c);
 }
 
+/* Answer c's request with the JSON error for err and free c. */
+static void api_call_fail(struct api_job_call *c, int err, const char *message)
+{
+    bd_http_respond_err(c->req, err, message, NULL);
+    api_call_free(c);
+}
+
 static struct api_job_call *api_call_new(struct bd_http_request *req, struct bd_server *srv)
 {
     if (!bd__api_check_auth(req, srv))
@@ -834,8 +841,7 @@ static void api_on_cancel_updated(int status, PGresult *res, void *arg)
     struct api_job_call *c = arg;
 
     if (status < 0) {
-        bd_http_respond_err(c->req, BD_EPG, NULL, NULL);
-        api_call_free(c);
+        api_call_fail(c, BD_EPG, NULL);
         return;
     }
     if (PQntuples(res) == 0) {
@@ -874,8 +880,7 @@ static void api_on_cancel_lookup(int status, PGresult *res, void *arg)
     struct api_job_call *c = arg;
 
     if (status < 0) {
-        bd_http_respond_err(c->req, BD_EPG, NULL, NULL);
-        api_call_free(c);
+        api_call_fail(c, BD_EPG, NULL);
         return;
     }
     if (PQntuples(res) == 0) {
@@ -907,8 +912,7 @@ static void api_on_cancel_lookup(int status, PGresult *res, void *arg)
         return;
     }
     if (bd_pg_query(c->srv->pg, sql, 1, params, NULL, NULL, 0, api_on_cancel_updated, c) < 0) {
-        bd_http_respond_err(c->req, BD_EPG, NULL, NULL);
-        api_call_free(c);
+        api_call_fail(c, BD_EPG, NULL);
     }
 }
 
@@ -920,8 +924,7 @@ static void api_on_cancel(struct bd_http_request *req, void *arg)
     const char *params[1] = { c->id };
     if (bd_pg_query(c->srv->pg, "SELECT status, cancel_requested FROM jobs WHERE id = $1", 1,
                     params, NULL, NULL, 0, api_on_cancel_lookup, c) < 0) {
-        bd_http_respond_err(req, BD_EPG, NULL, NULL);
-        api_call_free(c);
+        api_call_fail(c, BD_EPG, NULL);
     }
 }
 
@@ -941,8 +944,7 @@ static void api_on_retry_done(int status, PGresult *res, void *arg)
     struct api_job_call *c = arg;
 
     if (status < 0) {
-        bd_http_respond_err(c->req, BD_EPG, NULL, NULL);
-        api_call_free(c);
+        api_call_fail(c, BD_EPG, NULL);
         return;
     }
     if (PQntuples(res) == 0) {
@@ -1005,8 +1007,7 @@ static void api_on_retry_lookup(int status, PGresult *res, void *arg)
         "RETURNING " BD__API_JOB_COLUMNS ", priority, run_attempt",
         1, params, NULL, NULL, 0, api_on_retry_done, c);
     if (rc < 0) {
-        bd_http_respond_err(c->req, BD_EPG, NULL, NULL);
-        api_call_free(c);
+        api_call_fail(c, BD_EPG, NULL);
     }
 }
 
@@ -1018,8 +1019,7 @@ static void api_on_retry(struct bd_http_request *req, void *arg)
     const char *params[1] = { c->id };
     if (bd_pg_query(c->srv->pg, "SELECT status FROM jobs WHERE id = $1", 1, params, NULL,
                     NULL, 0, api_on_retry_lookup, c) < 0) {
-        bd_http_respond_err(req, BD_EPG, NULL, NULL);
-        api_call_free(c);
+        api_call_fail(c, BD_EPG, NULL);
     }
 }
 

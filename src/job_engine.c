@@ -1828,7 +1828,24 @@ struct json_t *bd_job_engine_debug_json(const struct bd_job_engine *e, const cha
     const struct bd_job *job = engine_find(e, job_id);
     if (job == NULL)
         return NULL;
-    return json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:b,s:b,s:b,s:b,s:f,s:i,s:s?}",
+    json_t *model = json_null();
+    for (unsigned i = 0; job->op == BD_OP_BULK_EMBED && i < e->cfg->models_count; i++) {
+        const struct bd_model_stats *ms;
+        if (strcmp(e->cfg->models[i].name, job->model) != 0 ||
+            (ms = bd_model_client_get_stats(e->srv->models, i)) == NULL)
+            continue;
+        json_decref(model);
+        model = json_pack("{s:s,s:b,s:i,s:i,s:f,s:I,s:{s:I,s:I,s:I,s:I}}", "name", job->model,
+                          "circuit_open", ms->is_circuit_open, "in_flight", (int)ms->in_flight,
+                          "concurrency_limit", (int)ms->concurrency_limit,
+                          "rate_limit_rps", ms->rate_limit_rps, "requests",
+                          (json_int_t)ms->requests, "errors", "timeout_error",
+                          (json_int_t)ms->errors[BD_MODEL_ERR_TIMEOUT], "connection_error",
+                          (json_int_t)ms->errors[BD_MODEL_ERR_CONNECTION], "processing_error",
+                          (json_int_t)ms->errors[BD_MODEL_ERR_PROCESSING], "rate_limited",
+                          (json_int_t)ms->errors[BD_MODEL_ERR_RATE_LIMITED]);
+    }
+    json_t *j = json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:b,s:b,s:b,s:b,s:f,s:i,s:s?}",
                      "worker", e->cfg->worker_id, "phase", job_phase_names[job->phase],
                      "batch_no", job->batch_no, "batch_attempts", (int)job->attempts,
                      "batches_run_here", (int)job->batches_run,
@@ -1839,6 +1856,11 @@ struct json_t *bd_job_engine_debug_json(const struct bd_job_engine *e, const cha
                      "seconds_since_claim", (double)(uv_hrtime() - job->claimed_ns) / 1e9,
                      "dimension", (int)job->dim,
                      "last_error", job->batch_error[0] ? job->batch_error : NULL);
+    if (j)
+        json_object_set_new(j, "model", model ? model : json_null());
+    else
+        json_decref(model);
+    return j;
 }
 
 const struct bd_job_engine_stats *bd_job_engine_get_stats(const struct bd_job_engine *e)

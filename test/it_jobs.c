@@ -241,7 +241,7 @@ static void test_jobs_run_high_before_normal_before_low_when_saturated(void **st
     free(body);
     assert_non_null(blocker);
     /* Wait until the blocker runs, then queue the others behind it. */
-    bd_it_wait_status(&p, blocker, "processing", 20);
+    json_decref(bd_it_wait_status(&p, blocker, "processing", 20));
     const char *order[] = { "low", "normal", "high", "normal", "high", "low" };
     char *ids[6];
     for (int i = 0; i < 6; i++) {
@@ -286,7 +286,7 @@ static void test_jobs_cancel_queued_and_processing_when_deleted(void **state)
     char *body = insert_body(coll, 20000, 16, 50, "normal");
     char *running = submit(&p, body, &st);
     free(body);
-    bd_it_wait_status(&p, running, "processing", 20);
+    json_decref(bd_it_wait_status(&p, running, "processing", 20));
     body = insert_body(coll, 10, 16, 5, "low");
     char *queued = submit(&p, body, &st);
     free(body);
@@ -602,7 +602,7 @@ static void test_jobs_rebuilt_from_postgres_when_redis_flushed(void **state)
     char *body = insert_body(coll, 20000, 16, 50, "normal");
     char *blocker = submit(&p, body, &st);
     free(body);
-    bd_it_wait_status(&p, blocker, "processing", 20);
+    json_decref(bd_it_wait_status(&p, blocker, "processing", 20));
     char *ids[3];
     for (int i = 0; i < 3; i++) {
         body = insert_body(small, 20, 4, 10, "normal");
@@ -688,6 +688,78 @@ static void test_jobs_results_readable_while_running_and_streamed_when_done(void
     assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
 }
 
+/* SIGTERM mid-job: batchd lets the batch in flight commit, hands the job back to the head of
+ * its queue (no lease wait) and exits 0; the next process resumes it at once. */
+static void test_jobs_handed_back_when_stopped_gracefully(void **state)
+{
+    struct bd_it_proc p;
+    char coll[96];
+    long st;
+    const char *env[] = { "BATCH_LEASE_SECONDS=60", NULL };
+    (void)state;
+
+    assert_int_equal(bd_it_start(&p, it_config, env), 0);
+    coll_name(coll, sizeof(coll), "handback");
+    char *body = insert_body(coll, 20000, 16, 50, "normal");
+    char *id = submit(&p, body, &st);
+    free(body);
+    double deadline = bd_it_now() + 30;
+    while (status_field(&p, id, "progress", "processed_items") < 2000 && bd_it_now() < deadline)
+        bd_it_sleep_ms(2);
+    double t0 = bd_it_now();
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+    assert_true(bd_it_now() - t0 < 5.0);
+    long done = psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", id);
+    assert_true(done >= 2000 && done < 20000);
+    /* Back in the queue, not in flight: a new process takes it without waiting for the
+     * 60 s lease to expire. */
+    char zs[64];
+    bd_it_sh_out(zs, sizeof(zs), "redis-cli -u '%s' ZSCORE bd:inflight '%s'",
+                 bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0"), id);
+    assert_string_equal(zs, "");
+    assert_int_equal(bd_it_start(&p, it_config, env), 0);
+    wait_completed(&p, id, 30);
+    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll),
+                     20000);
+    assert_int_equal(psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", id), 20000);
+    free(id);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
+/* Retention: terminal jobs and their batches go after cleanup_interval; vectors stay. */
+static void test_jobs_deleted_after_cleanup_interval_when_finished(void **state)
+{
+    struct bd_it_proc p;
+    char coll[96];
+    long st;
+    const char *env[] = { "BATCH_CLEANUP_INTERVAL=1", NULL };
+    (void)state;
+
+    assert_int_equal(bd_it_start(&p, it_config, env), 0);
+    coll_name(coll, sizeof(coll), "retention");
+    char *body = insert_body(coll, 30, 4, 10, "normal");
+    char *id = submit(&p, body, &st);
+    free(body);
+    assert_int_equal(st, 202);
+    wait_completed(&p, id, 20);
+    assert_int_equal(psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s'", id), 3);
+    double deadline = bd_it_now() + 10;
+    while (psql_long("SELECT count(*) FROM jobs WHERE id = '%s'", id) != 0 &&
+           bd_it_now() < deadline)
+        bd_it_sleep_ms(200);
+    assert_int_equal(psql_long("SELECT count(*) FROM jobs WHERE id = '%s'", id), 0);
+    assert_int_equal(psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s'", id), 0);
+    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll), 30);
+    long code;
+    char path[256];
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s/status", id);
+    json_t *j = bd_it_json(&p, "GET", path, NULL, &code);
+    assert_int_equal(code, 404);
+    json_decref(j);
+    free(id);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
 int main(void)
 {
     snprintf(it_prefix, sizeof(it_prefix), "itj%d", (int)getpid());
@@ -704,6 +776,9 @@ int main(void)
         cmocka_unit_test_teardown(test_jobs_rebuilt_from_postgres_when_redis_flushed, bd_it_teardown),
         cmocka_unit_test_teardown(test_jobs_complete_when_postgres_restarts_mid_job, bd_it_teardown),
         cmocka_unit_test_teardown(test_jobs_results_readable_while_running_and_streamed_when_done, bd_it_teardown),
+        cmocka_unit_test_teardown(test_jobs_handed_back_when_stopped_gracefully, bd_it_teardown),
+        cmocka_unit_test_teardown(test_jobs_deleted_after_cleanup_interval_when_finished,
+                                  bd_it_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
