@@ -21,7 +21,8 @@ release:
 	@$(MAKE) --no-print-directory build BUILD=build-release BUILD_TYPE=Release
 
 run: deps
-	@$(MAKE) --no-print-directory build BUILD=build-release BUILD_TYPE=Release
+	@cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null
+	@cmake --build build-release -j $(JOBS) --target batchd
 	@scripts/run.sh build-release/batchd conf/dev.yaml
 
 test: build

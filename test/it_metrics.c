@@ -506,8 +506,8 @@ static void queue_status_counts_waiting_jobs_when_workers_are_busy(void **state)
     const char *const env[] = { "BATCH_MAX_CONCURRENT_JOBS=1", NULL };
     const char *const slow_args[] = { "--dim", "16", "--latency-ms", "1500", NULL };
     char yaml[1024];
-    pid_t slow_pid;
-    int slow_port;
+    pid_t slow_pid = -1;
+    int slow_port = 0;
 
     (void)state;
     assert_int_equal(fake_model_spawn(NULL, slow_args, &slow_pid, &slow_port), 0);
@@ -569,7 +569,7 @@ static void metrics_answer_404_when_disabled(void **state)
     struct bd_it_proc *p = &g_aux;
     const char *const env[] = { "BATCH_METRICS_ENABLED=false", NULL };
     struct bd_it_resp r;
-    char url[256];
+    char url[1024];
     json_t *j;
     long status = 0;
 
