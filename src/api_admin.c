@@ -74,7 +74,7 @@ static void api_on_readyz(struct bd_http_request *req, void *arg)
 {
     struct bd_server *srv = arg;
     bool redis_up = srv->rq && bd_rq_is_up(srv->rq);
-    bool pg_up = srv->pg && bd_pg_is_up(srv->pg);
+    bool pg_up = srv->pg && bd_pg_is_up(srv->pg) && (!srv->pg_jobs || bd_pg_is_up(srv->pg_jobs));
     bool migrated = srv->jobs && bd_job_engine_is_ready(srv->jobs);
     bool ready = redis_up && pg_up && migrated && !srv->is_stopping;
 
@@ -269,9 +269,12 @@ static void api_scrape_render(struct api_scrape *sc)
                         "batchd_postgres_pool_connections{state=\"connected\"} %u\n"
                         "batchd_postgres_pool_connections{state=\"configured\"} %u\n"
                         "batchd_postgres_pool_connections{state=\"waiting\"} %u\n",
-                  srv->pg ? bd_pg_get_connected(srv->pg) : 0,
-                  srv->pg ? bd_pg_get_pool_size(srv->pg) : 0,
-                  srv->pg ? bd_pg_get_waiting(srv->pg) : 0);
+                  (srv->pg ? bd_pg_get_connected(srv->pg) : 0) +
+                      (srv->pg_jobs ? bd_pg_get_connected(srv->pg_jobs) : 0),
+                  (srv->pg ? bd_pg_get_pool_size(srv->pg) : 0) +
+                      (srv->pg_jobs ? bd_pg_get_pool_size(srv->pg_jobs) : 0),
+                  (srv->pg ? bd_pg_get_waiting(srv->pg) : 0) +
+                      (srv->pg_jobs ? bd_pg_get_waiting(srv->pg_jobs) : 0));
     bd_buf_printf(&out, "# HELP batchd_http_connections Open HTTP connections.\n"
                         "# TYPE batchd_http_connections gauge\nbatchd_http_connections %u\n",
                   srv->http ? bd_http_server_get_connections(srv->http) : 0);

@@ -310,7 +310,9 @@ static json_t *api_metrics_json(struct api_gather *g)
         "resource_utilization", "cpu_usage_percent",
         api_real1(bd_metrics_sample_cpu_percent(srv->metrics)), "memory_usage_mb",
         api_real1(rss > 0 ? (double)rss / (1024.0 * 1024.0) : 0.0), "redis_memory_usage_mb",
-        redis_mb, "postgres_connections", srv->pg ? (int)bd_pg_get_connected(srv->pg) : 0,
+        redis_mb, "postgres_connections",
+        (int)((srv->pg ? bd_pg_get_connected(srv->pg) : 0) +
+              (srv->pg_jobs ? bd_pg_get_connected(srv->pg_jobs) : 0)),
         "error_statistics", "total_errors", (json_int_t)total, "timeout_errors",
         (json_int_t)errs[BD_MODEL_ERR_TIMEOUT], "connection_errors",
         (json_int_t)errs[BD_MODEL_ERR_CONNECTION], "processing_errors",

@@ -133,6 +133,7 @@ struct bd_job {
 
 struct bd_job_engine {
     struct bd_server *srv;
+    struct bd_pg *pg;         /* the engine's pool (asynchronous commit, see server.c) */
     uv_loop_t *loop;
     const struct bd_config *cfg;
     struct bd_job *jobs;
@@ -402,7 +403,7 @@ static void job_on_started(int status, PGresult *res, void *arg)
 static int job_start_query(struct bd_job *job)
 {
     const char *params[2] = { job->id, job->e->cfg->worker_id };
-    return bd_pg_query(job->e->srv->pg,
+    return bd_pg_query(job->e->pg,
                        "UPDATE jobs SET status = 'processing', "
                        "started_at = COALESCE(started_at, now()), lease_owner = $2, "
                        "updated_at = now() WHERE id = $1 AND status IN ('queued','processing') "
@@ -450,7 +451,7 @@ static int job_collection_query(struct bd_job *job)
     /* DO UPDATE (a no-op change) rather than DO NOTHING: RETURNING then yields the row in
      * both cases, including when another transaction created the collection while this
      * statement waited on it (a snapshot-based SELECT would miss that row). */
-    return bd_pg_query(job->e->srv->pg,
+    return bd_pg_query(job->e->pg,
                        "INSERT INTO collections (name, dimension) VALUES ($1, $2::int) "
                        "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name "
                        "RETURNING dimension",
@@ -553,7 +554,7 @@ static void job_on_batch_loaded(int status, PGresult *res, void *arg)
 static int job_load_query(struct bd_job *job)
 {
     const char *params[1] = { job->id };
-    return bd_pg_query(job->e->srv->pg,
+    return bd_pg_query(job->e->pg,
                        "SELECT batch_no, first_index, item_count, items, attempts "
                        "FROM job_batches WHERE job_id = $1 AND status = 'pending' "
                        "ORDER BY batch_no LIMIT 1",
@@ -699,7 +700,7 @@ static int job_cache_query(struct bd_job *job)
     if (q->is_failed)
         return BD_ENOMEM;
     const char *params[1] = { q->data };
-    return bd_pg_query(job->e->srv->pg,
+    return bd_pg_query(job->e->pg,
                        "SELECT text_hash, embedding FROM embedding_cache "
                        "WHERE text_hash = ANY($1::text[])",
                        1, params, NULL, NULL, 1, job_on_cache_rows, job);
@@ -856,7 +857,7 @@ static void job_record_attempt(struct bd_job *job, const char *message)
     snprintf(attempts, sizeof(attempts), "%u", job->attempts);
     const char *params[4] = { job->id, batch, attempts, message ? message : "" };
     job_ref(job);
-    if (bd_pg_query(job->e->srv->pg,
+    if (bd_pg_query(job->e->pg,
                     "UPDATE job_batches SET attempts = $3::int, last_error = $4, "
                     "updated_at = now() WHERE job_id = $1 AND batch_no = $2::int",
                     4, params, NULL, NULL, 0, job_on_attempt_recorded, job) < 0)
@@ -1059,7 +1060,7 @@ static void job_write_step(struct bd_job *job)
     job_ref(job);
     switch (job->write_step) {
     case WRITE_ACQUIRE:
-        rc = bd_pg_acquire(job->e->srv->pg, job_on_conn, job);
+        rc = bd_pg_acquire(job->e->pg, job_on_conn, job);
         break;
     case WRITE_BEGIN:
         bd_buf_reset(q);
@@ -1165,7 +1166,7 @@ static int job_finish_query(struct bd_job *job)
     const char *params[4] = { job->id, job->final_state, job->error_code, job->error_message };
     /* With no explicit state the counters decide: every item failed -> failed,
      * otherwise completed (failed items are counted, SPEC "States"). */
-    return bd_pg_query(job->e->srv->pg,
+    return bd_pg_query(job->e->pg,
                        "UPDATE jobs SET "
                        "status = CASE WHEN $2 <> '' THEN $2 "
                        "  WHEN processed_items = 0 AND failed_items > 0 THEN 'failed' "
@@ -1559,7 +1560,7 @@ static void engine_rebuild(struct bd_job_engine *e)
         return;
     e->is_rebuilding = true;
     engine_op_begin(e);
-    if (bd_pg_query(e->srv->pg,
+    if (bd_pg_query(e->pg,
                     "SELECT id, priority, seq, COALESCE(model, ''), total_items FROM jobs "
                     "WHERE status IN ('queued', 'processing') ORDER BY seq",
                     0, NULL, NULL, NULL, 0, engine_on_rebuild_rows, e) < 0) {
@@ -1604,7 +1605,7 @@ static void engine_on_sweep_timer(uv_timer_t *t)
     snprintf(secs, sizeof(secs), "%.3f", e->cfg->cleanup_interval_s);
     const char *params[1] = { secs };
     engine_op_begin(e);
-    if (bd_pg_query(e->srv->pg,
+    if (bd_pg_query(e->pg,
                       "WITH c AS (DELETE FROM embedding_cache "
                       "WHERE created_at < now() - make_interval(secs => $1::float8)) "
                       "DELETE FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') "
@@ -1626,7 +1627,7 @@ static void engine_on_tput_timer(uv_timer_t *t)
 {
     struct bd_job_engine *e = t->data;
     engine_op_begin(e);
-    if (bd_pg_query(e->srv->pg,
+    if (bd_pg_query(e->pg,
                       "SELECT COALESCE(sum(processed_items + failed_items) / NULLIF(extract("
                       "epoch FROM max(completed_at) - min(started_at)), 0), 0) FROM jobs "
                       "WHERE completed_at > now() - interval '15 minutes' "
@@ -1650,7 +1651,7 @@ static void engine_on_migrate_timer(uv_timer_t *t)
     if (e->is_stopping)
         return;
     engine_op_begin(e);
-    if (bd_pg_migrate(e->srv->pg, engine_on_migrated, e) < 0) {
+    if (bd_pg_migrate(e->pg, engine_on_migrated, e) < 0) {
         e->pending_ops--;
         uv_timer_start(&e->migrate_timer, engine_on_migrate_timer, 1000, 0);
     }
@@ -1692,6 +1693,7 @@ struct bd_job_engine *bd_job_engine_new(struct bd_server *srv, int *err)
         return NULL;
     }
     e->srv = srv;
+    e->pg = srv->pg_jobs ? srv->pg_jobs : srv->pg;
     e->loop = srv->loop;
     e->cfg = srv->cfg;
     uv_timer_t *timers[] = { &e->claim_timer, &e->renew_timer, &e->reap_timer,

@@ -87,6 +87,7 @@ struct bd_pg {
     unsigned pool_size;
     uint64_t acquire_timeout_ms;     /* 0 = wait forever */
     uint64_t statement_timeout_ms;   /* 0 = server default */
+    bool is_async_commit;            /* SET synchronous_commit = off on each connection */
     struct bd_pg_conn *conns;
     struct pg_waiter *wait_head;
     struct pg_waiter *wait_tail;
@@ -574,17 +575,17 @@ static int conn_flush_watch(struct bd_pg_conn *conn)
 static void conn_on_connected(struct bd_pg_conn *conn)
 {
     struct bd_pg *pg = conn->pg;
-    char sql[128];
+    char sql[192];
 
     if (PQsetnonblocking(conn->pq, 1) != 0) {
         conn_break(conn, NULL);
         return;
     }
+    snprintf(sql, sizeof(sql), "SET application_name = 'batchd'%s",
+             pg->is_async_commit ? "; SET synchronous_commit = off" : "");
     if (pg->statement_timeout_ms > 0)
-        snprintf(sql, sizeof(sql), "SET statement_timeout = %llu; SET application_name = 'batchd'",
+        snprintf(sql + strlen(sql), sizeof(sql) - strlen(sql), "; SET statement_timeout = %llu",
                  (unsigned long long)pg->statement_timeout_ms);
-    else
-        snprintf(sql, sizeof(sql), "SET application_name = 'batchd'");
     if (!PQsendQuery(conn->pq, sql)) {
         conn_break(conn, NULL);
         return;
@@ -895,6 +896,7 @@ int bd_pg_new(uv_loop_t *loop, const struct bd_pg_options *opt, struct bd_pg **o
     pg->pool_size = opt->pool_size;
     pg->acquire_timeout_ms = (uint64_t)(opt->acquire_timeout_s * 1000.0 + 0.5);
     pg->statement_timeout_ms = (uint64_t)(opt->statement_timeout_s * 1000.0 + 0.5);
+    pg->is_async_commit = opt->is_async_commit;
     if (opt->statement_timeout_s > 0 && pg->statement_timeout_ms == 0)
         pg->statement_timeout_ms = 1;
     if (opt->acquire_timeout_s > 0 && pg->acquire_timeout_ms == 0)

@@ -46,15 +46,26 @@ static void server_on_pg_closed(int status, void *arg)
     server_on_all_closed(srv);
 }
 
+static void server_on_pg_jobs_closed(int status, void *arg)
+{
+    struct bd_server *srv = arg;
+    (void)status;
+    srv->pg_jobs = NULL;
+    if (srv->pg)
+        bd_pg_close(srv->pg, server_on_pg_closed, srv);
+    else
+        server_on_all_closed(srv);
+}
+
 static void server_on_rq_closed(int status, void *arg)
 {
     struct bd_server *srv = arg;
     (void)status;
     srv->rq = NULL;
-    if (srv->pg)
-        bd_pg_close(srv->pg, server_on_pg_closed, srv);
+    if (srv->pg_jobs)
+        bd_pg_close(srv->pg_jobs, server_on_pg_jobs_closed, srv);
     else
-        server_on_all_closed(srv);
+        server_on_pg_jobs_closed(BD_OK, srv);
 }
 
 static void server_close_redis_pg(struct bd_server *srv)
@@ -202,6 +213,17 @@ int bd_server_start(struct bd_server *srv, uv_loop_t *loop, const struct bd_conf
         .acquire_timeout_s = 5.0, .statement_timeout_s = 60.0,
     };
     rc = bd_pg_new(loop, &pgo, &srv->pg);
+    if (rc < 0) {
+        bd_log(BD_LOG_ERROR, "server", "event=postgres_init_failed err=%s", bd_strerror(rc));
+        goto fail;
+    }
+    /* The job engine's own pool commits asynchronously: its writes (start, checkpoints,
+     * finish) are all safe to redo, so a PostgreSQL crash that loses the last few hundred
+     * milliseconds of them only makes a batch run again (upserts, same transaction as its
+     * counters). Submits, cancels and retries stay on the synchronous pool: a 202 or 200
+     * is durable. */
+    pgo.is_async_commit = true;
+    rc = bd_pg_new(loop, &pgo, &srv->pg_jobs);
     if (rc < 0) {
         bd_log(BD_LOG_ERROR, "server", "event=postgres_init_failed err=%s", bd_strerror(rc));
         goto fail;

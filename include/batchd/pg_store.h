@@ -26,6 +26,9 @@ struct bd_pg_options {
     unsigned pool_size;              /* connections kept open, >= 1 */
     double acquire_timeout_s;        /* bd_pg_acquire waits at most this, then BD_EPG */
     double statement_timeout_s;      /* SET statement_timeout on each new connection; 0 = none */
+    bool is_async_commit;            /* SET synchronous_commit = off on each connection: commits
+                                      * return before the WAL is flushed. Only for work that is
+                                      * safe to redo after a PostgreSQL crash (job checkpoints). */
 };
 
 /* Called once when a pool-level operation completes (connect, migrate, close). */

@@ -26,7 +26,8 @@ struct bd_server {
     struct bd_http_server *http;
     struct bd_router *router;
     struct bd_rq *rq;
-    struct bd_pg *pg;
+    struct bd_pg *pg;                      /* API: synchronous commit (a 202 is durable) */
+    struct bd_pg *pg_jobs;                 /* job engine: asynchronous commit, see server.c */
     struct bd_job_engine *jobs;
     struct bd_metrics *metrics;
     struct bd_model_client *models;
