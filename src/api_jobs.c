@@ -139,7 +139,7 @@ struct api_submit {
     long long queued_ahead;           /* items queued before this job (Redis counter) */
     json_t *metadata;                 /* {submitted_by, integration_pattern, ...} (owned) */
     struct bd_pg_conn *conn;
-    char **batch_texts;               /* per batch JSON text, freed after the pipeline */
+    struct bd_pg_copybuf copy;        /* the batches, as binary COPY rows */
 };
 
 static const char *const api_submit_keys[] = { "operation", "model", "collection", "data",
@@ -377,11 +377,7 @@ static int api_validate_submit(struct api_submit *s, struct api_invalid *inv)
 
 static void api_submit_free(struct api_submit *s)
 {
-    if (s->batch_texts) {
-        for (unsigned i = 0; i < s->batches; i++)
-            free(s->batch_texts[i]);
-        free(s->batch_texts);
-    }
+    bd_pg_copybuf_free(&s->copy);
     if (s->conn)
         bd_pg_release(s->conn);
     json_decref(s->metadata);
@@ -459,12 +455,14 @@ static void api_on_enqueued(int status, long long position, void *arg)
 
 static void api_submit_step_existing(struct api_submit *s);
 
+/* The transaction's last step answered: COMMIT done (or anything before it failed). */
 static void api_on_job_written(int status, PGresult *res, void *arg)
 {
     struct api_submit *s = arg;
 
-    bd_pg_release(s->conn);
+    bd_pg_release(s->conn);                 /* rolls back when something failed */
     s->conn = NULL;
+    bd_pg_copybuf_free(&s->copy);
     if (status < 0) {
         const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
         if (state && strcmp(state, "23505") == 0 && s->idem_key) {
@@ -480,12 +478,128 @@ static void api_on_job_written(int status, PGresult *res, void *arg)
         api_on_enqueued(BD_EREDIS, 0, s);
 }
 
-/* One transaction: the job row and one row per batch holding its items as compact JSON,
- * sent as a pipeline (one round trip). */
+static void api_on_batches_copied(int status, PGresult *res, void *arg)
+{
+    struct api_submit *s = arg;
+    int rc;
+
+    if (status < 0) {
+        api_on_job_written(status, res, s);
+        return;
+    }
+    rc = bd_pg_conn_query(s->conn, "COMMIT", 0, NULL, NULL, NULL, 0, api_on_job_written, s);
+    if (rc < 0)
+        api_on_job_written(BD_EPG, NULL, s);
+}
+
+/* bulk_insert items are stored packed, in the form the job engine writes them: per item
+ * the id and the metadata JSON as text fields, then the embedding as a ready binary-COPY
+ * real[] field. The floats are parsed once, here, and never formatted or parsed again. */
+static int api_pack_insert_batch(struct api_submit *s, unsigned first, unsigned count,
+                                 struct bd_pg_copybuf *out, float *row, struct bd_buf *meta)
+{
+    for (unsigned i = first; i < first + count; i++) {
+        json_t *item = json_array_get(s->data, i);
+        json_t *id = json_object_get(item, "id"), *m = json_object_get(item, "metadata");
+        json_t *emb = json_object_get(item, "embedding");
+
+        bd_buf_reset(meta);
+        if (json_is_object(m)) {
+            size_t need = json_dumpb(m, NULL, 0, JSON_COMPACT);
+            if (bd_buf_reserve(meta, need) != BD_OK)
+                return BD_ENOMEM;
+            meta->len = json_dumpb(m, meta->data, need, JSON_COMPACT);
+        } else {
+            bd_buf_puts(meta, "{}");
+        }
+        for (unsigned d = 0; d < s->dim; d++)
+            row[d] = (float)json_number_value(json_array_get(emb, d));
+        bd_pg_copybuf_text(out, json_string_value(id), json_string_length(id));
+        bd_pg_copybuf_text(out, meta->data, meta->len);
+        bd_pg_copybuf_float4_array(out, row, s->dim);
+    }
+    return meta->is_failed ? BD_ENOMEM : out->err;
+}
+
+/* One row per batch: (job_id, batch_no, first_index, item_count, items, payload), where
+ * bulk_embed batches keep their items as a compact JSON array and bulk_insert batches as
+ * the packed payload above. */
+static int api_build_batches(struct api_submit *s)
+{
+    struct bd_pg_copybuf packed;
+    struct bd_buf meta;
+    float *row = NULL;
+    int rc = BD_OK;
+
+    bd_pg_copybuf_init(&packed);
+    bd_buf_init(&meta);
+    if (s->op == BD_OP_BULK_INSERT && (row = malloc(sizeof(float) * s->dim)) == NULL)
+        return BD_ENOMEM;
+    bd_pg_copybuf_begin(&s->copy);
+    for (unsigned b = 0; b < s->batches && rc == BD_OK; b++) {
+        unsigned first = b * s->batch_size;
+        unsigned cnt = s->items - first < s->batch_size ? s->items - first : s->batch_size;
+        bd_pg_copybuf_row(&s->copy, 6);
+        bd_pg_copybuf_text(&s->copy, s->job_id, strlen(s->job_id));
+        bd_pg_copybuf_int4(&s->copy, (int32_t)b);
+        bd_pg_copybuf_int4(&s->copy, (int32_t)first);
+        bd_pg_copybuf_int4(&s->copy, (int32_t)cnt);
+        if (s->op == BD_OP_BULK_INSERT) {
+            bd_pg_copybuf_reset(&packed);
+            rc = api_pack_insert_batch(s, first, cnt, &packed, row, &meta);
+            bd_pg_copybuf_null(&s->copy);
+            bd_pg_copybuf_bytes(&s->copy, packed.data, packed.len);
+        } else {
+            json_t *slice = json_array();
+            for (unsigned i = 0; slice && i < cnt; i++)
+                json_array_append(slice, json_array_get(s->data, first + i));
+            char *text = slice ? json_dumps(slice, JSON_COMPACT) : NULL;
+            json_decref(slice);
+            if (text == NULL) {
+                rc = BD_ENOMEM;
+                break;
+            }
+            bd_pg_copybuf_text(&s->copy, text, strlen(text));
+            bd_pg_copybuf_null(&s->copy);
+            free(text);
+        }
+    }
+    if (rc == BD_OK)
+        rc = bd_pg_copybuf_end(&s->copy);
+    free(row);
+    bd_buf_free(&meta);
+    bd_pg_copybuf_free(&packed);
+    return rc;
+}
+
+static void api_on_job_row(int status, PGresult *res, void *arg)
+{
+    struct api_submit *s = arg;
+    int rc;
+
+    if (status < 0) {
+        api_on_job_written(status, res, s);
+        return;
+    }
+    rc = api_build_batches(s);
+    if (rc == BD_OK)
+        rc = bd_pg_conn_copy_in(s->conn,
+                                "COPY job_batches (job_id, batch_no, first_index, item_count, "
+                                "items, payload) FROM STDIN WITH (FORMAT binary)",
+                                s->copy.data, s->copy.len, api_on_batches_copied, s);
+    if (rc < 0) {
+        bd_pg_release(s->conn);
+        s->conn = NULL;
+        bd_pg_copybuf_free(&s->copy);
+        api_submit_error(s, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG, NULL);
+    }
+}
+
+/* One transaction: BEGIN and the job row (pipelined), the batches (binary COPY), COMMIT.
+ * The job is therefore wholly there or not at all. */
 static void api_on_conn(int status, struct bd_pg_conn *conn, void *arg)
 {
     struct api_submit *s = arg;
-    unsigned n = s->batches + 3;
     int rc = BD_ENOMEM;
 
     if (status < 0) {
@@ -493,17 +607,7 @@ static void api_on_conn(int status, struct bd_pg_conn *conn, void *arg)
         return;
     }
     s->conn = conn;
-    const char **sqls = calloc(n, sizeof(*sqls));
-    int *np = calloc(n, sizeof(*np));
-    const char *const **params = calloc(n, sizeof(*params));
-    const char **bparams = calloc((size_t)s->batches * 5, sizeof(char *));
-    char *nums = calloc((size_t)s->batches * 3, 12);
-    s->batch_texts = calloc(s->batches, sizeof(char *));
-    if (!sqls || !np || !params || !bparams || !nums || !s->batch_texts)
-        goto out;
-
-    char prio[8], bs[16], items[16], nb[16], seq[24], created[32], timeout[32], retries[16],
-        dim[16];
+    char prio[8], bs[16], items[16], nb[16], seq[24], created[32], timeout[32], retries[16];
     snprintf(prio, sizeof(prio), "%d", s->priority);
     snprintf(bs, sizeof(bs), "%u", s->batch_size);
     snprintf(items, sizeof(items), "%u", s->items);
@@ -512,79 +616,38 @@ static void api_on_conn(int status, struct bd_pg_conn *conn, void *arg)
     snprintf(created, sizeof(created), "%.3f", s->created_unix);
     snprintf(timeout, sizeof(timeout), "%.3f", s->timeout_s);
     snprintf(retries, sizeof(retries), "%d", s->max_retries);
-    snprintf(dim, sizeof(dim), "%u", s->dim);
-    char *options = NULL, *metadata = json_dumps(s->metadata, JSON_COMPACT);
+    char *metadata = json_dumps(s->metadata, JSON_COMPACT);
     json_t *opt = json_pack("{s:i,s:s,s:f,s:i,s:i}", "batch_size", (int)s->batch_size,
                             "priority", bd_job_priority_name(s->priority), "timeout_s",
                             s->timeout_s, "max_retries", s->max_retries, "dimension",
                             (int)s->dim);
-    options = opt ? json_dumps(opt, JSON_COMPACT) : NULL;
+    char *options = opt ? json_dumps(opt, JSON_COMPACT) : NULL;
     json_decref(opt);
-    if (metadata == NULL || options == NULL) {
-        free(metadata);
-        free(options);
-        goto out;
-    }
-    const char *jparams[15] = { s->job_id, seq, bd_job_operation_name(s->op), s->model,
-                                s->collection, prio, bs, items, nb, timeout, retries,
-                                options, metadata, s->idem_key, s->request_hash };
-    sqls[0] = "BEGIN";
-    sqls[1] = "INSERT INTO jobs (id, seq, operation, model, collection, status, priority, "
-              "batch_size, total_items, total_batches, timeout_s, max_retries, options, "
-              "metadata, idempotency_key, request_hash, created_at, updated_at) VALUES "
-              "($1, $2::int8, $3, $4, $5, 'queued', $6::int2, $7::int, $8::int, $9::int, "
-              "$10::float8, $11::int, $12::jsonb, $13::jsonb, $14, $15, "
-              "to_timestamp($16::float8), now())";
-    const char *jp16[16];
-    memcpy(jp16, jparams, sizeof(jparams));
-    jp16[15] = created;
-    np[1] = 16;
-    params[1] = jp16;
-    for (unsigned b = 0; b < s->batches; b++) {
-        unsigned first = b * s->batch_size;
-        unsigned cnt = s->items - first < s->batch_size ? s->items - first : s->batch_size;
-        json_t *slice = json_array();
-        for (unsigned i = 0; slice && i < cnt; i++)
-            json_array_append(slice, json_array_get(s->data, first + i));
-        s->batch_texts[b] = slice ? json_dumps(slice, JSON_COMPACT) : NULL;
-        json_decref(slice);
-        if (s->batch_texts[b] == NULL) {
-            free(metadata);
-            free(options);
-            goto out;
-        }
-        char *num = nums + (size_t)b * 36;
-        snprintf(num, 12, "%u", b);
-        snprintf(num + 12, 12, "%u", first);
-        snprintf(num + 24, 12, "%u", cnt);
-        const char **bp = bparams + (size_t)b * 5;
-        bp[0] = s->job_id;
-        bp[1] = num;
-        bp[2] = num + 12;
-        bp[3] = num + 24;
-        bp[4] = s->batch_texts[b];
-        sqls[2 + b] = "INSERT INTO job_batches (job_id, batch_no, first_index, item_count, "
-                      "items) VALUES ($1, $2::int, $3::int, $4::int, $5)";
-        np[2 + b] = 5;
-        params[2 + b] = bp;
-    }
-    sqls[n - 1] = "COMMIT";
-    rc = bd_pg_conn_pipeline(conn, n, sqls, np, params, api_on_job_written, s);
-    /* libpq copied every parameter into its send buffer: the texts can go now. */
-    for (unsigned b = 0; b < s->batches; b++) {
-        free(s->batch_texts[b]);
-        s->batch_texts[b] = NULL;
+    if (metadata && options) {
+        const char *jparams[16] = { s->job_id, seq, bd_job_operation_name(s->op), s->model,
+                                    s->collection, prio, bs, items, nb, timeout, retries,
+                                    options, metadata, s->idem_key, s->request_hash,
+                                    created };
+        const char *const sqls[2] = {
+            "BEGIN",
+            "INSERT INTO jobs (id, seq, operation, model, collection, status, priority, "
+            "batch_size, total_items, total_batches, timeout_s, max_retries, options, "
+            "metadata, idempotency_key, request_hash, created_at, updated_at) VALUES "
+            "($1, $2::int8, $3, $4, $5, 'queued', $6::int2, $7::int, $8::int, $9::int, "
+            "$10::float8, $11::int, $12::jsonb, $13::jsonb, $14, $15, "
+            "to_timestamp($16::float8), now())",
+        };
+        const int np[2] = { 0, 16 };
+        const char *const *params[2] = { NULL, jparams };
+        rc = bd_pg_conn_pipeline(conn, 2, sqls, np, params, api_on_job_row, s);
     }
     free(metadata);
     free(options);
-out:
-    free(sqls);
-    free(np);
-    free(params);
-    free(bparams);
-    free(nums);
-    if (rc < 0)
+    if (rc < 0) {
+        bd_pg_release(s->conn);
+        s->conn = NULL;
         api_submit_error(s, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG, NULL);
+    }
 }
 
 static void api_on_seq(int status, long long seq, void *arg)

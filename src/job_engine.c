@@ -60,6 +60,13 @@ static const char *const job_phase_names[] = { "start",   "collection", "load_ba
 
 enum job_write_step { WRITE_ACQUIRE, WRITE_BEGIN, WRITE_COPY, WRITE_COMMIT };
 
+/* One bulk_insert item inside a batch's packed payload: the id and metadata text and the
+ * embedding as a ready binary-COPY real[] value (see api_jobs.c, api_pack_insert_batch). */
+struct job_packed {
+    const char *id, *meta, *arr;
+    uint32_t id_len, meta_len, arr_len;
+};
+
 struct bd_job {
     struct bd_job_engine *e;
     struct bd_job *next, *prev;
@@ -95,7 +102,9 @@ struct bd_job {
     unsigned first_index;
     unsigned item_count;
     unsigned attempts;
-    json_t *items;            /* the batch's input items */
+    json_t *items;            /* bulk_embed: the batch's input items (JSON array) */
+    struct bd_buf payload;    /* bulk_insert: the batch's packed items (job_batches.payload) */
+    struct job_packed *packed; /* bulk_insert: per item, slices of payload */
     float *vectors;           /* item_count * dim, reused across batches */
     size_t vectors_cap;
     int *item_status;         /* per item: BD_OK or an error code */
@@ -246,6 +255,8 @@ static void job_on_timer_closed(uv_handle_t *h)
     free(job->item_status);
     free(job->item_error);
     free(job->inputs);
+    free(job->packed);
+    bd_buf_free(&job->payload);
     free(job->hashes);
     free(job->is_cached);
     free(job->miss_index);
@@ -462,7 +473,8 @@ static int job_collection_query(struct bd_job *job)
 
 static int job_reserve_batch(struct bd_job *job, unsigned n)
 {
-    size_t need = (size_t)n * job->dim;
+    /* bulk_insert vectors stay in their packed form: no float buffer needed. */
+    size_t need = job->op == BD_OP_BULK_EMBED ? (size_t)n * job->dim : 0;
     if (need > job->vectors_cap) {
         float *v = realloc(job->vectors, need * sizeof(float));
         if (v == NULL)
@@ -499,9 +511,54 @@ static int job_reserve_batch(struct bd_job *job, unsigned n)
         if (nx == NULL)
             return BD_ENOMEM;
         job->ht_next = nx;
+        struct job_packed *pk = realloc(job->packed, n * sizeof(*pk));
+        if (pk == NULL)
+            return BD_ENOMEM;
+        job->packed = pk;
         job->items_cap = n;
     }
     return BD_OK;
+}
+
+static uint32_t job_be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* An int4 column of a binary-format result. */
+static int job_pg_int4(const PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 4)
+        return 0;
+    return (int)job_be32((const unsigned char *)PQgetvalue(res, row, col));
+}
+
+/* Copy the batch's packed payload (the result dies with the callback) and slice it into
+ * items. Returns NULL, or why the payload cannot be read. */
+static const char *job_unpack_batch(struct bd_job *job, const PGresult *res)
+{
+    struct bd_buf *b = &job->payload;
+
+    if (PQgetisnull(res, 0, 5))
+        return "it has no packed payload";
+    bd_buf_reset(b);
+    bd_buf_append(b, PQgetvalue(res, 0, 5), (size_t)PQgetlength(res, 0, 5));
+    if (b->is_failed)
+        return "out of memory";
+    const unsigned char *p = (const unsigned char *)b->data, *end = p + b->len;
+    for (unsigned i = 0; i < job->item_count; i++) {
+        const char *field[3];
+        uint32_t len[3];
+        for (int f = 0; f < 3; f++) {
+            if (end - p < 4 || (len[f] = job_be32(p)) > (uint32_t)(end - p - 4))
+                return "the packed payload is truncated";
+            field[f] = (const char *)p + 4;
+            p += 4 + len[f];
+        }
+        job->packed[i] = (struct job_packed){ field[0], field[1], field[2],
+                                              len[0], len[1], len[2] };
+    }
+    return p == end ? NULL : "the packed payload has trailing bytes";
 }
 
 static void job_on_batch_loaded(int status, PGresult *res, void *arg)
@@ -523,26 +580,37 @@ static void job_on_batch_loaded(int status, PGresult *res, void *arg)
         job_unref(job);
         return;
     }
-    json_error_t jerr;
-    const char *items = PQgetvalue(res, 0, 3);
+    const char *why = NULL;
     json_decref(job->items);
-    job->batch_no = (int)job_pg_long(res, 0, 0, 0);
-    job->first_index = (unsigned)job_pg_long(res, 0, 1, 0);
-    job->item_count = (unsigned)job_pg_long(res, 0, 2, 0);
-    job->attempts = (unsigned)job_pg_long(res, 0, 4, 0);
-    job->items = json_loadb(items, (size_t)PQgetlength(res, 0, 3), 0, &jerr);
+    job->items = NULL;
+    job->batch_no = job_pg_int4(res, 0, 0);
+    job->first_index = (unsigned)job_pg_int4(res, 0, 1);
+    job->item_count = (unsigned)job_pg_int4(res, 0, 2);
+    job->attempts = (unsigned)job_pg_int4(res, 0, 4);
     job->batch_start_ns = uv_hrtime();
     job->batch_cache_hits = 0;
     job->batch_error[0] = '\0';
     job->batch_error_code = NULL;
     job->is_batch_failed = false;
-    if (job->items == NULL || !json_is_array(job->items) ||
-        json_array_size(job->items) != job->item_count ||
-        job_reserve_batch(job, job->item_count) != BD_OK) {
+    if (job_reserve_batch(job, job->item_count) != BD_OK) {
+        why = "out of memory";
+    } else if (job->op == BD_OP_BULK_INSERT) {
+        why = job_unpack_batch(job, res);
+    } else {
+        json_error_t jerr;
+        job->items = PQgetisnull(res, 0, 3)
+                         ? NULL
+                         : json_loadb(PQgetvalue(res, 0, 3), (size_t)PQgetlength(res, 0, 3), 0,
+                                      &jerr);
+        if (job->items == NULL || !json_is_array(job->items) ||
+            json_array_size(job->items) != job->item_count)
+            why = "its items are not a JSON array of the right length";
+    }
+    if (why) {
         job->is_fatal = true;
         snprintf(job->final_state, sizeof(job->final_state), "failed");
-        job_set_error(job, "corrupt_batch", "batch %d of job cannot be read: %s",
-                      job->batch_no, job->items ? "wrong shape" : jerr.text);
+        job_set_error(job, "corrupt_batch", "batch %d of the job cannot be read: %s",
+                      job->batch_no, why);
         job_wind_down(job);
     } else {
         job->phase = job->op == BD_OP_BULK_EMBED ? JOB_PHASE_CACHE : JOB_PHASE_EXECUTE;
@@ -555,10 +623,10 @@ static int job_load_query(struct bd_job *job)
 {
     const char *params[1] = { job->id };
     return bd_pg_query(job->e->pg,
-                       "SELECT batch_no, first_index, item_count, items, attempts "
+                       "SELECT batch_no, first_index, item_count, items, attempts, payload "
                        "FROM job_batches WHERE job_id = $1 AND status = 'pending' "
                        "ORDER BY batch_no LIMIT 1",
-                       1, params, NULL, NULL, 0, job_on_batch_loaded, job);
+                       1, params, NULL, NULL, 1, job_on_batch_loaded, job);
 }
 
 /* ---- CACHE: texts this model already embedded (any job, any process) ------------------ */
@@ -795,21 +863,20 @@ static void job_on_model_done(int status, const struct bd_embed_result *res, con
     job_unref(job);
 }
 
-/* bulk_insert: the vectors came with the job (validated at submit). */
+/* bulk_insert: the vectors came with the job, validated at submit and stored as binary
+ * real[] values; an item whose stored dimension is not the collection's fails alone. */
 static void job_take_given_vectors(struct bd_job *job)
 {
     job->batch_ok = job->batch_failed = 0;
     for (unsigned i = 0; i < job->item_count; i++) {
-        json_t *emb = json_object_get(json_array_get(job->items, i), "embedding");
-        float *row = job->vectors + (size_t)i * job->dim;
-        if (!json_is_array(emb) || json_array_size(emb) != job->dim) {
+        const struct job_packed *pk = &job->packed[i];
+        if (pk->arr_len != 20 + 8 * (size_t)job->dim ||
+            job_be32((const unsigned char *)pk->arr + 12) != job->dim) {
             job->item_status[i] = BD_EINVAL;
             job->item_error[i] = "embedding has the wrong dimension";
             job->batch_failed++;
             continue;
         }
-        for (unsigned d = 0; d < job->dim; d++)
-            row[d] = (float)json_number_value(json_array_get(emb, d));
         job->item_status[i] = BD_OK;
         job->batch_ok++;
     }
@@ -912,17 +979,26 @@ static int job_build_copy(struct bd_job *job)
     bd_pg_copybuf_reset(b);
     bd_pg_copybuf_begin(b);
     for (unsigned i = 0; i < job->item_count; i++) {
-        json_t *item = json_array_get(job->items, i);
-        const char *id = json_string_value(json_object_get(item, "id"));
+        const struct job_packed *pk = job->op == BD_OP_BULK_INSERT ? &job->packed[i] : NULL;
+        json_t *item = pk ? NULL : json_array_get(job->items, i);
+        const char *id = pk ? pk->id : json_string_value(json_object_get(item, "id"));
+        size_t id_len = pk ? pk->id_len : json_string_length(json_object_get(item, "id"));
         unsigned index = job->first_index + i;
         if (id == NULL) {
             snprintf(genid, sizeof(genid), "%s:%u", job->id, index);
             id = genid;
+            id_len = strlen(genid);
         }
         bd_pg_copybuf_row(b, 7);
         bd_pg_copybuf_int4(b, (int32_t)index);
-        bd_pg_copybuf_text(b, id, strlen(id));
-        if (job->item_status[i] == BD_OK) {
+        bd_pg_copybuf_text(b, id, id_len);
+        if (job->item_status[i] == BD_OK && pk) {
+            bd_pg_copybuf_bytes(b, pk->arr, pk->arr_len);  /* already a binary real[] */
+            bd_pg_copybuf_jsonb(b, pk->meta, pk->meta_len);
+            bd_pg_copybuf_null(b);
+            bd_pg_copybuf_null(b);
+            bd_pg_copybuf_null(b);
+        } else if (job->item_status[i] == BD_OK) {
             job_build_metadata(job, &job->meta, item);
             bd_pg_copybuf_float4_array(b, job->vectors + (size_t)i * job->dim, job->dim);
             bd_pg_copybuf_jsonb(b, job->meta.data, job->meta.len);

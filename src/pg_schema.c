@@ -64,9 +64,19 @@ static const char pg_schema_v2_embedding_cache[] =
     "ALTER TABLE embedding_cache ALTER COLUMN embedding SET STORAGE EXTERNAL;\n"
     "CREATE INDEX embedding_cache_created_idx ON embedding_cache (created_at);\n";
 
+/* bulk_insert batches are stored packed (job_batches.payload): per item the id and the
+ * metadata JSON as binary-COPY text fields and the embedding as a ready binary real[]
+ * field, so vectors are parsed once at submit and copied, not re-parsed, when the batch
+ * runs. bulk_embed batches keep their texts as a JSON array in items. */
+static const char pg_schema_v3_packed_batches[] =
+    "ALTER TABLE job_batches ADD COLUMN payload bytea;\n"
+    "ALTER TABLE job_batches ALTER COLUMN payload SET STORAGE EXTERNAL;\n"
+    "ALTER TABLE job_batches ALTER COLUMN items DROP NOT NULL;\n";
+
 const struct bd__pg_migration bd__pg_migrations[] = {
     { 1, "initial", pg_schema_v1_initial },
     { 2, "embedding_cache", pg_schema_v2_embedding_cache },
+    { 3, "packed_batches", pg_schema_v3_packed_batches },
 };
 
 const unsigned bd__pg_migrations_count =
