@@ -942,6 +942,7 @@ static void api_on_cancel_updated(int status, PGresult *res, void *arg)
     } else {
         (void)bd_rq_cancel(c->srv->rq, c->id, api_on_rq_cancelled, NULL);
     }
+    bd__api_status_cache_drop(c->srv, c->id);
     bd_log(BD_LOG_INFO, "api", "job=%s event=cancel status=%s", c->id, st);
     bd__api_respond_json(c->req, 200, j, NULL);
     api_call_free(c);
@@ -1034,6 +1035,7 @@ static void api_on_retry_done(int status, PGresult *res, void *arg)
     json_object_set_new(j, "run_attempt",
                         json_integer(strtol(PQgetvalue(res, 0, BD__API_JOB_NCOLUMNS + 1), NULL,
                                             10)));
+    bd__api_status_cache_drop(c->srv, c->id);
     bd_log(BD_LOG_INFO, "api", "job=%s event=retry", c->id);
     bd__api_respond_json(c->req, 202, j, NULL);
     c->req = NULL;

@@ -526,18 +526,105 @@ static struct api_read_call *api_read_begin(struct bd_http_request *req, struct 
     return api_read_call_new(req, srv, id);
 }
 
-/* GET /jobs/{id}/status */
+/* GET /jobs/{id}/status
+ *
+ * Clients poll this endpoint hard (a progress bar per job). Each job's answer is kept for
+ * http.status_cache_ms (default 50 ms; 0 keeps only the coalescing), and requests for a job whose row is being read wait for that one
+ * read instead of starting their own (request coalescing): a hot job costs at most one
+ * PostgreSQL query per interval, whatever the request rate. Cancel and retry in this
+ * process drop the entry at once (bd__api_status_cache_drop). The cache is direct-mapped
+ * and bounded; a slot busy with another job's read is simply bypassed. */
+
+#define API_STATUS_CACHE_SLOTS 1024           /* power of two */
+
+struct api_status_waiter {
+    struct bd_http_request *req;
+    struct api_status_waiter *next;           /* req's arena */
+};
+
+struct api_status_slot {
+    char id[BD__API_JOB_ID_MAX + 1];
+    char *body;                               /* owned; NULL when empty */
+    size_t len;
+    int http_status;
+    uint64_t expires_ns;
+    bool is_reading;
+    struct api_status_waiter *waiters;
+};
+
+struct bd_api_cache {
+    struct api_status_slot slots[API_STATUS_CACHE_SLOTS];
+};
+
+static struct api_status_slot *api_status_slot(struct bd_server *srv, const char *id)
+{
+    uint32_t h = 2166136261u;
+    for (const char *p = id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return srv->api_cache ? &srv->api_cache->slots[h & (API_STATUS_CACHE_SLOTS - 1)] : NULL;
+}
+
+void bd__api_status_cache_drop(struct bd_server *srv, const char *job_id)
+{
+    struct api_status_slot *slot = api_status_slot(srv, job_id);
+    if (slot && strcmp(slot->id, job_id) == 0)
+        slot->expires_ns = 0;
+}
+
+void bd_api_free(struct bd_server *srv)
+{
+    if (srv->api_cache == NULL)
+        return;
+    for (unsigned i = 0; i < API_STATUS_CACHE_SLOTS; i++)
+        free(srv->api_cache->slots[i].body);
+    free(srv->api_cache);
+    srv->api_cache = NULL;
+}
 
 static void api_read_on_status_row(int status, PGresult *res, void *arg)
 {
     struct api_read_call *call = arg;
+    struct api_status_slot *slot = api_status_slot(call->srv, call->job_id);
+    bool is_coalesced = slot && slot->is_reading && strcmp(slot->id, call->job_id) == 0;
+    char *body = NULL;
+    int http = 200;
 
-    if (status < 0)
-        api_read_fail_pg(call->req, call->job_id, status, res);
-    else if (PQntuples(res) == 0)
-        api_read_not_found(call->req);
-    else
-        api_read_respond(call->req, 200, bd__api_job_status_json(res, 0));
+    if (status == BD_OK && PQntuples(res) == 0) {
+        http = 404;
+        body = strdup("{\"error\":{\"code\":\"not_found\",\"message\":\"no such job\"}}");
+    } else if (status == BD_OK) {
+        json_t *doc = bd__api_job_status_json(res, 0);
+        body = doc ? json_dumps(doc, API_READ_JSON_FLAGS) : NULL;
+        json_decref(doc);
+    }
+    if (!is_coalesced) {                      /* this request read alone (slot was busy) */
+        if (body)
+            bd_http_respond(call->req, http, "application/json", NULL, body, strlen(body));
+        else
+            api_read_fail_pg(call->req, call->job_id, status < 0 ? status : BD_ENOMEM, res);
+        free(body);
+        return;
+    }
+    /* Each answer frees its request's arena (the waiter record, and call->job_id when it
+     * is call->req's): copy the id and read next before answering. */
+    char id[BD__API_JOB_ID_MAX + 1];
+    snprintf(id, sizeof(id), "%s", call->job_id);
+    struct api_status_waiter *w = slot->waiters, *next;
+    slot->waiters = NULL;
+    slot->is_reading = false;
+    free(slot->body);
+    slot->body = body;
+    slot->len = body ? strlen(body) : 0;
+    slot->http_status = http;
+    slot->expires_ns = body ? uv_hrtime() + call->srv->cfg->http_status_cache_ms * 1000000ULL
+                            : 0;
+    for (; w != NULL; w = next) {             /* call->req is one of them */
+        next = w->next;
+        if (body)
+            bd_http_respond(w->req, http, "application/json", NULL, body, slot->len);
+        else
+            api_read_fail_pg(w->req, id, status < 0 ? status : BD_ENOMEM, res);
+    }
 }
 
 static void api_read_on_status(struct bd_http_request *req, void *arg)
@@ -547,8 +634,49 @@ static void api_read_on_status(struct bd_http_request *req, void *arg)
 
     if (call == NULL)
         return;
+    struct api_status_slot *slot = api_status_slot(call->srv, call->job_id);
+    bool is_mine = slot && strcmp(slot->id, call->job_id) == 0;
+    if (is_mine && slot->body && uv_hrtime() < slot->expires_ns) {
+        bd_http_respond(req, slot->http_status, "application/json", NULL, slot->body,
+                        slot->len);
+        return;
+    }
+    if (slot && (is_mine || !slot->is_reading)) {
+        struct api_status_waiter *w = bd_http_alloc(req, sizeof(*w));
+        if (w == NULL) {
+            bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
+            return;
+        }
+        w->req = req;
+        w->next = slot->waiters;
+        slot->waiters = w;
+        if (is_mine && slot->is_reading)
+            return;                           /* answered when the read in flight ends */
+        snprintf(slot->id, sizeof(slot->id), "%s", call->job_id);
+        slot->is_reading = true;
+        slot->expires_ns = 0;
+    }
     values[0] = call->job_id;
-    api_read_query(call, api_read_sql_status, 1, values, api_read_on_status_row);
+    int err = call->srv->pg ? bd_pg_query(call->srv->pg, api_read_sql_status, 1, values, NULL,
+                                          NULL, 0, api_read_on_status_row, call)
+                            : BD_EPG;
+    if (err < 0) {
+        /* No read started: answer everyone who queued on this slot. */
+        struct api_status_waiter *w = slot && slot->is_reading && strcmp(slot->id,
+                                          call->job_id) == 0 ? slot->waiters : NULL;
+        if (w) {
+            char id[BD__API_JOB_ID_MAX + 1];
+            snprintf(id, sizeof(id), "%s", call->job_id);
+            slot->waiters = NULL;
+            slot->is_reading = false;
+            for (struct api_status_waiter *next; w; w = next) {
+                next = w->next;
+                api_read_fail_pg(w->req, id, err, NULL);
+            }
+        } else {
+            api_read_fail_pg(req, call->job_id, err, NULL);
+        }
+    }
 }
 
 /* GET /jobs/{id} */
@@ -1500,6 +1628,8 @@ static void api_read_on_debug(struct bd_http_request *req, void *arg)
 
 int bd__api_register_jobs_read(struct bd_router *r, struct bd_server *srv)
 {
+    if (srv->api_cache == NULL && (srv->api_cache = calloc(1, sizeof(*srv->api_cache))) == NULL)
+        return BD_ENOMEM;
     static const struct {
         const char *pattern;
         bd_http_request_cb handler;

@@ -51,6 +51,7 @@
  *     max_body_bytes: 268435456
  *     idle_timeout: 60
  *     request_timeout: 30
+ *     status_cache_ms: 50          # job status answers reused this long (BATCH_STATUS_CACHE_MS)
  *   models:
  *     - name: mixtral              # ^[A-Za-z0-9_.:-]{1,64}$, unique
  *       provider: ollama           # ollama | openai | tei | hashing
@@ -134,6 +135,7 @@ struct raw_http {
     char *max_body_bytes;
     char *idle_timeout;
     char *request_timeout;
+    char *status_cache_ms;
 };
 
 struct raw_model {
@@ -227,6 +229,7 @@ static const cyaml_schema_field_t raw_http_fields[] = {
     RAW_STR(struct raw_http, max_body_bytes),
     RAW_STR(struct raw_http, idle_timeout),
     RAW_STR(struct raw_http, request_timeout),
+    RAW_STR(struct raw_http, status_cache_ms),
     CYAML_FIELD_END
 };
 
@@ -352,6 +355,7 @@ static const struct cfg_field cfg_fields[] = {
         "268435456", NULL),
     T_SECS(http, idle_timeout, NULL, http_idle_timeout_s, "60"),
     T_SECS(http, request_timeout, NULL, http_request_timeout_s, "30"),
+    T_UINT(http, status_cache_ms, "BATCH_STATUS_CACHE_MS", http_status_cache_ms, 0, 60000, "50"),
 };
 
 #define CFG_NFIELDS (sizeof(cfg_fields) / sizeof(cfg_fields[0]))

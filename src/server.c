@@ -106,6 +106,7 @@ static void server_on_http_closed(struct bd_http_server *http, void *arg)
     srv->http = NULL;
     bd_router_free(srv->router);
     srv->router = NULL;
+    bd_api_free(srv);
     if (srv->jobs)
         bd_job_engine_stop(srv->jobs, server_on_jobs_stopped, srv);
     else

@@ -726,6 +726,37 @@ static void test_jobs_handed_back_when_stopped_gracefully(void **state)
     assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
 }
 
+/* GET status answers are reused for http.status_cache_ms: a row changed behind batchd's
+ * back shows only after that (5 s here), and at once with the cache off. */
+static void test_jobs_status_served_from_cache_when_polled_again(void **state)
+{
+    struct bd_it_proc p;
+    char coll[96];
+    long st;
+    (void)state;
+
+    for (int cached = 1; cached >= 0; cached--) {
+        const char *env[] = { cached ? "BATCH_STATUS_CACHE_MS=5000" : "BATCH_STATUS_CACHE_MS=0",
+                              NULL };
+        assert_int_equal(bd_it_start(&p, it_config, env), 0);
+        coll_name(coll, sizeof(coll), "statuscache");
+        char *body = insert_body(coll, 3, 4, 10, "normal");
+        char *id = submit(&p, body, &st);
+        free(body);
+        double deadline = bd_it_now() + 20;
+        while (psql_long("SELECT count(*) FROM jobs WHERE id = '%s' AND status = 'completed'",
+                         id) != 1 && bd_it_now() < deadline)
+            bd_it_sleep_ms(20);
+        assert_int_equal(status_field(&p, id, "progress", "processed_items"), 3);
+        assert_int_equal(psql_long("WITH u AS (UPDATE jobs SET processed_items = 12345 WHERE "
+                                   "id = '%s' RETURNING 1) SELECT count(*) FROM u", id), 1);
+        assert_int_equal(status_field(&p, id, "progress", "processed_items"),
+                         cached ? 3 : 12345);
+        free(id);
+        assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+    }
+}
+
 /* Retention: terminal jobs and their batches go after cleanup_interval; vectors stay. */
 static void test_jobs_deleted_after_cleanup_interval_when_finished(void **state)
 {
@@ -777,6 +808,8 @@ int main(void)
         cmocka_unit_test_teardown(test_jobs_complete_when_postgres_restarts_mid_job, bd_it_teardown),
         cmocka_unit_test_teardown(test_jobs_results_readable_while_running_and_streamed_when_done, bd_it_teardown),
         cmocka_unit_test_teardown(test_jobs_handed_back_when_stopped_gracefully, bd_it_teardown),
+        cmocka_unit_test_teardown(test_jobs_status_served_from_cache_when_polled_again,
+                                  bd_it_teardown),
         cmocka_unit_test_teardown(test_jobs_deleted_after_cleanup_interval_when_finished,
                                   bd_it_teardown),
     };

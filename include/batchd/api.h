@@ -57,6 +57,13 @@ int bd__api_is_job_id_valid(const char *id);
 struct pg_result;
 json_t *bd__api_job_status_json(const struct pg_result *res, int row);
 
+/* Free what the API keeps between requests (the status cache). Call once no request is
+ * in progress (after the HTTP server closed). */
+void bd_api_free(struct bd_server *srv);
+
+/* Forget the cached status of job_id (it just changed through this process). */
+void bd__api_status_cache_drop(struct bd_server *srv, const char *job_id);
+
 /* Answer req with json (steals the reference) and status. */
 void bd__api_respond_json(struct bd_http_request *req, int status, json_t *json,
                           const char *extra_headers);

@@ -75,6 +75,7 @@ struct bd_config {
     size_t http_max_body_bytes;             /* default 256 MiB */
     double http_idle_timeout_s;             /* keep-alive idle, default 60 */
     double http_request_timeout_s;          /* whole request must arrive within, default 30 */
+    unsigned http_status_cache_ms;          /* GET status answers reused, default 50; 0 = off */
 
     struct bd_model_config *models;
     unsigned models_count;

@@ -19,6 +19,7 @@ struct bd_pg;
 struct bd_job_engine;
 struct bd_metrics;
 struct bd_model_client;
+struct bd_api_cache;
 
 struct bd_server {
     uv_loop_t *loop;
@@ -31,6 +32,7 @@ struct bd_server {
     struct bd_job_engine *jobs;
     struct bd_metrics *metrics;
     struct bd_model_client *models;
+    struct bd_api_cache *api_cache;        /* the API's status cache (api_jobs_read.c) */
 
     uv_signal_t sig_term;
     uv_signal_t sig_int;
