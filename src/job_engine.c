@@ -43,8 +43,7 @@
 #define JOB_RETRY_DELAY_MAX_S 300.0
 
 enum job_phase {
-    JOB_PHASE_START,          /* mark processing, read the job row */
-    JOB_PHASE_COLLECTION,     /* make sure the output collection exists with our dimension */
+    JOB_PHASE_START,          /* mark processing, read the job, ensure its collection */
     JOB_PHASE_LOAD_BATCH,     /* read the first pending batch */
     JOB_PHASE_CACHE,          /* bulk_embed: vectors of texts already embedded by the model */
     JOB_PHASE_EXECUTE,        /* model call (bulk_embed) or take given vectors (bulk_insert) */
@@ -54,9 +53,9 @@ enum job_phase {
     JOB_PHASE_DONE,
 };
 
-static const char *const job_phase_names[] = { "start",   "collection", "load_batch",
-                                               "cache",   "execute",    "write",
-                                               "finish",  "release",    "done" };
+static const char *const job_phase_names[] = { "start",  "load_batch", "cache",
+                                               "execute", "write",     "finish",
+                                               "release", "done" };
 
 enum job_write_step { WRITE_ACQUIRE, WRITE_BEGIN, WRITE_COPY, WRITE_COMMIT };
 
@@ -399,52 +398,17 @@ static void job_on_started(int status, PGresult *res, void *arg)
                 job->dim = mc->dimensions;
             }
         }
-        bd_log(BD_LOG_INFO, "job", "job=%s event=claimed operation=%s items=%u batches=%u",
-               job->id, bd_job_operation_name(job->op), job->total_items, job->total_batches);
-        if (job_should_stop(job)) {
-            job_wind_down(job);
-        } else {
-            job->phase = JOB_PHASE_COLLECTION;
-            job_step(job);
-        }
-    }
-    job_unref(job);
-}
-
-static int job_start_query(struct bd_job *job)
-{
-    const char *params[2] = { job->id, job->e->cfg->worker_id };
-    return bd_pg_query(job->e->pg,
-                       "UPDATE jobs SET status = 'processing', "
-                       "started_at = COALESCE(started_at, now()), lease_owner = $2, "
-                       "updated_at = now() WHERE id = $1 AND status IN ('queued','processing') "
-                       "RETURNING operation, model, collection, total_items, total_batches, "
-                       "timeout_s, max_retries, cancel_requested, "
-                       "extract(epoch FROM started_at), run_attempt, "
-                       "COALESCE((options->>'dimension')::int, 0)",
-                       2, params, NULL, NULL, 0, job_on_started, job);
-}
-
-/* ---- COLLECTION: exists with our dimension ------------------------------------------- */
-
-static void job_on_collection(int status, PGresult *res, void *arg)
-{
-    struct bd_job *job = arg;
-
-    if (status < 0) {
-        job->write_failures++;
-        bd_log(BD_LOG_WARN, "job", "job=%s event=collection_check_failed err=%s", job->id,
-               res ? PQresultErrorMessage(res) : "connection lost");
-        job_arm_timer(job, fmin(0.1 * job->write_failures, JOB_WRITE_RETRY_MAX_S));
-    } else {
-        long have = PQntuples(res) > 0 ? job_pg_long(res, 0, 0, 0) : 0;
-        job->write_failures = 0;
-        if (have != (long)job->dim) {
+        long have = job_pg_long(res, 0, 11, 0);
+        if (!job->is_fatal && have != (long)job->dim) {
             job->is_fatal = true;
             snprintf(job->final_state, sizeof(job->final_state), "failed");
             job_set_error(job, "dimension_mismatch",
                           "collection '%s' holds %ld-dimensional vectors, job has %u",
                           job->collection, have, job->dim);
+        }
+        bd_log(BD_LOG_INFO, "job", "job=%s event=claimed operation=%s items=%u batches=%u",
+               job->id, bd_job_operation_name(job->op), job->total_items, job->total_batches);
+        if (job_should_stop(job)) {
             job_wind_down(job);
         } else {
             job->phase = JOB_PHASE_LOAD_BATCH;
@@ -454,19 +418,26 @@ static void job_on_collection(int status, PGresult *res, void *arg)
     job_unref(job);
 }
 
-static int job_collection_query(struct bd_job *job)
+/* One round trip: mark the job processing and make sure its output collection exists
+ * with the job's dimension (stored in options at submit). The collection insert uses
+ * DO UPDATE (a no-op change) rather than DO NOTHING so that RETURNING yields the row in
+ * both cases, including when another transaction created it while this one waited. */
+static int job_start_query(struct bd_job *job)
 {
-    char dim[16];
-    snprintf(dim, sizeof(dim), "%u", job->dim);
-    const char *params[2] = { job->collection, dim };
-    /* DO UPDATE (a no-op change) rather than DO NOTHING: RETURNING then yields the row in
-     * both cases, including when another transaction created the collection while this
-     * statement waited on it (a snapshot-based SELECT would miss that row). */
+    const char *params[2] = { job->id, job->e->cfg->worker_id };
     return bd_pg_query(job->e->pg,
-                       "INSERT INTO collections (name, dimension) VALUES ($1, $2::int) "
-                       "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name "
-                       "RETURNING dimension",
-                       2, params, NULL, NULL, 0, job_on_collection, job);
+                       "WITH j AS (UPDATE jobs SET status = 'processing', "
+                       "started_at = COALESCE(started_at, now()), lease_owner = $2, "
+                       "updated_at = now() WHERE id = $1 AND status IN ('queued','processing') "
+                       "RETURNING operation, model, collection, total_items, total_batches, "
+                       "timeout_s, max_retries, cancel_requested, "
+                       "extract(epoch FROM started_at) AS started, run_attempt, "
+                       "COALESCE((options->>'dimension')::int, 0) AS dim), "
+                       "c AS (INSERT INTO collections (name, dimension) SELECT collection, dim "
+                       "FROM j ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name "
+                       "RETURNING dimension) "
+                       "SELECT j.*, (SELECT dimension FROM c) FROM j",
+                       2, params, NULL, NULL, 0, job_on_started, job);
 }
 
 /* ---- LOAD_BATCH ---------------------------------------------------------------------- */
@@ -1325,7 +1296,7 @@ static void job_step(struct bd_job *job)
         job_write_step(job);
         return;
     }
-    if ((job->phase == JOB_PHASE_COLLECTION || job->phase == JOB_PHASE_LOAD_BATCH ||
+    if ((job->phase == JOB_PHASE_LOAD_BATCH ||
          job->phase == JOB_PHASE_CACHE || job->phase == JOB_PHASE_EXECUTE) &&
         job_should_stop(job)) {
         job_wind_down(job);
@@ -1341,9 +1312,6 @@ static void job_step(struct bd_job *job)
     switch (job->phase) {
     case JOB_PHASE_START:
         err = job_start_query(job);
-        break;
-    case JOB_PHASE_COLLECTION:
-        err = job_collection_query(job);
         break;
     case JOB_PHASE_LOAD_BATCH:
         err = job_load_query(job);
