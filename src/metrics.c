@@ -17,6 +17,7 @@
 
 #include <assert.h>
 #include <dirent.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -280,6 +281,27 @@ static void metrics_work_labels(struct bd_buf *lab, const struct bd_config *cfg,
     bd_buf_puts(lab, "\"");
 }
 
+/* One counter family over every (operation, model) slot that has seen a batch; field is
+ * the offset of a uint64_t in struct metrics_work. */
+static void metrics_render_work_counter(const struct bd_metrics *m, const struct bd_config *cfg,
+                                        struct bd_buf *out, struct bd_buf *lab,
+                                        const char *name, const char *help, size_t field)
+{
+    bd_buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+    for (unsigned op = 0; op < METRICS_OPS; op++) {
+        for (unsigned i = 0; i < METRICS_SLOTS; i++) {
+            const struct metrics_work *w = &m->work[op][i];
+            uint64_t v;
+            if (w->batches == 0)
+                continue;
+            memcpy(&v, (const char *)w + field, sizeof(v));
+            metrics_work_labels(lab, cfg, op, i);
+            bd_buf_printf(out, "%s{%.*s} %llu\n", name, (int)lab->len, lab->data,
+                          (unsigned long long)v);
+        }
+    }
+}
+
 void bd_metrics_render_jobs(const struct bd_metrics *m, struct bd_buf *out,
                             const struct bd_config *cfg)
 {
@@ -316,30 +338,12 @@ void bd_metrics_render_jobs(const struct bd_metrics *m, struct bd_buf *out,
                               (int)lab.len, lab.data, outcomes[k], (unsigned long long)n[k]);
         }
     }
-    bd_buf_puts(out, "# HELP batchd_batches_total Batches checkpointed in this process.\n"
-                     "# TYPE batchd_batches_total counter\n");
-    for (unsigned op = 0; op < METRICS_OPS; op++) {
-        for (unsigned i = 0; i < METRICS_SLOTS; i++) {
-            const struct metrics_work *w = &m->work[op][i];
-            if (w->batches == 0)
-                continue;
-            metrics_work_labels(&lab, cfg, op, i);
-            bd_buf_printf(out, "batchd_batches_total{%.*s} %llu\n", (int)lab.len, lab.data,
-                          (unsigned long long)w->batches);
-        }
-    }
-    bd_buf_puts(out, "# HELP batchd_cache_hits_total Items served from the embedding cache "
-                     "in this process.\n# TYPE batchd_cache_hits_total counter\n");
-    for (unsigned op = 0; op < METRICS_OPS; op++) {
-        for (unsigned i = 0; i < METRICS_SLOTS; i++) {
-            const struct metrics_work *w = &m->work[op][i];
-            if (w->batches == 0)
-                continue;
-            metrics_work_labels(&lab, cfg, op, i);
-            bd_buf_printf(out, "batchd_cache_hits_total{%.*s} %llu\n", (int)lab.len, lab.data,
-                          (unsigned long long)w->cache_hits);
-        }
-    }
+    metrics_render_work_counter(m, cfg, out, &lab, "batchd_batches_total",
+                                "Batches checkpointed in this process.",
+                                offsetof(struct metrics_work, batches));
+    metrics_render_work_counter(m, cfg, out, &lab, "batchd_cache_hits_total",
+                                "Items served from the embedding cache in this process.",
+                                offsetof(struct metrics_work, cache_hits));
     bd_buf_puts(out, "# HELP batchd_job_duration_seconds Time from a job's start to its "
                      "terminal state, for jobs finished in this process.\n"
                      "# TYPE batchd_job_duration_seconds histogram\n");
