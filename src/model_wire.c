@@ -15,6 +15,7 @@
 #include "batchd/model_internal.h"
 
 #include "batchd/error.h"
+#include "batchd/json_scan.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -262,6 +263,96 @@ static int wire_openai(const json_t *root, unsigned n, unsigned dim, float *out,
     return rc;
 }
 
+/* n arrays of exactly dim numbers, p at '[' of the outer array. */
+static const char *wire_fast_rows(const char *p, const char *end, unsigned n, unsigned dim,
+                                  float *out)
+{
+    unsigned i = 0, count;
+
+    if (p == end || *p != '[')
+        return NULL;
+    p = bd_json_skip_ws(p + 1, end);
+    if (p < end && *p == ']')
+        return n == 0 ? p + 1 : NULL;
+    for (;;) {
+        if (i >= n)
+            return NULL;
+        p = bd_json_parse_float_array(p, end, out + (size_t)i * dim, dim, &count);
+        if (p == NULL || count != dim)
+            return NULL;
+        i++;
+        p = bd_json_skip_ws(p, end);
+        if (p < end && *p == ']')
+            return i == n ? p + 1 : NULL;
+        if (p == end || *p != ',')
+            return NULL;
+        p = bd_json_skip_ws(p + 1, end);
+    }
+}
+
+/* openai's data[]: objects with "index" and "embedding", in any order. */
+static const char *wire_fast_openai(const char *p, const char *end, unsigned n, unsigned dim,
+                                    float *out)
+{
+    unsigned k = 0, count;
+
+    if (p == end || *p != '[' || n > 65536)
+        return NULL;
+    unsigned char seen[8192] = { 0 };
+    p = bd_json_skip_ws(p + 1, end);
+    while (p < end && *p == '{') {
+        const char *obj = p, *v;
+        double idx = k;
+        if ((v = bd_json_find_member(obj, end, "index")) != NULL &&
+            (bd_json_parse_number(v, end, &idx) == NULL || idx != (double)(unsigned)idx))
+            return NULL;
+        if (idx < 0 || idx >= n || (seen[(unsigned)idx / 8] & (1u << ((unsigned)idx % 8))))
+            return NULL;
+        seen[(unsigned)idx / 8] |= (unsigned char)(1u << ((unsigned)idx % 8));
+        v = bd_json_find_member(obj, end, "embedding");
+        if (v == NULL ||
+            bd_json_parse_float_array(v, end, out + (size_t)idx * dim, dim, &count) == NULL ||
+            count != dim)
+            return NULL;
+        if ((p = bd_json_skip_value(obj, end)) == NULL)
+            return NULL;
+        k++;
+        p = bd_json_skip_ws(p, end);
+        if (p < end && *p == ',')
+            p = bd_json_skip_ws(p + 1, end);
+        else
+            break;
+    }
+    if (p == end || *p != ']' || k != n)
+        return NULL;
+    return p + 1;
+}
+
+/* The fast path: no jansson tree (a batch's response holds count*dim numbers, one
+ * allocation each in jansson). It accepts only well-formed answers of the expected shape;
+ * anything else returns false and the jansson path below reports precisely what is wrong. */
+static bool wire_fast(enum bd_model_provider p, const char *body, size_t len, unsigned n,
+                      unsigned dim, float *out)
+{
+    const char *end = body + len, *root = bd_json_skip_ws(body, end), *v;
+    const char *after = root == end ? NULL : bd_json_skip_value(root, end);
+
+    if (after == NULL || bd_json_skip_ws(after, end) != end)
+        return false;
+    switch (p) {
+    case BD_PROVIDER_OLLAMA:
+        v = *root == '{' ? bd_json_find_member(root, end, "embeddings") : NULL;
+        return v && wire_fast_rows(v, end, n, dim, out) != NULL;
+    case BD_PROVIDER_OPENAI:
+        v = *root == '{' ? bd_json_find_member(root, end, "data") : NULL;
+        return v && wire_fast_openai(v, end, n, dim, out) != NULL;
+    case BD_PROVIDER_TEI:
+        return wire_fast_rows(root, end, n, dim, out) != NULL;
+    default:
+        return false;
+    }
+}
+
 int bd__model_wire_parse(enum bd_model_provider p, const char *body, size_t len, unsigned n,
                          unsigned dim, float *out, char *msg, size_t msglen)
 {
@@ -271,6 +362,8 @@ int bd__model_wire_parse(enum bd_model_provider p, const char *body, size_t len,
 
     if (len == 0)
         return wire_bad(msg, msglen, "response is empty");
+    if (wire_fast(p, body, len, n, dim, out))
+        return BD_OK;
     root = json_loadb(body, len, 0, &jerr);
     if (root == NULL) {
         if (json_error_code(&jerr) == json_error_out_of_memory)
