@@ -14,6 +14,7 @@
 #include "batchd/error.h"
 #include "batchd/http_server.h"
 #include "batchd/job_engine.h"
+#include "batchd/json_scan.h"
 #include "batchd/log.h"
 #include "batchd/pg_store.h"
 #include "batchd/redis_queue.h"
@@ -77,38 +78,45 @@ static bool api_is_item_id(const char *s, size_t n)
 }
 
 /* An open-addressed set of the job's item ids, to reject duplicates: the upsert of one
- * batch may not touch the same (collection, id) twice. */
+ * batch may not touch the same (collection, id) twice. Keys point into memory that lives
+ * until validation ends (the body or a kept jansson tree). */
+struct api_idkey {
+    const char *s;
+    size_t len;
+};
+
 struct api_idset {
-    const char **slots;
+    struct api_idkey *slots;
     size_t mask;
 };
 
-static uint64_t api_hash(const char *s)
+static uint64_t api_hash(const char *s, size_t len)
 {
     uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
     return h;
 }
 
 /* 1 if added, 0 if present, -1 on ENOMEM. */
-static int api_idset_add(struct api_idset *set, size_t expected, const char *id)
+static int api_idset_add(struct api_idset *set, size_t expected, const char *id, size_t len)
 {
     if (set->slots == NULL) {
         size_t cap = 16;
         while (cap < expected * 2)
             cap <<= 1;
-        set->slots = calloc(cap, sizeof(char *));
+        set->slots = calloc(cap, sizeof(*set->slots));
         if (set->slots == NULL)
             return -1;
         set->mask = cap - 1;
     }
-    for (size_t i = api_hash(id) & set->mask;; i = (i + 1) & set->mask) {
-        if (set->slots[i] == NULL) {
-            set->slots[i] = id;
+    for (size_t i = api_hash(id, len) & set->mask;; i = (i + 1) & set->mask) {
+        struct api_idkey *k = &set->slots[i];
+        if (k->s == NULL) {
+            *k = (struct api_idkey){ id, len };
             return 1;
         }
-        if (strcmp(set->slots[i], id) == 0)
+        if (k->len == len && memcmp(k->s, id, len) == 0)
             return 0;
     }
 }
@@ -118,7 +126,11 @@ struct api_submit {
     struct bd_server *srv;
     json_t *body;                     /* the parsed request (owns the items) */
     size_t body_len;
-    json_t *data;                     /* borrowed from body */
+    json_t *data;                     /* borrowed from body (the jansson path) */
+    const char *data_raw;             /* fast path: the "data" array in the request body */
+    const char *body_end;
+    struct bd_pg_copybuf *packed;     /* fast path: bulk_insert batches, packed per batch */
+    json_t *kept;                     /* fast path: items parsed by jansson (ids live here) */
     enum bd_job_operation op;
     const char *model;                /* borrowed from body; NULL for bulk_insert */
     char collection[64];
@@ -161,104 +173,309 @@ static const char *api_unknown_key(json_t *obj, const char *const *allowed)
     return NULL;
 }
 
+/* One item i of n: shape, id (unique in the job), metadata, text or embedding. */
+static int api_validate_item(struct api_submit *s, json_t *item, size_t i, size_t n,
+                             struct api_idset *ids, struct api_invalid *inv)
+{
+    char field[64];
+
+    snprintf(field, sizeof(field), "data[%zu]", i);
+    if (!json_is_object(item))
+        return api_fail(inv, field, "must be an object");
+    const char *k;
+    json_t *v;
+    json_object_foreach(item, k, v) {
+        if (strcmp(k, "id") && strcmp(k, "metadata") &&
+            strcmp(k, s->op == BD_OP_BULK_EMBED ? "text" : "embedding")) {
+            snprintf(field, sizeof(field), "data[%zu].%.32s", i, k);
+            return api_fail(inv, field, "unknown field");
+        }
+    }
+    json_t *id = json_object_get(item, "id");
+    if (id) {
+        snprintf(field, sizeof(field), "data[%zu].id", i);
+        if (!json_is_string(id) || !api_is_item_id(json_string_value(id),
+                                                   json_string_length(id)))
+            return api_fail(inv, field, "must be a string of 1 to %d printable characters",
+                            API_ITEM_ID_MAX);
+        int added = api_idset_add(ids, n, json_string_value(id), json_string_length(id));
+        if (added < 0)
+            return BD_ENOMEM;
+        if (added == 0)
+            return api_fail(inv, field, "duplicate id '%s' in this job", json_string_value(id));
+    } else if (s->op == BD_OP_BULK_INSERT) {
+        snprintf(field, sizeof(field), "data[%zu].id", i);
+        return api_fail(inv, field, "is required for bulk_insert");
+    }
+    json_t *meta = json_object_get(item, "metadata");
+    if (meta && !json_is_object(meta) && !json_is_null(meta)) {
+        snprintf(field, sizeof(field), "data[%zu].metadata", i);
+        return api_fail(inv, field, "must be an object");
+    }
+    if (s->op == BD_OP_BULK_EMBED) {
+        json_t *t = json_object_get(item, "text");
+        snprintf(field, sizeof(field), "data[%zu].text", i);
+        if (!json_is_string(t) || json_string_length(t) == 0)
+            return api_fail(inv, field, "must be a non-empty string");
+        if (json_string_length(t) > API_TEXT_MAX)
+            return api_fail(inv, field, "is longer than %u bytes", API_TEXT_MAX);
+        return BD_OK;
+    }
+    json_t *emb = json_object_get(item, "embedding");
+    snprintf(field, sizeof(field), "data[%zu].embedding", i);
+    if (!json_is_array(emb) || json_array_size(emb) == 0)
+        return api_fail(inv, field, "must be a non-empty array of numbers");
+    if (s->dim == 0) {
+        if (json_array_size(emb) > 65536)
+            return api_fail(inv, field, "has more than 65536 dimensions");
+        s->dim = (unsigned)json_array_size(emb);
+    } else if (json_array_size(emb) != s->dim) {
+        return api_fail(inv, field, "has %zu dimensions; the job's first item has %u",
+                        json_array_size(emb), s->dim);
+    }
+    size_t d;
+    json_t *x;
+    json_array_foreach(emb, d, x) {
+        double f = json_number_value(x);
+        if (!json_is_number(x) || !isfinite(f) || fabs(f) > 3.4e38) {
+            snprintf(field, sizeof(field), "data[%zu].embedding[%zu]", i, d);
+            return api_fail(inv, field, "must be a finite number in float range");
+        }
+    }
+    return BD_OK;
+}
+
 static int api_validate_items(struct api_submit *s, struct api_invalid *inv)
 {
     struct api_idset ids = { 0 };
-    char field[64];
     int rc = BD_OK;
     size_t i;
     json_t *item;
 
     json_array_foreach(s->data, i, item) {
-        snprintf(field, sizeof(field), "data[%zu]", i);
-        if (!json_is_object(item)) {
-            rc = api_fail(inv, field, "must be an object");
+        if ((rc = api_validate_item(s, item, i, json_array_size(s->data), &ids, inv)) < 0)
             break;
-        }
-        const char *k;
-        json_t *v;
-        json_object_foreach(item, k, v) {
-            if (strcmp(k, "id") && strcmp(k, "metadata") &&
-                strcmp(k, s->op == BD_OP_BULK_EMBED ? "text" : "embedding")) {
-                snprintf(field, sizeof(field), "data[%zu].%.32s", i, k);
-                rc = api_fail(inv, field, "unknown field");
-                goto out;
-            }
-        }
-        json_t *id = json_object_get(item, "id");
-        if (id) {
-            snprintf(field, sizeof(field), "data[%zu].id", i);
-            if (!json_is_string(id) || !api_is_item_id(json_string_value(id),
-                                                       json_string_length(id))) {
-                rc = api_fail(inv, field, "must be a string of 1 to %d printable characters",
-                              API_ITEM_ID_MAX);
-                break;
-            }
-            int added = api_idset_add(&ids, json_array_size(s->data), json_string_value(id));
-            if (added < 0) {
-                rc = BD_ENOMEM;
-                break;
-            }
-            if (added == 0) {
-                rc = api_fail(inv, field, "duplicate id '%s' in this job",
-                              json_string_value(id));
-                break;
-            }
-        } else if (s->op == BD_OP_BULK_INSERT) {
-            snprintf(field, sizeof(field), "data[%zu].id", i);
-            rc = api_fail(inv, field, "is required for bulk_insert");
-            break;
-        }
-        json_t *meta = json_object_get(item, "metadata");
-        if (meta && !json_is_object(meta) && !json_is_null(meta)) {
-            snprintf(field, sizeof(field), "data[%zu].metadata", i);
-            rc = api_fail(inv, field, "must be an object");
-            break;
-        }
-        if (s->op == BD_OP_BULK_EMBED) {
-            json_t *t = json_object_get(item, "text");
-            snprintf(field, sizeof(field), "data[%zu].text", i);
-            if (!json_is_string(t) || json_string_length(t) == 0) {
-                rc = api_fail(inv, field, "must be a non-empty string");
-                break;
-            }
-            if (json_string_length(t) > API_TEXT_MAX) {
-                rc = api_fail(inv, field, "is longer than %u bytes", API_TEXT_MAX);
-                break;
-            }
-            continue;
-        }
-        json_t *emb = json_object_get(item, "embedding");
-        snprintf(field, sizeof(field), "data[%zu].embedding", i);
-        if (!json_is_array(emb) || json_array_size(emb) == 0) {
-            rc = api_fail(inv, field, "must be a non-empty array of numbers");
-            break;
-        }
-        if (s->dim == 0) {
-            if (json_array_size(emb) > 65536) {
-                rc = api_fail(inv, field, "has more than 65536 dimensions");
-                break;
-            }
-            s->dim = (unsigned)json_array_size(emb);
-        } else if (json_array_size(emb) != s->dim) {
-            rc = api_fail(inv, field, "has %zu dimensions; the job's first item has %u",
-                          json_array_size(emb), s->dim);
-            break;
-        }
-        size_t d;
-        json_t *x;
-        json_array_foreach(emb, d, x) {
-            double f = json_number_value(x);
-            if (!json_is_number(x) || !isfinite(f) || fabs(f) > 3.4e38) {
-                snprintf(field, sizeof(field), "data[%zu].embedding[%zu]", i, d);
-                rc = api_fail(inv, field, "must be a finite number in float range");
-                goto out;
-            }
-        }
     }
-out:
     free(ids.slots);
     return rc;
+}
+
+/* bulk_insert items are stored packed, in the form the job engine writes them: per item
+ * the id and the metadata JSON as text fields, then the embedding as a ready binary-COPY
+ * real[] field. The floats are parsed once, at submit, and never formatted or parsed
+ * again. row holds the item's floats; meta is scratch. */
+static void api_pack_item(struct bd_pg_copybuf *out, const char *id, size_t id_len,
+                          const char *meta, size_t meta_len, const float *row, unsigned dim)
+{
+    bd_pg_copybuf_text(out, id, id_len);
+    bd_pg_copybuf_text(out, meta, meta_len);
+    bd_pg_copybuf_float4_array(out, row, dim);
+}
+
+/* Pack a validated jansson item. */
+static int api_pack_json_item(struct api_submit *s, json_t *item, struct bd_pg_copybuf *out,
+                              float *row, struct bd_buf *meta)
+{
+    json_t *id = json_object_get(item, "id"), *m = json_object_get(item, "metadata");
+    json_t *emb = json_object_get(item, "embedding");
+
+    bd_buf_reset(meta);
+    if (json_is_object(m)) {
+        size_t need = json_dumpb(m, NULL, 0, JSON_COMPACT);
+        if (bd_buf_reserve(meta, need) != BD_OK)
+            return BD_ENOMEM;
+        meta->len = json_dumpb(m, meta->data, need, JSON_COMPACT);
+    } else {
+        bd_buf_puts(meta, "{}");
+    }
+    for (unsigned d = 0; d < s->dim; d++)
+        row[d] = (float)json_number_value(json_array_get(emb, d));
+    api_pack_item(out, json_string_value(id), json_string_length(id), meta->data, meta->len,
+                  row, s->dim);
+    return meta->is_failed ? BD_ENOMEM : out->err;
+}
+
+/* The fast path for one bulk_insert item at p..end: no jansson tree for the embedding
+ * (it is parsed straight into row). Returns BD_OK (packed), BD_EINVAL (inv filled),
+ * BD_ENOMEM, or 1 when the item needs the jansson path (anything unusual: escapes in the
+ * id, an unknown member, a bad number...), which then reports the precise error. */
+static int api_fast_item(struct api_submit *s, const char *p, const char *end, size_t i,
+                         size_t n, struct api_idset *ids, float *row, struct bd_buf *meta,
+                         struct bd_pg_copybuf *out, struct api_invalid *inv)
+{
+    const char *id = NULL, *mv = NULL, *mend = NULL, *ev = NULL;
+    size_t id_len = 0;
+    unsigned count;
+
+    if (*p != '{')
+        return 1;
+    p = bd_json_skip_ws(p + 1, end);
+    while (p < end && *p == '"') {
+        const char *k = p + 1, *kend = memchr(k, '"', (size_t)(end - k));
+        if (kend == NULL || memchr(k, '\\', (size_t)(kend - k)) != NULL)
+            return 1;
+        const char *v = bd_json_skip_ws(bd_json_skip_ws(kend + 1, end) + 1, end);
+        const char *vend = bd_json_skip_value(v, end);
+        if (vend == NULL)
+            return 1;
+        size_t klen = (size_t)(kend - k);
+        if (klen == 2 && memcmp(k, "id", 2) == 0) {
+            if (*v != '"' || memchr(v + 1, '\\', (size_t)(vend - v - 1)) != NULL)
+                return 1;
+            id = v + 1;
+            id_len = (size_t)(vend - v - 2);
+        } else if (klen == 8 && memcmp(k, "metadata", 8) == 0) {
+            mv = v;
+            mend = vend;
+        } else if (klen == 9 && memcmp(k, "embedding", 9) == 0) {
+            ev = v;
+        } else {
+            return 1;
+        }
+        p = bd_json_skip_ws(vend, end);
+        if (p < end && *p == ',')
+            p = bd_json_skip_ws(p + 1, end);
+    }
+    if (id == NULL || ev == NULL || !api_is_item_id(id, id_len))
+        return 1;
+    unsigned cap = s->dim ? s->dim : 65536;
+    if (bd_json_parse_float_array(ev, end, row, cap, &count) == NULL || count == 0 ||
+        count > cap || (s->dim && count != s->dim))
+        return 1;
+    bd_buf_reset(meta);
+    if (mv == NULL || *mv == 'n') {
+        bd_buf_puts(meta, "{}");
+    } else if (*mv == '{') {
+        json_t *m = json_loadb(mv, (size_t)(mend - mv), 0, NULL);
+        if (m == NULL)
+            return 1;
+        size_t need = json_dumpb(m, NULL, 0, JSON_COMPACT);
+        if (bd_buf_reserve(meta, need) == BD_OK)
+            meta->len = json_dumpb(m, meta->data, need, JSON_COMPACT);
+        json_decref(m);
+    } else {
+        return 1;
+    }
+    int added = api_idset_add(ids, n, id, id_len);
+    if (added < 0 || meta->is_failed)
+        return BD_ENOMEM;
+    if (added == 0) {
+        char field[64];
+        snprintf(field, sizeof(field), "data[%zu].id", i);
+        return api_fail(inv, field, "duplicate id '%.*s' in this job", (int)id_len, id);
+    }
+    if (s->dim == 0)
+        s->dim = count;
+    api_pack_item(out, id, id_len, meta->data, meta->len, row, s->dim);
+    return out->err;
+}
+
+/* bulk_insert's data array, straight from the request body: items are validated and
+ * packed one at a time, so no tree of the whole job is ever built (peak memory is the body
+ * plus the packed batches). */
+static int api_fast_insert_items(struct api_submit *s, struct api_invalid *inv)
+{
+    const struct bd_config *cfg = s->srv->cfg;
+    const char *p = s->data_raw, *end = s->body_end, *q;
+    struct api_idset ids = { 0 };
+    struct bd_buf meta;
+    size_t n = 0;
+    int rc = BD_OK;
+
+    if (*p != '[')
+        return api_fail(inv, "data", "must be a non-empty array");
+    for (q = bd_json_skip_ws(p + 1, end); q < end && *q != ']';) {
+        q = bd_json_skip_ws(bd_json_skip_value(q, end), end);   /* structure was checked */
+        n++;
+        if (q < end && *q == ',')
+            q = bd_json_skip_ws(q + 1, end);
+    }
+    if (n == 0)
+        return api_fail(inv, "data", "must be a non-empty array");
+    if (n > cfg->max_items_per_job)
+        return api_fail(inv, "data", "has %zu items; the limit is %u per job", n,
+                        cfg->max_items_per_job);
+    s->items = (unsigned)n;
+    s->batches = (s->items + s->batch_size - 1) / s->batch_size;
+    s->packed = calloc(s->batches, sizeof(*s->packed));
+    s->kept = json_array();
+    float *row = malloc(sizeof(float) * 65536);
+    if (s->packed == NULL || s->kept == NULL || row == NULL) {
+        free(row);
+        return BD_ENOMEM;
+    }
+    bd_buf_init(&meta);
+    q = bd_json_skip_ws(p + 1, end);
+    for (size_t i = 0; i < n && rc == BD_OK; i++) {
+        const char *item_end = bd_json_skip_value(q, end);
+        struct bd_pg_copybuf *out = &s->packed[i / s->batch_size];
+        rc = api_fast_item(s, q, item_end, i, n, &ids, row, &meta, out, inv);
+        if (rc == 1) {
+            json_t *item = json_loadb(q, (size_t)(item_end - q), 0, NULL);
+            char field[64];
+            snprintf(field, sizeof(field), "data[%zu]", i);
+            if (item == NULL) {
+                rc = api_fail(inv, field, "is not valid JSON");
+            } else if (json_array_append_new(s->kept, item) < 0) {
+                rc = BD_ENOMEM;
+            } else if ((rc = api_validate_item(s, item, i, n, &ids, inv)) == BD_OK) {
+                rc = api_pack_json_item(s, item, out, row, &meta);
+            }
+        }
+        q = bd_json_skip_ws(item_end, end);
+        if (q < end && *q == ',')
+            q = bd_json_skip_ws(q + 1, end);
+    }
+    free(row);
+    free(ids.slots);
+    bd_buf_free(&meta);
+    return rc;
+}
+
+/* The fast path applies to well-formed bulk_insert bodies: the members other than "data"
+ * become a small jansson object (validated as usual); "data" stays in the body. Returns
+ * true when applied. */
+static bool api_fast_body(struct api_submit *s, const char *body, size_t len)
+{
+    const char *end = body + len, *root = bd_json_skip_ws(body, end), *p;
+    const char *after = root < end ? bd_json_skip_value(root, end) : NULL;
+
+    if (after == NULL || bd_json_skip_ws(after, end) != end || *root != '{')
+        return false;
+    p = bd_json_find_member(root, end, "operation");
+    if (p == NULL || end - p < 13 || memcmp(p, "\"bulk_insert\"", 13) != 0)
+        return false;
+    json_t *obj = json_object();
+    if (obj == NULL)
+        return false;
+    for (p = bd_json_skip_ws(root + 1, end); p < end && *p == '"';) {
+        const char *k = p + 1, *kend = memchr(k, '"', (size_t)(end - k));
+        if (kend == NULL || memchr(k, '\\', (size_t)(kend - k)) != NULL)
+            goto fail;
+        const char *v = bd_json_skip_ws(bd_json_skip_ws(kend + 1, end) + 1, end);
+        const char *vend = bd_json_skip_value(v, end);
+        if (vend == NULL)
+            goto fail;
+        if (kend - k == 4 && memcmp(k, "data", 4) == 0) {
+            s->data_raw = v;
+        } else {
+            json_t *val = json_loadb(v, (size_t)(vend - v), JSON_DECODE_ANY, NULL);
+            if (val == NULL || json_object_setn_new(obj, k, (size_t)(kend - k), val) < 0)
+                goto fail;
+        }
+        p = bd_json_skip_ws(vend, end);
+        if (p < end && *p == ',')
+            p = bd_json_skip_ws(p + 1, end);
+    }
+    s->body = obj;
+    s->body_end = end;
+    if (s->data_raw)
+        json_object_set_new(obj, "data", json_true());    /* present; checked by the scan */
+    return true;
+fail:
+    json_decref(obj);
+    s->data_raw = NULL;
+    return false;
 }
 
 /* Collections default to "<model>_embeddings" with the model name folded into
@@ -362,6 +579,8 @@ static int api_validate_submit(struct api_submit *s, struct api_invalid *inv)
         }
     }
 
+    if (s->data_raw)
+        return api_fast_insert_items(s, inv);
     s->data = json_object_get(b, "data");
     if (!json_is_array(s->data) || json_array_size(s->data) == 0)
         return api_fail(inv, "data", "must be a non-empty array");
@@ -378,6 +597,10 @@ static int api_validate_submit(struct api_submit *s, struct api_invalid *inv)
 static void api_submit_free(struct api_submit *s)
 {
     bd_pg_copybuf_free(&s->copy);
+    for (unsigned b = 0; s->packed && b < s->batches; b++)
+        bd_pg_copybuf_free(&s->packed[b]);
+    free(s->packed);
+    json_decref(s->kept);
     if (s->conn)
         bd_pg_release(s->conn);
     json_decref(s->metadata);
@@ -492,33 +715,14 @@ static void api_on_batches_copied(int status, PGresult *res, void *arg)
         api_on_job_written(BD_EPG, NULL, s);
 }
 
-/* bulk_insert items are stored packed, in the form the job engine writes them: per item
- * the id and the metadata JSON as text fields, then the embedding as a ready binary-COPY
- * real[] field. The floats are parsed once, here, and never formatted or parsed again. */
+/* The jansson path's bulk_insert batch (bodies the fast path did not take). */
 static int api_pack_insert_batch(struct api_submit *s, unsigned first, unsigned count,
                                  struct bd_pg_copybuf *out, float *row, struct bd_buf *meta)
 {
-    for (unsigned i = first; i < first + count; i++) {
-        json_t *item = json_array_get(s->data, i);
-        json_t *id = json_object_get(item, "id"), *m = json_object_get(item, "metadata");
-        json_t *emb = json_object_get(item, "embedding");
-
-        bd_buf_reset(meta);
-        if (json_is_object(m)) {
-            size_t need = json_dumpb(m, NULL, 0, JSON_COMPACT);
-            if (bd_buf_reserve(meta, need) != BD_OK)
-                return BD_ENOMEM;
-            meta->len = json_dumpb(m, meta->data, need, JSON_COMPACT);
-        } else {
-            bd_buf_puts(meta, "{}");
-        }
-        for (unsigned d = 0; d < s->dim; d++)
-            row[d] = (float)json_number_value(json_array_get(emb, d));
-        bd_pg_copybuf_text(out, json_string_value(id), json_string_length(id));
-        bd_pg_copybuf_text(out, meta->data, meta->len);
-        bd_pg_copybuf_float4_array(out, row, s->dim);
-    }
-    return meta->is_failed ? BD_ENOMEM : out->err;
+    int rc = BD_OK;
+    for (unsigned i = first; i < first + count && rc == BD_OK; i++)
+        rc = api_pack_json_item(s, json_array_get(s->data, i), out, row, meta);
+    return rc;
 }
 
 /* One row per batch: (job_id, batch_no, first_index, item_count, items, payload), where
@@ -533,7 +737,8 @@ static int api_build_batches(struct api_submit *s)
 
     bd_pg_copybuf_init(&packed);
     bd_buf_init(&meta);
-    if (s->op == BD_OP_BULK_INSERT && (row = malloc(sizeof(float) * s->dim)) == NULL)
+    if (s->op == BD_OP_BULK_INSERT && !s->packed &&
+        (row = malloc(sizeof(float) * s->dim)) == NULL)
         return BD_ENOMEM;
     bd_pg_copybuf_begin(&s->copy);
     for (unsigned b = 0; b < s->batches && rc == BD_OK; b++) {
@@ -544,7 +749,11 @@ static int api_build_batches(struct api_submit *s)
         bd_pg_copybuf_int4(&s->copy, (int32_t)b);
         bd_pg_copybuf_int4(&s->copy, (int32_t)first);
         bd_pg_copybuf_int4(&s->copy, (int32_t)cnt);
-        if (s->op == BD_OP_BULK_INSERT) {
+        if (s->op == BD_OP_BULK_INSERT && s->packed) {
+            bd_pg_copybuf_null(&s->copy);
+            bd_pg_copybuf_bytes(&s->copy, s->packed[b].data, s->packed[b].len);
+            bd_pg_copybuf_free(&s->packed[b]);     /* copied: keep the peak at one copy */
+        } else if (s->op == BD_OP_BULK_INSERT) {
             bd_pg_copybuf_reset(&packed);
             rc = api_pack_insert_batch(s, first, cnt, &packed, row, &meta);
             bd_pg_copybuf_null(&s->copy);
@@ -821,7 +1030,8 @@ static void api_on_submit(struct bd_http_request *req, void *arg)
     s->srv = srv;
     s->idem_key = key;
     s->body_len = req->body_len;
-    s->body = json_loadb(req->body, req->body_len, 0, &jerr);
+    if (!api_fast_body(s, req->body, req->body_len))
+        s->body = json_loadb(req->body, req->body_len, 0, &jerr);
     if (s->body == NULL) {
         char msg[256];
         snprintf(msg, sizeof(msg), "body is not valid JSON: %s (line %d, column %d)",

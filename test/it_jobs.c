@@ -410,6 +410,16 @@ static void test_jobs_reject_each_invalid_body_when_submitted(void **state)
           "\"embedding\":[1e39]}]}", NULL, 400, "data[0].embedding[0]" },
         { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[{\"id\":\"a\","
           "\"embedding\":[1]}]}", "text/plain", 415, NULL },
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[{\"id\":\"a\","
+          "\"embedding\":[1]},{\"id\":\"a\",\"embedding\":[2]}]}", NULL, 400, "data[1].id" },
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[{\"id\":\"a\","
+          "\"embedding\":[1],\"x\":1}]}", NULL, 400, "data[0].x" },
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[{\"id\":\"a\","
+          "\"embedding\":[1],\"metadata\":[1]}]}", NULL, 400, "data[0].metadata" },
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[]}", NULL, 400,
+          "data" },
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[{\"id\":\"a\","
+          "\"embedding\":[1]},5]}", NULL, 400, "data[1]" },
     };
     assert_int_equal(bd_it_start(&p, it_config, NULL), 0);
     long before = psql_long("SELECT count(*) FROM jobs");
@@ -688,6 +698,36 @@ static void test_jobs_results_readable_while_running_and_streamed_when_done(void
     assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
 }
 
+/* bulk_insert bodies take the scanner path: escaped ids and nested metadata come through
+ * exactly, integers and exponents are numbers, and items the scanner hands to jansson
+ * (an escaped id) are stored like the others. */
+static void test_jobs_insert_stores_exact_values_when_body_has_escapes(void **state)
+{
+    struct bd_it_proc p;
+    char coll[96], body[1024], out[256];
+    long st;
+    (void)state;
+
+    assert_int_equal(bd_it_start(&p, it_config, NULL), 0);
+    coll_name(coll, sizeof(coll), "escapes");
+    snprintf(body, sizeof(body),
+             "{ \"collection\" : \"%s\", \"operation\":\"bulk_insert\", \"data\": [ "
+             "{\"embedding\": [1, -2.5e-1, 3E2], \"id\": \"plain\", "
+             "\"metadata\": {\"a\": {\"b\": [1, \"x\\ty\"]}, \"u\": \"\\u00e9\"}},"
+             "{\"id\": \"q\\\"uote\", \"embedding\": [0, 0.5, 1]} ] }", coll);
+    char *id = submit(&p, body, &st);
+    assert_int_equal(st, 202);
+    wait_completed(&p, id, 20);
+    psql_str(out, sizeof(out), "SELECT embedding::text || '|' || (metadata->'a'->'b'->>1) || "
+             "'|' || (metadata->>'u') FROM vectors WHERE collection = '%s' AND id = 'plain'",
+             coll);
+    assert_string_equal(out, "{1,-0.25,300}|x\ty|\xc3\xa9");
+    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE collection = '%s' AND "
+                               "id = 'q' || chr(34) || 'uote' AND embedding = '{0,0.5,1}'", coll), 1);
+    free(id);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
 /* SIGTERM mid-job: batchd lets the batch in flight commit, hands the job back to the head of
  * its queue (no lease wait) and exits 0; the next process resumes it at once. */
 static void test_jobs_handed_back_when_stopped_gracefully(void **state)
@@ -807,6 +847,8 @@ int main(void)
         cmocka_unit_test_teardown(test_jobs_rebuilt_from_postgres_when_redis_flushed, bd_it_teardown),
         cmocka_unit_test_teardown(test_jobs_complete_when_postgres_restarts_mid_job, bd_it_teardown),
         cmocka_unit_test_teardown(test_jobs_results_readable_while_running_and_streamed_when_done, bd_it_teardown),
+        cmocka_unit_test_teardown(test_jobs_insert_stores_exact_values_when_body_has_escapes,
+                                  bd_it_teardown),
         cmocka_unit_test_teardown(test_jobs_handed_back_when_stopped_gracefully, bd_it_teardown),
         cmocka_unit_test_teardown(test_jobs_status_served_from_cache_when_polled_again,
                                   bd_it_teardown),
