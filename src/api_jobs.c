@@ -301,11 +301,12 @@ static int api_pack_json_item(struct api_submit *s, json_t *item, struct bd_pg_c
  * id, an unknown member, a bad number...), which then reports the precise error. */
 static int api_fast_item(struct api_submit *s, const char *p, const char *end, size_t i,
                          size_t n, struct api_idset *ids, float *row, struct bd_buf *meta,
-                         struct bd_pg_copybuf *out, struct api_invalid *inv)
+                         struct bd_pg_copybuf *out, struct api_invalid *inv,
+                         const char **item_end)
 {
     const char *id = NULL, *mv = NULL, *mend = NULL, *ev = NULL;
     size_t id_len = 0;
-    unsigned count;
+    unsigned count = 0, cap = s->dim ? s->dim : 65536;
 
     if (*p != '{')
         return 1;
@@ -315,10 +316,13 @@ static int api_fast_item(struct api_submit *s, const char *p, const char *end, s
         if (kend == NULL || memchr(k, '\\', (size_t)(kend - k)) != NULL)
             return 1;
         const char *v = bd_json_skip_ws(bd_json_skip_ws(kend + 1, end) + 1, end);
-        const char *vend = bd_json_skip_value(v, end);
+        size_t klen = (size_t)(kend - k);
+        /* The embedding is parsed where it stands (one pass); other values are skipped. */
+        const char *vend = klen == 9 && memcmp(k, "embedding", 9) == 0
+                               ? bd_json_parse_float_array(v, end, row, cap, &count)
+                               : bd_json_skip_value(v, end);
         if (vend == NULL)
             return 1;
-        size_t klen = (size_t)(kend - k);
         if (klen == 2 && memcmp(k, "id", 2) == 0) {
             if (*v != '"' || memchr(v + 1, '\\', (size_t)(vend - v - 1)) != NULL)
                 return 1;
@@ -336,10 +340,10 @@ static int api_fast_item(struct api_submit *s, const char *p, const char *end, s
         if (p < end && *p == ',')
             p = bd_json_skip_ws(p + 1, end);
     }
-    if (id == NULL || ev == NULL || !api_is_item_id(id, id_len))
+    if (p == end || *p != '}')
         return 1;
-    unsigned cap = s->dim ? s->dim : 65536;
-    if (bd_json_parse_float_array(ev, end, row, cap, &count) == NULL || count == 0 ||
+    *item_end = p + 1;
+    if (id == NULL || ev == NULL || !api_is_item_id(id, id_len) || count == 0 ||
         count > cap || (s->dim && count != s->dim))
         return 1;
     bd_buf_reset(meta);
@@ -407,10 +411,11 @@ static int api_fast_insert_items(struct api_submit *s, struct api_invalid *inv)
     bd_buf_init(&meta);
     q = bd_json_skip_ws(p + 1, end);
     for (size_t i = 0; i < n && rc == BD_OK; i++) {
-        const char *item_end = bd_json_skip_value(q, end);
+        const char *item_end = NULL;
         struct bd_pg_copybuf *out = &s->packed[i / s->batch_size];
-        rc = api_fast_item(s, q, item_end, i, n, &ids, row, &meta, out, inv);
+        rc = api_fast_item(s, q, end, i, n, &ids, row, &meta, out, inv, &item_end);
         if (rc == 1) {
+            item_end = bd_json_skip_value(q, end);
             json_t *item = json_loadb(q, (size_t)(item_end - q), 0, NULL);
             char field[64];
             snprintf(field, sizeof(field), "data[%zu]", i);

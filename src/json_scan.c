@@ -99,6 +99,35 @@ const char *bd_json_parse_number(const char *p, const char *end, double *out)
     return p;
 }
 
+static const char *scan_digits(const char *p, const char *end)
+{
+    const char *start = p;
+    while (p < end && *p >= '0' && *p <= '9')
+        p++;
+    return p > start ? p : NULL;
+}
+
+/* A number's syntax without its value: skipping is the hot part of scanning a vector. */
+static const char *scan_number(const char *p, const char *end)
+{
+    if (p < end && *p == '-')
+        p++;
+    if (p < end && *p == '0')
+        p++;
+    else if ((p = scan_digits(p, end)) == NULL)
+        return NULL;
+    if (p < end && *p == '.' && (p = scan_digits(p + 1, end)) == NULL)
+        return NULL;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        if ((p = scan_digits(p, end)) == NULL)
+            return NULL;
+    }
+    return p;
+}
+
 const char *bd_json_skip_value(const char *p, const char *end)
 {
     char stack[SCAN_MAX_DEPTH];
@@ -148,11 +177,9 @@ const char *bd_json_skip_value(const char *p, const char *end)
                 return NULL;
             p += 4;
             break;
-        default: {
-            double d;
-            if ((p = bd_json_parse_number(p, end, &d)) == NULL)
+        default:
+            if ((p = scan_number(p, end)) == NULL)
                 return NULL;
-        }
         }
     after_value:
         for (;;) {
