@@ -113,8 +113,11 @@ case "$cmd" in
     ;;
   stop)  stop_all ;;
   restart-pg)   # tests: PostgreSQL goes away and comes back with its data
-    d=$(pg_dir)
-    as_pg "$pg_bin/pg_ctl" -D "$d/data" -m fast -w -t 30 restart >/dev/null
+    # Ask the server where its data is: the stack may have been started by another
+    # checkout (a reused test stack).
+    data=$("$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U "$pg_user" -d postgres -Atqc \
+      "SHOW data_directory")
+    as_pg "$pg_bin/pg_ctl" -D "$data" -m fast -w -t 30 restart >/dev/null
     wait_for postgresql pg_up 30
     ;;
   restart-redis)  # tests: Redis restarts empty (no persistence in the test stack)
