@@ -128,6 +128,15 @@ static const char *scan_number(const char *p, const char *end)
     return p;
 }
 
+/* p at a member's key: returns the byte after its ':' (NULL when malformed). */
+static const char *scan_key(const char *p, const char *end)
+{
+    if (p == end || *p != '"' || (p = scan_string(p, end)) == NULL)
+        return NULL;
+    p = bd_json_skip_ws(p, end);
+    return p < end && *p == ':' ? p + 1 : NULL;
+}
+
 const char *bd_json_skip_value(const char *p, const char *end)
 {
     char stack[SCAN_MAX_DEPTH];
@@ -149,14 +158,8 @@ const char *bd_json_skip_value(const char *p, const char *end)
                 p++;
                 goto after_value;
             }
-            if (stack[depth - 1] == '}') {
-                if (p == end || *p != '"' || (p = scan_string(p, end)) == NULL)
-                    return NULL;
-                p = bd_json_skip_ws(p, end);
-                if (p == end || *p != ':')
-                    return NULL;
-                p++;
-            }
+            if (stack[depth - 1] == '}' && (p = scan_key(p, end)) == NULL)
+                return NULL;
             continue;                           /* a value follows */
         case '"':
             if ((p = scan_string(p, end)) == NULL)
@@ -196,15 +199,9 @@ const char *bd_json_skip_value(const char *p, const char *end)
             if (*p != ',')
                 return NULL;
             p++;
-            if (stack[depth - 1] == '}') {
-                p = bd_json_skip_ws(p, end);
-                if (p == end || *p != '"' || (p = scan_string(p, end)) == NULL)
-                    return NULL;
-                p = bd_json_skip_ws(p, end);
-                if (p == end || *p != ':')
-                    return NULL;
-                p++;
-            }
+            if (stack[depth - 1] == '}' &&
+                (p = scan_key(bd_json_skip_ws(p, end), end)) == NULL)
+                return NULL;
             break;                              /* the next value */
         }
     }
