@@ -797,6 +797,48 @@ static void test_jobs_status_served_from_cache_when_polled_again(void **state)
     }
 }
 
+/* options.timeout_s: a job still running after it is failed between batches with
+ * error.code "timeout"; the batches already written stay. */
+static void test_jobs_fail_with_timeout_when_running_past_timeout_s(void **state)
+{
+    struct bd_it_proc p;
+    char coll[96], path[256];
+    long st;
+    (void)state;
+
+    assert_int_equal(bd_it_start(&p, it_config, NULL), 0);
+    coll_name(coll, sizeof(coll), "timeout");
+    char *body = insert_body(coll, 20000, 16, 50, "normal");
+    /* insert_body sets options {batch_size, priority}: add timeout_s after batch_size */
+    char *opt = strstr(body, "\"batch_size\":50");
+    assert_non_null(opt);
+    size_t len = strlen(body);
+    char *with = malloc(len + 32);
+    size_t head = (size_t)(opt - body);
+    memcpy(with, body, head);
+    strcpy(with + head, "\"timeout_s\":0.1,");
+    strcat(with, opt);
+    free(body);
+    char *id = submit(&p, with, &st);
+    free(with);
+    assert_int_equal(st, 202);
+    json_t *j = bd_it_wait_status(&p, id, "failed", 30);
+    assert_string_equal(json_string_value(json_object_get(j, "status")), "failed");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(j, "error"), "code")),
+                        "timeout");
+    long done = (long)json_integer_value(json_object_get(json_object_get(j, "progress"),
+                                                         "processed_items"));
+    json_decref(j);
+    assert_true(done < 20000);
+    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s'", id), done);
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s", id);
+    j = bd_it_json(&p, "DELETE", path, NULL, &st);
+    assert_int_equal(st, 409);                       /* terminal */
+    json_decref(j);
+    free(id);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
 /* Retention: terminal jobs and their batches go after cleanup_interval; vectors stay. */
 static void test_jobs_deleted_after_cleanup_interval_when_finished(void **state)
 {
@@ -850,6 +892,8 @@ int main(void)
         cmocka_unit_test_teardown(test_jobs_insert_stores_exact_values_when_body_has_escapes,
                                   bd_it_teardown),
         cmocka_unit_test_teardown(test_jobs_handed_back_when_stopped_gracefully, bd_it_teardown),
+        cmocka_unit_test_teardown(test_jobs_fail_with_timeout_when_running_past_timeout_s,
+                                  bd_it_teardown),
         cmocka_unit_test_teardown(test_jobs_status_served_from_cache_when_polled_again,
                                   bd_it_teardown),
         cmocka_unit_test_teardown(test_jobs_deleted_after_cleanup_interval_when_finished,
