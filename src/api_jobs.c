@@ -315,7 +315,10 @@ static int api_fast_item(struct api_submit *s, const char *p, const char *end, s
         const char *k = p + 1, *kend = memchr(k, '"', (size_t)(end - k));
         if (kend == NULL || memchr(k, '\\', (size_t)(kend - k)) != NULL)
             return 1;
-        const char *v = bd_json_skip_ws(bd_json_skip_ws(kend + 1, end) + 1, end);
+        const char *colon = bd_json_skip_ws(kend + 1, end);
+        if (colon == end || *colon != ':')
+            return 1;
+        const char *v = bd_json_skip_ws(colon + 1, end);
         size_t klen = (size_t)(kend - k);
         /* The embedding is parsed where it stands (one pass); other values are skipped. */
         const char *vend = klen == 9 && memcmp(k, "embedding", 9) == 0
@@ -443,9 +446,10 @@ static int api_fast_insert_items(struct api_submit *s, struct api_invalid *inv)
 static bool api_fast_body(struct api_submit *s, const char *body, size_t len)
 {
     const char *end = body + len, *root = bd_json_skip_ws(body, end), *p;
-    const char *after = root < end ? bd_json_skip_value(root, end) : NULL;
 
-    if (after == NULL || bd_json_skip_ws(after, end) != end || *root != '{')
+    /* No separate structural pass over the whole body: every member value is skipped
+     * (checked) below, and the closing brace and trailing space are checked at the end. */
+    if (root == end || *root != '{')
         return false;
     p = bd_json_find_member(root, end, "operation");
     if (p == NULL || end - p < 13 || memcmp(p, "\"bulk_insert\"", 13) != 0)
@@ -457,7 +461,10 @@ static bool api_fast_body(struct api_submit *s, const char *body, size_t len)
         const char *k = p + 1, *kend = memchr(k, '"', (size_t)(end - k));
         if (kend == NULL || memchr(k, '\\', (size_t)(kend - k)) != NULL)
             goto fail;
-        const char *v = bd_json_skip_ws(bd_json_skip_ws(kend + 1, end) + 1, end);
+        const char *colon = bd_json_skip_ws(kend + 1, end);
+        if (colon == end || *colon != ':')
+            goto fail;
+        const char *v = bd_json_skip_ws(colon + 1, end);
         const char *vend = bd_json_skip_value(v, end);
         if (vend == NULL)
             goto fail;
@@ -469,9 +476,14 @@ static bool api_fast_body(struct api_submit *s, const char *body, size_t len)
                 goto fail;
         }
         p = bd_json_skip_ws(vend, end);
-        if (p < end && *p == ',')
+        if (p < end && *p == ',') {
             p = bd_json_skip_ws(p + 1, end);
+            if (p == end || *p != '"')
+                goto fail;                          /* trailing comma */
+        }
     }
+    if (p == end || *p != '}' || bd_json_skip_ws(p + 1, end) != end)
+        goto fail;
     s->body = obj;
     s->body_end = end;
     if (s->data_raw)
@@ -840,7 +852,8 @@ static void api_on_conn(int status, struct bd_pg_conn *conn, void *arg)
     if (metadata && options) {
         const char *jparams[16] = { s->job_id, seq, bd_job_operation_name(s->op), s->model,
                                     s->collection, prio, bs, items, nb, timeout, retries,
-                                    options, metadata, s->idem_key, s->request_hash,
+                                    options, metadata, s->idem_key,
+                                    s->idem_key ? s->request_hash : NULL,
                                     created };
         const char *const sqls[2] = {
             "BEGIN",
@@ -1057,7 +1070,10 @@ static void api_on_submit(struct bd_http_request *req, void *arg)
         api_submit_error(s, rc, NULL);
         return;
     }
-    bd_sha256_hex(req->body, req->body_len, s->request_hash);
+    /* Only an Idempotency-Key needs the body's hash (to tell a replay from a conflict);
+     * hashing a big body costs more than parsing it. */
+    if (key)
+        bd_sha256_hex(req->body, req->body_len, s->request_hash);
 
     json_t *meta = json_object_get(s->body, "metadata");
     s->metadata = json_is_object(meta) ? json_deep_copy(meta) : json_object();

@@ -549,6 +549,7 @@ struct api_status_slot {
     int http_status;
     uint64_t expires_ns;
     bool is_reading;
+    const void *reader;                       /* the call whose read the waiters share */
     struct api_status_waiter *waiters;
 };
 
@@ -585,7 +586,10 @@ static void api_read_on_status_row(int status, PGresult *res, void *arg)
 {
     struct api_read_call *call = arg;
     struct api_status_slot *slot = api_status_slot(call->srv, call->job_id);
-    bool is_coalesced = slot && slot->is_reading && strcmp(slot->id, call->job_id) == 0;
+    /* Only the call that started the slot's read answers its waiters: a call that read
+     * alone (the slot was busy) may finish while the slot serves a later read of the same
+     * job, and must not take that read's waiters. */
+    bool is_coalesced = slot && slot->is_reading && slot->reader == call;
     char *body = NULL;
     int http = 200;
 
@@ -612,6 +616,7 @@ static void api_read_on_status_row(int status, PGresult *res, void *arg)
     struct api_status_waiter *w = slot->waiters, *next;
     slot->waiters = NULL;
     slot->is_reading = false;
+    slot->reader = NULL;
     free(slot->body);
     slot->body = body;
     slot->len = body ? strlen(body) : 0;
@@ -654,6 +659,7 @@ static void api_read_on_status(struct bd_http_request *req, void *arg)
             return;                           /* answered when the read in flight ends */
         snprintf(slot->id, sizeof(slot->id), "%s", call->job_id);
         slot->is_reading = true;
+        slot->reader = call;
         slot->expires_ns = 0;
     }
     values[0] = call->job_id;
@@ -662,13 +668,13 @@ static void api_read_on_status(struct bd_http_request *req, void *arg)
                             : BD_EPG;
     if (err < 0) {
         /* No read started: answer everyone who queued on this slot. */
-        struct api_status_waiter *w = slot && slot->is_reading && strcmp(slot->id,
-                                          call->job_id) == 0 ? slot->waiters : NULL;
+        struct api_status_waiter *w = slot && slot->reader == call ? slot->waiters : NULL;
         if (w) {
             char id[BD__API_JOB_ID_MAX + 1];
             snprintf(id, sizeof(id), "%s", call->job_id);
             slot->waiters = NULL;
             slot->is_reading = false;
+            slot->reader = NULL;
             for (struct api_status_waiter *next; w; w = next) {
                 next = w->next;
                 api_read_fail_pg(w->req, id, err, NULL);

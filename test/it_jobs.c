@@ -419,6 +419,12 @@ static void test_jobs_reject_each_invalid_body_when_submitted(void **state)
         { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[]}", NULL, 400,
           "data" },
         { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[{\"id\":\"a\","
+          "\"embedding\":[1]}],}", NULL, 400, "body" },
+        { "{\"operation\":\"bulk_insert\",\"collection\" \"c_x\",\"data\":[{\"id\":\"a\","
+          "\"embedding\":[1]}]}", NULL, 400, "body" },
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[{\"id\":\"a\","
+          "\"embedding\":[1]}]} x", NULL, 400, "body" },
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[{\"id\":\"a\","
           "\"embedding\":[1]},5]}", NULL, 400, "data[1]" },
     };
     assert_int_equal(bd_it_start(&p, it_config, NULL), 0);
