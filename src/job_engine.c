@@ -1559,6 +1559,31 @@ static void engine_on_marked(int status, long long v, void *arg)
         engine_pump(e);
 }
 
+static void engine_on_seq_restored(int status, const redisReply *reply, void *arg)
+{
+    (void)status;
+    (void)reply;
+    engine_op_end(arg);
+}
+
+/* Job ids and FIFO order come from Redis' sequence: after Redis lost its keys it would
+ * start again at 1, so raise it to at least the largest sequence PostgreSQL has. */
+static void engine_restore_seq(struct bd_job_engine *e, const PGresult *res)
+{
+    static const char script[] =
+        "local c = tonumber(redis.call('GET', KEYS[1]) or '0') "
+        "if c < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end return 0";
+    const char *max = PQntuples(res) > 0 ? PQgetvalue(res, 0, 5) : NULL;
+
+    if (max == NULL || *max == '\0')
+        return;
+    const char *argv[5] = { "EVAL", script, "1", "bd:seq", max };
+    size_t lens[5] = { 4, sizeof(script) - 1, 1, 6, strlen(max) };
+    engine_op_begin(e);
+    if (bd_rq_command_argv(e->srv->rq, 5, argv, lens, engine_on_seq_restored, e) < 0)
+        e->pending_ops--;
+}
+
 /* PostgreSQL is the source of truth: every job it says is queued or processing is put in
  * the Redis queue (enqueue leaves jobs already queued or in flight where they are). */
 static void engine_on_rebuild_rows(int status, PGresult *res, void *arg)
@@ -1571,6 +1596,8 @@ static void engine_on_rebuild_rows(int status, PGresult *res, void *arg)
     }
     int n = PQntuples(res), queued = 0;
     for (int i = 0; i < n; i++) {
+        if (PQgetisnull(res, i, 0))
+            continue;                     /* no active job: the row only carries max_seq */
         const char *id = PQgetvalue(res, i, 0);
         struct bd_job *mine = engine_find(e, id);
         /* A job this process is running goes straight back in flight under our lease
@@ -1589,6 +1616,7 @@ static void engine_on_rebuild_rows(int status, PGresult *res, void *arg)
             e->pending_ops--;
     }
     e->stats.rebuilt += (uint64_t)queued;
+    engine_restore_seq(e, res);
     if (n > 0)
         bd_log(BD_LOG_DEBUG, "job", "event=queue_rebuilt jobs=%d", queued);
     engine_op_begin(e);
@@ -1605,8 +1633,9 @@ static void engine_rebuild(struct bd_job_engine *e)
     e->is_rebuilding = true;
     engine_op_begin(e);
     if (bd_pg_query(e->pg,
-                    "SELECT id, priority, seq, COALESCE(model, ''), total_items FROM jobs "
-                    "WHERE status IN ('queued', 'processing') ORDER BY seq",
+                    "SELECT j.id, j.priority, j.seq, COALESCE(j.model, ''), j.total_items, "
+                    "m.max_seq FROM (SELECT max(seq) AS max_seq FROM jobs) m "
+                    "LEFT JOIN jobs j ON j.status IN ('queued', 'processing') ORDER BY j.seq",
                     0, NULL, NULL, NULL, 0, engine_on_rebuild_rows, e) < 0) {
         e->pending_ops--;
         e->is_rebuilding = false;

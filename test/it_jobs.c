@@ -637,6 +637,14 @@ static void test_jobs_rebuilt_from_postgres_when_redis_flushed(void **state)
                      20000);
     assert_int_equal(psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", blocker),
                      20000);
+    /* The id sequence was restored from PostgreSQL: a new job sorts after the old ones. */
+    body = insert_body(small, 2, 4, 10, "normal");
+    char *later = submit(&p, body, &st);
+    free(body);
+    assert_int_equal(st, 202);
+    assert_int_equal(psql_long("SELECT count(*) FROM jobs a, jobs b WHERE a.id = '%s' AND "
+                               "b.id = '%s' AND a.seq > b.seq", later, blocker), 1);
+    free(later);
     free(blocker);
     assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
 }
