@@ -387,6 +387,13 @@ static void job_on_started(int status, PGresult *res, void *arg)
         job->started_unix = job_pg_double(res, 0, 8, job_now_unix());
         job->run_attempt = (int)job_pg_long(res, 0, 9, 1);
         job->dim = (unsigned)job_pg_long(res, 0, 10, 0);
+        if (PQgetisnull(res, 0, 11)) {
+            /* The collection appeared concurrently (see job_start_query): start again. */
+            bd_log(BD_LOG_DEBUG, "job", "job=%s event=collection_raced", job->id);
+            job_arm_timer(job, 0.02);
+            job_unref(job);
+            return;
+        }
         if (job->op == BD_OP_BULK_EMBED) {
             const struct bd_model_config *mc = bd_config_get_model(e->cfg, job->model);
             if (mc == NULL) {
@@ -419,9 +426,10 @@ static void job_on_started(int status, PGresult *res, void *arg)
 }
 
 /* One round trip: mark the job processing and make sure its output collection exists
- * with the job's dimension (stored in options at submit). The collection insert uses
- * DO UPDATE (a no-op change) rather than DO NOTHING so that RETURNING yields the row in
- * both cases, including when another transaction created it while this one waited. */
+ * with the job's dimension (stored in options at submit). An existing collection is only
+ * read, never rewritten (jobs starting on one collection do not queue on its row). When
+ * another transaction created it after this statement's snapshot, neither branch sees
+ * it and the dimension comes back NULL: job_on_started simply runs the start again. */
 static int job_start_query(struct bd_job *job)
 {
     const char *params[2] = { job->id, job->e->cfg->worker_id };
@@ -434,9 +442,11 @@ static int job_start_query(struct bd_job *job)
                        "extract(epoch FROM started_at) AS started, run_attempt, "
                        "COALESCE((options->>'dimension')::int, 0) AS dim), "
                        "c AS (INSERT INTO collections (name, dimension) SELECT collection, dim "
-                       "FROM j ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name "
+                       "FROM j WHERE NOT EXISTS (SELECT 1 FROM collections x "
+                       "WHERE x.name = j.collection) ON CONFLICT (name) DO NOTHING "
                        "RETURNING dimension) "
-                       "SELECT j.*, (SELECT dimension FROM c) FROM j",
+                       "SELECT j.*, COALESCE((SELECT dimension FROM c), (SELECT dimension "
+                       "FROM collections x WHERE x.name = j.collection)) FROM j",
                        2, params, NULL, NULL, 0, job_on_started, job);
 }
 
