@@ -5,7 +5,10 @@
  *   n   =  byte0 >> 4          (0..15 inputs)
  * The body goes through bd__model_wire_parse() for ollama, openai, tei and hashing (which
  * has no wire format), into an array of exactly n*dim floats so ASan sees any write past
- * it; on BD_OK every float must be finite. It then goes through
+ * it; on BD_OK every float must be finite. A reference parser built on jansson (below)
+ * decides whether the body is a valid answer of that shape; whenever jansson can read the
+ * body without duplicate keys, bd__model_wire_parse() (its scanner fast path or its
+ * jansson path) must agree with the reference, value for value. It then goes through
  * bd__model_wire_error_text() with several output sizes (always NUL-terminated, shorter
  * than the buffer, no control bytes, never empty) and bd__model_utf8_cut().
  *
@@ -16,6 +19,7 @@
  */
 #include <jansson.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +30,9 @@
 #include "batchd/model_internal.h"
 
 #define FUZZ_MAX_TEXTS 64
+
+/* printf arguments for "%.*s": at most 300 bytes of a buffer that has no NUL. */
+#define SHOW(s, len) (int)((len) < 300 ? (len) : 300), (s)
 
 /* Fail loudly with what broke; abort() is what libFuzzer and the replay driver catch. */
 #define FUZZ_CHECK(cond, ...)                                                            \
@@ -42,15 +49,88 @@ static const enum bd_model_provider providers[] = {
     BD_PROVIDER_OLLAMA, BD_PROVIDER_OPENAI, BD_PROVIDER_TEI, BD_PROVIDER_HASHING,
 };
 
+/* One vector the way the documentation states it: exactly dim numbers, finite as float. */
+static bool ref_vector(const json_t *v, unsigned dim, float *row)
+{
+    if (!json_is_array(v) || json_array_size(v) != dim)
+        return false;
+    for (unsigned j = 0; j < dim; j++) {
+        const json_t *x = json_array_get(v, j);
+        if (!json_is_number(x) || !isfinite((float)json_number_value(x)))
+            return false;
+        row[j] = (float)json_number_value(x);
+    }
+    return true;
+}
+
+/* The reference: 1 and ref[0..n*dim) when body is a valid answer of provider p's shape,
+ * 0 when it is JSON but not such an answer, -1 when jansson cannot read it (or it has a
+ * duplicate key, where "first" and "last" readings may both be defended). An openai index
+ * may be written as an integral number (1 or 1.0): the fast path reads numbers, and the
+ * difference is not worth failing a batch for. */
+static int ref_parse(enum bd_model_provider p, const char *body, size_t len, unsigned n,
+                     unsigned dim, float *ref)
+{
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
+    const json_t *arr;
+    int ok = 1;
+
+    if (root == NULL)
+        return -1;
+    switch (p) {
+    case BD_PROVIDER_OLLAMA:
+    case BD_PROVIDER_TEI:
+        arr = p == BD_PROVIDER_TEI ? root : json_object_get(root, "embeddings");
+        if (!json_is_array(arr) || json_array_size(arr) != n)
+            ok = 0;
+        for (unsigned i = 0; ok && i < n; i++)
+            ok = ref_vector(json_array_get(arr, i), dim, ref + (size_t)i * dim);
+        break;
+    case BD_PROVIDER_OPENAI: {
+        unsigned char seen[16] = { 0 };          /* n <= 15 */
+        arr = json_object_get(root, "data");
+        if (!json_is_array(arr) || json_array_size(arr) != n)
+            ok = 0;
+        for (unsigned k = 0; ok && k < n; k++) {
+            const json_t *item = json_array_get(arr, k);
+            const json_t *jidx = json_object_get(item, "index");
+            double idx = k;
+            if (!json_is_object(item) || (jidx != NULL && !json_is_number(jidx))) {
+                ok = 0;
+                break;
+            }
+            if (jidx != NULL)
+                idx = json_number_value(jidx);
+            if (!(idx >= 0 && idx < n) || idx != floor(idx) || seen[(unsigned)idx]) {
+                ok = 0;
+                break;
+            }
+            seen[(unsigned)idx] = 1;
+            ok = ref_vector(json_object_get(item, "embedding"), dim,
+                            ref + (size_t)idx * dim);
+        }
+        break;
+    }
+    default:
+        ok = 0;
+    }
+    json_decref(root);
+    return ok;
+}
+
 static void fuzz_parse(const char *body, size_t len, unsigned n, unsigned dim)
 {
     /* Exactly n*dim floats (one when n is 0, so malloc never returns NULL legitimately). */
     size_t count = (size_t)n * dim;
     float *out = malloc((count ? count : 1) * sizeof(float));
+    float *ref = malloc((count ? count : 1) * sizeof(float));
     char msg[256];
 
-    if (out == NULL)
+    if (out == NULL || ref == NULL) {
+        free(out);
+        free(ref);
         return;
+    }
     for (size_t p = 0; p < sizeof(providers) / sizeof(providers[0]); p++) {
         int rc;
 
@@ -66,7 +146,21 @@ static void fuzz_parse(const char *body, size_t len, unsigned n, unsigned dim)
                 FUZZ_CHECK(isfinite(out[i]), "provider %d: out[%zu] = %g",
                            (int)providers[p], i, (double)out[i]);
         }
+        if (rc == BD_ENOMEM)
+            continue;
+        int want = ref_parse(providers[p], body, len, n, dim, ref);
+        if (want < 0)
+            continue;                              /* jansson cannot judge it either */
+        FUZZ_CHECK((rc == BD_OK) == (want == 1),
+                   "provider %d, n %u, dim %u: parse says %d (%s), the reference %s: %.*s",
+                   (int)providers[p], n, dim, rc, msg, want ? "accepts" : "refuses",
+                   SHOW(body, len));
+        for (size_t i = 0; rc == BD_OK && i < count; i++)
+            FUZZ_CHECK(out[i] == ref[i], "provider %d: out[%zu] = %.9g, the reference %.9g: "
+                       "%.*s", (int)providers[p], i, (double)out[i], (double)ref[i],
+                       SHOW(body, len));
     }
+    free(ref);
     free(out);
 }
 
