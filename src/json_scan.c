@@ -89,10 +89,15 @@ const char *bd_json_parse_number(const char *p, const char *end, double *out)
         *out = is_neg ? -d : d;
         return p;
     }
-    char buf[64];
+    char buf[512];
     size_t n = (size_t)(p - start);
-    if (n >= sizeof(buf))
-        n = sizeof(buf) - 1;                    /* over-long mantissas: precision is gone */
+    if (n >= sizeof(buf)) {
+        /* Absurdly long numbers: the 19 digits kept and the exponent give the value to
+         * double precision; never truncate the text (that would change the magnitude). */
+        double d = (double)m * pow(10.0, exp10);
+        *out = is_neg ? -d : d;
+        return p;
+    }
     memcpy(buf, start, n);
     buf[n] = '\0';
     *out = strtod(buf, NULL);

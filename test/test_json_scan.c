@@ -49,6 +49,8 @@ static void test_json_scan_numbers_parse_every_json_form_when_valid(void **state
         { "1E-3", 0.001 }, { "2.5e+2", 250 }, { "0.000001", 1e-6 },
         { "123456789012345678901234", 1.2345678901234568e23 }, { "1e-30", 1e-30 },
         { "0.12345678901234567890123", 0.12345678901234568 },
+        /* longer than any stack copy: the magnitude must survive */
+        { "1000000000000000000000000000000000000000000000000000000000000000000000000", 1e72 },
     };
     static const char *const bad[] = { "", "-", "+1", ".5", "1.", "1e", "1e+", "-x", "a" };
     (void)state;
