@@ -219,6 +219,7 @@ static void openapi_describes_every_route_when_router_built(void **state)
     }
     assert_int_equal(missing, 0);
     bd_router_free(r);
+    bd_api_free(&srv);
 }
 
 static void openapi_lists_only_served_routes_when_router_built(void **state)
@@ -250,6 +251,7 @@ static void openapi_lists_only_served_routes_when_router_built(void **state)
     assert_int_equal(extra, 0);
     assert_int_equal(s->count, n);
     bd_router_free(r);
+    bd_api_free(&srv);
 }
 
 static void openapi_operations_have_id_and_responses_when_read(void **state)

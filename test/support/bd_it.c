@@ -160,7 +160,9 @@ int bd_it_start(struct bd_it_proc *p, const char *extra_yaml, const char *const 
     it_track(p->pid, true);
     double deadline = bd_it_now() + 20.0;
     char url[128];
-    snprintf(url, sizeof(url), "%s/healthz", p->base);
+    /* Ready, not just alive: Redis and PostgreSQL reachable and the schema migrated (a
+     * slow start, e.g. under sanitizers, would otherwise get 503 not_ready). */
+    snprintf(url, sizeof(url), "%s/%s", p->base, bd_it_env("BD_IT_WAIT", "readyz"));
     while (bd_it_now() < deadline) {
         struct bd_it_resp r;
         int status;

@@ -32,7 +32,8 @@ const char *bd_it_env(const char *name, const char *fallback);
 /* Write a config file with "server:" (listen on a free port), "redis:" and "postgres:"
  * (the test stack's URLs from BATCH_REDIS_URL / BATCH_POSTGRES_URL) and then extra_yaml
  * verbatim (whole sections such as "jobs:" and "models:"; NULL for none). Start batchd with
- * it and wait until /healthz answers (timeout 20 s). env: NULL or a NULL-terminated list of
+ * it and wait until /readyz (or /$BD_IT_WAIT, e.g. "healthz" for a batchd meant to
+ * run without its stores) answers 200 (timeout 20 s). env: NULL or a NULL-terminated list of
  * "NAME=value" added to batchd's environment. Returns 0, or -1 with batchd's log printed. */
 int bd_it_start(struct bd_it_proc *p, const char *extra_yaml, const char *const *env);
 
