@@ -342,6 +342,8 @@ static int api_fast_item(struct api_submit *s, const char *p, const char *end, s
         p = bd_json_skip_ws(vend, end);
         if (p < end && *p == ',')
             p = bd_json_skip_ws(p + 1, end);
+        else
+            break;                                  /* no comma: '}' or an error */
     }
     if (p == end || *p != '}')
         return 1;
@@ -480,9 +482,16 @@ static bool api_fast_body(struct api_submit *s, const char *body, size_t len)
             p = bd_json_skip_ws(p + 1, end);
             if (p == end || *p != '"')
                 goto fail;                          /* trailing comma */
+        } else {
+            break;                                  /* no comma: '}' or an error */
         }
     }
     if (p == end || *p != '}' || bd_json_skip_ws(p + 1, end) != end)
+        goto fail;
+    /* A repeated "operation" keeps its last value in the object: the fast path is only
+     * for bodies that really are bulk_insert. */
+    if (!json_is_string(json_object_get(obj, "operation")) ||
+        strcmp(json_string_value(json_object_get(obj, "operation")), "bulk_insert") != 0)
         goto fail;
     s->body = obj;
     s->body_end = end;

@@ -304,9 +304,11 @@ static const char *wire_fast_openai(const char *p, const char *end, unsigned n, 
         const char *obj = p, *v;
         double idx = k;
         if ((v = bd_json_find_member(obj, end, "index")) != NULL &&
-            (bd_json_parse_number(v, end, &idx) == NULL || idx != (double)(unsigned)idx))
+            bd_json_parse_number(v, end, &idx) == NULL)
             return NULL;
-        if (idx < 0 || idx >= n || (seen[(unsigned)idx / 8] & (1u << ((unsigned)idx % 8))))
+        /* Range first: converting a negative, huge or infinite double is undefined. */
+        if (!(idx >= 0 && idx < n) || idx != floor(idx) ||
+            (seen[(unsigned)idx / 8] & (1u << ((unsigned)idx % 8))))
             return NULL;
         seen[(unsigned)idx / 8] |= (unsigned char)(1u << ((unsigned)idx % 8));
         v = bd_json_find_member(obj, end, "embedding");

@@ -422,6 +422,12 @@ static void test_jobs_reject_each_invalid_body_when_submitted(void **state)
           "\"embedding\":[1]}],}", NULL, 400, "body" },
         { "{\"operation\":\"bulk_insert\",\"collection\" \"c_x\",\"data\":[{\"id\":\"a\","
           "\"embedding\":[1]}]}", NULL, 400, "body" },
+        { "{\"operation\":\"bulk_insert\" \"collection\":\"c_x\",\"data\":[{\"id\":\"a\","
+          "\"embedding\":[1]}]}", NULL, 400, "body" },
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[{\"id\":\"a\" "
+          "\"embedding\":[1]}]}", NULL, 400, "body" },
+        { "{\"operation\":\"bulk_insert\",\"operation\":\"bulk_embed\",\"model\":\"hashmodel\","
+          "\"data\":[{\"id\":\"a\",\"embedding\":[1]}]}", NULL, 400, "data[0].embedding" },
         { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[{\"id\":\"a\","
           "\"embedding\":[1]}]} x", NULL, 400, "body" },
         { "{\"operation\":\"bulk_insert\",\"collection\":\"c_x\",\"data\":[{\"id\":\"a\","
