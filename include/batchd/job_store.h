@@ -5,7 +5,7 @@
  * functions here and never write SQL themselves. Statements run on the nonblocking pool of
  * pg_store.h; each function that takes a callback follows the callback contract (returns
  * < 0 and never calls back, or returns 0 and calls back exactly once, asynchronously).
- * Loop thread only.
+ * Loop thread only. Write side in job_store.c, read side in job_store_read.c.
  */
 #ifndef BATCHD_JOB_STORE_H
 #define BATCHD_JOB_STORE_H
@@ -20,15 +20,24 @@ struct bd_pg;
 struct bd_pg_conn;
 
 /* ------------------------------------------------------------------------------------
- * Writes: submit, start, checkpoint, finish, cancel, retry, maintenance.
+ * Writes: start, checkpoint, finish, cancel, retry, maintenance.
  * ------------------------------------------------------------------------------------ */
 
-/* (write side: declarations follow) */
+/* (engine write side: declarations follow) */
+
+
+/* ------------------------------------------------------------------------------------
+ * Writes: submit (the job row, its batches, idempotency lookups).
+ * ------------------------------------------------------------------------------------ */
+
+/* (submit: declarations follow) */
+
 
 /* ------------------------------------------------------------------------------------
  * Reads: status, job document, list, items, results, events, debug.
  * ------------------------------------------------------------------------------------ */
 
 /* (read side: declarations follow) */
+
 
 #endif
