@@ -1099,26 +1099,16 @@ static void api_on_submit(struct bd_http_request *req, void *arg)
         api_submit_error(s, BD_EPG, NULL);
 }
 
-/* ---- cancel ---------------------------------------------------------------------------- */
+/* ---- cancel and retry: the engine changes the job, the handler renders it ------------ */
 
 struct api_job_call {
     struct bd_http_request *req;
     struct bd_server *srv;
     char id[BD__API_JOB_ID_MAX + 1];
-    int step;
+    enum bd_job_event ev;
+    bool is_cancel_requested;
+    enum bd_job_state state;
 };
-
-static void api_call_free(struct api_job_call *c)
-{
-    free(c);
-}
-
-/* Answer c's request with the JSON error for err and free c. */
-static void api_call_fail(struct api_job_call *c, int err, const char *message)
-{
-    bd_http_respond_err(c->req, err, message, NULL);
-    api_call_free(c);
-}
 
 static struct api_job_call *api_call_new(struct bd_http_request *req, struct bd_server *srv)
 {
@@ -1126,8 +1116,8 @@ static struct api_job_call *api_call_new(struct bd_http_request *req, struct bd_
         return NULL;
     const char *id = req->params_count > 0 ? req->params[0] : "";
     if (!bd__api_is_job_id_valid(id)) {
-        bd_http_respond_error(req, 400, "validation_error",
-                              "job_id must match ^[A-Za-z0-9_-]{1,128}$", "job_id");
+        bd_http_respond_err(req, BD_EINVAL, "job_id must match ^[A-Za-z0-9_-]{1,128}$",
+                            "job_id");
         return NULL;
     }
     struct api_job_call *c = calloc(1, sizeof(*c));
@@ -1141,200 +1131,83 @@ static struct api_job_call *api_call_new(struct bd_http_request *req, struct bd_
     return c;
 }
 
-static void api_on_rq_cancelled(int status, long long v, void *arg)
-{
-    (void)status;
-    (void)v;
-    (void)arg;
-}
-
-static void api_on_cancel_updated(int status, PGresult *res, void *arg)
+/* INTEGRATION: the status document comes from the read side of the job store. */
+static void api_on_rendered(int status, PGresult *res, void *arg)
 {
     struct api_job_call *c = arg;
 
-    if (status < 0) {
-        api_call_fail(c, BD_EPG, NULL);
-        return;
-    }
-    if (PQntuples(res) == 0) {
-        /* Not found, or already terminal (or raced into a terminal state). */
-        if (c->step == 0) {
-            bd_http_respond_err(c->req, BD_ENOTFOUND, "no such job", NULL);
-        } else {
-            char msg[160];
-            snprintf(msg, sizeof(msg), "job is %s; only queued or processing jobs can be "
-                     "cancelled", c->step == 2 ? "already being cancelled" : "finished");
-            bd_http_respond_error(c->req, 409, "conflict", msg, NULL);
-        }
-        api_call_free(c);
+    if (status < 0 || PQntuples(res) == 0) {
+        bd_http_respond_err(c->req, status < 0 ? BD_EPG : BD_ENOTFOUND, NULL, NULL);
+        free(c);
         return;
     }
     json_t *j = bd__api_job_status_json(res, 0);
-    const char *st = PQgetvalue(res, 0, 1);
-    if (strcmp(st, "processing") == 0) {
-        /* The owner aborts its model request and stops before the next batch: here at
-         * once, elsewhere at its next lease renewal (Redis flag). */
-        if (!bd_job_engine_cancel_local(c->srv->jobs, c->id))
-            (void)bd_rq_cancel(c->srv->rq, c->id, api_on_rq_cancelled, NULL);
+    if (c->ev == BD_JOB_EV_CANCEL && c->state == BD_JOB_PROCESSING) {
         json_object_set_new(j, "cancel_requested", json_true());
         json_object_set_new(j, "message", json_string("cancellation requested; the job stops "
                                                       "before its next batch"));
-    } else {
-        (void)bd_rq_cancel(c->srv->rq, c->id, api_on_rq_cancelled, NULL);
     }
-    bd__api_status_cache_drop(c->srv, c->id);
-    bd_log(BD_LOG_INFO, "api", "job=%s event=cancel status=%s", c->id, st);
-    bd__api_respond_json(c->req, 200, j, NULL);
-    api_call_free(c);
+    bd__api_respond_json(c->req, c->ev == BD_JOB_EV_RETRY ? 202 : 200, j, NULL);
+    free(c);
 }
 
-static void api_on_cancel_lookup(int status, PGresult *res, void *arg)
+static void api_on_changed(int status, enum bd_job_state state, bool is_cancel_requested,
+                           void *arg)
 {
     struct api_job_call *c = arg;
+    char msg[160];
 
+    c->state = state;
+    c->is_cancel_requested = is_cancel_requested;
+    if (status == BD_ECONFLICT) {
+        if (c->ev == BD_JOB_EV_CANCEL)
+            snprintf(msg, sizeof(msg), "job is %s; only queued or processing jobs can be "
+                     "cancelled", state == BD_JOB_PROCESSING ? "already being cancelled"
+                                                             : bd_job_state_name(state));
+        else
+            snprintf(msg, sizeof(msg), "job is %s; only a finished job with failed or "
+                     "unfinished items can be retried", bd_job_state_name(state));
+        bd_http_respond_err(c->req, BD_ECONFLICT, msg, NULL);
+        free(c);
+        return;
+    }
     if (status < 0) {
-        api_call_fail(c, BD_EPG, NULL);
+        bd_http_respond_err(c->req, status, status == BD_ENOTFOUND ? "no such job" : NULL, NULL);
+        free(c);
         return;
     }
-    if (PQntuples(res) == 0) {
-        c->step = 0;
-        api_on_cancel_updated(BD_OK, res, c);
-        return;
-    }
-    const char *st = PQgetvalue(res, 0, 0);
-    bool requested = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+    bd__api_status_cache_drop(c->srv, c->id);
     const char *params[1] = { c->id };
-    const char *sql;
-    if (strcmp(st, "queued") == 0) {
-        c->step = 1;
-        sql = "UPDATE jobs SET status = 'cancelled', cancel_requested = true, "
-              "completed_at = now(), updated_at = now() WHERE id = $1 AND status = 'queued' "
-              "RETURNING " BD__API_JOB_COLUMNS;
-    } else if (strcmp(st, "processing") == 0 && !requested) {
-        c->step = 2;
-        sql = "UPDATE jobs SET cancel_requested = true, updated_at = now() "
-              "WHERE id = $1 AND status = 'processing' AND NOT cancel_requested "
-              "RETURNING " BD__API_JOB_COLUMNS;
-    } else {
-        c->step = strcmp(st, "processing") == 0 ? 2 : 3;
-        char msg[160];
-        snprintf(msg, sizeof(msg), "job is %s; only queued or processing jobs can be cancelled",
-                 c->step == 2 ? "already being cancelled" : st);
-        bd_http_respond_error(c->req, 409, "conflict", msg, NULL);
-        api_call_free(c);
-        return;
+    if (bd_pg_query(c->srv->pg, "SELECT " BD__API_JOB_COLUMNS " FROM jobs WHERE id = $1", 1,
+                    params, NULL, NULL, 0, api_on_rendered, c) < 0) {
+        bd_http_respond_err(c->req, BD_EPG, NULL, NULL);
+        free(c);
     }
-    if (bd_pg_query(c->srv->pg, sql, 1, params, NULL, NULL, 0, api_on_cancel_updated, c) < 0) {
-        api_call_fail(c, BD_EPG, NULL);
+}
+
+static void api_on_change(struct bd_http_request *req, struct bd_server *srv,
+                          enum bd_job_event ev)
+{
+    struct api_job_call *c = api_call_new(req, srv);
+    if (c == NULL)
+        return;
+    c->ev = ev;
+    int rc = ev == BD_JOB_EV_CANCEL ? bd_job_cancel(srv->jobs, c->id, api_on_changed, c)
+                                    : bd_job_retry(srv->jobs, c->id, api_on_changed, c);
+    if (rc < 0) {
+        bd_http_respond_err(req, rc, NULL, NULL);
+        free(c);
     }
 }
 
 static void api_on_cancel(struct bd_http_request *req, void *arg)
 {
-    struct api_job_call *c = api_call_new(req, arg);
-    if (c == NULL)
-        return;
-    const char *params[1] = { c->id };
-    if (bd_pg_query(c->srv->pg, "SELECT status, cancel_requested FROM jobs WHERE id = $1", 1,
-                    params, NULL, NULL, 0, api_on_cancel_lookup, c) < 0) {
-        api_call_fail(c, BD_EPG, NULL);
-    }
-}
-
-/* ---- retry ----------------------------------------------------------------------------- */
-
-static void api_on_retry_enqueued(int status, long long pos, void *arg)
-{
-    struct api_job_call *c = arg;
-    (void)status;
-    (void)pos;
-    bd_job_engine_kick(c->srv->jobs);
-    api_call_free(c);
-}
-
-static void api_on_retry_done(int status, PGresult *res, void *arg)
-{
-    struct api_job_call *c = arg;
-
-    if (status < 0) {
-        api_call_fail(c, BD_EPG, NULL);
-        return;
-    }
-    if (PQntuples(res) == 0) {
-        bd_http_respond_error(c->req, 409, "conflict",
-                              "job is not finished, or has no failed or unfinished items to "
-                              "retry", NULL);
-        api_call_free(c);
-        return;
-    }
-    json_t *j = bd__api_job_status_json(res, 0);
-    int prio = (int)strtol(PQgetvalue(res, 0, BD__API_JOB_NCOLUMNS), NULL, 10);
-    long long seq = strtoll(PQgetvalue(res, 0, 16), NULL, 10);
-    long items = strtol(PQgetvalue(res, 0, 5), NULL, 10);
-    const char *model = PQgetisnull(res, 0, 3) ? "" : PQgetvalue(res, 0, 3);
-    json_object_set_new(j, "run_attempt",
-                        json_integer(strtol(PQgetvalue(res, 0, BD__API_JOB_NCOLUMNS + 1), NULL,
-                                            10)));
-    bd__api_status_cache_drop(c->srv, c->id);
-    bd_log(BD_LOG_INFO, "api", "job=%s event=retry", c->id);
-    bd__api_respond_json(c->req, 202, j, NULL);
-    c->req = NULL;
-    if (bd_rq_enqueue(c->srv->rq, c->id, (enum bd_priority)prio, seq, model, items,
-                      api_on_retry_enqueued, c) < 0)
-        api_call_free(c);
-}
-
-static void api_on_retry_lookup(int status, PGresult *res, void *arg)
-{
-    struct api_job_call *c = arg;
-
-    if (status < 0 || PQntuples(res) == 0) {
-        bd_http_respond_err(c->req, status < 0 ? BD_EPG : BD_ENOTFOUND,
-                            status < 0 ? NULL : "no such job", NULL);
-        api_call_free(c);
-        return;
-    }
-    const char *params[1] = { c->id };
-    /* Batches with failed items go back to pending (their counts are taken off the job's,
-     * since the whole batch runs again and its vectors are upserted); unfinished batches
-     * (cancelled or timed-out jobs) simply stay pending. */
-    int rc = bd_pg_query(
-        c->srv->pg,
-        "WITH j0 AS (SELECT id FROM jobs WHERE id = $1 AND status IN ('completed', 'failed', "
-        "'cancelled') FOR UPDATE), "
-        "old AS (SELECT b.batch_no, b.processed, b.failed FROM job_batches b JOIN j0 "
-        "ON b.job_id = j0.id WHERE b.failed > 0 FOR UPDATE OF b), "
-        "pend AS (SELECT count(*) AS n FROM job_batches b JOIN j0 ON b.job_id = j0.id "
-        "WHERE b.status = 'pending'), "
-        "reset AS (UPDATE job_batches b SET status = 'pending', processed = 0, failed = 0, "
-        "attempts = 0, last_error = NULL, updated_at = now() FROM old "
-        "WHERE b.job_id = $1 AND b.batch_no = old.batch_no RETURNING 1) "
-        "UPDATE jobs SET status = 'queued', run_attempt = run_attempt + 1, "
-        "processed_items = processed_items - (SELECT COALESCE(sum(processed), 0) FROM old), "
-        "failed_items = failed_items - (SELECT COALESCE(sum(failed), 0) FROM old), "
-        "stored_vectors = stored_vectors - (SELECT COALESCE(sum(processed), 0) FROM old), "
-        "next_batch = next_batch - (SELECT count(*) FROM old), "
-        "error_code = NULL, error_message = NULL, completed_at = NULL, "
-        "cancel_requested = false, lease_owner = NULL, updated_at = now() "
-        "WHERE id IN (SELECT id FROM j0) AND ((SELECT count(*) FROM old) > 0 "
-        "OR (SELECT n FROM pend) > 0) "
-        "RETURNING " BD__API_JOB_COLUMNS ", priority, run_attempt",
-        1, params, NULL, NULL, 0, api_on_retry_done, c);
-    if (rc < 0) {
-        api_call_fail(c, BD_EPG, NULL);
-    }
+    api_on_change(req, arg, BD_JOB_EV_CANCEL);
 }
 
 static void api_on_retry(struct bd_http_request *req, void *arg)
 {
-    struct api_job_call *c = api_call_new(req, arg);
-    if (c == NULL)
-        return;
-    const char *params[1] = { c->id };
-    if (bd_pg_query(c->srv->pg, "SELECT status FROM jobs WHERE id = $1", 1, params, NULL,
-                    NULL, 0, api_on_retry_lookup, c) < 0) {
-        api_call_fail(c, BD_EPG, NULL);
-    }
+    api_on_change(req, arg, BD_JOB_EV_RETRY);
 }
 
 int bd__api_register_jobs(struct bd_router *r, struct bd_server *srv)

@@ -3,7 +3,7 @@
  * Part of the job engine module; constant tables only.  SPDX-License-Identifier: MIT
  */
 #include "batchd/error.h"
-#include "batchd/job_engine.h"
+#include "batchd/job_types.h"
 
 #include <string.h>
 

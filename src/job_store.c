@@ -8,20 +8,807 @@
  */
 #include "batchd/job_store.h"
 
+#include "batchd/buf.h"
 #include "batchd/error.h"
 #include "batchd/pg_store.h"
 
+#include <endian.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- call records and result helpers ------------------------------------------------- */
+
+/* One statement in flight: the caller's typed callback. Allocated per statement (not per
+ * item), freed before the callback returns. */
+struct store_call {
+    union {
+        bd_job_store_done_cb done;
+        bd_job_store_start_cb start;
+        bd_job_store_batch_cb batch;
+        bd_job_store_cache_cb cache;
+        bd_job_store_locked_cb locked;
+        bd_job_store_finish_cb finish;
+        bd_job_store_state_cb state;
+        bd_job_store_changed_cb changed;
+        bd_job_store_requeued_cb requeued;
+        bd_job_store_active_cb active;
+        bd_job_store_count_cb count;
+        bd_job_store_rate_cb rate;
+    } cb;
+    void *arg;
+};
+
+static struct store_call *store_call_new(void *arg)
+{
+    struct store_call *c = malloc(sizeof(*c));
+    if (c)
+        c->arg = arg;
+    return c;
+}
+
+/* INTEGRATION: replaced by pg_store's classifier after merge. */
+static bool store_is_permanent(const PGresult *res)
+{
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (st == NULL || strlen(st) != 5)
+        return false;
+    return !(strncmp(st, "08", 2) == 0 || strncmp(st, "40", 2) == 0 ||
+             strncmp(st, "53", 2) == 0 || strncmp(st, "57", 2) == 0 ||
+             strcmp(st, "55P03") == 0);
+}
+
+/* The error of a failed statement: its text, and whether a retry could pass. */
+static struct bd_job_store_err store_err(const PGresult *res)
+{
+    struct bd_job_store_err e = { "connection lost", false };
+    if (res != NULL) {
+        const char *msg = PQresultErrorMessage(res);
+        e.message = msg && *msg ? msg : "statement failed";
+    }
+    e.is_permanent = store_is_permanent(res);
+    return e;
+}
+
+static const char *store_val(const PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col);
+}
+
+static long long store_ll(const PGresult *res, int row, int col, long long dflt)
+{
+    const char *v = store_val(res, row, col);
+    return v ? strtoll(v, NULL, 10) : dflt;
+}
+
+static double store_double(const PGresult *res, int row, int col, double dflt)
+{
+    const char *v = store_val(res, row, col);
+    return v ? strtod(v, NULL) : dflt;
+}
+
+static bool store_bool(const PGresult *res, int row, int col)
+{
+    const char *v = store_val(res, row, col);
+    return v && v[0] == 't';
+}
+
+/* An int4 column of a binary-format result. */
+static int store_int4(const PGresult *res, int row, int col)
+{
+    uint32_t v;
+    if (PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 4)
+        return 0;
+    memcpy(&v, PQgetvalue(res, row, col), 4);
+    return (int)be32toh(v);
+}
+
+static void store_copy_str(char *out, size_t outlen, const char *v)
+{
+    snprintf(out, outlen, "%s", v ? v : "");
+}
+
+static enum bd_job_state store_state(const char *v)
+{
+    enum bd_job_state st = BD_JOB_QUEUED;
+    (void)bd_job_state_parse(v, &st);
+    return st;
+}
+
 /* ---- job start, checkpoint, finish --------------------------------------------------- */
 
+enum start_col {
+    START_OPERATION, START_MODEL, START_COLLECTION, START_TOTAL_ITEMS, START_TOTAL_BATCHES,
+    START_TIMEOUT_S, START_MAX_RETRIES, START_CANCEL_REQUESTED, START_RUN_STARTED,
+    START_RUN_ATTEMPT, START_DIM, START_COLLECTION_DIM,
+};
+
+static void store_on_started(int status, PGresult *res, void *arg)
+{
+    struct store_call *c = arg;
+    struct bd_job_start_row row;
+
+    if (status < 0) {
+        struct bd_job_store_err e = store_err(res);
+        c->cb.start(status, NULL, &e, c->arg);
+    } else if (PQntuples(res) == 0) {
+        c->cb.start(BD_OK, NULL, NULL, c->arg);
+    } else {
+        memset(&row, 0, sizeof(row));
+        (void)bd_job_operation_parse(store_val(res, 0, START_OPERATION), &row.op);
+        store_copy_str(row.model, sizeof(row.model), store_val(res, 0, START_MODEL));
+        store_copy_str(row.collection, sizeof(row.collection),
+                       store_val(res, 0, START_COLLECTION));
+        row.total_items = (unsigned)store_ll(res, 0, START_TOTAL_ITEMS, 0);
+        row.total_batches = (unsigned)store_ll(res, 0, START_TOTAL_BATCHES, 0);
+        row.timeout_s = store_double(res, 0, START_TIMEOUT_S, -1);
+        row.max_retries = (int)store_ll(res, 0, START_MAX_RETRIES, -1);
+        row.is_cancel_requested = store_bool(res, 0, START_CANCEL_REQUESTED);
+        row.run_started_unix = store_double(res, 0, START_RUN_STARTED, 0);
+        row.run_attempt = (int)store_ll(res, 0, START_RUN_ATTEMPT, 1);
+        row.dim = (unsigned)store_ll(res, 0, START_DIM, 0);
+        row.collection_dim = (long)store_ll(res, 0, START_COLLECTION_DIM, -1);
+        c->cb.start(BD_OK, &row, NULL, c->arg);
+    }
+    free(c);
+}
+
+/* One round trip: mark the job processing and make sure its output collection exists
+ * with the job's dimension (stored in options at submit). An existing collection is only
+ * read, never rewritten (jobs starting on one collection do not queue on its row). When
+ * another transaction created it after this statement's snapshot, neither branch sees
+ * it and the dimension comes back NULL: the caller simply starts again. A run that
+ * begins from 'queued' (first run, or a retry) restarts the run clock: timeout_s counts
+ * from the start of the current run. */
+int bd_job_store_start(struct bd_pg *pg, const char *job_id, const char *worker_id,
+                       const char *sources, bd_job_store_start_cb cb, void *arg)
+{
+    struct store_call *c = store_call_new(arg);
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.start = cb;
+    const char *params[3] = { job_id, worker_id, sources };
+    int rc = bd_pg_query(
+        pg,
+        "WITH j AS (UPDATE jobs SET status = 'processing', "
+        "started_at = CASE WHEN status = 'queued' OR started_at IS NULL THEN now() "
+        "ELSE started_at END, lease_owner = $2, updated_at = now() "
+        "WHERE id = $1 AND status = ANY($3::text[]) "
+        "RETURNING operation, model, collection, total_items, total_batches, "
+        "timeout_s, max_retries, cancel_requested, "
+        "extract(epoch FROM started_at) AS run_started, run_attempt, "
+        "COALESCE((options->>'dimension')::int, 0) AS dim), "
+        "c AS (INSERT INTO collections (name, dimension) SELECT collection, dim "
+        "FROM j WHERE NOT EXISTS (SELECT 1 FROM collections x "
+        "WHERE x.name = j.collection) ON CONFLICT (name) DO NOTHING "
+        "RETURNING dimension) "
+        "SELECT j.*, COALESCE((SELECT dimension FROM c), (SELECT dimension "
+        "FROM collections x WHERE x.name = j.collection)) FROM j",
+        3, params, NULL, NULL, 0, store_on_started, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
+enum batch_col {
+    BATCH_CANCEL_REQUESTED, BATCH_NO, BATCH_FIRST_INDEX, BATCH_ITEM_COUNT, BATCH_ITEMS,
+    BATCH_ATTEMPTS, BATCH_PAYLOAD,
+};
+
+static void store_on_batch(int status, PGresult *res, void *arg)
+{
+    struct store_call *c = arg;
+    struct bd_job_batch_row row;
+
+    if (status < 0) {
+        struct bd_job_store_err e = store_err(res);
+        c->cb.batch(status, NULL, &e, c->arg);
+    } else if (PQntuples(res) == 0) {
+        /* The job row itself is gone (retention, or deleted): nothing to run. */
+        memset(&row, 0, sizeof(row));
+        c->cb.batch(BD_OK, &row, NULL, c->arg);
+    } else {
+        memset(&row, 0, sizeof(row));
+        row.is_cancel_requested = PQgetlength(res, 0, BATCH_CANCEL_REQUESTED) == 1 &&
+                                  PQgetvalue(res, 0, BATCH_CANCEL_REQUESTED)[0] == 1;
+        row.has_batch = !PQgetisnull(res, 0, BATCH_NO);
+        if (row.has_batch) {
+            row.batch_no = store_int4(res, 0, BATCH_NO);
+            row.first_index = (unsigned)store_int4(res, 0, BATCH_FIRST_INDEX);
+            row.item_count = (unsigned)store_int4(res, 0, BATCH_ITEM_COUNT);
+            row.attempts = (unsigned)store_int4(res, 0, BATCH_ATTEMPTS);
+            if (!PQgetisnull(res, 0, BATCH_ITEMS)) {
+                row.items_json = PQgetvalue(res, 0, BATCH_ITEMS);
+                row.items_len = (size_t)PQgetlength(res, 0, BATCH_ITEMS);
+            }
+            if (!PQgetisnull(res, 0, BATCH_PAYLOAD)) {
+                row.payload = PQgetvalue(res, 0, BATCH_PAYLOAD);
+                row.payload_len = (size_t)PQgetlength(res, 0, BATCH_PAYLOAD);
+            }
+        }
+        c->cb.batch(BD_OK, &row, NULL, c->arg);
+    }
+    free(c);
+}
+
+/* The job's cancel flag rides along with every batch load, so a cancel recorded only in
+ * PostgreSQL (Redis unreachable) still stops a job running in any process before its
+ * next batch. Binary results: items is jsonb (version byte 1, then the text). */
+int bd_job_store_load_batch(struct bd_pg *pg, const char *job_id, bd_job_store_batch_cb cb,
+                            void *arg)
+{
+    struct store_call *c = store_call_new(arg);
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.batch = cb;
+    const char *params[1] = { job_id };
+    int rc = bd_pg_query(pg,
+                         "SELECT j.cancel_requested, b.batch_no, b.first_index, b.item_count, "
+                         "b.items::text, b.attempts, b.payload FROM jobs j LEFT JOIN LATERAL "
+                         "(SELECT * FROM job_batches x WHERE x.job_id = j.id "
+                         "AND x.status = 'pending' ORDER BY x.batch_no LIMIT 1) b ON true "
+                         "WHERE j.id = $1",
+                         1, params, NULL, NULL, 1, store_on_batch, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
+static void store_on_done(int status, PGresult *res, void *arg)
+{
+    struct store_call *c = arg;
+    if (status < 0) {
+        struct bd_job_store_err e = store_err(res);
+        c->cb.done(status, &e, c->arg);
+    } else {
+        c->cb.done(BD_OK, NULL, c->arg);
+    }
+    free(c);
+}
+
+int bd_job_store_record_attempt(struct bd_pg *pg, const char *job_id, int batch_no,
+                                unsigned attempts, const char *message,
+                                bd_job_store_done_cb cb, void *arg)
+{
+    char batch[16], att[16];
+    struct store_call *c = store_call_new(arg);
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.done = cb;
+    snprintf(batch, sizeof(batch), "%d", batch_no);
+    snprintf(att, sizeof(att), "%u", attempts);
+    const char *params[4] = { job_id, batch, att, message ? message : "" };
+    int rc = bd_pg_query(pg,
+                         "UPDATE job_batches SET attempts = $3::int, last_error = $4, "
+                         "updated_at = now() WHERE job_id = $1 AND batch_no = $2::int",
+                         4, params, NULL, NULL, 0, store_on_done, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
+/* ---- a batch's write transaction ------------------------------------------------------ */
+
+static void store_on_locked(int status, PGresult *res, void *arg)
+{
+    struct store_call *c = arg;
+    if (status < 0) {
+        struct bd_job_store_err e = store_err(res);
+        c->cb.locked(status, false, &e, c->arg);
+    } else {
+        bool pending = PQntuples(res) > 0 && strcmp(PQgetvalue(res, 0, 0), "pending") == 0;
+        c->cb.locked(BD_OK, pending, NULL, c->arg);
+    }
+    free(c);
+}
+
+/* The statements of the write transaction inline the job id and collection name: both
+ * are validated at submit (^[A-Za-z0-9_-]+$ and ^[a-z_][a-z0-9_]*$), so they cannot break
+ * out of the quotes, and several statements go in one round trip. */
+int bd_job_store_write_begin(struct bd_pg_conn *conn, struct bd_buf *q, const char *job_id,
+                             int batch_no, bd_job_store_locked_cb cb, void *arg)
+{
+    struct store_call *c = store_call_new(arg);
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.locked = cb;
+    bd_buf_reset(q);
+    bd_buf_printf(q,
+                  "BEGIN; "
+                  "CREATE TEMP TABLE IF NOT EXISTS bd_stage (item_index int, id text, "
+                  "embedding real[], metadata jsonb, err_code text, err_msg text, "
+                  "text_hash text) ON COMMIT DELETE ROWS; "
+                  "SELECT status FROM job_batches WHERE job_id = '%s' AND batch_no = %d "
+                  "FOR UPDATE",
+                  job_id, batch_no);
+    int rc = q->is_failed ? BD_ENOMEM
+                          : bd_pg_conn_query(conn, q->data, 0, NULL, NULL, NULL, 0,
+                                             store_on_locked, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
+/* Stage rows: (item_index int4, id text, embedding real[], metadata jsonb, err_code text,
+ * err_msg text, text_hash text); failed items have a NULL embedding. */
+#define STAGE_COLUMNS 7
+
+void bd_job_store_stage_begin(struct bd_pg_copybuf *b)
+{
+    bd_pg_copybuf_reset(b);
+    bd_pg_copybuf_begin(b);
+}
+
+void bd_job_store_stage_vector(struct bd_pg_copybuf *b, unsigned item_index, const char *id,
+                               size_t id_len, const float *v, unsigned dim,
+                               const char *real_array, size_t real_array_len,
+                               const char *meta, size_t meta_len, const char *text_hash)
+{
+    bd_pg_copybuf_row(b, STAGE_COLUMNS);
+    bd_pg_copybuf_int4(b, (int32_t)item_index);
+    bd_pg_copybuf_text(b, id, id_len);
+    if (real_array)
+        bd_pg_copybuf_bytes(b, real_array, real_array_len);   /* already a binary real[] */
+    else
+        bd_pg_copybuf_float4_array(b, v, dim);
+    bd_pg_copybuf_jsonb(b, meta, meta_len);
+    bd_pg_copybuf_null(b);
+    bd_pg_copybuf_null(b);
+    if (text_hash)
+        bd_pg_copybuf_text(b, text_hash, 64);
+    else
+        bd_pg_copybuf_null(b);
+}
+
+void bd_job_store_stage_error(struct bd_pg_copybuf *b, unsigned item_index, const char *id,
+                              size_t id_len, const char *code, const char *message)
+{
+    bd_pg_copybuf_row(b, STAGE_COLUMNS);
+    bd_pg_copybuf_int4(b, (int32_t)item_index);
+    if (id)
+        bd_pg_copybuf_text(b, id, id_len);
+    else
+        bd_pg_copybuf_null(b);
+    bd_pg_copybuf_null(b);
+    bd_pg_copybuf_null(b);
+    bd_pg_copybuf_text(b, code, strlen(code));
+    bd_pg_copybuf_text(b, message, strlen(message));
+    bd_pg_copybuf_null(b);
+}
+
+int bd_job_store_stage_end(struct bd_pg_copybuf *b)
+{
+    return bd_pg_copybuf_end(b);
+}
+
+int bd_job_store_write_stage(struct bd_pg_conn *conn, const struct bd_pg_copybuf *b,
+                             bd_job_store_done_cb cb, void *arg)
+{
+    struct store_call *c = store_call_new(arg);
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.done = cb;
+    int rc = bd_pg_conn_copy_in(conn, "COPY bd_stage FROM STDIN WITH (FORMAT binary)", b->data,
+                                b->len, store_on_done, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
+int bd_job_store_write_commit(struct bd_pg_conn *conn, struct bd_buf *q,
+                              const struct bd_job_checkpoint *cp, bd_job_store_done_cb cb,
+                              void *arg)
+{
+    struct store_call *c = store_call_new(arg);
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.done = cb;
+    bd_buf_reset(q);
+    bd_buf_printf(q,
+                  "INSERT INTO vectors (collection, id, embedding, metadata, job_id, "
+                  "item_index) SELECT '%s', id, embedding, metadata, '%s', item_index "
+                  "FROM bd_stage WHERE embedding IS NOT NULL "
+                  "ON CONFLICT (collection, id) DO UPDATE SET embedding = "
+                  "EXCLUDED.embedding, metadata = EXCLUDED.metadata, job_id = "
+                  "EXCLUDED.job_id, item_index = EXCLUDED.item_index, updated_at = now(); "
+                  "INSERT INTO embedding_cache (text_hash, embedding) SELECT text_hash, "
+                  "embedding FROM bd_stage WHERE text_hash IS NOT NULL "
+                  "ON CONFLICT (text_hash) DO NOTHING; "
+                  "DELETE FROM job_item_errors WHERE job_id = '%s' AND item_index >= %u "
+                  "AND item_index < %u; "
+                  "INSERT INTO job_item_errors (job_id, item_index, item_id, code, message, "
+                  "run_attempt) SELECT '%s', item_index, id, err_code, err_msg, %d "
+                  "FROM bd_stage WHERE embedding IS NULL; "
+                  "UPDATE job_batches SET status = CASE WHEN %u = 0 AND %u > 0 "
+                  "THEN 'failed' ELSE 'done' END, processed = %u, failed = %u, "
+                  "attempts = %u, duration_ms = %u, updated_at = now() "
+                  "WHERE job_id = '%s' AND batch_no = %d; "
+                  "UPDATE jobs SET next_batch = next_batch + 1, "
+                  "processed_items = processed_items + %u, "
+                  "failed_items = failed_items + %u, stored_vectors = stored_vectors + %u, "
+                  "cache_hits = cache_hits + %u, processing_ms = processing_ms + %u, "
+                  "updated_at = now() WHERE id = '%s'; "
+                  "COMMIT",
+                  cp->collection, cp->job_id, cp->job_id, cp->first_index,
+                  cp->first_index + cp->item_count, cp->job_id, cp->run_attempt, cp->ok,
+                  cp->failed, cp->ok, cp->failed, cp->attempts, cp->duration_ms, cp->job_id,
+                  cp->batch_no, cp->ok, cp->failed, cp->ok, cp->cache_hits, cp->duration_ms,
+                  cp->job_id);
+    int rc = q->is_failed ? BD_ENOMEM
+                          : bd_pg_conn_query(conn, q->data, 0, NULL, NULL, NULL, 0,
+                                             store_on_done, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
+static void store_on_finished(int status, PGresult *res, void *arg)
+{
+    struct store_call *c = arg;
+    if (status < 0) {
+        struct bd_job_store_err e = store_err(res);
+        c->cb.finish(status, NULL, &e, c->arg);
+    } else if (PQntuples(res) == 0) {
+        c->cb.finish(BD_OK, NULL, NULL, c->arg);
+    } else {
+        struct bd_job_finish_row row = {
+            store_state(PQgetvalue(res, 0, 0)), store_ll(res, 0, 1, 0), store_ll(res, 0, 2, 0)
+        };
+        c->cb.finish(BD_OK, &row, NULL, c->arg);
+    }
+    free(c);
+}
+
+int bd_job_store_finish(struct bd_pg *pg, const char *job_id, enum bd_job_state final_state,
+                        const char *error_code, const char *error_message,
+                        bd_job_store_finish_cb cb, void *arg)
+{
+    struct store_call *c = store_call_new(arg);
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.finish = cb;
+    /* "completed" is a request to decide by the counters: every item failed -> failed
+     * (SPEC "States"); a cancel that PostgreSQL recorded wins over a completion, so a job
+     * a 200 promised to stop never ends 'completed'. */
+    const char *params[4] = { job_id,
+                              final_state == BD_JOB_COMPLETED ? "" : bd_job_state_name(final_state),
+                              error_code ? error_code : "", error_message ? error_message : "" };
+    int rc = bd_pg_query(pg,
+                         "UPDATE jobs SET "
+                         "status = CASE WHEN $2 <> '' THEN $2 "
+                         "  WHEN cancel_requested THEN 'cancelled' "
+                         "  WHEN processed_items = 0 AND failed_items > 0 THEN 'failed' "
+                         "  ELSE 'completed' END, "
+                         "error_code = CASE WHEN $3 <> '' THEN $3 "
+                         "  WHEN $2 = '' AND NOT cancel_requested AND processed_items = 0 "
+                         "  AND failed_items > 0 THEN 'all_items_failed' ELSE NULL END, "
+                         "error_message = CASE WHEN $4 <> '' THEN $4 "
+                         "  WHEN $2 = '' AND NOT cancel_requested AND processed_items = 0 "
+                         "  AND failed_items > 0 THEN 'every item of the job failed' "
+                         "  ELSE NULL END, "
+                         "completed_at = now(), lease_owner = NULL, updated_at = now() "
+                         "WHERE id = $1 AND status = 'processing' "
+                         "RETURNING status, processed_items, failed_items",
+                         4, params, NULL, NULL, 0, store_on_finished, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
 
 /* ---- cancel and retry ----------------------------------------------------------------- */
 
+static void store_on_state(int status, PGresult *res, void *arg)
+{
+    struct store_call *c = arg;
+    if (status < 0) {
+        struct bd_job_store_err e = store_err(res);
+        c->cb.state(status, NULL, &e, c->arg);
+    } else if (PQntuples(res) == 0) {
+        c->cb.state(BD_OK, NULL, NULL, c->arg);
+    } else {
+        struct bd_job_state_row row = { store_state(PQgetvalue(res, 0, 0)),
+                                        store_bool(res, 0, 1) };
+        c->cb.state(BD_OK, &row, NULL, c->arg);
+    }
+    free(c);
+}
+
+int bd_job_store_get_state(struct bd_pg *pg, const char *job_id, bd_job_store_state_cb cb,
+                           void *arg)
+{
+    struct store_call *c = store_call_new(arg);
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.state = cb;
+    const char *params[1] = { job_id };
+    int rc = bd_pg_query(pg, "SELECT status, cancel_requested FROM jobs WHERE id = $1", 1,
+                         params, NULL, NULL, 0, store_on_state, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
+static void store_on_changed(int status, PGresult *res, void *arg)
+{
+    struct store_call *c = arg;
+    if (status < 0) {
+        struct bd_job_store_err e = store_err(res);
+        c->cb.changed(status, false, &e, c->arg);
+    } else {
+        c->cb.changed(BD_OK, strtol(PQcmdTuples(res), NULL, 10) > 0, NULL, c->arg);
+    }
+    free(c);
+}
+
+int bd_job_store_cancel(struct bd_pg *pg, const char *job_id, enum bd_job_state from,
+                        enum bd_job_state to, bd_job_store_changed_cb cb, void *arg)
+{
+    struct store_call *c = store_call_new(arg);
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.changed = cb;
+    const char *params[3] = { job_id, bd_job_state_name(from), bd_job_state_name(to) };
+    int rc = bd_pg_query(pg,
+                         "UPDATE jobs SET status = $3, cancel_requested = true, "
+                         "completed_at = CASE WHEN $3 IN ('completed', 'failed', 'cancelled') "
+                         "THEN now() ELSE completed_at END, updated_at = now() "
+                         "WHERE id = $1 AND status = $2 AND NOT cancel_requested",
+                         3, params, NULL, NULL, 0, store_on_changed, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
+enum queue_col { QUEUE_ID, QUEUE_PRIORITY, QUEUE_SEQ, QUEUE_MODEL, QUEUE_TOTAL_ITEMS,
+                 QUEUE_RUN_ATTEMPT, QUEUE_MAX_SEQ };
+
+static void store_queue_row(const PGresult *res, int row, struct bd_job_queue_row *out)
+{
+    store_copy_str(out->id, sizeof(out->id), store_val(res, row, QUEUE_ID));
+    out->priority = (int)store_ll(res, row, QUEUE_PRIORITY, 1);
+    out->seq = store_ll(res, row, QUEUE_SEQ, 0);
+    store_copy_str(out->model, sizeof(out->model), store_val(res, row, QUEUE_MODEL));
+    out->total_items = store_ll(res, row, QUEUE_TOTAL_ITEMS, 0);
+    out->run_attempt = (int)store_ll(res, row, QUEUE_RUN_ATTEMPT, 1);
+}
+
+static void store_on_requeued(int status, PGresult *res, void *arg)
+{
+    struct store_call *c = arg;
+    if (status < 0) {
+        struct bd_job_store_err e = store_err(res);
+        c->cb.requeued(status, NULL, &e, c->arg);
+    } else if (PQntuples(res) == 0) {
+        c->cb.requeued(BD_OK, NULL, NULL, c->arg);
+    } else {
+        struct bd_job_queue_row row;
+        store_queue_row(res, 0, &row);
+        c->cb.requeued(BD_OK, &row, NULL, c->arg);
+    }
+    free(c);
+}
+
+/* Batches with failed items go back to pending (their counts are taken off the job's,
+ * since the whole batch runs again and its vectors are upserted); unfinished batches
+ * (cancelled or timed-out jobs) simply stay pending. */
+int bd_job_store_retry(struct bd_pg *pg, const char *job_id, enum bd_job_state from,
+                       bd_job_store_requeued_cb cb, void *arg)
+{
+    struct store_call *c = store_call_new(arg);
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.requeued = cb;
+    const char *params[2] = { job_id, bd_job_state_name(from) };
+    int rc = bd_pg_query(
+        pg,
+        "WITH j0 AS (SELECT id FROM jobs WHERE id = $1 AND status = $2 FOR UPDATE), "
+        "old AS (SELECT b.batch_no, b.processed, b.failed FROM job_batches b JOIN j0 "
+        "ON b.job_id = j0.id WHERE b.failed > 0 FOR UPDATE OF b), "
+        "pend AS (SELECT count(*) AS n FROM job_batches b JOIN j0 ON b.job_id = j0.id "
+        "WHERE b.status = 'pending'), "
+        "reset AS (UPDATE job_batches b SET status = 'pending', processed = 0, failed = 0, "
+        "attempts = 0, last_error = NULL, updated_at = now() FROM old "
+        "WHERE b.job_id = $1 AND b.batch_no = old.batch_no RETURNING 1) "
+        "UPDATE jobs SET status = 'queued', run_attempt = run_attempt + 1, "
+        "processed_items = processed_items - (SELECT COALESCE(sum(processed), 0) FROM old), "
+        "failed_items = failed_items - (SELECT COALESCE(sum(failed), 0) FROM old), "
+        "stored_vectors = stored_vectors - (SELECT COALESCE(sum(processed), 0) FROM old), "
+        "next_batch = next_batch - (SELECT count(*) FROM old), "
+        "error_code = NULL, error_message = NULL, completed_at = NULL, "
+        "cancel_requested = false, lease_owner = NULL, updated_at = now() "
+        "WHERE id IN (SELECT id FROM j0) AND ((SELECT count(*) FROM old) > 0 "
+        "OR (SELECT n FROM pend) > 0) "
+        "RETURNING id, priority, seq, COALESCE(model, ''), total_items, run_attempt",
+        2, params, NULL, NULL, 0, store_on_requeued, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
 
 /* ---- maintenance: reap, rebuild, retention, throughput -------------------------------- */
 
+static void store_on_active(int status, PGresult *res, void *arg)
+{
+    struct store_call *c = arg;
+    if (status < 0) {
+        struct bd_job_store_err e = store_err(res);
+        c->cb.active(status, NULL, 0, 0, &e, c->arg);
+        free(c);
+        return;
+    }
+    int n = PQntuples(res);
+    long long max_seq = n > 0 ? store_ll(res, 0, QUEUE_MAX_SEQ, 0) : 0;
+    struct bd_job_queue_row *rows = n > 0 ? calloc((size_t)n, sizeof(*rows)) : NULL;
+    unsigned count = 0;
+    if (n > 0 && rows == NULL) {
+        struct bd_job_store_err e = { "out of memory", false };
+        c->cb.active(BD_ENOMEM, NULL, 0, 0, &e, c->arg);
+        free(c);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        if (!PQgetisnull(res, i, QUEUE_ID))   /* no active job: the row carries max_seq */
+            store_queue_row(res, i, &rows[count++]);
+    c->cb.active(BD_OK, rows, count, max_seq, NULL, c->arg);
+    free(rows);
+    free(c);
+}
+
+int bd_job_store_list_active(struct bd_pg *pg, bd_job_store_active_cb cb, void *arg)
+{
+    struct store_call *c = store_call_new(arg);
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.active = cb;
+    int rc = bd_pg_query(pg,
+                         "SELECT j.id, j.priority, j.seq, COALESCE(j.model, ''), j.total_items, "
+                         "j.run_attempt, m.max_seq FROM (SELECT max(seq) AS max_seq FROM jobs) m "
+                         "LEFT JOIN jobs j ON j.status IN ('queued', 'processing') ORDER BY j.seq",
+                         0, NULL, NULL, NULL, 0, store_on_active, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
+static void store_on_count(int status, PGresult *res, void *arg)
+{
+    struct store_call *c = arg;
+    if (status < 0) {
+        struct bd_job_store_err e = store_err(res);
+        c->cb.count(status, 0, &e, c->arg);
+    } else {
+        c->cb.count(BD_OK, strtoll(PQcmdTuples(res), NULL, 10), NULL, c->arg);
+    }
+    free(c);
+}
+
+int bd_job_store_sweep(struct bd_pg *pg, double age_s, bd_job_store_count_cb cb, void *arg)
+{
+    char secs[32];
+    struct store_call *c = store_call_new(arg);
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.count = cb;
+    snprintf(secs, sizeof(secs), "%.3f", age_s);
+    const char *params[1] = { secs };
+    int rc = bd_pg_query(pg,
+                         "WITH c AS (DELETE FROM embedding_cache "
+                         "WHERE created_at < now() - make_interval(secs => $1::float8)) "
+                         "DELETE FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') "
+                         "AND completed_at < now() - make_interval(secs => $1::float8)",
+                         1, params, NULL, NULL, 0, store_on_count, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
+static void store_on_rate(int status, PGresult *res, void *arg)
+{
+    struct store_call *c = arg;
+    if (status < 0) {
+        struct bd_job_store_err e = store_err(res);
+        c->cb.rate(status, 0, &e, c->arg);
+    } else {
+        c->cb.rate(BD_OK, PQntuples(res) == 1 ? store_double(res, 0, 0, 0) : 0, NULL, c->arg);
+    }
+    free(c);
+}
+
+/* Their items over the wall time from the first start to the last completion. */
+int bd_job_store_throughput(struct bd_pg *pg, bd_job_store_rate_cb cb, void *arg)
+{
+    struct store_call *c = store_call_new(arg);
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.rate = cb;
+    int rc = bd_pg_query(pg,
+                         "SELECT COALESCE(sum(processed_items + failed_items) / NULLIF(extract("
+                         "epoch FROM max(completed_at) - min(started_at)), 0), 0) FROM jobs "
+                         "WHERE completed_at > now() - interval '15 minutes' "
+                         "AND started_at IS NOT NULL",
+                         0, NULL, NULL, NULL, 0, store_on_rate, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
 
 /* ---- submit: the job row, its batches, idempotency ------------------------------------ */
 
 
 /* ---- embedding cache ------------------------------------------------------------------ */
 
+static void store_on_cache(int status, PGresult *res, void *arg)
+{
+    struct store_call *c = arg;
+    if (status < 0) {
+        struct bd_job_store_err e = store_err(res);
+        c->cb.cache(status, NULL, 0, &e, c->arg);
+        free(c);
+        return;
+    }
+    int n = PQntuples(res);
+    struct bd_job_cache_hit *hits = n > 0 ? calloc((size_t)n, sizeof(*hits)) : NULL;
+    unsigned count = 0;
+    for (int r = 0; hits && r < n; r++) {
+        if (PQgetlength(res, r, 0) != 64 || PQgetisnull(res, r, 1))
+            continue;
+        hits[count++] = (struct bd_job_cache_hit){
+            PQgetvalue(res, r, 0), (const unsigned char *)PQgetvalue(res, r, 1),
+            PQgetlength(res, r, 1) };
+    }
+    /* No memory for the hits is only a lost saving: report none. */
+    c->cb.cache(BD_OK, hits, count, NULL, c->arg);
+    free(hits);
+    free(c);
+}
+
+int bd_job_store_cache_lookup(struct bd_pg *pg, struct bd_buf *q, const char *keys,
+                              size_t stride, unsigned count, bd_job_store_cache_cb cb,
+                              void *arg)
+{
+    /* The keys are hex digests, so the array literal needs no quoting. */
+    bd_buf_reset(q);
+    bd_buf_puts(q, "{");
+    for (unsigned i = 0; i < count; i++) {
+        if (i)
+            bd_buf_puts(q, ",");
+        bd_buf_append(q, keys + (size_t)i * stride, 64);
+    }
+    bd_buf_puts(q, "}");
+    if (q->is_failed)
+        return BD_ENOMEM;
+    struct store_call *c = store_call_new(arg);
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.cache = cb;
+    const char *params[1] = { q->data };
+    int rc = bd_pg_query(pg,
+                         "SELECT text_hash, embedding FROM embedding_cache "
+                         "WHERE text_hash = ANY($1::text[])",
+                         1, params, NULL, NULL, 1, store_on_cache, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
+/* real[] in binary: ndim, flags, elemtype, (dim, lbound) per dimension, then (len, value)
+ * per element, all big-endian. */
+int bd_job_store_decode_real_array(const unsigned char *p, size_t len, unsigned dim, float *out)
+{
+    uint32_t v[5];
+    if (len < 20)
+        return BD_EINVAL;
+    memcpy(v, p, sizeof(v));
+    for (int i = 0; i < 5; i++)
+        v[i] = be32toh(v[i]);
+    if (v[0] != 1 || v[1] != 0 || v[2] != 700 || v[3] != dim || len != 20 + 8 * (size_t)dim)
+        return BD_EINVAL;
+    p += 20;
+    for (unsigned i = 0; i < dim; i++, p += 8) {
+        uint32_t bits;
+        memcpy(&bits, p + 4, 4);
+        bits = be32toh(bits);
+        memcpy(&out[i], &bits, 4);
+    }
+    return BD_OK;
+}

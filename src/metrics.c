@@ -6,14 +6,14 @@
  * duration histograms sit in a fixed array indexed by (operation, model slot), the slot
  * being the model's index in the config, so a job event is a few additions. Process
  * figures (CPU, RSS, fds) are read from getrusage and /proc only when asked for. Includes
- * job_engine.h for the state and operation enums and names only.
+ * job_types.h for the state and operation enums and names only.
  * SPDX-License-Identifier: MIT
  */
 #include "batchd/metrics.h"
 
 #include "batchd/buf.h"
 #include "batchd/config.h"
-#include "batchd/job_engine.h"
+#include "batchd/job_types.h"
 
 #include <assert.h>
 #include <dirent.h>

@@ -236,7 +236,11 @@ int bd_server_start(struct bd_server *srv, uv_loop_t *loop, const struct bd_conf
                bd_strerror(rc));
         goto fail;
     }
-    srv->jobs = bd_job_engine_new(srv, &rc);
+    struct bd_job_deps deps = {
+        .loop = loop, .cfg = cfg, .pg = srv->pg_jobs ? srv->pg_jobs : srv->pg,
+        .pg_sync = srv->pg, .rq = srv->rq, .models = srv->models, .metrics = srv->metrics,
+    };
+    srv->jobs = bd_job_engine_new(&deps, &rc);
     if (srv->jobs == NULL) {
         bd_log(BD_LOG_ERROR, "server", "event=job_engine_init_failed err=%s", bd_strerror(rc));
         goto fail;

@@ -13,32 +13,79 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-struct bd_server;
 struct bd_job_engine;
+struct bd_config;
+struct bd_pg;
+struct bd_rq;
+struct bd_metrics;
+struct bd_model_client;
+#include <uv.h>
 
-/* Job states as stored in jobs.status. */
-enum bd_job_state {
-    BD_JOB_QUEUED = 0,
-    BD_JOB_PROCESSING,
-    BD_JOB_COMPLETED,
-    BD_JOB_FAILED,
-    BD_JOB_CANCELLED,
+#include "batchd/job_types.h"
+
+/* ---- the one table of a job's life ------------------------------------------------------
+ *
+ *   queued     --start-->          processing
+ *   processing --start-->          processing   (taken over after a lost lease or crash)
+ *   processing --complete-->       completed    (every batch done; failed items counted)
+ *   processing --fail-->           failed       (all items failed, timeout, fatal error)
+ *   queued     --cancel-->         cancelled
+ *   processing --cancel-->         processing + cancel requested
+ *   processing --stop_cancelled--> cancelled    (the owner stopped after a cancel)
+ *   completed | failed | cancelled --retry--> queued
+ *
+ * Everything else is refused (BD_ECONFLICT). No other module changes a job's state: the
+ * API calls bd_job_cancel / bd_job_retry (and bd_job_submit), and the store's statements
+ * are compare-and-set on the source states this table gives. */
+enum bd_job_event {
+    BD_JOB_EV_START = 0,
+    BD_JOB_EV_COMPLETE,
+    BD_JOB_EV_FAIL,
+    BD_JOB_EV_CANCEL,
+    BD_JOB_EV_STOP_CANCELLED,
+    BD_JOB_EV_RETRY,
 };
-#define BD_JOB_STATE_COUNT 5
+#define BD_JOB_EVENT_COUNT 6
 
-enum bd_job_operation { BD_OP_BULK_EMBED = 0, BD_OP_BULK_INSERT };
+/* The state a job in `from` moves to on ev; *sets_cancel (may be NULL) tells whether the
+ * event records a cancel request. BD_OK, or BD_ECONFLICT when the table refuses. Pure. */
+int bd_job_transition(enum bd_job_state from, bool is_cancel_requested, enum bd_job_event ev,
+                      enum bd_job_state *to, bool *sets_cancel);
 
-/* "queued", "processing", ... / "bulk_embed", "bulk_insert" / "high", "normal", "low". */
-const char *bd_job_state_name(enum bd_job_state s);
-int bd_job_state_parse(const char *s, enum bd_job_state *out);       /* BD_OK / BD_EINVAL */
-const char *bd_job_operation_name(enum bd_job_operation op);
-int bd_job_operation_parse(const char *s, enum bd_job_operation *out);
-const char *bd_job_priority_name(int prio);
-int bd_job_priority_parse(const char *s, int *out);
+/* The states ev may leave, as a PostgreSQL text[] literal ("{queued,processing}") for the
+ * store's compare-and-set statements. Constant string. */
+const char *bd_job_event_sources(enum bd_job_event ev);
+const char *bd_job_event_name(enum bd_job_event ev);
 
-/* Create the engine (not yet claiming). NULL with *err on failure. srv is borrowed and
- * must outlive the engine; it reaches rq, pg, models and metrics through it. */
-struct bd_job_engine *bd_job_engine_new(struct bd_server *srv, int *err);
+/* ---- the engine ---------------------------------------------------------------------- */
+
+/* What the engine works with, all borrowed and outliving it. */
+struct bd_job_deps {
+    uv_loop_t *loop;
+    const struct bd_config *cfg;
+    struct bd_pg *pg;                  /* the engine's pool (asynchronous commit) */
+    struct bd_pg *pg_sync;             /* synchronous commit: cancel and retry answers */
+    struct bd_rq *rq;
+    struct bd_model_client *models;
+    struct bd_metrics *metrics;
+};
+
+/* Create the engine (not yet claiming). NULL with *err on failure. deps is copied. */
+struct bd_job_engine *bd_job_engine_new(const struct bd_job_deps *deps, int *err);
+
+/* Cancel a job (DELETE): queued -> cancelled at once; processing -> cancel requested,
+ * recorded in PostgreSQL (read by the owner before every batch, wherever it runs) and
+ * signalled to the owner (here directly, elsewhere through Redis). cb gets BD_OK with the
+ * state after the call, BD_ENOTFOUND, BD_ECONFLICT (terminal, or already being cancelled;
+ * `state` then says which) or a store error. Callback contract as usual. */
+typedef void (*bd_job_changed_cb)(int status, enum bd_job_state state, bool is_cancel_requested,
+                                  void *arg);
+int bd_job_cancel(struct bd_job_engine *e, const char *job_id, bd_job_changed_cb cb, void *arg);
+
+/* Retry a finished job's failed items and unfinished batches: terminal -> queued, then
+ * queued in Redis. cb: BD_OK (state queued), BD_ENOTFOUND, BD_ECONFLICT (not finished, or
+ * nothing to retry) or a store error. */
+int bd_job_retry(struct bd_job_engine *e, const char *job_id, bd_job_changed_cb cb, void *arg);
 
 /* Start claiming and the periodic timers (after PostgreSQL migrations completed). */
 void bd_job_engine_start(struct bd_job_engine *e);

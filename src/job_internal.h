@@ -1,0 +1,171 @@
+/* job_internal.h -- what the files of the job module share: struct bd_job, the engine,
+ * the phases. Private to src/job_run.c, src/job_write.c and src/job_maint.c.
+ *
+ * A job is a state machine: job->phase names the operation in flight, bd__job_step()
+ * starts it, and its callback records the outcome and then moves the phase on, arms the
+ * retry timer, or finishes the job. Each operation in flight holds one reference, taken
+ * in bd__job_step (or bd__job_arm_timer) and dropped by its callback.
+ */
+#ifndef BATCHD_JOB_INTERNAL_H
+#define BATCHD_JOB_INTERNAL_H
+
+#include "batchd/buf.h"
+#include "batchd/job_engine.h"
+#include "batchd/pg_store.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define JOB_REBUILD_INTERVAL_S 60.0
+#define JOB_WRITE_RETRY_MAX_S 5.0
+#define JOB_RETRY_DELAY_MAX_S 300.0
+/* A batch whose write PostgreSQL refuses for a reason a retry cannot fix (a value the
+ * server rejects) is tried this many times, then its items are marked failed. */
+#define JOB_WRITE_PERMANENT_MAX 3
+
+enum job_phase {
+    JOB_PHASE_START,          /* mark processing, read the job, ensure its collection */
+    JOB_PHASE_LOAD_BATCH,     /* read the first pending batch (and the cancel flag) */
+    JOB_PHASE_CACHE,          /* bulk_embed: vectors of texts already embedded by the model */
+    JOB_PHASE_EXECUTE,        /* model call (bulk_embed) or take given vectors (bulk_insert) */
+    JOB_PHASE_WRITE_ACQUIRE,  /* lease a connection for the batch's transaction */
+    JOB_PHASE_WRITE_BEGIN,    /* BEGIN, lock the batch row, check it is still pending */
+    JOB_PHASE_WRITE_STAGE,    /* stage the rows by binary COPY */
+    JOB_PHASE_WRITE_COMMIT,   /* vectors, item errors, checkpoint, COMMIT */
+    JOB_PHASE_FINISH,         /* terminal status in PostgreSQL */
+    JOB_PHASE_RELEASE,        /* drop (or hand back) the Redis lease */
+    JOB_PHASE_DONE,
+};
+
+/* One bulk_insert item inside a batch's packed payload: the id and metadata text and the
+ * embedding as a ready binary-COPY real[] value. */
+struct job_packed {
+    const char *id, *meta, *arr;
+    uint32_t id_len, meta_len, arr_len;
+};
+
+struct bd_job {
+    struct bd_job_engine *e;
+    struct bd_job *next, *prev;
+    unsigned refs;
+    enum job_phase phase;
+
+    char id[129];
+    enum bd_job_operation op;
+    char model[129];
+    char collection[64];
+    unsigned dim;
+    unsigned total_items, total_batches;
+    unsigned max_retries;
+    double timeout_s;
+    double run_started_unix;   /* start of the current run: timeout_s counts from here */
+    int run_attempt;
+    uint64_t claimed_ns;
+
+    /* outcome flags, checked between batches */
+    bool is_cancel_requested;
+    bool is_lease_lost;
+    bool is_handing_back;     /* engine stopping or lease lost: give the job back */
+    bool has_timer_armed;
+    bool has_final_state;     /* final_state decided (fatal error, timeout, cancel) */
+    enum bd_job_state final_state;
+    char error_code[48];
+    char error_message[512];
+
+    /* current batch */
+    int batch_no;
+    unsigned first_index;
+    unsigned item_count;
+    unsigned attempts;
+    json_t *items;            /* bulk_embed: the batch's input items (JSON array) */
+    struct bd_buf payload;    /* bulk_insert: the batch's packed items (job_batches.payload) */
+    struct job_packed *packed; /* bulk_insert: per item, slices of payload */
+    float *vectors;           /* item_count * dim, reused across batches */
+    size_t vectors_cap;
+    int *item_status;         /* per item: BD_OK or an error code */
+    const char **item_error;  /* per item: message when failed (static or in batch_error) */
+    size_t items_cap;
+    char batch_error[512];    /* message shared by the items of a failed batch */
+    bool is_batch_failed;     /* retries ran out: the last failed try is in attempts */
+    const char *batch_error_code;
+    uint64_t batch_start_ns;
+    unsigned batch_ok, batch_failed, batch_cache_hits;
+    struct bd_model_call *model_call;
+    struct bd_embed_input *inputs;
+    char *hashes;             /* item_count * 65: cache key (hex SHA-256) per item */
+    unsigned char *is_cached; /* per item: vector came from the cache */
+    unsigned *miss_index;     /* model input i is batch item miss_index[i] */
+    unsigned miss_count;
+    int32_t *ht;              /* hash -> first item index (-1 empty), 2^k slots */
+    int32_t *ht_next;         /* next item with the same hash */
+    size_t ht_cap;
+
+    /* write transaction */
+    struct bd_pg_conn *conn;
+    unsigned write_failures;
+    unsigned write_permanent; /* failures PostgreSQL will repeat (bad value, constraint) */
+    struct bd_pg_copybuf copy; /* binary COPY payload, reused */
+    struct bd_buf meta;       /* one item's metadata JSON, reused */
+    struct bd_buf sql;        /* statement text, reused */
+
+    uv_timer_t timer;         /* retry / backoff */
+
+    unsigned batches_run;     /* batches this process checkpointed (for logs) */
+};
+
+struct bd_job_engine {
+    struct bd_job_deps d;     /* the engine's dependencies, borrowed */
+    struct bd_job *jobs;
+    unsigned active;
+    struct bd_job_listener *listeners;
+
+    uv_timer_t claim_timer;
+    uv_timer_t renew_timer;
+    uv_timer_t reap_timer;
+    uv_timer_t sweep_timer;
+    uv_timer_t rebuild_timer;
+    uv_timer_t migrate_timer;
+    uv_timer_t tput_timer;
+    unsigned pending_closes;
+    unsigned pending_ops;     /* engine-level store calls whose callback is still due */
+    unsigned jobs_alive;      /* struct bd_job not yet freed (active or winding down) */
+    double throughput;        /* items/s over recently finished jobs, all processes */
+
+    bool is_ready;            /* migrations applied */
+    bool is_started;
+    bool is_claiming;
+    bool is_rebuilding;
+    bool is_stopping;
+    bool has_closed_timers;
+    bd_job_engine_stopped_cb stopped_cb;
+    void *stopped_arg;
+
+    struct bd_job_engine_stats stats;
+};
+
+/* job_run.c */
+void bd__job_ref(struct bd_job *job);
+void bd__job_unref(struct bd_job *job);
+void bd__job_step(struct bd_job *job);
+void bd__job_arm_timer(struct bd_job *job, double seconds);
+void bd__job_fire_timer_now(struct bd_job *job);
+bool bd__job_should_stop(struct bd_job *job);
+void bd__job_wind_down(struct bd_job *job);
+void bd__job_decide(struct bd_job *job, enum bd_job_event ev, const char *code,
+                    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+struct bd_job *bd__job_new(struct bd_job_engine *e, const char *id);
+struct bd_job *bd__job_find(const struct bd_job_engine *e, const char *id);
+const char *bd__job_phase_name(enum job_phase phase);
+void bd__job_notify(struct bd_job_engine *e, const char *job_id, bool is_final);
+
+/* job_write.c: the WRITE phases. */
+int bd__job_write_step(struct bd_job *job);
+void bd__job_fail_batch(struct bd_job *job, const char *code, const char *message);
+
+/* job_maint.c */
+void bd__engine_pump(struct bd_job_engine *e);
+void bd__engine_maybe_stopped(struct bd_job_engine *e);
+
+#endif

@@ -1,0 +1,883 @@
+/* job_run.c -- a job's life: the transition table, and the state machine that moves one
+ * job through its batches (start, load, cache lookup, execute, finish, release).
+ *
+ * Owns struct bd_job from claim to release. Loop thread only; never blocks. Reaches Redis,
+ * PostgreSQL and the models only through redis_queue.h, job_store.h and model_client.h;
+ * knows nothing of HTTP. The WRITE phases live in job_write.c, the engine's periodic work
+ * in job_maint.c.
+ *
+ * Exactly-once accounting: a batch's vectors, its item errors, its "done" mark and the
+ * job's counters are written in one transaction that first locks the batch row and checks
+ * it is still pending. A batch redone after a crash or a lost lease therefore never counts
+ * twice, and vectors are upserted by (collection, id) so it adds no duplicate row.
+ * SPDX-License-Identifier: MIT
+ */
+#include "job_internal.h"
+
+#include "batchd/config.h"
+#include "batchd/error.h"
+#include "batchd/job_store.h"
+#include "batchd/log.h"
+#include "batchd/metrics.h"
+#include "batchd/model_client.h"
+#include "batchd/redis_queue.h"
+#include "batchd/sha256.h"
+
+#include <assert.h>
+#include <endian.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- the transition table ------------------------------------------------------------ */
+
+#define NO_MOVE (-1)
+
+/* to[event][from]: the state after the event, or NO_MOVE. "cancel" from processing stays
+ * processing and records the request (job_transition_sets_cancel). */
+static const int job_table[BD_JOB_EVENT_COUNT][BD_JOB_STATE_COUNT] = {
+    /*                          queued          processing      completed  failed   cancelled */
+    [BD_JOB_EV_START]          = { BD_JOB_PROCESSING, BD_JOB_PROCESSING, NO_MOVE, NO_MOVE, NO_MOVE },
+    [BD_JOB_EV_COMPLETE]       = { NO_MOVE, BD_JOB_COMPLETED, NO_MOVE, NO_MOVE, NO_MOVE },
+    [BD_JOB_EV_FAIL]           = { NO_MOVE, BD_JOB_FAILED, NO_MOVE, NO_MOVE, NO_MOVE },
+    [BD_JOB_EV_CANCEL]         = { BD_JOB_CANCELLED, BD_JOB_PROCESSING, NO_MOVE, NO_MOVE, NO_MOVE },
+    [BD_JOB_EV_STOP_CANCELLED] = { NO_MOVE, BD_JOB_CANCELLED, NO_MOVE, NO_MOVE, NO_MOVE },
+    [BD_JOB_EV_RETRY]          = { NO_MOVE, NO_MOVE, BD_JOB_QUEUED, BD_JOB_QUEUED, BD_JOB_QUEUED },
+};
+
+/* The same table's columns as text[] literals, for compare-and-set in SQL; test_job_run
+ * checks they agree with job_table. */
+static const char *const job_sources[BD_JOB_EVENT_COUNT] = {
+    [BD_JOB_EV_START] = "{queued,processing}",
+    [BD_JOB_EV_COMPLETE] = "{processing}",
+    [BD_JOB_EV_FAIL] = "{processing}",
+    [BD_JOB_EV_CANCEL] = "{queued,processing}",
+    [BD_JOB_EV_STOP_CANCELLED] = "{processing}",
+    [BD_JOB_EV_RETRY] = "{completed,failed,cancelled}",
+};
+
+static const char *const job_event_names[BD_JOB_EVENT_COUNT] = {
+    "start", "complete", "fail", "cancel", "stop_cancelled", "retry",
+};
+
+int bd_job_transition(enum bd_job_state from, bool is_cancel_requested, enum bd_job_event ev,
+                      enum bd_job_state *to, bool *sets_cancel)
+{
+    if ((unsigned)from >= BD_JOB_STATE_COUNT || (unsigned)ev >= BD_JOB_EVENT_COUNT)
+        return BD_EINVAL;
+    int next = job_table[ev][from];
+    if (next == NO_MOVE)
+        return BD_ECONFLICT;
+    bool cancel = ev == BD_JOB_EV_CANCEL;
+    /* A cancel already requested is not requested again; the owner is stopping. */
+    if (cancel && from == BD_JOB_PROCESSING && is_cancel_requested)
+        return BD_ECONFLICT;
+    if (to)
+        *to = (enum bd_job_state)next;
+    if (sets_cancel)
+        *sets_cancel = cancel;
+    return BD_OK;
+}
+
+const char *bd_job_event_sources(enum bd_job_event ev)
+{
+    return (unsigned)ev < BD_JOB_EVENT_COUNT ? job_sources[ev] : "{}";
+}
+
+const char *bd_job_event_name(enum bd_job_event ev)
+{
+    return (unsigned)ev < BD_JOB_EVENT_COUNT ? job_event_names[ev] : "unknown";
+}
+
+static const char *const job_phase_names[] = {
+    "start", "load_batch", "cache", "execute", "write_acquire", "write_begin", "write_stage",
+    "write_commit", "finish", "release", "done",
+};
+
+const char *bd__job_phase_name(enum job_phase phase)
+{
+    return job_phase_names[phase];
+}
+
+/* ---- references, timers, listeners --------------------------------------------------- */
+
+static double job_now_unix(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static uint64_t job_ms(double s)
+{
+    return s <= 0 ? 0 : (uint64_t)(s * 1000.0 + 0.5);
+}
+
+/* The job's outcome, decided by an event of the table (fail, stop_cancelled) with its
+ * error; the first decision stands. */
+void bd__job_decide(struct bd_job *job, enum bd_job_event ev, const char *code,
+                    const char *fmt, ...)
+{
+    enum bd_job_state to;
+    va_list ap;
+
+    if (job->has_final_state || bd_job_transition(BD_JOB_PROCESSING, false, ev, &to, NULL) < 0)
+        return;
+    job->has_final_state = true;
+    job->final_state = to;
+    if (code == NULL)
+        return;
+    snprintf(job->error_code, sizeof(job->error_code), "%s", code);
+    va_start(ap, fmt);
+    vsnprintf(job->error_message, sizeof(job->error_message), fmt, ap);
+    va_end(ap);
+}
+
+void bd__job_ref(struct bd_job *job)
+{
+    job->refs++;
+}
+
+static void job_on_timer_closed(uv_handle_t *h)
+{
+    struct bd_job *job = h->data;
+    struct bd_job_engine *e = job->e;
+
+    json_decref(job->items);
+    free(job->vectors);
+    free(job->item_status);
+    free(job->item_error);
+    free(job->inputs);
+    free(job->packed);
+    bd_buf_free(&job->payload);
+    free(job->hashes);
+    free(job->is_cached);
+    free(job->miss_index);
+    free(job->ht);
+    free(job->ht_next);
+    bd_pg_copybuf_free(&job->copy);
+    bd_buf_free(&job->meta);
+    bd_buf_free(&job->sql);
+    free(job);
+    e->jobs_alive--;
+    bd__engine_maybe_stopped(e);
+}
+
+void bd__job_unref(struct bd_job *job)
+{
+    assert(job->refs > 0);
+    if (--job->refs > 0)
+        return;
+    /* Last reference: the job has left the engine's list (JOB_PHASE_DONE). The timer is
+     * embedded, so the memory goes only in its close callback. */
+    assert(job->phase == JOB_PHASE_DONE);
+    uv_close((uv_handle_t *)&job->timer, job_on_timer_closed);
+}
+
+void bd__job_notify(struct bd_job_engine *e, const char *job_id, bool is_final)
+{
+    struct bd_job_listener *l = e->listeners, *next;
+    for (; l != NULL; l = next) {
+        next = l->next;                 /* a listener may unregister itself */
+        if (strcmp(l->job_id, job_id) == 0)
+            l->cb(job_id, is_final, l->arg);
+    }
+}
+
+/* Back-off for the batch's n-th retry: retry_delay * 2^(n-1), plus up to 50% jitter. */
+static double job_backoff_s(const struct bd_job_engine *e, unsigned attempt)
+{
+    double d = e->d.cfg->retry_delay_s * pow(2.0, attempt > 0 ? attempt - 1 : 0);
+    d *= 1.0 + 0.5 * ((double)rand() / (double)RAND_MAX);
+    return d > JOB_RETRY_DELAY_MAX_S ? JOB_RETRY_DELAY_MAX_S : d;
+}
+
+static void job_on_timer(uv_timer_t *t)
+{
+    struct bd_job *job = t->data;
+    job->has_timer_armed = false;
+    bd__job_step(job);
+    bd__job_unref(job);                 /* the reference the armed timer held */
+}
+
+void bd__job_arm_timer(struct bd_job *job, double seconds)
+{
+    bd__job_ref(job);
+    job->has_timer_armed = true;
+    uv_timer_start(&job->timer, job_on_timer, job_ms(seconds), 0);
+}
+
+/* Stop an armed retry timer and run the step now (cancel or shutdown). */
+void bd__job_fire_timer_now(struct bd_job *job)
+{
+    if (!job->has_timer_armed)
+        return;
+    uv_timer_stop(&job->timer);
+    uv_timer_start(&job->timer, job_on_timer, 0, 0);
+}
+
+/* Between operations: should the job stop going through batches? */
+bool bd__job_should_stop(struct bd_job *job)
+{
+    if (job->is_handing_back || job->is_lease_lost)
+        return true;
+    if (job->is_cancel_requested) {
+        bd__job_decide(job, BD_JOB_EV_STOP_CANCELLED, NULL, NULL);
+        return true;
+    }
+    if (job->has_final_state)
+        return true;
+    if (job->timeout_s > 0 && job->run_started_unix > 0 &&
+        job_now_unix() > job->run_started_unix + job->timeout_s) {
+        bd__job_decide(job, BD_JOB_EV_FAIL, "timeout", "job exceeded its timeout of %.0f s",
+                       job->timeout_s);
+        return true;
+    }
+    return false;
+}
+
+/* Go to FINISH (terminal state) or RELEASE (hand back), from between operations. */
+void bd__job_wind_down(struct bd_job *job)
+{
+    if (job->is_handing_back || job->is_lease_lost)
+        job->phase = JOB_PHASE_RELEASE;
+    else
+        job->phase = JOB_PHASE_FINISH;
+    bd__job_step(job);
+}
+
+/* ---- START: mark processing and read the job ------------------------------------------ */
+
+static void job_on_started(int status, const struct bd_job_start_row *row,
+                           const struct bd_job_store_err *err, void *arg)
+{
+    struct bd_job *job = arg;
+    struct bd_job_engine *e = job->e;
+
+    if (status < 0) {
+        /* Could not even read the job: hand it back after a pause, so a store that keeps
+         * failing is not hammered by an immediate claim-fail-release loop. */
+        bd_log(BD_LOG_WARN, "job", "job=%s event=start_failed err=%s", job->id, err->message);
+        job->is_handing_back = true;
+        job->phase = JOB_PHASE_RELEASE;
+        bd__job_arm_timer(job, 1.0);
+    } else if (row == NULL) {
+        /* Terminal or deleted: the queue entry was stale. Drop it without finishing. */
+        bd_log(BD_LOG_DEBUG, "job", "job=%s event=stale_claim", job->id);
+        job->phase = JOB_PHASE_RELEASE;
+        bd__job_step(job);
+    } else if (row->collection_dim < 0) {
+        /* The collection appeared concurrently (see bd_job_store_start): start again. */
+        bd_log(BD_LOG_DEBUG, "job", "job=%s event=collection_raced", job->id);
+        bd__job_arm_timer(job, 0.02);
+    } else {
+        job->op = row->op;
+        snprintf(job->model, sizeof(job->model), "%s", row->model);
+        snprintf(job->collection, sizeof(job->collection), "%s", row->collection);
+        job->total_items = row->total_items;
+        job->total_batches = row->total_batches;
+        job->timeout_s = row->timeout_s >= 0 ? row->timeout_s : e->d.cfg->job_timeout_s;
+        job->max_retries = row->max_retries >= 0 ? (unsigned)row->max_retries
+                                                 : e->d.cfg->retry_attempts;
+        job->is_cancel_requested = row->is_cancel_requested;
+        job->run_started_unix = row->run_started_unix > 0 ? row->run_started_unix
+                                                          : job_now_unix();
+        job->run_attempt = row->run_attempt;
+        job->dim = row->dim;
+        if (job->op == BD_OP_BULK_EMBED) {
+            const struct bd_model_config *mc = bd_config_get_model(e->d.cfg, job->model);
+            if (mc == NULL)
+                bd__job_decide(job, BD_JOB_EV_FAIL, "unknown_model",
+                               "model '%s' is not configured", job->model);
+            else
+                job->dim = mc->dimensions;
+        }
+        if (!job->has_final_state && row->collection_dim != (long)job->dim)
+            bd__job_decide(job, BD_JOB_EV_FAIL, "dimension_mismatch",
+                           "collection '%s' holds %ld-dimensional vectors, job has %u",
+                           job->collection, row->collection_dim, job->dim);
+        bd_log(BD_LOG_INFO, "job", "job=%s event=claimed operation=%s items=%u batches=%u",
+               job->id, bd_job_operation_name(job->op), job->total_items, job->total_batches);
+        if (bd__job_should_stop(job)) {
+            bd__job_wind_down(job);
+        } else {
+            job->phase = JOB_PHASE_LOAD_BATCH;
+            bd__job_step(job);
+        }
+    }
+    bd__job_unref(job);
+}
+
+/* ---- LOAD_BATCH ---------------------------------------------------------------------- */
+
+static int job_reserve_batch(struct bd_job *job, unsigned n)
+{
+    /* bulk_insert vectors stay in their packed form: no float buffer needed. */
+    size_t need = job->op == BD_OP_BULK_EMBED ? (size_t)n * job->dim : 0;
+    if (need > job->vectors_cap) {
+        float *v = realloc(job->vectors, need * sizeof(float));
+        if (v == NULL)
+            return BD_ENOMEM;
+        job->vectors = v;
+        job->vectors_cap = need;
+    }
+    if (n <= job->items_cap)
+        return BD_OK;
+#define JOB_GROW(field, size)                                                                 \
+    do {                                                                                      \
+        void *p_ = realloc(job->field, (size_t)n * (size));                                   \
+        if (p_ == NULL)                                                                       \
+            return BD_ENOMEM;                                                                 \
+        job->field = p_;                                                                      \
+    } while (0)
+    JOB_GROW(item_status, sizeof(int));
+    JOB_GROW(item_error, sizeof(char *));
+    JOB_GROW(inputs, sizeof(*job->inputs));
+    JOB_GROW(hashes, 65);
+    JOB_GROW(is_cached, 1);
+    JOB_GROW(miss_index, sizeof(unsigned));
+    JOB_GROW(ht_next, sizeof(int32_t));
+    JOB_GROW(packed, sizeof(*job->packed));
+#undef JOB_GROW
+    job->items_cap = n;
+    return BD_OK;
+}
+
+/* Copy the batch's packed payload (the row dies with the callback) and slice it into
+ * items. Returns NULL, or why the payload cannot be read. */
+static const char *job_unpack_batch(struct bd_job *job, const struct bd_job_batch_row *row)
+{
+    struct bd_buf *b = &job->payload;
+
+    if (row->payload == NULL)
+        return "it has no packed payload";
+    bd_buf_reset(b);
+    bd_buf_append(b, row->payload, row->payload_len);
+    if (b->is_failed)
+        return "out of memory";
+    const unsigned char *p = (const unsigned char *)b->data, *end = p + b->len;
+    for (unsigned i = 0; i < job->item_count; i++) {
+        const char *field[3];
+        uint32_t len[3];
+        for (int f = 0; f < 3; f++) {
+            uint32_t be;
+            if (end - p < 4)
+                return "the packed payload is truncated";
+            memcpy(&be, p, 4);
+            if ((len[f] = be32toh(be)) > (uint32_t)(end - p - 4))
+                return "the packed payload is truncated";
+            field[f] = (const char *)p + 4;
+            p += 4 + len[f];
+        }
+        job->packed[i] = (struct job_packed){ field[0], field[1], field[2],
+                                              len[0], len[1], len[2] };
+    }
+    return p == end ? NULL : "the packed payload has trailing bytes";
+}
+
+static void job_on_batch_loaded(int status, const struct bd_job_batch_row *row,
+                                const struct bd_job_store_err *err, void *arg)
+{
+    struct bd_job *job = arg;
+
+    if (status < 0) {
+        job->write_failures++;
+        bd_log(BD_LOG_WARN, "job", "job=%s event=load_failed err=%s", job->id, err->message);
+        bd__job_arm_timer(job, fmin(0.1 * job->write_failures, JOB_WRITE_RETRY_MAX_S));
+        bd__job_unref(job);
+        return;
+    }
+    job->write_failures = 0;
+    if (row->is_cancel_requested && !job->is_cancel_requested) {
+        /* Recorded in PostgreSQL by a DELETE that could not reach us through Redis. */
+        bd_log(BD_LOG_INFO, "job", "job=%s event=cancel_seen_in_store", job->id);
+        job->is_cancel_requested = true;
+    }
+    if (!row->has_batch) {                    /* no pending batch left */
+        job->phase = JOB_PHASE_FINISH;
+        bd__job_step(job);
+        bd__job_unref(job);
+        return;
+    }
+    if (bd__job_should_stop(job)) {
+        bd__job_wind_down(job);
+        bd__job_unref(job);
+        return;
+    }
+    const char *why = NULL;
+    json_decref(job->items);
+    job->items = NULL;
+    job->batch_no = row->batch_no;
+    job->first_index = row->first_index;
+    job->item_count = row->item_count;
+    job->attempts = row->attempts;
+    job->batch_start_ns = uv_hrtime();
+    job->batch_cache_hits = 0;
+    job->batch_error[0] = '\0';
+    job->batch_error_code = NULL;
+    job->is_batch_failed = false;
+    job->write_permanent = 0;
+    if (job_reserve_batch(job, job->item_count) != BD_OK) {
+        why = "out of memory";
+    } else if (job->op == BD_OP_BULK_INSERT) {
+        why = job_unpack_batch(job, row);
+    } else {
+        json_error_t jerr;
+        job->items = row->items_json ? json_loadb(row->items_json, row->items_len, 0, &jerr)
+                                     : NULL;
+        if (job->items == NULL || !json_is_array(job->items) ||
+            json_array_size(job->items) != job->item_count)
+            why = "its items are not a JSON array of the right length";
+    }
+    if (why) {
+        bd__job_decide(job, BD_JOB_EV_FAIL, "corrupt_batch",
+                       "batch %d of the job cannot be read: %s", job->batch_no, why);
+        bd__job_wind_down(job);
+    } else {
+        job->phase = job->op == BD_OP_BULK_EMBED ? JOB_PHASE_CACHE : JOB_PHASE_EXECUTE;
+        bd__job_step(job);
+    }
+    bd__job_unref(job);
+}
+
+/* ---- CACHE: texts this model already embedded (any job, any process) ------------------ */
+
+static uint32_t job_hex_hash(const char *hex)
+{
+    uint32_t h = 0;
+    for (int i = 0; i < 8; i++)
+        h = (h << 4) | (uint32_t)(hex[i] <= '9' ? hex[i] - '0' : hex[i] - 'a' + 10);
+    return h;
+}
+
+/* Keys: SHA-256 of (model, version, max_input_chars, text). Builds the hash -> items table
+ * used to scatter cached rows back (a text may appear several times in one batch). */
+static int job_cache_prepare(struct bd_job *job)
+{
+    const struct bd_model_config *mc = bd_config_get_model(job->e->d.cfg, job->model);
+    size_t cap = 16;
+
+    while (cap < (size_t)job->item_count * 2)
+        cap <<= 1;
+    if (cap > job->ht_cap) {
+        int32_t *ht = realloc(job->ht, cap * sizeof(int32_t));
+        if (ht == NULL)
+            return BD_ENOMEM;
+        job->ht = ht;
+        job->ht_cap = cap;
+    }
+    memset(job->ht, 0xff, job->ht_cap * sizeof(int32_t));
+    for (unsigned i = 0; i < job->item_count; i++) {
+        json_t *t = json_object_get(json_array_get(job->items, i), "text");
+        struct bd_sha256 sh;
+        unsigned char d[32];
+        char *hex = job->hashes + (size_t)i * 65;
+        static const char digits[] = "0123456789abcdef";
+
+        bd_sha256_init(&sh);
+        bd_sha256_update(&sh, job->model, strlen(job->model) + 1);
+        if (mc) {
+            char lim[24];
+            const char *ver = mc->version ? mc->version : "";
+            bd_sha256_update(&sh, ver, strlen(ver) + 1);
+            snprintf(lim, sizeof(lim), "%u", mc->max_input_chars);
+            bd_sha256_update(&sh, lim, strlen(lim) + 1);
+        }
+        bd_sha256_update(&sh, json_string_value(t) ? json_string_value(t) : "",
+                         json_string_length(t));
+        bd_sha256_final(&sh, d);
+        for (int k = 0; k < 32; k++) {
+            hex[2 * k] = digits[d[k] >> 4];
+            hex[2 * k + 1] = digits[d[k] & 15];
+        }
+        hex[64] = '\0';
+        job->is_cached[i] = 0;
+        size_t slot = job_hex_hash(hex) & (job->ht_cap - 1);
+        while (job->ht[slot] >= 0 && strcmp(job->hashes + (size_t)job->ht[slot] * 65, hex) != 0)
+            slot = (slot + 1) & (job->ht_cap - 1);
+        job->ht_next[i] = job->ht[slot];      /* chain items with the same text */
+        job->ht[slot] = (int32_t)i;
+    }
+    return BD_OK;
+}
+
+static void job_on_cache_rows(int status, const struct bd_job_cache_hit *hits, unsigned count,
+                              const struct bd_job_store_err *err, void *arg)
+{
+    struct bd_job *job = arg;
+
+    /* A cache that cannot be read is only a lost saving: embed everything. */
+    if (status < 0)
+        bd_log(BD_LOG_WARN, "job", "job=%s batch=%d event=cache_lookup_failed err=%s",
+               job->id, job->batch_no, err->message);
+    for (unsigned r = 0; status == BD_OK && r < count; r++) {
+        size_t slot = job_hex_hash(hits[r].hash) & (job->ht_cap - 1);
+        while (job->ht[slot] >= 0 &&
+               memcmp(job->hashes + (size_t)job->ht[slot] * 65, hits[r].hash, 64) != 0)
+            slot = (slot + 1) & (job->ht_cap - 1);
+        for (int32_t i = job->ht[slot]; i >= 0; i = job->ht_next[i]) {
+            float *v = job->vectors + (size_t)i * job->dim;
+            if (bd_job_store_decode_real_array(hits[r].embedding,
+                                               (size_t)hits[r].embedding_len, job->dim,
+                                               v) == BD_OK)
+                job->is_cached[i] = 1;
+        }
+    }
+    job->miss_count = 0;
+    job->batch_cache_hits = 0;
+    for (unsigned i = 0; i < job->item_count; i++) {
+        if (job->is_cached[i])
+            job->batch_cache_hits++;
+        else
+            job->miss_index[job->miss_count++] = i;
+    }
+    job->e->stats.cache_hits += job->batch_cache_hits;
+    job->e->stats.cache_misses += job->miss_count;
+    job->phase = JOB_PHASE_EXECUTE;
+    bd__job_step(job);
+    bd__job_unref(job);
+}
+
+static int job_cache_query(struct bd_job *job)
+{
+    int rc = job_cache_prepare(job);
+    if (rc < 0)
+        return rc;
+    return bd_job_store_cache_lookup(job->e->d.pg, &job->sql, job->hashes, 65, job->item_count,
+                                     job_on_cache_rows, job);
+}
+
+/* ---- EXECUTE ------------------------------------------------------------------------- */
+
+/* Cached items are already in place; the model's rows (for the misses only, in order)
+ * are scattered to their items. res is borrowed. */
+static void job_take_model_vectors(struct bd_job *job, const struct bd_embed_result *res)
+{
+    job->batch_ok = job->batch_failed = 0;
+    for (unsigned i = 0; i < job->item_count; i++) {
+        if (job->is_cached[i]) {
+            job->item_status[i] = BD_OK;
+            job->batch_ok++;
+        }
+    }
+    for (unsigned m = 0; res && m < job->miss_count; m++) {
+        unsigned i = job->miss_index[m];
+        job->item_status[i] = res->item_status[m];
+        if (res->item_status[m] == BD_OK) {
+            memcpy(job->vectors + (size_t)i * job->dim, res->vectors + (size_t)m * job->dim,
+                   job->dim * sizeof(float));
+            job->batch_ok++;
+        } else {
+            job->item_error[i] = "text is longer than the model's max_input_chars";
+            job->batch_failed++;
+        }
+    }
+}
+
+static void job_on_attempt_recorded(int status, const struct bd_job_store_err *err, void *arg)
+{
+    (void)status;
+    (void)err;
+    bd__job_unref(arg);
+}
+
+/* Make attempts and the last error visible in /debug while the batch is retried. */
+static void job_record_attempt(struct bd_job *job, const char *message)
+{
+    bd__job_ref(job);
+    if (bd_job_store_record_attempt(job->e->d.pg, job->id, job->batch_no, job->attempts,
+                                    message, job_on_attempt_recorded, job) < 0)
+        bd__job_unref(job);
+}
+
+static void job_on_model_done(int status, const struct bd_embed_result *res, const char *message,
+                              bool is_retryable, void *arg)
+{
+    struct bd_job *job = arg;
+    struct bd_job_engine *e = job->e;
+
+    job->model_call = NULL;
+    if (status == BD_ECANCELED || job->is_cancel_requested || job->is_handing_back ||
+        job->is_lease_lost) {
+        (void)bd__job_should_stop(job);     /* records a cancel as the outcome */
+        bd__job_wind_down(job);
+    } else if (status < 0) {
+        job->attempts++;
+        job_record_attempt(job, message);
+        bd_log(BD_LOG_WARN, "job", "job=%s batch=%d event=model_error err=%s attempt=%u/%u "
+               "retryable=%d msg=\"%s\"", job->id, job->batch_no, bd_err_api_code(status),
+               job->attempts, job->max_retries + 1, is_retryable, message ? message : "");
+        if (is_retryable && job->attempts <= job->max_retries) {
+            e->stats.batch_retries++;
+            bd__job_arm_timer(job, job_backoff_s(e, job->attempts));
+        } else {
+            char msg[512];
+            snprintf(msg, sizeof(msg), "%s", message ? message : bd_strerror(status));
+            bd__job_fail_batch(job, bd_err_api_code(status), msg);
+        }
+    } else {
+        job_take_model_vectors(job, res);
+        job->phase = JOB_PHASE_WRITE_ACQUIRE;
+        bd__job_step(job);
+    }
+    bd__job_unref(job);
+}
+
+/* bulk_insert: the vectors came with the job, validated at submit and stored as binary
+ * real[] values; an item whose stored dimension is not the collection's fails alone. */
+static void job_take_given_vectors(struct bd_job *job)
+{
+    job->batch_ok = job->batch_failed = 0;
+    for (unsigned i = 0; i < job->item_count; i++) {
+        const struct job_packed *pk = &job->packed[i];
+        uint32_t be = 0;
+        if (pk->arr_len == 20 + 8 * (size_t)job->dim)
+            memcpy(&be, pk->arr + 12, 4);
+        if (be32toh(be) != job->dim) {
+            job->item_status[i] = BD_EINVAL;
+            job->item_error[i] = "embedding has the wrong dimension";
+            job->batch_failed++;
+            continue;
+        }
+        job->item_status[i] = BD_OK;
+        job->batch_ok++;
+    }
+}
+
+/* Returns BD_OK when the phase moved on by itself (no call in flight: the step's
+ * reference is dropped here), 1 when a model call is in flight, or an error. */
+static int job_execute(struct bd_job *job)
+{
+    if (job->op == BD_OP_BULK_INSERT || job->miss_count == 0) {
+        if (job->op == BD_OP_BULK_INSERT)
+            job_take_given_vectors(job);
+        else
+            job_take_model_vectors(job, NULL);   /* every text came from the cache */
+        /* Continue on the next turn, so a job of many small batches yields the loop. */
+        job->phase = JOB_PHASE_WRITE_ACQUIRE;
+        bd__job_arm_timer(job, 0);
+        bd__job_unref(job);                      /* the step's reference: nothing in flight */
+        return BD_OK;
+    }
+    for (unsigned m = 0; m < job->miss_count; m++) {
+        json_t *t = json_object_get(json_array_get(job->items, job->miss_index[m]), "text");
+        job->inputs[m].text = json_string_value(t) ? json_string_value(t) : "";
+        job->inputs[m].len = json_string_length(t);
+    }
+    int rc = bd_model_embed(job->e->d.models, job->model, job->inputs, job->miss_count,
+                            job_on_model_done, job, &job->model_call);
+    return rc < 0 ? rc : 1;
+}
+
+/* ---- FINISH and RELEASE -------------------------------------------------------------- */
+
+static void job_on_finished(int status, const struct bd_job_finish_row *row,
+                            const struct bd_job_store_err *err, void *arg)
+{
+    struct bd_job *job = arg;
+
+    if (status < 0) {
+        job->write_failures++;
+        bd_log(BD_LOG_WARN, "job", "job=%s event=finish_failed err=%s", job->id, err->message);
+        if (job->is_handing_back) {
+            job->phase = JOB_PHASE_RELEASE;     /* shutting down: the next owner finishes */
+            bd__job_step(job);
+        } else {
+            bd__job_arm_timer(job, fmin(0.1 * job->write_failures, JOB_WRITE_RETRY_MAX_S));
+        }
+    } else {
+        const char *st = row ? bd_job_state_name(row->state) : "(not processing)";
+        bd_log(BD_LOG_INFO, "job", "job=%s event=finished status=%s processed=%lld failed=%lld "
+               "batches_here=%u error=%s", job->id, st, row ? row->processed : -1,
+               row ? row->failed : -1, job->batches_run,
+               job->error_code[0] ? job->error_code : "-");
+        if (row)
+            bd_metrics_job_finished(job->e->d.metrics, job->op,
+                                    bd_metrics_model_slot(job->e->d.cfg, job->model), st,
+                                    job_now_unix() - job->run_started_unix);
+        job->phase = JOB_PHASE_RELEASE;
+        bd__job_step(job);
+    }
+    bd__job_unref(job);
+}
+
+static int job_finish_query(struct bd_job *job)
+{
+    /* No decision yet: "complete", and the counters (and a cancel PostgreSQL recorded)
+     * decide in the statement. */
+    enum bd_job_state final = job->has_final_state ? job->final_state : BD_JOB_COMPLETED;
+    return bd_job_store_finish(job->e->d.pg, job->id, final, job->error_code,
+                               job->error_message, job_on_finished, job);
+}
+
+static void job_remove(struct bd_job *job)
+{
+    struct bd_job_engine *e = job->e;
+
+    if (job->prev)
+        job->prev->next = job->next;
+    else
+        e->jobs = job->next;
+    if (job->next)
+        job->next->prev = job->prev;
+    job->next = job->prev = NULL;
+    e->active--;
+}
+
+static void job_on_released(int status, long long value, void *arg)
+{
+    struct bd_job *job = arg;
+    struct bd_job_engine *e = job->e;
+
+    (void)value;
+    if (status < 0)
+        bd_log(BD_LOG_WARN, "job", "job=%s event=release_failed err=%s "
+               "note=lease_expires_and_reaper_returns_it", job->id, bd_strerror(status));
+    job->phase = JOB_PHASE_DONE;
+    job_remove(job);
+    bd__job_notify(e, job->id, true);
+    bd__job_unref(job);                       /* this operation's reference */
+    bd__job_unref(job);                       /* the engine's reference */
+    if (e->is_stopping)
+        bd__engine_maybe_stopped(e);
+    else
+        bd__engine_pump(e);
+}
+
+static int job_release(struct bd_job *job)
+{
+    if (job->is_lease_lost) {
+        /* Not ours any more: nothing to release. Finish on the next turn. */
+        job->phase = JOB_PHASE_DONE;
+        bd__job_arm_timer(job, 0);
+        bd__job_unref(job);                   /* the step's reference: nothing in flight */
+        return BD_OK;
+    }
+    return bd_rq_release(job->e->d.rq, job->id, job->is_handing_back, job_on_released, job);
+}
+
+/* ---- the step dispatcher ------------------------------------------------------------- */
+
+/* Start the operation of the current phase. The reference taken here belongs to the
+ * operation; its callback drops it. */
+void bd__job_step(struct bd_job *job)
+{
+    int err = BD_OK;
+
+    if (job->phase == JOB_PHASE_DONE) {
+        /* Reached only through job_release's lease-lost path (timer). */
+        bd__job_ref(job);
+        job_on_released(BD_OK, 0, job);
+        return;
+    }
+    if ((job->phase == JOB_PHASE_LOAD_BATCH || job->phase == JOB_PHASE_CACHE ||
+         job->phase == JOB_PHASE_EXECUTE) && bd__job_should_stop(job)) {
+        bd__job_wind_down(job);
+        return;
+    }
+    bd__job_ref(job);
+    switch (job->phase) {
+    case JOB_PHASE_START:
+        err = bd_job_store_start(job->e->d.pg, job->id, job->e->d.cfg->worker_id,
+                                 bd_job_event_sources(BD_JOB_EV_START), job_on_started, job);
+        break;
+    case JOB_PHASE_LOAD_BATCH:
+        err = bd_job_store_load_batch(job->e->d.pg, job->id, job_on_batch_loaded, job);
+        break;
+    case JOB_PHASE_CACHE:
+        err = job_cache_query(job);
+        break;
+    case JOB_PHASE_EXECUTE:
+        err = job_execute(job);
+        break;
+    case JOB_PHASE_WRITE_ACQUIRE:
+    case JOB_PHASE_WRITE_BEGIN:
+    case JOB_PHASE_WRITE_STAGE:
+    case JOB_PHASE_WRITE_COMMIT:
+        err = bd__job_write_step(job);
+        break;
+    case JOB_PHASE_FINISH:
+        err = job_finish_query(job);
+        break;
+    case JOB_PHASE_RELEASE:
+        err = job_release(job);
+        break;
+    default:
+        assert(!"phase has no async operation");
+        err = BD_EINTERNAL;
+    }
+    if (err >= 0)
+        return;
+    bd__job_unref(job);                       /* the callee will not call back */
+    bd_log(BD_LOG_WARN, "job", "job=%s event=step_failed phase=%s err=%s", job->id,
+           job_phase_names[job->phase], bd_strerror(err));
+    if (job->phase == JOB_PHASE_EXECUTE) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "could not start the model request: %s", bd_strerror(err));
+        if (err == BD_ENOTFOUND) {
+            bd__job_decide(job, BD_JOB_EV_FAIL, "unknown_model", "model '%s' is not configured",
+                           job->model);
+            job->phase = JOB_PHASE_FINISH;
+            bd__job_step(job);
+        } else {
+            bd__job_fail_batch(job, "processing_error", msg);
+        }
+    } else if (job->phase == JOB_PHASE_RELEASE) {
+        bd__job_ref(job);                     /* job_on_released drops an operation ref */
+        job_on_released(err, 0, job);
+    } else {
+        /* A store call could not even be sent (store down): try this phase again soon. */
+        bd__job_arm_timer(job, 1.0);
+    }
+}
+
+struct bd_job *bd__job_new(struct bd_job_engine *e, const char *id)
+{
+    struct bd_job *job = calloc(1, sizeof(*job));
+    if (job == NULL)
+        return NULL;
+    job->e = e;
+    job->refs = 1;                            /* the engine's reference */
+    snprintf(job->id, sizeof(job->id), "%s", id);
+    job->claimed_ns = uv_hrtime();
+    bd_pg_copybuf_init(&job->copy);
+    bd_buf_init(&job->meta);
+    bd_buf_init(&job->sql);
+    bd_buf_init(&job->payload);
+    uv_timer_init(e->d.loop, &job->timer);
+    job->timer.data = job;
+    job->next = e->jobs;
+    if (e->jobs)
+        e->jobs->prev = job;
+    e->jobs = job;
+    e->active++;
+    e->jobs_alive++;
+    return job;
+}
+
+struct bd_job *bd__job_find(const struct bd_job_engine *e, const char *id)
+{
+    for (struct bd_job *j = e->jobs; j; j = j->next)
+        if (strcmp(j->id, id) == 0)
+            return j;
+    return NULL;
+}
+
+bool bd_job_engine_cancel_local(struct bd_job_engine *e, const char *job_id)
+{
+    struct bd_job *job = bd__job_find(e, job_id);
+    if (job == NULL)
+        return false;
+    if (!job->is_cancel_requested) {
+        bd_log(BD_LOG_INFO, "job", "job=%s event=cancel_requested phase=%s", job->id,
+               job_phase_names[job->phase]);
+        job->is_cancel_requested = true;
+        if (job->model_call)
+            bd_model_abort(job->model_call);
+        bd__job_fire_timer_now(job);
+    }
+    return true;
+}

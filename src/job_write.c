@@ -1,0 +1,319 @@
+/* job_write.c -- the WRITE phases of a job: one transaction per batch that stages the
+ * batch's rows by binary COPY, then upserts the vectors, records item errors and
+ * checkpoints the batch and the job's counters.
+ *
+ * Part of the job module (job_internal.h); loop thread only, never blocks. A store error
+ * is not the batch's fault: transient ones (connection, serialization, deadlock,
+ * resources) are retried until PostgreSQL is back; one that PostgreSQL will repeat (a
+ * value it refuses) is tried JOB_WRITE_PERMANENT_MAX times, then the batch's items are
+ * marked failed with PostgreSQL's message and the job goes on (no poison batch).
+ * SPDX-License-Identifier: MIT
+ */
+#include "job_internal.h"
+
+#include "batchd/config.h"
+#include "batchd/error.h"
+#include "batchd/job_store.h"
+#include "batchd/log.h"
+#include "batchd/metrics.h"
+
+#include <assert.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Every item of the batch fails with the batch's error (retries ran out, or not
+ * retryable). The write phases still run: they record the errors and the checkpoint. */
+void bd__job_fail_batch(struct bd_job *job, const char *code, const char *message)
+{
+    snprintf(job->batch_error, sizeof(job->batch_error), "%s", message);
+    job->batch_error_code = code;
+    job->is_batch_failed = true;
+    job->batch_ok = job->batch_failed = 0;
+    for (unsigned i = 0; i < job->item_count; i++) {
+        /* Items served from the embedding cache still have their vector. */
+        if (job->op == BD_OP_BULK_EMBED && job->is_cached[i] && code != NULL &&
+            strcmp(code, "store_error") != 0) {
+            job->item_status[i] = BD_OK;
+            job->batch_ok++;
+            continue;
+        }
+        job->item_status[i] = BD_EMODEL;
+        job->item_error[i] = job->batch_error;
+        job->batch_failed++;
+    }
+    job->e->stats.batches_failed++;
+    job->phase = JOB_PHASE_WRITE_ACQUIRE;
+    bd__job_step(job);
+}
+
+/* The metadata stored with each vector: the item's metadata, plus "text" for bulk_embed.
+ * Written into the job's reusable buffer (no allocation per item once it has grown). */
+static void job_build_metadata(struct bd_job *job, struct bd_buf *b, json_t *item)
+{
+    json_t *meta = json_object_get(item, "metadata");
+    bool has_meta = json_is_object(meta) && json_object_size(meta) > 0;
+
+    bd_buf_reset(b);
+    if (job->op == BD_OP_BULK_EMBED) {
+        json_t *t = json_object_get(item, "text");
+        bd_buf_puts(b, "{\"text\":");
+        bd_buf_json_string(b, json_string_value(t) ? json_string_value(t) : "",
+                           json_string_length(t));
+        if (!has_meta) {
+            bd_buf_puts(b, "}");
+            return;
+        }
+        bd_buf_puts(b, ",");                    /* the item's members follow "text" */
+    } else if (!has_meta) {
+        bd_buf_puts(b, "{}");
+        return;
+    }
+    size_t need = json_dumpb(meta, NULL, 0, JSON_COMPACT);
+    if (bd_buf_reserve(b, need) != BD_OK)
+        return;
+    json_dumpb(meta, b->data + b->len, need, JSON_COMPACT);
+    if (job->op == BD_OP_BULK_EMBED) {
+        /* Drop the item object's own '{': its members continue ours. */
+        memmove(b->data + b->len, b->data + b->len + 1, need - 1);
+        b->len += need - 1;
+    } else {
+        b->len += need;
+    }
+    b->data[b->len] = '\0';
+}
+
+/* INTEGRATION: one UTF-8 validator for the tree after merge. */
+static bool job_is_utf8(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    while (p < end) {
+        unsigned c = *p++, extra;
+        if (c < 0x80)
+            continue;
+        if (c >= 0xc2 && c <= 0xdf)
+            extra = 1;
+        else if (c >= 0xe0 && c <= 0xef)
+            extra = 2;
+        else if (c >= 0xf0 && c <= 0xf4)
+            extra = 3;
+        else
+            return false;
+        if ((size_t)(end - p) < extra)
+            return false;
+        unsigned cp = c & (0x3f >> extra);
+        for (unsigned k = 0; k < extra; k++, p++) {
+            if ((*p & 0xc0) != 0x80)
+                return false;
+            cp = cp << 6 | (*p & 0x3f);
+        }
+        if ((extra == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+            (extra == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+            return false;
+    }
+    return true;
+}
+
+static int job_build_copy(struct bd_job *job)
+{
+    struct bd_pg_copybuf *b = &job->copy;
+    char genid[160];
+
+    bd_job_store_stage_begin(b);
+    for (unsigned i = 0; i < job->item_count; i++) {
+        const struct job_packed *pk = job->op == BD_OP_BULK_INSERT ? &job->packed[i] : NULL;
+        json_t *item = pk ? NULL : json_array_get(job->items, i);
+        const char *id = pk ? pk->id : json_string_value(json_object_get(item, "id"));
+        size_t id_len = pk ? pk->id_len : json_string_length(json_object_get(item, "id"));
+        unsigned index = job->first_index + i;
+        if (id == NULL) {
+            snprintf(genid, sizeof(genid), "%s:%u", job->id, index);
+            id = genid;
+            id_len = strlen(genid);
+        }
+        if (job->item_status[i] == BD_OK && pk) {
+            bd_job_store_stage_vector(b, index, id, id_len, NULL, job->dim, pk->arr, pk->arr_len,
+                                      pk->meta, pk->meta_len, NULL);
+        } else if (job->item_status[i] == BD_OK) {
+            job_build_metadata(job, &job->meta, item);
+            /* Only vectors the model just computed go into the cache. */
+            bool to_cache = job->op == BD_OP_BULK_EMBED && !job->is_cached[i];
+            bd_job_store_stage_vector(b, index, id, id_len, job->vectors + (size_t)i * job->dim,
+                                      job->dim, NULL, 0, job->meta.data, job->meta.len,
+                                      to_cache ? job->hashes + (size_t)i * 65 : NULL);
+        } else {
+            const char *code = "processing_error";
+            if (job->item_status[i] == BD_EINVAL)
+                code = job->op == BD_OP_BULK_EMBED ? "input_too_long" : "invalid_input";
+            else if (job->batch_error_code)
+                code = job->batch_error_code;
+            /* An id PostgreSQL refuses (not UTF-8) is not stored with the error. */
+            bool keep_id = job_is_utf8(id, id_len);
+            bd_job_store_stage_error(b, index, keep_id ? id : NULL, id_len, code,
+                                     job->item_error[i]);
+        }
+    }
+    return job->meta.is_failed ? BD_ENOMEM : bd_job_store_stage_end(b);
+}
+
+static void job_write_failed(struct bd_job *job, const char *what,
+                             const struct bd_job_store_err *err)
+{
+    const char *msg = err ? err->message : "could not send";
+
+    job->write_failures++;
+    bd_log(BD_LOG_WARN, "job", "job=%s batch=%d event=write_failed step=%s attempt=%u "
+           "permanent=%d err=%s", job->id, job->batch_no, what, job->write_failures,
+           err && err->is_permanent, msg);
+    if (job->conn) {
+        bd_pg_release(job->conn);               /* rolls the transaction back */
+        job->conn = NULL;
+    }
+    job->phase = JOB_PHASE_WRITE_ACQUIRE;
+    if (bd__job_should_stop(job)) {
+        bd__job_wind_down(job);                 /* the batch is redone by the next owner */
+        return;
+    }
+    if (err && err->is_permanent && ++job->write_permanent >= JOB_WRITE_PERMANENT_MAX) {
+        if (job->write_permanent >= 2 * JOB_WRITE_PERMANENT_MAX) {
+            /* Even the batch's errors cannot be stored: stop the job, do not spin. */
+            bd__job_decide(job, BD_JOB_EV_FAIL, "store_error",
+                           "batch %d cannot be written: %s", job->batch_no, msg);
+            bd__job_wind_down(job);
+            return;
+        }
+        if (!job->is_batch_failed || job->write_permanent == JOB_WRITE_PERMANENT_MAX) {
+            char m[512];
+            snprintf(m, sizeof(m), "the store refused the batch: %s", msg);
+            job->write_failures = 0;
+            bd__job_fail_batch(job, "store_error", m);
+            return;
+        }
+    }
+    /* Retry the write (the vectors are kept) until PostgreSQL is back. */
+    bd__job_arm_timer(job, fmin(0.1 * (1u << (job->write_failures > 6 ? 6 : job->write_failures)),
+                                JOB_WRITE_RETRY_MAX_S));
+}
+
+static void job_on_committed(int status, const struct bd_job_store_err *err, void *arg)
+{
+    struct bd_job *job = arg;
+    struct bd_job_engine *e = job->e;
+
+    if (status < 0) {
+        job_write_failed(job, "commit", err);
+        bd__job_unref(job);
+        return;
+    }
+    bd_pg_release(job->conn);
+    job->conn = NULL;
+    job->write_failures = 0;
+    job->write_permanent = 0;
+    job->batches_run++;
+    e->stats.batches_done++;
+    bd_metrics_batch_done(e->d.metrics, job->op, bd_metrics_model_slot(e->d.cfg, job->model),
+                          (double)(uv_hrtime() - job->batch_start_ns) / 1e9, job->batch_ok,
+                          job->batch_failed, job->batch_cache_hits);
+    bd_log(BD_LOG_DEBUG, "job", "job=%s batch=%d event=checkpoint ok=%u failed=%u ms=%.1f",
+           job->id, job->batch_no, job->batch_ok, job->batch_failed,
+           (double)(uv_hrtime() - job->batch_start_ns) / 1e6);
+    bd__job_notify(e, job->id, false);
+    if (bd__job_should_stop(job)) {
+        bd__job_wind_down(job);
+    } else {
+        job->phase = JOB_PHASE_LOAD_BATCH;
+        bd__job_step(job);
+    }
+    bd__job_unref(job);
+}
+
+static void job_on_staged(int status, const struct bd_job_store_err *err, void *arg)
+{
+    struct bd_job *job = arg;
+    if (status < 0) {
+        job_write_failed(job, "copy", err);
+    } else {
+        job->phase = JOB_PHASE_WRITE_COMMIT;
+        bd__job_step(job);
+    }
+    bd__job_unref(job);
+}
+
+static void job_on_locked(int status, bool is_pending, const struct bd_job_store_err *err,
+                          void *arg)
+{
+    struct bd_job *job = arg;
+
+    if (status < 0) {
+        job_write_failed(job, "begin", err);
+    } else if (!is_pending) {
+        /* Someone else checkpointed this batch (we lost the job for a while): do not
+         * count it again. Roll back and look for the next pending batch. */
+        bd_log(BD_LOG_INFO, "job", "job=%s batch=%d event=batch_already_done", job->id,
+               job->batch_no);
+        bd_pg_release(job->conn);
+        job->conn = NULL;
+        job->phase = JOB_PHASE_LOAD_BATCH;
+        bd__job_step(job);
+    } else {
+        job->phase = JOB_PHASE_WRITE_STAGE;
+        bd__job_step(job);
+    }
+    bd__job_unref(job);
+}
+
+static void job_on_conn(int status, struct bd_pg_conn *conn, void *arg)
+{
+    struct bd_job *job = arg;
+    if (status < 0) {
+        job_write_failed(job, "acquire", NULL);
+    } else {
+        job->conn = conn;
+        job->phase = JOB_PHASE_WRITE_BEGIN;
+        bd__job_step(job);
+    }
+    bd__job_unref(job);
+}
+
+/* Start the current WRITE phase's operation (the caller holds the operation's reference).
+ * A failure to even send is handled here (retry or wind down) and reported as BD_OK, since
+ * the phase moved on; the caller's reference is then dropped here too. */
+int bd__job_write_step(struct bd_job *job)
+{
+    int rc;
+
+    switch (job->phase) {
+    case JOB_PHASE_WRITE_ACQUIRE:
+        rc = bd_pg_acquire(job->e->d.pg, job_on_conn, job);
+        break;
+    case JOB_PHASE_WRITE_BEGIN:
+        rc = bd_job_store_write_begin(job->conn, &job->sql, job->id, job->batch_no,
+                                      job_on_locked, job);
+        break;
+    case JOB_PHASE_WRITE_STAGE:
+        rc = job_build_copy(job);
+        if (rc == BD_OK)
+            rc = bd_job_store_write_stage(job->conn, &job->copy, job_on_staged, job);
+        break;
+    case JOB_PHASE_WRITE_COMMIT: {
+        struct bd_job_checkpoint cp = {
+            .job_id = job->id, .collection = job->collection, .batch_no = job->batch_no,
+            .run_attempt = job->run_attempt, .first_index = job->first_index,
+            .item_count = job->item_count, .ok = job->batch_ok, .failed = job->batch_failed,
+            .cache_hits = job->batch_cache_hits,
+            .attempts = job->attempts + (job->is_batch_failed ? 0 : 1),
+            .duration_ms = (unsigned)((uv_hrtime() - job->batch_start_ns) / 1000000u),
+        };
+        rc = bd_job_store_write_commit(job->conn, &job->sql, &cp, job_on_committed, job);
+        break;
+    }
+    default:
+        assert(!"not a write phase");
+        rc = BD_EINTERNAL;
+    }
+    if (rc < 0) {                              /* callee promised not to call back */
+        job_write_failed(job, "send", NULL);
+        bd__job_unref(job);
+    }
+    return BD_OK;
+}
