@@ -2,11 +2,9 @@
  * percent-decoding (bd_http_url_decode in src/http_server.c), the job-id check
  * (bd__api_is_job_id_valid) and the JSON text helpers the API uses.
  *
- * Why not the submit validation: api_validate_submit() and its bulk_insert fast path
- * (api_fast_body, api_fast_item) are static in src/api_jobs.c and reached only through the
- * submit handler, which first needs a ready job engine (Redis and PostgreSQL). This target
- * covers what the request goes through before it; fuzz_json_scan covers the scanner the
- * fast path is built on.
+ * The submit body's validation and its bulk_insert fast path (src/api_submit_parse.c) have
+ * their own target, fuzz_submit; fuzz_json_scan covers the scanner the fast path is built
+ * on. This target covers what the request goes through before it.
  *
  * Input: byte 0 picks the method (low 3 bits) and allow-buffer size (bit 3); the rest, up
  * to the first NUL, is a path. It is
