@@ -5,6 +5,10 @@
  * uv_poll on PQsocket; nothing here ever blocks the loop (no PQexec, no PQconnectdb).
  * Broken connections are reconnected with backoff. Loop thread only.
  *
+ * Sources: pg_store.c (pool, operations), pg_conn.c (one connection),
+ * pg_copy.c (binary COPY encoder), pg_schema.c (schema and bd_pg_migrate); the first two
+ * share src/pg_internal.h.
+ *
  * Callback contract (STYLE.md): a function that takes a callback returns < 0 and never
  * calls it, or returns BD_OK and calls it exactly once, asynchronously -- with BD_EPG when
  * the connection broke and BD_ECANCELED when the pool is closing.
@@ -55,7 +59,7 @@ int bd_pg_new(uv_loop_t *loop, const struct bd_pg_options *opt, struct bd_pg **o
  * freed, and cb called, only once every lease has been released. */
 void bd_pg_close(struct bd_pg *pg, bd_pg_done_cb cb, void *arg);
 
-/* Apply the versioned schema migrations (src/pg_schema.c) that are not yet in
+/* Apply the versioned schema migrations (the table in src/pg_schema.c) that are not yet in
  * schema_migrations, each in its own transaction under an advisory lock so several
  * processes may start at once. Running it twice is a no-op. Waits for a connection (so
  * fails with BD_EPG after acquire_timeout_s when PostgreSQL is down). A failing statement's
@@ -154,14 +158,5 @@ int bd_pg_copybuf_float4_array(struct bd_pg_copybuf *b, const float *v, size_t n
 /* jsonb from JSON text (the server validates it). */
 int bd_pg_copybuf_jsonb(struct bd_pg_copybuf *b, const char *json, size_t len);
 int bd_pg_copybuf_end(struct bd_pg_copybuf *b);                   /* trailer */
-
-/* ---- schema (src/pg_schema.c) ---------------------------------------------------------- */
-struct bd__pg_migration {
-    int version;
-    const char *name;
-    const char *sql;                  /* may hold several statements */
-};
-extern const struct bd__pg_migration bd__pg_migrations[];
-extern const unsigned bd__pg_migrations_count;
 
 #endif
