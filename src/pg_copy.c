@@ -7,7 +7,7 @@
 #include "batchd/pg_store.h"
 #include "batchd/error.h"
 
-#include <arpa/inet.h>
+#include <endian.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +44,7 @@ static int copybuf_grow(struct bd_pg_copybuf *b, size_t extra)
 
 static void copybuf_put16(struct bd_pg_copybuf *b, uint16_t v)
 {
-    uint16_t n = htons(v);
+    uint16_t n = htobe16(v);
 
     memcpy(b->data + b->len, &n, 2);
     b->len += 2;
@@ -52,7 +52,7 @@ static void copybuf_put16(struct bd_pg_copybuf *b, uint16_t v)
 
 static void copybuf_put32(struct bd_pg_copybuf *b, uint32_t v)
 {
-    uint32_t n = htonl(v);
+    uint32_t n = htobe32(v);
 
     memcpy(b->data + b->len, &n, 4);
     b->len += 4;
@@ -60,8 +60,10 @@ static void copybuf_put32(struct bd_pg_copybuf *b, uint32_t v)
 
 static void copybuf_put64(struct bd_pg_copybuf *b, uint64_t v)
 {
-    copybuf_put32(b, (uint32_t)(v >> 32));
-    copybuf_put32(b, (uint32_t)v);
+    uint64_t n = htobe64(v);
+
+    memcpy(b->data + b->len, &n, 8);
+    b->len += 8;
 }
 
 void bd_pg_copybuf_init(struct bd_pg_copybuf *b)

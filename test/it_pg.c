@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
+#include <endian.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -304,7 +304,7 @@ static void passes_text_binary_and_null_params(void **state)
     struct bd_pg *pg;
     struct bd_pg_conn *conn;
     struct qr q;
-    uint32_t seven = htonl(7);
+    uint32_t seven = htobe32(7);
     const char *values[3] = { "h\xc3\xa9llo 'quoted'", (const char *)&seven, NULL };
     int lengths[3] = { 0, 4, 0 };
     int formats[3] = { 0, 1, 0 };
@@ -332,7 +332,7 @@ static void passes_text_binary_and_null_params(void **state)
         assert_int_equal(q.status, BD_OK);
         assert_int_equal(q.len0, 4);
         memcpy(&got, q.bin0, 4);
-        assert_int_equal(ntohl(got), 258);
+        assert_int_equal(be32toh(got), 258);
     }
     /* the shorthand copies binary parameters too */
     bd_pg_release(conn);
