@@ -1,4 +1,5 @@
-/* pg_copy.c -- the binary COPY encoder (struct bd_pg_copybuf).
+/* pg_copy.c -- the binary COPY encoder (struct bd_pg_copybuf) and the decoder of the one
+ * binary value we read back whole, real[].
  *
  * Builds "COPY ... FROM STDIN WITH (FORMAT binary)" payloads for bd_pg_conn_copy_in: the
  * signature and header, tuples of length-prefixed fields, the trailer. Owns the buffer's
@@ -178,7 +179,8 @@ int bd_pg_copybuf_bool(struct bd_pg_copybuf *b, bool v)
     return BD_OK;
 }
 
-/* Array binary format: ndim, has-null flag, element type OID, then per dimension its size
+/* ---- real[] in binary: both directions ------------------------------------------------
+ * Array binary format: ndim, has-null flag, element type OID, then per dimension its size
  * and lower bound, then each element as length + value; all big-endian. An empty array has
  * ndim 0 and no dimension entries. */
 
@@ -209,6 +211,41 @@ int bd_pg_copybuf_float4_array(struct bd_pg_copybuf *b, const float *v, size_t n
         memcpy(&bits, &v[i], sizeof(bits));
         copybuf_put32(b, 4);
         copybuf_put32(b, bits);
+    }
+    return BD_OK;
+}
+
+static uint32_t pg_get32(const unsigned char *p)
+{
+    uint32_t n;
+
+    memcpy(&n, p, 4);
+    return be32toh(n);
+}
+
+int bd_pg_float4_array_decode(const char *p, size_t len, size_t n, float *out)
+{
+    const unsigned char *u = (const unsigned char *)p;
+
+    if (p == NULL)
+        return BD_EINVAL;
+    if (n == 0)                         /* '{}' is ndim 0; a 1-D array of 0 also decodes */
+        return len == 12 && pg_get32(u) == 0 && pg_get32(u + 8) == PG_FLOAT4_OID
+                   ? BD_OK
+                   : BD_EINVAL;
+    if (n > (SIZE_MAX - PG_ARRAY_HEAD) / 8 || len != PG_ARRAY_HEAD + 8 * n)
+        return BD_EINVAL;
+    if (pg_get32(u) != 1 || pg_get32(u + 4) != 0 || pg_get32(u + 8) != PG_FLOAT4_OID ||
+        pg_get32(u + 12) != n)
+        return BD_EINVAL;
+    u += PG_ARRAY_HEAD;
+    for (size_t i = 0; i < n; i++, u += 8) {
+        uint32_t bits;
+
+        if (pg_get32(u) != 4)           /* -1 would be a NULL element */
+            return BD_EINVAL;
+        bits = pg_get32(u + 4);
+        memcpy(&out[i], &bits, 4);
     }
     return BD_OK;
 }

@@ -159,4 +159,10 @@ int bd_pg_copybuf_float4_array(struct bd_pg_copybuf *b, const float *v, size_t n
 int bd_pg_copybuf_jsonb(struct bd_pg_copybuf *b, const char *json, size_t len);
 int bd_pg_copybuf_end(struct bd_pg_copybuf *b);                   /* trailer */
 
+/* Decode a binary real[] value (a binary-format result column, or a field written by
+ * bd_pg_copybuf_float4_array without its length word) of exactly n elements into out[0..n).
+ * Returns BD_OK, or BD_EINVAL when p[0..len) is not a one-dimensional float4 array of n
+ * non-NULL elements (out may then be partly written). n == 0 accepts '{}'. No allocation. */
+int bd_pg_float4_array_decode(const char *p, size_t len, size_t n, float *out);
+
 #endif
