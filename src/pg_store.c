@@ -1,5 +1,5 @@
 /* pg_store.c -- the PostgreSQL pool: leases, FIFO waiters, the operations on a leased
- * connection (query, COPY IN, pipeline) and bd_pg_query.
+ * connection (query, COPY IN, pipeline), bd_pg_query, and the SQLSTATE classifier.
  *
  * Owns struct bd_pg, its array of connections, the FIFO of bd_pg_acquire waiters and the
  * pool's timers. One connection's life (connect, poll, read, reconnect) is in pg_conn.c,
@@ -609,3 +609,32 @@ int bd_pg_query(struct bd_pg *pg, const char *sql, int nparams, const char *cons
 }
 
 
+/* ---- error classes ------------------------------------------------------------------------ */
+
+enum bd_pg_error_class bd_pg_classify_sqlstate(const char *sqlstate)
+{
+    /* No SQLSTATE: libpq made the error itself, which it does when the connection is lost
+     * (or cannot be made). */
+    if (sqlstate == NULL || strlen(sqlstate) != 5)
+        return BD_PG_ERR_TRANSIENT;
+    /* 55P03 lock_not_available: a NOWAIT or lock_timeout lock that another session held. */
+    if (strcmp(sqlstate, "55P03") == 0)
+        return BD_PG_ERR_TRANSIENT;
+    /* 53400 configuration_limit_exceeded: the statement hit a server limit that the same
+     * statement will hit again, unlike the rest of class 53 (memory, disk, connections). */
+    if (strcmp(sqlstate, "53400") == 0)
+        return BD_PG_ERR_PERMANENT;
+    if (strncmp(sqlstate, "08", 2) == 0 ||      /* connection exception */
+        strncmp(sqlstate, "40", 2) == 0 ||      /* transaction rollback: 40001, 40P01, ... */
+        strncmp(sqlstate, "53", 2) == 0 ||      /* insufficient resources */
+        strncmp(sqlstate, "57", 2) == 0)        /* operator intervention: shutdown, cancel */
+        return BD_PG_ERR_TRANSIENT;
+    return BD_PG_ERR_PERMANENT;
+}
+
+enum bd_pg_error_class bd_pg_classify_error(const PGresult *res)
+{
+    if (res == NULL)
+        return BD_PG_ERR_TRANSIENT;
+    return bd_pg_classify_sqlstate(PQresultErrorField(res, PG_DIAG_SQLSTATE));
+}

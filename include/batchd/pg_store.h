@@ -5,7 +5,7 @@
  * uv_poll on PQsocket; nothing here ever blocks the loop (no PQexec, no PQconnectdb).
  * Broken connections are reconnected with backoff. Loop thread only.
  *
- * Sources: pg_store.c (pool, operations), pg_conn.c (one connection),
+ * Sources: pg_store.c (pool, operations, error classes), pg_conn.c (one connection),
  * pg_copy.c (binary COPY encoder), pg_schema.c (schema and bd_pg_migrate); the first two
  * share src/pg_internal.h.
  *
@@ -164,5 +164,26 @@ int bd_pg_copybuf_end(struct bd_pg_copybuf *b);                   /* trailer */
  * Returns BD_OK, or BD_EINVAL when p[0..len) is not a one-dimensional float4 array of n
  * non-NULL elements (out may then be partly written). n == 0 accepts '{}'. No allocation. */
 int bd_pg_float4_array_decode(const char *p, size_t len, size_t n, float *out);
+
+/* ---- error classes ------------------------------------------------------------------------
+ * Whether a failed statement is worth running again. TRANSIENT: the connection was lost
+ * (NULL result, or an error libpq made itself, which has no SQLSTATE), class 08 (connection
+ * exception), class 40 (transaction rollback: 40001 serialization failure, 40P01 deadlock),
+ * class 53 (insufficient resources: out of memory, disk full, too many connections) except
+ * 53400 configuration_limit_exceeded, class 57 (operator intervention: 57P01..57P03 admin or
+ * crash shutdown, 57014 query cancelled or statement_timeout) and 55P03 lock_not_available.
+ * PERMANENT: everything else (22021 bad UTF-8, 23xxx constraints, 42xxx bad SQL, ...): the
+ * same statement with the same data fails the same way. Pure functions; any thread. */
+enum bd_pg_error_class {
+    BD_PG_ERR_TRANSIENT,
+    BD_PG_ERR_PERMANENT,
+};
+
+/* Class of an error result as delivered to a bd_pg_result_cb with BD_EPG; res may be NULL
+ * (connection lost). Borrowed; not cleared. */
+enum bd_pg_error_class bd_pg_classify_error(const PGresult *res);
+
+/* Class of a five-character SQLSTATE ("40P01"); NULL or malformed counts as transient. */
+enum bd_pg_error_class bd_pg_classify_sqlstate(const char *sqlstate);
 
 #endif
