@@ -303,8 +303,8 @@ static void conn_start_pq(struct bd_pg_conn *conn, const char *hosts, const char
     uv_timer_start(&conn->timer, conn_on_timer, PG_CONNECT_TIMEOUT_MS, 0);
     /* libpq: behave as if PQconnectPoll had just returned PGRES_POLLING_WRITING. */
     err = conn_watch(conn, UV_WRITABLE, true);
-    if (err < 0)
-        bd__pg_conn_break(conn, err == UV_EBADF ? NULL : uv_strerror(err));   /* NULL: libpq's text */
+    if (err < 0)   /* NULL: libpq's own text */
+        bd__pg_conn_break(conn, err == UV_EBADF ? NULL : uv_strerror(err));
 }
 
 static void conn_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)

@@ -179,10 +179,9 @@ int bd_pg_copybuf_bool(struct bd_pg_copybuf *b, bool v)
     return BD_OK;
 }
 
-/* ---- real[] in binary: both directions ------------------------------------------------
- * Array binary format: ndim, has-null flag, element type OID, then per dimension its size
- * and lower bound, then each element as length + value; all big-endian. An empty array has
- * ndim 0 and no dimension entries. */
+/* real[] in binary, both directions. Array binary format: ndim, has-null flag, element
+ * type OID, then per dimension its size and lower bound, then each element as length +
+ * value; all big-endian. An empty array has ndim 0 and no dimension entries. */
 
 #define PG_FLOAT4_OID 700
 #define PG_ARRAY_HEAD 20                /* ndim, flags, oid, size, lower bound */

@@ -94,7 +94,7 @@ struct bd_pg {
     void *close_arg;
 };
 
-/* ---- pg_conn.c: one connection ----------------------------------------------------- */
+/* Defined in pg_conn.c: one connection. */
 
 /* Start connecting conn (PG_CONN_DOWN): resolve the host with uv_getaddrinfo if needed,
  * then PQconnectStartParams. Failures go through bd__pg_conn_break, never to the caller. */
@@ -119,7 +119,7 @@ struct bd__pg_op bd__pg_conn_shutdown(struct bd_pg_conn *conn);
 /* Keep a one-line copy of msg in conn->errbuf (NULL or empty: "unknown error"). */
 void bd__pg_conn_set_error(struct bd_pg_conn *conn, const char *msg);
 
-/* ---- pg_store.c: the pool ----------------------------------------------------------- */
+/* Defined in pg_store.c: the pool. */
 
 /* Hand free connections to waiters on the next loop turn, never inside the caller. */
 void bd__pg_pool_kick(struct bd_pg *pg);

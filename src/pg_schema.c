@@ -96,8 +96,7 @@ static const struct pg_migration pg_migrations[] = {
 
 #define PG_MIGRATIONS_COUNT (sizeof(pg_migrations) / sizeof(pg_migrations[0]))
 
-/* ---- bd_pg_migrate ---------------------------------------------------------------------- */
-
+/* bd_pg_migrate's state: one leased connection walking the table above, one step at a time. */
 enum pg_mig_step { MIG_CHECK, MIG_APPLY, MIG_RECORD, MIG_COMMIT };
 
 struct pg_migrate {

@@ -1,6 +1,7 @@
-/* it_pg.c -- integration suite for pg_store.c against the real PostgreSQL of the test stack
- * ($BATCH_POSTGRES_URL): queries, errors, COPY (text, binary, large), pipelines, the pool
- * (timeouts, FIFO, rollback on release, reconnect, close) and schema migrations.
+/* it_pg.c -- integration suite for the pg store (pg_store.h) against the real PostgreSQL
+ * of the test stack ($BATCH_POSTGRES_URL): queries, errors and their classes, COPY (text,
+ * binary, large), pipelines, the pool (timeouts, FIFO, rollback on release, reconnect,
+ * close) and schema migrations.
  *
  * Every case runs its own uv loop, counts its callbacks, checks that none ran before the
  * call that started it returned, and asserts uv_loop_close() == 0 at the end. Everything
