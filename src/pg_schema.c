@@ -1,10 +1,25 @@
-/* pg_schema.c -- the versioned PostgreSQL schema that bd_pg_migrate applies, in order.
+/* pg_schema.c -- the versioned PostgreSQL schema, and bd_pg_migrate that applies it.
  *
- * Owns nothing but constant tables. Each entry is applied once, in its own transaction,
- * and recorded in schema_migrations (see bd_pg_migrate in pg_store.c). Never edit an entry
- * that has shipped: add a new version instead.  SPDX-License-Identifier: MIT
+ * Owns the constant migration table and, while bd_pg_migrate runs, one leased connection.
+ * Each entry is applied once, in its own transaction, and recorded in schema_migrations.
+ * Never edit an entry that has shipped: add a new version instead. Reaches PostgreSQL only
+ * through the public pool API (pg_store.h). Loop thread only.  SPDX-License-Identifier: MIT
  */
 #include "batchd/pg_store.h"
+#include "batchd/error.h"
+#include "batchd/log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PG_MIGRATE_LOCK_KEY "7236281245920100001"   /* pg_advisory_xact_lock key (bigint) */
+
+struct pg_migration {
+    int version;
+    const char *name;
+    const char *sql;                  /* may hold several statements */
+};
 
 /* Large values (batch items, embeddings) are stored uncompressed out of line
  * (STORAGE EXTERNAL): they are written once, read whole, and compress poorly, so pglz
@@ -73,11 +88,139 @@ static const char pg_schema_v3_packed_batches[] =
     "ALTER TABLE job_batches ALTER COLUMN payload SET STORAGE EXTERNAL;\n"
     "ALTER TABLE job_batches ALTER COLUMN items DROP NOT NULL;\n";
 
-const struct bd__pg_migration bd__pg_migrations[] = {
+static const struct pg_migration pg_migrations[] = {
     { 1, "initial", pg_schema_v1_initial },
     { 2, "embedding_cache", pg_schema_v2_embedding_cache },
     { 3, "packed_batches", pg_schema_v3_packed_batches },
 };
 
-const unsigned bd__pg_migrations_count =
-    (unsigned)(sizeof(bd__pg_migrations) / sizeof(bd__pg_migrations[0]));
+#define PG_MIGRATIONS_COUNT (sizeof(pg_migrations) / sizeof(pg_migrations[0]))
+
+/* bd_pg_migrate's state: one leased connection walking the table above, one step at a time. */
+enum pg_mig_step { MIG_CHECK, MIG_APPLY, MIG_RECORD, MIG_COMMIT };
+
+struct pg_migrate {
+    struct bd_pg_conn *conn;
+    bd_pg_done_cb cb;
+    void *arg;
+    unsigned index;
+    enum pg_mig_step step;
+};
+
+static void migrate_on_result(int status, PGresult *res, void *arg);
+
+static void migrate_finish(struct pg_migrate *m, int status)
+{
+    bd_pg_done_cb cb = m->cb;
+    void *arg = m->arg;
+
+    if (m->conn != NULL)
+        bd_pg_release(m->conn);      /* rolls back a failed migration */
+    free(m);
+    cb(status, arg);
+}
+
+static void migrate_send(struct pg_migrate *m, enum pg_mig_step step, const char *sql,
+                         int nparams, const char *const *values)
+{
+    int err;
+
+    m->step = step;
+    err = bd_pg_conn_query(m->conn, sql, nparams, values, NULL, NULL, 0, migrate_on_result, m);
+    if (err < 0)
+        migrate_finish(m, err);
+}
+
+/* Each migration: BEGIN, take the advisory lock (held to COMMIT, so a second process
+ * waits here and then sees the version recorded), make sure schema_migrations exists,
+ * look the version up; then apply and record it, or just commit. */
+static void migrate_next(struct pg_migrate *m)
+{
+    char sql[768];
+
+    if (m->index >= PG_MIGRATIONS_COUNT) {
+        migrate_finish(m, BD_OK);
+        return;
+    }
+    snprintf(sql, sizeof(sql),
+             "BEGIN; SELECT pg_advisory_xact_lock(" PG_MIGRATE_LOCK_KEY ");"
+             " CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY,"
+             " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());"
+             " SELECT count(*) FROM schema_migrations WHERE version = %d",
+             pg_migrations[m->index].version);
+    migrate_send(m, MIG_CHECK, sql, 0, NULL);
+}
+
+static void migrate_on_result(int status, PGresult *res, void *arg)
+{
+    struct pg_migrate *m = arg;
+    const struct pg_migration *mig = &pg_migrations[m->index];
+    char version[16];
+    const char *values[2];
+
+    if (status < 0) {
+        /* Only this function has the server's message, so it is logged here. */
+        bd_log(BD_LOG_ERROR, "pg", "migration failed version=%d name=%s step=%d err=\"%s\"",
+               mig->version, mig->name, (int)m->step,
+               res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)
+                           : bd_strerror(status));
+        migrate_finish(m, status);
+        return;
+    }
+    switch (m->step) {
+    case MIG_CHECK:
+        if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "0") != 0) {
+            migrate_send(m, MIG_COMMIT, "COMMIT", 0, NULL);
+            return;
+        }
+        migrate_send(m, MIG_APPLY, mig->sql, 0, NULL);
+        return;
+    case MIG_APPLY:
+        snprintf(version, sizeof(version), "%d", mig->version);
+        values[0] = version;
+        values[1] = mig->name;
+        migrate_send(m, MIG_RECORD,
+                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", 2, values);
+        return;
+    case MIG_RECORD:
+        bd_log(BD_LOG_INFO, "pg", "migration applied version=%d name=%s", mig->version,
+               mig->name);
+        migrate_send(m, MIG_COMMIT, "COMMIT", 0, NULL);
+        return;
+    case MIG_COMMIT:
+        m->index++;
+        migrate_next(m);
+        return;
+    }
+}
+
+static void migrate_on_conn(int status, struct bd_pg_conn *conn, void *arg)
+{
+    struct pg_migrate *m = arg;
+
+    if (status < 0) {
+        migrate_finish(m, status);
+        return;
+    }
+    m->conn = conn;
+    migrate_next(m);
+}
+
+int bd_pg_migrate(struct bd_pg *pg, bd_pg_done_cb cb, void *arg)
+{
+    struct pg_migrate *m;
+    int err;
+
+    if (pg == NULL || cb == NULL)
+        return BD_EINVAL;
+    m = calloc(1, sizeof(*m));
+    if (m == NULL)
+        return BD_ENOMEM;
+    m->cb = cb;
+    m->arg = arg;
+    err = bd_pg_acquire(pg, migrate_on_conn, m);
+    if (err < 0)
+        free(m);
+    return err;
+}
+

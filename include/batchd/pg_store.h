@@ -5,6 +5,10 @@
  * uv_poll on PQsocket; nothing here ever blocks the loop (no PQexec, no PQconnectdb).
  * Broken connections are reconnected with backoff. Loop thread only.
  *
+ * Sources: pg_store.c (pool, operations, error classes), pg_conn.c (one connection),
+ * pg_copy.c (binary COPY encoder), pg_schema.c (schema and bd_pg_migrate); the first two
+ * share src/pg_internal.h.
+ *
  * Callback contract (STYLE.md): a function that takes a callback returns < 0 and never
  * calls it, or returns BD_OK and calls it exactly once, asynchronously -- with BD_EPG when
  * the connection broke and BD_ECANCELED when the pool is closing.
@@ -55,7 +59,7 @@ int bd_pg_new(uv_loop_t *loop, const struct bd_pg_options *opt, struct bd_pg **o
  * freed, and cb called, only once every lease has been released. */
 void bd_pg_close(struct bd_pg *pg, bd_pg_done_cb cb, void *arg);
 
-/* Apply the versioned schema migrations (src/pg_schema.c) that are not yet in
+/* Apply the versioned schema migrations (the table in src/pg_schema.c) that are not yet in
  * schema_migrations, each in its own transaction under an advisory lock so several
  * processes may start at once. Running it twice is a no-op. Waits for a connection (so
  * fails with BD_EPG after acquire_timeout_s when PostgreSQL is down). A failing statement's
@@ -155,13 +159,31 @@ int bd_pg_copybuf_float4_array(struct bd_pg_copybuf *b, const float *v, size_t n
 int bd_pg_copybuf_jsonb(struct bd_pg_copybuf *b, const char *json, size_t len);
 int bd_pg_copybuf_end(struct bd_pg_copybuf *b);                   /* trailer */
 
-/* ---- schema (src/pg_schema.c) ---------------------------------------------------------- */
-struct bd__pg_migration {
-    int version;
-    const char *name;
-    const char *sql;                  /* may hold several statements */
+/* Decode a binary real[] value (a binary-format result column, or a field written by
+ * bd_pg_copybuf_float4_array without its length word) of exactly n elements into out[0..n).
+ * Returns BD_OK, or BD_EINVAL when p[0..len) is not a one-dimensional float4 array of n
+ * non-NULL elements (out may then be partly written). n == 0 accepts '{}'. No allocation. */
+int bd_pg_float4_array_decode(const char *p, size_t len, size_t n, float *out);
+
+/* ---- error classes ------------------------------------------------------------------------
+ * Whether a failed statement is worth running again. TRANSIENT: the connection was lost
+ * (NULL result, or an error libpq made itself, which has no SQLSTATE), class 08 (connection
+ * exception), class 40 (transaction rollback: 40001 serialization failure, 40P01 deadlock),
+ * class 53 (insufficient resources: out of memory, disk full, too many connections) except
+ * 53400 configuration_limit_exceeded, class 57 (operator intervention: 57P01..57P03 admin or
+ * crash shutdown, 57014 query cancelled or statement_timeout) and 55P03 lock_not_available.
+ * PERMANENT: everything else (22021 bad UTF-8, 23xxx constraints, 42xxx bad SQL, ...): the
+ * same statement with the same data fails the same way. Pure functions; any thread. */
+enum bd_pg_error_class {
+    BD_PG_ERR_TRANSIENT,
+    BD_PG_ERR_PERMANENT,
 };
-extern const struct bd__pg_migration bd__pg_migrations[];
-extern const unsigned bd__pg_migrations_count;
+
+/* Class of an error result as delivered to a bd_pg_result_cb with BD_EPG; res may be NULL
+ * (connection lost). Borrowed; not cleared. */
+enum bd_pg_error_class bd_pg_classify_error(const PGresult *res);
+
+/* Class of a five-character SQLSTATE ("40P01"); NULL or malformed counts as transient. */
+enum bd_pg_error_class bd_pg_classify_sqlstate(const char *sqlstate);
 
 #endif

@@ -1,0 +1,274 @@
+/* pg_copy.c -- the binary COPY encoder (struct bd_pg_copybuf) and the decoder of the one
+ * binary value we read back whole, real[].
+ *
+ * Builds "COPY ... FROM STDIN WITH (FORMAT binary)" payloads for bd_pg_conn_copy_in: the
+ * signature and header, tuples of length-prefixed fields, the trailer. Owns the buffer's
+ * memory. Pure computation, no I/O; any thread.  SPDX-License-Identifier: MIT
+ */
+#include "batchd/pg_store.h"
+#include "batchd/error.h"
+
+#include <endian.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char pg_copy_signature[11] = { 'P', 'G', 'C', 'O', 'P', 'Y', '\n', '\377', '\r',
+                                            '\n', '\0' };
+
+static int copybuf_grow(struct bd_pg_copybuf *b, size_t extra)
+{
+    size_t cap;
+    char *data;
+
+    if (b->err < 0)
+        return b->err;
+    if (b->cap - b->len >= extra)
+        return BD_OK;
+    cap = b->cap > 0 ? b->cap : 4096;
+    while (cap - b->len < extra) {
+        if (cap > SIZE_MAX / 2) {
+            b->err = BD_ENOMEM;
+            return b->err;
+        }
+        cap *= 2;
+    }
+    data = realloc(b->data, cap);
+    if (data == NULL) {
+        b->err = BD_ENOMEM;
+        return b->err;
+    }
+    b->data = data;
+    b->cap = cap;
+    return BD_OK;
+}
+
+static void copybuf_put16(struct bd_pg_copybuf *b, uint16_t v)
+{
+    uint16_t n = htobe16(v);
+
+    memcpy(b->data + b->len, &n, 2);
+    b->len += 2;
+}
+
+static void copybuf_put32(struct bd_pg_copybuf *b, uint32_t v)
+{
+    uint32_t n = htobe32(v);
+
+    memcpy(b->data + b->len, &n, 4);
+    b->len += 4;
+}
+
+static void copybuf_put64(struct bd_pg_copybuf *b, uint64_t v)
+{
+    uint64_t n = htobe64(v);
+
+    memcpy(b->data + b->len, &n, 8);
+    b->len += 8;
+}
+
+void bd_pg_copybuf_init(struct bd_pg_copybuf *b)
+{
+    memset(b, 0, sizeof(*b));
+}
+
+void bd_pg_copybuf_reset(struct bd_pg_copybuf *b)
+{
+    b->len = 0;
+    b->err = BD_OK;
+}
+
+void bd_pg_copybuf_free(struct bd_pg_copybuf *b)
+{
+    free(b->data);
+    memset(b, 0, sizeof(*b));
+}
+
+int bd_pg_copybuf_reserve(struct bd_pg_copybuf *b, size_t bytes)
+{
+    return copybuf_grow(b, bytes);
+}
+
+int bd_pg_copybuf_begin(struct bd_pg_copybuf *b)
+{
+    if (copybuf_grow(b, sizeof(pg_copy_signature) + 8) < 0)
+        return b->err;
+    memcpy(b->data + b->len, pg_copy_signature, sizeof(pg_copy_signature));
+    b->len += sizeof(pg_copy_signature);
+    copybuf_put32(b, 0);    /* flags: no OIDs */
+    copybuf_put32(b, 0);    /* header extension length */
+    return BD_OK;
+}
+
+int bd_pg_copybuf_row(struct bd_pg_copybuf *b, unsigned ncols)
+{
+    if (ncols > INT16_MAX) {
+        b->err = b->err < 0 ? b->err : BD_EINVAL;
+        return b->err;
+    }
+    if (copybuf_grow(b, 2) < 0)
+        return b->err;
+    copybuf_put16(b, (uint16_t)ncols);
+    return BD_OK;
+}
+
+int bd_pg_copybuf_null(struct bd_pg_copybuf *b)
+{
+    if (copybuf_grow(b, 4) < 0)
+        return b->err;
+    copybuf_put32(b, UINT32_MAX);    /* length -1 */
+    return BD_OK;
+}
+
+int bd_pg_copybuf_bytes(struct bd_pg_copybuf *b, const void *p, size_t len)
+{
+    if (len > INT32_MAX) {
+        b->err = b->err < 0 ? b->err : BD_EINVAL;
+        return b->err;
+    }
+    if (copybuf_grow(b, 4 + len) < 0)
+        return b->err;
+    copybuf_put32(b, (uint32_t)len);
+    if (len > 0)
+        memcpy(b->data + b->len, p, len);
+    b->len += len;
+    return BD_OK;
+}
+
+int bd_pg_copybuf_text(struct bd_pg_copybuf *b, const char *s, size_t len)
+{
+    return bd_pg_copybuf_bytes(b, s, len);   /* text's binary form is its bytes */
+}
+
+int bd_pg_copybuf_int4(struct bd_pg_copybuf *b, int32_t v)
+{
+    if (copybuf_grow(b, 8) < 0)
+        return b->err;
+    copybuf_put32(b, 4);
+    copybuf_put32(b, (uint32_t)v);
+    return BD_OK;
+}
+
+int bd_pg_copybuf_int8(struct bd_pg_copybuf *b, int64_t v)
+{
+    if (copybuf_grow(b, 12) < 0)
+        return b->err;
+    copybuf_put32(b, 8);
+    copybuf_put64(b, (uint64_t)v);
+    return BD_OK;
+}
+
+int bd_pg_copybuf_float8(struct bd_pg_copybuf *b, double v)
+{
+    uint64_t bits;
+
+    memcpy(&bits, &v, sizeof(bits));
+    if (copybuf_grow(b, 12) < 0)
+        return b->err;
+    copybuf_put32(b, 8);
+    copybuf_put64(b, bits);
+    return BD_OK;
+}
+
+int bd_pg_copybuf_bool(struct bd_pg_copybuf *b, bool v)
+{
+    if (copybuf_grow(b, 5) < 0)
+        return b->err;
+    copybuf_put32(b, 1);
+    b->data[b->len++] = v ? 1 : 0;
+    return BD_OK;
+}
+
+/* real[] in binary, both directions. Array binary format: ndim, has-null flag, element
+ * type OID, then per dimension its size and lower bound, then each element as length +
+ * value; all big-endian. An empty array has ndim 0 and no dimension entries. */
+
+#define PG_FLOAT4_OID 700
+#define PG_ARRAY_HEAD 20                /* ndim, flags, oid, size, lower bound */
+
+int bd_pg_copybuf_float4_array(struct bd_pg_copybuf *b, const float *v, size_t n)
+{
+    size_t body = n > 0 ? PG_ARRAY_HEAD + n * 8 : 12;
+
+    if (n > (INT32_MAX - PG_ARRAY_HEAD) / 8) {
+        b->err = b->err < 0 ? b->err : BD_EINVAL;
+        return b->err;
+    }
+    if (copybuf_grow(b, 4 + body) < 0)
+        return b->err;
+    copybuf_put32(b, (uint32_t)body);
+    copybuf_put32(b, n > 0 ? 1 : 0);    /* ndim */
+    copybuf_put32(b, 0);                /* has nulls */
+    copybuf_put32(b, PG_FLOAT4_OID);
+    if (n > 0) {
+        copybuf_put32(b, (uint32_t)n);  /* dimension */
+        copybuf_put32(b, 1);            /* lower bound */
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+
+        memcpy(&bits, &v[i], sizeof(bits));
+        copybuf_put32(b, 4);
+        copybuf_put32(b, bits);
+    }
+    return BD_OK;
+}
+
+static uint32_t pg_get32(const unsigned char *p)
+{
+    uint32_t n;
+
+    memcpy(&n, p, 4);
+    return be32toh(n);
+}
+
+int bd_pg_float4_array_decode(const char *p, size_t len, size_t n, float *out)
+{
+    const unsigned char *u = (const unsigned char *)p;
+
+    if (p == NULL)
+        return BD_EINVAL;
+    if (n == 0)                         /* '{}' is ndim 0; a 1-D array of 0 also decodes */
+        return len == 12 && pg_get32(u) == 0 && pg_get32(u + 8) == PG_FLOAT4_OID
+                   ? BD_OK
+                   : BD_EINVAL;
+    if (n > (SIZE_MAX - PG_ARRAY_HEAD) / 8 || len != PG_ARRAY_HEAD + 8 * n)
+        return BD_EINVAL;
+    if (pg_get32(u) != 1 || pg_get32(u + 4) != 0 || pg_get32(u + 8) != PG_FLOAT4_OID ||
+        pg_get32(u + 12) != n)
+        return BD_EINVAL;
+    u += PG_ARRAY_HEAD;
+    for (size_t i = 0; i < n; i++, u += 8) {
+        uint32_t bits;
+
+        if (pg_get32(u) != 4)           /* -1 would be a NULL element */
+            return BD_EINVAL;
+        bits = pg_get32(u + 4);
+        memcpy(&out[i], &bits, 4);
+    }
+    return BD_OK;
+}
+
+int bd_pg_copybuf_jsonb(struct bd_pg_copybuf *b, const char *json, size_t len)
+{
+    if (len > INT32_MAX - 1) {
+        b->err = b->err < 0 ? b->err : BD_EINVAL;
+        return b->err;
+    }
+    if (copybuf_grow(b, 5 + len) < 0)
+        return b->err;
+    copybuf_put32(b, (uint32_t)(len + 1));
+    b->data[b->len++] = 1;              /* jsonb binary format version */
+    if (len > 0)
+        memcpy(b->data + b->len, json, len);
+    b->len += len;
+    return BD_OK;
+}
+
+int bd_pg_copybuf_end(struct bd_pg_copybuf *b)
+{
+    if (copybuf_grow(b, 2) < 0)
+        return b->err;
+    copybuf_put16(b, UINT16_MAX);       /* field count -1: end of data */
+    return BD_OK;
+}
