@@ -488,7 +488,8 @@ static int job_cache_prepare(struct bd_job *job)
         }
         bd_sha256_update(&sh, json_string_value(t) ? json_string_value(t) : "",
                          json_string_length(t));
-        bd_sha256_final(&sh, d);
+        if (bd_sha256_final(&sh, d) != BD_OK)
+            return BD_ENOMEM;                 /* the step is tried again shortly */
         for (int k = 0; k < 32; k++) {
             hex[2 * k] = digits[d[k] >> 4];
             hex[2 * k + 1] = digits[d[k] & 15];
@@ -520,9 +521,8 @@ static void job_on_cache_rows(int status, const struct bd_job_cache_hit *hits, u
             slot = (slot + 1) & (job->ht_cap - 1);
         for (int32_t i = job->ht[slot]; i >= 0; i = job->ht_next[i]) {
             float *v = job->vectors + (size_t)i * job->dim;
-            if (bd_job_store_decode_real_array(hits[r].embedding,
-                                               (size_t)hits[r].embedding_len, job->dim,
-                                               v) == BD_OK)
+            if (bd_pg_float4_array_decode(hits[r].embedding, (size_t)hits[r].embedding_len,
+                                          job->dim, v) == BD_OK)
                 job->is_cached[i] = 1;
         }
     }

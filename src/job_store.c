@@ -47,17 +47,6 @@ static struct store_call *store_call_new(void *arg)
     return c;
 }
 
-/* INTEGRATION: replaced by pg_store's classifier after merge. */
-static bool store_is_permanent(const PGresult *res)
-{
-    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    if (st == NULL || strlen(st) != 5)
-        return false;
-    return !(strncmp(st, "08", 2) == 0 || strncmp(st, "40", 2) == 0 ||
-             strncmp(st, "53", 2) == 0 || strncmp(st, "57", 2) == 0 ||
-             strcmp(st, "55P03") == 0);
-}
-
 /* The error of a failed statement: its text, and whether a retry could pass. */
 static struct bd_job_store_err store_err(const PGresult *res)
 {
@@ -66,7 +55,7 @@ static struct bd_job_store_err store_err(const PGresult *res)
         const char *msg = PQresultErrorMessage(res);
         e.message = msg && *msg ? msg : "statement failed";
     }
-    e.is_permanent = store_is_permanent(res);
+    e.is_permanent = bd_pg_classify_error(res) == BD_PG_ERR_PERMANENT;
     return e;
 }
 
@@ -753,7 +742,7 @@ static void store_on_cache(int status, PGresult *res, void *arg)
         if (PQgetlength(res, r, 0) != 64 || PQgetisnull(res, r, 1))
             continue;
         hits[count++] = (struct bd_job_cache_hit){
-            PQgetvalue(res, r, 0), (const unsigned char *)PQgetvalue(res, r, 1),
+            PQgetvalue(res, r, 0), PQgetvalue(res, r, 1),
             PQgetlength(res, r, 1) };
     }
     /* No memory for the hits is only a lost saving: report none. */
@@ -789,26 +778,4 @@ int bd_job_store_cache_lookup(struct bd_pg *pg, struct bd_buf *q, const char *ke
     if (rc < 0)
         free(c);
     return rc;
-}
-
-/* real[] in binary: ndim, flags, elemtype, (dim, lbound) per dimension, then (len, value)
- * per element, all big-endian. */
-int bd_job_store_decode_real_array(const unsigned char *p, size_t len, unsigned dim, float *out)
-{
-    uint32_t v[5];
-    if (len < 20)
-        return BD_EINVAL;
-    memcpy(v, p, sizeof(v));
-    for (int i = 0; i < 5; i++)
-        v[i] = be32toh(v[i]);
-    if (v[0] != 1 || v[1] != 0 || v[2] != 700 || v[3] != dim || len != 20 + 8 * (size_t)dim)
-        return BD_EINVAL;
-    p += 20;
-    for (unsigned i = 0; i < dim; i++, p += 8) {
-        uint32_t bits;
-        memcpy(&bits, p + 4, 4);
-        bits = be32toh(bits);
-        memcpy(&out[i], &bits, 4);
-    }
-    return BD_OK;
 }

@@ -89,7 +89,7 @@ int bd_job_store_record_attempt(struct bd_pg *pg, const char *job_id, int batch_
 /* Embedding cache: rows for the given keys (hex SHA-256). hits[i] borrowed during cb. */
 struct bd_job_cache_hit {
     const char *hash;                 /* 64 hex digits */
-    const unsigned char *embedding;   /* binary real[] (see bd_job_store_decode_real_array) */
+    const char *embedding;            /* binary real[] (bd_pg_float4_array_decode) */
     int embedding_len;
 };
 typedef void (*bd_job_store_cache_cb)(int status, const struct bd_job_cache_hit *hits,
@@ -100,9 +100,6 @@ typedef void (*bd_job_store_cache_cb)(int status, const struct bd_job_cache_hit 
 int bd_job_store_cache_lookup(struct bd_pg *pg, struct bd_buf *sql, const char *keys,
                               size_t stride, unsigned count, bd_job_store_cache_cb cb,
                               void *arg);
-/* A binary real[] of exactly dim elements into out. BD_OK or BD_EINVAL. */
-int bd_job_store_decode_real_array(const unsigned char *p, size_t len, unsigned dim,
-                                   float *out);
 
 /* ---- a batch's write: one transaction on a leased connection --------------------------
  * begin (lock the batch row, check it is still pending) -> stage rows by binary COPY ->
