@@ -10,6 +10,7 @@
 #define BATCHD_JOB_INTERNAL_H
 
 #include "batchd/buf.h"
+#include "batchd/hashtab.h"
 #include "batchd/job_engine.h"
 #include "batchd/pg_store.h"
 
@@ -98,9 +99,8 @@ struct bd_job {
     unsigned char *is_cached; /* per item: vector came from the cache */
     unsigned *miss_index;     /* model input i is batch item miss_index[i] */
     unsigned miss_count;
-    int32_t *ht;              /* hash -> first item index (-1 empty), 2^k slots */
-    int32_t *ht_next;         /* next item with the same hash */
-    size_t ht_cap;
+    struct bd_htab cache_index; /* cache key -> first item with it (keys in hashes) */
+    int32_t *ht_next;         /* next item with the same cache key, -1 at the end */
 
     /* write transaction */
     struct bd_pg_conn *conn;

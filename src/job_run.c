@@ -16,6 +16,7 @@
 
 #include "batchd/config.h"
 #include "batchd/error.h"
+#include "batchd/hashtab.h"
 #include "batchd/job_store.h"
 #include "batchd/log.h"
 #include "batchd/metrics.h"
@@ -156,7 +157,7 @@ static void job_on_timer_closed(uv_handle_t *h)
     free(job->hashes);
     free(job->is_cached);
     free(job->miss_index);
-    free(job->ht);
+    bd_htab_free(&job->cache_index);
     free(job->ht_next);
     bd_pg_copybuf_free(&job->copy);
     bd_buf_free(&job->meta);
@@ -445,31 +446,14 @@ static void job_on_batch_loaded(int status, const struct bd_job_batch_row *row,
 
 /* ---- CACHE: texts this model already embedded (any job, any process) ------------------ */
 
-static uint32_t job_hex_hash(const char *hex)
-{
-    uint32_t h = 0;
-    for (int i = 0; i < 8; i++)
-        h = (h << 4) | (uint32_t)(hex[i] <= '9' ? hex[i] - '0' : hex[i] - 'a' + 10);
-    return h;
-}
-
 /* Keys: SHA-256 of (model, version, max_input_chars, text). Builds the hash -> items table
  * used to scatter cached rows back (a text may appear several times in one batch). */
 static int job_cache_prepare(struct bd_job *job)
 {
     const struct bd_model_config *mc = bd_config_get_model(job->e->d.cfg, job->model);
-    size_t cap = 16;
 
-    while (cap < (size_t)job->item_count * 2)
-        cap <<= 1;
-    if (cap > job->ht_cap) {
-        int32_t *ht = realloc(job->ht, cap * sizeof(int32_t));
-        if (ht == NULL)
-            return BD_ENOMEM;
-        job->ht = ht;
-        job->ht_cap = cap;
-    }
-    memset(job->ht, 0xff, job->ht_cap * sizeof(int32_t));
+    if (bd_htab_reset(&job->cache_index, job->item_count) != BD_OK)
+        return BD_ENOMEM;
     for (unsigned i = 0; i < job->item_count; i++) {
         json_t *t = json_object_get(json_array_get(job->items, i), "text");
         struct bd_sha256 sh;
@@ -496,11 +480,12 @@ static int job_cache_prepare(struct bd_job *job)
         }
         hex[64] = '\0';
         job->is_cached[i] = 0;
-        size_t slot = job_hex_hash(hex) & (job->ht_cap - 1);
-        while (job->ht[slot] >= 0 && strcmp(job->hashes + (size_t)job->ht[slot] * 65, hex) != 0)
-            slot = (slot + 1) & (job->ht_cap - 1);
-        job->ht_next[i] = job->ht[slot];      /* chain items with the same text */
-        job->ht[slot] = (int32_t)i;
+        bool is_new;
+        uint32_t *first = bd_htab_put(&job->cache_index, hex, 64, &is_new);
+        if (first == NULL)
+            return BD_ENOMEM;
+        job->ht_next[i] = is_new ? -1 : (int32_t)*first;   /* chain items with one text */
+        *first = i;
     }
     return BD_OK;
 }
@@ -515,11 +500,8 @@ static void job_on_cache_rows(int status, const struct bd_job_cache_hit *hits, u
         bd_log(BD_LOG_WARN, "job", "job=%s batch=%d event=cache_lookup_failed err=%s",
                job->id, job->batch_no, err->message);
     for (unsigned r = 0; status == BD_OK && r < count; r++) {
-        size_t slot = job_hex_hash(hits[r].hash) & (job->ht_cap - 1);
-        while (job->ht[slot] >= 0 &&
-               memcmp(job->hashes + (size_t)job->ht[slot] * 65, hits[r].hash, 64) != 0)
-            slot = (slot + 1) & (job->ht_cap - 1);
-        for (int32_t i = job->ht[slot]; i >= 0; i = job->ht_next[i]) {
+        const uint32_t *first = bd_htab_get(&job->cache_index, hits[r].hash, 64);
+        for (int32_t i = first ? (int32_t)*first : -1; i >= 0; i = job->ht_next[i]) {
             float *v = job->vectors + (size_t)i * job->dim;
             if (bd_pg_float4_array_decode(hits[r].embedding, (size_t)hits[r].embedding_len,
                                           job->dim, v) == BD_OK)
@@ -847,6 +829,7 @@ struct bd_job *bd__job_new(struct bd_job_engine *e, const char *id)
     bd_buf_init(&job->meta);
     bd_buf_init(&job->sql);
     bd_buf_init(&job->payload);
+    bd_htab_init(&job->cache_index);
     uv_timer_init(e->d.loop, &job->timer);
     job->timer.data = job;
     job->next = e->jobs;
