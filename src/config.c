@@ -71,6 +71,7 @@
 #include "batchd/config.h"
 #include "batchd/error.h"
 #include "batchd/log.h"
+#include "batchd/url.h"
 
 #include <assert.h>
 #include <cyaml/cyaml.h>
@@ -304,6 +305,7 @@ static bool check_listen(const char *s, char *why, size_t whylen);
 static bool check_log_level(const char *s, char *why, size_t whylen);
 static bool check_worker_id(const char *s, char *why, size_t whylen);
 static bool check_redis_url(const char *s, char *why, size_t whylen);
+static bool check_postgres_url(const char *s, char *why, size_t whylen);
 static bool check_http_url(const char *s, char *why, size_t whylen);
 static bool check_name(const char *s, char *why, size_t whylen);
 static bool check_printable(const char *s, char *why, size_t whylen);
@@ -327,7 +329,7 @@ static const struct cfg_field cfg_fields[] = {
     T_STR(server, log_level, "BATCH_LOG_LEVEL", log_level, "info", check_log_level),
     T_STR(server, worker_id, "BATCH_WORKER_ID", worker_id, NULL, check_worker_id),
     T_STR(redis, url, "BATCH_REDIS_URL", redis_url, NULL, check_redis_url),
-    T_STR(postgres, url, "BATCH_POSTGRES_URL", postgres_url, NULL, NULL),
+    T_STR(postgres, url, "BATCH_POSTGRES_URL", postgres_url, NULL, check_postgres_url),
     T_UINT(postgres, pool_size, NULL, postgres_pool_size, 1, 64, "4"),
     T_UINT(jobs, max_concurrent_jobs, "BATCH_MAX_CONCURRENT_JOBS", max_concurrent_jobs,
            1, 1024, "3"),
@@ -715,25 +717,56 @@ static bool has_space(const char *s)
     return false;
 }
 
-static bool check_redis_url(const char *s, char *why, size_t whylen)
+/* Parse s with bd_url_parse() (url.h, libcurl's URL API), so a URL that a module would
+ * refuse at startup fails the config check instead, naming its key. On failure why reads
+ * "<what> (<detail>)"; the URL itself is never echoed, it may hold a password. */
+static bool check_url(const char *s, const char *const *schemes, const char *what,
+                      bool is_db_path, char *why, size_t whylen)
 {
-    if (!has_prefix(s, "redis://") || s[strlen("redis://")] == '\0' || has_space(s)) {
-        snprintf(why, whylen, "must be a redis:// URL (redis://host:port/db)");
-        return false;
+    struct bd_url u;
+    char detail[128] = "";
+    unsigned db;
+    int err = bd_url_parse(s, schemes, &u, detail, sizeof(detail));
+
+    if (err == BD_OK && u.query[0] != '\0') {
+        snprintf(detail, sizeof(detail), "no ?query allowed");
+        err = BD_EINVAL;
     }
-    return true;
+    if (err == BD_OK && is_db_path && bd_url_path_uint(&u, 1u << 20, &db) < 0) {
+        snprintf(detail, sizeof(detail), "the path must be a database number");
+        err = BD_EINVAL;
+    }
+    bd_url_free(&u);
+    if (err == BD_ENOMEM)
+        snprintf(detail, sizeof(detail), "out of memory");
+    if (err < 0)
+        snprintf(why, whylen, "%s (%s)", what, detail);
+    return err == BD_OK;
 }
 
+static bool check_redis_url(const char *s, char *why, size_t whylen)
+{
+    return check_url(s, bd_url_redis_schemes,
+                     "must be a redis:// URL: redis://[[user]:password@]host[:port][/db]", true,
+                     why, whylen);
+}
+
+/* A URL is checked here; anything without "://" is a libpq conninfo string
+ * ("host=... dbname=...") that pg_store.c hands to libpq as it is. */
+static bool check_postgres_url(const char *s, char *why, size_t whylen)
+{
+    if (strstr(s, "://") == NULL)
+        return true;
+    return check_url(s, bd_url_postgres_schemes,
+                     "must be a postgres:// or postgresql:// URL, or a conninfo string", false,
+                     why, whylen);
+}
+
+/* A model's base_url: "/api/embed" and the like are appended, hence no query. */
 static bool check_http_url(const char *s, char *why, size_t whylen)
 {
-    const char *rest = has_prefix(s, "http://")    ? s + strlen("http://")
-                       : has_prefix(s, "https://") ? s + strlen("https://")
-                                                   : NULL;
-    if (rest == NULL || *rest == '\0' || *rest == '/' || has_space(s)) {
-        snprintf(why, whylen, "must be an http:// or https:// URL");
-        return false;
-    }
-    return true;
+    return check_url(s, bd_url_http_schemes, "must be an http:// or https:// URL", false, why,
+                     whylen);
 }
 
 /* Printable ASCII, spaces allowed (a remote model name such as "BAAI/bge small"). */

@@ -10,6 +10,7 @@
 #include "batchd/http_server.h"
 #include "batchd/error.h"
 #include "batchd/log.h"
+#include "batchd/url.h"
 
 #include <assert.h>
 #include <jansson.h>
@@ -1336,13 +1337,13 @@ const char *bd_http_query_get(struct bd_http_request *req, const char *name)
         const char *key_end = eq ? eq : end;
         char key[256];
 
-        if (bd_http_url_decode(p, (size_t)(key_end - p), key, sizeof(key), 1) >= 0 &&
+        if (bd_url_decode(p, (size_t)(key_end - p), key, sizeof(key), 1) >= 0 &&
             strcmp(key, name) == 0) {
             const char *v = eq ? eq + 1 : end;
             size_t vlen = (size_t)(end - v);
             char *out = bd_http_alloc(req, vlen + 1);
 
-            if (out == NULL || bd_http_url_decode(v, vlen, out, vlen + 1, 1) < 0)
+            if (out == NULL || bd_url_decode(v, vlen, out, vlen + 1, 1) < 0)
                 return NULL;
             return out;
         }
@@ -1564,45 +1565,4 @@ const char *bd_http_status_text(int status)
     case 504: return "Gateway Timeout";
     default:  return "Unknown";
     }
-}
-
-static int hex_value(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c |= 0x20;                                     /* ASCII lower case */
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-long bd_http_url_decode(const char *in, size_t len, char *out, size_t outlen, int plus_is_space)
-{
-    size_t o = 0;
-
-    if (outlen == 0)
-        return -1;
-    for (size_t i = 0; i < len; i++) {
-        int c = (unsigned char)in[i];
-
-        if (c == '%') {
-            int hi, lo;
-
-            if (len - i < 3)
-                return -1;
-            hi = hex_value((unsigned char)in[i + 1]);
-            lo = hex_value((unsigned char)in[i + 2]);
-            if (hi < 0 || lo < 0)
-                return -1;
-            c = hi * 16 + lo;
-            i += 2;
-        } else if (c == '+' && plus_is_space) {
-            c = ' ';
-        }
-        if (c == '\0' || o + 1 >= outlen)          /* NUL would cut the string short */
-            return -1;
-        out[o++] = (char)c;
-    }
-    out[o] = '\0';
-    return (long)o;
 }
