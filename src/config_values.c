@@ -324,14 +324,6 @@ bool bd__config_check_worker_id(const char *s, char *why, size_t whylen)
     return check_charset(s, 128, why, whylen);
 }
 
-static bool has_space(const char *s)
-{
-    for (; *s != '\0'; s++)
-        if ((unsigned char)*s <= 0x20 || *s == 0x7f)
-            return true;
-    return false;
-}
-
 /* Parse s with bd_url_parse() (url.h, libcurl's URL API), so a URL that a module would
  * refuse at startup fails the config check instead, naming its key. On failure why reads
  * "<what> (<detail>)"; the URL itself is never echoed, it may hold a password. */
@@ -405,7 +397,8 @@ bool bd__config_check_printable(const char *s, char *why, size_t whylen)
 /* A secret that goes into an HTTP header: printable ASCII, no spaces. Never echoed. */
 bool bd__config_check_token(const char *s, char *why, size_t whylen)
 {
-    if (has_space(s) || !bd__config_check_printable(s, why, whylen)) {
+    /* Printable ASCII already excludes control bytes and DEL; only ' ' is left to refuse. */
+    if (strchr(s, ' ') != NULL || !bd__config_check_printable(s, why, whylen)) {
         snprintf(why, whylen, "must be printable ASCII without spaces, at most 256 characters");
         return false;
     }
