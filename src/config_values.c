@@ -13,6 +13,7 @@
 #include "batchd/url.h"
 
 #include <assert.h>
+#include <libpq-fe.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -328,14 +329,14 @@ bool bd__config_check_worker_id(const char *s, char *why, size_t whylen)
  * refuse at startup fails the config check instead, naming its key. On failure why reads
  * "<what> (<detail>)"; the URL itself is never echoed, it may hold a password. */
 static bool check_url(const char *s, const char *const *schemes, const char *what,
-                      bool is_db_path, char *why, size_t whylen)
+                      bool is_query_ok, bool is_db_path, char *why, size_t whylen)
 {
     struct bd_url u;
     char detail[128] = "";
     unsigned db;
     int err = bd_url_parse(s, schemes, &u, detail, sizeof(detail));
 
-    if (err == BD_OK && u.query[0] != '\0') {
+    if (err == BD_OK && !is_query_ok && u.query[0] != '\0') {
         snprintf(detail, sizeof(detail), "no ?query allowed");
         err = BD_EINVAL;
     }
@@ -354,26 +355,43 @@ static bool check_url(const char *s, const char *const *schemes, const char *wha
 bool bd__config_check_redis_url(const char *s, char *why, size_t whylen)
 {
     return check_url(s, bd_url_redis_schemes,
-                     "must be a redis:// URL: redis://[[user]:password@]host[:port][/db]", true,
+                     "must be a redis:// URL: redis://[[user]:password@]host[:port][/db]", false, true,
                      why, whylen);
 }
 
-/* A URL is checked here; anything without "://" is a libpq conninfo string
- * ("host=... dbname=...") that pg_store.c hands to libpq as it is. */
+/* libpq is the judge of what it accepts: a conninfo string ("host=... dbname=...") or a
+ * URL. A single-host URL also goes through bd_url_parse(), which names what is wrong (a
+ * bad port, a wrong scheme); the forms only libpq knows (no host: the Unix socket,
+ * "postgresql:///db"; several hosts, "postgresql://h1,h2:5433/db") are left to libpq.
+ * libpq's own message is not quoted: it may echo part of the value, and so a password. */
 bool bd__config_check_postgres_url(const char *s, char *why, size_t whylen)
 {
-    if (strstr(s, "://") == NULL)
-        return true;
-    return check_url(s, bd_url_postgres_schemes,
-                     "must be a postgres:// or postgresql:// URL, or a conninfo string", false,
-                     why, whylen);
+    const char *sep = strstr(s, "://");
+    PQconninfoOption *opts;
+    char *err = NULL;
+
+    if (sep != NULL && sep[3] != '/' && strchr(sep + 3, ',') == NULL &&
+        !check_url(s, bd_url_postgres_schemes,
+                   "must be a postgres:// or postgresql:// URL, or a conninfo string", true,
+                   false, why, whylen))
+        return false;
+    opts = PQconninfoParse(s, &err);
+    if (opts == NULL) {
+        snprintf(why, whylen, "%s",
+                 err != NULL ? "libpq cannot parse it as a URL or a conninfo string"
+                             : "out of memory");
+        PQfreemem(err);
+        return false;
+    }
+    PQconninfoFree(opts);
+    return true;
 }
 
 /* A model's base_url: "/api/embed" and the like are appended, hence no query. */
 bool bd__config_check_http_url(const char *s, char *why, size_t whylen)
 {
-    return check_url(s, bd_url_http_schemes, "must be an http:// or https:// URL", false, why,
-                     whylen);
+    return check_url(s, bd_url_http_schemes, "must be an http:// or https:// URL", false, false,
+                     why, whylen);
 }
 
 /* Printable ASCII, spaces allowed (a remote model name such as "BAAI/bge small"). */

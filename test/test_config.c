@@ -397,7 +397,7 @@ static void config_fails_naming_key_when_number_is_out_of_range(void **state)
     expect_file_error(STORES "jobs:\n  lease: nan\n", "jobs.lease", "not a number");
     expect_file_error(STORES "http:\n  request_timeout: 1e300\n", "http.request_timeout",
                       "<= 31536000");
-    expect_file_error("redis:\n  url: redis://x\npostgres:\n  url: x\n  pool_size: 0\n",
+    expect_file_error("redis:\n  url: redis://x\npostgres:\n  url: dbname=x\n  pool_size: 0\n",
                       "postgres.pool_size",
                       "must be between 1 and 64");
     expect_file_error(STORES "http:\n  max_body_bytes: 0\n", "http.max_body_bytes",
@@ -523,6 +523,8 @@ static void config_fails_naming_key_when_url_lacks_host_or_has_bad_parts(void **
                       "postgres.url", "scheme must be postgres:// or postgresql://");
     expect_file_error("redis:\n  url: redis://h\npostgres:\n  url: \"postgresql://:5432/db\"\n",
                       "postgres.url", "must be a postgres://");
+    expect_file_error("redis:\n  url: redis://h\npostgres:\n  url: \"host=h dbname\"\n",
+                      "postgres.url", "libpq cannot parse it");
     expect_file_error(STORES "models:\n  - name: a\n    provider: tei\n    dimensions: 4\n"
                       "    base_url: \"http://h/v1?x=1\"\n", "models[0].base_url", "no ?query");
 }
@@ -535,6 +537,20 @@ static void config_accepts_urls_when_well_formed(void **state)
     c = load_ok("redis:\n  url: \"redis://:p%40ss@[::1]:6380/3\"\n"
                 "postgres:\n  url: \"host=/run/pg dbname=x\"\n", no_env);
     assert_string_equal(c->postgres_url, "host=/run/pg dbname=x");   /* conninfo: as is */
+    bd_config_free(c);
+    /* libpq takes its parameters in the query: a postgres URL keeps it. */
+    c = load_ok("redis:\n  url: redis://h\npostgres:\n"
+                "  url: \"postgresql://u@h/db?sslmode=disable&options=-csearch_path%3Dx\"\n",
+                no_env);
+    assert_string_equal(c->postgres_url,
+                        "postgresql://u@h/db?sslmode=disable&options=-csearch_path%3Dx");
+    bd_config_free(c);
+    /* Forms only libpq knows: the Unix socket (no host) and several hosts. */
+    c = load_ok("redis:\n  url: redis://h\npostgres:\n"
+                "  url: \"postgresql:///batchd?host=/run/postgresql\"\n", no_env);
+    bd_config_free(c);
+    c = load_ok("redis:\n  url: redis://h\npostgres:\n"
+                "  url: \"postgresql://h1:5432,h2:5433/batchd\"\n", no_env);
     bd_config_free(c);
 }
 
