@@ -4,8 +4,9 @@
  * each value's parser and check, the environment overrides and the cross-field rules are
  * in config_values.c (config_internal.h shares the tables' types between the two).
  * Owns struct bd_config from bd_config_load() until bd_config_free(); nothing else made
- * here outlives a call. Startup only: it reads a file, so it must never run on the loop. No mutable statics: libcyaml's log lines are captured into a
- * struct on bd_config_load()'s stack, reached through cyaml_config.log_ctx.
+ * here outlives a call. Startup only: it reads a file, so it must never run on the loop.
+ * No mutable statics: libcyaml's log lines are captured into a struct on
+ * bd_config_load()'s stack, reached through cyaml_config.log_ctx.
  * SPDX-License-Identifier: MIT
  *
  * How a value is found: the built-in default, replaced by the file's value, replaced by
@@ -473,7 +474,7 @@ static int cfg_cyaml_fail(struct cfg_load *ld, const struct cfg_cyaml_log *lg, c
 
     if (!lg->has_problem)
         return bd__config_fail(ld, err == CYAML_ERR_OOM ? BD_ENOMEM : BD_EINVAL, "%s: %s", ld->path,
-                        cyaml_strerror(err));
+                               cyaml_strerror(err));
     cfg_cyaml_path(lg, path, sizeof(path));
 
     if (has_prefix(p, "Unexpected key: ")) {
@@ -486,25 +487,26 @@ static int cfg_cyaml_fail(struct cfg_load *ld, const struct cfg_cyaml_log *lg, c
         if (n > 0 && n < sizeof(hint) - 1)
             strcat(hint, ")");
         return bd__config_fail(ld, BD_EINVAL, "%s: %s%s%s: unknown key%s", ld->path, path,
-                        path[0] != '\0' ? "." : "", p + strlen("Unexpected key: "), hint);
+                               path[0] != '\0' ? "." : "", p + strlen("Unexpected key: "), hint);
     }
     if (has_prefix(p, "Mapping field already seen: "))
         return bd__config_fail(ld, BD_EINVAL, "%s: %s: duplicate key", ld->path, path);
     if (sscanf(p, "Expecting %31s got event: %31s", want, got) == 2) {
         want[strcspn(want, ",")] = '\0';
         return bd__config_fail(ld, BD_EINVAL, "%s: %s: expected %s, got %s", ld->path,
-                        path[0] != '\0' ? path : "top level",
-                        path[0] == '\0' ? "a mapping of sections" : cfg_cyaml_event_desc(want),
-                        cfg_cyaml_event_desc(got));
+                               path[0] != '\0' ? path : "top level",
+                               path[0] == '\0' ? "a mapping of sections"
+                                               : cfg_cyaml_event_desc(want),
+                               cfg_cyaml_event_desc(got));
     }
     /* libyaml does not say where a syntax error is, and the backtrace ends at the last key
      * that parsed, so name that key as a landmark rather than as the culprit. */
     if (has_prefix(p, "libyaml: ")) {
         if (path[0] != '\0')
-            return bd__config_fail(ld, BD_EINVAL, "%s: invalid YAML after %s (line %u): %s", ld->path,
-                            path, lg->line, p + strlen("libyaml: "));
+            return bd__config_fail(ld, BD_EINVAL, "%s: invalid YAML after %s (line %u): %s",
+                                   ld->path, path, lg->line, p + strlen("libyaml: "));
         return bd__config_fail(ld, BD_EINVAL, "%s: invalid YAML: %s", ld->path,
-                        p + strlen("libyaml: "));
+                               p + strlen("libyaml: "));
     }
     if (path[0] != '\0')
         return bd__config_fail(ld, BD_EINVAL, "%s: %s: %s", ld->path, path, p);
@@ -536,7 +538,7 @@ static int cfg_read_file(struct cfg_load *ld, uint8_t **data, size_t *len)
     if (n > CFG_MAX_FILE_BYTES) {
         free(buf);
         return bd__config_fail(ld, BD_EINVAL, "%s: larger than %u bytes; is this a config file?",
-                        ld->path, CFG_MAX_FILE_BYTES);
+                               ld->path, CFG_MAX_FILE_BYTES);
     }
     *data = buf;
     *len = n;
@@ -581,8 +583,10 @@ static int cfg_load_raw(struct cfg_load *ld, struct raw_config **raw)
         return cfg_cyaml_fail(ld, &lg, cerr);
     *raw = out;
     if (lg.has_more_documents)
-        return bd__config_fail(ld, BD_EINVAL, "%s: more than one YAML document (\"---\"); batchd "
-                        "reads exactly one", ld->path);
+        return bd__config_fail(ld, BD_EINVAL,
+                               "%s: more than one YAML document (\"---\"); batchd "
+                               "reads exactly one",
+                               ld->path);
     return BD_OK;
 }
 

@@ -44,8 +44,7 @@ int bd__config_fail_oom(struct cfg_load *ld)
 }
 
 /* "FILE: key: why" or, when the value came from the environment, "environment VAR: why". */
-int bd__config_fail_value(struct cfg_load *ld, const char *key, const char *env,
-                          const char *why)
+int bd__config_fail_value(struct cfg_load *ld, const char *key, const char *env, const char *why)
 {
     if (env != NULL)
         return bd__config_fail(ld, BD_EINVAL, "environment %s: %s", env, why);
@@ -128,8 +127,8 @@ static int parse_name(const char *s, const char *const *names, int n)
 
 /* Parse text as f's kind into base + f->cfg_off. BD_OK, BD_EINVAL with why filled, or
  * BD_ENOMEM. A string replaces (and frees) what was there. */
-int bd__config_parse_value(const struct cfg_field *f, const char *text, void *base,
-                           char *why, size_t whylen)
+int bd__config_parse_value(const struct cfg_field *f, const char *text, void *base, char *why,
+                           size_t whylen)
 {
     void *dst = (char *)base + f->cfg_off;
     char q[48];
@@ -355,8 +354,8 @@ static bool check_url(const char *s, const char *const *schemes, const char *wha
 bool bd__config_check_redis_url(const char *s, char *why, size_t whylen)
 {
     return check_url(s, bd_url_redis_schemes,
-                     "must be a redis:// URL: redis://[[user]:password@]host[:port][/db]", false, true,
-                     why, whylen);
+                     "must be a redis:// URL: redis://[[user]:password@]host[:port][/db]", false,
+                     true, why, whylen);
 }
 
 /* libpq is the judge of what it accepts: a conninfo string ("host=... dbname=...") or a
@@ -596,11 +595,15 @@ int bd__config_validate(struct cfg_load *ld, struct bd_config *cfg)
     int err;
 
     if (cfg->redis_url == NULL)
-        return bd__config_fail(ld, BD_EINVAL, "%s: redis.url: required (in the file or in "
-                        "BATCH_REDIS_URL)", ld->path);
+        return bd__config_fail(ld, BD_EINVAL,
+                               "%s: redis.url: required (in the file or in "
+                               "BATCH_REDIS_URL)",
+                               ld->path);
     if (cfg->postgres_url == NULL)
-        return bd__config_fail(ld, BD_EINVAL, "%s: postgres.url: required (in the file or in "
-                        "BATCH_POSTGRES_URL)", ld->path);
+        return bd__config_fail(ld, BD_EINVAL,
+                               "%s: postgres.url: required (in the file or in "
+                               "BATCH_POSTGRES_URL)",
+                               ld->path);
     if (cfg->default_batch_size > cfg->max_batch_size) {
         snprintf(why, sizeof(why), "must not exceed jobs.max_batch_size (%u)",
                  cfg->max_batch_size);

@@ -743,7 +743,7 @@ void bd_http_server_close(struct bd_http_server *srv, bd_http_closed_cb cb, void
         if (conn->is_lingering || (conn->head == NULL && conn->write_bytes == 0))
             bd__http_conn_close_now(conn);
         else if (conn->head == NULL)
-            bd__http_conn_close_graceful(conn);             /* let the last response reach the client */
+            bd__http_conn_close_graceful(conn);     /* let the last response reach the client */
         else
             bd__http_conn_update_timer(conn);
     }

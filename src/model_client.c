@@ -683,8 +683,8 @@ void bd_model_client_close(struct bd_model_client *mc, bd_model_closed_cb cb, vo
     mc->closed_cb = cb;
     mc->closed_arg = arg;
     while (!model_link_is_empty(&mc->calls))
-        bd__model_call_finish(MODEL_OF(mc->calls.next, struct bd_model_call, link), BD_ECANCELED, false,
-                    "model client is closing");
+        bd__model_call_finish(MODEL_OF(mc->calls.next, struct bd_model_call, link), BD_ECANCELED,
+                              false, "model client is closing");
     for (unsigned i = 0; i < mc->models_count; i++)
         uv_timer_stop(&mc->models[i].timer);
     uv_idle_start(&mc->idle, bd__model_on_idle);

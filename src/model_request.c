@@ -291,7 +291,7 @@ static void sub_start(struct model *m, struct model_sub *sub, double now)
     if (mrc != CURLM_OK) {
         bd__model_xfer_put(mc, x);
         bd__model_call_finish(call, BD_EMODELCONN, true, "cannot start a model request: %s",
-                    curl_multi_strerror(mrc));
+                              curl_multi_strerror(mrc));
         return;
     }
     sub->xfer = x;
@@ -370,9 +370,10 @@ static void sub_on_429(struct model *m, struct model_sub *sub, struct model_xfer
     rate_on_congestion(m, now, true);
     if (++sub->n429 >= t->max_consecutive_429) {
         sub->state = SUB_DONE;
-        bd__model_call_finish(call, BD_EMODELRATE, true,
-                    "model %s answered 429 Too Many Requests %u times to the same request",
-                    m->cfg->name, sub->n429);
+        bd__model_call_finish(
+            call, BD_EMODELRATE, true,
+            "model %s answered 429 Too Many Requests %u times to the same request", m->cfg->name,
+            sub->n429);
         return;
     }
     curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &ra);
@@ -426,26 +427,26 @@ void bd__model_sub_on_done(struct model_sub *sub, CURLcode result)
         m->stats.errors[is_timeout ? BD_MODEL_ERR_TIMEOUT : BD_MODEL_ERR_PROCESSING]++;
         breaker_on_failure(m, was_probe, now);
         bd__model_call_finish(call, is_timeout ? BD_EMODELTIMEOUT : BD_EMODEL, true,
-                    "model %s answered HTTP %ld: %s", m->cfg->name, http, text);
+                              "model %s answered HTTP %ld: %s", m->cfg->name, http, text);
     } else if (result == CURLE_OK) {
         /* Other 4xx (and stray 1xx/3xx): the request itself is wrong for this server (bad
          * key, unknown model, too many inputs); sending it again cannot help. */
         bd__model_wire_error_text(x->resp.data, x->resp.len, text, sizeof(text));
         m->stats.errors[BD_MODEL_ERR_PROCESSING]++;
         breaker_on_success(m);
-        bd__model_call_finish(call, BD_EFATAL, false, "model %s answered HTTP %ld: %s", m->cfg->name,
-                    http, text);
+        bd__model_call_finish(call, BD_EFATAL, false, "model %s answered HTTP %ld: %s",
+                              m->cfg->name, http, text);
     } else if (result == CURLE_OPERATION_TIMEDOUT) {
         m->stats.errors[BD_MODEL_ERR_TIMEOUT]++;
         breaker_on_failure(m, was_probe, now);
         rate_on_congestion(m, now, false);
         bd__model_call_finish(call, BD_EMODELTIMEOUT, true, "model %s did not answer within %.3g s",
-                    m->cfg->name, m->timeout_s);
+                              m->cfg->name, m->timeout_s);
     } else if (x->is_too_large) {
         m->stats.errors[BD_MODEL_ERR_PROCESSING]++;
         breaker_on_success(m);
         bd__model_call_finish(call, BD_EMODELBAD, true, "model %s answer is larger than %zu bytes",
-                    m->cfg->name, x->resp_cap);
+                              m->cfg->name, x->resp_cap);
     } else if (x->is_nomem) {
         m->stats.errors[BD_MODEL_ERR_PROCESSING]++;
         bd__model_call_finish(call, BD_EMODEL, true, "out of memory reading the model's answer");
@@ -453,7 +454,7 @@ void bd__model_sub_on_done(struct model_sub *sub, CURLcode result)
         m->stats.errors[BD_MODEL_ERR_CONNECTION]++;
         breaker_on_failure(m, was_probe, now);
         bd__model_call_finish(call, BD_EMODELCONN, true, "model %s at %s: %s", m->cfg->name, m->url,
-                    x->errbuf[0] ? x->errbuf : curl_easy_strerror(result));
+                              x->errbuf[0] ? x->errbuf : curl_easy_strerror(result));
     }
     bd__model_xfer_put(mc, x);
     bd__model_pump(m);
@@ -477,8 +478,9 @@ static void model_arm(struct model *m, double delay_s)
 
 /* Send waiting requests while the model has a free slot, the breaker lets them through,
  * no Retry-After is pending and the bucket has a token; otherwise arm the timer for the
- * moment one of those changes (slots free up in bd__model_sub_on_done, which pumps again). Re-entrant
- * calls (a failure inside finishing another call) just ask the running pump to loop. */
+ * moment one of those changes (slots free up in bd__model_sub_on_done, which pumps
+ * again). Re-entrant calls (a failure inside finishing another call) just ask the running
+ * pump to loop. */
 void bd__model_pump(struct model *m)
 {
     if (m->mc->is_closing)
@@ -501,9 +503,9 @@ void bd__model_pump(struct model *m)
                  * batch sees it: count it, or error statistics would undercount. */
                 m->stats.errors[BD_MODEL_ERR_CONNECTION]++;
                 bd__model_call_finish(sub->call, BD_EMODELCONN, true,
-                            "circuit open for model %s after %u failed requests; "
-                            "next try in %.1f s", m->cfg->name, m->consecutive_failures,
-                            m->open_until - now);
+                                      "circuit open for model %s after %u failed requests; "
+                                      "next try in %.1f s",
+                                      m->cfg->name, m->consecutive_failures, m->open_until - now);
                 continue;
             }
             if (m->breaker == BREAKER_OPEN)

@@ -54,7 +54,8 @@ void bd__model_wire_begin(struct bd_buf *b, enum bd_model_provider p, const char
         return;
     }
     bd_buf_puts(b, "{\"model\":");
-    bd_buf_json_string_utf8(b, remote_model ? remote_model : "", remote_model ? strlen(remote_model) : 0);
+    bd_buf_json_string_utf8(b, remote_model ? remote_model : "",
+                            remote_model ? strlen(remote_model) : 0);
     if (p == BD_PROVIDER_OPENAI)
         bd_buf_puts(b, ",\"encoding_format\":\"float\"");
     bd_buf_puts(b, ",\"input\":[");
