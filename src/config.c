@@ -1,9 +1,12 @@
 /* config.c -- loads batchd's YAML configuration, applies BATCH_* overrides, validates it.
  *
+ * This file holds the schema, the settings tables, reading the file and the public API;
+ * each value's parser and check, the environment overrides and the cross-field rules are
+ * in config_values.c (config_internal.h shares the tables' types between the two).
  * Owns struct bd_config from bd_config_load() until bd_config_free(); nothing else made
- * here outlives a call. Startup only: it reads a file and calls gethostname(), so it must
- * never run on the loop. No mutable statics: libcyaml's log lines are captured into a
- * struct on bd_config_load()'s stack, reached through cyaml_config.log_ctx.
+ * here outlives a call. Startup only: it reads a file, so it must never run on the loop.
+ * No mutable statics: libcyaml's log lines are captured into a struct on
+ * bd_config_load()'s stack, reached through cyaml_config.log_ctx.
  * SPDX-License-Identifier: MIT
  *
  * How a value is found: the built-in default, replaced by the file's value, replaced by
@@ -68,25 +71,18 @@
  *       timeout: 30
  *       rate_limit_rps: 0          # 0 = unlimited
  */
-#include "batchd/config.h"
+#include "config_internal.h"
 #include "batchd/error.h"
 #include "batchd/log.h"
 
 #include <assert.h>
 #include <cyaml/cyaml.h>
 #include <errno.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <unistd.h>
-
-#define CFG_MAX_FILE_BYTES (1u << 20)     /* a config is a few KiB; refuse anything silly */
-#define CFG_MAX_SECONDS 31536000.0        /* one year: every duration must fit comfortably */
-#define CFG_MAX_FRAMES 16                 /* libcyaml backtrace depth we keep (ours is 3) */
 
 /* -- Raw schema: what libcyaml fills, every scalar a string (NULL when unset) ------------ */
 
@@ -273,42 +269,7 @@ static const cyaml_schema_value_t raw_config_schema = {
 
 /* -- Settings tables: key, environment variable, where it lands, range, default ---------- */
 
-enum cfg_kind {
-    CFG_UINT,       /* unsigned, integer in [min, max] */
-    CFG_SIZE,       /* size_t, integer in [min, max] */
-    CFG_SECONDS,    /* double, finite, > 0 and <= max */
-    CFG_RATE,       /* double, finite, in [min, max] */
-    CFG_BOOL,       /* bool: true/false/yes/no/on/off/1/0 */
-    CFG_STRING,     /* char *, checked by check() when set */
-    CFG_PROVIDER,   /* enum bd_model_provider */
-    CFG_OVERLONG    /* enum bd_overlong_policy */
-};
-
-/* Checks a string value; on failure writes the reason into why and returns false. */
-typedef bool (*cfg_check_fn)(const char *s, char *why, size_t whylen);
-
-struct cfg_field {
-    const char *key;            /* as written in errors and docs: "jobs.retry_attempts" */
-    const char *env;            /* overriding environment variable, or NULL */
-    size_t section_off;         /* top-level: offset of the section pointer in raw_config */
-    size_t raw_off;             /* offset of the char * in the raw section / raw_model */
-    size_t cfg_off;             /* offset of the value in bd_config / bd_model_config */
-    enum cfg_kind kind;
-    double min, max;
-    const char *def;            /* default, parsed like any other value; NULL = none */
-    cfg_check_fn check;         /* CFG_STRING only; NULL = any non-empty string */
-    bool is_required;           /* model fields: must be given */
-};
-
-static bool check_listen(const char *s, char *why, size_t whylen);
-static bool check_log_level(const char *s, char *why, size_t whylen);
-static bool check_worker_id(const char *s, char *why, size_t whylen);
-static bool check_redis_url(const char *s, char *why, size_t whylen);
-static bool check_http_url(const char *s, char *why, size_t whylen);
-static bool check_name(const char *s, char *why, size_t whylen);
-static bool check_printable(const char *s, char *why, size_t whylen);
-static bool check_token(const char *s, char *why, size_t whylen);
-
+/* The checks a CFG_STRING setting may name live in config_values.c. */
 #define TOP(sec, fld, env_, member, kind_, lo, hi, def_, check_)                          \
     { .key = #sec "." #fld, .env = (env_), .section_off = offsetof(struct raw_config, sec), \
       .raw_off = offsetof(struct raw_##sec, fld), .cfg_off = offsetof(struct bd_config, member), \
@@ -322,12 +283,12 @@ static bool check_token(const char *s, char *why, size_t whylen);
     TOP(sec, fld, env, member, CFG_STRING, 0, 0, def, check)
 
 /* server.api_keys is not here: a list in the file, a comma list in the environment. */
-static const struct cfg_field cfg_fields[] = {
-    T_STR(server, listen, "BATCH_LISTEN", listen, "127.0.0.1:8000", check_listen),
-    T_STR(server, log_level, "BATCH_LOG_LEVEL", log_level, "info", check_log_level),
-    T_STR(server, worker_id, "BATCH_WORKER_ID", worker_id, NULL, check_worker_id),
-    T_STR(redis, url, "BATCH_REDIS_URL", redis_url, NULL, check_redis_url),
-    T_STR(postgres, url, "BATCH_POSTGRES_URL", postgres_url, NULL, NULL),
+const struct cfg_field cfg_fields[] = {
+    T_STR(server, listen, "BATCH_LISTEN", listen, "127.0.0.1:8000", bd__config_check_listen),
+    T_STR(server, log_level, "BATCH_LOG_LEVEL", log_level, "info", bd__config_check_log_level),
+    T_STR(server, worker_id, "BATCH_WORKER_ID", worker_id, NULL, bd__config_check_worker_id),
+    T_STR(redis, url, "BATCH_REDIS_URL", redis_url, NULL, bd__config_check_redis_url),
+    T_STR(postgres, url, "BATCH_POSTGRES_URL", postgres_url, NULL, bd__config_check_postgres_url),
     T_UINT(postgres, pool_size, NULL, postgres_pool_size, 1, 64, "4"),
     T_UINT(jobs, max_concurrent_jobs, "BATCH_MAX_CONCURRENT_JOBS", max_concurrent_jobs,
            1, 1024, "3"),
@@ -358,7 +319,8 @@ static const struct cfg_field cfg_fields[] = {
     T_UINT(http, status_cache_ms, "BATCH_STATUS_CACHE_MS", http_status_cache_ms, 0, 60000, "50"),
 };
 
-#define CFG_NFIELDS (sizeof(cfg_fields) / sizeof(cfg_fields[0]))
+_Static_assert(sizeof(cfg_fields) / sizeof(cfg_fields[0]) == CFG_NFIELDS,
+               "CFG_NFIELDS in config_internal.h must count cfg_fields");
 
 #define MODEL(fld, member, kind_, lo, hi, def_, check_, req)                               \
     { .key = #fld, .raw_off = offsetof(struct raw_model, fld),                              \
@@ -367,12 +329,12 @@ static const struct cfg_field cfg_fields[] = {
 
 /* remote_model's default (the model's name) is filled in after this table has run. */
 static const struct cfg_field model_fields[] = {
-    MODEL(name, name, CFG_STRING, 0, 0, NULL, check_name, true),
+    MODEL(name, name, CFG_STRING, 0, 0, NULL, bd__config_check_name, true),
     MODEL(provider, provider, CFG_PROVIDER, 0, 0, NULL, NULL, true),
-    MODEL(base_url, base_url, CFG_STRING, 0, 0, NULL, check_http_url, false),
-    MODEL(remote_model, remote_model, CFG_STRING, 0, 0, NULL, check_printable, false),
-    MODEL(api_key, api_key, CFG_STRING, 0, 0, NULL, check_token, false),
-    MODEL(version, version, CFG_STRING, 0, 0, "1", check_name, false),
+    MODEL(base_url, base_url, CFG_STRING, 0, 0, NULL, bd__config_check_http_url, false),
+    MODEL(remote_model, remote_model, CFG_STRING, 0, 0, NULL, bd__config_check_printable, false),
+    MODEL(api_key, api_key, CFG_STRING, 0, 0, NULL, bd__config_check_token, false),
+    MODEL(version, version, CFG_STRING, 0, 0, "1", bd__config_check_name, false),
     MODEL(dimensions, dimensions, CFG_UINT, 1, 65536, NULL, NULL, true),
     MODEL(max_inputs_per_request, max_inputs_per_request, CFG_UINT, 1, 100000, "32", NULL,
           false),
@@ -387,384 +349,12 @@ static const struct cfg_field model_fields[] = {
 
 #define MODEL_NFIELDS (sizeof(model_fields) / sizeof(model_fields[0]))
 
-static const char *const provider_names[] = { "ollama", "openai", "tei", "hashing" };
-static const char *const overlong_names[] = { "truncate", "fail" };
-
-/* -- Errors --------------------------------------------------------------------------- */
-
-/* One load in progress: where errors go and which settings the environment supplied. */
-struct cfg_load {
-    const char *path;
-    bd_config_getenv_fn getenv_fn;
-    void *getenv_arg;
-    char *errbuf;
-    size_t errlen;
-    bool is_from_env[CFG_NFIELDS];
-    bool are_api_keys_from_env;
-};
-
-static int cfg_fail(struct cfg_load *ld, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int cfg_fail(struct cfg_load *ld, int code, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (ld->errbuf != NULL && ld->errlen > 0) {
-        va_start(ap, fmt);
-        vsnprintf(ld->errbuf, ld->errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
-static int cfg_fail_oom(struct cfg_load *ld)
-{
-    return cfg_fail(ld, BD_ENOMEM, "%s: out of memory", ld->path);
-}
-
-/* "FILE: key: why" or, when the value came from the environment, "environment VAR: why". */
-static int cfg_fail_value(struct cfg_load *ld, const char *key, const char *env,
-                          const char *why)
-{
-    if (env != NULL)
-        return cfg_fail(ld, BD_EINVAL, "environment %s: %s", env, why);
-    return cfg_fail(ld, BD_EINVAL, "%s: %s: %s", ld->path, key, why);
-}
-
-/* -- Value parsers: one set for file and environment ------------------------------------ */
-
-/* Quote a user value into a reason: non-printable bytes become '?', and a long value is
- * cut to buflen - 4 characters plus "...", so one line stays one line. */
-static const char *cfg_quote(const char *s, char *buf, size_t buflen)
-{
-    size_t n = 0;
-
-    assert(buflen > 4);
-    for (; s[n] != '\0' && n < buflen - 1; n++)
-        buf[n] = (s[n] >= 0x20 && s[n] < 0x7f) ? s[n] : '?';
-    buf[n] = '\0';
-    if (s[n] != '\0')
-        memcpy(buf + buflen - 4, "...", 4);
-    return buf;
-}
-
-static bool parse_u64(const char *s, uint64_t *out)
-{
-    char *end;
-
-    if (*s < '0' || *s > '9')             /* strtoull would take " 1", "+1" and "-1" */
-        return false;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (*end != '\0' || (errno != 0 && errno != ERANGE))
-        return false;
-    *out = v;                             /* ERANGE: ULLONG_MAX, which fails any range */
-    return true;
-}
-
-static bool parse_double(const char *s, double *out)
-{
-    char *end;
-
-    if (*s == '\0' || *s == ' ' || *s == '\t')
-        return false;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno != 0 || *end != '\0' || !isfinite(v))
-        return false;
-    *out = v;
-    return true;
-}
-
-static bool parse_bool(const char *s, bool *out)
-{
-    static const char *const yes[] = { "true", "yes", "on", "1" };
-    static const char *const no[] = { "false", "no", "off", "0" };
-
-    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
-        if (strcasecmp(s, yes[i]) == 0) {
-            *out = true;
-            return true;
-        }
-        if (strcasecmp(s, no[i]) == 0) {
-            *out = false;
-            return true;
-        }
-    }
-    return false;
-}
-
-static int parse_name(const char *s, const char *const *names, int n)
-{
-    for (int i = 0; i < n; i++)
-        if (strcmp(s, names[i]) == 0)
-            return i;
-    return -1;
-}
-
-/* Parse text as f's kind into base + f->cfg_off. BD_OK, BD_EINVAL with why filled, or
- * BD_ENOMEM. A string replaces (and frees) what was there. */
-static int cfg_parse_value(const struct cfg_field *f, const char *text, void *base, char *why,
-                           size_t whylen)
-{
-    void *dst = (char *)base + f->cfg_off;
-    char q[48];
-    uint64_t u;
-    double d;
-    bool b;
-    int i;
-
-    switch (f->kind) {
-    case CFG_UINT:
-    case CFG_SIZE:
-        if (!parse_u64(text, &u)) {
-            snprintf(why, whylen, "not an integer (got \"%s\")", cfg_quote(text, q, sizeof(q)));
-            return BD_EINVAL;
-        }
-        if ((double)u < f->min || (double)u > f->max) {
-            snprintf(why, whylen, "must be between %.0f and %.0f (got %s)", f->min, f->max,
-                     cfg_quote(text, q, sizeof(q)));
-            return BD_EINVAL;
-        }
-        if (f->kind == CFG_UINT)
-            *(unsigned *)dst = (unsigned)u;
-        else
-            *(size_t *)dst = (size_t)u;
-        return BD_OK;
-    case CFG_SECONDS:
-    case CFG_RATE:
-        if (!parse_double(text, &d)) {
-            snprintf(why, whylen, "not a number (got \"%s\")", cfg_quote(text, q, sizeof(q)));
-            return BD_EINVAL;
-        }
-        if (f->kind == CFG_SECONDS && (d <= 0 || d > f->max)) {
-            snprintf(why, whylen, "must be a number of seconds > 0 and <= %.0f (got %s)",
-                     f->max, cfg_quote(text, q, sizeof(q)));
-            return BD_EINVAL;
-        }
-        if (f->kind == CFG_RATE && (d < f->min || d > f->max)) {
-            snprintf(why, whylen, "must be between %.0f and %.0f (got %s)", f->min, f->max,
-                     cfg_quote(text, q, sizeof(q)));
-            return BD_EINVAL;
-        }
-        *(double *)dst = d;
-        return BD_OK;
-    case CFG_BOOL:
-        if (!parse_bool(text, &b)) {
-            snprintf(why, whylen, "must be true or false (got \"%s\")",
-                     cfg_quote(text, q, sizeof(q)));
-            return BD_EINVAL;
-        }
-        *(bool *)dst = b;
-        return BD_OK;
-    case CFG_PROVIDER:
-        i = parse_name(text, provider_names, 4);
-        if (i < 0) {
-            snprintf(why, whylen, "must be one of ollama, openai, tei, hashing (got \"%s\")",
-                     cfg_quote(text, q, sizeof(q)));
-            return BD_EINVAL;
-        }
-        *(enum bd_model_provider *)dst = (enum bd_model_provider)i;
-        return BD_OK;
-    case CFG_OVERLONG:
-        i = parse_name(text, overlong_names, 2);
-        if (i < 0) {
-            snprintf(why, whylen, "must be truncate or fail (got \"%s\")",
-                     cfg_quote(text, q, sizeof(q)));
-            return BD_EINVAL;
-        }
-        *(enum bd_overlong_policy *)dst = (enum bd_overlong_policy)i;
-        return BD_OK;
-    case CFG_STRING: {
-        if (f->check != NULL && !f->check(text, why, whylen))
-            return BD_EINVAL;
-        char *copy = strdup(text);
-        if (copy == NULL)
-            return BD_ENOMEM;
-        free(*(char **)dst);
-        *(char **)dst = copy;
-        return BD_OK;
-    }
-    }
-    assert(!"unknown setting kind");
-    return BD_EINVAL;
-}
-
-/* -- String checks ---------------------------------------------------------------------- */
-
-/* Split "host:port" or "[v6]:port" into host (copied into host, hostlen) and port. */
-static bool split_listen(const char *s, char *host, size_t hostlen, int *port, char *why,
-                         size_t whylen)
-{
-    const char *colon;
-    const char *h = s;
-    size_t hlen;
-    uint64_t p;
-
-    if (s[0] == '[') {
-        const char *close = strchr(s, ']');
-        if (close == NULL || close[1] != ':') {
-            snprintf(why, whylen, "must be host:port or [ipv6]:port");
-            return false;
-        }
-        h = s + 1;
-        hlen = (size_t)(close - h);
-        colon = close + 1;
-    } else {
-        colon = strrchr(s, ':');
-        if (colon == NULL) {
-            char q[48];
-            snprintf(why, whylen, "must be host:port (no port in \"%s\")",
-                     cfg_quote(s, q, sizeof(q)));
-            return false;
-        }
-        hlen = (size_t)(colon - s);
-        if (memchr(s, ':', hlen) != NULL) {
-            snprintf(why, whylen, "an IPv6 address needs brackets: [::1]:8000");
-            return false;
-        }
-    }
-    if (hlen == 0 || hlen >= hostlen) {
-        snprintf(why, whylen, "must be host:port with a host of 1 to %zu characters",
-                 hostlen - 1);
-        return false;
-    }
-    for (size_t i = 0; i < hlen; i++) {
-        if (h[i] <= 0x20 || h[i] >= 0x7f || h[i] == '/' || h[i] == '[' || h[i] == ']') {
-            snprintf(why, whylen, "host contains a character that cannot be in a host");
-            return false;
-        }
-    }
-    if (!parse_u64(colon + 1, &p) || p > 65535) {
-        snprintf(why, whylen, "port must be an integer 0..65535");
-        return false;
-    }
-    memcpy(host, h, hlen);
-    host[hlen] = '\0';
-    *port = (int)p;
-    return true;
-}
-
-static bool check_listen(const char *s, char *why, size_t whylen)
-{
-    char host[256];
-    int port;
-
-    return split_listen(s, host, sizeof(host), &port, why, whylen);
-}
-
-static bool check_log_level(const char *s, char *why, size_t whylen)
-{
-    enum bd_log_level level;
-    char q[48];
-
-    if (bd_log_level_parse(s, &level) == BD_OK)
-        return true;
-    snprintf(why, whylen, "must be one of debug, info, warn, error, off (got \"%s\")",
-             cfg_quote(s, q, sizeof(q)));
-    return false;
-}
-
-static bool is_name_char(char c)
-{
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '.' || c == ':' || c == '-';
-}
-
-/* ^[A-Za-z0-9_.:-]{1,max}$ */
-static bool check_charset(const char *s, size_t max, char *why, size_t whylen)
-{
-    size_t n = strlen(s);
-    char q[48];
-
-    for (size_t i = 0; i < n; i++) {
-        if (!is_name_char(s[i])) {
-            snprintf(why, whylen, "may contain only A-Z a-z 0-9 _ . : - (got \"%s\")",
-                     cfg_quote(s, q, sizeof(q)));
-            return false;
-        }
-    }
-    if (n == 0 || n > max) {
-        snprintf(why, whylen, "must be 1 to %zu characters long", max);
-        return false;
-    }
-    return true;
-}
-
-static bool check_name(const char *s, char *why, size_t whylen)
-{
-    return check_charset(s, 64, why, whylen);
-}
-
-static bool check_worker_id(const char *s, char *why, size_t whylen)
-{
-    return check_charset(s, 128, why, whylen);
-}
+/* -- Reading the file with libcyaml ------------------------------------------------------ */
 
 static bool has_prefix(const char *s, const char *prefix)
 {
     return strncmp(s, prefix, strlen(prefix)) == 0;
 }
-
-static bool has_space(const char *s)
-{
-    for (; *s != '\0'; s++)
-        if ((unsigned char)*s <= 0x20 || *s == 0x7f)
-            return true;
-    return false;
-}
-
-static bool check_redis_url(const char *s, char *why, size_t whylen)
-{
-    if (!has_prefix(s, "redis://") || s[strlen("redis://")] == '\0' || has_space(s)) {
-        snprintf(why, whylen, "must be a redis:// URL (redis://host:port/db)");
-        return false;
-    }
-    return true;
-}
-
-static bool check_http_url(const char *s, char *why, size_t whylen)
-{
-    const char *rest = has_prefix(s, "http://")    ? s + strlen("http://")
-                       : has_prefix(s, "https://") ? s + strlen("https://")
-                                                   : NULL;
-    if (rest == NULL || *rest == '\0' || *rest == '/' || has_space(s)) {
-        snprintf(why, whylen, "must be an http:// or https:// URL");
-        return false;
-    }
-    return true;
-}
-
-/* Printable ASCII, spaces allowed (a remote model name such as "BAAI/bge small"). */
-static bool check_printable(const char *s, char *why, size_t whylen)
-{
-    size_t n = strlen(s);
-
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < 0x20 || s[i] >= 0x7f) {
-            snprintf(why, whylen, "must be printable ASCII");
-            return false;
-        }
-    }
-    if (n > 256) {
-        snprintf(why, whylen, "must be at most 256 characters long");
-        return false;
-    }
-    return true;
-}
-
-/* A secret that goes into an HTTP header: printable ASCII, no spaces. Never echoed. */
-static bool check_token(const char *s, char *why, size_t whylen)
-{
-    if (has_space(s) || !check_printable(s, why, whylen)) {
-        snprintf(why, whylen, "must be printable ASCII without spaces, at most 256 characters");
-        return false;
-    }
-    return true;
-}
-
-/* -- Reading the file with libcyaml ------------------------------------------------------ */
 
 /* What libcyaml logged: its first error line, then the backtrace (innermost frame first). */
 struct cfg_cyaml_log {
@@ -883,8 +473,8 @@ static int cfg_cyaml_fail(struct cfg_load *ld, const struct cfg_cyaml_log *lg, c
     const char *p = lg->problem;
 
     if (!lg->has_problem)
-        return cfg_fail(ld, err == CYAML_ERR_OOM ? BD_ENOMEM : BD_EINVAL, "%s: %s", ld->path,
-                        cyaml_strerror(err));
+        return bd__config_fail(ld, err == CYAML_ERR_OOM ? BD_ENOMEM : BD_EINVAL, "%s: %s", ld->path,
+                               cyaml_strerror(err));
     cfg_cyaml_path(lg, path, sizeof(path));
 
     if (has_prefix(p, "Unexpected key: ")) {
@@ -896,30 +486,31 @@ static int cfg_cyaml_fail(struct cfg_load *ld, const struct cfg_cyaml_log *lg, c
                                   n == 0 ? " (expected one of: " : ", ", f->key);
         if (n > 0 && n < sizeof(hint) - 1)
             strcat(hint, ")");
-        return cfg_fail(ld, BD_EINVAL, "%s: %s%s%s: unknown key%s", ld->path, path,
-                        path[0] != '\0' ? "." : "", p + strlen("Unexpected key: "), hint);
+        return bd__config_fail(ld, BD_EINVAL, "%s: %s%s%s: unknown key%s", ld->path, path,
+                               path[0] != '\0' ? "." : "", p + strlen("Unexpected key: "), hint);
     }
     if (has_prefix(p, "Mapping field already seen: "))
-        return cfg_fail(ld, BD_EINVAL, "%s: %s: duplicate key", ld->path, path);
+        return bd__config_fail(ld, BD_EINVAL, "%s: %s: duplicate key", ld->path, path);
     if (sscanf(p, "Expecting %31s got event: %31s", want, got) == 2) {
         want[strcspn(want, ",")] = '\0';
-        return cfg_fail(ld, BD_EINVAL, "%s: %s: expected %s, got %s", ld->path,
-                        path[0] != '\0' ? path : "top level",
-                        path[0] == '\0' ? "a mapping of sections" : cfg_cyaml_event_desc(want),
-                        cfg_cyaml_event_desc(got));
+        return bd__config_fail(ld, BD_EINVAL, "%s: %s: expected %s, got %s", ld->path,
+                               path[0] != '\0' ? path : "top level",
+                               path[0] == '\0' ? "a mapping of sections"
+                                               : cfg_cyaml_event_desc(want),
+                               cfg_cyaml_event_desc(got));
     }
     /* libyaml does not say where a syntax error is, and the backtrace ends at the last key
      * that parsed, so name that key as a landmark rather than as the culprit. */
     if (has_prefix(p, "libyaml: ")) {
         if (path[0] != '\0')
-            return cfg_fail(ld, BD_EINVAL, "%s: invalid YAML after %s (line %u): %s", ld->path,
-                            path, lg->line, p + strlen("libyaml: "));
-        return cfg_fail(ld, BD_EINVAL, "%s: invalid YAML: %s", ld->path,
-                        p + strlen("libyaml: "));
+            return bd__config_fail(ld, BD_EINVAL, "%s: invalid YAML after %s (line %u): %s",
+                                   ld->path, path, lg->line, p + strlen("libyaml: "));
+        return bd__config_fail(ld, BD_EINVAL, "%s: invalid YAML: %s", ld->path,
+                               p + strlen("libyaml: "));
     }
     if (path[0] != '\0')
-        return cfg_fail(ld, BD_EINVAL, "%s: %s: %s", ld->path, path, p);
-    return cfg_fail(ld, BD_EINVAL, "%s: %s", ld->path, p);
+        return bd__config_fail(ld, BD_EINVAL, "%s: %s: %s", ld->path, path, p);
+    return bd__config_fail(ld, BD_EINVAL, "%s: %s", ld->path, p);
 }
 
 /* Read the whole file; libcyaml's own fopen would hide errno from the message. */
@@ -930,24 +521,24 @@ static int cfg_read_file(struct cfg_load *ld, uint8_t **data, size_t *len)
     size_t n = 0;
 
     if (fp == NULL)
-        return cfg_fail(ld, BD_EINVAL, "%s: cannot open: %s", ld->path, strerror(errno));
+        return bd__config_fail(ld, BD_EINVAL, "%s: cannot open: %s", ld->path, strerror(errno));
     buf = malloc(CFG_MAX_FILE_BYTES + 1);
     if (buf == NULL) {
         fclose(fp);
-        return cfg_fail_oom(ld);
+        return bd__config_fail_oom(ld);
     }
     n = fread(buf, 1, CFG_MAX_FILE_BYTES + 1, fp);
     if (ferror(fp)) {
         int e = errno;
         fclose(fp);
         free(buf);
-        return cfg_fail(ld, BD_EINVAL, "%s: cannot read: %s", ld->path, strerror(e));
+        return bd__config_fail(ld, BD_EINVAL, "%s: cannot read: %s", ld->path, strerror(e));
     }
     fclose(fp);
     if (n > CFG_MAX_FILE_BYTES) {
         free(buf);
-        return cfg_fail(ld, BD_EINVAL, "%s: larger than %u bytes; is this a config file?",
-                        ld->path, CFG_MAX_FILE_BYTES);
+        return bd__config_fail(ld, BD_EINVAL, "%s: larger than %u bytes; is this a config file?",
+                               ld->path, CFG_MAX_FILE_BYTES);
     }
     *data = buf;
     *len = n;
@@ -992,8 +583,10 @@ static int cfg_load_raw(struct cfg_load *ld, struct raw_config **raw)
         return cfg_cyaml_fail(ld, &lg, cerr);
     *raw = out;
     if (lg.has_more_documents)
-        return cfg_fail(ld, BD_EINVAL, "%s: more than one YAML document (\"---\"); batchd "
-                        "reads exactly one", ld->path);
+        return bd__config_fail(ld, BD_EINVAL,
+                               "%s: more than one YAML document (\"---\"); batchd "
+                               "reads exactly one",
+                               ld->path);
     return BD_OK;
 }
 
@@ -1019,43 +612,21 @@ static int cfg_apply_file(struct cfg_load *ld, struct bd_config *cfg,
     for (size_t i = 0; i < CFG_NFIELDS; i++) {
         const struct cfg_field *f = &cfg_fields[i];
         if (f->def != NULL) {
-            err = cfg_parse_value(f, f->def, cfg, why, sizeof(why));
+            err = bd__config_parse_value(f, f->def, cfg, why, sizeof(why));
             assert(err != BD_EINVAL);         /* a default that fails its own rules */
             if (err < 0)
-                return cfg_fail_oom(ld);
+                return bd__config_fail_oom(ld);
         }
         const char *text = raw_text(raw, f);
         if (text == NULL)
             continue;
-        err = cfg_parse_value(f, text, cfg, why, sizeof(why));
+        err = bd__config_parse_value(f, text, cfg, why, sizeof(why));
         if (err == BD_ENOMEM)
-            return cfg_fail_oom(ld);
+            return bd__config_fail_oom(ld);
         if (err < 0)
-            return cfg_fail_value(ld, f->key, NULL, why);
+            return bd__config_fail_value(ld, f->key, NULL, why);
     }
     return BD_OK;
-}
-
-static int cfg_api_keys_add(struct bd_config *cfg, const char *key, size_t len)
-{
-    char **keys = realloc(cfg->api_keys, (cfg->api_keys_count + 1) * sizeof(*keys));
-    if (keys == NULL)
-        return BD_ENOMEM;
-    cfg->api_keys = keys;
-    keys[cfg->api_keys_count] = strndup(key, len);
-    if (keys[cfg->api_keys_count] == NULL)
-        return BD_ENOMEM;
-    cfg->api_keys_count++;
-    return BD_OK;
-}
-
-static void cfg_api_keys_clear(struct bd_config *cfg)
-{
-    for (unsigned i = 0; i < cfg->api_keys_count; i++)
-        free(cfg->api_keys[i]);
-    free(cfg->api_keys);
-    cfg->api_keys = NULL;
-    cfg->api_keys_count = 0;
 }
 
 static int cfg_apply_file_api_keys(struct cfg_load *ld, struct bd_config *cfg,
@@ -1070,11 +641,11 @@ static int cfg_apply_file_api_keys(struct cfg_load *ld, struct bd_config *cfg,
         const char *k = raw->server->api_keys[i];
         snprintf(key, sizeof(key), "server.api_keys[%u]", i);
         if (k == NULL)
-            return cfg_fail_value(ld, key, NULL, "must not be empty");
-        if (!check_token(k, why, sizeof(why)))
-            return cfg_fail_value(ld, key, NULL, why);
-        if (cfg_api_keys_add(cfg, k, strlen(k)) < 0)
-            return cfg_fail_oom(ld);
+            return bd__config_fail_value(ld, key, NULL, "must not be empty");
+        if (!bd__config_check_token(k, why, sizeof(why)))
+            return bd__config_fail_value(ld, key, NULL, why);
+        if (bd__config_api_keys_add(cfg, k, strlen(k)) < 0)
+            return bd__config_fail_oom(ld);
     }
     return BD_OK;
 }
@@ -1090,7 +661,7 @@ static int cfg_apply_file_models(struct cfg_load *ld, struct bd_config *cfg,
         return BD_OK;
     cfg->models = calloc(raw->models_count, sizeof(*cfg->models));
     if (cfg->models == NULL)
-        return cfg_fail_oom(ld);
+        return bd__config_fail_oom(ld);
     cfg->models_count = raw->models_count;
 
     for (unsigned m = 0; m < raw->models_count; m++) {
@@ -1101,192 +672,20 @@ static int cfg_apply_file_models(struct cfg_load *ld, struct bd_config *cfg,
             const char *text = *(char *const *)((const char *)rm + f->raw_off);
             snprintf(key, sizeof(key), "models[%u].%s", m, f->key);
             if (text == NULL && f->is_required)
-                return cfg_fail_value(ld, key, NULL, "required");
+                return bd__config_fail_value(ld, key, NULL, "required");
             if (text == NULL)
                 text = f->def;
             if (text == NULL)
                 continue;
-            err = cfg_parse_value(f, text, mc, why, sizeof(why));
+            err = bd__config_parse_value(f, text, mc, why, sizeof(why));
             if (err == BD_ENOMEM)
-                return cfg_fail_oom(ld);
+                return bd__config_fail_oom(ld);
             if (err < 0)
-                return cfg_fail_value(ld, key, NULL, why);
+                return bd__config_fail_value(ld, key, NULL, why);
         }
         if (mc->remote_model == NULL && (mc->remote_model = strdup(mc->name)) == NULL)
-            return cfg_fail_oom(ld);
+            return bd__config_fail_oom(ld);
     }
-    return BD_OK;
-}
-
-/* BATCH_API_KEYS: comma separated; blanks around keys and empty entries are ignored. */
-static int cfg_apply_env_api_keys(struct cfg_load *ld, struct bd_config *cfg, const char *v)
-{
-    static const char env[] = "BATCH_API_KEYS";
-    char why[128];
-    char one[260];
-
-    cfg_api_keys_clear(cfg);
-    for (const char *p = v; *p != '\0';) {
-        size_t len = strcspn(p, ",");
-        const char *end = p + len;
-        const char *s = p;
-        while (s < end && (*s == ' ' || *s == '\t'))
-            s++;
-        const char *e = end;
-        while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
-            e--;
-        if (e > s) {
-            if ((size_t)(e - s) >= sizeof(one))
-                return cfg_fail_value(ld, NULL, env, "a key is longer than 256 characters");
-            memcpy(one, s, (size_t)(e - s));
-            one[e - s] = '\0';
-            if (!check_token(one, why, sizeof(why)))
-                return cfg_fail_value(ld, NULL, env, why);
-            if (cfg_api_keys_add(cfg, s, (size_t)(e - s)) < 0)
-                return cfg_fail_oom(ld);
-        }
-        p = *end == ',' ? end + 1 : end;
-    }
-    if (cfg->api_keys_count == 0)
-        return cfg_fail_value(ld, NULL, env, "no key in the list");
-    ld->are_api_keys_from_env = true;
-    return BD_OK;
-}
-
-static const char *cfg_getenv(struct cfg_load *ld, const char *name)
-{
-    const char *v = ld->getenv_fn(name, ld->getenv_arg);
-    return (v != NULL && v[0] != '\0') ? v : NULL;
-}
-
-static int cfg_apply_env(struct cfg_load *ld, struct bd_config *cfg)
-{
-    char why[256];
-    int err;
-
-    for (size_t i = 0; i < CFG_NFIELDS; i++) {
-        const struct cfg_field *f = &cfg_fields[i];
-        if (f->env == NULL)
-            continue;
-        const char *v = cfg_getenv(ld, f->env);
-        if (v == NULL)
-            continue;
-        err = cfg_parse_value(f, v, cfg, why, sizeof(why));
-        if (err == BD_ENOMEM)
-            return cfg_fail_oom(ld);
-        if (err < 0)
-            return cfg_fail_value(ld, f->key, f->env, why);
-        ld->is_from_env[i] = true;
-    }
-    const char *keys = cfg_getenv(ld, "BATCH_API_KEYS");
-    if (keys != NULL)
-        return cfg_apply_env_api_keys(ld, cfg, keys);
-    return BD_OK;
-}
-
-/* -- Cross-field rules ------------------------------------------------------------------ */
-
-static size_t cfg_field_index(const char *key)
-{
-    for (size_t i = 0; i < CFG_NFIELDS; i++)
-        if (strcmp(cfg_fields[i].key, key) == 0)
-            return i;
-    assert(!"no such setting");
-    return 0;
-}
-
-/* Fail naming key, or its environment variable when that is where the value came from. */
-static int cfg_fail_setting(struct cfg_load *ld, const char *key, const char *why)
-{
-    size_t i = cfg_field_index(key);
-    return cfg_fail_value(ld, key, ld->is_from_env[i] ? cfg_fields[i].env : NULL, why);
-}
-
-/* "<hostname>-<pid>", with anything a worker id may not hold replaced by '_'. */
-static int cfg_default_worker_id(struct bd_config *cfg)
-{
-    char host[200];
-    char id[232];
-
-    if (gethostname(host, sizeof(host)) != 0 || host[0] == '\0')
-        snprintf(host, sizeof(host), "batchd");
-    host[sizeof(host) - 1] = '\0';
-    for (char *p = host; *p != '\0'; p++)
-        if (!is_name_char(*p))
-            *p = '_';
-    snprintf(id, sizeof(id), "%.100s-%ld", host, (long)getpid());
-    cfg->worker_id = strdup(id);
-    return cfg->worker_id != NULL ? BD_OK : BD_ENOMEM;
-}
-
-/* Drop trailing '/' so "{base_url}/api/embed" never has "//". */
-static void cfg_trim_slashes(char *url)
-{
-    size_t n = strlen(url);
-    while (n > 0 && url[n - 1] == '/')
-        url[--n] = '\0';
-}
-
-static int cfg_validate_models(struct cfg_load *ld, struct bd_config *cfg)
-{
-    char key[96];
-    char why[160];
-
-    for (unsigned m = 0; m < cfg->models_count; m++) {
-        struct bd_model_config *mc = &cfg->models[m];
-        if (mc->provider != BD_PROVIDER_HASHING && mc->base_url == NULL) {
-            snprintf(key, sizeof(key), "models[%u].base_url", m);
-            snprintf(why, sizeof(why), "required for provider %s",
-                     bd_config_provider_name(mc->provider));
-            return cfg_fail_value(ld, key, NULL, why);
-        }
-        if (mc->base_url != NULL)
-            cfg_trim_slashes(mc->base_url);
-        if (mc->max_input_chars > mc->max_chars_per_request) {
-            snprintf(key, sizeof(key), "models[%u].max_input_chars", m);
-            snprintf(why, sizeof(why), "must not exceed max_chars_per_request (%u)",
-                     mc->max_chars_per_request);
-            return cfg_fail_value(ld, key, NULL, why);
-        }
-        for (unsigned o = 0; o < m; o++) {
-            if (strcmp(cfg->models[o].name, mc->name) == 0) {
-                snprintf(key, sizeof(key), "models[%u].name", m);
-                snprintf(why, sizeof(why), "duplicate model name \"%s\" (also models[%u])",
-                         mc->name, o);
-                return cfg_fail_value(ld, key, NULL, why);
-            }
-        }
-    }
-    return BD_OK;
-}
-
-static int cfg_validate(struct cfg_load *ld, struct bd_config *cfg)
-{
-    char host[256];
-    char why[160];
-    int err;
-
-    if (cfg->redis_url == NULL)
-        return cfg_fail(ld, BD_EINVAL, "%s: redis.url: required (in the file or in "
-                        "BATCH_REDIS_URL)", ld->path);
-    if (cfg->postgres_url == NULL)
-        return cfg_fail(ld, BD_EINVAL, "%s: postgres.url: required (in the file or in "
-                        "BATCH_POSTGRES_URL)", ld->path);
-    if (cfg->default_batch_size > cfg->max_batch_size) {
-        snprintf(why, sizeof(why), "must not exceed jobs.max_batch_size (%u)",
-                 cfg->max_batch_size);
-        return cfg_fail_setting(ld, "jobs.default_batch_size", why);
-    }
-    if (!split_listen(cfg->listen, host, sizeof(host), &cfg->listen_port, why, sizeof(why)))
-        return cfg_fail_setting(ld, "server.listen", why);   /* checked already: belt */
-    cfg->listen_host = strdup(host);
-    if (cfg->listen_host == NULL)
-        return cfg_fail_oom(ld);
-    if (cfg->worker_id == NULL && cfg_default_worker_id(cfg) < 0)
-        return cfg_fail_oom(ld);
-    err = cfg_validate_models(ld, cfg);
-    if (err < 0)
-        return err;
     return BD_OK;
 }
 
@@ -1319,7 +718,7 @@ int bd_config_load(const char *path, bd_config_getenv_fn getenv_fn, void *getenv
 
     cfg = calloc(1, sizeof(*cfg));
     if (cfg == NULL || (cfg->source_path = strdup(path)) == NULL) {
-        err = cfg_fail_oom(&ld);
+        err = bd__config_fail_oom(&ld);
         goto fail;
     }
     err = cfg_load_raw(&ld, &raw);
@@ -1334,10 +733,10 @@ int bd_config_load(const char *path, bd_config_getenv_fn getenv_fn, void *getenv
     err = cfg_apply_file_models(&ld, cfg, raw);
     if (err < 0)
         goto fail;
-    err = cfg_apply_env(&ld, cfg);
+    err = bd__config_apply_env(&ld, cfg);
     if (err < 0)
         goto fail;
-    err = cfg_validate(&ld, cfg);
+    err = bd__config_validate(&ld, cfg);
     if (err < 0)
         goto fail;
     cfg_raw_free(raw);
@@ -1363,7 +762,7 @@ void bd_config_free(struct bd_config *cfg)
         free(mc->version);
     }
     free(cfg->models);
-    cfg_api_keys_clear(cfg);
+    bd__config_api_keys_clear(cfg);
     free(cfg->source_path);
     free(cfg->listen);
     free(cfg->listen_host);
@@ -1380,11 +779,4 @@ const struct bd_model_config *bd_config_get_model(const struct bd_config *cfg, c
         if (strcmp(cfg->models[m].name, name) == 0)
             return &cfg->models[m];
     return NULL;
-}
-
-const char *bd_config_provider_name(enum bd_model_provider p)
-{
-    if ((unsigned)p < sizeof(provider_names) / sizeof(provider_names[0]))
-        return provider_names[p];
-    return "unknown";
 }

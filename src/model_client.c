@@ -1,7 +1,8 @@
 /* model_client.c -- embedding requests to model servers on libcurl multi inside the libuv loop:
- * splitting a batch into requests, a per-model FIFO under a concurrency cap, an adaptive rate
- * limit, 429 back-off, a circuit breaker, stats; and the built-in hashing model, computed on
- * the loop in bounded slices.
+ * splitting a batch into requests, the curl multi glue, the transfer pool, stats; and the
+ * built-in hashing model, computed on the loop in bounded slices. Each model's requests
+ * (FIFO under a concurrency cap, adaptive rate limit, 429 back-off, circuit breaker) are
+ * model_request.c's; model_internal.h holds the structs both files share.
  *
  * Owns the CURLM, the pooled transfers (easy handle + request body + response buffer, reset
  * and reused), one uv_poll per curl socket, one uv_timer for curl, one uv_timer per model
@@ -13,12 +14,11 @@
  * and may call back into this module. Knows nothing of jobs, Redis or PostgreSQL.
  * SPDX-License-Identifier: MIT
  */
-#include "batchd/model_client.h"
+#include "model_internal.h"
 
 #include "batchd/config.h"
 #include "batchd/error.h"
 #include "batchd/log.h"
-#include "batchd/model_internal.h"
 
 #include <curl/curl.h>
 #include <math.h>
@@ -26,15 +26,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define MODEL_RESP_CAP_BASE      ((size_t)64 << 20) /* plus a per-vector estimate */
-#define MODEL_RESP_BYTES_PER_NUM 32                 /* generous for "-0.0123456789," */
-#define MODEL_BUF_KEEP_MAX       ((size_t)4 << 20)  /* larger pooled buffers are freed */
-#define MODEL_RATE_STEP_RPS      1.0   /* additive increase per second of success */
-#define MODEL_RATE_MIN_RPS       0.2   /* multiplicative decrease stops here */
-#define MODEL_RATE_DECREASE_GAP  1.0   /* at most one decrease per this many seconds */
-#define MODEL_UNLIMITED_RESTORE  60.0  /* unlimited ceiling: limiter off after this calm */
-#define MODEL_SENT_RING          64    /* send times kept to measure the observed rate */
 
 static const double model_hist_bounds[] = {
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
@@ -45,210 +36,9 @@ static const char *const model_error_kind_names[BD_MODEL_ERR_KIND_COUNT] = {
 };
 
 /* ---------------------------------------------------------------------------------------
- * Intrusive doubly linked lists (libuv's QUEUE, spelled out)
- */
-
-struct model_link {
-    struct model_link *prev;
-    struct model_link *next;
-};
-
-#define MODEL_OF(ptr, type, field) ((type *)(void *)((char *)(ptr) - offsetof(type, field)))
-
-static void link_init(struct model_link *l)
-{
-    l->prev = l->next = l;
-}
-
-static bool link_is_empty(const struct model_link *head)
-{
-    return head->next == head;
-}
-
-static void link_remove(struct model_link *l)
-{
-    l->prev->next = l->next;
-    l->next->prev = l->prev;
-    link_init(l);
-}
-
-static void link_insert_tail(struct model_link *head, struct model_link *l)
-{
-    l->prev = head->prev;
-    l->next = head;
-    head->prev->next = l;
-    head->prev = l;
-}
-
-static void link_insert_head(struct model_link *head, struct model_link *l)
-{
-    l->next = head->next;
-    l->prev = head;
-    head->next->prev = l;
-    head->next = l;
-}
-
-/* Move every element of from to the empty list to. */
-static void link_move(struct model_link *from, struct model_link *to)
-{
-    link_init(to);
-    if (link_is_empty(from))
-        return;
-    to->next = from->next;
-    to->prev = from->prev;
-    to->next->prev = to;
-    to->prev->next = to;
-    link_init(from);
-}
-
-/* ---------------------------------------------------------------------------------------
- * Types
- */
-
-struct model_sub;
-
-/* A pooled transfer. Lives on mc->free_xfers or is attached to one in-flight sub. */
-struct model_xfer {
-    CURL *easy;
-    struct bd_buf body;            /* request body; curl reads it in place */
-    struct bd_buf resp;            /* response body */
-    size_t resp_cap;               /* abort the transfer past this many bytes */
-    struct model_sub *sub;
-    struct model_xfer *next_free;
-    bool is_too_large;
-    bool is_nomem;
-    char errbuf[CURL_ERROR_SIZE];
-};
-
-enum sub_state { SUB_NEW = 0, SUB_WAITING, SUB_IN_FLIGHT, SUB_DONE };
-
-/* One HTTP request of a call: inputs [first, end) minus those refused by the overlong
- * policy. Stored inside the call's allocation. */
-struct model_sub {
-    struct bd_model_call *call;
-    struct model_link link;        /* in model->waiting while SUB_WAITING */
-    struct model_xfer *xfer;       /* while SUB_IN_FLIGHT */
-    unsigned first;
-    unsigned end;
-    unsigned n_sent;
-    unsigned n429;                 /* 429 answers to this request so far */
-    uint64_t t_start;              /* uv_hrtime of the current attempt */
-    enum sub_state state;
-    bool is_probe;                 /* the half-open breaker's one trial request */
-};
-
-enum call_state { CALL_RUNNING = 0, CALL_DONE, CALL_DELIVERING };
-
-struct bd_model_call {
-    struct bd_model_client *mc;
-    struct model *m;
-    const struct bd_embed_input *inputs;
-    unsigned count;
-    bd_model_embed_cb cb;
-    void *arg;
-    float *vectors;                /* count * dim, zeros for refused inputs */
-    int *item_status;
-    unsigned truncated;
-    unsigned requests;
-    unsigned rate_limited;
-    uint64_t t_first;
-    uint64_t t_last;
-    struct model_sub *subs;
-    unsigned subs_count;
-    unsigned subs_left;            /* not yet answered successfully */
-    unsigned hash_next;            /* hashing: next input to compute */
-    enum call_state state;
-    int status;
-    bool is_retryable;
-    char message[320];
-    struct model_link link;        /* mc->calls while running, mc->done once finished */
-    struct model_link hash_link;   /* mc->hashing while a hashing call runs */
-};
-
-enum breaker_state { BREAKER_CLOSED = 0, BREAKER_OPEN, BREAKER_HALF_OPEN };
-
-struct model {
-    struct bd_model_client *mc;
-    const struct bd_model_config *cfg;
-    char *url;
-    struct curl_slist *headers;
-    const char *remote_model;
-    unsigned dim;
-    unsigned max_inputs;
-    unsigned max_chars;
-    unsigned max_input_chars;
-    unsigned concurrency;
-    double timeout_s;
-
-    struct model_link waiting;     /* subs waiting for a slot, a token or Retry-After */
-    uv_timer_t timer;              /* wakes the pump after a token or Retry-After wait */
-    bool is_pumping;
-    bool is_pump_again;
-
-    /* Adaptive rate limit: a token bucket whose rate moves between MODEL_RATE_MIN_RPS and
-     * the ceiling (AIMD). rate 0 means no limit. */
-    double ceiling;
-    double rate;
-    double tokens;
-    double bucket_t;
-    double last_adjust;
-    double last_decrease;
-    double blocked_until;          /* 429: nothing leaves before this time */
-    double sent_at[MODEL_SENT_RING];
-    unsigned sent_pos;
-
-    enum breaker_state breaker;
-    unsigned consecutive_failures;
-    double cooldown_s;
-    double open_until;
-    bool is_probe_in_flight;
-
-    struct bd_model_stats stats;
-};
-
-struct model_sock {
-    uv_poll_t poll;
-    curl_socket_t fd;
-    struct bd_model_client *mc;
-    struct model_link link;        /* mc->socks */
-};
-
-struct bd_model_client {
-    uv_loop_t *loop;
-    const struct bd_config *cfg;
-    struct bd_model_tuning tuning;
-    CURLM *multi;
-    uv_timer_t curl_timer;
-    uv_idle_t idle;
-    struct model *models;
-    unsigned models_count;
-    struct model_xfer *free_xfers;
-    struct model_link calls;       /* running */
-    struct model_link done;        /* finished, callback not yet run */
-    struct model_link hashing;     /* running hashing calls, served round robin */
-    struct model_link socks;
-    float *scratch;                /* parse target, reused */
-    size_t scratch_cap;
-    int pending_closes;
-    bool is_closing;
-    bool is_torn_down;
-    bd_model_closed_cb closed_cb;
-    void *closed_arg;
-};
-
-static void model_pump(struct model *m);
-static void model_on_idle(uv_idle_t *h);
-static void call_finish(struct bd_model_call *call, int status, bool is_retryable,
-                        const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-
-/* ---------------------------------------------------------------------------------------
  * Small helpers
  */
 
-static double model_now(void)
-{
-    return (double)uv_hrtime() / 1e9;
-}
 
 const char *bd_model_error_kind_name(enum bd_model_error_kind k)
 {
@@ -283,19 +73,11 @@ void bd_model_client_set_tuning(struct bd_model_client *mc, const struct bd_mode
         mc->models[i].cooldown_s = mc->tuning.breaker_cooldown_s;
 }
 
-/* The bytes of input in that are sent: all of it, or a prefix cut at max_input_chars. */
-static size_t model_text_len(const struct model *m, const struct bd_embed_input *in)
-{
-    if (in->len <= m->max_input_chars)
-        return in->len;
-    return bd__model_utf8_cut(in->text, in->len, m->max_input_chars);
-}
-
 /* ---------------------------------------------------------------------------------------
  * Transfer pool
  */
 
-static struct model_xfer *xfer_get(struct bd_model_client *mc)
+struct model_xfer *bd__model_xfer_get(struct bd_model_client *mc)
 {
     struct model_xfer *x = mc->free_xfers;
 
@@ -326,7 +108,7 @@ static struct model_xfer *xfer_get(struct bd_model_client *mc)
 
 /* Back to the pool. The easy handle must be out of the multi. Buffers that grew past
  * MODEL_BUF_KEEP_MAX are released so one huge batch does not pin memory for good. */
-static void xfer_put(struct bd_model_client *mc, struct model_xfer *x)
+void bd__model_xfer_put(struct bd_model_client *mc, struct model_xfer *x)
 {
     x->sub = NULL;
     if (x->body.cap > MODEL_BUF_KEEP_MAX)
@@ -337,7 +119,7 @@ static void xfer_put(struct bd_model_client *mc, struct model_xfer *x)
     mc->free_xfers = x;
 }
 
-static size_t xfer_on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
+size_t bd__model_xfer_on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     struct model_xfer *x = userdata;
     size_t n = size * nmemb;
@@ -352,521 +134,6 @@ static size_t xfer_on_write(char *ptr, size_t size, size_t nmemb, void *userdata
         return 0;
     }
     return n;
-}
-
-/* ---------------------------------------------------------------------------------------
- * Rate limit and circuit breaker
- */
-
-static void rate_set(struct model *m, double rate)
-{
-    m->rate = rate;
-    m->stats.rate_limit_rps = rate;
-    double burst = rate > 1.0 ? rate : 1.0;
-    if (m->tokens > burst)
-        m->tokens = burst;
-}
-
-/* Take a token now (true), or say how long until one is there (false, *wait seconds). */
-static bool rate_take(struct model *m, double now, double *wait)
-{
-    if (m->rate <= 0.0)
-        return true;
-    double burst = m->rate > 1.0 ? m->rate : 1.0;
-    m->tokens += (now - m->bucket_t) * m->rate;
-    if (m->tokens > burst)
-        m->tokens = burst;
-    m->bucket_t = now;
-    if (m->tokens >= 1.0) {
-        m->tokens -= 1.0;
-        return true;
-    }
-    *wait = (1.0 - m->tokens) / m->rate;
-    return false;
-}
-
-/* The rate a 429 answered: requests sent in the last second (at least 1). When the whole
- * ring is inside that second the model was faster than the ring is long, so the rate is
- * estimated from the ring's span instead. */
-static double rate_observed(const struct model *m, double now)
-{
-    unsigned n = 0;
-    double oldest = now;
-
-    for (unsigned i = 0; i < MODEL_SENT_RING; i++) {
-        if (m->sent_at[i] > 0.0 && now - m->sent_at[i] <= 1.0) {
-            n++;
-            if (m->sent_at[i] < oldest)
-                oldest = m->sent_at[i];
-        }
-    }
-    if (n == MODEL_SENT_RING && now - oldest > 1e-3)
-        return (double)n / (now - oldest);
-    return n > 0 ? (double)n : 1.0;
-}
-
-/* Additive increase: +MODEL_RATE_STEP_RPS per second since the last change, up to the
- * ceiling. With no ceiling the limiter switches off after a calm minute. */
-static void rate_on_success(struct model *m, double now)
-{
-    if (m->rate <= 0.0)
-        return;
-    if (m->ceiling <= 0.0 && now - m->last_decrease >= MODEL_UNLIMITED_RESTORE) {
-        rate_set(m, 0.0);
-        return;
-    }
-    double rate = m->rate + (now - m->last_adjust) * MODEL_RATE_STEP_RPS;
-    if (m->ceiling > 0.0 && rate > m->ceiling)
-        rate = m->ceiling;
-    m->last_adjust = now;
-    rate_set(m, rate);
-}
-
-/* Multiplicative decrease on a 429 or a timeout, at most once per MODEL_RATE_DECREASE_GAP
- * (a burst of answers to one overload must not halve the rate once per request). An
- * unlimited model starts limiting on its first 429, at the rate it was sending (requests
- * in the last second); timeouts alone never turn the limiter on. */
-static void rate_on_congestion(struct model *m, double now, bool is_429)
-{
-    double rate = m->rate;
-
-    if (rate <= 0.0) {
-        if (!is_429)
-            return;
-        rate = rate_observed(m, now);
-        m->tokens = 0.0;
-        m->bucket_t = now;
-    } else if (now - m->last_decrease < MODEL_RATE_DECREASE_GAP) {
-        return;
-    } else {
-        rate *= 0.5;
-    }
-    if (rate < MODEL_RATE_MIN_RPS)
-        rate = MODEL_RATE_MIN_RPS;
-    m->last_decrease = m->last_adjust = now;
-    rate_set(m, rate);
-}
-
-static void breaker_set(struct model *m, enum breaker_state s)
-{
-    m->breaker = s;
-    m->stats.is_circuit_open = s != BREAKER_CLOSED;
-}
-
-/* The model answered (anything but 5xx): it is reachable. */
-static void breaker_on_success(struct model *m)
-{
-    m->consecutive_failures = 0;
-    if (m->breaker != BREAKER_CLOSED) {
-        bd_log(BD_LOG_INFO, "model", "model=%s circuit=closed", m->cfg->name);
-        breaker_set(m, BREAKER_CLOSED);
-        m->cooldown_s = m->mc->tuning.breaker_cooldown_s;
-    }
-}
-
-/* A timeout, connection error or 5xx. */
-static void breaker_on_failure(struct model *m, bool was_probe, double now)
-{
-    const struct bd_model_tuning *t = &m->mc->tuning;
-
-    m->consecutive_failures++;
-    if (was_probe) {
-        m->cooldown_s *= 2.0;
-        if (m->cooldown_s > t->breaker_max_cooldown_s)
-            m->cooldown_s = t->breaker_max_cooldown_s;
-    } else if (m->breaker != BREAKER_CLOSED ||
-               m->consecutive_failures < t->breaker_threshold) {
-        return;
-    }
-    m->open_until = now + m->cooldown_s;
-    breaker_set(m, BREAKER_OPEN);
-    bd_log(BD_LOG_WARN, "model", "model=%s circuit=open failures=%u cooldown_s=%.1f",
-           m->cfg->name, m->consecutive_failures, m->cooldown_s);
-}
-
-/* ---------------------------------------------------------------------------------------
- * Calls
- */
-
-/* Take sub out of whatever it waits in; an in-flight transfer is removed from curl at once,
- * which closes its connection (the server sees the client go). */
-static void sub_cancel(struct model_sub *sub)
-{
-    struct model *m = sub->call->m;
-
-    if (sub->state == SUB_WAITING) {
-        link_remove(&sub->link);
-    } else if (sub->state == SUB_IN_FLIGHT) {
-        curl_multi_remove_handle(m->mc->multi, sub->xfer->easy);
-        xfer_put(m->mc, sub->xfer);
-        sub->xfer = NULL;
-        m->stats.in_flight--;
-        if (sub->is_probe)
-            m->is_probe_in_flight = false;
-        sub->is_probe = false;
-    }
-    sub->state = SUB_DONE;
-}
-
-/* Finish call with status (first outcome wins): cancel its other requests and queue it for
- * delivery from the idle handle. */
-static void call_finish(struct bd_model_call *call, int status, bool is_retryable,
-                        const char *fmt, ...)
-{
-    struct bd_model_client *mc = call->mc;
-    bool had_in_flight = false;
-    va_list ap;
-
-    if (call->state != CALL_RUNNING)
-        return;
-    call->state = CALL_DONE;
-    call->status = status;
-    call->is_retryable = is_retryable;
-    va_start(ap, fmt);
-    vsnprintf(call->message, sizeof(call->message), fmt, ap);
-    va_end(ap);
-    for (unsigned i = 0; i < call->subs_count; i++) {
-        had_in_flight |= call->subs[i].state == SUB_IN_FLIGHT;
-        sub_cancel(&call->subs[i]);
-    }
-    link_remove(&call->hash_link);
-    link_remove(&call->link);
-    link_insert_tail(&mc->done, &call->link);
-    uv_idle_start(&mc->idle, model_on_idle);
-    if (had_in_flight)
-        model_pump(call->m);
-}
-
-static void call_free(struct bd_model_call *call)
-{
-    free(call->vectors);
-    free(call->item_status);
-    free(call);
-}
-
-/* Run call's callback, then free it. The call is out of every list. */
-static void call_deliver(struct bd_model_call *call)
-{
-    call->state = CALL_DELIVERING;
-    if (call->status == BD_OK) {
-        struct bd_embed_result res = {
-            .count = call->count,
-            .dim = call->m->dim,
-            .vectors = call->vectors,
-            .item_status = call->item_status,
-            .truncated = call->truncated,
-            .requests = call->requests,
-            .rate_limited = call->rate_limited,
-            .model_seconds = call->t_last > call->t_first
-                                 ? (double)(call->t_last - call->t_first) / 1e9 : 0.0,
-        };
-        call->cb(BD_OK, &res, "", false, call->arg);
-    } else {
-        call->cb(call->status, NULL, call->message, call->is_retryable, call->arg);
-    }
-    call_free(call);
-}
-
-/* ---------------------------------------------------------------------------------------
- * HTTP requests
- */
-
-/* Build sub's body and hand it to curl. On failure the call is finished. */
-static void sub_start(struct model *m, struct model_sub *sub, double now)
-{
-    struct bd_model_client *mc = m->mc;
-    struct bd_model_call *call = sub->call;
-    struct model_xfer *x = xfer_get(mc);
-    bool is_first = true;
-    CURLMcode mrc;
-
-    if (x == NULL) {
-        call_finish(call, BD_EMODEL, true, "out of memory starting a model request");
-        return;
-    }
-    bd__model_wire_begin(&x->body, m->cfg->provider, m->remote_model);
-    for (unsigned i = sub->first; i < sub->end; i++) {
-        if (call->item_status[i] != BD_OK)
-            continue;
-        bd__model_wire_add(&x->body, call->inputs[i].text, model_text_len(m, &call->inputs[i]),
-                           is_first);
-        is_first = false;
-    }
-    bd__model_wire_end(&x->body, m->cfg->provider);
-    if (x->body.is_failed) {
-        xfer_put(mc, x);
-        call_finish(call, BD_EMODEL, true, "out of memory building a model request");
-        return;
-    }
-    x->resp_cap = MODEL_RESP_CAP_BASE +
-                  (size_t)sub->n_sent * m->dim * MODEL_RESP_BYTES_PER_NUM;
-    x->sub = sub;
-
-    long timeout_ms = (long)ceil(m->timeout_s * 1000.0);
-    long connect_ms = (long)ceil(mc->tuning.connect_timeout_s * 1000.0);
-    CURL *e = x->easy;
-    curl_easy_setopt(e, CURLOPT_URL, m->url);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_ms < timeout_ms ? connect_ms
-                                                                          : timeout_ms);
-    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, m->headers);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "batchd/" BATCHD_VERSION);
-    curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->body.data);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body.len);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, xfer_on_write);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-
-    mrc = curl_multi_add_handle(mc->multi, e);
-    if (mrc != CURLM_OK) {
-        xfer_put(mc, x);
-        call_finish(call, BD_EMODELCONN, true, "cannot start a model request: %s",
-                    curl_multi_strerror(mrc));
-        return;
-    }
-    sub->xfer = x;
-    sub->state = SUB_IN_FLIGHT;
-    sub->t_start = uv_hrtime();
-    if (call->t_first == 0)
-        call->t_first = sub->t_start;
-    m->stats.in_flight++;
-    m->sent_at[m->sent_pos++ % MODEL_SENT_RING] = now;
-}
-
-/* Grow mc->scratch to n floats. */
-static float *model_scratch(struct bd_model_client *mc, size_t n)
-{
-    if (n > mc->scratch_cap) {
-        float *p = realloc(mc->scratch, n * sizeof(float));
-        if (p == NULL)
-            return NULL;
-        mc->scratch = p;
-        mc->scratch_cap = n;
-    }
-    return mc->scratch;
-}
-
-/* A 2xx answer: validate it, place the rows, finish the call when it was the last. */
-static void sub_on_ok(struct model *m, struct model_sub *sub, struct model_xfer *x,
-                      double now)
-{
-    struct bd_model_call *call = sub->call;
-    char msg[256];
-    float *rows = model_scratch(m->mc, (size_t)sub->n_sent * m->dim);
-    int rc;
-
-    breaker_on_success(m);
-    if (rows == NULL) {
-        call_finish(call, BD_EMODEL, true, "out of memory parsing the model's answer");
-        return;
-    }
-    rc = bd__model_wire_parse(m->cfg->provider, x->resp.data, x->resp.len, sub->n_sent, m->dim,
-                              rows, msg, sizeof(msg));
-    if (rc == BD_ENOMEM) {
-        call_finish(call, BD_EMODEL, true, "out of memory parsing the model's answer");
-        return;
-    }
-    if (rc < 0) {
-        m->stats.errors[BD_MODEL_ERR_PROCESSING]++;
-        call_finish(call, BD_EMODELBAD, true, "%s", msg);
-        return;
-    }
-    for (unsigned i = sub->first, j = 0; i < sub->end; i++) {
-        if (call->item_status[i] != BD_OK)
-            continue;
-        memcpy(call->vectors + (size_t)i * m->dim, rows + (size_t)j * m->dim,
-               (size_t)m->dim * sizeof(float));
-        j++;
-    }
-    rate_on_success(m, now);
-    m->stats.inputs += sub->n_sent;
-    sub->state = SUB_DONE;
-    if (--call->subs_left == 0)
-        call_finish(call, BD_OK, false, "%s", "");
-}
-
-/* A 429: wait out Retry-After (the whole model waits: the server said it is overloaded) and
- * send the same request again first, unless it has been refused too often. */
-static void sub_on_429(struct model *m, struct model_sub *sub, struct model_xfer *x,
-                       double now)
-{
-    const struct bd_model_tuning *t = &m->mc->tuning;
-    struct bd_model_call *call = sub->call;
-    curl_off_t ra = -1;
-
-    breaker_on_success(m);
-    m->stats.errors[BD_MODEL_ERR_RATE_LIMITED]++;
-    call->rate_limited++;
-    rate_on_congestion(m, now, true);
-    if (++sub->n429 >= t->max_consecutive_429) {
-        sub->state = SUB_DONE;
-        call_finish(call, BD_EMODELRATE, true,
-                    "model %s answered 429 Too Many Requests %u times to the same request",
-                    m->cfg->name, sub->n429);
-        return;
-    }
-    curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &ra);
-    double wait = ra > 0 ? (double)ra : t->default_retry_after_s;
-    if (wait > t->max_retry_after_s)
-        wait = t->max_retry_after_s;
-    if (now + wait > m->blocked_until)
-        m->blocked_until = now + wait;
-    bd_log(BD_LOG_DEBUG, "model", "model=%s status=429 retry_after_s=%.1f rate_rps=%.2f",
-           m->cfg->name, wait, m->rate);
-    sub->state = SUB_WAITING;
-    link_insert_head(&m->waiting, &sub->link);
-}
-
-/* curl finished sub's transfer with result: classify, count, and act. */
-static void sub_on_done(struct model_sub *sub, CURLcode result)
-{
-    struct bd_model_call *call = sub->call;
-    struct model *m = call->m;
-    struct bd_model_client *mc = m->mc;
-    struct model_xfer *x = sub->xfer;
-    bool was_probe = sub->is_probe;
-    double now = model_now();
-    uint64_t t_end = uv_hrtime();
-    long http = 0;
-    long connects = 0;
-    char text[200];
-
-    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &http);
-    curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &connects);
-    m->stats.connections += (uint64_t)(connects > 0 ? connects : 0);
-    curl_multi_remove_handle(mc->multi, x->easy);
-    sub->xfer = NULL;
-    sub->state = SUB_NEW;
-    sub->is_probe = false;
-    if (was_probe)
-        m->is_probe_in_flight = false;
-    m->stats.in_flight--;
-    m->stats.requests++;
-    bd_hist_observe(&m->stats.request_seconds, (double)(t_end - sub->t_start) / 1e9);
-    call->requests++;
-    call->t_last = t_end;
-
-    if (result == CURLE_OK && http >= 200 && http < 300) {
-        sub_on_ok(m, sub, x, now);
-    } else if (result == CURLE_OK && http == 429) {
-        sub_on_429(m, sub, x, now);
-    } else if (result == CURLE_OK && (http >= 500 || http == 408)) {
-        bool is_timeout = http == 408;
-        bd__model_wire_error_text(x->resp.data, x->resp.len, text, sizeof(text));
-        m->stats.errors[is_timeout ? BD_MODEL_ERR_TIMEOUT : BD_MODEL_ERR_PROCESSING]++;
-        breaker_on_failure(m, was_probe, now);
-        call_finish(call, is_timeout ? BD_EMODELTIMEOUT : BD_EMODEL, true,
-                    "model %s answered HTTP %ld: %s", m->cfg->name, http, text);
-    } else if (result == CURLE_OK) {
-        /* Other 4xx (and stray 1xx/3xx): the request itself is wrong for this server (bad
-         * key, unknown model, too many inputs); sending it again cannot help. */
-        bd__model_wire_error_text(x->resp.data, x->resp.len, text, sizeof(text));
-        m->stats.errors[BD_MODEL_ERR_PROCESSING]++;
-        breaker_on_success(m);
-        call_finish(call, BD_EFATAL, false, "model %s answered HTTP %ld: %s", m->cfg->name,
-                    http, text);
-    } else if (result == CURLE_OPERATION_TIMEDOUT) {
-        m->stats.errors[BD_MODEL_ERR_TIMEOUT]++;
-        breaker_on_failure(m, was_probe, now);
-        rate_on_congestion(m, now, false);
-        call_finish(call, BD_EMODELTIMEOUT, true, "model %s did not answer within %.3g s",
-                    m->cfg->name, m->timeout_s);
-    } else if (x->is_too_large) {
-        m->stats.errors[BD_MODEL_ERR_PROCESSING]++;
-        breaker_on_success(m);
-        call_finish(call, BD_EMODELBAD, true, "model %s answer is larger than %zu bytes",
-                    m->cfg->name, x->resp_cap);
-    } else if (x->is_nomem) {
-        m->stats.errors[BD_MODEL_ERR_PROCESSING]++;
-        call_finish(call, BD_EMODEL, true, "out of memory reading the model's answer");
-    } else {
-        m->stats.errors[BD_MODEL_ERR_CONNECTION]++;
-        breaker_on_failure(m, was_probe, now);
-        call_finish(call, BD_EMODELCONN, true, "model %s at %s: %s", m->cfg->name, m->url,
-                    x->errbuf[0] ? x->errbuf : curl_easy_strerror(result));
-    }
-    xfer_put(mc, x);
-    model_pump(m);
-}
-
-/* ---------------------------------------------------------------------------------------
- * Scheduling
- */
-
-static void model_on_timer(uv_timer_t *t)
-{
-    model_pump(t->data);
-}
-
-static void model_arm(struct model *m, double delay_s)
-{
-    uint64_t ms = (uint64_t)ceil(delay_s * 1000.0);
-
-    uv_timer_start(&m->timer, model_on_timer, ms ? ms : 1, 0);
-}
-
-/* Send waiting requests while the model has a free slot, the breaker lets them through,
- * no Retry-After is pending and the bucket has a token; otherwise arm the timer for the
- * moment one of those changes (slots free up in sub_on_done, which pumps again). Re-entrant
- * calls (a failure inside finishing another call) just ask the running pump to loop. */
-static void model_pump(struct model *m)
-{
-    if (m->mc->is_closing)
-        return;
-    if (m->is_pumping) {
-        m->is_pump_again = true;
-        return;
-    }
-    m->is_pumping = true;
-    do {
-        m->is_pump_again = false;
-        while (!link_is_empty(&m->waiting) && m->stats.in_flight < m->concurrency) {
-            struct model_sub *sub = MODEL_OF(m->waiting.next, struct model_sub, link);
-            double now = model_now();
-            double wait = 0.0;
-            bool is_probe = false;
-
-            if (m->breaker == BREAKER_OPEN && now < m->open_until) {
-                /* Refused without a request, but still a failure of this model as the
-                 * batch sees it: count it, or error statistics would undercount. */
-                m->stats.errors[BD_MODEL_ERR_CONNECTION]++;
-                call_finish(sub->call, BD_EMODELCONN, true,
-                            "circuit open for model %s after %u failed requests; "
-                            "next try in %.1f s", m->cfg->name, m->consecutive_failures,
-                            m->open_until - now);
-                continue;
-            }
-            if (m->breaker == BREAKER_OPEN)
-                breaker_set(m, BREAKER_HALF_OPEN);
-            if (m->breaker == BREAKER_HALF_OPEN) {
-                if (m->is_probe_in_flight)
-                    break;                  /* the others wait for the probe's answer */
-                is_probe = true;
-            }
-            if (now < m->blocked_until) {
-                model_arm(m, m->blocked_until - now);
-                break;
-            }
-            if (!rate_take(m, now, &wait)) {
-                model_arm(m, wait);
-                break;
-            }
-            link_remove(&sub->link);
-            sub->state = SUB_NEW;
-            sub_start(m, sub, now);
-            if (is_probe && sub->state == SUB_IN_FLIGHT) {
-                sub->is_probe = true;
-                m->is_probe_in_flight = true;
-            }
-        }
-    } while (m->is_pump_again);
-    m->is_pumping = false;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -889,7 +156,7 @@ static void model_check_info(struct bd_model_client *mc)
         struct model_xfer *x = NULL;
         curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&x);
         if (x != NULL && x->sub != NULL)
-            sub_on_done(x->sub, result);
+            bd__model_sub_on_done(x->sub, result);
         else
             curl_multi_remove_handle(mc->multi, easy);   /* not ours to finish; drop it */
     }
@@ -906,7 +173,7 @@ static void sock_on_close(uv_handle_t *h)
 
 static void sock_close(struct bd_model_client *mc, struct model_sock *s)
 {
-    link_remove(&s->link);
+    model_link_remove(&s->link);
     mc->pending_closes++;
     uv_close((uv_handle_t *)&s->poll, sock_on_close);
 }
@@ -957,7 +224,7 @@ static int model_on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *us
         s->fd = fd;
         s->mc = mc;
         s->poll.data = s;
-        link_insert_tail(&mc->socks, &s->link);
+        model_link_insert_tail(&mc->socks, &s->link);
         curl_multi_assign(mc->multi, fd, s);
     }
     if (what & CURL_POLL_IN)
@@ -1024,33 +291,33 @@ static void hashing_slice(struct bd_model_client *mc)
     bd_hist_observe(&m->stats.request_seconds, (double)(call->t_last - t0) / 1e9);
     m->stats.inputs += n;
     if (call->hash_next >= call->count) {
-        call_finish(call, BD_OK, false, "%s", "");
+        bd__model_call_finish(call, BD_OK, false, "%s", "");
         return;
     }
-    link_remove(&call->hash_link);
-    link_insert_tail(&mc->hashing, &call->hash_link);
+    model_link_remove(&call->hash_link);
+    model_link_insert_tail(&mc->hashing, &call->hash_link);
 }
 
 static void client_teardown(struct bd_model_client *mc);
 
-static void model_on_idle(uv_idle_t *h)
+void bd__model_on_idle(uv_idle_t *h)
 {
     struct bd_model_client *mc = h->data;
     struct model_link batch;
 
-    if (!link_is_empty(&mc->hashing))
+    if (!model_link_is_empty(&mc->hashing))
         hashing_slice(mc);
     /* Deliver what finished so far; calls finishing inside these callbacks wait for the
      * next turn, so one busy caller cannot starve the loop. */
-    link_move(&mc->done, &batch);
-    while (!link_is_empty(&batch)) {
+    model_link_move(&mc->done, &batch);
+    while (!model_link_is_empty(&batch)) {
         struct bd_model_call *call = MODEL_OF(batch.next, struct bd_model_call, link);
-        link_remove(&call->link);
-        call_deliver(call);
+        model_link_remove(&call->link);
+        bd__model_call_deliver(call);
     }
-    if (link_is_empty(&mc->hashing) && link_is_empty(&mc->done)) {
+    if (model_link_is_empty(&mc->hashing) && model_link_is_empty(&mc->done)) {
         uv_idle_stop(h);
-        if (mc->is_closing && !mc->is_torn_down && link_is_empty(&mc->calls))
+        if (mc->is_closing && !mc->is_torn_down && model_link_is_empty(&mc->calls))
             client_teardown(mc);
     }
 }
@@ -1146,7 +413,7 @@ int bd_model_embed(struct bd_model_client *mc, const char *model,
         call->vectors = calloc((size_t)count * m->dim, sizeof(float));
         call->item_status = calloc(count, sizeof(int));
         if (call->vectors == NULL || call->item_status == NULL) {
-            call_free(call);
+            bd__model_call_free(call);
             return BD_ENOMEM;
         }
     }
@@ -1159,25 +426,25 @@ int bd_model_embed(struct bd_model_client *mc, const char *model,
     call->subs_count = call_plan(m, inputs, count, call);
     call->subs_left = call->subs_count;
     call->state = CALL_RUNNING;
-    link_init(&call->hash_link);
-    link_insert_tail(&mc->calls, &call->link);
+    model_link_init(&call->hash_link);
+    model_link_insert_tail(&mc->calls, &call->link);
     if (call_out != NULL)
         *call_out = call;
 
     if (m->cfg->provider == BD_PROVIDER_HASHING && count > 0) {
-        link_insert_tail(&mc->hashing, &call->hash_link);
-        uv_idle_start(&mc->idle, model_on_idle);
+        model_link_insert_tail(&mc->hashing, &call->hash_link);
+        uv_idle_start(&mc->idle, bd__model_on_idle);
         return BD_OK;
     }
     if (call->subs_count == 0) {                   /* nothing to send: every input refused */
-        call_finish(call, BD_OK, false, "%s", "");
+        bd__model_call_finish(call, BD_OK, false, "%s", "");
         return BD_OK;
     }
     for (unsigned i = 0; i < call->subs_count; i++) {
         call->subs[i].state = SUB_WAITING;
-        link_insert_tail(&m->waiting, &call->subs[i].link);
+        model_link_insert_tail(&m->waiting, &call->subs[i].link);
     }
-    model_pump(m);
+    bd__model_pump(m);
     return BD_OK;
 }
 
@@ -1186,7 +453,7 @@ void bd_model_abort(struct bd_model_call *call)
     if (call == NULL)
         return;
     if (call->state == CALL_RUNNING) {
-        call_finish(call, BD_ECANCELED, false, "model request aborted");
+        bd__model_call_finish(call, BD_ECANCELED, false, "model request aborted");
     } else if (call->state == CALL_DONE) {
         call->status = BD_ECANCELED;
         call->is_retryable = false;
@@ -1234,9 +501,9 @@ static int model_init(struct bd_model_client *mc, struct model *m,
     m->ceiling = cfg->rate_limit_rps > 0.0 ? cfg->rate_limit_rps : 0.0;
     m->cooldown_s = mc->tuning.breaker_cooldown_s;
     m->bucket_t = m->last_adjust = model_now();
-    rate_set(m, m->ceiling);
+    bd__model_rate_set(m, m->ceiling);
     m->tokens = m->rate > 1.0 ? m->rate : 1.0;
-    link_init(&m->waiting);
+    model_link_init(&m->waiting);
     m->stats.request_seconds.bounds = model_hist_bounds;
     m->stats.request_seconds.bounds_count = sizeof(model_hist_bounds) / sizeof(double);
     m->stats.concurrency_limit = m->concurrency;
@@ -1300,10 +567,10 @@ struct bd_model_client *bd_model_client_new(uv_loop_t *loop, const struct bd_con
     mc->loop = loop;
     mc->cfg = cfg;
     bd_model_tuning_init(&mc->tuning);
-    link_init(&mc->calls);
-    link_init(&mc->done);
-    link_init(&mc->hashing);
-    link_init(&mc->socks);
+    model_link_init(&mc->calls);
+    model_link_init(&mc->done);
+    model_link_init(&mc->hashing);
+    model_link_init(&mc->socks);
     mc->models_count = cfg->models_count;
     mc->models = calloc(cfg->models_count ? cfg->models_count : 1, sizeof(*mc->models));
     if (mc->models == NULL)
@@ -1388,7 +655,7 @@ static void client_teardown(struct bd_model_client *mc)
      * and any poll it does not report is closed just after. */
     curl_multi_cleanup(mc->multi);
     mc->multi = NULL;
-    while (!link_is_empty(&mc->socks))
+    while (!model_link_is_empty(&mc->socks))
         sock_close(mc, MODEL_OF(mc->socks.next, struct model_sock, link));
     while (mc->free_xfers != NULL) {
         struct model_xfer *x = mc->free_xfers;
@@ -1415,10 +682,10 @@ void bd_model_client_close(struct bd_model_client *mc, bd_model_closed_cb cb, vo
     mc->is_closing = true;
     mc->closed_cb = cb;
     mc->closed_arg = arg;
-    while (!link_is_empty(&mc->calls))
-        call_finish(MODEL_OF(mc->calls.next, struct bd_model_call, link), BD_ECANCELED, false,
-                    "model client is closing");
+    while (!model_link_is_empty(&mc->calls))
+        bd__model_call_finish(MODEL_OF(mc->calls.next, struct bd_model_call, link), BD_ECANCELED,
+                              false, "model client is closing");
     for (unsigned i = 0; i < mc->models_count; i++)
         uv_timer_stop(&mc->models[i].timer);
-    uv_idle_start(&mc->idle, model_on_idle);
+    uv_idle_start(&mc->idle, bd__model_on_idle);
 }

@@ -12,7 +12,7 @@
  *                                                                          "embedding": [..]}]}
  *   tei     POST {base}/embed          {"inputs": [..]}              -> [[..], ..]
  */
-#include "batchd/model_internal.h"
+#include "model_internal.h"
 
 #include "batchd/error.h"
 #include "batchd/json_scan.h"
@@ -47,89 +47,6 @@ size_t bd__model_utf8_cut(const char *text, size_t len, size_t max)
     return cut;
 }
 
-/* Length of the valid UTF-8 sequence at s[0..n), or 0 if it is not one (RFC 3629: no
- * overlongs, no surrogates, nothing above U+10FFFF). s[0] >= 0x80. */
-static size_t utf8_seq_len(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    size_t need;
-    unsigned char lo = 0x80, hi = 0xBF;
-
-    if (c >= 0xC2 && c <= 0xDF)
-        need = 1;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        need = 2;
-        if (c == 0xE0)
-            lo = 0xA0;
-        else if (c == 0xED)
-            hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 3;
-        if (c == 0xF0)
-            lo = 0x90;
-        else if (c == 0xF4)
-            hi = 0x8F;
-    } else
-        return 0;
-    if (n < need + 1 || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i <= need; i++)
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-    return need + 1;
-}
-
-/* Append text as a JSON string literal. One reservation for the worst case (6 bytes per
- * input byte), then a tight loop; invalid UTF-8 becomes U+FFFD so the body is always valid
- * JSON (a server would reject the whole request otherwise, failing the batch for one byte). */
-static void wire_put_string(struct bd_buf *b, const char *text, size_t len)
-{
-    static const char hex[] = "0123456789abcdef";
-    const unsigned char *s = (const unsigned char *)text;
-
-    if (bd_buf_reserve(b, len * 6 + 2) != BD_OK)
-        return;
-    char *o = b->data + b->len;
-    *o++ = '"';
-    for (size_t i = 0; i < len;) {
-        unsigned char c = s[i];
-        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
-            *o++ = (char)c;
-            i++;
-        } else if (c < 0x80) {
-            *o++ = '\\';
-            switch (c) {
-            case '"':  *o++ = '"'; break;
-            case '\\': *o++ = '\\'; break;
-            case '\n': *o++ = 'n'; break;
-            case '\r': *o++ = 'r'; break;
-            case '\t': *o++ = 't'; break;
-            default:
-                *o++ = 'u';
-                *o++ = '0';
-                *o++ = '0';
-                *o++ = hex[c >> 4];
-                *o++ = hex[c & 15];
-            }
-            i++;
-        } else {
-            size_t n = utf8_seq_len(s + i, len - i);
-            if (n == 0) {
-                memcpy(o, "\\ufffd", 6);
-                o += 6;
-                i++;
-            } else {
-                memcpy(o, s + i, n);
-                o += n;
-                i += n;
-            }
-        }
-    }
-    *o++ = '"';
-    b->len = (size_t)(o - b->data);
-    b->data[b->len] = '\0';
-}
-
 void bd__model_wire_begin(struct bd_buf *b, enum bd_model_provider p, const char *remote_model)
 {
     if (p == BD_PROVIDER_TEI) {
@@ -137,7 +54,8 @@ void bd__model_wire_begin(struct bd_buf *b, enum bd_model_provider p, const char
         return;
     }
     bd_buf_puts(b, "{\"model\":");
-    wire_put_string(b, remote_model ? remote_model : "", remote_model ? strlen(remote_model) : 0);
+    bd_buf_json_string_utf8(b, remote_model ? remote_model : "",
+                            remote_model ? strlen(remote_model) : 0);
     if (p == BD_PROVIDER_OPENAI)
         bd_buf_puts(b, ",\"encoding_format\":\"float\"");
     bd_buf_puts(b, ",\"input\":[");
@@ -147,7 +65,7 @@ void bd__model_wire_add(struct bd_buf *b, const char *text, size_t len, bool is_
 {
     if (!is_first)
         bd_buf_append(b, ",", 1);
-    wire_put_string(b, text, len);
+    bd_buf_json_string_utf8(b, text, len);
 }
 
 void bd__model_wire_end(struct bd_buf *b, enum bd_model_provider p)

@@ -15,6 +15,7 @@
  */
 #include "batchd/router.h"
 #include "batchd/error.h"
+#include "batchd/url.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -255,7 +256,7 @@ int bd_router_match(const struct bd_router *r, struct bd_http_request *req, cons
     for (unsigned i = 0; i < nsegs; i++) {
         const char *slash = strchr(p, '/');
         size_t rawlen = slash ? (size_t)(slash - p) : strlen(p);
-        long n = bd_http_url_decode(p, rawlen, out, rawlen + 1, 0);
+        long n = bd_url_decode(p, rawlen, out, rawlen + 1, 0);
 
         if (n < 0) {
             rc = BD_EINVAL;

@@ -19,6 +19,7 @@
 
 #include "batchd/config.h"
 #include "batchd/error.h"
+#include "batchd/url.h"
 
 /* The stores every file needs unless the environment supplies them. */
 #define STORES                                                                             \
@@ -396,7 +397,7 @@ static void config_fails_naming_key_when_number_is_out_of_range(void **state)
     expect_file_error(STORES "jobs:\n  lease: nan\n", "jobs.lease", "not a number");
     expect_file_error(STORES "http:\n  request_timeout: 1e300\n", "http.request_timeout",
                       "<= 31536000");
-    expect_file_error("redis:\n  url: redis://x\npostgres:\n  url: x\n  pool_size: 0\n",
+    expect_file_error("redis:\n  url: redis://x\npostgres:\n  url: dbname=x\n  pool_size: 0\n",
                       "postgres.pool_size",
                       "must be between 1 and 64");
     expect_file_error(STORES "http:\n  max_body_bytes: 0\n", "http.max_body_bytes",
@@ -488,6 +489,159 @@ static void config_fails_naming_key_when_url_scheme_is_wrong(void **state)
                       "    base_url: ftp://x\n", "models[0].base_url", "http:// or https://");
     expect_file_error(STORES "models:\n  - name: a\n    provider: tei\n    dimensions: 4\n"
                       "    base_url: \"http://\"\n", "models[0].base_url", "http:// or https://");
+}
+
+/* Each configured URL goes through bd_url_parse() when the config loads: a URL the module
+ * would refuse at startup fails --check-config, naming its key (or variable). */
+static void config_fails_naming_key_when_url_port_is_bad(void **state)
+{
+    const char *const env[] = { "BATCH_REDIS_URL", "redis://h:notaport", NULL };
+
+    (void)state;
+    expect_file_error("redis:\n  url: redis://h:notaport\npostgres:\n  url: postgresql://x\n",
+                      "redis.url", "must be a redis:// URL");
+    expect_file_error("redis:\n  url: redis://h:65536/0\npostgres:\n  url: postgresql://x\n",
+                      "redis.url", "ort");
+    expect_file_error("redis:\n  url: redis://h:0/0\npostgres:\n  url: postgresql://x\n",
+                      "redis.url", "port must be 1..65535");
+    expect_env_error(STORES, env, "BATCH_REDIS_URL", "must be a redis:// URL");
+    expect_file_error("redis:\n  url: redis://h\npostgres:\n  url: postgres://db:5x/b\n",
+                      "postgres.url", "must be a postgres:// or postgresql:// URL");
+    expect_file_error(STORES "models:\n  - name: a\n    provider: tei\n    dimensions: 4\n"
+                      "    base_url: http://h:http\n", "models[0].base_url",
+                      "http:// or https://");
+}
+
+static void config_fails_naming_key_when_url_lacks_host_or_has_bad_parts(void **state)
+{
+    (void)state;
+    expect_file_error("redis:\n  url: redis:///0\npostgres:\n  url: postgresql://x\n",
+                      "redis.url", "must be a redis:// URL");
+    expect_file_error("redis:\n  url: redis://h/zero\npostgres:\n  url: postgresql://x\n",
+                      "redis.url", "database number");
+    expect_file_error("redis:\n  url: redis://h\npostgres:\n  url: mysql://h/db\n",
+                      "postgres.url", "scheme must be postgres:// or postgresql://");
+    expect_file_error("redis:\n  url: redis://h\npostgres:\n  url: \"postgresql://:5432/db\"\n",
+                      "postgres.url", "must be a postgres://");
+    expect_file_error("redis:\n  url: redis://h\npostgres:\n  url: \"host=h dbname\"\n",
+                      "postgres.url", "libpq cannot parse it");
+    expect_file_error(STORES "models:\n  - name: a\n    provider: tei\n    dimensions: 4\n"
+                      "    base_url: \"http://h/v1?x=1\"\n", "models[0].base_url", "no ?query");
+}
+
+static void config_accepts_urls_when_well_formed(void **state)
+{
+    struct bd_config *c;
+
+    (void)state;
+    c = load_ok("redis:\n  url: \"redis://:p%40ss@[::1]:6380/3\"\n"
+                "postgres:\n  url: \"host=/run/pg dbname=x\"\n", no_env);
+    assert_string_equal(c->postgres_url, "host=/run/pg dbname=x");   /* conninfo: as is */
+    bd_config_free(c);
+    /* libpq takes its parameters in the query: a postgres URL keeps it. */
+    c = load_ok("redis:\n  url: redis://h\npostgres:\n"
+                "  url: \"postgresql://u@h/db?sslmode=disable&options=-csearch_path%3Dx\"\n",
+                no_env);
+    assert_string_equal(c->postgres_url,
+                        "postgresql://u@h/db?sslmode=disable&options=-csearch_path%3Dx");
+    bd_config_free(c);
+    /* Forms only libpq knows: the Unix socket (no host) and several hosts. */
+    c = load_ok("redis:\n  url: redis://h\npostgres:\n"
+                "  url: \"postgresql:///batchd?host=/run/postgresql\"\n", no_env);
+    bd_config_free(c);
+    c = load_ok("redis:\n  url: redis://h\npostgres:\n"
+                "  url: \"postgresql://h1:5432,h2:5433/batchd\"\n", no_env);
+    bd_config_free(c);
+}
+
+/* -- bd_url_parse (url.c): the parser behind the checks above ----------------------------- */
+
+static void url_parse_decodes_userinfo_when_percent_encoded(void **state)
+{
+    struct bd_url u;
+    char why[128];
+
+    (void)state;
+    assert_int_equal(bd_url_parse("redis://us%3Aer:p%40ss%2Fw@h.example:6380/3",
+                                  bd_url_redis_schemes, &u, why, sizeof(why)), BD_OK);
+    assert_string_equal(u.scheme, "redis");
+    assert_string_equal(u.host, "h.example");
+    assert_int_equal(u.port, 6380);
+    assert_string_equal(u.user, "us:er");
+    assert_string_equal(u.password, "p@ss/w");
+    assert_string_equal(u.path, "/3");
+    assert_string_equal(u.query, "");
+    bd_url_free(&u);
+    bd_url_free(&u);                                   /* idempotent */
+}
+
+static void url_parse_fills_default_port_when_none_given(void **state)
+{
+    static const struct {
+        const char *url;
+        const char *const *schemes;
+        int port;
+        int path_rc;                                   /* bd_url_path_uint() */
+    } ok[] = {
+        { "redis://h", bd_url_redis_schemes, 6379, BD_OK },
+        { "postgres://u@db/x", bd_url_postgres_schemes, 5432, BD_EINVAL },
+        { "postgresql://db", bd_url_postgres_schemes, 5432, BD_OK },
+        { "http://h/api", bd_url_http_schemes, 80, BD_EINVAL },
+        { "HTTPS://h", bd_url_http_schemes, 443, BD_OK },
+    };
+    struct bd_url u;
+    unsigned db;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        assert_int_equal(bd_url_parse(ok[i].url, ok[i].schemes, &u, NULL, 0), BD_OK);
+        assert_int_equal(u.port, ok[i].port);
+        assert_string_equal(u.user, i == 1 ? "u" : "");
+        assert_string_equal(u.password, "");
+        assert_int_equal(bd_url_path_uint(&u, 15, &db), ok[i].path_rc);
+        bd_url_free(&u);
+    }
+    assert_int_equal(bd_url_parse("redis://[::1]:7000/15", bd_url_redis_schemes, &u, NULL, 0),
+                     BD_OK);
+    assert_string_equal(u.host, "::1");
+    assert_int_equal(u.port, 7000);
+    assert_int_equal(bd_url_path_uint(&u, 15, &db), BD_OK);
+    assert_int_equal(db, 15);
+    assert_int_equal(bd_url_path_uint(&u, 14, &db), BD_EINVAL);
+    bd_url_free(&u);
+}
+
+static void url_parse_fails_with_reason_when_url_is_bad(void **state)
+{
+    static const char *const bad[][2] = {
+        { "redis://h:notaport", "ort" },
+        { "redis://h:0", "port must be 1..65535" },
+        { "redis://h:70000", "ort" },
+        { "http://h", "scheme must be redis://" },
+        { "h:6379", "" },
+        { "redis:///0", "" },
+        { "redis://h/0#frag", "fragment" },
+        { "redis://h /0", "spaces" },
+        { "", "" },
+    };
+    struct bd_url u;
+    char why[128];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        why[0] = '\0';
+        if (bd_url_parse(bad[i][0], bd_url_redis_schemes, &u, why, sizeof(why)) != BD_EINVAL)
+            fail_msg("\"%s\" parsed, or failed other than BD_EINVAL", bad[i][0]);
+        if (getenv("BD_TEST_VERBOSE") != NULL)
+            print_message("%s -> %s\n", bad[i][0], why);
+        assert_true(why[0] != '\0');
+        assert_contains(why, bad[i][1]);
+        assert_null(u.host);                           /* nothing left to free */
+    }
+    /* The password never reaches the reason. */
+    assert_int_equal(bd_url_parse("redis://:s3cret@h:x", bd_url_redis_schemes, &u, why,
+                                  sizeof(why)), BD_EINVAL);
+    assert_null(strstr(why, "s3cret"));
 }
 
 static void config_fails_naming_key_when_store_url_is_missing(void **state)
@@ -733,6 +887,12 @@ int main(void)
         cmocka_unit_test(config_fails_naming_key_when_model_names_repeat_or_are_bad),
         cmocka_unit_test(config_fails_naming_key_when_listen_is_bad),
         cmocka_unit_test(config_fails_naming_key_when_url_scheme_is_wrong),
+        cmocka_unit_test(config_fails_naming_key_when_url_port_is_bad),
+        cmocka_unit_test(config_fails_naming_key_when_url_lacks_host_or_has_bad_parts),
+        cmocka_unit_test(config_accepts_urls_when_well_formed),
+        cmocka_unit_test(url_parse_decodes_userinfo_when_percent_encoded),
+        cmocka_unit_test(url_parse_fills_default_port_when_none_given),
+        cmocka_unit_test(url_parse_fails_with_reason_when_url_is_bad),
         cmocka_unit_test(config_fails_naming_key_when_store_url_is_missing),
         cmocka_unit_test(config_fails_naming_key_when_yaml_is_malformed),
         cmocka_unit_test(config_fails_naming_file_when_file_is_missing),

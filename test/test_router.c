@@ -1,4 +1,4 @@
-/* test_router.c -- unit tests for router.c and bd_http_url_decode().
+/* test_router.c -- unit tests for router.c and bd_url_decode() (url.c).
  *
  * Matching without a request (req == NULL: parameters are malloc'ed and freed here), the
  * 404/405 split with its Allow list, HEAD served by GET, per-segment percent-decoding, and the
@@ -17,6 +17,7 @@
 #include "batchd/error.h"
 #include "batchd/http_server.h"
 #include "batchd/router.h"
+#include "batchd/url.h"
 
 static void handler_a(struct bd_http_request *req, void *arg) { (void)req; (void)arg; }
 static void handler_b(struct bd_http_request *req, void *arg) { (void)req; (void)arg; }
@@ -288,11 +289,11 @@ static void router_lists_routes_when_asked_in_insertion_order(void **state)
     assert_null(method);
 }
 
-/* ---- bd_http_url_decode ------------------------------------------------------------ */
+/* ---- bd_url_decode ------------------------------------------------------------ */
 
 static long decode(const char *in, char *out, size_t outlen, int plus)
 {
-    return bd_http_url_decode(in, strlen(in), out, outlen, plus);
+    return bd_url_decode(in, strlen(in), out, outlen, plus);
 }
 
 static void url_decode_decodes_escapes_when_valid(void **state)
@@ -307,7 +308,7 @@ static void url_decode_decodes_escapes_when_valid(void **state)
     assert_int_equal(decode("", out, sizeof(out), 0), 0);
     assert_string_equal(out, "");
     /* Only the first len bytes are read. */
-    assert_int_equal(bd_http_url_decode("abc%41zzz", 6, out, sizeof(out), 0), 4);
+    assert_int_equal(bd_url_decode("abc%41zzz", 6, out, sizeof(out), 0), 4);
     assert_string_equal(out, "abcA");
 }
 

@@ -28,6 +28,11 @@ void bd_buf_put_u32be(struct bd_buf *b, uint32_t v);
 void bd_buf_put_u64be(struct bd_buf *b, uint64_t v);
 /* Append s as a JSON string literal (quotes and escapes). */
 void bd_buf_json_string(struct bd_buf *b, const char *s, size_t len);
+/* Append s as a JSON string literal in which every byte sequence that is not valid UTF-8
+ * (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF) becomes \ufffd, so the
+ * result is always valid JSON whatever s holds. Escapes as bd_buf_json_string does. Reserves
+ * 6 * len + 2 bytes once (no growth per character); on ENOMEM is_failed is set. */
+void bd_buf_json_string_utf8(struct bd_buf *b, const char *s, size_t len);
 /* Take the memory out (caller frees); b is left empty. */
 char *bd_buf_steal(struct bd_buf *b, size_t *len);
 

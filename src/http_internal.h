@@ -1,0 +1,191 @@
+/* http_internal.h -- what the HTTP server's three files share; not a public header.
+ *
+ * http_server.c: connections, requests and their arenas, the server's lifecycle.
+ * http_parse.c: the llhttp callbacks that turn bytes into a struct http_req.
+ * http_response.c: ordered output, bd_http_respond*() and bd_http_stream_*().
+ * Loop thread only. Everything here is bd__http_ (libuv's uv__ rule); nothing outside
+ * these three files includes it.  SPDX-License-Identifier: MIT
+ */
+#ifndef BATCHD_HTTP_INTERNAL_H
+#define BATCHD_HTTP_INTERNAL_H
+
+#include "batchd/http_server.h"
+
+#include <llhttp.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define HTTP_IN_BUF          16384      /* per-connection read buffer */
+#define HTTP_MAX_QUEUED      16         /* complete requests waiting before reading stops */
+#define HTTP_MAX_WRITE_QUEUE (1u << 20) /* unwritten bytes before reading stops */
+#define HTTP_LINGER_MS       1000
+#define HTTP_ARENA_INLINE    2048       /* arena bytes inside struct http_req */
+#define HTTP_ARENA_CHUNK     4096
+#define HTTP_FREE_REQS       64         /* request structs kept for reuse */
+#define HTTP_BACKLOG         511
+#define HTTP_ALIGN           _Alignof(max_align_t)
+
+#define HTTP_DEFAULT_MAX_CONNECTIONS  1024u
+#define HTTP_DEFAULT_MAX_HEADER_BYTES (16u * 1024)
+#define HTTP_DEFAULT_MAX_URL_BYTES    (8u * 1024)
+#define HTTP_DEFAULT_MAX_BODY_BYTES   ((size_t)16 * 1024 * 1024)
+#define HTTP_DEFAULT_IDLE_MS          60000u
+#define HTTP_DEFAULT_REQUEST_MS       30000u
+
+struct arena_chunk {
+    struct arena_chunk *next;
+    max_align_t data[];
+};
+
+/* Bump allocator: the first block is inside the request, the rest are malloc'ed chunks. */
+struct http_arena {
+    char *pos;
+    char *end;
+    struct arena_chunk *chunks;
+};
+
+/* One write: uv_write_t first, so the write callback can cast back. */
+struct http_wbuf {
+    uv_write_t wr;
+    struct http_conn *conn;
+    struct http_wbuf *next;
+    size_t len;
+    char data[];
+};
+
+enum conn_timer { CONN_TIMER_NONE, CONN_TIMER_IDLE, CONN_TIMER_REQUEST, CONN_TIMER_LINGER };
+
+struct http_req {
+    struct bd_http_request pub;        /* first: handlers get &pub */
+    struct bd_http_server *srv;
+    struct http_conn *conn;            /* NULL once popped or the connection is gone */
+    struct http_req *next;             /* connection queue, or the server's free list */
+    struct http_wbuf *out_head;        /* output held until this request is the head */
+    struct http_wbuf *out_tail;
+    size_t out_bytes;
+    struct http_arena arena;
+    struct bd_http_header *hdrs;
+    unsigned hdrs_cap;
+    char *body_buf;
+    size_t body_cap;
+    unsigned refs;
+    int status;
+    bd_http_abort_cb abort_cb;
+    void *abort_arg;
+    bd_http_drain_cb drain_cb;
+    void *drain_arg;
+    bool is_complete;                  /* on_message_complete seen */
+    bool is_keep_alive;
+    bool is_http10;
+    bool is_head_method;
+    bool is_last;                      /* the connection closes after this response */
+    bool is_finished;                  /* the handler answered */
+    bool is_streaming;
+    bool is_raw_stream;                /* HTTP/1.0 stream: no chunking, ends with close */
+    max_align_t inline_mem[HTTP_ARENA_INLINE / sizeof(max_align_t)];
+};
+
+struct http_conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_shutdown_t shutdown;
+    llhttp_t parser;
+    struct bd_http_server *srv;
+    struct http_conn *prev;            /* srv->conns */
+    struct http_conn *next;
+    struct http_conn *service_next;    /* srv->service */
+    struct http_req *parsing;          /* request being parsed, or NULL */
+    struct http_req *head;             /* complete requests, oldest first */
+    struct http_req *tail;
+    unsigned queued;
+    size_t queued_body_bytes;          /* bodies held by queued requests */
+    size_t write_bytes;                /* passed to uv_write, not yet called back */
+    unsigned long long id;
+    enum conn_timer timer_mode;
+    int parse_err;                     /* BD_E* from a parser callback that stopped llhttp */
+    char *scratch;                     /* token being gathered (URL, header name or value) */
+    size_t scratch_len;
+    size_t scratch_cap;
+    const char *hdr_name;              /* arena copy of the header name awaiting its value */
+    size_t hdr_bytes;
+    unsigned pending_closes;
+    bool is_reject;                    /* over max_connections: 503, then close */
+    bool is_input_done;                /* parse no more requests */
+    bool is_reading;
+    bool is_paused;                    /* reading stopped for backpressure */
+    bool is_processing;                /* conn_process_input() is on the stack */
+    bool is_shutting;                  /* uv_shutdown() requested */
+    bool is_lingering;                 /* write side shut; dropping input until EOF */
+    bool is_closing;                   /* uv_close() requested */
+    bool is_service_pending;
+    size_t in_off;
+    size_t in_len;
+    char in[HTTP_IN_BUF];
+};
+
+struct bd_http_server {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    uv_idle_t service_idle;            /* runs deferred work: resumed reads, drain callbacks */
+    struct bd_http_options opt;
+    llhttp_settings_t settings;
+    struct http_conn *conns;
+    struct http_conn *service;
+    struct http_req *free_reqs;
+    unsigned free_count;
+    unsigned conn_count;               /* all open connections */
+    unsigned serving_count;            /* those counted against max_connections */
+    unsigned req_count;                /* live requests, attached or not */
+    unsigned long long next_conn_id;
+    bool is_listening;
+    bool is_closing;
+    bool is_listener_closed;
+    bool is_finishing;
+    bd_http_closed_cb closed_cb;
+    void *closed_arg;
+};
+
+/* ---- http_server.c ------------------------------------------------------------------ */
+
+/* Arena memory for one request, aligned to max_align_t; NULL on ENOMEM. Freed with the
+ * request. */
+void *bd__http_arena_alloc(struct http_arena *a, size_t size);
+
+/* A request for conn holding the connection's reference (from the free list or malloc);
+ * NULL on ENOMEM. */
+struct http_req *bd__http_req_new(struct http_conn *conn);
+
+/* Drop one reference; the last one frees the request (output it never sent included). */
+void bd__http_req_unref(struct http_req *r);
+
+/* True when conn holds as much as it may (requests, bodies, unwritten output). */
+bool bd__http_conn_must_pause(const struct http_conn *conn);
+
+/* Run conn's deferred work (resumed reads, drain callbacks) from the server's idle handle. */
+void bd__http_conn_schedule_service(struct http_conn *conn);
+
+/* Close now (both handles); requests a handler holds are detached and aborted in the close
+ * callback. Idempotent. */
+void bd__http_conn_close_now(struct http_conn *conn);
+
+/* Close after everything queued has been written: shut the write side, then linger. */
+void bd__http_conn_close_graceful(struct http_conn *conn);
+
+/* Arm the idle or request timer for conn's current state (or stop it). */
+void bd__http_conn_update_timer(struct http_conn *conn);
+
+/* ---- http_parse.c ------------------------------------------------------------------- */
+
+/* Fill s with the llhttp callbacks; each parser's data points at its struct http_conn. */
+void bd__http_parser_settings_init(llhttp_settings_t *s);
+
+/* ---- http_response.c ---------------------------------------------------------------- */
+
+/* A write buffer with room for cap bytes (len 0); NULL on ENOMEM. Freed by the write. */
+struct http_wbuf *bd__http_wbuf_new(size_t cap);
+
+/* Hand w to the socket now (takes ownership of w); on failure closes conn. */
+void bd__http_conn_write(struct http_conn *conn, struct http_wbuf *w);
+
+#endif
