@@ -81,55 +81,6 @@ void bd_buf_printf(struct bd_buf *b, const char *fmt, ...)
     b->len += (size_t)n;
 }
 
-void bd_buf_put_u16be(struct bd_buf *b, uint16_t v)
-{
-    unsigned char x[2] = { (unsigned char)(v >> 8), (unsigned char)v };
-    bd_buf_append(b, x, 2);
-}
-
-void bd_buf_put_u32be(struct bd_buf *b, uint32_t v)
-{
-    unsigned char x[4] = { (unsigned char)(v >> 24), (unsigned char)(v >> 16),
-                           (unsigned char)(v >> 8), (unsigned char)v };
-    bd_buf_append(b, x, 4);
-}
-
-void bd_buf_put_u64be(struct bd_buf *b, uint64_t v)
-{
-    bd_buf_put_u32be(b, (uint32_t)(v >> 32));
-    bd_buf_put_u32be(b, (uint32_t)v);
-}
-
-void bd_buf_json_string(struct bd_buf *b, const char *s, size_t len)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t start = 0;
-
-    if (bd_buf_reserve(b, len + 2) != BD_OK)
-        return;
-    bd_buf_append(b, "\"", 1);
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        bd_buf_append(b, s + start, i - start);
-        start = i + 1;
-        switch (c) {
-        case '"': bd_buf_append(b, "\\\"", 2); break;
-        case '\\': bd_buf_append(b, "\\\\", 2); break;
-        case '\n': bd_buf_append(b, "\\n", 2); break;
-        case '\r': bd_buf_append(b, "\\r", 2); break;
-        case '\t': bd_buf_append(b, "\\t", 2); break;
-        default: {
-            char u[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
-            bd_buf_append(b, u, 6);
-        }
-        }
-    }
-    bd_buf_append(b, s + start, len - start);
-    bd_buf_append(b, "\"", 1);
-}
-
 char *bd_buf_steal(struct bd_buf *b, size_t *len)
 {
     char *d = b->data;
@@ -173,10 +124,26 @@ static size_t utf8_seq_len(const unsigned char *s, size_t n)
     return need + 1;
 }
 
+bool bd_utf8_is_valid(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        if (p[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t k = utf8_seq_len(p + i, n - i);
+        if (k == 0)
+            return false;
+        i += k;
+    }
+    return true;
+}
+
 /* One reservation for the worst case (6 bytes per input byte), then a tight loop. Moved
  * here from model_wire.c, whose request bodies must always be valid JSON (a server rejects
  * the whole request otherwise, failing the batch for one byte). */
-void bd_buf_json_string_utf8(struct bd_buf *b, const char *text, size_t len)
+void bd_buf_json_string(struct bd_buf *b, const char *text, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *s = (const unsigned char *)text;

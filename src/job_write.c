@@ -83,37 +83,6 @@ static void job_build_metadata(struct bd_job *job, struct bd_buf *b, json_t *ite
     b->data[b->len] = '\0';
 }
 
-/* INTEGRATION: one UTF-8 validator for the tree after merge. */
-static bool job_is_utf8(const char *s, size_t n)
-{
-    const unsigned char *p = (const unsigned char *)s, *end = p + n;
-    while (p < end) {
-        unsigned c = *p++, extra;
-        if (c < 0x80)
-            continue;
-        if (c >= 0xc2 && c <= 0xdf)
-            extra = 1;
-        else if (c >= 0xe0 && c <= 0xef)
-            extra = 2;
-        else if (c >= 0xf0 && c <= 0xf4)
-            extra = 3;
-        else
-            return false;
-        if ((size_t)(end - p) < extra)
-            return false;
-        unsigned cp = c & (0x3f >> extra);
-        for (unsigned k = 0; k < extra; k++, p++) {
-            if ((*p & 0xc0) != 0x80)
-                return false;
-            cp = cp << 6 | (*p & 0x3f);
-        }
-        if ((extra == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-            (extra == 3 && (cp < 0x10000 || cp > 0x10ffff)))
-            return false;
-    }
-    return true;
-}
-
 static int job_build_copy(struct bd_job *job)
 {
     struct bd_pg_copybuf *b = &job->copy;
@@ -148,7 +117,7 @@ static int job_build_copy(struct bd_job *job)
             else if (job->batch_error_code)
                 code = job->batch_error_code;
             /* An id PostgreSQL refuses (not UTF-8) is not stored with the error. */
-            bool keep_id = job_is_utf8(id, id_len);
+            bool keep_id = bd_utf8_is_valid(id, id_len);
             bd_job_store_stage_error(b, index, keep_id ? id : NULL, id_len, code,
                                      job->item_error[i]);
         }

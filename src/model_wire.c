@@ -54,7 +54,7 @@ void bd__model_wire_begin(struct bd_buf *b, enum bd_model_provider p, const char
         return;
     }
     bd_buf_puts(b, "{\"model\":");
-    bd_buf_json_string_utf8(b, remote_model ? remote_model : "",
+    bd_buf_json_string(b, remote_model ? remote_model : "",
                             remote_model ? strlen(remote_model) : 0);
     if (p == BD_PROVIDER_OPENAI)
         bd_buf_puts(b, ",\"encoding_format\":\"float\"");
@@ -65,7 +65,7 @@ void bd__model_wire_add(struct bd_buf *b, const char *text, size_t len, bool is_
 {
     if (!is_first)
         bd_buf_append(b, ",", 1);
-    bd_buf_json_string_utf8(b, text, len);
+    bd_buf_json_string(b, text, len);
 }
 
 void bd__model_wire_end(struct bd_buf *b, enum bd_model_provider p)

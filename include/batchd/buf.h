@@ -6,6 +6,7 @@
 #ifndef BATCHD_BUF_H
 #define BATCHD_BUF_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,16 +24,13 @@ int bd_buf_reserve(struct bd_buf *b, size_t extra); /* BD_OK or BD_ENOMEM (is_fa
 void bd_buf_append(struct bd_buf *b, const void *data, size_t len);
 void bd_buf_puts(struct bd_buf *b, const char *s);
 void bd_buf_printf(struct bd_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void bd_buf_put_u16be(struct bd_buf *b, uint16_t v);
-void bd_buf_put_u32be(struct bd_buf *b, uint32_t v);
-void bd_buf_put_u64be(struct bd_buf *b, uint64_t v);
-/* Append s as a JSON string literal (quotes and escapes). */
+/* Append s as a JSON string literal (quotes and escapes) -- the one JSON escaper. Every
+ * byte sequence that is not valid UTF-8 (RFC 3629: no overlongs, no surrogates, nothing
+ * above U+10FFFF) becomes \ufffd, so the result is always valid JSON whatever s holds.
+ * Reserves 6 * len + 2 bytes once (no growth per character); on ENOMEM is_failed is set. */
 void bd_buf_json_string(struct bd_buf *b, const char *s, size_t len);
-/* Append s as a JSON string literal in which every byte sequence that is not valid UTF-8
- * (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF) becomes \ufffd, so the
- * result is always valid JSON whatever s holds. Escapes as bd_buf_json_string does. Reserves
- * 6 * len + 2 bytes once (no growth per character); on ENOMEM is_failed is set. */
-void bd_buf_json_string_utf8(struct bd_buf *b, const char *s, size_t len);
+/* True when s[0..n) is valid UTF-8 (RFC 3629), the one validator. */
+bool bd_utf8_is_valid(const char *s, size_t n);
 /* Take the memory out (caller frees); b is left empty. */
 char *bd_buf_steal(struct bd_buf *b, size_t *len);
 
