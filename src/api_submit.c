@@ -17,6 +17,7 @@
 #include "batchd/job_store.h"
 #include "batchd/job_submit.h"
 #include "batchd/json_scan.h"
+#include "batchd/log.h"
 #include "batchd/router.h"
 #include "batchd/server.h"
 #include "batchd/sha256.h"
@@ -137,8 +138,10 @@ static void api_submit_step_create(struct bd__api_submit *s)
         rc = bd_job_submit(&deps, &spec, batches, api_on_submitted, s);
     }
     free(metadata);
-    if (rc < 0)
+    if (rc < 0) {
+        bd_log(BD_LOG_WARN, "api", "event=submit_failed err=%s", bd_err_name(rc));
         api_submit_error(s, rc, NULL, NULL);
+    }
 }
 
 /* An earlier submit with the same Idempotency-Key: same body -> the same job (200),

@@ -360,15 +360,21 @@ static int api_fast_item(struct bd__api_submit *s, const char *p, const char *en
                                : bd_json_skip_value(v, end);
         if (vend == NULL)
             return 1;
+        /* A repeated member goes to jansson (its last value wins there): the fast path
+         * checks only the values it keeps, so an earlier one would go unchecked. */
         if (klen == 2 && memcmp(k, "id", 2) == 0) {
-            if (*v != '"' || memchr(v + 1, '\\', (size_t)(vend - v - 1)) != NULL)
+            if (id || *v != '"' || memchr(v + 1, '\\', (size_t)(vend - v - 1)) != NULL)
                 return 1;
             id = v + 1;
             id_len = (size_t)(vend - v - 2);
         } else if (klen == 8 && memcmp(k, "metadata", 8) == 0) {
+            if (mv)
+                return 1;
             mv = v;
             mend = vend;
         } else if (klen == 9 && memcmp(k, "embedding", 9) == 0) {
+            if (ev)
+                return 1;
             ev = v;
         } else {
             return 1;
@@ -500,9 +506,13 @@ static bool api_fast_body(struct bd__api_submit *s, const char *body, size_t len
     if (obj == NULL)
         return false;
     for (p = bd_json_skip_ws(root + 1, end); p < end && *p == '"';) {
-        const char *k = p + 1, *kend = memchr(k, '"', (size_t)(end - k));
-        if (kend == NULL || memchr(k, '\\', (size_t)(kend - k)) != NULL)
+        /* A key must be a plain JSON string (no control characters) in UTF-8: anything
+         * else is jansson's to refuse precisely. */
+        const char *k = p + 1, *kend = bd_json_skip_value(p, end);
+        if (kend == NULL || memchr(k, '\\', (size_t)(kend - k)) != NULL ||
+            !bd_json_is_utf8(k, (size_t)(kend - k)))
             goto fail;
+        kend--;                                     /* at the closing quote */
         const char *colon = bd_json_skip_ws(kend + 1, end);
         if (colon == end || *colon != ':')
             goto fail;
@@ -511,6 +521,8 @@ static bool api_fast_body(struct bd__api_submit *s, const char *body, size_t len
         if (vend == NULL)
             goto fail;
         if (kend - k == 4 && memcmp(k, "data", 4) == 0) {
+            if (s->data_raw)
+                goto fail;                          /* repeated: jansson's last one wins */
             s->data_raw = v;
         } else {
             json_t *val = json_loadb(v, (size_t)(vend - v), JSON_DECODE_ANY, NULL);

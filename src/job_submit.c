@@ -310,6 +310,8 @@ static void job_submit_on_seq(int status, long long seq, void *arg)
     time_t t;
 
     if (status < 0) {
+        bd_log(BD_LOG_WARN, "job", "event=submit_failed step=next_seq err=%s",
+               bd_err_name(status));
         job_submit_finish(js, BD_EREDIS);
         return;
     }
@@ -328,8 +330,10 @@ static void job_submit_on_seq(int status, long long seq, void *arg)
         model[n] = '\0';
         snprintf(js->job_id, sizeof(js->job_id), "batch_%s_%s_%03lld", model, stamp, seq);
     }
-    if (bd_pg_acquire(js->deps.pg, job_submit_on_conn, js) < 0)
+    if (bd_pg_acquire(js->deps.pg, job_submit_on_conn, js) < 0) {
+        bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=acquire", js->job_id);
         job_submit_finish(js, BD_EPG);
+    }
 }
 
 /* Backpressure: the items of queued jobs plus this job's must stay within
@@ -341,6 +345,8 @@ static void job_submit_on_counts(int status, const struct bd_rq_counts *c, void 
     unsigned max = js->deps.cfg->max_queued_items;
 
     if (status < 0) {
+        bd_log(BD_LOG_WARN, "job", "event=submit_failed step=counts err=%s",
+               bd_err_name(status));
         job_submit_finish(js, BD_EREDIS);
         return;
     }
@@ -351,8 +357,10 @@ static void job_submit_on_counts(int status, const struct bd_rq_counts *c, void 
         job_submit_finish(js, BD_EBUSY);
         return;
     }
-    if (bd_rq_next_seq(js->deps.rq, job_submit_on_seq, js) < 0)
+    if (bd_rq_next_seq(js->deps.rq, job_submit_on_seq, js) < 0) {
+        bd_log(BD_LOG_WARN, "job", "event=submit_failed step=next_seq err=EREDIS");
         job_submit_finish(js, BD_EREDIS);
+    }
 }
 
 static int job_submit_check_room(struct job_submit *js)
