@@ -395,6 +395,7 @@ int bd_api_register(struct bd_router *r, struct bd_server *srv)
 {
     int rc = bd__api_register_admin(r, srv);
     rc = rc ? rc : bd__api_register_jobs(r, srv);
+    rc = rc ? rc : bd__api_register_submit(r, srv);
     rc = rc ? rc : bd__api_register_jobs_read(r, srv);
     rc = rc ? rc : bd__api_register_metrics(r, srv);
     return rc;

@@ -74,6 +74,8 @@ const char *bd_err_api_code(int err)
     case BD_EMODELBAD:     return "processing_error";
     case BD_EFATAL:        return "fatal_error";
     case BD_ECANCELED:     return "cancelled";
+    case BD_EJSON:         return "invalid_json";
+    case BD_ENOTREADY:     return "not_ready";
     default:               return "internal_error";
     }
 }

@@ -275,3 +275,43 @@ const char *bd_json_parse_float_array(const char *p, const char *end, float *out
         p = bd_json_skip_ws(p + 1, end);
     }
 }
+
+bool bd_json_is_utf8(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+
+    while (p < end) {
+        unsigned char c = *p;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        /* Lead byte: sequence length and the range its second byte must fall in. */
+        unsigned n;
+        unsigned char lo = 0x80, hi = 0xbf;
+        if (c >= 0xc2 && c <= 0xdf) {
+            n = 2;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            n = 3;
+            if (c == 0xe0)
+                lo = 0xa0;                      /* overlong */
+            else if (c == 0xed)
+                hi = 0x9f;                      /* UTF-16 surrogates */
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            n = 4;
+            if (c == 0xf0)
+                lo = 0x90;                      /* overlong */
+            else if (c == 0xf4)
+                hi = 0x8f;                      /* above U+10FFFF */
+        } else {
+            return false;
+        }
+        if ((size_t)(end - p) < n || p[1] < lo || p[1] > hi)
+            return false;
+        for (unsigned k = 2; k < n; k++)
+            if (p[k] < 0x80 || p[k] > 0xbf)
+                return false;
+        p += n;
+    }
+    return true;
+}

@@ -23,6 +23,8 @@ int bd_api_register(struct bd_router *r, struct bd_server *srv);
 /* Register the admin routes (api_admin.c) / job routes (api_jobs.c). */
 int bd__api_register_admin(struct bd_router *r, struct bd_server *srv);
 int bd__api_register_jobs(struct bd_router *r, struct bd_server *srv);
+/* Register POST /api/v1/batch/jobs (api_submit.c). */
+int bd__api_register_submit(struct bd_router *r, struct bd_server *srv);
 
 /* Register the read-only job routes (api_jobs_read.c): GET /jobs, /jobs/{id}, /jobs/{id}/status,
  * /jobs/{id}/items, /jobs/{id}/results, /jobs/{id}/events and /debug/job/{id}. */

@@ -32,6 +32,8 @@
     X(EMODELBAD,   -20024, 502, "model response invalid")                        \
     X(EFATAL,      -20025, 422, "job cannot run")                                \
     X(ECANCELED,   -20030, 0,   "cancelled")                                     \
+    X(EJSON,       -20040, 400, "body is not valid JSON")                        \
+    X(ENOTREADY,   -20041, 503, "the store is not ready yet")                    \
     X(EINTERNAL,   -20099, 500, "internal error")
 
 enum bd_errno {

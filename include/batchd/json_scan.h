@@ -10,6 +10,7 @@
 #ifndef BATCHD_JSON_SCAN_H
 #define BATCHD_JSON_SCAN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /* First non-whitespace byte at or after p (end if none). */
@@ -34,5 +35,9 @@ const char *bd_json_parse_number(const char *p, const char *end, double *out);
  * not finite as a float. */
 const char *bd_json_parse_float_array(const char *p, const char *end, float *out, unsigned max,
                                       unsigned *count);
+
+/* True when s[0..len) is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates,
+ * nothing above U+10FFFF). Raw bytes: JSON escapes are not decoded. */
+bool bd_json_is_utf8(const char *s, size_t len);
 
 #endif

@@ -1,0 +1,87 @@
+/* job_submit.h -- a job's creation: the queue's room is checked, the job gets its id, its
+ * row and batches are written in one PostgreSQL transaction, then it is queued in Redis.
+ *
+ * The API validates a request and calls bd_job_submit; it never writes a job itself.
+ * PostgreSQL holds the truth: a job whose enqueue failed is still created (the engine's
+ * rebuild queues it), and a COMMIT whose answer was lost is settled by looking the job up.
+ * Loop thread only. Callback contract of STYLE.md.
+ */
+#ifndef BATCHD_JOB_SUBMIT_H
+#define BATCHD_JOB_SUBMIT_H
+
+#include <stddef.h>
+
+#include "batchd/job_engine.h"       /* enum bd_job_operation */
+
+struct bd_pg;
+struct bd_rq;
+struct bd_config;
+
+/* What a submit needs, borrowed; each must outlive every submit in flight. */
+struct bd_job_submit_deps {
+    struct bd_pg *pg;                 /* a synchronous-commit pool: a 202 is durable */
+    struct bd_rq *rq;
+    const struct bd_config *cfg;      /* max_queued_items, models (for the estimate) */
+    struct bd_job_engine *engine;     /* kicked after an enqueue; its throughput; may be NULL */
+};
+
+/* A validated job. Strings are borrowed for the call (bd_job_submit copies them). */
+struct bd_job_spec {
+    enum bd_job_operation op;
+    const char *model;                /* a configured model's name, or NULL (bulk_insert) */
+    const char *collection;
+    int priority;                     /* enum bd_priority */
+    unsigned batch_size;
+    unsigned items;
+    unsigned batches;                 /* ceil(items / batch_size) */
+    unsigned dim;                     /* vector length (0 when unknown) */
+    double timeout_s;
+    int max_retries;
+    const char *metadata_json;        /* the job's metadata object, JSON text */
+    const char *idem_key;             /* Idempotency-Key, or NULL */
+    const char *request_hash;         /* hex SHA-256 of the body when idem_key, else NULL */
+};
+
+/* One batch's stored form: bulk_embed, the JSON array text of its items; bulk_insert, its
+ * packed payload (job_batch.h). data is malloc'ed. */
+struct bd_job_payload {
+    char *data;
+    size_t len;
+};
+
+/* The outcome of a submit, borrowed for the callback. */
+struct bd_job_submitted {
+    const char *job_id;               /* set when status is BD_OK */
+    const char *created_at;           /* RFC 3339 */
+    double created_unix;
+    long long queue_position;         /* 1-based across priorities; 0: not in Redis yet */
+    double estimated_completion_unix; /* always set on BD_OK, after created_unix */
+    long long queued_items;           /* items queued before this job (the room check) */
+    unsigned long long max_queued_items;
+};
+
+/* Called once with BD_OK (the job exists), BD_EBUSY (the queue has no room for the job's
+ * items: queued_items and max_queued_items say why), BD_ECONFLICT (a concurrent submit
+ * created a job with this Idempotency-Key first: look it up), BD_EREDIS or BD_EPG (the job
+ * was not created), or BD_ENOMEM. res is never NULL. */
+typedef void (*bd_job_submitted_cb)(int status, const struct bd_job_submitted *res, void *arg);
+
+/* Create the job of spec with its spec->batches batches. Takes ownership of batches (the
+ * array, malloc'ed, and every data), also when it returns an error. Returns BD_OK and calls
+ * cb exactly once, asynchronously; or returns < 0 (BD_ENOMEM, BD_EREDIS) and never calls
+ * it. PostgreSQL's error text is logged here, once; none reaches cb. Allocates. */
+int bd_job_submit(const struct bd_job_submit_deps *deps, const struct bd_job_spec *spec,
+                  struct bd_job_payload *batches, bd_job_submitted_cb cb, void *arg);
+
+/* The estimated completion of a job of items items with queued_ahead items before it,
+ * created at created_unix: from the engine's recent throughput when it has one, else from
+ * the model's configured rate (concurrency x max_inputs_per_request / timeout_s; the
+ * built-in hashing provider and bulk_insert use fixed rates, BD_JOB_RATE_HASHING and
+ * BD_JOB_RATE_INSERT items per second). Whole seconds, at least one after created_unix. */
+#define BD_JOB_RATE_HASHING 20000.0
+#define BD_JOB_RATE_INSERT 20000.0
+double bd_job_submit_estimate(const struct bd_job_submit_deps *deps, enum bd_job_operation op,
+                              const char *model, long long queued_ahead, unsigned items,
+                              double created_unix);
+
+#endif

@@ -1,0 +1,298 @@
+/* api_submit.c -- POST /api/v1/batch/jobs: the handler. Checks the request's headers,
+ * has the body parsed and validated (api_submit_parse.c), checks the collection's
+ * dimension and the Idempotency-Key, hands the job to bd_job_submit (job_submit.h), and
+ * renders the answer.
+ *
+ * Owns each request's state record from the handler to its response. Loop thread only.
+ * Everything is validated before anything is written. No SQL here (lookups go through
+ * job_store.h) and no job state written here (bd_job_submit creates the job); statuses
+ * of errors come from error.h's map.  SPDX-License-Identifier: MIT
+ */
+#include "batchd/api.h"
+#include "api_submit.h"
+
+#include "batchd/error.h"
+#include "batchd/http_server.h"
+#include "batchd/job_engine.h"
+#include "batchd/job_store.h"
+#include "batchd/job_submit.h"
+#include "batchd/json_scan.h"
+#include "batchd/log.h"
+#include "batchd/router.h"
+#include "batchd/server.h"
+#include "batchd/sha256.h"
+
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define API_TRIM_ABOVE (4u << 20)
+
+/* The answers that are not errors (errors take their status from error.h's map). */
+#define API_STATUS_OK 200
+#define API_STATUS_ACCEPTED 202
+
+/* ---- the request's life ---------------------------------------------------------------- */
+
+static void api_submit_free(struct bd__api_submit *s)
+{
+    bd__api_submit_parse_free(s);
+    json_decref(s->metadata);
+    /* A big job's parsed body is millions of small jansson allocations; hand the freed
+     * heap back to the system so the process does not keep the submit's peak as its RSS
+     * while it works through the job batch by batch. */
+    if (s->body_len > API_TRIM_ABOVE)
+        malloc_trim(0);
+    free(s);
+}
+
+/* Answer with the error for err (message NULL: the map's generic one) and free s. */
+static void api_submit_error(struct bd__api_submit *s, int err, const char *message,
+                             const char *field)
+{
+    bd_http_respond_err(s->req, err, message, field);
+    api_submit_free(s);
+}
+
+static void api_submit_respond(struct bd__api_submit *s, const struct bd_job_submitted *res)
+{
+    char when[32];
+    time_t t = (time_t)res->estimated_completion_unix;
+    struct tm tm;
+
+    gmtime_r(&t, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    json_t *j = json_pack("{s:s,s:s,s:s,s:s?,s:s,s:i,s:i,s:s,s:s,s:o,s:s,s:O}",
+                          "job_id", res->job_id, "status", "queued",
+                          "operation", bd_job_operation_name(s->op), "model", s->model,
+                          "collection", s->collection, "items_count", (int)s->items,
+                          "batch_size", (int)s->batch_size,
+                          "priority", bd_job_priority_name(s->priority),
+                          "estimated_completion", when,
+                          "queue_position",
+                          res->queue_position > 0 ? json_integer(res->queue_position)
+                                                  : json_null(),
+                          "created_at", res->created_at, "metadata", s->metadata);
+    char loc[256];
+    snprintf(loc, sizeof(loc), "Location: " BD_API_PREFIX "/jobs/%s\r\n", res->job_id);
+    bd__api_respond_json(s->req, API_STATUS_ACCEPTED, j, loc);
+    api_submit_free(s);
+}
+
+static void api_submit_step_existing(struct bd__api_submit *s);
+
+static void api_on_submitted(int status, const struct bd_job_submitted *res, void *arg)
+{
+    struct bd__api_submit *s = arg;
+
+    switch (status) {
+    case BD_OK:
+        api_submit_respond(s, res);
+        return;
+    case BD_ECONFLICT:                  /* a concurrent submit with this key won the race */
+        s->is_after_race = true;
+        api_submit_step_existing(s);
+        return;
+    case BD_EBUSY: {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "queue is full: %lld items queued, limit %llu; retry later",
+                 res->queued_items, res->max_queued_items);
+        bd_http_respond_error_ex(s->req, bd_err_http_status(BD_EBUSY), "Retry-After: 5\r\n",
+                                 bd_err_api_code(BD_EBUSY), msg, NULL);
+        api_submit_free(s);
+        return;
+    }
+    default:                            /* the job module logged the cause */
+        api_submit_error(s, status, NULL, NULL);
+        return;
+    }
+}
+
+static void api_submit_step_create(struct bd__api_submit *s)
+{
+    const struct bd_server *srv = s->srv;
+    struct bd_job_submit_deps deps = { srv->pg, srv->rq, srv->cfg, srv->jobs };
+    char *metadata = json_dumps(s->metadata, JSON_COMPACT);
+    struct bd_job_payload *batches = metadata ? bd__api_submit_payloads(s) : NULL;
+    int rc = BD_ENOMEM;
+
+    if (batches) {
+        struct bd_job_spec spec = {
+            .op = s->op,
+            .model = s->model,
+            .collection = s->collection,
+            .priority = s->priority,
+            .batch_size = s->batch_size,
+            .items = s->items,
+            .batches = s->batches,
+            .dim = s->dim,
+            .timeout_s = s->timeout_s,
+            .max_retries = s->max_retries,
+            .metadata_json = metadata,
+            .idem_key = s->idem_key,
+            .request_hash = s->idem_key ? s->request_hash : NULL,
+        };
+        rc = bd_job_submit(&deps, &spec, batches, api_on_submitted, s);
+    }
+    free(metadata);
+    if (rc < 0) {
+        bd_log(BD_LOG_WARN, "api", "event=submit_failed err=%s", bd_err_name(rc));
+        api_submit_error(s, rc, NULL, NULL);
+    }
+}
+
+/* An earlier submit with the same Idempotency-Key: same body -> the same job (200),
+ * another body -> 409. */
+static void api_on_existing(int status, const struct bd_job_store_idem_row *row, void *arg)
+{
+    struct bd__api_submit *s = arg;
+
+    if (status < 0) {
+        api_submit_error(s, status, NULL, NULL);
+        return;
+    }
+    if (!row->is_found) {
+        if (s->is_after_race)           /* the winner is gone again: do not loop */
+            api_submit_error(s, BD_ECONFLICT, "Idempotency-Key is being used by another "
+                             "request; retry", "Idempotency-Key");
+        else
+            api_submit_step_create(s);
+        return;
+    }
+    if (strcmp(row->request_hash, s->request_hash) != 0) {
+        api_submit_error(s, BD_ECONFLICT,
+                         "Idempotency-Key was already used with a different request body",
+                         "Idempotency-Key");
+        return;
+    }
+    json_t *j = bd__api_job_status_json(row->status_res, 0);
+    if (j == NULL) {
+        api_submit_error(s, BD_ENOMEM, NULL, NULL);
+        return;
+    }
+    json_object_set_new(j, "idempotent_replay", json_true());
+    char loc[256];
+    snprintf(loc, sizeof(loc), "Location: " BD_API_PREFIX "/jobs/%s\r\n", row->job_id);
+    bd__api_respond_json(s->req, API_STATUS_OK, j, loc);
+    api_submit_free(s);
+}
+
+static void api_submit_step_existing(struct bd__api_submit *s)
+{
+    int rc = bd_job_store_find_idempotent(s->srv->pg, s->idem_key, api_on_existing, s);
+    if (rc < 0)
+        api_submit_error(s, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG, NULL, NULL);
+}
+
+/* A collection that exists fixes the dimension of what goes into it. */
+static void api_on_collection(int status, const struct bd_job_store_collection_row *row,
+                              void *arg)
+{
+    struct bd__api_submit *s = arg;
+
+    if (status < 0) {
+        api_submit_error(s, status, NULL, NULL);
+        return;
+    }
+    if (row->is_found && row->dimension != s->dim) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), "collection '%s' holds %u-dimensional vectors; this "
+                 "job's are %u-dimensional", s->collection, row->dimension, s->dim);
+        api_submit_error(s, BD_EINVAL, msg,
+                         s->op == BD_OP_BULK_INSERT ? "data[0].embedding" : "collection");
+        return;
+    }
+    if (s->idem_key)
+        api_submit_step_existing(s);
+    else
+        api_submit_step_create(s);
+}
+
+/* The job's metadata: the request's, plus who submitted it and how. */
+static int api_submit_metadata(struct bd__api_submit *s)
+{
+    json_t *meta = json_object_get(s->body, "metadata");
+    s->metadata = json_is_object(meta) ? json_deep_copy(meta) : json_object();
+    if (s->metadata == NULL)
+        return BD_ENOMEM;
+    if (json_object_get(s->metadata, "submitted_by") == NULL) {
+        const char *by = bd_http_header_get(s->req, "X-Submitted-By");
+        if (by && !bd_json_is_utf8(by, strlen(by)))
+            by = NULL;
+        json_object_set_new(s->metadata, "submitted_by", json_string(by ? by : "api"));
+    }
+    if (json_object_get(s->metadata, "integration_pattern") == NULL)
+        json_object_set_new(s->metadata, "integration_pattern", json_string("bulk_only"));
+    return BD_OK;
+}
+
+static void api_on_submit(struct bd_http_request *req, void *arg)
+{
+    struct bd_server *srv = arg;
+    struct bd__api_invalid inv = { { 0 }, { 0 } };
+
+    if (!bd__api_check_auth(req, srv))
+        return;
+    if (srv->is_stopping) {
+        bd_http_respond_err(req, BD_ESHUTDOWN, NULL, NULL);
+        return;
+    }
+    if (!bd_job_engine_is_ready(srv->jobs)) {
+        bd_http_respond_error_ex(req, bd_err_http_status(BD_ENOTREADY), "Retry-After: 1\r\n",
+                                 bd_err_api_code(BD_ENOTREADY), bd_strerror(BD_ENOTREADY),
+                                 NULL);
+        return;
+    }
+    const char *ct = bd_http_header_get(req, "Content-Type");
+    if (ct == NULL || strncasecmp(ct, "application/json", 16) != 0) {
+        bd_http_respond_err(req, BD_EMEDIATYPE, "Content-Type must be application/json", NULL);
+        return;
+    }
+    const char *key = bd_http_header_get(req, "Idempotency-Key");
+    if (key && (strlen(key) == 0 || strlen(key) > 255 || !bd_json_is_utf8(key, strlen(key)))) {
+        bd_http_respond_err(req, BD_EINVAL, "Idempotency-Key must be 1 to 255 characters",
+                            "Idempotency-Key");
+        return;
+    }
+
+    struct bd__api_submit *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
+        return;
+    }
+    s->req = req;
+    s->srv = srv;
+    s->idem_key = key;
+    s->body_len = req->body_len;
+    int rc = bd__api_submit_parse(s, req->body, req->body_len, &inv);
+    if (rc == BD_EINVAL || rc == BD_EJSON) {
+        char msg[400];
+        if (rc == BD_EINVAL)
+            snprintf(msg, sizeof(msg), "%s %s", inv.field, inv.message);
+        else
+            snprintf(msg, sizeof(msg), "%s", inv.message);
+        api_submit_error(s, rc, msg, inv.field);
+        return;
+    }
+    if (rc == BD_OK)
+        rc = api_submit_metadata(s);
+    if (rc < 0) {
+        api_submit_error(s, rc, NULL, NULL);
+        return;
+    }
+    /* Only an Idempotency-Key needs the body's hash (to tell a replay from a conflict);
+     * hashing a big body costs more than parsing it. */
+    if (key)
+        bd_sha256_hex(req->body, req->body_len, s->request_hash);
+    rc = bd_job_store_get_collection(srv->pg, s->collection, api_on_collection, s);
+    if (rc < 0)
+        api_submit_error(s, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG, NULL, NULL);
+}
+
+int bd__api_register_submit(struct bd_router *r, struct bd_server *srv)
+{
+    return bd_router_add(r, "POST", BD_API_PREFIX "/jobs", api_on_submit, srv);
+}

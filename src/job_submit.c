@@ -1,0 +1,421 @@
+/* job_submit.c -- a job's creation (see job_submit.h): room check, id, one transaction for
+ * the job row and its batches, COMMIT (settled by a lookup when its answer is lost), then
+ * the Redis enqueue.
+ *
+ * Owns each submit's record from bd_job_submit to its callback. Loop thread only; never
+ * blocks. Reaches PostgreSQL only through job_store.h and Redis through redis_queue.h;
+ * knows nothing of HTTP.  SPDX-License-Identifier: MIT
+ */
+#include "batchd/job_submit.h"
+
+#include "batchd/config.h"
+#include "batchd/error.h"
+#include "batchd/job_store.h"
+#include "batchd/log.h"
+#include "batchd/pg_store.h"
+#include "batchd/redis_queue.h"
+
+#include <ctype.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct job_submit {
+    struct bd_job_submit_deps deps;
+    enum bd_job_operation op;
+    char *model;                      /* NULL: none */
+    char *collection;
+    char *metadata_json;
+    char *idem_key;                   /* NULL: none */
+    char request_hash[65];
+    int priority;
+    unsigned batch_size, items, batches, dim;
+    double timeout_s;
+    int max_retries;
+    struct bd_job_payload *batch;     /* [batches]; each freed once copied */
+    bd_job_submitted_cb cb;
+    void *arg;
+
+    char job_id[160];
+    char created_at[32];
+    double created_unix;
+    long long seq;
+    long long queued_items;
+    long long queue_position;
+    struct bd_pg_conn *conn;
+    struct bd_pg_copybuf copy;        /* the batches as one binary COPY */
+    bool is_commit_sent;              /* from here on, a failure may hide a committed job */
+};
+
+static void job_submit_free(struct job_submit *js)
+{
+    for (unsigned b = 0; js->batch && b < js->batches; b++)
+        free(js->batch[b].data);
+    free(js->batch);
+    bd_pg_copybuf_free(&js->copy);
+    if (js->conn)
+        bd_pg_release(js->conn);
+    free(js->model);
+    free(js->collection);
+    free(js->metadata_json);
+    free(js->idem_key);
+    free(js);
+}
+
+/* Seconds since the epoch as RFC 3339 UTC (whole seconds). */
+static void job_submit_format_time(double unix_s, char *out, size_t outlen)
+{
+    time_t t = (time_t)unix_s;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+double bd_job_submit_estimate(const struct bd_job_submit_deps *deps, enum bd_job_operation op,
+                              const char *model, long long queued_ahead, unsigned items,
+                              double created_unix)
+{
+    double rate = deps->engine ? bd_job_engine_get_throughput(deps->engine) : 0;
+
+    if (!(rate > 0)) {
+        const struct bd_model_config *mc = model ? bd_config_get_model(deps->cfg, model) : NULL;
+        if (op == BD_OP_BULK_INSERT || mc == NULL)
+            rate = BD_JOB_RATE_INSERT;
+        else if (mc->provider == BD_PROVIDER_HASHING)
+            rate = BD_JOB_RATE_HASHING;
+        else
+            rate = (double)mc->concurrency * mc->max_inputs_per_request /
+                   (mc->timeout_s > 0 ? mc->timeout_s : 30.0);
+    }
+    if (!(rate > 0))
+        rate = BD_JOB_RATE_INSERT;
+    double ahead = queued_ahead > 0 ? (double)queued_ahead : 0;
+    double secs = ceil((ahead + items) / rate);
+    return created_unix + (secs < 1 ? 1 : secs);
+}
+
+static void job_submit_finish(struct job_submit *js, int status)
+{
+    struct bd_job_submitted res = {
+        .job_id = status == BD_OK ? js->job_id : NULL,
+        .created_at = js->created_at,
+        .created_unix = js->created_unix,
+        .queue_position = js->queue_position,
+        .queued_items = js->queued_items,
+        .max_queued_items = js->deps.cfg->max_queued_items,
+    };
+    if (status == BD_OK)
+        res.estimated_completion_unix =
+            bd_job_submit_estimate(&js->deps, js->op, js->model, js->queued_items, js->items,
+                                   js->created_unix);
+    js->cb(status, &res, js->arg);
+    job_submit_free(js);
+}
+
+/* The log line of a PostgreSQL failure: its text goes to the log, once, never to a client. */
+static void job_submit_log_pg(struct job_submit *js, const char *step, const PGresult *res)
+{
+    const char *msg = res ? PQresultErrorMessage(res)
+                          : js->conn ? bd_pg_conn_get_error(js->conn) : "no connection";
+    size_t n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+        n--;
+    bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=%s pg=\"%.*s\"", js->job_id,
+           step, (int)n, msg);
+}
+
+/* ---- the Redis enqueue ----------------------------------------------------------------- */
+
+static void job_submit_on_enqueued(int status, long long position, void *arg)
+{
+    struct job_submit *js = arg;
+
+    if (status == BD_OK)
+        js->queue_position = position;
+    else
+        bd_log(BD_LOG_WARN, "job", "job=%s event=enqueue_failed err=%s "
+               "note=queued_by_rebuild_from_postgres", js->job_id, bd_strerror(status));
+    if (js->deps.engine)
+        bd_job_engine_kick(js->deps.engine);
+    bd_log(BD_LOG_INFO, "job", "job=%s event=submitted operation=%s items=%u batches=%u "
+           "priority=%s", js->job_id, bd_job_operation_name(js->op), js->items, js->batches,
+           bd_job_priority_name(js->priority));
+    job_submit_finish(js, BD_OK);
+}
+
+static void job_submit_enqueue(struct job_submit *js)
+{
+    if (bd_rq_enqueue(js->deps.rq, js->job_id, (enum bd_priority)js->priority, js->seq,
+                      js->model ? js->model : "", js->items, job_submit_on_enqueued, js) < 0)
+        job_submit_on_enqueued(BD_EREDIS, 0, js);
+}
+
+/* ---- the transaction ------------------------------------------------------------------- */
+
+/* A COMMIT whose answer never came: the job exists if and only if it committed. */
+static void job_submit_on_exists(int status, bool is_found, void *arg)
+{
+    struct job_submit *js = arg;
+
+    if (status == BD_OK && is_found) {
+        bd_log(BD_LOG_WARN, "job", "job=%s event=commit_answer_lost outcome=committed",
+               js->job_id);
+        job_submit_enqueue(js);
+        return;
+    }
+    bd_log(BD_LOG_WARN, "job", "job=%s event=commit_answer_lost outcome=%s", js->job_id,
+           status == BD_OK ? "rolled_back" : "unknown");
+    job_submit_finish(js, BD_EPG);
+}
+
+/* The transaction's last step answered: COMMIT done, or some step failed. */
+static void job_submit_on_written(int status, PGresult *res, void *arg)
+{
+    struct job_submit *js = arg;
+
+    if (status < 0)
+        job_submit_log_pg(js, js->is_commit_sent ? "commit" : "write", res);
+    bd_pg_release(js->conn);                /* rolls back when something failed */
+    js->conn = NULL;
+    bd_pg_copybuf_free(&js->copy);
+    if (status == BD_OK) {
+        job_submit_enqueue(js);
+    } else if (js->idem_key && bd_job_store_is_unique_violation(res)) {
+        job_submit_finish(js, BD_ECONFLICT);    /* a concurrent submit won the key */
+    } else if (js->is_commit_sent) {
+        /* The COMMIT may have been applied although its answer was lost: ask on a fresh
+         * connection before telling the client anything. */
+        if (bd_job_store_job_exists(js->deps.pg, js->job_id, job_submit_on_exists, js) < 0)
+            job_submit_finish(js, BD_EPG);
+    } else {
+        job_submit_finish(js, BD_EPG);
+    }
+}
+
+static void job_submit_on_batches_copied(int status, PGresult *res, void *arg)
+{
+    struct job_submit *js = arg;
+
+    if (status < 0) {
+        job_submit_on_written(status, res, js);
+        return;
+    }
+    js->is_commit_sent = true;
+    if (bd_job_store_commit(js->conn, job_submit_on_written, js) < 0) {
+        js->is_commit_sent = false;             /* never sent: nothing to settle */
+        job_submit_on_written(BD_EPG, NULL, js);
+    }
+}
+
+/* One COPY row per batch; each payload is freed once copied, to keep the peak at one
+ * copy of the job. */
+static int job_submit_build_copy(struct job_submit *js)
+{
+    bd_pg_copybuf_begin(&js->copy);
+    for (unsigned b = 0; b < js->batches; b++) {
+        unsigned first = b * js->batch_size;
+        unsigned cnt = js->items - first < js->batch_size ? js->items - first : js->batch_size;
+        const struct bd_job_payload *p = &js->batch[b];
+        bool is_insert = js->op == BD_OP_BULK_INSERT;
+        bd_job_store_put_batch(&js->copy, js->job_id, b, first, cnt,
+                               is_insert ? NULL : p->data, is_insert ? 0 : p->len,
+                               is_insert ? p->data : NULL, is_insert ? p->len : 0);
+        free(js->batch[b].data);
+        js->batch[b].data = NULL;
+    }
+    return bd_pg_copybuf_end(&js->copy);
+}
+
+static void job_submit_on_job_row(int status, PGresult *res, void *arg)
+{
+    struct job_submit *js = arg;
+    int rc;
+
+    if (status < 0) {
+        job_submit_on_written(status, res, js);
+        return;
+    }
+    rc = job_submit_build_copy(js);
+    if (rc == BD_OK)
+        rc = bd_job_store_copy_batches(js->conn, &js->copy, job_submit_on_batches_copied, js);
+    if (rc < 0) {
+        bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=copy err=%s", js->job_id,
+               bd_err_name(rc));
+        bd_pg_release(js->conn);
+        js->conn = NULL;
+        job_submit_finish(js, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG);
+    }
+}
+
+/* One transaction: BEGIN and the job row (pipelined), the batches (binary COPY), COMMIT.
+ * The job is therefore wholly there or not at all. */
+static void job_submit_on_conn(int status, struct bd_pg_conn *conn, void *arg)
+{
+    struct job_submit *js = arg;
+    int rc = BD_ENOMEM;
+
+    if (status < 0) {
+        bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=acquire err=%s",
+               js->job_id, bd_err_name(status));
+        job_submit_finish(js, BD_EPG);
+        return;
+    }
+    js->conn = conn;
+    json_t *opt = json_pack("{s:i,s:s,s:f,s:i,s:i}", "batch_size", (int)js->batch_size,
+                            "priority", bd_job_priority_name(js->priority), "timeout_s",
+                            js->timeout_s, "max_retries", js->max_retries, "dimension",
+                            (int)js->dim);
+    char *options = opt ? json_dumps(opt, JSON_COMPACT) : NULL;
+    json_decref(opt);
+    if (options) {
+        struct bd_job_store_new_job row = {
+            .id = js->job_id,
+            .seq = js->seq,
+            .operation = bd_job_operation_name(js->op),
+            .model = js->model,
+            .collection = js->collection,
+            .priority = js->priority,
+            .batch_size = js->batch_size,
+            .total_items = js->items,
+            .total_batches = js->batches,
+            .timeout_s = js->timeout_s,
+            .max_retries = js->max_retries,
+            .options_json = options,
+            .metadata_json = js->metadata_json,
+            .idempotency_key = js->idem_key,
+            .request_hash = js->idem_key ? js->request_hash : NULL,
+            .created_unix = js->created_unix,
+        };
+        rc = bd_job_store_begin_job(conn, &row, job_submit_on_job_row, js);
+    }
+    free(options);
+    if (rc < 0) {
+        bd_pg_release(js->conn);
+        js->conn = NULL;
+        job_submit_finish(js, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG);
+    }
+}
+
+/* ---- id and room ----------------------------------------------------------------------- */
+
+static void job_submit_on_seq(int status, long long seq, void *arg)
+{
+    struct job_submit *js = arg;
+    char stamp[32], model[64];
+    struct tm tm;
+    time_t t;
+
+    if (status < 0) {
+        bd_log(BD_LOG_WARN, "job", "event=submit_failed step=next_seq err=%s",
+               bd_err_name(status));
+        job_submit_finish(js, BD_EREDIS);
+        return;
+    }
+    js->seq = seq;
+    js->created_unix = (double)time(NULL);
+    t = (time_t)js->created_unix;
+    gmtime_r(&t, &tm);
+    strftime(stamp, sizeof(stamp), "%Y%m%d_%H%M%S", &tm);
+    job_submit_format_time(js->created_unix, js->created_at, sizeof(js->created_at));
+    if (js->op == BD_OP_BULK_INSERT) {
+        snprintf(js->job_id, sizeof(js->job_id), "batch_insert_%s_%03lld", stamp, seq);
+    } else {
+        size_t n = 0;
+        for (const char *p = js->model; p && *p && n + 1 < sizeof(model); p++)
+            model[n++] = (isalnum((unsigned char)*p) || *p == '-' || *p == '_') ? *p : '_';
+        model[n] = '\0';
+        snprintf(js->job_id, sizeof(js->job_id), "batch_%s_%s_%03lld", model, stamp, seq);
+    }
+    if (bd_pg_acquire(js->deps.pg, job_submit_on_conn, js) < 0) {
+        bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=acquire", js->job_id);
+        job_submit_finish(js, BD_EPG);
+    }
+}
+
+/* Backpressure: the items of queued jobs plus this job's must stay within
+ * max_queued_items. A read then a later enqueue, so parallel submits can pass the limit
+ * together (bug 6): this function is the one place to replace with an atomic reservation. */
+static void job_submit_on_counts(int status, const struct bd_rq_counts *c, void *arg)
+{
+    struct job_submit *js = arg;
+    unsigned max = js->deps.cfg->max_queued_items;
+
+    if (status < 0) {
+        bd_log(BD_LOG_WARN, "job", "event=submit_failed step=counts err=%s",
+               bd_err_name(status));
+        job_submit_finish(js, BD_EREDIS);
+        return;
+    }
+    js->queued_items = c->queued_items;
+    if ((unsigned long long)c->queued_items + js->items > max) {
+        bd_log(BD_LOG_INFO, "job", "event=backpressure queued_items=%lld items=%u limit=%u",
+               c->queued_items, js->items, max);
+        job_submit_finish(js, BD_EBUSY);
+        return;
+    }
+    if (bd_rq_next_seq(js->deps.rq, job_submit_on_seq, js) < 0) {
+        bd_log(BD_LOG_WARN, "job", "event=submit_failed step=next_seq err=EREDIS");
+        job_submit_finish(js, BD_EREDIS);
+    }
+}
+
+static int job_submit_check_room(struct job_submit *js)
+{
+    return bd_rq_get_counts(js->deps.rq, job_submit_on_counts, js);
+}
+
+static char *job_submit_strdup(const char *s, bool *is_failed)
+{
+    char *d = s ? strdup(s) : NULL;
+    if (s && d == NULL)
+        *is_failed = true;
+    return d;
+}
+
+int bd_job_submit(const struct bd_job_submit_deps *deps, const struct bd_job_spec *spec,
+                  struct bd_job_payload *batches, bd_job_submitted_cb cb, void *arg)
+{
+    struct job_submit *js = calloc(1, sizeof(*js));
+    bool is_failed = js == NULL;
+    int rc;
+
+    if (js == NULL) {
+        for (unsigned b = 0; batches && b < spec->batches; b++)
+            free(batches[b].data);
+        free(batches);
+        return BD_ENOMEM;
+    }
+    js->deps = *deps;
+    js->op = spec->op;
+    js->model = job_submit_strdup(spec->model, &is_failed);
+    js->collection = job_submit_strdup(spec->collection, &is_failed);
+    js->metadata_json = job_submit_strdup(spec->metadata_json ? spec->metadata_json : "{}",
+                                          &is_failed);
+    js->idem_key = job_submit_strdup(spec->idem_key, &is_failed);
+    if (spec->idem_key && spec->request_hash)
+        snprintf(js->request_hash, sizeof(js->request_hash), "%s", spec->request_hash);
+    js->priority = spec->priority;
+    js->batch_size = spec->batch_size;
+    js->items = spec->items;
+    js->batches = spec->batches;
+    js->dim = spec->dim;
+    js->timeout_s = spec->timeout_s;
+    js->max_retries = spec->max_retries;
+    js->batch = batches;
+    js->cb = cb;
+    js->arg = arg;
+    bd_pg_copybuf_init(&js->copy);
+    if (is_failed) {
+        job_submit_free(js);
+        return BD_ENOMEM;
+    }
+    if ((rc = job_submit_check_room(js)) < 0) {
+        job_submit_free(js);
+        return rc == BD_ENOMEM ? BD_ENOMEM : BD_EREDIS;
+    }
+    return BD_OK;
+}

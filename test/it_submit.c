@@ -1,0 +1,484 @@
+/* it_submit.c -- the submit path end to end (POST /api/v1/batch/jobs): UTF-8 validation of
+ * item ids, metadata and texts (bug 1), a broken connection after COMMIT (bug 5), the
+ * configured model names on bulk_insert (bug 7), and the completion estimate of a 202
+ * (bug 8), against the real batchd binary and the test stack.
+ *
+ * Isolation: a PostgreSQL schema of its own ("itsub_<pid>", through search_path in the
+ * URL) and a Redis database of its own (BD_IT_SUBMIT_REDIS_DB, default 12), so the first
+ * job of this suite really is the first job its batchd has seen (no recent throughput).
+ * batchd reaches PostgreSQL through a small TCP proxy in this process, which can drop a
+ * connection right after the server answered its COMMIT: the commit happened, the client
+ * never hears of it -- deterministically, with no test-only branch in batchd.
+ * SPDX-License-Identifier: MIT
+ */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bd_it.h"
+
+static const char *it_config =
+    "jobs:\n"
+    "  max_concurrent_jobs: 2\n"
+    "  processing_interval: 0.1\n"
+    "  retry_delay: 0.05\n"
+    "models:\n"
+    "  - name: hashmodel\n"
+    "    provider: hashing\n"
+    "    dimensions: 4\n";
+
+static struct bd_it_proc g_proc;
+static bool g_started;
+static char g_schema[64];
+static char g_pg_base[512];
+static char g_pg_url[640];          /* through the proxy, with our search_path */
+static char g_pg_direct[640];       /* straight to PostgreSQL, with our search_path */
+static char g_redis_url[256];
+
+/* ---- a PostgreSQL proxy that can lose the answer to a COMMIT ---------------------------- */
+
+#define PROXY_PAIRS 64
+
+struct proxy_pair {
+    int c, s;                       /* client (batchd) and server sockets; -1 when unused */
+    bool is_doomed;                 /* forwarded a COMMIT: drop the server's answer */
+};
+
+static struct {
+    int listen_fd;
+    int port;
+    struct sockaddr_in target;
+    struct proxy_pair pairs[PROXY_PAIRS];
+    atomic_int is_armed;            /* the next COMMIT's answer is lost */
+    atomic_int fired;               /* how many answers were lost */
+    atomic_int is_stopping;
+    pthread_t thread;
+} g_px;
+
+/* The simple-protocol message "COMMIT": 'Q', int32 length 11, "COMMIT\0". */
+static const char px_commit[] = { 'Q', 0, 0, 0, 11, 'C', 'O', 'M', 'M', 'I', 'T', 0 };
+
+static void px_close_pair(struct proxy_pair *p)
+{
+    close(p->c);
+    close(p->s);
+    *p = (struct proxy_pair){ -1, -1, false };
+}
+
+static bool px_write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+        if (n <= 0)
+            return false;
+        buf += n;
+        len -= (size_t)n;
+    }
+    return true;
+}
+
+static void *px_main(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&g_px.is_stopping)) {
+        struct pollfd fds[1 + 2 * PROXY_PAIRS];
+        int map[1 + 2 * PROXY_PAIRS];
+        nfds_t n = 0;
+        fds[n] = (struct pollfd){ g_px.listen_fd, POLLIN, 0 };
+        map[n++] = -1;
+        for (int i = 0; i < PROXY_PAIRS; i++) {
+            if (g_px.pairs[i].c < 0)
+                continue;
+            fds[n] = (struct pollfd){ g_px.pairs[i].c, POLLIN, 0 };
+            map[n++] = 2 * i;
+            fds[n] = (struct pollfd){ g_px.pairs[i].s, POLLIN, 0 };
+            map[n++] = 2 * i + 1;
+        }
+        if (poll(fds, n, 100) <= 0)
+            continue;
+        if (fds[0].revents & POLLIN) {
+            int c = accept(g_px.listen_fd, NULL, NULL);
+            int s = c >= 0 ? socket(AF_INET, SOCK_STREAM, 0) : -1;
+            if (s >= 0 && connect(s, (struct sockaddr *)&g_px.target, sizeof(g_px.target)) == 0) {
+                int i = 0;
+                while (i < PROXY_PAIRS && g_px.pairs[i].c >= 0)
+                    i++;
+                if (i < PROXY_PAIRS)
+                    g_px.pairs[i] = (struct proxy_pair){ c, s, false };
+                else
+                    close(c), close(s);
+            } else {
+                if (c >= 0)
+                    close(c);
+                if (s >= 0)
+                    close(s);
+            }
+        }
+        for (nfds_t k = 1; k < n; k++) {
+            struct proxy_pair *p = &g_px.pairs[map[k] / 2];
+            bool from_client = map[k] % 2 == 0;
+            char buf[65536];
+            if (!(fds[k].revents & (POLLIN | POLLHUP | POLLERR)) || p->c < 0)
+                continue;
+            ssize_t got = recv(from_client ? p->c : p->s, buf, sizeof(buf), 0);
+            if (got <= 0) {
+                px_close_pair(p);
+                continue;
+            }
+            if (!from_client && p->is_doomed) {
+                /* The server committed and answered; the client never hears of it. */
+                atomic_fetch_add(&g_px.fired, 1);
+                px_close_pair(p);
+                continue;
+            }
+            if (from_client && atomic_load(&g_px.is_armed) &&
+                memmem(buf, (size_t)got, px_commit, sizeof(px_commit)) != NULL) {
+                atomic_store(&g_px.is_armed, 0);
+                p->is_doomed = true;
+            }
+            if (!px_write_all(from_client ? p->s : p->c, buf, (size_t)got))
+                px_close_pair(p);
+        }
+    }
+    for (int i = 0; i < PROXY_PAIRS; i++)
+        if (g_px.pairs[i].c >= 0)
+            px_close_pair(&g_px.pairs[i]);
+    close(g_px.listen_fd);
+    return NULL;
+}
+
+/* Start the proxy in front of host:port of url (postgresql://user@host:port/db...). */
+static int px_start(const char *url)
+{
+    const char *at = strchr(url, '@'), *hp = at ? at + 1 : url + strlen("postgresql://");
+    const char *colon = strchr(hp, ':');
+    char host[64];
+    struct sockaddr_in a = { 0 };
+    socklen_t alen = sizeof(a);
+
+    if (colon == NULL || (size_t)(colon - hp) >= sizeof(host))
+        return -1;
+    snprintf(host, sizeof(host), "%.*s", (int)(colon - hp), hp);
+    g_px.target.sin_family = AF_INET;
+    g_px.target.sin_port = htons((uint16_t)atoi(colon + 1));
+    if (inet_pton(AF_INET, host, &g_px.target.sin_addr) != 1)
+        return -1;
+    for (int i = 0; i < PROXY_PAIRS; i++)
+        g_px.pairs[i] = (struct proxy_pair){ -1, -1, false };
+    g_px.listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (g_px.listen_fd < 0 || bind(g_px.listen_fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+        listen(g_px.listen_fd, 64) != 0 ||
+        getsockname(g_px.listen_fd, (struct sockaddr *)&a, &alen) != 0)
+        return -1;
+    g_px.port = ntohs(a.sin_port);
+    return pthread_create(&g_px.thread, NULL, px_main, NULL) == 0 ? 0 : -1;
+}
+
+/* ---- helpers ------------------------------------------------------------------------- */
+
+static long psql_long(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static long psql_long(const char *fmt, ...)
+{
+    char sql[2048], out[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof(sql), fmt, ap);
+    va_end(ap);
+    if (bd_it_sh_out(out, sizeof(out), "psql '%s' -Atqc \"%s\"", g_pg_direct, sql) != 0)
+        return -1;
+    return strtol(out, NULL, 10);
+}
+
+/* POST body (raw bytes, may hold invalid UTF-8); returns the parsed answer (caller
+ * json_decref()s) and the status in *status. */
+static json_t *post(const char *body, long *status)
+{
+    char url[256];
+    struct bd_it_resp r;
+    const char *hdrs[] = { "Content-Type: application/json", NULL };
+
+    snprintf(url, sizeof(url), "%s/api/v1/batch/jobs", g_proc.base);
+    if (bd_it_http("POST", url, body, hdrs, &r) != 0)
+        return NULL;
+    *status = r.status;
+    json_t *j = json_loads(r.body, 0, NULL);
+    if (j == NULL)
+        fprintf(stderr, "answer is not JSON: %ld %s\n", r.status, r.body);
+    bd_it_resp_free(&r);
+    return j;
+}
+
+static const char *error_field(json_t *j)
+{
+    return json_string_value(json_object_get(json_object_get(j, "error"), "field"));
+}
+
+/* Seconds since the epoch of an RFC 3339 UTC time "YYYY-MM-DDTHH:MM:SSZ", or -1. */
+static long long rfc3339(const char *s)
+{
+    struct tm tm = { 0 };
+    const char *end = s ? strptime(s, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
+    if (end == NULL)
+        return -1;
+    if (*end == '.')
+        for (end++; *end >= '0' && *end <= '9'; end++)
+            ;
+    if (strcmp(end, "Z") != 0)
+        return -1;
+    return (long long)timegm(&tm);
+}
+
+static void wait_status(const char *id, const char *want)
+{
+    json_t *j = bd_it_wait_status(&g_proc, id, want, 20);
+    const char *st = json_string_value(json_object_get(j, "status"));
+    if (st == NULL || strcmp(st, want) != 0)
+        fprintf(stderr, "job %s is %s, not %s\n", id, st ? st : "(no answer)", want);
+    assert_non_null(st);
+    assert_string_equal(st, want);
+    json_decref(j);
+}
+
+/* ---- cases ------------------------------------------------------------------------------ */
+
+/* Bug 8: on a stack that has finished no job, the 202 still carries an RFC 3339 estimate,
+ * and it lies after the job's creation. Runs first: nothing has finished yet. */
+static void test_submit_estimates_completion_when_first_job_on_fresh_stack(void **state)
+{
+    long st = 0;
+    (void)state;
+
+    assert_int_equal(psql_long("SELECT count(*) FROM jobs"), 0);
+    json_t *j = post("{\"operation\":\"bulk_insert\",\"collection\":\"itsub_eta\",\"data\":["
+                     "{\"id\":\"a\",\"embedding\":[1,2,3,4]},"
+                     "{\"id\":\"b\",\"embedding\":[1,2,3,5]}]}", &st);
+    assert_int_equal(st, 202);
+    const char *eta = json_string_value(json_object_get(j, "estimated_completion"));
+    const char *created = json_string_value(json_object_get(j, "created_at"));
+    if (eta == NULL)
+        fprintf(stderr, "estimated_completion: %s\n",
+                json_is_null(json_object_get(j, "estimated_completion")) ? "null" : "absent");
+    assert_non_null(eta);
+    long long t_eta = rfc3339(eta), t_created = rfc3339(created);
+    assert_true(t_eta > 0);
+    assert_true(t_created > 0);
+    assert_true(t_eta > t_created);
+    assert_true(t_eta + 1 >= (long long)time(NULL));
+    /* bulk_embed on the configured model, before any embed job ran: also an estimate. */
+    json_t *k = post("{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":["
+                     "{\"text\":\"a\"},{\"text\":\"b\"}]}", &st);
+    assert_int_equal(st, 202);
+    assert_true(rfc3339(json_string_value(json_object_get(k, "estimated_completion"))) >
+                rfc3339(json_string_value(json_object_get(k, "created_at"))));
+    wait_status(json_string_value(json_object_get(j, "job_id")), "completed");
+    wait_status(json_string_value(json_object_get(k, "job_id")), "completed");
+    json_decref(j);
+    json_decref(k);
+}
+
+/* Bug 1: text that is not valid UTF-8 is refused at the door with the item's field, in the
+ * fast bulk_insert path, the jansson path and bulk_embed, and no job is written. */
+static void test_submit_rejects_invalid_utf8_naming_the_item(void **state)
+{
+    static const struct {
+        const char *body;
+        const char *field;
+    } cases[] = {
+        /* fast path: a plain id with a stray byte */
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"itsub_utf\",\"data\":["
+          "{\"id\":\"ok\",\"embedding\":[1,2,3,4]},{\"id\":\"bad\xff\",\"embedding\":[1,2,3,4]}]}",
+          "data[1].id" },
+        /* fast path: a truncated sequence at the end of the id */
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"itsub_utf\",\"data\":["
+          "{\"id\":\"x\xc3\",\"embedding\":[1,2,3,4]}]}", "data[0].id" },
+        /* an overlong encoding of '/' */
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"itsub_utf\",\"data\":["
+          "{\"id\":\"\xc0\xaf\",\"embedding\":[1,2,3,4]}]}", "data[0].id" },
+        /* jansson path for the item (an escape in the id) */
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"itsub_utf\",\"data\":["
+          "{\"id\":\"\\u0041\xfe\",\"embedding\":[1,2,3,4]}]}", "data[0].id" },
+        /* metadata strings */
+        { "{\"operation\":\"bulk_insert\",\"collection\":\"itsub_utf\",\"data\":["
+          "{\"id\":\"m\",\"embedding\":[1,2,3,4],\"metadata\":{\"t\":\"\xed\xa0\x80\"}}]}",
+          "data[0].metadata" },
+        /* bulk_embed: text and id */
+        { "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":["
+          "{\"text\":\"fine\"},{\"text\":\"caf\xe9\"}]}", "data[1].text" },
+        { "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":["
+          "{\"text\":\"fine\",\"id\":\"\xf8\x88\x80\x80\x80\"}]}", "data[0].id" },
+    };
+    (void)state;
+
+    long before = psql_long("SELECT count(*) FROM jobs");
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        long st = 0;
+        json_t *j = post(cases[i].body, &st);
+        const char *field = error_field(j);
+        if (st != 400 || field == NULL || strcmp(field, cases[i].field) != 0) {
+            char *dump = j ? json_dumps(j, 0) : NULL;
+            fprintf(stderr, "case %zu: %ld %s (want 400 %s)\n", i, st, dump ? dump : "-",
+                    cases[i].field);
+            free(dump);
+        }
+        assert_int_equal(st, 400);
+        assert_non_null(field);
+        assert_string_equal(field, cases[i].field);
+        json_decref(j);
+    }
+    assert_int_equal(psql_long("SELECT count(*) FROM jobs"), before);
+    /* Valid multi-byte text still passes. */
+    long st = 0;
+    json_t *j = post("{\"operation\":\"bulk_insert\",\"collection\":\"itsub_utf\",\"data\":["
+                     "{\"id\":\"caf\xc3\xa9-\xf0\x9f\x98\x80\",\"embedding\":[1,2,3,4],"
+                     "\"metadata\":{\"t\":\"\xe2\x82\xac\"}}]}", &st);
+    assert_int_equal(st, 202);
+    wait_status(json_string_value(json_object_get(j, "job_id")), "completed");
+    json_decref(j);
+}
+
+/* Bug 7: bulk_insert's model, when given, must be a configured one. */
+static void test_submit_rejects_unconfigured_model_when_bulk_insert(void **state)
+{
+    long st = 0;
+    (void)state;
+
+    long before = psql_long("SELECT count(*) FROM jobs");
+    json_t *j = post("{\"operation\":\"bulk_insert\",\"model\":\"free-form-1\",\"collection\":"
+                     "\"itsub_model\",\"data\":[{\"id\":\"a\",\"embedding\":[1,2,3,4]}]}", &st);
+    assert_int_equal(st, 400);
+    assert_non_null(error_field(j));
+    assert_string_equal(error_field(j), "model");
+    json_decref(j);
+    assert_int_equal(psql_long("SELECT count(*) FROM jobs"), before);
+    j = post("{\"operation\":\"bulk_insert\",\"model\":\"hashmodel\",\"collection\":"
+             "\"itsub_model\",\"data\":[{\"id\":\"a\",\"embedding\":[1,2,3,4]}]}", &st);
+    assert_int_equal(st, 202);
+    wait_status(json_string_value(json_object_get(j, "job_id")), "completed");
+    json_decref(j);
+    j = post("{\"operation\":\"bulk_insert\",\"collection\":\"itsub_model\",\"data\":["
+             "{\"id\":\"b\",\"embedding\":[1,2,3,4]}]}", &st);
+    assert_int_equal(st, 202);
+    json_decref(j);
+}
+
+/* Bug 5: the connection breaks after PostgreSQL committed the job but before batchd heard
+ * so: the job exists, so the client gets the 202 (not a 503 that invites a duplicate), and
+ * the job runs to the end. */
+static void test_submit_answers_202_when_connection_breaks_after_commit(void **state)
+{
+    long st = 0;
+    (void)state;
+
+    int fired = atomic_load(&g_px.fired);
+    atomic_store(&g_px.is_armed, 1);
+    json_t *j = post("{\"operation\":\"bulk_insert\",\"collection\":\"itsub_commit\",\"data\":["
+                     "{\"id\":\"a\",\"embedding\":[1,2,3,4]},"
+                     "{\"id\":\"b\",\"embedding\":[4,3,2,1]}]}", &st);
+    atomic_store(&g_px.is_armed, 0);
+    assert_int_equal(atomic_load(&g_px.fired), fired + 1);     /* the answer really was lost */
+    if (st != 202) {
+        char *dump = j ? json_dumps(j, 0) : NULL;
+        fprintf(stderr, "answer: %ld %s\n", st, dump ? dump : "-");
+        free(dump);
+    }
+    assert_int_equal(st, 202);
+    const char *id = json_string_value(json_object_get(j, "job_id"));
+    assert_non_null(id);
+    assert_int_equal(psql_long("SELECT count(*) FROM jobs WHERE collection = 'itsub_commit'"), 1);
+    wait_status(id, "completed");
+    assert_int_equal(psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", id), 2);
+    json_decref(j);
+}
+
+/* ---- setup ------------------------------------------------------------------------------ */
+
+static int it_setup(void **state)
+{
+    const char *redis = bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0");
+    const char *db = bd_it_env("BD_IT_SUBMIT_REDIS_DB", "12");
+    const char *slash, *after_port;
+
+    (void)state;
+    snprintf(g_schema, sizeof(g_schema), "itsub_%d", (int)getpid());
+    snprintf(g_pg_base, sizeof(g_pg_base), "%s",
+             bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd"));
+    snprintf(g_pg_direct, sizeof(g_pg_direct), "%s%coptions=-csearch_path%%3D%s", g_pg_base,
+             strchr(g_pg_base, '?') ? '&' : '?', g_schema);
+    if (px_start(g_pg_base) != 0) {
+        fprintf(stderr, "cannot start the PostgreSQL proxy for %s\n", g_pg_base);
+        return -1;
+    }
+    /* The same URL with the proxy's port. */
+    const char *at = strchr(g_pg_base, '@');
+    const char *colon = strchr(at ? at : g_pg_base + strlen("postgresql://"), ':');
+    after_port = colon ? strpbrk(colon, "/?") : NULL;
+    if (colon == NULL || after_port == NULL)
+        return -1;
+    snprintf(g_pg_url, sizeof(g_pg_url), "%.*s:%d%s%coptions=-csearch_path%%3D%s",
+             (int)(colon - g_pg_base), g_pg_base, g_px.port, after_port,
+             strchr(after_port, '?') ? '&' : '?', g_schema);
+    slash = strchr(redis + strlen("redis://"), '/');
+    snprintf(g_redis_url, sizeof(g_redis_url), "%.*s/%s",
+             (int)(slash ? slash - redis : (long)strlen(redis)), redis, db);
+    if (bd_it_sh("psql '%s' -Atqc 'DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s;' "
+                 ">/dev/null", g_pg_base, g_schema, g_schema) != 0) {
+        fprintf(stderr, "cannot reach PostgreSQL at %s (is the test stack up?)\n", g_pg_base);
+        return -1;
+    }
+    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
+    setenv("BATCH_POSTGRES_URL", g_pg_url, 1);
+    setenv("BATCH_REDIS_URL", g_redis_url, 1);
+    if (bd_it_start(&g_proc, it_config, NULL) != 0)
+        return -1;
+    g_started = true;
+    return 0;
+}
+
+static int it_teardown(void **state)
+{
+    int rc = 0;
+    (void)state;
+    /* A clean exit (0) also means no leak report under ASan. */
+    if (g_started && bd_it_stop(&g_proc, SIGTERM, 20) != 0) {
+        fprintf(stderr, "batchd did not exit cleanly; log: %s\n", g_proc.log_path);
+        rc = -1;
+    }
+    atomic_store(&g_px.is_stopping, 1);
+    pthread_join(g_px.thread, NULL);
+    bd_it_sh("psql '%s' -Atqc 'DROP SCHEMA IF EXISTS %s CASCADE;' >/dev/null", g_pg_base,
+             g_schema);
+    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
+    return rc;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_submit_estimates_completion_when_first_job_on_fresh_stack),
+        cmocka_unit_test(test_submit_rejects_invalid_utf8_naming_the_item),
+        cmocka_unit_test(test_submit_rejects_unconfigured_model_when_bulk_insert),
+        cmocka_unit_test(test_submit_answers_202_when_connection_breaks_after_commit),
+    };
+    return cmocka_run_group_tests(tests, it_setup, it_teardown);
+}
