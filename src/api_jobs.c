@@ -7,29 +7,15 @@
  */
 #include "batchd/api.h"
 
-#include "batchd/buf.h"
-#include "batchd/config.h"
 #include "batchd/error.h"
 #include "batchd/http_server.h"
 #include "batchd/job_engine.h"
-#include "batchd/json_scan.h"
-#include "batchd/log.h"
 #include "batchd/pg_store.h"
-#include "batchd/redis_queue.h"
 #include "batchd/router.h"
 #include "batchd/server.h"
-#include "batchd/sha256.h"
 
-#include <ctype.h>
-#include <malloc.h>
-#include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <strings.h>
-#include <time.h>
-
 
 /* ---- cancel and retry: the engine changes the job, the handler renders it ------------ */
 

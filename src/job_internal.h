@@ -11,6 +11,7 @@
 
 #include "batchd/buf.h"
 #include "batchd/hashtab.h"
+#include "batchd/job_batch.h"
 #include "batchd/job_engine.h"
 #include "batchd/pg_store.h"
 
@@ -38,13 +39,6 @@ enum job_phase {
     JOB_PHASE_FINISH,         /* terminal status in PostgreSQL */
     JOB_PHASE_RELEASE,        /* drop (or hand back) the Redis lease */
     JOB_PHASE_DONE,
-};
-
-/* One bulk_insert item inside a batch's packed payload: the id and metadata text and the
- * embedding as a ready binary-COPY real[] value. */
-struct job_packed {
-    const char *id, *meta, *arr;
-    uint32_t id_len, meta_len, arr_len;
 };
 
 struct bd_job {
@@ -82,7 +76,7 @@ struct bd_job {
     unsigned attempts;
     json_t *items;            /* bulk_embed: the batch's input items (JSON array) */
     struct bd_buf payload;    /* bulk_insert: the batch's packed items (job_batches.payload) */
-    struct job_packed *packed; /* bulk_insert: per item, slices of payload */
+    struct bd_job_batch_item *packed; /* bulk_insert: per item, slices of payload */
     float *vectors;           /* item_count * dim, reused across batches */
     size_t vectors_cap;
     int *item_status;         /* per item: BD_OK or an error code */

@@ -348,10 +348,11 @@ static int job_reserve_batch(struct bd_job *job, unsigned n)
 }
 
 /* Copy the batch's packed payload (the row dies with the callback) and slice it into
- * items. Returns NULL, or why the payload cannot be read. */
+ * items (job_batch.h). Returns NULL, or why the payload cannot be read. */
 static const char *job_unpack_batch(struct bd_job *job, const struct bd_job_batch_row *row)
 {
     struct bd_buf *b = &job->payload;
+    const char *why = NULL;
 
     if (row->payload == NULL)
         return "it has no packed payload";
@@ -359,24 +360,10 @@ static const char *job_unpack_batch(struct bd_job *job, const struct bd_job_batc
     bd_buf_append(b, row->payload, row->payload_len);
     if (b->is_failed)
         return "out of memory";
-    const unsigned char *p = (const unsigned char *)b->data, *end = p + b->len;
-    for (unsigned i = 0; i < job->item_count; i++) {
-        const char *field[3];
-        uint32_t len[3];
-        for (int f = 0; f < 3; f++) {
-            uint32_t be;
-            if (end - p < 4)
-                return "the packed payload is truncated";
-            memcpy(&be, p, 4);
-            if ((len[f] = be32toh(be)) > (uint32_t)(end - p - 4))
-                return "the packed payload is truncated";
-            field[f] = (const char *)p + 4;
-            p += 4 + len[f];
-        }
-        job->packed[i] = (struct job_packed){ field[0], field[1], field[2],
-                                              len[0], len[1], len[2] };
-    }
-    return p == end ? NULL : "the packed payload has trailing bytes";
+    /* Any dimension: an item whose dimension is not the collection's fails alone. */
+    if (bd_job_batch_unpack(b->data, b->len, job->item_count, 0, job->packed, &why) < 0)
+        return why ? why : "the packed payload cannot be read";
+    return NULL;
 }
 
 static void job_on_batch_loaded(int status, const struct bd_job_batch_row *row,
@@ -614,11 +601,7 @@ static void job_take_given_vectors(struct bd_job *job)
 {
     job->batch_ok = job->batch_failed = 0;
     for (unsigned i = 0; i < job->item_count; i++) {
-        const struct job_packed *pk = &job->packed[i];
-        uint32_t be = 0;
-        if (pk->arr_len == 20 + 8 * (size_t)job->dim)
-            memcpy(&be, pk->arr + 12, 4);
-        if (be32toh(be) != job->dim) {
+        if (job->packed[i].dim != job->dim) {
             job->item_status[i] = BD_EINVAL;
             job->item_error[i] = "embedding has the wrong dimension";
             job->batch_failed++;

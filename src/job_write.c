@@ -90,7 +90,7 @@ static int job_build_copy(struct bd_job *job)
 
     bd_job_store_stage_begin(b);
     for (unsigned i = 0; i < job->item_count; i++) {
-        const struct job_packed *pk = job->op == BD_OP_BULK_INSERT ? &job->packed[i] : NULL;
+        const struct bd_job_batch_item *pk = job->op == BD_OP_BULK_INSERT ? &job->packed[i] : NULL;
         json_t *item = pk ? NULL : json_array_get(job->items, i);
         const char *id = pk ? pk->id : json_string_value(json_object_get(item, "id"));
         size_t id_len = pk ? pk->id_len : json_string_length(json_object_get(item, "id"));
@@ -101,8 +101,9 @@ static int job_build_copy(struct bd_job *job)
             id_len = strlen(genid);
         }
         if (job->item_status[i] == BD_OK && pk) {
-            bd_job_store_stage_vector(b, index, id, id_len, NULL, job->dim, pk->arr, pk->arr_len,
-                                      pk->meta, pk->meta_len, NULL);
+            bd_job_store_stage_vector(b, index, id, id_len, NULL, job->dim,
+                                      (const char *)pk->vec, pk->vec_len, pk->meta,
+                                      pk->meta_len, NULL);
         } else if (job->item_status[i] == BD_OK) {
             job_build_metadata(job, &job->meta, item);
             /* Only vectors the model just computed go into the cache. */
