@@ -8,6 +8,7 @@
  * job_store.h) and no job state written here (bd_job_submit creates the job); statuses
  * of errors come from error.h's map.  SPDX-License-Identifier: MIT
  */
+#include "batchd/buf.h"
 #include "batchd/api.h"
 #include "api_submit.h"
 
@@ -220,7 +221,7 @@ static int api_submit_metadata(struct bd__api_submit *s)
         return BD_ENOMEM;
     if (json_object_get(s->metadata, "submitted_by") == NULL) {
         const char *by = bd_http_header_get(s->req, "X-Submitted-By");
-        if (by && !bd_json_is_utf8(by, strlen(by)))
+        if (by && !bd_utf8_is_valid(by, strlen(by)))
             by = NULL;
         json_object_set_new(s->metadata, "submitted_by", json_string(by ? by : "api"));
     }
@@ -252,7 +253,7 @@ static void api_on_submit(struct bd_http_request *req, void *arg)
         return;
     }
     const char *key = bd_http_header_get(req, "Idempotency-Key");
-    if (key && (strlen(key) == 0 || strlen(key) > 255 || !bd_json_is_utf8(key, strlen(key)))) {
+    if (key && (strlen(key) == 0 || strlen(key) > 255 || !bd_utf8_is_valid(key, strlen(key)))) {
         bd_http_respond_err(req, BD_EINVAL, "Idempotency-Key must be 1 to 255 characters",
                             "Idempotency-Key");
         return;

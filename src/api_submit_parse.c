@@ -128,11 +128,11 @@ static bool api_find_bad_utf8_member(const char *p, const char *end, char *key, 
         if (vend == NULL)
             return false;
         size_t klen = (size_t)(kend - 1 - k);
-        if (!bd_json_is_utf8(k, klen)) {
+        if (!bd_utf8_is_valid(k, klen)) {
             key[0] = '\0';
             return true;
         }
-        if (!bd_json_is_utf8(v, (size_t)(vend - v))) {
+        if (!bd_utf8_is_valid(v, (size_t)(vend - v))) {
             snprintf(key, keylen, "%.*s", (int)klen, k);
             return true;
         }
@@ -151,7 +151,7 @@ static int api_fail_item_json(const char *p, const char *end, size_t i, struct b
 {
     char key[48], field[96];
 
-    if (!bd_json_is_utf8(p, (size_t)(end - p)) &&
+    if (!bd_utf8_is_valid(p, (size_t)(end - p)) &&
         api_find_bad_utf8_member(p, end, key, sizeof(key))) {
         if (key[0])
             snprintf(field, sizeof(field), "data[%zu].%s", i, key);
@@ -171,7 +171,7 @@ static bool api_locate_bad_utf8(const char *body, size_t len, struct bd__api_inv
     const char *end = body + len, *root = bd_json_skip_ws(body, end);
     char key[48];
 
-    if (bd_json_is_utf8(body, len))
+    if (bd_utf8_is_valid(body, len))
         return false;
     const char *data = bd_json_find_member(root, end, "data");
     if (data && *data == '[') {
@@ -180,7 +180,7 @@ static bool api_locate_bad_utf8(const char *body, size_t len, struct bd__api_inv
             const char *qend = bd_json_skip_value(q, end);
             if (qend == NULL)
                 break;
-            if (!bd_json_is_utf8(q, (size_t)(qend - q))) {
+            if (!bd_utf8_is_valid(q, (size_t)(qend - q))) {
                 (void)api_fail_item_json(q, qend, i, inv);
                 return true;
             }
@@ -391,7 +391,7 @@ static int api_fast_item(struct bd__api_submit *s, const char *p, const char *en
     if (id == NULL || ev == NULL || !api_is_item_id(id, id_len) || count == 0 ||
         count > cap || (s->dim && count != s->dim))
         return 1;
-    if (!bd_json_is_utf8(id, id_len)) {
+    if (!bd_utf8_is_valid(id, id_len)) {
         /* jansson would refuse the whole item; name the id instead (bug 1: such an id was
          * accepted here and then failed every write of its batch). */
         char field[64];
@@ -510,7 +510,7 @@ static bool api_fast_body(struct bd__api_submit *s, const char *body, size_t len
          * else is jansson's to refuse precisely. */
         const char *k = p + 1, *kend = bd_json_skip_value(p, end);
         if (kend == NULL || memchr(k, '\\', (size_t)(kend - k)) != NULL ||
-            !bd_json_is_utf8(k, (size_t)(kend - k)))
+            !bd_utf8_is_valid(k, (size_t)(kend - k)))
             goto fail;
         kend--;                                     /* at the closing quote */
         const char *colon = bd_json_skip_ws(kend + 1, end);

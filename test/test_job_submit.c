@@ -1,7 +1,7 @@
 /* test_job_submit.c -- the submit path's pure parts: the completion estimate of a 202
  * (from the engine's recent rate, else the model's configured rate, always after the
  * job's creation) and the UTF-8 check that keeps text PostgreSQL would refuse out of a job
- * (bd_json_is_utf8, RFC 3629). No loop, no stores. */
+ * (bd_utf8_is_valid, RFC 3629). No loop, no stores. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +10,7 @@
 
 #include <string.h>
 
+#include "batchd/buf.h"
 #include "batchd/config.h"
 #include "batchd/job_submit.h"
 #include "batchd/json_scan.h"
@@ -78,7 +79,7 @@ static void test_job_submit_utf8_accepts_only_rfc3629_when_checked(void **state)
     (void)state;
 
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        if (bd_json_is_utf8(cases[i].s, cases[i].len) != (cases[i].ok != 0))
+        if (bd_utf8_is_valid(cases[i].s, cases[i].len) != (cases[i].ok != 0))
             fail_msg("case %zu: expected %s", i, cases[i].ok ? "valid" : "invalid");
     }
 }

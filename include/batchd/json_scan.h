@@ -36,8 +36,5 @@ const char *bd_json_parse_number(const char *p, const char *end, double *out);
 const char *bd_json_parse_float_array(const char *p, const char *end, float *out, unsigned max,
                                       unsigned *count);
 
-/* True when s[0..len) is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates,
- * nothing above U+10FFFF). Raw bytes: JSON escapes are not decoded. */
-bool bd_json_is_utf8(const char *s, size_t len);
 
 #endif

@@ -22,6 +22,7 @@
 
 #include "../../src/api_submit.h"
 
+#include "batchd/buf.h"
 #include "batchd/config.h"
 #include "batchd/error.h"
 #include "batchd/job_batch.h"
@@ -56,8 +57,8 @@ static void check_batches(struct bd__api_submit *s)
             FUZZ_CHECK(bd_job_batch_unpack(p[b].data, p[b].len, cnt, s->dim, it, &why) == BD_OK,
                        "batch %u does not decode: %s", b, why ? why : "");
             for (unsigned i = 0; i < cnt; i++) {
-                FUZZ_CHECK(bd_json_is_utf8(it[i].id, it[i].id_len), "item %u id not UTF-8", i);
-                FUZZ_CHECK(bd_json_is_utf8(it[i].meta, it[i].meta_len), "item %u meta", i);
+                FUZZ_CHECK(bd_utf8_is_valid(it[i].id, it[i].id_len), "item %u id not UTF-8", i);
+                FUZZ_CHECK(bd_utf8_is_valid(it[i].meta, it[i].meta_len), "item %u meta", i);
                 json_t *m = json_loadb(it[i].meta, it[i].meta_len, 0, NULL);
                 FUZZ_CHECK(json_is_object(m), "item %u metadata is not an object", i);
                 json_decref(m);
