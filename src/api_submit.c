@@ -8,10 +8,10 @@
  * job_store.h) and no job state written here (bd_job_submit creates the job); statuses
  * of errors come from error.h's map.  SPDX-License-Identifier: MIT
  */
-#include "batchd/buf.h"
 #include "batchd/api.h"
 #include "api_submit.h"
 
+#include "batchd/buf.h"
 #include "batchd/error.h"
 #include "batchd/http_server.h"
 #include "batchd/job_engine.h"
