@@ -286,8 +286,10 @@ static void api_on_submit(struct bd_http_request *req, void *arg)
     }
     /* Only an Idempotency-Key needs the body's hash (to tell a replay from a conflict);
      * hashing a big body costs more than parsing it. */
-    if (key)
-        bd_sha256_hex(req->body, req->body_len, s->request_hash);
+    if (key && (rc = bd_sha256_hex(req->body, req->body_len, s->request_hash)) < 0) {
+        api_submit_error(s, rc, NULL, NULL);   /* without the hash a replay is not safe */
+        return;
+    }
     rc = bd_job_store_get_collection(srv->pg, s->collection, api_on_collection, s);
     if (rc < 0)
         api_submit_error(s, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG, NULL, NULL);
