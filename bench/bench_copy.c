@@ -8,7 +8,7 @@
  * bench_jobs (bench_common.h), so job j's item i has the same id and the same float4
  * vector. Columns: (collection, id, embedding, job_id, item_index); metadata and the
  * timestamps take their defaults, as in batchd's upsert. The binary payload is encoded with
- * batchd's own encoder (bd_pg_copybuf_*) before the clock starts, so the figure is what
+ * batchd's own encoder (bd_pg_copy_*) before the clock starts, so the figure is what
  * PostgreSQL can ingest over one connection, and it is sent as one COPY in one transaction
  * with blocking libpq (fine in a bench tool). The text file is timed by bench/run.sh
  * around `psql -c "\copy T (...) FROM FILE"`.
@@ -17,6 +17,7 @@
  */
 #include "bench_common.h"
 
+#include "batchd/buf.h"
 #include "batchd/pg_store.h"
 
 #include <getopt.h>
@@ -63,13 +64,13 @@ static int write_text(const struct rows *r, const char *path)
     return fclose(f) == 0 ? 0 : 1;
 }
 
-static int encode_binary(const struct rows *r, struct bd_pg_copybuf *cb)
+static int encode_binary(const struct rows *r, struct bd_buf *cb)
 {
     float *v = bb_xmalloc(r->dim * sizeof(float));
     char id[64], job[32];
 
-    bd_pg_copybuf_init(cb);
-    bd_pg_copybuf_begin(cb);
+    bd_buf_init(cb);
+    bd_pg_copy_begin(cb);
     for (unsigned j = 0; j < r->jobs; j++) {
         struct bb_rng rng;
         bb_rng_seed_job(&rng, r->seed, j);
@@ -79,21 +80,21 @@ static int encode_binary(const struct rows *r, struct bd_pg_copybuf *cb)
             for (unsigned k = 0; k < r->dim; k++)
                 v[k] = (float)((double)bb_rng_component(&rng) / 1e6);
             int il = snprintf(id, sizeof(id), "j%u-%u", j, i);
-            bd_pg_copybuf_row(cb, 5);
-            bd_pg_copybuf_text(cb, r->collection, strlen(r->collection));
-            bd_pg_copybuf_text(cb, id, (size_t)il);
-            bd_pg_copybuf_float4_array(cb, v, r->dim);
-            bd_pg_copybuf_text(cb, job, (size_t)jl);
-            bd_pg_copybuf_int4(cb, (int32_t)i);
+            bd_pg_copy_row(cb, 5);
+            bd_pg_copy_text(cb, r->collection, strlen(r->collection));
+            bd_pg_copy_text(cb, id, (size_t)il);
+            bd_pg_copy_float4_array(cb, v, r->dim);
+            bd_pg_copy_text(cb, job, (size_t)jl);
+            bd_pg_copy_int4(cb, (int32_t)i);
         }
     }
     free(v);
-    return bd_pg_copybuf_end(cb);
+    return bd_pg_copy_end(cb);
 }
 
 static int copy_binary(const struct rows *r, const char *conninfo, const char *table)
 {
-    struct bd_pg_copybuf cb;
+    struct bd_buf cb;
     char sql[256];
     PGresult *res;
 
@@ -143,7 +144,7 @@ static int copy_binary(const struct rows *r, const char *conninfo, const char *t
                "\"total_s\":%.3f,\"items_per_s\":%.1f}\n",
                rows, r->dim, cb.len, s, s > 0 ? (double)rows / s : 0.0);
     PQfinish(pg);
-    bd_pg_copybuf_free(&cb);
+    bd_buf_free(&cb);
     return rc;
 }
 

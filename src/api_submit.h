@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "batchd/buf.h"
 #include "batchd/job_engine.h"
 #include "batchd/job_submit.h"
 #include "batchd/pg_store.h"
@@ -30,7 +31,7 @@ struct bd__api_submit {
     json_t *data;                     /* borrowed from body (the jansson path) */
     const char *data_raw;             /* fast path: the "data" array in the request body */
     const char *body_end;
-    struct bd_pg_copybuf *packed;     /* bulk_insert: batches, packed per batch (job_batch.h) */
+    struct bd_buf *packed;     /* bulk_insert: batches, packed per batch (job_batch.h) */
     json_t *kept;                     /* fast path: items parsed by jansson (ids live here) */
     enum bd_job_operation op;
     const char *model;                /* borrowed from body; NULL when none */

@@ -306,7 +306,7 @@ static int api_validate_items(struct bd__api_submit *s, struct bd__api_invalid *
 }
 
 /* Pack a validated jansson item. */
-static int api_pack_json_item(struct bd__api_submit *s, json_t *item, struct bd_pg_copybuf *out,
+static int api_pack_json_item(struct bd__api_submit *s, json_t *item, struct bd_buf *out,
                               float *row, struct bd_buf *meta)
 {
     json_t *id = json_object_get(item, "id"), *m = json_object_get(item, "metadata");
@@ -335,7 +335,7 @@ static int api_pack_json_item(struct bd__api_submit *s, json_t *item, struct bd_
  * id, an unknown member, a bad number...), which then reports the precise error. */
 static int api_fast_item(struct bd__api_submit *s, const char *p, const char *end, size_t i,
                          size_t n, struct api_idset *ids, float *row, struct bd_buf *meta,
-                         struct bd_pg_copybuf *out, struct bd__api_invalid *inv,
+                         struct bd_buf *out, struct bd__api_invalid *inv,
                          const char **item_end)
 {
     const char *id = NULL, *mv = NULL, *mend = NULL, *ev = NULL;
@@ -463,7 +463,7 @@ static int api_fast_insert_items(struct bd__api_submit *s, struct bd__api_invali
     q = bd_json_skip_ws(p + 1, end);
     for (size_t i = 0; i < n && rc == BD_OK; i++) {
         const char *item_end = NULL;
-        struct bd_pg_copybuf *out = &s->packed[i / s->batch_size];
+        struct bd_buf *out = &s->packed[i / s->batch_size];
         rc = api_fast_item(s, q, end, i, n, &ids, row, &meta, out, inv, &item_end);
         if (rc == 1) {
             item_end = bd_json_skip_value(q, end);
@@ -678,10 +678,10 @@ static int api_validate_submit(struct bd__api_submit *s, struct bd__api_invalid 
 static int api_take_packed(struct bd__api_submit *s, struct bd_job_payload *out)
 {
     for (unsigned b = 0; b < s->batches; b++) {
-        if (s->packed[b].err < 0)
-            return s->packed[b].err;
+        if (s->packed[b].is_failed)
+            return BD_ENOMEM;
         out[b] = (struct bd_job_payload){ s->packed[b].data, s->packed[b].len };
-        bd_pg_copybuf_init(&s->packed[b]);
+        bd_buf_init(&s->packed[b]);
     }
     return BD_OK;
 }
@@ -765,7 +765,7 @@ int bd__api_submit_parse(struct bd__api_submit *s, const char *body, size_t len,
 void bd__api_submit_parse_free(struct bd__api_submit *s)
 {
     for (unsigned b = 0; s->packed && b < s->batches; b++)
-        bd_pg_copybuf_free(&s->packed[b]);
+        bd_buf_free(&s->packed[b]);
     free(s->packed);
     s->packed = NULL;
     json_decref(s->kept);

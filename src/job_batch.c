@@ -8,6 +8,7 @@
  */
 #include "batchd/job_batch.h"
 
+#include "batchd/buf.h"
 #include "batchd/error.h"
 #include "batchd/pg_store.h"
 
@@ -19,16 +20,16 @@
 
 /* ---- encoder ------------------------------------------------------------------------- */
 
-int bd_job_batch_put(struct bd_pg_copybuf *out, const char *id, size_t id_len, const char *meta,
+int bd_job_batch_put(struct bd_buf *out, const char *id, size_t id_len, const char *meta,
                      size_t meta_len, const float *v, unsigned dim)
 {
     if (dim == 0 || dim > BD_JOB_BATCH_DIM_MAX) {
-        out->err = out->err < 0 ? out->err : BD_EINVAL;
-        return out->err;
+        out->is_failed = 1;             /* sticky, as the COPY encoder's own refusals */
+        return BD_EINVAL;
     }
-    bd_pg_copybuf_text(out, id, id_len);
-    bd_pg_copybuf_text(out, meta, meta_len);
-    return bd_pg_copybuf_float4_array(out, v, dim);
+    bd_pg_copy_text(out, id, id_len);
+    bd_pg_copy_text(out, meta, meta_len);
+    return bd_pg_copy_float4_array(out, v, dim);
 }
 
 /* ---- decoder ------------------------------------------------------------------------- */

@@ -100,7 +100,7 @@ struct bd_job {
     struct bd_pg_conn *conn;
     unsigned write_failures;
     unsigned write_permanent; /* failures PostgreSQL will repeat (bad value, constraint) */
-    struct bd_pg_copybuf copy; /* binary COPY payload, reused */
+    struct bd_buf copy; /* binary COPY payload, reused */
     struct bd_buf meta;       /* one item's metadata JSON, reused */
     struct bd_buf sql;        /* statement text, reused */
 

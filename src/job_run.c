@@ -14,6 +14,7 @@
  */
 #include "job_internal.h"
 
+#include "batchd/buf.h"
 #include "batchd/config.h"
 #include "batchd/error.h"
 #include "batchd/hashtab.h"
@@ -159,7 +160,7 @@ static void job_on_timer_closed(uv_handle_t *h)
     free(job->miss_index);
     bd_htab_free(&job->cache_index);
     free(job->ht_next);
-    bd_pg_copybuf_free(&job->copy);
+    bd_buf_free(&job->copy);
     bd_buf_free(&job->meta);
     bd_buf_free(&job->sql);
     free(job);
@@ -808,7 +809,7 @@ struct bd_job *bd__job_new(struct bd_job_engine *e, const char *id)
     job->refs = 1;                            /* the engine's reference */
     snprintf(job->id, sizeof(job->id), "%s", id);
     job->claimed_ns = uv_hrtime();
-    bd_pg_copybuf_init(&job->copy);
+    bd_buf_init(&job->copy);
     bd_buf_init(&job->meta);
     bd_buf_init(&job->sql);
     bd_buf_init(&job->payload);

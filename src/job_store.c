@@ -322,55 +322,55 @@ int bd_job_store_write_begin(struct bd_pg_conn *conn, struct bd_buf *q, const ch
  * err_msg text, text_hash text); failed items have a NULL embedding. */
 #define STAGE_COLUMNS 7
 
-void bd_job_store_stage_begin(struct bd_pg_copybuf *b)
+void bd_job_store_stage_begin(struct bd_buf *b)
 {
-    bd_pg_copybuf_reset(b);
-    bd_pg_copybuf_begin(b);
+    bd_buf_reset(b);
+    bd_pg_copy_begin(b);
 }
 
-void bd_job_store_stage_vector(struct bd_pg_copybuf *b, unsigned item_index, const char *id,
+void bd_job_store_stage_vector(struct bd_buf *b, unsigned item_index, const char *id,
                                size_t id_len, const float *v, unsigned dim,
                                const char *real_array, size_t real_array_len,
                                const char *meta, size_t meta_len, const char *text_hash)
 {
-    bd_pg_copybuf_row(b, STAGE_COLUMNS);
-    bd_pg_copybuf_int4(b, (int32_t)item_index);
-    bd_pg_copybuf_text(b, id, id_len);
+    bd_pg_copy_row(b, STAGE_COLUMNS);
+    bd_pg_copy_int4(b, (int32_t)item_index);
+    bd_pg_copy_text(b, id, id_len);
     if (real_array)
-        bd_pg_copybuf_bytes(b, real_array, real_array_len);   /* already a binary real[] */
+        bd_pg_copy_bytes(b, real_array, real_array_len);   /* already a binary real[] */
     else
-        bd_pg_copybuf_float4_array(b, v, dim);
-    bd_pg_copybuf_jsonb(b, meta, meta_len);
-    bd_pg_copybuf_null(b);
-    bd_pg_copybuf_null(b);
+        bd_pg_copy_float4_array(b, v, dim);
+    bd_pg_copy_jsonb(b, meta, meta_len);
+    bd_pg_copy_null(b);
+    bd_pg_copy_null(b);
     if (text_hash)
-        bd_pg_copybuf_text(b, text_hash, 64);
+        bd_pg_copy_text(b, text_hash, 64);
     else
-        bd_pg_copybuf_null(b);
+        bd_pg_copy_null(b);
 }
 
-void bd_job_store_stage_error(struct bd_pg_copybuf *b, unsigned item_index, const char *id,
+void bd_job_store_stage_error(struct bd_buf *b, unsigned item_index, const char *id,
                               size_t id_len, const char *code, const char *message)
 {
-    bd_pg_copybuf_row(b, STAGE_COLUMNS);
-    bd_pg_copybuf_int4(b, (int32_t)item_index);
+    bd_pg_copy_row(b, STAGE_COLUMNS);
+    bd_pg_copy_int4(b, (int32_t)item_index);
     if (id)
-        bd_pg_copybuf_text(b, id, id_len);
+        bd_pg_copy_text(b, id, id_len);
     else
-        bd_pg_copybuf_null(b);
-    bd_pg_copybuf_null(b);
-    bd_pg_copybuf_null(b);
-    bd_pg_copybuf_text(b, code, strlen(code));
-    bd_pg_copybuf_text(b, message, strlen(message));
-    bd_pg_copybuf_null(b);
+        bd_pg_copy_null(b);
+    bd_pg_copy_null(b);
+    bd_pg_copy_null(b);
+    bd_pg_copy_text(b, code, strlen(code));
+    bd_pg_copy_text(b, message, strlen(message));
+    bd_pg_copy_null(b);
 }
 
-int bd_job_store_stage_end(struct bd_pg_copybuf *b)
+int bd_job_store_stage_end(struct bd_buf *b)
 {
-    return bd_pg_copybuf_end(b);
+    return bd_pg_copy_end(b);
 }
 
-int bd_job_store_write_stage(struct bd_pg_conn *conn, const struct bd_pg_copybuf *b,
+int bd_job_store_write_stage(struct bd_pg_conn *conn, const struct bd_buf *b,
                              bd_job_store_done_cb cb, void *arg)
 {
     struct store_call *c = store_call_new(arg);
@@ -876,25 +876,25 @@ int bd_job_store_begin_job(struct bd_pg_conn *conn, const struct bd_job_store_ne
     "FROM STDIN WITH (FORMAT binary)"
 #define STORE_BATCH_NCOLUMNS 6
 
-int bd_job_store_put_batch(struct bd_pg_copybuf *copy, const char *job_id, unsigned batch_no,
+int bd_job_store_put_batch(struct bd_buf *copy, const char *job_id, unsigned batch_no,
                            unsigned first_index, unsigned item_count, const char *items_json,
                            size_t items_len, const void *payload, size_t payload_len)
 {
-    bd_pg_copybuf_row(copy, STORE_BATCH_NCOLUMNS);
-    bd_pg_copybuf_text(copy, job_id, strlen(job_id));
-    bd_pg_copybuf_int4(copy, (int32_t)batch_no);
-    bd_pg_copybuf_int4(copy, (int32_t)first_index);
-    bd_pg_copybuf_int4(copy, (int32_t)item_count);
+    bd_pg_copy_row(copy, STORE_BATCH_NCOLUMNS);
+    bd_pg_copy_text(copy, job_id, strlen(job_id));
+    bd_pg_copy_int4(copy, (int32_t)batch_no);
+    bd_pg_copy_int4(copy, (int32_t)first_index);
+    bd_pg_copy_int4(copy, (int32_t)item_count);
     if (items_json)
-        bd_pg_copybuf_text(copy, items_json, items_len);
+        bd_pg_copy_text(copy, items_json, items_len);
     else
-        bd_pg_copybuf_null(copy);
+        bd_pg_copy_null(copy);
     if (payload)
-        return bd_pg_copybuf_bytes(copy, payload, payload_len);
-    return bd_pg_copybuf_null(copy);
+        return bd_pg_copy_bytes(copy, payload, payload_len);
+    return bd_pg_copy_null(copy);
 }
 
-int bd_job_store_copy_batches(struct bd_pg_conn *conn, const struct bd_pg_copybuf *copy,
+int bd_job_store_copy_batches(struct bd_pg_conn *conn, const struct bd_buf *copy,
                               bd_pg_result_cb cb, void *arg)
 {
     return bd_pg_conn_copy_in(conn, STORE_BATCH_COPY_SQL, copy->data, copy->len, cb, arg);

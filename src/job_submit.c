@@ -6,6 +6,7 @@
  * blocks. Reaches PostgreSQL only through job_store.h and Redis through redis_queue.h;
  * knows nothing of HTTP.  SPDX-License-Identifier: MIT
  */
+#include "batchd/buf.h"
 #include "batchd/job_submit.h"
 
 #include "batchd/config.h"
@@ -47,7 +48,7 @@ struct job_submit {
     long long queued_items;
     long long queue_position;
     struct bd_pg_conn *conn;
-    struct bd_pg_copybuf copy;        /* the batches as one binary COPY */
+    struct bd_buf copy;        /* the batches as one binary COPY */
     bool is_commit_sent;              /* from here on, a failure may hide a committed job */
 };
 
@@ -56,7 +57,7 @@ static void job_submit_free(struct job_submit *js)
     for (unsigned b = 0; js->batch && b < js->batches; b++)
         free(js->batch[b].data);
     free(js->batch);
-    bd_pg_copybuf_free(&js->copy);
+    bd_buf_free(&js->copy);
     if (js->conn)
         bd_pg_release(js->conn);
     free(js->model);
@@ -181,7 +182,7 @@ static void job_submit_on_written(int status, PGresult *res, void *arg)
         job_submit_log_pg(js, js->is_commit_sent ? "commit" : "write", res);
     bd_pg_release(js->conn);                /* rolls back when something failed */
     js->conn = NULL;
-    bd_pg_copybuf_free(&js->copy);
+    bd_buf_free(&js->copy);
     if (status == BD_OK) {
         job_submit_enqueue(js);
     } else if (js->idem_key && bd_job_store_is_unique_violation(res)) {
@@ -215,7 +216,7 @@ static void job_submit_on_batches_copied(int status, PGresult *res, void *arg)
  * copy of the job. */
 static int job_submit_build_copy(struct job_submit *js)
 {
-    bd_pg_copybuf_begin(&js->copy);
+    bd_pg_copy_begin(&js->copy);
     for (unsigned b = 0; b < js->batches; b++) {
         unsigned first = b * js->batch_size;
         unsigned cnt = js->items - first < js->batch_size ? js->items - first : js->batch_size;
@@ -227,7 +228,7 @@ static int job_submit_build_copy(struct job_submit *js)
         free(js->batch[b].data);
         js->batch[b].data = NULL;
     }
-    return bd_pg_copybuf_end(&js->copy);
+    return bd_pg_copy_end(&js->copy);
 }
 
 static void job_submit_on_job_row(int status, PGresult *res, void *arg)
@@ -408,7 +409,7 @@ int bd_job_submit(const struct bd_job_submit_deps *deps, const struct bd_job_spe
     js->batch = batches;
     js->cb = cb;
     js->arg = arg;
-    bd_pg_copybuf_init(&js->copy);
+    bd_buf_init(&js->copy);
     if (is_failed) {
         job_submit_free(js);
         return BD_ENOMEM;

@@ -11,6 +11,7 @@
  */
 #include "job_internal.h"
 
+#include "batchd/buf.h"
 #include "batchd/config.h"
 #include "batchd/error.h"
 #include "batchd/job_store.h"
@@ -85,7 +86,7 @@ static void job_build_metadata(struct bd_job *job, struct bd_buf *b, json_t *ite
 
 static int job_build_copy(struct bd_job *job)
 {
-    struct bd_pg_copybuf *b = &job->copy;
+    struct bd_buf *b = &job->copy;
     char genid[160];
 
     bd_job_store_stage_begin(b);

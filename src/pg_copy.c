@@ -1,11 +1,13 @@
-/* pg_copy.c -- the binary COPY encoder (struct bd_pg_copybuf) and the decoder of the one
+/* pg_copy.c -- the binary COPY encoder (on struct bd_buf, buf.h) and the decoder of the one
  * binary value we read back whole, real[].
  *
  * Builds "COPY ... FROM STDIN WITH (FORMAT binary)" payloads for bd_pg_conn_copy_in: the
- * signature and header, tuples of length-prefixed fields, the trailer. Owns the buffer's
- * memory. Pure computation, no I/O; any thread.  SPDX-License-Identifier: MIT
+ * signature and header, tuples of length-prefixed fields, the trailer. The caller owns the
+ * buffer. Pure computation, no I/O; any thread.  SPDX-License-Identifier: MIT
  */
 #include "batchd/pg_store.h"
+
+#include "batchd/buf.h"
 #include "batchd/error.h"
 
 #include <endian.h>
@@ -16,34 +18,22 @@
 static const char pg_copy_signature[11] = { 'P', 'G', 'C', 'O', 'P', 'Y', '\n', '\377', '\r',
                                             '\n', '\0' };
 
-static int copybuf_grow(struct bd_pg_copybuf *b, size_t extra)
+/* Room for extra bytes; sticky: nothing more is written once the buffer failed. */
+static int copy_grow(struct bd_buf *b, size_t extra)
 {
-    size_t cap;
-    char *data;
-
-    if (b->err < 0)
-        return b->err;
-    if (b->cap - b->len >= extra)
-        return BD_OK;
-    cap = b->cap > 0 ? b->cap : 4096;
-    while (cap - b->len < extra) {
-        if (cap > SIZE_MAX / 2) {
-            b->err = BD_ENOMEM;
-            return b->err;
-        }
-        cap *= 2;
-    }
-    data = realloc(b->data, cap);
-    if (data == NULL) {
-        b->err = BD_ENOMEM;
-        return b->err;
-    }
-    b->data = data;
-    b->cap = cap;
-    return BD_OK;
+    if (b->is_failed)
+        return BD_ENOMEM;
+    return bd_buf_reserve(b, extra);
 }
 
-static void copybuf_put16(struct bd_pg_copybuf *b, uint16_t v)
+/* A value the format cannot hold: the payload is spoiled like a failed allocation. */
+static int copy_refuse(struct bd_buf *b)
+{
+    b->is_failed = 1;
+    return BD_EINVAL;
+}
+
+static void copy_put16(struct bd_buf *b, uint16_t v)
 {
     uint16_t n = htobe16(v);
 
@@ -51,7 +41,7 @@ static void copybuf_put16(struct bd_pg_copybuf *b, uint16_t v)
     b->len += 2;
 }
 
-static void copybuf_put32(struct bd_pg_copybuf *b, uint32_t v)
+static void copy_put32(struct bd_buf *b, uint32_t v)
 {
     uint32_t n = htobe32(v);
 
@@ -59,7 +49,7 @@ static void copybuf_put32(struct bd_pg_copybuf *b, uint32_t v)
     b->len += 4;
 }
 
-static void copybuf_put64(struct bd_pg_copybuf *b, uint64_t v)
+static void copy_put64(struct bd_buf *b, uint64_t v)
 {
     uint64_t n = htobe64(v);
 
@@ -67,114 +57,90 @@ static void copybuf_put64(struct bd_pg_copybuf *b, uint64_t v)
     b->len += 8;
 }
 
-void bd_pg_copybuf_init(struct bd_pg_copybuf *b)
+int bd_pg_copy_begin(struct bd_buf *b)
 {
-    memset(b, 0, sizeof(*b));
-}
-
-void bd_pg_copybuf_reset(struct bd_pg_copybuf *b)
-{
-    b->len = 0;
-    b->err = BD_OK;
-}
-
-void bd_pg_copybuf_free(struct bd_pg_copybuf *b)
-{
-    free(b->data);
-    memset(b, 0, sizeof(*b));
-}
-
-int bd_pg_copybuf_reserve(struct bd_pg_copybuf *b, size_t bytes)
-{
-    return copybuf_grow(b, bytes);
-}
-
-int bd_pg_copybuf_begin(struct bd_pg_copybuf *b)
-{
-    if (copybuf_grow(b, sizeof(pg_copy_signature) + 8) < 0)
-        return b->err;
+    if (copy_grow(b, sizeof(pg_copy_signature) + 8) < 0)
+        return BD_ENOMEM;
     memcpy(b->data + b->len, pg_copy_signature, sizeof(pg_copy_signature));
     b->len += sizeof(pg_copy_signature);
-    copybuf_put32(b, 0);    /* flags: no OIDs */
-    copybuf_put32(b, 0);    /* header extension length */
+    copy_put32(b, 0);    /* flags: no OIDs */
+    copy_put32(b, 0);    /* header extension length */
     return BD_OK;
 }
 
-int bd_pg_copybuf_row(struct bd_pg_copybuf *b, unsigned ncols)
+int bd_pg_copy_row(struct bd_buf *b, unsigned ncols)
 {
     if (ncols > INT16_MAX) {
-        b->err = b->err < 0 ? b->err : BD_EINVAL;
-        return b->err;
+        return copy_refuse(b);
     }
-    if (copybuf_grow(b, 2) < 0)
-        return b->err;
-    copybuf_put16(b, (uint16_t)ncols);
+    if (copy_grow(b, 2) < 0)
+        return BD_ENOMEM;
+    copy_put16(b, (uint16_t)ncols);
     return BD_OK;
 }
 
-int bd_pg_copybuf_null(struct bd_pg_copybuf *b)
+int bd_pg_copy_null(struct bd_buf *b)
 {
-    if (copybuf_grow(b, 4) < 0)
-        return b->err;
-    copybuf_put32(b, UINT32_MAX);    /* length -1 */
+    if (copy_grow(b, 4) < 0)
+        return BD_ENOMEM;
+    copy_put32(b, UINT32_MAX);    /* length -1 */
     return BD_OK;
 }
 
-int bd_pg_copybuf_bytes(struct bd_pg_copybuf *b, const void *p, size_t len)
+int bd_pg_copy_bytes(struct bd_buf *b, const void *p, size_t len)
 {
     if (len > INT32_MAX) {
-        b->err = b->err < 0 ? b->err : BD_EINVAL;
-        return b->err;
+        return copy_refuse(b);
     }
-    if (copybuf_grow(b, 4 + len) < 0)
-        return b->err;
-    copybuf_put32(b, (uint32_t)len);
+    if (copy_grow(b, 4 + len) < 0)
+        return BD_ENOMEM;
+    copy_put32(b, (uint32_t)len);
     if (len > 0)
         memcpy(b->data + b->len, p, len);
     b->len += len;
     return BD_OK;
 }
 
-int bd_pg_copybuf_text(struct bd_pg_copybuf *b, const char *s, size_t len)
+int bd_pg_copy_text(struct bd_buf *b, const char *s, size_t len)
 {
-    return bd_pg_copybuf_bytes(b, s, len);   /* text's binary form is its bytes */
+    return bd_pg_copy_bytes(b, s, len);   /* text's binary form is its bytes */
 }
 
-int bd_pg_copybuf_int4(struct bd_pg_copybuf *b, int32_t v)
+int bd_pg_copy_int4(struct bd_buf *b, int32_t v)
 {
-    if (copybuf_grow(b, 8) < 0)
-        return b->err;
-    copybuf_put32(b, 4);
-    copybuf_put32(b, (uint32_t)v);
+    if (copy_grow(b, 8) < 0)
+        return BD_ENOMEM;
+    copy_put32(b, 4);
+    copy_put32(b, (uint32_t)v);
     return BD_OK;
 }
 
-int bd_pg_copybuf_int8(struct bd_pg_copybuf *b, int64_t v)
+int bd_pg_copy_int8(struct bd_buf *b, int64_t v)
 {
-    if (copybuf_grow(b, 12) < 0)
-        return b->err;
-    copybuf_put32(b, 8);
-    copybuf_put64(b, (uint64_t)v);
+    if (copy_grow(b, 12) < 0)
+        return BD_ENOMEM;
+    copy_put32(b, 8);
+    copy_put64(b, (uint64_t)v);
     return BD_OK;
 }
 
-int bd_pg_copybuf_float8(struct bd_pg_copybuf *b, double v)
+int bd_pg_copy_float8(struct bd_buf *b, double v)
 {
     uint64_t bits;
 
     memcpy(&bits, &v, sizeof(bits));
-    if (copybuf_grow(b, 12) < 0)
-        return b->err;
-    copybuf_put32(b, 8);
-    copybuf_put64(b, bits);
+    if (copy_grow(b, 12) < 0)
+        return BD_ENOMEM;
+    copy_put32(b, 8);
+    copy_put64(b, bits);
     return BD_OK;
 }
 
-int bd_pg_copybuf_bool(struct bd_pg_copybuf *b, bool v)
+int bd_pg_copy_bool(struct bd_buf *b, bool v)
 {
-    if (copybuf_grow(b, 5) < 0)
-        return b->err;
-    copybuf_put32(b, 1);
+    if (copy_grow(b, 5) < 0)
+        return BD_ENOMEM;
+    copy_put32(b, 1);
     b->data[b->len++] = v ? 1 : 0;
     return BD_OK;
 }
@@ -186,30 +152,29 @@ int bd_pg_copybuf_bool(struct bd_pg_copybuf *b, bool v)
 #define PG_FLOAT4_OID 700
 #define PG_ARRAY_HEAD 20                /* ndim, flags, oid, size, lower bound */
 
-int bd_pg_copybuf_float4_array(struct bd_pg_copybuf *b, const float *v, size_t n)
+int bd_pg_copy_float4_array(struct bd_buf *b, const float *v, size_t n)
 {
     size_t body = n > 0 ? PG_ARRAY_HEAD + n * 8 : 12;
 
     if (n > (INT32_MAX - PG_ARRAY_HEAD) / 8) {
-        b->err = b->err < 0 ? b->err : BD_EINVAL;
-        return b->err;
+        return copy_refuse(b);
     }
-    if (copybuf_grow(b, 4 + body) < 0)
-        return b->err;
-    copybuf_put32(b, (uint32_t)body);
-    copybuf_put32(b, n > 0 ? 1 : 0);    /* ndim */
-    copybuf_put32(b, 0);                /* has nulls */
-    copybuf_put32(b, PG_FLOAT4_OID);
+    if (copy_grow(b, 4 + body) < 0)
+        return BD_ENOMEM;
+    copy_put32(b, (uint32_t)body);
+    copy_put32(b, n > 0 ? 1 : 0);    /* ndim */
+    copy_put32(b, 0);                /* has nulls */
+    copy_put32(b, PG_FLOAT4_OID);
     if (n > 0) {
-        copybuf_put32(b, (uint32_t)n);  /* dimension */
-        copybuf_put32(b, 1);            /* lower bound */
+        copy_put32(b, (uint32_t)n);  /* dimension */
+        copy_put32(b, 1);            /* lower bound */
     }
     for (size_t i = 0; i < n; i++) {
         uint32_t bits;
 
         memcpy(&bits, &v[i], sizeof(bits));
-        copybuf_put32(b, 4);
-        copybuf_put32(b, bits);
+        copy_put32(b, 4);
+        copy_put32(b, bits);
     }
     return BD_OK;
 }
@@ -249,15 +214,14 @@ int bd_pg_float4_array_decode(const char *p, size_t len, size_t n, float *out)
     return BD_OK;
 }
 
-int bd_pg_copybuf_jsonb(struct bd_pg_copybuf *b, const char *json, size_t len)
+int bd_pg_copy_jsonb(struct bd_buf *b, const char *json, size_t len)
 {
     if (len > INT32_MAX - 1) {
-        b->err = b->err < 0 ? b->err : BD_EINVAL;
-        return b->err;
+        return copy_refuse(b);
     }
-    if (copybuf_grow(b, 5 + len) < 0)
-        return b->err;
-    copybuf_put32(b, (uint32_t)(len + 1));
+    if (copy_grow(b, 5 + len) < 0)
+        return BD_ENOMEM;
+    copy_put32(b, (uint32_t)(len + 1));
     b->data[b->len++] = 1;              /* jsonb binary format version */
     if (len > 0)
         memcpy(b->data + b->len, json, len);
@@ -265,10 +229,10 @@ int bd_pg_copybuf_jsonb(struct bd_pg_copybuf *b, const char *json, size_t len)
     return BD_OK;
 }
 
-int bd_pg_copybuf_end(struct bd_pg_copybuf *b)
+int bd_pg_copy_end(struct bd_buf *b)
 {
-    if (copybuf_grow(b, 2) < 0)
-        return b->err;
-    copybuf_put16(b, UINT16_MAX);       /* field count -1: end of data */
+    if (copy_grow(b, 2) < 0)
+        return BD_ENOMEM;
+    copy_put16(b, UINT16_MAX);       /* field count -1: end of data */
     return BD_OK;
 }

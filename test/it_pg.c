@@ -24,6 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "batchd/buf.h"
 #include "batchd/error.h"
 #include "batchd/log.h"
 #include "batchd/pg_store.h"
@@ -446,17 +447,17 @@ static void classifies_server_errors_by_their_sqlstate(void **state)
 
     /* The poison batch as the engine writes it: an id that is not UTF-8, by binary COPY. */
     {
-        struct bd_pg_copybuf b;
+        struct bd_buf b;
 
         q = query_ok(&loop, conn, "CREATE TEMP TABLE poison (id text)");
-        bd_pg_copybuf_init(&b);
-        bd_pg_copybuf_begin(&b);
-        bd_pg_copybuf_row(&b, 1);
-        bd_pg_copybuf_text(&b, "bad\xff", 4);
-        assert_int_equal(bd_pg_copybuf_end(&b), BD_OK);
+        bd_buf_init(&b);
+        bd_pg_copy_begin(&b);
+        bd_pg_copy_row(&b, 1);
+        bd_pg_copy_text(&b, "bad\xff", 4);
+        assert_int_equal(bd_pg_copy_end(&b), BD_OK);
         q = copy_in(&loop, conn, "COPY poison (id) FROM STDIN WITH (FORMAT binary)", b.data,
                     b.len);
-        bd_pg_copybuf_free(&b);
+        bd_buf_free(&b);
         assert_int_equal(q.status, BD_EPG);
         assert_string_equal(q.sqlstate, "22021");
         assert_int_equal(q.cls, BD_PG_ERR_PERMANENT);
@@ -638,37 +639,37 @@ static void copies_binary_rows_with_real_arrays(void **state)
     uv_loop_t loop;
     struct bd_pg *pg;
     struct bd_pg_conn *conn;
-    struct bd_pg_copybuf b;
+    struct bd_buf b;
     struct qr q;
     const unsigned nrows = 1000;
 
     (void)state;
-    bd_pg_copybuf_init(&b);
-    assert_int_equal(bd_pg_copybuf_begin(&b), BD_OK);
+    bd_buf_init(&b);
+    assert_int_equal(bd_pg_copy_begin(&b), BD_OK);
     for (unsigned i = 0; i < nrows; i++) {
         char id[32], meta[64];
         float emb[3] = { 0.5f * (float)i, -2.25f, 1.0f / 1024.0f };
         int n = snprintf(id, sizeof(id), "r%u", i);
         int m = snprintf(meta, sizeof(meta), "{\"k\": \"v%u\", \"i\": %u}", i, i);
 
-        bd_pg_copybuf_row(&b, 8);
-        bd_pg_copybuf_text(&b, id, (size_t)n);
-        bd_pg_copybuf_int4(&b, (int32_t)i - 500);
-        bd_pg_copybuf_int8(&b, (int64_t)i * 10000000000LL);
-        bd_pg_copybuf_float8(&b, (double)i + 0.125);
-        bd_pg_copybuf_bool(&b, i % 2 == 0);
+        bd_pg_copy_row(&b, 8);
+        bd_pg_copy_text(&b, id, (size_t)n);
+        bd_pg_copy_int4(&b, (int32_t)i - 500);
+        bd_pg_copy_int8(&b, (int64_t)i * 10000000000LL);
+        bd_pg_copy_float8(&b, (double)i + 0.125);
+        bd_pg_copy_bool(&b, i % 2 == 0);
         if (i == 3)
-            bd_pg_copybuf_float4_array(&b, emb, 0);
+            bd_pg_copy_float4_array(&b, emb, 0);
         else
-            bd_pg_copybuf_float4_array(&b, emb, 3);
-        bd_pg_copybuf_jsonb(&b, meta, (size_t)m);
+            bd_pg_copy_float4_array(&b, emb, 3);
+        bd_pg_copy_jsonb(&b, meta, (size_t)m);
         if (i % 10 == 0)
-            bd_pg_copybuf_null(&b);
+            bd_pg_copy_null(&b);
         else
-            bd_pg_copybuf_text(&b, "n\xc3\xb6te", 5);
+            bd_pg_copy_text(&b, "n\xc3\xb6te", 5);
     }
-    assert_int_equal(bd_pg_copybuf_end(&b), BD_OK);
-    assert_int_equal(b.err, BD_OK);
+    assert_int_equal(bd_pg_copy_end(&b), BD_OK);
+    assert_false(b.is_failed);
 
     assert_int_equal(it_loop_init(&loop), 0);
     pg = pool_open(&loop, 1, 5.0, 0);
@@ -712,17 +713,17 @@ static void copies_binary_rows_with_real_arrays(void **state)
         char *before = b.data;
         float one = 1.0f;
 
-        bd_pg_copybuf_reset(&b);
+        bd_buf_reset(&b);
         assert_int_equal(b.len, 0);
-        bd_pg_copybuf_begin(&b);
-        bd_pg_copybuf_row(&b, 8);
-        bd_pg_copybuf_text(&b, "again", 5);
+        bd_pg_copy_begin(&b);
+        bd_pg_copy_row(&b, 8);
+        bd_pg_copy_text(&b, "again", 5);
         for (int i = 0; i < 4; i++)
-            bd_pg_copybuf_null(&b);
-        bd_pg_copybuf_float4_array(&b, &one, 1);
-        bd_pg_copybuf_jsonb(&b, "[]", 2);
-        bd_pg_copybuf_null(&b);
-        assert_int_equal(bd_pg_copybuf_end(&b), BD_OK);
+            bd_pg_copy_null(&b);
+        bd_pg_copy_float4_array(&b, &one, 1);
+        bd_pg_copy_jsonb(&b, "[]", 2);
+        bd_pg_copy_null(&b);
+        assert_int_equal(bd_pg_copy_end(&b), BD_OK);
         assert_ptr_equal(b.data, before);
         q = copy_in(&loop, conn, "COPY copy_bin FROM STDIN WITH (FORMAT binary)", b.data, b.len);
         assert_int_equal(q.status, BD_OK);
@@ -731,7 +732,7 @@ static void copies_binary_rows_with_real_arrays(void **state)
     query_ok(&loop, conn, "DROP TABLE copy_bin");
     bd_pg_release(conn);
     pool_close_and_finish(&loop, pg);
-    bd_pg_copybuf_free(&b);
+    bd_buf_free(&b);
 }
 
 struct ticker {

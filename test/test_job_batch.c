@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "batchd/buf.h"
 #include "batchd/error.h"
 #include "batchd/job_batch.h"
 #include "batchd/pg_store.h"
@@ -21,16 +22,16 @@ static const float v3a[3] = { 0.5f, -1.25f, 3.4e38f };
 static const float v3b[3] = { 1e-45f, 0.0f, -0.0f };
 
 /* Two items (dim 3), the second with multi-byte text. */
-static void encode_two(struct bd_pg_copybuf *b)
+static void encode_two(struct bd_buf *b)
 {
-    bd_pg_copybuf_init(b);
+    bd_buf_init(b);
     assert_int_equal(bd_job_batch_put(b, "a", 1, "{}", 2, v3a, 3), BD_OK);
     assert_int_equal(bd_job_batch_put(b, "caf\xc3\xa9", 5, "{\"k\":[1,2]}", 11, v3b, 3), BD_OK);
 }
 
 static void test_job_batch_round_trips_items_when_encoded_then_decoded(void **state)
 {
-    struct bd_pg_copybuf b;
+    struct bd_buf b;
     struct bd_job_batch_item it[2];
     const char *why = "unset";
     (void)state;
@@ -69,12 +70,12 @@ static void test_job_batch_round_trips_items_when_encoded_then_decoded(void **st
     assert_ptr_equal(x.meta, it[1].meta);
     assert_int_equal(bd_job_batch_next(&r, &x), 0);
     assert_int_equal(bd_job_batch_next(&r, &x), 0);
-    bd_pg_copybuf_free(&b);
+    bd_buf_free(&b);
 }
 
 static void test_job_batch_rejects_payload_when_truncated_anywhere(void **state)
 {
-    struct bd_pg_copybuf b;
+    struct bd_buf b;
     struct bd_job_batch_item it[2];
     (void)state;
 
@@ -102,7 +103,7 @@ static void test_job_batch_rejects_payload_when_truncated_anywhere(void **state)
     assert_string_equal(why, "the packed payload holds fewer items than the batch");
     assert_int_equal(bd_job_batch_unpack(b.data, b.len, 1, 0, it, &why), BD_EINVAL);
     assert_string_equal(why, "the packed payload has trailing bytes");
-    bd_pg_copybuf_free(&b);
+    bd_buf_free(&b);
 }
 
 static void put_be32(char *p, uint32_t v)
@@ -113,7 +114,7 @@ static void put_be32(char *p, uint32_t v)
 
 static void test_job_batch_rejects_payload_when_corrupt(void **state)
 {
-    struct bd_pg_copybuf b;
+    struct bd_buf b;
     struct bd_job_batch_item it[2];
     const char *why = NULL;
     /* Offsets in the first item: its real[] field's length word, then the header words. */
@@ -146,19 +147,19 @@ static void test_job_batch_rejects_payload_when_corrupt(void **state)
         bd_job_batch_reader_init(&r, b.data, b.len);
         assert_int_equal(bd_job_batch_next(&r, &x), BD_EINVAL);
         assert_int_equal(bd_job_batch_next(&r, &x), BD_EINVAL);
-        bd_pg_copybuf_free(&b);
+        bd_buf_free(&b);
     }
 }
 
 static void test_job_batch_reports_dimension_when_it_differs_from_expected(void **state)
 {
-    struct bd_pg_copybuf b;
+    struct bd_buf b;
     struct bd_job_batch_item it[2];
     const float v4[4] = { 1, 2, 3, 4 };
     const char *why = NULL;
     (void)state;
 
-    bd_pg_copybuf_init(&b);
+    bd_buf_init(&b);
     assert_int_equal(bd_job_batch_put(&b, "a", 1, "{}", 2, v3a, 3), BD_OK);
     assert_int_equal(bd_job_batch_put(&b, "b", 1, "{}", 2, v4, 4), BD_OK);
     /* Any dimension: each item says its own. */
@@ -171,13 +172,14 @@ static void test_job_batch_reports_dimension_when_it_differs_from_expected(void 
     assert_string_equal(why, "an embedding has the wrong dimension");
     assert_int_equal(bd_job_batch_unpack(b.data, b.len, 2, 4, it, &why), BD_EINVAL);
     /* The encoder refuses dimension 0 and above the maximum, and the error sticks. */
-    bd_pg_copybuf_reset(&b);
+    bd_buf_reset(&b);
     assert_int_equal(bd_job_batch_put(&b, "a", 1, "{}", 2, v3a, 0), BD_EINVAL);
-    assert_int_equal(bd_job_batch_put(&b, "a", 1, "{}", 2, v3a, 3), BD_EINVAL);
-    bd_pg_copybuf_reset(&b);
+    assert_true(b.is_failed);
+    assert_int_equal(bd_job_batch_put(&b, "a", 1, "{}", 2, v3a, 3), BD_ENOMEM);
+    bd_buf_reset(&b);
     assert_int_equal(bd_job_batch_put(&b, "a", 1, "{}", 2, v3a, BD_JOB_BATCH_DIM_MAX + 1),
                      BD_EINVAL);
-    bd_pg_copybuf_free(&b);
+    bd_buf_free(&b);
 }
 
 int main(void)

@@ -10,14 +10,15 @@
 
 #include <string.h>
 
+#include "batchd/buf.h"
 #include "batchd/error.h"
 #include "batchd/pg_store.h"
 
 #define S(lit) lit, sizeof(lit) - 1   /* bytes of a string literal, without its NUL */
 
-static void expect_bytes(const struct bd_pg_copybuf *b, const char *want, size_t len)
+static void expect_bytes(const struct bd_buf *b, const char *want, size_t len)
 {
-    assert_int_equal(b->err, BD_OK);
+    assert_false(b->is_failed);
     assert_int_equal(b->len, len);
     assert_memory_equal(b->data, want, len);
 }
@@ -43,22 +44,22 @@ static void test_pg_copy_writes_header_fields_and_trailer_when_encoding_rows(voi
         "\0\0\0\x04" "\xc0\0\0\0"                   /* -2.0f */
         "\xff\xff";                                 /* trailer */
     static const float v[2] = { 1.0f, -2.0f };
-    struct bd_pg_copybuf b;
+    struct bd_buf b;
 
     (void)state;
-    bd_pg_copybuf_init(&b);
-    assert_int_equal(bd_pg_copybuf_begin(&b), BD_OK);
-    assert_int_equal(bd_pg_copybuf_row(&b, 9), BD_OK);
-    assert_int_equal(bd_pg_copybuf_int4(&b, 258), BD_OK);
-    assert_int_equal(bd_pg_copybuf_null(&b), BD_OK);
-    assert_int_equal(bd_pg_copybuf_text(&b, S("h\xc3\xa9")), BD_OK);
-    assert_int_equal(bd_pg_copybuf_bytes(&b, S("\x00\xff")), BD_OK);
-    assert_int_equal(bd_pg_copybuf_int8(&b, -2), BD_OK);
-    assert_int_equal(bd_pg_copybuf_float8(&b, 1.5), BD_OK);
-    assert_int_equal(bd_pg_copybuf_bool(&b, true), BD_OK);
-    assert_int_equal(bd_pg_copybuf_jsonb(&b, S("{}")), BD_OK);
-    assert_int_equal(bd_pg_copybuf_float4_array(&b, v, 2), BD_OK);
-    assert_int_equal(bd_pg_copybuf_end(&b), BD_OK);
+    bd_buf_init(&b);
+    assert_int_equal(bd_pg_copy_begin(&b), BD_OK);
+    assert_int_equal(bd_pg_copy_row(&b, 9), BD_OK);
+    assert_int_equal(bd_pg_copy_int4(&b, 258), BD_OK);
+    assert_int_equal(bd_pg_copy_null(&b), BD_OK);
+    assert_int_equal(bd_pg_copy_text(&b, S("h\xc3\xa9")), BD_OK);
+    assert_int_equal(bd_pg_copy_bytes(&b, S("\x00\xff")), BD_OK);
+    assert_int_equal(bd_pg_copy_int8(&b, -2), BD_OK);
+    assert_int_equal(bd_pg_copy_float8(&b, 1.5), BD_OK);
+    assert_int_equal(bd_pg_copy_bool(&b, true), BD_OK);
+    assert_int_equal(bd_pg_copy_jsonb(&b, S("{}")), BD_OK);
+    assert_int_equal(bd_pg_copy_float4_array(&b, v, 2), BD_OK);
+    assert_int_equal(bd_pg_copy_end(&b), BD_OK);
     expect_bytes(&b, want, sizeof(want) - 1);
 
     /* reset keeps the memory and starts over */
@@ -66,34 +67,34 @@ static void test_pg_copy_writes_header_fields_and_trailer_when_encoding_rows(voi
         char *data = b.data;
         static const char empty_array[] = "\0\0\0\x0c" "\0\0\0\0" "\0\0\0\0" "\0\0\x02\xbc";
 
-        bd_pg_copybuf_reset(&b);
+        bd_buf_reset(&b);
         assert_int_equal(b.len, 0);
-        assert_int_equal(bd_pg_copybuf_float4_array(&b, v, 0), BD_OK);   /* '{}' */
+        assert_int_equal(bd_pg_copy_float4_array(&b, v, 0), BD_OK);   /* '{}' */
         expect_bytes(&b, empty_array, sizeof(empty_array) - 1);
         assert_ptr_equal(b.data, data);
     }
-    bd_pg_copybuf_free(&b);
+    bd_buf_free(&b);
     assert_null(b.data);
     assert_int_equal(b.len, 0);
 }
 
-static void test_pg_copy_keeps_the_first_error_when_a_value_is_too_large(void **state)
+static void test_pg_copy_stops_writing_when_a_value_is_too_large(void **state)
 {
-    struct bd_pg_copybuf b;
+    struct bd_buf b;
     size_t len;
 
     (void)state;
-    bd_pg_copybuf_init(&b);
-    assert_int_equal(bd_pg_copybuf_begin(&b), BD_OK);
+    bd_buf_init(&b);
+    assert_int_equal(bd_pg_copy_begin(&b), BD_OK);
     len = b.len;
-    assert_int_equal(bd_pg_copybuf_row(&b, 40000), BD_EINVAL);   /* > INT16_MAX fields */
-    assert_int_equal(b.err, BD_EINVAL);
-    assert_int_equal(bd_pg_copybuf_int4(&b, 1), BD_EINVAL);      /* sticky */
-    assert_int_equal(bd_pg_copybuf_end(&b), BD_EINVAL);
+    assert_int_equal(bd_pg_copy_row(&b, 40000), BD_EINVAL);   /* > INT16_MAX fields */
+    assert_true(b.is_failed);
+    assert_int_equal(bd_pg_copy_int4(&b, 1), BD_ENOMEM);      /* sticky: payload spoiled */
+    assert_int_equal(bd_pg_copy_end(&b), BD_ENOMEM);
     assert_int_equal(b.len, len);                                /* nothing more written */
-    bd_pg_copybuf_reset(&b);
-    assert_int_equal(bd_pg_copybuf_end(&b), BD_OK);
-    bd_pg_copybuf_free(&b);
+    bd_buf_reset(&b);
+    assert_int_equal(bd_pg_copy_end(&b), BD_OK);
+    bd_buf_free(&b);
 }
 
 /* Encode with the COPY encoder, skip the field's length word, decode: the same floats. */
@@ -101,20 +102,20 @@ static void test_pg_copy_decodes_what_it_encodes_when_reading_real_arrays(void *
 {
     float v[5] = { 0.0f, -0.5f, 3.25f, 1e-30f, 65504.0f };
     float out[5];
-    struct bd_pg_copybuf b;
+    struct bd_buf b;
 
     (void)state;
-    bd_pg_copybuf_init(&b);
-    assert_int_equal(bd_pg_copybuf_float4_array(&b, v, 5), BD_OK);
+    bd_buf_init(&b);
+    assert_int_equal(bd_pg_copy_float4_array(&b, v, 5), BD_OK);
     assert_int_equal(b.len, 4 + 20 + 5 * 8);
     memset(out, 0xee, sizeof(out));
     assert_int_equal(bd_pg_float4_array_decode(b.data + 4, b.len - 4, 5, out), BD_OK);
     assert_memory_equal(out, v, sizeof(v));
 
-    bd_pg_copybuf_reset(&b);
-    assert_int_equal(bd_pg_copybuf_float4_array(&b, v, 0), BD_OK);
+    bd_buf_reset(&b);
+    assert_int_equal(bd_pg_copy_float4_array(&b, v, 0), BD_OK);
     assert_int_equal(bd_pg_float4_array_decode(b.data + 4, b.len - 4, 0, out), BD_OK);
-    bd_pg_copybuf_free(&b);
+    bd_buf_free(&b);
 }
 
 static void test_pg_copy_rejects_real_arrays_when_shape_or_type_differ(void **state)
@@ -153,7 +154,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pg_copy_writes_header_fields_and_trailer_when_encoding_rows),
-        cmocka_unit_test(test_pg_copy_keeps_the_first_error_when_a_value_is_too_large),
+        cmocka_unit_test(test_pg_copy_stops_writing_when_a_value_is_too_large),
         cmocka_unit_test(test_pg_copy_decodes_what_it_encodes_when_reading_real_arrays),
         cmocka_unit_test(test_pg_copy_rejects_real_arrays_when_shape_or_type_differ),
     };

@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 struct bd_buf {
-    char *data;           /* NUL-terminated when len < cap */
+    char *data;           /* text appends keep it NUL-terminated; binary (COPY) may not */
     size_t len;
     size_t cap;
     int is_failed;        /* an allocation failed: contents are incomplete */

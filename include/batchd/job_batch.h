@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct bd_pg_copybuf;
+struct bd_buf;
 
 /* Most dimensions an embedding may have (submit checks it; the decoder enforces it). */
 #define BD_JOB_BATCH_DIM_MAX 65536u
@@ -27,7 +27,7 @@ struct bd_pg_copybuf;
  * meta and v are borrowed for the call; meta must be a JSON object's text, v dim floats.
  * Returns BD_OK, or out's sticky error (BD_ENOMEM; BD_EINVAL for dim 0 or above
  * BD_JOB_BATCH_DIM_MAX or a field too long). Allocates. */
-int bd_job_batch_put(struct bd_pg_copybuf *out, const char *id, size_t id_len, const char *meta,
+int bd_job_batch_put(struct bd_buf *out, const char *id, size_t id_len, const char *meta,
                      size_t meta_len, const float *v, unsigned dim);
 
 /* One decoded item: slices of the payload, valid while the payload is. */

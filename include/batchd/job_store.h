@@ -26,7 +26,7 @@ struct bd_pg_conn;
  * ------------------------------------------------------------------------------------ */
 
 struct bd_buf;
-struct bd_pg_copybuf;
+struct bd_buf;
 
 /* Why a statement failed, for logs and for deciding on a retry. Borrowed during the
  * callback; message is never NULL. Permanent errors (a value the server refuses, a
@@ -111,19 +111,19 @@ int bd_job_store_write_begin(struct bd_pg_conn *conn, struct bd_buf *sql, const 
                              int batch_no, bd_job_store_locked_cb cb, void *arg);
 
 /* Staged rows, built into a COPY payload: begin, one row per item, end. */
-void bd_job_store_stage_begin(struct bd_pg_copybuf *b);
+void bd_job_store_stage_begin(struct bd_buf *b);
 /* A stored vector: embedding either as floats (dim of them) or as a ready binary real[]
  * (real_array, real_array_len); meta is JSON text; text_hash (64 hex) or NULL: the vector
  * also goes into the embedding cache under that key. */
-void bd_job_store_stage_vector(struct bd_pg_copybuf *b, unsigned item_index, const char *id,
+void bd_job_store_stage_vector(struct bd_buf *b, unsigned item_index, const char *id,
                                size_t id_len, const float *v, unsigned dim,
                                const char *real_array, size_t real_array_len,
                                const char *meta, size_t meta_len, const char *text_hash);
 /* A failed item: id may be NULL (not stored), code and message are text. */
-void bd_job_store_stage_error(struct bd_pg_copybuf *b, unsigned item_index, const char *id,
+void bd_job_store_stage_error(struct bd_buf *b, unsigned item_index, const char *id,
                               size_t id_len, const char *code, const char *message);
-int bd_job_store_stage_end(struct bd_pg_copybuf *b);
-int bd_job_store_write_stage(struct bd_pg_conn *conn, const struct bd_pg_copybuf *b,
+int bd_job_store_stage_end(struct bd_buf *b);
+int bd_job_store_write_stage(struct bd_pg_conn *conn, const struct bd_buf *b,
                              bd_job_store_done_cb cb, void *arg);
 
 /* The checkpoint's figures. */
@@ -210,7 +210,7 @@ int bd_job_store_throughput(struct bd_pg *pg, bd_job_store_rate_cb cb, void *arg
 
 /* (submit: declarations follow) */
 
-#include "batchd/pg_store.h"      /* bd_pg_result_cb, struct bd_pg_copybuf */
+#include "batchd/pg_store.h"      /* bd_pg_result_cb, struct bd_buf */
 
 /* The collection a job writes into, as far as submit needs it. */
 struct bd_job_store_collection_row {
@@ -270,16 +270,16 @@ int bd_job_store_begin_job(struct bd_pg_conn *conn, const struct bd_job_store_ne
                            bd_pg_result_cb cb, void *arg);
 
 /* Append one job_batches row to copy, a binary COPY stream that bd_job_store_copy_batches
- * sends (bd_pg_copybuf_begin before the first row, bd_pg_copybuf_end after the last). A
+ * sends (bd_pg_copy_begin before the first row, bd_pg_copy_end after the last). A
  * batch has either items_json (bulk_embed: a JSON array of the items) or payload
  * (bulk_insert: the packed batch of job_batch.h); the other is NULL. Returns copy's sticky
  * error. Allocates. */
-int bd_job_store_put_batch(struct bd_pg_copybuf *copy, const char *job_id, unsigned batch_no,
+int bd_job_store_put_batch(struct bd_buf *copy, const char *job_id, unsigned batch_no,
                            unsigned first_index, unsigned item_count, const char *items_json,
                            size_t items_len, const void *payload, size_t payload_len);
 
 /* Send the batches (copy->data, borrowed until cb) in the open transaction on conn. */
-int bd_job_store_copy_batches(struct bd_pg_conn *conn, const struct bd_pg_copybuf *copy,
+int bd_job_store_copy_batches(struct bd_pg_conn *conn, const struct bd_buf *copy,
                               bd_pg_result_cb cb, void *arg);
 
 /* COMMIT the transaction on conn. */

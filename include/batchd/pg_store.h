@@ -123,44 +123,36 @@ const char *bd_pg_conn_get_error(struct bd_pg_conn *conn);
  * logs and tests (pg_terminate_backend). */
 int bd_pg_conn_get_backend_pid(const struct bd_pg_conn *conn);
 
-/* ---- binary COPY encoder ------------------------------------------------------------------
- * Builds a "COPY t (...) FROM STDIN WITH (FORMAT binary)" payload for bd_pg_conn_copy_in:
- *     bd_pg_copybuf_begin(&b);
- *     for each row: bd_pg_copybuf_row(&b, ncols); then one field call per column, in order;
- *     bd_pg_copybuf_end(&b);
+/* ---- binary COPY encoder (src/pg_copy.c) ------------------------------------------------
+ * Builds a "COPY t (...) FROM STDIN WITH (FORMAT binary)" payload in a struct bd_buf (buf.h,
+ * the one growable buffer) for bd_pg_conn_copy_in:
+ *     bd_buf_reset(&b); bd_pg_copy_begin(&b);
+ *     for each row: bd_pg_copy_row(&b, ncols); then one field call per column, in order;
+ *     bd_pg_copy_end(&b);
  *     bd_pg_conn_copy_in(conn, sql, b.data, b.len, cb, arg);
  * All integers go out in network byte order. The buffer grows by doubling (it allocates);
- * reuse it with bd_pg_copybuf_reset, which keeps the memory. Errors are sticky: after a
- * failure (BD_ENOMEM, or BD_EINVAL for a value too large) every call returns it, so a caller
- * may check only the result of bd_pg_copybuf_end (or b.err). */
-struct bd_pg_copybuf {
-    char *data;                       /* owned; payload is data[0..len) */
-    size_t len;
-    size_t cap;
-    int err;                          /* BD_OK or the first error */
-};
-
-void bd_pg_copybuf_init(struct bd_pg_copybuf *b);                 /* empty, no allocation */
-void bd_pg_copybuf_reset(struct bd_pg_copybuf *b);                /* len = 0, err cleared */
-void bd_pg_copybuf_free(struct bd_pg_copybuf *b);                 /* frees data; re-init'd */
-int bd_pg_copybuf_reserve(struct bd_pg_copybuf *b, size_t bytes); /* room for bytes more */
-int bd_pg_copybuf_begin(struct bd_pg_copybuf *b);                 /* signature + header */
-int bd_pg_copybuf_row(struct bd_pg_copybuf *b, unsigned ncols);   /* starts a tuple */
-int bd_pg_copybuf_null(struct bd_pg_copybuf *b);                  /* SQL NULL field */
-int bd_pg_copybuf_text(struct bd_pg_copybuf *b, const char *s, size_t len); /* text, UTF-8 */
-int bd_pg_copybuf_bytes(struct bd_pg_copybuf *b, const void *p, size_t len); /* bytea */
-int bd_pg_copybuf_int4(struct bd_pg_copybuf *b, int32_t v);
-int bd_pg_copybuf_int8(struct bd_pg_copybuf *b, int64_t v);
-int bd_pg_copybuf_float8(struct bd_pg_copybuf *b, double v);
-int bd_pg_copybuf_bool(struct bd_pg_copybuf *b, bool v);
+ * bd_buf_reset keeps the memory for the next payload. Errors are sticky: the call that
+ * fails returns BD_ENOMEM (or BD_EINVAL for a value the format cannot hold) and sets
+ * b->is_failed, after which every call returns BD_ENOMEM and writes nothing, so a caller
+ * may check only the result of bd_pg_copy_end (or b->is_failed). */
+struct bd_buf;
+int bd_pg_copy_begin(struct bd_buf *b);                 /* signature + header */
+int bd_pg_copy_row(struct bd_buf *b, unsigned ncols);   /* starts a tuple */
+int bd_pg_copy_null(struct bd_buf *b);                  /* SQL NULL field */
+int bd_pg_copy_text(struct bd_buf *b, const char *s, size_t len); /* text, UTF-8 */
+int bd_pg_copy_bytes(struct bd_buf *b, const void *p, size_t len); /* bytea */
+int bd_pg_copy_int4(struct bd_buf *b, int32_t v);
+int bd_pg_copy_int8(struct bd_buf *b, int64_t v);
+int bd_pg_copy_float8(struct bd_buf *b, double v);
+int bd_pg_copy_bool(struct bd_buf *b, bool v);
 /* real[] with one dimension (lower bound 1, no NULLs); n == 0 writes '{}'. */
-int bd_pg_copybuf_float4_array(struct bd_pg_copybuf *b, const float *v, size_t n);
+int bd_pg_copy_float4_array(struct bd_buf *b, const float *v, size_t n);
 /* jsonb from JSON text (the server validates it). */
-int bd_pg_copybuf_jsonb(struct bd_pg_copybuf *b, const char *json, size_t len);
-int bd_pg_copybuf_end(struct bd_pg_copybuf *b);                   /* trailer */
+int bd_pg_copy_jsonb(struct bd_buf *b, const char *json, size_t len);
+int bd_pg_copy_end(struct bd_buf *b);                   /* trailer */
 
 /* Decode a binary real[] value (a binary-format result column, or a field written by
- * bd_pg_copybuf_float4_array without its length word) of exactly n elements into out[0..n).
+ * bd_pg_copy_float4_array without its length word) of exactly n elements into out[0..n).
  * Returns BD_OK, or BD_EINVAL when p[0..len) is not a one-dimensional float4 array of n
  * non-NULL elements (out may then be partly written). n == 0 accepts '{}'. No allocation. */
 int bd_pg_float4_array_decode(const char *p, size_t len, size_t n, float *out);
