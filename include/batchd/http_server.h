@@ -14,7 +14,6 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "batchd/url.h"
 
 #define BD_HTTP_MAX_PARAMS 4
 
@@ -152,13 +151,5 @@ void bd_http_stream_end(struct bd_http_request *req);
 
 /* Reason phrase for status ("Not Found"). Never NULL. */
 const char *bd_http_status_text(int status);
-
-/* Old name of bd_url_decode() (url.h), the one percent-decoder; kept so callers not yet
- * moved keep compiling. New code calls bd_url_decode(). */
-static inline long bd_http_url_decode(const char *in, size_t len, char *out, size_t outlen,
-                                      int plus_is_space)
-{
-    return bd_url_decode(in, len, out, outlen, plus_is_space);
-}
 
 #endif

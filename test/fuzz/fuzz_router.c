@@ -1,5 +1,5 @@
 /* fuzz_router.c -- fuzz target for request-path handling: the router (src/router.c),
- * percent-decoding (bd_http_url_decode in src/http_server.c), the job-id check
+ * percent-decoding (bd_url_decode in src/url.c), the job-id check
  * (bd__api_is_job_id_valid) and the JSON text helpers the API uses.
  *
  * The submit body's validation and its bulk_insert fast path (src/api_submit_parse.c) have
@@ -34,6 +34,7 @@
 #include "batchd/log.h"
 #include "batchd/router.h"
 #include "batchd/server.h"
+#include "batchd/url.h"
 
 #define FUZZ_CHECK(cond, ...)                                                            \
     do {                                                                                 \
@@ -121,14 +122,14 @@ static void fuzz_url_decode(const char *in, size_t len)
 
         if (out == NULL)
             return;
-        n = bd_http_url_decode(in, len, out, len + 1, plus);
+        n = bd_url_decode(in, len, out, len + 1, plus);
         FUZZ_CHECK(n >= -1 && n <= (long)len, "n %ld for len %zu", n, len);
         if (n >= 0) {
             FUZZ_CHECK(out[n] == '\0' && strlen(out) == (size_t)n, "decoded length %ld", n);
             /* Exactly n + 1 bytes are enough; n are not. */
-            m = bd_http_url_decode(in, len, out, (size_t)n + 1, plus);
+            m = bd_url_decode(in, len, out, (size_t)n + 1, plus);
             FUZZ_CHECK(m == n, "outlen n+1: %ld, want %ld", m, n);
-            m = bd_http_url_decode(in, len, out, (size_t)n, plus);
+            m = bd_url_decode(in, len, out, (size_t)n, plus);
             FUZZ_CHECK(m == -1, "outlen n: %ld, want -1", m);
             if (!plus)
                 FUZZ_CHECK(memchr(in, '%', len) != NULL || (n == (long)len &&
@@ -137,7 +138,7 @@ static void fuzz_url_decode(const char *in, size_t len)
         }
         free(out);
     }
-    FUZZ_CHECK(bd_http_url_decode(in, len, NULL, 0, 0) == -1, "outlen 0");
+    FUZZ_CHECK(bd_url_decode(in, len, NULL, 0, 0) == -1, "outlen 0");
 }
 
 /* "/a/{x}/b" -> "/a/v0/b", the values each param must come back as. */
