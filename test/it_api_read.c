@@ -1167,6 +1167,7 @@ static void every_read_route_checks_the_api_key(void **state)
 
 int main(void)
 {
+    bd_it_apply_filter();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(status_has_seed_shape_when_completed),
         cmocka_unit_test(status_extrapolates_when_processing),

@@ -1421,6 +1421,7 @@ static void ite_unisolate(void)
 
 int main(void)
 {
+    bd_it_apply_filter();
     snprintf(ite_prefix, sizeof(ite_prefix), "ite%d", (int)getpid());
     snprintf(ite_version, sizeof(ite_version), "v%d_%ld", (int)getpid(), (long)time(NULL));
     const struct CMUnitTest tests[] = {

@@ -668,6 +668,7 @@ static void batch_test_script_totals_equal_the_api_when_run(void **state)
 
 int main(void)
 {
+    bd_it_apply_filter();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(prometheus_parses_when_idle),
         cmocka_unit_test(counters_rise_by_the_workload_when_three_jobs_ran),
