@@ -130,7 +130,8 @@ static void test_jobs_seed_insert_completes_when_submitted(void **state)
                                                         "processed_items")), 2);
     json_decref(j);
 
-    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll), 2);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll),
+                     2);
     char meta[256];
     bd_it_psql_str(meta, sizeof(meta),
              "SELECT metadata->>'text' || '|' || embedding::text FROM vectors "
@@ -553,7 +554,8 @@ static void test_jobs_resume_exactly_once_when_killed_mid_job(void **state)
                                "'%s'", coll), 20000);
     assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll),
                      20000);
-    assert_int_equal(bd_it_psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", id), 20000);
+    assert_int_equal(bd_it_psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", id),
+                     20000);
     assert_int_equal(bd_it_psql_long("SELECT failed_items FROM jobs WHERE id = '%s'", id), 0);
     assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' AND "
                                "status = 'done'", id), 400);
@@ -591,7 +593,8 @@ static void test_jobs_taken_over_by_peer_when_owner_dies(void **state)
     wait_completed(survivor, id, 60);
     assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll),
                      20000);
-    assert_int_equal(bd_it_psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", id), 20000);
+    assert_int_equal(bd_it_psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", id),
+                     20000);
     free(id);
     assert_int_equal(bd_it_stop(survivor, SIGTERM, 20), 0);
 }
@@ -660,7 +663,8 @@ static void test_jobs_complete_when_postgres_restarts_mid_job(void **state)
     wait_completed(&p, id, 90);
     assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll),
                      20000);
-    assert_int_equal(bd_it_psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", id), 20000);
+    assert_int_equal(bd_it_psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", id),
+                     20000);
     free(id);
     assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
 }
@@ -728,7 +732,8 @@ static void test_jobs_insert_stores_exact_values_when_body_has_escapes(void **st
              coll);
     assert_string_equal(out, "{1,-0.25,300}|x\ty|\xc3\xa9");
     assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s' AND "
-                               "id = 'q' || chr(34) || 'uote' AND embedding = '{0,0.5,1}'", coll), 1);
+                                     "id = 'q\"uote' AND embedding = '{0,0.5,1}'", coll),
+                     1);
     free(id);
     assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
 }
@@ -766,7 +771,8 @@ static void test_jobs_handed_back_when_stopped_gracefully(void **state)
     wait_completed(&p, id, 30);
     assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll),
                      20000);
-    assert_int_equal(bd_it_psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", id), 20000);
+    assert_int_equal(bd_it_psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", id),
+                     20000);
     free(id);
     assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
 }
@@ -860,14 +866,17 @@ static void test_jobs_deleted_after_cleanup_interval_when_finished(void **state)
     free(body);
     assert_int_equal(st, 202);
     wait_completed(&p, id, 20);
-    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s'", id), 3);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s'", id),
+                     3);
     double deadline = bd_it_now() + 10;
     while (bd_it_psql_long("SELECT count(*) FROM jobs WHERE id = '%s'", id) != 0 &&
            bd_it_now() < deadline)
         bd_it_sleep_ms(200);
     assert_int_equal(bd_it_psql_long("SELECT count(*) FROM jobs WHERE id = '%s'", id), 0);
-    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s'", id), 0);
-    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll), 30);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s'", id),
+                     0);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll),
+                     30);
     long code;
     char path[256];
     snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s/status", id);

@@ -203,8 +203,9 @@ static int it_setup(void **state)
     snprintf(g_redis_url, sizeof(g_redis_url), "%.*s/%s",
              (int)(slash ? slash - redis : (long)strlen(redis)), redis, db);
 
-    char *out = bd_it_psql_url(g_pg_base, NULL, "DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s;",
-                               g_schema, g_schema);
+    char *out = bd_it_psql_url(g_pg_base, NULL,
+                               "DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s;", g_schema,
+                               g_schema);
     if (out == NULL) {
         fprintf(stderr, "cannot reach PostgreSQL at %s (is the test stack up?)\n", g_pg_base);
         return -1;

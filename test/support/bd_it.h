@@ -179,6 +179,10 @@ struct bd_it_raw {
 void bd_it_raw_open(struct bd_it_raw *c, int port, const char *method, const char *path,
                     const char *extra_headers, int rcvbuf);
 
+/* Send data (NUL-terminated) on the connection, e.g. a second request; fails the test when
+ * send fails. */
+void bd_it_raw_send(struct bd_it_raw *c, const char *data);
+
 /* Read what is available within timeout_ms (at most max bytes; 0 = any). 0 on data, -1 on
  * timeout, 1 at EOF. */
 int bd_it_raw_read(struct bd_it_raw *c, int timeout_ms, size_t max);

@@ -44,6 +44,14 @@ void bd_it_raw_open(struct bd_it_raw *c, int port, const char *method, const cha
         fail_msg("send of %s %s failed", method, path);
 }
 
+void bd_it_raw_send(struct bd_it_raw *c, const char *data)
+{
+    size_t n = strlen(data);
+
+    if (send(c->fd, data, n, MSG_NOSIGNAL) != (ssize_t)n)
+        fail_msg("send of %zu bytes failed", n);
+}
+
 int bd_it_raw_read(struct bd_it_raw *c, int timeout_ms, size_t max)
 {
     struct pollfd p = { .fd = c->fd, .events = POLLIN };
