@@ -66,9 +66,10 @@ static int it_psql_url(const char *url, const char *fmt, ...)
     snprintf(vars, sizeof(vars), "-v pfx=%s -v pid=%d -v big=%d -v dims=%d -v nlist=%d", g_pfx,
              (int)getpid(), BIG_ROWS, BIG_DIMS, LIST_JOBS);
     char *out = bd_it_psql_url(url, vars, "%s", sql);
+    int rc = out ? 0 : -1;
     free(sql);
     free(out);
-    return out ? 0 : -1;
+    return rc;
 }
 
 #define it_psql(...) it_psql_url(g_pg_url, __VA_ARGS__)

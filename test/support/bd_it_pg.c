@@ -83,8 +83,9 @@ int bd_it_psql_exec(const char *fmt, ...)
     va_start(ap, fmt);
     char *out = pg_vrun(NULL, NULL, fmt, ap);
     va_end(ap);
+    int rc = out ? 0 : -1;
     free(out);
-    return out ? 0 : -1;
+    return rc;
 }
 
 long bd_it_psql_long(const char *fmt, ...)
