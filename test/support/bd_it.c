@@ -328,12 +328,19 @@ int bd_it_easy_finish(CURL *c, int curl_code)
     struct bd_it_resp *out = e->out;
     out->curl_code = curl_code;
     out->seconds = bd_it_now() - e->t0;
-    if (curl_code == CURLE_OK)
+    if (curl_code == CURLE_OK) {
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
-    if (out->body == NULL)
-        out->body = strdup("");
-    if (out->headers == NULL)
-        out->headers = strdup("");
+        if (out->body == NULL)
+            out->body = strdup("");
+        if (out->headers == NULL)
+            out->headers = strdup("");
+    } else {
+        /* No response: nothing for the caller to free (callers skip bd_it_resp_free then). */
+        free(out->body);
+        free(out->headers);
+        out->body = out->headers = NULL;
+        out->len = 0;
+    }
     curl_slist_free_all(e->headers);
     free(e);
     curl_easy_cleanup(c);

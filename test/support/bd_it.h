@@ -61,7 +61,8 @@ int bd_it_http(const char *method, const char *url, const char *body,
 void bd_it_resp_free(struct bd_it_resp *r);
 
 /* The same with a timeout in ms (0: 30 s); out->curl_code says why it failed (e.g.
- * CURLE_OPERATION_TIMEDOUT). out is filled either way: free it with bd_it_resp_free(). */
+ * CURLE_OPERATION_TIMEDOUT) and out->seconds how long it took. When no response arrived
+ * (-1), out holds no memory; bd_it_resp_free() is safe on it either way. */
 int bd_it_http_ex(const char *method, const char *url, const char *body,
                   const char *const *headers, long timeout_ms, struct bd_it_resp *out);
 
