@@ -9,6 +9,7 @@
  * job engine's queue rebuild leaves them alone. Everything is dropped at the end.
  * SPDX-License-Identifier: MIT
  */
+#define _GNU_SOURCE                    /* vasprintf */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -49,26 +50,26 @@ static char g_redis_url[256];         /* the stack's Redis, our database */
 
 static int it_psql_url(const char *url, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Run SQL (written to a file, so no shell quoting) with psql against url. The SQL may use
- * the psql variables :'pfx' (job id prefix), :pid, :big (BIG_ROWS), :dims (BIG_DIMS) and
- * :nlist (LIST_JOBS). */
+/* Run SQL with psql against url (bd_it_psql_url). The SQL may use the psql variables :'pfx'
+ * (job id prefix), :pid, :big (BIG_ROWS), :dims (BIG_DIMS) and :nlist (LIST_JOBS).
+ * 0, or -1 when psql failed. */
 static int it_psql_url(const char *url, const char *fmt, ...)
 {
-    char path[128];
+    char vars[256], *sql = NULL;
     va_list ap;
-    FILE *f;
 
-    snprintf(path, sizeof(path), "/tmp/itread_%d.sql", (int)getpid());
-    f = fopen(path, "w");
-    if (f == NULL)
-        return -1;
     va_start(ap, fmt);
-    vfprintf(f, fmt, ap);
+    int n = vasprintf(&sql, fmt, ap);
     va_end(ap);
-    fclose(f);
-    return bd_it_sh("psql '%s' -X -q -v ON_ERROR_STOP=1 -v pfx=%s -v pid=%d -v big=%d "
-                    "-v dims=%d -v nlist=%d -f %s >/dev/null",
-                    url, g_pfx, (int)getpid(), BIG_ROWS, BIG_DIMS, LIST_JOBS, path);
+    if (n < 0)
+        return -1;
+    snprintf(vars, sizeof(vars), "-v pfx=%s -v pid=%d -v big=%d -v dims=%d -v nlist=%d", g_pfx,
+             (int)getpid(), BIG_ROWS, BIG_DIMS, LIST_JOBS);
+    char *out = bd_it_psql_url(url, vars, "%s", sql);
+    int rc = out ? 0 : -1;
+    free(sql);
+    free(out);
+    return rc;
 }
 
 #define it_psql(...) it_psql_url(g_pg_url, __VA_ARGS__)
@@ -105,26 +106,6 @@ static void it_get_raw(const char *path, const char *const *headers, long want,
     assert_int_equal(r->status, want);
 }
 
-static json_t *it_get_ok(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static json_t *it_get_ok(const char *fmt, ...)
-{
-    char path[1024];
-    va_list ap;
-    long status = 0;
-    json_t *j;
-
-    va_start(ap, fmt);
-    vsnprintf(path, sizeof(path), fmt, ap);
-    va_end(ap);
-    j = it_get(path, &status);
-    if (status != 200)
-        fprintf(stderr, "GET %s -> %ld\n", path, status);
-    assert_int_equal(status, 200);
-    assert_non_null(j);
-    return j;
-}
-
 /* Expect an error answer: status, {"error":{"code":code,...,"field":field}}. */
 static void it_expect_error(const char *path, long want, const char *code, const char *field)
 {
@@ -141,135 +122,6 @@ static void it_expect_error(const char *path, long want, const char *code, const
     if (field != NULL)
         assert_string_equal(json_string_value(json_object_get(err, "field")), field);
     json_decref(j);
-}
-
-static const char *it_str(json_t *o, const char *path)
-{
-    char buf[128], *save = NULL, *tok;
-    json_t *cur = o;
-
-    snprintf(buf, sizeof(buf), "%s", path);
-    for (tok = strtok_r(buf, ".", &save); tok && cur; tok = strtok_r(NULL, ".", &save))
-        cur = json_object_get(cur, tok);
-    return json_string_value(cur);
-}
-
-static json_t *it_at(json_t *o, const char *path)
-{
-    char buf[128], *save = NULL, *tok;
-    json_t *cur = o;
-
-    snprintf(buf, sizeof(buf), "%s", path);
-    for (tok = strtok_r(buf, ".", &save); tok && cur; tok = strtok_r(NULL, ".", &save))
-        cur = json_object_get(cur, tok);
-    return cur;
-}
-
-static long long it_int(json_t *o, const char *path)
-{
-    json_t *v = it_at(o, path);
-    if (!json_is_integer(v))
-        fprintf(stderr, "%s is not an integer\n", path);
-    assert_true(json_is_integer(v));
-    return json_integer_value(v);
-}
-
-static double it_real(json_t *o, const char *path)
-{
-    json_t *v = it_at(o, path);
-    if (!json_is_real(v))
-        fprintf(stderr, "%s is not a real\n", path);
-    assert_true(json_is_real(v));
-    return json_real_value(v);
-}
-
-/* A raw client for streams: one blocking socket, everything read appended to buf. */
-struct it_raw {
-    int fd;
-    char *buf;
-    size_t len, cap;
-    bool is_eof;
-};
-
-static void it_raw_open(struct it_raw *c, const char *path, const char *extra_headers,
-                        int rcvbuf)
-{
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)g_proc.port) };
-    char req[1024];
-    int n;
-
-    memset(c, 0, sizeof(*c));
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    c->fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(c->fd >= 0);
-    if (rcvbuf > 0)
-        setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-    assert_int_equal(connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n", path,
-                 extra_headers ? extra_headers : "");
-    assert_int_equal(send(c->fd, req, (size_t)n, 0), n);
-}
-
-/* Read what is available within timeout_ms (at most max bytes; 0 = any). 0 on data, -1 on
- * timeout, 1 at EOF. */
-static int it_raw_read(struct it_raw *c, int timeout_ms, size_t max)
-{
-    struct pollfd p = { .fd = c->fd, .events = POLLIN };
-    ssize_t n;
-
-    if (c->is_eof)
-        return 1;
-    if (poll(&p, 1, timeout_ms) <= 0)
-        return -1;
-    if (c->cap - c->len < 65537) {
-        c->cap = c->cap ? c->cap * 2 : 1 << 20;
-        c->buf = realloc(c->buf, c->cap);
-        assert_non_null(c->buf);
-    }
-    if (max == 0 || max > c->cap - c->len - 1)
-        max = c->cap - c->len - 1;
-    n = recv(c->fd, c->buf + c->len, max, 0);
-    if (n <= 0) {
-        c->is_eof = true;
-        return 1;
-    }
-    c->len += (size_t)n;
-    c->buf[c->len] = '\0';
-    return 0;
-}
-
-/* Read until needle occurs at or after from, or timeout. Returns its offset or -1. */
-static long it_raw_wait(struct it_raw *c, const char *needle, size_t from, double timeout_s)
-{
-    double deadline = bd_it_now() + timeout_s;
-
-    for (;;) {
-        if (c->buf != NULL && from <= c->len) {
-            const char *hit = strstr(c->buf + from, needle);
-            if (hit)
-                return (long)(hit - c->buf);
-        }
-        if (bd_it_now() > deadline || c->is_eof)
-            return -1;
-        it_raw_read(c, 50, 0);
-    }
-}
-
-static void it_raw_close(struct it_raw *c)
-{
-    if (c->fd >= 0)
-        close(c->fd);
-    free(c->buf);
-    memset(c, 0, sizeof(*c));
-    c->fd = -1;
-}
-
-static size_t it_count(const char *hay, const char *needle)
-{
-    size_t n = 0, len = strlen(needle);
-    for (const char *p = hay; p && (p = strstr(p, needle)) != NULL; p += len)
-        n++;
-    return n;
 }
 
 /* ---- fixtures ----------------------------------------------------------------------- */
@@ -419,31 +271,31 @@ static void status_has_seed_shape_when_completed(void **state)
     char path[256];
 
     (void)state;
-    j = it_get_ok("/api/v1/batch/jobs/%sdone/status", g_pfx);
-    assert_true(strstr(it_str(j, "job_id"), "done") != NULL);
-    assert_string_equal(it_str(j, "status"), "completed");
-    assert_string_equal(it_str(j, "operation"), "bulk_embed");
-    assert_string_equal(it_str(j, "model"), "mixtral");
-    assert_int_equal(it_int(j, "progress.total_items"), 5);
-    assert_int_equal(it_int(j, "progress.processed_items"), 4);
-    assert_int_equal(it_int(j, "progress.failed_items"), 1);
-    assert_true(it_real(j, "progress.percentage") == 100.0);
-    assert_int_equal(it_int(j, "progress.current_batch"), 2);
-    assert_int_equal(it_int(j, "progress.total_batches"), 2);
-    assert_string_equal(it_str(j, "timing.created_at"), "2025-07-15T14:30:00Z");
-    assert_string_equal(it_str(j, "timing.started_at"), "2025-07-15T14:32:00Z");
-    assert_string_equal(it_str(j, "timing.completed_at"), "2025-07-15T14:34:30Z");
-    assert_int_equal(it_int(j, "timing.total_processing_time_ms"), 150000);
-    assert_null(it_at(j, "timing.estimated_completion"));
-    assert_null(it_at(j, "timing.processing_time_ms"));
-    assert_int_equal(it_int(j, "results.completed_embeddings"), 4);
-    assert_true(it_real(j, "results.average_processing_time_ms") == 200.0);
-    assert_true(it_real(j, "results.success_rate") == 80.0);
-    assert_string_equal(it_str(j, "results.output_collection"), "itread_c");
-    assert_int_equal(it_int(j, "results.stored_vectors"), 4);
-    assert_int_equal(it_int(j, "results.cache_hits"), 1);
-    assert_null(it_at(j, "error"));
-    assert_null(it_at(j, "cancel_requested"));
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%sdone/status", g_pfx);
+    assert_true(strstr(bd_it_str(j, "job_id"), "done") != NULL);
+    assert_string_equal(bd_it_str(j, "status"), "completed");
+    assert_string_equal(bd_it_str(j, "operation"), "bulk_embed");
+    assert_string_equal(bd_it_str(j, "model"), "mixtral");
+    assert_int_equal(bd_it_int(j, "progress.total_items"), 5);
+    assert_int_equal(bd_it_int(j, "progress.processed_items"), 4);
+    assert_int_equal(bd_it_int(j, "progress.failed_items"), 1);
+    assert_true(bd_it_real(j, "progress.percentage") == 100.0);
+    assert_int_equal(bd_it_int(j, "progress.current_batch"), 2);
+    assert_int_equal(bd_it_int(j, "progress.total_batches"), 2);
+    assert_string_equal(bd_it_str(j, "timing.created_at"), "2025-07-15T14:30:00Z");
+    assert_string_equal(bd_it_str(j, "timing.started_at"), "2025-07-15T14:32:00Z");
+    assert_string_equal(bd_it_str(j, "timing.completed_at"), "2025-07-15T14:34:30Z");
+    assert_int_equal(bd_it_int(j, "timing.total_processing_time_ms"), 150000);
+    assert_null(bd_it_at(j, "timing.estimated_completion"));
+    assert_null(bd_it_at(j, "timing.processing_time_ms"));
+    assert_int_equal(bd_it_int(j, "results.completed_embeddings"), 4);
+    assert_true(bd_it_real(j, "results.average_processing_time_ms") == 200.0);
+    assert_true(bd_it_real(j, "results.success_rate") == 80.0);
+    assert_string_equal(bd_it_str(j, "results.output_collection"), "itread_c");
+    assert_int_equal(bd_it_int(j, "results.stored_vectors"), 4);
+    assert_int_equal(bd_it_int(j, "results.cache_hits"), 1);
+    assert_null(bd_it_at(j, "error"));
+    assert_null(bd_it_at(j, "cancel_requested"));
     json_decref(j);
 
     /* Reals print with one decimal, as in the seed. */
@@ -462,26 +314,26 @@ static void status_extrapolates_when_processing(void **state)
     long long ms;
 
     (void)state;
-    j = it_get_ok("/api/v1/batch/jobs/%srun/status", g_pfx);
-    assert_string_equal(it_str(j, "status"), "processing");
-    assert_true(it_real(j, "progress.percentage") == 40.0);
-    assert_non_null(it_str(j, "timing.started_at"));
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%srun/status", g_pfx);
+    assert_string_equal(bd_it_str(j, "status"), "processing");
+    assert_true(bd_it_real(j, "progress.percentage") == 40.0);
+    assert_non_null(bd_it_str(j, "timing.started_at"));
     /* started 40 s ago, 4 of 10 done: about 60 s to go. */
-    assert_non_null(it_str(j, "timing.estimated_completion"));
-    assert_true(strlen(it_str(j, "timing.estimated_completion")) == 20);
-    assert_true(strcmp(it_str(j, "timing.estimated_completion"), it_str(j, "timing.started_at"))
-                > 0);
-    ms = it_int(j, "timing.processing_time_ms");
+    assert_non_null(bd_it_str(j, "timing.estimated_completion"));
+    assert_true(strlen(bd_it_str(j, "timing.estimated_completion")) == 20);
+    assert_true(strcmp(bd_it_str(j, "timing.estimated_completion"),
+                       bd_it_str(j, "timing.started_at")) > 0);
+    ms = bd_it_int(j, "timing.processing_time_ms");
     assert_true(ms >= 39000 && ms <= 60000);
-    assert_null(it_at(j, "timing.completed_at"));
-    assert_true(it_real(j, "results.success_rate") == 75.0);
-    assert_true(it_real(j, "results.average_processing_time_ms") == 200.0);
-    assert_true(json_is_true(it_at(j, "cancel_requested")));
+    assert_null(bd_it_at(j, "timing.completed_at"));
+    assert_true(bd_it_real(j, "results.success_rate") == 75.0);
+    assert_true(bd_it_real(j, "results.average_processing_time_ms") == 200.0);
+    assert_true(json_is_true(bd_it_at(j, "cancel_requested")));
     json_decref(j);
 
-    j = it_get_ok("/api/v1/batch/jobs/%sthird/status", g_pfx);
-    assert_true(it_real(j, "progress.percentage") == 66.7);
-    assert_true(it_real(j, "results.average_processing_time_ms") == 1500.0);
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%sthird/status", g_pfx);
+    assert_true(bd_it_real(j, "progress.percentage") == 66.7);
+    assert_true(bd_it_real(j, "results.average_processing_time_ms") == 1500.0);
     json_decref(j);
     snprintf(path, sizeof(path), "/api/v1/batch/jobs/%sthird/status", g_pfx);
     it_get_raw(path, NULL, 200, &r);
@@ -494,13 +346,13 @@ static void status_has_nulls_when_queued(void **state)
     json_t *j;
 
     (void)state;
-    j = it_get_ok("/api/v1/batch/jobs/%sq/status", g_pfx);
-    assert_string_equal(it_str(j, "status"), "queued");
-    assert_true(it_real(j, "progress.percentage") == 0.0);
-    assert_true(json_is_null(it_at(j, "timing.started_at")));
-    assert_true(json_is_null(it_at(j, "timing.estimated_completion")));
-    assert_null(it_at(j, "timing.processing_time_ms"));
-    assert_true(it_real(j, "results.success_rate") == 100.0);
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%sq/status", g_pfx);
+    assert_string_equal(bd_it_str(j, "status"), "queued");
+    assert_true(bd_it_real(j, "progress.percentage") == 0.0);
+    assert_true(json_is_null(bd_it_at(j, "timing.started_at")));
+    assert_true(json_is_null(bd_it_at(j, "timing.estimated_completion")));
+    assert_null(bd_it_at(j, "timing.processing_time_ms"));
+    assert_true(bd_it_real(j, "results.success_rate") == 100.0);
     json_decref(j);
 }
 
@@ -509,12 +361,12 @@ static void status_has_error_when_failed(void **state)
     json_t *j;
 
     (void)state;
-    j = it_get_ok("/api/v1/batch/jobs/%sfail/status", g_pfx);
-    assert_string_equal(it_str(j, "status"), "failed");
-    assert_string_equal(it_str(j, "error.code"), "timeout_error");
-    assert_string_equal(it_str(j, "error.message"), "job timed out");
-    assert_true(it_real(j, "results.success_rate") == 0.0);
-    assert_int_equal(it_int(j, "timing.total_processing_time_ms"), 4000);
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%sfail/status", g_pfx);
+    assert_string_equal(bd_it_str(j, "status"), "failed");
+    assert_string_equal(bd_it_str(j, "error.code"), "timeout_error");
+    assert_string_equal(bd_it_str(j, "error.message"), "job timed out");
+    assert_true(bd_it_real(j, "results.success_rate") == 0.0);
+    assert_int_equal(bd_it_int(j, "timing.total_processing_time_ms"), 4000);
     json_decref(j);
 }
 
@@ -572,33 +424,33 @@ static void job_has_options_metadata_and_errors(void **state)
     char key[32];
 
     (void)state;
-    j = it_get_ok("/api/v1/batch/jobs/%sdone", g_pfx);
-    assert_string_equal(it_str(j, "status"), "completed");
-    assert_non_null(it_at(j, "progress.percentage"));
-    assert_string_equal(it_str(j, "collection"), "itread_c");
-    assert_string_equal(it_str(j, "priority"), "high");
-    assert_int_equal(it_int(j, "batch_size"), 3);
-    assert_int_equal(it_int(j, "options.batch_size"), 3);
-    assert_string_equal(it_str(j, "metadata.integration_pattern"), "bulk_only");
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%sdone", g_pfx);
+    assert_string_equal(bd_it_str(j, "status"), "completed");
+    assert_non_null(bd_it_at(j, "progress.percentage"));
+    assert_string_equal(bd_it_str(j, "collection"), "itread_c");
+    assert_string_equal(bd_it_str(j, "priority"), "high");
+    assert_int_equal(bd_it_int(j, "batch_size"), 3);
+    assert_int_equal(bd_it_int(j, "options.batch_size"), 3);
+    assert_string_equal(bd_it_str(j, "metadata.integration_pattern"), "bulk_only");
     snprintf(key, sizeof(key), "k-%d", (int)getpid());
-    assert_string_equal(it_str(j, "idempotency_key"), key);
-    assert_int_equal(it_int(j, "run_attempt"), 1);
-    assert_true(it_real(j, "timeout_s") == 600.0);
-    assert_int_equal(it_int(j, "max_retries"), 2);
-    assert_int_equal(it_int(j, "errors_count"), 1);
-    assert_int_equal(json_array_size(it_at(j, "last_errors")), 1);
-    e = json_array_get(it_at(j, "last_errors"), 0);
-    assert_int_equal(it_int(e, "item_index"), 3);
-    assert_string_equal(it_str(e, "item_id"), "vec_3");
-    assert_string_equal(it_str(e, "code"), "dimension_mismatch");
+    assert_string_equal(bd_it_str(j, "idempotency_key"), key);
+    assert_int_equal(bd_it_int(j, "run_attempt"), 1);
+    assert_true(bd_it_real(j, "timeout_s") == 600.0);
+    assert_int_equal(bd_it_int(j, "max_retries"), 2);
+    assert_int_equal(bd_it_int(j, "errors_count"), 1);
+    assert_int_equal(json_array_size(bd_it_at(j, "last_errors")), 1);
+    e = json_array_get(bd_it_at(j, "last_errors"), 0);
+    assert_int_equal(bd_it_int(e, "item_index"), 3);
+    assert_string_equal(bd_it_str(e, "item_id"), "vec_3");
+    assert_string_equal(bd_it_str(e, "code"), "dimension_mismatch");
     json_decref(j);
 
-    j = it_get_ok("/api/v1/batch/jobs/%sq", g_pfx);
-    assert_string_equal(it_str(j, "priority"), "low");
-    assert_true(json_is_null(it_at(j, "idempotency_key")));
-    assert_true(json_is_null(it_at(j, "timeout_s")));
-    assert_int_equal(it_int(j, "errors_count"), 0);
-    assert_int_equal(json_array_size(it_at(j, "last_errors")), 0);
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%sq", g_pfx);
+    assert_string_equal(bd_it_str(j, "priority"), "low");
+    assert_true(json_is_null(bd_it_at(j, "idempotency_key")));
+    assert_true(json_is_null(bd_it_at(j, "timeout_s")));
+    assert_int_equal(bd_it_int(j, "errors_count"), 0);
+    assert_int_equal(json_array_size(bd_it_at(j, "last_errors")), 0);
     json_decref(j);
 }
 
@@ -611,17 +463,17 @@ static void list_pages_cover_every_job_once(void **state)
 
     (void)state;
     for (;;) {
-        json_t *j = it_get_ok("/api/v1/batch/jobs?model=itread_list&limit=7%s%s",
+        json_t *j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs?model=itread_list&limit=7%s%s",
                               cursor[0] ? "&cursor=" : "", cursor);
-        json_t *jobs = it_at(j, "jobs");
+        json_t *jobs = bd_it_at(j, "jobs");
         size_t i;
         json_t *job;
 
         pages++;
-        assert_int_equal(it_int(j, "limit"), 7);
-        assert_int_equal(it_int(j, "count"), (long long)json_array_size(jobs));
+        assert_int_equal(bd_it_int(j, "limit"), 7);
+        assert_int_equal(bd_it_int(j, "count"), (long long)json_array_size(jobs));
         json_array_foreach(jobs, i, job) {
-            const char *id = it_str(job, "job_id");
+            const char *id = bd_it_str(job, "job_id");
             int n = atoi(id + strlen(g_pfx) + 1);
             assert_true(strncmp(id, g_pfx, strlen(g_pfx)) == 0);
             assert_true(n >= 0 && n < LIST_JOBS);
@@ -630,13 +482,13 @@ static void list_pages_cover_every_job_once(void **state)
             last_seq_idx = n;
             seen[n] = 1;
             total++;
-            assert_non_null(it_at(job, "progress"));
+            assert_non_null(bd_it_at(job, "progress"));
         }
-        if (json_is_null(it_at(j, "next_cursor"))) {
+        if (json_is_null(bd_it_at(j, "next_cursor"))) {
             json_decref(j);
             break;
         }
-        snprintf(cursor, sizeof(cursor), "%s", it_str(j, "next_cursor"));
+        snprintf(cursor, sizeof(cursor), "%s", bd_it_str(j, "next_cursor"));
         json_decref(j);
         assert_true(pages < 10);
     }
@@ -651,26 +503,26 @@ static void list_filters_by_status_and_operation(void **state)
 
     (void)state;
     /* i % 3 == 0 failed: 0,3,...,24 -> 9 jobs. */
-    j = it_get_ok("/api/v1/batch/jobs?model=itread_list&status=failed&limit=100");
-    assert_int_equal(it_int(j, "count"), 9);
-    json_array_foreach(it_at(j, "jobs"), i, job)
-        assert_string_equal(it_str(job, "status"), "failed");
-    assert_true(json_is_null(it_at(j, "next_cursor")));
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs?model=itread_list&status=failed&limit=100");
+    assert_int_equal(bd_it_int(j, "count"), 9);
+    json_array_foreach(bd_it_at(j, "jobs"), i, job)
+        assert_string_equal(bd_it_str(job, "status"), "failed");
+    assert_true(json_is_null(bd_it_at(j, "next_cursor")));
     json_decref(j);
     /* i % 5 == 0 bulk_insert: 0,5,...,20 -> 5 jobs. */
-    j = it_get_ok("/api/v1/batch/jobs?model=itread_list&operation=bulk_insert");
-    assert_int_equal(it_int(j, "count"), 5);
-    assert_int_equal(it_int(j, "limit"), 50);
-    json_array_foreach(it_at(j, "jobs"), i, job)
-        assert_string_equal(it_str(job, "operation"), "bulk_insert");
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs?model=itread_list&operation=bulk_insert");
+    assert_int_equal(bd_it_int(j, "count"), 5);
+    assert_int_equal(bd_it_int(j, "limit"), 50);
+    json_array_foreach(bd_it_at(j, "jobs"), i, job)
+        assert_string_equal(bd_it_str(job, "operation"), "bulk_insert");
     json_decref(j);
-    j = it_get_ok("/api/v1/batch/jobs?status=all&model=itread_list&operation=bulk_insert&"
-                  "status=all");
-    assert_int_equal(it_int(j, "count"), 5);
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs?status=all&model=itread_list&"
+                              "operation=bulk_insert&status=all");
+    assert_int_equal(bd_it_int(j, "count"), 5);
     json_decref(j);
     /* Everything in our schema: the list endpoint without filters. */
-    j = it_get_ok("/api/v1/batch/jobs?status=processing");
-    assert_int_equal(it_int(j, "count"), 2);
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs?status=processing");
+    assert_int_equal(bd_it_int(j, "count"), 2);
     json_decref(j);
 }
 
@@ -684,52 +536,52 @@ static void items_report_failed_succeeded_and_all(void **state)
     int n = 0;
 
     (void)state;
-    j = it_get_ok("/api/v1/batch/jobs/%sdone/items", g_pfx);        /* default: failed */
-    assert_int_equal(json_array_size(it_at(j, "items")), 1);
-    it = json_array_get(it_at(j, "items"), 0);
-    assert_int_equal(it_int(it, "index"), 3);
-    assert_string_equal(it_str(it, "id"), "vec_3");
-    assert_string_equal(it_str(it, "status"), "failed");
-    assert_string_equal(it_str(it, "error.code"), "dimension_mismatch");
-    assert_string_equal(it_str(it, "error.message"), "expected 3 dimensions, got 2");
-    assert_true(json_is_null(it_at(j, "next_cursor")));          /* terminal and complete */
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%sdone/items", g_pfx);   /* default: failed */
+    assert_int_equal(json_array_size(bd_it_at(j, "items")), 1);
+    it = json_array_get(bd_it_at(j, "items"), 0);
+    assert_int_equal(bd_it_int(it, "index"), 3);
+    assert_string_equal(bd_it_str(it, "id"), "vec_3");
+    assert_string_equal(bd_it_str(it, "status"), "failed");
+    assert_string_equal(bd_it_str(it, "error.code"), "dimension_mismatch");
+    assert_string_equal(bd_it_str(it, "error.message"), "expected 3 dimensions, got 2");
+    assert_true(json_is_null(bd_it_at(j, "next_cursor")));          /* terminal and complete */
     json_decref(j);
 
-    j = it_get_ok("/api/v1/batch/jobs/%sdone/items?status=succeeded", g_pfx);
-    assert_int_equal(json_array_size(it_at(j, "items")), 4);
-    it = json_array_get(it_at(j, "items"), 3);
-    assert_int_equal(it_int(it, "index"), 4);
-    assert_string_equal(it_str(it, "status"), "succeeded");
-    assert_null(it_at(it, "error"));
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%sdone/items?status=succeeded", g_pfx);
+    assert_int_equal(json_array_size(bd_it_at(j, "items")), 4);
+    it = json_array_get(bd_it_at(j, "items"), 3);
+    assert_int_equal(bd_it_int(it, "index"), 4);
+    assert_string_equal(bd_it_str(it, "status"), "succeeded");
+    assert_null(bd_it_at(it, "error"));
     json_decref(j);
 
     /* all, two at a time: 0,1 | 2,3 | 4 */
     for (int page = 0; page < 5; page++) {
         size_t i;
-        j = it_get_ok("/api/v1/batch/jobs/%sdone/items?status=all&limit=2%s%s", g_pfx,
+        j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%sdone/items?status=all&limit=2%s%s", g_pfx,
                       cursor[0] ? "&cursor=" : "", cursor);
-        json_array_foreach(it_at(j, "items"), i, it) {
+        json_array_foreach(bd_it_at(j, "items"), i, it) {
             assert_true(n < 5);
-            assert_int_equal(it_int(it, "index"), want_all[n]);
-            assert_string_equal(it_str(it, "status"), n == 3 ? "failed" : "succeeded");
+            assert_int_equal(bd_it_int(it, "index"), want_all[n]);
+            assert_string_equal(bd_it_str(it, "status"), n == 3 ? "failed" : "succeeded");
             n++;
         }
-        if (json_is_null(it_at(j, "next_cursor"))) {
+        if (json_is_null(bd_it_at(j, "next_cursor"))) {
             json_decref(j);
             break;
         }
-        snprintf(cursor, sizeof(cursor), "%s", it_str(j, "next_cursor"));
+        snprintf(cursor, sizeof(cursor), "%s", bd_it_str(j, "next_cursor"));
         json_decref(j);
     }
     assert_int_equal(n, 5);
 
     /* A running job keeps a cursor to poll from, even on its last page. */
-    j = it_get_ok("/api/v1/batch/jobs/%srun/items", g_pfx);
-    it = json_array_get(it_at(j, "items"), 0);
-    assert_true(json_is_null(it_at(it, "id")));
-    assert_string_equal(it_str(it, "error.message"), "model said \"no\"");
-    assert_string_equal(it_str(j, "next_cursor"), "i2");
-    assert_true(json_is_false(it_at(j, "has_more")));
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%srun/items", g_pfx);
+    it = json_array_get(bd_it_at(j, "items"), 0);
+    assert_true(json_is_null(bd_it_at(it, "id")));
+    assert_string_equal(bd_it_str(it, "error.message"), "model said \"no\"");
+    assert_string_equal(bd_it_str(j, "next_cursor"), "i2");
+    assert_true(json_is_false(bd_it_at(j, "has_more")));
     json_decref(j);
 }
 
@@ -740,29 +592,29 @@ static void results_convert_embeddings_and_metadata(void **state)
     json_t *j, *r, *emb;
 
     (void)state;
-    j = it_get_ok("/api/v1/batch/jobs/%sdone/results", g_pfx);
-    assert_string_equal(it_str(j, "status"), "completed");
-    assert_string_equal(it_str(j, "collection"), "itread_c");
-    assert_int_equal(json_array_size(it_at(j, "results")), 4);
-    r = json_array_get(it_at(j, "results"), 0);
-    assert_int_equal(it_int(r, "index"), 0);
-    assert_string_equal(it_str(r, "id"), "vec_0");
-    emb = it_at(r, "embedding");
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%sdone/results", g_pfx);
+    assert_string_equal(bd_it_str(j, "status"), "completed");
+    assert_string_equal(bd_it_str(j, "collection"), "itread_c");
+    assert_int_equal(json_array_size(bd_it_at(j, "results")), 4);
+    r = json_array_get(bd_it_at(j, "results"), 0);
+    assert_int_equal(bd_it_int(r, "index"), 0);
+    assert_string_equal(bd_it_str(r, "id"), "vec_0");
+    emb = bd_it_at(r, "embedding");
     assert_int_equal(json_array_size(emb), 3);
     assert_true(fabs(json_real_value(json_array_get(emb, 1)) - 0.2) < 1e-6);
-    assert_string_equal(it_str(r, "metadata.text"), "example 0");
-    r = json_array_get(it_at(j, "results"), 2);
-    emb = it_at(r, "embedding");
+    assert_string_equal(bd_it_str(r, "metadata.text"), "example 0");
+    r = json_array_get(bd_it_at(j, "results"), 2);
+    emb = bd_it_at(r, "embedding");
     assert_true(json_real_value(json_array_get(emb, 0)) == -1.5);
     assert_true(fabs(json_real_value(json_array_get(emb, 2)) - 3e20) < 1e14);
-    r = json_array_get(it_at(j, "results"), 3);      /* NaN/Infinity cannot be JSON */
-    assert_int_equal(it_int(r, "index"), 4);
-    emb = it_at(r, "embedding");
+    r = json_array_get(bd_it_at(j, "results"), 3);      /* NaN/Infinity cannot be JSON */
+    assert_int_equal(bd_it_int(r, "index"), 4);
+    emb = bd_it_at(r, "embedding");
     assert_true(json_is_null(json_array_get(emb, 0)));
     assert_true(json_is_null(json_array_get(emb, 1)));
     assert_true(json_is_null(json_array_get(emb, 2)));
-    assert_int_equal(json_array_size(it_at(r, "metadata.n")), 2);
-    assert_true(json_is_null(it_at(j, "next_cursor")));
+    assert_int_equal(json_array_size(bd_it_at(r, "metadata.n")), 2);
+    assert_true(json_is_null(bd_it_at(j, "next_cursor")));
     json_decref(j);
 }
 
@@ -775,26 +627,26 @@ static void results_pages_cover_every_vector_once(void **state)
     (void)state;
     memset(seen, 0, sizeof(seen));
     for (;;) {
-        json_t *j = it_get_ok("/api/v1/batch/jobs/%sbig/results?limit=1000%s%s", g_pfx,
+        json_t *j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%sbig/results?limit=1000%s%s", g_pfx,
                               cursor[0] ? "&cursor=" : "", cursor);
         json_t *r;
         size_t i;
 
         pages++;
-        json_array_foreach(it_at(j, "results"), i, r) {
-            long long idx = it_int(r, "index");
+        json_array_foreach(bd_it_at(j, "results"), i, r) {
+            long long idx = bd_it_int(r, "index");
             assert_true(idx >= 0 && idx < BIG_ROWS);
             assert_int_equal(seen[idx], 0);
             seen[idx] = 1;
             total++;
-            assert_int_equal(json_array_size(it_at(r, "embedding")), BIG_DIMS);
-            assert_int_equal(it_int(r, "metadata.i"), idx);
+            assert_int_equal(json_array_size(bd_it_at(r, "embedding")), BIG_DIMS);
+            assert_int_equal(bd_it_int(r, "metadata.i"), idx);
         }
-        if (json_is_null(it_at(j, "next_cursor"))) {
+        if (json_is_null(bd_it_at(j, "next_cursor"))) {
             json_decref(j);
             break;
         }
-        snprintf(cursor, sizeof(cursor), "%s", it_str(j, "next_cursor"));
+        snprintf(cursor, sizeof(cursor), "%s", bd_it_str(j, "next_cursor"));
         json_decref(j);
         assert_true(pages <= BIG_ROWS / 1000 + 1);
     }
@@ -822,8 +674,8 @@ static void results_stream_as_json_lines(void **state)
         assert_non_null(nl);
         j = json_loadb(line, (size_t)(nl - line), 0, NULL);
         assert_non_null(j);
-        assert_int_equal(it_int(j, "index"), n);
-        assert_int_equal(json_array_size(it_at(j, "embedding")), BIG_DIMS);
+        assert_int_equal(bd_it_int(j, "index"), n);
+        assert_int_equal(json_array_size(bd_it_at(j, "embedding")), BIG_DIMS);
         json_decref(j);
         n++;
         line = nl + 1;
@@ -835,7 +687,7 @@ static void results_stream_as_json_lines(void **state)
     snprintf(path, sizeof(path), "/api/v1/batch/jobs/%sbig/results?format=ndjson&cursor=i9990",
              g_pfx);
     it_get_raw(path, NULL, 200, &r);
-    assert_int_equal(it_count(r.body, "\n"), 10);
+    assert_int_equal(bd_it_count(r.body, "\n"), 10);
     assert_true(strncmp(r.body, "{\"index\":9990,", 14) == 0);
     bd_it_resp_free(&r);
 }
@@ -844,44 +696,72 @@ static void results_stream_as_json_lines(void **state)
  * and still delivers every line; a reader that leaves midway is cleaned up. */
 static void results_stream_survives_slow_and_leaving_readers(void **state)
 {
-    struct it_raw c;
+    struct bd_it_raw c;
     char path[256];
     double deadline;
     long end;
 
     (void)state;
     snprintf(path, sizeof(path), "/api/v1/batch/jobs/%sbig/results", g_pfx);
-    it_raw_open(&c, path, "Accept: application/x-ndjson\r\n", 16384);
-    bd_it_sleep_ms(500);                 /* let the server fill the socket and wait */
+    bd_it_raw_open(&c, g_proc.port, "GET", path, "Accept: application/x-ndjson\r\n", 16384);
+    /* The server fills the socket, then waits: the bytes waiting for us stop growing (the
+     * same for 300 ms) long before the stream could have been sent whole. */
+    {
+        size_t unread = 0;
+        double stable_since = bd_it_now();
+        deadline = stable_since + 20;
+        for (;;) {
+            size_t n = bd_it_raw_unread(&c);
+            if (n != unread) {
+                unread = n;
+                stable_since = bd_it_now();
+            } else if (n > 0 && bd_it_now() - stable_since >= 0.3) {
+                break;
+            }
+            if (bd_it_now() > deadline)
+                fail_msg("the stream did not stall on a reader that does not read "
+                         "(%zu bytes unread)", n);
+            bd_it_sleep_ms(20);
+        }
+        /* Only a part of the stream is here: its end is not among the bytes waiting. */
+        char *peek = malloc(unread + 1);
+        assert_non_null(peek);
+        ssize_t got = recv(c.fd, peek, unread, MSG_PEEK);
+        assert_true(got > 0);
+        peek[got] = '\0';
+        assert_null(strstr(peek, "0\r\n\r\n"));
+        assert_true(bd_it_count(peek, "}\n") < BIG_ROWS);
+        free(peek);
+    }
     deadline = bd_it_now() + 60;
     while (!c.is_eof && bd_it_now() < deadline) {
-        it_raw_read(&c, 200, 16384);
+        bd_it_raw_read(&c, 200, 16384);
         if (c.len > 5 && memcmp(c.buf + c.len - 5, "0\r\n\r\n", 5) == 0)
             break;
     }
     end = c.len >= 5 && memcmp(c.buf + c.len - 5, "0\r\n\r\n", 5) == 0;
     assert_true(end);
-    assert_int_equal(it_count(c.buf, "}\n"), BIG_ROWS);
-    it_raw_close(&c);
+    assert_int_equal(bd_it_count(c.buf, "}\n"), BIG_ROWS);
+    bd_it_raw_close(&c);
 
     for (int i = 0; i < 3; i++) {
-        it_raw_open(&c, path, "Accept: application/x-ndjson\r\n", 8192);
-        assert_true(it_raw_wait(&c, "\"index\":10,", 0, 10) >= 0);
-        it_raw_close(&c);                /* gone with most of the stream unsent */
+        bd_it_raw_open(&c, g_proc.port, "GET", path, "Accept: application/x-ndjson\r\n", 8192);
+        assert_true(bd_it_raw_wait(&c, "\"index\":10,", 0, 10) >= 0);
+        bd_it_raw_close(&c);                /* gone with most of the stream unsent */
     }
     /* The server is fine, and so is the next stream. */
-    json_decref(it_get_ok("/healthz"));
-    it_raw_open(&c, path, "Accept: application/x-ndjson\r\n", 0);
-    assert_true(it_raw_wait(&c, "0\r\n\r\n", 0, 30) >= 0);
-    assert_int_equal(it_count(c.buf, "}\n"), BIG_ROWS);
-    it_raw_close(&c);
+    json_decref(bd_it_get_ok(&g_proc, "/healthz"));
+    bd_it_raw_open(&c, g_proc.port, "GET", path, "Accept: application/x-ndjson\r\n", 0);
+    assert_true(bd_it_raw_wait(&c, "0\r\n\r\n", 0, 30) >= 0);
+    assert_int_equal(bd_it_count(c.buf, "}\n"), BIG_ROWS);
+    bd_it_raw_close(&c);
 }
 
 /* ---- events --------------------------------------------------------------------------- */
 
 static void events_follow_progress_to_final(void **state)
 {
-    struct it_raw c;
+    struct bd_it_raw c;
     char path[256];
     long at;
     double t0;
@@ -894,55 +774,55 @@ static void events_follow_progress_to_final(void **state)
                 " 'processing', 1, 2, 10, 5, 1, 2, now());"),
         0);
     snprintf(path, sizeof(path), "/api/v1/batch/jobs/%ssse/events", g_pfx);
-    it_raw_open(&c, path, NULL, 0);
-    at = it_raw_wait(&c, "event: progress\ndata: {", 0, 5);
+    bd_it_raw_open(&c, g_proc.port, "GET", path, NULL, 0);
+    at = bd_it_raw_wait(&c, "event: progress\ndata: {", 0, 5);
     assert_true(at >= 0);
     assert_non_null(strstr(c.buf, "Content-Type: text/event-stream"));
     assert_non_null(strstr(c.buf, "Cache-Control: no-cache"));
-    assert_true(it_raw_wait(&c, "\"processed_items\":2", (size_t)at, 2) >= 0);
+    assert_true(bd_it_raw_wait(&c, "\"processed_items\":2", (size_t)at, 2) >= 0);
 
     /* Nothing changes: no second event within a few polls. */
     bd_it_sleep_ms(700);
-    it_raw_read(&c, 10, 0);
-    assert_int_equal(it_count(c.buf, "event: "), 1);
+    bd_it_raw_read(&c, 10, 0);
+    assert_int_equal(bd_it_count(c.buf, "event: "), 1);
 
     /* Another process checkpoints (we play it with psql): a progress event follows. */
     t0 = bd_it_now();
     assert_int_equal(it_psql("UPDATE jobs SET processed_items = 4, next_batch = 2"
                              " WHERE id = :'pfx' || 'sse';"),
                      0);
-    at = it_raw_wait(&c, "\"processed_items\":4", (size_t)at, 5);
+    at = bd_it_raw_wait(&c, "\"processed_items\":4", (size_t)at, 5);
     assert_true(at >= 0);
     assert_true(bd_it_now() - t0 < 2.0);           /* poll interval is 0.2 s */
-    assert_int_equal(it_count(c.buf, "event: progress"), 2);
+    assert_int_equal(bd_it_count(c.buf, "event: progress"), 2);
 
     assert_int_equal(it_psql("UPDATE jobs SET status = 'completed', processed_items = 10,"
                              " next_batch = 5, completed_at = now() WHERE id = :'pfx' || 'sse';"),
                      0);
-    at = it_raw_wait(&c, "event: final\ndata: {", (size_t)at, 5);
+    at = bd_it_raw_wait(&c, "event: final\ndata: {", (size_t)at, 5);
     assert_true(at >= 0);
-    assert_true(it_raw_wait(&c, "\"status\":\"completed\"", (size_t)at, 2) >= 0);
-    assert_true(it_raw_wait(&c, "0\r\n\r\n", (size_t)at, 5) >= 0);   /* the stream ended */
-    it_raw_close(&c);
+    assert_true(bd_it_raw_wait(&c, "\"status\":\"completed\"", (size_t)at, 2) >= 0);
+    assert_true(bd_it_raw_wait(&c, "0\r\n\r\n", (size_t)at, 5) >= 0);   /* the stream ended */
+    bd_it_raw_close(&c);
 }
 
 static void events_send_only_final_when_terminal(void **state)
 {
-    struct it_raw c;
+    struct bd_it_raw c;
     char path[256];
 
     (void)state;
     snprintf(path, sizeof(path), "/api/v1/batch/jobs/%sdone/events", g_pfx);
-    it_raw_open(&c, path, NULL, 0);
-    assert_true(it_raw_wait(&c, "0\r\n\r\n", 0, 5) >= 0);
-    assert_int_equal(it_count(c.buf, "event: final\n"), 1);
-    assert_int_equal(it_count(c.buf, "event: progress"), 0);
-    it_raw_close(&c);
+    bd_it_raw_open(&c, g_proc.port, "GET", path, NULL, 0);
+    assert_true(bd_it_raw_wait(&c, "0\r\n\r\n", 0, 5) >= 0);
+    assert_int_equal(bd_it_count(c.buf, "event: final\n"), 1);
+    assert_int_equal(bd_it_count(c.buf, "event: progress"), 0);
+    bd_it_raw_close(&c);
 }
 
 static void events_end_when_client_leaves_or_job_vanishes(void **state)
 {
-    struct it_raw c;
+    struct bd_it_raw c;
     char path[256];
 
     (void)state;
@@ -956,42 +836,68 @@ static void events_end_when_client_leaves_or_job_vanishes(void **state)
     /* Several clients come and go. */
     for (int i = 0; i < 5; i++) {
         snprintf(path, sizeof(path), "/api/v1/batch/jobs/%ssse2/events", g_pfx);
-        it_raw_open(&c, path, NULL, 0);
-        assert_true(it_raw_wait(&c, "event: progress", 0, 5) >= 0);
-        it_raw_close(&c);
+        bd_it_raw_open(&c, g_proc.port, "GET", path, NULL, 0);
+        assert_true(bd_it_raw_wait(&c, "event: progress", 0, 5) >= 0);
+        bd_it_raw_close(&c);
     }
     /* A job deleted while watched: an error event, then the end. */
     snprintf(path, sizeof(path), "/api/v1/batch/jobs/%sgone/events", g_pfx);
-    it_raw_open(&c, path, NULL, 0);
-    assert_true(it_raw_wait(&c, "event: progress", 0, 5) >= 0);
+    bd_it_raw_open(&c, g_proc.port, "GET", path, NULL, 0);
+    assert_true(bd_it_raw_wait(&c, "event: progress", 0, 5) >= 0);
     assert_int_equal(it_psql("DELETE FROM jobs WHERE id = :'pfx' || 'gone';"), 0);
-    assert_true(it_raw_wait(&c, "event: error\ndata: {\"error\":{\"code\":\"not_found\"", 0, 5)
+    assert_true(bd_it_raw_wait(&c, "event: error\ndata: {\"error\":{\"code\":\"not_found\"", 0, 5)
                 >= 0);
-    assert_true(it_raw_wait(&c, "0\r\n\r\n", 0, 5) >= 0);
-    it_raw_close(&c);
-    json_decref(it_get_ok("/healthz"));
+    assert_true(bd_it_raw_wait(&c, "0\r\n\r\n", 0, 5) >= 0);
+    bd_it_raw_close(&c);
+    json_decref(bd_it_get_ok(&g_proc, "/healthz"));
 }
 
-/* HEAD answers at once, with the headers a GET would get. */
+/* HEAD answers at once, with the headers a GET would get and nothing after them, and is
+ * done: a GET of the same events would stream for as long as the job runs (sse2 is queued
+ * and held) and a GET of the results sends BIG_ROWS rows, yet the head, and then the answer
+ * to a second request on the same connection, arrive within HEAD_BOUND_S. */
+#define HEAD_BOUND_S 2.0
+static void head_arrives_alone(const char *path, const char *extra_headers, const char *ct)
+{
+    struct bd_it_raw c;
+    char want_ct[128];
+
+    double t0 = bd_it_now();
+    bd_it_raw_open(&c, g_proc.port, "HEAD", path, extra_headers, 0);
+    long end = bd_it_raw_wait(&c, "\r\n\r\n", 0, HEAD_BOUND_S);
+    if (end < 0)
+        fail_msg("HEAD %s: no complete head within %.1f s (got %zu bytes)", path, HEAD_BOUND_S,
+                 c.len);
+    assert_true(strncmp(c.buf, "HTTP/1.1 200 ", 13) == 0);
+    snprintf(want_ct, sizeof(want_ct), "\r\nContent-Type: %s\r\n", ct);
+    if (strstr(c.buf, want_ct) == NULL)
+        fail_msg("HEAD %s: no \"Content-Type: %s\" in %.*s", path, ct, (int)end, c.buf);
+
+    /* The HEAD answer is over: the server answers the next request on the connection, and
+     * no byte of a body comes between the two. */
+    bd_it_raw_send(&c, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    long next = bd_it_raw_wait(&c, "HTTP/1.1 200 ", (size_t)end + 4,
+                               HEAD_BOUND_S - (bd_it_now() - t0));
+    double took = bd_it_now() - t0;
+    if (next < 0)
+        fail_msg("HEAD %s: the next request got no answer within %.1f s (HEAD not done)",
+                 path, HEAD_BOUND_S);
+    assert_true(took < HEAD_BOUND_S);
+    if (next != end + 4)
+        fail_msg("HEAD %s: %ld body bytes after the head: %.80s", path, next - (end + 4),
+                 c.buf + end + 4);
+    bd_it_raw_close(&c);
+}
+
 static void streams_answer_head_at_once(void **state)
 {
-    struct bd_it_resp r;
-    char url[512], ct[128];
-    const char *accept[] = { "Accept: application/x-ndjson", NULL };
+    char path[512];
 
     (void)state;
-    snprintf(url, sizeof(url), "%s/api/v1/batch/jobs/%ssse2/events", g_proc.base, g_pfx);
-    assert_int_equal(bd_it_http("HEAD", url, NULL, NULL, &r), 0);
-    assert_int_equal(r.status, 200);
-    assert_string_equal(bd_it_resp_header(&r, "Content-Type", ct, sizeof(ct)),
-                        "text/event-stream");
-    bd_it_resp_free(&r);
-    snprintf(url, sizeof(url), "%s/api/v1/batch/jobs/%sbig/results", g_proc.base, g_pfx);
-    assert_int_equal(bd_it_http("HEAD", url, NULL, accept, &r), 0);
-    assert_int_equal(r.status, 200);
-    assert_string_equal(bd_it_resp_header(&r, "Content-Type", ct, sizeof(ct)),
-                        "application/x-ndjson");
-    bd_it_resp_free(&r);
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%ssse2/events", g_pfx);
+    head_arrives_alone(path, NULL, "text/event-stream");
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%sbig/results", g_pfx);
+    head_arrives_alone(path, "Accept: application/x-ndjson\r\n", "application/x-ndjson");
 }
 
 /* SIGTERM while a client watches a job that will not finish: the stream ends (the client
@@ -999,7 +905,7 @@ static void streams_answer_head_at_once(void **state)
 static void events_end_when_server_stops(void **state)
 {
     struct bd_it_proc p;
-    struct it_raw c;
+    struct bd_it_raw c;
     char path[256];
     double t0;
 
@@ -1007,18 +913,13 @@ static void events_end_when_server_stops(void **state)
     assert_int_equal(bd_it_start(&p, "jobs:\n  progress_update_interval: 1\n", NULL), 0);
     snprintf(path, sizeof(path), "/api/v1/batch/jobs/%ssse2/events", g_pfx);
     memset(&c, 0, sizeof(c));
-    {
-        struct bd_it_proc saved = g_proc;             /* it_raw_open talks to g_proc */
-        g_proc = p;
-        it_raw_open(&c, path, NULL, 0);
-        g_proc = saved;
-    }
-    assert_true(it_raw_wait(&c, "event: progress", 0, 5) >= 0);
+    bd_it_raw_open(&c, p.port, "GET", path, NULL, 0);
+    assert_true(bd_it_raw_wait(&c, "event: progress", 0, 5) >= 0);
     t0 = bd_it_now();
     assert_int_equal(bd_it_stop(&p, SIGTERM, 15), 0);
     assert_true(bd_it_now() - t0 < 5.0);
-    assert_true(it_raw_wait(&c, "0\r\n\r\n", 0, 2) >= 0 || c.is_eof);
-    it_raw_close(&c);
+    assert_true(bd_it_raw_wait(&c, "0\r\n\r\n", 0, 2) >= 0 || c.is_eof);
+    bd_it_raw_close(&c);
 }
 
 /* A job this process runs (bulk_insert needs no model): events come from the engine's
@@ -1027,7 +928,7 @@ static void events_follow_a_job_run_here(void **state)
 {
     struct bd_it_resp r;
     struct { char *p; size_t n; } body = { NULL, 0 };
-    struct it_raw c;
+    struct bd_it_raw c;
     char url[256], path[256];
     const char *job_id;
     json_t *j;
@@ -1052,14 +953,14 @@ static void events_follow_a_job_run_here(void **state)
     j = json_loads(r.body, 0, NULL);
     bd_it_resp_free(&r);
     assert_non_null(j);
-    job_id = it_str(j, "job_id");
+    job_id = bd_it_str(j, "job_id");
     assert_non_null(job_id);
     snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s/events", job_id);
-    it_raw_open(&c, path, NULL, 0);
-    assert_true(it_raw_wait(&c, "event: final\ndata: {", 0, 30) >= 0);
-    assert_true(it_raw_wait(&c, "\"processed_items\":2000", 0, 1) >= 0);
-    assert_true(it_raw_wait(&c, "0\r\n\r\n", 0, 5) >= 0);
-    it_raw_close(&c);
+    bd_it_raw_open(&c, g_proc.port, "GET", path, NULL, 0);
+    assert_true(bd_it_raw_wait(&c, "event: final\ndata: {", 0, 30) >= 0);
+    assert_true(bd_it_raw_wait(&c, "\"processed_items\":2000", 0, 1) >= 0);
+    assert_true(bd_it_raw_wait(&c, "0\r\n\r\n", 0, 5) >= 0);
+    bd_it_raw_close(&c);
     json_decref(j);
 }
 
@@ -1070,33 +971,33 @@ static void debug_shows_batches_and_lease(void **state)
     json_t *j, *b;
 
     (void)state;
-    j = it_get_ok("/api/v1/batch/debug/job/%srun", g_pfx);
-    assert_string_equal(it_str(j, "job.status"), "processing");
-    assert_int_equal(it_int(j, "job.errors_count"), 1);
-    assert_int_equal(json_array_size(it_at(j, "batches")), 3);
-    assert_int_equal(it_int(j, "batches_total"), 3);
-    assert_true(json_is_false(it_at(j, "batches_truncated")));
-    b = json_array_get(it_at(j, "batches"), 1);
-    assert_int_equal(it_int(b, "batch_no"), 1);
-    assert_int_equal(it_int(b, "first_index"), 2);
-    assert_int_equal(it_int(b, "item_count"), 2);
-    assert_string_equal(it_str(b, "status"), "done");
-    assert_int_equal(it_int(b, "attempts"), 2);
-    assert_string_equal(it_str(b, "last_error"), "timeout");
-    assert_int_equal(it_int(b, "duration_ms"), 400);
-    assert_int_equal(strlen(it_str(b, "updated_at")), 20);
-    b = json_array_get(it_at(j, "batches"), 2);
-    assert_true(json_is_null(it_at(b, "duration_ms")));
-    assert_string_equal(it_str(j, "lease.owner"), "other-worker");
-    assert_true(json_is_true(it_at(j, "lease.in_flight")));
-    assert_true(it_int(j, "lease.deadline_ms") > it_now_ms());
-    assert_true(json_is_null(it_at(j, "local")));
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/debug/job/%srun", g_pfx);
+    assert_string_equal(bd_it_str(j, "job.status"), "processing");
+    assert_int_equal(bd_it_int(j, "job.errors_count"), 1);
+    assert_int_equal(json_array_size(bd_it_at(j, "batches")), 3);
+    assert_int_equal(bd_it_int(j, "batches_total"), 3);
+    assert_true(json_is_false(bd_it_at(j, "batches_truncated")));
+    b = json_array_get(bd_it_at(j, "batches"), 1);
+    assert_int_equal(bd_it_int(b, "batch_no"), 1);
+    assert_int_equal(bd_it_int(b, "first_index"), 2);
+    assert_int_equal(bd_it_int(b, "item_count"), 2);
+    assert_string_equal(bd_it_str(b, "status"), "done");
+    assert_int_equal(bd_it_int(b, "attempts"), 2);
+    assert_string_equal(bd_it_str(b, "last_error"), "timeout");
+    assert_int_equal(bd_it_int(b, "duration_ms"), 400);
+    assert_int_equal(strlen(bd_it_str(b, "updated_at")), 20);
+    b = json_array_get(bd_it_at(j, "batches"), 2);
+    assert_true(json_is_null(bd_it_at(b, "duration_ms")));
+    assert_string_equal(bd_it_str(j, "lease.owner"), "other-worker");
+    assert_true(json_is_true(bd_it_at(j, "lease.in_flight")));
+    assert_true(bd_it_int(j, "lease.deadline_ms") > it_now_ms());
+    assert_true(json_is_null(bd_it_at(j, "local")));
     json_decref(j);
 
-    j = it_get_ok("/api/v1/batch/debug/job/%sdone", g_pfx);
-    assert_true(json_is_false(it_at(j, "lease.in_flight")));
-    assert_true(json_is_null(it_at(j, "lease.owner")));
-    assert_int_equal(json_array_size(it_at(j, "batches")), 0);
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/debug/job/%sdone", g_pfx);
+    assert_true(json_is_false(bd_it_at(j, "lease.in_flight")));
+    assert_true(json_is_null(bd_it_at(j, "lease.owner")));
+    assert_int_equal(json_array_size(bd_it_at(j, "batches")), 0);
     json_decref(j);
 }
 
@@ -1128,7 +1029,7 @@ static void every_read_route_answers_503_when_postgres_is_down(void **state)
             fprintf(stderr, "%s -> %ld %.200s\n", url, r.status, r.body);
         assert_int_equal(r.status, 503);
         j = json_loads(r.body, 0, NULL);
-        assert_string_equal(it_str(j, "error.code"), "store_unavailable");
+        assert_string_equal(bd_it_str(j, "error.code"), "store_unavailable");
         json_decref(j);
         bd_it_resp_free(&r);
     }
@@ -1167,6 +1068,7 @@ static void every_read_route_checks_the_api_key(void **state)
 
 int main(void)
 {
+    bd_it_apply_filter();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(status_has_seed_shape_when_completed),
         cmocka_unit_test(status_extrapolates_when_processing),

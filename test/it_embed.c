@@ -138,16 +138,18 @@ static void ite_finish(struct ite_ctx *c)
 
 /* ---- fake model server ------------------------------------------------------------------ */
 
+/* The fake server's JSON answer on path, or NULL unless it answered 200 with JSON. */
 static json_t *fm_json(int port, const char *method, const char *path, const char *body)
 {
     char url[128];
-    struct bd_it_resp r;
+    long st = 0;
 
     snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
-    if (bd_it_http(method, url, body, NULL, &r) != 0)
+    json_t *j = bd_it_json_url(method, url, body, &st);
+    if (st != 200) {
+        json_decref(j);
         return NULL;
-    json_t *j = r.status == 200 ? json_loadb(r.body, r.len, 0, NULL) : NULL;
-    bd_it_resp_free(&r);
+    }
     return j;
 }
 
@@ -296,24 +298,16 @@ static char *submit(struct bd_it_proc *p, const char *body)
 {
     long st;
     double deadline = bd_it_now() + 10;
-    json_t *j = bd_it_json(p, "POST", "/api/v1/batch/jobs", body, &st);
+    char *id = bd_it_submit(p, body, &st);
     while (st == 503 && bd_it_now() < deadline) {
         fprintf(stderr, "  submit: 503, retrying\n");
-        json_decref(j);
+        free(id);
         bd_it_sleep_ms(200);
-        j = bd_it_json(p, "POST", "/api/v1/batch/jobs", body, &st);
-    }
-    const char *id = json_string_value(json_object_get(j, "job_id"));
-    if (st != 202 || id == NULL) {
-        char *d = j ? json_dumps(j, JSON_COMPACT) : NULL;
-        fprintf(stderr, "submit: HTTP %ld %s\n", st, d ? d : "(no JSON)");
-        free(d);
+        id = bd_it_submit(p, body, &st);
     }
     assert_int_equal(st, 202);
     assert_non_null(id);
-    char *r = strdup(id);
-    json_decref(j);
-    return r;
+    return id;
 }
 
 static json_t *job_get(struct bd_it_proc *p, const char *fmt, const char *id)
@@ -327,39 +321,12 @@ static json_t *job_get(struct bd_it_proc *p, const char *fmt, const char *id)
     return j;
 }
 
-static bool is_terminal(const char *s)
-{
-    return s && (strcmp(s, "completed") == 0 || strcmp(s, "failed") == 0 ||
-                 strcmp(s, "cancelled") == 0);
-}
-
-/* Poll the status until the job ends (or timeout_s), then assert it ended as want.
- * Returns the final status object (caller decrefs). */
+/* Wait until the job ends (or timeout_s), then assert it ended as want. Returns the final
+ * status object (caller decrefs). */
 static json_t *wait_end(struct bd_it_proc *p, const char *id, const char *want,
                         double timeout_s)
 {
-    char path[256];
-    double deadline = bd_it_now() + timeout_s;
-    json_t *j = NULL;
-    const char *s = NULL;
-
-    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s/status", id);
-    for (;;) {
-        json_decref(j);
-        j = bd_it_json(p, "GET", path, NULL, NULL);
-        s = json_string_value(json_object_get(j, "status"));
-        if (is_terminal(s) || bd_it_now() > deadline)
-            break;
-        bd_it_sleep_ms(20);
-    }
-    if (s == NULL || strcmp(s, want) != 0) {
-        char *d = j ? json_dumps(j, JSON_COMPACT) : NULL;
-        fprintf(stderr, "job %s: wanted %s, got %s\n", id, want, d ? d : "(no answer)");
-        free(d);
-    }
-    assert_non_null(s);
-    assert_string_equal(s, want);
-    return j;
+    return bd_it_expect_status(p, id, want, timeout_s);
 }
 
 static long jint(json_t *j, const char *obj, const char *field)
@@ -375,60 +342,12 @@ static long jint(json_t *j, const char *obj, const char *field)
 
 /* ---- PostgreSQL ------------------------------------------------------------------------- */
 
-static const char *pg_url(void)
-{
-    return bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd");
-}
-
-static long psql_long(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static long psql_long(const char *fmt, ...)
-{
-    char sql[2048], out[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(sql, sizeof(sql), fmt, ap);
-    va_end(ap);
-    if (bd_it_sh_out(out, sizeof(out), "psql '%s' -Atqc \"%s\"", pg_url(), sql) != 0)
-        return -1;
-    return strtol(out, NULL, 10);
-}
-
-/* Every output line of a query that selects one JSON value per row, as a JSON array. */
-static json_t *psql_json_rows(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static json_t *psql_json_rows(const char *fmt, ...)
-{
-    char sql[2048], cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(sql, sizeof(sql), fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof(cmd), "psql '%s' -Atqc \"%s\"", pg_url(), sql);
-    FILE *f = popen(cmd, "r");
-    assert_non_null(f);
-    json_t *rows = json_array();
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n;
-    while ((n = getline(&line, &cap, f)) > 0) {
-        json_error_t err;
-        json_t *row = json_loadb(line, (size_t)n, 0, &err);
-        if (row == NULL) {
-            fprintf(stderr, "psql row is not JSON (%s): %.200s\n", err.text, line);
-            fail();
-        }
-        json_array_append_new(rows, row);
-    }
-    free(line);
-    assert_int_equal(pclose(f), 0);
-    return rows;
-}
-
 /* The stored rows of job, index order: {"i", "id", "e", "m", "c"}. */
 static json_t *job_rows(const char *job)
 {
-    return psql_json_rows("SELECT json_build_object('i', item_index, 'id', id, 'e', embedding, "
-                          "'m', metadata, 'c', collection) FROM vectors WHERE job_id = '%s' "
-                          "ORDER BY item_index", job);
+    return bd_it_psql_json_rows("SELECT json_build_object('i', item_index, 'id', id, "
+                                "'e', embedding, 'm', metadata, 'c', collection) FROM vectors "
+                                "WHERE job_id = '%s' ORDER BY item_index", job);
 }
 
 /* ---- expectations ----------------------------------------------------------------------- */
@@ -699,9 +618,10 @@ static void test_embed_embeds_every_item_when_30pct_of_requests_fail(void **stat
      * batch, so the 10 batches took 10 tries plus one per 500. */
     long errors = fm_stat(port, "errors_500");
     long dbg = debug_attempts(&c->p, id);
-    long pg = psql_long("SELECT COALESCE(sum(attempts), 0) FROM job_batches WHERE job_id = '%s'",
+    long pg = bd_it_psql_long("SELECT COALESCE(sum(attempts), 0) FROM job_batches "
+                              "WHERE job_id = '%s'",
                         id);
-    long retried = psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' AND "
+    long retried = bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' AND "
                              "attempts > 1", id);
     fprintf(stderr, "  500s sent %ld, attempts: /debug %ld, job_batches %ld, batches retried "
             "%ld\n", errors, dbg, pg, retried);
@@ -710,7 +630,8 @@ static void test_embed_embeds_every_item_when_30pct_of_requests_fail(void **stat
     assert_int_equal(dbg, 10 + errors);
     assert_int_equal(pg, 10 + errors);
     assert_int_equal(fm_stat(port, "requests_total"), 10 + errors);
-    assert_int_equal(psql_long("SELECT count(*) FROM job_item_errors WHERE job_id = '%s'", id),
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_item_errors WHERE job_id = '%s'",
+                                     id),
                      0);
     free(id);
     items_free(&it);
@@ -791,7 +712,7 @@ static void test_embed_fails_items_with_timeout_error_when_model_always_hangs(vo
     json_t *doc = failed_items(&c->p, id);
     assert_int_equal(expect_failed_items(doc, "timeout_error", NULL), 10);
     json_decref(doc);
-    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s'", id), 0);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s'", id), 0);
     /* 1 try + retry_attempts 2, each abandoned by batchd. */
     assert_int_equal(fm_stat(port, "requests_total"), 3);
     assert_int_equal(fm_stat(port, "hangs"), 3);
@@ -828,7 +749,7 @@ static void test_embed_debug_counts_each_try_when_batch_runs_out_of_retries(void
     json_decref(doc);
     assert_int_equal(fm_stat(port, "requests_total"), 3);
     long dbg = debug_attempts(&c->p, id);
-    long pg = psql_long("SELECT attempts FROM job_batches WHERE job_id = '%s'", id);
+    long pg = bd_it_psql_long("SELECT attempts FROM job_batches WHERE job_id = '%s'", id);
     fprintf(stderr, "  3 requests made; attempts: /debug %ld, job_batches %ld\n", dbg, pg);
     assert_int_equal(pg, 3);
     assert_int_equal(dbg, 3);
@@ -906,8 +827,8 @@ static void run_bad_answer_case(struct ite_ctx *c, const char *what, const char 
     json_t *doc = failed_items(&c->p, id);
     assert_int_equal(expect_failed_items(doc, NULL, needle), 12);
     json_decref(doc);
-    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s'", id), 0);
-    assert_int_equal(psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' AND "
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s'", id), 0);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' AND "
                                "last_error ILIKE '%%%s%%'", id, needle), 2);
     /* Two batches, each tried twice (retry_attempts 1). */
     assert_int_equal(fm_stat(port, "requests_total"), 4);
@@ -970,7 +891,7 @@ static void test_embed_cancels_within_1s_when_deleted_during_slow_model_call(voi
     assert_int_equal(fm_stat(port, "disconnects"), 1);
     assert_int_equal(fm_stat(port, "in_flight"), 0);
     assert_int_equal(fm_stat(port, "requests_total"), 1);
-    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s'", id), 0);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s'", id), 0);
     free(id);
     items_free(&it);
     ite_finish(c);
@@ -1010,8 +931,8 @@ static void test_embed_keeps_at_most_2_requests_in_flight_when_concurrency_is_2(
     free(body);
     json_decref(wait_end(&c->p, ida, "completed", 30));
     json_decref(wait_end(&c->p, idb, "completed", 30));
-    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s'", ida), 400);
-    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s'", idb), 400);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s'", ida), 400);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s'", idb), 400);
 
     long max_in_flight = fm_stat(port, "max_in_flight");
     fprintf(stderr, "  max_in_flight %ld\n", max_in_flight);
@@ -1048,9 +969,9 @@ static void test_embed_completes_when_another_process_creates_the_collection(voi
 
     assert_int_equal(bd_it_sh("(psql '%s' -Atqc \"BEGIN; INSERT INTO collections (name, "
                               "dimension) VALUES ('%s', 16); SELECT pg_sleep(1.5); COMMIT;\" "
-                              ">/dev/null 2>&1 &)", pg_url(), coll), 0);
+                              ">/dev/null 2>&1 &)", bd_it_pg_url(), coll), 0);
     double deadline = bd_it_now() + 5;
-    while (psql_long("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = "
+    while (bd_it_psql_long("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = "
                      "l.pid WHERE a.query LIKE '%%pg_sleep(1.5)%%' AND l.locktype = "
                      "'transactionid'") < 1 && bd_it_now() < deadline)
         bd_it_sleep_ms(20);
@@ -1060,7 +981,7 @@ static void test_embed_completes_when_another_process_creates_the_collection(voi
     char *id = submit(&c->p, body);
     free(body);
     json_decref(wait_end(&c->p, id, "completed", 20));
-    assert_int_equal(psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s' AND "
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s' AND "
                                "collection = '%s'", id, coll), 3);
     free(id);
     items_free(&it);
@@ -1229,7 +1150,7 @@ static void test_embed_sends_no_request_when_same_texts_are_embedded_again(void 
     assert_int_equal(hits, 1000);
 
     expect_stored(id2, &it, 16, 0, ITE_NO_SKIP, NULL);
-    assert_int_equal(psql_long("SELECT count(*) FROM vectors a JOIN vectors b "
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors a JOIN vectors b "
                                "ON a.item_index = b.item_index WHERE a.job_id = '%s' AND "
                                "b.job_id = '%s' AND a.embedding = b.embedding", id1, id2),
                      1000);
@@ -1266,7 +1187,7 @@ static void test_embed_rejects_submit_when_model_is_unknown(void **state)
     assert_non_null(json_string_value(json_object_get(err, "code")));
     assert_non_null(json_string_value(json_object_get(err, "message")));
     json_decref(j);
-    assert_int_equal(psql_long("SELECT count(*) FROM jobs WHERE model = '%s'", unknown), 0);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM jobs WHERE model = '%s'", unknown), 0);
 
     /* The same body with the configured model is accepted. */
     snprintf(body, sizeof(body), "{\"operation\":\"bulk_embed\",\"model\":\"%s\","
@@ -1385,16 +1306,18 @@ static void ite_isolate(void)
 {
     char db[64], url[600], rdb[16];
 
-    snprintf(ite_orig_pg, sizeof(ite_orig_pg), "%s", pg_url());
+    snprintf(ite_orig_pg, sizeof(ite_orig_pg), "%s", bd_it_pg_url());
     snprintf(ite_orig_redis, sizeof(ite_orig_redis), "%s",
              bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0"));
     if (strcmp(bd_it_env("BD_IT_EMBED_SHARED_DB", "0"), "1") == 0)
         return;
     snprintf(db, sizeof(db), "%s_%ld", ite_prefix, (long)time(NULL) % 1000000);
-    if (bd_it_sh("psql '%s' -Atqc 'CREATE DATABASE %s' >/dev/null 2>&1", ite_orig_pg, db) != 0) {
+    char *out = bd_it_psql_url(ite_orig_pg, NULL, "CREATE DATABASE %s;", db);
+    if (out == NULL) {
         fprintf(stderr, "it_embed: cannot create a private database; using the shared one\n");
         return;
     }
+    free(out);
     snprintf(ite_private_db, sizeof(ite_private_db), "%s", db);
     url_with_db(url, sizeof(url), ite_orig_pg, db);
     setenv("BATCH_POSTGRES_URL", url, 1);
@@ -1412,15 +1335,18 @@ static void ite_unisolate(void)
     bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null 2>&1", bd_it_env("BATCH_REDIS_URL", ""));
     setenv("BATCH_POSTGRES_URL", ite_orig_pg, 1);
     setenv("BATCH_REDIS_URL", ite_orig_redis, 1);
-    if (bd_it_sh("psql '%s' -Atqc 'DROP DATABASE IF EXISTS %s WITH (FORCE)' >/dev/null 2>&1",
-                 ite_orig_pg, ite_private_db) != 0)
+    char *out = bd_it_psql_url(ite_orig_pg, NULL, "DROP DATABASE IF EXISTS %s WITH (FORCE);",
+                               ite_private_db);
+    if (out == NULL)
         fprintf(stderr, "it_embed: could not drop database %s\n", ite_private_db);
+    free(out);
 }
 
 #define ITE_TEST(fn) cmocka_unit_test_setup_teardown(fn, ite_setup, ite_teardown)
 
 int main(void)
 {
+    bd_it_apply_filter();
     snprintf(ite_prefix, sizeof(ite_prefix), "ite%d", (int)getpid());
     snprintf(ite_version, sizeof(ite_version), "v%d_%ld", (int)getpid(), (long)time(NULL));
     const struct CMUnitTest tests[] = {

@@ -20,9 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 
+#include "bd_it.h"
 #include "fake_model/fake_model_client.h"
 #include "fake_model/fake_vectors.h"
 
@@ -32,101 +32,26 @@ struct it_fm {
     int port;
 };
 
-struct it_resp {
-    long status;
-    char *body;                        /* NUL-terminated */
-    size_t len;
-    char retry_after[32];              /* "" when absent */
-    double seconds;
-    CURLcode code;
-};
-
 /* ---------------------------------------------------------------------------------------
- * HTTP helpers
+ * HTTP helpers (on bd_it_http_ex from test/support)
  */
 
-static size_t it_on_body(char *p, size_t size, size_t n, void *arg)
-{
-    struct it_resp *r = arg;
-    size_t len = size * n;
-
-    r->body = realloc(r->body, r->len + len + 1);
-    memcpy(r->body + r->len, p, len);
-    r->len += len;
-    r->body[r->len] = '\0';
-    return len;
-}
-
-static size_t it_on_header(char *p, size_t size, size_t n, void *arg)
-{
-    struct it_resp *r = arg;
-    size_t len = size * n;
-    static const char name[] = "Retry-After:";
-
-    if (len > sizeof name && strncasecmp(p, name, sizeof name - 1) == 0) {
-        size_t i = sizeof name - 1;
-        while (i < len && p[i] == ' ')
-            i++;
-        size_t k = 0;
-        while (i < len && p[i] != '\r' && p[i] != '\n' && k < sizeof r->retry_after - 1)
-            r->retry_after[k++] = p[i++];
-        r->retry_after[k] = '\0';
-    }
-    return len;
-}
-
-static void it_resp_free(struct it_resp *r)
-{
-    free(r->body);
-    memset(r, 0, sizeof *r);
-}
-
-static CURL *it_easy(const struct it_fm *fm, const char *method, const char *path,
-                     const char *body, const char *auth, long timeout_ms, struct it_resp *r,
-                     struct curl_slist **hdrs)
-{
-    char url[256];
-    CURL *e = curl_easy_init();
-
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", fm->port, path);
-    memset(r, 0, sizeof *r);
-    *hdrs = curl_slist_append(NULL, "Content-Type: application/json");
-    *hdrs = curl_slist_append(*hdrs, "Expect:");
-    if (auth)
-        *hdrs = curl_slist_append(*hdrs, auth);
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-    if (body)
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, *hdrs);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, it_on_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, it_on_header);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    return e;
-}
-
-/* One request; returns the curl code (the status is in r->status). */
+/* One request to the fake server, auth: NULL or an "Authorization: ..." header. Returns the
+ * curl code; the status, body, headers and time taken are in r (free with bd_it_resp_free). */
 static CURLcode it_http_ex(const struct it_fm *fm, const char *method, const char *path,
                            const char *body, const char *auth, long timeout_ms,
-                           struct it_resp *r)
+                           struct bd_it_resp *r)
 {
-    struct curl_slist *hdrs;
-    CURL *e = it_easy(fm, method, path, body, auth, timeout_ms, r, &hdrs);
+    char url[256];
+    const char *const headers[] = { auth, NULL };
 
-    r->seconds = fake_model__now();
-    r->code = curl_easy_perform(e);
-    r->seconds = fake_model__now() - r->seconds;
-    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
-    curl_easy_cleanup(e);
-    curl_slist_free_all(hdrs);
-    return r->code;
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", fm->port, path);
+    bd_it_http_ex(method, url, body, headers, timeout_ms, r);
+    return (CURLcode)r->curl_code;
 }
 
 static long it_http(const struct it_fm *fm, const char *method, const char *path,
-                    const char *body, struct it_resp *r)
+                    const char *body, struct bd_it_resp *r)
 {
     assert_int_equal(it_http_ex(fm, method, path, body, NULL, 10000, r), CURLE_OK);
     return r->status;
@@ -135,14 +60,14 @@ static long it_http(const struct it_fm *fm, const char *method, const char *path
 /* POST body to path, expect 200 and JSON; returns the parsed body (caller decrefs). */
 static json_t *it_post_json(const struct it_fm *fm, const char *path, const char *body)
 {
-    struct it_resp r;
+    struct bd_it_resp r;
     json_error_t err;
 
     assert_int_equal(it_http(fm, "POST", path, body, &r), 200);
     json_t *j = json_loads(r.body, 0, &err);
     if (j == NULL)
         fail_msg("not JSON (%s): %.200s", err.text, r.body);
-    it_resp_free(&r);
+    bd_it_resp_free(&r);
     return j;
 }
 
@@ -153,12 +78,12 @@ static void it_config(const struct it_fm *fm, const char *json)
 
 static json_t *it_stats(const struct it_fm *fm)
 {
-    struct it_resp r;
+    struct bd_it_resp r;
 
     assert_int_equal(it_http(fm, "GET", "/stats", NULL, &r), 200);
     json_t *j = json_loads(r.body, 0, NULL);
     assert_non_null(j);
-    it_resp_free(&r);
+    bd_it_resp_free(&r);
     return j;
 }
 
@@ -309,14 +234,14 @@ static void fake_model_config_changes_dimension_when_posted(void **state)
 static void fake_model_config_rejects_bad_values(void **state)
 {
     const struct it_fm *fm = *state;
-    struct it_resp r;
+    struct bd_it_resp r;
 
     assert_int_equal(it_http(fm, "POST", "/config", "{\"fail_rate\":1.5}", &r), 400);
     assert_non_null(strstr(r.body, "fail_rate"));
-    it_resp_free(&r);
+    bd_it_resp_free(&r);
     assert_int_equal(it_http(fm, "POST", "/config", "{\"dim\":8,\"nope\":1}", &r), 400);
     assert_non_null(strstr(r.body, "nope"));
-    it_resp_free(&r);
+    bd_it_resp_free(&r);
     /* all or nothing: dim was not applied either */
     json_t *j = it_post_json(fm, "/api/embed", "{\"model\":\"m\",\"input\":\"a\"}");
     it_assert_vector(json_array_get(json_object_get(j, "embeddings"), 0), "a", 1, 8);
@@ -326,7 +251,7 @@ static void fake_model_config_rejects_bad_values(void **state)
 static void fake_model_fail_rate_one_returns_500(void **state)
 {
     const struct it_fm *fm = *state;
-    struct it_resp r;
+    struct bd_it_resp r;
 
     it_config(fm, "{\"fail-rate\":1}");
     for (int i = 0; i < 3; i++) {
@@ -335,7 +260,7 @@ static void fake_model_fail_rate_one_returns_500(void **state)
         json_t *j = json_loads(r.body, 0, NULL);
         assert_true(json_is_string(json_object_get(j, "error")));   /* Ollama's error shape */
         json_decref(j);
-        it_resp_free(&r);
+        bd_it_resp_free(&r);
     }
     assert_int_equal(it_stat(fm, "errors_500"), 3);
 }
@@ -343,30 +268,32 @@ static void fake_model_fail_rate_one_returns_500(void **state)
 static void fake_model_rate_429_carries_retry_after(void **state)
 {
     const struct it_fm *fm = *state;
-    struct it_resp r;
+    struct bd_it_resp r;
 
     it_config(fm, "{\"rate_429\":1, \"retry_after\":7}");
     assert_int_equal(it_http(fm, "POST", "/v1/embeddings", "{\"model\":\"m\",\"input\":\"a\"}",
                              &r), 429);
-    assert_string_equal(r.retry_after, "7");
+    char retry_after[32];
+    assert_non_null(bd_it_resp_header(&r, "Retry-After", retry_after, sizeof retry_after));
+    assert_string_equal(retry_after, "7");
     json_t *j = json_loads(r.body, 0, NULL);
     assert_true(json_is_string(json_object_get(json_object_get(j, "error"), "message")));
     json_decref(j);
-    it_resp_free(&r);
+    bd_it_resp_free(&r);
     assert_int_equal(it_stat(fm, "rate_limited_429"), 1);
 }
 
 static void fake_model_malformed_rate_one_returns_invalid_json(void **state)
 {
     const struct it_fm *fm = *state;
-    struct it_resp r;
+    struct bd_it_resp r;
 
     it_config(fm, "{\"malformed_rate\":1}");
     assert_int_equal(it_http(fm, "POST", "/api/embed", "{\"model\":\"m\",\"input\":[\"a\",\"b\"]}",
                              &r), 200);
     assert_true(r.len > 0);
     assert_null(json_loads(r.body, 0, NULL));
-    it_resp_free(&r);
+    bd_it_resp_free(&r);
     assert_int_equal(it_stat(fm, "malformed"), 1);
 }
 
@@ -384,13 +311,13 @@ static void fake_model_wrong_dim_rate_one_returns_dim_plus_one(void **state)
 static void fake_model_max_inputs_rejects_large_request(void **state)
 {
     const struct it_fm *fm = *state;
-    struct it_resp r;
+    struct bd_it_resp r;
 
     it_config(fm, "{\"max_inputs\":2}");
     assert_int_equal(it_http(fm, "POST", "/v1/embeddings",
                              "{\"model\":\"m\",\"input\":[\"a\",\"b\",\"c\"]}", &r), 400);
     assert_non_null(strstr(r.body, "max_inputs"));
-    it_resp_free(&r);
+    bd_it_resp_free(&r);
     json_decref(it_post_json(fm, "/v1/embeddings", "{\"model\":\"m\",\"input\":[\"a\",\"b\"]}"));
     assert_int_equal(it_stat(fm, "bad_request_400"), 1);
 }
@@ -398,7 +325,7 @@ static void fake_model_max_inputs_rejects_large_request(void **state)
 static void fake_model_api_key_required_when_set(void **state)
 {
     const struct it_fm *fm = *state;
-    struct it_resp r;
+    struct bd_it_resp r;
     const char *body = "{\"model\":\"m\",\"input\":\"a\"}";
 
     it_config(fm, "{\"api_key\":\"sekrit\"}");
@@ -406,37 +333,37 @@ static void fake_model_api_key_required_when_set(void **state)
     json_t *j = json_loads(r.body, 0, NULL);
     assert_true(json_is_string(json_object_get(json_object_get(j, "error"), "message")));
     json_decref(j);
-    it_resp_free(&r);
+    bd_it_resp_free(&r);
     it_http_ex(fm, "POST", "/v1/embeddings", body, "Authorization: Bearer wrong", 5000, &r);
     assert_int_equal(r.status, 401);
-    it_resp_free(&r);
+    bd_it_resp_free(&r);
     it_http_ex(fm, "POST", "/v1/embeddings", body, "Authorization: Bearer sekrit", 5000, &r);
     assert_int_equal(r.status, 200);
-    it_resp_free(&r);
+    bd_it_resp_free(&r);
 }
 
 static void fake_model_latency_delays_reply(void **state)
 {
     const struct it_fm *fm = *state;
-    struct it_resp r;
+    struct bd_it_resp r;
 
     it_config(fm, "{\"latency_ms\":250}");
     assert_int_equal(it_http(fm, "POST", "/api/embed", "{\"model\":\"m\",\"input\":\"a\"}", &r),
                      200);
     assert_true(r.seconds >= 0.24);
-    it_resp_free(&r);
+    bd_it_resp_free(&r);
     assert_int_equal(it_stat(fm, "in_flight"), 0);
 }
 
 static void fake_model_hang_counts_disconnect_when_client_gives_up(void **state)
 {
     const struct it_fm *fm = *state;
-    struct it_resp r;
+    struct bd_it_resp r;
 
     it_config(fm, "{\"hang_rate\":1}");
     assert_int_equal(it_http_ex(fm, "POST", "/api/embed", "{\"model\":\"m\",\"input\":\"a\"}",
                                 NULL, 300, &r), CURLE_OPERATION_TIMEDOUT);
-    it_resp_free(&r);
+    bd_it_resp_free(&r);
     /* The server learns of the close asynchronously: poll briefly. */
     long long disconnects = 0;
     for (int i = 0; i < 100 && disconnects == 0; i++) {
@@ -455,33 +382,42 @@ static void fake_model_max_in_flight_counts_concurrent_requests(void **state)
 {
     const struct it_fm *fm = *state;
     enum { N = 6 };
-    struct it_resp r[N];
-    struct curl_slist *hdrs[N];
+    struct bd_it_resp r[N];
+    int codes[N];
     CURL *e[N];
     CURLM *m = curl_multi_init();
-    int running = 0;
+    int running = 0, left;
+    char url[128];
 
     it_config(fm, "{\"latency_ms\":300}");
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/api/embed", fm->port);
     for (int i = 0; i < N; i++) {
-        e[i] = it_easy(fm, "POST", "/api/embed", "{\"model\":\"m\",\"input\":\"a\"}", NULL,
-                       10000, &r[i], &hdrs[i]);
+        e[i] = bd_it_easy_new("POST", url, "{\"model\":\"m\",\"input\":\"a\"}", NULL, 10000,
+                              &r[i]);
+        assert_non_null(e[i]);
+        codes[i] = -1;
         curl_multi_add_handle(m, e[i]);
     }
     bool has_seen_all = false;
     do {
         curl_multi_perform(m, &running);
+        for (CURLMsg *msg; (msg = curl_multi_info_read(m, &left)) != NULL;)
+            for (int i = 0; i < N; i++)
+                if (msg->msg == CURLMSG_DONE && msg->easy_handle == e[i])
+                    codes[i] = (int)msg->data.result;
         curl_multi_poll(m, NULL, 0, 20, NULL);
         if (!has_seen_all && running == N && it_stat(fm, "in_flight") == N)
             has_seen_all = true;
     } while (running > 0);
+    for (CURLMsg *msg; (msg = curl_multi_info_read(m, &left)) != NULL;)
+        for (int i = 0; i < N; i++)
+            if (msg->msg == CURLMSG_DONE && msg->easy_handle == e[i])
+                codes[i] = (int)msg->data.result;
     for (int i = 0; i < N; i++) {
-        long status = 0;
-        curl_easy_getinfo(e[i], CURLINFO_RESPONSE_CODE, &status);
-        assert_int_equal(status, 200);
         curl_multi_remove_handle(m, e[i]);
-        curl_easy_cleanup(e[i]);
-        curl_slist_free_all(hdrs[i]);
-        it_resp_free(&r[i]);
+        assert_int_equal(bd_it_easy_finish(e[i], codes[i]), 0);
+        assert_int_equal(r[i].status, 200);
+        bd_it_resp_free(&r[i]);
     }
     curl_multi_cleanup(m);
     assert_true(has_seen_all);
@@ -492,16 +428,16 @@ static void fake_model_max_in_flight_counts_concurrent_requests(void **state)
 static void fake_model_stats_count_requests_and_reset(void **state)
 {
     const struct it_fm *fm = *state;
-    struct it_resp r;
+    struct bd_it_resp r;
 
     json_decref(it_post_json(fm, "/api/embed", "{\"model\":\"a\",\"input\":[\"x\",\"y\"]}"));
     json_decref(it_post_json(fm, "/api/embed", "{\"model\":\"a\",\"input\":\"x\"}"));
     json_decref(it_post_json(fm, "/v1/embeddings", "{\"model\":\"b\",\"input\":[\"x\"]}"));
     json_decref(it_post_json(fm, "/embed", "{\"inputs\":[\"x\",\"y\",\"z\"]}"));
     assert_int_equal(it_http(fm, "GET", "/healthz", NULL, &r), 200);
-    it_resp_free(&r);
+    bd_it_resp_free(&r);
     assert_int_equal(it_http(fm, "GET", "/nope", NULL, &r), 404);
-    it_resp_free(&r);
+    bd_it_resp_free(&r);
 
     json_t *s = it_stats(fm);
     assert_int_equal(json_integer_value(json_object_get(s, "requests_total")), 4);
@@ -531,14 +467,14 @@ static void fake_model_faults_repeat_when_seed_is_reset(void **state)
 {
     const struct it_fm *fm = *state;
     long first[20];
-    struct it_resp r;
+    struct bd_it_resp r;
     int n500 = 0;
 
     for (int round = 0; round < 2; round++) {
         it_config(fm, "{\"fail_rate\":0.5, \"seed\":42}");
         for (int i = 0; i < 20; i++) {
             long status = it_http(fm, "POST", "/embed", "{\"inputs\":\"a\"}", &r);
-            it_resp_free(&r);
+            bd_it_resp_free(&r);
             if (round == 0) {
                 first[i] = status;
                 n500 += status == 500;
@@ -586,7 +522,7 @@ static void fake_model_spawn_passes_flags(void **state)
 {
     const char *const args[] = {"--dim", "5", "--api-key", "k1", "--shuffle-openai", NULL};
     struct it_fm other;
-    struct it_resp r;
+    struct bd_it_resp r;
 
     (void)state;
     assert_int_equal(fake_model_spawn(NULL, args, &other.pid, &other.port), 0);
@@ -598,7 +534,7 @@ static void fake_model_spawn_passes_flags(void **state)
     assert_int_equal(json_integer_value(json_object_get(item, "index")), 1);
     it_assert_vector(json_object_get(item, "embedding"), "b", 1, 5);
     json_decref(j);
-    it_resp_free(&r);
+    bd_it_resp_free(&r);
     assert_int_equal(fake_model_stop(other.pid), 0);
 }
 

@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "batchd/buf.h"
@@ -202,16 +204,40 @@ static void metrics_exposition_passes_promtool_when_rendered(void **state)
     bd_metrics_free(m);
 }
 
-static void metrics_cpu_percent_is_finite_when_sampled(void **state)
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+static double wall_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* The CPU percentage equals the CPU time this process used over the wall time since the
+ * metrics were made (measured here around a busy loop of 0.2 CPU seconds), not just any
+ * number between 0 and 100 per core. */
+static void metrics_cpu_percent_matches_cpu_used_when_sampled(void **state)
 {
     struct bd_metrics *m = bd_metrics_new();
     volatile double x = 0;
 
     (void)state;
-    for (int i = 0; i < 2000000; i++)
-        x += i * 0.5;
+    double c0 = cpu_seconds(), w0 = wall_seconds();
+    while (cpu_seconds() - c0 < 0.2 && wall_seconds() - w0 < 20)
+        for (int i = 0; i < 100000; i++)
+            x += i * 0.5;
+    double c1 = cpu_seconds(), w1 = wall_seconds();
     double pct = bd_metrics_sample_cpu_percent(m);
-    assert_true(pct >= 0 && pct <= 100.0 * 64);
+    double want = (c1 - c0) / (w1 - w0) * 100.0;
+    if (!(pct > 0 && pct >= want * 0.9 - 2 && pct <= want * 1.1 + 2))
+        fail_msg("cpu percent %.2f, expected about %.2f (%.3f s CPU in %.3f s)", pct, want,
+                 c1 - c0, w1 - w0);
     assert_true(bd_metrics_get_rss_bytes() > 0);
     bd_metrics_free(m);
 }
@@ -224,7 +250,7 @@ int main(void)
         cmocka_unit_test(metrics_escapes_label_values_when_rendered),
         cmocka_unit_test(metrics_http_counts_match_histogram_when_observed),
         cmocka_unit_test(metrics_exposition_passes_promtool_when_rendered),
-        cmocka_unit_test(metrics_cpu_percent_is_finite_when_sampled),
+        cmocka_unit_test(metrics_cpu_percent_matches_cpu_used_when_sampled),
     };
     return cmocka_run_group_tests_name("metrics", tests, setup, NULL);
 }

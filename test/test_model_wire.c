@@ -114,18 +114,43 @@ static void test_body_tei(void **state)
     assert_null(bd__model_wire_path(BD_PROVIDER_HASHING));
 }
 
+/* Build a TEI body of one text into b (appended: the caller resets). */
+static void build_one(struct bd_buf *b, const char *text)
+{
+    bd__model_wire_begin(b, BD_PROVIDER_TEI, NULL);
+    bd__model_wire_add(b, text, strlen(text), true);
+    bd__model_wire_end(b, BD_PROVIDER_TEI);
+    assert_false(b->is_failed);
+}
+
+/* A request body built into a reset buffer reuses its memory: a second request of equal
+ * (or smaller) size neither moves nor grows it, and the buffer holds that request only. */
 static void test_body_buffer_is_reused(void **state)
 {
     struct bd_buf b;
 
     (void)state;
     bd_buf_init(&b);
-    for (int round = 0; round < 3; round++) {
+    build_one(&b, "first request, the longest of the three");
+    assert_string_equal(b.data, "{\"inputs\":[\"first request, the longest of the three\"]}");
+    const char *data = b.data;
+    size_t cap = b.cap;
+    assert_non_null(data);
+
+    const char *const next[] = { "second request, just as long as before!",
+                                 "third, shorter" };
+    const char *const want[] = { "{\"inputs\":[\"second request, just as long as before!\"]}",
+                                 "{\"inputs\":[\"third, shorter\"]}" };
+    assert_int_equal(strlen(next[0]), strlen("first request, the longest of the three"));
+    for (int round = 0; round < 2; round++) {
         bd_buf_reset(&b);
-        bd__model_wire_begin(&b, BD_PROVIDER_TEI, NULL);
-        bd__model_wire_add(&b, "x", 1, true);
-        bd__model_wire_end(&b, BD_PROVIDER_TEI);
-        assert_string_equal(b.data, "{\"inputs\":[\"x\"]}");
+        assert_ptr_equal(b.data, data);          /* the reset keeps the memory */
+        assert_int_equal(b.cap, cap);
+        build_one(&b, next[round]);
+        assert_ptr_equal(b.data, data);          /* same memory, not a new allocation */
+        assert_int_equal(b.cap, cap);            /* and no growth */
+        assert_int_equal(b.len, strlen(want[round]));
+        assert_memory_equal(b.data, want[round], b.len + 1);   /* this body only, NUL-ended */
     }
     bd_buf_free(&b);
 }

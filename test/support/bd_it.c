@@ -1,7 +1,15 @@
-/* bd_it.c -- integration-test helpers: spawn batchd, blocking HTTP via libcurl, JSON.
+/* bd_it.c -- integration-test helpers: spawn batchd, blocking HTTP via libcurl, JSON
+ * answers, job status polling, shell commands. PostgreSQL helpers are in bd_it_pg.c, JSON
+ * paths in bd_it_jpath.c, the raw socket client in bd_it_raw.c.
  *
  * Test code only: blocking calls are fine here and never appear in src/.
  */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
 #include "bd_it.h"
 
 #include <arpa/inet.h>
@@ -33,6 +41,13 @@ void bd_it_sleep_ms(unsigned ms)
     struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
+}
+
+void bd_it_apply_filter(void)
+{
+    const char *f = getenv("BD_TEST_FILTER");
+    if (f && *f)
+        cmocka_set_test_filter(f);
 }
 
 const char *bd_it_env(const char *name, const char *fallback)
@@ -222,75 +237,130 @@ int bd_it_stop(struct bd_it_proc *p, int sig, double timeout_s)
     return 128 + WTERMSIG(status);
 }
 
-struct it_buf {
-    char *data;
-    size_t len;
+/* Where an easy handle made by bd_it_easy_new writes: the response being filled and the
+ * header list to free with it. Hung on the handle as CURLOPT_PRIVATE. */
+struct it_easy {
+    struct bd_it_resp *out;
+    struct curl_slist *headers;
+    size_t hcap, bcap;
+    double t0;
 };
 
-static size_t it_on_data(char *ptr, size_t size, size_t nmemb, void *userdata)
+static size_t it_append(char **data, size_t *len, size_t *cap, const char *ptr, size_t n)
 {
-    struct it_buf *b = userdata;
-    size_t n = size * nmemb;
-    char *d = realloc(b->data, b->len + n + 1);
-
-    if (d == NULL)
-        return 0;
-    memcpy(d + b->len, ptr, n);
-    b->len += n;
-    d[b->len] = '\0';
-    b->data = d;
+    if (*len + n + 1 > *cap) {
+        size_t c = *cap ? *cap : 1024;
+        while (c < *len + n + 1)
+            c *= 2;
+        char *d = realloc(*data, c);
+        if (d == NULL)
+            return 0;
+        *data = d;
+        *cap = c;
+    }
+    memcpy(*data + *len, ptr, n);
+    *len += n;
+    (*data)[*len] = '\0';
     return n;
 }
 
-int bd_it_http(const char *method, const char *url, const char *body,
-               const char *const *headers, struct bd_it_resp *out)
+static size_t it_on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    struct it_easy *e = userdata;
+    return it_append(&e->out->body, &e->out->len, &e->bcap, ptr, size * nmemb);
+}
+
+static size_t it_on_header(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    struct it_easy *e = userdata;
+    size_t hlen = e->out->headers ? strlen(e->out->headers) : 0;
+    return it_append(&e->out->headers, &hlen, &e->hcap, ptr, size * nmemb);
+}
+
+CURL *bd_it_easy_new(const char *method, const char *url, const char *body,
+                     const char *const *headers, long timeout_ms, struct bd_it_resp *out)
 {
     CURL *c = curl_easy_init();
-    struct curl_slist *hl = NULL;
-    struct it_buf bb = { 0 }, hb = { 0 };
-    CURLcode rc;
+    struct it_easy *e = calloc(1, sizeof(*e));
+    bool has_ct = false;
 
     memset(out, 0, sizeof(*out));
-    if (c == NULL)
-        return -1;
+    if (c == NULL || e == NULL) {
+        if (c)
+            curl_easy_cleanup(c);
+        free(e);
+        return NULL;
+    }
+    e->out = out;
+    e->t0 = bd_it_now();
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms > 0 ? timeout_ms : 30000L);
     if (strcmp(method, "HEAD") == 0)
         curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
     if (body) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
     }
-    bool has_ct = false;
     for (const char *const *h = headers; h && *h; h++) {
-        hl = curl_slist_append(hl, *h);
+        e->headers = curl_slist_append(e->headers, *h);
         if (strncasecmp(*h, "Content-Type:", 13) == 0)
             has_ct = true;
     }
     if (body && !has_ct)
-        hl = curl_slist_append(hl, "Content-Type: application/json");
-    hl = curl_slist_append(hl, "Expect:");
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, it_on_data);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &bb);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, it_on_data);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &hb);
-    rc = curl_easy_perform(c);
-    if (rc == CURLE_OK)
+        e->headers = curl_slist_append(e->headers, "Content-Type: application/json");
+    e->headers = curl_slist_append(e->headers, "Expect:");
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, e->headers);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, it_on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, e);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, it_on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, e);
+    curl_easy_setopt(c, CURLOPT_PRIVATE, e);
+    return c;
+}
+
+int bd_it_easy_finish(CURL *c, int curl_code)
+{
+    struct it_easy *e = NULL;
+
+    curl_easy_getinfo(c, CURLINFO_PRIVATE, (char **)&e);
+    struct bd_it_resp *out = e->out;
+    out->curl_code = curl_code;
+    out->seconds = bd_it_now() - e->t0;
+    if (curl_code == CURLE_OK) {
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
-    curl_slist_free_all(hl);
-    curl_easy_cleanup(c);
-    if (rc != CURLE_OK) {
-        free(bb.data);
-        free(hb.data);
-        return -1;
+        if (out->body == NULL)
+            out->body = strdup("");
+        if (out->headers == NULL)
+            out->headers = strdup("");
+    } else {
+        /* No response: nothing for the caller to free (callers skip bd_it_resp_free then). */
+        free(out->body);
+        free(out->headers);
+        out->body = out->headers = NULL;
+        out->len = 0;
     }
-    out->body = bb.data ? bb.data : strdup("");
-    out->len = bb.len;
-    out->headers = hb.data ? hb.data : strdup("");
-    return 0;
+    curl_slist_free_all(e->headers);
+    free(e);
+    curl_easy_cleanup(c);
+    return curl_code == CURLE_OK ? 0 : -1;
+}
+
+int bd_it_http_ex(const char *method, const char *url, const char *body,
+                  const char *const *headers, long timeout_ms, struct bd_it_resp *out)
+{
+    CURL *c = bd_it_easy_new(method, url, body, headers, timeout_ms, out);
+
+    if (c == NULL)
+        return -1;
+    return bd_it_easy_finish(c, (int)curl_easy_perform(c));
+}
+
+int bd_it_http(const char *method, const char *url, const char *body,
+               const char *const *headers, struct bd_it_resp *out)
+{
+    return bd_it_http_ex(method, url, body, headers, 30000, out);
 }
 
 void bd_it_resp_free(struct bd_it_resp *r)
@@ -325,17 +395,15 @@ const char *bd_it_resp_header(const struct bd_it_resp *r, const char *name, char
     return NULL;
 }
 
-json_t *bd_it_json(struct bd_it_proc *p, const char *method, const char *path,
-                   const char *body, long *status)
+json_t *bd_it_json_url(const char *method, const char *url, const char *body, long *status)
 {
-    char url[1024];
     struct bd_it_resp r;
     json_t *j;
 
-    snprintf(url, sizeof(url), "%s%s", p->base, path);
     if (bd_it_http(method, url, body, NULL, &r) != 0) {
         if (status)
             *status = -1;
+        bd_it_resp_free(&r);
         return NULL;
     }
     if (status)
@@ -343,6 +411,48 @@ json_t *bd_it_json(struct bd_it_proc *p, const char *method, const char *path,
     j = json_loadb(r.body, r.len, 0, NULL);
     bd_it_resp_free(&r);
     return j;
+}
+
+json_t *bd_it_json(struct bd_it_proc *p, const char *method, const char *path,
+                   const char *body, long *status)
+{
+    char url[1024];
+
+    snprintf(url, sizeof(url), "%s%s", p->base, path);
+    return bd_it_json_url(method, url, body, status);
+}
+
+json_t *bd_it_get_ok(struct bd_it_proc *p, const char *fmt, ...)
+{
+    char path[1024];
+    va_list ap;
+    long status = 0;
+
+    va_start(ap, fmt);
+    vsnprintf(path, sizeof(path), fmt, ap);
+    va_end(ap);
+    json_t *j = bd_it_json(p, "GET", path, NULL, &status);
+    if (status != 200 || j == NULL)
+        fail_msg("GET %s -> %ld%s", path, status, j ? "" : " (no JSON body)");
+    return j;
+}
+
+char *bd_it_submit(struct bd_it_proc *p, const char *body, long *status)
+{
+    long st = 0;
+    json_t *j = bd_it_json(p, "POST", "/api/v1/batch/jobs", body, &st);
+    const char *id = json_string_value(json_object_get(j, "job_id"));
+    char *r = id ? strdup(id) : NULL;
+
+    if (status)
+        *status = st;
+    if (r == NULL || st != 202) {
+        char *d = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        fprintf(stderr, "submit: HTTP %ld %.300s\n", st, d ? d : "(no JSON)");
+        free(d);
+    }
+    json_decref(j);
+    return r;
 }
 
 json_t *bd_it_wait_status(struct bd_it_proc *p, const char *job_id, const char *want,
@@ -360,6 +470,38 @@ json_t *bd_it_wait_status(struct bd_it_proc *p, const char *job_id, const char *
         if (s && strcmp(s, want) == 0)
             return j;
         bd_it_sleep_ms(50);
+    }
+    return j;
+}
+
+static bool it_is_terminal(const char *s)
+{
+    return s && (strcmp(s, "completed") == 0 || strcmp(s, "failed") == 0 ||
+                 strcmp(s, "cancelled") == 0);
+}
+
+json_t *bd_it_expect_status(struct bd_it_proc *p, const char *job_id, const char *want,
+                            double timeout_s)
+{
+    char path[512];
+    double deadline = bd_it_now() + timeout_s;
+    json_t *j = NULL;
+    const char *s = NULL;
+
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s/status", job_id);
+    for (;;) {
+        json_decref(j);
+        j = bd_it_json(p, "GET", path, NULL, NULL);
+        s = json_string_value(json_object_get(j, "status"));
+        if ((s && strcmp(s, want) == 0) || it_is_terminal(s) || bd_it_now() > deadline)
+            break;
+        bd_it_sleep_ms(20);
+    }
+    if (s == NULL || strcmp(s, want) != 0) {
+        char *d = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        json_decref(j);
+        fail_msg("job %s: wanted %s within %.0f s, got %.500s", job_id, want, timeout_s,
+                 d ? d : "(no answer)");
     }
     return j;
 }

@@ -1,10 +1,16 @@
 /* bd_it.h -- helpers for integration tests: start the real batchd binary against the test
- * stack, talk HTTP to it (blocking libcurl: fine in a test, never in batchd), parse JSON.
+ * stack, talk HTTP to it (blocking libcurl: fine in a test, never in batchd), parse JSON,
+ * run SQL on the test database, read raw HTTP from a socket.
+ *
+ * Helpers documented "fails the test" call cmocka's fail_msg(), so they are for use inside a
+ * cmocka test case (not in setup code that must return an error instead).
  */
 #ifndef BD_IT_H
 #define BD_IT_H
 
+#include <curl/curl.h>
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -21,6 +27,8 @@ struct bd_it_resp {
     char *body;                  /* NUL-terminated */
     size_t len;
     char *headers;               /* raw header block, NUL-terminated */
+    double seconds;              /* from the start of the request to its end */
+    int curl_code;               /* CURLE_OK, or why no response arrived */
 };
 
 /* A free TCP port on 127.0.0.1 (bind to 0, read it, close). */
@@ -52,6 +60,20 @@ int bd_it_http(const char *method, const char *url, const char *body,
                const char *const *headers, struct bd_it_resp *out);
 void bd_it_resp_free(struct bd_it_resp *r);
 
+/* The same with a timeout in ms (0: 30 s); out->curl_code says why it failed (e.g.
+ * CURLE_OPERATION_TIMEDOUT) and out->seconds how long it took. When no response arrived
+ * (-1), out holds no memory; bd_it_resp_free() is safe on it either way. */
+int bd_it_http_ex(const char *method, const char *url, const char *body,
+                  const char *const *headers, long timeout_ms, struct bd_it_resp *out);
+
+/* The easy handle bd_it_http_ex runs, for a test that drives several at once with curl
+ * multi: set up like bd_it_http_ex, writing into out (which must stay put until finish).
+ * After the transfer, bd_it_easy_finish(handle, its CURLcode) fills out->status, seconds and
+ * curl_code, frees the handle and returns 0 (a response arrived) or -1. NULL on ENOMEM. */
+CURL *bd_it_easy_new(const char *method, const char *url, const char *body,
+                     const char *const *headers, long timeout_ms, struct bd_it_resp *out);
+int bd_it_easy_finish(CURL *handle, int curl_code);
+
 /* Header value from a response (case-insensitive), copied into buf; NULL when absent. */
 const char *bd_it_resp_header(const struct bd_it_resp *r, const char *name, char *buf,
                               size_t buflen);
@@ -61,10 +83,32 @@ const char *bd_it_resp_header(const struct bd_it_resp *r, const char *name, char
 json_t *bd_it_json(struct bd_it_proc *p, const char *method, const char *path,
                    const char *body, long *status);
 
+/* The same on any URL (e.g. the fake model server's); *status is -1 when nothing arrived. */
+json_t *bd_it_json_url(const char *method, const char *url, const char *body, long *status);
+
+/* GET the path (printf format) on p; fails the test unless it answers 200 with JSON.
+ * Returns the body (caller decrefs). */
+json_t *bd_it_get_ok(struct bd_it_proc *p, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* POST body to /api/v1/batch/jobs. Returns the job_id (caller frees) or NULL, printing the
+ * answer when it is not a 202 with a job_id; the status goes to *status when not NULL. */
+char *bd_it_submit(struct bd_it_proc *p, const char *body, long *status);
+
 /* Poll GET path until json field "status" equals want or timeout_s passes.
  * Returns the last JSON (caller decrefs) or NULL. */
 json_t *bd_it_wait_status(struct bd_it_proc *p, const char *job_id, const char *want,
                           double timeout_s);
+
+/* Poll the job's status until it is want or terminal (or timeout_s passed); fails the test,
+ * printing the last answer, unless it is want. Returns that answer (caller decrefs). Unlike
+ * bd_it_wait_status, a job that ends otherwise fails at once instead of at the timeout. */
+json_t *bd_it_expect_status(struct bd_it_proc *p, const char *job_id, const char *want,
+                            double timeout_s);
+
+/* Run only the cases whose name matches $BD_TEST_FILTER (a cmocka pattern, * and ?) when
+ * it is set; call in main before running the group. For iterating on one case. */
+void bd_it_apply_filter(void);
 
 /* Monotonic seconds. */
 double bd_it_now(void);
@@ -78,5 +122,82 @@ int bd_it_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Run a shell command and capture its first line of stdout into out. Returns exit status. */
 int bd_it_sh_out(char *out, size_t outlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* ---- JSON paths (bd_it_jpath.c) -------------------------------------------------------
+ * path: object keys separated by dots; a key made of digits indexes an array ("data.0.id").
+ */
+
+/* The value at path in o (borrowed), or NULL when a step is missing. */
+json_t *bd_it_at(json_t *o, const char *path);
+
+/* The string at path, or NULL when missing or not a string. */
+const char *bd_it_str(json_t *o, const char *path);
+
+/* The integer / real / number (integer or real) at path; fails the test, naming the path,
+ * when it is missing or of another type. */
+long long bd_it_int(json_t *o, const char *path);
+double bd_it_real(json_t *o, const char *path);
+double bd_it_num(json_t *o, const char *path);
+
+/* ---- PostgreSQL through psql (bd_it_pg.c) ---------------------------------------------
+ * The SQL goes to psql in a file (no shell quoting), with -X (no psqlrc), ON_ERROR_STOP and
+ * unaligned tuples-only output; psql's errors go to the test's stderr.
+ */
+
+/* The test database: $BATCH_POSTGRES_URL as it is now (a suite that setenv()s its own
+ * schema URL gets that one), or the test stack's default. */
+const char *bd_it_pg_url(void);
+
+/* Run the SQL against url (NULL: bd_it_pg_url()). psql_args: NULL or more psql arguments
+ * passed verbatim (e.g. "-v pfx=abc"). Returns psql's whole stdout (caller frees) or NULL
+ * when psql failed. */
+char *bd_it_psql_url(const char *url, const char *psql_args, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* On bd_it_pg_url(): run statements (0, or -1 when psql failed); the first value of the
+ * first row as a number (-1 when psql failed or there was no row); the first row into out
+ * (0, or -1 with out empty); every output line parsed as JSON, as an array (caller decrefs;
+ * fails the test when psql fails or a line is not JSON). */
+int bd_it_psql_exec(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+long bd_it_psql_long(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int bd_it_psql_str(char *out, size_t outlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+json_t *bd_it_psql_json_rows(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- raw HTTP on a socket (bd_it_raw.c) -----------------------------------------------
+ * For streams and timing: one blocking socket to 127.0.0.1, everything read appended to buf.
+ */
+struct bd_it_raw {
+    int fd;
+    char *buf;                   /* NUL-terminated */
+    size_t len, cap;
+    bool is_eof;
+};
+
+/* Connect to 127.0.0.1:port and send "<method> <path> HTTP/1.1", Host and extra_headers
+ * (NULL or "Name: value\r\n" lines). rcvbuf > 0 sets SO_RCVBUF before connecting (a small
+ * window makes a slow reader). Fails the test when connect or send fails. */
+void bd_it_raw_open(struct bd_it_raw *c, int port, const char *method, const char *path,
+                    const char *extra_headers, int rcvbuf);
+
+/* Send data (NUL-terminated) on the connection, e.g. a second request; fails the test when
+ * send fails. */
+void bd_it_raw_send(struct bd_it_raw *c, const char *data);
+
+/* Read what is available within timeout_ms (at most max bytes; 0 = any). 0 on data, -1 on
+ * timeout, 1 at EOF. */
+int bd_it_raw_read(struct bd_it_raw *c, int timeout_ms, size_t max);
+
+/* Read until needle occurs at or after offset from, or timeout_s passes, or EOF. Returns
+ * its offset or -1. */
+long bd_it_raw_wait(struct bd_it_raw *c, const char *needle, size_t from, double timeout_s);
+
+/* Bytes the kernel has received on the socket and the test has not read yet. */
+size_t bd_it_raw_unread(const struct bd_it_raw *c);
+
+void bd_it_raw_close(struct bd_it_raw *c);
+
+/* Occurrences of needle in hay (NULL hay: 0). */
+size_t bd_it_count(const char *hay, const char *needle);
 
 #endif
