@@ -30,20 +30,6 @@ static const char *it_config =
 
 static char it_prefix[64];
 
-static long lc_psql_long(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static long lc_psql_long(const char *fmt, ...)
-{
-    char sql[1024], out[128];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(sql, sizeof(sql), fmt, ap);
-    va_end(ap);
-    if (bd_it_sh_out(out, sizeof(out), "psql '%s' -Atqc \"%s\"",
-                     bd_it_env("BATCH_POSTGRES_URL", ""), sql) != 0)
-        return -1;
-    return strtol(out, NULL, 10);
-}
-
 /* n vectors of dimension 4 in batches of `batch`; item `poison` (if < n) carries metadata
  * PostgreSQL's jsonb refuses (a \u0000 escape: valid JSON, not storable). */
 static char *lc_insert_body(const char *coll, unsigned n, unsigned batch, unsigned poison,
@@ -128,8 +114,8 @@ static void test_lifecycle_fail_batch_items_when_store_refuses_batch(void **stat
     char *id = lc_submit(&p, body);
     free(body);
     /* Still queued behind the blocker (one job at a time): spoil it, then let it run. */
-    assert_int_equal(lc_psql_long("UPDATE job_batches SET payload = overlay(payload placing "
-                                  "'\\\\xff'::bytea from 5 for 1) WHERE job_id = '%s' AND "
+    assert_int_equal(bd_it_psql_long("UPDATE job_batches SET payload = overlay(payload placing "
+                                  "'\\xff'::bytea from 5 for 1) WHERE job_id = '%s' AND "
                                   "batch_no = 1 AND status = 'pending' RETURNING 1", id), 1);
     snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s", blocker);
     j = bd_it_json(&p, "DELETE", path, NULL, &st);
@@ -147,13 +133,13 @@ static void test_lifecycle_fail_batch_items_when_store_refuses_batch(void **stat
     assert_int_equal(lc_progress(j, "processed_items"), 20);
     assert_int_equal(lc_progress(j, "failed_items"), 10);
     json_decref(j);
-    assert_int_equal(lc_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll),
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'", coll),
                      20);
-    assert_int_equal(lc_psql_long("SELECT count(*) FROM job_item_errors WHERE job_id = '%s' "
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_item_errors WHERE job_id = '%s' "
                                   "AND code = 'store_error' AND item_index BETWEEN 10 AND 19",
                                   id), 10);
     /* The refused id is not stored with its error; the others are. */
-    assert_int_equal(lc_psql_long("SELECT count(*) FROM job_item_errors WHERE job_id = '%s' "
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_item_errors WHERE job_id = '%s' "
                                   "AND item_id IS NULL", id), 1);
     free(id);
     free(blocker);
@@ -202,7 +188,7 @@ static void test_lifecycle_retry_runs_whole_timeout_when_first_run_long_ago(void
     }
     assert_string_equal(s, "completed");
     assert_int_equal(lc_progress(j, "processed_items"), 40000);
-    assert_int_equal(lc_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' "
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' "
                                   "AND status = 'pending'", id), 0);
     json_decref(j);
     free(id);

@@ -18,7 +18,7 @@
 
 #include "batchd/buf.h"
 #include "batchd/config.h"
-#include "batchd/job_engine.h"
+#include "batchd/job_types.h"
 #include "batchd/metrics.h"
 
 static struct bd_model_config models[3];

@@ -16,7 +16,7 @@
 
 #include "batchd/buf.h"
 #include "batchd/error.h"
-#include "batchd/model_internal.h"
+#include "model_internal.h"
 
 /* Parse body for n vectors of dim; returns the code and leaves the message in msg. */
 static int parse(enum bd_model_provider p, const char *body, unsigned n, unsigned dim,

@@ -27,7 +27,7 @@
 
 #include "batchd/buf.h"
 #include "batchd/error.h"
-#include "batchd/model_internal.h"
+#include "model_internal.h"
 
 #define FUZZ_MAX_TEXTS 64
 

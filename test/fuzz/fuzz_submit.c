@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../src/api_submit.h"
+#include "api_submit.h"
 
 #include "batchd/buf.h"
 #include "batchd/config.h"
