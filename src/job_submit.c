@@ -6,9 +6,9 @@
  * blocks. Reaches PostgreSQL only through job_store.h and Redis through redis_queue.h;
  * knows nothing of HTTP.  SPDX-License-Identifier: MIT
  */
-#include "batchd/buf.h"
 #include "batchd/job_submit.h"
 
+#include "batchd/buf.h"
 #include "batchd/config.h"
 #include "batchd/error.h"
 #include "batchd/job_store.h"
