@@ -5,9 +5,15 @@
  *   {p}seq                 INCR: job id sequence shared by every process
  *   {p}q:high|normal|low   ZSET job_id -> seq (FIFO within a priority)
  *   {p}inflight            ZSET job_id -> lease deadline (ms, Redis server time)
- *   {p}job:<id>            HASH priority, seq, model, items, owner, cancel
- *   {p}model:<m>           HASH pending, processing (per-model counts)
+ *   {p}job:<id>            HASH priority, seq, model, items, owner, cancel, requeue
+ *   {p}models              SET of model names with a job queued or in flight
+ *   {p}model:<m>           HASH pending, processing (per-model counts); the hash and the
+ *                          name in {p}models are deleted when both counts reach zero
  *   {p}queued_items        counter of items in queued jobs (backpressure)
+ *   {p}reserved            ZSET job_id -> reservation deadline (ms, Redis server time)
+ *   {p}reserved_items      HASH job_id -> items reserved for a job being submitted
+ *   {p}alive               marker: absent after Redis lost its data (bd_rq_is_empty)
+ * No other module names a key: everything goes through bd_rq_* (STYLE.md).
  * Atomic operations are Lua scripts loaded once (SCRIPT LOAD, EVALSHA, reloaded on
  * NOSCRIPT). The connection is re-established with backoff when Redis goes away; the owner
  * is told through the state callback so it can rebuild the queue from PostgreSQL.
@@ -37,6 +43,9 @@ struct bd_rq_options {
     double command_timeout_s;        /* a command unanswered this long fails with BD_EREDIS
                                       * and the connection is reset (hiredis 0.14 has no
                                       * per-command timeout) */
+    double reserve_ttl_s;            /* an item reservation not taken over by its job's
+                                      * enqueue within this long lapses (a submitter that
+                                      * died); <= 0 means 60 s */
 };
 
 /* Called on every transition: up=true after (re)connect and scripts loaded; false on loss. */
@@ -47,11 +56,21 @@ typedef void (*bd_rq_reply_cb)(int status, const redisReply *reply, void *arg);
 typedef void (*bd_rq_int_cb)(int status, long long value, void *arg);
 /* job_id is borrowed (NULL when nothing to claim). */
 typedef void (*bd_rq_claim_cb)(int status, const char *job_id, void *arg);
+/* deadline_unix: the lease's end in seconds since the epoch (Redis server clock), < 0 when
+ * the job is not in flight or on error; owner: the lease owner's worker id, borrowed (valid
+ * during the callback), NULL when not in flight. */
+typedef void (*bd_rq_lease_cb)(int status, double deadline_unix, const char *owner,
+                               void *arg);
+/* is_granted: the items were reserved. queued_after: items of queued jobs plus live
+ * reservations, including this one when granted, as they stand when refused. */
+typedef void (*bd_rq_reserve_cb)(int status, bool is_granted, long long queued_after,
+                                 void *arg);
 
 struct bd_rq_counts {
     long long pending[BD_PRIO_COUNT];
     long long inflight;
-    long long queued_items;
+    long long queued_items;          /* items of queued jobs */
+    long long reserved_items;        /* items reserved by submits not yet enqueued */
 };
 typedef void (*bd_rq_counts_cb)(int status, const struct bd_rq_counts *counts, void *arg);
 
@@ -66,18 +85,53 @@ void bd_rq_close(struct bd_rq *rq, bd_rq_done_cb cb, void *arg);
 
 bool bd_rq_is_up(const struct bd_rq *rq);
 
-/* Any command, argv form (binary safe). */
+/* Any command, argv form (binary safe). Going away: its last callers (job_engine.c's
+ * sequence restore, api_jobs_read.c's lease lookup) move to bd_rq_restore_seq and
+ * bd_rq_get_lease; nothing new may use it. */
 int bd_rq_command_argv(struct bd_rq *rq, int argc, const char **argv, const size_t *argvlen,
                        bd_rq_reply_cb cb, void *arg);
 
 /* Next job sequence number (INCR {p}seq). */
 int bd_rq_next_seq(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
 
+/* Raise {p}seq to at least at_least (after Redis lost its keys the sequence would start
+ * again at 1; the caller passes the largest seq PostgreSQL has). Never lowers it. cb value:
+ * the sequence afterwards. BD_EINVAL for at_least < 0. */
+int bd_rq_restore_seq(struct bd_rq *rq, long long at_least, bd_rq_int_cb cb, void *arg);
+
 /* Queue job_id at prio with FIFO key seq; records model and item count for counters.
- * Idempotent: a job already queued or in flight is left where it is.
+ * Idempotent: a job already queued or in flight is left where it is (this is what the
+ * rebuild from PostgreSQL relies on). A reservation made for job_id (bd_rq_reserve_items)
+ * is taken over by the job's own count, or dropped when the job is counted already, so
+ * reserved items are never counted twice.
  * cb's value is the job's 1-based position across all priorities (jobs ahead + 1). */
 int bd_rq_enqueue(struct bd_rq *rq, const char *job_id, enum bd_priority prio, int64_t seq,
                   const char *model, long long items, bd_rq_int_cb cb, void *arg);
+
+/* As bd_rq_enqueue, for a job that PostgreSQL moved from a terminal state back to queued
+ * (retry). Its previous run may not have released it yet: a job still in flight is marked
+ * 'requeue' (with these prio, seq, model and items), and the owner's bd_rq_release -- with
+ * or without requeue -- or the reaper, when the lease runs out, puts it in its queue
+ * instead of deleting it; bd_rq_cancel drops the mark. cb value: the position, or 0 when
+ * the job was marked (it is queued when the old run lets go). Only for a retry: the rebuild
+ * must use bd_rq_enqueue, since a job that is in flight and processing must not be queued
+ * a second time when it finishes. */
+int bd_rq_enqueue_retry(struct bd_rq *rq, const char *job_id, enum bd_priority prio,
+                        int64_t seq, const char *model, long long items, bd_rq_int_cb cb,
+                        void *arg);
+
+/* Backpressure, atomically: in one script, grant when (items of queued jobs + items of live
+ * reservations + n) <= max and then reserve n items for job_id, else refuse and change
+ * nothing. Parallel submits therefore never pass max together. The reservation is taken
+ * over when job_id is enqueued; release it with bd_rq_unreserve_items when the job will not
+ * be enqueued (its transaction failed, an Idempotency-Key repeat); one that is neither
+ * lapses after reserve_ttl_s. A repeat for the same job_id replaces the earlier one.
+ * BD_EINVAL for an empty job_id or n < 0. */
+int bd_rq_reserve_items(struct bd_rq *rq, const char *job_id, long long n, long long max,
+                        bd_rq_reserve_cb cb, void *arg);
+
+/* Drop job_id's reservation. cb value: the items it held (0: there was none). */
+int bd_rq_unreserve_items(struct bd_rq *rq, const char *job_id, bd_rq_int_cb cb, void *arg);
 
 /* Atomically take the oldest job of the highest non-empty priority, put it in flight with a
  * lease of lease_s owned by worker_id. cb gets the id, or NULL when all queues are empty. */
@@ -87,22 +141,26 @@ int bd_rq_claim(struct bd_rq *rq, bd_rq_claim_cb cb, void *arg);
  * (not in flight or another owner), 2 renewed and a cancel was requested for the job. */
 int bd_rq_renew(struct bd_rq *rq, const char *job_id, bd_rq_int_cb cb, void *arg);
 
-/* Job finished (or handed back when requeue): drop it from in flight if we own it; with
- * requeue put it back at the head of its priority (its original seq). cb value 1 if done. */
+/* Job finished (or handed back when requeue): drop it from in flight if we own it (another
+ * worker's lease is never touched, and a job waiting in a queue is never removed); with
+ * requeue, or when a retry marked it (bd_rq_enqueue_retry), put it back in its priority at
+ * its seq. cb value 1 if done. */
 int bd_rq_release(struct bd_rq *rq, const char *job_id, bool requeue, bd_rq_int_cb cb,
                   void *arg);
 
 /* Cancel bookkeeping: if job_id is queued remove it (cb value 1); if in flight set its cancel
- * flag for the owner to see at its next renew (cb value 2); else 0. */
+ * flag for the owner to see at its next renew (cb value 2, or 1 when a retry's requeue mark
+ * was dropped as well: the queued run is gone); else 0. */
 int bd_rq_cancel(struct bd_rq *rq, const char *job_id, bd_rq_int_cb cb, void *arg);
 
 /* Return every job whose lease deadline passed to the head of its queue. cb value: count. */
 int bd_rq_reap(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
 
-/* Queue depths, in-flight count and queued items (backpressure). */
+/* Queue depths, in-flight count, queued and reserved items (backpressure). */
 int bd_rq_get_counts(struct bd_rq *rq, bd_rq_counts_cb cb, void *arg);
 
-/* Per-model pending/processing: reply is an array [model, pending, processing, ...]. */
+/* Per-model pending/processing: reply is an array [model, pending, processing, ...] sorted
+ * by name, listing only models with a job queued or in flight (O(M log M) in Redis). */
 int bd_rq_get_model_counts(struct bd_rq *rq, bd_rq_reply_cb cb, void *arg);
 
 /* INFO memory's used_memory in bytes. */
@@ -113,12 +171,10 @@ int bd_rq_get_used_memory(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
 int bd_rq_is_empty(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
 int bd_rq_mark_alive(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
 
-/* Added by redis_queue.c (for GET /debug/job/{id}): reply is a flat array of field, value
- * pairs: the job hash (priority, seq, model, items, owner, cancel when set), then
- * "lease_ms_left" when in flight, and last "state" = "queued" | "inflight" | "absent". */
-int bd_rq_get_job_info(struct bd_rq *rq, const char *job_id, bd_rq_reply_cb cb, void *arg);
+/* The lease of job_id, for GET /debug/job/{id}: its deadline and owner when in flight. */
+int bd_rq_get_lease(struct bd_rq *rq, const char *job_id, bd_rq_lease_cb cb, void *arg);
 
-/* Added: rebuild after Redis lost its data (bd_rq_is_empty gave 1). Puts job_id, which this
+/* Rebuild after Redis lost its data (bd_rq_is_empty gave 1). Puts job_id, which this
  * process is running, straight in flight under this worker with a fresh lease, so that
  * bd_rq_renew keeps answering 1 and no other process claims it (queued jobs are rebuilt with
  * bd_rq_enqueue). cb value: 1 adopted (or already ours: lease renewed), 0 when the job is
@@ -126,7 +182,7 @@ int bd_rq_get_job_info(struct bd_rq *rq, const char *job_id, bd_rq_reply_cb cb, 
 int bd_rq_adopt(struct bd_rq *rq, const char *job_id, enum bd_priority prio, int64_t seq,
                 const char *model, long long items, bd_rq_int_cb cb, void *arg);
 
-/* Notes on the above (redis_queue.c): lease_s <= 0 means 30 s, command_timeout_s <= 0 means
+/* Notes on the above: lease_s <= 0 means 30 s, command_timeout_s <= 0 means
  * 5 s. Functions return BD_EREDIS at once while the connection is down, BD_ECANCELED once
  * bd_rq_close was called, BD_EINVAL for a NULL/empty job_id or a NULL cb, BD_ENOMEM.
  * bd_rq_enqueue's value is 0 for a job already in flight. bd_rq_release of a job that is
