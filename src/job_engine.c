@@ -222,10 +222,10 @@ static void engine_on_marked(int status, long long v, void *arg)
         bd__engine_pump(e);
 }
 
-static void engine_on_seq_restored(int status, const redisReply *reply, void *arg)
+static void engine_on_seq_restored(int status, long long seq, void *arg)
 {
     (void)status;
-    (void)reply;
+    (void)seq;
     engine_op_end(arg);
 }
 
@@ -233,18 +233,10 @@ static void engine_on_seq_restored(int status, const redisReply *reply, void *ar
  * start again at 1, so raise it to at least the largest sequence PostgreSQL has. */
 static void engine_restore_seq(struct bd_job_engine *e, long long max_seq)
 {
-    static const char script[] =
-        "local c = tonumber(redis.call('GET', KEYS[1]) or '0') "
-        "if c < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end return 0";
-    char max[32];
-
     if (max_seq <= 0)
         return;
-    snprintf(max, sizeof(max), "%lld", max_seq);
-    const char *argv[5] = { "EVAL", script, "1", "bd:seq", max };
-    size_t lens[5] = { 4, sizeof(script) - 1, 1, 6, strlen(max) };
     engine_op_begin(e);
-    if (bd_rq_command_argv(e->d.rq, 5, argv, lens, engine_on_seq_restored, e) < 0)
+    if (bd_rq_restore_seq(e->d.rq, max_seq, engine_on_seq_restored, e) < 0)
         e->pending_ops--;
 }
 
@@ -656,8 +648,10 @@ static void change_on_requeued(int status, const struct bd_job_queue_row *row,
         return;
     }
     bd_log(BD_LOG_INFO, "job", "job=%s event=retry run_attempt=%d", c->id, row->run_attempt);
-    /* Queued in PostgreSQL now; a failed enqueue is repaired by the periodic rebuild. */
-    if (bd_rq_enqueue(c->e->d.rq, row->id, (enum bd_priority)row->priority, row->seq,
+    /* Queued in PostgreSQL now; a failed enqueue is repaired by the periodic rebuild. The
+     * old owner may still hold the lease (it releases just after finishing): the retry
+     * enqueue then marks the job to be queued by that release, not dropped by it. */
+    if (bd_rq_enqueue_retry(c->e->d.rq, row->id, (enum bd_priority)row->priority, row->seq,
                       row->model, row->total_items, change_on_rq, c) < 0) {
         bd__engine_pump(c->e);
         change_done(c, BD_OK, BD_JOB_QUEUED, false);

@@ -50,10 +50,22 @@ struct job_submit {
     struct bd_pg_conn *conn;
     struct bd_buf copy;        /* the batches as one binary COPY */
     bool is_commit_sent;              /* from here on, a failure may hide a committed job */
+    bool is_reserved;                 /* items reserved in Redis, not yet taken by enqueue */
 };
+
+static void job_submit_on_unreserved(int status, long long items, void *arg)
+{
+    (void)status;
+    (void)items;
+    (void)arg;                        /* a reservation not given back lapses by itself */
+}
 
 static void job_submit_free(struct job_submit *js)
 {
+    /* The job will not be enqueued (error, backpressure, Idempotency-Key race): give its
+     * reserved items back at once instead of waiting for the reservation to lapse. */
+    if (js->is_reserved)
+        (void)bd_rq_unreserve_items(js->deps.rq, js->job_id, job_submit_on_unreserved, NULL);
     for (unsigned b = 0; js->batch && b < js->batches; b++)
         free(js->batch[b].data);
     free(js->batch);
@@ -150,6 +162,7 @@ static void job_submit_on_enqueued(int status, long long position, void *arg)
 
 static void job_submit_enqueue(struct job_submit *js)
 {
+    js->is_reserved = false;                /* the enqueue takes the reservation over */
     if (bd_rq_enqueue(js->deps.rq, js->job_id, (enum bd_priority)js->priority, js->seq,
                       js->model ? js->model : "", js->items, job_submit_on_enqueued, js) < 0)
         job_submit_on_enqueued(BD_EREDIS, 0, js);
@@ -303,6 +316,35 @@ static void job_submit_on_conn(int status, struct bd_pg_conn *conn, void *arg)
 
 /* ---- id and room ----------------------------------------------------------------------- */
 
+/* Backpressure: the items of queued jobs, of reservations not yet enqueued, and this job's
+ * must stay within max_queued_items. Checked and reserved in one Redis script, so parallel
+ * submits cannot pass the limit together. */
+static void job_submit_on_reserved(int status, bool is_granted, long long queued_after,
+                                   void *arg)
+{
+    struct job_submit *js = arg;
+
+    if (status < 0) {
+        bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=reserve err=%s",
+               js->job_id, bd_err_name(status));
+        job_submit_finish(js, BD_EREDIS);
+        return;
+    }
+    if (!is_granted) {
+        js->queued_items = queued_after;
+        bd_log(BD_LOG_INFO, "job", "event=backpressure queued_items=%lld items=%u limit=%u",
+               queued_after, js->items, js->deps.cfg->max_queued_items);
+        job_submit_finish(js, BD_EBUSY);
+        return;
+    }
+    js->is_reserved = true;
+    js->queued_items = queued_after - js->items;
+    if (bd_pg_acquire(js->deps.pg, job_submit_on_conn, js) < 0) {
+        bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=acquire", js->job_id);
+        job_submit_finish(js, BD_EPG);
+    }
+}
+
 static void job_submit_on_seq(int status, long long seq, void *arg)
 {
     struct job_submit *js = arg;
@@ -331,42 +373,16 @@ static void job_submit_on_seq(int status, long long seq, void *arg)
         model[n] = '\0';
         snprintf(js->job_id, sizeof(js->job_id), "batch_%s_%s_%03lld", model, stamp, seq);
     }
-    if (bd_pg_acquire(js->deps.pg, job_submit_on_conn, js) < 0) {
-        bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=acquire", js->job_id);
-        job_submit_finish(js, BD_EPG);
-    }
-}
-
-/* Backpressure: the items of queued jobs plus this job's must stay within
- * max_queued_items. A read then a later enqueue, so parallel submits can pass the limit
- * together (bug 6): this function is the one place to replace with an atomic reservation. */
-static void job_submit_on_counts(int status, const struct bd_rq_counts *c, void *arg)
-{
-    struct job_submit *js = arg;
-    unsigned max = js->deps.cfg->max_queued_items;
-
-    if (status < 0) {
-        bd_log(BD_LOG_WARN, "job", "event=submit_failed step=counts err=%s",
-               bd_err_name(status));
-        job_submit_finish(js, BD_EREDIS);
-        return;
-    }
-    js->queued_items = c->queued_items;
-    if ((unsigned long long)c->queued_items + js->items > max) {
-        bd_log(BD_LOG_INFO, "job", "event=backpressure queued_items=%lld items=%u limit=%u",
-               c->queued_items, js->items, max);
-        job_submit_finish(js, BD_EBUSY);
-        return;
-    }
-    if (bd_rq_next_seq(js->deps.rq, job_submit_on_seq, js) < 0) {
-        bd_log(BD_LOG_WARN, "job", "event=submit_failed step=next_seq err=EREDIS");
+    if (bd_rq_reserve_items(js->deps.rq, js->job_id, js->items, js->deps.cfg->max_queued_items,
+                            job_submit_on_reserved, js) < 0) {
+        bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=reserve", js->job_id);
         job_submit_finish(js, BD_EREDIS);
     }
 }
 
-static int job_submit_check_room(struct job_submit *js)
+static int job_submit_start(struct job_submit *js)
 {
-    return bd_rq_get_counts(js->deps.rq, job_submit_on_counts, js);
+    return bd_rq_next_seq(js->deps.rq, job_submit_on_seq, js);
 }
 
 static char *job_submit_strdup(const char *s, bool *is_failed)
@@ -414,7 +430,7 @@ int bd_job_submit(const struct bd_job_submit_deps *deps, const struct bd_job_spe
         job_submit_free(js);
         return BD_ENOMEM;
     }
-    if ((rc = job_submit_check_room(js)) < 0) {
+    if ((rc = job_submit_start(js)) < 0) {
         job_submit_free(js);
         return rc == BD_ENOMEM ? BD_ENOMEM : BD_EREDIS;
     }

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <curl/curl.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
@@ -631,6 +632,97 @@ static void test_jobs_answer_429_when_queued_jobs_fill_the_queue(void **state)
     assert_int_equal(fake_model_stop(fake_pid), 0);
 }
 
+/* Backpressure is one atomic step: ten submits of 30 items sent at once against
+ * max_queued_items 100 (the one worker held by a job whose model never answers) admit
+ * exactly three. Before, each read the queue's count and then wrote, so most passed. */
+static void test_jobs_admit_only_up_to_limit_when_submits_race(void **state)
+{
+    const char *const fake_args[] = { "--dim", "16", "--hang-rate", "1", NULL };
+    const char *env[] = { "BATCH_MAX_QUEUED_ITEMS=100", NULL };
+    enum { RACERS = 10 };
+    struct bd_it_proc p;
+    struct bd_buf yaml;
+    struct bd_it_resp r[RACERS];
+    char coll[96], url[256], path[256];
+    char *bodies[RACERS];
+    pid_t fake_pid;
+    int fake_port, admitted = 0, refused = 0, running = 0;
+    long st;
+    (void)state;
+
+    assert_int_equal(fake_model_spawn(NULL, fake_args, &fake_pid, &fake_port), 0);
+    bd_buf_init(&yaml);
+    bd_buf_printf(&yaml,
+                  "jobs:\n  max_concurrent_jobs: 1\n  processing_interval: 0.1\n"
+                  "  lease: 5\n  reaper_interval: 0.5\n"
+                  "models:\n  - name: hangfake\n    provider: ollama\n"
+                  "    base_url: http://127.0.0.1:%d\n    dimensions: 16\n    timeout: 120\n",
+                  fake_port);
+    assert_int_equal(bd_it_start(&p, yaml.data, env), 0);
+    bd_buf_free(&yaml);
+    coll_name(coll, sizeof(coll), "bprace");
+    char *body = embed_body("hangfake", coll, 10, "holder");
+    char *holder = bd_it_submit(&p, body, &st);
+    free(body);
+    assert_int_equal(st, 202);
+    json_decref(bd_it_expect_status(&p, holder, "processing", 20));
+
+    snprintf(url, sizeof(url), "%s/api/v1/batch/jobs", p.base);
+    CURLM *multi = curl_multi_init();
+    assert_non_null(multi);
+    for (int i = 0; i < RACERS; i++) {
+        char tag[16];
+        snprintf(tag, sizeof(tag), "race%d", i);
+        bodies[i] = embed_body("hangfake", coll, 30, tag);
+        CURL *h = bd_it_easy_new("POST", url, bodies[i], NULL, 20000, &r[i]);
+        assert_non_null(h);
+        curl_multi_add_handle(multi, h);
+    }
+    do {
+        curl_multi_perform(multi, &running);
+        curl_multi_poll(multi, NULL, 0, 100, NULL);
+    } while (running > 0);
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        curl_multi_remove_handle(multi, msg->easy_handle);
+        assert_int_equal(bd_it_easy_finish(msg->easy_handle, (int)msg->data.result), 0);
+    }
+    curl_multi_cleanup(multi);
+    for (int i = 0; i < RACERS; i++) {
+        if (r[i].status == 202)
+            admitted++;
+        else if (r[i].status == 429)
+            refused++;
+        else
+            fail_msg("racer %d: %ld %.200s", i, r[i].status, r[i].body ? r[i].body : "");
+        free(bodies[i]);
+    }
+    assert_int_equal(admitted, 3);
+    assert_int_equal(refused, RACERS - 3);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM jobs WHERE collection = '%s' "
+                                     "AND status = 'queued'", coll), 3);
+    for (int i = 0; i < RACERS; i++) {
+        json_t *j = r[i].status == 202 ? json_loads(r[i].body, 0, NULL) : NULL;
+        const char *id = json_string_value(json_object_get(j, "job_id"));
+        if (id) {
+            snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s", id);
+            json_decref(bd_it_json(&p, "DELETE", path, NULL, &st));
+            assert_int_equal(st, 200);
+        }
+        json_decref(j);
+        bd_it_resp_free(&r[i]);
+    }
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s", holder);
+    json_decref(bd_it_json(&p, "DELETE", path, NULL, &st));
+    assert_int_equal(st, 200);
+    free(holder);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+    assert_int_equal(fake_model_stop(fake_pid), 0);
+}
+
 /* SIGKILL mid-job, start again: the job resumes at its first unfinished batch and every
  * item is stored and counted exactly once. */
 static void test_jobs_resume_exactly_once_when_killed_mid_job(void **state)
@@ -1010,6 +1102,7 @@ int main(void)
         cmocka_unit_test_teardown(test_jobs_answer_429_with_retry_after_when_queue_full, bd_it_teardown),
         cmocka_unit_test_teardown(test_jobs_answer_429_when_queued_jobs_fill_the_queue,
                                   bd_it_teardown),
+        cmocka_unit_test_teardown(test_jobs_admit_only_up_to_limit_when_submits_race, bd_it_teardown),
         cmocka_unit_test_teardown(test_jobs_resume_exactly_once_when_killed_mid_job, bd_it_teardown),
         cmocka_unit_test_teardown(test_jobs_taken_over_by_peer_when_owner_dies, bd_it_teardown),
         cmocka_unit_test_teardown(test_jobs_rebuilt_from_postgres_when_redis_flushed, bd_it_teardown),
