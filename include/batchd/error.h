@@ -25,6 +25,7 @@
     X(EHDRTOOLARGE,-20013, 431, "request header fields too large")               \
     X(ETIMEOUT,    -20014, 408, "request timeout")                               \
     X(ESHUTDOWN,   -20015, 503, "server is shutting down")                       \
+    X(ENOTREADY,   -20016, 503, "not ready")                                     \
     X(EMODEL,      -20020, 502, "model request failed")                          \
     X(EMODELTIMEOUT,-20021, 504, "model request timed out")                      \
     X(EMODELCONN,  -20022, 502, "model connection failed")                       \
