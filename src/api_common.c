@@ -11,6 +11,7 @@
 #include "batchd/config.h"
 #include "batchd/error.h"
 #include "batchd/http_server.h"
+#include "batchd/job_engine.h"
 #include "batchd/log.h"
 #include "batchd/server.h"
 
@@ -76,6 +77,11 @@ void bd__api_set(json_t *o, const char *key, json_t *v, bool *failed)
 {
     if (json_object_set_new(o, key, v) < 0)
         *failed = true;
+}
+
+bool bd__api_is_terminal(enum bd_job_state s)
+{
+    return s == BD_JOB_COMPLETED || s == BD_JOB_FAILED || s == BD_JOB_CANCELLED;
 }
 
 double bd__api_round1(double x)

@@ -30,11 +30,6 @@
 #define API_DEBUG_BATCHES    1000           /* /debug lists at most this many batches */
 #define API_RQ_INFLIGHT      "bd:inflight"  /* redis_queue.h's default prefix + key */
 
-static bool api_is_terminal(enum bd_job_state s)
-{
-    return s == BD_JOB_COMPLETED || s == BD_JOB_FAILED || s == BD_JOB_CANCELLED;
-}
-
 /* ---- Server-Sent Events ----------------------------------------------------------------- */
 
 /* One SSE client. */
@@ -252,7 +247,7 @@ static void api_sse_on_row(int status, const struct bd_job_row *row, const char 
     }
     if (!st->is_started && !api_sse_start(st))
         return;
-    is_terminal = api_is_terminal(row->status);
+    is_terminal = bd__api_is_terminal(row->status);
     is_changed = !st->has_snapshot || st->last_status != row->status ||
                  st->last_next_batch != row->next_batch ||
                  st->last_processed != row->processed_items ||

@@ -9,6 +9,7 @@
 #define BATCHD_API_INTERNAL_H
 
 #include "batchd/api.h"
+#include "batchd/job_engine.h"
 
 #include <jansson.h>
 #include <stdbool.h>
@@ -25,6 +26,9 @@ struct bd_http_request;
 /* o[key] = v, stealing v even on failure (jansson does); a failure is remembered in *failed.
  * A NULL o or v counts as a failure, so builders can chain calls and check once. */
 void bd__api_set(json_t *o, const char *key, json_t *v, bool *failed);
+
+/* True for the states a job ends in (completed, failed, cancelled). */
+bool bd__api_is_terminal(enum bd_job_state s);
 
 /* x rounded to one decimal, as every real in the API is. */
 double bd__api_round1(double x);

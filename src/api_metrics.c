@@ -25,7 +25,6 @@
 
 #include <math.h>
 #include <stdbool.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* The throughput window: items checkpointed in the last API_WINDOW_S seconds, over the time

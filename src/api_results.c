@@ -28,11 +28,6 @@
 #define API_STREAM_CHUNK     (64u * 1024)   /* JSON Lines bytes per stream write */
 #define API_STREAM_HIGH      (1u << 20)     /* pending bytes above which we wait to drain */
 
-static bool api_is_terminal(enum bd_job_state s)
-{
-    return s == BD_JOB_COMPLETED || s == BD_JOB_FAILED || s == BD_JOB_CANCELLED;
-}
-
 /* A paged item request (items, or results as JSON); in req's arena. */
 struct api_page_call {
     struct bd_http_request *req;
@@ -74,7 +69,7 @@ static json_t *api_page_next(const struct api_page_call *call, enum bd_job_state
 
     if (count > 0)
         next = last + 1;
-    if (has_more || !api_is_terminal(job_status))
+    if (has_more || !bd__api_is_terminal(job_status))
         return bd__api_cursor_json('i', next);
     return json_null();
 }

@@ -24,11 +24,6 @@
 #define API_STATUS_LIST_DEFAULT 50
 #define API_STATUS_MODEL_MAX    256
 
-static bool api_is_terminal(enum bd_job_state s)
-{
-    return s == BD_JOB_COMPLETED || s == BD_JOB_FAILED || s == BD_JOB_CANCELLED;
-}
-
 /* ---- the status object ------------------------------------------------------------------ */
 
 static json_t *api_str_or_null(const char *s)
@@ -38,7 +33,7 @@ static json_t *api_str_or_null(const char *s)
 
 json_t *bd__api_status_json(const struct bd_job_row *row)
 {
-    bool is_terminal = api_is_terminal(row->status);
+    bool is_terminal = bd__api_is_terminal(row->status);
     long long done = row->processed_items + row->failed_items;
     long long elapsed = row->has_started && row->now_ms > row->started_ms
                             ? row->now_ms - row->started_ms : 0;
