@@ -1,17 +1,18 @@
 /* api_admin.c -- liveness, readiness, Prometheus metrics, and the route registry.
  *
  * Owns each scrape's gather record (heap, freed once the exposition is sent); reads module
- * state through their headers. Loop thread only. The one place
- * that turns an error code into an HTTP answer is bd_http_respond_err (via error.h).
+ * state through their headers, job counts through job_store.h. Loop thread only. Error
+ * statuses come from the error map (error.h), through bd_http_respond_err.
  * SPDX-License-Identifier: MIT
  */
-#include "batchd/api.h"
+#include "api_internal.h"
 
 #include "batchd/buf.h"
 #include "batchd/config.h"
 #include "batchd/error.h"
 #include "batchd/http_server.h"
 #include "batchd/job_engine.h"
+#include "batchd/job_store.h"
 #include "batchd/log.h"
 #include "batchd/metrics.h"
 #include "batchd/model_client.h"
@@ -22,47 +23,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-
-void bd__api_respond_json(struct bd_http_request *req, int status, json_t *json,
-                          const char *extra_headers)
-{
-    char *body = json ? json_dumps(json, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
-
-    if (json && body == NULL) {
-        json_decref(json);
-        bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
-        return;
-    }
-    bd_http_respond(req, status, "application/json", extra_headers, body ? body : "{}",
-                    body ? strlen(body) : 2);
-    free(body);
-    json_decref(json);
-}
-
-int bd__api_check_auth(struct bd_http_request *req, struct bd_server *srv)
-{
-    const struct bd_config *cfg = srv->cfg;
-    const char *key;
-
-    if (cfg->api_keys_count == 0)
-        return 1;
-    key = bd_http_header_get(req, "X-API-Key");
-    if (key == NULL) {
-        const char *auth = bd_http_header_get(req, "Authorization");
-        if (auth && strncasecmp(auth, "Bearer ", 7) == 0)
-            key = auth + 7;
-    }
-    for (unsigned i = 0; key && i < cfg->api_keys_count; i++)
-        if (strcmp(key, cfg->api_keys[i]) == 0)
-            return 1;
-    bd_http_respond(req, 401, "application/json", "WWW-Authenticate: Bearer\r\n",
-                    "{\"error\":{\"code\":\"unauthorized\",\"message\":\"missing or invalid "
-                    "API key\"}}",
-                    strlen("{\"error\":{\"code\":\"unauthorized\",\"message\":\"missing or "
-                           "invalid API key\"}}"));
-    return 0;
-}
 
 static void api_on_healthz(struct bd_http_request *req, void *arg)
 {
@@ -78,7 +38,7 @@ static void api_on_readyz(struct bd_http_request *req, void *arg)
     bool migrated = srv->jobs && bd_job_engine_is_ready(srv->jobs);
     bool ready = redis_up && pg_up && migrated && !srv->is_stopping;
 
-    bd__api_respond_json(req, ready ? 200 : 503,
+    bd__api_respond_json(req, ready ? 200 : bd_err_http_status(BD_ENOTREADY),
                          json_pack("{s:s,s:b,s:b,s:b,s:b}", "status",
                                    ready ? "ready" : "not_ready", "redis", redis_up,
                                    "postgres", pg_up, "schema", migrated, "stopping",
@@ -294,17 +254,15 @@ static void api_scrape_done(struct api_scrape *sc)
         api_scrape_render(sc);
 }
 
-static void api_scrape_on_states(int status, PGresult *res, void *arg)
+static void api_scrape_on_states(int status, const long long *counts, const char *pg_message,
+                                 void *arg)
 {
     struct api_scrape *sc = arg;
 
+    (void)pg_message;                      /* the family is dropped; batchd_postgres_up tells */
     if (status == BD_OK) {
         sc->has_states = true;
-        for (int r = 0; r < PQntuples(res); r++) {
-            enum bd_job_state st;
-            if (bd_job_state_parse(PQgetvalue(res, r, 0), &st) == BD_OK)
-                sc->states[st] = atoll(PQgetvalue(res, r, 1));
-        }
+        memcpy(sc->states, counts, sizeof(sc->states));
     }
     api_scrape_done(sc);
 }
@@ -357,7 +315,7 @@ static void api_on_prometheus(struct bd_http_request *req, void *arg)
     struct api_scrape *sc;
 
     if (!srv->cfg->metrics_enabled) {
-        bd_http_respond_error(req, 404, "not_found", "metrics are disabled", NULL);
+        bd_http_respond_err(req, BD_ENOTFOUND, "metrics are disabled", NULL);
         return;
     }
     sc = calloc(1, sizeof(*sc));
@@ -370,8 +328,7 @@ static void api_on_prometheus(struct bd_http_request *req, void *arg)
     sc->pending = 1;                       /* released below, after every call was started */
     bd_buf_init(&sc->models);
     if (srv->pg && bd_pg_is_up(srv->pg) && srv->jobs && bd_job_engine_is_ready(srv->jobs) &&
-        bd_pg_query(srv->pg, "SELECT status, count(*) FROM jobs GROUP BY status", 0, NULL,
-                    NULL, NULL, 0, api_scrape_on_states, sc) == BD_OK)
+        bd_job_store_count_jobs_by_state(srv->pg, api_scrape_on_states, sc) == BD_OK)
         sc->pending++;
     if (srv->rq && bd_rq_is_up(srv->rq)) {
         if (bd_rq_get_counts(srv->rq, api_scrape_on_counts, sc) == BD_OK)
@@ -396,7 +353,9 @@ int bd_api_register(struct bd_router *r, struct bd_server *srv)
     int rc = bd__api_register_admin(r, srv);
     rc = rc ? rc : bd__api_register_jobs(r, srv);
     rc = rc ? rc : bd__api_register_submit(r, srv);
-    rc = rc ? rc : bd__api_register_jobs_read(r, srv);
+    rc = rc ? rc : bd__api_register_status(r, srv);
+    rc = rc ? rc : bd__api_register_results(r, srv);
+    rc = rc ? rc : bd__api_register_events(r, srv);
     rc = rc ? rc : bd__api_register_metrics(r, srv);
     return rc;
 }

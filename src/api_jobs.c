@@ -10,7 +10,7 @@
 #include "batchd/error.h"
 #include "batchd/http_server.h"
 #include "batchd/job_engine.h"
-#include "batchd/pg_store.h"
+#include "batchd/job_store.h"
 #include "batchd/router.h"
 #include "batchd/server.h"
 
@@ -49,18 +49,20 @@ static struct api_job_call *api_call_new(struct bd_http_request *req, struct bd_
     return c;
 }
 
-/* INTEGRATION: the status document comes from the read side of the job store. */
-static void api_on_rendered(int status, PGresult *res, void *arg)
+/* The answer is the job's status object as it stands after the change. */
+static void api_on_rendered(int status, const struct bd_job_row *row, const char *pg_message,
+                            void *arg)
 {
     struct api_job_call *c = arg;
 
-    if (status < 0 || PQntuples(res) == 0) {
-        bd_http_respond_err(c->req, status < 0 ? BD_EPG : BD_ENOTFOUND, NULL, NULL);
+    (void)pg_message;                      /* logged by the store; never sent to clients */
+    if (status < 0) {
+        bd_http_respond_err(c->req, status, NULL, NULL);
         free(c);
         return;
     }
-    json_t *j = bd__api_job_status_json(res, 0);
-    if (c->ev == BD_JOB_EV_CANCEL && c->state == BD_JOB_PROCESSING) {
+    json_t *j = bd__api_status_json(row);
+    if (j && c->ev == BD_JOB_EV_CANCEL && c->state == BD_JOB_PROCESSING) {
         json_object_set_new(j, "cancel_requested", json_true());
         json_object_set_new(j, "message", json_string("cancellation requested; the job stops "
                                                       "before its next batch"));
@@ -95,9 +97,7 @@ static void api_on_changed(int status, enum bd_job_state state, bool is_cancel_r
         return;
     }
     bd__api_status_cache_drop(c->srv, c->id);
-    const char *params[1] = { c->id };
-    if (bd_pg_query(c->srv->pg, "SELECT " BD__API_JOB_COLUMNS " FROM jobs WHERE id = $1", 1,
-                    params, NULL, NULL, 0, api_on_rendered, c) < 0) {
+    if (bd_job_store_get_job(c->srv->pg, c->id, api_on_rendered, c) < 0) {
         bd_http_respond_err(c->req, BD_EPG, NULL, NULL);
         free(c);
     }

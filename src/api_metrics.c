@@ -9,12 +9,13 @@
  * here is a constant: a figure that cannot be measured right now is null.
  * SPDX-License-Identifier: MIT
  */
-#include "batchd/api.h"
+#include "api_internal.h"
 
 #include "batchd/config.h"
 #include "batchd/error.h"
 #include "batchd/http_server.h"
 #include "batchd/job_engine.h"
+#include "batchd/job_store.h"
 #include "batchd/metrics.h"
 #include "batchd/model_client.h"
 #include "batchd/pg_store.h"
@@ -24,26 +25,12 @@
 
 #include <math.h>
 #include <stdbool.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* The throughput window: items checkpointed in the last API_WINDOW_S seconds, over the time
  * from the start of the first of those batches (or the window's start, if earlier) to now,
  * so that a burst younger than the window is not diluted by the idle time before it. */
 #define API_WINDOW_S 300
-
-/* One (model, status) group of the jobs table. */
-struct api_mrow {
-    const char *model;                 /* "" for jobs without a model (bulk_insert); arena */
-    int state;                         /* enum bd_job_state, -1 when not one we know */
-    long long jobs;
-    long long processed, failed;       /* items succeeded / failed */
-    long long processing_ms;           /* batch time summed */
-    long long started;                 /* jobs with started_at */
-    double wait_s;                     /* sum of started_at - created_at over those */
-    long long ran;                     /* jobs with started_at and completed_at */
-    double run_s;                      /* sum of completed_at - started_at over those */
-};
 
 struct api_gather {
     struct bd_http_request *req;
@@ -52,7 +39,7 @@ struct api_gather {
     unsigned pending;                  /* store calls still due, +1 while starting */
 
     bool has_jobs;
-    struct api_mrow *rows;
+    struct bd_job_group *rows;         /* copied, model strings in the request's arena */
     unsigned rows_count;
 
     bool has_window;
@@ -66,33 +53,9 @@ struct api_gather {
     long long used_memory;
 };
 
-static const char api_sql_jobs[] =
-    "SELECT COALESCE(model, ''), status, count(*), "
-    "COALESCE(sum(processed_items), 0)::int8, COALESCE(sum(failed_items), 0)::int8, "
-    "COALESCE(sum(processing_ms), 0)::int8, count(started_at), "
-    "COALESCE(sum(extract(epoch FROM started_at - created_at)), 0)::float8, "
-    "count(*) FILTER (WHERE started_at IS NOT NULL AND completed_at IS NOT NULL), "
-    "COALESCE(sum(extract(epoch FROM completed_at - started_at)), 0)::float8 "
-    "FROM jobs GROUP BY 1, 2";
-
-#define API_STR(x) API_STR2(x)
-#define API_STR2(x) #x
-static const char api_sql_window[] =
-    "SELECT COALESCE(sum(processed + failed), 0)::int8, "
-    "extract(epoch FROM now() - GREATEST(min(updated_at - COALESCE(duration_ms, 0) * "
-    "interval '1 millisecond'), now() - interval '" API_STR(API_WINDOW_S) " seconds'))::float8 "
-    "FROM job_batches WHERE status <> 'pending' "
-    "AND updated_at > now() - interval '" API_STR(API_WINDOW_S) " seconds'";
-
-/* x rounded to one decimal, as every real in the API is. */
-static double api_round1(double x)
-{
-    return round(x * 10.0) / 10.0;
-}
-
 static json_t *api_real1(double x)
 {
-    return json_real(api_round1(isfinite(x) ? x : 0.0));
+    return json_real(bd__api_round1(isfinite(x) ? x : 0.0));
 }
 
 /* succeeded / (succeeded + failed) * 100, and 100.0 while nothing finished (as the status
@@ -113,24 +76,24 @@ struct api_totals {
     double run_s;
 };
 
-static bool api_is_finished(int state)
+static bool api_is_finished(const struct bd_job_group *r)
 {
-    return state == BD_JOB_COMPLETED || state == BD_JOB_FAILED;
+    return r->is_known_state && (r->state == BD_JOB_COMPLETED || r->state == BD_JOB_FAILED);
 }
 
 static void api_totals(const struct api_gather *g, struct api_totals *t)
 {
     memset(t, 0, sizeof(*t));
     for (unsigned i = 0; i < g->rows_count; i++) {
-        const struct api_mrow *r = &g->rows[i];
-        if (r->state >= 0)
+        const struct bd_job_group *r = &g->rows[i];
+        if (r->is_known_state)
             t->by_state[r->state] += r->jobs;
         t->jobs += r->jobs;
-        t->processed += r->processed;
-        t->failed += r->failed;
+        t->processed += r->processed_items;
+        t->failed += r->failed_items;
         t->started += r->started;
         t->wait_s += r->wait_s;
-        if (api_is_finished(r->state)) {
+        if (api_is_finished(r)) {
             t->ran += r->ran;
             t->run_s += r->run_s;
         }
@@ -157,20 +120,20 @@ static void api_model_sum(const struct api_gather *g, const char *model,
 {
     memset(s, 0, sizeof(*s));
     for (unsigned i = 0; i < g->rows_count; i++) {
-        const struct api_mrow *r = &g->rows[i];
+        const struct bd_job_group *r = &g->rows[i];
         if (strcmp(r->model, model) != 0)
             continue;
-        if (r->state == BD_JOB_QUEUED)
+        if (r->is_known_state && r->state == BD_JOB_QUEUED)
             s->pending += r->jobs;
-        else if (r->state == BD_JOB_PROCESSING)
+        else if (r->is_known_state && r->state == BD_JOB_PROCESSING)
             s->processing += r->jobs;
-        if (api_is_finished(r->state)) {
+        if (api_is_finished(r)) {
             s->finished += r->jobs;
             s->ran += r->ran;
             s->run_s += r->run_s;
         }
-        s->processed += r->processed;
-        s->failed += r->failed;
+        s->processed += r->processed_items;
+        s->failed += r->failed_items;
         s->processing_ms += r->processing_ms;
     }
 }
@@ -344,32 +307,22 @@ static void api_gather_done(struct api_gather *g)
         api_gather_respond(g);
 }
 
-static void api_on_jobs(int status, PGresult *res, void *arg)
+static void api_on_jobs(int status, const struct bd_job_group *groups, size_t n,
+                        const char *pg_message, void *arg)
 {
     struct api_gather *g = arg;
-    int n;
 
+    (void)pg_message;                  /* answered as EPG below, when the figures are built */
     if (status != BD_OK)
         goto done;
-    n = PQntuples(res);
-    g->rows = n > 0 ? bd_http_alloc(g->req, (size_t)n * sizeof(*g->rows)) : NULL;
+    g->rows = n > 0 ? bd_http_alloc(g->req, n * sizeof(*g->rows)) : NULL;
     if (n > 0 && g->rows == NULL)
         goto done;
-    for (int i = 0; i < n; i++) {
-        struct api_mrow *r = &g->rows[i];
-        enum bd_job_state st;
-        r->model = bd_http_strdup(g->req, PQgetvalue(res, i, 0));
-        if (r->model == NULL)
+    for (size_t i = 0; i < n; i++) {
+        g->rows[i] = groups[i];
+        /* Borrowed until this callback returns: the answer is built later. */
+        if ((g->rows[i].model = bd_http_strdup(g->req, groups[i].model)) == NULL)
             goto done;
-        r->state = bd_job_state_parse(PQgetvalue(res, i, 1), &st) == BD_OK ? (int)st : -1;
-        r->jobs = atoll(PQgetvalue(res, i, 2));
-        r->processed = atoll(PQgetvalue(res, i, 3));
-        r->failed = atoll(PQgetvalue(res, i, 4));
-        r->processing_ms = atoll(PQgetvalue(res, i, 5));
-        r->started = atoll(PQgetvalue(res, i, 6));
-        r->wait_s = strtod(PQgetvalue(res, i, 7), NULL);
-        r->ran = atoll(PQgetvalue(res, i, 8));
-        r->run_s = strtod(PQgetvalue(res, i, 9), NULL);
     }
     g->rows_count = (unsigned)n;
     g->has_jobs = true;
@@ -377,13 +330,15 @@ done:
     api_gather_done(g);
 }
 
-static void api_on_window(int status, PGresult *res, void *arg)
+static void api_on_window(int status, long long items, double span_s, const char *pg_message,
+                          void *arg)
 {
     struct api_gather *g = arg;
 
-    if (status == BD_OK && PQntuples(res) == 1) {
-        g->window_items = atoll(PQgetvalue(res, 0, 0));
-        g->window_span_s = strtod(PQgetvalue(res, 0, 1), NULL);
+    (void)pg_message;                  /* the throughput is then shown as 0 */
+    if (status == BD_OK) {
+        g->window_items = items;
+        g->window_span_s = span_s;
         g->has_window = true;
     }
     api_gather_done(g);
@@ -432,9 +387,9 @@ static void api_gather_start(struct bd_http_request *req, struct bd_server *srv,
     g->srv = srv;
     g->is_metrics = is_metrics;
     g->pending = 1;                        /* released below, after every call was started */
-    if (bd_pg_query(srv->pg, api_sql_jobs, 0, NULL, NULL, NULL, 0, api_on_jobs, g) == BD_OK)
+    if (bd_job_store_get_job_groups(srv->pg, api_on_jobs, g) == BD_OK)
         g->pending++;
-    if (bd_pg_query(srv->pg, api_sql_window, 0, NULL, NULL, NULL, 0, api_on_window, g) == BD_OK)
+    if (bd_job_store_get_recent_items(srv->pg, API_WINDOW_S, api_on_window, g) == BD_OK)
         g->pending++;
     if (srv->rq && bd_rq_is_up(srv->rq)) {
         if (!is_metrics && bd_rq_get_counts(srv->rq, api_on_counts, g) == BD_OK)
@@ -455,7 +410,7 @@ static void api_on_metrics(struct bd_http_request *req, void *arg)
     struct bd_server *srv = arg;
 
     if (!srv->cfg->metrics_enabled) {
-        bd_http_respond_error(req, 404, "not_found", "metrics are disabled", NULL);
+        bd_http_respond_err(req, BD_ENOTFOUND, "metrics are disabled", NULL);
         return;
     }
     api_gather_start(req, srv, true);

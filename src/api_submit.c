@@ -169,7 +169,7 @@ static void api_on_existing(int status, const struct bd_job_store_idem_row *row,
                          "Idempotency-Key");
         return;
     }
-    json_t *j = bd__api_job_status_json(row->status_res, 0);
+    json_t *j = bd__api_status_json(row->job);
     if (j == NULL) {
         api_submit_error(s, BD_ENOMEM, NULL, NULL);
         return;

@@ -67,6 +67,7 @@ const char *bd_err_api_code(int err)
     case BD_EHDRTOOLARGE:  return "header_too_large";
     case BD_ETIMEOUT:      return "request_timeout";
     case BD_ESHUTDOWN:     return "shutting_down";
+    case BD_ENOTREADY:     return "not_ready";
     case BD_EMODEL:        return "processing_error";
     case BD_EMODELTIMEOUT: return "timeout_error";
     case BD_EMODELCONN:    return "connection_error";
@@ -75,7 +76,6 @@ const char *bd_err_api_code(int err)
     case BD_EFATAL:        return "fatal_error";
     case BD_ECANCELED:     return "cancelled";
     case BD_EJSON:         return "invalid_json";
-    case BD_ENOTREADY:     return "not_ready";
     default:               return "internal_error";
     }
 }

@@ -723,14 +723,6 @@ int bd_job_store_throughput(struct bd_pg *pg, bd_job_store_rate_cb cb, void *arg
 
 /* ---- submit: the job row, its batches, idempotency ------------------------------------ */
 
-/* The API's job columns, read back for an idempotent replay (transitional, see the header:
- * the read section is to own them). */
-#include "batchd/api.h"
-
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
 /* What a submit callback keeps while its statement runs. */
 struct store_submit_call {
     union {
@@ -783,17 +775,16 @@ int bd_job_store_get_collection(struct bd_pg *pg, const char *name, bd_job_store
     return rc;
 }
 
-/* The API's job columns, then request_hash. */
-enum { IDEM_COL_ID = 0, IDEM_COL_REQUEST_HASH = BD__API_JOB_NCOLUMNS };
-
 static void store_on_idempotent(int status, PGresult *res, void *arg)
 {
     struct store_submit_call *c = arg;
     struct bd_job_store_idem_row row = { false, NULL, NULL, NULL };
+    struct bd_job_row job;
+    int hash_col = status == BD_OK ? PQfnumber(res, "request_hash") : -1;
 
-    if (status == BD_OK && PQntuples(res) > 0)
-        row = (struct bd_job_store_idem_row){ true, PQgetvalue(res, 0, IDEM_COL_ID),
-                                              PQgetvalue(res, 0, IDEM_COL_REQUEST_HASH), res };
+    if (status == BD_OK && PQntuples(res) > 0 && hash_col >= 0 &&
+        bd_job_row_from_pg(res, 0, &job) == BD_OK)
+        row = (struct bd_job_store_idem_row){ true, job.id, PQgetvalue(res, 0, hash_col), &job };
     c->cb.idem(status < 0 ? BD_EPG : BD_OK, status < 0 ? NULL : &row, c->arg);
     free(c);
 }
@@ -809,7 +800,7 @@ int bd_job_store_find_idempotent(struct bd_pg *pg, const char *key, bd_job_store
         return BD_ENOMEM;
     c->cb.idem = cb;
     rc = bd_pg_query(pg,
-                     "SELECT " BD__API_JOB_COLUMNS ", request_hash FROM jobs "
+                     "SELECT " BD_JOB_ROW_COLUMNS ", request_hash FROM jobs "
                      "WHERE idempotency_key = $1",
                      1, params, NULL, NULL, 0, store_on_idempotent, c);
     if (rc < 0)

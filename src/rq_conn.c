@@ -885,17 +885,3 @@ void bd_rq_close(struct bd_rq *rq, bd_rq_done_cb cb, void *arg)
      * and where the caller expects its callback later anyway. */
     uv_timer_start(&rq->tick, rq_on_close_step, 0, 0);
 }
-
-/* ---------------------------------------------------------------------------------------
- * The raw command (kept only until its last two callers switch to bd_rq_restore_seq and
- * bd_rq_get_lease; then it goes, with BD__RQ_CONV_RAW's use here)
- * ------------------------------------------------------------------------------------- */
-
-int bd_rq_command_argv(struct bd_rq *rq, int argc, const char **argv, const size_t *argvlen,
-                       bd_rq_reply_cb cb, void *arg)
-{
-    if (argc <= 0 || argv == NULL || cb == NULL)
-        return BD_EINVAL;
-    return bd__rq_command(rq, BD__RQ_CONV_RAW, (union bd__rq_cb){ .raw = cb }, arg, argc, argv,
-                          argvlen);
-}

@@ -168,7 +168,9 @@ static const char it_fixture_sql[] =
     " attempts, processed, failed, last_error, duration_ms, updated_at) VALUES"
     " (:'pfx' || 'run', 0, 0, 2, '[]', 'done', 1, 1, 1, NULL, 400, now()),"
     " (:'pfx' || 'run', 1, 2, 2, '[]', 'done', 2, 2, 0, 'timeout', 400, now()),"
-    " (:'pfx' || 'run', 2, 4, 2, '[]', 'pending', 0, 0, 0, NULL, NULL, NULL);\n"
+    " (:'pfx' || 'run', 2, 4, 2, '[]', 'pending', 0, 0, 0, NULL, NULL, NULL),"
+    " (:'pfx' || 'done', 0, 0, 3, '[]', 'done', 1, 3, 0, NULL, 100, now()),"
+    " (:'pfx' || 'done', 1, 3, 2, '[]', 'done', 1, 1, 1, NULL, 100, now());\n"
     "INSERT INTO vectors (collection, id, embedding, metadata, job_id, item_index)"
     " SELECT 'itread_big', 'b' || i, array_fill(((i % 97)::real / 7), ARRAY[:dims]),"
     " jsonb_build_object('i', i), :'pfx' || 'big', i FROM generate_series(0, :big - 1) i;\n"
@@ -536,7 +538,10 @@ static void items_report_failed_succeeded_and_all(void **state)
     int n = 0;
 
     (void)state;
-    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%sdone/items", g_pfx);   /* default: failed */
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%sdone/items", g_pfx);   /* default: all */
+    assert_int_equal(json_array_size(bd_it_at(j, "items")), 5);
+    json_decref(j);
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%sdone/items?status=failed", g_pfx);
     assert_int_equal(json_array_size(bd_it_at(j, "items")), 1);
     it = json_array_get(bd_it_at(j, "items"), 0);
     assert_int_equal(bd_it_int(it, "index"), 3);
@@ -576,7 +581,7 @@ static void items_report_failed_succeeded_and_all(void **state)
     assert_int_equal(n, 5);
 
     /* A running job keeps a cursor to poll from, even on its last page. */
-    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%srun/items", g_pfx);
+    j = bd_it_get_ok(&g_proc, "/api/v1/batch/jobs/%srun/items?status=failed", g_pfx);
     it = json_array_get(bd_it_at(j, "items"), 0);
     assert_true(json_is_null(bd_it_at(it, "id")));
     assert_string_equal(bd_it_str(it, "error.message"), "model said \"no\"");
@@ -997,7 +1002,7 @@ static void debug_shows_batches_and_lease(void **state)
     j = bd_it_get_ok(&g_proc, "/api/v1/batch/debug/job/%sdone", g_pfx);
     assert_true(json_is_false(bd_it_at(j, "lease.in_flight")));
     assert_true(json_is_null(bd_it_at(j, "lease.owner")));
-    assert_int_equal(json_array_size(bd_it_at(j, "batches")), 0);
+    assert_int_equal(json_array_size(bd_it_at(j, "batches")), 2);
     json_decref(j);
 }
 

@@ -1,10 +1,14 @@
 /* api.h -- the REST API: JSON in and out, one place that maps errors to HTTP.
  *
- * api_admin.c: /healthz, /readyz, Prometheus /metrics.
+ * api_admin.c: /healthz, /readyz, Prometheus /metrics, the route registry.
  * api_metrics.c: queue status and JSON metrics under /api/v1/batch.
  * api_jobs.c:  submit, cancel and retry under /api/v1/batch/jobs.
- * api_jobs_read.c: the read side: status, lists, items, results, events, /debug/job.
- * Handlers reach jobs only through job_engine.h, and stores through their headers.
+ * api_status.c: GET /jobs, /jobs/{id}, /jobs/{id}/status (+ the status micro-cache).
+ * api_results.c: GET /jobs/{id}/items and /jobs/{id}/results (paged JSON, JSON Lines).
+ * api_events.c: GET /jobs/{id}/events (Server-Sent Events) and /debug/job/{id}.
+ * api_common.c: helpers the handlers share (declared here and in src/api_internal.h).
+ * Handlers reach jobs only through job_engine.h and job_store.h, Redis through
+ * redis_queue.h; no SQL text and no literal HTTP error status in any of them.
  */
 #ifndef BATCHD_API_H
 #define BATCHD_API_H
@@ -26,9 +30,12 @@ int bd__api_register_jobs(struct bd_router *r, struct bd_server *srv);
 /* Register POST /api/v1/batch/jobs (api_submit.c). */
 int bd__api_register_submit(struct bd_router *r, struct bd_server *srv);
 
-/* Register the read-only job routes (api_jobs_read.c): GET /jobs, /jobs/{id}, /jobs/{id}/status,
- * /jobs/{id}/items, /jobs/{id}/results, /jobs/{id}/events and /debug/job/{id}. */
-int bd__api_register_jobs_read(struct bd_router *r, struct bd_server *srv);
+/* Register the read-only job routes: GET /jobs, /jobs/{id}, /jobs/{id}/status (api_status.c);
+ * /jobs/{id}/items, /jobs/{id}/results (api_results.c); /jobs/{id}/events and
+ * /debug/job/{id} (api_events.c). */
+int bd__api_register_status(struct bd_router *r, struct bd_server *srv);
+int bd__api_register_results(struct bd_router *r, struct bd_server *srv);
+int bd__api_register_events(struct bd_router *r, struct bd_server *srv);
 
 /* Register GET /api/v1/batch/queue/status and GET /api/v1/batch/metrics (api_metrics.c). */
 int bd__api_register_metrics(struct bd_router *r, struct bd_server *srv);
@@ -37,27 +44,16 @@ int bd__api_register_metrics(struct bd_router *r, struct bd_server *srv);
 #define BD__API_JOB_ID_MAX 128
 int bd__api_is_job_id_valid(const char *id);
 
-/* The canonical select list for one jobs row, as bd__api_job_status_json reads it: put it
- * FIRST in the select list ("SELECT " BD__API_JOB_COLUMNS ", more FROM jobs WHERE id = $1",
- * or "UPDATE jobs SET ... RETURNING " BD__API_JOB_COLUMNS); the builder reads columns
- * 0..BD__API_JOB_NCOLUMNS-1 by position. Column names are unqualified, so use it only where
- * they resolve to jobs. Timestamps come back as epoch milliseconds; the last column is the
- * database's now() so that durations never mix two clocks. */
-#define BD__API_JOB_COLUMNS                                                                 \
-    "id, status, operation, model, collection, total_items, processed_items, failed_items, " \
-    "next_batch, total_batches, stored_vectors, cache_hits, processing_ms, error_code, "    \
-    "error_message, cancel_requested, seq, "                                                \
-    "(extract(epoch FROM created_at) * 1000)::int8, "                                       \
-    "(extract(epoch FROM started_at) * 1000)::int8, "                                       \
-    "(extract(epoch FROM completed_at) * 1000)::int8, "                                     \
-    "(extract(epoch FROM now()) * 1000)::int8"
-#define BD__API_JOB_NCOLUMNS 21
+/* The status object of GET /jobs/{id}/status (SPEC §2) built from a typed jobs row
+ * (job_store.h; e.g. filled by bd_job_row_from_pg from a RETURNING BD_JOB_ROW_COLUMNS).
+ * row is borrowed. Returns a new reference (caller json_decref()s), or NULL on ENOMEM. */
+struct bd_job_row;
+json_t *bd__api_status_json(const struct bd_job_row *row);
 
-/* The status object of GET /jobs/{id}/status built from row `row` of res, which must hold
- * BD__API_JOB_COLUMNS first (text format). res is borrowed. Returns a new reference (caller
- * json_decref()s), or NULL on ENOMEM. Allocates. */
-struct pg_result;
-json_t *bd__api_job_status_json(const struct pg_result *res, int row);
+/* The whole job of GET /jobs/{id}: the status object plus the job's settings and latest
+ * item errors. Same rules as bd__api_status_json. */
+struct bd_job_detail;
+json_t *bd__api_job_json(const struct bd_job_detail *job);
 
 /* Free what the API keeps between requests (the status cache). Call once no request is
  * in progress (after the HTTP server closed). */
@@ -66,11 +62,11 @@ void bd_api_free(struct bd_server *srv);
 /* Forget the cached status of job_id (it just changed through this process). */
 void bd__api_status_cache_drop(struct bd_server *srv, const char *job_id);
 
-/* Answer req with json (steals the reference) and status. */
+/* Answer req with json (steals the reference) and status; a NULL json answers ENOMEM. */
 void bd__api_respond_json(struct bd_http_request *req, int status, json_t *json,
                           const char *extra_headers);
 
-/* Reject requests without a valid API key when keys are configured (401 answered here).
+/* Reject requests without a valid API key when keys are configured (EUNAUTH answered here).
  * Returns 1 when the request may proceed. */
 int bd__api_check_auth(struct bd_http_request *req, struct bd_server *srv);
 

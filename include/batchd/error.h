@@ -25,6 +25,7 @@
     X(EHDRTOOLARGE,-20013, 431, "request header fields too large")               \
     X(ETIMEOUT,    -20014, 408, "request timeout")                               \
     X(ESHUTDOWN,   -20015, 503, "server is shutting down")                       \
+    X(ENOTREADY,   -20016, 503, "not ready")                                     \
     X(EMODEL,      -20020, 502, "model request failed")                          \
     X(EMODELTIMEOUT,-20021, 504, "model request timed out")                      \
     X(EMODELCONN,  -20022, 502, "model connection failed")                       \
@@ -33,7 +34,6 @@
     X(EFATAL,      -20025, 422, "job cannot run")                                \
     X(ECANCELED,   -20030, 0,   "cancelled")                                     \
     X(EJSON,       -20040, 400, "body is not valid JSON")                        \
-    X(ENOTREADY,   -20041, 503, "the store is not ready yet")                    \
     X(EINTERNAL,   -20099, 500, "internal error")
 
 enum bd_errno {

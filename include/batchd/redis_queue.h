@@ -85,12 +85,6 @@ void bd_rq_close(struct bd_rq *rq, bd_rq_done_cb cb, void *arg);
 
 bool bd_rq_is_up(const struct bd_rq *rq);
 
-/* Any command, argv form (binary safe). Going away: its last callers (job_engine.c's
- * sequence restore, api_jobs_read.c's lease lookup) move to bd_rq_restore_seq and
- * bd_rq_get_lease; nothing new may use it. */
-int bd_rq_command_argv(struct bd_rq *rq, int argc, const char **argv, const size_t *argvlen,
-                       bd_rq_reply_cb cb, void *arg);
-
 /* Next job sequence number (INCR {p}seq). */
 int bd_rq_next_seq(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
 
@@ -187,8 +181,7 @@ int bd_rq_adopt(struct bd_rq *rq, const char *job_id, enum bd_priority prio, int
  * bd_rq_close was called, BD_EINVAL for a NULL/empty job_id or a NULL cb, BD_ENOMEM.
  * bd_rq_enqueue's value is 0 for a job already in flight. bd_rq_release of a job that is
  * neither in flight nor queued (its lease was reaped and it was claimed and finished
- * elsewhere, or a repeat) deletes what is left of it and gives 1. bd_rq_command_argv is for
- * request/reply commands only (no SUBSCRIBE/MONITOR). Error replies reach a
+ * elsewhere, or a repeat) deletes what is left of it and gives 1. Error replies reach a
  * bd_rq_reply_cb as BD_EREDIS with reply NULL (logged at debug level). */
 
 #endif

@@ -1,0 +1,199 @@
+/* api_common.c -- what the API's handlers share: JSON answers, the API key check, the job
+ * id rule, limit= and cursor= parsing, the one RFC 3339 time formatter, and the answer to a
+ * failed store read.
+ *
+ * Owns nothing beyond a call: no state. Loop thread only. Every error answered here takes
+ * its HTTP status and code from the error map (error.h), never a literal.
+ * SPDX-License-Identifier: MIT
+ */
+#include "api_internal.h"
+
+#include "batchd/config.h"
+#include "batchd/error.h"
+#include "batchd/http_server.h"
+#include "batchd/job_engine.h"
+#include "batchd/log.h"
+#include "batchd/server.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+void bd__api_respond_json(struct bd_http_request *req, int status, json_t *json,
+                          const char *extra_headers)
+{
+    char *body = json ? json_dumps(json, BD__API_JSON_FLAGS) : NULL;
+
+    json_decref(json);
+    if (body == NULL) {
+        bd_http_respond_err(req, BD_ENOMEM, "out of memory building the response", NULL);
+        return;
+    }
+    bd_http_respond(req, status, "application/json", extra_headers, body, strlen(body));
+    free(body);
+}
+
+int bd__api_check_auth(struct bd_http_request *req, struct bd_server *srv)
+{
+    const struct bd_config *cfg = srv->cfg;
+    const char *key;
+
+    if (cfg->api_keys_count == 0)
+        return 1;
+    key = bd_http_header_get(req, "X-API-Key");
+    if (key == NULL) {
+        const char *auth = bd_http_header_get(req, "Authorization");
+        if (auth && strncasecmp(auth, "Bearer ", 7) == 0)
+            key = auth + 7;
+    }
+    for (unsigned i = 0; key && i < cfg->api_keys_count; i++)
+        if (strcmp(key, cfg->api_keys[i]) == 0)
+            return 1;
+    bd_http_respond_error_ex(req, bd_err_http_status(BD_EUNAUTH), "WWW-Authenticate: Bearer\r\n",
+                             bd_err_api_code(BD_EUNAUTH), bd_strerror(BD_EUNAUTH), NULL);
+    return 0;
+}
+
+int bd__api_is_job_id_valid(const char *id)
+{
+    size_t n;
+
+    if (id == NULL)
+        return 0;
+    for (n = 0; id[n] != '\0'; n++) {
+        char c = id[n];
+        bool is_ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+                     (c >= '0' && c <= '9') || c == '_' || c == '-';
+        if (!is_ok || n >= BD__API_JOB_ID_MAX)
+            return 0;
+    }
+    return n > 0;
+}
+
+void bd__api_set(json_t *o, const char *key, json_t *v, bool *failed)
+{
+    if (json_object_set_new(o, key, v) < 0)
+        *failed = true;
+}
+
+bool bd__api_is_terminal(enum bd_job_state s)
+{
+    return s == BD_JOB_COMPLETED || s == BD_JOB_FAILED || s == BD_JOB_CANCELLED;
+}
+
+double bd__api_round1(double x)
+{
+    return round(x * 10.0) / 10.0;
+}
+
+size_t bd__api_format_time(long long unix_ms, char *out, size_t outlen)
+{
+    /* Floor division, so that a time before 1970 is not rounded towards it. */
+    time_t t = (time_t)(unix_ms >= 0 ? unix_ms / 1000 : -((-unix_ms + 999) / 1000));
+    struct tm tm;
+
+    if (gmtime_r(&t, &tm) == NULL)
+        return 0;
+    return strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+json_t *bd__api_time_json(long long unix_ms)
+{
+    char buf[40];
+
+    if (bd__api_format_time(unix_ms, buf, sizeof(buf)) == 0)
+        return json_null();
+    return json_string(buf);
+}
+
+void bd__api_fail_store(struct bd_http_request *req, const char *job_id, int err,
+                        const char *pg_message)
+{
+    if (err == BD_ENOTFOUND) {
+        bd_http_respond_err(req, BD_ENOTFOUND, "no such job", NULL);
+        return;
+    }
+    bd_log(BD_LOG_WARN, "api", "job=%s route=%s event=store_failed err=%s pg=\"%s\"",
+           job_id ? job_id : "-", req->route ? req->route : "-", bd_err_name(err),
+           pg_message ? pg_message : "");
+    if (err == BD_EINTERNAL || err == BD_ENOMEM)
+        bd_http_respond_err(req, err, NULL, NULL);
+    else
+        bd_http_respond_err(req, BD_EPG, NULL, NULL);
+}
+
+const char *bd__api_job_id(struct bd_http_request *req)
+{
+    const char *id = req->params_count > 0 ? req->params[0] : NULL;
+
+    if (!bd__api_is_job_id_valid(id)) {
+        bd_http_respond_err(req, BD_EINVAL, "job id must match ^[A-Za-z0-9_-]{1,128}$",
+                            "job_id");
+        return NULL;
+    }
+    return id;
+}
+
+/* Decimal digits only, within [min, max]. */
+static bool api_parse_ll(const char *s, long long min, long long max, long long *out)
+{
+    long long v = 0;
+    size_t n = 0;
+
+    if (s == NULL || *s == '\0')
+        return false;
+    for (; s[n] != '\0'; n++) {
+        if (s[n] < '0' || s[n] > '9' || n >= 18)
+            return false;
+        v = v * 10 + (s[n] - '0');
+    }
+    if (v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+bool bd__api_get_limit(struct bd_http_request *req, unsigned def, unsigned *out)
+{
+    const char *s = bd_http_query_get(req, "limit");
+    long long v;
+
+    if (s == NULL) {
+        *out = def;
+        return true;
+    }
+    if (!api_parse_ll(s, 1, BD__API_PAGE_MAX, &v)) {
+        bd_http_respond_err(req, BD_EINVAL, "limit must be an integer from 1 to 1000", "limit");
+        return false;
+    }
+    *out = (unsigned)v;
+    return true;
+}
+
+bool bd__api_get_cursor(struct bd_http_request *req, char tag, long long max, bool *has,
+                        long long *out)
+{
+    const char *s = bd_http_query_get(req, "cursor");
+
+    *has = false;
+    if (s == NULL || *s == '\0')
+        return true;
+    if (s[0] != tag || !api_parse_ll(s + 1, 0, max, out)) {
+        bd_http_respond_err(req, BD_EINVAL, "cursor is not one this endpoint returned",
+                            "cursor");
+        return false;
+    }
+    *has = true;
+    return true;
+}
+
+json_t *bd__api_cursor_json(char tag, long long v)
+{
+    char buf[32];
+
+    snprintf(buf, sizeof(buf), "%c%lld", tag, v);
+    return json_string(buf);
+}

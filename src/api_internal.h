@@ -1,0 +1,64 @@
+/* api_internal.h -- helpers shared by the API's source files (api_common.c), private to the
+ * API module: answering, auth, {id} and paging parameters, the one RFC 3339 formatter.
+ *
+ * Every function here that answers a request finishes it (the caller must not touch req
+ * again) and takes its HTTP status and error code from the error map (error.h). Loop
+ * thread only.
+ */
+#ifndef BATCHD_API_INTERNAL_H
+#define BATCHD_API_INTERNAL_H
+
+#include "batchd/api.h"
+#include "batchd/job_engine.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+struct bd_http_request;
+
+/* Reals such as 66.7 print as "66.7", not jansson's default 17-digit "66.700000000000003". */
+#define BD__API_JSON_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(15))
+
+/* Largest limit= on every paged endpoint. */
+#define BD__API_PAGE_MAX 1000
+
+/* o[key] = v, stealing v even on failure (jansson does); a failure is remembered in *failed.
+ * A NULL o or v counts as a failure, so builders can chain calls and check once. */
+void bd__api_set(json_t *o, const char *key, json_t *v, bool *failed);
+
+/* True for the states a job ends in (completed, failed, cancelled). */
+bool bd__api_is_terminal(enum bd_job_state s);
+
+/* x rounded to one decimal, as every real in the API is. */
+double bd__api_round1(double x);
+
+/* Epoch milliseconds as RFC 3339 UTC without fraction ("2025-07-15T14:30:00Z") into out
+ * (at least 21 bytes). Returns the length, or 0 when the time cannot be shown. */
+size_t bd__api_format_time(long long unix_ms, char *out, size_t outlen);
+
+/* The same as a JSON string; JSON null when the time cannot be shown, NULL on ENOMEM. */
+json_t *bd__api_time_json(long long unix_ms);
+
+/* A job-store read failed with err (see job_store.h): BD_ENOTFOUND answers "no such job";
+ * anything else is logged here, once, with pg_message (may be NULL) and answered with the
+ * map's status: BD_EINTERNAL / BD_ENOMEM as themselves, every other error as BD_EPG. */
+void bd__api_fail_store(struct bd_http_request *req, const char *job_id, int err,
+                        const char *pg_message);
+
+/* The {id} route parameter, or NULL after answering EINVAL. Borrowed from req. */
+const char *bd__api_job_id(struct bd_http_request *req);
+
+/* limit= in [1, BD__API_PAGE_MAX], or def when absent. False after answering EINVAL. */
+bool bd__api_get_limit(struct bd_http_request *req, unsigned def, unsigned *out);
+
+/* Cursors are opaque to clients: tag + decimal ("s1234": jobs with seq below 1234; "i50":
+ * items with index 50 or more). cursor= absent or empty gives *has = false. False after
+ * answering EINVAL. */
+bool bd__api_get_cursor(struct bd_http_request *req, char tag, long long max, bool *has,
+                        long long *out);
+
+/* The cursor tag + v as a JSON string (NULL on ENOMEM). */
+json_t *bd__api_cursor_json(char tag, long long v);
+
+#endif

@@ -1,0 +1,466 @@
+/* api_status.c -- one job's status (with a micro-cache that coalesces hot polling), the
+ * whole job document, and the job list: GET /jobs/{id}/status, GET /jobs/{id}, GET /jobs.
+ *
+ * Owns the status cache (srv->api_cache, heap, freed by bd_api_free) and the per-request
+ * state of its handlers (in the request's arena). Loop thread only; never blocks. Reads
+ * jobs only through job_store.h; never writes anything.  SPDX-License-Identifier: MIT
+ */
+#include "api_internal.h"
+
+#include "batchd/config.h"
+#include "batchd/error.h"
+#include "batchd/http_server.h"
+#include "batchd/job_engine.h"
+#include "batchd/job_store.h"
+#include "batchd/log.h"
+#include "batchd/router.h"
+#include "batchd/server.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define API_STATUS_LIST_DEFAULT 50
+#define API_STATUS_MODEL_MAX    256
+
+/* ---- the status object ------------------------------------------------------------------ */
+
+static json_t *api_str_or_null(const char *s)
+{
+    return s ? json_string(s) : json_null();
+}
+
+json_t *bd__api_status_json(const struct bd_job_row *row)
+{
+    bool is_terminal = bd__api_is_terminal(row->status);
+    long long done = row->processed_items + row->failed_items;
+    long long elapsed = row->has_started && row->now_ms > row->started_ms
+                            ? row->now_ms - row->started_ms : 0;
+    json_t *doc = json_object(), *progress = json_object(), *timing = json_object();
+    json_t *results = json_object();
+    bool is_failed = false;
+    double pct;
+
+    if (row->total_items > 0)
+        pct = bd__api_round1(100.0 * (double)done / (double)row->total_items);
+    else
+        pct = row->status == BD_JOB_COMPLETED ? 100.0 : 0.0;
+
+    bd__api_set(doc, "job_id", json_string(row->id), &is_failed);
+    bd__api_set(doc, "status", json_string(bd_job_state_name(row->status)), &is_failed);
+    bd__api_set(doc, "operation", json_string(bd_job_operation_name(row->operation)),
+                &is_failed);
+    bd__api_set(doc, "model", api_str_or_null(row->model), &is_failed);
+
+    bd__api_set(progress, "total_items", json_integer(row->total_items), &is_failed);
+    bd__api_set(progress, "processed_items", json_integer(row->processed_items), &is_failed);
+    bd__api_set(progress, "failed_items", json_integer(row->failed_items), &is_failed);
+    bd__api_set(progress, "percentage", json_real(pct), &is_failed);
+    bd__api_set(progress, "current_batch", json_integer(row->next_batch), &is_failed);
+    bd__api_set(progress, "total_batches", json_integer(row->total_batches), &is_failed);
+    bd__api_set(doc, "progress", progress, &is_failed);
+
+    bd__api_set(timing, "created_at", bd__api_time_json(row->created_ms), &is_failed);
+    bd__api_set(timing, "started_at",
+                row->has_started ? bd__api_time_json(row->started_ms) : json_null(),
+                &is_failed);
+    if (!is_terminal) {
+        /* Linear extrapolation from the items finished so far. */
+        json_t *eta = json_null();
+        if (row->has_started && done > 0 && row->total_items > 0)
+            eta = bd__api_time_json(row->started_ms +
+                                    (long long)((double)elapsed * (double)row->total_items /
+                                                (double)done));
+        bd__api_set(timing, "estimated_completion", eta, &is_failed);
+        if (row->status == BD_JOB_PROCESSING && row->has_started)
+            bd__api_set(timing, "processing_time_ms", json_integer(elapsed), &is_failed);
+    } else {
+        long long spent = row->has_started && row->has_completed &&
+                                  row->completed_ms > row->started_ms
+                              ? row->completed_ms - row->started_ms : 0;
+        bd__api_set(timing, "completed_at",
+                    row->has_completed ? bd__api_time_json(row->completed_ms) : json_null(),
+                    &is_failed);
+        bd__api_set(timing, "total_processing_time_ms", json_integer(spent), &is_failed);
+    }
+    bd__api_set(doc, "timing", timing, &is_failed);
+
+    bd__api_set(results, "completed_embeddings", json_integer(row->processed_items),
+                &is_failed);
+    bd__api_set(results, "average_processing_time_ms",
+                json_real(bd__api_round1((double)row->processing_ms /
+                                         (double)(done > 0 ? done : 1))),
+                &is_failed);
+    /* Nothing finished yet means nothing failed yet: 100.0, so the type never changes. */
+    bd__api_set(results, "success_rate",
+                json_real(done > 0 ? bd__api_round1(100.0 * (double)row->processed_items /
+                                                    (double)done)
+                                   : 100.0),
+                &is_failed);
+    bd__api_set(results, "output_collection", json_string(row->collection), &is_failed);
+    bd__api_set(results, "stored_vectors", json_integer(row->stored_vectors), &is_failed);
+    bd__api_set(results, "cache_hits", json_integer(row->cache_hits), &is_failed);
+    bd__api_set(doc, "results", results, &is_failed);
+
+    if (row->error_code != NULL) {
+        json_t *err = json_object();
+        bd__api_set(err, "code", json_string(row->error_code), &is_failed);
+        bd__api_set(err, "message", api_str_or_null(row->error_message), &is_failed);
+        bd__api_set(doc, "error", err, &is_failed);
+    }
+    if (!is_terminal && row->is_cancel_requested)
+        bd__api_set(doc, "cancel_requested", json_true(), &is_failed);
+
+    if (is_failed) {
+        json_decref(doc);
+        return NULL;
+    }
+    return doc;
+}
+
+/* A JSON text column (jsonb's output), parsed; fallback() when NULL or unparseable (a
+ * number beyond jansson's 64-bit integers, say). */
+static json_t *api_json_text(const char *text, json_t *(*fallback)(void))
+{
+    json_t *j = text ? json_loads(text, JSON_DECODE_ANY, NULL) : NULL;
+    return j ? j : fallback();
+}
+
+/* The whole job (GET /jobs/{id}, and /debug's "job"). */
+json_t *bd__api_job_json(const struct bd_job_detail *d)
+{
+    json_t *doc = bd__api_status_json(&d->row);
+    bool is_failed = doc == NULL;
+
+    bd__api_set(doc, "collection", json_string(d->row.collection), &is_failed);
+    bd__api_set(doc, "priority", json_string(bd_job_priority_name(d->priority)), &is_failed);
+    bd__api_set(doc, "batch_size", json_integer(d->batch_size), &is_failed);
+    bd__api_set(doc, "options", api_json_text(d->options_json, json_object), &is_failed);
+    bd__api_set(doc, "metadata", api_json_text(d->metadata_json, json_object), &is_failed);
+    bd__api_set(doc, "idempotency_key", api_str_or_null(d->idempotency_key), &is_failed);
+    bd__api_set(doc, "run_attempt", json_integer(d->run_attempt), &is_failed);
+    bd__api_set(doc, "timeout_s", d->has_timeout_s ? json_real(d->timeout_s) : json_null(),
+                &is_failed);
+    bd__api_set(doc, "max_retries",
+                d->has_max_retries ? json_integer(d->max_retries) : json_null(), &is_failed);
+    bd__api_set(doc, "errors_count", json_integer(d->errors_count), &is_failed);
+    bd__api_set(doc, "last_errors", api_json_text(d->last_errors_json, json_array),
+                &is_failed);
+    if (is_failed) {
+        json_decref(doc);
+        return NULL;
+    }
+    return doc;
+}
+
+/* ---- GET /jobs/{id}/status --------------------------------------------------------------
+ *
+ * Clients poll this endpoint hard (a progress bar per job). Each job's answer is kept for
+ * http.status_cache_ms (default 50 ms; 0 keeps only the coalescing), and requests for a
+ * job whose row is being read wait for that one read instead of starting their own
+ * (request coalescing): a hot job costs at most one PostgreSQL query per interval, whatever
+ * the request rate. Cancel and retry in this process drop the entry at once
+ * (bd__api_status_cache_drop). The cache is direct-mapped and bounded; a slot busy with
+ * another job's read is simply bypassed. */
+
+#define API_STATUS_CACHE_SLOTS 1024           /* power of two */
+
+struct api_status_waiter {
+    struct bd_http_request *req;
+    struct api_status_waiter *next;           /* req's arena */
+};
+
+struct api_status_slot {
+    char id[BD__API_JOB_ID_MAX + 1];
+    char *body;                               /* owned; NULL when empty */
+    size_t len;
+    int http_status;
+    uint64_t expires_ns;
+    bool is_reading;
+    const void *reader;                       /* the call whose read the waiters share */
+    struct api_status_waiter *waiters;
+};
+
+struct bd_api_cache {
+    struct api_status_slot slots[API_STATUS_CACHE_SLOTS];
+};
+
+/* One status request; in req's arena. */
+struct api_status_call {
+    struct bd_http_request *req;
+    struct bd_server *srv;
+    const char *job_id;                       /* req's arena */
+};
+
+static struct api_status_slot *api_status_slot(struct bd_server *srv, const char *id)
+{
+    uint32_t h = 2166136261u;
+    for (const char *p = id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return srv->api_cache ? &srv->api_cache->slots[h & (API_STATUS_CACHE_SLOTS - 1)] : NULL;
+}
+
+void bd__api_status_cache_drop(struct bd_server *srv, const char *job_id)
+{
+    struct api_status_slot *slot = api_status_slot(srv, job_id);
+    if (slot && strcmp(slot->id, job_id) == 0)
+        slot->expires_ns = 0;
+}
+
+void bd_api_free(struct bd_server *srv)
+{
+    if (srv->api_cache == NULL)
+        return;
+    for (unsigned i = 0; i < API_STATUS_CACHE_SLOTS; i++)
+        free(srv->api_cache->slots[i].body);
+    free(srv->api_cache);
+    srv->api_cache = NULL;
+}
+
+/* The answer to cache for a read that ended with status: its body (malloc'ed, NULL when it
+ * must not be cached: the store failed, or out of memory) and HTTP status. */
+static char *api_status_body(int status, const struct bd_job_row *row, int *http)
+{
+    json_t *doc;
+    char *body;
+
+    if (status == BD_OK) {
+        *http = 200;
+        doc = bd__api_status_json(row);
+    } else if (status == BD_ENOTFOUND) {
+        *http = bd_err_http_status(BD_ENOTFOUND);
+        doc = json_pack("{s:{s:s,s:s}}", "error", "code", bd_err_api_code(BD_ENOTFOUND),
+                        "message", "no such job");
+    } else {
+        return NULL;
+    }
+    body = doc ? json_dumps(doc, BD__API_JSON_FLAGS) : NULL;
+    json_decref(doc);
+    return body;
+}
+
+static void api_status_on_row(int status, const struct bd_job_row *row, const char *pg_message,
+                              void *arg)
+{
+    struct api_status_call *call = arg;
+    struct api_status_slot *slot = api_status_slot(call->srv, call->job_id);
+    /* Only the call that started the slot's read answers its waiters: a call that read
+     * alone (the slot was busy) may finish while the slot serves a later read of the same
+     * job, and must not take that read's waiters. */
+    bool is_coalesced = slot && slot->is_reading && slot->reader == call;
+    int http = 0;
+    char *body = api_status_body(status, row, &http);
+    int err = status < 0 && status != BD_ENOTFOUND ? status : BD_ENOMEM;
+
+    if (!is_coalesced) {                      /* this request read alone (slot was busy) */
+        if (body)
+            bd_http_respond(call->req, http, "application/json", NULL, body, strlen(body));
+        else
+            bd__api_fail_store(call->req, call->job_id, err, pg_message);
+        free(body);
+        return;
+    }
+    /* Each answer frees its request's arena (the waiter record, and call->job_id when it
+     * is call->req's): copy the id and read next before answering. */
+    char id[BD__API_JOB_ID_MAX + 1];
+    snprintf(id, sizeof(id), "%s", call->job_id);
+    struct api_status_waiter *w = slot->waiters, *next;
+    slot->waiters = NULL;
+    slot->is_reading = false;
+    slot->reader = NULL;
+    free(slot->body);
+    slot->body = body;
+    slot->len = body ? strlen(body) : 0;
+    slot->http_status = http;
+    slot->expires_ns = body ? uv_hrtime() + call->srv->cfg->http_status_cache_ms * 1000000ULL
+                            : 0;
+    for (; w != NULL; w = next) {             /* call->req is one of them */
+        next = w->next;
+        if (body)
+            bd_http_respond(w->req, http, "application/json", NULL, body, slot->len);
+        else
+            bd__api_fail_store(w->req, id, err, pg_message);
+    }
+}
+
+static void api_on_status(struct bd_http_request *req, void *arg)
+{
+    struct bd_server *srv = arg;
+    struct api_status_call *call;
+    const char *id;
+
+    if (!bd__api_check_auth(req, srv) || (id = bd__api_job_id(req)) == NULL)
+        return;
+    if ((call = bd_http_alloc(req, sizeof(*call))) == NULL) {
+        bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
+        return;
+    }
+    *call = (struct api_status_call){ req, srv, id };
+    struct api_status_slot *slot = api_status_slot(srv, id);
+    bool is_mine = slot && strcmp(slot->id, id) == 0;
+    if (is_mine && slot->body && uv_hrtime() < slot->expires_ns) {
+        bd_http_respond(req, slot->http_status, "application/json", NULL, slot->body,
+                        slot->len);
+        return;
+    }
+    if (slot && (is_mine || !slot->is_reading)) {
+        struct api_status_waiter *w = bd_http_alloc(req, sizeof(*w));
+        if (w == NULL) {
+            bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
+            return;
+        }
+        w->req = req;
+        w->next = slot->waiters;
+        slot->waiters = w;
+        if (is_mine && slot->is_reading)
+            return;                           /* answered when the read in flight ends */
+        snprintf(slot->id, sizeof(slot->id), "%s", id);
+        slot->is_reading = true;
+        slot->reader = call;
+        slot->expires_ns = 0;
+    }
+    int err = bd_job_store_get_job(srv->pg, id, api_status_on_row, call);
+    if (err < 0) {
+        /* No read started: answer everyone who queued on this slot. */
+        struct api_status_waiter *w = slot && slot->reader == call ? slot->waiters : NULL;
+        if (w) {
+            char copy[BD__API_JOB_ID_MAX + 1];
+            snprintf(copy, sizeof(copy), "%s", id);
+            slot->waiters = NULL;
+            slot->is_reading = false;
+            slot->reader = NULL;
+            for (struct api_status_waiter *next; w; w = next) {
+                next = w->next;
+                bd__api_fail_store(w->req, copy, err, NULL);
+            }
+        } else {
+            bd__api_fail_store(req, id, err, NULL);
+        }
+    }
+}
+
+/* ---- GET /jobs/{id} ---------------------------------------------------------------------- */
+
+static void api_on_job_detail(int status, const struct bd_job_detail *job,
+                              const char *pg_message, void *arg)
+{
+    struct bd_http_request *req = arg;
+
+    if (status < 0)
+        bd__api_fail_store(req, req->params[0], status, pg_message);
+    else
+        bd__api_respond_json(req, 200, bd__api_job_json(job), NULL);
+}
+
+static void api_on_job(struct bd_http_request *req, void *arg)
+{
+    struct bd_server *srv = arg;
+    const char *id;
+    int err;
+
+    if (!bd__api_check_auth(req, srv) || (id = bd__api_job_id(req)) == NULL)
+        return;
+    if ((err = bd_job_store_get_job_detail(srv->pg, id, api_on_job_detail, req)) < 0)
+        bd__api_fail_store(req, id, err, NULL);
+}
+
+/* ---- GET /jobs?status=&model=&operation=&limit=&cursor= ---------------------------------- */
+
+struct api_list_call {
+    struct bd_http_request *req;
+    unsigned limit;
+};
+
+static void api_on_list_rows(int status, const struct bd_job_row *rows, size_t count,
+                             bool has_more, const char *pg_message, void *arg)
+{
+    struct api_list_call *call = arg;
+    json_t *doc, *jobs;
+    bool is_failed = false;
+
+    if (status < 0) {
+        bd__api_fail_store(call->req, NULL, status, pg_message);
+        return;
+    }
+    doc = json_object();
+    jobs = json_array();
+    for (size_t i = 0; i < count; i++)
+        if (json_array_append_new(jobs, bd__api_status_json(&rows[i])) < 0)
+            is_failed = true;
+    bd__api_set(doc, "jobs", jobs, &is_failed);
+    bd__api_set(doc, "count", json_integer((json_int_t)count), &is_failed);
+    bd__api_set(doc, "next_cursor",
+                has_more && count > 0 ? bd__api_cursor_json('s', rows[count - 1].seq)
+                                      : json_null(),
+                &is_failed);
+    bd__api_set(doc, "limit", json_integer(call->limit), &is_failed);
+    if (is_failed) {
+        json_decref(doc);
+        doc = NULL;
+    }
+    bd__api_respond_json(call->req, 200, doc, NULL);
+}
+
+static void api_on_list(struct bd_http_request *req, void *arg)
+{
+    struct bd_server *srv = arg;
+    struct bd_job_filter f = { 0 };
+    struct api_list_call *call;
+    const char *status, *model, *op;
+    int err;
+
+    if (!bd__api_check_auth(req, srv))
+        return;
+    status = bd_http_query_get(req, "status");
+    model = bd_http_query_get(req, "model");
+    op = bd_http_query_get(req, "operation");
+    if (status != NULL && *status != '\0' && strcmp(status, "all") != 0) {
+        if (bd_job_state_parse(status, &f.status) < 0) {
+            bd_http_respond_err(req, BD_EINVAL, "status must be one of all, queued, "
+                                "processing, completed, failed, cancelled", "status");
+            return;
+        }
+        f.has_status = true;
+    }
+    if (op != NULL && *op != '\0') {
+        if (bd_job_operation_parse(op, &f.operation) < 0) {
+            bd_http_respond_err(req, BD_EINVAL, "operation must be bulk_embed or bulk_insert",
+                                "operation");
+            return;
+        }
+        f.has_operation = true;
+    }
+    if (model != NULL && *model != '\0') {
+        if (strlen(model) > API_STATUS_MODEL_MAX) {
+            bd_http_respond_err(req, BD_EINVAL, "model is too long", "model");
+            return;
+        }
+        f.model = model;
+    }
+    if (!bd__api_get_limit(req, API_STATUS_LIST_DEFAULT, &f.limit) ||
+        !bd__api_get_cursor(req, 's', INT64_MAX / 16, &f.has_before_seq, &f.before_seq))
+        return;
+    if ((call = bd_http_alloc(req, sizeof(*call))) == NULL) {
+        bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
+        return;
+    }
+    *call = (struct api_list_call){ req, f.limit };
+    if ((err = bd_job_store_list_jobs(srv->pg, &f, api_on_list_rows, call)) < 0)
+        bd__api_fail_store(req, NULL, err, NULL);
+}
+
+/* ---- registration ------------------------------------------------------------------------ */
+
+int bd__api_register_status(struct bd_router *r, struct bd_server *srv)
+{
+    int rc = BD_OK;
+
+    if (srv->api_cache == NULL && (srv->api_cache = calloc(1, sizeof(*srv->api_cache))) == NULL)
+        return BD_ENOMEM;
+    rc = rc ? rc : bd_router_add(r, "GET", BD_API_PREFIX "/jobs", api_on_list, srv);
+    rc = rc ? rc : bd_router_add(r, "GET", BD_API_PREFIX "/jobs/{id}", api_on_job, srv);
+    rc = rc ? rc : bd_router_add(r, "GET", BD_API_PREFIX "/jobs/{id}/status", api_on_status,
+                                 srv);
+    return rc;
+}
