@@ -180,9 +180,32 @@ struct bd_it_raw {
 void bd_it_raw_open(struct bd_it_raw *c, int port, const char *method, const char *path,
                     const char *extra_headers, int rcvbuf);
 
+/* Connect to 127.0.0.1:port and send nothing yet, with Nagle off (each send goes out at once,
+ * as a test that times its pieces needs). Fails the test when connect fails. */
+void bd_it_raw_connect(struct bd_it_raw *c, int port);
+
 /* Send data (NUL-terminated) on the connection, e.g. a second request; fails the test when
  * send fails. */
 void bd_it_raw_send(struct bd_it_raw *c, const char *data);
+
+/* Send len bytes of data (any bytes; partial sends continued); fails the test when send
+ * fails. */
+void bd_it_raw_send_n(struct bd_it_raw *c, const void *data, size_t len);
+
+/* Take one HTTP/1.x response off the front of c->buf, reading more as needed (each read waits
+ * at most timeout_ms): the body framed by Content-Length, chunked (dechunked) or the end of
+ * the connection; none for a HEAD request (is_head), 1xx, 204 and 304, so a 100 Continue is
+ * returned as a response of its own. Fills out as bd_it_http does (status; headers: the status
+ * line and header block; body NUL-terminated, "" when none; seconds: time spent reading) and
+ * removes the response's bytes from c->buf, so the next call reads the next pipelined one.
+ * Returns 0, or -1 (out holds no memory) when the connection ended or a read timed out first.
+ * Fails the test when the bytes are not an HTTP/1.x response. Caller bd_it_resp_free()s. */
+int bd_it_raw_response(struct bd_it_raw *c, struct bd_it_resp *out, bool is_head,
+                       int timeout_ms);
+
+/* True when the peer closes the connection (EOF or an error) within timeout_ms. Bytes that
+ * arrive meanwhile are appended to c->buf. */
+bool bd_it_raw_sees_close(struct bd_it_raw *c, int timeout_ms);
 
 /* Read what is available within timeout_ms (at most max bytes; 0 = any). 0 on data, -1 on
  * timeout, 1 at EOF. */
