@@ -223,4 +223,26 @@ void bd_it_raw_close(struct bd_it_raw *c);
 /* Occurrences of needle in hay (NULL hay: 0). */
 size_t bd_it_count(const char *hay, const char *needle);
 
+/* ---- the fake model server's admin routes (bd_it_fake.c) ------------------------------
+ * For a fake started with fake_model_spawn() (test/fake_model/fake_model_client.h) on
+ * 127.0.0.1:port. Requests time out after 5 s.
+ */
+
+/* The fake's JSON answer to method path (body: NULL for none), or NULL (the answer printed)
+ * unless it answered 200 with JSON. Caller decrefs. */
+json_t *bd_it_fake_json(int port, const char *method, const char *path, const char *body);
+
+/* POST /config json (an object of settings; all apply or none do). Fails the test unless the
+ * fake accepts it. */
+void bd_it_fake_config(int port, const char *json);
+
+/* POST /config {"reset":true<extra>} and POST /stats/reset: the fake's command-line settings
+ * plus extra (NULL, "" or ",\"key\":value..."), and its counters at zero. Fails the test when
+ * the fake refuses either. */
+void bd_it_fake_reset(int port, const char *extra);
+
+/* The integer at path (bd_it_at's syntax, e.g. "requests_total") in GET /stats; fails the
+ * test, naming the path, when /stats fails or the value is missing or not an integer. */
+long long bd_it_fake_stat(int port, const char *path);
+
 #endif
