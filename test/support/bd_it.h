@@ -148,6 +148,10 @@ double bd_it_num(json_t *o, const char *path);
  * schema URL gets that one), or the test stack's default. */
 const char *bd_it_pg_url(void);
 
+/* base (a postgresql:// URL, or key=value conninfo) with search_path set to schema, into out:
+ * how a suite puts batchd, a pool or psql in a scratch schema of its own. */
+void bd_it_pg_schema_url(char *out, size_t outlen, const char *base, const char *schema);
+
 /* Run the SQL against url (NULL: bd_it_pg_url()). psql_args: NULL or more psql arguments
  * passed verbatim (e.g. "-v pfx=abc"). Returns psql's whole stdout (caller frees) or NULL
  * when psql failed. */
