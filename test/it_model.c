@@ -6,8 +6,8 @@
  * One fake server ($BD_FAKE_MODEL_BIN, fake_model_client.h) is shared by every case; each
  * case resets its settings and stats with POST /config {"reset":true,...} and POST
  * /stats/reset. Each case runs its own uv loop, counts its callbacks, and ends with the
- * client closed and uv_loop_close() == 0. Blocking libcurl calls to the fake's admin routes
- * are test code only.  SPDX-License-Identifier: MIT
+ * client closed and uv_loop_close() == 0. The fake's admin routes are reached through
+ * test/support (bd_it_fake_*, blocking libcurl: test code only).  SPDX-License-Identifier: MIT
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -48,90 +48,6 @@
 static pid_t it_fake_pid;
 static int it_fake_port;
 static char it_base[64];
-
-static double it_now(void)
-{
-    return (double)uv_hrtime() / 1e9;
-}
-
-/* ---------------------------------------------------------------------------------------
- * The fake's admin routes (blocking libcurl; test only)
- */
-
-static size_t it_on_body(char *p, size_t size, size_t n, void *arg)
-{
-    struct { char *d; size_t len; } *b = arg;
-    size_t len = size * n;
-    char *d = realloc(b->d, b->len + len + 1);
-
-    if (d == NULL)
-        return 0;
-    b->d = d;
-    memcpy(b->d + b->len, p, len);
-    b->len += len;
-    b->d[b->len] = '\0';
-    return len;
-}
-
-/* method path on the fake with body (NULL for GET); returns its JSON answer or NULL. */
-static json_t *fm_request(const char *path, const char *body)
-{
-    struct { char *d; size_t len; } b = {NULL, 0};
-    char url[128];
-    CURL *e = curl_easy_init();
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    json_t *j = NULL;
-
-    snprintf(url, sizeof url, "%s%s", it_base, path);
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, it_on_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT, 5L);
-    if (body != NULL)
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
-    if (curl_easy_perform(e) == CURLE_OK && b.d != NULL)
-        j = json_loads(b.d, 0, NULL);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(e);
-    free(b.d);
-    return j;
-}
-
-/* Reset the fake's settings to its flags plus extra (",\"k\":v..." or ""), and its stats. */
-static void fm_reset(const char *extra)
-{
-    char body[512];
-
-    snprintf(body, sizeof body, "{\"reset\":true%s}", extra);
-    json_t *j = fm_request("/config", body);
-    assert_non_null(j);
-    assert_null(json_object_get(json_object_get(j, "error"), "message"));
-    json_decref(j);
-    j = fm_request("/stats/reset", "{}");
-    assert_non_null(j);
-    json_decref(j);
-}
-
-static void fm_config(const char *json)
-{
-    json_t *j = fm_request("/config", json);
-    assert_non_null(j);
-    json_decref(j);
-}
-
-/* One integer field of GET /stats. */
-static long long fm_stat(const char *field)
-{
-    json_t *j = fm_request("/stats", NULL);
-    long long v;
-
-    assert_non_null(j);
-    assert_true(json_is_integer(json_object_get(j, field)));
-    v = json_integer_value(json_object_get(j, field));
-    json_decref(j);
-    return v;
-}
 
 /* ---------------------------------------------------------------------------------------
  * A test environment: loop, config, client
@@ -229,7 +145,7 @@ static void it_on_embed(int status, const struct bd_embed_result *res, const cha
     c->was_sync |= !c->is_returned;
     c->status = status;
     c->is_retryable = is_retryable;
-    c->t_done = it_now();
+    c->t_done = bd_it_now();
     assert_non_null(message);
     snprintf(c->message, sizeof c->message, "%s", message);
     if (status == BD_OK) {
@@ -265,7 +181,7 @@ static void it_embed(struct it_env *e, const char *model, const struct bd_embed_
                      unsigned n, struct it_call *c, struct bd_model_call **h)
 {
     memset(c, 0, sizeof *c);
-    c->t_start = it_now();
+    c->t_start = bd_it_now();
     assert_int_equal(bd_model_embed(e->mc, model, in, n, it_on_embed, c, h), BD_OK);
     c->is_returned = true;
     assert_int_equal(c->calls, 0);
@@ -354,7 +270,7 @@ static void run_wire(enum bd_model_provider p, const char *extra)
     struct it_env e;
     struct it_call c;
 
-    fm_reset(extra);
+    bd_it_fake_reset(it_fake_port, extra);
     env_init(&e);
     env_model(&e, "m", p);
     env_start(&e);
@@ -369,8 +285,8 @@ static void run_wire(enum bd_model_provider p, const char *extra)
         assert_int_equal(c.item_status[i], BD_OK);
         assert_fake_row(&c, i, wire_inputs[i].text, wire_inputs[i].len);
     }
-    assert_int_equal(fm_stat("requests_total"), 1);
-    assert_int_equal(fm_stat("inputs_total"), WIRE_N);
+    assert_int_equal(bd_it_fake_stat(it_fake_port, "requests_total"), 1);
+    assert_int_equal(bd_it_fake_stat(it_fake_port, "inputs_total"), WIRE_N);
     const struct bd_model_stats *s = it_stats(&e, 0);
     assert_int_equal(s->requests, 1);
     assert_int_equal(s->inputs, WIRE_N);
@@ -404,7 +320,7 @@ static void test_openai_api_key(void **state)
     struct it_call ok, bad;
 
     (void)state;
-    fm_reset(",\"api_key\":\"sekrit\"");
+    bd_it_fake_reset(it_fake_port, ",\"api_key\":\"sekrit\"");
     env_init(&e);
     env_model(&e, "good", BD_PROVIDER_OPENAI)->api_key = (char *)"sekrit";
     env_model(&e, "bad", BD_PROVIDER_OPENAI)->api_key = (char *)"wrong";
@@ -433,7 +349,7 @@ static void test_split_250_into_8_requests(void **state)
     struct it_texts t;
 
     (void)state;
-    fm_reset("");
+    bd_it_fake_reset(it_fake_port, "");
     it_texts_make(&t, 250, 3);
     env_init(&e);
     env_model(&e, "m", BD_PROVIDER_OLLAMA)->max_inputs_per_request = 32;
@@ -442,8 +358,8 @@ static void test_split_250_into_8_requests(void **state)
     it_wait(&e, &c);
     assert_int_equal(c.status, BD_OK);
     assert_int_equal(c.requests, 8);
-    assert_int_equal(fm_stat("requests_total"), 8);
-    assert_int_equal(fm_stat("inputs_total"), 250);
+    assert_int_equal(bd_it_fake_stat(it_fake_port, "requests_total"), 8);
+    assert_int_equal(bd_it_fake_stat(it_fake_port, "inputs_total"), 250);
     for (unsigned i = 0; i < t.n; i++)
         assert_fake_row(&c, i, t.in[i].text, t.in[i].len);
     it_call_free(&c);
@@ -459,7 +375,7 @@ static void test_split_by_chars(void **state)
     struct bd_embed_input in[10];
 
     (void)state;
-    fm_reset("");
+    bd_it_fake_reset(it_fake_port, "");
     for (unsigned i = 0; i < 10; i++) {
         memset(texts[i], 'a' + (int)i, 100);
         texts[i][100] = '\0';
@@ -472,7 +388,7 @@ static void test_split_by_chars(void **state)
     it_wait(&e, &c);
     assert_int_equal(c.status, BD_OK);
     assert_int_equal(c.requests, 5);
-    assert_int_equal(fm_stat("requests_total"), 5);
+    assert_int_equal(bd_it_fake_stat(it_fake_port, "requests_total"), 5);
     for (unsigned i = 0; i < 10; i++)
         assert_fake_row(&c, i, in[i].text, in[i].len);
     it_call_free(&c);
@@ -486,7 +402,7 @@ static void test_concurrency_cap_respected(void **state)
     struct it_texts t;
 
     (void)state;
-    fm_reset(",\"latency_ms\":50");
+    bd_it_fake_reset(it_fake_port, ",\"latency_ms\":50");
     it_texts_make(&t, 40, 1);
     env_init(&e);
     struct bd_model_config *m = env_model(&e, "m", BD_PROVIDER_OLLAMA);
@@ -501,12 +417,12 @@ static void test_concurrency_cap_respected(void **state)
     it_wait(&e, &c2);
     assert_int_equal(c1.status, BD_OK);
     assert_int_equal(c2.status, BD_OK);
-    long long max_in_flight = fm_stat("max_in_flight");
+    long long max_in_flight = bd_it_fake_stat(it_fake_port, "max_in_flight");
     print_message("    concurrency: fake max_in_flight=%lld cap=3, 20 requests took %.3f s\n",
                   max_in_flight, c2.t_done - c1.t_start);
     assert_true(max_in_flight <= 3);
     assert_int_equal(max_in_flight, 3);
-    assert_int_equal(fm_stat("requests_total"), 20);
+    assert_int_equal(bd_it_fake_stat(it_fake_port, "requests_total"), 20);
     /* 20 requests of 50 ms, 3 at a time: at least 7 rounds. */
     assert_true(c2.t_done - c1.t_start >= 0.33);
     const struct bd_model_stats *s = it_stats(&e, 0);
@@ -529,7 +445,7 @@ static void test_connections_reused(void **state)
     struct it_texts t;
 
     (void)state;
-    fm_reset("");
+    bd_it_fake_reset(it_fake_port, "");
     it_texts_make(&t, 64, 2);
     env_init(&e);
     struct bd_model_config *m = env_model(&e, "m", BD_PROVIDER_OLLAMA);
@@ -560,7 +476,7 @@ static void test_connections_reused(void **state)
 static void run_fault(const char *extra, double timeout_s, struct it_call *c,
                       struct it_env *e)
 {
-    fm_reset(extra);
+    bd_it_fake_reset(it_fake_port, extra);
     env_init(e);
     env_model(e, "m", BD_PROVIDER_OLLAMA)->timeout_s = timeout_s;
     env_start(e);
@@ -587,7 +503,7 @@ static void test_5xx_is_retryable_model_error(void **state)
 static void on_lift_429(uv_timer_t *t)
 {
     (void)t;
-    fm_config("{\"rate_429\":0}");
+    bd_it_fake_config(it_fake_port, "{\"rate_429\":0}");
 }
 
 static void test_429_waits_retry_after_then_succeeds(void **state)
@@ -598,7 +514,7 @@ static void test_429_waits_retry_after_then_succeeds(void **state)
     uv_timer_t lift;
 
     (void)state;
-    fm_reset(",\"rate_429\":1,\"retry_after\":1");
+    bd_it_fake_reset(it_fake_port, ",\"rate_429\":1,\"retry_after\":1");
     it_texts_make(&t, 40, 1);
     env_init(&e);
     env_model(&e, "m", BD_PROVIDER_OPENAI)->max_inputs_per_request = 10;
@@ -632,7 +548,7 @@ static void test_429_gives_up_after_too_many(void **state)
     struct it_call c;
 
     (void)state;
-    fm_reset(",\"rate_429\":1,\"retry_after\":0");
+    bd_it_fake_reset(it_fake_port, ",\"rate_429\":1,\"retry_after\":0");
     env_init(&e);
     env_model(&e, "m", BD_PROVIDER_OLLAMA);
     e.tuning.max_consecutive_429 = 3;
@@ -642,7 +558,7 @@ static void test_429_gives_up_after_too_many(void **state)
     it_wait(&e, &c);
     assert_int_equal(c.status, BD_EMODELRATE);
     assert_true(c.is_retryable);
-    assert_int_equal(fm_stat("rate_limited_429"), 3);
+    assert_int_equal(bd_it_fake_stat(it_fake_port, "rate_limited_429"), 3);
     assert_int_equal(it_stats(&e, 0)->errors[BD_MODEL_ERR_RATE_LIMITED], 3);
     assert_false(it_stats(&e, 0)->is_circuit_open);
     env_finish(&e);
@@ -698,7 +614,7 @@ static void test_4xx_is_fatal(void **state)
     struct it_texts t;
 
     (void)state;
-    fm_reset(",\"max_inputs\":4");
+    bd_it_fake_reset(it_fake_port, ",\"max_inputs\":4");
     it_texts_make(&t, 8, 1);
     env_init(&e);
     env_model(&e, "m", BD_PROVIDER_OLLAMA)->max_inputs_per_request = 8;
@@ -745,7 +661,7 @@ static void test_one_failure_aborts_siblings(void **state)
     struct it_texts t;
 
     (void)state;
-    fm_reset(",\"hang_rate\":0.5,\"fail_rate\":1,\"seed\":11");
+    bd_it_fake_reset(it_fake_port, ",\"hang_rate\":0.5,\"fail_rate\":1,\"seed\":11");
     it_texts_make(&t, 16, 1);
     env_init(&e);
     struct bd_model_config *m = env_model(&e, "m", BD_PROVIDER_OLLAMA);
@@ -758,14 +674,14 @@ static void test_one_failure_aborts_siblings(void **state)
     assert_int_equal(c.status, BD_EMODEL);
     assert_true(c.t_done - c.t_start < 1.0);
     assert_int_equal(it_stats(&e, 0)->in_flight, 0);
-    long long hangs = fm_stat("hangs"), disconnects = 0;
+    long long hangs = bd_it_fake_stat(it_fake_port, "hangs"), disconnects = 0;
     for (int i = 0; i < 100 && disconnects < hangs; i++) {
-        disconnects = fm_stat("disconnects");
+        disconnects = bd_it_fake_stat(it_fake_port, "disconnects");
         if (disconnects < hangs)
             uv_sleep(10);
     }
     print_message("    siblings: %lld requests, %lld hung and were aborted (%lld disconnects)\n",
-                  fm_stat("requests_total"), hangs, disconnects);
+                  bd_it_fake_stat(it_fake_port, "requests_total"), hangs, disconnects);
     assert_true(hangs >= 1);
     assert_int_equal(disconnects, hangs);
     env_finish(&e);
@@ -785,7 +701,7 @@ static void on_abort_timer(uv_timer_t *t)
 {
     struct abort_ctx *a = t->data;
 
-    a->t_abort = it_now();
+    a->t_abort = bd_it_now();
     bd_model_abort(a->call);
     uv_close((uv_handle_t *)t, NULL);
 }
@@ -799,7 +715,7 @@ static void test_abort_slow_call(void **state)
     uv_timer_t timer;
 
     (void)state;
-    fm_reset(",\"latency_ms\":3000");
+    bd_it_fake_reset(it_fake_port, ",\"latency_ms\":3000");
     it_texts_make(&t, 64, 1);
     env_init(&e);
     env_model(&e, "m", BD_PROVIDER_OLLAMA)->max_inputs_per_request = 16;
@@ -818,7 +734,7 @@ static void test_abort_slow_call(void **state)
     /* The fake notices the closed connections (4 requests were in flight). */
     long long disconnects = 0;
     for (int i = 0; i < 100 && disconnects < 4; i++) {
-        disconnects = fm_stat("disconnects");
+        disconnects = bd_it_fake_stat(it_fake_port, "disconnects");
         if (disconnects < 4)
             uv_sleep(10);
     }
@@ -836,7 +752,7 @@ static void test_close_cancels_calls_in_flight(void **state)
     struct it_texts t;
 
     (void)state;
-    fm_reset(",\"latency_ms\":2000");
+    bd_it_fake_reset(it_fake_port, ",\"latency_ms\":2000");
     it_texts_make(&t, 100, 1);
     env_init(&e);
     struct bd_model_config *m = env_model(&e, "m", BD_PROVIDER_OLLAMA);
@@ -848,14 +764,14 @@ static void test_close_cancels_calls_in_flight(void **state)
     it_embed(&e, "m", t.in, 5, &c2, NULL);
     it_embed(&e, "h", t.in, t.n, &c3, NULL);
     uv_run(&e.loop, UV_RUN_NOWAIT);
-    double t0 = it_now();
+    double t0 = bd_it_now();
     bd_model_client_close(e.mc, on_closed, &e.closed);
     struct bd_model_call *late = (struct bd_model_call *)1;
     assert_int_equal(bd_model_embed(e.mc, "m", t.in, 1, it_on_embed, &c1, &late),
                      BD_ESHUTDOWN);
     assert_null(late);
     uv_run(&e.loop, UV_RUN_DEFAULT);
-    assert_true(it_now() - t0 < 0.5);
+    assert_true(bd_it_now() - t0 < 0.5);
     assert_int_equal(c1.calls, 1);
     assert_int_equal(c2.calls, 1);
     assert_int_equal(c3.calls, 1);
@@ -883,7 +799,7 @@ static void test_close_from_callback(void **state)
     struct it_call c1, c2;
 
     (void)state;
-    fm_reset(",\"latency_ms\":1000");
+    bd_it_fake_reset(it_fake_port, ",\"latency_ms\":1000");
     env_init(&e);
     close_env = &e;
     env_model(&e, "h", BD_PROVIDER_HASHING);
@@ -920,7 +836,7 @@ static void test_circuit_opens_and_recovers(void **state)
     uv_timer_t wait;
 
     (void)state;
-    fm_reset(",\"fail_rate\":1");
+    bd_it_fake_reset(it_fake_port, ",\"fail_rate\":1");
     env_init(&e);
     env_model(&e, "m", BD_PROVIDER_OLLAMA);
     e.tuning.breaker_threshold = 3;
@@ -942,10 +858,10 @@ static void test_circuit_opens_and_recovers(void **state)
     assert_true(c.is_retryable);
     assert_non_null(strstr(c.message, "circuit open"));
     assert_true(c.t_done - c.t_start < 0.05);
-    assert_int_equal(fm_stat("requests_total"), 3);
+    assert_int_equal(bd_it_fake_stat(it_fake_port, "requests_total"), 3);
 
     /* After the cool-down one probe goes; the model works again, so it closes. */
-    fm_config("{\"fail_rate\":0}");
+    bd_it_fake_config(it_fake_port, "{\"fail_rate\":0}");
     uv_timer_init(&e.loop, &wait);
     uv_timer_start(&wait, on_wait_timer, 350, 0);
     uv_run(&e.loop, UV_RUN_DEFAULT);
@@ -953,7 +869,7 @@ static void test_circuit_opens_and_recovers(void **state)
     it_wait(&e, &c);
     assert_int_equal(c.status, BD_OK);
     assert_false(it_stats(&e, 0)->is_circuit_open);
-    assert_int_equal(fm_stat("requests_total"), 4);
+    assert_int_equal(bd_it_fake_stat(it_fake_port, "requests_total"), 4);
     it_call_free(&c);
     env_finish(&e);
 }
@@ -966,7 +882,7 @@ static void test_circuit_probe_failure_reopens(void **state)
     uv_timer_t wait;
 
     (void)state;
-    fm_reset(",\"fail_rate\":1");
+    bd_it_fake_reset(it_fake_port, ",\"fail_rate\":1");
     it_texts_make(&t, 8, 1);
     env_init(&e);
     env_model(&e, "m", BD_PROVIDER_OLLAMA)->max_inputs_per_request = 2;
@@ -984,7 +900,7 @@ static void test_circuit_probe_failure_reopens(void **state)
     it_embed(&e, "m", t.in, t.n, &c, NULL);
     it_wait(&e, &c);
     assert_int_equal(c.status, BD_EMODEL);
-    assert_int_equal(fm_stat("requests_total"), 2);
+    assert_int_equal(bd_it_fake_stat(it_fake_port, "requests_total"), 2);
     assert_true(it_stats(&e, 0)->is_circuit_open);
     env_finish(&e);
     it_texts_free(&t);
@@ -1012,7 +928,7 @@ static void test_overlong_truncate(void **state)
     struct it_call c;
 
     (void)state;
-    fm_reset("");
+    bd_it_fake_reset(it_fake_port, "");
     env_init(&e);
     env_model(&e, "m", BD_PROVIDER_OLLAMA)->max_input_chars = 10;
     env_start(&e);
@@ -1024,7 +940,7 @@ static void test_overlong_truncate(void **state)
         assert_int_equal(c.item_status[i], BD_OK);
         assert_fake_row(&c, i, long_inputs[i].text, long_cut[i]);
     }
-    assert_int_equal(fm_stat("inputs_total"), LONG_N);
+    assert_int_equal(bd_it_fake_stat(it_fake_port, "inputs_total"), LONG_N);
     it_call_free(&c);
     env_finish(&e);
 }
@@ -1035,7 +951,7 @@ static void test_overlong_fail(void **state)
     struct it_call c;
 
     (void)state;
-    fm_reset("");
+    bd_it_fake_reset(it_fake_port, "");
     env_init(&e);
     struct bd_model_config *m = env_model(&e, "m", BD_PROVIDER_OLLAMA);
     m->max_input_chars = 10;
@@ -1055,7 +971,7 @@ static void test_overlong_fail(void **state)
             assert_fake_row(&c, i, long_inputs[i].text, long_inputs[i].len);
         }
     }
-    assert_int_equal(fm_stat("inputs_total"), 2);
+    assert_int_equal(bd_it_fake_stat(it_fake_port, "inputs_total"), 2);
     it_call_free(&c);
 
     /* Nothing left to send: completes without a request. */
@@ -1064,7 +980,7 @@ static void test_overlong_fail(void **state)
     assert_int_equal(c.status, BD_OK);
     assert_int_equal(c.requests, 0);
     assert_int_equal(c.item_status[0], BD_EINVAL);
-    assert_int_equal(fm_stat("requests_total"), 1);
+    assert_int_equal(bd_it_fake_stat(it_fake_port, "requests_total"), 1);
     it_call_free(&c);
     env_finish(&e);
 }
@@ -1184,7 +1100,7 @@ static void on_lag_embed(int status, const struct bd_embed_result *res, const ch
     (void)is_retryable;
     lc->calls++;
     lc->status = status;
-    lc->t_done = it_now();
+    lc->t_done = bd_it_now();
     uv_timer_stop(&lc->probe->timer);
     if (status != BD_OK)
         return;
@@ -1221,7 +1137,7 @@ static void test_hashing_10000_never_blocks_loop(void **state)
     uv_check_init(&e.loop, &turns_check);
     turns_check.data = &turns;
     uv_run(&e.loop, UV_RUN_NOWAIT);                 /* the probe's first tick */
-    double t0 = it_now();
+    double t0 = bd_it_now();
     uv_check_start(&turns_check, on_turn);
     assert_int_equal(bd_model_embed(e.mc, "h", t.in, t.n, on_lag_embed, &lc, NULL), BD_OK);
     while (lc.calls == 0)
@@ -1257,7 +1173,7 @@ static void test_contract_edges(void **state)
     struct bd_model_call *h = (struct bd_model_call *)1;
 
     (void)state;
-    fm_reset("");
+    bd_it_fake_reset(it_fake_port, "");
     env_init(&e);
     env_model(&e, "m", BD_PROVIDER_OLLAMA);
     env_start(&e);
@@ -1282,7 +1198,7 @@ static void test_contract_edges(void **state)
     bd_model_abort(h);
     it_wait(&e, &c);
     assert_int_equal(c.status, BD_ECANCELED);
-    assert_int_equal(fm_stat("requests_total"), 0);
+    assert_int_equal(bd_it_fake_stat(it_fake_port, "requests_total"), 0);
     assert_null(bd_model_client_get_stats(e.mc, 1));
     assert_string_equal(bd_model_error_kind_name(BD_MODEL_ERR_TIMEOUT), "timeout_error");
     assert_string_equal(bd_model_error_kind_name(BD_MODEL_ERR_RATE_LIMITED), "rate_limited");
@@ -1296,7 +1212,7 @@ static void test_rate_limit_paces_requests(void **state)
     struct it_texts t;
 
     (void)state;
-    fm_reset("");
+    bd_it_fake_reset(it_fake_port, "");
     it_texts_make(&t, 60, 1);
     env_init(&e);
     struct bd_model_config *m = env_model(&e, "m", BD_PROVIDER_OLLAMA);

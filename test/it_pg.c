@@ -28,6 +28,7 @@
 #include "batchd/error.h"
 #include "batchd/log.h"
 #include "batchd/pg_store.h"
+#include "bd_it.h"
 
 static const char *it_base_url;     /* BATCH_POSTGRES_URL */
 static char it_schema[64];          /* it_pg_<pid> */
@@ -37,16 +38,6 @@ static char it_schema_m2[80];
 /* ---------------------------------------------------------------------------------------
  * helpers
  */
-
-/* The base URL with search_path set to schema (URL or key=value conninfo). */
-static void url_for(char *out, size_t outlen, const char *base, const char *schema)
-{
-    if (strstr(base, "://") != NULL)
-        snprintf(out, outlen, "%s%coptions=-c%%20search_path%%3D%s", base,
-                 strchr(base, '?') != NULL ? '&' : '?', schema);
-    else
-        snprintf(out, outlen, "%s options='-c search_path=%s'", base, schema);
-}
 
 /* The loop the current case runs. Callbacks call it_wake(): libuv 1.44 runs timers before
  * it blocks for I/O within one UV_RUN_ONCE turn, so a callback fired by a timer would
@@ -99,7 +90,7 @@ static struct bd_pg *pool_open(uv_loop_t *loop, unsigned size, double acquire_ti
 {
     char url[1024];
 
-    url_for(url, sizeof(url), it_base_url, it_schema);
+    bd_it_pg_schema_url(url, sizeof(url), it_base_url, it_schema);
     return pool_open_url(loop, url, size, acquire_timeout_s, statement_timeout_s, true);
 }
 
@@ -544,7 +535,7 @@ static void migrates_once_when_run_twice(void **state)
 
     (void)state;
     assert_int_equal(it_loop_init(&loop), 0);
-    url_for(url, sizeof(url), it_base_url, it_schema_m1);
+    bd_it_pg_schema_url(url, sizeof(url), it_base_url, it_schema_m1);
     pg = pool_open_url(&loop, url, 1, 10.0, 0, false);    /* migrate waits for the conn */
 
     assert_int_equal(bd_pg_migrate(pg, on_migrated, &done), BD_OK);
@@ -569,7 +560,7 @@ static void migrates_once_when_two_pools_race(void **state)
 
     (void)state;
     assert_int_equal(it_loop_init(&loop), 0);
-    url_for(url, sizeof(url), it_base_url, it_schema_m2);
+    bd_it_pg_schema_url(url, sizeof(url), it_base_url, it_schema_m2);
     a = pool_open_url(&loop, url, 1, 10.0, 0, true);
     b = pool_open_url(&loop, url, 1, 10.0, 0, true);
     assert_int_equal(bd_pg_migrate(a, on_migrated, &done), BD_OK);
@@ -1141,7 +1132,7 @@ static void connects_through_a_host_name(void **state)
     }
     snprintf(base, sizeof(base), "%.*slocalhost%s", (int)(ip - it_base_url), it_base_url,
              ip + strlen("127.0.0.1"));
-    url_for(url, sizeof(url), base, it_schema);
+    bd_it_pg_schema_url(url, sizeof(url), base, it_schema);
     assert_int_equal(it_loop_init(&loop), 0);
     pg = pool_open_url(&loop, url, 2, 5.0, 0, true);
     q = pool_query(&loop, pg, "SELECT current_schema()", 0, NULL);
@@ -1171,7 +1162,7 @@ static void connects_to_the_second_host_of_a_list(void **state)
                ? at + 1 : scheme + 3;
     snprintf(base, sizeof(base), "%.*s127.0.0.1:1,%s", (int)(hostpart - it_base_url),
              it_base_url, hostpart);
-    url_for(url, sizeof(url), base, it_schema);
+    bd_it_pg_schema_url(url, sizeof(url), base, it_schema);
     assert_int_equal(it_loop_init(&loop), 0);
     pg = pool_open_url(&loop, url, 2, 5.0, 0, true);
     q = pool_query(&loop, pg, "SELECT current_schema()", 0, NULL);
@@ -1184,98 +1175,59 @@ static void connects_to_the_second_host_of_a_list(void **state)
  * suite
  */
 
-static void admin_sql(const char *sql)
+/* Setup and teardown SQL goes through psql (test/support), not through the pool under test:
+ * the scratch schemas must be made and dropped even when bd_pg is what is broken. */
+
+/* Drop the scratch schemas of earlier runs whose process is gone (a run killed by a timeout
+ * never reaches its teardown). Specific to this suite: whether a run is gone is known only
+ * here, from kill(pid, 0) on the pid in the schema's name, so the names are read, filtered
+ * and then dropped. 0, or -1 when psql failed. */
+static int drop_stale_schemas(void)
 {
-    uv_loop_t loop;
-    struct bd_pg *pg;
-    struct qr q;
+    char *names = bd_it_psql_url(NULL, NULL, "SELECT nspname FROM pg_namespace"
+                                             " WHERE nspname ~ '^it_pg_[0-9]+$'");
+    struct bd_buf sql;
+    int rc = 0;
 
-    assert_int_equal(it_loop_init(&loop), 0);
-    pg = pool_open_url(&loop, it_base_url, 1, 10.0, 0, false);
-    q = pool_query(&loop, pg, sql, 0, NULL);
-    if (q.status != BD_OK)
-        fail_msg("%s: status=%d sqlstate=%s", sql, q.status, q.sqlstate);
-    pool_close_and_finish(&loop, pg);
-}
-
-struct stale {
-    int called;
-    int status;
-    char sql[8192];
-};
-
-/* Collect DROP statements for the scratch schemas of earlier runs whose process is gone
- * (a run killed by a timeout never reaches its teardown). */
-static void on_stale_schemas(int status, PGresult *res, void *arg)
-{
-    struct stale *st = arg;
-    size_t len = 0;
-
-    it_wake();
-    st->called++;
-    st->status = status;
-    st->sql[0] = '\0';
-    for (int i = 0; res != NULL && i < PQntuples(res); i++) {
-        const char *name = PQgetvalue(res, i, 0);
+    if (names == NULL)
+        return -1;
+    bd_buf_init(&sql);
+    for (char *name = strtok(names, "\n"); name != NULL; name = strtok(NULL, "\n")) {
         long pid = strtol(name + strlen("it_pg_"), NULL, 10);
-        int n;
 
         if (pid <= 0 || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
             continue;
-        n = snprintf(st->sql + len, sizeof(st->sql) - len,
-                     "DROP SCHEMA IF EXISTS %1$s CASCADE; DROP SCHEMA IF EXISTS %1$s_m1 CASCADE;"
-                     " DROP SCHEMA IF EXISTS %1$s_m2 CASCADE;", name);
-        if (n < 0 || (size_t)n >= sizeof(st->sql) - len) {
-            st->sql[len] = '\0';
-            break;
-        }
-        len += (size_t)n;
+        bd_buf_printf(&sql, "DROP SCHEMA IF EXISTS %1$s CASCADE; DROP SCHEMA IF EXISTS %1$s_m1"
+                            " CASCADE; DROP SCHEMA IF EXISTS %1$s_m2 CASCADE;\n", name);
     }
-}
-
-static void drop_stale_schemas(void)
-{
-    uv_loop_t loop;
-    struct bd_pg *pg;
-    struct stale st;
-
-    memset(&st, 0, sizeof(st));
-    assert_int_equal(it_loop_init(&loop), 0);
-    pg = pool_open_url(&loop, it_base_url, 1, 10.0, 0, false);
-    assert_int_equal(bd_pg_query(pg, "SELECT nspname FROM pg_namespace"
-                                     " WHERE nspname ~ '^it_pg_[0-9]+$'", 0, NULL, NULL, NULL,
-                                 0, on_stale_schemas, &st), BD_OK);
-    run_until(&loop, &st.called);
-    assert_int_equal(st.status, BD_OK);
-    pool_close_and_finish(&loop, pg);
-    if (st.sql[0] != '\0')
-        admin_sql(st.sql);
+    if (sql.is_failed)
+        rc = -1;
+    else if (sql.len > 0)
+        rc = bd_it_psql_exec("SET client_min_messages = warning;\n%s", sql.data);
+    bd_buf_free(&sql);
+    free(names);
+    return rc;
 }
 
 static int suite_setup(void **state)
 {
-    char sql[1024];
-
     (void)state;
-    drop_stale_schemas();
-    snprintf(sql, sizeof(sql),
-             "DROP SCHEMA IF EXISTS %1$s CASCADE; DROP SCHEMA IF EXISTS %2$s CASCADE;"
-             " DROP SCHEMA IF EXISTS %3$s CASCADE; CREATE SCHEMA %1$s; CREATE SCHEMA %2$s;"
-             " CREATE SCHEMA %3$s", it_schema, it_schema_m1, it_schema_m2);
-    admin_sql(sql);
-    return 0;
+    if (drop_stale_schemas() != 0)
+        return -1;
+    return bd_it_psql_exec("SET client_min_messages = warning;\n"
+                           "DROP SCHEMA IF EXISTS %1$s CASCADE; DROP SCHEMA IF EXISTS %2$s CASCADE;"
+                           " DROP SCHEMA IF EXISTS %3$s CASCADE; CREATE SCHEMA %1$s;"
+                           " CREATE SCHEMA %2$s; CREATE SCHEMA %3$s;",
+                           it_schema, it_schema_m1, it_schema_m2);
 }
 
 static int suite_teardown(void **state)
 {
-    char sql[1024];
-
     (void)state;
-    snprintf(sql, sizeof(sql),
-             "DROP SCHEMA IF EXISTS %s CASCADE; DROP SCHEMA IF EXISTS %s CASCADE;"
-             " DROP SCHEMA IF EXISTS %s CASCADE", it_schema, it_schema_m1, it_schema_m2);
-    admin_sql(sql);
-    return 0;
+    return bd_it_psql_exec("SET client_min_messages = warning;\n"
+                           "DROP SCHEMA IF EXISTS %s CASCADE; DROP SCHEMA IF EXISTS %s CASCADE;"
+                           " DROP SCHEMA IF EXISTS %s CASCADE;",
+                           it_schema, it_schema_m1, it_schema_m2);
 }
 
 int main(void)

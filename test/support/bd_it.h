@@ -148,6 +148,10 @@ double bd_it_num(json_t *o, const char *path);
  * schema URL gets that one), or the test stack's default. */
 const char *bd_it_pg_url(void);
 
+/* base (a postgresql:// URL, or key=value conninfo) with search_path set to schema, into out:
+ * how a suite puts batchd, a pool or psql in a scratch schema of its own. */
+void bd_it_pg_schema_url(char *out, size_t outlen, const char *base, const char *schema);
+
 /* Run the SQL against url (NULL: bd_it_pg_url()). psql_args: NULL or more psql arguments
  * passed verbatim (e.g. "-v pfx=abc"). Returns psql's whole stdout (caller frees) or NULL
  * when psql failed. */
@@ -180,9 +184,32 @@ struct bd_it_raw {
 void bd_it_raw_open(struct bd_it_raw *c, int port, const char *method, const char *path,
                     const char *extra_headers, int rcvbuf);
 
+/* Connect to 127.0.0.1:port and send nothing yet, with Nagle off (each send goes out at once,
+ * as a test that times its pieces needs). Fails the test when connect fails. */
+void bd_it_raw_connect(struct bd_it_raw *c, int port);
+
 /* Send data (NUL-terminated) on the connection, e.g. a second request; fails the test when
  * send fails. */
 void bd_it_raw_send(struct bd_it_raw *c, const char *data);
+
+/* Send len bytes of data (any bytes; partial sends continued); fails the test when send
+ * fails. */
+void bd_it_raw_send_n(struct bd_it_raw *c, const void *data, size_t len);
+
+/* Take one HTTP/1.x response off the front of c->buf, reading more as needed (each read waits
+ * at most timeout_ms): the body framed by Content-Length, chunked (dechunked) or the end of
+ * the connection; none for a HEAD request (is_head), 1xx, 204 and 304, so a 100 Continue is
+ * returned as a response of its own. Fills out as bd_it_http does (status; headers: the status
+ * line and header block; body NUL-terminated, "" when none; seconds: time spent reading) and
+ * removes the response's bytes from c->buf, so the next call reads the next pipelined one.
+ * Returns 0, or -1 (out holds no memory) when the connection ended or a read timed out first.
+ * Fails the test when the bytes are not an HTTP/1.x response. Caller bd_it_resp_free()s. */
+int bd_it_raw_response(struct bd_it_raw *c, struct bd_it_resp *out, bool is_head,
+                       int timeout_ms);
+
+/* True when the peer closes the connection (EOF or an error) within timeout_ms. Bytes that
+ * arrive meanwhile are appended to c->buf. */
+bool bd_it_raw_sees_close(struct bd_it_raw *c, int timeout_ms);
 
 /* Read what is available within timeout_ms (at most max bytes; 0 = any). 0 on data, -1 on
  * timeout, 1 at EOF. */
@@ -199,5 +226,27 @@ void bd_it_raw_close(struct bd_it_raw *c);
 
 /* Occurrences of needle in hay (NULL hay: 0). */
 size_t bd_it_count(const char *hay, const char *needle);
+
+/* ---- the fake model server's admin routes (bd_it_fake.c) ------------------------------
+ * For a fake started with fake_model_spawn() (test/fake_model/fake_model_client.h) on
+ * 127.0.0.1:port. Requests time out after 5 s.
+ */
+
+/* The fake's JSON answer to method path (body: NULL for none), or NULL (the answer printed)
+ * unless it answered 200 with JSON. Caller decrefs. */
+json_t *bd_it_fake_json(int port, const char *method, const char *path, const char *body);
+
+/* POST /config json (an object of settings; all apply or none do). Fails the test unless the
+ * fake accepts it. */
+void bd_it_fake_config(int port, const char *json);
+
+/* POST /config {"reset":true<extra>} and POST /stats/reset: the fake's command-line settings
+ * plus extra (NULL, "" or ",\"key\":value..."), and its counters at zero. Fails the test when
+ * the fake refuses either. */
+void bd_it_fake_reset(int port, const char *extra);
+
+/* The integer at path (bd_it_at's syntax, e.g. "requests_total") in GET /stats; fails the
+ * test, naming the path, when /stats fails or the value is missing or not an integer. */
+long long bd_it_fake_stat(int port, const char *path);
 
 #endif

@@ -22,6 +22,15 @@ const char *bd_it_pg_url(void)
     return bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd");
 }
 
+void bd_it_pg_schema_url(char *out, size_t outlen, const char *base, const char *schema)
+{
+    if (strstr(base, "://") != NULL)
+        snprintf(out, outlen, "%s%coptions=-c%%20search_path%%3D%s", base,
+                 strchr(base, '?') != NULL ? '&' : '?', schema);
+    else
+        snprintf(out, outlen, "%s options='-c search_path=%s'", base, schema);
+}
+
 static char *pg_vrun(const char *url, const char *psql_args, const char *fmt, va_list ap)
 {
     static unsigned counter;
