@@ -14,8 +14,8 @@
 
 #include "batchd/error.h"
 #include "batchd/log.h"
+#include "batchd/url.h"
 
-#include <curl/curl.h>
 #include <hiredis/adapters/libuv.h>
 
 #include <arpa/inet.h>
@@ -640,93 +640,40 @@ static void rq_on_tick(uv_timer_t *timer)
  * Create and close
  * ------------------------------------------------------------------------------------- */
 
-/* A db number: "" or "/" (0), or "/" and digits. */
-static bool rq_parse_db(const char *path, int *out)
+/* A copy of a URL part, NULL for an empty one. */
+static int rq_part(const char *s, char **out)
 {
-    long v = 0;
-
-    if (path == NULL || path[0] == '\0' || strcmp(path, "/") == 0) {
-        *out = 0;
-        return true;
-    }
-    if (path[0] != '/' || strlen(path + 1) > 7)
-        return false;
-    for (const char *p = path + 1; *p != '\0'; p++) {
-        if (*p < '0' || *p > '9')
-            return false;
-        v = v * 10 + (*p - '0');
-    }
-    *out = (int)v;
-    return true;
-}
-
-/* Move a libcurl string into our own malloc'ed copy (NULL stays NULL); s is freed. */
-static int rq_take(char *s, char **out)
-{
-    if (s == NULL)
+    *out = NULL;
+    if (s == NULL || s[0] == '\0')
         return BD_OK;
     *out = strdup(s);
-    curl_free(s);
     return *out != NULL ? BD_OK : BD_ENOMEM;
 }
 
-/* redis://[[user]:password@]host[:port][/db] into rq's host, port, db, user, password,
- * with libcurl's URL parser (the one URL parser of batchd); user and password are
- * %-decoded. "redis://secret@host" is a password alone (as redis-cli reads it). */
+/* redis://[[user]:password@]host[:port][/db] into rq's host, port, db, user, password, by
+ * url.h (libcurl's URL parser, the one of batchd); user and password are %-decoded.
+ * "redis://secret@host" is a password alone (as redis-cli reads it). */
 static int rq_parse_url(struct bd_rq *rq, const char *url)
 {
-    CURLU *u = curl_url();
-    char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL, *query = NULL, *frag = NULL;
-    char *user = NULL, *password = NULL;
-    int err = BD_EINVAL;
-    size_t n;
+    struct bd_url u;
+    unsigned db;
+    int err = bd_url_parse(url, bd_url_redis_schemes, &u, NULL, 0);
 
-    if (u == NULL)
-        return BD_ENOMEM;
-    if (curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-        strcmp(scheme, "redis") != 0 || curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
-        goto done;
-    curl_url_get(u, CURLUPART_PORT, &port, 0);
-    curl_url_get(u, CURLUPART_PATH, &path, 0);
-    curl_url_get(u, CURLUPART_QUERY, &query, 0);
-    curl_url_get(u, CURLUPART_FRAGMENT, &frag, 0);
-    curl_url_get(u, CURLUPART_USER, &user, CURLU_URLDECODE);
-    curl_url_get(u, CURLUPART_PASSWORD, &password, CURLU_URLDECODE);
-    rq->port = port != NULL ? atoi(port) : 6379;
-    n = strlen(host);
-    if (n == 0 || rq->port <= 0 || query != NULL || frag != NULL || !rq_parse_db(path, &rq->db))
-        goto done;
-    err = BD_ENOMEM;
-    if (host[0] == '[' && host[n - 1] == ']')           /* IPv6 literal */
-        rq->host = strndup(host + 1, n - 2);
-    else
-        rq->host = strdup(host);
-    if (rq->host == NULL)
-        goto done;
-    if (password == NULL) {                             /* "secret@host" */
-        password = user;
-        user = NULL;
+    if (err < 0)
+        return err;
+    if (u.query[0] != '\0' || bd_url_path_uint(&u, 1u << 20, &db) < 0) {
+        bd_url_free(&u);
+        return BD_EINVAL;
     }
-    if (user != NULL && user[0] == '\0') {
-        curl_free(user);
-        user = NULL;
-    }
-    err = rq_take(user, &rq->user);             /* each rq_take frees its string */
-    if (rq_take(password, &rq->password) < 0)
-        err = BD_ENOMEM;
-    user = password = NULL;
-
-done:
-    curl_free(scheme);
-    curl_free(host);
-    curl_free(port);
-    curl_free(path);
-    curl_free(query);
-    curl_free(frag);
-    curl_free(user);
-    curl_free(password);
-    curl_url_cleanup(u);
+    rq->port = u.port;
+    rq->db = (int)db;
+    bool is_password_only = u.password[0] == '\0';
+    err = rq_part(u.host, &rq->host);
+    if (err == BD_OK)
+        err = rq_part(is_password_only ? NULL : u.user, &rq->user);
+    if (err == BD_OK)
+        err = rq_part(is_password_only ? u.user : u.password, &rq->password);
+    bd_url_free(&u);
     return err;
 }
 

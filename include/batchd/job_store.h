@@ -5,7 +5,8 @@
  * functions here and never write SQL themselves. Statements run on the nonblocking pool of
  * pg_store.h; each function that takes a callback follows the callback contract (returns
  * < 0 and never calls back, or returns 0 and calls back exactly once, asynchronously).
- * Loop thread only. Write side in job_store.c, read side in job_store_read.c.
+ * Loop thread only. The engine's writes are in job_store.c, a job's creation in
+ * job_store_submit.c, the reads in job_store_read.c.
  */
 #ifndef BATCHD_JOB_STORE_H
 #define BATCHD_JOB_STORE_H

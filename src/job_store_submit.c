@@ -1,0 +1,222 @@
+/* job_store_submit.c -- the statements of a job's creation: the collection and
+ * Idempotency-Key lookups, the job row, its batches by binary COPY, the COMMIT, and the
+ * lookup that settles a COMMIT whose answer was lost.
+ *
+ * Part of the job store (job_store.h): the one place with this SQL text. Loop thread only;
+ * runs on pg_store's nonblocking pool.  SPDX-License-Identifier: MIT
+ */
+#include "batchd/job_store.h"
+
+#include "batchd/buf.h"
+#include "batchd/error.h"
+#include "batchd/pg_store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* What a submit callback keeps while its statement runs. */
+struct store_submit_call {
+    union {
+        bd_job_store_collection_cb collection;
+        bd_job_store_idem_cb idem;
+        bd_job_store_exists_cb exists;
+    } cb;
+    void *arg;
+};
+
+static struct store_submit_call *store_submit_call_new(void *arg)
+{
+    struct store_submit_call *c = malloc(sizeof(*c));
+    if (c)
+        c->arg = arg;
+    return c;
+}
+
+/* SELECT dimension FROM collections: column 0. */
+enum { COLLECTION_COL_DIMENSION };
+
+static void store_on_collection(int status, PGresult *res, void *arg)
+{
+    struct store_submit_call *c = arg;
+    struct bd_job_store_collection_row row = { false, 0 };
+
+    if (status == BD_OK && PQntuples(res) > 0) {
+        row.is_found = true;
+        row.dimension = (unsigned)strtoul(PQgetvalue(res, 0, COLLECTION_COL_DIMENSION), NULL,
+                                          10);
+    }
+    c->cb.collection(status < 0 ? BD_EPG : BD_OK, status < 0 ? NULL : &row, c->arg);
+    free(c);
+}
+
+int bd_job_store_get_collection(struct bd_pg *pg, const char *name, bd_job_store_collection_cb cb,
+                                void *arg)
+{
+    struct store_submit_call *c = store_submit_call_new(arg);
+    const char *params[1] = { name };
+    int rc;
+
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.collection = cb;
+    rc = bd_pg_query(pg, "SELECT dimension FROM collections WHERE name = $1", 1, params, NULL,
+                     NULL, 0, store_on_collection, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
+static void store_on_idempotent(int status, PGresult *res, void *arg)
+{
+    struct store_submit_call *c = arg;
+    struct bd_job_store_idem_row row = { false, NULL, NULL, NULL };
+    struct bd_job_row job;
+    int hash_col = status == BD_OK ? PQfnumber(res, "request_hash") : -1;
+
+    if (status == BD_OK && PQntuples(res) > 0 && hash_col >= 0 &&
+        bd_job_row_from_pg(res, 0, &job) == BD_OK)
+        row = (struct bd_job_store_idem_row){ true, job.id, PQgetvalue(res, 0, hash_col), &job };
+    c->cb.idem(status < 0 ? BD_EPG : BD_OK, status < 0 ? NULL : &row, c->arg);
+    free(c);
+}
+
+int bd_job_store_find_idempotent(struct bd_pg *pg, const char *key, bd_job_store_idem_cb cb,
+                                 void *arg)
+{
+    struct store_submit_call *c = store_submit_call_new(arg);
+    const char *params[1] = { key };
+    int rc;
+
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.idem = cb;
+    rc = bd_pg_query(pg,
+                     "SELECT " BD_JOB_ROW_COLUMNS ", request_hash FROM jobs "
+                     "WHERE idempotency_key = $1",
+                     1, params, NULL, NULL, 0, store_on_idempotent, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
+/* The INSERT's parameters, in order. */
+enum {
+    NEWJOB_ID, NEWJOB_SEQ, NEWJOB_OPERATION, NEWJOB_MODEL, NEWJOB_COLLECTION, NEWJOB_PRIORITY,
+    NEWJOB_BATCH_SIZE, NEWJOB_TOTAL_ITEMS, NEWJOB_TOTAL_BATCHES, NEWJOB_TIMEOUT_S,
+    NEWJOB_MAX_RETRIES, NEWJOB_OPTIONS, NEWJOB_METADATA, NEWJOB_IDEM_KEY, NEWJOB_REQUEST_HASH,
+    NEWJOB_CREATED, NEWJOB_NPARAMS
+};
+
+int bd_job_store_begin_job(struct bd_pg_conn *conn, const struct bd_job_store_new_job *job,
+                           bd_pg_result_cb cb, void *arg)
+{
+    char prio[16], bs[16], items[16], nb[16], seq[24], created[32], timeout[32], retries[16];
+    const char *p[NEWJOB_NPARAMS];
+
+    snprintf(seq, sizeof(seq), "%lld", job->seq);
+    snprintf(prio, sizeof(prio), "%d", job->priority);
+    snprintf(bs, sizeof(bs), "%u", job->batch_size);
+    snprintf(items, sizeof(items), "%u", job->total_items);
+    snprintf(nb, sizeof(nb), "%u", job->total_batches);
+    snprintf(timeout, sizeof(timeout), "%.3f", job->timeout_s);
+    snprintf(retries, sizeof(retries), "%d", job->max_retries);
+    snprintf(created, sizeof(created), "%.3f", job->created_unix);
+    p[NEWJOB_ID] = job->id;
+    p[NEWJOB_SEQ] = seq;
+    p[NEWJOB_OPERATION] = job->operation;
+    p[NEWJOB_MODEL] = job->model;
+    p[NEWJOB_COLLECTION] = job->collection;
+    p[NEWJOB_PRIORITY] = prio;
+    p[NEWJOB_BATCH_SIZE] = bs;
+    p[NEWJOB_TOTAL_ITEMS] = items;
+    p[NEWJOB_TOTAL_BATCHES] = nb;
+    p[NEWJOB_TIMEOUT_S] = timeout;
+    p[NEWJOB_MAX_RETRIES] = retries;
+    p[NEWJOB_OPTIONS] = job->options_json;
+    p[NEWJOB_METADATA] = job->metadata_json;
+    p[NEWJOB_IDEM_KEY] = job->idempotency_key;
+    p[NEWJOB_REQUEST_HASH] = job->idempotency_key ? job->request_hash : NULL;
+    p[NEWJOB_CREATED] = created;
+
+    const char *const sqls[2] = {
+        "BEGIN",
+        "INSERT INTO jobs (id, seq, operation, model, collection, status, priority, "
+        "batch_size, total_items, total_batches, timeout_s, max_retries, options, "
+        "metadata, idempotency_key, request_hash, created_at, updated_at) VALUES "
+        "($1, $2::int8, $3, $4, $5, 'queued', $6::int2, $7::int, $8::int, $9::int, "
+        "$10::float8, $11::int, $12::jsonb, $13::jsonb, $14, $15, "
+        "to_timestamp($16::float8), now())",
+    };
+    const int np[2] = { 0, NEWJOB_NPARAMS };
+    const char *const *params[2] = { NULL, p };
+    return bd_pg_conn_pipeline(conn, 2, sqls, np, params, cb, arg);
+}
+
+/* The COPY's columns, in the order bd_job_store_put_batch writes them. */
+#define STORE_BATCH_COPY_SQL                                                               \
+    "COPY job_batches (job_id, batch_no, first_index, item_count, items, payload) "        \
+    "FROM STDIN WITH (FORMAT binary)"
+#define STORE_BATCH_NCOLUMNS 6
+
+int bd_job_store_put_batch(struct bd_buf *copy, const char *job_id, unsigned batch_no,
+                           unsigned first_index, unsigned item_count, const char *items_json,
+                           size_t items_len, const void *payload, size_t payload_len)
+{
+    bd_pg_copy_row(copy, STORE_BATCH_NCOLUMNS);
+    bd_pg_copy_text(copy, job_id, strlen(job_id));
+    bd_pg_copy_int4(copy, (int32_t)batch_no);
+    bd_pg_copy_int4(copy, (int32_t)first_index);
+    bd_pg_copy_int4(copy, (int32_t)item_count);
+    if (items_json)
+        bd_pg_copy_text(copy, items_json, items_len);
+    else
+        bd_pg_copy_null(copy);
+    if (payload)
+        return bd_pg_copy_bytes(copy, payload, payload_len);
+    return bd_pg_copy_null(copy);
+}
+
+int bd_job_store_copy_batches(struct bd_pg_conn *conn, const struct bd_buf *copy,
+                              bd_pg_result_cb cb, void *arg)
+{
+    return bd_pg_conn_copy_in(conn, STORE_BATCH_COPY_SQL, copy->data, copy->len, cb, arg);
+}
+
+int bd_job_store_commit(struct bd_pg_conn *conn, bd_pg_result_cb cb, void *arg)
+{
+    return bd_pg_conn_query(conn, "COMMIT", 0, NULL, NULL, NULL, 0, cb, arg);
+}
+
+static void store_on_exists(int status, PGresult *res, void *arg)
+{
+    struct store_submit_call *c = arg;
+
+    c->cb.exists(status < 0 ? BD_EPG : BD_OK, status == BD_OK && PQntuples(res) > 0, c->arg);
+    free(c);
+}
+
+int bd_job_store_job_exists(struct bd_pg *pg, const char *job_id, bd_job_store_exists_cb cb,
+                            void *arg)
+{
+    struct store_submit_call *c = store_submit_call_new(arg);
+    const char *params[1] = { job_id };
+    int rc;
+
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.exists = cb;
+    rc = bd_pg_query(pg, "SELECT 1 FROM jobs WHERE id = $1", 1, params, NULL, NULL, 0,
+                     store_on_exists, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
+bool bd_job_store_is_unique_violation(const PGresult *res)
+{
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    return state != NULL && strcmp(state, "23505") == 0;
+}
+
+
