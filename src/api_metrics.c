@@ -32,6 +32,19 @@
  * so that a burst younger than the window is not diluted by the idle time before it. */
 #define API_WINDOW_S 300
 
+struct api_model_sum {
+    long long pending, processing, finished;
+    long long processed, failed, processing_ms;
+    long long ran;
+    double run_s;
+};
+
+struct api_model_total {
+    const char *model;
+    unsigned row;                      /* while sorting: the row it came from */
+    struct api_model_sum sum;
+};
+
 struct api_gather {
     struct bd_http_request *req;
     struct bd_server *srv;
@@ -41,6 +54,8 @@ struct api_gather {
     bool has_jobs;
     struct bd_job_group *rows;         /* copied, model strings in the request's arena */
     unsigned rows_count;
+    struct api_model_total *models;    /* per model, sorted by name (request's arena) */
+    unsigned models_count;
 
     bool has_window;
     long long window_items;
@@ -108,21 +123,53 @@ static double api_window_per_minute(const struct api_gather *g)
 }
 
 /* Per-model figures, summed over the rows of model. */
-struct api_model_sum {
-    long long pending, processing, finished;
-    long long processed, failed, processing_ms;
-    long long ran;
-    double run_s;
-};
+static int api_model_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct api_model_total *)a)->model,
+                  ((const struct api_model_total *)b)->model);
+}
 
+/* One model's figures: a binary search in the totals built once per answer. */
 static void api_model_sum(const struct api_gather *g, const char *model,
                           struct api_model_sum *s)
 {
-    memset(s, 0, sizeof(*s));
+    struct api_model_total key = { .model = model };
+    const struct api_model_total *t =
+        g->models_count ? bsearch(&key, g->models, g->models_count, sizeof(*g->models),
+                                  api_model_cmp)
+                        : NULL;
+    if (t)
+        *s = t->sum;
+    else
+        memset(s, 0, sizeof(*s));
+}
+
+/* Sum the (model, state) rows into one total per model, in one pass over rows sorted by
+ * model: the answer costs O(R log R), not a scan of every row for every model. */
+static int api_model_totals(struct api_gather *g)
+{
+    struct api_model_total *t;
+
+    if (g->rows_count == 0)
+        return BD_OK;
+    t = bd_http_alloc(g->req, g->rows_count * sizeof(*t));
+    if (t == NULL)
+        return BD_ENOMEM;
+    for (unsigned i = 0; i < g->rows_count; i++)
+        t[i] = (struct api_model_total){ .model = g->rows[i].model, .row = i };
+    qsort(t, g->rows_count, sizeof(*t), api_model_cmp);
+    g->models = t;
+    g->models_count = 0;
     for (unsigned i = 0; i < g->rows_count; i++) {
-        const struct bd_job_group *r = &g->rows[i];
-        if (strcmp(r->model, model) != 0)
-            continue;
+        const struct bd_job_group *r = &g->rows[t[i].row];
+        struct api_model_total *m = &g->models[g->models_count];
+        if (g->models_count == 0 || strcmp(g->models[g->models_count - 1].model, r->model)) {
+            *m = (struct api_model_total){ .model = r->model };
+            g->models_count++;
+        } else {
+            m = &g->models[g->models_count - 1];
+        }
+        struct api_model_sum *s = &m->sum;
         if (r->is_known_state && r->state == BD_JOB_QUEUED)
             s->pending += r->jobs;
         else if (r->is_known_state && r->state == BD_JOB_PROCESSING)
@@ -136,6 +183,7 @@ static void api_model_sum(const struct api_gather *g, const char *model,
         s->failed += r->failed_items;
         s->processing_ms += r->processing_ms;
     }
+    return BD_OK;
 }
 
 /* Call fn for every model: the configured ones in config order, then any other model name
@@ -149,8 +197,8 @@ static int api_each_model(const struct api_gather *g, json_t *obj, api_model_fn 
     for (unsigned i = 0; i < cfg->models_count; i++)
         if (fn(g, cfg->models[i].name, obj) < 0)
             return BD_ENOMEM;
-    for (unsigned i = 0; i < g->rows_count; i++) {
-        const char *m = g->rows[i].model;
+    for (unsigned i = 0; i < g->models_count; i++) {
+        const char *m = g->models[i].model;
         if (*m == '\0' || json_object_get(obj, m) != NULL)
             continue;
         if (fn(g, m, obj) < 0)
@@ -325,7 +373,7 @@ static void api_on_jobs(int status, const struct bd_job_group *groups, size_t n,
             goto done;
     }
     g->rows_count = (unsigned)n;
-    g->has_jobs = true;
+    g->has_jobs = api_model_totals(g) == BD_OK;
 done:
     api_gather_done(g);
 }
