@@ -79,7 +79,6 @@ struct bd_metrics {
     uint64_t http_dropped;            /* table full (cannot happen with bounded routes) */
     struct bd_hist http_duration;
     struct bd_hist loop_lag;
-    double max_loop_lag;
     struct metrics_work work[METRICS_OPS][METRICS_SLOTS];
 
     /* CPU window: from sample a to now; b is the newer sample that becomes a after 5 s. */
@@ -188,13 +187,6 @@ void bd_metrics_observe_http(struct bd_metrics *m, const char *route, const char
 void bd_metrics_observe_loop_lag(struct bd_metrics *m, double seconds)
 {
     bd_hist_observe(&m->loop_lag, seconds);
-    if (seconds > m->max_loop_lag)
-        m->max_loop_lag = seconds;
-}
-
-double bd_metrics_get_max_loop_lag(const struct bd_metrics *m)
-{
-    return m->max_loop_lag;
 }
 
 int bd_metrics_model_slot(const struct bd_config *cfg, const char *model)

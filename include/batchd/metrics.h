@@ -33,9 +33,6 @@ void bd_metrics_observe_http(struct bd_metrics *m, const char *route, const char
 /* One loop-lag sample (how late the lag probe ran), seconds. */
 void bd_metrics_observe_loop_lag(struct bd_metrics *m, double seconds);
 
-/* Largest loop lag seen, seconds (for /debug and tests). */
-double bd_metrics_get_max_loop_lag(const struct bd_metrics *m);
-
 /* Record v into h. */
 void bd_hist_observe(struct bd_hist *h, double v);
 
