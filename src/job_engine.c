@@ -444,7 +444,8 @@ static void engine_maybe_stopped(struct bd_job_engine *e)
     if (!e->has_closed_timers) {
         e->has_closed_timers = true;
         uv_timer_t *timers[] = { &e->claim_timer, &e->renew_timer, &e->reap_timer,
-                                 &e->sweep_timer, &e->rebuild_timer, &e->migrate_timer, &e->tput_timer };
+                                 &e->sweep_timer, &e->rebuild_timer, &e->migrate_timer,
+                                 &e->tput_timer };
         for (size_t i = 0; i < sizeof(timers) / sizeof(timers[0]); i++) {
             e->pending_closes++;
             uv_close((uv_handle_t *)timers[i], engine_on_timer_closed);

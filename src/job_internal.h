@@ -147,6 +147,7 @@ void bd__job_arm_timer(struct bd_job *job, double seconds);
 void bd__job_fire_timer_now(struct bd_job *job);
 bool bd__job_should_stop(struct bd_job *job);
 void bd__job_wind_down(struct bd_job *job);
+void bd__job_next_batch(struct bd_job *job);
 void bd__job_decide(struct bd_job *job, enum bd_job_event ev, const char *code,
                     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 struct bd_job *bd__job_new(struct bd_job_engine *e, const char *id);

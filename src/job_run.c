@@ -39,16 +39,28 @@
 #define NO_MOVE (-1)
 
 /* to[event][from]: the state after the event, or NO_MOVE. "cancel" from processing stays
- * processing and records the request (job_transition_sets_cancel). */
+ * processing and records the request (bd_job_transition's *sets_cancel). */
+#define Q BD_JOB_QUEUED
+#define P BD_JOB_PROCESSING
+#define C BD_JOB_COMPLETED
+#define F BD_JOB_FAILED
+#define X BD_JOB_CANCELLED
+#define NO NO_MOVE
 static const int job_table[BD_JOB_EVENT_COUNT][BD_JOB_STATE_COUNT] = {
-    /*                          queued          processing      completed  failed   cancelled */
-    [BD_JOB_EV_START]          = { BD_JOB_PROCESSING, BD_JOB_PROCESSING, NO_MOVE, NO_MOVE, NO_MOVE },
-    [BD_JOB_EV_COMPLETE]       = { NO_MOVE, BD_JOB_COMPLETED, NO_MOVE, NO_MOVE, NO_MOVE },
-    [BD_JOB_EV_FAIL]           = { NO_MOVE, BD_JOB_FAILED, NO_MOVE, NO_MOVE, NO_MOVE },
-    [BD_JOB_EV_CANCEL]         = { BD_JOB_CANCELLED, BD_JOB_PROCESSING, NO_MOVE, NO_MOVE, NO_MOVE },
-    [BD_JOB_EV_STOP_CANCELLED] = { NO_MOVE, BD_JOB_CANCELLED, NO_MOVE, NO_MOVE, NO_MOVE },
-    [BD_JOB_EV_RETRY]          = { NO_MOVE, NO_MOVE, BD_JOB_QUEUED, BD_JOB_QUEUED, BD_JOB_QUEUED },
+    /* from:                      queued  processing  completed  failed  cancelled */
+    [BD_JOB_EV_START]          = { P,      P,          NO,        NO,     NO },
+    [BD_JOB_EV_COMPLETE]       = { NO,     C,          NO,        NO,     NO },
+    [BD_JOB_EV_FAIL]           = { NO,     F,          NO,        NO,     NO },
+    [BD_JOB_EV_CANCEL]         = { X,      P,          NO,        NO,     NO },
+    [BD_JOB_EV_STOP_CANCELLED] = { NO,     X,          NO,        NO,     NO },
+    [BD_JOB_EV_RETRY]          = { NO,     NO,         Q,         Q,      Q  },
 };
+#undef Q
+#undef P
+#undef C
+#undef F
+#undef X
+#undef NO
 
 /* The same table's columns as text[] literals, for compare-and-set in SQL; test_job_run
  * checks they agree with job_table. */
@@ -241,6 +253,17 @@ bool bd__job_should_stop(struct bd_job *job)
     return false;
 }
 
+/* Between batches: the next one, unless the job should stop. */
+void bd__job_next_batch(struct bd_job *job)
+{
+    if (bd__job_should_stop(job)) {
+        bd__job_wind_down(job);
+    } else {
+        job->phase = JOB_PHASE_LOAD_BATCH;
+        bd__job_step(job);
+    }
+}
+
 /* Go to FINISH (terminal state) or RELEASE (hand back), from between operations. */
 void bd__job_wind_down(struct bd_job *job)
 {
@@ -303,12 +326,7 @@ static void job_on_started(int status, const struct bd_job_start_row *row,
                            job->collection, row->collection_dim, job->dim);
         bd_log(BD_LOG_INFO, "job", "job=%s event=claimed operation=%s items=%u batches=%u",
                job->id, bd_job_operation_name(job->op), job->total_items, job->total_batches);
-        if (bd__job_should_stop(job)) {
-            bd__job_wind_down(job);
-        } else {
-            job->phase = JOB_PHASE_LOAD_BATCH;
-            bd__job_step(job);
-        }
+        bd__job_next_batch(job);
     }
     bd__job_unref(job);
 }

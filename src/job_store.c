@@ -7,6 +7,7 @@
  * what the state machine decided.  SPDX-License-Identifier: MIT
  */
 #include "batchd/job_store.h"
+#include "job_store_internal.h"
 
 #include "batchd/buf.h"
 #include "batchd/error.h"
@@ -19,32 +20,53 @@
 
 /* ---- call records and result helpers ------------------------------------------------- */
 
-/* One statement in flight: the caller's typed callback. Allocated per statement (not per
- * item), freed before the callback returns. */
-struct store_call {
-    union {
-        bd_job_store_done_cb done;
-        bd_job_store_start_cb start;
-        bd_job_store_batch_cb batch;
-        bd_job_store_cache_cb cache;
-        bd_job_store_locked_cb locked;
-        bd_job_store_finish_cb finish;
-        bd_job_store_state_cb state;
-        bd_job_store_changed_cb changed;
-        bd_job_store_requeued_cb requeued;
-        bd_job_store_active_cb active;
-        bd_job_store_count_cb count;
-        bd_job_store_rate_cb rate;
-    } cb;
-    void *arg;
-};
-
-static struct store_call *store_call_new(void *arg)
+static struct bd__store_call *store_call_copy(const struct bd__store_call *tmpl)
 {
-    struct store_call *c = malloc(sizeof(*c));
+    struct bd__store_call *c = malloc(sizeof(*c));
     if (c)
-        c->arg = arg;
+        *c = *tmpl;
     return c;
+}
+
+int bd__store_query(struct bd_pg *pg, const char *sql, int nparams, const char *const *values,
+                    const int *lengths, const int *formats, int result_binary,
+                    bd_pg_result_cb on_result, const struct bd__store_call *tmpl)
+{
+    struct bd__store_call *c = store_call_copy(tmpl);
+    if (c == NULL)
+        return BD_ENOMEM;
+    int rc = bd_pg_query(pg, sql, nparams, values, lengths, formats, result_binary, on_result,
+                         c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
+int bd__store_conn_query(struct bd_pg_conn *conn, const char *sql, int nparams,
+                         const char *const *values, const int *lengths, const int *formats,
+                         int result_binary, bd_pg_result_cb on_result,
+                         const struct bd__store_call *tmpl)
+{
+    struct bd__store_call *c = store_call_copy(tmpl);
+    if (c == NULL)
+        return BD_ENOMEM;
+    int rc = bd_pg_conn_query(conn, sql, nparams, values, lengths, formats, result_binary,
+                              on_result, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
+int bd__store_copy_in(struct bd_pg_conn *conn, const char *copy_sql, const char *data,
+                      size_t len, bd_pg_result_cb on_result, const struct bd__store_call *tmpl)
+{
+    struct bd__store_call *c = store_call_copy(tmpl);
+    if (c == NULL)
+        return BD_ENOMEM;
+    int rc = bd_pg_conn_copy_in(conn, copy_sql, data, len, on_result, c);
+    if (rc < 0)
+        free(c);
+    return rc;
 }
 
 /* The error of a failed statement: its text, and whether a retry could pass. */
@@ -114,7 +136,7 @@ enum start_col {
 
 static void store_on_started(int status, PGresult *res, void *arg)
 {
-    struct store_call *c = arg;
+    struct bd__store_call *c = arg;
     struct bd_job_start_row row;
 
     if (status < 0) {
@@ -152,12 +174,8 @@ static void store_on_started(int status, PGresult *res, void *arg)
 int bd_job_store_start(struct bd_pg *pg, const char *job_id, const char *worker_id,
                        const char *sources, bd_job_store_start_cb cb, void *arg)
 {
-    struct store_call *c = store_call_new(arg);
-    if (c == NULL)
-        return BD_ENOMEM;
-    c->cb.start = cb;
     const char *params[3] = { job_id, worker_id, sources };
-    int rc = bd_pg_query(
+    int rc = bd__store_query(
         pg,
         "WITH j AS (UPDATE jobs SET status = 'processing', "
         "started_at = CASE WHEN status = 'queued' OR started_at IS NULL THEN now() "
@@ -173,9 +191,7 @@ int bd_job_store_start(struct bd_pg *pg, const char *job_id, const char *worker_
         "RETURNING dimension) "
         "SELECT j.*, COALESCE((SELECT dimension FROM c), (SELECT dimension "
         "FROM collections x WHERE x.name = j.collection)) FROM j",
-        3, params, NULL, NULL, 0, store_on_started, c);
-    if (rc < 0)
-        free(c);
+        3, params, NULL, NULL, 0, store_on_started, BD__STORE_CALL(start));
     return rc;
 }
 
@@ -186,7 +202,7 @@ enum batch_col {
 
 static void store_on_batch(int status, PGresult *res, void *arg)
 {
-    struct store_call *c = arg;
+    struct bd__store_call *c = arg;
     struct bd_job_batch_row row;
 
     if (status < 0) {
@@ -226,26 +242,20 @@ static void store_on_batch(int status, PGresult *res, void *arg)
 int bd_job_store_load_batch(struct bd_pg *pg, const char *job_id, bd_job_store_batch_cb cb,
                             void *arg)
 {
-    struct store_call *c = store_call_new(arg);
-    if (c == NULL)
-        return BD_ENOMEM;
-    c->cb.batch = cb;
     const char *params[1] = { job_id };
-    int rc = bd_pg_query(pg,
+    int rc = bd__store_query(pg,
                          "SELECT j.cancel_requested, b.batch_no, b.first_index, b.item_count, "
                          "b.items::text, b.attempts, b.payload FROM jobs j LEFT JOIN LATERAL "
                          "(SELECT * FROM job_batches x WHERE x.job_id = j.id "
                          "AND x.status = 'pending' ORDER BY x.batch_no LIMIT 1) b ON true "
                          "WHERE j.id = $1",
-                         1, params, NULL, NULL, 1, store_on_batch, c);
-    if (rc < 0)
-        free(c);
+                         1, params, NULL, NULL, 1, store_on_batch, BD__STORE_CALL(batch));
     return rc;
 }
 
 static void store_on_done(int status, PGresult *res, void *arg)
 {
-    struct store_call *c = arg;
+    struct bd__store_call *c = arg;
     if (status < 0) {
         struct bd_job_store_err e = store_err(res);
         c->cb.done(status, &e, c->arg);
@@ -260,19 +270,13 @@ int bd_job_store_record_attempt(struct bd_pg *pg, const char *job_id, int batch_
                                 bd_job_store_done_cb cb, void *arg)
 {
     char batch[16], att[16];
-    struct store_call *c = store_call_new(arg);
-    if (c == NULL)
-        return BD_ENOMEM;
-    c->cb.done = cb;
     snprintf(batch, sizeof(batch), "%d", batch_no);
     snprintf(att, sizeof(att), "%u", attempts);
     const char *params[4] = { job_id, batch, att, message ? message : "" };
-    int rc = bd_pg_query(pg,
+    int rc = bd__store_query(pg,
                          "UPDATE job_batches SET attempts = $3::int, last_error = $4, "
                          "updated_at = now() WHERE job_id = $1 AND batch_no = $2::int",
-                         4, params, NULL, NULL, 0, store_on_done, c);
-    if (rc < 0)
-        free(c);
+                         4, params, NULL, NULL, 0, store_on_done, BD__STORE_CALL(done));
     return rc;
 }
 
@@ -280,7 +284,7 @@ int bd_job_store_record_attempt(struct bd_pg *pg, const char *job_id, int batch_
 
 static void store_on_locked(int status, PGresult *res, void *arg)
 {
-    struct store_call *c = arg;
+    struct bd__store_call *c = arg;
     if (status < 0) {
         struct bd_job_store_err e = store_err(res);
         c->cb.locked(status, false, &e, c->arg);
@@ -297,10 +301,6 @@ static void store_on_locked(int status, PGresult *res, void *arg)
 int bd_job_store_write_begin(struct bd_pg_conn *conn, struct bd_buf *q, const char *job_id,
                              int batch_no, bd_job_store_locked_cb cb, void *arg)
 {
-    struct store_call *c = store_call_new(arg);
-    if (c == NULL)
-        return BD_ENOMEM;
-    c->cb.locked = cb;
     bd_buf_reset(q);
     bd_buf_printf(q,
                   "BEGIN; "
@@ -311,10 +311,8 @@ int bd_job_store_write_begin(struct bd_pg_conn *conn, struct bd_buf *q, const ch
                   "FOR UPDATE",
                   job_id, batch_no);
     int rc = q->is_failed ? BD_ENOMEM
-                          : bd_pg_conn_query(conn, q->data, 0, NULL, NULL, NULL, 0,
-                                             store_on_locked, c);
-    if (rc < 0)
-        free(c);
+                          : bd__store_conn_query(conn, q->data, 0, NULL, NULL, NULL, 0,
+                                             store_on_locked, BD__STORE_CALL(locked));
     return rc;
 }
 
@@ -373,14 +371,8 @@ int bd_job_store_stage_end(struct bd_buf *b)
 int bd_job_store_write_stage(struct bd_pg_conn *conn, const struct bd_buf *b,
                              bd_job_store_done_cb cb, void *arg)
 {
-    struct store_call *c = store_call_new(arg);
-    if (c == NULL)
-        return BD_ENOMEM;
-    c->cb.done = cb;
-    int rc = bd_pg_conn_copy_in(conn, "COPY bd_stage FROM STDIN WITH (FORMAT binary)", b->data,
-                                b->len, store_on_done, c);
-    if (rc < 0)
-        free(c);
+    int rc = bd__store_copy_in(conn, "COPY bd_stage FROM STDIN WITH (FORMAT binary)", b->data,
+                                b->len, store_on_done, BD__STORE_CALL(done));
     return rc;
 }
 
@@ -388,10 +380,6 @@ int bd_job_store_write_commit(struct bd_pg_conn *conn, struct bd_buf *q,
                               const struct bd_job_checkpoint *cp, bd_job_store_done_cb cb,
                               void *arg)
 {
-    struct store_call *c = store_call_new(arg);
-    if (c == NULL)
-        return BD_ENOMEM;
-    c->cb.done = cb;
     bd_buf_reset(q);
     bd_buf_printf(q,
                   "INSERT INTO vectors (collection, id, embedding, metadata, job_id, "
@@ -424,16 +412,14 @@ int bd_job_store_write_commit(struct bd_pg_conn *conn, struct bd_buf *q,
                   cp->batch_no, cp->ok, cp->failed, cp->ok, cp->cache_hits, cp->duration_ms,
                   cp->job_id);
     int rc = q->is_failed ? BD_ENOMEM
-                          : bd_pg_conn_query(conn, q->data, 0, NULL, NULL, NULL, 0,
-                                             store_on_done, c);
-    if (rc < 0)
-        free(c);
+                          : bd__store_conn_query(conn, q->data, 0, NULL, NULL, NULL, 0,
+                                             store_on_done, BD__STORE_CALL(done));
     return rc;
 }
 
 static void store_on_finished(int status, PGresult *res, void *arg)
 {
-    struct store_call *c = arg;
+    struct bd__store_call *c = arg;
     if (status < 0) {
         struct bd_job_store_err e = store_err(res);
         c->cb.finish(status, NULL, &e, c->arg);
@@ -452,17 +438,13 @@ int bd_job_store_finish(struct bd_pg *pg, const char *job_id, enum bd_job_state 
                         const char *error_code, const char *error_message,
                         bd_job_store_finish_cb cb, void *arg)
 {
-    struct store_call *c = store_call_new(arg);
-    if (c == NULL)
-        return BD_ENOMEM;
-    c->cb.finish = cb;
     /* "completed" is a request to decide by the counters: every item failed -> failed
      * (SPEC "States"); a cancel that PostgreSQL recorded wins over a completion, so a job
      * a 200 promised to stop never ends 'completed'. */
     const char *params[4] = { job_id,
                               final_state == BD_JOB_COMPLETED ? "" : bd_job_state_name(final_state),
                               error_code ? error_code : "", error_message ? error_message : "" };
-    int rc = bd_pg_query(pg,
+    int rc = bd__store_query(pg,
                          "UPDATE jobs SET "
                          "status = CASE WHEN $2 <> '' THEN $2 "
                          "  WHEN cancel_requested THEN 'cancelled' "
@@ -478,9 +460,7 @@ int bd_job_store_finish(struct bd_pg *pg, const char *job_id, enum bd_job_state 
                          "completed_at = now(), lease_owner = NULL, updated_at = now() "
                          "WHERE id = $1 AND status = 'processing' "
                          "RETURNING status, processed_items, failed_items",
-                         4, params, NULL, NULL, 0, store_on_finished, c);
-    if (rc < 0)
-        free(c);
+                         4, params, NULL, NULL, 0, store_on_finished, BD__STORE_CALL(finish));
     return rc;
 }
 
@@ -488,7 +468,7 @@ int bd_job_store_finish(struct bd_pg *pg, const char *job_id, enum bd_job_state 
 
 static void store_on_state(int status, PGresult *res, void *arg)
 {
-    struct store_call *c = arg;
+    struct bd__store_call *c = arg;
     if (status < 0) {
         struct bd_job_store_err e = store_err(res);
         c->cb.state(status, NULL, &e, c->arg);
@@ -505,21 +485,15 @@ static void store_on_state(int status, PGresult *res, void *arg)
 int bd_job_store_get_state(struct bd_pg *pg, const char *job_id, bd_job_store_state_cb cb,
                            void *arg)
 {
-    struct store_call *c = store_call_new(arg);
-    if (c == NULL)
-        return BD_ENOMEM;
-    c->cb.state = cb;
     const char *params[1] = { job_id };
-    int rc = bd_pg_query(pg, "SELECT status, cancel_requested FROM jobs WHERE id = $1", 1,
-                         params, NULL, NULL, 0, store_on_state, c);
-    if (rc < 0)
-        free(c);
+    int rc = bd__store_query(pg, "SELECT status, cancel_requested FROM jobs WHERE id = $1", 1,
+                         params, NULL, NULL, 0, store_on_state, BD__STORE_CALL(state));
     return rc;
 }
 
 static void store_on_changed(int status, PGresult *res, void *arg)
 {
-    struct store_call *c = arg;
+    struct bd__store_call *c = arg;
     if (status < 0) {
         struct bd_job_store_err e = store_err(res);
         c->cb.changed(status, false, &e, c->arg);
@@ -532,19 +506,13 @@ static void store_on_changed(int status, PGresult *res, void *arg)
 int bd_job_store_cancel(struct bd_pg *pg, const char *job_id, enum bd_job_state from,
                         enum bd_job_state to, bd_job_store_changed_cb cb, void *arg)
 {
-    struct store_call *c = store_call_new(arg);
-    if (c == NULL)
-        return BD_ENOMEM;
-    c->cb.changed = cb;
     const char *params[3] = { job_id, bd_job_state_name(from), bd_job_state_name(to) };
-    int rc = bd_pg_query(pg,
+    int rc = bd__store_query(pg,
                          "UPDATE jobs SET status = $3, cancel_requested = true, "
                          "completed_at = CASE WHEN $3 IN ('completed', 'failed', 'cancelled') "
                          "THEN now() ELSE completed_at END, updated_at = now() "
                          "WHERE id = $1 AND status = $2 AND NOT cancel_requested",
-                         3, params, NULL, NULL, 0, store_on_changed, c);
-    if (rc < 0)
-        free(c);
+                         3, params, NULL, NULL, 0, store_on_changed, BD__STORE_CALL(changed));
     return rc;
 }
 
@@ -563,7 +531,7 @@ static void store_queue_row(const PGresult *res, int row, struct bd_job_queue_ro
 
 static void store_on_requeued(int status, PGresult *res, void *arg)
 {
-    struct store_call *c = arg;
+    struct bd__store_call *c = arg;
     if (status < 0) {
         struct bd_job_store_err e = store_err(res);
         c->cb.requeued(status, NULL, &e, c->arg);
@@ -583,12 +551,8 @@ static void store_on_requeued(int status, PGresult *res, void *arg)
 int bd_job_store_retry(struct bd_pg *pg, const char *job_id, enum bd_job_state from,
                        bd_job_store_requeued_cb cb, void *arg)
 {
-    struct store_call *c = store_call_new(arg);
-    if (c == NULL)
-        return BD_ENOMEM;
-    c->cb.requeued = cb;
     const char *params[2] = { job_id, bd_job_state_name(from) };
-    int rc = bd_pg_query(
+    int rc = bd__store_query(
         pg,
         "WITH j0 AS (SELECT id FROM jobs WHERE id = $1 AND status = $2 FOR UPDATE), "
         "old AS (SELECT b.batch_no, b.processed, b.failed FROM job_batches b JOIN j0 "
@@ -608,9 +572,7 @@ int bd_job_store_retry(struct bd_pg *pg, const char *job_id, enum bd_job_state f
         "WHERE id IN (SELECT id FROM j0) AND ((SELECT count(*) FROM old) > 0 "
         "OR (SELECT n FROM pend) > 0) "
         "RETURNING id, priority, seq, COALESCE(model, ''), total_items, run_attempt",
-        2, params, NULL, NULL, 0, store_on_requeued, c);
-    if (rc < 0)
-        free(c);
+        2, params, NULL, NULL, 0, store_on_requeued, BD__STORE_CALL(requeued));
     return rc;
 }
 
@@ -618,7 +580,7 @@ int bd_job_store_retry(struct bd_pg *pg, const char *job_id, enum bd_job_state f
 
 static void store_on_active(int status, PGresult *res, void *arg)
 {
-    struct store_call *c = arg;
+    struct bd__store_call *c = arg;
     if (status < 0) {
         struct bd_job_store_err e = store_err(res);
         c->cb.active(status, NULL, 0, 0, &e, c->arg);
@@ -645,23 +607,17 @@ static void store_on_active(int status, PGresult *res, void *arg)
 
 int bd_job_store_list_active(struct bd_pg *pg, bd_job_store_active_cb cb, void *arg)
 {
-    struct store_call *c = store_call_new(arg);
-    if (c == NULL)
-        return BD_ENOMEM;
-    c->cb.active = cb;
-    int rc = bd_pg_query(pg,
+    int rc = bd__store_query(pg,
                          "SELECT j.id, j.priority, j.seq, COALESCE(j.model, ''), j.total_items, "
                          "j.run_attempt, m.max_seq FROM (SELECT max(seq) AS max_seq FROM jobs) m "
                          "LEFT JOIN jobs j ON j.status IN ('queued', 'processing') ORDER BY j.seq",
-                         0, NULL, NULL, NULL, 0, store_on_active, c);
-    if (rc < 0)
-        free(c);
+                         0, NULL, NULL, NULL, 0, store_on_active, BD__STORE_CALL(active));
     return rc;
 }
 
 static void store_on_count(int status, PGresult *res, void *arg)
 {
-    struct store_call *c = arg;
+    struct bd__store_call *c = arg;
     if (status < 0) {
         struct bd_job_store_err e = store_err(res);
         c->cb.count(status, 0, &e, c->arg);
@@ -674,26 +630,20 @@ static void store_on_count(int status, PGresult *res, void *arg)
 int bd_job_store_sweep(struct bd_pg *pg, double age_s, bd_job_store_count_cb cb, void *arg)
 {
     char secs[32];
-    struct store_call *c = store_call_new(arg);
-    if (c == NULL)
-        return BD_ENOMEM;
-    c->cb.count = cb;
     snprintf(secs, sizeof(secs), "%.3f", age_s);
     const char *params[1] = { secs };
-    int rc = bd_pg_query(pg,
+    int rc = bd__store_query(pg,
                          "WITH c AS (DELETE FROM embedding_cache "
                          "WHERE created_at < now() - make_interval(secs => $1::float8)) "
                          "DELETE FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') "
                          "AND completed_at < now() - make_interval(secs => $1::float8)",
-                         1, params, NULL, NULL, 0, store_on_count, c);
-    if (rc < 0)
-        free(c);
+                         1, params, NULL, NULL, 0, store_on_count, BD__STORE_CALL(count));
     return rc;
 }
 
 static void store_on_rate(int status, PGresult *res, void *arg)
 {
-    struct store_call *c = arg;
+    struct bd__store_call *c = arg;
     if (status < 0) {
         struct bd_job_store_err e = store_err(res);
         c->cb.rate(status, 0, &e, c->arg);
@@ -706,18 +656,12 @@ static void store_on_rate(int status, PGresult *res, void *arg)
 /* Their items over the wall time from the first start to the last completion. */
 int bd_job_store_throughput(struct bd_pg *pg, bd_job_store_rate_cb cb, void *arg)
 {
-    struct store_call *c = store_call_new(arg);
-    if (c == NULL)
-        return BD_ENOMEM;
-    c->cb.rate = cb;
-    int rc = bd_pg_query(pg,
+    int rc = bd__store_query(pg,
                          "SELECT COALESCE(sum(processed_items + failed_items) / NULLIF(extract("
                          "epoch FROM max(completed_at) - min(started_at)), 0), 0) FROM jobs "
                          "WHERE completed_at > now() - interval '15 minutes' "
                          "AND started_at IS NOT NULL",
-                         0, NULL, NULL, NULL, 0, store_on_rate, c);
-    if (rc < 0)
-        free(c);
+                         0, NULL, NULL, NULL, 0, store_on_rate, BD__STORE_CALL(rate));
     return rc;
 }
 
@@ -725,7 +669,7 @@ int bd_job_store_throughput(struct bd_pg *pg, bd_job_store_rate_cb cb, void *arg
 
 static void store_on_cache(int status, PGresult *res, void *arg)
 {
-    struct store_call *c = arg;
+    struct bd__store_call *c = arg;
     if (status < 0) {
         struct bd_job_store_err e = store_err(res);
         c->cb.cache(status, NULL, 0, &e, c->arg);
@@ -763,16 +707,10 @@ int bd_job_store_cache_lookup(struct bd_pg *pg, struct bd_buf *q, const char *ke
     bd_buf_puts(q, "}");
     if (q->is_failed)
         return BD_ENOMEM;
-    struct store_call *c = store_call_new(arg);
-    if (c == NULL)
-        return BD_ENOMEM;
-    c->cb.cache = cb;
     const char *params[1] = { q->data };
-    int rc = bd_pg_query(pg,
+    int rc = bd__store_query(pg,
                          "SELECT text_hash, embedding FROM embedding_cache "
                          "WHERE text_hash = ANY($1::text[])",
-                         1, params, NULL, NULL, 1, store_on_cache, c);
-    if (rc < 0)
-        free(c);
+                         1, params, NULL, NULL, 1, store_on_cache, BD__STORE_CALL(cache));
     return rc;
 }

@@ -10,6 +10,7 @@
  * never blocks; writes nothing.  SPDX-License-Identifier: MIT
  */
 #include "batchd/job_store.h"
+#include "job_store_internal.h"
 
 #include "batchd/error.h"
 #include "batchd/pg_store.h"
@@ -117,39 +118,13 @@ int bd_job_row_from_pg(const PGresult *res, int row, struct bd_job_row *out)
 
 /* ---- one call record per statement ------------------------------------------------------ */
 
-/* What a statement's pg callback needs to call its caller back. malloc'ed by store_send,
- * freed by the pg callback once the caller's callback returned. */
-struct store_call {
-    union {
-        bd_job_store_job_cb job;
-        bd_job_store_job_detail_cb detail;
-        bd_job_store_job_debug_cb debug;
-        bd_job_store_jobs_cb jobs;
-        bd_job_store_items_cb items;
-        bd_job_store_results_cb results;
-        bd_job_store_state_counts_cb counts;
-        bd_job_store_job_groups_cb groups;
-        bd_job_store_window_cb window;
-    } cb;
-    void *arg;
-    unsigned limit;                    /* pages: rows asked for (one more was fetched) */
-};
-
+/* One statement with a copy of tmpl as its call record (job_store_internal.h). */
 static int store_send(struct bd_pg *pg, const char *sql, int nparams, const char *const *values,
-                      bd_pg_result_cb on_result, struct store_call *tmpl)
+                      bd_pg_result_cb on_result, const struct bd__store_call *tmpl)
 {
-    struct store_call *call;
-    int err;
-
     if (pg == NULL)
         return BD_EPG;
-    if ((call = malloc(sizeof(*call))) == NULL)
-        return BD_ENOMEM;
-    *call = *tmpl;
-    err = bd_pg_query(pg, sql, nparams, values, NULL, NULL, 0, on_result, call);
-    if (err < 0)
-        free(call);
-    return err;
+    return bd__store_query(pg, sql, nparams, values, NULL, NULL, 0, on_result, tmpl);
 }
 
 /* The server's message of a failed statement, or NULL. */
@@ -164,7 +139,7 @@ static const char store_sql_job[] = "SELECT " BD_JOB_ROW_COLUMNS " FROM jobs WHE
 
 static void store_on_job(int status, PGresult *res, void *arg)
 {
-    struct store_call *call = arg;
+    struct bd__store_call *call = arg;
     int cols[JC_COUNT];
     struct bd_job_row row;
 
@@ -180,7 +155,7 @@ static void store_on_job(int status, PGresult *res, void *arg)
 
 int bd_job_store_get_job(struct bd_pg *pg, const char *job_id, bd_job_store_job_cb cb, void *arg)
 {
-    struct store_call tmpl = { .cb.job = cb, .arg = arg };
+    struct bd__store_call tmpl = { .cb.job = cb, .arg = arg };
     const char *values[1] = { job_id };
 
     return store_send(pg, store_sql_job, 1, values, store_on_job, &tmpl);
@@ -264,7 +239,7 @@ static int store_job_detail(const PGresult *res, bool is_debug, struct bd_job_de
 
 static void store_on_job_detail(int status, PGresult *res, void *arg)
 {
-    struct store_call *call = arg;
+    struct bd__store_call *call = arg;
     struct bd_job_debug dbg;
 
     if (status == BD_OK && PQntuples(res) == 0)
@@ -279,7 +254,7 @@ static void store_on_job_detail(int status, PGresult *res, void *arg)
 int bd_job_store_get_job_detail(struct bd_pg *pg, const char *job_id, bd_job_store_job_detail_cb cb,
                             void *arg)
 {
-    struct store_call tmpl = { .cb.detail = cb, .arg = arg };
+    struct bd__store_call tmpl = { .cb.detail = cb, .arg = arg };
     const char *values[1] = { job_id };
 
     return store_send(pg, store_sql_job_detail, 1, values, store_on_job_detail, &tmpl);
@@ -287,7 +262,7 @@ int bd_job_store_get_job_detail(struct bd_pg *pg, const char *job_id, bd_job_sto
 
 static void store_on_job_debug(int status, PGresult *res, void *arg)
 {
-    struct store_call *call = arg;
+    struct bd__store_call *call = arg;
     struct bd_job_debug dbg;
 
     if (status == BD_OK && PQntuples(res) == 0)
@@ -302,7 +277,7 @@ static void store_on_job_debug(int status, PGresult *res, void *arg)
 int bd_job_store_get_job_debug(struct bd_pg *pg, const char *job_id, unsigned max_batches,
                            bd_job_store_job_debug_cb cb, void *arg)
 {
-    struct store_call tmpl = { .cb.debug = cb, .arg = arg };
+    struct bd__store_call tmpl = { .cb.debug = cb, .arg = arg };
     char limit[16];
     const char *values[2] = { job_id, limit };
 
@@ -331,7 +306,7 @@ static size_t store_page_rows(const PGresult *res, unsigned limit, bool *has_mor
 
 static void store_on_jobs(int status, PGresult *res, void *arg)
 {
-    struct store_call *call = arg;
+    struct bd__store_call *call = arg;
     struct bd_job_row *rows = NULL;
     int cols[JC_COUNT];
     size_t n = 0;
@@ -360,7 +335,7 @@ static void store_on_jobs(int status, PGresult *res, void *arg)
 int bd_job_store_list_jobs(struct bd_pg *pg, const struct bd_job_filter *f, bd_job_store_jobs_cb cb,
                        void *arg)
 {
-    struct store_call tmpl = { .cb.jobs = cb, .arg = arg, .limit = f->limit };
+    struct bd__store_call tmpl = { .cb.jobs = cb, .arg = arg, .limit = f->limit };
     char seq[32], limit[16];
     const char *values[5];
 
@@ -434,7 +409,7 @@ static int store_page_head(const PGresult *res, int status_col, int index_col, u
 
 static void store_on_items(int status, PGresult *res, void *arg)
 {
-    struct store_call *call = arg;
+    struct bd__store_call *call = arg;
     struct bd_item_page page = { 0 };
     struct bd_item_row *rows = NULL;
     int c[IC_COUNT];
@@ -462,7 +437,7 @@ static void store_on_items(int status, PGresult *res, void *arg)
 int bd_job_store_list_items(struct bd_pg *pg, const char *job_id, enum bd_item_filter filter,
                         long long from_index, unsigned limit, bd_job_store_items_cb cb, void *arg)
 {
-    struct store_call tmpl = { .cb.items = cb, .arg = arg, .limit = limit };
+    struct bd__store_call tmpl = { .cb.items = cb, .arg = arg, .limit = limit };
     char from[32], lim[16];
     const char *values[3] = { job_id, from, lim };
 
@@ -489,7 +464,7 @@ static const char *const store_result_col_names[RC_COUNT] = {
 
 static void store_on_results(int status, PGresult *res, void *arg)
 {
-    struct store_call *call = arg;
+    struct bd__store_call *call = arg;
     struct bd_result_page page = { 0 };
     struct bd_result_row *rows = NULL;
     int c[RC_COUNT];
@@ -523,7 +498,7 @@ static void store_on_results(int status, PGresult *res, void *arg)
 int bd_job_store_list_results(struct bd_pg *pg, const char *job_id, long long from_index,
                           unsigned limit, bd_job_store_results_cb cb, void *arg)
 {
-    struct store_call tmpl = { .cb.results = cb, .arg = arg, .limit = limit };
+    struct bd__store_call tmpl = { .cb.results = cb, .arg = arg, .limit = limit };
     char from[32], lim[16];
     const char *values[3] = { job_id, from, lim };
 
@@ -542,7 +517,7 @@ static const char *const store_count_col_names[CC_COUNT] = { "status", "jobs" };
 
 static void store_on_state_counts(int status, PGresult *res, void *arg)
 {
-    struct store_call *call = arg;
+    struct bd__store_call *call = arg;
     long long counts[BD_JOB_STATE_COUNT] = { 0 };
     int c[CC_COUNT];
 
@@ -560,7 +535,7 @@ static void store_on_state_counts(int status, PGresult *res, void *arg)
 
 int bd_job_store_count_jobs_by_state(struct bd_pg *pg, bd_job_store_state_counts_cb cb, void *arg)
 {
-    struct store_call tmpl = { .cb.counts = cb, .arg = arg };
+    struct bd__store_call tmpl = { .cb.counts = cb, .arg = arg };
 
     return store_send(pg, store_sql_state_counts, 0, NULL, store_on_state_counts, &tmpl);
 }
@@ -586,7 +561,7 @@ static const char *const store_group_col_names[GC_COUNT] = {
 
 static void store_on_job_groups(int status, PGresult *res, void *arg)
 {
-    struct store_call *call = arg;
+    struct bd__store_call *call = arg;
     struct bd_job_group *g = NULL;
     size_t n = 0;
     int c[GC_COUNT];
@@ -618,7 +593,7 @@ static void store_on_job_groups(int status, PGresult *res, void *arg)
 
 int bd_job_store_get_job_groups(struct bd_pg *pg, bd_job_store_job_groups_cb cb, void *arg)
 {
-    struct store_call tmpl = { .cb.groups = cb, .arg = arg };
+    struct bd__store_call tmpl = { .cb.groups = cb, .arg = arg };
 
     return store_send(pg, store_sql_job_groups, 0, NULL, store_on_job_groups, &tmpl);
 }
@@ -636,7 +611,7 @@ static const char *const store_window_col_names[WC_COUNT] = { "items", "span_s" 
 
 static void store_on_recent_items(int status, PGresult *res, void *arg)
 {
-    struct store_call *call = arg;
+    struct bd__store_call *call = arg;
     long long items = 0;
     double span_s = 0.0;
     int c[WC_COUNT];
@@ -655,7 +630,7 @@ static void store_on_recent_items(int status, PGresult *res, void *arg)
 int bd_job_store_get_recent_items(struct bd_pg *pg, unsigned window_s, bd_job_store_window_cb cb,
                               void *arg)
 {
-    struct store_call tmpl = { .cb.window = cb, .arg = arg };
+    struct bd__store_call tmpl = { .cb.window = cb, .arg = arg };
     char win[16];
     const char *values[1] = { win };
 

@@ -6,6 +6,7 @@
  * runs on pg_store's nonblocking pool.  SPDX-License-Identifier: MIT
  */
 #include "batchd/job_store.h"
+#include "job_store_internal.h"
 
 #include "batchd/buf.h"
 #include "batchd/error.h"
@@ -15,30 +16,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* What a submit callback keeps while its statement runs. */
-struct store_submit_call {
-    union {
-        bd_job_store_collection_cb collection;
-        bd_job_store_idem_cb idem;
-        bd_job_store_exists_cb exists;
-    } cb;
-    void *arg;
-};
-
-static struct store_submit_call *store_submit_call_new(void *arg)
-{
-    struct store_submit_call *c = malloc(sizeof(*c));
-    if (c)
-        c->arg = arg;
-    return c;
-}
-
 /* SELECT dimension FROM collections: column 0. */
 enum { COLLECTION_COL_DIMENSION };
 
 static void store_on_collection(int status, PGresult *res, void *arg)
 {
-    struct store_submit_call *c = arg;
+    struct bd__store_call *c = arg;
     struct bd_job_store_collection_row row = { false, 0 };
 
     if (status == BD_OK && PQntuples(res) > 0) {
@@ -53,23 +36,15 @@ static void store_on_collection(int status, PGresult *res, void *arg)
 int bd_job_store_get_collection(struct bd_pg *pg, const char *name, bd_job_store_collection_cb cb,
                                 void *arg)
 {
-    struct store_submit_call *c = store_submit_call_new(arg);
     const char *params[1] = { name };
-    int rc;
 
-    if (c == NULL)
-        return BD_ENOMEM;
-    c->cb.collection = cb;
-    rc = bd_pg_query(pg, "SELECT dimension FROM collections WHERE name = $1", 1, params, NULL,
-                     NULL, 0, store_on_collection, c);
-    if (rc < 0)
-        free(c);
-    return rc;
+    return bd__store_query(pg, "SELECT dimension FROM collections WHERE name = $1", 1, params,
+                           NULL, NULL, 0, store_on_collection, BD__STORE_CALL(collection));
 }
 
 static void store_on_idempotent(int status, PGresult *res, void *arg)
 {
-    struct store_submit_call *c = arg;
+    struct bd__store_call *c = arg;
     struct bd_job_store_idem_row row = { false, NULL, NULL, NULL };
     struct bd_job_row job;
     int hash_col = status == BD_OK ? PQfnumber(res, "request_hash") : -1;
@@ -84,20 +59,13 @@ static void store_on_idempotent(int status, PGresult *res, void *arg)
 int bd_job_store_find_idempotent(struct bd_pg *pg, const char *key, bd_job_store_idem_cb cb,
                                  void *arg)
 {
-    struct store_submit_call *c = store_submit_call_new(arg);
     const char *params[1] = { key };
-    int rc;
 
-    if (c == NULL)
-        return BD_ENOMEM;
-    c->cb.idem = cb;
-    rc = bd_pg_query(pg,
-                     "SELECT " BD_JOB_ROW_COLUMNS ", request_hash FROM jobs "
-                     "WHERE idempotency_key = $1",
-                     1, params, NULL, NULL, 0, store_on_idempotent, c);
-    if (rc < 0)
-        free(c);
-    return rc;
+    return bd__store_query(pg,
+                           "SELECT " BD_JOB_ROW_COLUMNS ", request_hash FROM jobs "
+                           "WHERE idempotency_key = $1",
+                           1, params, NULL, NULL, 0, store_on_idempotent,
+                           BD__STORE_CALL(idem));
 }
 
 /* The INSERT's parameters, in order. */
@@ -190,7 +158,7 @@ int bd_job_store_commit(struct bd_pg_conn *conn, bd_pg_result_cb cb, void *arg)
 
 static void store_on_exists(int status, PGresult *res, void *arg)
 {
-    struct store_submit_call *c = arg;
+    struct bd__store_call *c = arg;
 
     c->cb.exists(status < 0 ? BD_EPG : BD_OK, status == BD_OK && PQntuples(res) > 0, c->arg);
     free(c);
@@ -199,18 +167,10 @@ static void store_on_exists(int status, PGresult *res, void *arg)
 int bd_job_store_job_exists(struct bd_pg *pg, const char *job_id, bd_job_store_exists_cb cb,
                             void *arg)
 {
-    struct store_submit_call *c = store_submit_call_new(arg);
     const char *params[1] = { job_id };
-    int rc;
 
-    if (c == NULL)
-        return BD_ENOMEM;
-    c->cb.exists = cb;
-    rc = bd_pg_query(pg, "SELECT 1 FROM jobs WHERE id = $1", 1, params, NULL, NULL, 0,
-                     store_on_exists, c);
-    if (rc < 0)
-        free(c);
-    return rc;
+    return bd__store_query(pg, "SELECT 1 FROM jobs WHERE id = $1", 1, params, NULL, NULL, 0,
+                           store_on_exists, BD__STORE_CALL(exists));
 }
 
 bool bd_job_store_is_unique_violation(const PGresult *res)

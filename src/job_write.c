@@ -189,12 +189,7 @@ static void job_on_committed(int status, const struct bd_job_store_err *err, voi
            job->id, job->batch_no, job->batch_ok, job->batch_failed,
            (double)(uv_hrtime() - job->batch_start_ns) / 1e6);
     bd__job_notify(e, job->id, false);
-    if (bd__job_should_stop(job)) {
-        bd__job_wind_down(job);
-    } else {
-        job->phase = JOB_PHASE_LOAD_BATCH;
-        bd__job_step(job);
-    }
+    bd__job_next_batch(job);
     bd__job_unref(job);
 }
 

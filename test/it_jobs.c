@@ -537,26 +537,16 @@ static char *embed_body(const char *model, const char *coll, unsigned n, const c
     return bd_buf_steal(&b, NULL);
 }
 
-/* Jobs waiting in the queue add up: with max_queued_items 100 and the one worker held by a
- * job whose model never answers, two jobs of 40 items are queued; once the queue holds their
- * 80 items, a third of 40 gets 429 with Retry-After and writes nothing, and one of 20 (up to
- * the limit exactly) is still accepted. */
-static void test_jobs_answer_429_when_queued_jobs_fill_the_queue(void **state)
+/* batchd with one worker and a model "hangfake" whose server never answers: the first job
+ * holds the worker, the rest stay queued. The fake's pid goes to *fake_pid. */
+static void start_with_hanging_model(struct bd_it_proc *p, const char *const *env,
+                                     pid_t *fake_pid)
 {
     const char *const fake_args[] = { "--dim", "16", "--hang-rate", "1", NULL };
-    const char *env[] = { "BATCH_MAX_QUEUED_ITEMS=100", NULL };
-    struct bd_it_proc p;
     struct bd_buf yaml;
-    struct bd_it_resp r;
-    char coll[96], url[256], ra[32], path[256];
-    char *ids[4] = { NULL };
-    unsigned n_ids = 0;
-    pid_t fake_pid;
     int fake_port;
-    long st;
-    (void)state;
 
-    assert_int_equal(fake_model_spawn(NULL, fake_args, &fake_pid, &fake_port), 0);
+    assert_int_equal(fake_model_spawn(NULL, fake_args, fake_pid, &fake_port), 0);
     bd_buf_init(&yaml);
     bd_buf_printf(&yaml,
                   "jobs:\n  max_concurrent_jobs: 1\n  processing_interval: 0.1\n"
@@ -564,8 +554,27 @@ static void test_jobs_answer_429_when_queued_jobs_fill_the_queue(void **state)
                   "models:\n  - name: hangfake\n    provider: ollama\n"
                   "    base_url: http://127.0.0.1:%d\n    dimensions: 16\n    timeout: 120\n",
                   fake_port);
-    assert_int_equal(bd_it_start(&p, yaml.data, env), 0);
+    assert_int_equal(bd_it_start(p, yaml.data, env), 0);
     bd_buf_free(&yaml);
+}
+
+/* Jobs waiting in the queue add up: with max_queued_items 100 and the one worker held by a
+ * job whose model never answers, two jobs of 40 items are queued; once the queue holds their
+ * 80 items, a third of 40 gets 429 with Retry-After and writes nothing, and one of 20 (up to
+ * the limit exactly) is still accepted. */
+static void test_jobs_answer_429_when_queued_jobs_fill_the_queue(void **state)
+{
+    const char *env[] = { "BATCH_MAX_QUEUED_ITEMS=100", NULL };
+    struct bd_it_proc p;
+    struct bd_it_resp r;
+    char coll[96], url[256], ra[32], path[256];
+    char *ids[4] = { NULL };
+    unsigned n_ids = 0;
+    pid_t fake_pid;
+    long st;
+    (void)state;
+
+    start_with_hanging_model(&p, env, &fake_pid);
     coll_name(coll, sizeof(coll), "bpq");
 
     /* The worker takes the first job and waits on the model. */
@@ -637,29 +646,18 @@ static void test_jobs_answer_429_when_queued_jobs_fill_the_queue(void **state)
  * exactly three. Before, each read the queue's count and then wrote, so most passed. */
 static void test_jobs_admit_only_up_to_limit_when_submits_race(void **state)
 {
-    const char *const fake_args[] = { "--dim", "16", "--hang-rate", "1", NULL };
     const char *env[] = { "BATCH_MAX_QUEUED_ITEMS=100", NULL };
     enum { RACERS = 10 };
     struct bd_it_proc p;
-    struct bd_buf yaml;
     struct bd_it_resp r[RACERS];
     char coll[96], url[256], path[256];
     char *bodies[RACERS];
     pid_t fake_pid;
-    int fake_port, admitted = 0, refused = 0, running = 0;
+    int admitted = 0, refused = 0, running = 0;
     long st;
     (void)state;
 
-    assert_int_equal(fake_model_spawn(NULL, fake_args, &fake_pid, &fake_port), 0);
-    bd_buf_init(&yaml);
-    bd_buf_printf(&yaml,
-                  "jobs:\n  max_concurrent_jobs: 1\n  processing_interval: 0.1\n"
-                  "  lease: 5\n  reaper_interval: 0.5\n"
-                  "models:\n  - name: hangfake\n    provider: ollama\n"
-                  "    base_url: http://127.0.0.1:%d\n    dimensions: 16\n    timeout: 120\n",
-                  fake_port);
-    assert_int_equal(bd_it_start(&p, yaml.data, env), 0);
-    bd_buf_free(&yaml);
+    start_with_hanging_model(&p, env, &fake_pid);
     coll_name(coll, sizeof(coll), "bprace");
     char *body = embed_body("hangfake", coll, 10, "holder");
     char *holder = bd_it_submit(&p, body, &st);
