@@ -521,7 +521,7 @@ static void fake_model_pipelined_requests_answered_in_order(void **state)
 static void fake_model_spawn_passes_flags(void **state)
 {
     const char *const args[] = {"--dim", "5", "--api-key", "k1", "--shuffle-openai", NULL};
-    struct it_fm other;
+    struct it_fm other = { 0 };
     struct bd_it_resp r;
 
     (void)state;

@@ -155,8 +155,8 @@ static void test_jobs_progress_rises_through_each_batch_when_embedding_10000(voi
     char coll[96];
     long st, last = 0, seen[TOTAL / BATCH];
     unsigned n_seen = 0, samples = 0;
-    pid_t fake_pid;
-    int fake_port;
+    pid_t fake_pid = 0;
+    int fake_port = 0;
     (void)state;
 
     assert_int_equal(fake_model_spawn(NULL, fake_args, &fake_pid, &fake_port), 0);
@@ -544,7 +544,7 @@ static void start_with_hanging_model(struct bd_it_proc *p, const char *const *en
 {
     const char *const fake_args[] = { "--dim", "16", "--hang-rate", "1", NULL };
     struct bd_buf yaml;
-    int fake_port;
+    int fake_port = 0;
 
     assert_int_equal(fake_model_spawn(NULL, fake_args, fake_pid, &fake_port), 0);
     bd_buf_init(&yaml);
@@ -570,7 +570,7 @@ static void test_jobs_answer_429_when_queued_jobs_fill_the_queue(void **state)
     char coll[96], url[256], ra[32], path[256];
     char *ids[4] = { NULL };
     unsigned n_ids = 0;
-    pid_t fake_pid;
+    pid_t fake_pid = 0;
     long st;
     (void)state;
 
@@ -652,7 +652,7 @@ static void test_jobs_admit_only_up_to_limit_when_submits_race(void **state)
     struct bd_it_resp r[RACERS];
     char coll[96], url[256], path[256];
     char *bodies[RACERS];
-    pid_t fake_pid;
+    pid_t fake_pid = 0;
     int admitted = 0, refused = 0, running = 0;
     long st;
     (void)state;

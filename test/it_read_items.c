@@ -42,7 +42,7 @@ static char *it_run_job(const char *pfx, unsigned n, unsigned no_id)
     long status = 0;
 
     for (unsigned i = 0; i < n; i++) {
-        char buf[64], t[64];
+        char buf[96], t[128];
         snprintf(buf, sizeof(buf), "%s%u", pfx, i);
         snprintf(t, sizeof(t), "text %s %u %d", pfx, i, (int)getpid());
         json_t *item = json_pack("{s:s}", "text", t);

@@ -417,8 +417,9 @@ json_t *bd_it_json(struct bd_it_proc *p, const char *method, const char *path,
                    const char *body, long *status)
 {
     char url[1024];
+    int n = snprintf(url, sizeof(url), "%s%s", p->base, path);
 
-    snprintf(url, sizeof(url), "%s%s", p->base, path);
+    assert_true(n > 0 && (size_t)n < sizeof(url));   /* a path that long is a test bug */
     return bd_it_json_url(method, url, body, status);
 }
 
