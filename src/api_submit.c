@@ -38,7 +38,7 @@
 
 /* ---- the request's life ---------------------------------------------------------------- */
 
-static void api_submit_free(struct bd__api_submit *s)
+void bd__api_submit_free(struct bd__api_submit *s)
 {
     bd__api_submit_parse_free(s);
     json_decref(s->metadata);
@@ -55,7 +55,7 @@ static void api_submit_error(struct bd__api_submit *s, int err, const char *mess
                              const char *field)
 {
     bd_http_respond_err(s->req, err, message, field);
-    api_submit_free(s);
+    bd__api_submit_free(s);
 }
 
 static void api_submit_respond(struct bd__api_submit *s, const struct bd_job_submitted *res)
@@ -80,7 +80,7 @@ static void api_submit_respond(struct bd__api_submit *s, const struct bd_job_sub
     char loc[256];
     snprintf(loc, sizeof(loc), "Location: " BD_API_PREFIX "/jobs/%s\r\n", res->job_id);
     bd__api_respond_json(s->req, API_STATUS_ACCEPTED, j, loc);
-    api_submit_free(s);
+    bd__api_submit_free(s);
 }
 
 static void api_submit_step_existing(struct bd__api_submit *s);
@@ -89,13 +89,20 @@ static void api_on_submitted(int status, const struct bd_job_submitted *res, voi
 {
     struct bd__api_submit *s = arg;
 
+    if (status == BD_ECONFLICT) {       /* a concurrent submit with this key won the race */
+        s->is_after_race = true;
+        api_submit_step_existing(s);
+        return;
+    }
+    bd__api_submit_answer(s, status, res);
+}
+
+void bd__api_submit_answer(struct bd__api_submit *s, int status,
+                           const struct bd_job_submitted *res)
+{
     switch (status) {
     case BD_OK:
         api_submit_respond(s, res);
-        return;
-    case BD_ECONFLICT:                  /* a concurrent submit with this key won the race */
-        s->is_after_race = true;
-        api_submit_step_existing(s);
         return;
     case BD_EBUSY: {
         char msg[160];
@@ -103,7 +110,7 @@ static void api_on_submitted(int status, const struct bd_job_submitted *res, voi
                  res->queued_items, res->max_queued_items);
         bd_http_respond_error_ex(s->req, bd_err_http_status(BD_EBUSY), "Retry-After: 5\r\n",
                                  bd_err_api_code(BD_EBUSY), msg, NULL);
-        api_submit_free(s);
+        bd__api_submit_free(s);
         return;
     }
     default:                            /* the job module logged the cause */
@@ -178,7 +185,7 @@ static void api_on_existing(int status, const struct bd_job_store_idem_row *row,
     char loc[256];
     snprintf(loc, sizeof(loc), "Location: " BD_API_PREFIX "/jobs/%s\r\n", row->job_id);
     bd__api_respond_json(s->req, API_STATUS_OK, j, loc);
-    api_submit_free(s);
+    bd__api_submit_free(s);
 }
 
 static void api_submit_step_existing(struct bd__api_submit *s)
@@ -213,7 +220,7 @@ static void api_on_collection(int status, const struct bd_job_store_collection_r
 }
 
 /* The job's metadata: the request's, plus who submitted it and how. */
-static int api_submit_metadata(struct bd__api_submit *s)
+int bd__api_submit_metadata(struct bd__api_submit *s)
 {
     json_t *meta = json_object_get(s->body, "metadata");
     s->metadata = json_is_object(meta) ? json_deep_copy(meta) : json_object();
@@ -279,7 +286,7 @@ static void api_on_submit(struct bd_http_request *req, void *arg)
         return;
     }
     if (rc == BD_OK)
-        rc = api_submit_metadata(s);
+        rc = bd__api_submit_metadata(s);
     if (rc < 0) {
         api_submit_error(s, rc, NULL, NULL);
         return;
