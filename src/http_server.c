@@ -43,6 +43,21 @@
  * last: after it the connection shuts down its write side and lingers, reading and dropping
  * input until EOF or HTTP_LINGER_MS, so the client reads the error instead of a reset.
  *
+ * Streamed bodies. With opt.on_headers set, llhttp pauses after each request's headers and
+ * conn_on_headers() runs the hook outside llhttp. The request is queued and handed to the
+ * handler ("taken") before the hook runs, so the hook may answer at once; if the hook neither
+ * answers nor calls bd_http_body_stream(), the request is untaken and goes on as usual. A
+ * streamed request is then both conn->parsing and in the queue, holding a reference for
+ * each. llhttp's on_body records each piece and pauses; conn_process_input() hands it to the
+ * handler, still pointing into conn->in. bd_http_body_pause() stops reading and
+ * conn_process_input() stops at the next piece, leaving the rest in conn->in, where it waits
+ * for bd_http_body_resume() (which schedules the service idle handle: never a delivery from
+ * inside the call). At message-complete the handler gets on_body(NULL, 0). An answer before
+ * that, on_body < 0, or a failure of the body (limit, framing, timeout) "abandons" the body:
+ * nothing more is parsed, the parsing reference is dropped, and the connection closes after
+ * the answer (lingering, so the client reads it): the rest of a body of unknown size cannot
+ * be skipped cheaply. The request timer excludes the time the handler kept the body paused.
+ *
  * Expect: 100-continue is answered with "100 Continue" when no earlier response is pending
  * (and the declared body is within max_body_bytes); otherwise it is ignored and the client
  * sends the body after its own wait.
@@ -163,6 +178,11 @@ void bd__http_req_unref(struct http_req *r)
 }
 
 /* ---- Connection state shared with http_response.c --------------------------------- */
+
+uint64_t bd__http_req_body_limit(const struct http_req *r)
+{
+    return r->body_limit ? r->body_limit : r->srv->opt.max_body_bytes;
+}
 
 /* Bounds what one connection holds: requests, their bodies and unwritten output. */
 bool bd__http_conn_must_pause(const struct http_conn *conn)
@@ -312,10 +332,15 @@ void bd__http_conn_update_timer(struct http_conn *conn)
 
     if (conn->is_closing || conn->is_lingering)
         return;
-    if (conn->parsing != NULL && !conn->is_input_done && !conn->is_paused) {
-        uint64_t elapsed = (uv_hrtime() - conn->parsing->pub.start_ns) / 1000000;
+    if (conn->parsing != NULL && conn->parsing->is_body_paused) {
+        mode = CONN_TIMER_NONE;                    /* the server's time, not the client's */
+    } else if (conn->parsing != NULL && !conn->is_input_done && !conn->is_paused) {
+        const struct http_req *r = conn->parsing;
+        uint64_t limit = r->timeout_ms ? r->timeout_ms : opt->request_timeout_ms;
+        uint64_t elapsed = (uv_hrtime() - r->pub.start_ns - r->paused_ns) / 1000000;
+
         mode = CONN_TIMER_REQUEST;
-        ms = elapsed < opt->request_timeout_ms ? opt->request_timeout_ms - elapsed : 0;
+        ms = elapsed < limit ? limit - elapsed : 0;
     } else if (conn->head == NULL) {
         mode = CONN_TIMER_IDLE;                    /* also bounds a shutdown's final writes */
         ms = opt->idle_timeout_ms;
@@ -331,10 +356,16 @@ void bd__http_conn_update_timer(struct http_conn *conn)
 
 /* A server-produced error for the request being parsed (or a fresh one): queue it behind
  * earlier responses, answer it, and parse nothing more. */
+static void conn_body_fail(struct http_conn *conn, struct http_req *r, int err);
+
 static void conn_fail(struct http_conn *conn, int err, const char *reason)
 {
     struct http_req *r = conn->parsing;
 
+    if (r != NULL && r->is_taken) {                /* the handler answers a streamed body */
+        conn_body_fail(conn, r, err);
+        return;
+    }
     conn->parsing = NULL;
     conn->is_input_done = true;
     conn_stop_reading(conn);
@@ -377,6 +408,183 @@ static void conn_on_timer(uv_timer_t *timer)
     }
 }
 
+/* ---- Streamed bodies ------------------------------------------------------------ */
+
+static void conn_stop_request_timer(struct http_conn *conn)
+{
+    if (conn->timer_mode == CONN_TIMER_REQUEST) {
+        conn->timer_mode = CONN_TIMER_NONE;
+        uv_timer_stop(&conn->timer);
+    }
+}
+
+/* Queue r and hand it to the handler: the queue's reference and the handler's. */
+static void conn_take(struct http_conn *conn, struct http_req *r)
+{
+    conn_queue_push(conn, r);
+    r->refs += 2;
+    r->is_taken = true;
+}
+
+/* Undo conn_take() for r, the tail, which the handler did not keep. */
+static void conn_untake(struct http_conn *conn, struct http_req *r)
+{
+    struct http_req **pp = &conn->head;
+
+    assert(conn->tail == r && !r->is_finished && r->refs > 2);
+    while (*pp != r)
+        pp = &(*pp)->next;
+    *pp = NULL;
+    conn->tail = NULL;
+    for (struct http_req *q = conn->head; q != NULL; q = q->next)
+        conn->tail = q;
+    conn->queued--;
+    r->refs -= 2;
+    r->is_taken = false;
+}
+
+void bd__http_conn_abandon_body(struct http_conn *conn, struct http_req *r)
+{
+    if (conn->parsing != r)
+        return;
+    conn->parsing = NULL;
+    conn->is_input_done = true;
+    conn->body_at = NULL;
+    r->is_last = true;
+    if (r->is_body_paused) {
+        r->is_body_paused = false;
+        r->paused_ns += uv_hrtime() - r->pause_start_ns;
+    }
+    conn_stop_reading(conn);
+    conn_stop_request_timer(conn);
+    bd__http_req_unref(r);                         /* the parsing reference; others remain */
+}
+
+/* The handler's last call for a streamed body: on_body(NULL, 0), unless it answered. */
+static void req_body_end(struct http_req *r)
+{
+    if (r->is_body_stream && !r->is_finished && r->body_cb != NULL) {
+        bd_http_body_cb cb = r->body_cb;
+
+        r->body_cb = NULL;
+        cb(&r->pub, NULL, 0, r->body_arg);
+    }
+}
+
+/* A streamed body failed (limit, framing, timeout): stop reading, tell the handler. */
+static void conn_body_fail(struct http_conn *conn, struct http_req *r, int err)
+{
+    bd_log(BD_LOG_DEBUG, "http", "conn=%llu streamed body failed: %s", conn->id,
+           bd_err_name(err));
+    r->refs++;
+    r->body_status = err;
+    bd__http_conn_abandon_body(conn, r);
+    req_body_end(r);
+    bd__http_req_unref(r);
+}
+
+/* Hand the piece llhttp just gave (conn->body_at) to r's receiver. */
+static void conn_deliver_body(struct http_conn *conn, struct http_req *r)
+{
+    const char *at = conn->body_at;
+    size_t len = conn->body_at_len;
+
+    conn->body_at = NULL;
+    if (r->is_finished || r->body_cb == NULL || len == 0)
+        return;
+    r->refs++;                                     /* whatever the callback finishes */
+    if (r->body_cb(&r->pub, at, len, r->body_arg) < 0) {
+        r->body_cb = NULL;
+        bd__http_conn_abandon_body(conn, r);
+    }
+    bd__http_req_unref(r);
+}
+
+/* llhttp stopped after r's headers: run on_headers, then finish the headers. */
+static void conn_on_headers(struct http_conn *conn)
+{
+    struct bd_http_server *srv = conn->srv;
+    struct http_req *r = conn->parsing;
+    int err;
+
+    r->is_headers_pending = false;
+    r->refs++;                                     /* whatever the hook finishes */
+    conn_take(conn, r);
+    r->is_in_headers_cb = true;
+    srv->opt.on_headers(&r->pub, srv->opt.on_headers_arg);
+    r->is_in_headers_cb = false;
+    if (!r->is_finished && !r->is_body_stream && r->conn != NULL)
+        conn_untake(conn, r);
+    if (conn->parsing == r && !r->is_finished && !conn->is_closing &&
+        (err = bd__http_headers_finish(conn, r)) < 0)
+        conn_fail(conn, err, NULL);
+    bd__http_req_unref(r);
+}
+
+int bd_http_body_stream(struct bd_http_request *req, bd_http_body_cb on_body, void *arg)
+{
+    struct http_req *r = bd__http_req_of(req);
+
+    if (!r->is_in_headers_cb || on_body == NULL || r->is_finished)
+        return BD_EINVAL;
+    r->is_body_stream = true;
+    r->body_cb = on_body;
+    r->body_arg = arg;
+    r->pub.body = NULL;
+    return BD_OK;
+}
+
+void bd_http_body_pause(struct bd_http_request *req)
+{
+    struct http_req *r = bd__http_req_of(req);
+    struct http_conn *conn = r->conn;
+
+    if (r->is_body_paused || conn == NULL || conn->parsing != r || !r->is_body_stream)
+        return;
+    r->is_body_paused = true;
+    r->pause_start_ns = uv_hrtime();
+    conn_stop_reading(conn);      /* conn_process_input() also stops before the next piece */
+    if (!conn->is_processing)
+        bd__http_conn_update_timer(conn);
+}
+
+void bd_http_body_resume(struct bd_http_request *req)
+{
+    struct http_req *r = bd__http_req_of(req);
+    struct http_conn *conn = r->conn;
+
+    if (!r->is_body_paused)
+        return;
+    r->is_body_paused = false;
+    r->paused_ns += uv_hrtime() - r->pause_start_ns;
+    if (conn != NULL && !conn->is_closing) {
+        conn->is_body_resumed = true;
+        bd__http_conn_schedule_service(conn);      /* delivers from the loop, not from here */
+    }
+}
+
+void bd_http_body_set_limit(struct bd_http_request *req, uint64_t bytes)
+{
+    bd__http_req_of(req)->body_limit = bytes;
+}
+
+void bd_http_body_set_timeout(struct bd_http_request *req, uint64_t ms)
+{
+    bd__http_req_of(req)->timeout_ms = ms;
+}
+
+int bd_http_body_get_status(const struct bd_http_request *req)
+{
+    return bd__http_req_of(req)->body_status;
+}
+
+uint64_t bd_http_body_get_received(const struct bd_http_request *req)
+{
+    return bd__http_req_of(req)->body_received;
+}
+
+/* ---- Input ------------------------------------------------------------------------ */
+
 /* Hand the request that llhttp just completed to the handler. */
 static void conn_dispatch(struct http_conn *conn)
 {
@@ -384,18 +592,27 @@ static void conn_dispatch(struct http_conn *conn)
     struct http_req *r = conn->parsing;
 
     conn->parsing = NULL;
-    if (conn->timer_mode == CONN_TIMER_REQUEST) {  /* the next request gets its own clock */
-        conn->timer_mode = CONN_TIMER_NONE;
-        uv_timer_stop(&conn->timer);
-    }
-    conn_queue_push(conn, r);
+    conn_stop_request_timer(conn);                 /* the next request gets its own clock */
+    if (!r->is_taken)
+        conn_queue_push(conn, r);
     if (!r->is_keep_alive) {
         r->is_last = true;
         conn->is_input_done = true;
         conn_stop_reading(conn);
     }
+    if (r->is_taken) {                             /* the handler has it: end its body */
+        req_body_end(r);
+        bd__http_req_unref(r);                     /* the parsing reference */
+        return;
+    }
     r->refs++;                                     /* the handler's */
     srv->opt.on_request(&r->pub, srv->opt.on_request_arg);
+}
+
+/* Reading is held: backpressure, or the handler paused the body being parsed. */
+static bool conn_is_held(const struct http_conn *conn)
+{
+    return conn->is_paused || (conn->parsing != NULL && conn->parsing->is_body_paused);
 }
 
 static void conn_process_input(struct http_conn *conn)
@@ -407,6 +624,10 @@ static void conn_process_input(struct http_conn *conn)
         const char *data = conn->in + conn->in_off;
         llhttp_errno_t e;
 
+        if (conn->parsing != NULL && conn->parsing->is_body_paused) {
+            conn_stop_reading(conn);               /* the rest waits in conn->in */
+            break;
+        }
         if (bd__http_conn_must_pause(conn)) {
             bd_log(BD_LOG_DEBUG, "http", "conn=%llu paused queued=%u body=%zu unwritten=%zu",
                    conn->id, conn->queued, conn->queued_body_bytes, conn->write_bytes);
@@ -427,7 +648,13 @@ static void conn_process_input(struct http_conn *conn)
                 conn->is_input_done = true;        /* we speak no other protocol */
                 conn_stop_reading(conn);
             }
-            if (conn->parsing != NULL && conn->parsing->is_complete)
+            if (conn->parsing == NULL || conn->is_input_done)
+                continue;
+            if (conn->parsing->is_headers_pending)
+                conn_on_headers(conn);
+            else if (conn->body_at != NULL)
+                conn_deliver_body(conn, conn->parsing);
+            else if (conn->parsing->is_complete)
                 conn_dispatch(conn);
         } else {
             conn_fail(conn, conn->parse_err ? conn->parse_err : BD_EINVAL,
@@ -464,10 +691,16 @@ static void conn_service(struct http_conn *conn)
         r->drain_cb = NULL;
         cb(&r->pub, r->drain_arg);
     }
+    bool is_resume = conn->is_body_resumed;
+
+    conn->is_body_resumed = false;
     if (conn->is_paused && !bd__http_conn_must_pause(conn)) {
         conn->is_paused = false;
+        is_resume = true;
+    }
+    if (is_resume && !conn->is_paused) {
         conn_process_input(conn);
-        if (!conn->is_paused && !conn->is_input_done && !conn->is_closing)
+        if (!conn_is_held(conn) && !conn->is_input_done && !conn->is_closing)
             conn_start_reading(conn);
     }
 }
@@ -736,6 +969,10 @@ void bd_http_server_close(struct bd_http_server *srv, bd_http_closed_cb cb, void
             continue;
         conn->is_input_done = true;
         conn_stop_reading(conn);
+        if (conn->parsing != NULL && conn->parsing->is_taken) {
+            bd__http_conn_close_now(conn);         /* a body that will never end: abort */
+            continue;
+        }
         if (conn->parsing != NULL) {               /* a request not yet complete is dropped */
             bd__http_req_unref(conn->parsing);
             conn->parsing = NULL;
