@@ -17,6 +17,7 @@
 #include "batchd/buf.h"
 #include "batchd/error.h"
 
+#include <assert.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -132,6 +133,43 @@ static int hex_value(unsigned char c)
     if (c >= 'A' && c <= 'F')
         return c - 'A' + 10;
     return -1;
+}
+
+/* The number starting at u[i], when it is well-formed and ends inside u[0..len) (the byte
+ * after it is there and not a number byte): returns the index of that byte. Returns 0
+ * otherwise; the byte-by-byte states then take the number (and name any error). A fast path
+ * for embeddings, which are mostly numbers. */
+static size_t num_scan(const unsigned char *u, size_t i, size_t len)
+{
+    size_t j = i;
+
+    if (u[j] == '-' && ++j == len)
+        return 0;
+    if (u[j] == '0') {
+        j++;
+    } else if (u[j] >= '1' && u[j] <= '9') {
+        for (j++; j < len && is_digit(u[j]); j++)
+            ;
+    } else {
+        return 0;
+    }
+    if (j < len && u[j] == '.') {
+        if (++j == len || !is_digit(u[j]))
+            return 0;
+        for (j++; j < len && is_digit(u[j]); j++)
+            ;
+    }
+    if (j < len && (u[j] == 'e' || u[j] == 'E')) {
+        if (++j < len && (u[j] == '+' || u[j] == '-'))
+            j++;
+        if (j >= len || !is_digit(u[j]))
+            return 0;
+        for (j++; j < len && is_digit(u[j]); j++)
+            ;
+    }
+    if (j >= len || is_num_char(u[j]))
+        return 0;
+    return j;
 }
 
 /* ---- errors ------------------------------------------------------------------------ */
@@ -460,6 +498,15 @@ static int scan_run(struct bd_submit_scan *s, const char *d, size_t len)
             }
             if (!s->capturing && (rc = frame_value_start(s, i, c)) < 0)
                 return rc;
+            if (c == '-' || is_digit(c)) {
+                size_t j = num_scan(u, i, len);
+                if (j != 0 && (!s->capturing || j <= s->cap_stop)) {
+                    i = j;
+                    if ((rc = scan_value_end(s, d, i)) < 0)
+                        return rc;
+                    break;
+                }
+            }
             switch (c) {
             case '{':
             case '[':
@@ -705,6 +752,9 @@ static int scan_run(struct bd_submit_scan *s, const char *d, size_t len)
             if (i == len)
                 break;
             c = u[i]; /* the first byte after the digits */
+            if (s->capturing && i >= s->cap_stop && is_num_char(c)) /* as at the loop's top */
+                return scan_fail(s, BD_ETOOLARGE, s->base + i, "value longer than %zu bytes",
+                                 s->max);
             /* fall through */
         case ST_N_ZERO:
             if (c == '.' && (s->state == ST_N_ZERO || s->state == ST_N_INT)) {
@@ -779,9 +829,10 @@ static int scan_run(struct bd_submit_scan *s, const char *d, size_t len)
 struct bd_submit_scan *bd_submit_scan_new(enum bd_submit_format fmt, size_t max_value_bytes,
                                           const struct bd_submit_scan_cbs *cbs, void *arg)
 {
-    struct bd_submit_scan *s = calloc(1, sizeof(*s));
+    struct bd_submit_scan *s;
 
-    if (s == NULL)
+    assert(cbs->on_item != NULL && max_value_bytes >= 1);
+    if ((s = calloc(1, sizeof(*s))) == NULL)
         return NULL;
     s->fmt = fmt;
     s->max = max_value_bytes;
