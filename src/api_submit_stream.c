@@ -24,6 +24,7 @@
 #include "batchd/log.h"
 #include "batchd/router.h"
 #include "batchd/server.h"
+#include "batchd/submit_scan.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -51,8 +52,9 @@ struct api_stream {
     struct bd__api_submit *s;         /* fields, dimension, metadata; answered through it */
     struct bd_inflate *gz;            /* Content-Encoding: gzip */
     bool is_ndjson;                   /* else a gzip JSON body, gathered whole (buffered) */
-    struct bd_buf line;               /* NDJSON: the line being gathered; JSON: the body */
-    size_t line_no;                   /* lines seen, blank ones included */
+    struct bd_submit_scan *scan;      /* NDJSON: frames the body into lines (submit_scan.h) */
+    struct bd_buf line;               /* a gzip JSON body, gathered */
+    size_t line_no;                   /* the line of the last item */
     size_t items;                     /* items accepted */
     struct bd__api_batch *batch;      /* the batch being filled */
     struct stream_ready *ready, **ready_tail;
@@ -89,6 +91,7 @@ static void stream_maybe_free(struct api_stream *st)
     }
     stream_free_ready(st);
     bd__api_batch_free(st->batch);
+    bd_submit_scan_free(st->scan);
     bd_inflate_free(st->gz);
     bd_buf_free(&st->line);
     if (st->s)
@@ -137,30 +140,26 @@ static int stream_take_batch(struct api_stream *st)
     return BD_OK;
 }
 
-/* One complete line (without its newline). Returns BD_OK or < 0 after answering. */
-static int stream_line(struct api_stream *st, const char *p, size_t n)
+/* One item, a line's JSON value (the scanner checked its syntax). BD_OK, or < 0 after
+ * answering. */
+static int stream_on_item(void *arg, size_t index, size_t line, const char *p, size_t n)
 {
+    struct api_stream *st = arg;
     struct bd__api_invalid inv = { { 0 }, { 0 } };
     const struct bd_config *cfg = st->srv->cfg;
     char msg[400];
+    int rc;
 
-    st->line_no++;
-    if (n > 0 && p[n - 1] == '\r')
-        n--;
-    size_t k = 0;
-    while (k < n && isspace((unsigned char)p[k]))
-        k++;
-    if (k == n)
-        return BD_OK;                          /* blank lines are skipped */
-    if (st->items >= cfg->max_items_per_job) {
+    st->line_no = line;
+    if (index >= cfg->max_items_per_job) {
         snprintf(msg, sizeof(msg), "line %zu: the job has more than %u items (the limit per "
-                 "job)", st->line_no, cfg->max_items_per_job);
+                 "job)", line, cfg->max_items_per_job);
         stream_fail(st, BD_EINVAL, msg, "data");
         return BD_EINVAL;
     }
-    int rc = bd__api_batch_add(st->s, st->batch, p, n, st->items, &inv);
+    rc = bd__api_batch_add(st->s, st->batch, p, n, index, &inv);
     if (rc == BD_EINVAL) {
-        snprintf(msg, sizeof(msg), "line %zu: %s %s", st->line_no, inv.field, inv.message);
+        snprintf(msg, sizeof(msg), "line %zu: %s %s", line, inv.field, inv.message);
         stream_fail(st, BD_EINVAL, msg, inv.field);
         return rc;
     }
@@ -168,7 +167,7 @@ static int stream_line(struct api_stream *st, const char *p, size_t n)
         stream_fail(st, rc, NULL, NULL);
         return rc;
     }
-    st->items++;
+    st->items = index + 1;
     if (bd__api_batch_count(st->batch) >= st->s->batch_size &&
         (rc = stream_take_batch(st)) < 0) {
         stream_fail(st, rc, NULL, NULL);
@@ -177,49 +176,29 @@ static int stream_line(struct api_stream *st, const char *p, size_t n)
     return BD_OK;
 }
 
-/* Decoded body bytes: split into lines (NDJSON), or gathered (a gzip JSON body). */
+/* The scanner's verdict on the body's framing (a line that is not one JSON value, a line
+ * over the limit): answered here unless an item's own error was answered already. */
+static int stream_scan_failed(struct api_stream *st, int rc)
+{
+    if (!st->is_answered)
+        stream_fail(st, rc == BD_ETOOLARGE ? BD_ETOOLARGE : rc == BD_ENOMEM ? BD_ENOMEM
+                                                                              : BD_EINVAL,
+                    bd_submit_scan_why(st->scan), "data");
+    return rc;
+}
+
+/* Decoded body bytes: framed into lines (NDJSON), or gathered (a gzip JSON body). */
 static int stream_on_plain(void *arg, const char *data, size_t len)
 {
     struct api_stream *st = arg;
+    int rc;
 
     if (!st->is_ndjson) {
         bd_buf_append(&st->line, data, len);
         return st->line.is_failed ? BD_ENOMEM : BD_OK;
     }
-    while (len > 0) {
-        const char *nl = memchr(data, '\n', len);
-        size_t take = nl ? (size_t)(nl - data) : len;
-        int rc;
-
-        if (st->line.len + take > STREAM_LINE_MAX) {
-            char msg[160];
-            snprintf(msg, sizeof(msg), "line %zu is longer than %u bytes", st->line_no + 1,
-                     STREAM_LINE_MAX);
-            stream_fail(st, BD_ETOOLARGE, msg, "data");
-            return BD_ETOOLARGE;
-        }
-        if (nl && st->line.len == 0) {
-            rc = stream_line(st, data, take);          /* a whole line in this piece */
-        } else {
-            bd_buf_append(&st->line, data, take);
-            if (st->line.is_failed) {
-                stream_fail(st, BD_ENOMEM, NULL, NULL);
-                return BD_ENOMEM;
-            }
-            rc = BD_OK;
-            if (nl) {
-                rc = stream_line(st, st->line.data, st->line.len);
-                bd_buf_reset(&st->line);
-            }
-        }
-        if (rc < 0)
-            return rc;
-        if (!nl)
-            break;
-        data = nl + 1;
-        len -= take + 1;
-    }
-    return BD_OK;
+    rc = bd_submit_scan_feed(st->scan, data, len);
+    return rc < 0 ? stream_scan_failed(st, rc) : BD_OK;
 }
 
 /* ---- the body --------------------------------------------------------------------------- */
@@ -248,10 +227,9 @@ static void stream_body_end(struct api_stream *st)
         bd_buf_free(&body);
         return;
     }
-    if (st->line.len > 0) {                    /* a last line without its newline */
-        if (stream_line(st, st->line.data, st->line.len) < 0)
-            return;
-        bd_buf_reset(&st->line);
+    if ((rc = bd_submit_scan_end(st->scan)) < 0) {   /* a last line without its newline */
+        stream_scan_failed(st, rc);
+        return;
     }
     if (st->items == 0) {
         stream_fail(st, BD_EINVAL, "the body holds no item (one JSON object per line)", "data");
@@ -528,12 +506,16 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
         }
     }
     if (is_ndjson) {
-        json_t *fields = stream_fields(req);
-        rc = fields ? bd__api_submit_fields(st->s, fields, &inv) : BD_ENOMEM;
-        json_decref(fields);
+        /* The fields stay as s->body: s->model and friends point into it. */
+        st->s->body = stream_fields(req);
+        rc = st->s->body ? bd__api_submit_fields(st->s, st->s->body, &inv) : BD_ENOMEM;
         if (rc == BD_OK)
             rc = bd__api_submit_metadata(st->s);
         if (rc == BD_OK && (st->batch = bd__api_batch_new(st->s)) == NULL)
+            rc = BD_ENOMEM;
+        static const struct bd_submit_scan_cbs cbs = { .on_item = stream_on_item };
+        if (rc == BD_OK &&
+            (st->scan = bd_submit_scan_new(BD_SUBMIT_NDJSON, STREAM_LINE_MAX, &cbs, st)) == NULL)
             rc = BD_ENOMEM;
         if (rc < 0) {
             char msg[400];
