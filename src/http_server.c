@@ -539,7 +539,8 @@ void bd_http_body_pause(struct bd_http_request *req)
     struct http_req *r = bd__http_req_of(req);
     struct http_conn *conn = r->conn;
 
-    if (r->is_body_paused || conn == NULL || conn->parsing != r || !r->is_body_stream)
+    if (r->is_body_paused || conn == NULL || conn->parsing != r || !r->is_body_stream ||
+        !r->has_body)
         return;
     r->is_body_paused = true;
     r->pause_start_ns = uv_hrtime();
@@ -620,7 +621,10 @@ static void conn_process_input(struct http_conn *conn)
     if (conn->is_processing)
         return;
     conn->is_processing = true;
-    while (conn->in_off < conn->in_len && !conn->is_closing && !conn->is_input_done) {
+    /* After a pause llhttp may still owe callbacks that need no input (message-complete right
+     * after the headers or the last body piece), so it runs once more even on no bytes. */
+    while ((conn->in_off < conn->in_len || conn->is_parser_pending) && !conn->is_closing &&
+           !conn->is_input_done) {
         const char *data = conn->in + conn->in_off;
         llhttp_errno_t e;
 
@@ -635,6 +639,7 @@ static void conn_process_input(struct http_conn *conn)
             conn_stop_reading(conn);
             break;
         }
+        conn->is_parser_pending = false;
         e = llhttp_execute(&conn->parser, data, conn->in_len - conn->in_off);
         if (conn->is_closing)
             break;
@@ -644,6 +649,7 @@ static void conn_process_input(struct http_conn *conn)
             conn->in_off += (size_t)(llhttp_get_error_pos(&conn->parser) - data);
             if (e == HPE_PAUSED) {
                 llhttp_resume(&conn->parser);
+                conn->is_parser_pending = true;
             } else {
                 conn->is_input_done = true;        /* we speak no other protocol */
                 conn_stop_reading(conn);
