@@ -8,7 +8,8 @@
  * for the idle/request/linger timeouts, the llhttp parser and a fixed input buffer) and every
  * request (struct http_req: its arena and any output buffered behind earlier responses).
  * Loop thread only; never blocks. Knows nothing of routes or jobs: each complete request goes
- * to opt.on_request. Must not free a connection outside its last close callback, nor a request
+ * to opt.on_request (and, when set, each request's headers to opt.on_headers, which may take
+ * the body as a stream: bd_http_body_*). Must not free a connection outside its last close callback, nor a request
  * that a handler still holds.  SPDX-License-Identifier: MIT
  */
 #include "http_internal.h"
