@@ -136,6 +136,7 @@ struct http_conn {
     bool is_closing;                   /* uv_close() requested */
     bool is_service_pending;
     bool is_body_resumed;              /* service must restart a paused body */
+    bool is_parser_pending;            /* llhttp was paused: it may have work without input */
     const char *body_at;               /* streamed piece llhttp just handed over (in in[]) */
     size_t body_at_len;
     size_t in_off;

@@ -220,6 +220,8 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     uint64_t limit = bd__http_req_body_limit(r);
     size_t need = r->pub.body_len + len + 1;
 
+    if (len == 0)                                  /* a span cut at the end of the input */
+        return 0;
     if (r->is_body_stream) {
         /* Handed to the handler outside llhttp: pausing here leaves the parser just past
          * this piece, and the bytes after it wait in conn->in. */

@@ -8,7 +8,8 @@
  * for the idle/request/linger timeouts, the llhttp parser and a fixed input buffer) and every
  * request (struct http_req: its arena and any output buffered behind earlier responses).
  * Loop thread only; never blocks. Knows nothing of routes or jobs: each complete request goes
- * to opt.on_request. Must not free a connection outside its last close callback, nor a request
+ * to opt.on_request (and, when set, each request's headers to opt.on_headers, which may take
+ * the body as a stream: bd_http_body_*). Must not free a connection outside its last close callback, nor a request
  * that a handler still holds.  SPDX-License-Identifier: MIT
  */
 #include "http_internal.h"
@@ -539,7 +540,8 @@ void bd_http_body_pause(struct bd_http_request *req)
     struct http_req *r = bd__http_req_of(req);
     struct http_conn *conn = r->conn;
 
-    if (r->is_body_paused || conn == NULL || conn->parsing != r || !r->is_body_stream)
+    if (r->is_body_paused || conn == NULL || conn->parsing != r || !r->is_body_stream ||
+        !r->has_body)
         return;
     r->is_body_paused = true;
     r->pause_start_ns = uv_hrtime();
@@ -620,7 +622,10 @@ static void conn_process_input(struct http_conn *conn)
     if (conn->is_processing)
         return;
     conn->is_processing = true;
-    while (conn->in_off < conn->in_len && !conn->is_closing && !conn->is_input_done) {
+    /* After a pause llhttp may still owe callbacks that need no input (message-complete right
+     * after the headers or the last body piece), so it runs once more even on no bytes. */
+    while ((conn->in_off < conn->in_len || conn->is_parser_pending) && !conn->is_closing &&
+           !conn->is_input_done) {
         const char *data = conn->in + conn->in_off;
         llhttp_errno_t e;
 
@@ -635,6 +640,7 @@ static void conn_process_input(struct http_conn *conn)
             conn_stop_reading(conn);
             break;
         }
+        conn->is_parser_pending = false;
         e = llhttp_execute(&conn->parser, data, conn->in_len - conn->in_off);
         if (conn->is_closing)
             break;
@@ -644,6 +650,7 @@ static void conn_process_input(struct http_conn *conn)
             conn->in_off += (size_t)(llhttp_get_error_pos(&conn->parser) - data);
             if (e == HPE_PAUSED) {
                 llhttp_resume(&conn->parser);
+                conn->is_parser_pending = true;
             } else {
                 conn->is_input_done = true;        /* we speak no other protocol */
                 conn_stop_reading(conn);

@@ -79,7 +79,8 @@ struct bd_http_options {
     unsigned max_connections;         /* more are accepted and closed at once with 503 [1024] */
     unsigned max_header_bytes;        /* sum of header names+values; over -> 431, close [16 KiB] */
     unsigned max_url_bytes;           /* over -> 414, close [8 KiB] */
-    size_t max_body_bytes;            /* over (Content-Length or chunked) -> 413, close [16 MiB] */
+    size_t max_body_bytes;            /* over (Content-Length or chunked) -> 413, close [16 MiB];
+                                       * per request: bd_http_body_set_limit() */
     uint64_t idle_timeout_ms;         /* no request in progress [60 s] */
     uint64_t request_timeout_ms;      /* first byte to full request; over -> 408 [30 s] */
     bd_http_request_cb on_request;    /* required */
