@@ -65,6 +65,7 @@ struct api_stream {
     bool is_body_done;
     bool is_closing;
     bool is_answered;
+    bool is_in_body;                  /* inside on_body: st must outlive the call */
 };
 
 static void stream_pump(struct api_stream *st);
@@ -83,7 +84,7 @@ static void stream_free_ready(struct api_stream *st)
 /* The record goes when the request is answered and no job operation can call back. */
 static void stream_maybe_free(struct api_stream *st)
 {
-    if (!st->is_answered || st->is_writing)
+    if (!st->is_answered || st->is_writing || st->is_in_body)
         return;
     if (st->job) {
         bd_job_stream_abort(st->job);       /* nothing in flight: rolls back at once */
@@ -104,6 +105,8 @@ static void stream_fail(struct api_stream *st, int err, const char *message, con
 {
     if (!st->is_answered) {
         st->is_answered = true;
+        /* st may go before req does: req must not call back into it any more. */
+        bd_http_set_abort_cb(st->req, NULL, NULL);
         bd_http_respond_err(st->req, err, message, field);
     }
     if (st->job && st->is_writing) {
@@ -245,12 +248,10 @@ static void stream_body_end(struct api_stream *st)
     stream_pump(st);
 }
 
-static int stream_on_body(struct bd_http_request *req, const char *data, size_t len, void *arg)
+static int stream_on_body_pieces(struct api_stream *st, const char *data, size_t len)
 {
-    struct api_stream *st = arg;
     int rc;
 
-    (void)req;
     if (st->is_answered)
         return -1;
     if (data == NULL) {
@@ -274,6 +275,19 @@ static int stream_on_body(struct bd_http_request *req, const char *data, size_t 
     return BD_OK;
 }
 
+static int stream_on_body(struct bd_http_request *req, const char *data, size_t len, void *arg)
+{
+    struct api_stream *st = arg;
+
+    (void)req;
+    /* Answering from inside (a bad line) must not free st under the scanner's feet. */
+    st->is_in_body = true;
+    int rc = stream_on_body_pieces(st, data, len);
+    st->is_in_body = false;
+    stream_maybe_free(st);                     /* st may be gone now */
+    return rc;
+}
+
 /* ---- the job in PostgreSQL -------------------------------------------------------------- */
 
 static void stream_on_submitted(int status, const struct bd_job_submitted *res, void *arg)
@@ -288,6 +302,7 @@ static void stream_on_submitted(int status, const struct bd_job_submitted *res, 
         bd__api_submit_free(s);
     } else {
         st->is_answered = true;
+        bd_http_set_abort_cb(st->req, NULL, NULL);
         bd__api_submit_answer(s, status, res); /* 202, 429 or the error; frees s */
     }
     stream_maybe_free(st);

@@ -226,4 +226,16 @@ struct http_wbuf *bd__http_wbuf_new(size_t cap);
 /* Hand w to the socket now (takes ownership of w); on failure closes conn. */
 void bd__http_conn_write(struct http_conn *conn, struct http_wbuf *w);
 
+/* http_server.c, used by http_body.c */
+void bd__http_conn_queue_push(struct http_conn *conn, struct http_req *r);
+void bd__http_conn_stop_reading(struct http_conn *conn);
+void bd__http_conn_fail(struct http_conn *conn, int err, const char *reason);
+
+/* http_body.c: streamed bodies */
+void bd__http_conn_stop_request_timer(struct http_conn *conn);
+void bd__http_req_body_end(struct http_req *r);
+void bd__http_conn_body_fail(struct http_conn *conn, struct http_req *r, int err);
+void bd__http_conn_deliver_body(struct http_conn *conn, struct http_req *r);
+void bd__http_conn_on_headers(struct http_conn *conn);
+
 #endif

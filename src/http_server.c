@@ -45,7 +45,7 @@
  * input until EOF or HTTP_LINGER_MS, so the client reads the error instead of a reset.
  *
  * Streamed bodies. With opt.on_headers set, llhttp pauses after each request's headers and
- * conn_on_headers() runs the hook outside llhttp. The request is queued and handed to the
+ * bd__http_conn_on_headers() runs the hook outside llhttp. The request is queued and handed to the
  * handler ("taken") before the hook runs, so the hook may answer at once; if the hook neither
  * answers nor calls bd_http_body_stream(), the request is untaken and goes on as usual. A
  * streamed request is then both conn->parsing and in the queue, holding a reference for
@@ -204,7 +204,7 @@ void bd__http_conn_schedule_service(struct http_conn *conn)
     uv_idle_start(&srv->service_idle, srv_on_service);
 }
 
-static void conn_queue_push(struct http_conn *conn, struct http_req *r)
+void bd__http_conn_queue_push(struct http_conn *conn, struct http_req *r)
 {
     r->next = NULL;
     if (conn->tail != NULL)
@@ -220,7 +220,7 @@ static void conn_queue_push(struct http_conn *conn, struct http_req *r)
 
 static void conn_start_reading(struct http_conn *conn);
 
-static void conn_stop_reading(struct http_conn *conn)
+void bd__http_conn_stop_reading(struct http_conn *conn)
 {
     if (conn->is_reading) {
         uv_read_stop((uv_stream_t *)&conn->tcp);
@@ -317,7 +317,7 @@ void bd__http_conn_close_graceful(struct http_conn *conn)
         return;
     conn->is_shutting = true;
     conn->is_input_done = true;
-    conn_stop_reading(conn);
+    bd__http_conn_stop_reading(conn);
     conn->shutdown.data = conn;
     if (uv_shutdown(&conn->shutdown, (uv_stream_t *)&conn->tcp, conn_on_shutdown) < 0)
         bd__http_conn_close_now(conn);
@@ -357,24 +357,23 @@ void bd__http_conn_update_timer(struct http_conn *conn)
 
 /* A server-produced error for the request being parsed (or a fresh one): queue it behind
  * earlier responses, answer it, and parse nothing more. */
-static void conn_body_fail(struct http_conn *conn, struct http_req *r, int err);
 
-static void conn_fail(struct http_conn *conn, int err, const char *reason)
+void bd__http_conn_fail(struct http_conn *conn, int err, const char *reason)
 {
     struct http_req *r = conn->parsing;
 
     if (r != NULL && r->is_taken) {                /* the handler answers a streamed body */
-        conn_body_fail(conn, r, err);
+        bd__http_conn_body_fail(conn, r, err);
         return;
     }
     conn->parsing = NULL;
     conn->is_input_done = true;
-    conn_stop_reading(conn);
+    bd__http_conn_stop_reading(conn);
     if (r == NULL && (r = bd__http_req_new(conn)) == NULL) {
         bd__http_conn_close_now(conn);
         return;
     }
-    conn_queue_push(conn, r);
+    bd__http_conn_queue_push(conn, r);
     r->is_last = true;
     r->refs++;                                     /* the handler's, held by the server here */
     bd_log(BD_LOG_DEBUG, "http", "conn=%llu bad request: %s%s%s", conn->id, bd_err_name(err),
@@ -399,7 +398,7 @@ static void conn_on_timer(uv_timer_t *timer)
         bd__http_conn_close_now(conn);
         break;
     case CONN_TIMER_REQUEST:
-        conn_fail(conn, BD_ETIMEOUT, NULL);
+        bd__http_conn_fail(conn, BD_ETIMEOUT, NULL);
         break;
     case CONN_TIMER_LINGER:
         bd__http_conn_close_now(conn);
@@ -407,182 +406,6 @@ static void conn_on_timer(uv_timer_t *timer)
     case CONN_TIMER_NONE:
         break;
     }
-}
-
-/* ---- Streamed bodies ------------------------------------------------------------ */
-
-static void conn_stop_request_timer(struct http_conn *conn)
-{
-    if (conn->timer_mode == CONN_TIMER_REQUEST) {
-        conn->timer_mode = CONN_TIMER_NONE;
-        uv_timer_stop(&conn->timer);
-    }
-}
-
-/* Queue r and hand it to the handler: the queue's reference and the handler's. */
-static void conn_take(struct http_conn *conn, struct http_req *r)
-{
-    conn_queue_push(conn, r);
-    r->refs += 2;
-    r->is_taken = true;
-}
-
-/* Undo conn_take() for r, the tail, which the handler did not keep. */
-static void conn_untake(struct http_conn *conn, struct http_req *r)
-{
-    struct http_req **pp = &conn->head;
-
-    assert(conn->tail == r && !r->is_finished && r->refs > 2);
-    while (*pp != r)
-        pp = &(*pp)->next;
-    *pp = NULL;
-    conn->tail = NULL;
-    for (struct http_req *q = conn->head; q != NULL; q = q->next)
-        conn->tail = q;
-    conn->queued--;
-    r->refs -= 2;
-    r->is_taken = false;
-}
-
-void bd__http_conn_abandon_body(struct http_conn *conn, struct http_req *r)
-{
-    if (conn->parsing != r)
-        return;
-    conn->parsing = NULL;
-    conn->is_input_done = true;
-    conn->body_at = NULL;
-    r->is_last = true;
-    if (r->is_body_paused) {
-        r->is_body_paused = false;
-        r->paused_ns += uv_hrtime() - r->pause_start_ns;
-    }
-    conn_stop_reading(conn);
-    conn_stop_request_timer(conn);
-    bd__http_req_unref(r);                         /* the parsing reference; others remain */
-}
-
-/* The handler's last call for a streamed body: on_body(NULL, 0), unless it answered. */
-static void req_body_end(struct http_req *r)
-{
-    if (r->is_body_stream && !r->is_finished && r->body_cb != NULL) {
-        bd_http_body_cb cb = r->body_cb;
-
-        r->body_cb = NULL;
-        cb(&r->pub, NULL, 0, r->body_arg);
-    }
-}
-
-/* A streamed body failed (limit, framing, timeout): stop reading, tell the handler. */
-static void conn_body_fail(struct http_conn *conn, struct http_req *r, int err)
-{
-    bd_log(BD_LOG_DEBUG, "http", "conn=%llu streamed body failed: %s", conn->id,
-           bd_err_name(err));
-    r->refs++;
-    r->body_status = err;
-    bd__http_conn_abandon_body(conn, r);
-    req_body_end(r);
-    bd__http_req_unref(r);
-}
-
-/* Hand the piece llhttp just gave (conn->body_at) to r's receiver. */
-static void conn_deliver_body(struct http_conn *conn, struct http_req *r)
-{
-    const char *at = conn->body_at;
-    size_t len = conn->body_at_len;
-
-    conn->body_at = NULL;
-    if (r->is_finished || r->body_cb == NULL || len == 0)
-        return;
-    r->refs++;                                     /* whatever the callback finishes */
-    if (r->body_cb(&r->pub, at, len, r->body_arg) < 0) {
-        r->body_cb = NULL;
-        bd__http_conn_abandon_body(conn, r);
-    }
-    bd__http_req_unref(r);
-}
-
-/* llhttp stopped after r's headers: run on_headers, then finish the headers. */
-static void conn_on_headers(struct http_conn *conn)
-{
-    struct bd_http_server *srv = conn->srv;
-    struct http_req *r = conn->parsing;
-    int err;
-
-    r->is_headers_pending = false;
-    r->refs++;                                     /* whatever the hook finishes */
-    conn_take(conn, r);
-    r->is_in_headers_cb = true;
-    srv->opt.on_headers(&r->pub, srv->opt.on_headers_arg);
-    r->is_in_headers_cb = false;
-    if (!r->is_finished && !r->is_body_stream && r->conn != NULL)
-        conn_untake(conn, r);
-    if (conn->parsing == r && !r->is_finished && !conn->is_closing &&
-        (err = bd__http_headers_finish(conn, r)) < 0)
-        conn_fail(conn, err, NULL);
-    bd__http_req_unref(r);
-}
-
-int bd_http_body_stream(struct bd_http_request *req, bd_http_body_cb on_body, void *arg)
-{
-    struct http_req *r = bd__http_req_of(req);
-
-    if (!r->is_in_headers_cb || on_body == NULL || r->is_finished)
-        return BD_EINVAL;
-    r->is_body_stream = true;
-    r->body_cb = on_body;
-    r->body_arg = arg;
-    r->pub.body = NULL;
-    return BD_OK;
-}
-
-void bd_http_body_pause(struct bd_http_request *req)
-{
-    struct http_req *r = bd__http_req_of(req);
-    struct http_conn *conn = r->conn;
-
-    if (r->is_body_paused || conn == NULL || conn->parsing != r || !r->is_body_stream ||
-        !r->has_body)
-        return;
-    r->is_body_paused = true;
-    r->pause_start_ns = uv_hrtime();
-    conn_stop_reading(conn);      /* conn_process_input() also stops before the next piece */
-    if (!conn->is_processing)
-        bd__http_conn_update_timer(conn);
-}
-
-void bd_http_body_resume(struct bd_http_request *req)
-{
-    struct http_req *r = bd__http_req_of(req);
-    struct http_conn *conn = r->conn;
-
-    if (!r->is_body_paused)
-        return;
-    r->is_body_paused = false;
-    r->paused_ns += uv_hrtime() - r->pause_start_ns;
-    if (conn != NULL && !conn->is_closing) {
-        conn->is_body_resumed = true;
-        bd__http_conn_schedule_service(conn);      /* delivers from the loop, not from here */
-    }
-}
-
-void bd_http_body_set_limit(struct bd_http_request *req, uint64_t bytes)
-{
-    bd__http_req_of(req)->body_limit = bytes;
-}
-
-void bd_http_body_set_timeout(struct bd_http_request *req, uint64_t ms)
-{
-    bd__http_req_of(req)->timeout_ms = ms;
-}
-
-int bd_http_body_get_status(const struct bd_http_request *req)
-{
-    return bd__http_req_of(req)->body_status;
-}
-
-uint64_t bd_http_body_get_received(const struct bd_http_request *req)
-{
-    return bd__http_req_of(req)->body_received;
 }
 
 /* ---- Input ------------------------------------------------------------------------ */
@@ -594,16 +417,16 @@ static void conn_dispatch(struct http_conn *conn)
     struct http_req *r = conn->parsing;
 
     conn->parsing = NULL;
-    conn_stop_request_timer(conn);                 /* the next request gets its own clock */
+    bd__http_conn_stop_request_timer(conn);                 /* the next request gets its own clock */
     if (!r->is_taken)
-        conn_queue_push(conn, r);
+        bd__http_conn_queue_push(conn, r);
     if (!r->is_keep_alive) {
         r->is_last = true;
         conn->is_input_done = true;
-        conn_stop_reading(conn);
+        bd__http_conn_stop_reading(conn);
     }
     if (r->is_taken) {                             /* the handler has it: end its body */
-        req_body_end(r);
+        bd__http_req_body_end(r);
         bd__http_req_unref(r);                     /* the parsing reference */
         return;
     }
@@ -630,14 +453,14 @@ static void conn_process_input(struct http_conn *conn)
         llhttp_errno_t e;
 
         if (conn->parsing != NULL && conn->parsing->is_body_paused) {
-            conn_stop_reading(conn);               /* the rest waits in conn->in */
+            bd__http_conn_stop_reading(conn);               /* the rest waits in conn->in */
             break;
         }
         if (bd__http_conn_must_pause(conn)) {
             bd_log(BD_LOG_DEBUG, "http", "conn=%llu paused queued=%u body=%zu unwritten=%zu",
                    conn->id, conn->queued, conn->queued_body_bytes, conn->write_bytes);
             conn->is_paused = true;
-            conn_stop_reading(conn);
+            bd__http_conn_stop_reading(conn);
             break;
         }
         conn->is_parser_pending = false;
@@ -653,18 +476,18 @@ static void conn_process_input(struct http_conn *conn)
                 conn->is_parser_pending = true;
             } else {
                 conn->is_input_done = true;        /* we speak no other protocol */
-                conn_stop_reading(conn);
+                bd__http_conn_stop_reading(conn);
             }
             if (conn->parsing == NULL || conn->is_input_done)
                 continue;
             if (conn->parsing->is_headers_pending)
-                conn_on_headers(conn);
+                bd__http_conn_on_headers(conn);
             else if (conn->body_at != NULL)
-                conn_deliver_body(conn, conn->parsing);
+                bd__http_conn_deliver_body(conn, conn->parsing);
             else if (conn->parsing->is_complete)
                 conn_dispatch(conn);
         } else {
-            conn_fail(conn, conn->parse_err ? conn->parse_err : BD_EINVAL,
+            bd__http_conn_fail(conn, conn->parse_err ? conn->parse_err : BD_EINVAL,
                       conn->parse_err ? NULL : llhttp_get_error_reason(&conn->parser));
         }
     }
@@ -789,7 +612,7 @@ static void conn_reject(struct http_conn *conn)
         bd__http_conn_close_now(conn);
         return;
     }
-    conn_queue_push(conn, r);
+    bd__http_conn_queue_push(conn, r);
     r->is_last = true;
     r->refs++;
     bd_log(BD_LOG_WARN, "http", "conn=%llu rejected: %u connections open (max_connections)",
@@ -975,7 +798,7 @@ void bd_http_server_close(struct bd_http_server *srv, bd_http_closed_cb cb, void
         if (conn->is_closing)
             continue;
         conn->is_input_done = true;
-        conn_stop_reading(conn);
+        bd__http_conn_stop_reading(conn);
         if (conn->parsing != NULL && conn->parsing->is_taken) {
             bd__http_conn_close_now(conn);         /* a body that will never end: abort */
             continue;

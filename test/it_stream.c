@@ -87,6 +87,18 @@ static void gen_fill(struct gen *g)
         gen_line(g, &plain);
     if (!g->is_gzip) {
         bd_buf_append(&g->out, plain.data, plain.len);
+    } else if (!g->is_z_done && plain.len > 0 && g->next < g->lines) {
+        /* Compress this piece; the output may be empty for now (deflate buffers), which
+         * is why gen_read asks again until it has bytes or the stream ended. */
+        g->z.next_in = (unsigned char *)plain.data;
+        g->z.avail_in = (unsigned)plain.len;
+        unsigned char buf[16384];
+        do {
+            g->z.next_out = buf;
+            g->z.avail_out = sizeof(buf);
+            assert_true(deflate(&g->z, Z_NO_FLUSH) != Z_STREAM_ERROR);
+            bd_buf_append(&g->out, buf, sizeof(buf) - g->z.avail_out);
+        } while (g->z.avail_out == 0);
     } else if (!g->is_z_done) {
         bool is_last = g->next >= g->lines;
         unsigned char buf[16384];
@@ -112,8 +124,8 @@ static size_t gen_read(char *dst, size_t size, size_t nmemb, void *arg)
 
     if (g->abort_after && g->sent >= g->abort_after)
         return CURL_READFUNC_ABORT;
-    if (g->out_pos == g->out.len)
-        gen_fill(g);
+    while (g->out_pos == g->out.len && !(g->is_gzip ? g->is_z_done : g->next >= g->lines))
+        gen_fill(g);                           /* 0 bytes would tell curl the body ended */
     size_t n = g->out.len - g->out_pos;
     if (n > room)
         n = room;
