@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(
   gcc make cmake pkg-config libc6-dev
   libuv1-dev node-llhttp libhiredis-dev libpq-dev libjansson-dev libcyaml-dev
-  libcurl4-openssl-dev libcmocka-dev libssl-dev
+  libcurl4-openssl-dev libcmocka-dev libssl-dev zlib1g-dev
   redis-server redis-tools postgresql postgresql-client
   curl ca-certificates procps
   jq          # scripts/test_batch_processing.sh

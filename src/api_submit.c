@@ -38,7 +38,7 @@
 
 /* ---- the request's life ---------------------------------------------------------------- */
 
-static void api_submit_free(struct bd__api_submit *s)
+void bd__api_submit_free(struct bd__api_submit *s)
 {
     bd__api_submit_parse_free(s);
     json_decref(s->metadata);
@@ -55,7 +55,7 @@ static void api_submit_error(struct bd__api_submit *s, int err, const char *mess
                              const char *field)
 {
     bd_http_respond_err(s->req, err, message, field);
-    api_submit_free(s);
+    bd__api_submit_free(s);
 }
 
 static void api_submit_respond(struct bd__api_submit *s, const struct bd_job_submitted *res)
@@ -80,7 +80,7 @@ static void api_submit_respond(struct bd__api_submit *s, const struct bd_job_sub
     char loc[256];
     snprintf(loc, sizeof(loc), "Location: " BD_API_PREFIX "/jobs/%s\r\n", res->job_id);
     bd__api_respond_json(s->req, API_STATUS_ACCEPTED, j, loc);
-    api_submit_free(s);
+    bd__api_submit_free(s);
 }
 
 static void api_submit_step_existing(struct bd__api_submit *s);
@@ -89,13 +89,20 @@ static void api_on_submitted(int status, const struct bd_job_submitted *res, voi
 {
     struct bd__api_submit *s = arg;
 
+    if (status == BD_ECONFLICT) {       /* a concurrent submit with this key won the race */
+        s->is_after_race = true;
+        api_submit_step_existing(s);
+        return;
+    }
+    bd__api_submit_answer(s, status, res);
+}
+
+void bd__api_submit_answer(struct bd__api_submit *s, int status,
+                           const struct bd_job_submitted *res)
+{
     switch (status) {
     case BD_OK:
         api_submit_respond(s, res);
-        return;
-    case BD_ECONFLICT:                  /* a concurrent submit with this key won the race */
-        s->is_after_race = true;
-        api_submit_step_existing(s);
         return;
     case BD_EBUSY: {
         char msg[160];
@@ -103,7 +110,7 @@ static void api_on_submitted(int status, const struct bd_job_submitted *res, voi
                  res->queued_items, res->max_queued_items);
         bd_http_respond_error_ex(s->req, bd_err_http_status(BD_EBUSY), "Retry-After: 5\r\n",
                                  bd_err_api_code(BD_EBUSY), msg, NULL);
-        api_submit_free(s);
+        bd__api_submit_free(s);
         return;
     }
     default:                            /* the job module logged the cause */
@@ -178,7 +185,7 @@ static void api_on_existing(int status, const struct bd_job_store_idem_row *row,
     char loc[256];
     snprintf(loc, sizeof(loc), "Location: " BD_API_PREFIX "/jobs/%s\r\n", row->job_id);
     bd__api_respond_json(s->req, API_STATUS_OK, j, loc);
-    api_submit_free(s);
+    bd__api_submit_free(s);
 }
 
 static void api_submit_step_existing(struct bd__api_submit *s)
@@ -213,7 +220,7 @@ static void api_on_collection(int status, const struct bd_job_store_collection_r
 }
 
 /* The job's metadata: the request's, plus who submitted it and how. */
-static int api_submit_metadata(struct bd__api_submit *s)
+int bd__api_submit_metadata(struct bd__api_submit *s)
 {
     json_t *meta = json_object_get(s->body, "metadata");
     s->metadata = json_is_object(meta) ? json_deep_copy(meta) : json_object();
@@ -230,26 +237,41 @@ static int api_submit_metadata(struct bd__api_submit *s)
     return BD_OK;
 }
 
-static void api_on_submit(struct bd_http_request *req, void *arg)
+bool bd__api_submit_precheck(struct bd_http_request *req, struct bd_server *srv)
 {
-    struct bd_server *srv = arg;
-    struct bd__api_invalid inv = { { 0 }, { 0 } };
-
     if (!bd__api_check_auth(req, srv))
-        return;
+        return false;
     if (srv->is_stopping) {
         bd_http_respond_err(req, BD_ESHUTDOWN, NULL, NULL);
-        return;
+        return false;
     }
     if (!bd_job_engine_is_ready(srv->jobs)) {
         bd_http_respond_error_ex(req, bd_err_http_status(BD_ENOTREADY), "Retry-After: 1\r\n",
                                  bd_err_api_code(BD_ENOTREADY), bd_strerror(BD_ENOTREADY),
                                  NULL);
-        return;
+        return false;
     }
+    return true;
+}
+
+void bd__api_submit_on_request(struct bd_http_request *req, void *arg)
+{
+    struct bd_server *srv = arg;
+
+    if (!bd__api_submit_precheck(req, srv))
+        return;
+    bd__api_submit_body(req, srv, req->body, req->body_len);
+}
+
+void bd__api_submit_body(struct bd_http_request *req, struct bd_server *srv, const char *body,
+                         size_t body_len)
+{
+    struct bd__api_invalid inv = { { 0 }, { 0 } };
+
     const char *ct = bd_http_header_get(req, "Content-Type");
     if (ct == NULL || strncasecmp(ct, "application/json", 16) != 0) {
-        bd_http_respond_err(req, BD_EMEDIATYPE, "Content-Type must be application/json", NULL);
+        bd_http_respond_err(req, BD_EMEDIATYPE, "Content-Type must be application/json, "
+                            "application/x-ndjson or application/jsonl", NULL);
         return;
     }
     const char *key = bd_http_header_get(req, "Idempotency-Key");
@@ -267,8 +289,8 @@ static void api_on_submit(struct bd_http_request *req, void *arg)
     s->req = req;
     s->srv = srv;
     s->idem_key = key;
-    s->body_len = req->body_len;
-    int rc = bd__api_submit_parse(s, req->body, req->body_len, &inv);
+    s->body_len = body_len;
+    int rc = bd__api_submit_parse(s, body, body_len, &inv);
     if (rc == BD_EINVAL || rc == BD_EJSON) {
         char msg[400];
         if (rc == BD_EINVAL)
@@ -279,23 +301,18 @@ static void api_on_submit(struct bd_http_request *req, void *arg)
         return;
     }
     if (rc == BD_OK)
-        rc = api_submit_metadata(s);
+        rc = bd__api_submit_metadata(s);
     if (rc < 0) {
         api_submit_error(s, rc, NULL, NULL);
         return;
     }
     /* Only an Idempotency-Key needs the body's hash (to tell a replay from a conflict);
      * hashing a big body costs more than parsing it. */
-    if (key && (rc = bd_sha256_hex(req->body, req->body_len, s->request_hash)) < 0) {
+    if (key && (rc = bd_sha256_hex(body, body_len, s->request_hash)) < 0) {
         api_submit_error(s, rc, NULL, NULL);   /* without the hash a replay is not safe */
         return;
     }
     rc = bd_job_store_get_collection(srv->pg, s->collection, api_on_collection, s);
     if (rc < 0)
         api_submit_error(s, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG, NULL, NULL);
-}
-
-int bd__api_register_submit(struct bd_router *r, struct bd_server *srv)
-{
-    return bd_router_add(r, "POST", BD_API_PREFIX "/jobs", api_on_submit, srv);
 }

@@ -61,6 +61,44 @@ int bd__api_submit_parse(struct bd__api_submit *s, const char *body, size_t len,
  * ENOMEM. Moves the packed bulk_insert batches out of s. */
 struct bd_job_payload *bd__api_submit_payloads(struct bd__api_submit *s);
 
+/* ---- the handler's parts that a streamed submit shares (api_submit.c) ------------------ */
+/* s->metadata from the request's (s->body's) metadata plus submitted_by (X-Submitted-By)
+ * and integration_pattern. BD_OK or BD_ENOMEM. */
+int bd__api_submit_metadata(struct bd__api_submit *s);
+/* Answer s's request with the outcome of its creation (202 with the job, 429 with
+ * Retry-After, or the error's status) and free s. */
+void bd__api_submit_answer(struct bd__api_submit *s, int status,
+                           const struct bd_job_submitted *res);
+/* Auth, shutdown and readiness of a submit; false when req was answered. */
+bool bd__api_submit_precheck(struct bd_http_request *req, struct bd_server *srv);
+/* The buffered submit: a JSON body, whole (req->body, or an inflated copy: body is read
+ * only during the call). Answers req. */
+void bd__api_submit_body(struct bd_http_request *req, struct bd_server *srv, const char *body,
+                         size_t body_len);
+/* The route's handler at message-complete (a buffered application/json body). */
+void bd__api_submit_on_request(struct bd_http_request *req, void *arg);
+/* Free s and what it holds (the request is not answered here). */
+void bd__api_submit_free(struct bd__api_submit *s);
+
+/* ---- a streamed job (api_submit_stream.c) ----------------------------------------------
+ * The job's fields come as a JSON object without "data" (built from the query string of a
+ * JSON Lines submit); items come one at a time and are gathered into batches. */
+int bd__api_submit_fields(struct bd__api_submit *s, json_t *fields,
+                          struct bd__api_invalid *inv);
+struct bd__api_batch;
+/* An empty batch (allocates; bounded by one batch), or NULL on ENOMEM. */
+struct bd__api_batch *bd__api_batch_new(const struct bd__api_submit *s);
+void bd__api_batch_free(struct bd__api_batch *b);
+unsigned bd__api_batch_count(const struct bd__api_batch *b);
+/* Validate one item (JSON text[0..len), item number index of the job) and add it: BD_OK,
+ * BD_EINVAL (inv names data[index] and the field), BD_ENOMEM. s->dim is set by the first
+ * bulk_insert item and checked on the others. */
+int bd__api_batch_add(struct bd__api_submit *s, struct bd__api_batch *b, const char *text,
+                      size_t len, size_t index, struct bd__api_invalid *inv);
+/* The batch's stored form (the caller owns out->data); b is empty again after. */
+int bd__api_batch_take(struct bd__api_submit *s, struct bd__api_batch *b,
+                       struct bd_job_payload *out);
+
 /* Free what bd__api_submit_parse allocated (not s itself). */
 void bd__api_submit_parse_free(struct bd__api_submit *s);
 

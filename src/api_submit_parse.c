@@ -570,10 +570,12 @@ static void api_default_collection(const char *model, char *out, size_t outlen)
     snprintf(out + n, outlen - n, "_embeddings");
 }
 
-static int api_validate_submit(struct bd__api_submit *s, struct bd__api_invalid *inv)
+/* The job's fields of b (everything but "data"): operation, model, collection, metadata,
+ * options. Fills s. */
+static int api_validate_fields(struct bd__api_submit *s, json_t *b, struct bd__api_invalid *inv)
 {
     const struct bd_config *cfg = s->srv->cfg;
-    json_t *b = s->body, *v;
+    json_t *v;
     const char *bad;
 
     if (!json_is_object(b))
@@ -658,7 +660,17 @@ static int api_validate_submit(struct bd__api_submit *s, struct bd__api_invalid 
             s->max_retries = (int)json_integer_value(v);
         }
     }
+    return BD_OK;
+}
 
+static int api_validate_submit(struct bd__api_submit *s, struct bd__api_invalid *inv)
+{
+    const struct bd_config *cfg = s->srv->cfg;
+    json_t *b = s->body;
+    int rc = api_validate_fields(s, b, inv);
+
+    if (rc < 0)
+        return rc;
     if (s->data_raw)
         return api_fast_insert_items(s, inv);
     s->data = json_object_get(b, "data");
@@ -772,4 +784,103 @@ void bd__api_submit_parse_free(struct bd__api_submit *s)
     s->kept = NULL;
     json_decref(s->body);
     s->body = NULL;
+}
+
+/* ---- a streamed job's items, one batch at a time ------------------------------------------ */
+
+int bd__api_submit_fields(struct bd__api_submit *s, json_t *fields, struct bd__api_invalid *inv)
+{
+    return api_validate_fields(s, fields, inv);
+}
+
+/* The batch being built: its items' trees (their ids are the duplicate set's keys, and a
+ * bulk_embed batch is stored as their JSON array), and a bulk_insert batch packed as it
+ * grows. Everything here is bounded by one batch. */
+struct bd__api_batch {
+    json_t *items;
+    struct api_idset ids;
+    struct bd_buf packed;
+    struct bd_buf meta;
+    float *row;
+};
+
+struct bd__api_batch *bd__api_batch_new(const struct bd__api_submit *s)
+{
+    struct bd__api_batch *b = calloc(1, sizeof(*b));
+    if (b == NULL)
+        return NULL;
+    b->items = json_array();
+    b->row = malloc(sizeof(float) * BD_JOB_BATCH_DIM_MAX);
+    bd_buf_init(&b->packed);
+    bd_buf_init(&b->meta);
+    if (b->items == NULL || b->row == NULL) {
+        bd__api_batch_free(b);
+        return NULL;
+    }
+    (void)s;
+    return b;
+}
+
+void bd__api_batch_free(struct bd__api_batch *b)
+{
+    if (b == NULL)
+        return;
+    json_decref(b->items);
+    free(b->ids.slots);
+    bd_buf_free(&b->packed);
+    bd_buf_free(&b->meta);
+    free(b->row);
+    free(b);
+}
+
+unsigned bd__api_batch_count(const struct bd__api_batch *b)
+{
+    return (unsigned)json_array_size(b->items);
+}
+
+int bd__api_batch_add(struct bd__api_submit *s, struct bd__api_batch *b, const char *text,
+                      size_t len, size_t index, struct bd__api_invalid *inv)
+{
+    json_error_t jerr;
+    json_t *item = json_loadb(text, len, 0, &jerr);
+    int rc;
+
+    if (item == NULL) {
+        snprintf(inv->field, sizeof(inv->field), "data[%zu]", index);
+        if (!bd_utf8_is_valid(text, len))
+            snprintf(inv->message, sizeof(inv->message), "is not valid UTF-8");
+        else
+            snprintf(inv->message, sizeof(inv->message), "is not valid JSON: %s", jerr.text);
+        return BD_EINVAL;
+    }
+    /* Ids are unique within a batch (one upsert may not touch a row twice); across the
+     * batches of a streamed job a repeated id overwrites, as in two jobs: a set of every id
+     * would make memory grow with the job instead of the batch. */
+    rc = api_validate_item(s, item, index, s->batch_size, &b->ids, inv);
+    if (rc == BD_OK && json_array_append(b->items, item) != 0)
+        rc = BD_ENOMEM;
+    if (rc == BD_OK && s->op == BD_OP_BULK_INSERT)
+        rc = api_pack_json_item(s, item, &b->packed, b->row, &b->meta);
+    json_decref(item);                    /* the batch's array keeps it */
+    return rc;
+}
+
+int bd__api_batch_take(struct bd__api_submit *s, struct bd__api_batch *b,
+                       struct bd_job_payload *out)
+{
+    if (s->op == BD_OP_BULK_INSERT) {
+        if (b->packed.is_failed)
+            return BD_ENOMEM;
+        *out = (struct bd_job_payload){ b->packed.data, b->packed.len };
+        bd_buf_init(&b->packed);
+    } else {
+        char *text = json_dumps(b->items, JSON_COMPACT);
+        if (text == NULL)
+            return BD_ENOMEM;
+        *out = (struct bd_job_payload){ text, strlen(text) };
+    }
+    json_array_clear(b->items);
+    free(b->ids.slots);
+    b->ids = (struct api_idset){ 0 };
+    return BD_OK;
 }

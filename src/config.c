@@ -52,6 +52,7 @@
  *     max_header_bytes: 16384
  *     max_url_bytes: 4096
  *     max_body_bytes: 268435456
+ *     max_stream_bytes: 17179869184
  *     idle_timeout: 60
  *     request_timeout: 30
  *     status_cache_ms: 50          # job status answers reused this long (BATCH_STATUS_CACHE_MS)
@@ -129,6 +130,7 @@ struct raw_http {
     char *max_header_bytes;
     char *max_url_bytes;
     char *max_body_bytes;
+    char *max_stream_bytes;
     char *idle_timeout;
     char *request_timeout;
     char *status_cache_ms;
@@ -223,6 +225,7 @@ static const cyaml_schema_field_t raw_http_fields[] = {
     RAW_STR(struct raw_http, max_header_bytes),
     RAW_STR(struct raw_http, max_url_bytes),
     RAW_STR(struct raw_http, max_body_bytes),
+    RAW_STR(struct raw_http, max_stream_bytes),
     RAW_STR(struct raw_http, idle_timeout),
     RAW_STR(struct raw_http, request_timeout),
     RAW_STR(struct raw_http, status_cache_ms),
@@ -314,6 +317,8 @@ const struct cfg_field cfg_fields[] = {
     T_UINT(http, max_url_bytes, NULL, http_max_url_bytes, 64, 1048576, "4096"),
     TOP(http, max_body_bytes, NULL, http_max_body_bytes, CFG_SIZE, 1, 17179869184.0,
         "268435456", NULL),
+    TOP(http, max_stream_bytes, NULL, http_max_stream_bytes, CFG_SIZE, 1, 1099511627776.0,
+        "17179869184", NULL),
     T_SECS(http, idle_timeout, NULL, http_idle_timeout_s, "60"),
     T_SECS(http, request_timeout, NULL, http_request_timeout_s, "30"),
     T_UINT(http, status_cache_ms, "BATCH_STATUS_CACHE_MS", http_status_cache_ms, 0, 60000, "50"),

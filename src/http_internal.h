@@ -75,6 +75,22 @@ struct http_req {
     void *abort_arg;
     bd_http_drain_cb drain_cb;
     void *drain_arg;
+    bd_http_body_cb body_cb;           /* streamed body: the handler's receiver */
+    void *body_arg;
+    uint64_t content_length;           /* declared, when has_content_length */
+    uint64_t body_limit;               /* 0: opt.max_body_bytes */
+    uint64_t body_received;            /* streamed bytes so far */
+    uint64_t timeout_ms;               /* 0: opt.request_timeout_ms */
+    uint64_t paused_ns;                /* time the body was paused, before the current pause */
+    uint64_t pause_start_ns;
+    int body_status;                   /* for on_body's final call */
+    bool has_body;                     /* chunked, or Content-Length > 0 */
+    bool has_content_length;
+    bool is_headers_pending;           /* on_headers not yet called */
+    bool is_in_headers_cb;             /* on_headers is on the stack */
+    bool is_taken;                     /* queued and handed to the handler at headers time */
+    bool is_body_stream;               /* body goes to body_cb */
+    bool is_body_paused;
     bool is_complete;                  /* on_message_complete seen */
     bool is_keep_alive;
     bool is_http10;
@@ -119,6 +135,10 @@ struct http_conn {
     bool is_lingering;                 /* write side shut; dropping input until EOF */
     bool is_closing;                   /* uv_close() requested */
     bool is_service_pending;
+    bool is_body_resumed;              /* service must restart a paused body */
+    bool is_parser_pending;            /* llhttp was paused: it may have work without input */
+    const char *body_at;               /* streamed piece llhttp just handed over (in in[]) */
+    size_t body_at_len;
     size_t in_off;
     size_t in_len;
     char in[HTTP_IN_BUF];
@@ -148,6 +168,12 @@ struct bd_http_server {
 
 /* ---- http_server.c ------------------------------------------------------------------ */
 
+/* The request behind a handler's pointer. */
+static inline struct http_req *bd__http_req_of(const struct bd_http_request *pub)
+{
+    return (struct http_req *)((char *)pub - offsetof(struct http_req, pub));
+}
+
 /* Arena memory for one request, aligned to max_align_t; NULL on ENOMEM. Freed with the
  * request. */
 void *bd__http_arena_alloc(struct http_arena *a, size_t size);
@@ -175,10 +201,22 @@ void bd__http_conn_close_graceful(struct http_conn *conn);
 /* Arm the idle or request timer for conn's current state (or stop it). */
 void bd__http_conn_update_timer(struct http_conn *conn);
 
+/* r (taken at headers time) was answered before its body ended, or wants no more of it:
+ * parse nothing more on conn, and close it after r's answer. No-op unless r is being parsed. */
+void bd__http_conn_abandon_body(struct http_conn *conn, struct http_req *r);
+
+/* The body limit that applies to r. */
+uint64_t bd__http_req_body_limit(const struct http_req *r);
+
 /* ---- http_parse.c ------------------------------------------------------------------- */
 
 /* Fill s with the llhttp callbacks; each parser's data points at its struct http_conn. */
 void bd__http_parser_settings_init(llhttp_settings_t *s);
+
+/* What follows complete headers once r's body mode is known: the Content-Length check
+ * against r's limit, the body buffer (buffered bodies only), "100 Continue". BD_OK or
+ * BD_ETOOLARGE/BD_ENOMEM (nothing answered). */
+int bd__http_headers_finish(struct http_conn *conn, struct http_req *r);
 
 /* ---- http_response.c ---------------------------------------------------------------- */
 
@@ -187,5 +225,17 @@ struct http_wbuf *bd__http_wbuf_new(size_t cap);
 
 /* Hand w to the socket now (takes ownership of w); on failure closes conn. */
 void bd__http_conn_write(struct http_conn *conn, struct http_wbuf *w);
+
+/* http_server.c, used by http_body.c */
+void bd__http_conn_queue_push(struct http_conn *conn, struct http_req *r);
+void bd__http_conn_stop_reading(struct http_conn *conn);
+void bd__http_conn_fail(struct http_conn *conn, int err, const char *reason);
+
+/* http_body.c: streamed bodies */
+void bd__http_conn_stop_request_timer(struct http_conn *conn);
+void bd__http_req_body_end(struct http_req *r);
+void bd__http_conn_body_fail(struct http_conn *conn, struct http_req *r, int err);
+void bd__http_conn_deliver_body(struct http_conn *conn, struct http_req *r);
+void bd__http_conn_on_headers(struct http_conn *conn);
 
 #endif

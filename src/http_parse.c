@@ -2,7 +2,9 @@
  *
  * Gathers the URL and each header in the connection's scratch buffer (a callback may see
  * a token in pieces) and copies it into the request's arena when complete; enforces
- * max_url_bytes, max_header_bytes and max_body_bytes; answers "Expect: 100-continue".
+ * max_url_bytes, max_header_bytes and each request's body limit; answers "Expect:
+ * 100-continue". It pauses llhttp where http_server.c must run a handler: after the headers
+ * when on_headers is set, after each piece of a streamed body, at message-complete.
  * A callback that fails records a BD_E* in conn->parse_err for http_server.c to answer.
  * Loop thread only; called only from inside llhttp_execute().  SPDX-License-Identifier: MIT
  */
@@ -160,30 +162,21 @@ static int on_header_value_complete(llhttp_t *p)
     return 0;
 }
 
-static int on_headers_complete(llhttp_t *p)
+int bd__http_headers_finish(struct http_conn *conn, struct http_req *r)
 {
-    struct http_conn *conn = p->data;
-    struct http_req *r = conn->parsing;
     const char *expect;
 
-    r->pub.method = llhttp_method_name((llhttp_method_t)llhttp_get_method(p));
-    r->is_head_method = llhttp_get_method(p) == HTTP_HEAD;
-    r->is_http10 = llhttp_get_http_major(p) == 1 && llhttp_get_http_minor(p) == 0;
-    r->is_keep_alive = llhttp_should_keep_alive(p) && !llhttp_get_upgrade(p);
-    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0) {
-        if (p->content_length > conn->srv->opt.max_body_bytes) {
-            parse_fail(p, BD_ETOOLARGE, "request body too large");
-            return -1;
-        }
-        r->body_cap = (size_t)p->content_length + 1;
-        if ((r->body_buf = bd__http_arena_alloc(&r->arena, r->body_cap)) == NULL) {
-            parse_fail(p, BD_ENOMEM, "out of memory");
-            return -1;
-        }
+    if (r->has_content_length && r->content_length > bd__http_req_body_limit(r))
+        return BD_ETOOLARGE;
+    if (r->has_content_length && r->content_length > 0 && !r->is_body_stream) {
+        r->body_cap = (size_t)r->content_length + 1;
+        if ((r->body_buf = bd__http_arena_alloc(&r->arena, r->body_cap)) == NULL)
+            return BD_ENOMEM;
     }
+    /* A taken request is already queued: nothing earlier pends when it is the head. */
     expect = bd_http_header_get(&r->pub, "Expect");
     if (expect != NULL && strcasecmp(expect, "100-continue") == 0 && !r->is_http10 &&
-        conn->head == NULL) {
+        (conn->head == NULL || conn->head == r)) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         struct http_wbuf *w = bd__http_wbuf_new(sizeof(cont) - 1);
 
@@ -193,6 +186,30 @@ static int on_headers_complete(llhttp_t *p)
             bd__http_conn_write(conn, w);
         }
     }
+    return BD_OK;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    struct http_conn *conn = p->data;
+    struct http_req *r = conn->parsing;
+    int err;
+
+    r->pub.method = llhttp_method_name((llhttp_method_t)llhttp_get_method(p));
+    r->is_head_method = llhttp_get_method(p) == HTTP_HEAD;
+    r->is_http10 = llhttp_get_http_major(p) == 1 && llhttp_get_http_minor(p) == 0;
+    r->is_keep_alive = llhttp_should_keep_alive(p) && !llhttp_get_upgrade(p);
+    r->has_content_length = (p->flags & F_CONTENT_LENGTH) != 0;
+    r->content_length = r->has_content_length ? p->content_length : 0;
+    r->has_body = (p->flags & F_CHUNKED) || r->content_length > 0;
+    if (conn->srv->opt.on_headers != NULL) {
+        r->is_headers_pending = true;              /* http_server.c calls it, then finishes */
+        return HPE_PAUSED;
+    }
+    if ((err = bd__http_headers_finish(conn, r)) < 0) {
+        parse_fail(p, err, err == BD_ETOOLARGE ? "request body too large" : "out of memory");
+        return -1;
+    }
     return 0;
 }
 
@@ -200,9 +217,22 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     struct http_conn *conn = p->data;
     struct http_req *r = conn->parsing;
+    uint64_t limit = bd__http_req_body_limit(r);
     size_t need = r->pub.body_len + len + 1;
 
-    if (r->pub.body_len + len > conn->srv->opt.max_body_bytes)
+    if (len == 0)                                  /* a span cut at the end of the input */
+        return 0;
+    if (r->is_body_stream) {
+        /* Handed to the handler outside llhttp: pausing here leaves the parser just past
+         * this piece, and the bytes after it wait in conn->in. */
+        if (len > limit - r->body_received)
+            return parse_fail(p, BD_ETOOLARGE, "request body too large");
+        r->body_received += len;
+        conn->body_at = at;
+        conn->body_at_len = len;
+        return HPE_PAUSED;
+    }
+    if (r->pub.body_len + len > limit)
         return parse_fail(p, BD_ETOOLARGE, "request body too large");
     if (need > r->body_cap) {                      /* chunked: grow by doubling */
         size_t cap = r->body_cap ? r->body_cap * 2 : 1024;

@@ -21,11 +21,6 @@
 
 /* ---- Output ----------------------------------------------------------------------- */
 
-static struct http_req *req_of(const struct bd_http_request *pub)
-{
-    return (struct http_req *)((char *)pub - offsetof(struct http_req, pub));
-}
-
 static void req_report(struct http_req *r)
 {
     struct bd_http_server *srv = r->srv;
@@ -169,11 +164,14 @@ static void req_finish(struct http_req *r)
     bd__http_req_unref(r);                                  /* the handler's */
 }
 
-/* Decide whether the connection closes after r's response (decided when the response starts). */
+/* Decide whether the connection closes after r's response (decided when the response starts).
+ * A streamed body still arriving is abandoned: the connection closes after this answer. */
 static void req_decide_last(struct http_req *r)
 {
     struct http_conn *conn = r->conn;
 
+    if (r->is_taken && r->has_body && conn->parsing == r)
+        bd__http_conn_abandon_body(conn, r);
     if (!r->is_keep_alive || conn->srv->is_closing)
         r->is_last = true;
     else if (conn->is_input_done && r->next == NULL && conn->parsing == NULL)
@@ -212,7 +210,7 @@ static struct http_wbuf *resp_head(struct http_req *r, int status, const char *c
 
 void *bd_http_alloc(struct bd_http_request *req, size_t size)
 {
-    return bd__http_arena_alloc(&req_of(req)->arena, size);
+    return bd__http_arena_alloc(&bd__http_req_of(req)->arena, size);
 }
 
 char *bd_http_strdup(struct bd_http_request *req, const char *s)
@@ -263,7 +261,7 @@ const char *bd_http_query_get(struct bd_http_request *req, const char *name)
 
 void bd_http_set_abort_cb(struct bd_http_request *req, bd_http_abort_cb cb, void *arg)
 {
-    struct http_req *r = req_of(req);
+    struct http_req *r = bd__http_req_of(req);
 
     r->abort_cb = cb;
     r->abort_arg = arg;
@@ -272,7 +270,7 @@ void bd_http_set_abort_cb(struct bd_http_request *req, bd_http_abort_cb cb, void
 void bd_http_respond(struct bd_http_request *req, int status, const char *content_type,
                      const char *extra_headers, const char *body, size_t body_len)
 {
-    struct http_req *r = req_of(req);
+    struct http_req *r = bd__http_req_of(req);
     struct http_conn *conn = r->conn;
 
     assert(!r->is_finished && !r->is_streaming);
@@ -351,7 +349,7 @@ void bd_http_respond_err(struct bd_http_request *req, int err, const char *messa
 int bd_http_stream_begin(struct bd_http_request *req, int status, const char *content_type,
                          const char *extra_headers)
 {
-    struct http_req *r = req_of(req);
+    struct http_req *r = bd__http_req_of(req);
     struct http_conn *conn = r->conn;
     struct http_wbuf *w;
 
@@ -378,7 +376,7 @@ int bd_http_stream_begin(struct bd_http_request *req, int status, const char *co
 
 int bd_http_stream_write(struct bd_http_request *req, const char *data, size_t len)
 {
-    struct http_req *r = req_of(req);
+    struct http_req *r = bd__http_req_of(req);
     struct http_conn *conn = r->conn;
     struct http_wbuf *w;
 
@@ -403,7 +401,7 @@ int bd_http_stream_write(struct bd_http_request *req, const char *data, size_t l
 
 size_t bd_http_stream_get_pending(const struct bd_http_request *req)
 {
-    const struct http_req *r = req_of(req);
+    const struct http_req *r = bd__http_req_of(req);
 
     if (r->conn == NULL)
         return 0;
@@ -412,7 +410,7 @@ size_t bd_http_stream_get_pending(const struct bd_http_request *req)
 
 void bd_http_stream_set_drain_cb(struct bd_http_request *req, bd_http_drain_cb cb, void *arg)
 {
-    struct http_req *r = req_of(req);
+    struct http_req *r = bd__http_req_of(req);
 
     r->drain_cb = cb;
     r->drain_arg = arg;
@@ -423,7 +421,7 @@ void bd_http_stream_set_drain_cb(struct bd_http_request *req, bd_http_drain_cb c
 
 void bd_http_stream_end(struct bd_http_request *req)
 {
-    struct http_req *r = req_of(req);
+    struct http_req *r = bd__http_req_of(req);
 
     assert(r->is_streaming && !r->is_finished);
     if (r->conn != NULL && !r->conn->is_closing && !r->is_raw_stream && !r->is_head_method) {

@@ -8,7 +8,8 @@
  * for the idle/request/linger timeouts, the llhttp parser and a fixed input buffer) and every
  * request (struct http_req: its arena and any output buffered behind earlier responses).
  * Loop thread only; never blocks. Knows nothing of routes or jobs: each complete request goes
- * to opt.on_request. Must not free a connection outside its last close callback, nor a request
+ * to opt.on_request (and, when set, each request's headers to opt.on_headers, which may take
+ * the body as a stream: bd_http_body_*). Must not free a connection outside its last close callback, nor a request
  * that a handler still holds.  SPDX-License-Identifier: MIT
  */
 #include "http_internal.h"
@@ -42,6 +43,21 @@
  * request answered with bd_http_respond_error(), queued behind earlier responses and marked
  * last: after it the connection shuts down its write side and lingers, reading and dropping
  * input until EOF or HTTP_LINGER_MS, so the client reads the error instead of a reset.
+ *
+ * Streamed bodies. With opt.on_headers set, llhttp pauses after each request's headers and
+ * bd__http_conn_on_headers() runs the hook outside llhttp. The request is queued and handed to the
+ * handler ("taken") before the hook runs, so the hook may answer at once; if the hook neither
+ * answers nor calls bd_http_body_stream(), the request is untaken and goes on as usual. A
+ * streamed request is then both conn->parsing and in the queue, holding a reference for
+ * each. llhttp's on_body records each piece and pauses; conn_process_input() hands it to the
+ * handler, still pointing into conn->in. bd_http_body_pause() stops reading and
+ * conn_process_input() stops at the next piece, leaving the rest in conn->in, where it waits
+ * for bd_http_body_resume() (which schedules the service idle handle: never a delivery from
+ * inside the call). At message-complete the handler gets on_body(NULL, 0). An answer before
+ * that, on_body < 0, or a failure of the body (limit, framing, timeout) "abandons" the body:
+ * nothing more is parsed, the parsing reference is dropped, and the connection closes after
+ * the answer (lingering, so the client reads it): the rest of a body of unknown size cannot
+ * be skipped cheaply. The request timer excludes the time the handler kept the body paused.
  *
  * Expect: 100-continue is answered with "100 Continue" when no earlier response is pending
  * (and the declared body is within max_body_bytes); otherwise it is ignored and the client
@@ -164,6 +180,11 @@ void bd__http_req_unref(struct http_req *r)
 
 /* ---- Connection state shared with http_response.c --------------------------------- */
 
+uint64_t bd__http_req_body_limit(const struct http_req *r)
+{
+    return r->body_limit ? r->body_limit : r->srv->opt.max_body_bytes;
+}
+
 /* Bounds what one connection holds: requests, their bodies and unwritten output. */
 bool bd__http_conn_must_pause(const struct http_conn *conn)
 {
@@ -183,7 +204,7 @@ void bd__http_conn_schedule_service(struct http_conn *conn)
     uv_idle_start(&srv->service_idle, srv_on_service);
 }
 
-static void conn_queue_push(struct http_conn *conn, struct http_req *r)
+void bd__http_conn_queue_push(struct http_conn *conn, struct http_req *r)
 {
     r->next = NULL;
     if (conn->tail != NULL)
@@ -199,7 +220,7 @@ static void conn_queue_push(struct http_conn *conn, struct http_req *r)
 
 static void conn_start_reading(struct http_conn *conn);
 
-static void conn_stop_reading(struct http_conn *conn)
+void bd__http_conn_stop_reading(struct http_conn *conn)
 {
     if (conn->is_reading) {
         uv_read_stop((uv_stream_t *)&conn->tcp);
@@ -296,7 +317,7 @@ void bd__http_conn_close_graceful(struct http_conn *conn)
         return;
     conn->is_shutting = true;
     conn->is_input_done = true;
-    conn_stop_reading(conn);
+    bd__http_conn_stop_reading(conn);
     conn->shutdown.data = conn;
     if (uv_shutdown(&conn->shutdown, (uv_stream_t *)&conn->tcp, conn_on_shutdown) < 0)
         bd__http_conn_close_now(conn);
@@ -312,10 +333,15 @@ void bd__http_conn_update_timer(struct http_conn *conn)
 
     if (conn->is_closing || conn->is_lingering)
         return;
-    if (conn->parsing != NULL && !conn->is_input_done && !conn->is_paused) {
-        uint64_t elapsed = (uv_hrtime() - conn->parsing->pub.start_ns) / 1000000;
+    if (conn->parsing != NULL && conn->parsing->is_body_paused) {
+        mode = CONN_TIMER_NONE;                    /* the server's time, not the client's */
+    } else if (conn->parsing != NULL && !conn->is_input_done && !conn->is_paused) {
+        const struct http_req *r = conn->parsing;
+        uint64_t limit = r->timeout_ms ? r->timeout_ms : opt->request_timeout_ms;
+        uint64_t elapsed = (uv_hrtime() - r->pub.start_ns - r->paused_ns) / 1000000;
+
         mode = CONN_TIMER_REQUEST;
-        ms = elapsed < opt->request_timeout_ms ? opt->request_timeout_ms - elapsed : 0;
+        ms = elapsed < limit ? limit - elapsed : 0;
     } else if (conn->head == NULL) {
         mode = CONN_TIMER_IDLE;                    /* also bounds a shutdown's final writes */
         ms = opt->idle_timeout_ms;
@@ -331,18 +357,23 @@ void bd__http_conn_update_timer(struct http_conn *conn)
 
 /* A server-produced error for the request being parsed (or a fresh one): queue it behind
  * earlier responses, answer it, and parse nothing more. */
-static void conn_fail(struct http_conn *conn, int err, const char *reason)
+
+void bd__http_conn_fail(struct http_conn *conn, int err, const char *reason)
 {
     struct http_req *r = conn->parsing;
 
+    if (r != NULL && r->is_taken) {                /* the handler answers a streamed body */
+        bd__http_conn_body_fail(conn, r, err);
+        return;
+    }
     conn->parsing = NULL;
     conn->is_input_done = true;
-    conn_stop_reading(conn);
+    bd__http_conn_stop_reading(conn);
     if (r == NULL && (r = bd__http_req_new(conn)) == NULL) {
         bd__http_conn_close_now(conn);
         return;
     }
-    conn_queue_push(conn, r);
+    bd__http_conn_queue_push(conn, r);
     r->is_last = true;
     r->refs++;                                     /* the handler's, held by the server here */
     bd_log(BD_LOG_DEBUG, "http", "conn=%llu bad request: %s%s%s", conn->id, bd_err_name(err),
@@ -367,7 +398,7 @@ static void conn_on_timer(uv_timer_t *timer)
         bd__http_conn_close_now(conn);
         break;
     case CONN_TIMER_REQUEST:
-        conn_fail(conn, BD_ETIMEOUT, NULL);
+        bd__http_conn_fail(conn, BD_ETIMEOUT, NULL);
         break;
     case CONN_TIMER_LINGER:
         bd__http_conn_close_now(conn);
@@ -377,6 +408,8 @@ static void conn_on_timer(uv_timer_t *timer)
     }
 }
 
+/* ---- Input ------------------------------------------------------------------------ */
+
 /* Hand the request that llhttp just completed to the handler. */
 static void conn_dispatch(struct http_conn *conn)
 {
@@ -384,18 +417,27 @@ static void conn_dispatch(struct http_conn *conn)
     struct http_req *r = conn->parsing;
 
     conn->parsing = NULL;
-    if (conn->timer_mode == CONN_TIMER_REQUEST) {  /* the next request gets its own clock */
-        conn->timer_mode = CONN_TIMER_NONE;
-        uv_timer_stop(&conn->timer);
-    }
-    conn_queue_push(conn, r);
+    bd__http_conn_stop_request_timer(conn);                 /* the next request gets its own clock */
+    if (!r->is_taken)
+        bd__http_conn_queue_push(conn, r);
     if (!r->is_keep_alive) {
         r->is_last = true;
         conn->is_input_done = true;
-        conn_stop_reading(conn);
+        bd__http_conn_stop_reading(conn);
+    }
+    if (r->is_taken) {                             /* the handler has it: end its body */
+        bd__http_req_body_end(r);
+        bd__http_req_unref(r);                     /* the parsing reference */
+        return;
     }
     r->refs++;                                     /* the handler's */
     srv->opt.on_request(&r->pub, srv->opt.on_request_arg);
+}
+
+/* Reading is held: backpressure, or the handler paused the body being parsed. */
+static bool conn_is_held(const struct http_conn *conn)
+{
+    return conn->is_paused || (conn->parsing != NULL && conn->parsing->is_body_paused);
 }
 
 static void conn_process_input(struct http_conn *conn)
@@ -403,17 +445,25 @@ static void conn_process_input(struct http_conn *conn)
     if (conn->is_processing)
         return;
     conn->is_processing = true;
-    while (conn->in_off < conn->in_len && !conn->is_closing && !conn->is_input_done) {
+    /* After a pause llhttp may still owe callbacks that need no input (message-complete right
+     * after the headers or the last body piece), so it runs once more even on no bytes. */
+    while ((conn->in_off < conn->in_len || conn->is_parser_pending) && !conn->is_closing &&
+           !conn->is_input_done) {
         const char *data = conn->in + conn->in_off;
         llhttp_errno_t e;
 
+        if (conn->parsing != NULL && conn->parsing->is_body_paused) {
+            bd__http_conn_stop_reading(conn);               /* the rest waits in conn->in */
+            break;
+        }
         if (bd__http_conn_must_pause(conn)) {
             bd_log(BD_LOG_DEBUG, "http", "conn=%llu paused queued=%u body=%zu unwritten=%zu",
                    conn->id, conn->queued, conn->queued_body_bytes, conn->write_bytes);
             conn->is_paused = true;
-            conn_stop_reading(conn);
+            bd__http_conn_stop_reading(conn);
             break;
         }
+        conn->is_parser_pending = false;
         e = llhttp_execute(&conn->parser, data, conn->in_len - conn->in_off);
         if (conn->is_closing)
             break;
@@ -423,14 +473,21 @@ static void conn_process_input(struct http_conn *conn)
             conn->in_off += (size_t)(llhttp_get_error_pos(&conn->parser) - data);
             if (e == HPE_PAUSED) {
                 llhttp_resume(&conn->parser);
+                conn->is_parser_pending = true;
             } else {
                 conn->is_input_done = true;        /* we speak no other protocol */
-                conn_stop_reading(conn);
+                bd__http_conn_stop_reading(conn);
             }
-            if (conn->parsing != NULL && conn->parsing->is_complete)
+            if (conn->parsing == NULL || conn->is_input_done)
+                continue;
+            if (conn->parsing->is_headers_pending)
+                bd__http_conn_on_headers(conn);
+            else if (conn->body_at != NULL)
+                bd__http_conn_deliver_body(conn, conn->parsing);
+            else if (conn->parsing->is_complete)
                 conn_dispatch(conn);
         } else {
-            conn_fail(conn, conn->parse_err ? conn->parse_err : BD_EINVAL,
+            bd__http_conn_fail(conn, conn->parse_err ? conn->parse_err : BD_EINVAL,
                       conn->parse_err ? NULL : llhttp_get_error_reason(&conn->parser));
         }
     }
@@ -464,10 +521,16 @@ static void conn_service(struct http_conn *conn)
         r->drain_cb = NULL;
         cb(&r->pub, r->drain_arg);
     }
+    bool is_resume = conn->is_body_resumed;
+
+    conn->is_body_resumed = false;
     if (conn->is_paused && !bd__http_conn_must_pause(conn)) {
         conn->is_paused = false;
+        is_resume = true;
+    }
+    if (is_resume && !conn->is_paused) {
         conn_process_input(conn);
-        if (!conn->is_paused && !conn->is_input_done && !conn->is_closing)
+        if (!conn_is_held(conn) && !conn->is_input_done && !conn->is_closing)
             conn_start_reading(conn);
     }
 }
@@ -549,7 +612,7 @@ static void conn_reject(struct http_conn *conn)
         bd__http_conn_close_now(conn);
         return;
     }
-    conn_queue_push(conn, r);
+    bd__http_conn_queue_push(conn, r);
     r->is_last = true;
     r->refs++;
     bd_log(BD_LOG_WARN, "http", "conn=%llu rejected: %u connections open (max_connections)",
@@ -735,7 +798,11 @@ void bd_http_server_close(struct bd_http_server *srv, bd_http_closed_cb cb, void
         if (conn->is_closing)
             continue;
         conn->is_input_done = true;
-        conn_stop_reading(conn);
+        bd__http_conn_stop_reading(conn);
+        if (conn->parsing != NULL && conn->parsing->is_taken) {
+            bd__http_conn_close_now(conn);         /* a body that will never end: abort */
+            continue;
+        }
         if (conn->parsing != NULL) {               /* a request not yet complete is dropped */
             bd__http_req_unref(conn->parsing);
             conn->parsing = NULL;

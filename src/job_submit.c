@@ -51,6 +51,14 @@ struct job_submit {
     struct bd_buf copy;        /* the batches as one binary COPY */
     bool is_commit_sent;              /* from here on, a failure may hide a committed job */
     bool is_reserved;                 /* items reserved in Redis, not yet taken by enqueue */
+
+    /* A streamed job (bd_job_stream_*): its row first, then one batch at a time. */
+    bool is_stream;
+    bool is_busy;                     /* open or put in flight */
+    bool is_aborted;                  /* abort asked while busy: free when it returns */
+    bd_job_stream_cb stream_cb;       /* the open's or put's callback */
+    void *stream_arg;
+    unsigned next_index;              /* first item index of the next batch */
 };
 
 static void job_submit_on_unreserved(int status, long long items, void *arg)
@@ -111,8 +119,14 @@ double bd_job_submit_estimate(const struct bd_job_submit_deps *deps, enum bd_job
     return created_unix + (secs < 1 ? 1 : secs);
 }
 
+static void job_stream_done(struct job_submit *js, int status);
+
 static void job_submit_finish(struct job_submit *js, int status)
 {
+    if (js->is_stream && js->cb == NULL) {  /* failed while opening: the open answers */
+        job_stream_done(js, status);
+        return;
+    }
     struct bd_job_submitted res = {
         .job_id = status == BD_OK ? js->job_id : NULL,
         .created_at = js->created_at,
@@ -244,11 +258,19 @@ static int job_submit_build_copy(struct job_submit *js)
     return bd_pg_copy_end(&js->copy);
 }
 
+static void job_stream_done(struct job_submit *js, int status);
+
 static void job_submit_on_job_row(int status, PGresult *res, void *arg)
 {
     struct job_submit *js = arg;
     int rc;
 
+    if (js->is_stream) {                    /* the row is in: batches come one at a time */
+        if (status < 0)
+            job_submit_log_pg(js, "write", res);
+        job_stream_done(js, status < 0 ? BD_EPG : BD_OK);
+        return;
+    }
     if (status < 0) {
         job_submit_on_written(status, res, js);
         return;
@@ -339,6 +361,10 @@ static void job_submit_on_reserved(int status, bool is_granted, long long queued
     }
     js->is_reserved = true;
     js->queued_items = queued_after - js->items;
+    if (js->is_stream) {                    /* row and batches are written: commit */
+        job_submit_on_batches_copied(BD_OK, NULL, js);
+        return;
+    }
     if (bd_pg_acquire(js->deps.pg, job_submit_on_conn, js) < 0) {
         bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=acquire", js->job_id);
         job_submit_finish(js, BD_EPG);
@@ -373,6 +399,12 @@ static void job_submit_on_seq(int status, long long seq, void *arg)
         model[n] = '\0';
         snprintf(js->job_id, sizeof(js->job_id), "batch_%s_%s_%03lld", model, stamp, seq);
     }
+    if (js->is_stream) {
+        /* Its items are not known yet: they are reserved when the body has ended. */
+        if (bd_pg_acquire(js->deps.pg, job_submit_on_conn, js) < 0)
+            job_submit_finish(js, BD_EPG);
+        return;
+    }
     if (bd_rq_reserve_items(js->deps.rq, js->job_id, js->items, js->deps.cfg->max_queued_items,
                             job_submit_on_reserved, js) < 0) {
         bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=reserve", js->job_id);
@@ -393,19 +425,15 @@ static char *job_submit_strdup(const char *s, bool *is_failed)
     return d;
 }
 
-int bd_job_submit(const struct bd_job_submit_deps *deps, const struct bd_job_spec *spec,
-                  struct bd_job_payload *batches, bd_job_submitted_cb cb, void *arg)
+/* A submit's record from a spec (strings copied), or NULL on ENOMEM. */
+static struct job_submit *job_submit_new(const struct bd_job_submit_deps *deps,
+                                         const struct bd_job_spec *spec)
 {
     struct job_submit *js = calloc(1, sizeof(*js));
-    bool is_failed = js == NULL;
-    int rc;
+    bool is_failed = false;
 
-    if (js == NULL) {
-        for (unsigned b = 0; batches && b < spec->batches; b++)
-            free(batches[b].data);
-        free(batches);
-        return BD_ENOMEM;
-    }
+    if (js == NULL)
+        return NULL;
     js->deps = *deps;
     js->op = spec->op;
     js->model = job_submit_strdup(spec->model, &is_failed);
@@ -422,17 +450,166 @@ int bd_job_submit(const struct bd_job_submit_deps *deps, const struct bd_job_spe
     js->dim = spec->dim;
     js->timeout_s = spec->timeout_s;
     js->max_retries = spec->max_retries;
-    js->batch = batches;
-    js->cb = cb;
-    js->arg = arg;
     bd_buf_init(&js->copy);
     if (is_failed) {
         job_submit_free(js);
+        return NULL;
+    }
+    return js;
+}
+
+int bd_job_submit(const struct bd_job_submit_deps *deps, const struct bd_job_spec *spec,
+                  struct bd_job_payload *batches, bd_job_submitted_cb cb, void *arg)
+{
+    struct job_submit *js = job_submit_new(deps, spec);
+    int rc;
+
+    if (js == NULL) {
+        for (unsigned b = 0; batches && b < spec->batches; b++)
+            free(batches[b].data);
+        free(batches);
         return BD_ENOMEM;
     }
+    js->batch = batches;
+    js->cb = cb;
+    js->arg = arg;
     if ((rc = job_submit_start(js)) < 0) {
         job_submit_free(js);
         return rc == BD_ENOMEM ? BD_ENOMEM : BD_EREDIS;
     }
     return BD_OK;
+}
+
+/* ---- a streamed job -------------------------------------------------------------------- */
+
+/* The open's or a put's outcome. An abort that came meanwhile is carried out now, after
+ * the callback was told BD_ECANCELED. */
+static void job_stream_done(struct job_submit *js, int status)
+{
+    bd_job_stream_cb cb = js->stream_cb;
+    void *arg = js->stream_arg;
+
+    js->is_busy = false;
+    js->stream_cb = NULL;
+    if (js->is_aborted) {
+        if (cb)
+            cb(BD_ECANCELED, arg);
+        job_submit_free(js);
+        return;
+    }
+    if (cb)
+        cb(status, arg);
+}
+
+int bd_job_stream_open(const struct bd_job_submit_deps *deps, const struct bd_job_spec *spec,
+                       bd_job_stream_cb cb, void *arg, struct bd_job_stream **out)
+{
+    struct bd_job_spec open = *spec;
+    struct job_submit *js;
+    int rc;
+
+    open.items = open.batches = 0;          /* written when the body has ended */
+    if ((js = job_submit_new(deps, &open)) == NULL)
+        return BD_ENOMEM;
+    js->is_stream = true;
+    js->is_busy = true;
+    js->stream_cb = cb;
+    js->stream_arg = arg;
+    if ((rc = job_submit_start(js)) < 0) {
+        job_submit_free(js);
+        return rc == BD_ENOMEM ? BD_ENOMEM : BD_EREDIS;
+    }
+    *out = (struct bd_job_stream *)js;
+    return BD_OK;
+}
+
+const char *bd_job_stream_get_id(const struct bd_job_stream *st)
+{
+    return ((const struct job_submit *)st)->job_id;
+}
+
+static void job_stream_on_copied(int status, PGresult *res, void *arg)
+{
+    struct job_submit *js = arg;
+
+    if (status < 0)
+        job_submit_log_pg(js, "copy", res);
+    job_stream_done(js, status < 0 ? BD_EPG : BD_OK);
+}
+
+int bd_job_stream_put(struct bd_job_stream *st, struct bd_job_payload *payload, unsigned items,
+                      bd_job_stream_cb cb, void *arg)
+{
+    struct job_submit *js = (struct job_submit *)st;
+    bool is_insert = js->op == BD_OP_BULK_INSERT;
+    int rc;
+
+    if (js->is_busy || js->conn == NULL || items == 0) {
+        free(payload->data);
+        payload->data = NULL;
+        return BD_EINVAL;
+    }
+    bd_buf_reset(&js->copy);
+    bd_pg_copy_begin(&js->copy);
+    bd_job_store_put_batch(&js->copy, js->job_id, js->batches, js->next_index, items,
+                           is_insert ? NULL : payload->data, is_insert ? 0 : payload->len,
+                           is_insert ? payload->data : NULL, is_insert ? payload->len : 0);
+    free(payload->data);                    /* copied into the COPY stream */
+    payload->data = NULL;
+    rc = bd_pg_copy_end(&js->copy);
+    if (rc == BD_OK)
+        rc = bd_job_store_copy_batches(js->conn, &js->copy, job_stream_on_copied, js);
+    if (rc < 0)
+        return rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG;
+    js->batches++;
+    js->next_index += items;
+    js->items = js->next_index;
+    js->is_busy = true;
+    js->stream_cb = cb;
+    js->stream_arg = arg;
+    return BD_OK;
+}
+
+static void job_stream_on_totals(int status, PGresult *res, void *arg)
+{
+    struct job_submit *js = arg;
+
+    if (status < 0) {
+        job_submit_on_written(status, res, js);    /* rolls back, answers BD_EPG */
+        return;
+    }
+    if (bd_rq_reserve_items(js->deps.rq, js->job_id, js->items, js->deps.cfg->max_queued_items,
+                            job_submit_on_reserved, js) < 0) {
+        bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=reserve", js->job_id);
+        job_submit_finish(js, BD_EREDIS);
+    }
+}
+
+int bd_job_stream_close(struct bd_job_stream *st, unsigned dim, bd_job_submitted_cb cb,
+                        void *arg)
+{
+    struct job_submit *js = (struct job_submit *)st;
+
+    if (js->is_busy || js->conn == NULL || js->items == 0)
+        return BD_EINVAL;
+    js->dim = dim;
+    js->cb = cb;
+    js->arg = arg;
+    if (bd_job_store_set_totals(js->conn, js->job_id, js->items, js->batches, dim,
+                                job_stream_on_totals, js) < 0) {
+        js->cb = NULL;
+        return BD_EPG;
+    }
+    return BD_OK;
+}
+
+void bd_job_stream_abort(struct bd_job_stream *st)
+{
+    struct job_submit *js = (struct job_submit *)st;
+
+    if (js->is_busy) {
+        js->is_aborted = true;             /* freed when the operation in flight returns */
+        return;
+    }
+    job_submit_free(js);                    /* releasing the connection rolls back */
 }

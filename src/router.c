@@ -38,6 +38,7 @@ struct route {
     struct route_seg segs[ROUTER_MAX_SEGS];
     unsigned nsegs;
     bd_http_request_cb handler;
+    bd_http_request_cb on_headers;     /* streaming routes only */
     void *arg;
 };
 
@@ -45,6 +46,7 @@ struct bd_router {
     struct route *routes;
     unsigned count;
     unsigned cap;
+    unsigned stream_count;             /* routes with on_headers */
     unsigned max_segs;                 /* no path with more segments can match */
 };
 
@@ -130,10 +132,10 @@ static bool route_conflicts(const struct route *a, const struct route *b)
     return true;
 }
 
-int bd_router_add(struct bd_router *r, const char *method, const char *pattern,
-                  bd_http_request_cb handler, void *arg)
+static int router_add(struct bd_router *r, const char *method, const char *pattern,
+                      bd_http_request_cb on_headers, bd_http_request_cb handler, void *arg)
 {
-    struct route rt = { .handler = handler, .arg = arg };
+    struct route rt = { .handler = handler, .on_headers = on_headers, .arg = arg };
     int err;
 
     if (method == NULL || pattern == NULL || handler == NULL || method[0] == '\0' ||
@@ -168,12 +170,28 @@ int bd_router_add(struct bd_router *r, const char *method, const char *pattern,
     r->routes[r->count++] = rt;
     if (rt.nsegs > r->max_segs)
         r->max_segs = rt.nsegs;
+    if (on_headers != NULL)
+        r->stream_count++;
     return BD_OK;
 
 fail:
     free(rt.pattern);
     free(rt.split);
     return err;
+}
+
+int bd_router_add(struct bd_router *r, const char *method, const char *pattern,
+                  bd_http_request_cb handler, void *arg)
+{
+    return router_add(r, method, pattern, NULL, handler, arg);
+}
+
+int bd_router_add_stream(struct bd_router *r, const char *method, const char *pattern,
+                         bd_http_request_cb on_headers, bd_http_request_cb on_request, void *arg)
+{
+    if (on_headers == NULL)
+        return BD_EINVAL;
+    return router_add(r, method, pattern, on_headers, on_request, arg);
 }
 
 static bool route_matches_path(const struct route *rt, char *const *segs, const size_t *lens,
@@ -220,10 +238,10 @@ static void allow_add(char *allow, size_t allowlen, const char *method)
     snprintf(allow + used, allowlen - used, "%s%s", used ? ", " : "", method);
 }
 
-int bd_router_match(const struct bd_router *r, struct bd_http_request *req, const char *method,
-                    const char *path, const char **pattern, bd_http_request_cb *handler,
-                    void **arg, const char **params, unsigned *params_count, char *allow,
-                    size_t allowlen)
+/* bd_router_match(), giving the route itself. */
+static int router_find(const struct bd_router *r, struct bd_http_request *req, const char *method,
+                       const char *path, const struct route **found, const char **params,
+                       unsigned *params_count, char *allow, size_t allowlen)
 {
     char *segs[ROUTER_MAX_SEGS];
     size_t lens[ROUTER_MAX_SEGS];
@@ -303,15 +321,48 @@ int bd_router_match(const struct bd_router *r, struct bd_http_request *req, cons
         }
         ++*params_count;
     }
-    *pattern = best->pattern;
-    *handler = best->handler;
-    *arg = best->arg;
+    *found = best;
     rc = BD_OK;
 
 out:
     if (req == NULL)
         free(buf);
     return rc;
+}
+
+int bd_router_match(const struct bd_router *r, struct bd_http_request *req, const char *method,
+                    const char *path, const char **pattern, bd_http_request_cb *handler,
+                    void **arg, const char **params, unsigned *params_count, char *allow,
+                    size_t allowlen)
+{
+    const struct route *rt = NULL;
+    int rc = router_find(r, req, method, path, &rt, params, params_count, allow, allowlen);
+
+    if (rc == BD_OK) {
+        *pattern = rt->pattern;
+        *handler = rt->handler;
+        *arg = rt->arg;
+    }
+    return rc;
+}
+
+/* Only streaming routes act here; every other request (unknown paths included) is matched
+ * again, and answered, at message-complete by bd_router_dispatch. */
+void bd_router_dispatch_headers(struct bd_http_request *req, void *router)
+{
+    const struct bd_router *r = router;
+    const struct route *rt = NULL;
+    const char *params[BD_HTTP_MAX_PARAMS];
+    unsigned count = 0;
+
+    if (r->stream_count == 0 ||
+        router_find(r, req, req->method, req->path, &rt, params, &count, NULL, 0) != BD_OK ||
+        rt->on_headers == NULL)
+        return;
+    req->route = rt->pattern;
+    memcpy(req->params, params, count * sizeof(params[0]));
+    req->params_count = count;
+    rt->on_headers(req, rt->arg);
 }
 
 void bd_router_dispatch(struct bd_http_request *req, void *router)

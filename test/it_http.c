@@ -4,7 +4,9 @@
  * the test thread with plain blocking sockets (test/support's raw client, bd_it_raw_*):
  * keep-alive, pipelining (slow async head included), chunked bodies, 100-continue, limits
  * (413/414/431/503), timeouts (idle, 408), malformed input, 404/405, streams, many sequential
- * and concurrent connections, aborts and a graceful close. Every case counts its callbacks
+ * and concurrent connections, aborts and a graceful close; streamed request bodies (a streaming
+ * route, POST /upload: 100 MB chunked in bounded memory, pause/resume, an answer mid-body,
+ * a client leaving mid-body, per-request limits, pipelining behind a streamed body). Every case counts its callbacks
  * and asserts, after the loop has stopped, that bd_http_server_close() called back once and
  * uv_loop_close() == 0.
  * SPDX-License-Identifier: MIT
@@ -24,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <uv.h>
 
 #include "batchd/error.h"
@@ -33,6 +36,7 @@
 #include "bd_it.h"
 
 #define SLOW_MS 200
+#define HTTP_TEST_IN_BUF 16384         /* the server's read buffer: the largest piece */
 
 /* cmocka's assert_*() longjmp: only the test thread may use them. The loop thread aborts. */
 #define LOOP_CHECK(cond)                                                          \
@@ -62,6 +66,27 @@ struct it_srv {
     atomic_uint drains;
     atomic_uint closed;
     atomic_int last_status;
+    atomic_uint uploads;               /* streamed uploads that started */
+    atomic_uint upload_ends;           /* on_body's final call */
+    atomic_uint upload_aborts;
+    atomic_ullong upload_bytes;        /* body bytes the last upload received */
+    atomic_uint upload_pauses;
+};
+
+/* One streamed upload (POST /upload): counts bytes and a checksum of the body. */
+struct upload {
+    struct it_srv *s;
+    struct bd_http_request *req;
+    uv_timer_t timer;                  /* resumes a paused body */
+    uint64_t bytes;
+    uint64_t sum;                      /* FNV-1a 64 of the body, order-sensitive */
+    uint64_t fail_at;                  /* answer 400 once this many bytes arrived (0: never) */
+    bool is_pausing;                   /* pause after each piece, resume from the timer */
+    uint64_t pause_ms;
+    bool is_paused;
+    bool is_in_resume;
+    bool is_answered;
+    bool is_aborted;
 };
 
 struct slow_call {
@@ -181,6 +206,141 @@ static void h_stream(struct bd_http_request *req, void *arg)
     bd_http_stream_set_drain_cb(req, stream_on_drain, s);
 }
 
+#define FNV_OFFSET 0xcbf29ce484222325ull
+#define FNV_PRIME  0x100000001b3ull
+
+static uint64_t fnv1a(uint64_t h, const char *data, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)data[i]) * FNV_PRIME;
+    return h;
+}
+
+static void upload_on_timer_closed(uv_handle_t *handle)
+{
+    free(handle->data);
+}
+
+/* The handler is done with req (answered or aborted): the timer goes, then u. */
+static void upload_free(struct upload *u)
+{
+    uv_close((uv_handle_t *)&u->timer, upload_on_timer_closed);
+}
+
+static void upload_answer(struct upload *u, int status)
+{
+    char text[96];
+    int n;
+
+    LOOP_CHECK(!u->is_answered);
+    u->is_answered = true;
+    atomic_store(&u->s->upload_bytes, u->bytes);
+    if (u->is_aborted)
+        return;                                    /* answered (freed) by the abort callback */
+    if (status < 0) {
+        bd_http_respond_err(u->req, status, NULL, NULL);
+    } else if (status == 400) {
+        bd_http_respond_error(u->req, 400, "bad_request", "bad byte in body", NULL);
+    } else {
+        n = snprintf(text, sizeof(text), "bytes=%llu sum=%016llx",
+                     (unsigned long long)u->bytes, (unsigned long long)u->sum);
+        bd_http_respond(u->req, 200, "text/plain", NULL, text, (size_t)n);
+    }
+    upload_free(u);
+}
+
+static void upload_on_resume_timer(uv_timer_t *timer)
+{
+    struct upload *u = timer->data;
+
+    if (u->is_answered)
+        return;
+    u->is_paused = false;
+    u->is_in_resume = true;
+    bd_http_body_resume(u->req);                   /* on_body must not run from in here */
+    u->is_in_resume = false;
+}
+
+static int upload_on_body(struct bd_http_request *req, const char *data, size_t len, void *arg)
+{
+    struct upload *u = arg;
+
+    LOOP_CHECK(req == u->req);
+    LOOP_CHECK(!u->is_answered && !u->is_aborted && !u->is_paused && !u->is_in_resume);
+    LOOP_CHECK(req->body == NULL && req->body_len == 0);   /* never buffered */
+    if (data == NULL) {
+        LOOP_CHECK(len == 0);
+        atomic_fetch_add(&u->s->upload_ends, 1);
+        LOOP_CHECK(bd_http_body_get_status(req) < 0 ||
+                   bd_http_body_get_received(req) == u->bytes);
+        upload_answer(u, bd_http_body_get_status(req));
+        return 0;
+    }
+    LOOP_CHECK(len > 0);
+    u->bytes += len;
+    u->sum = fnv1a(u->sum, data, len);
+    if (u->fail_at > 0 && u->bytes >= u->fail_at) {
+        upload_answer(u, 400);                     /* mid-body: the connection closes */
+        return -1;
+    }
+    if (u->is_pausing) {
+        u->is_paused = true;
+        atomic_fetch_add(&u->s->upload_pauses, 1);
+        bd_http_body_pause(req);
+        LOOP_CHECK(uv_timer_start(&u->timer, upload_on_resume_timer, u->pause_ms, 0) == 0);
+    }
+    return 0;
+}
+
+static void upload_on_abort(struct bd_http_request *req, void *arg)
+{
+    struct upload *u = arg;
+
+    LOOP_CHECK(!u->is_aborted);
+    u->is_aborted = true;
+    atomic_fetch_add(&u->s->upload_aborts, 1);
+    if (!u->is_answered) {                         /* the handler still finishes req */
+        u->is_answered = true;
+        atomic_store(&u->s->upload_bytes, u->bytes);
+        bd_http_respond(req, 200, "text/plain", NULL, "", 0);
+        upload_free(u);
+    }
+}
+
+/* POST /upload?limit=N&pause=MS&fail_at=N&buffer=1: a streaming route. buffer=1 declines the
+ * stream (the body is then buffered and h_echo answers it, as for any route). */
+static void upload_on_headers(struct bd_http_request *req, void *arg)
+{
+    struct it_srv *s = arg;
+    const char *limit = bd_http_query_get(req, "limit");
+    const char *fail_at = bd_http_query_get(req, "fail_at");
+    struct upload *u;
+
+    LOOP_CHECK(strcmp(req->route, "/upload") == 0);
+    bd_http_body_set_limit(req, limit ? strtoull(limit, NULL, 10) : 256ull << 20);
+    if (bd_http_query_get(req, "buffer") != NULL)
+        return;
+    LOOP_CHECK((u = calloc(1, sizeof(*u))) != NULL);
+    u->s = s;
+    u->req = req;
+    u->sum = FNV_OFFSET;
+    u->fail_at = fail_at ? strtoull(fail_at, NULL, 10) : 0;
+    u->is_pausing = bd_http_query_get(req, "pause") != NULL;
+    u->pause_ms = u->is_pausing ? strtoull(bd_http_query_get(req, "pause"), NULL, 10) : 0;
+    u->timer.data = u;
+    LOOP_CHECK(uv_timer_init(&s->loop, &u->timer) == 0);
+    atomic_fetch_add(&s->uploads, 1);
+    bd_http_set_abort_cb(req, upload_on_abort, u);
+    LOOP_CHECK(bd_http_body_stream(req, upload_on_body, u) == BD_OK);
+}
+
+static void on_headers(struct bd_http_request *req, void *arg)
+{
+    struct it_srv *s = arg;
+
+    bd_router_dispatch_headers(req, s->router);
+}
+
 static void *loop_thread(void *arg)
 {
     struct it_srv *s = arg;
@@ -224,7 +384,11 @@ static struct it_srv *srv_start(const struct bd_http_options *base)
     assert_int_equal(bd_router_add(s->router, "GET", "/slow", h_slow, s), BD_OK);
     assert_int_equal(bd_router_add(s->router, "GET", "/stream", h_stream, s), BD_OK);
     assert_int_equal(bd_router_add(s->router, "GET", "/err", h_err, s), BD_OK);
+    assert_int_equal(bd_router_add_stream(s->router, "POST", "/upload", upload_on_headers,
+                                          h_echo, s), BD_OK);
     opt.on_request = on_request;
+    opt.on_headers = on_headers;                   /* every case runs with the hook on */
+    opt.on_headers_arg = s;
     opt.on_request_arg = s;
     opt.on_response = on_response;
     opt.on_response_arg = s;
@@ -1019,9 +1183,295 @@ static void http_finishes_inflight_request_when_server_closes(void **state)
     srv_free(s);
 }
 
+/* ---- Streamed request bodies ---------------------------------------------------------- */
+
+/* The byte at offset i of every generated body. */
+static char body_byte(uint64_t i)
+{
+    return (char)((i * 131u + (i >> 11)) & 0xff);
+}
+
+static void body_fill(char *buf, uint64_t off, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        buf[i] = body_byte(off + i);
+}
+
+/* Send total generated bytes as chunks of varying sizes; returns the FNV-1a of the body. */
+static uint64_t send_chunked_body(struct bd_it_raw *c, uint64_t total, size_t piece)
+{
+    static char buf[128 * 1024];
+    uint64_t sum = FNV_OFFSET;
+    char head[32];
+
+    assert_true(piece + piece / 2 <= sizeof(buf));
+    for (uint64_t off = 0, k = 0; off < total; k++) {
+        size_t n = piece / 2 + (size_t)((k * 7919) % piece);
+
+        if (n > total - off)
+            n = (size_t)(total - off);
+        body_fill(buf, off, n);
+        sum = fnv1a(sum, buf, n);
+        snprintf(head, sizeof(head), "%zx\r\n", n);
+        bd_it_raw_send(c, head);
+        bd_it_raw_send_n(c, buf, n);
+        bd_it_raw_send(c, "\r\n");
+        off += n;
+    }
+    bd_it_raw_send(c, "0\r\n\r\n");
+    return sum;
+}
+
+/* Send total generated bytes, no framing (a Content-Length body). */
+static uint64_t send_plain_body(struct bd_it_raw *c, uint64_t total)
+{
+    static char buf[64 * 1024];
+    uint64_t sum = FNV_OFFSET;
+
+    for (uint64_t off = 0; off < total;) {
+        size_t n = total - off < sizeof(buf) ? (size_t)(total - off) : sizeof(buf);
+
+        body_fill(buf, off, n);
+        sum = fnv1a(sum, buf, n);
+        bd_it_raw_send_n(c, buf, n);
+        off += n;
+    }
+    return sum;
+}
+
+static void assert_upload_ok(const struct bd_it_resp *r, uint64_t bytes, uint64_t sum)
+{
+    char want[96];
+
+    snprintf(want, sizeof(want), "bytes=%llu sum=%016llx", (unsigned long long)bytes,
+             (unsigned long long)sum);
+    assert_int_equal(r->status, 200);
+    assert_string_equal(r->body, want);
+}
+
+static long maxrss_kib(void)
+{
+    struct rusage ru;
+
+    assert_int_equal(getrusage(RUSAGE_SELF, &ru), 0);
+    return ru.ru_maxrss;
+}
+
+/* 100 MB chunked, generated on the fly, against max_body_bytes 64 KiB (the route raises its
+ * own limit): every byte arrives once and in order, and nothing buffers the body. */
+static void http_streams_100mb_chunked_body_when_route_streams(void **state)
+{
+    struct it_srv *s = srv_start(&default_opt);
+    const uint64_t total = 100ull << 20;
+    struct bd_it_raw c;
+    struct bd_it_resp r = { 0 };
+    long rss0 = maxrss_kib();
+    uint64_t sum;
+
+    (void)state;
+    bd_it_raw_connect(&c, s->port);
+    bd_it_raw_send(&c, "POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+    sum = send_chunked_body(&c, total, 64 * 1024);
+    assert_int_equal(read_resp(&c, &r, false), 0);
+    assert_upload_ok(&r, total, sum);
+    assert_false(has_close(&r));
+    /* Generous: the body is 100 MiB; a server that held it would grow by at least that. */
+    assert_true(maxrss_kib() - rss0 < 24 * 1024);
+    request(&c, GET_HEALTHZ, &r);                  /* the connection is still good */
+    assert_int_equal(r.status, 200);
+    bd_it_raw_close(&c);
+    srv_stop(s);
+    assert_int_equal(atomic_load(&s->uploads), 1);
+    assert_int_equal(atomic_load(&s->upload_ends), 1);
+    assert_int_equal(atomic_load(&s->requests), 1);    /* on_request: the GET only */
+    bd_it_resp_free(&r);
+    srv_free(s);
+}
+
+/* A Content-Length body streamed, with requests pipelined behind it in the same bytes: a GET,
+ * a chunked streamed POST, a GET. All are answered, in order, on one connection. */
+static void http_answers_pipelined_requests_when_after_streamed_body(void **state)
+{
+    struct it_srv *s = srv_start(&default_opt);
+    const uint64_t total = 3u << 20;
+    struct bd_it_raw c;
+    struct bd_it_resp r = { 0 };
+    char head[128];
+    uint64_t sum, sum2;
+
+    (void)state;
+    bd_it_raw_connect(&c, s->port);
+    snprintf(head, sizeof(head), "POST /upload HTTP/1.1\r\nContent-Length: %llu\r\n\r\n",
+             (unsigned long long)total);
+    bd_it_raw_send(&c, head);
+    sum = send_plain_body(&c, total);
+    bd_it_raw_send(&c, GET_HEALTHZ "POST /upload HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    sum2 = send_chunked_body(&c, 5000, 1000);
+    bd_it_raw_send(&c, "GET /api/v1/batch/jobs/7 HTTP/1.1\r\n\r\n");
+    assert_int_equal(read_resp(&c, &r, false), 0);
+    assert_upload_ok(&r, total, sum);
+    assert_int_equal(read_resp(&c, &r, false), 0);
+    assert_string_equal(r.body, "{\"status\":\"ok\"}");
+    assert_int_equal(read_resp(&c, &r, false), 0);
+    assert_upload_ok(&r, 5000, sum2);
+    assert_int_equal(read_resp(&c, &r, false), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"id\":\"7\""));
+    assert_false(has_close(&r));
+    bd_it_raw_close(&c);
+    srv_stop(s);
+    assert_int_equal(atomic_load(&s->uploads), 2);
+    assert_int_equal(atomic_load(&s->upload_ends), 2);
+    bd_it_resp_free(&r);
+    srv_free(s);
+}
+
+/* The handler pauses after every piece and resumes from a timer: every byte arrives once, in
+ * order; paused time (here well over request_timeout_ms in total) is not the client's. */
+static void http_delivers_every_byte_once_when_handler_pauses(void **state)
+{
+    struct bd_http_options opt = default_opt;
+    struct it_srv *s;
+    const uint64_t total = 2u << 20;
+    struct bd_it_raw c;
+    struct bd_it_resp r = { 0 };
+    uint64_t sum;
+
+    (void)state;
+    opt.request_timeout_ms = 300;
+    s = srv_start(&opt);
+    bd_it_raw_connect(&c, s->port);
+    bd_it_raw_send(&c, "POST /upload?pause=1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    sum = send_chunked_body(&c, total, 10000);
+    assert_int_equal(read_resp(&c, &r, false), 0);
+    assert_upload_ok(&r, total, sum);
+    assert_true(atomic_load(&s->upload_pauses) >= total / HTTP_TEST_IN_BUF);
+
+    /* Long pauses: 4 pieces x 150 ms > the 300 ms request timeout, still no 408. */
+    bd_it_raw_send(&c, "POST /upload?pause=150 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for (int i = 0; i < 4; i++) {
+        bd_it_raw_send(&c, "3\r\nabc\r\n");
+        bd_it_sleep_ms(5);
+    }
+    bd_it_raw_send(&c, "0\r\n\r\n");
+    assert_int_equal(read_resp(&c, &r, false), 0);
+    assert_upload_ok(&r, 12, fnv1a(FNV_OFFSET, "abcabcabcabc", 12));
+
+    /* A client that stalls (nothing paused) is still timed out: the handler answers 408. */
+    bd_it_raw_send(&c, "POST /upload HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+    assert_int_equal(read_resp(&c, &r, false), 0);
+    assert_int_equal(r.status, 408);
+    assert_true(has_close(&r));
+    assert_true(bd_it_raw_sees_close(&c, 3000));
+    bd_it_raw_close(&c);
+    srv_stop(s);
+    assert_int_equal(atomic_load(&s->upload_ends), 3);
+    bd_it_resp_free(&r);
+    srv_free(s);
+}
+
+/* The handler answers 400 in the middle of a body: the client reads it, the connection then
+ * closes (the rest of the body is not read), and the server serves the next connection. */
+static void http_closes_after_answer_when_handler_rejects_mid_body(void **state)
+{
+    struct it_srv *s = srv_start(&default_opt);
+    static char part[5000];
+    struct bd_it_raw c;
+    struct bd_it_resp r = { 0 };
+
+    (void)state;
+    bd_it_raw_connect(&c, s->port);
+    bd_it_raw_send(&c, "POST /upload?fail_at=1000 HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n");
+    body_fill(part, 0, sizeof(part));
+    bd_it_raw_send_n(&c, part, sizeof(part));
+    assert_int_equal(read_resp(&c, &r, false), 0);
+    assert_int_equal(r.status, 400);
+    assert_json_error(&r, "bad_request");
+    assert_true(has_close(&r));
+    assert_true(bd_it_raw_sees_close(&c, 3000));
+    bd_it_raw_close(&c);
+
+    bd_it_raw_connect(&c, s->port);
+    request(&c, GET_HEALTHZ, &r);
+    assert_int_equal(r.status, 200);
+    bd_it_raw_close(&c);
+    srv_stop(s);
+    assert_int_equal(atomic_load(&s->upload_ends), 0);   /* on_body returned -1: no more */
+    assert_true(atomic_load(&s->upload_bytes) >= 1000);
+    bd_it_resp_free(&r);
+    srv_free(s);
+}
+
+/* The client leaves mid-body: the abort callback runs once, on_body never again. */
+static void http_calls_abort_when_client_leaves_mid_body(void **state)
+{
+    struct it_srv *s = srv_start(&default_opt);
+    static char part[10000];
+    struct bd_it_raw c;
+
+    (void)state;
+    bd_it_raw_connect(&c, s->port);
+    bd_it_raw_send(&c, "POST /upload HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n");
+    body_fill(part, 0, sizeof(part));
+    bd_it_raw_send_n(&c, part, sizeof(part));
+    while (atomic_load(&s->uploads) == 0)
+        bd_it_sleep_ms(5);
+    bd_it_raw_close(&c);
+    for (double t0 = bd_it_now(); atomic_load(&s->upload_aborts) == 0 && bd_it_now() - t0 < 2;)
+        bd_it_sleep_ms(5);
+    assert_int_equal(atomic_load(&s->upload_aborts), 1);
+    srv_stop(s);
+    assert_int_equal(atomic_load(&s->upload_aborts), 1);
+    assert_int_equal(atomic_load(&s->upload_ends), 0);
+    assert_true(atomic_load(&s->upload_bytes) <= sizeof(part));
+    srv_free(s);
+}
+
+/* A per-request limit below max_body_bytes: 413 by Content-Length before any byte is read,
+ * and 413 for a chunked body once it passes the limit. A route may also decline to stream
+ * (buffer=1): then its on_request gets the buffered body. */
+static void http_answers_413_when_streamed_body_over_route_limit(void **state)
+{
+    struct it_srv *s = srv_start(&default_opt);
+    struct bd_it_raw c;
+    struct bd_it_resp r = { 0 };
+
+    (void)state;
+    bd_it_raw_connect(&c, s->port);
+    bd_it_raw_send(&c, "POST /upload?limit=1000 HTTP/1.1\r\nContent-Length: 3000\r\n\r\n");
+    assert_int_equal(read_resp(&c, &r, false), 0);
+    assert_int_equal(r.status, 413);
+    assert_json_error(&r, bd_err_api_code(BD_ETOOLARGE));
+    assert_true(has_close(&r));
+    assert_true(bd_it_raw_sees_close(&c, 3000));
+    bd_it_raw_close(&c);
+
+    bd_it_raw_connect(&c, s->port);
+    bd_it_raw_send(&c, "POST /upload?limit=1000 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    send_chunked_body(&c, 3000, 500);
+    assert_int_equal(read_resp(&c, &r, false), 0);
+    assert_int_equal(r.status, 413);
+    assert_true(has_close(&r));
+    bd_it_raw_close(&c);
+
+    bd_it_raw_connect(&c, s->port);
+    request(&c, "POST /upload?buffer=1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "abc");
+    bd_it_raw_close(&c);
+    srv_stop(s);
+    assert_int_equal(atomic_load(&s->upload_ends), 2);
+    assert_true(atomic_load(&s->upload_bytes) <= 1000);
+    assert_int_equal(atomic_load(&s->requests), 1);    /* buffer=1 went to on_request */
+    bd_it_resp_free(&r);
+    srv_free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        /* First: its RSS bound compares with the peak before it. */
+        cmocka_unit_test(http_streams_100mb_chunked_body_when_route_streams),
         cmocka_unit_test(http_keeps_connection_alive_when_http11),
         cmocka_unit_test(http_answers_pipeline_in_order_when_head_is_slow),
         cmocka_unit_test(http_answers_long_pipeline_when_queue_limit_exceeded),
@@ -1042,6 +1492,11 @@ int main(void)
         cmocka_unit_test(http_answers_503_when_over_max_connections),
         cmocka_unit_test(http_calls_abort_when_client_leaves_early),
         cmocka_unit_test(http_finishes_inflight_request_when_server_closes),
+        cmocka_unit_test(http_answers_pipelined_requests_when_after_streamed_body),
+        cmocka_unit_test(http_delivers_every_byte_once_when_handler_pauses),
+        cmocka_unit_test(http_closes_after_answer_when_handler_rejects_mid_body),
+        cmocka_unit_test(http_calls_abort_when_client_leaves_mid_body),
+        cmocka_unit_test(http_answers_413_when_streamed_body_over_route_limit),
     };
 
     signal(SIGPIPE, SIG_IGN);              /* as batchd does: libuv writes with write(2) */

@@ -273,6 +273,33 @@ static void router_returns_econflict_when_route_repeated(void **state)
     assert_int_equal(bd_router_add(r, "PUT", "/api/v1/batch/jobs/{id}", handler_b, NULL), BD_OK);
 }
 
+/* A streaming route is an ordinary route to matching: its on_request is the handler, it
+ * conflicts like any other, and it needs an on_headers. */
+static void router_matches_stream_route_when_added_with_on_headers(void **state)
+{
+    struct bd_router *r = *state;
+    struct match m;
+
+    assert_int_equal(bd_router_add_stream(r, "POST", "/api/v1/batch/jobs", handler_a, handler_b,
+                                          &tag_stats), BD_OK);
+    match_run(r, "POST", "/api/v1/batch/jobs", &m);
+    assert_int_equal(m.rc, BD_OK);
+    assert_ptr_equal(m.handler, handler_b);
+    assert_ptr_equal(m.arg, &tag_stats);
+    assert_string_equal(m.pattern, "/api/v1/batch/jobs");
+    assert_int_equal(bd_router_add(r, "POST", "/api/v1/batch/jobs", handler_b, NULL),
+                     BD_ECONFLICT);
+    assert_int_equal(bd_router_add_stream(r, "PUT", "/api/v1/batch/jobs", NULL, handler_b, NULL),
+                     BD_EINVAL);
+    assert_int_equal(bd_router_add_stream(r, "POST", "/api/v1/batch/jobs/{id}/retry", handler_a,
+                                          handler_b, NULL), BD_OK);
+    match_run(r, "POST", "/api/v1/batch/jobs/j1/retry", &m);
+    assert_int_equal(m.rc, BD_OK);
+    assert_int_equal(m.count, 1);
+    assert_string_equal(m.params[0], "j1");
+    match_free(&m);
+}
+
 static void router_lists_routes_when_asked_in_insertion_order(void **state)
 {
     const char *method = NULL, *pattern = NULL;
@@ -391,6 +418,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(router_rejects_pattern_when_malformed, setup, teardown),
         cmocka_unit_test_setup_teardown(router_returns_econflict_when_route_repeated, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(router_matches_stream_route_when_added_with_on_headers,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(router_lists_routes_when_asked_in_insertion_order, setup,
                                         teardown),
         cmocka_unit_test(url_decode_decodes_escapes_when_valid),

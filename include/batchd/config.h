@@ -73,6 +73,7 @@ struct bd_config {
     unsigned http_max_header_bytes;         /* default 16384 */
     unsigned http_max_url_bytes;            /* default 4096 */
     size_t http_max_body_bytes;             /* default 256 MiB */
+    size_t http_max_stream_bytes;           /* streamed submit bodies; default 16 GiB */
     double http_idle_timeout_s;             /* keep-alive idle, default 60 */
     double http_request_timeout_s;          /* whole request must arrive within, default 30 */
     unsigned http_status_cache_ms;          /* GET status answers reused, default 50; 0 = off */

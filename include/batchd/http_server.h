@@ -4,6 +4,8 @@
  * header size, URL length, body size and connections, idle and slow-request timeouts.
  * A complete request is handed to one callback; the handler answers it, now or later,
  * with exactly one bd_http_respond*() or one bd_http_stream_begin() ... bd_http_stream_end().
+ * A request body can instead be handed over as it arrives, with flow control (see
+ * on_headers and bd_http_body_stream below).
  * Knows nothing of jobs. Loop thread only. The process must ignore SIGPIPE (libuv writes
  * with write(2)).
  */
@@ -31,8 +33,9 @@ struct bd_http_request {
     const char *target;               /* raw request target "/a/b?x=1" */
     const char *path;                 /* target without the query, still percent-encoded */
     const char *query;                /* raw query without '?', "" when none */
-    const char *body;                 /* NUL-terminated copy of the de-chunked body ("" if none) */
-    size_t body_len;
+    const char *body;                 /* NUL-terminated copy of the de-chunked body ("" if none);
+                                       * NULL for a streamed body (bd_http_body_stream) */
+    size_t body_len;                  /* 0 for a streamed body */
     const struct bd_http_header *headers;
     unsigned headers_count;
     uint64_t start_ns;                /* uv_hrtime() when the first byte arrived */
@@ -56,6 +59,15 @@ typedef void (*bd_http_response_cb)(const struct bd_http_request *req, int statu
  * finish the request (respond or stream_end); the server then just frees it. */
 typedef void (*bd_http_abort_cb)(struct bd_http_request *req, void *arg);
 
+/* Receives a streamed request body (bd_http_body_stream): each piece as llhttp hands it over
+ * (chunked coding removed; data borrowed for the call), then once with data == NULL and
+ * len == 0 when the body has ended, well or badly (bd_http_body_get_status says which).
+ * Never called from inside bd_http_body_resume() nor after the abort callback. Returning < 0
+ * means: deliver no more (the handler has answered or will answer; the connection then
+ * closes after the answer, as for any answer given before the body ended). */
+typedef int (*bd_http_body_cb)(struct bd_http_request *req, const char *data, size_t len,
+                               void *arg);
+
 /* Called when a stream's queued output has been written to the socket (backpressure). */
 typedef void (*bd_http_drain_cb)(struct bd_http_request *req, void *arg);
 
@@ -67,13 +79,26 @@ struct bd_http_options {
     unsigned max_connections;         /* more are accepted and closed at once with 503 [1024] */
     unsigned max_header_bytes;        /* sum of header names+values; over -> 431, close [16 KiB] */
     unsigned max_url_bytes;           /* over -> 414, close [8 KiB] */
-    size_t max_body_bytes;            /* over (Content-Length or chunked) -> 413, close [16 MiB] */
+    size_t max_body_bytes;            /* over (Content-Length or chunked) -> 413, close [16 MiB];
+                                       * per request: bd_http_body_set_limit() */
     uint64_t idle_timeout_ms;         /* no request in progress [60 s] */
     uint64_t request_timeout_ms;      /* first byte to full request; over -> 408 [30 s] */
     bd_http_request_cb on_request;    /* required */
     void *on_request_arg;
     bd_http_response_cb on_response;  /* optional */
     void *on_response_arg;
+    /* Optional: called for each request when its headers are complete (method, target,
+     * query and headers set), before any body byte is read, outside llhttp. It may call
+     * bd_http_body_set_limit()/bd_http_body_set_timeout(), and then either
+     * - bd_http_body_stream(): the request is the handler's from now on (it answers it once;
+     *   on_request is never called for it), or
+     * - answer at once with bd_http_respond*() (a body not yet read is then not read: the
+     *   connection closes after the answer), or
+     * - neither: the request goes on as without on_headers (body buffered up to its limit,
+     *   on_request at message-complete, or the server's own 400/408/413).
+     * bd_router_dispatch_headers is the one to use with bd_router_dispatch. */
+    bd_http_request_cb on_headers;
+    void *on_headers_arg;
 };
 
 /* Create a server on loop. Returns BD_OK and *out, or a negative error (nothing created). */
@@ -109,6 +134,57 @@ const char *bd_http_query_get(struct bd_http_request *req, const char *name);
 
 /* Register the abort callback (see bd_http_abort_cb). */
 void bd_http_set_abort_cb(struct bd_http_request *req, bd_http_abort_cb cb, void *arg);
+
+/* ---- Streamed request bodies ------------------------------------------------------ *
+ *
+ * Contract of a streamed body (all of it is in bd_http_body_cb and on_headers above, too):
+ * - Limits: the body may total bd_http_body_set_limit() bytes (default max_body_bytes), by
+ *   Content-Length (checked before any byte is read) or as received. Over it, or on
+ *   malformed chunked framing, or when the client is too slow, reading stops and on_body
+ *   gets its final call (NULL, 0) with bd_http_body_get_status() < 0; the handler answers
+ *   (bd_http_respond_err(req, status, ...) gives 413/400/408) and the connection closes
+ *   after the answer.
+ * - Time: the client must deliver the whole body within bd_http_body_set_timeout() ms
+ *   (default request_timeout_ms), counted from the request's first byte; time the handler
+ *   keeps the body paused is not counted (it is the server's). Paused time itself is bounded
+ *   only by the handler, which must resume or answer.
+ * - Answering before the body ended (from on_body or later) stops reading: the answer is
+ *   sent with "Connection: close", the write side is shut, unread input is read and dropped
+ *   for up to 1 s (so the client sees the answer rather than a reset), then the connection
+ *   closes. After the final on_body call the connection stays alive as usual (keep-alive,
+ *   pipelined requests behind it are served in order).
+ * - A client that goes away: the abort callback runs once and on_body is not called again;
+ *   the handler still finishes req. While paused the socket is not read, so a departure is
+ *   noticed after resume.
+ */
+
+/* From on_headers only: deliver req's body to on_body(req, data, len, arg) as it arrives
+ * instead of buffering it; req->body stays NULL. Returns BD_OK, or BD_EINVAL when called
+ * outside on_headers (nothing changed). */
+int bd_http_body_stream(struct bd_http_request *req, bd_http_body_cb on_body, void *arg);
+
+/* Stop reading req's body from the socket until bd_http_body_resume(). Bytes already read
+ * stay buffered and are delivered after the resume, in order. No-op once the body ended. */
+void bd_http_body_pause(struct bd_http_request *req);
+
+/* Read and deliver again; on_body is called later from the loop, never from inside this
+ * call. No-op when not paused. */
+void bd_http_body_resume(struct bd_http_request *req);
+
+/* Total body bytes allowed for req (0: max_body_bytes). From on_headers, before the body;
+ * applies to buffered and streamed bodies alike. */
+void bd_http_body_set_limit(struct bd_http_request *req, uint64_t bytes);
+
+/* Client time allowed for req, first byte to end of body, paused time excluded
+ * (0: request_timeout_ms). From on_headers. */
+void bd_http_body_set_timeout(struct bd_http_request *req, uint64_t ms);
+
+/* For on_body's final call: BD_OK when the body arrived whole, else BD_ETOOLARGE (over the
+ * limit), BD_ETIMEOUT (client too slow), BD_EINVAL (malformed framing) or BD_ENOMEM. */
+int bd_http_body_get_status(const struct bd_http_request *req);
+
+/* Streamed body bytes received so far (0 for a buffered body; use body_len). */
+uint64_t bd_http_body_get_received(const struct bd_http_request *req);
 
 /* Finish req with a complete response. extra_headers is NULL or "Name: value\r\n..." lines.
  * body is copied. Safe to call after the client went away (then it just frees req).

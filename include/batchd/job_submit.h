@@ -73,6 +73,40 @@ typedef void (*bd_job_submitted_cb)(int status, const struct bd_job_submitted *r
 int bd_job_submit(const struct bd_job_submit_deps *deps, const struct bd_job_spec *spec,
                   struct bd_job_payload *batches, bd_job_submitted_cb cb, void *arg);
 
+/* ---- a streamed job: its row first, then its batches as the body arrives ----------------
+ * One transaction from open to close: BEGIN and the job's row (totals 0), then each batch by
+ * its own COPY while the upload goes on, then the totals, the item reservation (the queue's
+ * room is checked when the items are known), COMMIT, the Redis enqueue. Nothing is visible
+ * to anyone before the COMMIT; an abort (bad input mid-stream, client gone) rolls it all
+ * back. Memory: the batch being written. Loop thread only; one operation at a time. */
+struct bd_job_stream;
+typedef void (*bd_job_stream_cb)(int status, void *arg);
+
+/* Open a job of spec (spec->items and ->batches are ignored). cb once: BD_OK (ready for
+ * batches), BD_EREDIS / BD_EPG / BD_ENOMEM (then call bd_job_stream_abort), or
+ * BD_ECANCELED when aborted meanwhile (st is then gone). *out is valid at once. */
+int bd_job_stream_open(const struct bd_job_submit_deps *deps, const struct bd_job_spec *spec,
+                       bd_job_stream_cb cb, void *arg, struct bd_job_stream **out);
+
+/* The job's id (valid once open's cb said BD_OK). Borrowed from st. */
+const char *bd_job_stream_get_id(const struct bd_job_stream *st);
+
+/* Write the next batch (items items; payload as bd_job_submit's, data taken: freed here,
+ * also on error). cb once: BD_OK, BD_EPG (then abort), BD_ECANCELED (aborted meanwhile).
+ * BD_EINVAL at once when an operation is in flight or items is 0. */
+int bd_job_stream_put(struct bd_job_stream *st, struct bd_job_payload *payload, unsigned items,
+                      bd_job_stream_cb cb, void *arg);
+
+/* The body ended: write the totals (and dim, the vectors' length), reserve the items, COMMIT,
+ * enqueue. cb once, exactly as bd_job_submit's (BD_EBUSY when the queue has no room: nothing
+ * is kept). st is freed after cb; never touch it again once this returned BD_OK. */
+int bd_job_stream_close(struct bd_job_stream *st, unsigned dim, bd_job_submitted_cb cb,
+                        void *arg);
+
+/* Give up: roll back and free st. While an open or put is in flight, its cb gets
+ * BD_ECANCELED and st goes after it. Not after close. */
+void bd_job_stream_abort(struct bd_job_stream *st);
+
 /* The estimated completion of a job of items items with queued_ahead items before it,
  * created at created_unix: from the engine's recent throughput when it has one, else from
  * the model's configured rate (concurrency x max_inputs_per_request / timeout_s; the

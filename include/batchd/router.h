@@ -20,6 +20,15 @@ void bd_router_free(struct bd_router *r);
 int bd_router_add(struct bd_router *r, const char *method, const char *pattern,
                   bd_http_request_cb handler, void *arg);
 
+/* Add a streaming route: when a matching request's headers are complete (before its body is
+ * read) on_headers(req, arg) runs with req->route and req->params set; it may call
+ * bd_http_body_stream() and then answers req itself (on_request is not called), or leave the
+ * body buffered, and then on_request(req, arg) runs at message-complete as for any route
+ * (see bd_http_options.on_headers). Needs bd_router_dispatch_headers as the server's
+ * on_headers. Returns as bd_router_add (BD_EINVAL also when on_headers is NULL). */
+int bd_router_add_stream(struct bd_router *r, const char *method, const char *pattern,
+                         bd_http_request_cb on_headers, bd_http_request_cb on_request, void *arg);
+
 /* Match method+path (raw, percent-encoded, no query). On BD_OK *pattern, *handler, *arg are
  * set and params[0..*params_count) hold decoded parameters allocated from req's arena
  * (req may be NULL in tests: then params are malloc'ed and the caller frees each).
@@ -33,6 +42,11 @@ int bd_router_match(const struct bd_router *r, struct bd_http_request *req, cons
 /* A bd_http_request_cb (arg = the router): matches req, fills req->route/params and calls
  * the handler; answers 404, 405 (with Allow) or 400 itself. HEAD is matched as GET. */
 void bd_router_dispatch(struct bd_http_request *req, void *router);
+
+/* A bd_http_request_cb for bd_http_options.on_headers (arg = the router): when req matches a
+ * streaming route, fills req->route/params and calls its on_headers; otherwise does nothing
+ * (bd_router_dispatch answers at message-complete, 404 and 405 included). */
+void bd_router_dispatch_headers(struct bd_http_request *req, void *router);
 
 /* Routes in insertion order, for the OpenAPI coverage test. Returns the count; when
  * i < count, *method and *pattern are set (borrowed). */

@@ -26,6 +26,11 @@
  *   POST|GET /async/{status}   answered with that status from a zero timer (also after the
  *                              client has gone: the handler must still finish)
  *   GET  /stream/{n}           chunked stream of n pieces driven by the drain callback
+ *   POST /upload/{mode}        a streaming route (on_headers): the body is counted as it
+ *                              arrives; mode "pause" pauses after each piece and resumes from
+ *                              a zero timer, "fail" answers 400 at the first piece (the
+ *                              connection then closes), "limit" allows 16 bytes, "buffer"
+ *                              declines the stream (on_echo answers the buffered body)
  * HEAD is served by GET routes. SIGPIPE is ignored, as batchd does.
  * SPDX-License-Identifier: MIT
  */
@@ -292,6 +297,105 @@ static void on_stream(struct bd_http_request *req, void *arg)
     bd_http_stream_set_drain_cb(req, stream_on_drain, s);   /* called back on a later turn */
 }
 
+/* A streamed upload: counts the body, answers at its end (or at once for "fail"). */
+struct upload_call {
+    uv_timer_t timer;                  /* resumes a paused body */
+    struct bd_http_request *req;
+    size_t bytes;
+    bool is_pausing;
+    bool is_paused;
+    bool is_failing;
+    bool is_done;                      /* answered */
+};
+
+static void upload_on_closed(uv_handle_t *h)
+{
+    free(h->data);
+    fz.pending--;
+}
+
+static void upload_finish(struct upload_call *u, int status)
+{
+    char text[48];
+    int n;
+
+    FUZZ_CHECK(!u->is_done, "upload answered twice");
+    u->is_done = true;
+    if (status < 0) {
+        bd_http_respond_err(u->req, status, NULL, NULL);
+    } else {
+        n = snprintf(text, sizeof(text), "%zu\n", u->bytes);
+        bd_http_respond(u->req, status, "text/plain", NULL, text, (size_t)n);
+    }
+    uv_close((uv_handle_t *)&u->timer, upload_on_closed);
+}
+
+static void upload_on_timer(uv_timer_t *t)
+{
+    struct upload_call *u = t->data;
+
+    u->is_paused = false;
+    bd_http_body_resume(u->req);
+}
+
+static int upload_on_body(struct bd_http_request *req, const char *data, size_t len, void *arg)
+{
+    struct upload_call *u = arg;
+
+    FUZZ_CHECK(!u->is_done && !u->is_paused, "on_body after the answer or while paused");
+    FUZZ_CHECK(req->body == NULL, "streamed body buffered");
+    if (data == NULL) {
+        upload_finish(u, bd_http_body_get_status(req) < 0 ? bd_http_body_get_status(req) : 200);
+        return 0;
+    }
+    u->bytes += len;
+    if (u->is_failing) {
+        bd_http_respond_error(req, 400, "bad_request", "fuzz", NULL);
+        u->is_done = true;
+        uv_close((uv_handle_t *)&u->timer, upload_on_closed);
+        return -1;
+    }
+    if (u->is_pausing) {
+        u->is_paused = true;
+        bd_http_body_pause(req);
+        uv_timer_start(&u->timer, upload_on_timer, 0, 0);
+    }
+    return 0;
+}
+
+static void upload_on_abort(struct bd_http_request *req, void *arg)
+{
+    struct upload_call *u = arg;
+
+    (void)req;
+    if (!u->is_done)
+        upload_finish(u, 200);                     /* the handler still finishes req */
+}
+
+static void on_upload_headers(struct bd_http_request *req, void *arg)
+{
+    const char *mode = req->params[0];
+    struct upload_call *u;
+
+    (void)arg;
+    if (strcmp(mode, "buffer") == 0)
+        return;                                    /* on_echo at message-complete */
+    if (strcmp(mode, "limit") == 0)
+        bd_http_body_set_limit(req, 16);
+    if ((u = calloc(1, sizeof(*u))) == NULL) {
+        bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
+        return;
+    }
+    u->req = req;
+    u->is_pausing = strcmp(mode, "pause") == 0;
+    u->is_failing = strcmp(mode, "fail") == 0;
+    uv_timer_init(&fz.loop, &u->timer);
+    u->timer.data = u;
+    fz.pending++;
+    bd_http_set_abort_cb(req, upload_on_abort, u);
+    FUZZ_CHECK(bd_http_body_stream(req, upload_on_body, u) == BD_OK, "body_stream");
+}
+
 static void on_response(const struct bd_http_request *req, int status, uint64_t duration_ns,
                         void *arg)
 {
@@ -339,6 +443,8 @@ static void fuzz_setup(void)
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
         FUZZ_CHECK(bd_router_add(fz.router, routes[i].method, routes[i].pattern, routes[i].cb,
                                  NULL) == BD_OK, "route %s", routes[i].pattern);
+    FUZZ_CHECK(bd_router_add_stream(fz.router, "POST", "/upload/{mode}", on_upload_headers,
+                                    on_echo, NULL) == BD_OK, "route /upload/{mode}");
     uv_timer_init(&fz.loop, &fz.watchdog);
     fz.is_poll_closed = true;
     fz.is_setup = true;
@@ -353,6 +459,8 @@ static void server_start(void)
         .max_body_bytes = 8192,
         .on_request = bd_router_dispatch,
         .on_request_arg = fz.router,
+        .on_headers = bd_router_dispatch_headers,
+        .on_headers_arg = fz.router,
         .on_response = on_response,
     };
 

@@ -1,0 +1,562 @@
+/* api_submit_stream.c -- POST /api/v1/batch/jobs as a stream: a JSON Lines body (one item
+ * per line, the job's fields in the query string), gzip or not, validated and written batch
+ * by batch while it uploads; and a gzip JSON body, inflated as it arrives.
+ *
+ * Owns each streamed request's record from its headers to its answer. Loop thread only.
+ * Memory is bounded by the batches in flight and one line, never by the body: each full
+ * batch goes to PostgreSQL (bd_job_stream_put) at once, and the body is paused while a
+ * batch waits for the one before it. One transaction from the first byte to the COMMIT:
+ * a 202 is still durable and all or nothing; bad input mid-stream is answered 400 naming
+ * the line, and the transaction rolls back (nothing stored); so does a client that leaves.
+ * SPDX-License-Identifier: MIT
+ */
+#include "batchd/api.h"
+#include "api_submit.h"
+
+#include "batchd/buf.h"
+#include "batchd/config.h"
+#include "batchd/error.h"
+#include "batchd/http_server.h"
+#include "batchd/inflate.h"
+#include "batchd/job_engine.h"
+#include "batchd/job_store.h"
+#include "batchd/job_submit.h"
+#include "batchd/log.h"
+#include "batchd/router.h"
+#include "batchd/server.h"
+#include "batchd/submit_scan.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* One line holds one item: a text of at most 1 MiB (6 MiB escaped) or 65536 numbers. */
+#define STREAM_LINE_MAX (8u << 20)
+/* A streamed body's client time, first byte to last, paused time excluded: one hour (a
+ * 16 GiB upload at 5 MB/s). */
+#define STREAM_TIMEOUT_MS (3600u * 1000u)
+
+/* A batch gathered and waiting for its turn to be written. */
+struct stream_ready {
+    struct stream_ready *next;
+    struct bd_job_payload payload;
+    unsigned items;
+};
+
+struct api_stream {
+    struct bd_http_request *req;
+    struct bd_server *srv;
+    struct bd__api_submit *s;         /* fields, dimension, metadata; answered through it */
+    struct bd_inflate *gz;            /* Content-Encoding: gzip */
+    bool is_ndjson;                   /* else a gzip JSON body, gathered whole (buffered) */
+    struct bd_submit_scan *scan;      /* NDJSON: frames the body into lines (submit_scan.h) */
+    struct bd_buf line;               /* a gzip JSON body, gathered */
+    size_t line_no;                   /* the line of the last item */
+    size_t items;                     /* items accepted */
+    struct bd__api_batch *batch;      /* the batch being filled */
+    struct stream_ready *ready, **ready_tail;
+    struct bd_job_stream *job;        /* NULL once closed (its callback ran) or never opened */
+    bool is_open;                     /* the job's row is written */
+    bool is_writing;                  /* an open, put or close is in flight */
+    bool is_paused;
+    bool is_body_done;
+    bool is_closing;
+    bool is_answered;
+    bool is_in_body;                  /* inside on_body: st must outlive the call */
+};
+
+static void stream_pump(struct api_stream *st);
+
+static void stream_free_ready(struct api_stream *st)
+{
+    while (st->ready) {
+        struct stream_ready *r = st->ready;
+        st->ready = r->next;
+        free(r->payload.data);
+        free(r);
+    }
+    st->ready_tail = &st->ready;
+}
+
+/* The record goes when the request is answered and no job operation can call back. */
+static void stream_maybe_free(struct api_stream *st)
+{
+    if (!st->is_answered || st->is_writing || st->is_in_body)
+        return;
+    if (st->job) {
+        bd_job_stream_abort(st->job);       /* nothing in flight: rolls back at once */
+        st->job = NULL;
+    }
+    stream_free_ready(st);
+    bd__api_batch_free(st->batch);
+    bd_submit_scan_free(st->scan);
+    bd_inflate_free(st->gz);
+    bd_buf_free(&st->line);
+    if (st->s)
+        bd__api_submit_free(st->s);
+    free(st);
+}
+
+/* Answer with err (message may be NULL) and give the job up: nothing of it stays. */
+static void stream_fail(struct api_stream *st, int err, const char *message, const char *field)
+{
+    if (!st->is_answered) {
+        st->is_answered = true;
+        /* st may go before req does: req must not call back into it any more. */
+        bd_http_set_abort_cb(st->req, NULL, NULL);
+        bd_http_respond_err(st->req, err, message, field);
+    }
+    if (st->job && st->is_writing) {
+        bd_job_stream_abort(st->job);       /* its callback comes with BD_ECANCELED */
+        st->job = NULL;
+    }
+    stream_maybe_free(st);
+}
+
+static void stream_on_abort(struct bd_http_request *req, void *arg)
+{
+    struct api_stream *st = arg;
+    (void)req;
+    bd_log(BD_LOG_INFO, "api", "event=submit_stream_abandoned lines=%zu", st->line_no);
+    stream_fail(st, BD_ECANCELED, "client went away", NULL);
+}
+
+/* ---- items into batches ----------------------------------------------------------------- */
+
+static int stream_take_batch(struct api_stream *st)
+{
+    struct stream_ready *r = calloc(1, sizeof(*r));
+    unsigned n = bd__api_batch_count(st->batch);
+
+    if (r == NULL)
+        return BD_ENOMEM;
+    if (bd__api_batch_take(st->s, st->batch, &r->payload) < 0) {
+        free(r);
+        return BD_ENOMEM;
+    }
+    r->items = n;
+    *st->ready_tail = r;
+    st->ready_tail = &r->next;
+    return BD_OK;
+}
+
+/* One item, a line's JSON value (the scanner checked its syntax). BD_OK, or < 0 after
+ * answering. */
+static int stream_on_item(void *arg, size_t index, size_t line, const char *p, size_t n)
+{
+    struct api_stream *st = arg;
+    struct bd__api_invalid inv = { { 0 }, { 0 } };
+    const struct bd_config *cfg = st->srv->cfg;
+    char msg[400];
+    int rc;
+
+    st->line_no = line;
+    if (index >= cfg->max_items_per_job) {
+        snprintf(msg, sizeof(msg), "line %zu: the job has more than %u items (the limit per "
+                 "job)", line, cfg->max_items_per_job);
+        stream_fail(st, BD_EINVAL, msg, "data");
+        return BD_EINVAL;
+    }
+    rc = bd__api_batch_add(st->s, st->batch, p, n, index, &inv);
+    if (rc == BD_EINVAL) {
+        snprintf(msg, sizeof(msg), "line %zu: %s %s", line, inv.field, inv.message);
+        stream_fail(st, BD_EINVAL, msg, inv.field);
+        return rc;
+    }
+    if (rc < 0) {
+        stream_fail(st, rc, NULL, NULL);
+        return rc;
+    }
+    st->items = index + 1;
+    if (bd__api_batch_count(st->batch) >= st->s->batch_size &&
+        (rc = stream_take_batch(st)) < 0) {
+        stream_fail(st, rc, NULL, NULL);
+        return rc;
+    }
+    return BD_OK;
+}
+
+/* The scanner's verdict on the body's framing (a line that is not one JSON value, a line
+ * over the limit): answered here unless an item's own error was answered already. */
+static int stream_scan_failed(struct api_stream *st, int rc)
+{
+    if (!st->is_answered)
+        stream_fail(st, rc == BD_ETOOLARGE ? BD_ETOOLARGE : rc == BD_ENOMEM ? BD_ENOMEM
+                                                                              : BD_EINVAL,
+                    bd_submit_scan_why(st->scan), "data");
+    return rc;
+}
+
+/* Decoded body bytes: framed into lines (NDJSON), or gathered (a gzip JSON body). */
+static int stream_on_plain(void *arg, const char *data, size_t len)
+{
+    struct api_stream *st = arg;
+    int rc;
+
+    if (!st->is_ndjson) {
+        bd_buf_append(&st->line, data, len);
+        return st->line.is_failed ? BD_ENOMEM : BD_OK;
+    }
+    rc = bd_submit_scan_feed(st->scan, data, len);
+    return rc < 0 ? stream_scan_failed(st, rc) : BD_OK;
+}
+
+/* ---- the body --------------------------------------------------------------------------- */
+
+static void stream_body_end(struct api_stream *st)
+{
+    int rc = bd_http_body_get_status(st->req);
+
+    if (rc < 0) {
+        stream_fail(st, rc, NULL, NULL);
+        return;
+    }
+    if (st->gz && (rc = bd_inflate_end(st->gz)) < 0) {
+        stream_fail(st, BD_EINVAL, bd_inflate_why(st->gz), "body");
+        return;
+    }
+    if (!st->is_ndjson) {                      /* a gzip JSON body: the buffered submit */
+        struct bd_http_request *req = st->req;
+        struct bd_server *srv = st->srv;
+        struct bd_buf body = st->line;
+        bd_buf_init(&st->line);
+        st->is_answered = true;                /* the buffered path answers from here on */
+        bd_http_set_abort_cb(req, NULL, NULL);
+        stream_maybe_free(st);
+        bd__api_submit_body(req, srv, body.data, body.len);
+        bd_buf_free(&body);
+        return;
+    }
+    if ((rc = bd_submit_scan_end(st->scan)) < 0) {   /* a last line without its newline */
+        stream_scan_failed(st, rc);
+        return;
+    }
+    if (st->items == 0) {
+        stream_fail(st, BD_EINVAL, "the body holds no item (one JSON object per line)", "data");
+        return;
+    }
+    if (bd__api_batch_count(st->batch) > 0 && (rc = stream_take_batch(st)) < 0) {
+        stream_fail(st, rc, NULL, NULL);
+        return;
+    }
+    st->is_body_done = true;
+    st->s->items = (unsigned)st->items;
+    st->s->batches = (unsigned)((st->items + st->s->batch_size - 1) / st->s->batch_size);
+    stream_pump(st);
+}
+
+static int stream_on_body_pieces(struct api_stream *st, const char *data, size_t len)
+{
+    int rc;
+
+    if (st->is_answered)
+        return -1;
+    if (data == NULL) {
+        stream_body_end(st);
+        return BD_OK;
+    }
+    rc = st->gz ? bd_inflate_feed(st->gz, data, len, stream_on_plain, st)
+                : stream_on_plain(st, data, len);
+    if (rc < 0) {
+        if (!st->is_answered)                  /* an inflate error, not a line's */
+            stream_fail(st, rc == BD_ETOOLARGE ? BD_ETOOLARGE : BD_EINVAL,
+                        rc == BD_ETOOLARGE ? "the decompressed body is over the limit"
+                                           : bd_inflate_why(st->gz), "body");
+        return -1;
+    }
+    if (st->ready && (st->is_writing || !st->is_open) && !st->is_paused) {
+        st->is_paused = true;                  /* the batches ahead are not written yet */
+        bd_http_body_pause(st->req);
+    }
+    stream_pump(st);
+    return BD_OK;
+}
+
+static int stream_on_body(struct bd_http_request *req, const char *data, size_t len, void *arg)
+{
+    struct api_stream *st = arg;
+
+    (void)req;
+    /* Answering from inside (a bad line) must not free st under the scanner's feet. */
+    st->is_in_body = true;
+    int rc = stream_on_body_pieces(st, data, len);
+    st->is_in_body = false;
+    stream_maybe_free(st);                     /* st may be gone now */
+    return rc;
+}
+
+/* ---- the job in PostgreSQL -------------------------------------------------------------- */
+
+static void stream_on_submitted(int status, const struct bd_job_submitted *res, void *arg)
+{
+    struct api_stream *st = arg;
+    struct bd__api_submit *s = st->s;
+
+    st->is_writing = false;
+    st->job = NULL;                            /* the job module freed it */
+    st->s = NULL;
+    if (st->is_answered) {
+        bd__api_submit_free(s);
+    } else {
+        st->is_answered = true;
+        bd_http_set_abort_cb(st->req, NULL, NULL);
+        bd__api_submit_answer(s, status, res); /* 202, 429 or the error; frees s */
+    }
+    stream_maybe_free(st);
+}
+
+static void stream_on_collection(int status, const struct bd_job_store_collection_row *row,
+                                 void *arg)
+{
+    struct api_stream *st = arg;
+    char msg[200];
+
+    st->is_writing = false;
+    if (st->is_answered) {
+        stream_maybe_free(st);
+        return;
+    }
+    if (status < 0) {
+        stream_fail(st, status, NULL, NULL);
+        return;
+    }
+    if (row->is_found && row->dimension != st->s->dim) {
+        snprintf(msg, sizeof(msg), "collection '%s' holds %u-dimensional vectors; this job's "
+                 "are %u-dimensional", st->s->collection, row->dimension, st->s->dim);
+        stream_fail(st, BD_EINVAL, msg,
+                    st->s->op == BD_OP_BULK_INSERT ? "data[0].embedding" : "collection");
+        return;
+    }
+    st->is_writing = true;
+    int rc = bd_job_stream_close(st->job, st->s->dim, stream_on_submitted, st);
+    if (rc < 0) {
+        st->is_writing = false;
+        stream_fail(st, rc, NULL, NULL);
+    }
+}
+
+static void stream_on_written(int status, void *arg)
+{
+    struct api_stream *st = arg;
+
+    st->is_writing = false;
+    if (status == BD_ECANCELED || st->is_answered) {
+        if (status == BD_ECANCELED)
+            st->job = NULL;                    /* abort freed it after this callback */
+        stream_maybe_free(st);
+        return;
+    }
+    if (status < 0) {
+        stream_fail(st, status, NULL, NULL);
+        return;
+    }
+    st->is_open = true;
+    stream_pump(st);
+}
+
+/* Move the job on: the next ready batch, or, once the body ended and everything is
+ * written, the collection check and the COMMIT. Resumes the body when nothing waits. */
+static void stream_pump(struct api_stream *st)
+{
+    int rc;
+
+    if (st->is_answered || st->is_writing || !st->is_open || st->is_closing)
+        return;
+    if (st->ready) {
+        struct stream_ready *r = st->ready;
+        st->ready = r->next;
+        if (st->ready == NULL)
+            st->ready_tail = &st->ready;
+        st->is_writing = true;
+        rc = bd_job_stream_put(st->job, &r->payload, r->items, stream_on_written, st);
+        free(r);
+        if (rc < 0) {
+            st->is_writing = false;
+            stream_fail(st, rc, NULL, NULL);
+        }
+        return;
+    }
+    if (st->is_paused) {
+        st->is_paused = false;
+        bd_http_body_resume(st->req);
+    }
+    if (!st->is_body_done)
+        return;
+    st->is_closing = true;
+    st->is_writing = true;
+    rc = bd_job_store_get_collection(st->srv->pg, st->s->collection, stream_on_collection, st);
+    if (rc < 0) {
+        st->is_writing = false;
+        stream_fail(st, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG, NULL, NULL);
+    }
+}
+
+/* ---- the request's headers -------------------------------------------------------------- */
+
+/* The job's fields from the query string, as the JSON form would give them. Numbers that
+ * do not parse stay strings, so that validation names the field. */
+static json_t *stream_fields(struct bd_http_request *req)
+{
+    static const char *const strings[] = { "operation", "model", "collection" };
+    static const char *const options[] = { "batch_size", "priority", "timeout_s",
+                                           "max_retries" };
+    json_t *f = json_object(), *o = json_object();
+
+    for (size_t i = 0; f && i < sizeof(strings) / sizeof(strings[0]); i++) {
+        const char *v = bd_http_query_get(req, strings[i]);
+        if (v)
+            json_object_set_new(f, strings[i], json_string(v));
+    }
+    for (size_t i = 0; o && i < sizeof(options) / sizeof(options[0]); i++) {
+        const char *v = bd_http_query_get(req, options[i]);
+        char *end;
+        if (v == NULL)
+            continue;
+        errno = 0;
+        double d = strtod(v, &end);
+        bool is_number = *v && *end == '\0' && errno == 0 && strcmp(options[i], "priority");
+        if (is_number && d == (double)(long long)d && strcmp(options[i], "timeout_s"))
+            json_object_set_new(o, options[i], json_integer((json_int_t)d));
+        else if (is_number)
+            json_object_set_new(o, options[i], json_real(d));
+        else
+            json_object_set_new(o, options[i], json_string(v));
+    }
+    if (f && o)
+        json_object_set_new(f, "options", o);
+    else
+        json_decref(o);
+    return f;
+}
+
+static bool stream_is_ndjson(const char *ct)
+{
+    return ct && (strncasecmp(ct, "application/x-ndjson", 20) == 0 ||
+                  strncasecmp(ct, "application/jsonl", 17) == 0);
+}
+
+/* Content-Encoding: gzip, or none. BD_EMEDIATYPE for anything else. */
+static int stream_encoding(struct bd_http_request *req, bool *is_gzip)
+{
+    const char *ce = bd_http_header_get(req, "Content-Encoding");
+    *is_gzip = ce && (strcasecmp(ce, "gzip") == 0 || strcasecmp(ce, "x-gzip") == 0);
+    if (ce && !*is_gzip && strcasecmp(ce, "identity") != 0)
+        return BD_EMEDIATYPE;
+    return BD_OK;
+}
+
+static void stream_open_job(struct api_stream *st)
+{
+    struct bd__api_submit *s = st->s;
+    const struct bd_server *srv = st->srv;
+    struct bd_job_submit_deps deps = { srv->pg, srv->rq, srv->cfg, srv->jobs };
+    char *metadata = json_dumps(s->metadata, JSON_COMPACT);
+    int rc = BD_ENOMEM;
+
+    if (metadata) {
+        struct bd_job_spec spec = {
+            .op = s->op, .model = s->model, .collection = s->collection,
+            .priority = s->priority, .batch_size = s->batch_size, .dim = s->dim,
+            .timeout_s = s->timeout_s, .max_retries = s->max_retries,
+            .metadata_json = metadata,
+        };
+        st->is_writing = true;
+        rc = bd_job_stream_open(&deps, &spec, stream_on_written, st, &st->job);
+        free(metadata);
+    }
+    if (rc < 0) {
+        st->is_writing = false;
+        st->job = NULL;
+        stream_fail(st, rc, NULL, NULL);
+    }
+}
+
+static void api_on_submit_headers(struct bd_http_request *req, void *arg)
+{
+    struct bd_server *srv = arg;
+    const char *ct = bd_http_header_get(req, "Content-Type");
+    struct bd__api_invalid inv = { { 0 }, { 0 } };
+    bool is_gzip = false, is_ndjson = stream_is_ndjson(ct);
+    int rc;
+
+    if (stream_encoding(req, &is_gzip) < 0) {
+        bd_http_respond_err(req, BD_EMEDIATYPE, "Content-Encoding must be gzip or identity",
+                            "Content-Encoding");
+        return;
+    }
+    if (!is_ndjson && !is_gzip)
+        return;                                /* a plain JSON body: buffered, api_on_submit */
+    if (!bd__api_submit_precheck(req, srv))
+        return;                                /* answered */
+    if (is_ndjson && bd_http_header_get(req, "Idempotency-Key")) {
+        bd_http_respond_err(req, BD_EINVAL, "Idempotency-Key is not supported with JSON "
+                            "Lines bodies yet; send the job as application/json",
+                            "Idempotency-Key");
+        return;
+    }
+    struct api_stream *st = calloc(1, sizeof(*st));
+    if (st == NULL || (st->s = calloc(1, sizeof(*st->s))) == NULL) {
+        free(st);
+        bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
+        return;
+    }
+    st->req = req;
+    st->srv = srv;
+    st->is_ndjson = is_ndjson;
+    st->ready_tail = &st->ready;
+    st->s->req = req;
+    st->s->srv = srv;
+    bd_buf_init(&st->line);
+    if (is_gzip) {
+        size_t limit = is_ndjson ? srv->cfg->http_max_stream_bytes
+                                 : srv->cfg->http_max_body_bytes;
+        if ((st->gz = bd_inflate_new(limit, &rc)) == NULL) {
+            st->is_answered = true;
+            bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
+            stream_maybe_free(st);
+            return;
+        }
+    }
+    if (is_ndjson) {
+        /* The fields stay as s->body: s->model and friends point into it. */
+        st->s->body = stream_fields(req);
+        rc = st->s->body ? bd__api_submit_fields(st->s, st->s->body, &inv) : BD_ENOMEM;
+        if (rc == BD_OK)
+            rc = bd__api_submit_metadata(st->s);
+        if (rc == BD_OK && (st->batch = bd__api_batch_new(st->s)) == NULL)
+            rc = BD_ENOMEM;
+        static const struct bd_submit_scan_cbs cbs = { .on_item = stream_on_item };
+        if (rc == BD_OK &&
+            (st->scan = bd_submit_scan_new(BD_SUBMIT_NDJSON, STREAM_LINE_MAX, &cbs, st)) == NULL)
+            rc = BD_ENOMEM;
+        if (rc < 0) {
+            char msg[400];
+            snprintf(msg, sizeof(msg), "%s %s", inv.field, inv.message);
+            st->is_answered = true;
+            bd_http_respond_err(req, rc, rc == BD_EINVAL ? msg : NULL,
+                                rc == BD_EINVAL ? inv.field : NULL);
+            stream_maybe_free(st);
+            return;
+        }
+    }
+    bd_http_body_set_limit(req, srv->cfg->http_max_stream_bytes);
+    bd_http_body_set_timeout(req, STREAM_TIMEOUT_MS);
+    if (bd_http_body_stream(req, stream_on_body, st) < 0) {
+        st->is_answered = true;
+        bd_http_respond_err(req, BD_EINTERNAL, NULL, NULL);
+        stream_maybe_free(st);
+        return;
+    }
+    bd_http_set_abort_cb(req, stream_on_abort, st);
+    if (is_ndjson)
+        stream_open_job(st);
+}
+
+int bd__api_register_submit(struct bd_router *r, struct bd_server *srv)
+{
+    return bd_router_add_stream(r, "POST", BD_API_PREFIX "/jobs", api_on_submit_headers,
+                                bd__api_submit_on_request, srv);
+}

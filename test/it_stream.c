@@ -1,0 +1,508 @@
+/* it_stream.c -- streamed submits end to end (real batchd, Redis, PostgreSQL): JSON Lines
+ * bodies uploaded chunked as they are generated, gzip, a big body in bounded memory, bad
+ * input mid-stream (400 naming the line, nothing stored), a client that leaves mid-upload
+ * (nothing stored), a gzip bomb (413), and a gzip JSON body.
+ * SPDX-License-Identifier: MIT
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "bd_it.h"
+#include "batchd/buf.h"
+
+static const char *it_config =
+    "jobs:\n"
+    "  max_concurrent_jobs: 2\n"
+    "  processing_interval: 0.1\n"
+    "  retry_delay: 0.05\n"
+    "  lease: 5\n"
+    "  reaper_interval: 0.5\n"
+    "models:\n"
+    "  - name: hashmodel\n"
+    "    provider: hashing\n"
+    "    dimensions: 16\n";
+
+static char it_prefix[64];
+static struct bd_it_proc it_proc;
+static bool it_started;
+
+/* ---- a body generated as curl asks for it ----------------------------------------------- */
+
+enum gen_kind { GEN_EMBED, GEN_INSERT };
+
+struct gen {
+    enum gen_kind kind;
+    size_t lines, next;               /* lines to make, next to make */
+    size_t bad_line;                  /* 0-based line given a wrong dimension; SIZE_MAX: none */
+    unsigned dim;
+    size_t abort_after;               /* bytes sent before the client goes away; 0: never */
+    size_t sent;
+    bool is_gzip;
+    z_stream z;
+    bool is_z_done;
+    struct bd_buf out;                /* bytes ready to hand to curl */
+    size_t out_pos;
+    size_t pad;                       /* text padding per embed line (a bigger body) */
+};
+
+static void gen_line(struct gen *g, struct bd_buf *b)
+{
+    size_t i = g->next++;
+    if (g->kind == GEN_EMBED) {
+        bd_buf_printf(b, "{\"id\":\"%s-%zu\",\"text\":\"document %zu ", it_prefix, i, i);
+        for (size_t k = 0; k < g->pad; k++)
+            bd_buf_append(b, "lorem ", 6);
+        bd_buf_puts(b, "\"}\n");
+        if (i % 1000 == 7)
+            bd_buf_puts(b, "\r\n \n");        /* blank lines are skipped, CRLF accepted */
+        return;
+    }
+    unsigned d = i == g->bad_line ? g->dim + 1 : g->dim;
+    bd_buf_printf(b, "{\"id\":\"v%zu\",\"embedding\":[", i);
+    for (unsigned k = 0; k < d; k++)
+        bd_buf_printf(b, "%s%.3f", k ? "," : "", (double)((i + k) % 97) / 97.0);
+    bd_buf_puts(b, "],\"metadata\":{\"n\":1}}\n");
+}
+
+/* Refill g->out with the next piece of the body (compressed when is_gzip). */
+static void gen_fill(struct gen *g)
+{
+    struct bd_buf plain;
+    bd_buf_init(&plain);
+    bd_buf_reset(&g->out);
+    g->out_pos = 0;
+    while (plain.len < 64 * 1024 && g->next < g->lines)
+        gen_line(g, &plain);
+    if (!g->is_gzip) {
+        bd_buf_append(&g->out, plain.data, plain.len);
+    } else if (!g->is_z_done && plain.len > 0 && g->next < g->lines) {
+        /* Compress this piece; the output may be empty for now (deflate buffers), which
+         * is why gen_read asks again until it has bytes or the stream ended. */
+        g->z.next_in = (unsigned char *)plain.data;
+        g->z.avail_in = (unsigned)plain.len;
+        unsigned char buf[16384];
+        do {
+            g->z.next_out = buf;
+            g->z.avail_out = sizeof(buf);
+            assert_true(deflate(&g->z, Z_NO_FLUSH) != Z_STREAM_ERROR);
+            bd_buf_append(&g->out, buf, sizeof(buf) - g->z.avail_out);
+        } while (g->z.avail_out == 0);
+    } else if (!g->is_z_done) {
+        bool is_last = g->next >= g->lines;
+        unsigned char buf[16384];
+        g->z.next_in = (unsigned char *)plain.data;
+        g->z.avail_in = (unsigned)plain.len;
+        do {
+            g->z.next_out = buf;
+            g->z.avail_out = sizeof(buf);
+            int rc = deflate(&g->z, is_last ? Z_FINISH : Z_NO_FLUSH);
+            assert_true(rc != Z_STREAM_ERROR);
+            bd_buf_append(&g->out, buf, sizeof(buf) - g->z.avail_out);
+            if (rc == Z_STREAM_END)
+                g->is_z_done = true;
+        } while (g->z.avail_out == 0 || (is_last && !g->is_z_done));
+    }
+    bd_buf_free(&plain);
+}
+
+static size_t gen_read(char *dst, size_t size, size_t nmemb, void *arg)
+{
+    struct gen *g = arg;
+    size_t room = size * nmemb;
+
+    if (g->abort_after && g->sent >= g->abort_after)
+        return CURL_READFUNC_ABORT;
+    while (g->out_pos == g->out.len && !(g->is_gzip ? g->is_z_done : g->next >= g->lines))
+        gen_fill(g);                           /* 0 bytes would tell curl the body ended */
+    size_t n = g->out.len - g->out_pos;
+    if (n > room)
+        n = room;
+    memcpy(dst, g->out.data + g->out_pos, n);
+    g->out_pos += n;
+    g->sent += n;
+    return n;                                  /* 0 once everything was sent: the end */
+}
+
+static size_t gen_collect(char *p, size_t size, size_t nmemb, void *arg)
+{
+    bd_buf_append(arg, p, size * nmemb);
+    return size * nmemb;
+}
+
+/* POST a generated body to /jobs?query, chunked; the answer's status, its JSON in *out. */
+static long gen_post(struct gen *g, const char *query, const char *content_type, json_t **out)
+{
+    char url[512], ct[96];
+    struct curl_slist *h = NULL;
+    struct bd_buf resp;
+    long status = 0;
+
+    bd_buf_init(&g->out);
+    bd_buf_init(&resp);
+    if (g->is_gzip)
+        assert_int_equal(deflateInit2(&g->z, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY),
+                         Z_OK);
+    snprintf(url, sizeof(url), "%s/api/v1/batch/jobs?%s", it_proc.base, query);
+    snprintf(ct, sizeof(ct), "Content-Type: %s", content_type);
+    h = curl_slist_append(h, ct);
+    h = curl_slist_append(h, "Transfer-Encoding: chunked");
+    if (g->is_gzip)
+        h = curl_slist_append(h, "Content-Encoding: gzip");
+    CURL *c = curl_easy_init();
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POST, 1L);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_READFUNCTION, gen_read);
+    curl_easy_setopt(c, CURLOPT_READDATA, g);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, gen_collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &resp);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 300L);
+    CURLcode rc = curl_easy_perform(c);
+    if (rc == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(c);
+    curl_slist_free_all(h);
+    if (g->is_gzip)
+        deflateEnd(&g->z);
+    bd_buf_free(&g->out);
+    if (out)
+        *out = resp.len ? json_loadb(resp.data, resp.len, 0, NULL) : NULL;
+    bd_buf_free(&resp);
+    return status;
+}
+
+/* batchd's peak resident memory so far (VmHWM), KiB. */
+static long it_hwm_kb(void)
+{
+    char path[64], line[256];
+    long kb = -1;
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)it_proc.pid);
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof(line), f))
+        if (strncmp(line, "VmHWM:", 6) == 0)
+            kb = strtol(line + 6, NULL, 10);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+static void it_need_batchd(void)
+{
+    if (!it_started) {
+        assert_int_equal(bd_it_start(&it_proc, it_config, NULL), 0);
+        it_started = true;
+    }
+}
+
+static long it_jobs_of(const char *coll)
+{
+    return bd_it_psql_long("SELECT count(*) FROM jobs WHERE collection = '%s'", coll);
+}
+
+static void it_cancel(const char *id)
+{
+    char path[256];
+    long st;
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s", id);
+    json_decref(bd_it_json(&it_proc, "DELETE", path, NULL, &st));
+}
+
+/* ---- cases ------------------------------------------------------------------------------ */
+
+static void stream_embeds_json_lines_when_uploaded_chunked(void **state)
+{
+    struct gen g = { .kind = GEN_EMBED, .lines = 2500, .bad_line = SIZE_MAX };
+    char q[256], coll[96];
+    json_t *j = NULL;
+    (void)state;
+
+    it_need_batchd();
+    snprintf(coll, sizeof(coll), "%s_nd", it_prefix);
+    snprintf(q, sizeof(q), "operation=bulk_embed&model=hashmodel&collection=%s&batch_size=100"
+             "&priority=high", coll);
+    long st = gen_post(&g, q, "application/x-ndjson", &j);
+    if (st != 202)
+        fail_msg("status %ld: %s", st, j ? json_dumps(j, 0) : "(no JSON)");
+    assert_int_equal(bd_it_int(j, "items_count"), 2500);
+    assert_int_equal(bd_it_int(j, "batch_size"), 100);
+    assert_string_equal(bd_it_str(j, "priority"), "high");
+    assert_non_null(bd_it_str(j, "estimated_completion"));
+    char *id = strdup(bd_it_str(j, "job_id"));
+    json_decref(j);
+    assert_int_equal(bd_it_psql_long("SELECT total_batches FROM jobs WHERE id = '%s'", id), 25);
+    json_decref(bd_it_expect_status(&it_proc, id, "completed", 60));
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'",
+                                     coll), 2500);
+    /* Items keep their ids and order. */
+    assert_int_equal(bd_it_psql_long("SELECT item_index FROM vectors WHERE collection = '%s' "
+                                     "AND id = '%s-1234'", coll, it_prefix), 1234);
+    free(id);
+}
+
+static void stream_inserts_gzip_json_lines_when_compressed(void **state)
+{
+    struct gen g = { .kind = GEN_INSERT, .lines = 3000, .dim = 8, .bad_line = SIZE_MAX,
+                     .is_gzip = true };
+    char q[256], coll[96];
+    json_t *j = NULL;
+    (void)state;
+
+    it_need_batchd();
+    snprintf(coll, sizeof(coll), "%s_gz", it_prefix);
+    snprintf(q, sizeof(q), "operation=bulk_insert&collection=%s&batch_size=500", coll);
+    long st = gen_post(&g, q, "application/jsonl", &j);
+    if (st != 202)
+        fail_msg("status %ld: %s", st, j ? json_dumps(j, 0) : "(no JSON)");
+    char *id = strdup(bd_it_str(j, "job_id"));
+    json_decref(j);
+    json_decref(bd_it_expect_status(&it_proc, id, "completed", 60));
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s' "
+                                     "AND array_length(embedding, 1) = 8", coll), 3000);
+    free(id);
+}
+
+/* Item 70,000 of 100,000 has a wrong dimension: 400 naming its line, and nothing of the
+ * job is stored although 69,999 items were already written in its transaction. */
+static void stream_rolls_back_when_item_is_bad_mid_stream(void **state)
+{
+    struct gen g = { .kind = GEN_INSERT, .lines = 100000, .dim = 4, .bad_line = 69999 };
+    char q[256], coll[96];
+    json_t *j = NULL;
+    (void)state;
+
+    it_need_batchd();
+    snprintf(coll, sizeof(coll), "%s_bad", it_prefix);
+    snprintf(q, sizeof(q), "operation=bulk_insert&collection=%s&batch_size=1000", coll);
+    long st = gen_post(&g, q, "application/x-ndjson", &j);
+    assert_int_equal(st, 400);
+    const char *msg = bd_it_str(j, "error.message");
+    if (strstr(msg, "line 70000") == NULL || strstr(msg, "dimensions") == NULL)
+        fail_msg("message does not name the line and the problem: %s", msg);
+    assert_string_equal(bd_it_str(j, "error.field"), "data[69999].embedding");
+    json_decref(j);
+    assert_int_equal(it_jobs_of(coll), 0);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches b WHERE NOT EXISTS "
+                                     "(SELECT 1 FROM jobs j WHERE j.id = b.job_id)"), 0);
+    /* The server is fine for the next request. */
+    json_decref(bd_it_get_ok(&it_proc, "/api/v1/batch/queue/status"));
+}
+
+static void stream_stores_nothing_when_client_leaves_mid_upload(void **state)
+{
+    struct gen g = { .kind = GEN_INSERT, .lines = 100000, .dim = 4, .bad_line = SIZE_MAX,
+                     .abort_after = 3u << 20 };
+    char q[256], coll[96];
+    (void)state;
+
+    it_need_batchd();
+    snprintf(coll, sizeof(coll), "%s_gone", it_prefix);
+    snprintf(q, sizeof(q), "operation=bulk_insert&collection=%s&batch_size=500", coll);
+    assert_int_equal(gen_post(&g, q, "application/x-ndjson", NULL), 0);   /* no answer */
+    /* The transaction rolls back when batchd notices; wait for it, generously. */
+    double deadline = bd_it_now() + 20;
+    while (bd_it_psql_long("SELECT count(*) FROM pg_stat_activity WHERE state LIKE "
+                           "'idle in transaction%%' AND datname = current_database()") > 0 &&
+           bd_it_now() < deadline)
+        bd_it_sleep_ms(100);
+    assert_int_equal(it_jobs_of(coll), 0);
+    json_decref(bd_it_get_ok(&it_proc, "/api/v1/batch/queue/status"));
+}
+
+/* A 1 GiB line (one string), gzipped to ~1 MiB, as a JSON Lines body: 413 long before
+ * batchd could hold it (the line is over its limit), with bounded memory, and no job. */
+static void stream_refuses_gzip_bomb_when_it_inflates_past_limit(void **state)
+{
+    char url[512], coll[96];
+    struct bd_buf z;
+    z_stream zs = { 0 };
+    static unsigned char fill[65536], buf[65536];
+    static const char head[] = "{\"id\":\"x\",\"text\":\"";
+    (void)state;
+
+    it_need_batchd();
+    snprintf(coll, sizeof(coll), "%s_bomb", it_prefix);
+    bd_buf_init(&z);
+    memset(fill, 'a', sizeof(fill));
+    assert_int_equal(deflateInit2(&zs, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    zs.next_in = (unsigned char *)head;
+    zs.avail_in = sizeof(head) - 1;
+    zs.next_out = buf;
+    zs.avail_out = sizeof(buf);
+    deflate(&zs, Z_NO_FLUSH);
+    bd_buf_append(&z, buf, sizeof(buf) - zs.avail_out);
+    for (int i = 0; i < 16384; i++) {              /* 1 GiB of one string */
+        zs.next_in = fill;
+        zs.avail_in = sizeof(fill);
+        do {
+            zs.next_out = buf;
+            zs.avail_out = sizeof(buf);
+            deflate(&zs, i == 16383 ? Z_FINISH : Z_NO_FLUSH);
+            bd_buf_append(&z, buf, sizeof(buf) - zs.avail_out);
+        } while (zs.avail_out == 0);
+    }
+    deflateEnd(&zs);
+    long before = it_hwm_kb();
+    snprintf(url, sizeof(url), "%s/api/v1/batch/jobs?operation=bulk_insert&collection=%s",
+             it_proc.base, coll);
+    const char *h[] = { "Content-Type: application/x-ndjson", "Content-Encoding: gzip" };
+    CURL *c = curl_easy_init();
+    struct curl_slist *hl = NULL;
+    struct bd_buf resp;
+    long status = 0;
+    bd_buf_init(&resp);
+    hl = curl_slist_append(hl, h[0]);
+    hl = curl_slist_append(hl, h[1]);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, z.data);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)z.len);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, gen_collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &resp);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 120L);
+    curl_easy_perform(c);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(c);
+    curl_slist_free_all(hl);
+    bd_buf_free(&z);
+    if (status != 413)
+        fail_msg("gzip bomb: status %ld %.*s", status, (int)resp.len, resp.data ? resp.data : "");
+    bd_buf_free(&resp);
+    assert_true(it_hwm_kb() - before < 200 * 1024);      /* far below 1 GiB */
+    assert_int_equal(it_jobs_of(coll), 0);
+}
+
+/* A body of ~300 MB streamed (long texts) costs batchd a few batches of memory. */
+static void stream_keeps_memory_bounded_when_body_is_large(void **state)
+{
+    struct gen g = { .kind = GEN_EMBED, .lines = 50000, .bad_line = SIZE_MAX, .pad = 1000 };
+    char q[256], coll[96];
+    json_t *j = NULL;
+    (void)state;
+
+    it_need_batchd();
+    snprintf(coll, sizeof(coll), "%s_big", it_prefix);
+    snprintf(q, sizeof(q), "operation=bulk_embed&model=hashmodel&collection=%s&batch_size=200"
+             "&priority=low", coll);
+    long before = it_hwm_kb();
+    long st = gen_post(&g, q, "application/x-ndjson", &j);
+    if (st != 202)
+        fail_msg("status %ld: %s", st, j ? json_dumps(j, 0) : "(no JSON)");
+    long grew_kb = it_hwm_kb() - before;
+    print_message("streamed %zu MB; batchd's peak RSS grew by %ld KiB\n", g.sent >> 20, grew_kb);
+    assert_true(g.sent > (250u << 20));
+    assert_true(grew_kb < 96 * 1024);             /* bounded by batches, not by the body */
+    it_cancel(bd_it_str(j, "job_id"));
+    json_decref(j);
+}
+
+static void stream_names_field_when_query_is_wrong(void **state)
+{
+    struct gen g = { .kind = GEN_EMBED, .lines = 10, .bad_line = SIZE_MAX };
+    json_t *j = NULL;
+    (void)state;
+
+    it_need_batchd();
+    assert_int_equal(gen_post(&g, "model=hashmodel", "application/x-ndjson", &j), 400);
+    assert_string_equal(bd_it_str(j, "error.field"), "operation");
+    json_decref(j);
+    g = (struct gen){ .kind = GEN_EMBED, .lines = 10, .bad_line = SIZE_MAX };
+    assert_int_equal(gen_post(&g, "operation=bulk_embed&model=hashmodel&batch_size=many",
+                              "application/x-ndjson", &j), 400);
+    assert_string_equal(bd_it_str(j, "error.field"), "options.batch_size");
+    json_decref(j);
+    g = (struct gen){ .kind = GEN_EMBED, .lines = 0, .bad_line = SIZE_MAX };
+    assert_int_equal(gen_post(&g, "operation=bulk_embed&model=hashmodel",
+                              "application/x-ndjson", &j), 400);
+    assert_string_equal(bd_it_str(j, "error.field"), "data");
+    json_decref(j);
+}
+
+static void stream_accepts_gzip_json_body_when_encoded(void **state)
+{
+    char coll[96], url[512], body[1024];
+    unsigned char zb[2048];
+    uLongf zlen = sizeof(zb);
+    (void)state;
+
+    it_need_batchd();
+    snprintf(coll, sizeof(coll), "%s_gzjson", it_prefix);
+    snprintf(body, sizeof(body), "{\"operation\":\"bulk_insert\",\"collection\":\"%s\","
+             "\"data\":[{\"id\":\"a\",\"embedding\":[1,2]},{\"id\":\"b\",\"embedding\":[3,4]}]}",
+             coll);
+    z_stream zs = { 0 };
+    assert_int_equal(deflateInit2(&zs, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    zs.next_in = (unsigned char *)body;
+    zs.avail_in = (unsigned)strlen(body);
+    zs.next_out = zb;
+    zs.avail_out = (unsigned)zlen;
+    assert_int_equal(deflate(&zs, Z_FINISH), Z_STREAM_END);
+    zlen = zs.total_out;
+    deflateEnd(&zs);
+    CURL *c = curl_easy_init();
+    struct curl_slist *hl = NULL;
+    struct bd_buf resp;
+    long status = 0;
+    bd_buf_init(&resp);
+    hl = curl_slist_append(hl, "Content-Type: application/json");
+    hl = curl_slist_append(hl, "Content-Encoding: gzip");
+    snprintf(url, sizeof(url), "%s/api/v1/batch/jobs", it_proc.base);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, zb);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)zlen);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, gen_collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &resp);
+    assert_int_equal(curl_easy_perform(c), CURLE_OK);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(c);
+    curl_slist_free_all(hl);
+    if (status != 202)
+        fail_msg("gzip JSON: %ld %.*s", status, (int)resp.len, resp.data);
+    json_t *j = json_loadb(resp.data, resp.len, 0, NULL);
+    bd_buf_free(&resp);
+    json_decref(bd_it_expect_status(&it_proc, bd_it_str(j, "job_id"), "completed", 30));
+    json_decref(j);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'",
+                                     coll), 2);
+}
+
+static int it_stop_batchd(void **state)
+{
+    (void)state;
+    if (it_started)
+        assert_int_equal(bd_it_stop(&it_proc, SIGTERM, 20), 0);
+    it_started = false;
+    return 0;
+}
+
+int main(void)
+{
+    snprintf(it_prefix, sizeof(it_prefix), "st%d", (int)getpid());
+    curl_global_init(CURL_GLOBAL_ALL);
+    bd_it_apply_filter();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(stream_embeds_json_lines_when_uploaded_chunked),
+        cmocka_unit_test(stream_inserts_gzip_json_lines_when_compressed),
+        cmocka_unit_test(stream_names_field_when_query_is_wrong),
+        cmocka_unit_test(stream_accepts_gzip_json_body_when_encoded),
+        cmocka_unit_test(stream_rolls_back_when_item_is_bad_mid_stream),
+        cmocka_unit_test(stream_stores_nothing_when_client_leaves_mid_upload),
+        cmocka_unit_test(stream_refuses_gzip_bomb_when_it_inflates_past_limit),
+        cmocka_unit_test(stream_keeps_memory_bounded_when_body_is_large),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, it_stop_batchd);
+    curl_global_cleanup();
+    return rc;
+}
