@@ -16,6 +16,7 @@
 #include "batchd/json_scan.h"
 #include "batchd/redis_queue.h"
 #include "batchd/server.h"
+#include "batchd/submit_scan.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -755,13 +756,100 @@ struct bd_job_payload *bd__api_submit_payloads(struct bd__api_submit *s)
     return out;
 }
 
+/* ---- a first look at a body before jansson sees it whole ------------------------------- */
+
+/* A member or item longer than this is refused before any tree is built. */
+#define API_PIECE_MAX (8u << 20)
+
+struct api_look {
+    json_t *fields;                   /* the top-level members but "data", parsed one by one */
+    size_t items;
+    bool is_failed;                   /* out of memory */
+};
+
+static int api_look_member(void *arg, const char *key, const char *value, size_t len)
+{
+    struct api_look *l = arg;
+    json_t *v = json_loadb(value, len, JSON_DECODE_ANY, NULL);   /* the scanner checked it */
+    if (v == NULL || json_object_set_new(l->fields, key, v) != 0) {
+        l->is_failed = true;
+        return BD_ENOMEM;
+    }
+    return BD_OK;
+}
+
+static int api_look_item(void *arg, size_t index, size_t line, const char *value, size_t len)
+{
+    struct api_look *l = arg;
+    (void)index;
+    (void)line;
+    (void)value;
+    (void)len;
+    l->items++;
+    return BD_OK;
+}
+
+/* The body's shape, its fields and its item count, with the submit scanner and no tree of
+ * the whole body: a body that is not JSON, whose fields are wrong, or that holds more
+ * items than a job may (ten million empty objects, say) is refused here, in memory that
+ * does not grow with it. Returns BD_OK (then jansson may parse it: its tree is bounded by
+ * max_items_per_job valid items), or the refusal with inv filled. */
+static int api_look_first(struct bd__api_submit *s, const char *body, size_t len,
+                          struct bd__api_invalid *inv)
+{
+    static const struct bd_submit_scan_cbs cbs = { .on_member = api_look_member,
+                                                   .on_item = api_look_item };
+    struct api_look l = { .fields = json_object() };
+    struct bd_submit_scan *scan = l.fields
+        ? bd_submit_scan_new(BD_SUBMIT_JSON, API_PIECE_MAX, &cbs, &l) : NULL;
+    int rc = scan ? bd_submit_scan_feed(scan, body, len) : BD_ENOMEM;
+    const char *why;
+
+    if (rc == BD_OK)
+        rc = bd_submit_scan_end(scan);
+    why = scan ? bd_submit_scan_why(scan) : "";
+    if (rc == BD_ENOMEM || l.is_failed) {
+        rc = BD_ENOMEM;
+    } else if (rc < 0 && api_locate_bad_utf8(body, len, inv)) {
+        rc = BD_EINVAL;
+    } else if (rc < 0 && strstr(why, "must be a JSON object")) {
+        rc = api_fail(inv, "body", "must be a JSON object");
+    } else if (rc < 0 && strstr(why, "\"data\" appears twice")) {
+        rc = api_fail(inv, "data", "appears twice");
+    } else if (rc < 0 && strstr(why, "\"data\"") && !strstr(why, "data[")) {
+        /* No usable "data": the fields seen so far are judged first, as for any body. */
+        rc = api_validate_fields(s, l.fields, inv);
+        if (rc == BD_OK)
+            rc = api_fail(inv, "data", "must be a non-empty array");
+    } else if (rc == BD_ETOOLARGE) {
+        rc = api_fail(inv, "body", "holds a value longer than %u bytes (%s)", API_PIECE_MAX,
+                      why);
+    } else if (rc < 0) {
+        snprintf(inv->field, sizeof(inv->field), "body");
+        snprintf(inv->message, sizeof(inv->message), "body is not valid JSON: %s", why);
+        rc = BD_EJSON;
+    } else if ((rc = api_validate_fields(s, l.fields, inv)) == BD_OK &&
+               l.items > s->srv->cfg->max_items_per_job) {
+        rc = api_fail(inv, "data", "has %zu items; the limit is %u per job", l.items,
+                      s->srv->cfg->max_items_per_job);
+    }
+    bd_submit_scan_free(scan);
+    json_decref(l.fields);
+    return rc;
+}
+
 int bd__api_submit_parse(struct bd__api_submit *s, const char *body, size_t len,
                          struct bd__api_invalid *inv)
 {
     json_error_t jerr;
+    int rc;
 
-    if (!api_fast_body(s, body, len))
+    if (!api_fast_body(s, body, len)) {
+        if ((rc = api_look_first(s, body, len, inv)) < 0)
+            return rc;
+        s->model = NULL;                /* the look's fields are gone: validated again below */
         s->body = json_loadb(body, len, 0, &jerr);
+    }
     if (s->body == NULL) {
         if (api_locate_bad_utf8(body, len, inv))
             return BD_EINVAL;
