@@ -129,6 +129,8 @@ static size_t gen_read(char *dst, size_t size, size_t nmemb, void *arg)
     size_t n = g->out.len - g->out_pos;
     if (n > room)
         n = room;
+    if (n == 0)
+        return 0;                              /* everything was sent: the end */
     memcpy(dst, g->out.data + g->out_pos, n);
     g->out_pos += n;
     g->sent += n;
@@ -180,6 +182,34 @@ static long gen_post(struct gen *g, const char *query, const char *content_type,
     if (out)
         *out = resp.len ? json_loadb(resp.data, resp.len, 0, NULL) : NULL;
     bd_buf_free(&resp);
+    return status;
+}
+
+/* POST len bytes (binary safe, Content-Length) to url; the answer's body into resp (the
+ * caller's, initialised). Returns the status, 0 when no answer came. */
+static long post_bytes(const char *url, const char *content_type, bool is_gzip,
+                       const void *data, size_t len, struct bd_buf *resp)
+{
+    char ct[96];
+    long status = 0;
+    CURL *c = curl_easy_init();
+    struct curl_slist *hl = NULL;
+
+    snprintf(ct, sizeof(ct), "Content-Type: %s", content_type);
+    hl = curl_slist_append(hl, ct);
+    if (is_gzip)
+        hl = curl_slist_append(hl, "Content-Encoding: gzip");
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, data);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, gen_collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, resp);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 120L);
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(c);
+    curl_slist_free_all(hl);
     return status;
 }
 
@@ -356,25 +386,9 @@ static void stream_refuses_gzip_bomb_when_it_inflates_past_limit(void **state)
     long before = it_hwm_kb();
     snprintf(url, sizeof(url), "%s/api/v1/batch/jobs?operation=bulk_insert&collection=%s",
              it_proc.base, coll);
-    const char *h[] = { "Content-Type: application/x-ndjson", "Content-Encoding: gzip" };
-    CURL *c = curl_easy_init();
-    struct curl_slist *hl = NULL;
     struct bd_buf resp;
-    long status = 0;
     bd_buf_init(&resp);
-    hl = curl_slist_append(hl, h[0]);
-    hl = curl_slist_append(hl, h[1]);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, z.data);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)z.len);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, gen_collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &resp);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 120L);
-    curl_easy_perform(c);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(c);
-    curl_slist_free_all(hl);
+    long status = post_bytes(url, "application/x-ndjson", true, z.data, z.len, &resp);
     bd_buf_free(&z);
     if (status != 413)
         fail_msg("gzip bomb: status %ld %.*s", status, (int)resp.len, resp.data ? resp.data : "");
@@ -450,24 +464,10 @@ static void stream_accepts_gzip_json_body_when_encoded(void **state)
     assert_int_equal(deflate(&zs, Z_FINISH), Z_STREAM_END);
     zlen = zs.total_out;
     deflateEnd(&zs);
-    CURL *c = curl_easy_init();
-    struct curl_slist *hl = NULL;
     struct bd_buf resp;
-    long status = 0;
     bd_buf_init(&resp);
-    hl = curl_slist_append(hl, "Content-Type: application/json");
-    hl = curl_slist_append(hl, "Content-Encoding: gzip");
     snprintf(url, sizeof(url), "%s/api/v1/batch/jobs", it_proc.base);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, zb);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)zlen);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, gen_collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &resp);
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(c);
-    curl_slist_free_all(hl);
+    long status = post_bytes(url, "application/json", true, zb, zlen, &resp);
     if (status != 202)
         fail_msg("gzip JSON: %ld %.*s", status, (int)resp.len, resp.data);
     json_t *j = json_loadb(resp.data, resp.len, 0, NULL);
@@ -497,19 +497,7 @@ static void stream_refuses_ten_million_items_when_json_body_is_huge(void **state
     bd_buf_puts(&body, "]}");
     long before = it_hwm_kb();
     snprintf(url, sizeof(url), "%s/api/v1/batch/jobs", it_proc.base);
-    CURL *c = curl_easy_init();
-    struct curl_slist *hl = curl_slist_append(NULL, "Content-Type: application/json");
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.data);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body.len);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, gen_collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &resp);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 120L);
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(c);
-    curl_slist_free_all(hl);
+    status = post_bytes(url, "application/json", false, body.data, body.len, &resp);
     bd_buf_free(&body);
     json_t *j = json_loadb(resp.data, resp.len, 0, NULL);
     bd_buf_free(&resp);

@@ -30,15 +30,8 @@
 #define FUZZ_ENV_MARK "#@env\n"
 #define FUZZ_MAX_SECONDS 31536000.0     /* config.c's CFG_MAX_SECONDS */
 
-#define FUZZ_CHECK(cond, ...)                                                            \
-    do {                                                                                 \
-        if (!(cond)) {                                                                   \
-            fprintf(stderr, "fuzz_config: check failed: %s: ", #cond);                   \
-            fprintf(stderr, __VA_ARGS__);                                                \
-            fputc('\n', stderr);                                                         \
-            abort();                                                                     \
-        }                                                                                \
-    } while (0)
+#define FUZZ_NAME "fuzz_config"
+#include "fuzz_check.h"
 
 struct fuzz_env {
     char *names[FUZZ_MAX_ENV];

@@ -63,15 +63,8 @@
 #define FUZZ_WATCHDOG_MS 5000
 #define FUZZ_TURNS_PER_PIECE 3
 
-#define FUZZ_CHECK(cond, ...)                                                            \
-    do {                                                                                 \
-        if (!(cond)) {                                                                   \
-            fprintf(stderr, "fuzz_http: check failed: %s: ", #cond);                     \
-            fprintf(stderr, __VA_ARGS__);                                                \
-            fputc('\n', stderr);                                                         \
-            abort();                                                                     \
-        }                                                                                \
-    } while (0)
+#define FUZZ_NAME "fuzz_http"
+#include "fuzz_check.h"
 
 /* The harness: one loop and server for the process (test code, not batchd). */
 struct fuzz_http {

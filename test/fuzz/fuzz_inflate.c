@@ -26,15 +26,8 @@
 
 #define FUZZ_MAX_OUT (256 * 1024)
 
-#define FUZZ_CHECK(cond, ...)                                                            \
-    do {                                                                                 \
-        if (!(cond)) {                                                                   \
-            fprintf(stderr, "fuzz_inflate: check failed: %s: ", #cond);                  \
-            fprintf(stderr, __VA_ARGS__);                                                \
-            fputc('\n', stderr);                                                         \
-            abort();                                                                     \
-        }                                                                                \
-    } while (0)
+#define FUZZ_NAME "fuzz_inflate"
+#include "fuzz_check.h"
 
 /* One run's result. The output buffers are static: they are large and reused. */
 struct run {

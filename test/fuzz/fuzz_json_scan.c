@@ -31,15 +31,8 @@
 /* printf arguments for "%.*s": at most 200 bytes of a buffer that has no NUL. */
 #define SHOW(s, len) (int)((len) < 200 ? (len) : 200), (s)
 
-#define FUZZ_CHECK(cond, ...)                                                            \
-    do {                                                                                 \
-        if (!(cond)) {                                                                   \
-            fprintf(stderr, "fuzz_json_scan: check failed: %s: ", #cond);                \
-            fprintf(stderr, __VA_ARGS__);                                                \
-            fputc('\n', stderr);                                                         \
-            abort();                                                                     \
-        }                                                                                \
-    } while (0)
+#define FUZZ_NAME "fuzz_json_scan"
+#include "fuzz_check.h"
 
 /* Containers on the deepest path (a scalar is 0). */
 static int depth_of(const json_t *v)

@@ -35,15 +35,8 @@
 #define SHOW(s, len) (int)((len) < 300 ? (len) : 300), (s)
 
 /* Fail loudly with what broke; abort() is what libFuzzer and the replay driver catch. */
-#define FUZZ_CHECK(cond, ...)                                                            \
-    do {                                                                                 \
-        if (!(cond)) {                                                                   \
-            fprintf(stderr, "fuzz_model_wire: check failed: %s: ", #cond);               \
-            fprintf(stderr, __VA_ARGS__);                                                \
-            fputc('\n', stderr);                                                         \
-            abort();                                                                     \
-        }                                                                                \
-    } while (0)
+#define FUZZ_NAME "fuzz_model_wire"
+#include "fuzz_check.h"
 
 static const enum bd_model_provider providers[] = {
     BD_PROVIDER_OLLAMA, BD_PROVIDER_OPENAI, BD_PROVIDER_TEI, BD_PROVIDER_HASHING,

@@ -36,15 +36,8 @@
 #include "batchd/server.h"
 #include "batchd/url.h"
 
-#define FUZZ_CHECK(cond, ...)                                                            \
-    do {                                                                                 \
-        if (!(cond)) {                                                                   \
-            fprintf(stderr, "fuzz_router: check failed: %s: ", #cond);                   \
-            fprintf(stderr, __VA_ARGS__);                                                \
-            fputc('\n', stderr);                                                         \
-            abort();                                                                     \
-        }                                                                                \
-    } while (0)
+#define FUZZ_NAME "fuzz_router"
+#include "fuzz_check.h"
 
 static const char *const methods[8] = {
     "GET", "HEAD", "POST", "DELETE", "PUT", "OPTIONS", "", "A-METHOD-LONGER-THAN-15",

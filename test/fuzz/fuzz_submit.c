@@ -29,15 +29,8 @@
 #include "batchd/json_scan.h"
 #include "batchd/server.h"
 
-#define FUZZ_CHECK(cond, ...)                                                            \
-    do {                                                                                 \
-        if (!(cond)) {                                                                   \
-            fprintf(stderr, "fuzz_submit: check failed: %s: ", #cond);                   \
-            fprintf(stderr, __VA_ARGS__);                                                \
-            fputc('\n', stderr);                                                         \
-            abort();                                                                     \
-        }                                                                                \
-    } while (0)
+#define FUZZ_NAME "fuzz_submit"
+#include "fuzz_check.h"
 
 static char model_name[] = "m";
 

@@ -29,15 +29,8 @@
 #include "batchd/error.h"
 #include "batchd/submit_scan.h"
 
-#define FUZZ_CHECK(cond, ...)                                                            \
-    do {                                                                                 \
-        if (!(cond)) {                                                                   \
-            fprintf(stderr, "fuzz_submit_scan: check failed: %s: ", #cond);              \
-            fprintf(stderr, __VA_ARGS__);                                                \
-            fputc('\n', stderr);                                                         \
-            abort();                                                                     \
-        }                                                                                \
-    } while (0)
+#define FUZZ_NAME "fuzz_submit_scan"
+#include "fuzz_check.h"
 
 struct run {
     struct bd_buf rec;   /* the callbacks and the verdict */
