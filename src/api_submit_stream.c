@@ -66,6 +66,7 @@ struct api_stream {
     bool is_closing;
     bool is_answered;
     bool is_in_body;                  /* inside on_body: st must outlive the call */
+    bool is_counted;                  /* one of srv->submit_streams */
 };
 
 static void stream_pump(struct api_stream *st);
@@ -90,6 +91,8 @@ static void stream_maybe_free(struct api_stream *st)
         bd_job_stream_abort(st->job);       /* nothing in flight: rolls back at once */
         st->job = NULL;
     }
+    if (st->is_counted)
+        st->srv->submit_streams--;
     stream_free_ready(st);
     bd__api_batch_free(st->batch);
     bd_submit_scan_free(st->scan);
@@ -491,6 +494,15 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
         return;                                /* a plain JSON body: buffered, api_on_submit */
     if (!bd__api_submit_precheck(req, srv))
         return;                                /* answered */
+    /* A streamed job holds one connection of the API's pool for its whole upload: at most
+     * half of the pool goes to uploads, so status reads and small submits keep working. */
+    unsigned max_streams = srv->cfg->postgres_pool_size / 2 ? srv->cfg->postgres_pool_size / 2
+                                                             : 1;
+    if (is_ndjson && srv->submit_streams >= max_streams) {
+        bd_http_respond_error_ex(req, bd_err_http_status(BD_EUPLOADS), "Retry-After: 5\r\n",
+                                 bd_err_api_code(BD_EUPLOADS), bd_strerror(BD_EUPLOADS), NULL);
+        return;
+    }
     if (is_ndjson && bd_http_header_get(req, "Idempotency-Key")) {
         bd_http_respond_err(req, BD_EINVAL, "Idempotency-Key is not supported with JSON "
                             "Lines bodies yet; send the job as application/json",
@@ -506,6 +518,8 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
     st->req = req;
     st->srv = srv;
     st->is_ndjson = is_ndjson;
+    st->is_counted = is_ndjson;
+    srv->submit_streams += is_ndjson;
     st->ready_tail = &st->ready;
     st->s->req = req;
     st->s->srv = srv;

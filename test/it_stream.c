@@ -509,6 +509,57 @@ static void stream_refuses_ten_million_items_when_json_body_is_huge(void **state
     assert_true(grew_kb < 200 * 1024);            /* the body (30 MB) and little else */
 }
 
+/* Each streamed submit holds one of the API pool's connections for its whole upload: with
+ * the default pool of 4, two uploads in progress are the most; a third is told to come back
+ * (503 too_many_uploads, Retry-After), and once one leaves, a new one is taken again. */
+static void stream_caps_uploads_when_pool_would_run_out(void **state)
+{
+    struct bd_it_raw up[2];
+    char head[512], coll[96], url[512];
+    static const char chunk[] = "e\r\n{\"text\":\"a\"}\n\r\n";
+    (void)state;
+
+    it_need_batchd();
+    snprintf(coll, sizeof(coll), "%s_cap", it_prefix);
+    snprintf(head, sizeof(head), "POST /api/v1/batch/jobs?operation=bulk_embed&model=hashmodel"
+             "&collection=%s HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\n"
+             "Transfer-Encoding: chunked\r\n\r\n", coll);
+    for (int i = 0; i < 2; i++) {
+        bd_it_raw_connect(&up[i], it_proc.port);
+        bd_it_raw_send_n(&up[i], head, strlen(head));
+        bd_it_raw_send_n(&up[i], chunk, sizeof(chunk) - 1);
+    }
+    /* Both uploads are open once their jobs' rows are being written. */
+    double deadline = bd_it_now() + 10;
+    while (bd_it_psql_long("SELECT count(*) FROM pg_stat_activity WHERE state LIKE "
+                           "'idle in transaction%%' AND datname = current_database()") < 2 &&
+           bd_it_now() < deadline)
+        bd_it_sleep_ms(50);
+    snprintf(url, sizeof(url), "%s/api/v1/batch/jobs?operation=bulk_embed&model=hashmodel"
+             "&collection=%s", it_proc.base, coll);
+    struct bd_buf resp;
+    bd_buf_init(&resp);
+    long status = post_bytes(url, "application/x-ndjson", false, "{\"text\":\"b\"}\n", 13,
+                             &resp);
+    if (status != 503 || strstr(resp.data ? resp.data : "", "too_many_uploads") == NULL)
+        fail_msg("third upload: %ld %.*s", status, (int)resp.len, resp.data ? resp.data : "");
+    bd_buf_free(&resp);
+    bd_it_raw_close(&up[0]);                      /* one client leaves: its job rolls back */
+    deadline = bd_it_now() + 10;
+    do {
+        bd_buf_init(&resp);
+        status = post_bytes(url, "application/x-ndjson", false, "{\"text\":\"b\"}\n", 13, &resp);
+        bd_buf_free(&resp);
+        if (status == 202 || bd_it_now() > deadline)
+            break;
+        bd_it_sleep_ms(100);
+    } while (status == 503);
+    assert_int_equal(status, 202);
+    bd_it_raw_close(&up[1]);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM jobs WHERE collection = '%s'", coll),
+                     1);
+}
+
 static int it_stop_batchd(void **state)
 {
     (void)state;
@@ -533,6 +584,7 @@ int main(void)
         cmocka_unit_test(stream_refuses_gzip_bomb_when_it_inflates_past_limit),
         cmocka_unit_test(stream_keeps_memory_bounded_when_body_is_large),
         cmocka_unit_test(stream_refuses_ten_million_items_when_json_body_is_huge),
+        cmocka_unit_test(stream_caps_uploads_when_pool_would_run_out),
     };
     int rc = cmocka_run_group_tests(tests, NULL, it_stop_batchd);
     curl_global_cleanup();

@@ -32,7 +32,8 @@ struct bd_server {
     struct bd_job_engine *jobs;
     struct bd_metrics *metrics;
     struct bd_model_client *models;
-    struct bd_api_cache *api_cache;        /* the API's status cache (api_jobs_read.c) */
+    struct bd_api_cache *api_cache;        /* the API's status cache (api_status.c) */
+    unsigned submit_streams;               /* streamed submits holding an API connection */
 
     uv_signal_t sig_term;
     uv_signal_t sig_int;
