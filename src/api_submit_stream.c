@@ -24,6 +24,7 @@
 #include "batchd/log.h"
 #include "batchd/router.h"
 #include "batchd/server.h"
+#include "batchd/sha256.h"
 #include "batchd/submit_scan.h"
 
 #include <ctype.h>
@@ -67,6 +68,13 @@ struct api_stream {
     bool is_answered;
     bool is_in_body;                  /* inside on_body: st must outlive the call */
     bool is_counted;                  /* one of srv->submit_streams */
+
+    /* Idempotency-Key: the body's hash, computed as it arrives */
+    const char *idem_key;             /* req's header, NULL: none */
+    struct bd_sha256 sha;
+    bool has_sha;                     /* sha initialised and not finished */
+    json_t *replay;                   /* the key's earlier job (its status): read, compare */
+    char replay_hash[65];
 };
 
 static void stream_pump(struct api_stream *st);
@@ -93,6 +101,11 @@ static void stream_maybe_free(struct api_stream *st)
     }
     if (st->is_counted)
         st->srv->submit_streams--;
+    if (st->has_sha) {
+        unsigned char unused[32];
+        (void)bd_sha256_final(&st->sha, unused);   /* frees its context */
+    }
+    json_decref(st->replay);
     stream_free_ready(st);
     bd__api_batch_free(st->batch);
     bd_submit_scan_free(st->scan);
@@ -207,6 +220,47 @@ static int stream_on_plain(void *arg, const char *data, size_t len)
     return rc < 0 ? stream_scan_failed(st, rc) : BD_OK;
 }
 
+/* The body's hex SHA-256 (the Idempotency-Key's fingerprint); "" when it cannot be had. */
+static void stream_hash_end(struct api_stream *st, char out[65])
+{
+    unsigned char d[32];
+    static const char hex[] = "0123456789abcdef";
+
+    out[0] = '\0';
+    if (!st->has_sha)
+        return;
+    st->has_sha = false;
+    if (bd_sha256_final(&st->sha, d) != BD_OK)
+        return;
+    for (int i = 0; i < 32; i++) {
+        out[2 * i] = hex[d[i] >> 4];
+        out[2 * i + 1] = hex[d[i] & 15];
+    }
+    out[64] = '\0';
+}
+
+/* The key named an earlier job: the same body is that job again (200), another is 409. */
+static void stream_answer_replay(struct api_stream *st)
+{
+    char hash[65], loc[256];
+
+    stream_hash_end(st, hash);
+    if (hash[0] == '\0' || strcmp(hash, st->replay_hash) != 0) {
+        stream_fail(st, BD_ECONFLICT, "Idempotency-Key was already used with a different "
+                    "request body", "Idempotency-Key");
+        return;
+    }
+    json_t *j = st->replay;
+    st->replay = NULL;
+    json_object_set_new(j, "idempotent_replay", json_true());
+    snprintf(loc, sizeof(loc), "Location: " BD_API_PREFIX "/jobs/%s\r\n",
+             json_string_value(json_object_get(j, "job_id")));
+    st->is_answered = true;
+    bd_http_set_abort_cb(st->req, NULL, NULL);
+    bd__api_respond_json(st->req, 200, j, loc);
+    stream_maybe_free(st);
+}
+
 /* ---- the body --------------------------------------------------------------------------- */
 
 static void stream_body_end(struct api_stream *st)
@@ -219,6 +273,10 @@ static void stream_body_end(struct api_stream *st)
     }
     if (st->gz && (rc = bd_inflate_end(st->gz)) < 0) {
         stream_fail(st, BD_EINVAL, bd_inflate_why(st->gz), "body");
+        return;
+    }
+    if (st->replay) {
+        stream_answer_replay(st);
         return;
     }
     if (!st->is_ndjson) {                      /* a gzip JSON body: the buffered submit */
@@ -261,6 +319,10 @@ static int stream_on_body_pieces(struct api_stream *st, const char *data, size_t
         stream_body_end(st);
         return BD_OK;
     }
+    if (st->has_sha)
+        bd_sha256_update(&st->sha, data, len);
+    if (st->replay)
+        return BD_OK;                          /* only its hash matters now */
     rc = st->gz ? bd_inflate_feed(st->gz, data, len, stream_on_plain, st)
                 : stream_on_plain(st, data, len);
     if (rc < 0) {
@@ -333,8 +395,15 @@ static void stream_on_collection(int status, const struct bd_job_store_collectio
                     st->s->op == BD_OP_BULK_INSERT ? "data[0].embedding" : "collection");
         return;
     }
+    char hash[65];
+    stream_hash_end(st, hash);
+    if (st->idem_key && hash[0] == '\0') {
+        stream_fail(st, BD_ENOMEM, NULL, NULL);
+        return;
+    }
     st->is_writing = true;
-    int rc = bd_job_stream_close(st->job, st->s->dim, stream_on_submitted, st);
+    int rc = bd_job_stream_close(st->job, st->s->dim, st->idem_key ? hash : NULL,
+                                 stream_on_submitted, st);
     if (rc < 0) {
         st->is_writing = false;
         stream_fail(st, rc, NULL, NULL);
@@ -350,6 +419,11 @@ static void stream_on_written(int status, void *arg)
         if (status == BD_ECANCELED)
             st->job = NULL;                    /* abort freed it after this callback */
         stream_maybe_free(st);
+        return;
+    }
+    if (status == BD_ECONFLICT) {
+        stream_fail(st, BD_ECONFLICT, "Idempotency-Key is being used by another request; "
+                    "retry", "Idempotency-Key");
         return;
     }
     if (status < 0) {
@@ -464,7 +538,7 @@ static void stream_open_job(struct api_stream *st)
             .op = s->op, .model = s->model, .collection = s->collection,
             .priority = s->priority, .batch_size = s->batch_size, .dim = s->dim,
             .timeout_s = s->timeout_s, .max_retries = s->max_retries,
-            .metadata_json = metadata,
+            .metadata_json = metadata, .idem_key = st->idem_key,
         };
         st->is_writing = true;
         rc = bd_job_stream_open(&deps, &spec, stream_on_written, st, &st->job);
@@ -474,6 +548,49 @@ static void stream_open_job(struct api_stream *st)
         st->is_writing = false;
         st->job = NULL;
         stream_fail(st, rc, NULL, NULL);
+    }
+}
+
+/* An Idempotency-Key: its earlier job, if any, before a new one is opened. */
+static void stream_on_key(int status, const struct bd_job_store_idem_row *row, void *arg)
+{
+    struct api_stream *st = arg;
+
+    st->is_writing = false;
+    if (st->is_answered) {
+        stream_maybe_free(st);
+        return;
+    }
+    if (status < 0) {
+        stream_fail(st, status, NULL, NULL);
+        return;
+    }
+    if (!row->is_found) {
+        stream_open_job(st);
+        return;
+    }
+    /* The earlier job: read the rest of the body for its hash, then answer. */
+    snprintf(st->replay_hash, sizeof(st->replay_hash), "%s", row->request_hash);
+    st->replay = bd__api_status_json(row->job);
+    stream_free_ready(st);                     /* nothing of this body is stored */
+    if (st->replay == NULL) {
+        stream_fail(st, BD_ENOMEM, NULL, NULL);
+        return;
+    }
+    if (st->is_paused) {
+        st->is_paused = false;
+        bd_http_body_resume(st->req);
+    }
+    if (st->is_body_done)
+        stream_answer_replay(st);
+}
+
+static void stream_find_key(struct api_stream *st)
+{
+    st->is_writing = true;                     /* a store call is in flight: st stays */
+    if (bd_job_store_find_idempotent(st->srv->pg, st->idem_key, stream_on_key, st) < 0) {
+        st->is_writing = false;
+        stream_fail(st, BD_EPG, NULL, NULL);
     }
 }
 
@@ -503,9 +620,9 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
                                  bd_err_api_code(BD_EUPLOADS), bd_strerror(BD_EUPLOADS), NULL);
         return;
     }
-    if (is_ndjson && bd_http_header_get(req, "Idempotency-Key")) {
-        bd_http_respond_err(req, BD_EINVAL, "Idempotency-Key is not supported with JSON "
-                            "Lines bodies yet; send the job as application/json",
+    const char *key = is_ndjson ? bd_http_header_get(req, "Idempotency-Key") : NULL;
+    if (key && (strlen(key) == 0 || strlen(key) > 255 || !bd_utf8_is_valid(key, strlen(key)))) {
+        bd_http_respond_err(req, BD_EINVAL, "Idempotency-Key must be 1 to 255 characters",
                             "Idempotency-Key");
         return;
     }
@@ -520,6 +637,9 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
     st->is_ndjson = is_ndjson;
     st->is_counted = is_ndjson;
     srv->submit_streams += is_ndjson;
+    st->idem_key = key;
+    if (key && bd_sha256_init(&st->sha) == BD_OK)
+        st->has_sha = true;
     st->ready_tail = &st->ready;
     st->s->req = req;
     st->s->srv = srv;
@@ -565,7 +685,9 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
         return;
     }
     bd_http_set_abort_cb(req, stream_on_abort, st);
-    if (is_ndjson)
+    if (key)
+        stream_find_key(st);
+    else if (is_ndjson)
         stream_open_job(st);
 }
 

@@ -122,18 +122,19 @@ int bd_job_store_begin_job(struct bd_pg_conn *conn, const struct bd_job_store_ne
 }
 
 int bd_job_store_set_totals(struct bd_pg_conn *conn, const char *job_id, unsigned items,
-                            unsigned batches, unsigned dim, bd_pg_result_cb cb, void *arg)
+                            unsigned batches, unsigned dim, const char *request_hash,
+                            bd_pg_result_cb cb, void *arg)
 {
     char n_items[16], n_batches[16], n_dim[16];
     snprintf(n_items, sizeof(n_items), "%u", items);
     snprintf(n_batches, sizeof(n_batches), "%u", batches);
     snprintf(n_dim, sizeof(n_dim), "%u", dim);
-    const char *params[4] = { job_id, n_items, n_batches, n_dim };
+    const char *params[5] = { job_id, n_items, n_batches, n_dim, request_hash };
     return bd_pg_conn_query(conn,
                             "UPDATE jobs SET total_items = $2::int, total_batches = $3::int, "
-                            "options = jsonb_set(options, '{dimension}', to_jsonb($4::int)) "
-                            "WHERE id = $1",
-                            4, params, NULL, NULL, 0, cb, arg);
+                            "options = jsonb_set(options, '{dimension}', to_jsonb($4::int)), "
+                            "request_hash = COALESCE($5, request_hash) WHERE id = $1",
+                            5, params, NULL, NULL, 0, cb, arg);
 }
 
 /* The COPY's columns, in the order bd_job_store_put_batch writes them. */

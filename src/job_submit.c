@@ -266,6 +266,10 @@ static void job_submit_on_job_row(int status, PGresult *res, void *arg)
     int rc;
 
     if (js->is_stream) {                    /* the row is in: batches come one at a time */
+        if (status < 0 && js->idem_key && bd_job_store_is_unique_violation(res)) {
+            job_stream_done(js, BD_ECONFLICT);  /* another request holds the key */
+            return;
+        }
         if (status < 0)
             job_submit_log_pg(js, "write", res);
         job_stream_done(js, status < 0 ? BD_EPG : BD_OK);
@@ -585,18 +589,21 @@ static void job_stream_on_totals(int status, PGresult *res, void *arg)
     }
 }
 
-int bd_job_stream_close(struct bd_job_stream *st, unsigned dim, bd_job_submitted_cb cb,
-                        void *arg)
+int bd_job_stream_close(struct bd_job_stream *st, unsigned dim, const char *request_hash,
+                        bd_job_submitted_cb cb, void *arg)
 {
     struct job_submit *js = (struct job_submit *)st;
 
     if (js->is_busy || js->conn == NULL || js->items == 0)
         return BD_EINVAL;
     js->dim = dim;
+    if (request_hash)
+        snprintf(js->request_hash, sizeof(js->request_hash), "%s", request_hash);
     js->cb = cb;
     js->arg = arg;
     if (bd_job_store_set_totals(js->conn, js->job_id, js->items, js->batches, dim,
-                                job_stream_on_totals, js) < 0) {
+                                js->idem_key ? js->request_hash : NULL, job_stream_on_totals,
+                                js) < 0) {
         js->cb = NULL;
         return BD_EPG;
     }

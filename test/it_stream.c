@@ -560,6 +560,43 @@ static void stream_caps_uploads_when_pool_would_run_out(void **state)
                      1);
 }
 
+/* Idempotency-Key on a JSON Lines body: the hash is taken as the body streams; the same key
+ * and body again is the same job (200, idempotent_replay), another body is 409. */
+static void stream_replays_job_when_idempotency_key_repeats(void **state)
+{
+    char url[512], coll[96], key[128], body_a[256], body_b[256];
+    (void)state;
+
+    it_need_batchd();
+    snprintf(coll, sizeof(coll), "%s_idem", it_prefix);
+    snprintf(key, sizeof(key), "Idempotency-Key: %s-key", it_prefix);
+    snprintf(url, sizeof(url), "%s/api/v1/batch/jobs?operation=bulk_embed&model=hashmodel"
+             "&collection=%s", it_proc.base, coll);
+    snprintf(body_a, sizeof(body_a), "{\"text\":\"one\"}\n{\"text\":\"two\"}\n");
+    snprintf(body_b, sizeof(body_b), "{\"text\":\"one\"}\n{\"text\":\"three\"}\n");
+    const char *h[] = { "Content-Type: application/x-ndjson", key, NULL };
+    struct bd_it_resp r;
+
+    assert_int_equal(bd_it_http("POST", url, body_a, h, &r), 0);
+    assert_int_equal(r.status, 202);
+    json_t *first = json_loads(r.body, 0, NULL);
+    bd_it_resp_free(&r);
+    assert_int_equal(bd_it_http("POST", url, body_a, h, &r), 0);
+    json_t *again = json_loads(r.body, 0, NULL);
+    if (r.status != 200)
+        fail_msg("replay: %ld %s", r.status, r.body);
+    bd_it_resp_free(&r);
+    assert_string_equal(bd_it_str(again, "job_id"), bd_it_str(first, "job_id"));
+    assert_true(json_is_true(bd_it_at(again, "idempotent_replay")));
+    assert_int_equal(bd_it_http("POST", url, body_b, h, &r), 0);
+    assert_int_equal(r.status, 409);
+    bd_it_resp_free(&r);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM jobs WHERE collection = '%s'", coll),
+                     1);
+    json_decref(first);
+    json_decref(again);
+}
+
 static int it_stop_batchd(void **state)
 {
     (void)state;
@@ -585,6 +622,7 @@ int main(void)
         cmocka_unit_test(stream_keeps_memory_bounded_when_body_is_large),
         cmocka_unit_test(stream_refuses_ten_million_items_when_json_body_is_huge),
         cmocka_unit_test(stream_caps_uploads_when_pool_would_run_out),
+        cmocka_unit_test(stream_replays_job_when_idempotency_key_repeats),
     };
     int rc = cmocka_run_group_tests(tests, NULL, it_stop_batchd);
     curl_global_cleanup();

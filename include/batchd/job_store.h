@@ -283,9 +283,11 @@ int bd_job_store_copy_batches(struct bd_pg_conn *conn, const struct bd_buf *copy
                               bd_pg_result_cb cb, void *arg);
 
 /* A streamed job's totals, known once its body ended (its row was written first with 0):
- * items, batches and the vectors' dimension (options.dimension), in the open transaction. */
+ * items, batches, the vectors' dimension (options.dimension) and, when not NULL, the body's
+ * hash for its Idempotency-Key, in the open transaction. */
 int bd_job_store_set_totals(struct bd_pg_conn *conn, const char *job_id, unsigned items,
-                            unsigned batches, unsigned dim, bd_pg_result_cb cb, void *arg);
+                            unsigned batches, unsigned dim, const char *request_hash,
+                            bd_pg_result_cb cb, void *arg);
 
 /* COMMIT the transaction on conn. */
 int bd_job_store_commit(struct bd_pg_conn *conn, bd_pg_result_cb cb, void *arg);

@@ -82,8 +82,9 @@ int bd_job_submit(const struct bd_job_submit_deps *deps, const struct bd_job_spe
 struct bd_job_stream;
 typedef void (*bd_job_stream_cb)(int status, void *arg);
 
-/* Open a job of spec (spec->items and ->batches are ignored). cb once: BD_OK (ready for
- * batches), BD_EREDIS / BD_EPG / BD_ENOMEM (then call bd_job_stream_abort), or
+/* Open a job of spec (spec->items, ->batches and ->request_hash are ignored; the hash comes
+ * with close). cb once: BD_OK (ready for batches), BD_ECONFLICT (another request's job holds
+ * spec->idem_key), BD_EREDIS / BD_EPG / BD_ENOMEM (then call bd_job_stream_abort), or
  * BD_ECANCELED when aborted meanwhile (st is then gone). *out is valid at once. */
 int bd_job_stream_open(const struct bd_job_submit_deps *deps, const struct bd_job_spec *spec,
                        bd_job_stream_cb cb, void *arg, struct bd_job_stream **out);
@@ -97,11 +98,12 @@ const char *bd_job_stream_get_id(const struct bd_job_stream *st);
 int bd_job_stream_put(struct bd_job_stream *st, struct bd_job_payload *payload, unsigned items,
                       bd_job_stream_cb cb, void *arg);
 
-/* The body ended: write the totals (and dim, the vectors' length), reserve the items, COMMIT,
+/* The body ended: write the totals (dim, the vectors' length; request_hash, the body's hex
+ * SHA-256 when the job has an Idempotency-Key, else NULL), reserve the items, COMMIT,
  * enqueue. cb once, exactly as bd_job_submit's (BD_EBUSY when the queue has no room: nothing
  * is kept). st is freed after cb; never touch it again once this returned BD_OK. */
-int bd_job_stream_close(struct bd_job_stream *st, unsigned dim, bd_job_submitted_cb cb,
-                        void *arg);
+int bd_job_stream_close(struct bd_job_stream *st, unsigned dim, const char *request_hash,
+                        bd_job_submitted_cb cb, void *arg);
 
 /* Give up: roll back and free st. While an open or put is in flight, its cb gets
  * BD_ECANCELED and st goes after it. Not after close. */
