@@ -89,22 +89,11 @@ double bd__api_round1(double x)
     return round(x * 10.0) / 10.0;
 }
 
-size_t bd__api_format_time(long long unix_ms, char *out, size_t outlen)
-{
-    /* Floor division, so that a time before 1970 is not rounded towards it. */
-    time_t t = (time_t)(unix_ms >= 0 ? unix_ms / 1000 : -((-unix_ms + 999) / 1000));
-    struct tm tm;
-
-    if (gmtime_r(&t, &tm) == NULL)
-        return 0;
-    return strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
 json_t *bd__api_time_json(long long unix_ms)
 {
     char buf[40];
 
-    if (bd__api_format_time(unix_ms, buf, sizeof(buf)) == 0)
+    if (bd_time_rfc3339(unix_ms, buf, sizeof(buf)) == 0)
         return json_null();
     return json_string(buf);
 }

@@ -1,5 +1,5 @@
 /* api_internal.h -- helpers shared by the API's source files (api_common.c), private to the
- * API module: answering, auth, {id} and paging parameters, the one RFC 3339 formatter.
+ * API module: answering, auth, {id} and paging parameters, times as JSON.
  *
  * Every function here that answers a request finishes it (the caller must not touch req
  * again) and takes its HTTP status and error code from the error map (error.h). Loop
@@ -9,6 +9,7 @@
 #define BATCHD_API_INTERNAL_H
 
 #include "batchd/api.h"
+#include "batchd/log.h"
 #include "batchd/job_engine.h"
 
 #include <jansson.h>
@@ -33,11 +34,7 @@ bool bd__api_is_terminal(enum bd_job_state s);
 /* x rounded to one decimal, as every real in the API is. */
 double bd__api_round1(double x);
 
-/* Epoch milliseconds as RFC 3339 UTC without fraction ("2025-07-15T14:30:00Z") into out
- * (at least 21 bytes). Returns the length, or 0 when the time cannot be shown. */
-size_t bd__api_format_time(long long unix_ms, char *out, size_t outlen);
-
-/* The same as a JSON string; JSON null when the time cannot be shown, NULL on ENOMEM. */
+/* bd_time_rfc3339 (log.h) as a JSON string; JSON null when the time cannot be shown, NULL on ENOMEM. */
 json_t *bd__api_time_json(long long unix_ms);
 
 /* A job-store read failed with err (see job_store.h): BD_ENOTFOUND answers "no such job";

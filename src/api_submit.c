@@ -61,11 +61,8 @@ static void api_submit_error(struct bd__api_submit *s, int err, const char *mess
 static void api_submit_respond(struct bd__api_submit *s, const struct bd_job_submitted *res)
 {
     char when[32];
-    time_t t = (time_t)res->estimated_completion_unix;
-    struct tm tm;
 
-    gmtime_r(&t, &tm);
-    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    bd_time_rfc3339((long long)res->estimated_completion_unix * 1000, when, sizeof(when));
     json_t *j = json_pack("{s:s,s:s,s:s,s:s?,s:s,s:i,s:i,s:s,s:s,s:o,s:s,s:O}",
                           "job_id", res->job_id, "status", "queued",
                           "operation", bd_job_operation_name(s->op), "model", s->model,

@@ -81,26 +81,26 @@ static struct bd_job_store_err store_err(const PGresult *res)
     return e;
 }
 
-static const char *store_val(const PGresult *res, int row, int col)
+const char *bd__store_str(const PGresult *res, int row, int col)
 {
     return PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col);
 }
 
-static long long store_ll(const PGresult *res, int row, int col, long long dflt)
+long long bd__store_ll(const PGresult *res, int row, int col, long long dflt)
 {
-    const char *v = store_val(res, row, col);
+    const char *v = bd__store_str(res, row, col);
     return v ? strtoll(v, NULL, 10) : dflt;
 }
 
-static double store_double(const PGresult *res, int row, int col, double dflt)
+double bd__store_double(const PGresult *res, int row, int col, double dflt)
 {
-    const char *v = store_val(res, row, col);
+    const char *v = bd__store_str(res, row, col);
     return v ? strtod(v, NULL) : dflt;
 }
 
-static bool store_bool(const PGresult *res, int row, int col)
+bool bd__store_bool(const PGresult *res, int row, int col)
 {
-    const char *v = store_val(res, row, col);
+    const char *v = bd__store_str(res, row, col);
     return v && v[0] == 't';
 }
 
@@ -146,19 +146,19 @@ static void store_on_started(int status, PGresult *res, void *arg)
         c->cb.start(BD_OK, NULL, NULL, c->arg);
     } else {
         memset(&row, 0, sizeof(row));
-        (void)bd_job_operation_parse(store_val(res, 0, START_OPERATION), &row.op);
-        store_copy_str(row.model, sizeof(row.model), store_val(res, 0, START_MODEL));
+        (void)bd_job_operation_parse(bd__store_str(res, 0, START_OPERATION), &row.op);
+        store_copy_str(row.model, sizeof(row.model), bd__store_str(res, 0, START_MODEL));
         store_copy_str(row.collection, sizeof(row.collection),
-                       store_val(res, 0, START_COLLECTION));
-        row.total_items = (unsigned)store_ll(res, 0, START_TOTAL_ITEMS, 0);
-        row.total_batches = (unsigned)store_ll(res, 0, START_TOTAL_BATCHES, 0);
-        row.timeout_s = store_double(res, 0, START_TIMEOUT_S, -1);
-        row.max_retries = (int)store_ll(res, 0, START_MAX_RETRIES, -1);
-        row.is_cancel_requested = store_bool(res, 0, START_CANCEL_REQUESTED);
-        row.run_started_unix = store_double(res, 0, START_RUN_STARTED, 0);
-        row.run_attempt = (int)store_ll(res, 0, START_RUN_ATTEMPT, 1);
-        row.dim = (unsigned)store_ll(res, 0, START_DIM, 0);
-        row.collection_dim = (long)store_ll(res, 0, START_COLLECTION_DIM, -1);
+                       bd__store_str(res, 0, START_COLLECTION));
+        row.total_items = (unsigned)bd__store_ll(res, 0, START_TOTAL_ITEMS, 0);
+        row.total_batches = (unsigned)bd__store_ll(res, 0, START_TOTAL_BATCHES, 0);
+        row.timeout_s = bd__store_double(res, 0, START_TIMEOUT_S, -1);
+        row.max_retries = (int)bd__store_ll(res, 0, START_MAX_RETRIES, -1);
+        row.is_cancel_requested = bd__store_bool(res, 0, START_CANCEL_REQUESTED);
+        row.run_started_unix = bd__store_double(res, 0, START_RUN_STARTED, 0);
+        row.run_attempt = (int)bd__store_ll(res, 0, START_RUN_ATTEMPT, 1);
+        row.dim = (unsigned)bd__store_ll(res, 0, START_DIM, 0);
+        row.collection_dim = (long)bd__store_ll(res, 0, START_COLLECTION_DIM, -1);
         c->cb.start(BD_OK, &row, NULL, c->arg);
     }
     free(c);
@@ -427,7 +427,7 @@ static void store_on_finished(int status, PGresult *res, void *arg)
         c->cb.finish(BD_OK, NULL, NULL, c->arg);
     } else {
         struct bd_job_finish_row row = {
-            store_state(PQgetvalue(res, 0, 0)), store_ll(res, 0, 1, 0), store_ll(res, 0, 2, 0)
+            store_state(PQgetvalue(res, 0, 0)), bd__store_ll(res, 0, 1, 0), bd__store_ll(res, 0, 2, 0)
         };
         c->cb.finish(BD_OK, &row, NULL, c->arg);
     }
@@ -476,7 +476,7 @@ static void store_on_state(int status, PGresult *res, void *arg)
         c->cb.state(BD_OK, NULL, NULL, c->arg);
     } else {
         struct bd_job_state_row row = { store_state(PQgetvalue(res, 0, 0)),
-                                        store_bool(res, 0, 1) };
+                                        bd__store_bool(res, 0, 1) };
         c->cb.state(BD_OK, &row, NULL, c->arg);
     }
     free(c);
@@ -521,12 +521,12 @@ enum queue_col { QUEUE_ID, QUEUE_PRIORITY, QUEUE_SEQ, QUEUE_MODEL, QUEUE_TOTAL_I
 
 static void store_queue_row(const PGresult *res, int row, struct bd_job_queue_row *out)
 {
-    store_copy_str(out->id, sizeof(out->id), store_val(res, row, QUEUE_ID));
-    out->priority = (int)store_ll(res, row, QUEUE_PRIORITY, 1);
-    out->seq = store_ll(res, row, QUEUE_SEQ, 0);
-    store_copy_str(out->model, sizeof(out->model), store_val(res, row, QUEUE_MODEL));
-    out->total_items = store_ll(res, row, QUEUE_TOTAL_ITEMS, 0);
-    out->run_attempt = (int)store_ll(res, row, QUEUE_RUN_ATTEMPT, 1);
+    store_copy_str(out->id, sizeof(out->id), bd__store_str(res, row, QUEUE_ID));
+    out->priority = (int)bd__store_ll(res, row, QUEUE_PRIORITY, 1);
+    out->seq = bd__store_ll(res, row, QUEUE_SEQ, 0);
+    store_copy_str(out->model, sizeof(out->model), bd__store_str(res, row, QUEUE_MODEL));
+    out->total_items = bd__store_ll(res, row, QUEUE_TOTAL_ITEMS, 0);
+    out->run_attempt = (int)bd__store_ll(res, row, QUEUE_RUN_ATTEMPT, 1);
 }
 
 static void store_on_requeued(int status, PGresult *res, void *arg)
@@ -588,7 +588,7 @@ static void store_on_active(int status, PGresult *res, void *arg)
         return;
     }
     int n = PQntuples(res);
-    long long max_seq = n > 0 ? store_ll(res, 0, QUEUE_MAX_SEQ, 0) : 0;
+    long long max_seq = n > 0 ? bd__store_ll(res, 0, QUEUE_MAX_SEQ, 0) : 0;
     struct bd_job_queue_row *rows = n > 0 ? calloc((size_t)n, sizeof(*rows)) : NULL;
     unsigned count = 0;
     if (n > 0 && rows == NULL) {
@@ -648,7 +648,7 @@ static void store_on_rate(int status, PGresult *res, void *arg)
         struct bd_job_store_err e = store_err(res);
         c->cb.rate(status, 0, &e, c->arg);
     } else {
-        c->cb.rate(BD_OK, PQntuples(res) == 1 ? store_double(res, 0, 0, 0) : 0, NULL, c->arg);
+        c->cb.rate(BD_OK, PQntuples(res) == 1 ? bd__store_double(res, 0, 0, 0) : 0, NULL, c->arg);
     }
     free(c);
 }

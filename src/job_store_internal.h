@@ -59,4 +59,11 @@ int bd__store_conn_query(struct bd_pg_conn *conn, const char *sql, int nparams,
 int bd__store_copy_in(struct bd_pg_conn *conn, const char *copy_sql, const char *data,
                       size_t len, bd_pg_result_cb on_result, const struct bd__store_call *tmpl);
 
+/* A text-format column: its value, NULL for SQL NULL; as a number (dflt for NULL); a
+ * boolean ('t'). Borrowed from res. (job_store.c) */
+const char *bd__store_str(const PGresult *res, int row, int col);
+long long bd__store_ll(const PGresult *res, int row, int col, long long dflt);
+double bd__store_double(const PGresult *res, int row, int col, double dflt);
+bool bd__store_bool(const PGresult *res, int row, int col);
+
 #endif

@@ -30,32 +30,9 @@ static int store_cols(const PGresult *res, const char *const *names, int n, int 
     return BD_OK;
 }
 
-static const char *store_str(const PGresult *res, int row, int col)
-{
-    return PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col);
-}
-
 static size_t store_len(const PGresult *res, int row, int col)
 {
     return (size_t)PQgetlength(res, row, col);
-}
-
-static long long store_ll(const PGresult *res, int row, int col)
-{
-    const char *v = store_str(res, row, col);
-    return v ? strtoll(v, NULL, 10) : 0;
-}
-
-static double store_double(const PGresult *res, int row, int col)
-{
-    const char *v = store_str(res, row, col);
-    return v ? strtod(v, NULL) : 0.0;
-}
-
-static bool store_bool(const PGresult *res, int row, int col)
-{
-    const char *v = store_str(res, row, col);
-    return v != NULL && v[0] == 't';
 }
 
 /* ---- the job row ------------------------------------------------------------------------ */
@@ -79,30 +56,30 @@ _Static_assert(JC_COUNT == BD_JOB_ROW_NCOLUMNS, "BD_JOB_ROW_COLUMNS and its name
 static int store_job_row(const PGresult *res, int row, const int *c, struct bd_job_row *out)
 {
     memset(out, 0, sizeof(*out));
-    if (bd_job_state_parse(store_str(res, row, c[JC_STATUS]), &out->status) < 0 ||
-        bd_job_operation_parse(store_str(res, row, c[JC_OPERATION]), &out->operation) < 0)
+    if (bd_job_state_parse(bd__store_str(res, row, c[JC_STATUS]), &out->status) < 0 ||
+        bd_job_operation_parse(bd__store_str(res, row, c[JC_OPERATION]), &out->operation) < 0)
         return BD_EINTERNAL;
     out->id = PQgetvalue(res, row, c[JC_ID]);
-    out->model = store_str(res, row, c[JC_MODEL]);
+    out->model = bd__store_str(res, row, c[JC_MODEL]);
     out->collection = PQgetvalue(res, row, c[JC_COLLECTION]);
-    out->total_items = store_ll(res, row, c[JC_TOTAL_ITEMS]);
-    out->processed_items = store_ll(res, row, c[JC_PROCESSED]);
-    out->failed_items = store_ll(res, row, c[JC_FAILED]);
-    out->next_batch = store_ll(res, row, c[JC_NEXT_BATCH]);
-    out->total_batches = store_ll(res, row, c[JC_TOTAL_BATCHES]);
-    out->stored_vectors = store_ll(res, row, c[JC_STORED]);
-    out->cache_hits = store_ll(res, row, c[JC_CACHE_HITS]);
-    out->processing_ms = store_ll(res, row, c[JC_PROCESSING_MS]);
-    out->error_code = store_str(res, row, c[JC_ERROR_CODE]);
-    out->error_message = store_str(res, row, c[JC_ERROR_MESSAGE]);
-    out->is_cancel_requested = store_bool(res, row, c[JC_CANCEL_REQUESTED]);
-    out->seq = store_ll(res, row, c[JC_SEQ]);
-    out->created_ms = store_ll(res, row, c[JC_CREATED_MS]);
+    out->total_items = bd__store_ll(res, row, c[JC_TOTAL_ITEMS], 0);
+    out->processed_items = bd__store_ll(res, row, c[JC_PROCESSED], 0);
+    out->failed_items = bd__store_ll(res, row, c[JC_FAILED], 0);
+    out->next_batch = bd__store_ll(res, row, c[JC_NEXT_BATCH], 0);
+    out->total_batches = bd__store_ll(res, row, c[JC_TOTAL_BATCHES], 0);
+    out->stored_vectors = bd__store_ll(res, row, c[JC_STORED], 0);
+    out->cache_hits = bd__store_ll(res, row, c[JC_CACHE_HITS], 0);
+    out->processing_ms = bd__store_ll(res, row, c[JC_PROCESSING_MS], 0);
+    out->error_code = bd__store_str(res, row, c[JC_ERROR_CODE]);
+    out->error_message = bd__store_str(res, row, c[JC_ERROR_MESSAGE]);
+    out->is_cancel_requested = bd__store_bool(res, row, c[JC_CANCEL_REQUESTED]);
+    out->seq = bd__store_ll(res, row, c[JC_SEQ], 0);
+    out->created_ms = bd__store_ll(res, row, c[JC_CREATED_MS], 0);
     out->has_started = !PQgetisnull(res, row, c[JC_STARTED_MS]);
-    out->started_ms = store_ll(res, row, c[JC_STARTED_MS]);
+    out->started_ms = bd__store_ll(res, row, c[JC_STARTED_MS], 0);
     out->has_completed = !PQgetisnull(res, row, c[JC_COMPLETED_MS]);
-    out->completed_ms = store_ll(res, row, c[JC_COMPLETED_MS]);
-    out->now_ms = store_ll(res, row, c[JC_NOW_MS]);
+    out->completed_ms = bd__store_ll(res, row, c[JC_COMPLETED_MS], 0);
+    out->now_ms = bd__store_ll(res, row, c[JC_NOW_MS], 0);
     return BD_OK;
 }
 
@@ -217,22 +194,22 @@ static int store_job_detail(const PGresult *res, bool is_debug, struct bd_job_de
         store_cols(res, store_detail_col_names, is_debug ? DC_COUNT : DC_DETAIL_COUNT, dc) < 0 ||
         store_job_row(res, 0, jc, &d->row) < 0)
         return BD_EINTERNAL;
-    d->priority = (int)store_ll(res, 0, dc[DC_PRIORITY]);
-    d->batch_size = store_ll(res, 0, dc[DC_BATCH_SIZE]);
-    d->options_json = store_str(res, 0, dc[DC_OPTIONS]);
-    d->metadata_json = store_str(res, 0, dc[DC_METADATA]);
-    d->idempotency_key = store_str(res, 0, dc[DC_IDEMPOTENCY_KEY]);
-    d->run_attempt = store_ll(res, 0, dc[DC_RUN_ATTEMPT]);
+    d->priority = (int)bd__store_ll(res, 0, dc[DC_PRIORITY], 0);
+    d->batch_size = bd__store_ll(res, 0, dc[DC_BATCH_SIZE], 0);
+    d->options_json = bd__store_str(res, 0, dc[DC_OPTIONS]);
+    d->metadata_json = bd__store_str(res, 0, dc[DC_METADATA]);
+    d->idempotency_key = bd__store_str(res, 0, dc[DC_IDEMPOTENCY_KEY]);
+    d->run_attempt = bd__store_ll(res, 0, dc[DC_RUN_ATTEMPT], 0);
     d->has_timeout_s = !PQgetisnull(res, 0, dc[DC_TIMEOUT_S]);
-    d->timeout_s = store_double(res, 0, dc[DC_TIMEOUT_S]);
+    d->timeout_s = bd__store_double(res, 0, dc[DC_TIMEOUT_S], 0.0);
     d->has_max_retries = !PQgetisnull(res, 0, dc[DC_MAX_RETRIES]);
-    d->max_retries = store_ll(res, 0, dc[DC_MAX_RETRIES]);
-    d->errors_count = store_ll(res, 0, dc[DC_ERRORS_COUNT]);
-    d->last_errors_json = store_str(res, 0, dc[DC_LAST_ERRORS]);
+    d->max_retries = bd__store_ll(res, 0, dc[DC_MAX_RETRIES], 0);
+    d->errors_count = bd__store_ll(res, 0, dc[DC_ERRORS_COUNT], 0);
+    d->last_errors_json = bd__store_str(res, 0, dc[DC_LAST_ERRORS]);
     if (is_debug) {
-        out->lease_owner = store_str(res, 0, dc[DC_LEASE_OWNER]);
-        out->batches_count = store_ll(res, 0, dc[DC_BATCHES_COUNT]);
-        out->batches_json = store_str(res, 0, dc[DC_BATCHES]);
+        out->lease_owner = bd__store_str(res, 0, dc[DC_LEASE_OWNER]);
+        out->batches_count = bd__store_ll(res, 0, dc[DC_BATCHES_COUNT], 0);
+        out->batches_json = bd__store_str(res, 0, dc[DC_BATCHES]);
     }
     return BD_OK;
 }
@@ -422,10 +399,10 @@ static void store_on_items(int status, PGresult *res, void *arg)
     if (status == BD_OK && page.count > 0 && (rows = calloc(page.count, sizeof(*rows))) == NULL)
         status = BD_ENOMEM;
     for (size_t i = 0; status == BD_OK && i < page.count; i++) {
-        rows[i].index = store_ll(res, (int)i, c[IC_INDEX]);
-        rows[i].id = store_str(res, (int)i, c[IC_ID]);
-        rows[i].error_code = store_str(res, (int)i, c[IC_CODE]);
-        rows[i].error_message = store_str(res, (int)i, c[IC_MESSAGE]);
+        rows[i].index = bd__store_ll(res, (int)i, c[IC_INDEX], 0);
+        rows[i].id = bd__store_str(res, (int)i, c[IC_ID]);
+        rows[i].error_code = bd__store_str(res, (int)i, c[IC_CODE]);
+        rows[i].error_message = bd__store_str(res, (int)i, c[IC_MESSAGE]);
     }
     page.rows = rows;
     call->cb.items(status, status == BD_OK ? &page : NULL, store_pg_message(status, res),
@@ -480,12 +457,12 @@ static void store_on_results(int status, PGresult *res, void *arg)
         page.collection = PQgetvalue(res, 0, c[RC_COLLECTION]);
     for (size_t i = 0; status == BD_OK && i < page.count; i++) {
         int r = (int)i;
-        rows[i].index = store_ll(res, r, c[RC_INDEX]);
+        rows[i].index = bd__store_ll(res, r, c[RC_INDEX], 0);
         rows[i].id = PQgetvalue(res, r, c[RC_ID]);
         rows[i].id_len = store_len(res, r, c[RC_ID]);
-        rows[i].embedding = store_str(res, r, c[RC_EMBEDDING]);
+        rows[i].embedding = bd__store_str(res, r, c[RC_EMBEDDING]);
         rows[i].embedding_len = store_len(res, r, c[RC_EMBEDDING]);
-        rows[i].metadata_json = store_str(res, r, c[RC_METADATA]);
+        rows[i].metadata_json = bd__store_str(res, r, c[RC_METADATA]);
         rows[i].metadata_len = store_len(res, r, c[RC_METADATA]);
     }
     page.rows = rows;
@@ -526,7 +503,7 @@ static void store_on_state_counts(int status, PGresult *res, void *arg)
     for (int r = 0; status == BD_OK && r < PQntuples(res); r++) {
         enum bd_job_state st;
         if (bd_job_state_parse(PQgetvalue(res, r, c[CC_STATUS]), &st) == BD_OK)
-            counts[st] = store_ll(res, r, c[CC_JOBS]);
+            counts[st] = bd__store_ll(res, r, c[CC_JOBS], 0);
     }
     call->cb.counts(status, status == BD_OK ? counts : NULL, store_pg_message(status, res),
                     call->arg);
@@ -576,14 +553,14 @@ static void store_on_job_groups(int status, PGresult *res, void *arg)
         g[i].model = PQgetvalue(res, r, c[GC_MODEL]);
         g[i].is_known_state =
             bd_job_state_parse(PQgetvalue(res, r, c[GC_STATUS]), &g[i].state) == BD_OK;
-        g[i].jobs = store_ll(res, r, c[GC_JOBS]);
-        g[i].processed_items = store_ll(res, r, c[GC_PROCESSED]);
-        g[i].failed_items = store_ll(res, r, c[GC_FAILED]);
-        g[i].processing_ms = store_ll(res, r, c[GC_PROCESSING_MS]);
-        g[i].started = store_ll(res, r, c[GC_STARTED]);
-        g[i].wait_s = store_double(res, r, c[GC_WAIT_S]);
-        g[i].ran = store_ll(res, r, c[GC_RAN]);
-        g[i].run_s = store_double(res, r, c[GC_RUN_S]);
+        g[i].jobs = bd__store_ll(res, r, c[GC_JOBS], 0);
+        g[i].processed_items = bd__store_ll(res, r, c[GC_PROCESSED], 0);
+        g[i].failed_items = bd__store_ll(res, r, c[GC_FAILED], 0);
+        g[i].processing_ms = bd__store_ll(res, r, c[GC_PROCESSING_MS], 0);
+        g[i].started = bd__store_ll(res, r, c[GC_STARTED], 0);
+        g[i].wait_s = bd__store_double(res, r, c[GC_WAIT_S], 0.0);
+        g[i].ran = bd__store_ll(res, r, c[GC_RAN], 0);
+        g[i].run_s = bd__store_double(res, r, c[GC_RUN_S], 0.0);
     }
     call->cb.groups(status, status == BD_OK ? g : NULL, status == BD_OK ? n : 0,
                     store_pg_message(status, res), call->arg);
@@ -620,8 +597,8 @@ static void store_on_recent_items(int status, PGresult *res, void *arg)
                             store_cols(res, store_window_col_names, WC_COUNT, c) < 0))
         status = BD_EINTERNAL;
     if (status == BD_OK) {
-        items = store_ll(res, 0, c[WC_ITEMS]);
-        span_s = store_double(res, 0, c[WC_SPAN_S]);
+        items = bd__store_ll(res, 0, c[WC_ITEMS], 0);
+        span_s = bd__store_double(res, 0, c[WC_SPAN_S], 0.0);
     }
     call->cb.window(status, items, span_s, store_pg_message(status, res), call->arg);
     free(call);

@@ -87,14 +87,6 @@ static void job_submit_free(struct job_submit *js)
     free(js);
 }
 
-/* Seconds since the epoch as RFC 3339 UTC (whole seconds). */
-static void job_submit_format_time(double unix_s, char *out, size_t outlen)
-{
-    time_t t = (time_t)unix_s;
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
 
 double bd_job_submit_estimate(const struct bd_job_submit_deps *deps, enum bd_job_operation op,
                               const char *model, long long queued_ahead, unsigned items,
@@ -393,7 +385,7 @@ static void job_submit_on_seq(int status, long long seq, void *arg)
     t = (time_t)js->created_unix;
     gmtime_r(&t, &tm);
     strftime(stamp, sizeof(stamp), "%Y%m%d_%H%M%S", &tm);
-    job_submit_format_time(js->created_unix, js->created_at, sizeof(js->created_at));
+    bd_time_rfc3339((long long)js->created_unix * 1000, js->created_at, sizeof(js->created_at));
     if (js->op == BD_OP_BULK_INSERT) {
         snprintf(js->job_id, sizeof(js->job_id), "batch_insert_%s_%03lld", stamp, seq);
     } else {

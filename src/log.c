@@ -96,3 +96,14 @@ char *bd_log_redact_url(const char *url, char *out, size_t outlen)
     snprintf(out, outlen, "%s", url);
     return out;
 }
+
+size_t bd_time_rfc3339(long long unix_ms, char *out, size_t outlen)
+{
+    /* Floor division, so that a time before 1970 is not rounded towards it. */
+    time_t t = (time_t)(unix_ms >= 0 ? unix_ms / 1000 : -((-unix_ms + 999) / 1000));
+    struct tm tm;
+
+    if (gmtime_r(&t, &tm) == NULL)
+        return 0;
+    return strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}

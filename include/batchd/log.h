@@ -35,4 +35,9 @@ void bd_log_write(enum bd_log_level level, const char *module, const char *fmt, 
  * Always NUL-terminates; returns out. */
 char *bd_log_redact_url(const char *url, char *out, size_t outlen);
 
+/* unix_ms as an RFC 3339 UTC time of whole seconds ("2025-07-15T14:30:00Z") into out: the
+ * one time formatter of the API and the job module. Returns the length, 0 when out is too
+ * small or the time cannot be represented. */
+size_t bd_time_rfc3339(long long unix_ms, char *out, size_t outlen);
+
 #endif
