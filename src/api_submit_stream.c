@@ -1,6 +1,8 @@
 /* api_submit_stream.c -- POST /api/v1/batch/jobs as a stream: a JSON Lines body (one item
- * per line, the job's fields in the query string), gzip or not, validated and written batch
- * by batch while it uploads; and a gzip JSON body, inflated as it arrives.
+ * per line, the job's fields in the query string) or a JSON body over STREAM_HOLD_MAX (the
+ * job's fields as members, the items in "data"), gzip or not, validated and written batch
+ * by batch while it uploads. A smaller JSON body is gathered and handed to the buffered
+ * submit (api_submit.c), which commits small jobs with less work.
  *
  * Owns each streamed request's record from its headers to its answer. Loop thread only.
  * Memory is bounded by the batches in flight and one line, never by the body: each full
@@ -36,6 +38,9 @@
 
 /* One line holds one item: a text of at most 1 MiB (6 MiB escaped) or 65536 numbers. */
 #define STREAM_LINE_MAX (8u << 20)
+/* A JSON body up to this size (decoded) is gathered and submitted whole; a larger one is
+ * scanned as it arrives, with the job's fields as they stand when "data" opens. */
+#define STREAM_HOLD_MAX (1u << 20)
 /* A streamed body's client time, first byte to last, paused time excluded: one hour (a
  * 16 GiB upload at 5 MB/s). */
 #define STREAM_TIMEOUT_MS (3600u * 1000u)
@@ -52,9 +57,13 @@ struct api_stream {
     struct bd_server *srv;
     struct bd__api_submit *s;         /* fields, dimension, metadata; answered through it */
     struct bd_inflate *gz;            /* Content-Encoding: gzip */
-    bool is_ndjson;                   /* else a gzip JSON body, gathered whole (buffered) */
-    struct bd_submit_scan *scan;      /* NDJSON: frames the body into lines (submit_scan.h) */
-    struct bd_buf line;               /* a gzip JSON body, gathered */
+    bool is_ndjson;                   /* else a JSON body */
+    bool is_scanning;                 /* a JSON body past STREAM_HOLD_MAX (NDJSON: always) */
+    struct bd_submit_scan *scan;      /* frames the body into members and items */
+    struct bd_buf hold;               /* a JSON body, gathered up to STREAM_HOLD_MAX */
+    json_t *late;                     /* JSON: the members after "data" */
+    bool is_in_data;                  /* JSON: "data" has opened */
+    struct bd__api_submit *final;     /* JSON: the fields with the late members, to amend */
     size_t line_no;                   /* the line of the last item */
     size_t items;                     /* items accepted */
     struct bd__api_batch *batch;      /* the batch being filled */
@@ -106,11 +115,14 @@ static void stream_maybe_free(struct api_stream *st)
         (void)bd_sha256_final(&st->sha, unused);   /* frees its context */
     }
     json_decref(st->replay);
+    json_decref(st->late);
+    if (st->final)
+        bd__api_submit_free(st->final);
     stream_free_ready(st);
     bd__api_batch_free(st->batch);
     bd_submit_scan_free(st->scan);
     bd_inflate_free(st->gz);
-    bd_buf_free(&st->line);
+    bd_buf_free(&st->hold);
     if (st->s)
         bd__api_submit_free(st->s);
     free(st);
@@ -170,15 +182,24 @@ static int stream_on_item(void *arg, size_t index, size_t line, const char *p, s
     int rc;
 
     st->line_no = line;
+    if (st->is_answered)                       /* the fields were refused at "data" */
+        return BD_ECANCELED;
     if (index >= cfg->max_items_per_job) {
-        snprintf(msg, sizeof(msg), "line %zu: the job has more than %u items (the limit per "
-                 "job)", line, cfg->max_items_per_job);
+        if (st->is_ndjson)
+            snprintf(msg, sizeof(msg), "line %zu: the job has more than %u items (the limit "
+                     "per job)", line, cfg->max_items_per_job);
+        else
+            snprintf(msg, sizeof(msg), "data has more than %u items (the limit per job)",
+                     cfg->max_items_per_job);
         stream_fail(st, BD_EINVAL, msg, "data");
         return BD_EINVAL;
     }
     rc = bd__api_batch_add(st->s, st->batch, p, n, index, &inv);
     if (rc == BD_EINVAL) {
-        snprintf(msg, sizeof(msg), "line %zu: %s %s", line, inv.field, inv.message);
+        if (st->is_ndjson)
+            snprintf(msg, sizeof(msg), "line %zu: %s %s", line, inv.field, inv.message);
+        else
+            snprintf(msg, sizeof(msg), "%s %s", inv.field, inv.message);
         stream_fail(st, BD_EINVAL, msg, inv.field);
         return rc;
     }
@@ -206,17 +227,129 @@ static int stream_scan_failed(struct api_stream *st, int rc)
     return rc;
 }
 
-/* Decoded body bytes: framed into lines (NDJSON), or gathered (a gzip JSON body). */
+/* ---- a JSON body's members ---------------------------------------------------------------- */
+
+/* A top-level member but "data": before "data" it is one of the job's fields (s->body);
+ * after, it is kept for the end (st->late), when the job is amended with it. */
+static int stream_on_member(void *arg, const char *key, const char *value, size_t len)
+{
+    struct api_stream *st = arg;
+    json_t *into = st->is_in_data ? st->late : st->s->body;
+    char msg[300];
+
+    if (json_object_get(st->s->body, key) || json_object_get(st->late, key)) {
+        snprintf(msg, sizeof(msg), "%.256s appears twice", key);
+        stream_fail(st, BD_EINVAL, msg, key);
+        return BD_EINVAL;
+    }
+    json_t *v = json_loadb(value, len, JSON_DECODE_ANY, NULL);   /* the scanner checked it */
+    if (v == NULL || json_object_set_new(into, key, v) != 0) {
+        stream_fail(st, BD_ENOMEM, NULL, NULL);
+        return BD_ENOMEM;
+    }
+    return BD_OK;
+}
+
+static void stream_open_job(struct api_stream *st);
+static void stream_find_key(struct api_stream *st);
+
+/* How many streamed uploads may run at once: each holds one connection of the API's pool
+ * for its whole upload, so at most half of the pool goes to them and status reads and
+ * small submits keep working. */
+static unsigned stream_max_uploads(const struct bd_server *srv)
+{
+    return srv->cfg->postgres_pool_size / 2 ? srv->cfg->postgres_pool_size / 2 : 1;
+}
+
+static void stream_refuse_upload(struct bd_http_request *req)
+{
+    bd_http_respond_error_ex(req, bd_err_http_status(BD_EUPLOADS), "Retry-After: 5\r\n",
+                             bd_err_api_code(BD_EUPLOADS), bd_strerror(BD_EUPLOADS), NULL);
+}
+
+/* "data" opens: the members so far are the job's fields (a later "options" or "metadata"
+ * amends them at the end). The job is opened now, and the items follow into batches. */
+static int stream_on_data_begin(void *arg)
+{
+    struct api_stream *st = arg;
+    struct bd__api_invalid inv = { { 0 }, { 0 } };
+    char msg[400];
+    int rc;
+
+    st->is_in_data = true;
+    rc = bd__api_submit_fields(st->s, st->s->body, &inv);
+    if (rc == BD_EINVAL) {
+        /* A required field may be further on: say what a big body needs. */
+        snprintf(msg, sizeof(msg), "%s %s%s", inv.field, inv.message,
+                 strstr(inv.message, "is required")
+                     ? " (before \"data\": a JSON body over 1 MiB is read as a stream, and "
+                       "its job is opened when \"data\" begins)"
+                     : "");
+        stream_fail(st, BD_EINVAL, msg, inv.field);
+        return BD_EINVAL;
+    }
+    if (rc == BD_OK)
+        rc = bd__api_submit_metadata(st->s);
+    if (rc == BD_OK && (st->batch = bd__api_batch_new(st->s)) == NULL)
+        rc = BD_ENOMEM;
+    if (rc == BD_OK && (st->late = json_object()) == NULL)
+        rc = BD_ENOMEM;
+    if (rc < 0) {
+        stream_fail(st, rc, NULL, NULL);
+        return rc;
+    }
+    if (st->srv->submit_streams >= stream_max_uploads(st->srv)) {
+        st->is_answered = true;
+        bd_http_set_abort_cb(st->req, NULL, NULL);
+        stream_refuse_upload(st->req);
+        return BD_EUPLOADS;
+    }
+    st->is_counted = true;
+    st->srv->submit_streams++;
+    if (st->idem_key)
+        stream_find_key(st);
+    else
+        stream_open_job(st);
+    return st->is_answered ? BD_ECANCELED : BD_OK;
+}
+
+/* The gathered start of a JSON body passed STREAM_HOLD_MAX: scan it, and from now on the
+ * rest as it comes. */
+static int stream_start_scan(struct api_stream *st)
+{
+    static const struct bd_submit_scan_cbs cbs = { .on_member = stream_on_member,
+                                                   .on_item = stream_on_item,
+                                                   .on_data_begin = stream_on_data_begin };
+    struct bd_buf held = st->hold;
+    int rc;
+
+    if ((st->scan = bd_submit_scan_new(BD_SUBMIT_JSON, STREAM_LINE_MAX, &cbs, st)) == NULL)
+        return BD_ENOMEM;
+    st->is_scanning = true;
+    bd_buf_init(&st->hold);
+    rc = bd_submit_scan_feed(st->scan, held.data, held.len);
+    bd_buf_free(&held);
+    return rc;
+}
+
+/* Decoded body bytes: framed into members and items, or gathered (a JSON body's start). */
 static int stream_on_plain(void *arg, const char *data, size_t len)
 {
     struct api_stream *st = arg;
     int rc;
 
-    if (!st->is_ndjson) {
-        bd_buf_append(&st->line, data, len);
-        return st->line.is_failed ? BD_ENOMEM : BD_OK;
+    if (st->is_answered)
+        return BD_ECANCELED;
+    if (!st->is_scanning) {
+        bd_buf_append(&st->hold, data, len);
+        if (st->hold.is_failed)
+            return BD_ENOMEM;
+        if (st->hold.len <= STREAM_HOLD_MAX)
+            return BD_OK;
+        rc = stream_start_scan(st);
+    } else {
+        rc = bd_submit_scan_feed(st->scan, data, len);
     }
-    rc = bd_submit_scan_feed(st->scan, data, len);
     return rc < 0 ? stream_scan_failed(st, rc) : BD_OK;
 }
 
@@ -263,6 +396,45 @@ static void stream_answer_replay(struct api_stream *st)
 
 /* ---- the body --------------------------------------------------------------------------- */
 
+/* A JSON body with members after "data": the job's fields from the whole body, validated
+ * as a buffered body's are, into st->final (the pump amends the job with them). BD_OK, or
+ * < 0 after answering. */
+static int stream_final_fields(struct api_stream *st)
+{
+    struct bd__api_invalid inv = { { 0 }, { 0 } };
+    struct bd__api_submit *f;
+    char msg[400];
+    int rc;
+
+    if (json_object_size(st->late) == 0)
+        return BD_OK;
+    if ((f = calloc(1, sizeof(*f))) == NULL) {
+        stream_fail(st, BD_ENOMEM, NULL, NULL);
+        return BD_ENOMEM;
+    }
+    st->final = f;
+    f->req = st->req;
+    f->srv = st->srv;
+    f->body = json_copy(st->s->body);
+    rc = f->body && json_object_update(f->body, st->late) == 0 ? BD_OK : BD_ENOMEM;
+    if (rc == BD_OK)
+        rc = bd__api_submit_fields(f, f->body, &inv);
+    if (rc == BD_OK)
+        rc = bd__api_submit_metadata(f);
+    if (rc == BD_EINVAL) {
+        snprintf(msg, sizeof(msg), "%s %s", inv.field, inv.message);
+        stream_fail(st, BD_EINVAL, msg, inv.field);
+        return rc;
+    }
+    if (rc < 0) {
+        stream_fail(st, rc, NULL, NULL);
+        return rc;
+    }
+    if (f->op == BD_OP_BULK_INSERT)
+        f->dim = st->s->dim;                   /* the items' */
+    return BD_OK;
+}
+
 static void stream_body_end(struct api_stream *st)
 {
     int rc = bd_http_body_get_status(st->req);
@@ -279,11 +451,11 @@ static void stream_body_end(struct api_stream *st)
         stream_answer_replay(st);
         return;
     }
-    if (!st->is_ndjson) {                      /* a gzip JSON body: the buffered submit */
+    if (!st->is_scanning) {                    /* a small JSON body: the buffered submit */
         struct bd_http_request *req = st->req;
         struct bd_server *srv = st->srv;
-        struct bd_buf body = st->line;
-        bd_buf_init(&st->line);
+        struct bd_buf body = st->hold;
+        bd_buf_init(&st->hold);
         st->is_answered = true;                /* the buffered path answers from here on */
         bd_http_set_abort_cb(req, NULL, NULL);
         stream_maybe_free(st);
@@ -296,9 +468,13 @@ static void stream_body_end(struct api_stream *st)
         return;
     }
     if (st->items == 0) {
-        stream_fail(st, BD_EINVAL, "the body holds no item (one JSON object per line)", "data");
+        stream_fail(st, BD_EINVAL, st->is_ndjson ? "the body holds no item (one JSON object "
+                                                   "per line)"
+                                                 : "data must be a non-empty array", "data");
         return;
     }
+    if (!st->is_ndjson && (rc = stream_final_fields(st)) < 0)
+        return;                                /* answered */
     if (bd__api_batch_count(st->batch) > 0 && (rc = stream_take_batch(st)) < 0) {
         stream_fail(st, rc, NULL, NULL);
         return;
@@ -410,6 +586,25 @@ static void stream_on_collection(int status, const struct bd_job_store_collectio
     }
 }
 
+static void stream_on_written(int status, void *arg);
+
+/* The job has its final fields: they answer the request from now on. */
+static void stream_on_amended(int status, void *arg)
+{
+    struct api_stream *st = arg;
+
+    if (status == BD_OK && !st->is_answered) {
+        struct bd__api_submit *f = st->final;
+        f->items = st->s->items;
+        f->batches = (unsigned)(((unsigned long long)f->items + f->batch_size - 1) /
+                                f->batch_size);
+        bd__api_submit_free(st->s);
+        st->s = f;
+        st->final = NULL;
+    }
+    stream_on_written(status, arg);
+}
+
 static void stream_on_written(int status, void *arg)
 {
     struct api_stream *st = arg;
@@ -462,6 +657,24 @@ static void stream_pump(struct api_stream *st)
     }
     if (!st->is_body_done)
         return;
+    if (st->final) {                           /* fields after "data": amend the job first */
+        struct bd__api_submit *f = st->final;
+        char *metadata = json_dumps(f->metadata, JSON_COMPACT);
+        struct bd_job_spec spec = {
+            .op = f->op, .model = f->model, .collection = f->collection,
+            .priority = f->priority, .batch_size = f->batch_size, .dim = f->dim,
+            .timeout_s = f->timeout_s, .max_retries = f->max_retries,
+            .metadata_json = metadata,
+        };
+        st->is_writing = true;
+        rc = metadata ? bd_job_stream_amend(st->job, &spec, stream_on_amended, st) : BD_ENOMEM;
+        free(metadata);
+        if (rc < 0) {
+            st->is_writing = false;
+            stream_fail(st, rc, NULL, NULL);
+        }
+        return;
+    }
     st->is_closing = true;
     st->is_writing = true;
     rc = bd_job_store_get_collection(st->srv->pg, st->s->collection, stream_on_collection, st);
@@ -607,20 +820,18 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
                             "Content-Encoding");
         return;
     }
-    if (!is_ndjson && !is_gzip)
-        return;                                /* a plain JSON body: buffered, api_on_submit */
     if (!bd__api_submit_precheck(req, srv))
         return;                                /* answered */
-    /* A streamed job holds one connection of the API's pool for its whole upload: at most
-     * half of the pool goes to uploads, so status reads and small submits keep working. */
-    unsigned max_streams = srv->cfg->postgres_pool_size / 2 ? srv->cfg->postgres_pool_size / 2
-                                                             : 1;
-    if (is_ndjson && srv->submit_streams >= max_streams) {
-        bd_http_respond_error_ex(req, bd_err_http_status(BD_EUPLOADS), "Retry-After: 5\r\n",
-                                 bd_err_api_code(BD_EUPLOADS), bd_strerror(BD_EUPLOADS), NULL);
+    if (!is_ndjson && (ct == NULL || strncasecmp(ct, "application/json", 16) != 0)) {
+        bd_http_respond_err(req, BD_EMEDIATYPE, "Content-Type must be application/json, "
+                            "application/x-ndjson or application/jsonl", NULL);
         return;
     }
-    const char *key = is_ndjson ? bd_http_header_get(req, "Idempotency-Key") : NULL;
+    if (is_ndjson && srv->submit_streams >= stream_max_uploads(srv)) {
+        stream_refuse_upload(req);
+        return;
+    }
+    const char *key = bd_http_header_get(req, "Idempotency-Key");
     if (key && (strlen(key) == 0 || strlen(key) > 255 || !bd_utf8_is_valid(key, strlen(key)))) {
         bd_http_respond_err(req, BD_EINVAL, "Idempotency-Key must be 1 to 255 characters",
                             "Idempotency-Key");
@@ -635,6 +846,7 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
     st->req = req;
     st->srv = srv;
     st->is_ndjson = is_ndjson;
+    st->is_scanning = is_ndjson;
     st->is_counted = is_ndjson;
     srv->submit_streams += is_ndjson;
     st->idem_key = key;
@@ -643,16 +855,12 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
     st->ready_tail = &st->ready;
     st->s->req = req;
     st->s->srv = srv;
-    bd_buf_init(&st->line);
-    if (is_gzip) {
-        size_t limit = is_ndjson ? srv->cfg->http_max_stream_bytes
-                                 : srv->cfg->http_max_body_bytes;
-        if ((st->gz = bd_inflate_new(limit, &rc)) == NULL) {
-            st->is_answered = true;
-            bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
-            stream_maybe_free(st);
-            return;
-        }
+    bd_buf_init(&st->hold);
+    if (is_gzip && (st->gz = bd_inflate_new(srv->cfg->http_max_stream_bytes, &rc)) == NULL) {
+        st->is_answered = true;
+        bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
+        stream_maybe_free(st);
+        return;
     }
     if (is_ndjson) {
         /* The fields stay as s->body: s->model and friends point into it. */
@@ -675,6 +883,11 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
             stream_maybe_free(st);
             return;
         }
+    } else if ((st->s->body = json_object()) == NULL) {   /* the members, as they come */
+        st->is_answered = true;
+        bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
+        stream_maybe_free(st);
+        return;
     }
     bd_http_body_set_limit(req, srv->cfg->http_max_stream_bytes);
     bd_http_body_set_timeout(req, STREAM_TIMEOUT_MS);
@@ -685,9 +898,11 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
         return;
     }
     bd_http_set_abort_cb(req, stream_on_abort, st);
+    if (!is_ndjson)
+        return;                                /* the job opens when "data" does */
     if (key)
         stream_find_key(st);
-    else if (is_ndjson)
+    else
         stream_open_job(st);
 }
 

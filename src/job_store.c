@@ -381,11 +381,13 @@ int bd_job_store_write_commit(struct bd_pg_conn *conn, struct bd_buf *q,
                               void *arg)
 {
     bd_buf_reset(q);
+    /* DISTINCT ON: a batch may repeat an id (a streamed job's batches cut again by
+     * bd_job_store_rebatch); the later item wins, as it does across batches. */
     bd_buf_printf(q,
                   "INSERT INTO vectors (collection, id, embedding, metadata, job_id, "
-                  "item_index) SELECT '%s', id, embedding, metadata, '%s', item_index "
-                  "FROM bd_stage WHERE embedding IS NOT NULL "
-                  "ON CONFLICT (collection, id) DO UPDATE SET embedding = "
+                  "item_index) SELECT DISTINCT ON (id) '%s', id, embedding, metadata, '%s', "
+                  "item_index FROM bd_stage WHERE embedding IS NOT NULL "
+                  "ORDER BY id, item_index DESC ON CONFLICT (collection, id) DO UPDATE SET embedding = "
                   "EXCLUDED.embedding, metadata = EXCLUDED.metadata, job_id = "
                   "EXCLUDED.job_id, item_index = EXCLUDED.item_index, updated_at = now(); "
                   "INSERT INTO embedding_cache (text_hash, embedding) SELECT text_hash, "

@@ -137,6 +137,53 @@ int bd_job_store_set_totals(struct bd_pg_conn *conn, const char *job_id, unsigne
                             5, params, NULL, NULL, 0, cb, arg);
 }
 
+int bd_job_store_amend_job(struct bd_pg_conn *conn, const struct bd_job_store_new_job *job,
+                           bd_pg_result_cb cb, void *arg)
+{
+    char prio[16], bs[16], timeout[32], retries[16];
+    snprintf(prio, sizeof(prio), "%d", job->priority);
+    snprintf(bs, sizeof(bs), "%u", job->batch_size);
+    snprintf(timeout, sizeof(timeout), "%.3f", job->timeout_s);
+    snprintf(retries, sizeof(retries), "%d", job->max_retries);
+    const char *params[9] = { job->id, job->model, job->collection, prio, bs, timeout,
+                              retries, job->options_json, job->metadata_json };
+    return bd_pg_conn_query(conn,
+                            "UPDATE jobs SET model = $2, collection = $3, priority = $4::int2, "
+                            "batch_size = $5::int, timeout_s = $6::float8, "
+                            "max_retries = $7::int, options = $8::jsonb, metadata = $9::jsonb "
+                            "WHERE id = $1",
+                            9, params, NULL, NULL, 0, cb, arg);
+}
+
+/* The new batches go in under negative numbers (-1 - n) beside the old ones, the old ones
+ * go, and the new ones take their numbers: no key is ever taken twice. */
+int bd_job_store_rebatch(struct bd_pg_conn *conn, const char *job_id, bool is_insert,
+                         unsigned batch_size, bd_pg_result_cb cb, void *arg)
+{
+    char bs[16];
+    snprintf(bs, sizeof(bs), "%u", batch_size);
+    const char *p[2] = { job_id, bs };
+    const char *const sqls[3] = {
+        is_insert
+            ? "INSERT INTO job_batches (job_id, batch_no, first_index, item_count, payload) "
+              "SELECT $1, -1 - i.idx / $2::int, min(i.idx), count(*), "
+              "string_agg(i.item, ''::bytea ORDER BY i.idx) FROM (SELECT b.first_index + "
+              "p.ord AS idx, p.item FROM job_batches b, batchd_packed_items(b.payload) p "
+              "WHERE b.job_id = $1 AND b.batch_no >= 0) i GROUP BY i.idx / $2::int"
+            : "INSERT INTO job_batches (job_id, batch_no, first_index, item_count, items) "
+              "SELECT $1, -1 - i.idx / $2::int, min(i.idx), count(*), "
+              "'[' || string_agg(i.item::text, ',' ORDER BY i.idx) || ']' FROM (SELECT "
+              "b.first_index + e.ord - 1 AS idx, e.item FROM job_batches b, "
+              "json_array_elements(b.items::json) WITH ORDINALITY e(item, ord) "
+              "WHERE b.job_id = $1 AND b.batch_no >= 0) i GROUP BY i.idx / $2::int",
+        "DELETE FROM job_batches WHERE job_id = $1 AND batch_no >= 0",
+        "UPDATE job_batches SET batch_no = -1 - batch_no WHERE job_id = $1",
+    };
+    const int np[3] = { 2, 1, 1 };
+    const char *const *params[3] = { p, p, p };
+    return bd_pg_conn_pipeline(conn, 3, sqls, np, params, cb, arg);
+}
+
 /* The COPY's columns, in the order bd_job_store_put_batch writes them. */
 #define STORE_BATCH_COPY_SQL                                                               \
     "COPY job_batches (job_id, batch_no, first_index, item_count, items, payload) "        \

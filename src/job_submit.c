@@ -283,6 +283,42 @@ static void job_submit_on_job_row(int status, PGresult *res, void *arg)
     }
 }
 
+/* The job row's options object as JSON text (malloc'ed), or NULL on ENOMEM. */
+static char *job_submit_options(const struct job_submit *js)
+{
+    json_t *opt = json_pack("{s:i,s:s,s:f,s:i,s:i}", "batch_size", (int)js->batch_size,
+                            "priority", bd_job_priority_name(js->priority), "timeout_s",
+                            js->timeout_s, "max_retries", js->max_retries, "dimension",
+                            (int)js->dim);
+    char *options = opt ? json_dumps(opt, JSON_COMPACT) : NULL;
+    json_decref(opt);
+    return options;
+}
+
+/* The job's row as the store writes it (options: job_submit_options's). */
+static struct bd_job_store_new_job job_submit_row(const struct job_submit *js,
+                                                  const char *options)
+{
+    return (struct bd_job_store_new_job){
+        .id = js->job_id,
+        .seq = js->seq,
+        .operation = bd_job_operation_name(js->op),
+        .model = js->model,
+        .collection = js->collection,
+        .priority = js->priority,
+        .batch_size = js->batch_size,
+        .total_items = js->items,
+        .total_batches = js->batches,
+        .timeout_s = js->timeout_s,
+        .max_retries = js->max_retries,
+        .options_json = options,
+        .metadata_json = js->metadata_json,
+        .idempotency_key = js->idem_key,
+        .request_hash = js->idem_key ? js->request_hash : NULL,
+        .created_unix = js->created_unix,
+    };
+}
+
 /* One transaction: BEGIN and the job row (pipelined), the batches (binary COPY), COMMIT.
  * The job is therefore wholly there or not at all. */
 static void job_submit_on_conn(int status, struct bd_pg_conn *conn, void *arg)
@@ -297,31 +333,9 @@ static void job_submit_on_conn(int status, struct bd_pg_conn *conn, void *arg)
         return;
     }
     js->conn = conn;
-    json_t *opt = json_pack("{s:i,s:s,s:f,s:i,s:i}", "batch_size", (int)js->batch_size,
-                            "priority", bd_job_priority_name(js->priority), "timeout_s",
-                            js->timeout_s, "max_retries", js->max_retries, "dimension",
-                            (int)js->dim);
-    char *options = opt ? json_dumps(opt, JSON_COMPACT) : NULL;
-    json_decref(opt);
+    char *options = job_submit_options(js);
     if (options) {
-        struct bd_job_store_new_job row = {
-            .id = js->job_id,
-            .seq = js->seq,
-            .operation = bd_job_operation_name(js->op),
-            .model = js->model,
-            .collection = js->collection,
-            .priority = js->priority,
-            .batch_size = js->batch_size,
-            .total_items = js->items,
-            .total_batches = js->batches,
-            .timeout_s = js->timeout_s,
-            .max_retries = js->max_retries,
-            .options_json = options,
-            .metadata_json = js->metadata_json,
-            .idempotency_key = js->idem_key,
-            .request_hash = js->idem_key ? js->request_hash : NULL,
-            .created_unix = js->created_unix,
-        };
+        struct bd_job_store_new_job row = job_submit_row(js, options);
         rc = bd_job_store_begin_job(conn, &row, job_submit_on_job_row, js);
     }
     free(options);
@@ -560,6 +574,96 @@ int bd_job_stream_put(struct bd_job_stream *st, struct bd_job_payload *payload, 
     js->batches++;
     js->next_index += items;
     js->items = js->next_index;
+    js->is_busy = true;
+    js->stream_cb = cb;
+    js->stream_arg = arg;
+    return BD_OK;
+}
+
+/* ---- a streamed job's fields from the end of its body ---------------------------------- */
+
+static void job_stream_on_amended(int status, PGresult *res, void *arg)
+{
+    struct job_submit *js = arg;
+
+    if (status < 0)
+        job_submit_log_pg(js, "amend", res);
+    job_stream_done(js, status < 0 ? BD_EPG : BD_OK);
+}
+
+static int job_stream_send_amend(struct job_submit *js)
+{
+    char *options = job_submit_options(js);
+    int rc = BD_ENOMEM;
+
+    if (options) {
+        struct bd_job_store_new_job row = job_submit_row(js, options);
+        rc = bd_job_store_amend_job(js->conn, &row, job_stream_on_amended, js);
+    }
+    free(options);
+    return rc;
+}
+
+static void job_stream_on_rebatched(int status, PGresult *res, void *arg)
+{
+    struct job_submit *js = arg;
+    int rc;
+
+    if (status < 0) {
+        job_submit_log_pg(js, "rebatch", res);
+        job_stream_done(js, BD_EPG);
+        return;
+    }
+    if (js->is_aborted) {
+        job_stream_done(js, BD_ECANCELED);
+        return;
+    }
+    if ((rc = job_stream_send_amend(js)) < 0)
+        job_stream_done(js, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG);
+}
+
+/* Swap in a string copy; false on ENOMEM (the old one stays). */
+static bool job_stream_set_str(char **dst, const char *src)
+{
+    char *d = src ? strdup(src) : NULL;
+    if (src && d == NULL)
+        return false;
+    free(*dst);
+    *dst = d;
+    return true;
+}
+
+int bd_job_stream_amend(struct bd_job_stream *st, const struct bd_job_spec *spec,
+                        bd_job_stream_cb cb, void *arg)
+{
+    struct job_submit *js = (struct job_submit *)st;
+    bool is_rebatch;
+    int rc;
+
+    if (js->is_busy || js->conn == NULL || js->items == 0 || spec->op != js->op ||
+        spec->batch_size == 0 || spec->collection == NULL)
+        return BD_EINVAL;
+    if (!job_stream_set_str(&js->model, spec->model) ||
+        !job_stream_set_str(&js->collection, spec->collection) ||
+        !job_stream_set_str(&js->metadata_json,
+                            spec->metadata_json ? spec->metadata_json : "{}"))
+        return BD_ENOMEM;
+    is_rebatch = spec->batch_size != js->batch_size;
+    js->priority = spec->priority;
+    js->batch_size = spec->batch_size;
+    js->timeout_s = spec->timeout_s;
+    js->max_retries = spec->max_retries;
+    js->dim = spec->dim;
+    if (is_rebatch) {
+        rc = bd_job_store_rebatch(js->conn, js->job_id, js->op == BD_OP_BULK_INSERT,
+                                  js->batch_size, job_stream_on_rebatched, js);
+        js->batches = (unsigned)(((unsigned long long)js->items + js->batch_size - 1) /
+                                 js->batch_size);
+    } else {
+        rc = job_stream_send_amend(js);
+    }
+    if (rc < 0)
+        return rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG;
     js->is_busy = true;
     js->stream_cb = cb;
     js->stream_arg = arg;

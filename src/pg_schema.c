@@ -88,10 +88,46 @@ static const char pg_schema_v3_packed_batches[] =
     "ALTER TABLE job_batches ALTER COLUMN payload SET STORAGE EXTERNAL;\n"
     "ALTER TABLE job_batches ALTER COLUMN items DROP NOT NULL;\n";
 
+/* A packed bulk_insert batch split into its items (ord from 0, each item's three fields as
+ * they are), for statements that regroup a job's items (a streamed JSON body whose
+ * batch_size came after its data). The value is copied into memory first: get_byte on the
+ * stored, out-of-line value would fetch it from TOAST on every call. */
+static const char pg_schema_v4_packed_items[] =
+    "CREATE FUNCTION batchd_packed_items(p bytea)\n"
+    "RETURNS TABLE (ord int, item bytea) LANGUAGE plpgsql IMMUTABLE STRICT AS $$\n"
+    "DECLARE\n"
+    "  v bytea := p || ''::bytea;\n"
+    "  n int := length(p);\n"
+    "  pos int := 0;\n"
+    "  start int;\n"
+    "  len int;\n"
+    "BEGIN\n"
+    "  ord := 0;\n"
+    "  WHILE pos < n LOOP\n"
+    "    start := pos;\n"
+    "    FOR f IN 1..3 LOOP\n"
+    "      IF pos + 4 > n THEN\n"
+    "        RAISE EXCEPTION 'packed batch truncated at byte %', pos;\n"
+    "      END IF;\n"
+    "      len := (get_byte(v, pos) << 24) | (get_byte(v, pos + 1) << 16)\n"
+    "             | (get_byte(v, pos + 2) << 8) | get_byte(v, pos + 3);\n"
+    "      IF len < 0 OR len > n - pos - 4 THEN\n"
+    "        RAISE EXCEPTION 'packed batch field out of bounds at byte %', pos;\n"
+    "      END IF;\n"
+    "      pos := pos + 4 + len;\n"
+    "    END LOOP;\n"
+    "    item := substring(v FROM start + 1 FOR pos - start);\n"
+    "    RETURN NEXT;\n"
+    "    ord := ord + 1;\n"
+    "  END LOOP;\n"
+    "END\n"
+    "$$;\n";
+
 static const struct pg_migration pg_migrations[] = {
     { 1, "initial", pg_schema_v1_initial },
     { 2, "embedding_cache", pg_schema_v2_embedding_cache },
     { 3, "packed_batches", pg_schema_v3_packed_batches },
+    { 4, "packed_items", pg_schema_v4_packed_items },
 };
 
 #define PG_MIGRATIONS_COUNT (sizeof(pg_migrations) / sizeof(pg_migrations[0]))

@@ -55,25 +55,33 @@ struct gen {
     struct bd_buf out;                /* bytes ready to hand to curl */
     size_t out_pos;
     size_t pad;                       /* text padding per embed line (a bigger body) */
+    const char *head, *tail;          /* a JSON body: items joined by ',' between these */
 };
 
 static void gen_line(struct gen *g, struct bd_buf *b)
 {
     size_t i = g->next++;
+    const char *end = g->head ? "" : "\n";
+    if (g->head && i == 0)
+        bd_buf_puts(b, g->head);
+    else if (g->head)
+        bd_buf_puts(b, ",\n ");
     if (g->kind == GEN_EMBED) {
         bd_buf_printf(b, "{\"id\":\"%s-%zu\",\"text\":\"document %zu ", it_prefix, i, i);
         for (size_t k = 0; k < g->pad; k++)
             bd_buf_append(b, "lorem ", 6);
-        bd_buf_puts(b, "\"}\n");
-        if (i % 1000 == 7)
+        bd_buf_printf(b, "\"}%s", end);
+        if (i % 1000 == 7 && !g->head)
             bd_buf_puts(b, "\r\n \n");        /* blank lines are skipped, CRLF accepted */
-        return;
+    } else {
+        unsigned d = i == g->bad_line ? g->dim + 1 : g->dim;
+        bd_buf_printf(b, "{\"id\":\"v%zu\",\"embedding\":[", i);
+        for (unsigned k = 0; k < d; k++)
+            bd_buf_printf(b, "%s%.3f", k ? "," : "", (double)((i + k) % 97) / 97.0);
+        bd_buf_printf(b, "],\"metadata\":{\"n\":1}}%s", end);
     }
-    unsigned d = i == g->bad_line ? g->dim + 1 : g->dim;
-    bd_buf_printf(b, "{\"id\":\"v%zu\",\"embedding\":[", i);
-    for (unsigned k = 0; k < d; k++)
-        bd_buf_printf(b, "%s%.3f", k ? "," : "", (double)((i + k) % 97) / 97.0);
-    bd_buf_puts(b, "],\"metadata\":{\"n\":1}}\n");
+    if (g->tail && g->next == g->lines)
+        bd_buf_puts(b, g->tail);
 }
 
 /* Refill g->out with the next piece of the body (compressed when is_gzip). */
@@ -502,8 +510,8 @@ static void stream_accepts_gzip_json_body_when_encoded(void **state)
                                      coll), 2);
 }
 
-/* A 30 MB JSON body of ten million empty objects: refused (more items than a job may hold)
- * before any tree of it is built. Before, jansson's tree of it took 2.3 GB. */
+/* A 30 MB JSON body of ten million empty objects: refused at its first item (streamed, no
+ * tree of it is built). Before, jansson's tree of it took 2.3 GB. */
 static void stream_refuses_ten_million_items_when_json_body_is_huge(void **state)
 {
     char url[512];
@@ -526,9 +534,134 @@ static void stream_refuses_ten_million_items_when_json_body_is_huge(void **state
     json_t *j = json_loadb(resp.data, resp.len, 0, NULL);
     bd_buf_free(&resp);
     assert_int_equal(status, 400);
-    assert_string_equal(bd_it_str(j, "error.field"), "data");
+    assert_string_equal(bd_it_str(j, "error.field"), "data[0].text");
     json_decref(j);
     it_assert_grew_less(before, 200 * 1024, "ten million empty objects");  /* the 30 MB body */
+}
+
+/* ---- the JSON form, streamed ------------------------------------------------------------- */
+
+/* The seed's order: "options" after "data". A 3 MB bulk_insert body is streamed with the
+ * default batch size, then its batches are cut again at 300 (inside PostgreSQL), and the
+ * late metadata lands on the job; the job runs to completion with every vector. */
+static void stream_json_rebatches_when_options_come_after_data(void **state)
+{
+    char head[256], tail[256], coll[96];
+    struct gen g = { .kind = GEN_INSERT, .lines = 50000, .dim = 4, .bad_line = SIZE_MAX,
+                     .head = head, .tail = tail };
+    json_t *j = NULL;
+    (void)state;
+
+    it_need_batchd();
+    snprintf(coll, sizeof(coll), "%s_late", it_prefix);
+    snprintf(head, sizeof(head), "{\"operation\":\"bulk_insert\",\"collection\":\"%s\","
+             "\"data\":[", coll);
+    snprintf(tail, sizeof(tail), "],\n\"options\":{\"batch_size\":300,\"priority\":\"high\"},"
+             "\"metadata\":{\"source\":\"late\"}}");
+    long st = gen_post(&g, "", "application/json", &j);
+    if (st != 202)
+        fail_msg("status %ld: %s", st, j ? json_dumps(j, 0) : "(no JSON)");
+    assert_true(g.sent > (2u << 20));                   /* past the gathered start */
+    assert_int_equal(bd_it_int(j, "batch_size"), 300);
+    assert_int_equal(bd_it_int(j, "items_count"), 50000);
+    assert_string_equal(bd_it_str(j, "priority"), "high");
+    assert_string_equal(bd_it_str(j, "metadata.source"), "late");
+    const char *id = bd_it_str(j, "job_id");
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s'", id),
+                     167);
+    /* Every batch holds the 300 items that follow the one before it. */
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' "
+                                     "AND (first_index <> batch_no * 300 OR item_count <> "
+                                     "least(300, 50000 - batch_no * 300))", id), 0);
+    assert_int_equal(bd_it_psql_long("SELECT total_batches FROM jobs WHERE id = '%s'", id), 167);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM jobs WHERE id = '%s' AND "
+                                     "metadata->>'source' = 'late' AND batch_size = 300", id), 1);
+    json_decref(bd_it_expect_status(&it_proc, id, "completed", 60));
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'",
+                                     coll), 50000);
+    /* Item 12345 (batch 41 now) is the vector it was sent as. */
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s' "
+                                     "AND id = 'v12345' AND item_index = 12345 AND "
+                                     "abs(embedding[2] - %.3f) < 0.001", coll,
+                                     (double)((12345 + 1) % 97) / 97.0), 1);
+    json_decref(j);
+}
+
+/* A ~290 MB bulk_embed JSON body, fields first: streamed in a few batches of memory; its
+ * late batch_size (7) cuts the JSON-array batches again. */
+static void stream_json_keeps_memory_bounded_when_body_is_large(void **state)
+{
+    char head[256], coll[96];
+    struct gen g = { .kind = GEN_EMBED, .lines = 50000, .bad_line = SIZE_MAX, .pad = 1000,
+                     .head = head, .tail = "],\"options\":{\"batch_size\":7}}" };
+    json_t *j = NULL;
+    (void)state;
+
+    it_fresh_batchd();
+    snprintf(coll, sizeof(coll), "%s_bigjson", it_prefix);
+    snprintf(head, sizeof(head), "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\","
+             "\"collection\":\"%s\",\"data\":[", coll);
+    long before = it_hwm_kb();
+    long st = gen_post(&g, "", "application/json", &j);
+    if (st != 202)
+        fail_msg("status %ld: %s", st, j ? json_dumps(j, 0) : "(no JSON)");
+    assert_true(g.sent > (250u << 20));
+    it_assert_grew_less(before, 96 * 1024, "288 MB JSON streamed");
+    const char *id = bd_it_str(j, "job_id");
+    it_cancel(id);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s'", id),
+                     (50000 + 6) / 7);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' "
+                                     "AND json_array_length(items::json) <> item_count", id), 0);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' AND "
+                                     "batch_no = 1000 AND items::json->0->>'id' = '%s-7000'",
+                                     id, it_prefix), 1);
+    json_decref(j);
+}
+
+/* Item 70,000 of 100,000 of a JSON body has a bad dimension: 400 naming data[69999], and
+ * nothing stored. */
+static void stream_json_rolls_back_when_item_is_bad_mid_stream(void **state)
+{
+    char head[256], coll[96];
+    struct gen g = { .kind = GEN_INSERT, .lines = 100000, .dim = 4, .bad_line = 69999,
+                     .head = head, .tail = "]}" };
+    json_t *j = NULL;
+    (void)state;
+
+    it_need_batchd();
+    snprintf(coll, sizeof(coll), "%s_badjson", it_prefix);
+    snprintf(head, sizeof(head), "{\"operation\":\"bulk_insert\",\"collection\":\"%s\","
+             "\"options\":{\"batch_size\":1000},\"data\":[", coll);
+    assert_int_equal(gen_post(&g, "", "application/json", &j), 400);
+    assert_string_equal(bd_it_str(j, "error.field"), "data[69999].embedding");
+    if (strstr(bd_it_str(j, "error.message"), "dimensions") == NULL)
+        fail_msg("message: %s", bd_it_str(j, "error.message"));
+    json_decref(j);
+    assert_int_equal(it_jobs_of(coll), 0);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches b WHERE NOT EXISTS "
+                                     "(SELECT 1 FROM jobs j WHERE j.id = b.job_id)"), 0);
+}
+
+/* A big JSON body whose operation comes after its data: told what a streamed body needs. */
+static void stream_json_explains_when_operation_comes_after_data(void **state)
+{
+    char tail[256], coll[96];
+    struct gen g = { .kind = GEN_INSERT, .lines = 30000, .dim = 4, .bad_line = SIZE_MAX,
+                     .head = "{\"data\":[", .tail = tail };
+    json_t *j = NULL;
+    (void)state;
+
+    it_need_batchd();
+    snprintf(coll, sizeof(coll), "%s_late_op", it_prefix);
+    snprintf(tail, sizeof(tail), "],\"operation\":\"bulk_insert\",\"collection\":\"%s\"}",
+             coll);
+    assert_int_equal(gen_post(&g, "", "application/json", &j), 400);
+    assert_string_equal(bd_it_str(j, "error.field"), "operation");
+    if (strstr(bd_it_str(j, "error.message"), "before \"data\"") == NULL)
+        fail_msg("message: %s", bd_it_str(j, "error.message"));
+    json_decref(j);
+    assert_int_equal(it_jobs_of(coll), 0);
 }
 
 /* Each streamed submit holds one of the API pool's connections for its whole upload: with
@@ -645,6 +778,10 @@ int main(void)
         cmocka_unit_test(stream_refuses_ten_million_items_when_json_body_is_huge),
         cmocka_unit_test(stream_caps_uploads_when_pool_would_run_out),
         cmocka_unit_test(stream_replays_job_when_idempotency_key_repeats),
+        cmocka_unit_test(stream_json_rebatches_when_options_come_after_data),
+        cmocka_unit_test(stream_json_keeps_memory_bounded_when_body_is_large),
+        cmocka_unit_test(stream_json_rolls_back_when_item_is_bad_mid_stream),
+        cmocka_unit_test(stream_json_explains_when_operation_comes_after_data),
     };
     int rc = cmocka_run_group_tests(tests, NULL, it_stop_batchd);
     curl_global_cleanup();

@@ -282,6 +282,21 @@ int bd_job_store_put_batch(struct bd_buf *copy, const char *job_id, unsigned bat
 int bd_job_store_copy_batches(struct bd_pg_conn *conn, const struct bd_buf *copy,
                               bd_pg_result_cb cb, void *arg);
 
+/* A streamed job whose fields came after its data (a JSON body with "options" last): its
+ * row's fields as the whole body gave them (id, model, collection, priority, batch_size,
+ * timeout_s, max_retries, options_json, metadata_json; the rest is ignored), in the open
+ * transaction. cb as bd_pg_conn_query's. */
+int bd_job_store_amend_job(struct bd_pg_conn *conn, const struct bd_job_store_new_job *job,
+                           bd_pg_result_cb cb, void *arg);
+
+/* Cut a streamed job's stored batches again, batch_size items each (batch_no, first_index
+ * and item_count follow), in the open transaction and inside PostgreSQL: the items are not
+ * read back. is_insert: packed payloads (job_batch.h), else JSON arrays in items. The
+ * batches must be numbered 0.. with first_index counting the job's items. cb as
+ * bd_pg_conn_pipeline's. */
+int bd_job_store_rebatch(struct bd_pg_conn *conn, const char *job_id, bool is_insert,
+                         unsigned batch_size, bd_pg_result_cb cb, void *arg);
+
 /* A streamed job's totals, known once its body ended (its row was written first with 0):
  * items, batches, the vectors' dimension (options.dimension) and, when not NULL, the body's
  * hash for its Idempotency-Key, in the open transaction. */

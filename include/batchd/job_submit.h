@@ -98,6 +98,15 @@ const char *bd_job_stream_get_id(const struct bd_job_stream *st);
 int bd_job_stream_put(struct bd_job_stream *st, struct bd_job_payload *payload, unsigned items,
                       bd_job_stream_cb cb, void *arg);
 
+/* The job's fields as the whole body gave them, when some came after its items (a JSON
+ * body with "options" or "metadata" after "data"): model, collection, priority, timeout_s,
+ * max_retries, metadata_json and dim replace the open's; a different batch_size cuts the
+ * batches written so far again, inside PostgreSQL (bd_job_store_rebatch). spec->op must be
+ * the open's; items, batches, idem_key and request_hash are ignored. cb once, as put's.
+ * BD_EINVAL at once when an operation is in flight, nothing was put, or op differs. */
+int bd_job_stream_amend(struct bd_job_stream *st, const struct bd_job_spec *spec,
+                        bd_job_stream_cb cb, void *arg);
+
 /* The body ended: write the totals (dim, the vectors' length; request_hash, the body's hex
  * SHA-256 when the job has an Idempotency-Key, else NULL), reserve the items, COMMIT,
  * enqueue. cb once, exactly as bd_job_submit's (BD_EBUSY when the queue has no room: nothing
