@@ -238,6 +238,10 @@ static void api_scrape_render(struct api_scrape *sc)
     bd_buf_printf(&out, "# HELP batchd_http_connections Open HTTP connections.\n"
                         "# TYPE batchd_http_connections gauge\nbatchd_http_connections %u\n",
                   srv->http ? bd_http_server_get_connections(srv->http) : 0);
+    bd_buf_printf(&out, "# HELP batchd_submit_uploads Streamed job submissions in progress "
+                        "(each holds a PostgreSQL connection until its COMMIT).\n"
+                        "# TYPE batchd_submit_uploads gauge\nbatchd_submit_uploads %u\n",
+                  srv->submit_streams);
     if (out.is_failed || sc->models.is_failed)
         bd_http_respond_err(sc->req, BD_ENOMEM, NULL, NULL);
     else

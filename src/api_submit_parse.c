@@ -66,16 +66,53 @@ static bool api_is_item_id(const char *s, size_t n)
 
 /* An open-addressed set of the job's item ids, to reject duplicates: the upsert of one
  * batch may not touch the same (collection, id) twice. Keys point into memory that lives
- * until validation ends (the body or a kept jansson tree). */
+ * until validation ends (the body or a kept jansson tree), or, when is_copying (a streamed
+ * batch, whose items are borrowed one at a time), into the set's own blocks. */
 struct api_idkey {
     const char *s;
     size_t len;
 };
 
+struct api_idblock {
+    struct api_idblock *next;
+    size_t used, cap;
+    char data[];
+};
+
 struct api_idset {
     struct api_idkey *slots;
     size_t mask;
+    bool is_copying;
+    struct api_idblock *blocks;       /* the copies (is_copying), newest first */
 };
+
+static const char *api_idset_copy(struct api_idset *set, const char *id, size_t len)
+{
+    struct api_idblock *b = set->blocks;
+    if (b == NULL || b->cap - b->used < len) {
+        size_t cap = len > 65536 ? len : 65536;
+        if ((b = malloc(sizeof(*b) + cap)) == NULL)
+            return NULL;
+        *b = (struct api_idblock){ set->blocks, 0, cap };
+        set->blocks = b;
+    }
+    char *d = b->data + b->used;
+    memcpy(d, id, len);
+    b->used += len;
+    return d;
+}
+
+/* Empty the set (its memory goes; is_copying stays). */
+static void api_idset_clear(struct api_idset *set)
+{
+    while (set->blocks) {
+        struct api_idblock *b = set->blocks;
+        set->blocks = b->next;
+        free(b);
+    }
+    free(set->slots);
+    *set = (struct api_idset){ .is_copying = set->is_copying };
+}
 
 static uint64_t api_hash(const char *s, size_t len)
 {
@@ -100,6 +137,8 @@ static int api_idset_add(struct api_idset *set, size_t expected, const char *id,
     for (size_t i = api_hash(id, len) & set->mask;; i = (i + 1) & set->mask) {
         struct api_idkey *k = &set->slots[i];
         if (k->s == NULL) {
+            if (set->is_copying && (id = api_idset_copy(set, id, len)) == NULL)
+                return -1;
             *k = (struct api_idkey){ id, len };
             return 1;
         }
@@ -881,11 +920,12 @@ int bd__api_submit_fields(struct bd__api_submit *s, json_t *fields, struct bd__a
     return api_validate_fields(s, fields, inv);
 }
 
-/* The batch being built: its items' trees (their ids are the duplicate set's keys, and a
- * bulk_embed batch is stored as their JSON array), and a bulk_insert batch packed as it
- * grows. Everything here is bounded by one batch. */
+/* The batch being built: a bulk_embed batch's items' trees (it is stored as their JSON
+ * array), a bulk_insert batch packed as it grows, and the batch's ids (copied). Everything
+ * here is bounded by one batch. */
 struct bd__api_batch {
-    json_t *items;
+    unsigned count;
+    json_t *items;                    /* bulk_embed */
     struct api_idset ids;
     struct bd_buf packed;
     struct bd_buf meta;
@@ -898,6 +938,7 @@ struct bd__api_batch *bd__api_batch_new(const struct bd__api_submit *s)
     if (b == NULL)
         return NULL;
     b->items = json_array();
+    b->ids.is_copying = true;                 /* the items are borrowed one at a time */
     b->row = malloc(sizeof(float) * BD_JOB_BATCH_DIM_MAX);
     bd_buf_init(&b->packed);
     bd_buf_init(&b->meta);
@@ -914,7 +955,7 @@ void bd__api_batch_free(struct bd__api_batch *b)
     if (b == NULL)
         return;
     json_decref(b->items);
-    free(b->ids.slots);
+    api_idset_clear(&b->ids);
     bd_buf_free(&b->packed);
     bd_buf_free(&b->meta);
     free(b->row);
@@ -923,17 +964,27 @@ void bd__api_batch_free(struct bd__api_batch *b)
 
 unsigned bd__api_batch_count(const struct bd__api_batch *b)
 {
-    return (unsigned)json_array_size(b->items);
+    return b->count;
 }
 
 int bd__api_batch_add(struct bd__api_submit *s, struct bd__api_batch *b, const char *text,
                       size_t len, size_t index, struct bd__api_invalid *inv)
 {
     json_error_t jerr;
-    json_t *item = json_loadb(text, len, 0, &jerr);
+    json_t *item;
     int rc;
 
-    if (item == NULL) {
+    /* A plain bulk_insert item is checked and packed where it stands (no tree). */
+    if (s->op == BD_OP_BULK_INSERT) {
+        const char *item_end = NULL;
+        rc = api_fast_item(s, text, text + len, index, s->batch_size, &b->ids, b->row,
+                           &b->meta, &b->packed, inv, &item_end);
+        if (rc != 1) {
+            b->count += rc == BD_OK;
+            return rc;
+        }
+    }
+    if ((item = json_loadb(text, len, 0, &jerr)) == NULL) {
         snprintf(inv->field, sizeof(inv->field), "data[%zu]", index);
         if (!bd_utf8_is_valid(text, len))
             snprintf(inv->message, sizeof(inv->message), "is not valid UTF-8");
@@ -945,11 +996,12 @@ int bd__api_batch_add(struct bd__api_submit *s, struct bd__api_batch *b, const c
      * batches of a streamed job a repeated id overwrites, as in two jobs: a set of every id
      * would make memory grow with the job instead of the batch. */
     rc = api_validate_item(s, item, index, s->batch_size, &b->ids, inv);
-    if (rc == BD_OK && json_array_append(b->items, item) != 0)
+    if (rc == BD_OK && s->op == BD_OP_BULK_EMBED && json_array_append(b->items, item) != 0)
         rc = BD_ENOMEM;
     if (rc == BD_OK && s->op == BD_OP_BULK_INSERT)
         rc = api_pack_json_item(s, item, &b->packed, b->row, &b->meta);
-    json_decref(item);                    /* the batch's array keeps it */
+    json_decref(item);                    /* the batch's array keeps a bulk_embed item */
+    b->count += rc == BD_OK;
     return rc;
 }
 
@@ -968,7 +1020,7 @@ int bd__api_batch_take(struct bd__api_submit *s, struct bd__api_batch *b,
         *out = (struct bd_job_payload){ text, strlen(text) };
     }
     json_array_clear(b->items);
-    free(b->ids.slots);
-    b->ids = (struct api_idset){ 0 };
+    b->count = 0;
+    api_idset_clear(&b->ids);
     return BD_OK;
 }

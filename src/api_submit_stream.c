@@ -35,12 +35,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <uv.h>
 
 /* One line holds one item: a text of at most 1 MiB (6 MiB escaped) or 65536 numbers. */
 #define STREAM_LINE_MAX (8u << 20)
 /* A JSON body up to this size (decoded) is gathered and submitted whole; a larger one is
  * scanned as it arrives, with the job's fields as they stand when "data" opens. */
 #define STREAM_HOLD_MAX (1u << 20)
+/* Inflated bytes handed on per loop turn: a gzip body is inflated in slices of this size, so
+ * one small piece of a highly compressed body never holds the loop for long. */
+#define STREAM_INFLATE_SLICE (1u << 20)
 /* A streamed body's client time, first byte to last, paused time excluded: one hour (a
  * 16 GiB upload at 5 MB/s). */
 #define STREAM_TIMEOUT_MS (3600u * 1000u)
@@ -57,6 +61,11 @@ struct api_stream {
     struct bd_server *srv;
     struct bd__api_submit *s;         /* fields, dimension, metadata; answered through it */
     struct bd_inflate *gz;            /* Content-Encoding: gzip */
+    struct bd_buf gz_rest;            /* compressed bytes not inflated yet (from gz_pos) */
+    size_t gz_pos;
+    bool is_gz_again;                 /* the inflater holds output for what it consumed */
+    uv_timer_t drain;                 /* inflates the next slice on a later loop turn */
+    bool has_drain;                   /* drain is initialised (closed before st goes) */
     bool is_ndjson;                   /* else a JSON body */
     bool is_scanning;                 /* a JSON body past STREAM_HOLD_MAX (NDJSON: always) */
     struct bd_submit_scan *scan;      /* frames the body into members and items */
@@ -77,6 +86,7 @@ struct api_stream {
     bool is_answered;
     bool is_in_body;                  /* inside on_body: st must outlive the call */
     bool is_counted;                  /* one of srv->submit_streams */
+    bool is_freeing;
 
     /* Idempotency-Key: the body's hash, computed as it arrives */
     const char *idem_key;             /* req's header, NULL: none */
@@ -87,6 +97,7 @@ struct api_stream {
 };
 
 static void stream_pump(struct api_stream *st);
+static void stream_flow(struct api_stream *st);
 
 static void stream_free_ready(struct api_stream *st)
 {
@@ -100,10 +111,16 @@ static void stream_free_ready(struct api_stream *st)
 }
 
 /* The record goes when the request is answered and no job operation can call back. */
+static void stream_on_drain_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
 static void stream_maybe_free(struct api_stream *st)
 {
-    if (!st->is_answered || st->is_writing || st->is_in_body)
+    if (!st->is_answered || st->is_writing || st->is_in_body || st->is_freeing)
         return;
+    st->is_freeing = true;
     if (st->job) {
         bd_job_stream_abort(st->job);       /* nothing in flight: rolls back at once */
         st->job = NULL;
@@ -122,10 +139,14 @@ static void stream_maybe_free(struct api_stream *st)
     bd__api_batch_free(st->batch);
     bd_submit_scan_free(st->scan);
     bd_inflate_free(st->gz);
+    bd_buf_free(&st->gz_rest);
     bd_buf_free(&st->hold);
     if (st->s)
         bd__api_submit_free(st->s);
-    free(st);
+    if (st->has_drain)
+        uv_close((uv_handle_t *)&st->drain, stream_on_drain_closed);   /* frees st */
+    else
+        free(st);
 }
 
 /* Answer with err (message may be NULL) and give the job up: nothing of it stays. */
@@ -485,6 +506,82 @@ static void stream_body_end(struct api_stream *st)
     stream_pump(st);
 }
 
+/* ---- a gzip body, a slice per loop turn ----------------------------------------------- */
+
+static bool stream_gz_pending(const struct api_stream *st)
+{
+    return st->gz && (st->gz_pos < st->gz_rest.len || st->is_gz_again);
+}
+
+/* Inflate at most STREAM_INFLATE_SLICE bytes of what waits in gz_rest and hand them on.
+ * BD_OK, or < 0 after answering. */
+static int stream_inflate_slice(struct api_stream *st)
+{
+    size_t used = 0;
+    int rc = BD_OK;
+
+    if (!st->replay)                           /* a replay only hashes the raw body */
+        rc = bd_inflate_feed_some(st->gz, st->gz_rest.data + st->gz_pos,
+                                  st->gz_rest.len - st->gz_pos, STREAM_INFLATE_SLICE, &used,
+                                  stream_on_plain, st);
+    else
+        used = st->gz_rest.len - st->gz_pos;
+    st->gz_pos += used;
+    st->is_gz_again = rc == BD_INFLATE_AGAIN;
+    if (st->gz_pos == st->gz_rest.len && !st->is_gz_again) {
+        bd_buf_reset(&st->gz_rest);
+        st->gz_pos = 0;
+    }
+    if (rc == BD_ETOOLARGE && !st->is_answered)
+        stream_fail(st, BD_ETOOLARGE, "the decompressed body is over the limit", "body");
+    else if (rc == BD_ENOMEM && !st->is_answered)
+        stream_fail(st, BD_ENOMEM, NULL, NULL);
+    else if (rc < 0 && !st->is_answered)       /* an inflate error, not a line's */
+        stream_fail(st, BD_EINVAL, bd_inflate_why(st->gz), "body");
+    return rc < 0 ? rc : BD_OK;
+}
+
+static void stream_on_drain(uv_timer_t *t)
+{
+    struct api_stream *st = t->data;
+
+    st->is_in_body = true;
+    if (!st->is_answered && stream_inflate_slice(st) == BD_OK) {
+        stream_pump(st);
+        stream_flow(st);
+    }
+    st->is_in_body = false;
+    stream_maybe_free(st);                     /* st may be gone now */
+}
+
+/* Whether the body may be read on: not while batches ahead wait for their turn to be
+ * written, nor while inflated output is left over (the next slice is then inflated on the
+ * next loop turn, unless the batches ahead must go first). */
+static void stream_flow(struct api_stream *st)
+{
+    bool is_blocked = st->ready && (st->is_writing || !st->is_open);
+
+    if (st->is_answered)
+        return;
+    if (stream_gz_pending(st) && !is_blocked) {
+        if (!st->has_drain) {
+            uv_timer_init(st->srv->loop, &st->drain);   /* cannot fail */
+            st->drain.data = st;
+            st->has_drain = true;
+        }
+        if (!uv_is_active((uv_handle_t *)&st->drain))
+            uv_timer_start(&st->drain, stream_on_drain, 0, 0);
+    }
+    bool must_wait = is_blocked || stream_gz_pending(st);
+    if (must_wait && !st->is_paused) {
+        st->is_paused = true;
+        bd_http_body_pause(st->req);
+    } else if (!must_wait && st->is_paused) {
+        st->is_paused = false;
+        bd_http_body_resume(st->req);
+    }
+}
+
 static int stream_on_body_pieces(struct api_stream *st, const char *data, size_t len)
 {
     int rc;
@@ -499,20 +596,19 @@ static int stream_on_body_pieces(struct api_stream *st, const char *data, size_t
         bd_sha256_update(&st->sha, data, len);
     if (st->replay)
         return BD_OK;                          /* only its hash matters now */
-    rc = st->gz ? bd_inflate_feed(st->gz, data, len, stream_on_plain, st)
-                : stream_on_plain(st, data, len);
+    if (st->gz) {
+        bd_buf_append(&st->gz_rest, data, len);   /* the body waits while this is left */
+        rc = st->gz_rest.is_failed ? BD_ENOMEM : stream_inflate_slice(st);
+    } else {
+        rc = stream_on_plain(st, data, len);
+    }
     if (rc < 0) {
-        if (!st->is_answered)                  /* an inflate error, not a line's */
-            stream_fail(st, rc == BD_ETOOLARGE ? BD_ETOOLARGE : BD_EINVAL,
-                        rc == BD_ETOOLARGE ? "the decompressed body is over the limit"
-                                           : bd_inflate_why(st->gz), "body");
+        if (!st->is_answered)                  /* out of memory gathering the body */
+            stream_fail(st, rc == BD_ENOMEM ? BD_ENOMEM : BD_EINTERNAL, NULL, NULL);
         return -1;
     }
-    if (st->ready && (st->is_writing || !st->is_open) && !st->is_paused) {
-        st->is_paused = true;                  /* the batches ahead are not written yet */
-        bd_http_body_pause(st->req);
-    }
     stream_pump(st);
+    stream_flow(st);
     return BD_OK;
 }
 
@@ -651,10 +747,7 @@ static void stream_pump(struct api_stream *st)
         }
         return;
     }
-    if (st->is_paused) {
-        st->is_paused = false;
-        bd_http_body_resume(st->req);
-    }
+    stream_flow(st);
     if (!st->is_body_done)
         return;
     if (st->final) {                           /* fields after "data": amend the job first */
@@ -790,10 +883,7 @@ static void stream_on_key(int status, const struct bd_job_store_idem_row *row, v
         stream_fail(st, BD_ENOMEM, NULL, NULL);
         return;
     }
-    if (st->is_paused) {
-        st->is_paused = false;
-        bd_http_body_resume(st->req);
-    }
+    stream_flow(st);
     if (st->is_body_done)
         stream_answer_replay(st);
 }

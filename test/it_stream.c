@@ -275,6 +275,22 @@ static long it_jobs_of(const char *coll)
     return bd_it_psql_long("SELECT count(*) FROM jobs WHERE collection = '%s'", coll);
 }
 
+/* batchd's gauge of streamed submits in progress. */
+static long it_uploads(void)
+{
+    char url[256];
+    struct bd_it_resp r;
+    long n = -1;
+    snprintf(url, sizeof(url), "%s/metrics", it_proc.base);
+    if (bd_it_http("GET", url, NULL, NULL, &r) == 0 && r.body) {
+        const char *p = strstr(r.body, "\nbatchd_submit_uploads ");
+        if (p)
+            n = strtol(p + strlen("\nbatchd_submit_uploads "), NULL, 10);
+    }
+    bd_it_resp_free(&r);
+    return n;
+}
+
 static void it_cancel(const char *id)
 {
     char path[256];
@@ -539,6 +555,34 @@ static void stream_refuses_ten_million_items_when_json_body_is_huge(void **state
     it_assert_grew_less(before, 200 * 1024, "ten million empty objects");  /* the 30 MB body */
 }
 
+/* A gzip body that inflates ~1000 to 1 (72 MB from a few hundred KB): inflated a slice per
+ * loop turn, each slice's items batched and written before the next; all arrive. */
+static void stream_inflates_in_slices_when_gzip_ratio_is_high(void **state)
+{
+    struct gen g = { .kind = GEN_EMBED, .lines = 300, .bad_line = SIZE_MAX, .pad = 40000,
+                     .is_gzip = true };
+    char q[256], coll[96];
+    json_t *j = NULL;
+    (void)state;
+
+    it_need_batchd();
+    snprintf(coll, sizeof(coll), "%s_ratio", it_prefix);
+    snprintf(q, sizeof(q), "operation=bulk_embed&model=hashmodel&collection=%s&batch_size=4",
+             coll);
+    long st = gen_post(&g, q, "application/x-ndjson", &j);
+    if (st != 202)
+        fail_msg("status %ld: %s", st, j ? json_dumps(j, 0) : "(no JSON)");
+    assert_true(g.sent < (4u << 20));
+    assert_int_equal(bd_it_int(j, "items_count"), 300);
+    const char *id = bd_it_str(j, "job_id");
+    assert_int_equal(bd_it_psql_long("SELECT sum(item_count) FROM job_batches WHERE job_id = "
+                                     "'%s'", id), 300);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' AND "
+                                     "length(items) < 4 * 240000", id), 0);
+    it_cancel(id);
+    json_decref(j);
+}
+
 /* ---- the JSON form, streamed ------------------------------------------------------------- */
 
 /* The seed's order: "options" after "data". A 3 MB bulk_insert body is streamed with the
@@ -684,12 +728,16 @@ static void stream_caps_uploads_when_pool_would_run_out(void **state)
         bd_it_raw_send_n(&up[i], head, strlen(head));
         bd_it_raw_send_n(&up[i], chunk, sizeof(chunk) - 1);
     }
-    /* Both uploads are open once their jobs' rows are being written. */
+    /* Both uploads are under way once batchd counts them (and their rows are written). */
     double deadline = bd_it_now() + 10;
-    while (bd_it_psql_long("SELECT count(*) FROM pg_stat_activity WHERE state LIKE "
-                           "'idle in transaction%%' AND datname = current_database()") < 2 &&
-           bd_it_now() < deadline)
+    while (it_uploads() < 2 && bd_it_now() < deadline)
         bd_it_sleep_ms(50);
+    if (it_uploads() != 2) {                     /* say what the uploads were told */
+        bd_it_raw_read(&up[0], 200, 0);
+        bd_it_raw_read(&up[1], 200, 0);
+        fail_msg("%ld uploads counted; the first got \"%s\", the second \"%s\"",
+                 it_uploads(), up[0].buf ? up[0].buf : "", up[1].buf ? up[1].buf : "");
+    }
     snprintf(url, sizeof(url), "%s/api/v1/batch/jobs?operation=bulk_embed&model=hashmodel"
              "&collection=%s", it_proc.base, coll);
     struct bd_buf resp;
@@ -778,6 +826,7 @@ int main(void)
         cmocka_unit_test(stream_refuses_ten_million_items_when_json_body_is_huge),
         cmocka_unit_test(stream_caps_uploads_when_pool_would_run_out),
         cmocka_unit_test(stream_replays_job_when_idempotency_key_repeats),
+        cmocka_unit_test(stream_inflates_in_slices_when_gzip_ratio_is_high),
         cmocka_unit_test(stream_json_rebatches_when_options_come_after_data),
         cmocka_unit_test(stream_json_keeps_memory_bounded_when_body_is_large),
         cmocka_unit_test(stream_json_rolls_back_when_item_is_bad_mid_stream),
