@@ -23,14 +23,11 @@
 #include "batchd/server.h"
 #include "batchd/sha256.h"
 
-#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
-
-#define API_TRIM_ABOVE (4u << 20)
 
 /* The answers that are not errors (errors take their status from error.h's map). */
 #define API_STATUS_OK 200
@@ -42,11 +39,6 @@ void bd__api_submit_free(struct bd__api_submit *s)
 {
     bd__api_submit_parse_free(s);
     json_decref(s->metadata);
-    /* A big job's parsed body is millions of small jansson allocations; hand the freed
-     * heap back to the system so the process does not keep the submit's peak as its RSS
-     * while it works through the job batch by batch. */
-    if (s->body_len > API_TRIM_ABOVE)
-        malloc_trim(0);
     free(s);
 }
 
@@ -286,7 +278,6 @@ void bd__api_submit_body(struct bd_http_request *req, struct bd_server *srv, con
     s->req = req;
     s->srv = srv;
     s->idem_key = key;
-    s->body_len = body_len;
     int rc = bd__api_submit_parse(s, body, body_len, &inv);
     if (rc == BD_EINVAL || rc == BD_EJSON) {
         char msg[400];

@@ -27,7 +27,6 @@ struct bd__api_submit {
     struct bd_http_request *req;
     struct bd_server *srv;
     json_t *body;                     /* the parsed request (owns the items) */
-    size_t body_len;
     json_t *data;                     /* borrowed from body (the jansson path) */
     const char *data_raw;             /* fast path: the "data" array in the request body */
     const char *body_end;

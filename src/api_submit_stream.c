@@ -294,7 +294,7 @@ static int stream_on_data_begin(void *arg)
 {
     struct api_stream *st = arg;
     struct bd__api_invalid inv = { { 0 }, { 0 } };
-    char msg[400];
+    char msg[sizeof(inv.field) + sizeof(inv.message) + 128];
     int rc;
 
     st->is_in_data = true;

@@ -9,6 +9,7 @@
 #include "batchd/server.h"
 
 #include <getopt.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +67,12 @@ int main(int argc, char **argv)
         main_usage(stderr);
         return 2;
     }
+
+    /* batchd's big allocations are batches (a packed batch, its COPY stream, a model's
+     * answer): mapped on their own and unmapped when freed, so what a big upload or job
+     * used goes back to the system at once. A fixed threshold also stops glibc from
+     * raising it after such a free and growing the heap with them instead. */
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 
     if (bd_config_load(config_path, NULL, NULL, &cfg, err, sizeof(err)) != BD_OK) {
         fprintf(stderr, "batchd: invalid configuration: %s\n", err);

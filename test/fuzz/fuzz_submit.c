@@ -89,7 +89,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .models_count = 1,
     };
     struct bd_server srv = { .cfg = &cfg };
-    struct bd__api_submit s = { .srv = &srv, .body_len = size };
+    struct bd__api_submit s = { .srv = &srv };
     struct bd__api_invalid inv = { { 0 }, { 0 } };
     const char *body = (const char *)data;
 
