@@ -240,8 +240,12 @@ static void api_scrape_render(struct api_scrape *sc)
                   srv->http ? bd_http_server_get_connections(srv->http) : 0);
     bd_buf_printf(&out, "# HELP batchd_submit_uploads Streamed job submissions in progress "
                         "(each holds a PostgreSQL connection until its COMMIT).\n"
-                        "# TYPE batchd_submit_uploads gauge\nbatchd_submit_uploads %u\n",
-                  srv->submit_streams);
+                        "# TYPE batchd_submit_uploads gauge\nbatchd_submit_uploads %u\n"
+                        "# HELP batchd_submit_uploads_waiting Streamed job submissions "
+                        "waiting for a PostgreSQL connection, their bodies paused.\n"
+                        "# TYPE batchd_submit_uploads_waiting gauge\n"
+                        "batchd_submit_uploads_waiting %u\n",
+                  srv->submit_streams, srv->uploads_waiting_count);
     if (out.is_failed || sc->models.is_failed)
         bd_http_respond_err(sc->req, BD_ENOMEM, NULL, NULL);
     else

@@ -45,6 +45,8 @@
 /* Inflated bytes handed on per loop turn: a gzip body is inflated in slices of this size, so
  * one small piece of a highly compressed body never holds the loop for long. */
 #define STREAM_INFLATE_SLICE (1u << 20)
+/* Streamed submits that may wait for a connection of their own (beyond: 503). */
+#define STREAM_WAITING_MAX 256
 /* A streamed body's client time, first byte to last, paused time excluded: one hour (a
  * 16 GiB upload at 5 MB/s). */
 #define STREAM_TIMEOUT_MS (3600u * 1000u)
@@ -56,7 +58,7 @@ struct stream_ready {
     unsigned items;
 };
 
-struct api_stream {
+struct bd__api_stream {
     struct bd_http_request *req;
     struct bd_server *srv;
     struct bd__api_submit *s;         /* fields, dimension, metadata; answered through it */
@@ -86,6 +88,8 @@ struct api_stream {
     bool is_answered;
     bool is_in_body;                  /* inside on_body: st must outlive the call */
     bool is_counted;                  /* one of srv->submit_streams */
+    bool is_waiting;                  /* in srv->uploads_waiting (its body paused) */
+    struct bd__api_stream *wait_next;
     bool is_freeing;
 
     /* Idempotency-Key: the body's hash, computed as it arrives */
@@ -96,10 +100,12 @@ struct api_stream {
     char replay_hash[65];
 };
 
-static void stream_pump(struct api_stream *st);
-static void stream_flow(struct api_stream *st);
+static void stream_pump(struct bd__api_stream *st);
+static void stream_flow(struct bd__api_stream *st);
+static void stream_release_slot(struct bd_server *srv);
+static void stream_unwait(struct bd__api_stream *st);
 
-static void stream_free_ready(struct api_stream *st)
+static void stream_free_ready(struct bd__api_stream *st)
 {
     while (st->ready) {
         struct stream_ready *r = st->ready;
@@ -116,7 +122,7 @@ static void stream_on_drain_closed(uv_handle_t *h)
     free(h->data);
 }
 
-static void stream_maybe_free(struct api_stream *st)
+static void stream_maybe_free(struct bd__api_stream *st)
 {
     if (!st->is_answered || st->is_writing || st->is_in_body || st->is_freeing)
         return;
@@ -125,8 +131,12 @@ static void stream_maybe_free(struct api_stream *st)
         bd_job_stream_abort(st->job);       /* nothing in flight: rolls back at once */
         st->job = NULL;
     }
-    if (st->is_counted)
+    if (st->is_waiting)
+        stream_unwait(st);
+    if (st->is_counted) {
         st->srv->submit_streams--;
+        stream_release_slot(st->srv);          /* the next waiting upload goes on */
+    }
     if (st->has_sha) {
         unsigned char unused[32];
         (void)bd_sha256_final(&st->sha, unused);   /* frees its context */
@@ -150,7 +160,7 @@ static void stream_maybe_free(struct api_stream *st)
 }
 
 /* Answer with err (message may be NULL) and give the job up: nothing of it stays. */
-static void stream_fail(struct api_stream *st, int err, const char *message, const char *field)
+static void stream_fail(struct bd__api_stream *st, int err, const char *message, const char *field)
 {
     if (!st->is_answered) {
         st->is_answered = true;
@@ -167,7 +177,7 @@ static void stream_fail(struct api_stream *st, int err, const char *message, con
 
 static void stream_on_abort(struct bd_http_request *req, void *arg)
 {
-    struct api_stream *st = arg;
+    struct bd__api_stream *st = arg;
     (void)req;
     bd_log(BD_LOG_INFO, "api", "event=submit_stream_abandoned lines=%zu", st->line_no);
     stream_fail(st, BD_ECANCELED, "client went away", NULL);
@@ -175,7 +185,7 @@ static void stream_on_abort(struct bd_http_request *req, void *arg)
 
 /* ---- items into batches ----------------------------------------------------------------- */
 
-static int stream_take_batch(struct api_stream *st)
+static int stream_take_batch(struct bd__api_stream *st)
 {
     struct stream_ready *r = calloc(1, sizeof(*r));
     unsigned n = bd__api_batch_count(st->batch);
@@ -196,7 +206,7 @@ static int stream_take_batch(struct api_stream *st)
  * answering. */
 static int stream_on_item(void *arg, size_t index, size_t line, const char *p, size_t n)
 {
-    struct api_stream *st = arg;
+    struct bd__api_stream *st = arg;
     struct bd__api_invalid inv = { { 0 }, { 0 } };
     const struct bd_config *cfg = st->srv->cfg;
     char msg[400];
@@ -239,7 +249,7 @@ static int stream_on_item(void *arg, size_t index, size_t line, const char *p, s
 
 /* The scanner's verdict on the body's framing (a line that is not one JSON value, a line
  * over the limit): answered here unless an item's own error was answered already. */
-static int stream_scan_failed(struct api_stream *st, int rc)
+static int stream_scan_failed(struct bd__api_stream *st, int rc)
 {
     if (!st->is_answered)
         stream_fail(st, rc == BD_ETOOLARGE ? BD_ETOOLARGE : rc == BD_ENOMEM ? BD_ENOMEM
@@ -254,7 +264,7 @@ static int stream_scan_failed(struct api_stream *st, int rc)
  * after, it is kept for the end (st->late), when the job is amended with it. */
 static int stream_on_member(void *arg, const char *key, const char *value, size_t len)
 {
-    struct api_stream *st = arg;
+    struct bd__api_stream *st = arg;
     json_t *into = st->is_in_data ? st->late : st->s->body;
     char msg[300];
 
@@ -271,15 +281,83 @@ static int stream_on_member(void *arg, const char *key, const char *value, size_
     return BD_OK;
 }
 
-static void stream_open_job(struct api_stream *st);
-static void stream_find_key(struct api_stream *st);
+static void stream_open_job(struct bd__api_stream *st);
+static void stream_find_key(struct bd__api_stream *st);
 
 /* How many streamed uploads may run at once: each holds one connection of the API's pool
  * for its whole upload, so at most half of the pool goes to them and status reads and
- * small submits keep working. */
+ * small submits keep working. The others wait in line, their bodies paused. */
 static unsigned stream_max_uploads(const struct bd_server *srv)
 {
     return srv->cfg->postgres_pool_size / 2 ? srv->cfg->postgres_pool_size / 2 : 1;
+}
+
+static bool stream_has_room(const struct bd_server *srv)
+{
+    return srv->submit_streams < stream_max_uploads(srv) ||
+           srv->uploads_waiting_count < STREAM_WAITING_MAX;
+}
+
+/* The job's first statement, once st holds a slot: its key's earlier job, or the job. */
+static void stream_begin(struct bd__api_stream *st)
+{
+    if (st->idem_key)
+        stream_find_key(st);
+    else
+        stream_open_job(st);
+}
+
+/* A slot for st (counted: go on), or a place in line: BD_OK, 1 (waiting: stream_begin runs
+ * when a slot frees), or BD_EUPLOADS (the line is full too). */
+static int stream_take_slot(struct bd__api_stream *st)
+{
+    struct bd_server *srv = st->srv;
+    struct bd__api_stream **tail = &srv->uploads_waiting;
+
+    if (srv->submit_streams < stream_max_uploads(srv) && srv->uploads_waiting == NULL) {
+        st->is_counted = true;
+        srv->submit_streams++;
+        return BD_OK;
+    }
+    if (srv->uploads_waiting_count >= STREAM_WAITING_MAX)
+        return BD_EUPLOADS;
+    while (*tail)
+        tail = &(*tail)->wait_next;
+    *tail = st;
+    st->wait_next = NULL;
+    st->is_waiting = true;
+    srv->uploads_waiting_count++;
+    bd_log(BD_LOG_DEBUG, "api", "event=submit_stream_waiting waiting=%u",
+           srv->uploads_waiting_count);
+    return 1;
+}
+
+static void stream_unwait(struct bd__api_stream *st)
+{
+    struct bd__api_stream **p = &st->srv->uploads_waiting;
+
+    while (*p && *p != st)
+        p = &(*p)->wait_next;
+    if (*p)
+        *p = st->wait_next;
+    st->is_waiting = false;
+    st->srv->uploads_waiting_count--;
+}
+
+/* A slot freed: the uploads first in line go on. */
+static void stream_release_slot(struct bd_server *srv)
+{
+    while (srv->uploads_waiting && srv->submit_streams < stream_max_uploads(srv)) {
+        struct bd__api_stream *w = srv->uploads_waiting;
+        stream_unwait(w);
+        w->is_counted = true;
+        srv->submit_streams++;
+        w->is_in_body = true;                  /* w stays while we look at it */
+        stream_begin(w);
+        stream_flow(w);
+        w->is_in_body = false;
+        stream_maybe_free(w);
+    }
 }
 
 static void stream_refuse_upload(struct bd_http_request *req)
@@ -292,7 +370,7 @@ static void stream_refuse_upload(struct bd_http_request *req)
  * amends them at the end). The job is opened now, and the items follow into batches. */
 static int stream_on_data_begin(void *arg)
 {
-    struct api_stream *st = arg;
+    struct bd__api_stream *st = arg;
     struct bd__api_invalid inv = { { 0 }, { 0 } };
     char msg[sizeof(inv.field) + sizeof(inv.message) + 128];
     int rc;
@@ -319,24 +397,21 @@ static int stream_on_data_begin(void *arg)
         stream_fail(st, rc, NULL, NULL);
         return rc;
     }
-    if (st->srv->submit_streams >= stream_max_uploads(st->srv)) {
+    rc = stream_take_slot(st);
+    if (rc == BD_EUPLOADS) {
         st->is_answered = true;
         bd_http_set_abort_cb(st->req, NULL, NULL);
         stream_refuse_upload(st->req);
         return BD_EUPLOADS;
     }
-    st->is_counted = true;
-    st->srv->submit_streams++;
-    if (st->idem_key)
-        stream_find_key(st);
-    else
-        stream_open_job(st);
+    if (rc == BD_OK)
+        stream_begin(st);
     return st->is_answered ? BD_ECANCELED : BD_OK;
 }
 
 /* The gathered start of a JSON body passed STREAM_HOLD_MAX: scan it, and from now on the
  * rest as it comes. */
-static int stream_start_scan(struct api_stream *st)
+static int stream_start_scan(struct bd__api_stream *st)
 {
     static const struct bd_submit_scan_cbs cbs = { .on_member = stream_on_member,
                                                    .on_item = stream_on_item,
@@ -356,7 +431,7 @@ static int stream_start_scan(struct api_stream *st)
 /* Decoded body bytes: framed into members and items, or gathered (a JSON body's start). */
 static int stream_on_plain(void *arg, const char *data, size_t len)
 {
-    struct api_stream *st = arg;
+    struct bd__api_stream *st = arg;
     int rc;
 
     if (st->is_answered)
@@ -375,7 +450,7 @@ static int stream_on_plain(void *arg, const char *data, size_t len)
 }
 
 /* The body's hex SHA-256 (the Idempotency-Key's fingerprint); "" when it cannot be had. */
-static void stream_hash_end(struct api_stream *st, char out[65])
+static void stream_hash_end(struct bd__api_stream *st, char out[65])
 {
     unsigned char d[32];
     static const char hex[] = "0123456789abcdef";
@@ -394,7 +469,7 @@ static void stream_hash_end(struct api_stream *st, char out[65])
 }
 
 /* The key named an earlier job: the same body is that job again (200), another is 409. */
-static void stream_answer_replay(struct api_stream *st)
+static void stream_answer_replay(struct bd__api_stream *st)
 {
     char hash[65], loc[256];
 
@@ -420,7 +495,7 @@ static void stream_answer_replay(struct api_stream *st)
 /* A JSON body with members after "data": the job's fields from the whole body, validated
  * as a buffered body's are, into st->final (the pump amends the job with them). BD_OK, or
  * < 0 after answering. */
-static int stream_final_fields(struct api_stream *st)
+static int stream_final_fields(struct bd__api_stream *st)
 {
     struct bd__api_invalid inv = { { 0 }, { 0 } };
     struct bd__api_submit *f;
@@ -456,7 +531,7 @@ static int stream_final_fields(struct api_stream *st)
     return BD_OK;
 }
 
-static void stream_body_end(struct api_stream *st)
+static void stream_body_end(struct bd__api_stream *st)
 {
     int rc = bd_http_body_get_status(st->req);
 
@@ -508,14 +583,14 @@ static void stream_body_end(struct api_stream *st)
 
 /* ---- a gzip body, a slice per loop turn ----------------------------------------------- */
 
-static bool stream_gz_pending(const struct api_stream *st)
+static bool stream_gz_pending(const struct bd__api_stream *st)
 {
     return st->gz && (st->gz_pos < st->gz_rest.len || st->is_gz_again);
 }
 
 /* Inflate at most STREAM_INFLATE_SLICE bytes of what waits in gz_rest and hand them on.
  * BD_OK, or < 0 after answering. */
-static int stream_inflate_slice(struct api_stream *st)
+static int stream_inflate_slice(struct bd__api_stream *st)
 {
     size_t used = 0;
     int rc = BD_OK;
@@ -543,7 +618,7 @@ static int stream_inflate_slice(struct api_stream *st)
 
 static void stream_on_drain(uv_timer_t *t)
 {
-    struct api_stream *st = t->data;
+    struct bd__api_stream *st = t->data;
 
     st->is_in_body = true;
     if (!st->is_answered && stream_inflate_slice(st) == BD_OK) {
@@ -557,9 +632,9 @@ static void stream_on_drain(uv_timer_t *t)
 /* Whether the body may be read on: not while batches ahead wait for their turn to be
  * written, nor while inflated output is left over (the next slice is then inflated on the
  * next loop turn, unless the batches ahead must go first). */
-static void stream_flow(struct api_stream *st)
+static void stream_flow(struct bd__api_stream *st)
 {
-    bool is_blocked = st->ready && (st->is_writing || !st->is_open);
+    bool is_blocked = (st->ready && (st->is_writing || !st->is_open)) || st->is_waiting;
 
     if (st->is_answered)
         return;
@@ -582,7 +657,7 @@ static void stream_flow(struct api_stream *st)
     }
 }
 
-static int stream_on_body_pieces(struct api_stream *st, const char *data, size_t len)
+static int stream_on_body_pieces(struct bd__api_stream *st, const char *data, size_t len)
 {
     int rc;
 
@@ -614,7 +689,7 @@ static int stream_on_body_pieces(struct api_stream *st, const char *data, size_t
 
 static int stream_on_body(struct bd_http_request *req, const char *data, size_t len, void *arg)
 {
-    struct api_stream *st = arg;
+    struct bd__api_stream *st = arg;
 
     (void)req;
     /* Answering from inside (a bad line) must not free st under the scanner's feet. */
@@ -629,7 +704,7 @@ static int stream_on_body(struct bd_http_request *req, const char *data, size_t 
 
 static void stream_on_submitted(int status, const struct bd_job_submitted *res, void *arg)
 {
-    struct api_stream *st = arg;
+    struct bd__api_stream *st = arg;
     struct bd__api_submit *s = st->s;
 
     st->is_writing = false;
@@ -648,7 +723,7 @@ static void stream_on_submitted(int status, const struct bd_job_submitted *res, 
 static void stream_on_collection(int status, const struct bd_job_store_collection_row *row,
                                  void *arg)
 {
-    struct api_stream *st = arg;
+    struct bd__api_stream *st = arg;
     char msg[200];
 
     st->is_writing = false;
@@ -687,7 +762,7 @@ static void stream_on_written(int status, void *arg);
 /* The job has its final fields: they answer the request from now on. */
 static void stream_on_amended(int status, void *arg)
 {
-    struct api_stream *st = arg;
+    struct bd__api_stream *st = arg;
 
     if (status == BD_OK && !st->is_answered) {
         struct bd__api_submit *f = st->final;
@@ -703,7 +778,7 @@ static void stream_on_amended(int status, void *arg)
 
 static void stream_on_written(int status, void *arg)
 {
-    struct api_stream *st = arg;
+    struct bd__api_stream *st = arg;
 
     st->is_writing = false;
     if (status == BD_ECANCELED || st->is_answered) {
@@ -727,7 +802,7 @@ static void stream_on_written(int status, void *arg)
 
 /* Move the job on: the next ready batch, or, once the body ended and everything is
  * written, the collection check and the COMMIT. Resumes the body when nothing waits. */
-static void stream_pump(struct api_stream *st)
+static void stream_pump(struct bd__api_stream *st)
 {
     int rc;
 
@@ -831,7 +906,7 @@ static int stream_encoding(struct bd_http_request *req, bool *is_gzip)
     return BD_OK;
 }
 
-static void stream_open_job(struct api_stream *st)
+static void stream_open_job(struct bd__api_stream *st)
 {
     struct bd__api_submit *s = st->s;
     const struct bd_server *srv = st->srv;
@@ -860,7 +935,7 @@ static void stream_open_job(struct api_stream *st)
 /* An Idempotency-Key: its earlier job, if any, before a new one is opened. */
 static void stream_on_key(int status, const struct bd_job_store_idem_row *row, void *arg)
 {
-    struct api_stream *st = arg;
+    struct bd__api_stream *st = arg;
 
     st->is_writing = false;
     if (st->is_answered) {
@@ -888,7 +963,7 @@ static void stream_on_key(int status, const struct bd_job_store_idem_row *row, v
         stream_answer_replay(st);
 }
 
-static void stream_find_key(struct api_stream *st)
+static void stream_find_key(struct bd__api_stream *st)
 {
     st->is_writing = true;                     /* a store call is in flight: st stays */
     if (bd_job_store_find_idempotent(st->srv->pg, st->idem_key, stream_on_key, st) < 0) {
@@ -917,7 +992,7 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
                             "application/x-ndjson or application/jsonl", NULL);
         return;
     }
-    if (is_ndjson && srv->submit_streams >= stream_max_uploads(srv)) {
+    if (is_ndjson && !stream_has_room(srv)) {
         stream_refuse_upload(req);
         return;
     }
@@ -927,7 +1002,7 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
                             "Idempotency-Key");
         return;
     }
-    struct api_stream *st = calloc(1, sizeof(*st));
+    struct bd__api_stream *st = calloc(1, sizeof(*st));
     if (st == NULL || (st->s = calloc(1, sizeof(*st->s))) == NULL) {
         free(st);
         bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
@@ -937,8 +1012,6 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
     st->srv = srv;
     st->is_ndjson = is_ndjson;
     st->is_scanning = is_ndjson;
-    st->is_counted = is_ndjson;
-    srv->submit_streams += is_ndjson;
     st->idem_key = key;
     if (key && bd_sha256_init(&st->sha) == BD_OK)
         st->has_sha = true;
@@ -990,10 +1063,9 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
     bd_http_set_abort_cb(req, stream_on_abort, st);
     if (!is_ndjson)
         return;                                /* the job opens when "data" does */
-    if (key)
-        stream_find_key(st);
-    else
-        stream_open_job(st);
+    /* (Room was checked above.) A waiting upload's body is paused by its first piece. */
+    if (stream_take_slot(st) == BD_OK)
+        stream_begin(st);
 }
 
 int bd__api_register_submit(struct bd_router *r, struct bd_server *srv)

@@ -156,26 +156,45 @@ int bd_job_store_amend_job(struct bd_pg_conn *conn, const struct bd_job_store_ne
 }
 
 /* The new batches go in under negative numbers (-1 - n) beside the old ones, the old ones
- * go, and the new ones take their numbers: no key is ever taken twice. */
+ * go, and the new ones take their numbers: no key is ever taken twice. When the new size is
+ * a multiple of the old, whole batches are joined (their bytes concatenated); otherwise
+ * the items are taken apart (batchd_packed_items, json_array_elements) and regrouped. */
 int bd_job_store_rebatch(struct bd_pg_conn *conn, const char *job_id, bool is_insert,
-                         unsigned batch_size, bd_pg_result_cb cb, void *arg)
+                         unsigned old_size, unsigned batch_size, bd_pg_result_cb cb, void *arg)
 {
-    char bs[16];
-    snprintf(bs, sizeof(bs), "%u", batch_size);
-    const char *p[2] = { job_id, bs };
+    char n[16];
+    bool is_join = old_size > 0 && batch_size % old_size == 0;
+    /* $2: old batches per new one (joining), or the new size (regrouping items) */
+    snprintf(n, sizeof(n), "%u", is_join ? batch_size / old_size : batch_size);
+    const char *p[2] = { job_id, n };
+    const char *regroup;
+
+    if (is_join && is_insert)
+        regroup = "INSERT INTO job_batches (job_id, batch_no, first_index, item_count, payload) "
+                  "SELECT $1, -1 - batch_no / $2::int, min(first_index), sum(item_count), "
+                  "string_agg(payload, ''::bytea ORDER BY batch_no) FROM job_batches "
+                  "WHERE job_id = $1 AND batch_no >= 0 GROUP BY batch_no / $2::int";
+    else if (is_join)                       /* "[a,b]" + "[c]" -> "[a,b,c]" */
+        regroup = "INSERT INTO job_batches (job_id, batch_no, first_index, item_count, items) "
+                  "SELECT $1, -1 - batch_no / $2::int, min(first_index), sum(item_count), "
+                  "'[' || string_agg(substr(items, 2, length(items) - 2), ',' "
+                  "ORDER BY batch_no) || ']' FROM job_batches "
+                  "WHERE job_id = $1 AND batch_no >= 0 GROUP BY batch_no / $2::int";
+    else if (is_insert)
+        regroup = "INSERT INTO job_batches (job_id, batch_no, first_index, item_count, payload) "
+                  "SELECT $1, -1 - i.idx / $2::int, min(i.idx), count(*), "
+                  "string_agg(i.item, ''::bytea ORDER BY i.idx) FROM (SELECT b.first_index + "
+                  "p.ord AS idx, p.item FROM job_batches b, batchd_packed_items(b.payload) p "
+                  "WHERE b.job_id = $1 AND b.batch_no >= 0) i GROUP BY i.idx / $2::int";
+    else
+        regroup = "INSERT INTO job_batches (job_id, batch_no, first_index, item_count, items) "
+                  "SELECT $1, -1 - i.idx / $2::int, min(i.idx), count(*), "
+                  "'[' || string_agg(i.item::text, ',' ORDER BY i.idx) || ']' FROM (SELECT "
+                  "b.first_index + e.ord - 1 AS idx, e.item FROM job_batches b, "
+                  "json_array_elements(b.items::json) WITH ORDINALITY e(item, ord) "
+                  "WHERE b.job_id = $1 AND b.batch_no >= 0) i GROUP BY i.idx / $2::int";
     const char *const sqls[3] = {
-        is_insert
-            ? "INSERT INTO job_batches (job_id, batch_no, first_index, item_count, payload) "
-              "SELECT $1, -1 - i.idx / $2::int, min(i.idx), count(*), "
-              "string_agg(i.item, ''::bytea ORDER BY i.idx) FROM (SELECT b.first_index + "
-              "p.ord AS idx, p.item FROM job_batches b, batchd_packed_items(b.payload) p "
-              "WHERE b.job_id = $1 AND b.batch_no >= 0) i GROUP BY i.idx / $2::int"
-            : "INSERT INTO job_batches (job_id, batch_no, first_index, item_count, items) "
-              "SELECT $1, -1 - i.idx / $2::int, min(i.idx), count(*), "
-              "'[' || string_agg(i.item::text, ',' ORDER BY i.idx) || ']' FROM (SELECT "
-              "b.first_index + e.ord - 1 AS idx, e.item FROM job_batches b, "
-              "json_array_elements(b.items::json) WITH ORDINALITY e(item, ord) "
-              "WHERE b.job_id = $1 AND b.batch_no >= 0) i GROUP BY i.idx / $2::int",
+        regroup,
         "DELETE FROM job_batches WHERE job_id = $1 AND batch_no >= 0",
         "UPDATE job_batches SET batch_no = -1 - batch_no WHERE job_id = $1",
     };

@@ -649,6 +649,7 @@ int bd_job_stream_amend(struct bd_job_stream *st, const struct bd_job_spec *spec
                             spec->metadata_json ? spec->metadata_json : "{}"))
         return BD_ENOMEM;
     is_rebatch = spec->batch_size != js->batch_size;
+    unsigned old_size = js->batch_size;
     js->priority = spec->priority;
     js->batch_size = spec->batch_size;
     js->timeout_s = spec->timeout_s;
@@ -656,7 +657,7 @@ int bd_job_stream_amend(struct bd_job_stream *st, const struct bd_job_spec *spec
     js->dim = spec->dim;
     if (is_rebatch) {
         rc = bd_job_store_rebatch(js->conn, js->job_id, js->op == BD_OP_BULK_INSERT,
-                                  js->batch_size, job_stream_on_rebatched, js);
+                                  old_size, js->batch_size, job_stream_on_rebatched, js);
         js->batches = (unsigned)(((unsigned long long)js->items + js->batch_size - 1) /
                                  js->batch_size);
     } else {

@@ -93,7 +93,7 @@ static const char pg_schema_v3_packed_batches[] =
  * batch_size came after its data). The value is copied into memory first: get_byte on the
  * stored, out-of-line value would fetch it from TOAST on every call. */
 static const char pg_schema_v4_packed_items[] =
-    "CREATE FUNCTION batchd_packed_items(p bytea)\n"
+    "CREATE OR REPLACE FUNCTION batchd_packed_items(p bytea)\n"
     "RETURNS TABLE (ord int, item bytea) LANGUAGE plpgsql IMMUTABLE STRICT AS $$\n"
     "DECLARE\n"
     "  v bytea := p || ''::bytea;\n"

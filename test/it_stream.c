@@ -275,17 +275,18 @@ static long it_jobs_of(const char *coll)
     return bd_it_psql_long("SELECT count(*) FROM jobs WHERE collection = '%s'", coll);
 }
 
-/* batchd's gauge of streamed submits in progress. */
-static long it_uploads(void)
+/* A gauge's value from batchd's /metrics (-1 when missing). */
+static long it_gauge(const char *name)
 {
-    char url[256];
+    char url[256], needle[128];
     struct bd_it_resp r;
     long n = -1;
     snprintf(url, sizeof(url), "%s/metrics", it_proc.base);
+    snprintf(needle, sizeof(needle), "\n%s ", name);
     if (bd_it_http("GET", url, NULL, NULL, &r) == 0 && r.body) {
-        const char *p = strstr(r.body, "\nbatchd_submit_uploads ");
+        const char *p = strstr(r.body, needle);
         if (p)
-            n = strtol(p + strlen("\nbatchd_submit_uploads "), NULL, 10);
+            n = strtol(p + strlen(needle), NULL, 10);
     }
     bd_it_resp_free(&r);
     return n;
@@ -585,49 +586,90 @@ static void stream_inflates_in_slices_when_gzip_ratio_is_high(void **state)
 
 /* ---- the JSON form, streamed ------------------------------------------------------------- */
 
-/* The seed's order: "options" after "data". A 3 MB bulk_insert body is streamed with the
- * default batch size, then its batches are cut again at 300 (inside PostgreSQL), and the
- * late metadata lands on the job; the job runs to completion with every vector. */
-static void stream_json_rebatches_when_options_come_after_data(void **state)
+/* A bulk_insert JSON body of 50,000 items (3 MB) in the seed's order, "options" after
+ * "data": streamed with the default batch size (100), then cut again at batch_size (inside
+ * PostgreSQL), the late metadata and priority on the job; it runs to completion with every
+ * vector where it belongs. */
+static void it_check_late_options_insert(unsigned batch_size)
 {
     char head[256], tail[256], coll[96];
     struct gen g = { .kind = GEN_INSERT, .lines = 50000, .dim = 4, .bad_line = SIZE_MAX,
                      .head = head, .tail = tail };
+    unsigned batches = (50000 + batch_size - 1) / batch_size;
     json_t *j = NULL;
-    (void)state;
 
     it_need_batchd();
-    snprintf(coll, sizeof(coll), "%s_late", it_prefix);
+    snprintf(coll, sizeof(coll), "%s_late%u", it_prefix, batch_size);
     snprintf(head, sizeof(head), "{\"operation\":\"bulk_insert\",\"collection\":\"%s\","
              "\"data\":[", coll);
-    snprintf(tail, sizeof(tail), "],\n\"options\":{\"batch_size\":300,\"priority\":\"high\"},"
-             "\"metadata\":{\"source\":\"late\"}}");
+    snprintf(tail, sizeof(tail), "],\n\"options\":{\"batch_size\":%u,\"priority\":\"high\"},"
+             "\"metadata\":{\"source\":\"late\"}}", batch_size);
     long st = gen_post(&g, "", "application/json", &j);
     if (st != 202)
         fail_msg("status %ld: %s", st, j ? json_dumps(j, 0) : "(no JSON)");
     assert_true(g.sent > (2u << 20));                   /* past the gathered start */
-    assert_int_equal(bd_it_int(j, "batch_size"), 300);
+    assert_int_equal(bd_it_int(j, "batch_size"), batch_size);
     assert_int_equal(bd_it_int(j, "items_count"), 50000);
     assert_string_equal(bd_it_str(j, "priority"), "high");
     assert_string_equal(bd_it_str(j, "metadata.source"), "late");
     const char *id = bd_it_str(j, "job_id");
     assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s'", id),
-                     167);
-    /* Every batch holds the 300 items that follow the one before it. */
+                     batches);
+    /* Every batch holds the batch_size items that follow the one before it. */
     assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' "
-                                     "AND (first_index <> batch_no * 300 OR item_count <> "
-                                     "least(300, 50000 - batch_no * 300))", id), 0);
-    assert_int_equal(bd_it_psql_long("SELECT total_batches FROM jobs WHERE id = '%s'", id), 167);
+                                     "AND (first_index <> batch_no * %u OR item_count <> "
+                                     "least(%u, 50000 - batch_no * %u))", id, batch_size,
+                                     batch_size, batch_size), 0);
+    assert_int_equal(bd_it_psql_long("SELECT total_batches FROM jobs WHERE id = '%s'", id),
+                     batches);
     assert_int_equal(bd_it_psql_long("SELECT count(*) FROM jobs WHERE id = '%s' AND "
-                                     "metadata->>'source' = 'late' AND batch_size = 300", id), 1);
+                                     "metadata->>'source' = 'late' AND batch_size = %u", id,
+                                     batch_size), 1);
     json_decref(bd_it_expect_status(&it_proc, id, "completed", 60));
     assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'",
                                      coll), 50000);
-    /* Item 12345 (batch 41 now) is the vector it was sent as. */
+    /* Item 12345 is the vector it was sent as. */
     assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s' "
                                      "AND id = 'v12345' AND item_index = 12345 AND "
                                      "abs(embedding[2] - %.3f) < 0.001", coll,
                                      (double)((12345 + 1) % 97) / 97.0), 1);
+    json_decref(j);
+}
+
+/* 300: three stored batches joined into one; 250: every item split out and regrouped. */
+static void stream_json_rebatches_when_options_come_after_data(void **state)
+{
+    (void)state;
+    it_check_late_options_insert(300);
+    it_check_late_options_insert(250);
+}
+
+/* The same for bulk_embed's JSON-array batches, joined (100 -> 200). */
+static void stream_json_joins_embed_batches_when_late_size_is_a_multiple(void **state)
+{
+    char head[256], coll[96];
+    struct gen g = { .kind = GEN_EMBED, .lines = 3000, .bad_line = SIZE_MAX, .pad = 100,
+                     .head = head, .tail = "],\"options\":{\"batch_size\":200}}" };
+    json_t *j = NULL;
+    (void)state;
+
+    it_need_batchd();
+    snprintf(coll, sizeof(coll), "%s_joinjson", it_prefix);
+    snprintf(head, sizeof(head), "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\","
+             "\"collection\":\"%s\",\"data\":[", coll);
+    long st = gen_post(&g, "", "application/json", &j);
+    if (st != 202)
+        fail_msg("status %ld: %s", st, j ? json_dumps(j, 0) : "(no JSON)");
+    const char *id = bd_it_str(j, "job_id");
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' AND "
+                                     "json_array_length(items::json) = 200 AND item_count = 200 "
+                                     "AND first_index = batch_no * 200", id), 15);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' AND "
+                                     "batch_no = 7 AND items::json->13->>'id' = '%s-1413'", id,
+                                     it_prefix), 1);
+    json_decref(bd_it_expect_status(&it_proc, id, "completed", 60));
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE collection = '%s'",
+                                     coll), 3000);
     json_decref(j);
 }
 
@@ -709,13 +751,14 @@ static void stream_json_explains_when_operation_comes_after_data(void **state)
 }
 
 /* Each streamed submit holds one of the API pool's connections for its whole upload: with
- * the default pool of 4, two uploads in progress are the most; a third is told to come back
- * (503 too_many_uploads, Retry-After), and once one leaves, a new one is taken again. */
-static void stream_caps_uploads_when_pool_would_run_out(void **state)
+ * the default pool of 4, two uploads in progress are the most; a third waits in line, its
+ * body unread, and goes on (202) as soon as one of the two leaves. */
+static void stream_waits_for_upload_slot_when_pool_is_taken(void **state)
 {
-    struct bd_it_raw up[2];
-    char head[512], coll[96], url[512];
-    static const char chunk[] = "e\r\n{\"text\":\"a\"}\n\r\n";
+    struct bd_it_raw up[3];
+    char head[512], coll[96];
+    static const char chunk[] = "d\r\n{\"text\":\"a\"}\n\r\n";
+    struct bd_it_resp r;
     (void)state;
 
     it_need_batchd();
@@ -730,34 +773,32 @@ static void stream_caps_uploads_when_pool_would_run_out(void **state)
     }
     /* Both uploads are under way once batchd counts them (and their rows are written). */
     double deadline = bd_it_now() + 10;
-    while (it_uploads() < 2 && bd_it_now() < deadline)
+    while (it_gauge("batchd_submit_uploads") < 2 && bd_it_now() < deadline)
         bd_it_sleep_ms(50);
-    if (it_uploads() != 2) {                     /* say what the uploads were told */
+    if (it_gauge("batchd_submit_uploads") != 2) {      /* say what the uploads were told */
         bd_it_raw_read(&up[0], 200, 0);
         bd_it_raw_read(&up[1], 200, 0);
         fail_msg("%ld uploads counted; the first got \"%s\", the second \"%s\"",
-                 it_uploads(), up[0].buf ? up[0].buf : "", up[1].buf ? up[1].buf : "");
+                 it_gauge("batchd_submit_uploads"), up[0].buf ? up[0].buf : "",
+                 up[1].buf ? up[1].buf : "");
     }
-    snprintf(url, sizeof(url), "%s/api/v1/batch/jobs?operation=bulk_embed&model=hashmodel"
-             "&collection=%s", it_proc.base, coll);
-    struct bd_buf resp;
-    bd_buf_init(&resp);
-    long status = post_bytes(url, "application/x-ndjson", false, "{\"text\":\"b\"}\n", 13,
-                             &resp);
-    if (status != 503 || strstr(resp.data ? resp.data : "", "too_many_uploads") == NULL)
-        fail_msg("third upload: %ld %.*s", status, (int)resp.len, resp.data ? resp.data : "");
-    bd_buf_free(&resp);
-    bd_it_raw_close(&up[0]);                      /* one client leaves: its job rolls back */
+    /* A third, whole: it waits (no answer, the waiting gauge says so). */
+    bd_it_raw_connect(&up[2], it_proc.port);
+    bd_it_raw_send_n(&up[2], head, strlen(head));
+    bd_it_raw_send_n(&up[2], chunk, sizeof(chunk) - 1);
+    bd_it_raw_send(&up[2], "0\r\n\r\n");
     deadline = bd_it_now() + 10;
-    do {
-        bd_buf_init(&resp);
-        status = post_bytes(url, "application/x-ndjson", false, "{\"text\":\"b\"}\n", 13, &resp);
-        bd_buf_free(&resp);
-        if (status == 202 || bd_it_now() > deadline)
-            break;
-        bd_it_sleep_ms(100);
-    } while (status == 503);
-    assert_int_equal(status, 202);
+    while (it_gauge("batchd_submit_uploads_waiting") < 1 && bd_it_now() < deadline)
+        bd_it_sleep_ms(50);
+    assert_int_equal(it_gauge("batchd_submit_uploads_waiting"), 1);
+    assert_int_equal(bd_it_raw_read(&up[2], 300, 0), -1);   /* nothing yet */
+    bd_it_raw_close(&up[0]);                      /* one client leaves: its job rolls back */
+    assert_int_equal(bd_it_raw_response(&up[2], &r, false, 10000), 0);
+    if (r.status != 202)
+        fail_msg("the waiting upload: %ld %s", r.status, r.body);
+    bd_it_resp_free(&r);
+    assert_int_equal(it_gauge("batchd_submit_uploads_waiting"), 0);
+    bd_it_raw_close(&up[2]);
     bd_it_raw_close(&up[1]);
     assert_int_equal(bd_it_psql_long("SELECT count(*) FROM jobs WHERE collection = '%s'", coll),
                      1);
@@ -824,10 +865,11 @@ int main(void)
         cmocka_unit_test(stream_refuses_gzip_bomb_when_it_inflates_past_limit),
         cmocka_unit_test(stream_keeps_memory_bounded_when_body_is_large),
         cmocka_unit_test(stream_refuses_ten_million_items_when_json_body_is_huge),
-        cmocka_unit_test(stream_caps_uploads_when_pool_would_run_out),
+        cmocka_unit_test(stream_waits_for_upload_slot_when_pool_is_taken),
         cmocka_unit_test(stream_replays_job_when_idempotency_key_repeats),
         cmocka_unit_test(stream_inflates_in_slices_when_gzip_ratio_is_high),
         cmocka_unit_test(stream_json_rebatches_when_options_come_after_data),
+        cmocka_unit_test(stream_json_joins_embed_batches_when_late_size_is_a_multiple),
         cmocka_unit_test(stream_json_keeps_memory_bounded_when_body_is_large),
         cmocka_unit_test(stream_json_rolls_back_when_item_is_bad_mid_stream),
         cmocka_unit_test(stream_json_explains_when_operation_comes_after_data),

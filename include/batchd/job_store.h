@@ -289,13 +289,16 @@ int bd_job_store_copy_batches(struct bd_pg_conn *conn, const struct bd_buf *copy
 int bd_job_store_amend_job(struct bd_pg_conn *conn, const struct bd_job_store_new_job *job,
                            bd_pg_result_cb cb, void *arg);
 
-/* Cut a streamed job's stored batches again, batch_size items each (batch_no, first_index
- * and item_count follow), in the open transaction and inside PostgreSQL: the items are not
- * read back. is_insert: packed payloads (job_batch.h), else JSON arrays in items. The
- * batches must be numbered 0.. with first_index counting the job's items. cb as
- * bd_pg_conn_pipeline's. */
+/* Cut a streamed job's stored batches (old_size items each, the last maybe fewer) again,
+ * batch_size items each (batch_no, first_index and item_count follow), in the open
+ * transaction and inside PostgreSQL: the items are not read back. is_insert: packed
+ * payloads (job_batch.h), else compact JSON arrays in items. The batches must be numbered
+ * 0.. with first_index counting the job's items. Joining whole batches (batch_size a
+ * multiple of old_size) costs a copy; anything else splits every item out and regroups.
+ * cb as bd_pg_conn_pipeline's. */
 int bd_job_store_rebatch(struct bd_pg_conn *conn, const char *job_id, bool is_insert,
-                         unsigned batch_size, bd_pg_result_cb cb, void *arg);
+                         unsigned old_size, unsigned batch_size, bd_pg_result_cb cb,
+                         void *arg);
 
 /* A streamed job's totals, known once its body ended (its row was written first with 0):
  * items, batches, the vectors' dimension (options.dimension) and, when not NULL, the body's
