@@ -485,7 +485,9 @@ static void job_group_on_committed(int status, PGresult *res, void *arg)
     }
     g->e->committer.groups++;
     g->e->committer.jobs += g->n;
-    bd_log(BD_LOG_DEBUG, "job", "job=%s event=group_committed jobs=%u", g->jobs->job_id, g->n);
+    /* A group of one is a lone submit's commit: its "submitted" line says enough. */
+    bd_log(g->n > 1 ? BD_LOG_INFO : BD_LOG_DEBUG, "job", "job=%s event=group_committed jobs=%u",
+           g->jobs->job_id, g->n);
     struct job_submit *js = job_group_end(g), *next;
     for (; js; js = next) {
         next = js->group_next;
