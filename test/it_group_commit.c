@@ -3,7 +3,9 @@
  * run; an Idempotency-Key collision inside a group fails only the collider, answered as
  * before (replay 200 or 409); a group whose transaction PostgreSQL refuses answers 503 and
  * leaves neither rows nor item reservations; a job whose batch is refused fails alone; the
- * queue's room (429) is exact under concurrency.
+ * queue's room (429) is exact under concurrency; a group's lost COMMIT answer is settled
+ * job by job (batchd reaches PostgreSQL through a small proxy in this process that drops
+ * the answer to the COMMIT of a marked group, as it_submit.c's does for one job).
  *
  * Determinism: a "plug" job is held inside its INSERT by a trigger waiting on an advisory
  * lock that this test holds (in a psql session of its own), so the one group in flight is
@@ -30,8 +32,10 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,8 +61,157 @@ static struct bd_it_proc g_proc;
 static bool g_started;
 static char g_schema[64];
 static char g_pg_base[512];
-static char g_pg_url[640];          /* with our search_path */
+static char g_pg_url[640];          /* straight to PostgreSQL, with our search_path */
+static char g_pg_proxied[640];      /* batchd's: through the proxy, with our search_path */
 static char g_redis_url[256];
+
+/* ---- a PostgreSQL proxy that loses the answers to the COMMITs of marked submits ---------
+ * (it_submit.c has the same proxy, losing the next COMMIT's answer; this one loses the
+ * answer of every COMMIT sent on a connection that carried LOST_MARKER, the metadata of the
+ * jobs whose group must not hear of its commit, so the engine's own COMMITs pass.) */
+
+#define PROXY_PAIRS 64
+#define LOST_MARKER "itgrp-lost-commit-marker"
+
+struct proxy_pair {
+    int c, s;                       /* client (batchd) and server sockets; -1 when unused */
+    bool is_marked;                 /* carried LOST_MARKER */
+    bool is_doomed;                 /* forwarded a COMMIT after it: drop the server's answer */
+};
+
+static struct {
+    int listen_fd;
+    int port;
+    struct sockaddr_in target;
+    struct proxy_pair pairs[PROXY_PAIRS];
+    atomic_int fired;               /* how many answers were lost */
+    atomic_int is_stopping;
+    pthread_t thread;
+} g_px;
+
+/* The simple-protocol message "COMMIT": 'Q', int32 length 11, "COMMIT\0". */
+static const char px_commit[] = { 'Q', 0, 0, 0, 11, 'C', 'O', 'M', 'M', 'I', 'T', 0 };
+
+static void px_close_pair(struct proxy_pair *p)
+{
+    close(p->c);
+    close(p->s);
+    *p = (struct proxy_pair){ -1, -1, false, false };
+}
+
+static bool px_write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+        if (n <= 0)
+            return false;
+        buf += n;
+        len -= (size_t)n;
+    }
+    return true;
+}
+
+static void px_accept(void)
+{
+    int c = accept(g_px.listen_fd, NULL, NULL);
+    int s = c >= 0 ? socket(AF_INET, SOCK_STREAM, 0) : -1;
+    if (s >= 0 && connect(s, (struct sockaddr *)&g_px.target, sizeof(g_px.target)) == 0) {
+        int i = 0;
+        while (i < PROXY_PAIRS && g_px.pairs[i].c >= 0)
+            i++;
+        if (i < PROXY_PAIRS) {
+            g_px.pairs[i] = (struct proxy_pair){ c, s, false, false };
+            return;
+        }
+    }
+    if (c >= 0)
+        close(c);
+    if (s >= 0)
+        close(s);
+}
+
+static void *px_main(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&g_px.is_stopping)) {
+        struct pollfd fds[1 + 2 * PROXY_PAIRS];
+        int map[1 + 2 * PROXY_PAIRS];
+        nfds_t n = 0;
+        fds[n] = (struct pollfd){ g_px.listen_fd, POLLIN, 0 };
+        map[n++] = -1;
+        for (int i = 0; i < PROXY_PAIRS; i++) {
+            if (g_px.pairs[i].c < 0)
+                continue;
+            fds[n] = (struct pollfd){ g_px.pairs[i].c, POLLIN, 0 };
+            map[n++] = 2 * i;
+            fds[n] = (struct pollfd){ g_px.pairs[i].s, POLLIN, 0 };
+            map[n++] = 2 * i + 1;
+        }
+        if (poll(fds, n, 100) <= 0)
+            continue;
+        if (fds[0].revents & POLLIN)
+            px_accept();
+        for (nfds_t k = 1; k < n; k++) {
+            struct proxy_pair *p = &g_px.pairs[map[k] / 2];
+            bool from_client = map[k] % 2 == 0;
+            char buf[65536];
+            if (!(fds[k].revents & (POLLIN | POLLHUP | POLLERR)) || p->c < 0)
+                continue;
+            ssize_t got = recv(from_client ? p->c : p->s, buf, sizeof(buf), 0);
+            if (got <= 0) {
+                px_close_pair(p);
+                continue;
+            }
+            if (!from_client && p->is_doomed) {
+                /* The server committed and answered; the client never hears of it. */
+                atomic_fetch_add(&g_px.fired, 1);
+                px_close_pair(p);
+                continue;
+            }
+            if (from_client && memmem(buf, (size_t)got, LOST_MARKER, strlen(LOST_MARKER)))
+                p->is_marked = true;
+            if (from_client && p->is_marked &&
+                memmem(buf, (size_t)got, px_commit, sizeof(px_commit)) != NULL)
+                p->is_doomed = true;
+            if (!px_write_all(from_client ? p->s : p->c, buf, (size_t)got))
+                px_close_pair(p);
+        }
+    }
+    for (int i = 0; i < PROXY_PAIRS; i++)
+        if (g_px.pairs[i].c >= 0)
+            px_close_pair(&g_px.pairs[i]);
+    close(g_px.listen_fd);
+    return NULL;
+}
+
+/* Start the proxy in front of host:port of url (postgresql://user@host:port/db...). */
+static int px_start(const char *url)
+{
+    const char *at = strchr(url, '@'), *hp = at ? at + 1 : url + strlen("postgresql://");
+    const char *colon = strchr(hp, ':');
+    char host[64];
+    struct sockaddr_in a = { 0 };
+    socklen_t alen = sizeof(a);
+
+    if (colon == NULL || (size_t)(colon - hp) >= sizeof(host))
+        return -1;
+    snprintf(host, sizeof(host), "%.*s", (int)(colon - hp), hp);
+    g_px.target.sin_family = AF_INET;
+    g_px.target.sin_port = htons((uint16_t)atoi(colon + 1));
+    if (inet_pton(AF_INET, host, &g_px.target.sin_addr) != 1)
+        return -1;
+    for (int i = 0; i < PROXY_PAIRS; i++)
+        g_px.pairs[i] = (struct proxy_pair){ -1, -1, false, false };
+    g_px.listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (g_px.listen_fd < 0 || bind(g_px.listen_fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+        listen(g_px.listen_fd, 64) != 0 ||
+        getsockname(g_px.listen_fd, (struct sockaddr *)&a, &alen) != 0)
+        return -1;
+    g_px.port = ntohs(a.sin_port);
+    return pthread_create(&g_px.thread, NULL, px_main, NULL) == 0 ? 0 : -1;
+}
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
@@ -173,6 +326,17 @@ static void req_init(struct req *r, const struct bd_it_proc *p, const char *coll
                      const char *text, const char *idem)
 {
     req_init_model(r, p, "hashmodel", coll, text, idem);
+}
+
+/* The same with the proxy's LOST_MARKER in the job's metadata. */
+static void req_init_marked(struct req *r, const struct bd_it_proc *p, const char *coll,
+                            const char *text)
+{
+    memset(r, 0, sizeof(*r));
+    r->proc = p;
+    snprintf(r->body, sizeof(r->body), "{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\","
+             "\"collection\":\"%s\",\"metadata\":{\"m\":\"" LOST_MARKER "\"},"
+             "\"data\":[{\"id\":\"x\",\"text\":\"%s\"}]}", coll, text);
 }
 
 static void reqs_start(struct req *r, size_t n)
@@ -383,6 +547,40 @@ static void test_group_isolates_refused_batch(void **state)
     wait_redis(g_redis_url, "HLEN bd:reserved_items", 0, 5);
 }
 
+/* The answer to a group's COMMIT is lost (the proxy drops the connection after PostgreSQL
+ * answered it): each job of the group is looked up, found, enqueued and answered 202 -- no
+ * 503 inviting a duplicate --, and each runs. */
+static void test_group_settles_lost_commit_answer_per_job(void **state)
+{
+    enum { N = 6 };
+    static struct req r[N];
+    (void)state;
+
+    int fired = atomic_load(&g_px.fired);
+    for (int i = 0; i < N; i++) {
+        char text[32];
+        snprintf(text, sizeof(text), "l%d", i);
+        req_init_marked(&r[i], &g_proc, "itgrp_lost", text);
+    }
+    plug_begin();
+    reqs_start(r, N);
+    plug_release(N);
+    reqs_join(r, N);
+    assert_int_equal(atomic_load(&g_px.fired), fired + 1);     /* one group, one answer lost */
+    for (int i = 0; i < N; i++) {
+        if (r[i].status != 202)
+            fprintf(stderr, "submit %d: %ld %s\n", i, r[i].status, r[i].code);
+        assert_int_equal(r[i].status, 202);
+    }
+    char jobs_n[32];
+    snprintf(jobs_n, sizeof(jobs_n), "jobs=%d ", N);
+    assert_true(log_count(&g_proc, jobs_n, "outcome=settle_each") >= 1);
+    assert_int_equal(psql_long("SELECT count(*) FROM jobs WHERE collection = 'itgrp_lost'"), N);
+    wait_sql(N, 60, "SELECT count(*) FROM jobs WHERE collection = 'itgrp_lost' AND "
+                    "status = 'completed'");
+    wait_redis(g_redis_url, "HLEN bd:reserved_items", 0, 5);
+}
+
 /* The queue's room under concurrency: with max_queued_items 10 and the one worker held by a
  * job whose model never answers, 40 concurrent one-item submits get exactly 10 202s and 30
  * 429s; Redis counts exactly those 10 items, no reservation is left, PostgreSQL has exactly
@@ -508,6 +706,19 @@ static int it_setup(void **state)
              bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd"));
     snprintf(g_pg_url, sizeof(g_pg_url), "%s%coptions=-csearch_path%%3D%s", g_pg_base,
              strchr(g_pg_base, '?') ? '&' : '?', g_schema);
+    if (px_start(g_pg_base) != 0) {
+        fprintf(stderr, "cannot start the PostgreSQL proxy for %s\n", g_pg_base);
+        return -1;
+    }
+    /* The same URL with the proxy's port. */
+    const char *at = strchr(g_pg_base, '@');
+    const char *colon = strchr(at ? at : g_pg_base + strlen("postgresql://"), ':');
+    const char *after_port = colon ? strpbrk(colon, "/?") : NULL;
+    if (colon == NULL || after_port == NULL)
+        return -1;
+    snprintf(g_pg_proxied, sizeof(g_pg_proxied), "%.*s:%d%s%coptions=-csearch_path%%3D%s",
+             (int)(colon - g_pg_base), g_pg_base, g_px.port, after_port,
+             strchr(after_port, '?') ? '&' : '?', g_schema);
     slash = strchr(redis + strlen("redis://"), '/');
     snprintf(g_redis_url, sizeof(g_redis_url), "%.*s/%s",
              (int)(slash ? slash - redis : (long)strlen(redis)), redis, db);
@@ -517,7 +728,7 @@ static int it_setup(void **state)
         return -1;
     }
     bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
-    setenv("BATCH_POSTGRES_URL", g_pg_url, 1);
+    setenv("BATCH_POSTGRES_URL", g_pg_proxied, 1);
     setenv("BATCH_REDIS_URL", g_redis_url, 1);
     if (bd_it_start(&g_proc, it_config, NULL) != 0)
         return -1;
@@ -540,6 +751,8 @@ static int it_teardown(void **state)
         fprintf(stderr, "batchd did not exit cleanly; log: %s\n", g_proc.log_path);
         rc = -1;
     }
+    atomic_store(&g_px.is_stopping, 1);
+    pthread_join(g_px.thread, NULL);
     bd_it_sh("psql '%s' -Atqc 'DROP SCHEMA IF EXISTS %s CASCADE;' >/dev/null", g_pg_base,
              g_schema);
     bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
@@ -553,6 +766,7 @@ int main(void)
         cmocka_unit_test(test_group_isolates_idempotency_key_collision),
         cmocka_unit_test(test_group_failing_answers_503_and_leaves_nothing),
         cmocka_unit_test(test_group_isolates_refused_batch),
+        cmocka_unit_test(test_group_settles_lost_commit_answer_per_job),
         cmocka_unit_test(test_group_keeps_queue_room_exact_under_concurrency),
     };
     bd_it_apply_filter();
