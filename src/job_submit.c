@@ -1,6 +1,6 @@
 /* job_submit.c -- a job's creation (see job_submit.h): room check, id, one transaction for
- * the job row and its batches, COMMIT (settled by a lookup when its answer is lost), then
- * the Redis enqueue.
+ * the job row and its batches (shared by small jobs: group commit), COMMIT (settled by a
+ * lookup when its answer is lost), then the Redis enqueue.
  *
  * Owns each submit's record from bd_job_submit to its callback. Loop thread only; never
  * blocks. Reaches PostgreSQL only through job_store.h and Redis through redis_queue.h;
