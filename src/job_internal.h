@@ -109,6 +109,19 @@ struct bd_job {
     unsigned batches_run;     /* batches this process checkpointed (for logs) */
 };
 
+struct job_submit;            /* job_submit.c's record of one submit */
+
+/* Group commit (job_submit.c): small submits waiting for a transaction shared with the
+ * others. Lives in the engine, the job module's one long-lived object: zeroed when the
+ * engine is made, and holding nothing once no submit is in flight, so nothing of it is ever
+ * freed or closed (every submit ends before the engine stops: HTTP closes first). */
+struct bd__job_committer {
+    struct job_submit *head, *tail;   /* waiting, in arrival order (linked by group_next) */
+    unsigned waiting;
+    unsigned inflight;                /* groups from their connection's acquire to their end */
+    unsigned long long groups, jobs;  /* groups committed, and their jobs (for the logs) */
+};
+
 struct bd_job_engine {
     struct bd_job_deps d;     /* the engine's dependencies, borrowed */
     struct bd_job *jobs;
@@ -137,6 +150,7 @@ struct bd_job_engine {
     void *stopped_arg;
 
     struct bd_job_engine_stats stats;
+    struct bd__job_committer committer;
 };
 
 /* job_run.c */

@@ -76,49 +76,107 @@ enum {
     NEWJOB_CREATED, NEWJOB_NPARAMS
 };
 
+/* The text of one job row's parameters: the numbers printed, the strings borrowed from job. */
+struct store_new_job_text {
+    char prio[16], bs[16], items[16], nb[16], seq[24], created[32], timeout[32], retries[16];
+    const char *p[NEWJOB_NPARAMS];
+};
+
+static void store_new_job_text(const struct bd_job_store_new_job *job,
+                               struct store_new_job_text *t)
+{
+    snprintf(t->seq, sizeof(t->seq), "%lld", job->seq);
+    snprintf(t->prio, sizeof(t->prio), "%d", job->priority);
+    snprintf(t->bs, sizeof(t->bs), "%u", job->batch_size);
+    snprintf(t->items, sizeof(t->items), "%u", job->total_items);
+    snprintf(t->nb, sizeof(t->nb), "%u", job->total_batches);
+    snprintf(t->timeout, sizeof(t->timeout), "%.3f", job->timeout_s);
+    snprintf(t->retries, sizeof(t->retries), "%d", job->max_retries);
+    snprintf(t->created, sizeof(t->created), "%.3f", job->created_unix);
+    t->p[NEWJOB_ID] = job->id;
+    t->p[NEWJOB_SEQ] = t->seq;
+    t->p[NEWJOB_OPERATION] = job->operation;
+    t->p[NEWJOB_MODEL] = job->model;
+    t->p[NEWJOB_COLLECTION] = job->collection;
+    t->p[NEWJOB_PRIORITY] = t->prio;
+    t->p[NEWJOB_BATCH_SIZE] = t->bs;
+    t->p[NEWJOB_TOTAL_ITEMS] = t->items;
+    t->p[NEWJOB_TOTAL_BATCHES] = t->nb;
+    t->p[NEWJOB_TIMEOUT_S] = t->timeout;
+    t->p[NEWJOB_MAX_RETRIES] = t->retries;
+    t->p[NEWJOB_OPTIONS] = job->options_json;
+    t->p[NEWJOB_METADATA] = job->metadata_json;
+    t->p[NEWJOB_IDEM_KEY] = job->idempotency_key;
+    t->p[NEWJOB_REQUEST_HASH] = job->idempotency_key ? job->request_hash : NULL;
+    t->p[NEWJOB_CREATED] = t->created;
+}
+
+#define STORE_NEW_JOB_INSERT                                                               \
+    "INSERT INTO jobs (id, seq, operation, model, collection, status, priority, "          \
+    "batch_size, total_items, total_batches, timeout_s, max_retries, options, "            \
+    "metadata, idempotency_key, request_hash, created_at, updated_at) VALUES "
+
+/* One row's VALUES tuple, its parameters numbered from base + 1 (printf arguments: base
+ * sixteen times, in NEWJOB order). */
+#define STORE_NEW_JOB_TUPLE                                                                \
+    "($%d, $%d::int8, $%d, $%d, $%d, 'queued', $%d::int2, $%d::int, $%d::int, $%d::int, "   \
+    "$%d::float8, $%d::int, $%d::jsonb, $%d::jsonb, $%d, $%d, to_timestamp($%d::float8), now())"
+
 int bd_job_store_begin_job(struct bd_pg_conn *conn, const struct bd_job_store_new_job *job,
                            bd_pg_result_cb cb, void *arg)
 {
-    char prio[16], bs[16], items[16], nb[16], seq[24], created[32], timeout[32], retries[16];
-    const char *p[NEWJOB_NPARAMS];
+    struct store_new_job_text t;
 
-    snprintf(seq, sizeof(seq), "%lld", job->seq);
-    snprintf(prio, sizeof(prio), "%d", job->priority);
-    snprintf(bs, sizeof(bs), "%u", job->batch_size);
-    snprintf(items, sizeof(items), "%u", job->total_items);
-    snprintf(nb, sizeof(nb), "%u", job->total_batches);
-    snprintf(timeout, sizeof(timeout), "%.3f", job->timeout_s);
-    snprintf(retries, sizeof(retries), "%d", job->max_retries);
-    snprintf(created, sizeof(created), "%.3f", job->created_unix);
-    p[NEWJOB_ID] = job->id;
-    p[NEWJOB_SEQ] = seq;
-    p[NEWJOB_OPERATION] = job->operation;
-    p[NEWJOB_MODEL] = job->model;
-    p[NEWJOB_COLLECTION] = job->collection;
-    p[NEWJOB_PRIORITY] = prio;
-    p[NEWJOB_BATCH_SIZE] = bs;
-    p[NEWJOB_TOTAL_ITEMS] = items;
-    p[NEWJOB_TOTAL_BATCHES] = nb;
-    p[NEWJOB_TIMEOUT_S] = timeout;
-    p[NEWJOB_MAX_RETRIES] = retries;
-    p[NEWJOB_OPTIONS] = job->options_json;
-    p[NEWJOB_METADATA] = job->metadata_json;
-    p[NEWJOB_IDEM_KEY] = job->idempotency_key;
-    p[NEWJOB_REQUEST_HASH] = job->idempotency_key ? job->request_hash : NULL;
-    p[NEWJOB_CREATED] = created;
-
+    store_new_job_text(job, &t);
     const char *const sqls[2] = {
         "BEGIN",
-        "INSERT INTO jobs (id, seq, operation, model, collection, status, priority, "
-        "batch_size, total_items, total_batches, timeout_s, max_retries, options, "
-        "metadata, idempotency_key, request_hash, created_at, updated_at) VALUES "
+        STORE_NEW_JOB_INSERT
         "($1, $2::int8, $3, $4, $5, 'queued', $6::int2, $7::int, $8::int, $9::int, "
         "$10::float8, $11::int, $12::jsonb, $13::jsonb, $14, $15, "
         "to_timestamp($16::float8), now())",
     };
     const int np[2] = { 0, NEWJOB_NPARAMS };
-    const char *const *params[2] = { NULL, p };
+    const char *const *params[2] = { NULL, t.p };
     return bd_pg_conn_pipeline(conn, 2, sqls, np, params, cb, arg);
+}
+
+int bd_job_store_begin_jobs(struct bd_pg_conn *conn, const struct bd_job_store_new_job *jobs,
+                            unsigned n, bd_pg_result_cb cb, void *arg)
+{
+    struct store_new_job_text *t;
+    const char **p;
+    struct bd_buf sql;
+    int rc = BD_ENOMEM;
+
+    if (n == 0 || n > BD_JOB_STORE_NEW_JOBS_MAX)
+        return BD_EINVAL;
+    t = malloc(sizeof(*t) * n);
+    p = malloc(sizeof(*p) * n * NEWJOB_NPARAMS);
+    bd_buf_init(&sql);
+    if (t == NULL || p == NULL)
+        goto out;
+    bd_buf_puts(&sql, STORE_NEW_JOB_INSERT);
+    for (unsigned i = 0; i < n; i++) {
+        int b = (int)(i * NEWJOB_NPARAMS);
+        store_new_job_text(&jobs[i], &t[i]);
+        memcpy(&p[i * NEWJOB_NPARAMS], t[i].p, sizeof(t[i].p));
+        bd_buf_printf(&sql, "%s" STORE_NEW_JOB_TUPLE, i > 0 ? ", " : "", b + 1, b + 2, b + 3,
+                      b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10, b + 11, b + 12, b + 13,
+                      b + 14, b + 15, b + 16);
+    }
+    if (sql.is_failed)
+        goto out;
+    {
+        const char *const sqls[2] = { "BEGIN", sql.data };
+        const int np[2] = { 0, (int)(n * NEWJOB_NPARAMS) };
+        const char *const *params[2] = { NULL, p };
+        rc = bd_pg_conn_pipeline(conn, 2, sqls, np, params, cb, arg);
+    }
+out:
+    bd_buf_free(&sql);
+    free(p);
+    free(t);
+    return rc;
 }
 
 int bd_job_store_set_totals(struct bd_pg_conn *conn, const char *job_id, unsigned items,

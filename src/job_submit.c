@@ -1,6 +1,6 @@
 /* job_submit.c -- a job's creation (see job_submit.h): room check, id, one transaction for
- * the job row and its batches, COMMIT (settled by a lookup when its answer is lost), then
- * the Redis enqueue.
+ * the job row and its batches (shared by small jobs: group commit), COMMIT (settled by a
+ * lookup when its answer is lost), then the Redis enqueue.
  *
  * Owns each submit's record from bd_job_submit to its callback. Loop thread only; never
  * blocks. Reaches PostgreSQL only through job_store.h and Redis through redis_queue.h;
@@ -15,7 +15,9 @@
 #include "batchd/log.h"
 #include "batchd/pg_store.h"
 #include "batchd/redis_queue.h"
+#include "job_internal.h"                /* the engine's committer (group commit) */
 
+#include <assert.h>
 #include <ctype.h>
 #include <jansson.h>
 #include <math.h>
@@ -59,6 +61,9 @@ struct job_submit {
     bd_job_stream_cb stream_cb;       /* the open's or put's callback */
     void *stream_arg;
     unsigned next_index;              /* first item index of the next batch */
+
+    /* Group commit: a small job waits in the engine's committer, then rides in a group. */
+    struct job_submit *group_next;
 };
 
 static void job_submit_on_unreserved(int status, long long items, void *arg)
@@ -346,6 +351,291 @@ static void job_submit_on_conn(int status, struct bd_pg_conn *conn, void *arg)
     }
 }
 
+/* ---- group commit ------------------------------------------------------------------------
+ * Small jobs share transactions: whatever was reserved while the last group was in flight
+ * (or while its connection was being leased) goes into the next one -- BEGIN and all their
+ * rows (one multi-row INSERT, pipelined), all their batches (one binary COPY), one COMMIT:
+ * three round trips and one WAL flush for the group instead of per job. synchronous_commit
+ * stays on: a job is answered only after the COMMIT that holds it returned, so each 202 is
+ * still durable, and each job is still all or nothing (its row and batches commit together).
+ *
+ * Failure isolation: when the group's transaction fails before its COMMIT was sent with an
+ * error that the same statements would meet again (a permanent one: an Idempotency-Key
+ * taken, a value PostgreSQL refuses), nothing of the group was written, and each of its jobs
+ * is retried alone in a transaction of its own (the path of a big job), so only the job at
+ * fault fails (an Idempotency-Key conflict answers BD_ECONFLICT as before). A transient
+ * failure (connection lost, server shutting down) fails every job of the group with BD_EPG,
+ * as each would have failed alone. A COMMIT whose answer was lost is settled per job by the
+ * lookup of job_submit_on_exists. Each job keeps its own item reservation: taken over by its
+ * enqueue, given back by job_submit_free on failure.
+ *
+ * One group in flight at a time: while its COMMIT waits for the WAL flush the next group
+ * fills up, so the batching grows with the load and costs nothing when there is none (a
+ * lone submit starts at once; two groups in flight measured no better). Jobs bigger than JOB_GROUP_JOB_MAX_BYTES keep a transaction
+ * of their own (their COPY is long; the peak memory of one copy of the job is kept). */
+#define JOB_GROUP_JOB_MAX_BYTES (256u * 1024)
+#define JOB_GROUP_MAX_JOBS 512u
+#define JOB_GROUP_MAX_BYTES (8u * 1024 * 1024)
+#define JOB_GROUP_MAX_INFLIGHT 1u
+
+struct job_group {
+    struct bd_job_engine *e;
+    struct job_submit *jobs;          /* linked by group_next, in arrival order */
+    unsigned n;
+    struct bd_pg_conn *conn;
+    struct bd_buf copy;               /* the batches of every job, one binary COPY */
+    bool is_commit_sent;              /* from here on, a failure may hide a committed group */
+};
+
+static void job_group_pump(struct bd_job_engine *e);
+
+static size_t job_submit_payload_bytes(const struct job_submit *js)
+{
+    size_t n = 0;
+    for (unsigned b = 0; js->batch && b < js->batches; b++)
+        n += js->batch[b].len;
+    return n;
+}
+
+/* Whether js (reserved, not yet written) commits in a group: a buffered job (not a stream)
+ * small enough, with an engine to hold the committer. */
+static bool job_group_is_for(const struct job_submit *js)
+{
+    return js->deps.engine != NULL && !js->is_stream &&
+           job_submit_payload_bytes(js) <= JOB_GROUP_JOB_MAX_BYTES;
+}
+
+static void job_group_add(struct job_submit *js)
+{
+    struct bd__job_committer *c = &js->deps.engine->committer;
+
+    js->group_next = NULL;
+    if (c->tail)
+        c->tail->group_next = js;
+    else
+        c->head = js;
+    c->tail = js;
+    c->waiting++;
+    job_group_pump(js->deps.engine);
+}
+
+/* The group's end: its connection back (rolled back unless committed), the committer told,
+ * the next group started if jobs wait. Returns the group's jobs (linked by group_next) for
+ * the caller to carry on; g is freed. */
+static struct job_submit *job_group_end(struct job_group *g)
+{
+    struct job_submit *jobs = g->jobs;
+    struct bd_job_engine *e = g->e;
+
+    if (g->conn)
+        bd_pg_release(g->conn);
+    bd_buf_free(&g->copy);
+    free(g);
+    e->committer.inflight--;
+    job_group_pump(e);
+    return jobs;
+}
+
+/* The group's transaction failed at some step (res: the error result, or NULL). */
+static void job_group_fail(struct job_group *g, const char *step, int status,
+                           const PGresult *res)
+{
+    const char *msg = res ? PQresultErrorMessage(res)
+                          : g->conn ? bd_pg_conn_get_error(g->conn) : bd_err_name(status);
+    size_t len = strlen(msg);
+    bool is_commit_sent = g->is_commit_sent;
+    unsigned n = g->n;
+    /* A permanent error says one job's statements cannot pass: retry each alone. */
+    bool is_isolated = !is_commit_sent && n > 1 && res != NULL &&
+                       bd_pg_classify_error(res) == BD_PG_ERR_PERMANENT;
+    bool is_conflict = !is_commit_sent && n == 1 && g->jobs->idem_key &&
+                       bd_job_store_is_unique_violation(res);
+    const char *outcome = is_commit_sent ? "settle_each" : is_isolated ? "retry_each_alone"
+                          : is_conflict ? "conflict" : "failed";
+
+    while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == ' '))
+        len--;
+    bd_log(BD_LOG_WARN, "job", "job=%s event=group_submit_failed jobs=%u step=%s outcome=%s "
+           "pg=\"%.*s\"", g->jobs->job_id, n, step, outcome, (int)len, msg);
+    struct job_submit *js = job_group_end(g), *next;
+    for (; js; js = next) {
+        next = js->group_next;
+        js->group_next = NULL;
+        if (is_commit_sent) {
+            /* The COMMIT may have been applied: each job asks whether its row exists. */
+            if (bd_job_store_job_exists(js->deps.pg, js->job_id, job_submit_on_exists, js) < 0)
+                job_submit_finish(js, BD_EPG);
+        } else if (is_isolated) {
+            if (bd_pg_acquire(js->deps.pg, job_submit_on_conn, js) < 0)
+                job_submit_finish(js, BD_EPG);
+        } else {
+            job_submit_finish(js, is_conflict ? BD_ECONFLICT
+                                  : status == BD_ENOMEM ? BD_ENOMEM : BD_EPG);
+        }
+    }
+}
+
+static void job_group_on_committed(int status, PGresult *res, void *arg)
+{
+    struct job_group *g = arg;
+
+    if (status < 0) {
+        job_group_fail(g, "commit", status, res);
+        return;
+    }
+    g->e->committer.groups++;
+    g->e->committer.jobs += g->n;
+    /* A group of one is a lone submit's commit: its "submitted" line says enough. */
+    bd_log(g->n > 1 ? BD_LOG_INFO : BD_LOG_DEBUG, "job", "job=%s event=group_committed jobs=%u",
+           g->jobs->job_id, g->n);
+    struct job_submit *js = job_group_end(g), *next;
+    for (; js; js = next) {
+        next = js->group_next;
+        js->group_next = NULL;
+        job_submit_enqueue(js);
+    }
+}
+
+static void job_group_on_copied(int status, PGresult *res, void *arg)
+{
+    struct job_group *g = arg;
+
+    if (status < 0) {
+        job_group_fail(g, "copy", status, res);
+        return;
+    }
+    g->is_commit_sent = true;
+    if (bd_job_store_commit(g->conn, job_group_on_committed, g) < 0) {
+        g->is_commit_sent = false;             /* never sent: nothing to settle */
+        job_group_fail(g, "commit", BD_EPG, NULL);
+    }
+}
+
+/* Every job's batches in one COPY. The payloads stay (freed with their job): a job may
+ * still have to be written alone. */
+static int job_group_build_copy(struct job_group *g)
+{
+    bd_pg_copy_begin(&g->copy);
+    for (const struct job_submit *js = g->jobs; js; js = js->group_next) {
+        bool is_insert = js->op == BD_OP_BULK_INSERT;
+        for (unsigned b = 0; b < js->batches; b++) {
+            unsigned first = b * js->batch_size;
+            unsigned cnt = js->items - first < js->batch_size ? js->items - first
+                                                               : js->batch_size;
+            const struct bd_job_payload *p = &js->batch[b];
+            bd_job_store_put_batch(&g->copy, js->job_id, b, first, cnt,
+                                   is_insert ? NULL : p->data, is_insert ? 0 : p->len,
+                                   is_insert ? p->data : NULL, is_insert ? p->len : 0);
+        }
+    }
+    return bd_pg_copy_end(&g->copy);
+}
+
+static void job_group_on_rows(int status, PGresult *res, void *arg)
+{
+    struct job_group *g = arg;
+    int rc;
+
+    if (status < 0) {
+        job_group_fail(g, "write", status, res);
+        return;
+    }
+    rc = job_group_build_copy(g);
+    if (rc == BD_OK)
+        rc = bd_job_store_copy_batches(g->conn, &g->copy, job_group_on_copied, g);
+    if (rc < 0)
+        job_group_fail(g, "copy", rc, NULL);
+}
+
+/* The group's connection: it takes the jobs waiting now, up to its limits. */
+static void job_group_on_conn(int status, struct bd_pg_conn *conn, void *arg)
+{
+    struct bd_job_engine *e = arg;
+    struct bd__job_committer *c = &e->committer;
+    struct job_group *g = NULL;
+    struct bd_job_store_new_job *rows = NULL;
+    char **options = NULL;
+    size_t bytes = 0;
+    int rc = BD_ENOMEM;
+
+    if (c->head == NULL) {                  /* an earlier group took them all */
+        if (status == BD_OK)
+            bd_pg_release(conn);
+        c->inflight--;
+        return;
+    }
+    if (status == BD_OK)
+        g = calloc(1, sizeof(*g));
+    if (g == NULL) {
+        if (status == BD_OK)
+            bd_pg_release(conn);
+        else
+            bd_log(BD_LOG_WARN, "job", "job=%s event=group_submit_failed jobs=%u step=acquire "
+                   "err=%s", c->head->job_id, c->waiting, bd_err_name(status));
+        /* Every waiting job fails as it would have alone. */
+        struct job_submit *js = c->head, *next;
+        c->head = c->tail = NULL;
+        c->waiting = 0;
+        c->inflight--;
+        for (; js; js = next) {
+            next = js->group_next;
+            js->group_next = NULL;
+            job_submit_finish(js, status == BD_OK ? BD_ENOMEM : BD_EPG);
+        }
+        return;
+    }
+    g->e = e;
+    g->conn = conn;
+    bd_buf_init(&g->copy);
+    /* Take the waiting jobs in arrival order, at least one, within the group's limits. */
+    struct job_submit **tail = &g->jobs;
+    while (c->head && g->n < JOB_GROUP_MAX_JOBS &&
+           (g->n == 0 || bytes + job_submit_payload_bytes(c->head) <= JOB_GROUP_MAX_BYTES)) {
+        struct job_submit *js = c->head;
+        assert(g->jobs == NULL || js->deps.pg == g->jobs->deps.pg);  /* one pool a server */
+        c->head = js->group_next;
+        if (c->head == NULL)
+            c->tail = NULL;
+        c->waiting--;
+        js->group_next = NULL;
+        *tail = js;
+        tail = &js->group_next;
+        bytes += job_submit_payload_bytes(js);
+        g->n++;
+    }
+    rows = calloc(g->n, sizeof(*rows));
+    options = calloc(g->n, sizeof(*options));
+    if (rows && options) {
+        unsigned i = 0;
+        for (struct job_submit *js = g->jobs; js; js = js->group_next, i++) {
+            if ((options[i] = job_submit_options(js)) == NULL)
+                break;
+            rows[i] = job_submit_row(js, options[i]);
+        }
+        if (i == g->n)
+            rc = bd_job_store_begin_jobs(conn, rows, g->n, job_group_on_rows, g);
+    }
+    for (unsigned i = 0; options && i < g->n; i++)
+        free(options[i]);
+    free(options);
+    free(rows);
+    if (rc < 0)
+        job_group_fail(g, "write", rc, NULL);
+}
+
+/* Lease a connection for the next group when jobs wait and no group is in flight. The group
+ * takes its jobs when the connection comes, so the submits answered meanwhile join it. */
+static void job_group_pump(struct bd_job_engine *e)
+{
+    struct bd__job_committer *c = &e->committer;
+
+    if (c->head == NULL || c->inflight >= JOB_GROUP_MAX_INFLIGHT)
+        return;
+    c->inflight++;
+    if (bd_pg_acquire(c->head->deps.pg, job_group_on_conn, e) < 0)
+        job_group_on_conn(BD_EPG, NULL, e);     /* fails the waiting jobs */
+}
+
 /* ---- id and room ----------------------------------------------------------------------- */
 
 /* Backpressure: the items of queued jobs, of reservations not yet enqueued, and this job's
@@ -373,6 +663,10 @@ static void job_submit_on_reserved(int status, bool is_granted, long long queued
     js->queued_items = queued_after - js->items;
     if (js->is_stream) {                    /* row and batches are written: commit */
         job_submit_on_batches_copied(BD_OK, NULL, js);
+        return;
+    }
+    if (job_group_is_for(js)) {             /* a small job: a transaction shared with others */
+        job_group_add(js);
         return;
     }
     if (bd_pg_acquire(js->deps.pg, job_submit_on_conn, js) < 0) {

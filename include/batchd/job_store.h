@@ -269,6 +269,16 @@ struct bd_job_store_new_job {
 int bd_job_store_begin_job(struct bd_pg_conn *conn, const struct bd_job_store_new_job *job,
                            bd_pg_result_cb cb, void *arg);
 
+/* Group commit (job_submit.c): open a transaction on conn and insert the rows of n jobs
+ * (1 <= n <= BD_JOB_STORE_NEW_JOBS_MAX) in one round trip -- BEGIN and one multi-row
+ * INSERT, pipelined. cb as bd_job_store_begin_job's: BD_OK, or BD_EPG with the error result
+ * (one row's Idempotency-Key taken: SQLSTATE 23505, no row of the n is written). Returns
+ * BD_EINVAL for n out of range, BD_ENOMEM, or the pipeline's error (cb then never runs).
+ * Allocates the statement's text and parameters for the call only. */
+#define BD_JOB_STORE_NEW_JOBS_MAX 4000          /* 16 parameters a row, 65535 a statement */
+int bd_job_store_begin_jobs(struct bd_pg_conn *conn, const struct bd_job_store_new_job *jobs,
+                            unsigned n, bd_pg_result_cb cb, void *arg);
+
 /* Append one job_batches row to copy, a binary COPY stream that bd_job_store_copy_batches
  * sends (bd_pg_copy_begin before the first row, bd_pg_copy_end after the last). A
  * batch has either items_json (bulk_embed: a JSON array of the items) or payload
