@@ -1,6 +1,7 @@
 /* job_submit.c -- a job's creation (see job_submit.h): room check, id, one transaction for
  * the job row and its batches (shared by small jobs: group commit), COMMIT (settled by a
- * lookup when its answer is lost), then the Redis enqueue.
+ * lookup when its answer is lost), then the Redis enqueue. A streamed job's own steps are in
+ * job_submit_stream.c; the record and the steps they share, in job_submit_internal.h.
  *
  * Owns each submit's record from bd_job_submit to its callback. Loop thread only; never
  * blocks. Reaches PostgreSQL only through job_store.h and Redis through redis_queue.h;
@@ -16,6 +17,7 @@
 #include "batchd/pg_store.h"
 #include "batchd/redis_queue.h"
 #include "job_internal.h"                /* the engine's committer (group commit) */
+#include "job_submit_internal.h"
 
 #include <assert.h>
 #include <ctype.h>
@@ -27,44 +29,6 @@
 #include <string.h>
 #include <time.h>
 
-struct job_submit {
-    struct bd_job_submit_deps deps;
-    enum bd_job_operation op;
-    char *model;                      /* NULL: none */
-    char *collection;
-    char *metadata_json;
-    char *idem_key;                   /* NULL: none */
-    char request_hash[65];
-    int priority;
-    unsigned batch_size, items, batches, dim;
-    double timeout_s;
-    int max_retries;
-    struct bd_job_payload *batch;     /* [batches]; each freed once copied */
-    bd_job_submitted_cb cb;
-    void *arg;
-
-    char job_id[160];
-    char created_at[32];
-    double created_unix;
-    long long seq;
-    long long queued_items;
-    long long queue_position;
-    struct bd_pg_conn *conn;
-    struct bd_buf copy;        /* the batches as one binary COPY */
-    bool is_commit_sent;              /* from here on, a failure may hide a committed job */
-    bool is_reserved;                 /* items reserved in Redis, not yet taken by enqueue */
-
-    /* A streamed job (bd_job_stream_*): its row first, then one batch at a time. */
-    bool is_stream;
-    bool is_busy;                     /* open or put in flight */
-    bool is_aborted;                  /* abort asked while busy: free when it returns */
-    bd_job_stream_cb stream_cb;       /* the open's or put's callback */
-    void *stream_arg;
-    unsigned next_index;              /* first item index of the next batch */
-
-    /* Group commit: a small job waits in the engine's committer, then rides in a group. */
-    struct job_submit *group_next;
-};
 
 static void job_submit_on_unreserved(int status, long long items, void *arg)
 {
@@ -73,7 +37,7 @@ static void job_submit_on_unreserved(int status, long long items, void *arg)
     (void)arg;                        /* a reservation not given back lapses by itself */
 }
 
-static void job_submit_free(struct job_submit *js)
+void bd__job_submit_free(struct bd__job_submit *js)
 {
     /* The job will not be enqueued (error, backpressure, Idempotency-Key race): give its
      * reserved items back at once instead of waiting for the reservation to lapse. */
@@ -116,12 +80,10 @@ double bd_job_submit_estimate(const struct bd_job_submit_deps *deps, enum bd_job
     return created_unix + (secs < 1 ? 1 : secs);
 }
 
-static void job_stream_done(struct job_submit *js, int status);
-
-static void job_submit_finish(struct job_submit *js, int status)
+void bd__job_submit_finish(struct bd__job_submit *js, int status)
 {
     if (js->is_stream && js->cb == NULL) {  /* failed while opening: the open answers */
-        job_stream_done(js, status);
+        bd__job_stream_done(js, status);
         return;
     }
     struct bd_job_submitted res = {
@@ -137,11 +99,11 @@ static void job_submit_finish(struct job_submit *js, int status)
             bd_job_submit_estimate(&js->deps, js->op, js->model, js->queued_items, js->items,
                                    js->created_unix);
     js->cb(status, &res, js->arg);
-    job_submit_free(js);
+    bd__job_submit_free(js);
 }
 
 /* The log line of a PostgreSQL failure: its text goes to the log, once, never to a client. */
-static void job_submit_log_pg(struct job_submit *js, const char *step, const PGresult *res)
+void bd__job_submit_log_pg(struct bd__job_submit *js, const char *step, const PGresult *res)
 {
     const char *msg = res ? PQresultErrorMessage(res)
                           : js->conn ? bd_pg_conn_get_error(js->conn) : "no connection";
@@ -156,7 +118,7 @@ static void job_submit_log_pg(struct job_submit *js, const char *step, const PGr
 
 static void job_submit_on_enqueued(int status, long long position, void *arg)
 {
-    struct job_submit *js = arg;
+    struct bd__job_submit *js = arg;
 
     if (status == BD_OK)
         js->queue_position = position;
@@ -168,10 +130,10 @@ static void job_submit_on_enqueued(int status, long long position, void *arg)
     bd_log(BD_LOG_INFO, "job", "job=%s event=submitted operation=%s items=%u batches=%u "
            "priority=%s", js->job_id, bd_job_operation_name(js->op), js->items, js->batches,
            bd_job_priority_name(js->priority));
-    job_submit_finish(js, BD_OK);
+    bd__job_submit_finish(js, BD_OK);
 }
 
-static void job_submit_enqueue(struct job_submit *js)
+static void job_submit_enqueue(struct bd__job_submit *js)
 {
     js->is_reserved = false;                /* the enqueue takes the reservation over */
     if (bd_rq_enqueue(js->deps.rq, js->job_id, (enum bd_priority)js->priority, js->seq,
@@ -184,7 +146,7 @@ static void job_submit_enqueue(struct job_submit *js)
 /* A COMMIT whose answer never came: the job exists if and only if it committed. */
 static void job_submit_on_exists(int status, bool is_found, void *arg)
 {
-    struct job_submit *js = arg;
+    struct bd__job_submit *js = arg;
 
     if (status == BD_OK && is_found) {
         bd_log(BD_LOG_WARN, "job", "job=%s event=commit_answer_lost outcome=committed",
@@ -194,51 +156,51 @@ static void job_submit_on_exists(int status, bool is_found, void *arg)
     }
     bd_log(BD_LOG_WARN, "job", "job=%s event=commit_answer_lost outcome=%s", js->job_id,
            status == BD_OK ? "rolled_back" : "unknown");
-    job_submit_finish(js, BD_EPG);
+    bd__job_submit_finish(js, BD_EPG);
 }
 
 /* The transaction's last step answered: COMMIT done, or some step failed. */
-static void job_submit_on_written(int status, PGresult *res, void *arg)
+void bd__job_submit_on_written(int status, PGresult *res, void *arg)
 {
-    struct job_submit *js = arg;
+    struct bd__job_submit *js = arg;
 
     if (status < 0)
-        job_submit_log_pg(js, js->is_commit_sent ? "commit" : "write", res);
+        bd__job_submit_log_pg(js, js->is_commit_sent ? "commit" : "write", res);
     bd_pg_release(js->conn);                /* rolls back when something failed */
     js->conn = NULL;
     bd_buf_free(&js->copy);
     if (status == BD_OK) {
         job_submit_enqueue(js);
     } else if (js->idem_key && bd_job_store_is_unique_violation(res)) {
-        job_submit_finish(js, BD_ECONFLICT);    /* a concurrent submit won the key */
+        bd__job_submit_finish(js, BD_ECONFLICT);    /* a concurrent submit won the key */
     } else if (js->is_commit_sent) {
         /* The COMMIT may have been applied although its answer was lost: ask on a fresh
          * connection before telling the client anything. */
         if (bd_job_store_job_exists(js->deps.pg, js->job_id, job_submit_on_exists, js) < 0)
-            job_submit_finish(js, BD_EPG);
+            bd__job_submit_finish(js, BD_EPG);
     } else {
-        job_submit_finish(js, BD_EPG);
+        bd__job_submit_finish(js, BD_EPG);
     }
 }
 
 static void job_submit_on_batches_copied(int status, PGresult *res, void *arg)
 {
-    struct job_submit *js = arg;
+    struct bd__job_submit *js = arg;
 
     if (status < 0) {
-        job_submit_on_written(status, res, js);
+        bd__job_submit_on_written(status, res, js);
         return;
     }
     js->is_commit_sent = true;
-    if (bd_job_store_commit(js->conn, job_submit_on_written, js) < 0) {
+    if (bd_job_store_commit(js->conn, bd__job_submit_on_written, js) < 0) {
         js->is_commit_sent = false;             /* never sent: nothing to settle */
-        job_submit_on_written(BD_EPG, NULL, js);
+        bd__job_submit_on_written(BD_EPG, NULL, js);
     }
 }
 
 /* One COPY row per batch; each payload is freed once copied, to keep the peak at one
  * copy of the job. */
-static int job_submit_build_copy(struct job_submit *js)
+static int job_submit_build_copy(struct bd__job_submit *js)
 {
     bd_pg_copy_begin(&js->copy);
     for (unsigned b = 0; b < js->batches; b++) {
@@ -255,25 +217,23 @@ static int job_submit_build_copy(struct job_submit *js)
     return bd_pg_copy_end(&js->copy);
 }
 
-static void job_stream_done(struct job_submit *js, int status);
-
 static void job_submit_on_job_row(int status, PGresult *res, void *arg)
 {
-    struct job_submit *js = arg;
+    struct bd__job_submit *js = arg;
     int rc;
 
     if (js->is_stream) {                    /* the row is in: batches come one at a time */
         if (status < 0 && js->idem_key && bd_job_store_is_unique_violation(res)) {
-            job_stream_done(js, BD_ECONFLICT);  /* another request holds the key */
+            bd__job_stream_done(js, BD_ECONFLICT);  /* another request holds the key */
             return;
         }
         if (status < 0)
-            job_submit_log_pg(js, "write", res);
-        job_stream_done(js, status < 0 ? BD_EPG : BD_OK);
+            bd__job_submit_log_pg(js, "write", res);
+        bd__job_stream_done(js, status < 0 ? BD_EPG : BD_OK);
         return;
     }
     if (status < 0) {
-        job_submit_on_written(status, res, js);
+        bd__job_submit_on_written(status, res, js);
         return;
     }
     rc = job_submit_build_copy(js);
@@ -284,12 +244,12 @@ static void job_submit_on_job_row(int status, PGresult *res, void *arg)
                bd_err_name(rc));
         bd_pg_release(js->conn);
         js->conn = NULL;
-        job_submit_finish(js, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG);
+        bd__job_submit_finish(js, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG);
     }
 }
 
 /* The job row's options object as JSON text (malloc'ed), or NULL on ENOMEM. */
-static char *job_submit_options(const struct job_submit *js)
+char *bd__job_submit_options(const struct bd__job_submit *js)
 {
     json_t *opt = json_pack("{s:i,s:s,s:f,s:i,s:i}", "batch_size", (int)js->batch_size,
                             "priority", bd_job_priority_name(js->priority), "timeout_s",
@@ -300,8 +260,8 @@ static char *job_submit_options(const struct job_submit *js)
     return options;
 }
 
-/* The job's row as the store writes it (options: job_submit_options's). */
-static struct bd_job_store_new_job job_submit_row(const struct job_submit *js,
+/* The job's row as the store writes it (options: bd__job_submit_options's). */
+struct bd_job_store_new_job bd__job_submit_row(const struct bd__job_submit *js,
                                                   const char *options)
 {
     return (struct bd_job_store_new_job){
@@ -328,26 +288,26 @@ static struct bd_job_store_new_job job_submit_row(const struct job_submit *js,
  * The job is therefore wholly there or not at all. */
 static void job_submit_on_conn(int status, struct bd_pg_conn *conn, void *arg)
 {
-    struct job_submit *js = arg;
+    struct bd__job_submit *js = arg;
     int rc = BD_ENOMEM;
 
     if (status < 0) {
         bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=acquire err=%s",
                js->job_id, bd_err_name(status));
-        job_submit_finish(js, BD_EPG);
+        bd__job_submit_finish(js, BD_EPG);
         return;
     }
     js->conn = conn;
-    char *options = job_submit_options(js);
+    char *options = bd__job_submit_options(js);
     if (options) {
-        struct bd_job_store_new_job row = job_submit_row(js, options);
+        struct bd_job_store_new_job row = bd__job_submit_row(js, options);
         rc = bd_job_store_begin_job(conn, &row, job_submit_on_job_row, js);
     }
     free(options);
     if (rc < 0) {
         bd_pg_release(js->conn);
         js->conn = NULL;
-        job_submit_finish(js, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG);
+        bd__job_submit_finish(js, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG);
     }
 }
 
@@ -367,7 +327,7 @@ static void job_submit_on_conn(int status, struct bd_pg_conn *conn, void *arg)
  * failure (connection lost, server shutting down) fails every job of the group with BD_EPG,
  * as each would have failed alone. A COMMIT whose answer was lost is settled per job by the
  * lookup of job_submit_on_exists. Each job keeps its own item reservation: taken over by its
- * enqueue, given back by job_submit_free on failure.
+ * enqueue, given back by bd__job_submit_free on failure.
  *
  * One group in flight at a time: while its COMMIT waits for the WAL flush the next group
  * fills up, so the batching grows with the load and costs nothing when there is none (a
@@ -380,7 +340,7 @@ static void job_submit_on_conn(int status, struct bd_pg_conn *conn, void *arg)
 
 struct job_group {
     struct bd_job_engine *e;
-    struct job_submit *jobs;          /* linked by group_next, in arrival order */
+    struct bd__job_submit *jobs;          /* linked by group_next, in arrival order */
     unsigned n;
     struct bd_pg_conn *conn;
     struct bd_buf copy;               /* the batches of every job, one binary COPY */
@@ -389,7 +349,7 @@ struct job_group {
 
 static void job_group_pump(struct bd_job_engine *e);
 
-static size_t job_submit_payload_bytes(const struct job_submit *js)
+static size_t job_submit_payload_bytes(const struct bd__job_submit *js)
 {
     size_t n = 0;
     for (unsigned b = 0; js->batch && b < js->batches; b++)
@@ -399,13 +359,13 @@ static size_t job_submit_payload_bytes(const struct job_submit *js)
 
 /* Whether js (reserved, not yet written) commits in a group: a buffered job (not a stream)
  * small enough, with an engine to hold the committer. */
-static bool job_group_is_for(const struct job_submit *js)
+static bool job_group_is_for(const struct bd__job_submit *js)
 {
     return js->deps.engine != NULL && !js->is_stream &&
            job_submit_payload_bytes(js) <= JOB_GROUP_JOB_MAX_BYTES;
 }
 
-static void job_group_add(struct job_submit *js)
+static void job_group_add(struct bd__job_submit *js)
 {
     struct bd__job_committer *c = &js->deps.engine->committer;
 
@@ -422,9 +382,9 @@ static void job_group_add(struct job_submit *js)
 /* The group's end: its connection back (rolled back unless committed), the committer told,
  * the next group started if jobs wait. Returns the group's jobs (linked by group_next) for
  * the caller to carry on; g is freed. */
-static struct job_submit *job_group_end(struct job_group *g)
+static struct bd__job_submit *job_group_end(struct job_group *g)
 {
-    struct job_submit *jobs = g->jobs;
+    struct bd__job_submit *jobs = g->jobs;
     struct bd_job_engine *e = g->e;
 
     if (g->conn)
@@ -457,19 +417,19 @@ static void job_group_fail(struct job_group *g, const char *step, int status,
         len--;
     bd_log(BD_LOG_WARN, "job", "job=%s event=group_submit_failed jobs=%u step=%s outcome=%s "
            "pg=\"%.*s\"", g->jobs->job_id, n, step, outcome, (int)len, msg);
-    struct job_submit *js = job_group_end(g), *next;
+    struct bd__job_submit *js = job_group_end(g), *next;
     for (; js; js = next) {
         next = js->group_next;
         js->group_next = NULL;
         if (is_commit_sent) {
             /* The COMMIT may have been applied: each job asks whether its row exists. */
             if (bd_job_store_job_exists(js->deps.pg, js->job_id, job_submit_on_exists, js) < 0)
-                job_submit_finish(js, BD_EPG);
+                bd__job_submit_finish(js, BD_EPG);
         } else if (is_isolated) {
             if (bd_pg_acquire(js->deps.pg, job_submit_on_conn, js) < 0)
-                job_submit_finish(js, BD_EPG);
+                bd__job_submit_finish(js, BD_EPG);
         } else {
-            job_submit_finish(js, is_conflict ? BD_ECONFLICT
+            bd__job_submit_finish(js, is_conflict ? BD_ECONFLICT
                                   : status == BD_ENOMEM ? BD_ENOMEM : BD_EPG);
         }
     }
@@ -488,7 +448,7 @@ static void job_group_on_committed(int status, PGresult *res, void *arg)
     /* A group of one is a lone submit's commit: its "submitted" line says enough. */
     bd_log(g->n > 1 ? BD_LOG_INFO : BD_LOG_DEBUG, "job", "job=%s event=group_committed jobs=%u",
            g->jobs->job_id, g->n);
-    struct job_submit *js = job_group_end(g), *next;
+    struct bd__job_submit *js = job_group_end(g), *next;
     for (; js; js = next) {
         next = js->group_next;
         js->group_next = NULL;
@@ -516,7 +476,7 @@ static void job_group_on_copied(int status, PGresult *res, void *arg)
 static int job_group_build_copy(struct job_group *g)
 {
     bd_pg_copy_begin(&g->copy);
-    for (const struct job_submit *js = g->jobs; js; js = js->group_next) {
+    for (const struct bd__job_submit *js = g->jobs; js; js = js->group_next) {
         bool is_insert = js->op == BD_OP_BULK_INSERT;
         for (unsigned b = 0; b < js->batches; b++) {
             unsigned first = b * js->batch_size;
@@ -573,14 +533,14 @@ static void job_group_on_conn(int status, struct bd_pg_conn *conn, void *arg)
             bd_log(BD_LOG_WARN, "job", "job=%s event=group_submit_failed jobs=%u step=acquire "
                    "err=%s", c->head->job_id, c->waiting, bd_err_name(status));
         /* Every waiting job fails as it would have alone. */
-        struct job_submit *js = c->head, *next;
+        struct bd__job_submit *js = c->head, *next;
         c->head = c->tail = NULL;
         c->waiting = 0;
         c->inflight--;
         for (; js; js = next) {
             next = js->group_next;
             js->group_next = NULL;
-            job_submit_finish(js, status == BD_OK ? BD_ENOMEM : BD_EPG);
+            bd__job_submit_finish(js, status == BD_OK ? BD_ENOMEM : BD_EPG);
         }
         return;
     }
@@ -588,10 +548,10 @@ static void job_group_on_conn(int status, struct bd_pg_conn *conn, void *arg)
     g->conn = conn;
     bd_buf_init(&g->copy);
     /* Take the waiting jobs in arrival order, at least one, within the group's limits. */
-    struct job_submit **tail = &g->jobs;
+    struct bd__job_submit **tail = &g->jobs;
     while (c->head && g->n < JOB_GROUP_MAX_JOBS &&
            (g->n == 0 || bytes + job_submit_payload_bytes(c->head) <= JOB_GROUP_MAX_BYTES)) {
-        struct job_submit *js = c->head;
+        struct bd__job_submit *js = c->head;
         assert(g->jobs == NULL || js->deps.pg == g->jobs->deps.pg);  /* one pool a server */
         c->head = js->group_next;
         if (c->head == NULL)
@@ -607,10 +567,10 @@ static void job_group_on_conn(int status, struct bd_pg_conn *conn, void *arg)
     options = calloc(g->n, sizeof(*options));
     if (rows && options) {
         unsigned i = 0;
-        for (struct job_submit *js = g->jobs; js; js = js->group_next, i++) {
-            if ((options[i] = job_submit_options(js)) == NULL)
+        for (struct bd__job_submit *js = g->jobs; js; js = js->group_next, i++) {
+            if ((options[i] = bd__job_submit_options(js)) == NULL)
                 break;
-            rows[i] = job_submit_row(js, options[i]);
+            rows[i] = bd__job_submit_row(js, options[i]);
         }
         if (i == g->n)
             rc = bd_job_store_begin_jobs(conn, rows, g->n, job_group_on_rows, g);
@@ -641,22 +601,22 @@ static void job_group_pump(struct bd_job_engine *e)
 /* Backpressure: the items of queued jobs, of reservations not yet enqueued, and this job's
  * must stay within max_queued_items. Checked and reserved in one Redis script, so parallel
  * submits cannot pass the limit together. */
-static void job_submit_on_reserved(int status, bool is_granted, long long queued_after,
+void bd__job_submit_on_reserved(int status, bool is_granted, long long queued_after,
                                    void *arg)
 {
-    struct job_submit *js = arg;
+    struct bd__job_submit *js = arg;
 
     if (status < 0) {
         bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=reserve err=%s",
                js->job_id, bd_err_name(status));
-        job_submit_finish(js, BD_EREDIS);
+        bd__job_submit_finish(js, BD_EREDIS);
         return;
     }
     if (!is_granted) {
         js->queued_items = queued_after;
         bd_log(BD_LOG_INFO, "job", "event=backpressure queued_items=%lld items=%u limit=%u",
                queued_after, js->items, js->deps.cfg->max_queued_items);
-        job_submit_finish(js, BD_EBUSY);
+        bd__job_submit_finish(js, BD_EBUSY);
         return;
     }
     js->is_reserved = true;
@@ -671,13 +631,13 @@ static void job_submit_on_reserved(int status, bool is_granted, long long queued
     }
     if (bd_pg_acquire(js->deps.pg, job_submit_on_conn, js) < 0) {
         bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=acquire", js->job_id);
-        job_submit_finish(js, BD_EPG);
+        bd__job_submit_finish(js, BD_EPG);
     }
 }
 
 static void job_submit_on_seq(int status, long long seq, void *arg)
 {
-    struct job_submit *js = arg;
+    struct bd__job_submit *js = arg;
     char stamp[32], model[64];
     struct tm tm;
     time_t t;
@@ -685,7 +645,7 @@ static void job_submit_on_seq(int status, long long seq, void *arg)
     if (status < 0) {
         bd_log(BD_LOG_WARN, "job", "event=submit_failed step=next_seq err=%s",
                bd_err_name(status));
-        job_submit_finish(js, BD_EREDIS);
+        bd__job_submit_finish(js, BD_EREDIS);
         return;
     }
     js->seq = seq;
@@ -706,17 +666,17 @@ static void job_submit_on_seq(int status, long long seq, void *arg)
     if (js->is_stream) {
         /* Its items are not known yet: they are reserved when the body has ended. */
         if (bd_pg_acquire(js->deps.pg, job_submit_on_conn, js) < 0)
-            job_submit_finish(js, BD_EPG);
+            bd__job_submit_finish(js, BD_EPG);
         return;
     }
     if (bd_rq_reserve_items(js->deps.rq, js->job_id, js->items, js->deps.cfg->max_queued_items,
-                            job_submit_on_reserved, js) < 0) {
+                            bd__job_submit_on_reserved, js) < 0) {
         bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=reserve", js->job_id);
-        job_submit_finish(js, BD_EREDIS);
+        bd__job_submit_finish(js, BD_EREDIS);
     }
 }
 
-static int job_submit_start(struct job_submit *js)
+int bd__job_submit_start(struct bd__job_submit *js)
 {
     return bd_rq_next_seq(js->deps.rq, job_submit_on_seq, js);
 }
@@ -730,10 +690,10 @@ static char *job_submit_strdup(const char *s, bool *is_failed)
 }
 
 /* A submit's record from a spec (strings copied), or NULL on ENOMEM. */
-static struct job_submit *job_submit_new(const struct bd_job_submit_deps *deps,
+struct bd__job_submit *bd__job_submit_new(const struct bd_job_submit_deps *deps,
                                          const struct bd_job_spec *spec)
 {
-    struct job_submit *js = calloc(1, sizeof(*js));
+    struct bd__job_submit *js = calloc(1, sizeof(*js));
     bool is_failed = false;
 
     if (js == NULL)
@@ -756,7 +716,7 @@ static struct job_submit *job_submit_new(const struct bd_job_submit_deps *deps,
     js->max_retries = spec->max_retries;
     bd_buf_init(&js->copy);
     if (is_failed) {
-        job_submit_free(js);
+        bd__job_submit_free(js);
         return NULL;
     }
     return js;
@@ -765,7 +725,7 @@ static struct job_submit *job_submit_new(const struct bd_job_submit_deps *deps,
 int bd_job_submit(const struct bd_job_submit_deps *deps, const struct bd_job_spec *spec,
                   struct bd_job_payload *batches, bd_job_submitted_cb cb, void *arg)
 {
-    struct job_submit *js = job_submit_new(deps, spec);
+    struct bd__job_submit *js = bd__job_submit_new(deps, spec);
     int rc;
 
     if (js == NULL) {
@@ -777,237 +737,10 @@ int bd_job_submit(const struct bd_job_submit_deps *deps, const struct bd_job_spe
     js->batch = batches;
     js->cb = cb;
     js->arg = arg;
-    if ((rc = job_submit_start(js)) < 0) {
-        job_submit_free(js);
+    if ((rc = bd__job_submit_start(js)) < 0) {
+        bd__job_submit_free(js);
         return rc == BD_ENOMEM ? BD_ENOMEM : BD_EREDIS;
     }
     return BD_OK;
 }
 
-/* ---- a streamed job -------------------------------------------------------------------- */
-
-/* The open's or a put's outcome. An abort that came meanwhile is carried out now, after
- * the callback was told BD_ECANCELED. */
-static void job_stream_done(struct job_submit *js, int status)
-{
-    bd_job_stream_cb cb = js->stream_cb;
-    void *arg = js->stream_arg;
-
-    js->is_busy = false;
-    js->stream_cb = NULL;
-    if (js->is_aborted) {
-        if (cb)
-            cb(BD_ECANCELED, arg);
-        job_submit_free(js);
-        return;
-    }
-    if (cb)
-        cb(status, arg);
-}
-
-int bd_job_stream_open(const struct bd_job_submit_deps *deps, const struct bd_job_spec *spec,
-                       bd_job_stream_cb cb, void *arg, struct bd_job_stream **out)
-{
-    struct bd_job_spec open = *spec;
-    struct job_submit *js;
-    int rc;
-
-    open.items = open.batches = 0;          /* written when the body has ended */
-    if ((js = job_submit_new(deps, &open)) == NULL)
-        return BD_ENOMEM;
-    js->is_stream = true;
-    js->is_busy = true;
-    js->stream_cb = cb;
-    js->stream_arg = arg;
-    if ((rc = job_submit_start(js)) < 0) {
-        job_submit_free(js);
-        return rc == BD_ENOMEM ? BD_ENOMEM : BD_EREDIS;
-    }
-    *out = (struct bd_job_stream *)js;
-    return BD_OK;
-}
-
-const char *bd_job_stream_get_id(const struct bd_job_stream *st)
-{
-    return ((const struct job_submit *)st)->job_id;
-}
-
-static void job_stream_on_copied(int status, PGresult *res, void *arg)
-{
-    struct job_submit *js = arg;
-
-    if (status < 0)
-        job_submit_log_pg(js, "copy", res);
-    job_stream_done(js, status < 0 ? BD_EPG : BD_OK);
-}
-
-int bd_job_stream_put(struct bd_job_stream *st, struct bd_job_payload *payload, unsigned items,
-                      bd_job_stream_cb cb, void *arg)
-{
-    struct job_submit *js = (struct job_submit *)st;
-    bool is_insert = js->op == BD_OP_BULK_INSERT;
-    int rc;
-
-    if (js->is_busy || js->conn == NULL || items == 0) {
-        free(payload->data);
-        payload->data = NULL;
-        return BD_EINVAL;
-    }
-    bd_buf_reset(&js->copy);
-    bd_pg_copy_begin(&js->copy);
-    bd_job_store_put_batch(&js->copy, js->job_id, js->batches, js->next_index, items,
-                           is_insert ? NULL : payload->data, is_insert ? 0 : payload->len,
-                           is_insert ? payload->data : NULL, is_insert ? payload->len : 0);
-    free(payload->data);                    /* copied into the COPY stream */
-    payload->data = NULL;
-    rc = bd_pg_copy_end(&js->copy);
-    if (rc == BD_OK)
-        rc = bd_job_store_copy_batches(js->conn, &js->copy, job_stream_on_copied, js);
-    if (rc < 0)
-        return rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG;
-    js->batches++;
-    js->next_index += items;
-    js->items = js->next_index;
-    js->is_busy = true;
-    js->stream_cb = cb;
-    js->stream_arg = arg;
-    return BD_OK;
-}
-
-/* ---- a streamed job's fields from the end of its body ---------------------------------- */
-
-static void job_stream_on_amended(int status, PGresult *res, void *arg)
-{
-    struct job_submit *js = arg;
-
-    if (status < 0)
-        job_submit_log_pg(js, "amend", res);
-    job_stream_done(js, status < 0 ? BD_EPG : BD_OK);
-}
-
-static int job_stream_send_amend(struct job_submit *js)
-{
-    char *options = job_submit_options(js);
-    int rc = BD_ENOMEM;
-
-    if (options) {
-        struct bd_job_store_new_job row = job_submit_row(js, options);
-        rc = bd_job_store_amend_job(js->conn, &row, job_stream_on_amended, js);
-    }
-    free(options);
-    return rc;
-}
-
-static void job_stream_on_rebatched(int status, PGresult *res, void *arg)
-{
-    struct job_submit *js = arg;
-    int rc;
-
-    if (status < 0) {
-        job_submit_log_pg(js, "rebatch", res);
-        job_stream_done(js, BD_EPG);
-        return;
-    }
-    if (js->is_aborted) {
-        job_stream_done(js, BD_ECANCELED);
-        return;
-    }
-    if ((rc = job_stream_send_amend(js)) < 0)
-        job_stream_done(js, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG);
-}
-
-/* Swap in a string copy; false on ENOMEM (the old one stays). */
-static bool job_stream_set_str(char **dst, const char *src)
-{
-    char *d = src ? strdup(src) : NULL;
-    if (src && d == NULL)
-        return false;
-    free(*dst);
-    *dst = d;
-    return true;
-}
-
-int bd_job_stream_amend(struct bd_job_stream *st, const struct bd_job_spec *spec,
-                        bd_job_stream_cb cb, void *arg)
-{
-    struct job_submit *js = (struct job_submit *)st;
-    bool is_rebatch;
-    int rc;
-
-    if (js->is_busy || js->conn == NULL || js->items == 0 || spec->op != js->op ||
-        spec->batch_size == 0 || spec->collection == NULL)
-        return BD_EINVAL;
-    if (!job_stream_set_str(&js->model, spec->model) ||
-        !job_stream_set_str(&js->collection, spec->collection) ||
-        !job_stream_set_str(&js->metadata_json,
-                            spec->metadata_json ? spec->metadata_json : "{}"))
-        return BD_ENOMEM;
-    is_rebatch = spec->batch_size != js->batch_size;
-    unsigned old_size = js->batch_size;
-    js->priority = spec->priority;
-    js->batch_size = spec->batch_size;
-    js->timeout_s = spec->timeout_s;
-    js->max_retries = spec->max_retries;
-    js->dim = spec->dim;
-    if (is_rebatch) {
-        rc = bd_job_store_rebatch(js->conn, js->job_id, js->op == BD_OP_BULK_INSERT,
-                                  old_size, js->batch_size, job_stream_on_rebatched, js);
-        js->batches = (unsigned)(((unsigned long long)js->items + js->batch_size - 1) /
-                                 js->batch_size);
-    } else {
-        rc = job_stream_send_amend(js);
-    }
-    if (rc < 0)
-        return rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG;
-    js->is_busy = true;
-    js->stream_cb = cb;
-    js->stream_arg = arg;
-    return BD_OK;
-}
-
-static void job_stream_on_totals(int status, PGresult *res, void *arg)
-{
-    struct job_submit *js = arg;
-
-    if (status < 0) {
-        job_submit_on_written(status, res, js);    /* rolls back, answers BD_EPG */
-        return;
-    }
-    if (bd_rq_reserve_items(js->deps.rq, js->job_id, js->items, js->deps.cfg->max_queued_items,
-                            job_submit_on_reserved, js) < 0) {
-        bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=reserve", js->job_id);
-        job_submit_finish(js, BD_EREDIS);
-    }
-}
-
-int bd_job_stream_close(struct bd_job_stream *st, unsigned dim, const char *request_hash,
-                        bd_job_submitted_cb cb, void *arg)
-{
-    struct job_submit *js = (struct job_submit *)st;
-
-    if (js->is_busy || js->conn == NULL || js->items == 0)
-        return BD_EINVAL;
-    js->dim = dim;
-    if (request_hash)
-        snprintf(js->request_hash, sizeof(js->request_hash), "%s", request_hash);
-    js->cb = cb;
-    js->arg = arg;
-    if (bd_job_store_set_totals(js->conn, js->job_id, js->items, js->batches, dim,
-                                js->idem_key ? js->request_hash : NULL, job_stream_on_totals,
-                                js) < 0) {
-        js->cb = NULL;
-        return BD_EPG;
-    }
-    return BD_OK;
-}
-
-void bd_job_stream_abort(struct bd_job_stream *st)
-{
-    struct job_submit *js = (struct job_submit *)st;
-
-    if (js->is_busy) {
-        js->is_aborted = true;             /* freed when the operation in flight returns */
-        return;
-    }
-    job_submit_free(js);                    /* releasing the connection rolls back */
-}
