@@ -5,9 +5,10 @@
  * submit (api_submit.c), which commits small jobs with less work.
  *
  * Owns each streamed request's record from its headers to its answer. Loop thread only.
- * Memory is bounded by the batches in flight and one line, never by the body: each full
- * batch goes to PostgreSQL (bd_job_stream_put) at once, and the body is paused while a
- * batch waits for the one before it. One transaction from the first byte to the COMMIT:
+ * Memory is bounded by the batches in flight and one line, never by the body: full batches
+ * go to PostgreSQL (bd_job_stream_put), all that are ready in one COPY; while one COPY is
+ * in flight the body is read on until STREAM_READY_MAX of batches wait, then paused. A gzip
+ * body is inflated a slice per loop turn. One transaction from the first byte to the COMMIT:
  * a 202 is still durable and all or nothing; bad input mid-stream is answered 400 naming
  * the line, and the transaction rolls back (nothing stored); so does a client that leaves.
  * SPDX-License-Identifier: MIT
@@ -42,6 +43,9 @@
 /* A JSON body up to this size (decoded) is gathered and submitted whole; a larger one is
  * scanned as it arrives, with the job's fields as they stand when "data" opens. */
 #define STREAM_HOLD_MAX (1u << 20)
+/* Batches gathered while the ones before them are written, at most (then the body waits):
+ * the next COPY takes them all. */
+#define STREAM_READY_MAX (2u << 20)
 /* Inflated bytes handed on per loop turn: a gzip body is inflated in slices of this size, so
  * one small piece of a highly compressed body never holds the loop for long. */
 #define STREAM_INFLATE_SLICE (1u << 20)
@@ -79,6 +83,7 @@ struct bd__api_stream {
     size_t items;                     /* items accepted */
     struct bd__api_batch *batch;      /* the batch being filled */
     struct stream_ready *ready, **ready_tail;
+    size_t ready_bytes;               /* their payloads' size */
     struct bd_job_stream *job;        /* NULL once closed (its callback ran) or never opened */
     bool is_open;                     /* the job's row is written */
     bool is_writing;                  /* an open, put or close is in flight */
@@ -114,6 +119,7 @@ static void stream_free_ready(struct bd__api_stream *st)
         free(r);
     }
     st->ready_tail = &st->ready;
+    st->ready_bytes = 0;
 }
 
 /* The record goes when the request is answered and no job operation can call back. */
@@ -199,6 +205,7 @@ static int stream_take_batch(struct bd__api_stream *st)
     r->items = n;
     *st->ready_tail = r;
     st->ready_tail = &r->next;
+    st->ready_bytes += r->payload.len;
     return BD_OK;
 }
 
@@ -629,12 +636,13 @@ static void stream_on_drain(uv_timer_t *t)
     stream_maybe_free(st);                     /* st may be gone now */
 }
 
-/* Whether the body may be read on: not while batches ahead wait for their turn to be
- * written, nor while inflated output is left over (the next slice is then inflated on the
- * next loop turn, unless the batches ahead must go first). */
+/* Whether the body may be read on: not while STREAM_READY_MAX of batches wait for their
+ * turn to be written (or the upload waits for a slot), nor while inflated output is left
+ * over (the next slice is then inflated on the next loop turn, unless the batches ahead
+ * must go first). */
 static void stream_flow(struct bd__api_stream *st)
 {
-    bool is_blocked = (st->ready && (st->is_writing || !st->is_open)) || st->is_waiting;
+    bool is_blocked = st->ready_bytes >= STREAM_READY_MAX || st->is_waiting;
 
     if (st->is_answered)
         return;
@@ -808,18 +816,36 @@ static void stream_pump(struct bd__api_stream *st)
 
     if (st->is_answered || st->is_writing || !st->is_open || st->is_closing)
         return;
-    if (st->ready) {
-        struct stream_ready *r = st->ready;
-        st->ready = r->next;
-        if (st->ready == NULL)
-            st->ready_tail = &st->ready;
+    if (st->ready) {                           /* every batch ready, in one COPY */
+        unsigned n = 0;
+        for (struct stream_ready *r = st->ready; r; r = r->next)
+            n++;
+        struct bd_job_payload *payloads = malloc(n * sizeof(*payloads));
+        unsigned *items = malloc(n * sizeof(*items));
+        if (payloads == NULL || items == NULL) {
+            free(payloads);
+            free(items);
+            stream_fail(st, BD_ENOMEM, NULL, NULL);
+            return;
+        }
+        for (unsigned i = 0; i < n; i++) {
+            struct stream_ready *r = st->ready;
+            st->ready = r->next;
+            payloads[i] = r->payload;
+            items[i] = r->items;
+            free(r);
+        }
+        st->ready_tail = &st->ready;
+        st->ready_bytes = 0;
         st->is_writing = true;
-        rc = bd_job_stream_put(st->job, &r->payload, r->items, stream_on_written, st);
-        free(r);
+        rc = bd_job_stream_put(st->job, payloads, items, n, stream_on_written, st);
+        free(payloads);
+        free(items);
         if (rc < 0) {
             st->is_writing = false;
             stream_fail(st, rc, NULL, NULL);
         }
+        stream_flow(st);                       /* the body may go on meanwhile */
         return;
     }
     stream_flow(st);

@@ -35,7 +35,7 @@
  *     max_concurrent_jobs: 3       # BATCH_MAX_CONCURRENT_JOBS
  *     default_batch_size: 100      # BATCH_DEFAULT_SIZE
  *     max_batch_size: 10000
- *     max_items_per_job: 1000000
+ *     max_items_per_job: 10000000
  *     processing_interval: 1       # seconds, fractions ok (BATCH_PROCESSING_INTERVAL)
  *     retry_attempts: 3            # BATCH_RETRY_ATTEMPTS
  *     retry_delay: 1               # BATCH_RETRY_DELAY
@@ -298,7 +298,7 @@ const struct cfg_field cfg_fields[] = {
     T_UINT(jobs, default_batch_size, "BATCH_DEFAULT_SIZE", default_batch_size, 1, 1000000,
            "100"),
     T_UINT(jobs, max_batch_size, NULL, max_batch_size, 1, 1000000, "10000"),
-    T_UINT(jobs, max_items_per_job, NULL, max_items_per_job, 1, 4294967295.0, "1000000"),
+    T_UINT(jobs, max_items_per_job, NULL, max_items_per_job, 1, 4294967295.0, "10000000"),
     T_SECS(jobs, processing_interval, "BATCH_PROCESSING_INTERVAL", processing_interval_s, "1"),
     T_UINT(jobs, retry_attempts, "BATCH_RETRY_ATTEMPTS", retry_attempts, 0, 100, "3"),
     T_SECS(jobs, retry_delay, "BATCH_RETRY_DELAY", retry_delay_s, "1"),

@@ -78,33 +78,39 @@ static void job_stream_on_copied(int status, PGresult *res, void *arg)
     bd__job_stream_done(js, status < 0 ? BD_EPG : BD_OK);
 }
 
-int bd_job_stream_put(struct bd_job_stream *st, struct bd_job_payload *payload, unsigned items,
-                      bd_job_stream_cb cb, void *arg)
+int bd_job_stream_put(struct bd_job_stream *st, struct bd_job_payload *payloads,
+                      const unsigned *items, unsigned n, bd_job_stream_cb cb, void *arg)
 {
     struct bd__job_submit *js = (struct bd__job_submit *)st;
     bool is_insert = js->op == BD_OP_BULK_INSERT;
-    int rc;
+    bool is_valid = !js->is_busy && js->conn != NULL && n > 0;
+    unsigned next = js->next_index;
+    int rc = BD_OK;
 
-    if (js->is_busy || js->conn == NULL || items == 0) {
-        free(payload->data);
-        payload->data = NULL;
-        return BD_EINVAL;
-    }
+    for (unsigned i = 0; i < n; i++)
+        is_valid = is_valid && items[i] > 0;
     bd_buf_reset(&js->copy);
     bd_pg_copy_begin(&js->copy);
-    bd_job_store_put_batch(&js->copy, js->job_id, js->batches, js->next_index, items,
-                           is_insert ? NULL : payload->data, is_insert ? 0 : payload->len,
-                           is_insert ? payload->data : NULL, is_insert ? payload->len : 0);
-    free(payload->data);                    /* copied into the COPY stream */
-    payload->data = NULL;
+    for (unsigned i = 0; i < n; i++) {
+        struct bd_job_payload *p = &payloads[i];
+        if (is_valid)
+            bd_job_store_put_batch(&js->copy, js->job_id, js->batches + i, next, items[i],
+                                   is_insert ? NULL : p->data, is_insert ? 0 : p->len,
+                                   is_insert ? p->data : NULL, is_insert ? p->len : 0);
+        next += is_valid ? items[i] : 0;
+        free(p->data);                      /* copied into the COPY stream */
+        p->data = NULL;
+    }
+    if (!is_valid)
+        return BD_EINVAL;
     rc = bd_pg_copy_end(&js->copy);
     if (rc == BD_OK)
         rc = bd_job_store_copy_batches(js->conn, &js->copy, job_stream_on_copied, js);
     if (rc < 0)
         return rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG;
-    js->batches++;
-    js->next_index += items;
-    js->items = js->next_index;
+    js->batches += n;
+    js->next_index = next;
+    js->items = next;
     js->is_busy = true;
     js->stream_cb = cb;
     js->stream_arg = arg;

@@ -98,11 +98,12 @@ int bd_job_stream_open(const struct bd_job_submit_deps *deps, const struct bd_jo
 /* The job's id (valid once open's cb said BD_OK). Borrowed from st. */
 const char *bd_job_stream_get_id(const struct bd_job_stream *st);
 
-/* Write the next batch (items items; payload as bd_job_submit's, data taken: freed here,
- * also on error). cb once: BD_OK, BD_EPG (then abort), BD_ECANCELED (aborted meanwhile).
- * BD_EINVAL at once when an operation is in flight or items is 0. */
-int bd_job_stream_put(struct bd_job_stream *st, struct bd_job_payload *payload, unsigned items,
-                      bd_job_stream_cb cb, void *arg);
+/* Write the next n batches, in order, in one COPY (batch i holds items[i] > 0 items;
+ * payloads as bd_job_submit's, their data taken: freed here, also on error; the arrays are
+ * borrowed for the call). cb once: BD_OK, BD_EPG (then abort), BD_ECANCELED (aborted
+ * meanwhile). BD_EINVAL at once when an operation is in flight, n is 0 or a count is 0. */
+int bd_job_stream_put(struct bd_job_stream *st, struct bd_job_payload *payloads,
+                      const unsigned *items, unsigned n, bd_job_stream_cb cb, void *arg);
 
 /* The job's fields as the whole body gave them, when some came after its items (a JSON
  * body with "options" or "metadata" after "data"): model, collection, priority, timeout_s,
