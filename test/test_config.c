@@ -278,7 +278,7 @@ static void config_uses_defaults_when_keys_are_missing(void **state)
     assert_int_equal(c->max_concurrent_jobs, 3);
     assert_int_equal(c->default_batch_size, 100);
     assert_int_equal(c->max_batch_size, 10000);
-    assert_int_equal(c->max_items_per_job, 1000000);
+    assert_int_equal(c->max_items_per_job, 10000000);
     assert_float_equal(c->processing_interval_s, 1, 1e-9);
     assert_int_equal(c->retry_attempts, 3);
     assert_float_equal(c->retry_delay_s, 1, 1e-9);
