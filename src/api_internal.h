@@ -28,6 +28,14 @@ struct bd_http_request;
  * A NULL o or v counts as a failure, so builders can chain calls and check once. */
 void bd__api_set(json_t *o, const char *key, json_t *v, bool *failed);
 
+/* Collections' dimensions as PostgreSQL gave them (api_submit.c). A collection's dimension
+ * never changes and batchd never drops one, so once seen it is kept and a submit into it
+ * skips the lookup. get: true with *dim when known. put: remembers one (at most 4096; out of
+ * memory just means not remembered). free: from bd_api_free. */
+bool bd__api_collection_get(const struct bd_server *srv, const char *name, unsigned *dim);
+void bd__api_collection_put(struct bd_server *srv, const char *name, unsigned dim);
+void bd__api_collections_free(struct bd_server *srv);
+
 /* True for the states a job ends in (completed, failed, cancelled). */
 bool bd__api_is_terminal(enum bd_job_state s);
 

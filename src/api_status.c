@@ -210,6 +210,7 @@ void bd__api_status_cache_drop(struct bd_server *srv, const char *job_id)
 
 void bd_api_free(struct bd_server *srv)
 {
+    bd__api_collections_free(srv);
     if (srv->api_cache == NULL)
         return;
     for (unsigned i = 0; i < API_STATUS_CACHE_SLOTS; i++)

@@ -11,8 +11,11 @@
 #include "batchd/api.h"
 #include "api_submit.h"
 
+#include "api_internal.h"
+
 #include "batchd/buf.h"
 #include "batchd/error.h"
+#include "batchd/hashtab.h"
 #include "batchd/http_server.h"
 #include "batchd/job_engine.h"
 #include "batchd/job_store.h"
@@ -32,6 +35,56 @@
 /* The answers that are not errors (errors take their status from error.h's map). */
 #define API_STATUS_OK 200
 #define API_STATUS_ACCEPTED 202
+
+/* ---- collections' dimensions ---------------------------------------------------------------- */
+
+#define API_COLLECTIONS_MAX 4096
+
+struct bd_api_collections {
+    struct bd_htab index;             /* name -> dimension; keys are names[] */
+    char *names[API_COLLECTIONS_MAX];
+    unsigned count;
+};
+
+bool bd__api_collection_get(const struct bd_server *srv, const char *name, unsigned *dim)
+{
+    const uint32_t *v = srv->api_collections
+        ? bd_htab_get(&srv->api_collections->index, name, strlen(name)) : NULL;
+    if (v)
+        *dim = *v;
+    return v != NULL;
+}
+
+void bd__api_collection_put(struct bd_server *srv, const char *name, unsigned dim)
+{
+    struct bd_api_collections *c = srv->api_collections;
+    bool is_new = false;
+
+    if (c == NULL && (c = srv->api_collections = calloc(1, sizeof(*c))) == NULL)
+        return;
+    if (c->count >= API_COLLECTIONS_MAX || bd_htab_get(&c->index, name, strlen(name)))
+        return;
+    char *key = strdup(name);
+    uint32_t *v = key ? bd_htab_put(&c->index, key, strlen(key), &is_new) : NULL;
+    if (v == NULL) {
+        free(key);
+        return;
+    }
+    *v = dim;
+    c->names[c->count++] = key;
+}
+
+void bd__api_collections_free(struct bd_server *srv)
+{
+    struct bd_api_collections *c = srv->api_collections;
+    if (c == NULL)
+        return;
+    bd_htab_free(&c->index);
+    for (unsigned i = 0; i < c->count; i++)
+        free(c->names[i]);
+    free(c);
+    srv->api_collections = NULL;
+}
 
 /* ---- the request's life ---------------------------------------------------------------- */
 
@@ -194,6 +247,8 @@ static void api_on_collection(int status, const struct bd_job_store_collection_r
         api_submit_error(s, status, NULL, NULL);
         return;
     }
+    if (row->is_found)
+        bd__api_collection_put(s->srv, s->collection, row->dimension);
     if (row->is_found && row->dimension != s->dim) {
         char msg[200];
         snprintf(msg, sizeof(msg), "collection '%s' holds %u-dimensional vectors; this "
@@ -298,6 +353,12 @@ void bd__api_submit_body(struct bd_http_request *req, struct bd_server *srv, con
      * hashing a big body costs more than parsing it. */
     if (key && (rc = bd_sha256_hex(body, body_len, s->request_hash)) < 0) {
         api_submit_error(s, rc, NULL, NULL);   /* without the hash a replay is not safe */
+        return;
+    }
+    unsigned dim;
+    if (bd__api_collection_get(srv, s->collection, &dim)) {
+        struct bd_job_store_collection_row row = { true, dim };
+        api_on_collection(BD_OK, &row, s);
         return;
     }
     rc = bd_job_store_get_collection(srv->pg, s->collection, api_on_collection, s);

@@ -10,6 +10,7 @@
 #include "api_submit.h"
 
 #include "batchd/buf.h"
+#include "batchd/hashtab.h"
 #include "batchd/config.h"
 #include "batchd/error.h"
 #include "batchd/job_batch.h"
@@ -64,15 +65,10 @@ static bool api_is_item_id(const char *s, size_t n)
     return true;
 }
 
-/* An open-addressed set of the job's item ids, to reject duplicates: the upsert of one
- * batch may not touch the same (collection, id) twice. Keys point into memory that lives
- * until validation ends (the body or a kept jansson tree), or, when is_copying (a streamed
- * batch, whose items are borrowed one at a time), into the set's own blocks. */
-struct api_idkey {
-    const char *s;
-    size_t len;
-};
-
+/* The set of a job's (or a streamed batch's) item ids, to reject duplicates: the upsert of
+ * one batch may not touch the same (collection, id) twice. Keys point into memory that
+ * lives until validation ends (the body or a kept jansson tree), or, when is_copying (a
+ * streamed batch, whose items are borrowed one at a time), into the set's own blocks. */
 struct api_idblock {
     struct api_idblock *next;
     size_t used, cap;
@@ -80,8 +76,7 @@ struct api_idblock {
 };
 
 struct api_idset {
-    struct api_idkey *slots;
-    size_t mask;
+    struct bd_htab index;
     bool is_copying;
     struct api_idblock *blocks;       /* the copies (is_copying), newest first */
 };
@@ -110,41 +105,26 @@ static void api_idset_clear(struct api_idset *set)
         set->blocks = b->next;
         free(b);
     }
-    free(set->slots);
-    *set = (struct api_idset){ .is_copying = set->is_copying };
+    bd_htab_free(&set->index);
+    set->blocks = NULL;
 }
 
-static uint64_t api_hash(const char *s, size_t len)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
-    return h;
-}
-
-/* 1 if added, 0 if present, -1 on ENOMEM. */
+/* 1 if added, 0 if present, -1 on ENOMEM. expected sizes the set on first use. */
 static int api_idset_add(struct api_idset *set, size_t expected, const char *id, size_t len)
 {
-    if (set->slots == NULL) {
-        size_t cap = 16;
-        while (cap < expected * 2)
-            cap <<= 1;
-        set->slots = calloc(cap, sizeof(*set->slots));
-        if (set->slots == NULL)
-            return -1;
-        set->mask = cap - 1;
-    }
-    for (size_t i = api_hash(id, len) & set->mask;; i = (i + 1) & set->mask) {
-        struct api_idkey *k = &set->slots[i];
-        if (k->s == NULL) {
-            if (set->is_copying && (id = api_idset_copy(set, id, len)) == NULL)
-                return -1;
-            *k = (struct api_idkey){ id, len };
-            return 1;
-        }
-        if (k->len == len && memcmp(k->s, id, len) == 0)
+    bool is_new = false;
+
+    if (set->index.cap == 0 && bd_htab_reset(&set->index, expected) != BD_OK)
+        return -1;
+    if (set->is_copying) {
+        if (bd_htab_get(&set->index, id, len))
             return 0;
+        if ((id = api_idset_copy(set, id, len)) == NULL)
+            return -1;
     }
+    if (bd_htab_put(&set->index, id, len, &is_new) == NULL)
+        return -1;
+    return is_new ? 1 : 0;
 }
 
 /* ---- UTF-8: naming the field that is not ----------------------------------------------- */
@@ -341,7 +321,7 @@ static int api_validate_items(struct bd__api_submit *s, struct bd__api_invalid *
         if ((rc = api_validate_item(s, item, i, json_array_size(s->data), &ids, inv)) < 0)
             break;
     }
-    free(ids.slots);
+    api_idset_clear(&ids);
     return rc;
 }
 
@@ -523,7 +503,7 @@ static int api_fast_insert_items(struct bd__api_submit *s, struct bd__api_invali
             q = bd_json_skip_ws(q + 1, end);
     }
     free(row);
-    free(ids.slots);
+    api_idset_clear(&ids);
     bd_buf_free(&meta);
     return rc;
 }

@@ -15,6 +15,7 @@
  */
 #include "batchd/api.h"
 #include "api_submit.h"
+#include "api_internal.h"
 
 #include "batchd/buf.h"
 #include "batchd/config.h"
@@ -743,6 +744,8 @@ static void stream_on_collection(int status, const struct bd_job_store_collectio
         stream_fail(st, status, NULL, NULL);
         return;
     }
+    if (row->is_found)
+        bd__api_collection_put(st->srv, st->s->collection, row->dimension);
     if (row->is_found && row->dimension != st->s->dim) {
         snprintf(msg, sizeof(msg), "collection '%s' holds %u-dimensional vectors; this job's "
                  "are %u-dimensional", st->s->collection, row->dimension, st->s->dim);
@@ -871,6 +874,12 @@ static void stream_pump(struct bd__api_stream *st)
     }
     st->is_closing = true;
     st->is_writing = true;
+    unsigned dim;
+    if (bd__api_collection_get(st->srv, st->s->collection, &dim)) {
+        struct bd_job_store_collection_row row = { true, dim };
+        stream_on_collection(BD_OK, &row, st);  /* (st stays: it is writing until then) */
+        return;
+    }
     rc = bd_job_store_get_collection(st->srv->pg, st->s->collection, stream_on_collection, st);
     if (rc < 0) {
         st->is_writing = false;

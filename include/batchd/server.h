@@ -20,6 +20,7 @@ struct bd_job_engine;
 struct bd_metrics;
 struct bd_model_client;
 struct bd_api_cache;
+struct bd_api_collections;
 struct bd__api_stream;                     /* api_submit_stream.c */
 
 struct bd_server {
@@ -34,6 +35,7 @@ struct bd_server {
     struct bd_metrics *metrics;
     struct bd_model_client *models;
     struct bd_api_cache *api_cache;        /* the API's status cache (api_status.c) */
+    struct bd_api_collections *api_collections; /* dimensions seen (api_submit.c) */
     unsigned submit_streams;               /* streamed submits holding an API connection */
     struct bd__api_stream *uploads_waiting; /* streamed submits waiting for one, in order */
     unsigned uploads_waiting_count;
