@@ -729,6 +729,78 @@ static void stream_json_rolls_back_when_item_is_bad_mid_stream(void **state)
                                      "(SELECT 1 FROM jobs j WHERE j.id = b.job_id)"), 0);
 }
 
+/* A streamed JSON body (2 MB, options last) with an Idempotency-Key: the same body again is
+ * the same job (200, replay); another body with the key is 409; one job in all. */
+static void stream_json_replays_job_when_idempotency_key_repeats(void **state)
+{
+    char url[256], coll[96], key[128];
+    struct bd_buf a, b;
+    struct bd_it_resp r;
+    (void)state;
+
+    it_need_batchd();
+    snprintf(coll, sizeof(coll), "%s_idemjson", it_prefix);
+    snprintf(key, sizeof(key), "Idempotency-Key: %s-json-key", it_prefix);
+    snprintf(url, sizeof(url), "%s/api/v1/batch/jobs", it_proc.base);
+    bd_buf_init(&a);
+    bd_buf_init(&b);
+    for (int v = 0; v < 2; v++) {
+        struct bd_buf *o = v ? &b : &a;
+        bd_buf_printf(o, "{\"operation\":\"bulk_insert\",\"collection\":\"%s\",\"data\":[",
+                      coll);
+        for (int i = 0; i < 30000; i++)
+            bd_buf_printf(o, "%s{\"id\":\"v%d\",\"embedding\":[%d,1,2,%d]}", i ? "," : "", i,
+                          i % 7, v && i == 29999 ? 9 : 3);
+        bd_buf_puts(o, "],\"options\":{\"batch_size\":300}}");
+        assert_false(o->is_failed);
+    }
+    assert_true(a.len > (1u << 20));                 /* streamed, not gathered */
+    const char *h[] = { "Content-Type: application/json", key, NULL };
+    assert_int_equal(bd_it_http("POST", url, a.data, h, &r), 0);
+    if (r.status != 202)
+        fail_msg("first: %ld %s", r.status, r.body);
+    json_t *first = json_loads(r.body, 0, NULL);
+    bd_it_resp_free(&r);
+    assert_int_equal(bd_it_http("POST", url, a.data, h, &r), 0);
+    if (r.status != 200)
+        fail_msg("replay: %ld %s", r.status, r.body);
+    json_t *again = json_loads(r.body, 0, NULL);
+    bd_it_resp_free(&r);
+    assert_string_equal(bd_it_str(again, "job_id"), bd_it_str(first, "job_id"));
+    assert_true(json_is_true(bd_it_at(again, "idempotent_replay")));
+    assert_int_equal(bd_it_http("POST", url, b.data, h, &r), 0);
+    assert_int_equal(r.status, 409);
+    bd_it_resp_free(&r);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM jobs WHERE collection = '%s'", coll),
+                     1);
+    json_decref(first);
+    json_decref(again);
+    bd_buf_free(&a);
+    bd_buf_free(&b);
+}
+
+/* A client that leaves in the middle of a big JSON body leaves nothing behind. */
+static void stream_json_stores_nothing_when_client_leaves_mid_upload(void **state)
+{
+    char head[256], coll[96];
+    struct gen g = { .kind = GEN_INSERT, .lines = 100000, .dim = 4, .bad_line = SIZE_MAX,
+                     .abort_after = 3u << 20, .head = head, .tail = "]}" };
+    (void)state;
+
+    it_need_batchd();
+    snprintf(coll, sizeof(coll), "%s_gonejson", it_prefix);
+    snprintf(head, sizeof(head), "{\"operation\":\"bulk_insert\",\"collection\":\"%s\","
+             "\"data\":[", coll);
+    assert_int_equal(gen_post(&g, "", "application/json", NULL), 0);    /* no answer */
+    double deadline = bd_it_now() + 20;
+    while (it_gauge("batchd_submit_uploads") != 0 && bd_it_now() < deadline)
+        bd_it_sleep_ms(100);
+    assert_int_equal(it_gauge("batchd_submit_uploads"), 0);
+    assert_int_equal(it_jobs_of(coll), 0);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches b WHERE NOT EXISTS "
+                                     "(SELECT 1 FROM jobs j WHERE j.id = b.job_id)"), 0);
+}
+
 /* A big JSON body whose operation comes after its data: told what a streamed body needs. */
 static void stream_json_explains_when_operation_comes_after_data(void **state)
 {
@@ -873,6 +945,8 @@ int main(void)
         cmocka_unit_test(stream_json_keeps_memory_bounded_when_body_is_large),
         cmocka_unit_test(stream_json_rolls_back_when_item_is_bad_mid_stream),
         cmocka_unit_test(stream_json_explains_when_operation_comes_after_data),
+        cmocka_unit_test(stream_json_replays_job_when_idempotency_key_repeats),
+        cmocka_unit_test(stream_json_stores_nothing_when_client_leaves_mid_upload),
     };
     int rc = cmocka_run_group_tests(tests, NULL, it_stop_batchd);
     curl_global_cleanup();
