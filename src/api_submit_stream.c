@@ -50,8 +50,10 @@
 /* Inflated bytes handed on per loop turn: a gzip body is inflated in slices of this size, so
  * one small piece of a highly compressed body never holds the loop for long. */
 #define STREAM_INFLATE_SLICE (1u << 20)
-/* Streamed submits that may wait for a connection of their own (beyond: 503). */
-#define STREAM_WAITING_MAX 256
+/* Streamed submits that may wait for a connection of their own (beyond: 503). Each holds
+ * what arrived before it had to wait (at most about 3 MiB: a JSON body's first MiB and
+ * its batches), so the line is kept short. */
+#define STREAM_WAITING_MAX 64
 /* A streamed body's client time, first byte to last, paused time excluded: one hour (a
  * 16 GiB upload at 5 MB/s). */
 #define STREAM_TIMEOUT_MS (3600u * 1000u)
