@@ -2,7 +2,9 @@
  * per line, the job's fields in the query string) or a JSON body over STREAM_HOLD_MAX (the
  * job's fields as members, the items in "data"), gzip or not, validated and written batch
  * by batch while it uploads. A smaller JSON body is gathered and handed to the buffered
- * submit (api_submit.c), which commits small jobs with less work.
+ * submit (api_submit.c), which commits small jobs with less work. A JSON body's members
+ * are api_submit_json.c's; the line of uploads waiting for a connection,
+ * api_submit_uploads.c's; the record they share is in api_submit_stream.h.
  *
  * Owns each streamed request's record from its headers to its answer. Loop thread only.
  * Memory is bounded by the batches in flight and one line, never by the body: full batches
@@ -16,6 +18,7 @@
 #include "batchd/api.h"
 #include "api_submit.h"
 #include "api_internal.h"
+#include "api_submit_stream.h"
 
 #include "batchd/buf.h"
 #include "batchd/config.h"
@@ -39,79 +42,7 @@
 #include <strings.h>
 #include <uv.h>
 
-/* One line holds one item: a text of at most 1 MiB (6 MiB escaped) or 65536 numbers. */
-#define STREAM_LINE_MAX (8u << 20)
-/* A JSON body up to this size (decoded) is gathered and submitted whole; a larger one is
- * scanned as it arrives, with the job's fields as they stand when "data" opens. */
-#define STREAM_HOLD_MAX (1u << 20)
-/* Batches gathered while the ones before them are written, at most (then the body waits):
- * the next COPY takes them all. */
-#define STREAM_READY_MAX (2u << 20)
-/* Inflated bytes handed on per loop turn: a gzip body is inflated in slices of this size, so
- * one small piece of a highly compressed body never holds the loop for long. */
-#define STREAM_INFLATE_SLICE (1u << 20)
-/* Streamed submits that may wait for a connection of their own (beyond: 503). Each holds
- * what arrived before it had to wait (at most about 3 MiB: a JSON body's first MiB and
- * its batches), so the line is kept short. */
-#define STREAM_WAITING_MAX 64
-/* A streamed body's client time, first byte to last, paused time excluded: one hour (a
- * 16 GiB upload at 5 MB/s). */
-#define STREAM_TIMEOUT_MS (3600u * 1000u)
-
-/* A batch gathered and waiting for its turn to be written. */
-struct stream_ready {
-    struct stream_ready *next;
-    struct bd_job_payload payload;
-    unsigned items;
-};
-
-struct bd__api_stream {
-    struct bd_http_request *req;
-    struct bd_server *srv;
-    struct bd__api_submit *s;         /* fields, dimension, metadata; answered through it */
-    struct bd_inflate *gz;            /* Content-Encoding: gzip */
-    struct bd_buf gz_rest;            /* compressed bytes not inflated yet (from gz_pos) */
-    size_t gz_pos;
-    bool is_gz_again;                 /* the inflater holds output for what it consumed */
-    uv_timer_t drain;                 /* inflates the next slice on a later loop turn */
-    bool has_drain;                   /* drain is initialised (closed before st goes) */
-    bool is_ndjson;                   /* else a JSON body */
-    bool is_scanning;                 /* a JSON body past STREAM_HOLD_MAX (NDJSON: always) */
-    struct bd_submit_scan *scan;      /* frames the body into members and items */
-    struct bd_buf hold;               /* a JSON body, gathered up to STREAM_HOLD_MAX */
-    json_t *late;                     /* JSON: the members after "data" */
-    bool is_in_data;                  /* JSON: "data" has opened */
-    struct bd__api_submit *final;     /* JSON: the fields with the late members, to amend */
-    size_t line_no;                   /* the line of the last item */
-    size_t items;                     /* items accepted */
-    struct bd__api_batch *batch;      /* the batch being filled */
-    struct stream_ready *ready, **ready_tail;
-    size_t ready_bytes;               /* their payloads' size */
-    struct bd_job_stream *job;        /* NULL once closed (its callback ran) or never opened */
-    bool is_open;                     /* the job's row is written */
-    bool is_writing;                  /* an open, put or close is in flight */
-    bool is_paused;
-    bool is_body_done;
-    bool is_closing;
-    bool is_answered;
-    bool is_in_body;                  /* inside on_body: st must outlive the call */
-    bool is_counted;                  /* one of srv->submit_streams */
-    bool is_waiting;                  /* in srv->uploads_waiting (its body paused) */
-    struct bd__api_stream *wait_next;
-    bool is_freeing;
-
-    /* Idempotency-Key: the body's hash, computed as it arrives */
-    const char *idem_key;             /* req's header, NULL: none */
-    struct bd_sha256 sha;
-    bool has_sha;                     /* sha initialised and not finished */
-    json_t *replay;                   /* the key's earlier job (its status): read, compare */
-    char replay_hash[65];
-};
-
 static void stream_pump(struct bd__api_stream *st);
-static void stream_flow(struct bd__api_stream *st);
-static void stream_release_slot(struct bd_server *srv);
-static void stream_unwait(struct bd__api_stream *st);
 
 static void stream_free_ready(struct bd__api_stream *st)
 {
@@ -131,7 +62,7 @@ static void stream_on_drain_closed(uv_handle_t *h)
     free(h->data);
 }
 
-static void stream_maybe_free(struct bd__api_stream *st)
+void bd__stream_maybe_free(struct bd__api_stream *st)
 {
     if (!st->is_answered || st->is_writing || st->is_in_body || st->is_freeing)
         return;
@@ -141,10 +72,10 @@ static void stream_maybe_free(struct bd__api_stream *st)
         st->job = NULL;
     }
     if (st->is_waiting)
-        stream_unwait(st);
+        bd__stream_unwait(st);
     if (st->is_counted) {
         st->srv->submit_streams--;
-        stream_release_slot(st->srv);          /* the next waiting upload goes on */
+        bd__stream_release_slot(st->srv);          /* the next waiting upload goes on */
     }
     if (st->has_sha) {
         unsigned char unused[32];
@@ -169,7 +100,8 @@ static void stream_maybe_free(struct bd__api_stream *st)
 }
 
 /* Answer with err (message may be NULL) and give the job up: nothing of it stays. */
-static void stream_fail(struct bd__api_stream *st, int err, const char *message, const char *field)
+void bd__stream_fail(struct bd__api_stream *st, int err, const char *message,
+                     const char *field)
 {
     if (!st->is_answered) {
         st->is_answered = true;
@@ -181,7 +113,7 @@ static void stream_fail(struct bd__api_stream *st, int err, const char *message,
         bd_job_stream_abort(st->job);       /* its callback comes with BD_ECANCELED */
         st->job = NULL;
     }
-    stream_maybe_free(st);
+    bd__stream_maybe_free(st);
 }
 
 static void stream_on_abort(struct bd_http_request *req, void *arg)
@@ -189,7 +121,7 @@ static void stream_on_abort(struct bd_http_request *req, void *arg)
     struct bd__api_stream *st = arg;
     (void)req;
     bd_log(BD_LOG_INFO, "api", "event=submit_stream_abandoned lines=%zu", st->line_no);
-    stream_fail(st, BD_ECANCELED, "client went away", NULL);
+    bd__stream_fail(st, BD_ECANCELED, "client went away", NULL);
 }
 
 /* ---- items into batches ----------------------------------------------------------------- */
@@ -214,7 +146,7 @@ static int stream_take_batch(struct bd__api_stream *st)
 
 /* One item, a line's JSON value (the scanner checked its syntax). BD_OK, or < 0 after
  * answering. */
-static int stream_on_item(void *arg, size_t index, size_t line, const char *p, size_t n)
+int bd__stream_on_item(void *arg, size_t index, size_t line, const char *p, size_t n)
 {
     struct bd__api_stream *st = arg;
     struct bd__api_invalid inv = { { 0 }, { 0 } };
@@ -232,7 +164,7 @@ static int stream_on_item(void *arg, size_t index, size_t line, const char *p, s
         else
             snprintf(msg, sizeof(msg), "data has more than %u items (the limit per job)",
                      cfg->max_items_per_job);
-        stream_fail(st, BD_EINVAL, msg, "data");
+        bd__stream_fail(st, BD_EINVAL, msg, "data");
         return BD_EINVAL;
     }
     rc = bd__api_batch_add(st->s, st->batch, p, n, index, &inv);
@@ -241,17 +173,17 @@ static int stream_on_item(void *arg, size_t index, size_t line, const char *p, s
             snprintf(msg, sizeof(msg), "line %zu: %s %s", line, inv.field, inv.message);
         else
             snprintf(msg, sizeof(msg), "%s %s", inv.field, inv.message);
-        stream_fail(st, BD_EINVAL, msg, inv.field);
+        bd__stream_fail(st, BD_EINVAL, msg, inv.field);
         return rc;
     }
     if (rc < 0) {
-        stream_fail(st, rc, NULL, NULL);
+        bd__stream_fail(st, rc, NULL, NULL);
         return rc;
     }
     st->items = index + 1;
     if (bd__api_batch_count(st->batch) >= st->s->batch_size &&
         (rc = stream_take_batch(st)) < 0) {
-        stream_fail(st, rc, NULL, NULL);
+        bd__stream_fail(st, rc, NULL, NULL);
         return rc;
     }
     return BD_OK;
@@ -259,182 +191,12 @@ static int stream_on_item(void *arg, size_t index, size_t line, const char *p, s
 
 /* The scanner's verdict on the body's framing (a line that is not one JSON value, a line
  * over the limit): answered here unless an item's own error was answered already. */
-static int stream_scan_failed(struct bd__api_stream *st, int rc)
+int bd__stream_scan_failed(struct bd__api_stream *st, int rc)
 {
     if (!st->is_answered)
-        stream_fail(st, rc == BD_ETOOLARGE ? BD_ETOOLARGE : rc == BD_ENOMEM ? BD_ENOMEM
+        bd__stream_fail(st, rc == BD_ETOOLARGE ? BD_ETOOLARGE : rc == BD_ENOMEM ? BD_ENOMEM
                                                                               : BD_EINVAL,
                     bd_submit_scan_why(st->scan), "data");
-    return rc;
-}
-
-/* ---- a JSON body's members ---------------------------------------------------------------- */
-
-/* A top-level member but "data": before "data" it is one of the job's fields (s->body);
- * after, it is kept for the end (st->late), when the job is amended with it. */
-static int stream_on_member(void *arg, const char *key, const char *value, size_t len)
-{
-    struct bd__api_stream *st = arg;
-    json_t *into = st->is_in_data ? st->late : st->s->body;
-    char msg[300];
-
-    if (json_object_get(st->s->body, key) || json_object_get(st->late, key)) {
-        snprintf(msg, sizeof(msg), "%.256s appears twice", key);
-        stream_fail(st, BD_EINVAL, msg, key);
-        return BD_EINVAL;
-    }
-    json_t *v = json_loadb(value, len, JSON_DECODE_ANY, NULL);   /* the scanner checked it */
-    if (v == NULL || json_object_set_new(into, key, v) != 0) {
-        stream_fail(st, BD_ENOMEM, NULL, NULL);
-        return BD_ENOMEM;
-    }
-    return BD_OK;
-}
-
-static void stream_open_job(struct bd__api_stream *st);
-static void stream_find_key(struct bd__api_stream *st);
-
-/* How many streamed uploads may run at once: each holds one connection of the API's pool
- * for its whole upload, so at most half of the pool goes to them and status reads and
- * small submits keep working. The others wait in line, their bodies paused. */
-static unsigned stream_max_uploads(const struct bd_server *srv)
-{
-    return srv->cfg->postgres_pool_size / 2 ? srv->cfg->postgres_pool_size / 2 : 1;
-}
-
-static bool stream_has_room(const struct bd_server *srv)
-{
-    return srv->submit_streams < stream_max_uploads(srv) ||
-           srv->uploads_waiting_count < STREAM_WAITING_MAX;
-}
-
-/* The job's first statement, once st holds a slot: its key's earlier job, or the job. */
-static void stream_begin(struct bd__api_stream *st)
-{
-    if (st->idem_key)
-        stream_find_key(st);
-    else
-        stream_open_job(st);
-}
-
-/* A slot for st (counted: go on), or a place in line: BD_OK, 1 (waiting: stream_begin runs
- * when a slot frees), or BD_EUPLOADS (the line is full too). */
-static int stream_take_slot(struct bd__api_stream *st)
-{
-    struct bd_server *srv = st->srv;
-    struct bd__api_stream **tail = &srv->uploads_waiting;
-
-    if (srv->submit_streams < stream_max_uploads(srv) && srv->uploads_waiting == NULL) {
-        st->is_counted = true;
-        srv->submit_streams++;
-        return BD_OK;
-    }
-    if (srv->uploads_waiting_count >= STREAM_WAITING_MAX)
-        return BD_EUPLOADS;
-    while (*tail)
-        tail = &(*tail)->wait_next;
-    *tail = st;
-    st->wait_next = NULL;
-    st->is_waiting = true;
-    srv->uploads_waiting_count++;
-    bd_log(BD_LOG_DEBUG, "api", "event=submit_stream_waiting waiting=%u",
-           srv->uploads_waiting_count);
-    return 1;
-}
-
-static void stream_unwait(struct bd__api_stream *st)
-{
-    struct bd__api_stream **p = &st->srv->uploads_waiting;
-
-    while (*p && *p != st)
-        p = &(*p)->wait_next;
-    if (*p)
-        *p = st->wait_next;
-    st->is_waiting = false;
-    st->srv->uploads_waiting_count--;
-}
-
-/* A slot freed: the uploads first in line go on. */
-static void stream_release_slot(struct bd_server *srv)
-{
-    while (srv->uploads_waiting && srv->submit_streams < stream_max_uploads(srv)) {
-        struct bd__api_stream *w = srv->uploads_waiting;
-        stream_unwait(w);
-        w->is_counted = true;
-        srv->submit_streams++;
-        w->is_in_body = true;                  /* w stays while we look at it */
-        stream_begin(w);
-        stream_flow(w);
-        w->is_in_body = false;
-        stream_maybe_free(w);
-    }
-}
-
-static void stream_refuse_upload(struct bd_http_request *req)
-{
-    bd_http_respond_error_ex(req, bd_err_http_status(BD_EUPLOADS), "Retry-After: 5\r\n",
-                             bd_err_api_code(BD_EUPLOADS), bd_strerror(BD_EUPLOADS), NULL);
-}
-
-/* "data" opens: the members so far are the job's fields (a later "options" or "metadata"
- * amends them at the end). The job is opened now, and the items follow into batches. */
-static int stream_on_data_begin(void *arg)
-{
-    struct bd__api_stream *st = arg;
-    struct bd__api_invalid inv = { { 0 }, { 0 } };
-    char msg[sizeof(inv.field) + sizeof(inv.message) + 128];
-    int rc;
-
-    st->is_in_data = true;
-    rc = bd__api_submit_fields(st->s, st->s->body, &inv);
-    if (rc == BD_EINVAL) {
-        /* A required field may be further on: say what a big body needs. */
-        snprintf(msg, sizeof(msg), "%s %s%s", inv.field, inv.message,
-                 strstr(inv.message, "is required")
-                     ? " (before \"data\": a JSON body over 1 MiB is read as a stream, and "
-                       "its job is opened when \"data\" begins)"
-                     : "");
-        stream_fail(st, BD_EINVAL, msg, inv.field);
-        return BD_EINVAL;
-    }
-    if (rc == BD_OK)
-        rc = bd__api_submit_metadata(st->s);
-    if (rc == BD_OK && (st->batch = bd__api_batch_new(st->s)) == NULL)
-        rc = BD_ENOMEM;
-    if (rc == BD_OK && (st->late = json_object()) == NULL)
-        rc = BD_ENOMEM;
-    if (rc < 0) {
-        stream_fail(st, rc, NULL, NULL);
-        return rc;
-    }
-    rc = stream_take_slot(st);
-    if (rc == BD_EUPLOADS) {
-        st->is_answered = true;
-        bd_http_set_abort_cb(st->req, NULL, NULL);
-        stream_refuse_upload(st->req);
-        return BD_EUPLOADS;
-    }
-    if (rc == BD_OK)
-        stream_begin(st);
-    return st->is_answered ? BD_ECANCELED : BD_OK;
-}
-
-/* The gathered start of a JSON body passed STREAM_HOLD_MAX: scan it, and from now on the
- * rest as it comes. */
-static int stream_start_scan(struct bd__api_stream *st)
-{
-    static const struct bd_submit_scan_cbs cbs = { .on_member = stream_on_member,
-                                                   .on_item = stream_on_item,
-                                                   .on_data_begin = stream_on_data_begin };
-    struct bd_buf held = st->hold;
-    int rc;
-
-    if ((st->scan = bd_submit_scan_new(BD_SUBMIT_JSON, STREAM_LINE_MAX, &cbs, st)) == NULL)
-        return BD_ENOMEM;
-    st->is_scanning = true;
-    bd_buf_init(&st->hold);
-    rc = bd_submit_scan_feed(st->scan, held.data, held.len);
-    bd_buf_free(&held);
     return rc;
 }
 
@@ -452,11 +214,11 @@ static int stream_on_plain(void *arg, const char *data, size_t len)
             return BD_ENOMEM;
         if (st->hold.len <= STREAM_HOLD_MAX)
             return BD_OK;
-        rc = stream_start_scan(st);
+        rc = bd__stream_start_scan(st);
     } else {
         rc = bd_submit_scan_feed(st->scan, data, len);
     }
-    return rc < 0 ? stream_scan_failed(st, rc) : BD_OK;
+    return rc < 0 ? bd__stream_scan_failed(st, rc) : BD_OK;
 }
 
 /* The body's hex SHA-256 (the Idempotency-Key's fingerprint); "" when it cannot be had. */
@@ -485,7 +247,7 @@ static void stream_answer_replay(struct bd__api_stream *st)
 
     stream_hash_end(st, hash);
     if (hash[0] == '\0' || strcmp(hash, st->replay_hash) != 0) {
-        stream_fail(st, BD_ECONFLICT, "Idempotency-Key was already used with a different "
+        bd__stream_fail(st, BD_ECONFLICT, "Idempotency-Key was already used with a different "
                     "request body", "Idempotency-Key");
         return;
     }
@@ -497,60 +259,21 @@ static void stream_answer_replay(struct bd__api_stream *st)
     st->is_answered = true;
     bd_http_set_abort_cb(st->req, NULL, NULL);
     bd__api_respond_json(st->req, 200, j, loc);
-    stream_maybe_free(st);
+    bd__stream_maybe_free(st);
 }
 
 /* ---- the body --------------------------------------------------------------------------- */
-
-/* A JSON body with members after "data": the job's fields from the whole body, validated
- * as a buffered body's are, into st->final (the pump amends the job with them). BD_OK, or
- * < 0 after answering. */
-static int stream_final_fields(struct bd__api_stream *st)
-{
-    struct bd__api_invalid inv = { { 0 }, { 0 } };
-    struct bd__api_submit *f;
-    char msg[400];
-    int rc;
-
-    if (json_object_size(st->late) == 0)
-        return BD_OK;
-    if ((f = calloc(1, sizeof(*f))) == NULL) {
-        stream_fail(st, BD_ENOMEM, NULL, NULL);
-        return BD_ENOMEM;
-    }
-    st->final = f;
-    f->req = st->req;
-    f->srv = st->srv;
-    f->body = json_copy(st->s->body);
-    rc = f->body && json_object_update(f->body, st->late) == 0 ? BD_OK : BD_ENOMEM;
-    if (rc == BD_OK)
-        rc = bd__api_submit_fields(f, f->body, &inv);
-    if (rc == BD_OK)
-        rc = bd__api_submit_metadata(f);
-    if (rc == BD_EINVAL) {
-        snprintf(msg, sizeof(msg), "%s %s", inv.field, inv.message);
-        stream_fail(st, BD_EINVAL, msg, inv.field);
-        return rc;
-    }
-    if (rc < 0) {
-        stream_fail(st, rc, NULL, NULL);
-        return rc;
-    }
-    if (f->op == BD_OP_BULK_INSERT)
-        f->dim = st->s->dim;                   /* the items' */
-    return BD_OK;
-}
 
 static void stream_body_end(struct bd__api_stream *st)
 {
     int rc = bd_http_body_get_status(st->req);
 
     if (rc < 0) {
-        stream_fail(st, rc, NULL, NULL);
+        bd__stream_fail(st, rc, NULL, NULL);
         return;
     }
     if (st->gz && (rc = bd_inflate_end(st->gz)) < 0) {
-        stream_fail(st, BD_EINVAL, bd_inflate_why(st->gz), "body");
+        bd__stream_fail(st, BD_EINVAL, bd_inflate_why(st->gz), "body");
         return;
     }
     if (st->replay) {
@@ -564,25 +287,25 @@ static void stream_body_end(struct bd__api_stream *st)
         bd_buf_init(&st->hold);
         st->is_answered = true;                /* the buffered path answers from here on */
         bd_http_set_abort_cb(req, NULL, NULL);
-        stream_maybe_free(st);
+        bd__stream_maybe_free(st);
         bd__api_submit_body(req, srv, body.data, body.len);
         bd_buf_free(&body);
         return;
     }
     if ((rc = bd_submit_scan_end(st->scan)) < 0) {   /* a last line without its newline */
-        stream_scan_failed(st, rc);
+        bd__stream_scan_failed(st, rc);
         return;
     }
     if (st->items == 0) {
-        stream_fail(st, BD_EINVAL, st->is_ndjson ? "the body holds no item (one JSON object "
+        bd__stream_fail(st, BD_EINVAL, st->is_ndjson ? "the body holds no item (one JSON object "
                                                    "per line)"
                                                  : "data must be a non-empty array", "data");
         return;
     }
-    if (!st->is_ndjson && (rc = stream_final_fields(st)) < 0)
+    if (!st->is_ndjson && (rc = bd__stream_final_fields(st)) < 0)
         return;                                /* answered */
     if (bd__api_batch_count(st->batch) > 0 && (rc = stream_take_batch(st)) < 0) {
-        stream_fail(st, rc, NULL, NULL);
+        bd__stream_fail(st, rc, NULL, NULL);
         return;
     }
     st->is_body_done = true;
@@ -618,11 +341,11 @@ static int stream_inflate_slice(struct bd__api_stream *st)
         st->gz_pos = 0;
     }
     if (rc == BD_ETOOLARGE && !st->is_answered)
-        stream_fail(st, BD_ETOOLARGE, "the decompressed body is over the limit", "body");
+        bd__stream_fail(st, BD_ETOOLARGE, "the decompressed body is over the limit", "body");
     else if (rc == BD_ENOMEM && !st->is_answered)
-        stream_fail(st, BD_ENOMEM, NULL, NULL);
+        bd__stream_fail(st, BD_ENOMEM, NULL, NULL);
     else if (rc < 0 && !st->is_answered)       /* an inflate error, not a line's */
-        stream_fail(st, BD_EINVAL, bd_inflate_why(st->gz), "body");
+        bd__stream_fail(st, BD_EINVAL, bd_inflate_why(st->gz), "body");
     return rc < 0 ? rc : BD_OK;
 }
 
@@ -633,17 +356,17 @@ static void stream_on_drain(uv_timer_t *t)
     st->is_in_body = true;
     if (!st->is_answered && stream_inflate_slice(st) == BD_OK) {
         stream_pump(st);
-        stream_flow(st);
+        bd__stream_flow(st);
     }
     st->is_in_body = false;
-    stream_maybe_free(st);                     /* st may be gone now */
+    bd__stream_maybe_free(st);                     /* st may be gone now */
 }
 
 /* Whether the body may be read on: not while STREAM_READY_MAX of batches wait for their
  * turn to be written (or the upload waits for a slot), nor while inflated output is left
  * over (the next slice is then inflated on the next loop turn, unless the batches ahead
  * must go first). */
-static void stream_flow(struct bd__api_stream *st)
+void bd__stream_flow(struct bd__api_stream *st)
 {
     bool is_blocked = st->ready_bytes >= STREAM_READY_MAX || st->is_waiting;
 
@@ -690,11 +413,11 @@ static int stream_on_body_pieces(struct bd__api_stream *st, const char *data, si
     }
     if (rc < 0) {
         if (!st->is_answered)                  /* out of memory gathering the body */
-            stream_fail(st, rc == BD_ENOMEM ? BD_ENOMEM : BD_EINTERNAL, NULL, NULL);
+            bd__stream_fail(st, rc == BD_ENOMEM ? BD_ENOMEM : BD_EINTERNAL, NULL, NULL);
         return -1;
     }
     stream_pump(st);
-    stream_flow(st);
+    bd__stream_flow(st);
     return BD_OK;
 }
 
@@ -707,7 +430,7 @@ static int stream_on_body(struct bd_http_request *req, const char *data, size_t 
     st->is_in_body = true;
     int rc = stream_on_body_pieces(st, data, len);
     st->is_in_body = false;
-    stream_maybe_free(st);                     /* st may be gone now */
+    bd__stream_maybe_free(st);                     /* st may be gone now */
     return rc;
 }
 
@@ -728,7 +451,7 @@ static void stream_on_submitted(int status, const struct bd_job_submitted *res, 
         bd_http_set_abort_cb(st->req, NULL, NULL);
         bd__api_submit_answer(s, status, res); /* 202, 429 or the error; frees s */
     }
-    stream_maybe_free(st);
+    bd__stream_maybe_free(st);
 }
 
 static void stream_on_collection(int status, const struct bd_job_store_collection_row *row,
@@ -739,11 +462,11 @@ static void stream_on_collection(int status, const struct bd_job_store_collectio
 
     st->is_writing = false;
     if (st->is_answered) {
-        stream_maybe_free(st);
+        bd__stream_maybe_free(st);
         return;
     }
     if (status < 0) {
-        stream_fail(st, status, NULL, NULL);
+        bd__stream_fail(st, status, NULL, NULL);
         return;
     }
     if (row->is_found)
@@ -751,14 +474,14 @@ static void stream_on_collection(int status, const struct bd_job_store_collectio
     if (row->is_found && row->dimension != st->s->dim) {
         snprintf(msg, sizeof(msg), "collection '%s' holds %u-dimensional vectors; this job's "
                  "are %u-dimensional", st->s->collection, row->dimension, st->s->dim);
-        stream_fail(st, BD_EINVAL, msg,
+        bd__stream_fail(st, BD_EINVAL, msg,
                     st->s->op == BD_OP_BULK_INSERT ? "data[0].embedding" : "collection");
         return;
     }
     char hash[65];
     stream_hash_end(st, hash);
     if (st->idem_key && hash[0] == '\0') {
-        stream_fail(st, BD_ENOMEM, NULL, NULL);
+        bd__stream_fail(st, BD_ENOMEM, NULL, NULL);
         return;
     }
     st->is_writing = true;
@@ -766,7 +489,7 @@ static void stream_on_collection(int status, const struct bd_job_store_collectio
                                  stream_on_submitted, st);
     if (rc < 0) {
         st->is_writing = false;
-        stream_fail(st, rc, NULL, NULL);
+        bd__stream_fail(st, rc, NULL, NULL);
     }
 }
 
@@ -797,16 +520,16 @@ static void stream_on_written(int status, void *arg)
     if (status == BD_ECANCELED || st->is_answered) {
         if (status == BD_ECANCELED)
             st->job = NULL;                    /* abort freed it after this callback */
-        stream_maybe_free(st);
+        bd__stream_maybe_free(st);
         return;
     }
     if (status == BD_ECONFLICT) {
-        stream_fail(st, BD_ECONFLICT, "Idempotency-Key is being used by another request; "
+        bd__stream_fail(st, BD_ECONFLICT, "Idempotency-Key is being used by another request; "
                     "retry", "Idempotency-Key");
         return;
     }
     if (status < 0) {
-        stream_fail(st, status, NULL, NULL);
+        bd__stream_fail(st, status, NULL, NULL);
         return;
     }
     st->is_open = true;
@@ -830,7 +553,7 @@ static void stream_pump(struct bd__api_stream *st)
         if (payloads == NULL || items == NULL) {
             free(payloads);
             free(items);
-            stream_fail(st, BD_ENOMEM, NULL, NULL);
+            bd__stream_fail(st, BD_ENOMEM, NULL, NULL);
             return;
         }
         for (unsigned i = 0; i < n; i++) {
@@ -848,12 +571,12 @@ static void stream_pump(struct bd__api_stream *st)
         free(items);
         if (rc < 0) {
             st->is_writing = false;
-            stream_fail(st, rc, NULL, NULL);
+            bd__stream_fail(st, rc, NULL, NULL);
         }
-        stream_flow(st);                       /* the body may go on meanwhile */
+        bd__stream_flow(st);                       /* the body may go on meanwhile */
         return;
     }
-    stream_flow(st);
+    bd__stream_flow(st);
     if (!st->is_body_done)
         return;
     if (st->final) {                           /* fields after "data": amend the job first */
@@ -870,7 +593,7 @@ static void stream_pump(struct bd__api_stream *st)
         free(metadata);
         if (rc < 0) {
             st->is_writing = false;
-            stream_fail(st, rc, NULL, NULL);
+            bd__stream_fail(st, rc, NULL, NULL);
         }
         return;
     }
@@ -885,7 +608,7 @@ static void stream_pump(struct bd__api_stream *st)
     rc = bd_job_store_get_collection(st->srv->pg, st->s->collection, stream_on_collection, st);
     if (rc < 0) {
         st->is_writing = false;
-        stream_fail(st, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG, NULL, NULL);
+        bd__stream_fail(st, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG, NULL, NULL);
     }
 }
 
@@ -943,7 +666,7 @@ static int stream_encoding(struct bd_http_request *req, bool *is_gzip)
     return BD_OK;
 }
 
-static void stream_open_job(struct bd__api_stream *st)
+void bd__stream_open_job(struct bd__api_stream *st)
 {
     struct bd__api_submit *s = st->s;
     const struct bd_server *srv = st->srv;
@@ -965,7 +688,7 @@ static void stream_open_job(struct bd__api_stream *st)
     if (rc < 0) {
         st->is_writing = false;
         st->job = NULL;
-        stream_fail(st, rc, NULL, NULL);
+        bd__stream_fail(st, rc, NULL, NULL);
     }
 }
 
@@ -976,15 +699,15 @@ static void stream_on_key(int status, const struct bd_job_store_idem_row *row, v
 
     st->is_writing = false;
     if (st->is_answered) {
-        stream_maybe_free(st);
+        bd__stream_maybe_free(st);
         return;
     }
     if (status < 0) {
-        stream_fail(st, status, NULL, NULL);
+        bd__stream_fail(st, status, NULL, NULL);
         return;
     }
     if (!row->is_found) {
-        stream_open_job(st);
+        bd__stream_open_job(st);
         return;
     }
     /* The earlier job: read the rest of the body for its hash, then answer. */
@@ -992,20 +715,20 @@ static void stream_on_key(int status, const struct bd_job_store_idem_row *row, v
     st->replay = bd__api_status_json(row->job);
     stream_free_ready(st);                     /* nothing of this body is stored */
     if (st->replay == NULL) {
-        stream_fail(st, BD_ENOMEM, NULL, NULL);
+        bd__stream_fail(st, BD_ENOMEM, NULL, NULL);
         return;
     }
-    stream_flow(st);
+    bd__stream_flow(st);
     if (st->is_body_done)
         stream_answer_replay(st);
 }
 
-static void stream_find_key(struct bd__api_stream *st)
+void bd__stream_find_key(struct bd__api_stream *st)
 {
     st->is_writing = true;                     /* a store call is in flight: st stays */
     if (bd_job_store_find_idempotent(st->srv->pg, st->idem_key, stream_on_key, st) < 0) {
         st->is_writing = false;
-        stream_fail(st, BD_EPG, NULL, NULL);
+        bd__stream_fail(st, BD_EPG, NULL, NULL);
     }
 }
 
@@ -1029,8 +752,8 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
                             "application/x-ndjson or application/jsonl", NULL);
         return;
     }
-    if (is_ndjson && !stream_has_room(srv)) {
-        stream_refuse_upload(req);
+    if (is_ndjson && !bd__stream_has_room(srv)) {
+        bd__stream_refuse_upload(req);
         return;
     }
     const char *key = bd_http_header_get(req, "Idempotency-Key");
@@ -1059,7 +782,7 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
     if (is_gzip && (st->gz = bd_inflate_new(srv->cfg->http_max_stream_bytes, &rc)) == NULL) {
         st->is_answered = true;
         bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
-        stream_maybe_free(st);
+        bd__stream_maybe_free(st);
         return;
     }
     if (is_ndjson) {
@@ -1070,7 +793,7 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
             rc = bd__api_submit_metadata(st->s);
         if (rc == BD_OK && (st->batch = bd__api_batch_new(st->s)) == NULL)
             rc = BD_ENOMEM;
-        static const struct bd_submit_scan_cbs cbs = { .on_item = stream_on_item };
+        static const struct bd_submit_scan_cbs cbs = { .on_item = bd__stream_on_item };
         if (rc == BD_OK &&
             (st->scan = bd_submit_scan_new(BD_SUBMIT_NDJSON, STREAM_LINE_MAX, &cbs, st)) == NULL)
             rc = BD_ENOMEM;
@@ -1080,13 +803,13 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
             st->is_answered = true;
             bd_http_respond_err(req, rc, rc == BD_EINVAL ? msg : NULL,
                                 rc == BD_EINVAL ? inv.field : NULL);
-            stream_maybe_free(st);
+            bd__stream_maybe_free(st);
             return;
         }
     } else if ((st->s->body = json_object()) == NULL) {   /* the members, as they come */
         st->is_answered = true;
         bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
-        stream_maybe_free(st);
+        bd__stream_maybe_free(st);
         return;
     }
     bd_http_body_set_limit(req, srv->cfg->http_max_stream_bytes);
@@ -1094,15 +817,15 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
     if (bd_http_body_stream(req, stream_on_body, st) < 0) {
         st->is_answered = true;
         bd_http_respond_err(req, BD_EINTERNAL, NULL, NULL);
-        stream_maybe_free(st);
+        bd__stream_maybe_free(st);
         return;
     }
     bd_http_set_abort_cb(req, stream_on_abort, st);
     if (!is_ndjson)
         return;                                /* the job opens when "data" does */
     /* (Room was checked above.) A waiting upload's body is paused by its first piece. */
-    if (stream_take_slot(st) == BD_OK)
-        stream_begin(st);
+    if (bd__stream_take_slot(st) == BD_OK)
+        bd__stream_begin(st);
 }
 
 int bd__api_register_submit(struct bd_router *r, struct bd_server *srv)

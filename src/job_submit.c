@@ -331,8 +331,9 @@ static void job_submit_on_conn(int status, struct bd_pg_conn *conn, void *arg)
  *
  * One group in flight at a time: while its COMMIT waits for the WAL flush the next group
  * fills up, so the batching grows with the load and costs nothing when there is none (a
- * lone submit starts at once; two groups in flight measured no better). Jobs bigger than JOB_GROUP_JOB_MAX_BYTES keep a transaction
- * of their own (their COPY is long; the peak memory of one copy of the job is kept). */
+ * lone submit starts at once; two groups in flight measured no better). Jobs bigger than
+ * JOB_GROUP_JOB_MAX_BYTES keep a transaction of their own (their COPY is long; the peak
+ * memory of one copy of the job is kept). */
 #define JOB_GROUP_JOB_MAX_BYTES (256u * 1024)
 #define JOB_GROUP_MAX_JOBS 512u
 #define JOB_GROUP_MAX_BYTES (8u * 1024 * 1024)
