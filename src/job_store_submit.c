@@ -251,14 +251,18 @@ int bd_job_store_rebatch(struct bd_pg_conn *conn, const char *job_id, bool is_in
                   "b.first_index + e.ord - 1 AS idx, e.item FROM job_batches b, "
                   "json_array_elements(b.items::json) WITH ORDINALITY e(item, ord) "
                   "WHERE b.job_id = $1 AND b.batch_no >= 0) i GROUP BY i.idx / $2::int";
-    const char *const sqls[3] = {
+    /* A big job's re-cut takes PostgreSQL about as long as writing its batches did (~10 s
+     * per GB here): past the pool's statement timeout for the biggest jobs. The upload's
+     * own limit (an hour) bounds it instead, for the rest of this transaction only. */
+    const char *const sqls[4] = {
+        "SET LOCAL statement_timeout = '3600s'",
         regroup,
         "DELETE FROM job_batches WHERE job_id = $1 AND batch_no >= 0",
         "UPDATE job_batches SET batch_no = -1 - batch_no WHERE job_id = $1",
     };
-    const int np[3] = { 2, 1, 1 };
-    const char *const *params[3] = { p, p, p };
-    return bd_pg_conn_pipeline(conn, 3, sqls, np, params, cb, arg);
+    const int np[4] = { 0, 2, 1, 1 };
+    const char *const *params[4] = { NULL, p, p, p };
+    return bd_pg_conn_pipeline(conn, 4, sqls, np, params, cb, arg);
 }
 
 /* The COPY's columns, in the order bd_job_store_put_batch writes them. */
