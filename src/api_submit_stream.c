@@ -272,12 +272,12 @@ static void stream_body_end(struct bd__api_stream *st)
         bd__stream_fail(st, rc, NULL, NULL);
         return;
     }
-    if (st->gz && (rc = bd_inflate_end(st->gz)) < 0) {
-        bd__stream_fail(st, BD_EINVAL, bd_inflate_why(st->gz), "body");
+    if (st->replay) {                          /* only the raw body's hash counts: the */
+        stream_answer_replay(st);              /* inflater was not fed since the lookup */
         return;
     }
-    if (st->replay) {
-        stream_answer_replay(st);
+    if (st->gz && (rc = bd_inflate_end(st->gz)) < 0) {
+        bd__stream_fail(st, BD_EINVAL, bd_inflate_why(st->gz), "body");
         return;
     }
     if (!st->is_scanning) {                    /* a small JSON body: the buffered submit */
@@ -490,7 +490,12 @@ static void stream_on_collection(int status, const struct bd_job_store_collectio
     if (rc < 0) {
         st->is_writing = false;
         bd__stream_fail(st, rc, NULL, NULL);
+        return;
     }
+    /* The close owns the job now: a client leaving meanwhile must not abort it (its
+     * statements are in flight, and the COMMIT may already be); it ends through
+     * stream_on_submitted, which frees what is left. */
+    st->job = NULL;
 }
 
 static void stream_on_written(int status, void *arg);
@@ -571,7 +576,8 @@ static void stream_pump(struct bd__api_stream *st)
         free(items);
         if (rc < 0) {
             st->is_writing = false;
-            bd__stream_fail(st, rc, NULL, NULL);
+            bd__stream_fail(st, rc, NULL, NULL);   /* st may be gone */
+            return;
         }
         bd__stream_flow(st);                       /* the body may go on meanwhile */
         return;

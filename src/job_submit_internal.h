@@ -46,6 +46,7 @@ struct bd__job_submit {
     bool is_stream;
     bool is_busy;                     /* open or put in flight */
     bool is_aborted;                  /* abort asked while busy: free when it returns */
+    bool is_closed;                   /* close was called: it ends the job, not abort */
     bd_job_stream_cb stream_cb;       /* the open's or put's callback */
     void *stream_arg;
     unsigned next_index;              /* first item index of the next batch */

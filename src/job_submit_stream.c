@@ -241,6 +241,7 @@ int bd_job_stream_close(struct bd_job_stream *st, unsigned dim, const char *requ
         js->cb = NULL;
         return BD_EPG;
     }
+    js->is_closed = true;
     return BD_OK;
 }
 
@@ -248,6 +249,8 @@ void bd_job_stream_abort(struct bd_job_stream *st)
 {
     struct bd__job_submit *js = (struct bd__job_submit *)st;
 
+    if (js->is_closed)                      /* a contract breach: the close finishes it */
+        return;
     if (js->is_busy) {
         js->is_aborted = true;             /* freed when the operation in flight returns */
         return;

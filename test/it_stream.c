@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/socket.h>
 #include <zlib.h>
 
 #include "bd_it.h"
@@ -584,6 +585,89 @@ static void stream_inflates_in_slices_when_gzip_ratio_is_high(void **state)
     json_decref(j);
 }
 
+/* Clients that send a whole JSON Lines body and hang up at once (half of them with a
+ * reset): batchd's close of each job (totals, room, COMMIT, enqueue) is under way when it
+ * learns the client left. Before, that aborted the job under its own statements (an
+ * assertion in Debug builds, a use-after-free otherwise). Each job is whole or absent. */
+static void stream_survives_clients_leaving_during_commit(void **state)
+{
+    char coll[96], head[512];
+    struct bd_buf body;
+    (void)state;
+
+    it_need_batchd();
+    snprintf(coll, sizeof(coll), "%s_leave", it_prefix);
+    bd_buf_init(&body);
+    for (int i = 0; i < 200; i++)
+        bd_buf_printf(&body, "{\"text\":\"t%d\"}\n", i);
+    snprintf(head, sizeof(head), "POST /api/v1/batch/jobs?operation=bulk_embed&model=hashmodel"
+             "&collection=%s&batch_size=50 HTTP/1.1\r\nHost: t\r\nContent-Type: "
+             "application/x-ndjson\r\nContent-Length: %zu\r\n\r\n", coll, body.len);
+    for (int i = 0; i < 40; i++) {
+        struct bd_it_raw c;
+        bd_it_raw_connect(&c, it_proc.port);
+        bd_it_raw_send_n(&c, head, strlen(head));
+        bd_it_raw_send_n(&c, body.data, body.len);
+        if (i % 2) {                              /* a reset rather than a FIN */
+            struct linger lg = { 1, 0 };
+            setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        }
+        bd_it_sleep_ms(i % 5);
+        bd_it_raw_close(&c);
+    }
+    bd_buf_free(&body);
+    double deadline = bd_it_now() + 20;
+    while (it_gauge("batchd_submit_uploads") != 0 && bd_it_now() < deadline)
+        bd_it_sleep_ms(100);
+    assert_int_equal(it_gauge("batchd_submit_uploads"), 0);    /* alive, and nothing stuck */
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM jobs j WHERE collection = '%s' AND "
+                                     "(total_items <> 200 OR (SELECT count(*) FROM job_batches b "
+                                     "WHERE b.job_id = j.id) <> 4)", coll), 0);
+}
+
+/* A gzip JSON Lines body sent again with its Idempotency-Key, its body arriving after the
+ * key's lookup: the replay is answered 200 (before: 400, the inflater was never fed). */
+static void stream_replays_gzip_job_when_body_comes_after_lookup(void **state)
+{
+    char coll[96], head[768];
+    unsigned char gz[4096];
+    static const char plain[] = "{\"text\":\"one\"}\n{\"text\":\"two\"}\n";
+    z_stream z = { 0 };
+    long status[2];
+    (void)state;
+
+    it_need_batchd();
+    assert_int_equal(deflateInit2(&z, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    z.next_in = (unsigned char *)plain;
+    z.avail_in = sizeof(plain) - 1;
+    z.next_out = gz;
+    z.avail_out = sizeof(gz);
+    assert_int_equal(deflate(&z, Z_FINISH), Z_STREAM_END);
+    size_t gz_len = sizeof(gz) - z.avail_out;
+    deflateEnd(&z);
+    snprintf(coll, sizeof(coll), "%s_gzidem", it_prefix);
+    snprintf(head, sizeof(head), "POST /api/v1/batch/jobs?operation=bulk_embed&model=hashmodel"
+             "&collection=%s HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\n"
+             "Content-Encoding: gzip\r\nIdempotency-Key: %s-gz\r\nContent-Length: %zu\r\n\r\n",
+             coll, it_prefix, gz_len);
+    for (int i = 0; i < 2; i++) {
+        struct bd_it_raw c;
+        struct bd_it_resp r;
+        bd_it_raw_connect(&c, it_proc.port);
+        bd_it_raw_send_n(&c, head, strlen(head));
+        bd_it_sleep_ms(300);                      /* the key's lookup is done by now */
+        bd_it_raw_send_n(&c, gz, gz_len);
+        assert_int_equal(bd_it_raw_response(&c, &r, false, 10000), 0);
+        status[i] = r.status;
+        if (r.status != (i ? 200 : 202))
+            fail_msg("request %d: %ld %s", i, r.status, r.body);
+        bd_it_resp_free(&r);
+        bd_it_raw_close(&c);
+    }
+    assert_int_equal(status[1], 200);
+    assert_int_equal(it_jobs_of(coll), 1);
+}
+
 /* ---- the JSON form, streamed ------------------------------------------------------------- */
 
 /* A bulk_insert JSON body of 50,000 items (3 MB) in the seed's order, "options" after
@@ -940,6 +1024,8 @@ int main(void)
         cmocka_unit_test(stream_waits_for_upload_slot_when_pool_is_taken),
         cmocka_unit_test(stream_replays_job_when_idempotency_key_repeats),
         cmocka_unit_test(stream_inflates_in_slices_when_gzip_ratio_is_high),
+        cmocka_unit_test(stream_survives_clients_leaving_during_commit),
+        cmocka_unit_test(stream_replays_gzip_job_when_body_comes_after_lookup),
         cmocka_unit_test(stream_json_rebatches_when_options_come_after_data),
         cmocka_unit_test(stream_json_joins_embed_batches_when_late_size_is_a_multiple),
         cmocka_unit_test(stream_json_keeps_memory_bounded_when_body_is_large),

@@ -399,7 +399,11 @@ static void config_fails_naming_key_when_number_is_out_of_range(void **state)
                       "<= 31536000");
     expect_file_error("redis:\n  url: redis://x\npostgres:\n  url: dbname=x\n  pool_size: 0\n",
                       "postgres.pool_size",
-                      "must be between 1 and 64");
+                      "must be between 2 and 64");
+    /* One connection cannot serve an upload's transaction and its collection lookup. */
+    expect_file_error("redis:\n  url: redis://x\npostgres:\n  url: dbname=x\n  pool_size: 1\n",
+                      "postgres.pool_size",
+                      "must be between 2 and 64");
     expect_file_error(STORES "http:\n  max_body_bytes: 0\n", "http.max_body_bytes",
                       "must be between 1 and");
     expect_file_error(STORES "models:\n  - name: a\n    provider: hashing\n    dimensions: 4\n"

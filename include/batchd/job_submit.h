@@ -122,7 +122,8 @@ int bd_job_stream_close(struct bd_job_stream *st, unsigned dim, const char *requ
                         bd_job_submitted_cb cb, void *arg);
 
 /* Give up: roll back and free st. While an open or put is in flight, its cb gets
- * BD_ECANCELED and st goes after it. Not after close. */
+ * BD_ECANCELED and st goes after it. Not after close (once close returned BD_OK the job
+ * belongs to it; an abort then does nothing). */
 void bd_job_stream_abort(struct bd_job_stream *st);
 
 /* The estimated completion of a job of items items with queued_ahead items before it,
