@@ -92,6 +92,8 @@ static void api_prom_models(struct bd_buf *out, struct bd_server *srv)
           "Current adaptive request rate ceiling (0 = unlimited)." },
         { "batchd_model_circuit_open", "gauge",
           "1 while the model's circuit breaker is open or half-open." },
+        { "batchd_model_busy_seconds_total", "counter",
+          "Slot-seconds the model's requests held (rate / concurrency limit = how busy)." },
     };
 
     if (srv->models == NULL)
@@ -111,7 +113,8 @@ static void api_prom_models(struct bd_buf *out, struct bd_server *srv)
             case 3: v = st->in_flight; break;
             case 4: v = st->concurrency_limit; break;
             case 5: v = st->rate_limit_rps; break;
-            default: v = st->is_circuit_open; break;
+            case 6: v = st->is_circuit_open; break;
+            default: v = bd_model_client_get_busy_seconds(srv->models, i); break;
             }
             bd_buf_printf(out, "%s{model=\"", fam[f].name);
             bd_metrics_escape_label(out, cfg->models[i].name);

@@ -207,16 +207,34 @@ static int api_each_model(const struct api_gather *g, json_t *obj, api_model_fn 
     return BD_OK;
 }
 
+/* How busy this process keeps a configured model's request slots: in flight now, the
+ * limit, and the slot-seconds used so far (null for a model this process does not run). */
+static json_t *api_model_slots(const struct api_gather *g, const char *model)
+{
+    const struct bd_config *cfg = g->srv->cfg;
+
+    for (unsigned i = 0; g->srv->models && i < cfg->models_count; i++) {
+        const struct bd_model_stats *st = bd_model_client_get_stats(g->srv->models, i);
+        if (st == NULL || strcmp(cfg->models[i].name, model) != 0)
+            continue;
+        return json_pack("{s:i,s:i,s:o}", "in_flight", (int)st->in_flight, "limit",
+                         (int)st->concurrency_limit, "busy_seconds_total",
+                         api_real1(bd_model_client_get_busy_seconds(g->srv->models, i)));
+    }
+    return json_null();
+}
+
 static int api_model_queue(const struct api_gather *g, const char *model, json_t *obj)
 {
     struct api_model_sum s;
 
     api_model_sum(g, model, &s);
     return json_object_set_new(obj, model,
-                               json_pack("{s:I,s:I,s:o}", "pending", (json_int_t)s.pending,
+                               json_pack("{s:I,s:I,s:o,s:o}", "pending", (json_int_t)s.pending,
                                          "processing", (json_int_t)s.processing,
                                          "avg_time_seconds",
-                                         api_real1(s.ran ? s.run_s / (double)s.ran : 0.0)));
+                                         api_real1(s.ran ? s.run_s / (double)s.ran : 0.0),
+                                         "slots", api_model_slots(g, model)));
 }
 
 static int api_model_perf(const struct api_gather *g, const char *model, json_t *obj)

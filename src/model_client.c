@@ -469,6 +469,17 @@ const struct bd_model_stats *bd_model_client_get_stats(const struct bd_model_cli
     return &mc->models[i].stats;
 }
 
+double bd_model_client_get_busy_seconds(const struct bd_model_client *mc, unsigned i)
+{
+    const struct bd_model_stats *st = bd_model_client_get_stats(mc, i);
+    if (st == NULL)
+        return 0;
+    uint64_t busy = st->busy_ns;
+    if (st->busy_at_ns != 0)
+        busy += (uint64_t)st->in_flight * (uv_hrtime() - st->busy_at_ns);
+    return (double)busy / 1e9;
+}
+
 /* ---------------------------------------------------------------------------------------
  * Life cycle
  */

@@ -152,6 +152,18 @@ static void breaker_on_failure(struct model *m, bool was_probe, double now)
  * Calls
  */
 
+/* in_flight goes up or down by one; the time since its last change is counted as that many
+ * busy slots (bd_model_stats.busy_ns). */
+static void model_count_in_flight(struct model *m, int delta)
+{
+    uint64_t now = uv_hrtime();
+
+    if (m->stats.busy_at_ns != 0)
+        m->stats.busy_ns += (uint64_t)m->stats.in_flight * (now - m->stats.busy_at_ns);
+    m->stats.busy_at_ns = now;
+    m->stats.in_flight = delta > 0 ? m->stats.in_flight + 1 : m->stats.in_flight - 1;
+}
+
 /* Take sub out of whatever it waits in; an in-flight transfer is removed from curl at once,
  * which closes its connection (the server sees the client go). */
 static void sub_cancel(struct model_sub *sub)
@@ -164,7 +176,7 @@ static void sub_cancel(struct model_sub *sub)
         curl_multi_remove_handle(m->mc->multi, sub->xfer->easy);
         bd__model_xfer_put(m->mc, sub->xfer);
         sub->xfer = NULL;
-        m->stats.in_flight--;
+        model_count_in_flight(m, -1);
         if (sub->is_probe)
             m->is_probe_in_flight = false;
         sub->is_probe = false;
@@ -299,7 +311,7 @@ static void sub_start(struct model *m, struct model_sub *sub, double now)
     sub->t_start = uv_hrtime();
     if (call->t_first == 0)
         call->t_first = sub->t_start;
-    m->stats.in_flight++;
+    model_count_in_flight(m, +1);
     m->sent_at[m->sent_pos++ % MODEL_SENT_RING] = now;
 }
 
@@ -411,7 +423,7 @@ void bd__model_sub_on_done(struct model_sub *sub, CURLcode result)
     sub->is_probe = false;
     if (was_probe)
         m->is_probe_in_flight = false;
-    m->stats.in_flight--;
+    model_count_in_flight(m, -1);
     m->stats.requests++;
     bd_hist_observe(&m->stats.request_seconds, (double)(t_end - sub->t_start) / 1e9);
     call->requests++;

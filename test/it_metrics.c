@@ -514,7 +514,11 @@ static void queue_status_counts_waiting_jobs_when_workers_are_busy(void **state)
     assert_int_equal(bd_it_int(j, "model_queues.itmon_slow.processing"), 1);
     assert_int_equal(bd_it_int(j, "queue_depth.normal"), 1);
     assert_int_equal(bd_it_int(j, "queue_depth.in_flight"), 1);
+    /* This process's slots for the slow model: one request in flight of its limit. */
+    assert_int_equal(bd_it_int(j, "model_queues.itmon_slow.slots.in_flight"), 1);
+    assert_true(bd_it_int(j, "model_queues.itmon_slow.slots.limit") >= 1);
     json_decref(j);
+    double t_first = bd_it_now();
 
     text = it_scrape(p);
     it_promtool_ok(text);
@@ -536,6 +540,21 @@ static void queue_status_counts_waiting_jobs_when_workers_are_busy(void **state)
     it_wait(p, slow2, "completed");
     free(slow1);
     free(slow2);
+    /* The first job's request held a slot for its 3 s (the second job's texts are the same
+     * and come from the embedding cache): the counter says at least that, and never more
+     * than the time since the request was seen in flight plus the part before (< 3 s). */
+    double span = bd_it_now() - t_first;
+    text = it_scrape(p);
+    double busy = it_sample(text, "batchd_model_busy_seconds_total{model=\"itmon_slow\"}");
+    free(text);
+    if (!(busy >= 2.9 && busy <= span + 3.0))
+        fail_msg("busy seconds %.3f for a 3 s request, %.3f s after it was seen", busy, span);
+    j = bd_it_get_ok(p, "/api/v1/batch/queue/status");
+    assert_int_equal(bd_it_int(j, "model_queues.itmon_slow.slots.in_flight"), 0);
+    double busy_json =
+        json_number_value(bd_it_at(j, "model_queues.itmon_slow.slots.busy_seconds_total"));
+    json_decref(j);
+    assert_true(busy_json >= 2.9 && busy_json <= span + 3.0);
     g_aux_started = false;
     assert_int_equal(bd_it_stop(p, SIGTERM, 20), 0);
     assert_int_equal(fake_model_stop(slow_pid), 0);

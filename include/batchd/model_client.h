@@ -70,6 +70,10 @@ struct bd_model_stats {
     uint64_t errors[BD_MODEL_ERR_KIND_COUNT];
     struct bd_hist request_seconds; /* per HTTP request (or per hashing slice) */
     unsigned in_flight;           /* requests now in flight */
+    uint64_t busy_ns;             /* slot time used: in_flight integrated over time, up to
+                                   * busy_at_ns (bd_model_client_get_busy_seconds adds the
+                                   * time since) */
+    uint64_t busy_at_ns;          /* uv_hrtime of in_flight's last change (0: never) */
     unsigned concurrency_limit;   /* configured cap */
     double rate_limit_rps;        /* current adaptive limit (0 = unlimited) */
     bool is_circuit_open;
@@ -124,6 +128,11 @@ void bd_model_abort(struct bd_model_call *call);
 /* Stats of model index i (order of cfg->models), or NULL. Borrowed. */
 const struct bd_model_stats *bd_model_client_get_stats(const struct bd_model_client *mc,
                                                        unsigned i);
+
+/* Slot-seconds model i's requests have held so far (each request in flight counts one slot
+ * for as long as it is): its rate over the model's concurrency is how busy the model is
+ * kept. HTTP providers; 0 for the built-in hashing one, which computes on the loop. */
+double bd_model_client_get_busy_seconds(const struct bd_model_client *mc, unsigned i);
 
 /* The built-in hashing embedder, exposed for tests: deterministic feature hashing of word
  * unigrams and character 3-grams into dim buckets with signed hashes, L2-normalised.
