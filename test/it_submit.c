@@ -18,19 +18,13 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <pthread.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -54,146 +48,6 @@ static char g_pg_url[640];          /* through the proxy, with our search_path *
 static char g_pg_direct[640];       /* straight to PostgreSQL, with our search_path */
 static char g_redis_url[256];
 
-/* ---- a PostgreSQL proxy that can lose the answer to a COMMIT ---------------------------- */
-
-#define PROXY_PAIRS 64
-
-struct proxy_pair {
-    int c, s;                       /* client (batchd) and server sockets; -1 when unused */
-    bool is_doomed;                 /* forwarded a COMMIT: drop the server's answer */
-};
-
-static struct {
-    int listen_fd;
-    int port;
-    struct sockaddr_in target;
-    struct proxy_pair pairs[PROXY_PAIRS];
-    atomic_int is_armed;            /* the next COMMIT's answer is lost */
-    atomic_int fired;               /* how many answers were lost */
-    atomic_int is_stopping;
-    pthread_t thread;
-} g_px;
-
-/* The simple-protocol message "COMMIT": 'Q', int32 length 11, "COMMIT\0". */
-static const char px_commit[] = { 'Q', 0, 0, 0, 11, 'C', 'O', 'M', 'M', 'I', 'T', 0 };
-
-static void px_close_pair(struct proxy_pair *p)
-{
-    close(p->c);
-    close(p->s);
-    *p = (struct proxy_pair){ -1, -1, false };
-}
-
-static bool px_write_all(int fd, const char *buf, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-        if (n <= 0)
-            return false;
-        buf += n;
-        len -= (size_t)n;
-    }
-    return true;
-}
-
-static void *px_main(void *arg)
-{
-    (void)arg;
-    while (!atomic_load(&g_px.is_stopping)) {
-        struct pollfd fds[1 + 2 * PROXY_PAIRS];
-        int map[1 + 2 * PROXY_PAIRS];
-        nfds_t n = 0;
-        fds[n] = (struct pollfd){ g_px.listen_fd, POLLIN, 0 };
-        map[n++] = -1;
-        for (int i = 0; i < PROXY_PAIRS; i++) {
-            if (g_px.pairs[i].c < 0)
-                continue;
-            fds[n] = (struct pollfd){ g_px.pairs[i].c, POLLIN, 0 };
-            map[n++] = 2 * i;
-            fds[n] = (struct pollfd){ g_px.pairs[i].s, POLLIN, 0 };
-            map[n++] = 2 * i + 1;
-        }
-        if (poll(fds, n, 100) <= 0)
-            continue;
-        if (fds[0].revents & POLLIN) {
-            int c = accept(g_px.listen_fd, NULL, NULL);
-            int s = c >= 0 ? socket(AF_INET, SOCK_STREAM, 0) : -1;
-            if (s >= 0 && connect(s, (struct sockaddr *)&g_px.target, sizeof(g_px.target)) == 0) {
-                int i = 0;
-                while (i < PROXY_PAIRS && g_px.pairs[i].c >= 0)
-                    i++;
-                if (i < PROXY_PAIRS)
-                    g_px.pairs[i] = (struct proxy_pair){ c, s, false };
-                else
-                    close(c), close(s);
-            } else {
-                if (c >= 0)
-                    close(c);
-                if (s >= 0)
-                    close(s);
-            }
-        }
-        for (nfds_t k = 1; k < n; k++) {
-            struct proxy_pair *p = &g_px.pairs[map[k] / 2];
-            bool from_client = map[k] % 2 == 0;
-            char buf[65536];
-            if (!(fds[k].revents & (POLLIN | POLLHUP | POLLERR)) || p->c < 0)
-                continue;
-            ssize_t got = recv(from_client ? p->c : p->s, buf, sizeof(buf), 0);
-            if (got <= 0) {
-                px_close_pair(p);
-                continue;
-            }
-            if (!from_client && p->is_doomed) {
-                /* The server committed and answered; the client never hears of it. */
-                atomic_fetch_add(&g_px.fired, 1);
-                px_close_pair(p);
-                continue;
-            }
-            if (from_client && atomic_load(&g_px.is_armed) &&
-                memmem(buf, (size_t)got, px_commit, sizeof(px_commit)) != NULL) {
-                atomic_store(&g_px.is_armed, 0);
-                p->is_doomed = true;
-            }
-            if (!px_write_all(from_client ? p->s : p->c, buf, (size_t)got))
-                px_close_pair(p);
-        }
-    }
-    for (int i = 0; i < PROXY_PAIRS; i++)
-        if (g_px.pairs[i].c >= 0)
-            px_close_pair(&g_px.pairs[i]);
-    close(g_px.listen_fd);
-    return NULL;
-}
-
-/* Start the proxy in front of host:port of url (postgresql://user@host:port/db...). */
-static int px_start(const char *url)
-{
-    const char *at = strchr(url, '@'), *hp = at ? at + 1 : url + strlen("postgresql://");
-    const char *colon = strchr(hp, ':');
-    char host[64];
-    struct sockaddr_in a = { 0 };
-    socklen_t alen = sizeof(a);
-
-    if (colon == NULL || (size_t)(colon - hp) >= sizeof(host))
-        return -1;
-    snprintf(host, sizeof(host), "%.*s", (int)(colon - hp), hp);
-    g_px.target.sin_family = AF_INET;
-    g_px.target.sin_port = htons((uint16_t)atoi(colon + 1));
-    if (inet_pton(AF_INET, host, &g_px.target.sin_addr) != 1)
-        return -1;
-    for (int i = 0; i < PROXY_PAIRS; i++)
-        g_px.pairs[i] = (struct proxy_pair){ -1, -1, false };
-    g_px.listen_fd = socket(AF_INET, SOCK_STREAM, 0);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (g_px.listen_fd < 0 || bind(g_px.listen_fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
-        listen(g_px.listen_fd, 64) != 0 ||
-        getsockname(g_px.listen_fd, (struct sockaddr *)&a, &alen) != 0)
-        return -1;
-    g_px.port = ntohs(a.sin_port);
-    return pthread_create(&g_px.thread, NULL, px_main, NULL) == 0 ? 0 : -1;
-}
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
@@ -390,13 +244,13 @@ static void test_submit_answers_202_when_connection_breaks_after_commit(void **s
     long st = 0;
     (void)state;
 
-    int fired = atomic_load(&g_px.fired);
-    atomic_store(&g_px.is_armed, 1);
+    int fired = bd_it_pgproxy_fired();
+    bd_it_pgproxy_arm();
     json_t *j = post("{\"operation\":\"bulk_insert\",\"collection\":\"itsub_commit\",\"data\":["
                      "{\"id\":\"a\",\"embedding\":[1,2,3,4]},"
                      "{\"id\":\"b\",\"embedding\":[4,3,2,1]}]}", &st);
-    atomic_store(&g_px.is_armed, 0);
-    assert_int_equal(atomic_load(&g_px.fired), fired + 1);     /* the answer really was lost */
+    bd_it_pgproxy_disarm();
+    assert_int_equal(bd_it_pgproxy_fired(), fired + 1);     /* the answer really was lost */
     if (st != 202) {
         char *dump = j ? json_dumps(j, 0) : NULL;
         fprintf(stderr, "answer: %ld %s\n", st, dump ? dump : "-");
@@ -425,7 +279,8 @@ static int it_setup(void **state)
              bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd"));
     snprintf(g_pg_direct, sizeof(g_pg_direct), "%s%coptions=-csearch_path%%3D%s", g_pg_base,
              strchr(g_pg_base, '?') ? '&' : '?', g_schema);
-    if (px_start(g_pg_base) != 0) {
+    int px_port = bd_it_pgproxy_start(g_pg_base, NULL);
+    if (px_port < 0) {
         fprintf(stderr, "cannot start the PostgreSQL proxy for %s\n", g_pg_base);
         return -1;
     }
@@ -436,7 +291,7 @@ static int it_setup(void **state)
     if (colon == NULL || after_port == NULL)
         return -1;
     snprintf(g_pg_url, sizeof(g_pg_url), "%.*s:%d%s%coptions=-csearch_path%%3D%s",
-             (int)(colon - g_pg_base), g_pg_base, g_px.port, after_port,
+             (int)(colon - g_pg_base), g_pg_base, px_port, after_port,
              strchr(after_port, '?') ? '&' : '?', g_schema);
     slash = strchr(redis + strlen("redis://"), '/');
     snprintf(g_redis_url, sizeof(g_redis_url), "%.*s/%s",
@@ -464,8 +319,7 @@ static int it_teardown(void **state)
         fprintf(stderr, "batchd did not exit cleanly; log: %s\n", g_proc.log_path);
         rc = -1;
     }
-    atomic_store(&g_px.is_stopping, 1);
-    pthread_join(g_px.thread, NULL);
+    bd_it_pgproxy_stop();
     bd_it_sh("psql '%s' -Atqc 'DROP SCHEMA IF EXISTS %s CASCADE;' >/dev/null", g_pg_base,
              g_schema);
     bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);

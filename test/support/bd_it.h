@@ -249,4 +249,17 @@ void bd_it_fake_reset(int port, const char *extra);
  * test, naming the path, when /stats fails or the value is missing or not an integer. */
 long long bd_it_fake_stat(int port, const char *path);
 
+/* ---- a PostgreSQL proxy that loses COMMIT answers (bd_it_pgproxy.c) -------------------
+ * One per test process, on its own thread, in front of host:port of pg_url
+ * (postgresql://user@host:port/db...). A COMMIT it forwards is applied by the server, but
+ * the connection is dropped when the server answers it, so the client never hears of it:
+ * the next COMMIT on any connection after bd_it_pgproxy_arm(), and every COMMIT on a
+ * connection that has carried marker (NULL: none). Returns the port it listens on, or -1. */
+int bd_it_pgproxy_start(const char *pg_url, const char *marker);
+void bd_it_pgproxy_arm(void);
+void bd_it_pgproxy_disarm(void);
+/* How many answers were lost so far. */
+int bd_it_pgproxy_fired(void);
+void bd_it_pgproxy_stop(void);
+
 #endif
