@@ -224,3 +224,37 @@ void bb_parse_base(const char *url, char *host, size_t host_len, int *port)
     }
     *port = (int)v;
 }
+
+/* ---- /proc ------------------------------------------------------------------------------ */
+
+long bb_proc_status_kb(int pid, const char *key)
+{
+    char path[64], line[256];
+    size_t klen = strlen(key);
+    long v = -1;
+
+    if (pid <= 0)
+        return -1;
+    snprintf(path, sizeof(path), "/proc/%d/status", pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    while (fgets(line, sizeof(line), f))
+        if (strncmp(line, key, klen) == 0 && line[klen] == ':') {
+            v = strtol(line + klen + 1, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return v;
+}
+
+void bb_proc_reset_hwm(int pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/clear_refs", pid);
+    FILE *f = fopen(path, "w");
+    if (f == NULL || fputs("5", f) < 0)
+        fprintf(stderr, "bench: cannot reset the peak RSS of pid %d\n", pid);
+    if (f)
+        fclose(f);
+}

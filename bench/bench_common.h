@@ -72,4 +72,11 @@ double bb_arg_num(const char *opt, const char *v, double min, double max);
  * http: the bench never sends traffic anywhere else. */
 void bb_parse_base(const char *url, char *host, size_t host_len, int *port);
 
+/* ---- /proc ------------------------------------------------------------------------------ */
+/* A "Key:   N kB" line of /proc/<pid>/status (VmRSS, VmHWM), in KiB; -1 when unreadable. */
+long bb_proc_status_kb(int pid, const char *key);
+/* Reset the process's peak RSS (VmHWM) to its current RSS (clear_refs 5); says so on stderr
+ * when it cannot. */
+void bb_proc_reset_hwm(int pid);
+
 #endif

@@ -86,43 +86,9 @@ static void drv_on_poll_timer(uv_timer_t *t)
     drv_poll(t->data);
 }
 
-/* ---- /proc ---------------------------------------------------------------------------- */
-
-static long proc_status_kb(int pid, const char *key)
-{
-    char path[64], line[256];
-    size_t klen = strlen(key);
-    long v = -1;
-
-    if (pid <= 0)
-        return -1;
-    snprintf(path, sizeof(path), "/proc/%d/status", pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    while (fgets(line, sizeof(line), f))
-        if (strncmp(line, key, klen) == 0 && line[klen] == ':') {
-            v = strtol(line + klen + 1, NULL, 10);
-            break;
-        }
-    fclose(f);
-    return v;
-}
-
-static void proc_reset_hwm(int pid)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/clear_refs", pid);
-    FILE *f = fopen(path, "w");
-    if (f == NULL || fputs("5", f) < 0)
-        fprintf(stderr, "bench_jobs: cannot reset the peak RSS of pid %d\n", pid);
-    if (f)
-        fclose(f);
-}
-
 static void drv_sample_rss(struct drv *d)
 {
-    long rss = proc_status_kb(d->rss_pid, "VmRSS");
+    long rss = bb_proc_status_kb(d->rss_pid, "VmRSS");
     if (rss > d->rss_max_kb)
         d->rss_max_kb = rss;
 }
@@ -247,10 +213,10 @@ static void sub_on_response(struct bh_conn *c, int status, const char *body, siz
     if (d->submitted + d->submit_errors == d->jobs) {
         d->t_submitted = uv_hrtime();
         if (d->rss_pid > 0) {
-            d->hwm_submit_kb = proc_status_kb(d->rss_pid, "VmHWM");
-            d->rss_submitted_kb = proc_status_kb(d->rss_pid, "VmRSS");
+            d->hwm_submit_kb = bb_proc_status_kb(d->rss_pid, "VmHWM");
+            d->rss_submitted_kb = bb_proc_status_kb(d->rss_pid, "VmRSS");
             if (d->reset_hwm)
-                proc_reset_hwm(d->rss_pid);
+                bb_proc_reset_hwm(d->rss_pid);
         }
         if (d->is_submit_only)
             drv_poll(d);
@@ -351,12 +317,12 @@ static void watch_next_status(struct drv *d)
      * last 202 can come too early to see. */
     if (d->reset_hwm && !d->is_reset_in_processing && done_items > 0 &&
         d->submitted + d->submit_errors == d->jobs) {
-        proc_reset_hwm(d->rss_pid);
+        bb_proc_reset_hwm(d->rss_pid);
         d->is_reset_in_processing = true;
     }
     if (d->progress)
         fprintf(d->progress, "%.3f\t%llu\t%u\t%ld\n", (double)(now - d->t0) / 1e9, done_items,
-                terminal, d->rss_pid > 0 ? proc_status_kb(d->rss_pid, "VmRSS") : 0L);
+                terminal, d->rss_pid > 0 ? bb_proc_status_kb(d->rss_pid, "VmRSS") : 0L);
     d->processed = processed;
     d->failed_items = failed;
     d->jobs_terminal = terminal;
@@ -405,7 +371,7 @@ static void watch_on_count(struct bh_conn *c, int status, const char *body, size
         d->count_phase = 0;
         if (d->progress)
             fprintf(d->progress, "%.3f\t%u\t0\t%ld\n", (double)(now - d->t0) / 1e9,
-                    d->submitted, d->rss_pid > 0 ? proc_status_kb(d->rss_pid, "VmRSS") : 0L);
+                    d->submitted, d->rss_pid > 0 ? bb_proc_status_kb(d->rss_pid, "VmRSS") : 0L);
         uv_timer_start(&d->poll_timer, drv_on_poll_timer, (uint64_t)d->poll_ms, 0);
         return;
     }
@@ -567,7 +533,7 @@ int main(int argc, char **argv)
     d.subs = bb_xmalloc(d.concurrency * sizeof(struct sub_conn));
     for (unsigned i = 0; i < d.concurrency; i++)
         d.subs[i] = (struct sub_conn){ bh_conn_new(d.loop, &d.bases[i % d.nbases]), &d, -1 };
-    d.rss_start_kb = proc_status_kb(d.rss_pid, "VmRSS");
+    d.rss_start_kb = bb_proc_status_kb(d.rss_pid, "VmRSS");
     d.rss_max_kb = d.rss_start_kb;
 
     d.t0 = uv_hrtime();
@@ -577,7 +543,7 @@ int main(int argc, char **argv)
         drv_poll(&d);
     uv_run(d.loop, UV_RUN_DEFAULT);
     if (d.rss_pid > 0)
-        d.hwm_process_kb = proc_status_kb(d.rss_pid, "VmHWM");
+        d.hwm_process_kb = bb_proc_status_kb(d.rss_pid, "VmHWM");
 
     double total = (double)(d.t_end - d.t0) / 1e9;
     double submit = d.t_submitted ? (double)(d.t_submitted - d.t0) / 1e9 : total;

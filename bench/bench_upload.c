@@ -61,43 +61,9 @@ struct up {
     long rss_start_kb, rss_max_kb, hwm_kb;
 };
 
-/* ---- /proc (the same reads as bench_jobs) ------------------------------------------------- */
-
-static long proc_status_kb(int pid, const char *key)
-{
-    char path[64], line[256];
-    size_t klen = strlen(key);
-    long v = -1;
-
-    if (pid <= 0)
-        return -1;
-    snprintf(path, sizeof(path), "/proc/%d/status", pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    while (fgets(line, sizeof(line), f))
-        if (strncmp(line, key, klen) == 0 && line[klen] == ':') {
-            v = strtol(line + klen + 1, NULL, 10);
-            break;
-        }
-    fclose(f);
-    return v;
-}
-
-static void proc_reset_hwm(int pid)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/clear_refs", pid);
-    FILE *f = fopen(path, "w");
-    if (f == NULL || fputs("5", f) < 0)
-        fprintf(stderr, "bench_upload: cannot reset the peak RSS of pid %d\n", pid);
-    if (f)
-        fclose(f);
-}
-
 static void up_sample(struct up *u)
 {
-    long rss = proc_status_kb(u->rss_pid, "VmRSS");
+    long rss = bb_proc_status_kb(u->rss_pid, "VmRSS");
     if (rss > u->rss_max_kb)
         u->rss_max_kb = rss;
 }
@@ -274,8 +240,8 @@ int main(int argc, char **argv)
     bb_puts(&u.out, "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
 
     if (u.rss_pid > 0) {
-        proc_reset_hwm(u.rss_pid);
-        u.rss_start_kb = proc_status_kb(u.rss_pid, "VmRSS");
+        bb_proc_reset_hwm(u.rss_pid);
+        u.rss_start_kb = bb_proc_status_kb(u.rss_pid, "VmRSS");
         u.rss_max_kb = u.rss_start_kb;
     }
     uint64_t t0 = bb_now_ns(), t_sent = 0, t_answer = 0, next_sample = t0;
@@ -312,7 +278,7 @@ int main(int argc, char **argv)
             if (n >= 0 && resp_is_complete(&u, n == 0)) {
                 t_answer = bb_now_ns();
                 if (u.rss_pid > 0) {
-                    u.hwm_kb = proc_status_kb(u.rss_pid, "VmHWM");
+                    u.hwm_kb = bb_proc_status_kb(u.rss_pid, "VmHWM");
                     up_sample(&u);
                 }
                 is_done = true;
