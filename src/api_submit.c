@@ -281,7 +281,8 @@ int bd__api_submit_metadata(struct bd__api_submit *s)
     return BD_OK;
 }
 
-bool bd__api_submit_precheck(struct bd_http_request *req, struct bd_server *srv)
+/* Auth, shutdown and readiness of a submit; false when req was answered. */
+static bool api_submit_precheck(struct bd_http_request *req, struct bd_server *srv)
 {
     if (!bd__api_check_auth(req, srv))
         return false;
@@ -298,33 +299,46 @@ bool bd__api_submit_precheck(struct bd_http_request *req, struct bd_server *srv)
     return true;
 }
 
+bool bd__api_submit_headers_ok(struct bd_http_request *req, struct bd_server *srv,
+                               bool *is_ndjson, const char **key)
+{
+    const char *ct = bd_http_header_get(req, "Content-Type");
+
+    if (!api_submit_precheck(req, srv))
+        return false;
+    *is_ndjson = ct && (strncasecmp(ct, "application/x-ndjson", 20) == 0 ||
+                        strncasecmp(ct, "application/jsonl", 17) == 0);
+    if (!*is_ndjson && (ct == NULL || strncasecmp(ct, "application/json", 16) != 0)) {
+        bd_http_respond_err(req, BD_EMEDIATYPE, "Content-Type must be application/json, "
+                            "application/x-ndjson or application/jsonl", NULL);
+        return false;
+    }
+    *key = bd_http_header_get(req, "Idempotency-Key");
+    if (*key && (strlen(*key) == 0 || strlen(*key) > 255 ||
+                 !bd_utf8_is_valid(*key, strlen(*key)))) {
+        bd_http_respond_err(req, BD_EINVAL, "Idempotency-Key must be 1 to 255 characters",
+                            "Idempotency-Key");
+        return false;
+    }
+    return true;
+}
+
+/* The route's handler at message-complete: reached only if the headers hook left a body
+ * buffered, which it does for no Content-Type it accepts; answered as a whole JSON body. */
 void bd__api_submit_on_request(struct bd_http_request *req, void *arg)
 {
     struct bd_server *srv = arg;
+    const char *key;
+    bool is_ndjson;
 
-    if (!bd__api_submit_precheck(req, srv))
-        return;
-    bd__api_submit_body(req, srv, req->body, req->body_len);
+    if (bd__api_submit_headers_ok(req, srv, &is_ndjson, &key))
+        bd__api_submit_body(req, srv, key, req->body, req->body_len);
 }
 
-void bd__api_submit_body(struct bd_http_request *req, struct bd_server *srv, const char *body,
-                         size_t body_len)
+void bd__api_submit_body(struct bd_http_request *req, struct bd_server *srv, const char *key,
+                         const char *body, size_t body_len)
 {
     struct bd__api_invalid inv = { { 0 }, { 0 } };
-
-    const char *ct = bd_http_header_get(req, "Content-Type");
-    if (ct == NULL || strncasecmp(ct, "application/json", 16) != 0) {
-        bd_http_respond_err(req, BD_EMEDIATYPE, "Content-Type must be application/json, "
-                            "application/x-ndjson or application/jsonl", NULL);
-        return;
-    }
-    const char *key = bd_http_header_get(req, "Idempotency-Key");
-    if (key && (strlen(key) == 0 || strlen(key) > 255 || !bd_utf8_is_valid(key, strlen(key)))) {
-        bd_http_respond_err(req, BD_EINVAL, "Idempotency-Key must be 1 to 255 characters",
-                            "Idempotency-Key");
-        return;
-    }
-
     struct bd__api_submit *s = calloc(1, sizeof(*s));
     if (s == NULL) {
         bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);

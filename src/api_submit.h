@@ -68,13 +68,16 @@ int bd__api_submit_metadata(struct bd__api_submit *s);
  * Retry-After, or the error's status) and free s. */
 void bd__api_submit_answer(struct bd__api_submit *s, int status,
                            const struct bd_job_submitted *res);
-/* Auth, shutdown and readiness of a submit; false when req was answered. */
-bool bd__api_submit_precheck(struct bd_http_request *req, struct bd_server *srv);
-/* The buffered submit: a JSON body, whole (req->body, or an inflated copy: body is read
- * only during the call). Answers req. */
-void bd__api_submit_body(struct bd_http_request *req, struct bd_server *srv, const char *body,
-                         size_t body_len);
-/* The route's handler at message-complete (a buffered application/json body). */
+/* A submit's headers: auth, shutdown and readiness, then Content-Type (JSON, or JSON Lines:
+ * *is_ndjson) and Idempotency-Key (*key, NULL when none; borrowed from req). false when
+ * req was answered (401, 503, 415, 400). */
+bool bd__api_submit_headers_ok(struct bd_http_request *req, struct bd_server *srv,
+                               bool *is_ndjson, const char **key);
+/* The buffered submit: a JSON body, whole (body is read only during the call), its headers
+ * checked (key: bd__api_submit_headers_ok's). Answers req. */
+void bd__api_submit_body(struct bd_http_request *req, struct bd_server *srv, const char *key,
+                         const char *body, size_t body_len);
+/* The route's handler at message-complete. */
 void bd__api_submit_on_request(struct bd_http_request *req, void *arg);
 /* Free s and what it holds (the request is not answered here). */
 void bd__api_submit_free(struct bd__api_submit *s);

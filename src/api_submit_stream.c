@@ -283,12 +283,13 @@ static void stream_body_end(struct bd__api_stream *st)
     if (!st->is_scanning) {                    /* a small JSON body: the buffered submit */
         struct bd_http_request *req = st->req;
         struct bd_server *srv = st->srv;
+        const char *key = st->idem_key;        /* req's header: outlives st */
         struct bd_buf body = st->hold;
         bd_buf_init(&st->hold);
         st->is_answered = true;                /* the buffered path answers from here on */
         bd_http_set_abort_cb(req, NULL, NULL);
         bd__stream_maybe_free(st);
-        bd__api_submit_body(req, srv, body.data, body.len);
+        bd__api_submit_body(req, srv, key, body.data, body.len);
         bd_buf_free(&body);
         return;
     }
@@ -454,21 +455,30 @@ static void stream_on_submitted(int status, const struct bd_job_submitted *res, 
     bd__stream_maybe_free(st);
 }
 
+/* A store call of st's returned with status: false when st was answered meanwhile (it is
+ * freed now, if nothing else holds it) or the call failed (answered now). */
+static bool stream_store_returned(struct bd__api_stream *st, int status)
+{
+    st->is_writing = false;
+    if (st->is_answered) {
+        bd__stream_maybe_free(st);
+        return false;
+    }
+    if (status < 0) {
+        bd__stream_fail(st, status, NULL, NULL);
+        return false;
+    }
+    return true;
+}
+
 static void stream_on_collection(int status, const struct bd_job_store_collection_row *row,
                                  void *arg)
 {
     struct bd__api_stream *st = arg;
     char msg[200];
 
-    st->is_writing = false;
-    if (st->is_answered) {
-        bd__stream_maybe_free(st);
+    if (!stream_store_returned(st, status))
         return;
-    }
-    if (status < 0) {
-        bd__stream_fail(st, status, NULL, NULL);
-        return;
-    }
     if (row->is_found)
         bd__api_collection_put(st->srv, st->s->collection, row->dimension);
     if (row->is_found && row->dimension != st->s->dim) {
@@ -656,12 +666,6 @@ static json_t *stream_fields(struct bd_http_request *req)
     return f;
 }
 
-static bool stream_is_ndjson(const char *ct)
-{
-    return ct && (strncasecmp(ct, "application/x-ndjson", 20) == 0 ||
-                  strncasecmp(ct, "application/jsonl", 17) == 0);
-}
-
 /* Content-Encoding: gzip, or none. BD_EMEDIATYPE for anything else. */
 static int stream_encoding(struct bd_http_request *req, bool *is_gzip)
 {
@@ -703,15 +707,8 @@ static void stream_on_key(int status, const struct bd_job_store_idem_row *row, v
 {
     struct bd__api_stream *st = arg;
 
-    st->is_writing = false;
-    if (st->is_answered) {
-        bd__stream_maybe_free(st);
+    if (!stream_store_returned(st, status))
         return;
-    }
-    if (status < 0) {
-        bd__stream_fail(st, status, NULL, NULL);
-        return;
-    }
     if (!row->is_found) {
         bd__stream_open_job(st);
         return;
@@ -741,9 +738,9 @@ void bd__stream_find_key(struct bd__api_stream *st)
 static void api_on_submit_headers(struct bd_http_request *req, void *arg)
 {
     struct bd_server *srv = arg;
-    const char *ct = bd_http_header_get(req, "Content-Type");
     struct bd__api_invalid inv = { { 0 }, { 0 } };
-    bool is_gzip = false, is_ndjson = stream_is_ndjson(ct);
+    const char *key;
+    bool is_gzip = false, is_ndjson;
     int rc;
 
     if (stream_encoding(req, &is_gzip) < 0) {
@@ -751,21 +748,10 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
                             "Content-Encoding");
         return;
     }
-    if (!bd__api_submit_precheck(req, srv))
+    if (!bd__api_submit_headers_ok(req, srv, &is_ndjson, &key))
         return;                                /* answered */
-    if (!is_ndjson && (ct == NULL || strncasecmp(ct, "application/json", 16) != 0)) {
-        bd_http_respond_err(req, BD_EMEDIATYPE, "Content-Type must be application/json, "
-                            "application/x-ndjson or application/jsonl", NULL);
-        return;
-    }
     if (is_ndjson && !bd__stream_has_room(srv)) {
         bd__stream_refuse_upload(req);
-        return;
-    }
-    const char *key = bd_http_header_get(req, "Idempotency-Key");
-    if (key && (strlen(key) == 0 || strlen(key) > 255 || !bd_utf8_is_valid(key, strlen(key)))) {
-        bd_http_respond_err(req, BD_EINVAL, "Idempotency-Key must be 1 to 255 characters",
-                            "Idempotency-Key");
         return;
     }
     struct bd__api_stream *st = calloc(1, sizeof(*st));
