@@ -293,6 +293,34 @@ static long it_gauge(const char *name)
     return n;
 }
 
+/* body_a with its Idempotency-Key (in headers) is a new job (202); body_a again is the same
+ * job (200, idempotent_replay); body_b with the key is 409; one job in coll in all. */
+static void it_check_key_replay(const char *url, const char *const *headers,
+                                const char *body_a, const char *body_b, const char *coll)
+{
+    struct bd_it_resp r;
+
+    assert_int_equal(bd_it_http("POST", url, body_a, headers, &r), 0);
+    if (r.status != 202)
+        fail_msg("first: %ld %s", r.status, r.body);
+    json_t *first = json_loads(r.body, 0, NULL);
+    bd_it_resp_free(&r);
+    assert_int_equal(bd_it_http("POST", url, body_a, headers, &r), 0);
+    if (r.status != 200)
+        fail_msg("replay: %ld %s", r.status, r.body);
+    json_t *again = json_loads(r.body, 0, NULL);
+    bd_it_resp_free(&r);
+    assert_string_equal(bd_it_str(again, "job_id"), bd_it_str(first, "job_id"));
+    assert_true(json_is_true(bd_it_at(again, "idempotent_replay")));
+    assert_int_equal(bd_it_http("POST", url, body_b, headers, &r), 0);
+    assert_int_equal(r.status, 409);
+    bd_it_resp_free(&r);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM jobs WHERE collection = '%s'", coll),
+                     1);
+    json_decref(first);
+    json_decref(again);
+}
+
 static void it_cancel(const char *id)
 {
     char path[256];
@@ -819,7 +847,6 @@ static void stream_json_replays_job_when_idempotency_key_repeats(void **state)
 {
     char url[256], coll[96], key[128];
     struct bd_buf a, b;
-    struct bd_it_resp r;
     (void)state;
 
     it_need_batchd();
@@ -840,25 +867,7 @@ static void stream_json_replays_job_when_idempotency_key_repeats(void **state)
     }
     assert_true(a.len > (1u << 20));                 /* streamed, not gathered */
     const char *h[] = { "Content-Type: application/json", key, NULL };
-    assert_int_equal(bd_it_http("POST", url, a.data, h, &r), 0);
-    if (r.status != 202)
-        fail_msg("first: %ld %s", r.status, r.body);
-    json_t *first = json_loads(r.body, 0, NULL);
-    bd_it_resp_free(&r);
-    assert_int_equal(bd_it_http("POST", url, a.data, h, &r), 0);
-    if (r.status != 200)
-        fail_msg("replay: %ld %s", r.status, r.body);
-    json_t *again = json_loads(r.body, 0, NULL);
-    bd_it_resp_free(&r);
-    assert_string_equal(bd_it_str(again, "job_id"), bd_it_str(first, "job_id"));
-    assert_true(json_is_true(bd_it_at(again, "idempotent_replay")));
-    assert_int_equal(bd_it_http("POST", url, b.data, h, &r), 0);
-    assert_int_equal(r.status, 409);
-    bd_it_resp_free(&r);
-    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM jobs WHERE collection = '%s'", coll),
-                     1);
-    json_decref(first);
-    json_decref(again);
+    it_check_key_replay(url, h, a.data, b.data, coll);
     bd_buf_free(&a);
     bd_buf_free(&b);
 }
@@ -975,26 +984,7 @@ static void stream_replays_job_when_idempotency_key_repeats(void **state)
     snprintf(body_a, sizeof(body_a), "{\"text\":\"one\"}\n{\"text\":\"two\"}\n");
     snprintf(body_b, sizeof(body_b), "{\"text\":\"one\"}\n{\"text\":\"three\"}\n");
     const char *h[] = { "Content-Type: application/x-ndjson", key, NULL };
-    struct bd_it_resp r;
-
-    assert_int_equal(bd_it_http("POST", url, body_a, h, &r), 0);
-    assert_int_equal(r.status, 202);
-    json_t *first = json_loads(r.body, 0, NULL);
-    bd_it_resp_free(&r);
-    assert_int_equal(bd_it_http("POST", url, body_a, h, &r), 0);
-    json_t *again = json_loads(r.body, 0, NULL);
-    if (r.status != 200)
-        fail_msg("replay: %ld %s", r.status, r.body);
-    bd_it_resp_free(&r);
-    assert_string_equal(bd_it_str(again, "job_id"), bd_it_str(first, "job_id"));
-    assert_true(json_is_true(bd_it_at(again, "idempotent_replay")));
-    assert_int_equal(bd_it_http("POST", url, body_b, h, &r), 0);
-    assert_int_equal(r.status, 409);
-    bd_it_resp_free(&r);
-    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM jobs WHERE collection = '%s'", coll),
-                     1);
-    json_decref(first);
-    json_decref(again);
+    it_check_key_replay(url, h, body_a, body_b, coll);
 }
 
 static int it_stop_batchd(void **state)
