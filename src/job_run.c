@@ -769,7 +769,7 @@ void bd__job_step(struct bd_job *job)
                                  bd_job_event_sources(BD_JOB_EV_START), job_on_started, job);
         break;
     case JOB_PHASE_LOAD_BATCH:
-        err = bd_job_store_load_batch(job->e->d.pg, job->id, job_on_batch_loaded, job);
+        err = bd_job_store_load_batch(job->e->d.pg, job->id, -1, job_on_batch_loaded, job);
         break;
     case JOB_PHASE_CACHE:
         err = job_cache_query(job);

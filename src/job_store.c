@@ -131,7 +131,7 @@ static enum bd_job_state store_state(const char *v)
 enum start_col {
     START_OPERATION, START_MODEL, START_COLLECTION, START_TOTAL_ITEMS, START_TOTAL_BATCHES,
     START_TIMEOUT_S, START_MAX_RETRIES, START_CANCEL_REQUESTED, START_RUN_STARTED,
-    START_RUN_ATTEMPT, START_DIM, START_COLLECTION_DIM,
+    START_RUN_ATTEMPT, START_DIM, START_PRIORITY, START_COLLECTION_DIM,
 };
 
 static void store_on_started(int status, PGresult *res, void *arg)
@@ -158,6 +158,7 @@ static void store_on_started(int status, PGresult *res, void *arg)
         row.run_started_unix = bd__store_double(res, 0, START_RUN_STARTED, 0);
         row.run_attempt = (int)bd__store_ll(res, 0, START_RUN_ATTEMPT, 1);
         row.dim = (unsigned)bd__store_ll(res, 0, START_DIM, 0);
+        row.priority = (int)bd__store_ll(res, 0, START_PRIORITY, 1);
         row.collection_dim = (long)bd__store_ll(res, 0, START_COLLECTION_DIM, -1);
         c->cb.start(BD_OK, &row, NULL, c->arg);
     }
@@ -184,7 +185,7 @@ int bd_job_store_start(struct bd_pg *pg, const char *job_id, const char *worker_
         "RETURNING operation, model, collection, total_items, total_batches, "
         "timeout_s, max_retries, cancel_requested, "
         "extract(epoch FROM started_at) AS run_started, run_attempt, "
-        "COALESCE((options->>'dimension')::int, 0) AS dim), "
+        "COALESCE((options->>'dimension')::int, 0) AS dim, priority), "
         "c AS (INSERT INTO collections (name, dimension) SELECT collection, dim "
         "FROM j WHERE NOT EXISTS (SELECT 1 FROM collections x "
         "WHERE x.name = j.collection) ON CONFLICT (name) DO NOTHING "
@@ -239,17 +240,19 @@ static void store_on_batch(int status, PGresult *res, void *arg)
 /* The job's cancel flag rides along with every batch load, so a cancel recorded only in
  * PostgreSQL (Redis unreachable) still stops a job running in any process before its
  * next batch. Binary results: items is jsonb (version byte 1, then the text). */
-int bd_job_store_load_batch(struct bd_pg *pg, const char *job_id, bd_job_store_batch_cb cb,
-                            void *arg)
+int bd_job_store_load_batch(struct bd_pg *pg, const char *job_id, int after_batch_no,
+                            bd_job_store_batch_cb cb, void *arg)
 {
-    const char *params[1] = { job_id };
+    char after[16];
+    snprintf(after, sizeof(after), "%d", after_batch_no);
+    const char *params[2] = { job_id, after };
     int rc = bd__store_query(pg,
                          "SELECT j.cancel_requested, b.batch_no, b.first_index, b.item_count, "
                          "b.items::text, b.attempts, b.payload FROM jobs j LEFT JOIN LATERAL "
                          "(SELECT * FROM job_batches x WHERE x.job_id = j.id "
-                         "AND x.status = 'pending' ORDER BY x.batch_no LIMIT 1) b ON true "
-                         "WHERE j.id = $1",
-                         1, params, NULL, NULL, 1, store_on_batch, BD__STORE_CALL(batch));
+                         "AND x.status = 'pending' AND x.batch_no > $2::int "
+                         "ORDER BY x.batch_no LIMIT 1) b ON true WHERE j.id = $1",
+                         2, params, NULL, NULL, 1, store_on_batch, BD__STORE_CALL(batch));
     return rc;
 }
 

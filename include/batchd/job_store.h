@@ -53,6 +53,7 @@ struct bd_job_start_row {
     double run_started_unix;          /* start of the current run (reset by retry) */
     int run_attempt;
     unsigned dim;                     /* bulk_insert: the dimension given at submit */
+    int priority;                     /* enum bd_priority: 0 high, 1 normal, 2 low */
     long collection_dim;              /* the output collection's dimension; -1: it raced */
 };
 /* row NULL with status BD_OK: the job is not startable (terminal or gone). */
@@ -66,7 +67,8 @@ typedef void (*bd_job_store_start_cb)(int status, const struct bd_job_start_row 
 int bd_job_store_start(struct bd_pg *pg, const char *job_id, const char *worker_id,
                        const char *sources, bd_job_store_start_cb cb, void *arg);
 
-/* The first pending batch of a job, with the job's cancel flag. Borrowed during cb. */
+/* The first pending batch of a job numbered above after_batch_no (-1: the first pending
+ * batch), with the job's cancel flag. Borrowed during cb. */
 struct bd_job_batch_row {
     bool has_batch;                   /* false: no pending batch left */
     bool is_cancel_requested;         /* read from jobs at every batch (cancel via PG) */
@@ -79,8 +81,8 @@ struct bd_job_batch_row {
 };
 typedef void (*bd_job_store_batch_cb)(int status, const struct bd_job_batch_row *row,
                                       const struct bd_job_store_err *err, void *arg);
-int bd_job_store_load_batch(struct bd_pg *pg, const char *job_id, bd_job_store_batch_cb cb,
-                            void *arg);
+int bd_job_store_load_batch(struct bd_pg *pg, const char *job_id, int after_batch_no,
+                            bd_job_store_batch_cb cb, void *arg);
 
 /* Make a batch's attempts and last error visible (/debug) while it is retried. */
 int bd_job_store_record_attempt(struct bd_pg *pg, const char *job_id, int batch_no,
