@@ -127,9 +127,7 @@ static void engine_on_renewed(int status, long long value, void *arg)
             bd_log(BD_LOG_WARN, "job", "job=%s event=lease_lost", job->id);
             rc->e->stats.leases_lost++;
             job->is_lease_lost = true;
-            if (job->model_call)
-                bd_model_abort(job->model_call);
-            bd__job_fire_timer_now(job);
+            bd__job_interrupt(job);
         } else if (value == 2 && !job->is_cancel_requested) {
             bd_job_engine_cancel_local(e, job->id);
         }
@@ -477,9 +475,7 @@ void bd_job_engine_stop(struct bd_job_engine *e, bd_job_engine_stopped_cb cb, vo
      * batch is simply redone by the next owner. */
     for (struct bd_job *j = e->jobs; j; j = j->next) {
         j->is_handing_back = true;
-        if (j->model_call)
-            bd_model_abort(j->model_call);
-        bd__job_fire_timer_now(j);
+        bd__job_interrupt(j);
     }
     engine_maybe_stopped(e);
 }
@@ -541,17 +537,35 @@ struct json_t *bd_job_engine_debug_json(const struct bd_job_engine *e, const cha
                           (json_int_t)ms->errors[BD_MODEL_ERR_PROCESSING], "rate_limited",
                           (json_int_t)ms->errors[BD_MODEL_ERR_RATE_LIMITED]);
     }
-    json_t *j = json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:b,s:b,s:b,s:b,s:f,s:i,s:s?}",
+    /* The window: the batches in flight, oldest first as the job's slots hold them. */
+    json_t *batches = json_array();
+    const char *last_error = NULL;
+    unsigned failures = job->job_failures;
+    for (unsigned i = 0; batches && i < job->window; i++) {
+        const struct bd_job_slot *s = &job->slots[i];
+        if (s->phase == SLOT_FREE)
+            continue;
+        json_array_append_new(batches, json_pack("{s:i,s:s,s:i,s:i,s:b}", "batch_no",
+                                                 s->batch_no, "phase",
+                                                 bd__job_slot_phase_name(s->phase),
+                                                 "attempts", (int)s->attempts,
+                                                 "write_failures", (int)s->write_failures,
+                                                 "model_call_in_flight",
+                                                 s->model_call != NULL));
+        if (s->batch_error[0])
+            last_error = s->batch_error;
+        failures += s->write_failures;
+    }
+    json_t *j = json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:b,s:b,s:b,s:f,s:i,s:s?,s:o?}",
                      "worker", e->d.cfg->worker_id, "phase", bd__job_phase_name(job->phase),
-                     "batch_no", job->batch_no, "batch_attempts", (int)job->attempts,
+                     "window", (int)job->window, "model_calls_in_flight", (int)job->at_model,
                      "batches_run_here", (int)job->batches_run,
-                     "write_failures", (int)job->write_failures,
+                     "write_failures", (int)failures,
                      "cancel_requested", job->is_cancel_requested,
                      "lease_lost", job->is_lease_lost, "handing_back", job->is_handing_back,
-                     "model_call_in_flight", job->model_call != NULL,
                      "seconds_since_claim", (double)(uv_hrtime() - job->claimed_ns) / 1e9,
-                     "dimension", (int)job->dim,
-                     "last_error", job->batch_error[0] ? job->batch_error : NULL);
+                     "dimension", (int)job->dim, "last_error", last_error,
+                     "batches", batches);
     if (j)
         json_object_set_new(j, "model", model ? model : json_null());
     else

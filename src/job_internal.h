@@ -1,10 +1,13 @@
 /* job_internal.h -- what the files of the job module share: struct bd_job, the engine,
  * the phases. Private to src/job_run.c, src/job_write.c and src/job_maint.c.
  *
- * A job is a state machine: job->phase names the operation in flight, bd__job_step()
- * starts it, and its callback records the outcome and then moves the phase on, arms the
- * retry timer, or finishes the job. Each operation in flight holds one reference, taken
- * in bd__job_step (or bd__job_arm_timer) and dropped by its callback.
+ * A job is a state machine: job->phase names where it is (start, run, finish, release).
+ * While it runs, its batches move through a window of slots, each a small state machine of
+ * its own (load, cache lookup, model, write): bd__job_pump() fills free slots with the
+ * next pending batches, hands the one writer to a batch that is ready, and winds the job
+ * down once it should stop and nothing is in flight. Each operation in flight (the job's
+ * or a slot's) holds one reference on the job, taken when it starts and dropped by its
+ * callback.
  */
 #ifndef BATCHD_JOB_INTERNAL_H
 #define BATCHD_JOB_INTERNAL_H
@@ -27,49 +30,37 @@
  * server rejects) is tried this many times, then its items are marked failed. */
 #define JOB_WRITE_PERMANENT_MAX 3
 
+/* A job's window: at most this many batches in flight at once (loaded, at the model, or
+ * waiting to be written). bulk_embed uses the model's concurrency + 1 up to this bound, so
+ * one job can keep every slot of its model busy while its next batch is loaded; bulk_insert
+ * uses JOB_WINDOW_INSERT (one batch written while the next is loaded). */
+#define JOB_WINDOW_MAX 16
+#define JOB_WINDOW_INSERT 3
+
 enum job_phase {
     JOB_PHASE_START,          /* mark processing, read the job, ensure its collection */
-    JOB_PHASE_LOAD_BATCH,     /* read the first pending batch (and the cancel flag) */
-    JOB_PHASE_CACHE,          /* bulk_embed: vectors of texts already embedded by the model */
-    JOB_PHASE_EXECUTE,        /* model call (bulk_embed) or take given vectors (bulk_insert) */
-    JOB_PHASE_WRITE_ACQUIRE,  /* lease a connection for the batch's transaction */
-    JOB_PHASE_WRITE_BEGIN,    /* BEGIN, lock the batch row, check it is still pending */
-    JOB_PHASE_WRITE_STAGE,    /* stage the rows by binary COPY */
-    JOB_PHASE_WRITE_COMMIT,   /* vectors, item errors, checkpoint, COMMIT */
+    JOB_PHASE_RUN,            /* batches through the window (struct bd_job_slot) */
     JOB_PHASE_FINISH,         /* terminal status in PostgreSQL */
     JOB_PHASE_RELEASE,        /* drop (or hand back) the Redis lease */
     JOB_PHASE_DONE,
 };
 
-struct bd_job {
-    struct bd_job_engine *e;
-    struct bd_job *next, *prev;
-    unsigned refs;
-    enum job_phase phase;
+/* One batch of the window, from its load to its checkpoint. A slot's operations hold a
+ * reference on the job (not on the slot, which lives in the job's allocation). */
+enum slot_phase {
+    SLOT_FREE,
+    SLOT_CACHE,               /* bulk_embed: vectors of texts already embedded by the model */
+    SLOT_EXECUTE,             /* model call in flight or backing off (bulk_embed) */
+    SLOT_READY,               /* vectors or item errors in hand: waits for the job's writer */
+    SLOT_WRITE_ACQUIRE,       /* lease a connection for the batch's transaction */
+    SLOT_WRITE_BEGIN,         /* BEGIN, lock the batch row, check it is still pending */
+    SLOT_WRITE_STAGE,         /* stage the rows by binary COPY */
+    SLOT_WRITE_COMMIT,        /* vectors, item errors, checkpoint, COMMIT */
+};
 
-    char id[129];
-    enum bd_job_operation op;
-    char model[129];
-    char collection[64];
-    unsigned dim;
-    unsigned total_items, total_batches;
-    unsigned max_retries;
-    double timeout_s;
-    double run_started_unix;   /* start of the current run: timeout_s counts from here */
-    int run_attempt;
-    uint64_t claimed_ns;
-
-    /* outcome flags, checked between batches */
-    bool is_cancel_requested;
-    bool is_lease_lost;
-    bool is_handing_back;     /* engine stopping or lease lost: give the job back */
-    bool has_timer_armed;
-    bool has_final_state;     /* final_state decided (fatal error, timeout, cancel) */
-    enum bd_job_state final_state;
-    char error_code[48];
-    char error_message[512];
-
-    /* current batch */
+struct bd_job_slot {
+    struct bd_job *job;
+    enum slot_phase phase;
     int batch_no;
     unsigned first_index;
     unsigned item_count;
@@ -84,6 +75,7 @@ struct bd_job {
     size_t items_cap;
     char batch_error[512];    /* message shared by the items of a failed batch */
     bool is_batch_failed;     /* retries ran out: the last failed try is in attempts */
+    bool has_timer_armed;
     const char *batch_error_code;
     uint64_t batch_start_ns;
     unsigned batch_ok, batch_failed, batch_cache_hits;
@@ -95,16 +87,64 @@ struct bd_job {
     unsigned miss_count;
     struct bd_htab cache_index; /* cache key -> first item with it (keys in hashes) */
     int32_t *ht_next;         /* next item with the same cache key, -1 at the end */
-
-    /* write transaction */
-    struct bd_pg_conn *conn;
+    struct bd_buf sql;        /* the cache lookup's statement, reused */
     unsigned write_failures;
     unsigned write_permanent; /* failures PostgreSQL will repeat (bad value, constraint) */
-    struct bd_buf copy; /* binary COPY payload, reused */
-    struct bd_buf meta;       /* one item's metadata JSON, reused */
-    struct bd_buf sql;        /* statement text, reused */
+    uv_timer_t timer;         /* model back-off, write retry */
+};
 
-    uv_timer_t timer;         /* retry / backoff */
+struct bd_job {
+    struct bd_job_engine *e;
+    struct bd_job *next, *prev;
+    unsigned refs;
+    enum job_phase phase;
+
+    char id[129];
+    enum bd_job_operation op;
+    char model[129];
+    char collection[64];
+    unsigned dim;
+    int priority;             /* enum bd_priority: orders its model requests */
+    unsigned total_items, total_batches;
+    unsigned max_retries;
+    double timeout_s;
+    double run_started_unix;   /* start of the current run: timeout_s counts from here */
+    int run_attempt;
+    uint64_t claimed_ns;
+
+    /* outcome flags, checked between operations */
+    bool is_cancel_requested;
+    bool is_lease_lost;
+    bool is_handing_back;     /* engine stopping or lease lost: give the job back */
+    bool has_timer_armed;
+    bool has_final_state;     /* final_state decided (fatal error, timeout, cancel) */
+    enum bd_job_state final_state;
+    char error_code[48];
+    char error_message[512];
+
+    /* the window (JOB_PHASE_RUN) */
+    struct bd_job_slot slots[JOB_WINDOW_MAX];
+    unsigned window;          /* slots in use at most */
+    unsigned slots_ready;     /* slots set up (buffers, timer), from the first */
+    unsigned busy;            /* slots not SLOT_FREE */
+    unsigned at_model;        /* slots whose model call is in flight */
+    int cursor;               /* highest batch_no loaded this run (-1: none yet) */
+    bool is_loading;          /* a load is in flight */
+    bool is_exhausted;        /* no pending batch after cursor */
+    bool is_pumping, is_pump_again;
+    bool is_interrupted;      /* the stop's interrupt was sent (once per run) */
+    unsigned load_failures;
+    struct bd_job_slot *writer; /* the slot whose write transaction is open (one at a time) */
+
+    /* write transaction (one at a time per job) */
+    struct bd_pg_conn *conn;
+    struct bd_buf copy;       /* binary COPY payload, reused */
+    struct bd_buf meta;       /* one item's metadata JSON, reused */
+    struct bd_buf wsql;       /* the write's statement text, reused */
+
+    uv_timer_t timer;         /* job-level retries (start, load, finish) */
+    unsigned job_failures;    /* consecutive failed job-level store calls */
+    unsigned pending_closes;  /* slot timers still closing at the end */
 
     unsigned batches_run;     /* batches this process checkpointed (for logs) */
 };
@@ -158,20 +198,23 @@ void bd__job_ref(struct bd_job *job);
 void bd__job_unref(struct bd_job *job);
 void bd__job_step(struct bd_job *job);
 void bd__job_arm_timer(struct bd_job *job, double seconds);
-void bd__job_fire_timer_now(struct bd_job *job);
+void bd__job_interrupt(struct bd_job *job);
 bool bd__job_should_stop(struct bd_job *job);
-void bd__job_wind_down(struct bd_job *job);
-void bd__job_next_batch(struct bd_job *job);
+void bd__job_pump(struct bd_job *job);
 void bd__job_decide(struct bd_job *job, enum bd_job_event ev, const char *code,
                     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 struct bd_job *bd__job_new(struct bd_job_engine *e, const char *id);
 struct bd_job *bd__job_find(const struct bd_job_engine *e, const char *id);
 const char *bd__job_phase_name(enum job_phase phase);
+const char *bd__job_slot_phase_name(enum slot_phase phase);
 void bd__job_notify(struct bd_job_engine *e, const char *job_id, bool is_final);
+void bd__job_slot_step(struct bd_job_slot *s);
+void bd__job_slot_arm_timer(struct bd_job_slot *s, double seconds);
+void bd__job_slot_end(struct bd_job_slot *s);
 
-/* job_write.c: the WRITE phases. */
-int bd__job_write_step(struct bd_job *job);
-void bd__job_fail_batch(struct bd_job *job, const char *code, const char *message);
+/* job_write.c: the WRITE phases of one slot. */
+int bd__job_write_step(struct bd_job_slot *s);
+void bd__job_fail_batch(struct bd_job_slot *s, const char *code, const char *message);
 
 /* job_maint.c */
 void bd__engine_pump(struct bd_job_engine *e);

@@ -107,13 +107,22 @@ const char *bd_job_event_name(enum bd_job_event ev)
 }
 
 static const char *const job_phase_names[] = {
-    "start", "load_batch", "cache", "execute", "write_acquire", "write_begin", "write_stage",
-    "write_commit", "finish", "release", "done",
+    "start", "run", "finish", "release", "done",
+};
+
+static const char *const slot_phase_names[] = {
+    "free", "cache", "execute", "ready", "write_acquire", "write_begin", "write_stage",
+    "write_commit",
 };
 
 const char *bd__job_phase_name(enum job_phase phase)
 {
     return job_phase_names[phase];
+}
+
+const char *bd__job_slot_phase_name(enum slot_phase phase)
+{
+    return slot_phase_names[phase];
 }
 
 /* ---- references, timers, listeners --------------------------------------------------- */
@@ -155,29 +164,49 @@ void bd__job_ref(struct bd_job *job)
     job->refs++;
 }
 
-static void job_on_timer_closed(uv_handle_t *h)
+static void job_slot_free_memory(struct bd_job_slot *s)
 {
-    struct bd_job *job = h->data;
+    json_decref(s->items);
+    free(s->vectors);
+    free(s->item_status);
+    free(s->item_error);
+    free(s->inputs);
+    free(s->packed);
+    bd_buf_free(&s->payload);
+    free(s->hashes);
+    free(s->is_cached);
+    free(s->miss_index);
+    bd_htab_free(&s->cache_index);
+    free(s->ht_next);
+    bd_buf_free(&s->sql);
+}
+
+/* The job's timer and its slots' timers are embedded: the memory goes once the last one
+ * has closed. */
+static void job_closed_one(struct bd_job *job)
+{
     struct bd_job_engine *e = job->e;
 
-    json_decref(job->items);
-    free(job->vectors);
-    free(job->item_status);
-    free(job->item_error);
-    free(job->inputs);
-    free(job->packed);
-    bd_buf_free(&job->payload);
-    free(job->hashes);
-    free(job->is_cached);
-    free(job->miss_index);
-    bd_htab_free(&job->cache_index);
-    free(job->ht_next);
+    if (--job->pending_closes > 0)
+        return;
+    for (unsigned i = 0; i < job->slots_ready; i++)
+        job_slot_free_memory(&job->slots[i]);
     bd_buf_free(&job->copy);
     bd_buf_free(&job->meta);
-    bd_buf_free(&job->sql);
+    bd_buf_free(&job->wsql);
     free(job);
     e->jobs_alive--;
     bd__engine_maybe_stopped(e);
+}
+
+static void job_on_timer_closed(uv_handle_t *h)
+{
+    job_closed_one(h->data);
+}
+
+static void job_on_slot_timer_closed(uv_handle_t *h)
+{
+    job_closed_one(((struct bd_job_slot *)h->data)->job);
 }
 
 void bd__job_unref(struct bd_job *job)
@@ -185,9 +214,11 @@ void bd__job_unref(struct bd_job *job)
     assert(job->refs > 0);
     if (--job->refs > 0)
         return;
-    /* Last reference: the job has left the engine's list (JOB_PHASE_DONE). The timer is
-     * embedded, so the memory goes only in its close callback. */
+    /* Last reference: the job has left the engine's list (JOB_PHASE_DONE). */
     assert(job->phase == JOB_PHASE_DONE);
+    job->pending_closes = 1 + job->slots_ready;
+    for (unsigned i = 0; i < job->slots_ready; i++)
+        uv_close((uv_handle_t *)&job->slots[i].timer, job_on_slot_timer_closed);
     uv_close((uv_handle_t *)&job->timer, job_on_timer_closed);
 }
 
@@ -224,13 +255,40 @@ void bd__job_arm_timer(struct bd_job *job, double seconds)
     uv_timer_start(&job->timer, job_on_timer, job_ms(seconds), 0);
 }
 
-/* Stop an armed retry timer and run the step now (cancel or shutdown). */
-void bd__job_fire_timer_now(struct bd_job *job)
+static void job_slot_on_timer(uv_timer_t *t)
 {
-    if (!job->has_timer_armed)
-        return;
-    uv_timer_stop(&job->timer);
-    uv_timer_start(&job->timer, job_on_timer, 0, 0);
+    struct bd_job_slot *s = t->data;
+    struct bd_job *job = s->job;
+    s->has_timer_armed = false;
+    bd__job_slot_step(s);
+    bd__job_unref(job);
+}
+
+void bd__job_slot_arm_timer(struct bd_job_slot *s, double seconds)
+{
+    bd__job_ref(s->job);
+    s->has_timer_armed = true;
+    uv_timer_start(&s->timer, job_slot_on_timer, job_ms(seconds), 0);
+}
+
+/* Cancel, lost lease or shutdown: cut short what can be cut (model calls, back-off waits);
+ * each slot then ends at its next step and the pump winds the job down. A write in flight
+ * finishes (it commits its checkpoint or rolls back). */
+void bd__job_interrupt(struct bd_job *job)
+{
+    if (job->has_timer_armed) {
+        uv_timer_stop(&job->timer);
+        uv_timer_start(&job->timer, job_on_timer, 0, 0);
+    }
+    for (unsigned i = 0; i < job->slots_ready; i++) {
+        struct bd_job_slot *s = &job->slots[i];
+        if (s->model_call)
+            bd_model_abort(s->model_call);
+        if (s->has_timer_armed) {
+            uv_timer_stop(&s->timer);
+            uv_timer_start(&s->timer, job_slot_on_timer, 0, 0);
+        }
+    }
 }
 
 /* Between operations: should the job stop going through batches? */
@@ -253,25 +311,274 @@ bool bd__job_should_stop(struct bd_job *job)
     return false;
 }
 
-/* Between batches: the next one, unless the job should stop. */
-void bd__job_next_batch(struct bd_job *job)
-{
-    if (bd__job_should_stop(job)) {
-        bd__job_wind_down(job);
-    } else {
-        job->phase = JOB_PHASE_LOAD_BATCH;
-        bd__job_step(job);
-    }
-}
-
 /* Go to FINISH (terminal state) or RELEASE (hand back), from between operations. */
-void bd__job_wind_down(struct bd_job *job)
+static void job_wind_down(struct bd_job *job)
 {
     if (job->is_handing_back || job->is_lease_lost)
         job->phase = JOB_PHASE_RELEASE;
     else
         job->phase = JOB_PHASE_FINISH;
     bd__job_step(job);
+}
+
+/* ---- the window ------------------------------------------------------------------------ */
+
+static int job_slot_reserve(struct bd_job_slot *s, unsigned n)
+{
+    struct bd_job *job = s->job;
+    /* bulk_insert vectors stay in their packed form: no float buffer needed. */
+    size_t need = job->op == BD_OP_BULK_EMBED ? (size_t)n * job->dim : 0;
+    if (need > s->vectors_cap) {
+        float *v = realloc(s->vectors, need * sizeof(float));
+        if (v == NULL)
+            return BD_ENOMEM;
+        s->vectors = v;
+        s->vectors_cap = need;
+    }
+    if (n <= s->items_cap)
+        return BD_OK;
+#define SLOT_GROW(field, size)                                                                \
+    do {                                                                                      \
+        void *p_ = realloc(s->field, (size_t)n * (size));                                     \
+        if (p_ == NULL)                                                                       \
+            return BD_ENOMEM;                                                                 \
+        s->field = p_;                                                                        \
+    } while (0)
+    SLOT_GROW(item_status, sizeof(int));
+    SLOT_GROW(item_error, sizeof(char *));
+    SLOT_GROW(inputs, sizeof(*s->inputs));
+    SLOT_GROW(hashes, 65);
+    SLOT_GROW(is_cached, 1);
+    SLOT_GROW(miss_index, sizeof(unsigned));
+    SLOT_GROW(ht_next, sizeof(int32_t));
+    SLOT_GROW(packed, sizeof(*s->packed));
+#undef SLOT_GROW
+    s->items_cap = n;
+    return BD_OK;
+}
+
+/* The window's size: enough batches for every concurrency slot of the job's model plus the
+ * one being loaded or written (bulk_embed), or one written while the next is loaded
+ * (bulk_insert); never more than the job has batches. Slots are set up on first use. */
+static void job_open_window(struct bd_job *job)
+{
+    unsigned w = JOB_WINDOW_INSERT;
+    if (job->op == BD_OP_BULK_EMBED) {
+        const struct bd_model_config *mc = bd_config_get_model(job->e->d.cfg, job->model);
+        w = (mc ? mc->concurrency : 1) + 1;
+    }
+    if (w > JOB_WINDOW_MAX)
+        w = JOB_WINDOW_MAX;
+    if (job->total_batches > 0 && w > job->total_batches)
+        w = job->total_batches;
+    if (w < 1)
+        w = 1;
+    for (; job->slots_ready < w; job->slots_ready++) {
+        struct bd_job_slot *s = &job->slots[job->slots_ready];
+        s->job = job;
+        bd_buf_init(&s->payload);
+        bd_buf_init(&s->sql);
+        bd_htab_init(&s->cache_index);
+        uv_timer_init(job->e->d.loop, &s->timer);
+        s->timer.data = s;
+    }
+    job->window = w;
+    job->busy = 0;
+    job->at_model = 0;
+    job->cursor = -1;
+    job->is_exhausted = false;
+    job->is_interrupted = false;
+    job->writer = NULL;
+}
+
+/* A slot is done with its batch (checkpointed, found done by someone else, or dropped
+ * because the job stops): free it and let the pump go on. */
+void bd__job_slot_end(struct bd_job_slot *s)
+{
+    struct bd_job *job = s->job;
+
+    assert(s->phase != SLOT_FREE && job->busy > 0);
+    if (job->writer == s)
+        job->writer = NULL;
+    s->phase = SLOT_FREE;
+    json_decref(s->items);
+    s->items = NULL;
+    job->busy--;
+    bd__job_pump(job);
+}
+
+/* Copy the batch's packed payload (the row dies with the callback) and slice it into
+ * items (job_batch.h). Returns NULL, or why the payload cannot be read. */
+static const char *job_unpack_batch(struct bd_job_slot *s, const struct bd_job_batch_row *row)
+{
+    struct bd_buf *b = &s->payload;
+    const char *why = NULL;
+
+    if (row->payload == NULL)
+        return "it has no packed payload";
+    bd_buf_reset(b);
+    bd_buf_append(b, row->payload, row->payload_len);
+    if (b->is_failed)
+        return "out of memory";
+    /* Any dimension: an item whose dimension is not the collection's fails alone. */
+    if (bd_job_batch_unpack(b->data, b->len, s->item_count, 0, s->packed, &why) < 0)
+        return why ? why : "the packed payload cannot be read";
+    return NULL;
+}
+
+/* A loaded batch takes the free slot s and starts through its phases. */
+static void job_slot_begin(struct bd_job_slot *s, const struct bd_job_batch_row *row)
+{
+    struct bd_job *job = s->job;
+    const char *why = NULL;
+
+    s->phase = job->op == BD_OP_BULK_EMBED ? SLOT_CACHE : SLOT_EXECUTE;
+    job->busy++;
+    s->batch_no = row->batch_no;
+    s->first_index = row->first_index;
+    s->item_count = row->item_count;
+    s->attempts = row->attempts;
+    s->batch_start_ns = uv_hrtime();
+    s->batch_cache_hits = 0;
+    s->batch_error[0] = '\0';
+    s->batch_error_code = NULL;
+    s->is_batch_failed = false;
+    s->write_failures = 0;
+    s->write_permanent = 0;
+    s->miss_count = 0;
+    if (job_slot_reserve(s, s->item_count) != BD_OK) {
+        why = "out of memory";
+    } else if (job->op == BD_OP_BULK_INSERT) {
+        why = job_unpack_batch(s, row);
+    } else {
+        json_error_t jerr;
+        s->items = row->items_json ? json_loadb(row->items_json, row->items_len, 0, &jerr)
+                                   : NULL;
+        if (s->items == NULL || !json_is_array(s->items) ||
+            json_array_size(s->items) != s->item_count)
+            why = "its items are not a JSON array of the right length";
+    }
+    if (why) {
+        bd__job_decide(job, BD_JOB_EV_FAIL, "corrupt_batch",
+                       "batch %d of the job cannot be read: %s", s->batch_no, why);
+        bd__job_slot_end(s);
+        return;
+    }
+    bd__job_slot_step(s);
+}
+
+static void job_on_batch_loaded(int status, const struct bd_job_batch_row *row,
+                                const struct bd_job_store_err *err, void *arg)
+{
+    struct bd_job *job = arg;
+
+    job->is_loading = false;
+    if (status < 0) {
+        job->job_failures++;
+        bd_log(BD_LOG_WARN, "job", "job=%s event=load_failed err=%s", job->id, err->message);
+        bd__job_arm_timer(job, fmin(0.1 * job->job_failures, JOB_WRITE_RETRY_MAX_S));
+        bd__job_unref(job);
+        return;
+    }
+    job->job_failures = 0;
+    if (row->is_cancel_requested && !job->is_cancel_requested) {
+        /* Recorded in PostgreSQL by a DELETE that could not reach us through Redis. */
+        bd_log(BD_LOG_INFO, "job", "job=%s event=cancel_seen_in_store", job->id);
+        job->is_cancel_requested = true;
+        bd__job_interrupt(job);
+    }
+    if (!row->has_batch) {
+        job->is_exhausted = true;
+    } else if (!bd__job_should_stop(job)) {
+        struct bd_job_slot *s = NULL;
+        for (unsigned i = 0; i < job->window && s == NULL; i++)
+            if (job->slots[i].phase == SLOT_FREE)
+                s = &job->slots[i];
+        assert(s != NULL);                  /* the pump loads only into a free slot */
+        job->cursor = row->batch_no;
+        job_slot_begin(s, row);
+    }
+    bd__job_pump(job);
+    bd__job_unref(job);
+}
+
+/* The next pending batch after the cursor. The batches are numbered 0..total_batches-1,
+ * so past the last one there is nothing to ask for. */
+static void job_load_next(struct bd_job *job)
+{
+    if (job->total_batches > 0 && job->cursor >= (int)job->total_batches - 1) {
+        job->is_exhausted = true;
+        return;
+    }
+    job->is_loading = true;
+    bd__job_ref(job);
+    if (bd_job_store_load_batch(job->e->d.pg, job->id, job->cursor, job_on_batch_loaded,
+                                job) < 0) {
+        job->is_loading = false;
+        bd__job_unref(job);
+        bd_log(BD_LOG_WARN, "job", "job=%s event=step_failed phase=load", job->id);
+        bd__job_arm_timer(job, 1.0);        /* the store is down: try again soon */
+    }
+}
+
+/* One pass of the window: hand the writer to the ready batch with the lowest number, fill
+ * free slots with the next pending batches (one load at a time, in batch order), and end
+ * the run once it should stop (or every batch is through) and nothing is in flight.
+ *
+ * Batches are written one at a time per job, each in its own transaction that checks the
+ * batch is still pending: every checkpoint is exactly once whatever the order, and a crash
+ * never skips a batch (a batch not checkpointed stays pending and is redone). */
+static void job_pump_once(struct bd_job *job)
+{
+    if (bd__job_should_stop(job)) {
+        if (!job->is_interrupted) {
+            job->is_interrupted = true;
+            bd__job_interrupt(job);
+        }
+        /* Ready batches are not written: the job stops within one write. */
+        for (unsigned i = 0; i < job->window; i++)
+            if (job->slots[i].phase == SLOT_READY)
+                bd__job_slot_end(&job->slots[i]);
+        if (job->busy == 0 && !job->is_loading && !job->has_timer_armed)
+            job_wind_down(job);
+        return;
+    }
+    if (job->writer == NULL) {
+        struct bd_job_slot *best = NULL;
+        for (unsigned i = 0; i < job->window; i++) {
+            struct bd_job_slot *s = &job->slots[i];
+            if (s->phase == SLOT_READY && (best == NULL || s->batch_no < best->batch_no))
+                best = s;
+        }
+        if (best) {
+            job->writer = best;
+            best->phase = SLOT_WRITE_ACQUIRE;
+            bd__job_slot_step(best);
+            if (job->phase != JOB_PHASE_RUN)
+                return;
+        }
+    }
+    if (!job->is_loading && !job->is_exhausted && !job->has_timer_armed &&
+        job->busy < job->window)
+        job_load_next(job);
+    if (job->is_exhausted && job->busy == 0 && !job->is_loading && !job->has_timer_armed)
+        job_wind_down(job);
+}
+
+void bd__job_pump(struct bd_job *job)
+{
+    if (job->phase != JOB_PHASE_RUN)
+        return;
+    if (job->is_pumping) {
+        job->is_pump_again = true;
+        return;
+    }
+    job->is_pumping = true;
+    do {
+        job->is_pump_again = false;
+        job_pump_once(job);
+    } while (job->is_pump_again && job->phase == JOB_PHASE_RUN);
+    job->is_pumping = false;
 }
 
 /* ---- START: mark processing and read the job ------------------------------------------ */
@@ -304,6 +611,7 @@ static void job_on_started(int status, const struct bd_job_start_row *row,
         snprintf(job->collection, sizeof(job->collection), "%s", row->collection);
         job->total_items = row->total_items;
         job->total_batches = row->total_batches;
+        job->priority = row->priority;
         job->timeout_s = row->timeout_s >= 0 ? row->timeout_s : e->d.cfg->job_timeout_s;
         job->max_retries = row->max_retries >= 0 ? (unsigned)row->max_retries
                                                  : e->d.cfg->retry_attempts;
@@ -324,128 +632,12 @@ static void job_on_started(int status, const struct bd_job_start_row *row,
             bd__job_decide(job, BD_JOB_EV_FAIL, "dimension_mismatch",
                            "collection '%s' holds %ld-dimensional vectors, job has %u",
                            job->collection, row->collection_dim, job->dim);
-        bd_log(BD_LOG_INFO, "job", "job=%s event=claimed operation=%s items=%u batches=%u",
-               job->id, bd_job_operation_name(job->op), job->total_items, job->total_batches);
-        bd__job_next_batch(job);
-    }
-    bd__job_unref(job);
-}
-
-/* ---- LOAD_BATCH ---------------------------------------------------------------------- */
-
-static int job_reserve_batch(struct bd_job *job, unsigned n)
-{
-    /* bulk_insert vectors stay in their packed form: no float buffer needed. */
-    size_t need = job->op == BD_OP_BULK_EMBED ? (size_t)n * job->dim : 0;
-    if (need > job->vectors_cap) {
-        float *v = realloc(job->vectors, need * sizeof(float));
-        if (v == NULL)
-            return BD_ENOMEM;
-        job->vectors = v;
-        job->vectors_cap = need;
-    }
-    if (n <= job->items_cap)
-        return BD_OK;
-#define JOB_GROW(field, size)                                                                 \
-    do {                                                                                      \
-        void *p_ = realloc(job->field, (size_t)n * (size));                                   \
-        if (p_ == NULL)                                                                       \
-            return BD_ENOMEM;                                                                 \
-        job->field = p_;                                                                      \
-    } while (0)
-    JOB_GROW(item_status, sizeof(int));
-    JOB_GROW(item_error, sizeof(char *));
-    JOB_GROW(inputs, sizeof(*job->inputs));
-    JOB_GROW(hashes, 65);
-    JOB_GROW(is_cached, 1);
-    JOB_GROW(miss_index, sizeof(unsigned));
-    JOB_GROW(ht_next, sizeof(int32_t));
-    JOB_GROW(packed, sizeof(*job->packed));
-#undef JOB_GROW
-    job->items_cap = n;
-    return BD_OK;
-}
-
-/* Copy the batch's packed payload (the row dies with the callback) and slice it into
- * items (job_batch.h). Returns NULL, or why the payload cannot be read. */
-static const char *job_unpack_batch(struct bd_job *job, const struct bd_job_batch_row *row)
-{
-    struct bd_buf *b = &job->payload;
-    const char *why = NULL;
-
-    if (row->payload == NULL)
-        return "it has no packed payload";
-    bd_buf_reset(b);
-    bd_buf_append(b, row->payload, row->payload_len);
-    if (b->is_failed)
-        return "out of memory";
-    /* Any dimension: an item whose dimension is not the collection's fails alone. */
-    if (bd_job_batch_unpack(b->data, b->len, job->item_count, 0, job->packed, &why) < 0)
-        return why ? why : "the packed payload cannot be read";
-    return NULL;
-}
-
-static void job_on_batch_loaded(int status, const struct bd_job_batch_row *row,
-                                const struct bd_job_store_err *err, void *arg)
-{
-    struct bd_job *job = arg;
-
-    if (status < 0) {
-        job->write_failures++;
-        bd_log(BD_LOG_WARN, "job", "job=%s event=load_failed err=%s", job->id, err->message);
-        bd__job_arm_timer(job, fmin(0.1 * job->write_failures, JOB_WRITE_RETRY_MAX_S));
-        bd__job_unref(job);
-        return;
-    }
-    job->write_failures = 0;
-    if (row->is_cancel_requested && !job->is_cancel_requested) {
-        /* Recorded in PostgreSQL by a DELETE that could not reach us through Redis. */
-        bd_log(BD_LOG_INFO, "job", "job=%s event=cancel_seen_in_store", job->id);
-        job->is_cancel_requested = true;
-    }
-    if (!row->has_batch) {                    /* no pending batch left */
-        job->phase = JOB_PHASE_FINISH;
-        bd__job_step(job);
-        bd__job_unref(job);
-        return;
-    }
-    if (bd__job_should_stop(job)) {
-        bd__job_wind_down(job);
-        bd__job_unref(job);
-        return;
-    }
-    const char *why = NULL;
-    json_decref(job->items);
-    job->items = NULL;
-    job->batch_no = row->batch_no;
-    job->first_index = row->first_index;
-    job->item_count = row->item_count;
-    job->attempts = row->attempts;
-    job->batch_start_ns = uv_hrtime();
-    job->batch_cache_hits = 0;
-    job->batch_error[0] = '\0';
-    job->batch_error_code = NULL;
-    job->is_batch_failed = false;
-    job->write_permanent = 0;
-    if (job_reserve_batch(job, job->item_count) != BD_OK) {
-        why = "out of memory";
-    } else if (job->op == BD_OP_BULK_INSERT) {
-        why = job_unpack_batch(job, row);
-    } else {
-        json_error_t jerr;
-        job->items = row->items_json ? json_loadb(row->items_json, row->items_len, 0, &jerr)
-                                     : NULL;
-        if (job->items == NULL || !json_is_array(job->items) ||
-            json_array_size(job->items) != job->item_count)
-            why = "its items are not a JSON array of the right length";
-    }
-    if (why) {
-        bd__job_decide(job, BD_JOB_EV_FAIL, "corrupt_batch",
-                       "batch %d of the job cannot be read: %s", job->batch_no, why);
-        bd__job_wind_down(job);
-    } else {
-        job->phase = job->op == BD_OP_BULK_EMBED ? JOB_PHASE_CACHE : JOB_PHASE_EXECUTE;
-        bd__job_step(job);
+        job_open_window(job);
+        bd_log(BD_LOG_INFO, "job", "job=%s event=claimed operation=%s items=%u batches=%u "
+               "window=%u", job->id, bd_job_operation_name(job->op), job->total_items,
+               job->total_batches, job->window);
+        job->phase = JOB_PHASE_RUN;
+        bd__job_pump(job);
     }
     bd__job_unref(job);
 }
@@ -454,17 +646,18 @@ static void job_on_batch_loaded(int status, const struct bd_job_batch_row *row,
 
 /* Keys: SHA-256 of (model, version, max_input_chars, text). Builds the hash -> items table
  * used to scatter cached rows back (a text may appear several times in one batch). */
-static int job_cache_prepare(struct bd_job *job)
+static int job_cache_prepare(struct bd_job_slot *s)
 {
+    struct bd_job *job = s->job;
     const struct bd_model_config *mc = bd_config_get_model(job->e->d.cfg, job->model);
 
-    if (bd_htab_reset(&job->cache_index, job->item_count) != BD_OK)
+    if (bd_htab_reset(&s->cache_index, s->item_count) != BD_OK)
         return BD_ENOMEM;
-    for (unsigned i = 0; i < job->item_count; i++) {
-        json_t *t = json_object_get(json_array_get(job->items, i), "text");
+    for (unsigned i = 0; i < s->item_count; i++) {
+        json_t *t = json_object_get(json_array_get(s->items, i), "text");
         struct bd_sha256 sh;
         unsigned char d[32];
-        char *hex = job->hashes + (size_t)i * 65;
+        char *hex = s->hashes + (size_t)i * 65;
         static const char digits[] = "0123456789abcdef";
 
         bd_sha256_init(&sh);
@@ -485,12 +678,12 @@ static int job_cache_prepare(struct bd_job *job)
             hex[2 * k + 1] = digits[d[k] & 15];
         }
         hex[64] = '\0';
-        job->is_cached[i] = 0;
+        s->is_cached[i] = 0;
         bool is_new;
-        uint32_t *first = bd_htab_put(&job->cache_index, hex, 64, &is_new);
+        uint32_t *first = bd_htab_put(&s->cache_index, hex, 64, &is_new);
         if (first == NULL)
             return BD_ENOMEM;
-        job->ht_next[i] = is_new ? -1 : (int32_t)*first;   /* chain items with one text */
+        s->ht_next[i] = is_new ? -1 : (int32_t)*first;   /* chain items with one text */
         *first = i;
     }
     return BD_OK;
@@ -499,68 +692,71 @@ static int job_cache_prepare(struct bd_job *job)
 static void job_on_cache_rows(int status, const struct bd_job_cache_hit *hits, unsigned count,
                               const struct bd_job_store_err *err, void *arg)
 {
-    struct bd_job *job = arg;
+    struct bd_job_slot *s = arg;
+    struct bd_job *job = s->job;
 
     /* A cache that cannot be read is only a lost saving: embed everything. */
     if (status < 0)
         bd_log(BD_LOG_WARN, "job", "job=%s batch=%d event=cache_lookup_failed err=%s",
-               job->id, job->batch_no, err->message);
+               job->id, s->batch_no, err->message);
     for (unsigned r = 0; status == BD_OK && r < count; r++) {
-        const uint32_t *first = bd_htab_get(&job->cache_index, hits[r].hash, 64);
-        for (int32_t i = first ? (int32_t)*first : -1; i >= 0; i = job->ht_next[i]) {
-            float *v = job->vectors + (size_t)i * job->dim;
+        const uint32_t *first = bd_htab_get(&s->cache_index, hits[r].hash, 64);
+        for (int32_t i = first ? (int32_t)*first : -1; i >= 0; i = s->ht_next[i]) {
+            float *v = s->vectors + (size_t)i * job->dim;
             if (bd_pg_float4_array_decode(hits[r].embedding, (size_t)hits[r].embedding_len,
                                           job->dim, v) == BD_OK)
-                job->is_cached[i] = 1;
+                s->is_cached[i] = 1;
         }
     }
-    job->miss_count = 0;
-    job->batch_cache_hits = 0;
-    for (unsigned i = 0; i < job->item_count; i++) {
-        if (job->is_cached[i])
-            job->batch_cache_hits++;
+    s->miss_count = 0;
+    s->batch_cache_hits = 0;
+    for (unsigned i = 0; i < s->item_count; i++) {
+        if (s->is_cached[i])
+            s->batch_cache_hits++;
         else
-            job->miss_index[job->miss_count++] = i;
+            s->miss_index[s->miss_count++] = i;
     }
-    job->e->stats.cache_hits += job->batch_cache_hits;
-    job->e->stats.cache_misses += job->miss_count;
-    job->phase = JOB_PHASE_EXECUTE;
-    bd__job_step(job);
+    job->e->stats.cache_hits += s->batch_cache_hits;
+    job->e->stats.cache_misses += s->miss_count;
+    s->phase = SLOT_EXECUTE;
+    bd__job_slot_step(s);
     bd__job_unref(job);
 }
 
-static int job_cache_query(struct bd_job *job)
+static int job_cache_query(struct bd_job_slot *s)
 {
-    int rc = job_cache_prepare(job);
+    int rc = job_cache_prepare(s);
     if (rc < 0)
         return rc;
-    return bd_job_store_cache_lookup(job->e->d.pg, &job->sql, job->hashes, 65, job->item_count,
-                                     job_on_cache_rows, job);
+    return bd_job_store_cache_lookup(s->job->e->d.pg, &s->sql, s->hashes, 65, s->item_count,
+                                     job_on_cache_rows, s);
 }
 
 /* ---- EXECUTE ------------------------------------------------------------------------- */
 
 /* Cached items are already in place; the model's rows (for the misses only, in order)
  * are scattered to their items. res is borrowed. */
-static void job_take_model_vectors(struct bd_job *job, const struct bd_embed_result *res)
+static void job_take_model_vectors(struct bd_job_slot *s, const struct bd_embed_result *res)
 {
-    job->batch_ok = job->batch_failed = 0;
-    for (unsigned i = 0; i < job->item_count; i++) {
-        if (job->is_cached[i]) {
-            job->item_status[i] = BD_OK;
-            job->batch_ok++;
+    unsigned dim = s->job->dim;
+
+    s->batch_ok = s->batch_failed = 0;
+    for (unsigned i = 0; i < s->item_count; i++) {
+        if (s->is_cached[i]) {
+            s->item_status[i] = BD_OK;
+            s->batch_ok++;
         }
     }
-    for (unsigned m = 0; res && m < job->miss_count; m++) {
-        unsigned i = job->miss_index[m];
-        job->item_status[i] = res->item_status[m];
+    for (unsigned m = 0; res && m < s->miss_count; m++) {
+        unsigned i = s->miss_index[m];
+        s->item_status[i] = res->item_status[m];
         if (res->item_status[m] == BD_OK) {
-            memcpy(job->vectors + (size_t)i * job->dim, res->vectors + (size_t)m * job->dim,
-                   job->dim * sizeof(float));
-            job->batch_ok++;
+            memcpy(s->vectors + (size_t)i * dim, res->vectors + (size_t)m * dim,
+                   dim * sizeof(float));
+            s->batch_ok++;
         } else {
-            job->item_error[i] = "text is longer than the model's max_input_chars";
-            job->batch_failed++;
+            s->item_error[i] = "text is longer than the model's max_input_chars";
+            s->batch_failed++;
         }
     }
 }
@@ -573,87 +769,156 @@ static void job_on_attempt_recorded(int status, const struct bd_job_store_err *e
 }
 
 /* Make attempts and the last error visible in /debug while the batch is retried. */
-static void job_record_attempt(struct bd_job *job, const char *message)
+static void job_record_attempt(struct bd_job_slot *s, const char *message)
 {
+    struct bd_job *job = s->job;
     bd__job_ref(job);
-    if (bd_job_store_record_attempt(job->e->d.pg, job->id, job->batch_no, job->attempts,
-                                    message, job_on_attempt_recorded, job) < 0)
+    if (bd_job_store_record_attempt(job->e->d.pg, job->id, s->batch_no, s->attempts, message,
+                                    job_on_attempt_recorded, job) < 0)
         bd__job_unref(job);
+}
+
+/* The batch has its vectors (or its items' errors): it waits for the job's writer. */
+static void job_slot_ready(struct bd_job_slot *s)
+{
+    s->phase = SLOT_READY;
+    bd__job_pump(s->job);
 }
 
 static void job_on_model_done(int status, const struct bd_embed_result *res, const char *message,
                               bool is_retryable, void *arg)
 {
-    struct bd_job *job = arg;
+    struct bd_job_slot *s = arg;
+    struct bd_job *job = s->job;
     struct bd_job_engine *e = job->e;
 
-    job->model_call = NULL;
-    if (status == BD_ECANCELED || job->is_cancel_requested || job->is_handing_back ||
-        job->is_lease_lost) {
-        (void)bd__job_should_stop(job);     /* records a cancel as the outcome */
-        bd__job_wind_down(job);
+    s->model_call = NULL;
+    job->at_model--;
+    if (status == BD_ECANCELED || bd__job_should_stop(job)) {
+        bd__job_slot_end(s);                /* the batch is redone by whoever runs it next */
     } else if (status < 0) {
-        job->attempts++;
-        job_record_attempt(job, message);
+        s->attempts++;
+        job_record_attempt(s, message);
         bd_log(BD_LOG_WARN, "job", "job=%s batch=%d event=model_error err=%s attempt=%u/%u "
-               "retryable=%d msg=\"%s\"", job->id, job->batch_no, bd_err_api_code(status),
-               job->attempts, job->max_retries + 1, is_retryable, message ? message : "");
-        if (is_retryable && job->attempts <= job->max_retries) {
+               "retryable=%d msg=\"%s\"", job->id, s->batch_no, bd_err_api_code(status),
+               s->attempts, job->max_retries + 1, is_retryable, message ? message : "");
+        if (is_retryable && s->attempts <= job->max_retries) {
             e->stats.batch_retries++;
-            bd__job_arm_timer(job, job_backoff_s(e, job->attempts));
+            bd__job_slot_arm_timer(s, job_backoff_s(e, s->attempts));
         } else {
             char msg[512];
             snprintf(msg, sizeof(msg), "%s", message ? message : bd_strerror(status));
-            bd__job_fail_batch(job, bd_err_api_code(status), msg);
+            bd__job_fail_batch(s, bd_err_api_code(status), msg);
         }
     } else {
-        job_take_model_vectors(job, res);
-        job->phase = JOB_PHASE_WRITE_ACQUIRE;
-        bd__job_step(job);
+        job_take_model_vectors(s, res);
+        job_slot_ready(s);
     }
     bd__job_unref(job);
 }
 
 /* bulk_insert: the vectors came with the job, validated at submit and stored as binary
  * real[] values; an item whose stored dimension is not the collection's fails alone. */
-static void job_take_given_vectors(struct bd_job *job)
+static void job_take_given_vectors(struct bd_job_slot *s)
 {
-    job->batch_ok = job->batch_failed = 0;
-    for (unsigned i = 0; i < job->item_count; i++) {
-        if (job->packed[i].dim != job->dim) {
-            job->item_status[i] = BD_EINVAL;
-            job->item_error[i] = "embedding has the wrong dimension";
-            job->batch_failed++;
+    s->batch_ok = s->batch_failed = 0;
+    for (unsigned i = 0; i < s->item_count; i++) {
+        if (s->packed[i].dim != s->job->dim) {
+            s->item_status[i] = BD_EINVAL;
+            s->item_error[i] = "embedding has the wrong dimension";
+            s->batch_failed++;
             continue;
         }
-        job->item_status[i] = BD_OK;
-        job->batch_ok++;
+        s->item_status[i] = BD_OK;
+        s->batch_ok++;
     }
 }
 
-/* Returns BD_OK when the phase moved on by itself (no call in flight: the step's
- * reference is dropped here), 1 when a model call is in flight, or an error. */
-static int job_execute(struct bd_job *job)
+/* Returns BD_OK when the slot moved on by itself (no call in flight: the step's reference
+ * is dropped here), 1 when a model call is in flight, or an error. The model's dispatcher
+ * orders the call by the job's priority, then by how many of the job's calls are already
+ * at the model (jobs of one priority take turns). */
+static int job_execute(struct bd_job_slot *s)
 {
-    if (job->op == BD_OP_BULK_INSERT || job->miss_count == 0) {
+    struct bd_job *job = s->job;
+
+    if (job->op == BD_OP_BULK_INSERT || s->miss_count == 0) {
         if (job->op == BD_OP_BULK_INSERT)
-            job_take_given_vectors(job);
+            job_take_given_vectors(s);
         else
-            job_take_model_vectors(job, NULL);   /* every text came from the cache */
-        /* Continue on the next turn, so a job of many small batches yields the loop. */
-        job->phase = JOB_PHASE_WRITE_ACQUIRE;
-        bd__job_arm_timer(job, 0);
-        bd__job_unref(job);                      /* the step's reference: nothing in flight */
+            job_take_model_vectors(s, NULL);    /* every text came from the cache */
+        bd__job_unref(job);                     /* the step's reference: nothing in flight */
+        job_slot_ready(s);
         return BD_OK;
     }
-    for (unsigned m = 0; m < job->miss_count; m++) {
-        json_t *t = json_object_get(json_array_get(job->items, job->miss_index[m]), "text");
-        job->inputs[m].text = json_string_value(t) ? json_string_value(t) : "";
-        job->inputs[m].len = json_string_length(t);
+    for (unsigned m = 0; m < s->miss_count; m++) {
+        json_t *t = json_object_get(json_array_get(s->items, s->miss_index[m]), "text");
+        s->inputs[m].text = json_string_value(t) ? json_string_value(t) : "";
+        s->inputs[m].len = json_string_length(t);
     }
-    int rc = bd_model_embed(job->e->d.models, job->model, job->inputs, job->miss_count,
-                            job_on_model_done, job, &job->model_call);
-    return rc < 0 ? rc : 1;
+    struct bd_model_order order = { .priority = job->priority, .rank = job->at_model };
+    int rc = bd_model_embed(job->e->d.models, job->model, s->inputs, s->miss_count, &order,
+                            job_on_model_done, s, &s->model_call);
+    if (rc < 0)
+        return rc;
+    job->at_model++;
+    return 1;
+}
+
+/* ---- a slot's step --------------------------------------------------------------------- */
+
+/* Start the operation of the slot's phase. The reference taken here belongs to the
+ * operation; its callback drops it. A slot that has not yet opened a transaction stops
+ * here when the job should stop. */
+void bd__job_slot_step(struct bd_job_slot *s)
+{
+    struct bd_job *job = s->job;
+    int err;
+
+    if ((s->phase == SLOT_CACHE || s->phase == SLOT_EXECUTE ||
+         s->phase == SLOT_WRITE_ACQUIRE) && bd__job_should_stop(job)) {
+        bd__job_slot_end(s);
+        return;
+    }
+    if (s->phase == SLOT_READY) {
+        bd__job_pump(job);
+        return;
+    }
+    bd__job_ref(job);
+    switch (s->phase) {
+    case SLOT_CACHE:
+        err = job_cache_query(s);
+        break;
+    case SLOT_EXECUTE:
+        err = job_execute(s);
+        break;
+    case SLOT_WRITE_ACQUIRE:
+    case SLOT_WRITE_BEGIN:
+    case SLOT_WRITE_STAGE:
+    case SLOT_WRITE_COMMIT:
+        err = bd__job_write_step(s);
+        break;
+    default:
+        assert(!"slot phase has no async operation");
+        err = BD_EINTERNAL;
+    }
+    if (err >= 0)
+        return;
+    bd__job_unref(job);                       /* the callee will not call back */
+    bd_log(BD_LOG_WARN, "job", "job=%s batch=%d event=step_failed phase=%s err=%s", job->id,
+           s->batch_no, slot_phase_names[s->phase], bd_strerror(err));
+    if (s->phase == SLOT_EXECUTE && err == BD_ENOTFOUND) {
+        bd__job_decide(job, BD_JOB_EV_FAIL, "unknown_model", "model '%s' is not configured",
+                       job->model);
+        bd__job_slot_end(s);
+    } else if (s->phase == SLOT_EXECUTE) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "could not start the model request: %s", bd_strerror(err));
+        bd__job_fail_batch(s, "processing_error", msg);
+    } else {
+        /* A store call could not even be sent (store down): try this phase again soon. */
+        bd__job_slot_arm_timer(s, 1.0);
+    }
 }
 
 /* ---- FINISH and RELEASE -------------------------------------------------------------- */
@@ -664,13 +929,13 @@ static void job_on_finished(int status, const struct bd_job_finish_row *row,
     struct bd_job *job = arg;
 
     if (status < 0) {
-        job->write_failures++;
+        job->job_failures++;
         bd_log(BD_LOG_WARN, "job", "job=%s event=finish_failed err=%s", job->id, err->message);
         if (job->is_handing_back) {
             job->phase = JOB_PHASE_RELEASE;     /* shutting down: the next owner finishes */
             bd__job_step(job);
         } else {
-            bd__job_arm_timer(job, fmin(0.1 * job->write_failures, JOB_WRITE_RETRY_MAX_S));
+            bd__job_arm_timer(job, fmin(0.1 * job->job_failures, JOB_WRITE_RETRY_MAX_S));
         }
     } else {
         const char *st = row ? bd_job_state_name(row->state) : "(not processing)";
@@ -743,9 +1008,9 @@ static int job_release(struct bd_job *job)
     return bd_rq_release(job->e->d.rq, job->id, job->is_handing_back, job_on_released, job);
 }
 
-/* ---- the step dispatcher ------------------------------------------------------------- */
+/* ---- the job's step -------------------------------------------------------------------- */
 
-/* Start the operation of the current phase. The reference taken here belongs to the
+/* Start the operation of the job's phase. The reference taken here belongs to the
  * operation; its callback drops it. */
 void bd__job_step(struct bd_job *job)
 {
@@ -757,9 +1022,8 @@ void bd__job_step(struct bd_job *job)
         job_on_released(BD_OK, 0, job);
         return;
     }
-    if ((job->phase == JOB_PHASE_LOAD_BATCH || job->phase == JOB_PHASE_CACHE ||
-         job->phase == JOB_PHASE_EXECUTE) && bd__job_should_stop(job)) {
-        bd__job_wind_down(job);
+    if (job->phase == JOB_PHASE_RUN) {        /* a load retry's timer */
+        bd__job_pump(job);
         return;
     }
     bd__job_ref(job);
@@ -767,21 +1031,6 @@ void bd__job_step(struct bd_job *job)
     case JOB_PHASE_START:
         err = bd_job_store_start(job->e->d.pg, job->id, job->e->d.cfg->worker_id,
                                  bd_job_event_sources(BD_JOB_EV_START), job_on_started, job);
-        break;
-    case JOB_PHASE_LOAD_BATCH:
-        err = bd_job_store_load_batch(job->e->d.pg, job->id, -1, job_on_batch_loaded, job);
-        break;
-    case JOB_PHASE_CACHE:
-        err = job_cache_query(job);
-        break;
-    case JOB_PHASE_EXECUTE:
-        err = job_execute(job);
-        break;
-    case JOB_PHASE_WRITE_ACQUIRE:
-    case JOB_PHASE_WRITE_BEGIN:
-    case JOB_PHASE_WRITE_STAGE:
-    case JOB_PHASE_WRITE_COMMIT:
-        err = bd__job_write_step(job);
         break;
     case JOB_PHASE_FINISH:
         err = job_finish_query(job);
@@ -798,18 +1047,7 @@ void bd__job_step(struct bd_job *job)
     bd__job_unref(job);                       /* the callee will not call back */
     bd_log(BD_LOG_WARN, "job", "job=%s event=step_failed phase=%s err=%s", job->id,
            job_phase_names[job->phase], bd_strerror(err));
-    if (job->phase == JOB_PHASE_EXECUTE) {
-        char msg[128];
-        snprintf(msg, sizeof(msg), "could not start the model request: %s", bd_strerror(err));
-        if (err == BD_ENOTFOUND) {
-            bd__job_decide(job, BD_JOB_EV_FAIL, "unknown_model", "model '%s' is not configured",
-                           job->model);
-            job->phase = JOB_PHASE_FINISH;
-            bd__job_step(job);
-        } else {
-            bd__job_fail_batch(job, "processing_error", msg);
-        }
-    } else if (job->phase == JOB_PHASE_RELEASE) {
+    if (job->phase == JOB_PHASE_RELEASE) {
         bd__job_ref(job);                     /* job_on_released drops an operation ref */
         job_on_released(err, 0, job);
     } else {
@@ -827,11 +1065,10 @@ struct bd_job *bd__job_new(struct bd_job_engine *e, const char *id)
     job->refs = 1;                            /* the engine's reference */
     snprintf(job->id, sizeof(job->id), "%s", id);
     job->claimed_ns = uv_hrtime();
+    job->cursor = -1;
     bd_buf_init(&job->copy);
     bd_buf_init(&job->meta);
-    bd_buf_init(&job->sql);
-    bd_buf_init(&job->payload);
-    bd_htab_init(&job->cache_index);
+    bd_buf_init(&job->wsql);
     uv_timer_init(e->d.loop, &job->timer);
     job->timer.data = job;
     job->next = e->jobs;
@@ -860,9 +1097,7 @@ bool bd_job_engine_cancel_local(struct bd_job_engine *e, const char *job_id)
         bd_log(BD_LOG_INFO, "job", "job=%s event=cancel_requested phase=%s", job->id,
                job_phase_names[job->phase]);
         job->is_cancel_requested = true;
-        if (job->model_call)
-            bd_model_abort(job->model_call);
-        bd__job_fire_timer_now(job);
+        bd__job_interrupt(job);
     }
     return true;
 }

@@ -25,27 +25,31 @@
 
 /* Every item of the batch fails with the batch's error (retries ran out, or not
  * retryable). The write phases still run: they record the errors and the checkpoint. */
-void bd__job_fail_batch(struct bd_job *job, const char *code, const char *message)
+void bd__job_fail_batch(struct bd_job_slot *s, const char *code, const char *message)
 {
-    snprintf(job->batch_error, sizeof(job->batch_error), "%s", message);
-    job->batch_error_code = code;
-    job->is_batch_failed = true;
-    job->batch_ok = job->batch_failed = 0;
-    for (unsigned i = 0; i < job->item_count; i++) {
+    struct bd_job *job = s->job;
+
+    snprintf(s->batch_error, sizeof(s->batch_error), "%s", message);
+    s->batch_error_code = code;
+    s->is_batch_failed = true;
+    s->batch_ok = s->batch_failed = 0;
+    for (unsigned i = 0; i < s->item_count; i++) {
         /* Items served from the embedding cache still have their vector. */
-        if (job->op == BD_OP_BULK_EMBED && job->is_cached[i] && code != NULL &&
+        if (job->op == BD_OP_BULK_EMBED && s->is_cached[i] && code != NULL &&
             strcmp(code, "store_error") != 0) {
-            job->item_status[i] = BD_OK;
-            job->batch_ok++;
+            s->item_status[i] = BD_OK;
+            s->batch_ok++;
             continue;
         }
-        job->item_status[i] = BD_EMODEL;
-        job->item_error[i] = job->batch_error;
-        job->batch_failed++;
+        s->item_status[i] = BD_EMODEL;
+        s->item_error[i] = s->batch_error;
+        s->batch_failed++;
     }
     job->e->stats.batches_failed++;
-    job->phase = JOB_PHASE_WRITE_ACQUIRE;
-    bd__job_step(job);
+    if (job->writer == s)
+        job->writer = NULL;                 /* its turn comes again from the pump */
+    s->phase = SLOT_READY;
+    bd__job_pump(job);
 }
 
 /* The metadata stored with each vector: the item's metadata, plus "text" for bulk_embed.
@@ -84,123 +88,127 @@ static void job_build_metadata(struct bd_job *job, struct bd_buf *b, json_t *ite
     b->data[b->len] = '\0';
 }
 
-static int job_build_copy(struct bd_job *job)
+static int job_build_copy(struct bd_job_slot *s)
 {
+    struct bd_job *job = s->job;
     struct bd_buf *b = &job->copy;
     char genid[160];
 
     bd_job_store_stage_begin(b);
-    for (unsigned i = 0; i < job->item_count; i++) {
-        const struct bd_job_batch_item *pk = job->op == BD_OP_BULK_INSERT ? &job->packed[i] : NULL;
-        json_t *item = pk ? NULL : json_array_get(job->items, i);
+    for (unsigned i = 0; i < s->item_count; i++) {
+        const struct bd_job_batch_item *pk = job->op == BD_OP_BULK_INSERT ? &s->packed[i] : NULL;
+        json_t *item = pk ? NULL : json_array_get(s->items, i);
         const char *id = pk ? pk->id : json_string_value(json_object_get(item, "id"));
         size_t id_len = pk ? pk->id_len : json_string_length(json_object_get(item, "id"));
-        unsigned index = job->first_index + i;
+        unsigned index = s->first_index + i;
         if (id == NULL) {
             snprintf(genid, sizeof(genid), "%s:%u", job->id, index);
             id = genid;
             id_len = strlen(genid);
         }
-        if (job->item_status[i] == BD_OK && pk) {
+        if (s->item_status[i] == BD_OK && pk) {
             bd_job_store_stage_vector(b, index, id, id_len, NULL, job->dim,
                                       (const char *)pk->vec, pk->vec_len, pk->meta,
                                       pk->meta_len, NULL);
-        } else if (job->item_status[i] == BD_OK) {
+        } else if (s->item_status[i] == BD_OK) {
             job_build_metadata(job, &job->meta, item);
             /* Only vectors the model just computed go into the cache. */
-            bool to_cache = job->op == BD_OP_BULK_EMBED && !job->is_cached[i];
-            bd_job_store_stage_vector(b, index, id, id_len, job->vectors + (size_t)i * job->dim,
+            bool to_cache = job->op == BD_OP_BULK_EMBED && !s->is_cached[i];
+            bd_job_store_stage_vector(b, index, id, id_len, s->vectors + (size_t)i * job->dim,
                                       job->dim, NULL, 0, job->meta.data, job->meta.len,
-                                      to_cache ? job->hashes + (size_t)i * 65 : NULL);
+                                      to_cache ? s->hashes + (size_t)i * 65 : NULL);
         } else {
             const char *code = "processing_error";
-            if (job->item_status[i] == BD_EINVAL)
+            if (s->item_status[i] == BD_EINVAL)
                 code = job->op == BD_OP_BULK_EMBED ? "input_too_long" : "invalid_input";
-            else if (job->batch_error_code)
-                code = job->batch_error_code;
+            else if (s->batch_error_code)
+                code = s->batch_error_code;
             /* An id PostgreSQL refuses (not UTF-8) is not stored with the error. */
             bool keep_id = bd_utf8_is_valid(id, id_len);
             bd_job_store_stage_error(b, index, keep_id ? id : NULL, id_len, code,
-                                     job->item_error[i]);
+                                     s->item_error[i]);
         }
     }
     return job->meta.is_failed ? BD_ENOMEM : bd_job_store_stage_end(b);
 }
 
-static void job_write_failed(struct bd_job *job, const char *what,
+static void job_write_failed(struct bd_job_slot *s, const char *what,
                              const struct bd_job_store_err *err)
 {
+    struct bd_job *job = s->job;
     const char *msg = err ? err->message : "could not send";
 
-    job->write_failures++;
+    s->write_failures++;
     bd_log(BD_LOG_WARN, "job", "job=%s batch=%d event=write_failed step=%s attempt=%u "
-           "permanent=%d err=%s", job->id, job->batch_no, what, job->write_failures,
+           "permanent=%d err=%s", job->id, s->batch_no, what, s->write_failures,
            err && err->is_permanent, msg);
     if (job->conn) {
         bd_pg_release(job->conn);               /* rolls the transaction back */
         job->conn = NULL;
     }
-    job->phase = JOB_PHASE_WRITE_ACQUIRE;
+    s->phase = SLOT_WRITE_ACQUIRE;
     if (bd__job_should_stop(job)) {
-        bd__job_wind_down(job);                 /* the batch is redone by the next owner */
+        bd__job_slot_end(s);                    /* the batch is redone by the next owner */
         return;
     }
-    if (err && err->is_permanent && ++job->write_permanent >= JOB_WRITE_PERMANENT_MAX) {
-        if (job->write_permanent >= 2 * JOB_WRITE_PERMANENT_MAX) {
+    if (err && err->is_permanent && ++s->write_permanent >= JOB_WRITE_PERMANENT_MAX) {
+        if (s->write_permanent >= 2 * JOB_WRITE_PERMANENT_MAX) {
             /* Even the batch's errors cannot be stored: stop the job, do not spin. */
             bd__job_decide(job, BD_JOB_EV_FAIL, "store_error",
-                           "batch %d cannot be written: %s", job->batch_no, msg);
-            bd__job_wind_down(job);
+                           "batch %d cannot be written: %s", s->batch_no, msg);
+            bd__job_slot_end(s);
             return;
         }
-        if (!job->is_batch_failed || job->write_permanent == JOB_WRITE_PERMANENT_MAX) {
+        if (!s->is_batch_failed || s->write_permanent == JOB_WRITE_PERMANENT_MAX) {
             char m[512];
             snprintf(m, sizeof(m), "the store refused the batch: %s", msg);
-            job->write_failures = 0;
-            bd__job_fail_batch(job, "store_error", m);
+            s->write_failures = 0;
+            bd__job_fail_batch(s, "store_error", m);
             return;
         }
     }
-    /* Retry the write (the vectors are kept) until PostgreSQL is back. */
-    bd__job_arm_timer(job, fmin(0.1 * (1u << (job->write_failures > 6 ? 6 : job->write_failures)),
-                                JOB_WRITE_RETRY_MAX_S));
+    /* Retry the write (the vectors are kept) until PostgreSQL is back; the slot keeps the
+     * job's writer meanwhile. */
+    bd__job_slot_arm_timer(s, fmin(0.1 * (1u << (s->write_failures > 6 ? 6 : s->write_failures)),
+                                   JOB_WRITE_RETRY_MAX_S));
 }
 
 static void job_on_committed(int status, const struct bd_job_store_err *err, void *arg)
 {
-    struct bd_job *job = arg;
+    struct bd_job_slot *s = arg;
+    struct bd_job *job = s->job;
     struct bd_job_engine *e = job->e;
 
     if (status < 0) {
-        job_write_failed(job, "commit", err);
+        job_write_failed(s, "commit", err);
         bd__job_unref(job);
         return;
     }
     bd_pg_release(job->conn);
     job->conn = NULL;
-    job->write_failures = 0;
-    job->write_permanent = 0;
     job->batches_run++;
     e->stats.batches_done++;
     bd_metrics_batch_done(e->d.metrics, job->op, bd_metrics_model_slot(e->d.cfg, job->model),
-                          (double)(uv_hrtime() - job->batch_start_ns) / 1e9, job->batch_ok,
-                          job->batch_failed, job->batch_cache_hits);
+                          (double)(uv_hrtime() - s->batch_start_ns) / 1e9, s->batch_ok,
+                          s->batch_failed, s->batch_cache_hits);
     bd_log(BD_LOG_DEBUG, "job", "job=%s batch=%d event=checkpoint ok=%u failed=%u ms=%.1f",
-           job->id, job->batch_no, job->batch_ok, job->batch_failed,
-           (double)(uv_hrtime() - job->batch_start_ns) / 1e6);
+           job->id, s->batch_no, s->batch_ok, s->batch_failed,
+           (double)(uv_hrtime() - s->batch_start_ns) / 1e6);
     bd__job_notify(e, job->id, false);
-    bd__job_next_batch(job);
+    bd__job_slot_end(s);
     bd__job_unref(job);
 }
 
 static void job_on_staged(int status, const struct bd_job_store_err *err, void *arg)
 {
-    struct bd_job *job = arg;
+    struct bd_job_slot *s = arg;
+    struct bd_job *job = s->job;
+
     if (status < 0) {
-        job_write_failed(job, "copy", err);
+        job_write_failed(s, "copy", err);
     } else {
-        job->phase = JOB_PHASE_WRITE_COMMIT;
-        bd__job_step(job);
+        s->phase = SLOT_WRITE_COMMIT;
+        bd__job_slot_step(s);
     }
     bd__job_unref(job);
 }
@@ -208,69 +216,74 @@ static void job_on_staged(int status, const struct bd_job_store_err *err, void *
 static void job_on_locked(int status, bool is_pending, const struct bd_job_store_err *err,
                           void *arg)
 {
-    struct bd_job *job = arg;
+    struct bd_job_slot *s = arg;
+    struct bd_job *job = s->job;
 
     if (status < 0) {
-        job_write_failed(job, "begin", err);
+        job_write_failed(s, "begin", err);
     } else if (!is_pending) {
         /* Someone else checkpointed this batch (we lost the job for a while): do not
-         * count it again. Roll back and look for the next pending batch. */
+         * count it again. Roll back; the window goes on with the next batches. */
         bd_log(BD_LOG_INFO, "job", "job=%s batch=%d event=batch_already_done", job->id,
-               job->batch_no);
+               s->batch_no);
         bd_pg_release(job->conn);
         job->conn = NULL;
-        job->phase = JOB_PHASE_LOAD_BATCH;
-        bd__job_step(job);
+        bd__job_slot_end(s);
     } else {
-        job->phase = JOB_PHASE_WRITE_STAGE;
-        bd__job_step(job);
+        s->phase = SLOT_WRITE_STAGE;
+        bd__job_slot_step(s);
     }
     bd__job_unref(job);
 }
 
 static void job_on_conn(int status, struct bd_pg_conn *conn, void *arg)
 {
-    struct bd_job *job = arg;
+    struct bd_job_slot *s = arg;
+    struct bd_job *job = s->job;
+
     if (status < 0) {
-        job_write_failed(job, "acquire", NULL);
+        job_write_failed(s, "acquire", NULL);
     } else {
         job->conn = conn;
-        job->phase = JOB_PHASE_WRITE_BEGIN;
-        bd__job_step(job);
+        s->phase = SLOT_WRITE_BEGIN;
+        bd__job_slot_step(s);
     }
     bd__job_unref(job);
 }
 
-/* Start the current WRITE phase's operation (the caller holds the operation's reference).
- * A failure to even send is handled here (retry or wind down) and reported as BD_OK, since
- * the phase moved on; the caller's reference is then dropped here too. */
-int bd__job_write_step(struct bd_job *job)
+/* Start the slot's WRITE phase's operation (the caller holds the operation's reference).
+ * Only the job's writer writes: the transaction's connection and buffers are the job's.
+ * A failure to even send is handled here (retry or end) and reported as BD_OK, since the
+ * phase moved on; the caller's reference is then dropped here too. */
+int bd__job_write_step(struct bd_job_slot *s)
 {
+    struct bd_job *job = s->job;
     int rc;
 
-    switch (job->phase) {
-    case JOB_PHASE_WRITE_ACQUIRE:
-        rc = bd_pg_acquire(job->e->d.pg, job_on_conn, job);
+    assert(job->writer == s);
+    switch (s->phase) {
+    case SLOT_WRITE_ACQUIRE:
+        rc = bd_pg_acquire(job->e->d.pg, job_on_conn, s);
         break;
-    case JOB_PHASE_WRITE_BEGIN:
-        rc = bd_job_store_write_begin(job->conn, &job->sql, job->id, job->batch_no,
-                                      job_on_locked, job);
+    case SLOT_WRITE_BEGIN:
+        rc = bd_job_store_write_begin(job->conn, &job->wsql, job->id, s->batch_no,
+                                      job_on_locked, s);
         break;
-    case JOB_PHASE_WRITE_STAGE:
-        rc = job_build_copy(job);
+    case SLOT_WRITE_STAGE:
+        rc = job_build_copy(s);
         if (rc == BD_OK)
-            rc = bd_job_store_write_stage(job->conn, &job->copy, job_on_staged, job);
+            rc = bd_job_store_write_stage(job->conn, &job->copy, job_on_staged, s);
         break;
-    case JOB_PHASE_WRITE_COMMIT: {
+    case SLOT_WRITE_COMMIT: {
         struct bd_job_checkpoint cp = {
-            .job_id = job->id, .collection = job->collection, .batch_no = job->batch_no,
-            .run_attempt = job->run_attempt, .first_index = job->first_index,
-            .item_count = job->item_count, .ok = job->batch_ok, .failed = job->batch_failed,
-            .cache_hits = job->batch_cache_hits,
-            .attempts = job->attempts + (job->is_batch_failed ? 0 : 1),
-            .duration_ms = (unsigned)((uv_hrtime() - job->batch_start_ns) / 1000000u),
+            .job_id = job->id, .collection = job->collection, .batch_no = s->batch_no,
+            .run_attempt = job->run_attempt, .first_index = s->first_index,
+            .item_count = s->item_count, .ok = s->batch_ok, .failed = s->batch_failed,
+            .cache_hits = s->batch_cache_hits,
+            .attempts = s->attempts + (s->is_batch_failed ? 0 : 1),
+            .duration_ms = (unsigned)((uv_hrtime() - s->batch_start_ns) / 1000000u),
         };
-        rc = bd_job_store_write_commit(job->conn, &job->sql, &cp, job_on_committed, job);
+        rc = bd_job_store_write_commit(job->conn, &job->wsql, &cp, job_on_committed, s);
         break;
     }
     default:
@@ -278,7 +291,7 @@ int bd__job_write_step(struct bd_job *job)
         rc = BD_EINTERNAL;
     }
     if (rc < 0) {                              /* callee promised not to call back */
-        job_write_failed(job, "send", NULL);
+        job_write_failed(s, "send", NULL);
         bd__job_unref(job);
     }
     return BD_OK;

@@ -384,8 +384,9 @@ static unsigned call_plan(const struct model *m, const struct bd_embed_input *in
 }
 
 int bd_model_embed(struct bd_model_client *mc, const char *model,
-                   const struct bd_embed_input *inputs, unsigned count, bd_model_embed_cb cb,
-                   void *arg, struct bd_model_call **call_out)
+                   const struct bd_embed_input *inputs, unsigned count,
+                   const struct bd_model_order *order, bd_model_embed_cb cb, void *arg,
+                   struct bd_model_call **call_out)
 {
     struct bd_model_call *call;
     struct model *m;
@@ -423,6 +424,8 @@ int bd_model_embed(struct bd_model_client *mc, const char *model,
     call->count = count;
     call->cb = cb;
     call->arg = arg;
+    call->order = order ? *order : (struct bd_model_order){ .priority = 1, .rank = 0 };
+    call->seq = m->next_seq++;
     call->subs_count = call_plan(m, inputs, count, call);
     call->subs_left = call->subs_count;
     call->state = CALL_RUNNING;
@@ -442,7 +445,7 @@ int bd_model_embed(struct bd_model_client *mc, const char *model,
     }
     for (unsigned i = 0; i < call->subs_count; i++) {
         call->subs[i].state = SUB_WAITING;
-        model_link_insert_tail(&m->waiting, &call->subs[i].link);
+        bd__model_enqueue(m, &call->subs[i]);
     }
     bd__model_pump(m);
     return BD_OK;

@@ -126,6 +126,11 @@ static inline void model_link_move(struct model_link *from, struct model_link *t
  * Types
  */
 
+struct model;
+struct model_sub;
+/* Put a waiting sub in m->waiting at its call's place: priority, then rank, then arrival. */
+void bd__model_enqueue(struct model *m, struct model_sub *sub);
+
 struct model_sub;
 
 /* A pooled transfer. Lives on mc->free_xfers or is attached to one in-flight sub. */
@@ -178,6 +183,8 @@ struct bd_model_call {
     unsigned subs_count;
     unsigned subs_left;            /* not yet answered successfully */
     unsigned hash_next;            /* hashing: next input to compute */
+    struct bd_model_order order;   /* its place in the model's queue (bd_model_embed) */
+    uint64_t seq;                  /* arrival order, the queue's last key */
     enum call_state state;
     int status;
     bool is_retryable;
@@ -201,7 +208,9 @@ struct model {
     unsigned concurrency;
     double timeout_s;
 
-    struct model_link waiting;     /* subs waiting for a slot, a token or Retry-After */
+    struct model_link waiting;     /* subs waiting for a slot, a token or Retry-After, in
+                                    * dispatch order (bd__model_enqueue) */
+    uint64_t next_seq;
     uv_timer_t timer;              /* wakes the pump after a token or Retry-After wait */
     bool is_pumping;
     bool is_pump_again;

@@ -488,6 +488,30 @@ static void model_arm(struct model *m, double delay_s)
     uv_timer_start(&m->timer, model_on_timer, ms ? ms : 1, 0);
 }
 
+/* Dispatch order: a before b? */
+static bool model_goes_before(const struct bd_model_call *a, const struct bd_model_call *b)
+{
+    if (a->order.priority != b->order.priority)
+        return a->order.priority < b->order.priority;
+    if (a->order.rank != b->order.rank)
+        return a->order.rank < b->order.rank;
+    return a->seq < b->seq;
+}
+
+/* From the tail: a new call usually goes last or near it. A request sent back by a 429
+ * goes to the head instead (it waits out the model's Retry-After first). */
+void bd__model_enqueue(struct model *m, struct model_sub *sub)
+{
+    struct model_link *at = m->waiting.prev;
+    while (at != &m->waiting &&
+           model_goes_before(sub->call, MODEL_OF(at, struct model_sub, link)->call))
+        at = at->prev;
+    sub->link.prev = at;
+    sub->link.next = at->next;
+    at->next->prev = &sub->link;
+    at->next = &sub->link;
+}
+
 /* Send waiting requests while the model has a free slot, the breaker lets them through,
  * no Retry-After is pending and the bucket has a token; otherwise arm the timer for the
  * moment one of those changes (slots free up in bd__model_sub_on_done, which pumps

@@ -2,7 +2,9 @@
  * PostgreSQL, and the project's fake model server (test/fake_model/). Wire formats (Ollama,
  * OpenAI with shuffled answers and a key, TEI), stored vectors bit-compared with
  * fake_vector(), 500s, hangs, 429 + Retry-After, malformed bodies and wrong dimensions,
- * cancel during a model call, the per-model concurrency cap, request splitting, overlong
+ * cancel during a model call, the per-model concurrency cap, pipelined batches (one job
+ * fills every model slot, cancel and SIGKILL with batches in flight, the dispatcher's
+ * priority order), request splitting, overlong
  * texts, the embedding cache, unknown models and the seed's example on conf/dev.yaml.
  *
  * Isolation: every case starts its own fake model server(s) and its own batchd, and stops
@@ -947,6 +949,215 @@ static void test_embed_keeps_at_most_2_requests_in_flight_when_concurrency_is_2(
     ite_finish(c);
 }
 
+/* ---- 8. pipelined batches and the model's dispatcher -------------------------------------- */
+
+/* A config of one model with the given concurrency, 10 inputs per request, timeout 30 s. */
+static void yaml_one_model(struct bd_buf *y, const char *model, int port, unsigned dim,
+                           unsigned concurrency, unsigned max_jobs)
+{
+    char extra[160];
+    bd_buf_printf(y,
+                  "jobs:\n"
+                  "  max_concurrent_jobs: %u\n"
+                  "  processing_interval: 0.05\n"
+                  "  retry_attempts: 3\n"
+                  "  retry_delay: 0.05\n"
+                  "  lease: 3\n"
+                  "  reaper_interval: 1\n"
+                  "models:\n", max_jobs);
+    snprintf(extra, sizeof(extra), "    concurrency: %u\n    max_inputs_per_request: 10\n"
+             "    timeout: 30\n", concurrency);
+    yaml_model(y, model, "ollama", port, dim, extra);
+}
+
+/* One big job alone keeps every one of the model's 4 slots busy: its window holds the
+ * model's concurrency + 1 batches (max_concurrent_jobs does not cap it). */
+static void test_embed_one_job_fills_all_4_model_slots_when_concurrency_is_4(void **state)
+{
+    struct ite_ctx *c = *state;
+    char model[64];
+    struct bd_buf y;
+    struct ite_items it;
+
+    int port = ite_fake(c, "--dim", "16", "--latency-ms", "150", NULL);
+    model_name(model, sizeof(model), "wide");
+    bd_buf_init(&y);
+    yaml_one_model(&y, model, port, 16, 4, 1);
+    ite_batchd(c, y.data);
+    bd_buf_free(&y);
+
+    items_make(&it, 240, "wide", false, true);
+    char *body = embed_body(model, NULL, &it, 10);
+    char *id = submit(&c->p, body);
+    free(body);
+    json_t *st = wait_end(&c->p, id, "completed", 60);
+    assert_int_equal(jint(st, "progress", "processed_items"), 240);
+    json_decref(st);
+    expect_stored(id, &it, 16, 0, ITE_NO_SKIP, NULL);
+    long max_in_flight = fm_stat(port, "max_in_flight");
+    fprintf(stderr, "  max_in_flight %ld (model concurrency 4)\n", max_in_flight);
+    assert_int_equal(max_in_flight, 4);
+    assert_int_equal(fm_stat(port, "requests_total"), 24);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' "
+                                     "AND status = 'done' AND processed = 10", id), 24);
+    free(id);
+    items_free(&it);
+    ite_finish(c);
+}
+
+/* Cancel while 4 batches of one job are at the model: every request is aborted (the model
+ * sees 4 disconnects) and the job is cancelled within 1 s, nothing stored. */
+static void test_embed_cancels_within_1s_when_4_batches_are_at_the_model(void **state)
+{
+    struct ite_ctx *c = *state;
+    char model[64], path[256];
+    struct bd_buf y;
+    struct ite_items it;
+    long st;
+
+    int port = ite_fake(c, "--dim", "16", "--latency-ms", "5000", NULL);
+    model_name(model, sizeof(model), "slow4");
+    bd_buf_init(&y);
+    yaml_one_model(&y, model, port, 16, 4, 1);
+    ite_batchd(c, y.data);
+    bd_buf_free(&y);
+
+    items_make(&it, 80, "slow4", false, false);
+    char *body = embed_body(model, NULL, &it, 10);
+    char *id = submit(&c->p, body);
+    free(body);
+    double deadline = bd_it_now() + 10;
+    while (fm_stat(port, "in_flight") < 4 && bd_it_now() < deadline)
+        bd_it_sleep_ms(10);
+    assert_int_equal(fm_stat(port, "in_flight"), 4);
+
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s", id);
+    double t0 = bd_it_now();
+    json_t *j = bd_it_json(&c->p, "DELETE", path, NULL, &st);
+    assert_int_equal(st, 200);
+    json_decref(j);
+    json_decref(wait_end(&c->p, id, "cancelled", 1.0));
+    double took = bd_it_now() - t0;
+    fprintf(stderr, "  cancelled %.3f s after the DELETE\n", took);
+    assert_true(took < 1.0);
+    deadline = bd_it_now() + 1;
+    while (fm_stat(port, "disconnects") < 4 && bd_it_now() < deadline)
+        bd_it_sleep_ms(10);
+    assert_int_equal(fm_stat(port, "disconnects"), 4);
+    assert_int_equal(fm_stat(port, "in_flight"), 0);
+    assert_int_equal(fm_stat(port, "requests_total"), 4);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s'", id), 0);
+    free(id);
+    items_free(&it);
+    ite_finish(c);
+}
+
+/* Slots scarce (concurrency 1), three jobs running at once, queued low first: the model's
+ * dispatcher serves high before normal before low, whatever the order the requests came
+ * in, so the jobs end in priority order. */
+static void test_embed_serves_high_before_normal_before_low_when_model_slots_are_scarce(
+    void **state)
+{
+    struct ite_ctx *c = *state;
+    static const char *const prio[3] = { "low", "normal", "high" };
+    char model[64], *ids[3];
+    struct bd_buf y;
+    struct ite_items it[3];
+
+    int port = ite_fake(c, "--dim", "16", "--latency-ms", "100", NULL);
+    model_name(model, sizeof(model), "prio");
+    bd_buf_init(&y);
+    yaml_one_model(&y, model, port, 16, 1, 3);
+    ite_batchd(c, y.data);
+    bd_buf_free(&y);
+
+    for (int k = 0; k < 3; k++) {
+        items_make(&it[k], 60, prio[k], false, false);
+        char *body = embed_body(model, NULL, &it[k], 10);
+        json_t *b = json_loads(body, 0, NULL);
+        free(body);
+        json_object_set_new(json_object_get(b, "options"), "priority", json_string(prio[k]));
+        body = json_dumps(b, JSON_COMPACT);
+        json_decref(b);
+        ids[k] = submit(&c->p, body);
+        free(body);
+        /* The low job is at the model before the others arrive. */
+        double deadline = bd_it_now() + 10;
+        while (k == 0 && fm_stat(port, "requests_total") < 1 && bd_it_now() < deadline)
+            bd_it_sleep_ms(5);
+    }
+    for (int k = 0; k < 3; k++)
+        json_decref(wait_end(&c->p, ids[k], "completed", 60));
+    assert_int_equal(fm_stat(port, "max_in_flight"), 1);
+    long order = bd_it_psql_long(
+        "SELECT ((SELECT completed_at FROM jobs WHERE id = '%s') < "
+        "(SELECT completed_at FROM jobs WHERE id = '%s') AND "
+        "(SELECT completed_at FROM jobs WHERE id = '%s') < "
+        "(SELECT completed_at FROM jobs WHERE id = '%s'))::int", ids[2], ids[1], ids[1], ids[0]);
+    if (order != 1) {
+        char got[256];
+        bd_it_psql_str(got, sizeof(got), "SELECT string_agg(priority || '@' || completed_at, ' ' "
+                       "ORDER BY completed_at) FROM jobs WHERE id IN ('%s', '%s', '%s')",
+                       ids[0], ids[1], ids[2]);
+        fprintf(stderr, "  completion order: %s\n", got);
+    }
+    assert_int_equal(order, 1);
+    for (int k = 0; k < 3; k++) {
+        free(ids[k]);
+        items_free(&it[k]);
+    }
+    ite_finish(c);
+}
+
+/* SIGKILL while several batches of a job are at the model and earlier ones are written:
+ * the next run redoes exactly the batches not checkpointed. Every item stored once, every
+ * batch done once, counters exact. */
+static void test_embed_stores_each_item_once_when_killed_with_batches_in_flight(void **state)
+{
+    struct ite_ctx *c = *state;
+    char model[64];
+    struct bd_buf y;
+    struct ite_items it;
+
+    int port = ite_fake(c, "--dim", "16", "--latency-ms", "200", "--jitter-ms", "150", NULL);
+    model_name(model, sizeof(model), "killed");
+    bd_buf_init(&y);
+    yaml_one_model(&y, model, port, 16, 4, 1);
+    ite_batchd(c, y.data);
+
+    items_make(&it, 300, "killed", false, true);
+    char *body = embed_body(model, NULL, &it, 10);
+    char *id = submit(&c->p, body);
+    free(body);
+    double deadline = bd_it_now() + 20;
+    while ((bd_it_psql_long("SELECT processed_items FROM jobs WHERE id = '%s'", id) < 50 ||
+            fm_stat(port, "in_flight") < 3) && bd_it_now() < deadline)
+        bd_it_sleep_ms(5);
+    long in_flight = fm_stat(port, "in_flight");
+    assert_int_equal(bd_it_stop(&c->p, SIGKILL, 5), 128 + SIGKILL);
+    long done_before = bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' "
+                                       "AND status = 'done'", id);
+    fprintf(stderr, "  killed with %ld requests in flight, %ld of 30 batches done\n",
+            in_flight, done_before);
+    assert_true(in_flight >= 3);
+    assert_true(done_before >= 5 && done_before < 30);
+
+    ite_batchd(c, y.data);                  /* the lease runs out, the job runs again */
+    bd_buf_free(&y);
+    json_t *st = wait_end(&c->p, id, "completed", 60);
+    assert_int_equal(jint(st, "progress", "processed_items"), 300);
+    assert_int_equal(jint(st, "progress", "failed_items"), 0);
+    json_decref(st);
+    expect_stored(id, &it, 16, 0, ITE_NO_SKIP, NULL);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' "
+                                     "AND status = 'done' AND processed = 10", id), 30);
+    assert_int_equal(bd_it_psql_long("SELECT count(DISTINCT item_index) FROM vectors "
+                                     "WHERE job_id = '%s'", id), 300);
+    free(id);
+    items_free(&it);
+    ite_finish(c);
+}
+
 /* A job whose new collection another process is creating at that very moment (another
  * batchd starting a job for it: several processes share one PostgreSQL) must find the
  * collection once that creation commits, not fail. The other process is played by psql:
@@ -1362,6 +1573,10 @@ int main(void)
         ITE_TEST(test_embed_fails_batches_naming_dimension_when_dimension_is_wrong),
         ITE_TEST(test_embed_cancels_within_1s_when_deleted_during_slow_model_call),
         ITE_TEST(test_embed_keeps_at_most_2_requests_in_flight_when_concurrency_is_2),
+        ITE_TEST(test_embed_one_job_fills_all_4_model_slots_when_concurrency_is_4),
+        ITE_TEST(test_embed_cancels_within_1s_when_4_batches_are_at_the_model),
+        ITE_TEST(test_embed_serves_high_before_normal_before_low_when_model_slots_are_scarce),
+        ITE_TEST(test_embed_stores_each_item_once_when_killed_with_batches_in_flight),
         ITE_TEST(test_embed_completes_when_another_process_creates_the_collection),
         ITE_TEST(test_embed_sends_8_requests_when_250_texts_split_by_32),
         ITE_TEST(test_embed_truncates_overlong_text_when_overlong_is_truncate),

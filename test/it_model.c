@@ -182,7 +182,7 @@ static void it_embed(struct it_env *e, const char *model, const struct bd_embed_
 {
     memset(c, 0, sizeof *c);
     c->t_start = bd_it_now();
-    assert_int_equal(bd_model_embed(e->mc, model, in, n, it_on_embed, c, h), BD_OK);
+    assert_int_equal(bd_model_embed(e->mc, model, in, n, NULL, it_on_embed, c, h), BD_OK);
     c->is_returned = true;
     assert_int_equal(c->calls, 0);
 }
@@ -767,7 +767,7 @@ static void test_close_cancels_calls_in_flight(void **state)
     double t0 = bd_it_now();
     bd_model_client_close(e.mc, on_closed, &e.closed);
     struct bd_model_call *late = (struct bd_model_call *)1;
-    assert_int_equal(bd_model_embed(e.mc, "m", t.in, 1, it_on_embed, &c1, &late),
+    assert_int_equal(bd_model_embed(e.mc, "m", t.in, 1, NULL, it_on_embed, &c1, &late),
                      BD_ESHUTDOWN);
     assert_null(late);
     uv_run(&e.loop, UV_RUN_DEFAULT);
@@ -806,7 +806,7 @@ static void test_close_from_callback(void **state)
     env_model(&e, "m", BD_PROVIDER_OLLAMA);
     env_start(&e);
     memset(&c1, 0, sizeof c1);
-    assert_int_equal(bd_model_embed(e.mc, "h", wire_inputs, WIRE_N, on_embed_then_close, &c1,
+    assert_int_equal(bd_model_embed(e.mc, "h", wire_inputs, WIRE_N, NULL, on_embed_then_close, &c1,
                                     NULL), BD_OK);
     c1.is_returned = true;
     it_embed(&e, "m", wire_inputs, WIRE_N, &c2, NULL);
@@ -1139,7 +1139,7 @@ static void test_hashing_10000_never_blocks_loop(void **state)
     uv_run(&e.loop, UV_RUN_NOWAIT);                 /* the probe's first tick */
     double t0 = bd_it_now();
     uv_check_start(&turns_check, on_turn);
-    assert_int_equal(bd_model_embed(e.mc, "h", t.in, t.n, on_lag_embed, &lc, NULL), BD_OK);
+    assert_int_equal(bd_model_embed(e.mc, "h", t.in, t.n, NULL, on_lag_embed, &lc, NULL), BD_OK);
     while (lc.calls == 0)
         uv_run(&e.loop, UV_RUN_ONCE);
     uv_close((uv_handle_t *)&p.timer, NULL);
@@ -1178,12 +1178,12 @@ static void test_contract_edges(void **state)
     env_model(&e, "m", BD_PROVIDER_OLLAMA);
     env_start(&e);
     memset(&c, 0, sizeof c);
-    assert_int_equal(bd_model_embed(e.mc, "nope", wire_inputs, 1, it_on_embed, &c, &h),
+    assert_int_equal(bd_model_embed(e.mc, "nope", wire_inputs, 1, NULL, it_on_embed, &c, &h),
                      BD_ENOTFOUND);
     assert_null(h);
-    assert_int_equal(bd_model_embed(e.mc, "m", wire_inputs, 1, NULL, &c, NULL), BD_EINVAL);
+    assert_int_equal(bd_model_embed(e.mc, "m", wire_inputs, 1, NULL, NULL, &c, NULL), BD_EINVAL);
     struct bd_embed_input bad = {NULL, 3};
-    assert_int_equal(bd_model_embed(e.mc, "m", &bad, 1, it_on_embed, &c, NULL), BD_EINVAL);
+    assert_int_equal(bd_model_embed(e.mc, "m", &bad, 1, NULL, it_on_embed, &c, NULL), BD_EINVAL);
     assert_int_equal(c.calls, 0);
 
     /* count 0: an empty success, still asynchronous, no request. */

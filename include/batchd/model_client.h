@@ -108,17 +108,28 @@ void bd_model_client_set_tuning(struct bd_model_client *mc, const struct bd_mode
 typedef void (*bd_model_closed_cb)(void *arg);
 void bd_model_client_close(struct bd_model_client *mc, bd_model_closed_cb cb, void *arg);
 
+/* Where a call's requests go in the model's queue when its slots are all busy: the model's
+ * dispatcher sends the waiting request of the highest priority first (0 high, 1 normal,
+ * 2 low), within one priority the one with the lowest rank (the caller's count of its own
+ * calls already at this model, so jobs take turns: each job's first call goes before any
+ * job's second), then in arrival order. NULL: priority 1, rank 0. */
+struct bd_model_order {
+    int priority;
+    unsigned rank;
+};
+
 /* Embed inputs[0..count) with model (a name from the config). inputs are borrowed until cb.
  * Returns BD_OK (cb will run once, async) or BD_ENOTFOUND (unknown model), BD_EINVAL,
  * BD_ENOMEM, BD_ESHUTDOWN (client closing) (cb will not run). *call (may be NULL) receives a
  * handle for bd_model_abort, valid until cb runs. Lengths (max_input_chars,
  * max_chars_per_request) are counted in bytes of UTF-8 text before JSON escaping;
  * truncation cuts at a character boundary; a single text longer than max_chars_per_request
- * goes alone. count 0 completes (async) with an empty result. message is "" on success, never
+ * goes alone. order (may be NULL) places the call in the model's queue. count 0 completes (async) with an empty result. message is "" on success, never
  * NULL. Allocates the call (vectors, statuses) once; no allocation per input. */
 int bd_model_embed(struct bd_model_client *mc, const char *model,
-                   const struct bd_embed_input *inputs, unsigned count, bd_model_embed_cb cb,
-                   void *arg, struct bd_model_call **call);
+                   const struct bd_embed_input *inputs, unsigned count,
+                   const struct bd_model_order *order, bd_model_embed_cb cb, void *arg,
+                   struct bd_model_call **call);
 
 /* Abort a call: its HTTP transfers are removed from curl at once (the server sees the
  * connection close) and cb runs with BD_ECANCELED (async). A call that already finished but
