@@ -523,6 +523,15 @@ static void check_schema(uv_loop_t *loop, struct bd_pg *pg)
                  " FROM pg_attribute WHERE (attrelid = 'vectors'::regclass AND attname ="
                  " 'embedding') OR (attrelid = 'job_batches'::regclass AND attname = 'items')");
     assert_string_equal(q.val[0], "ee");
+    /* Version 5: no statistics of vectors, rows kept in their heap page. */
+    q = query_ok(loop, conn,
+                 "SELECT attstattarget FROM pg_attribute WHERE attrelid = 'vectors'::regclass"
+                 " AND attname = 'embedding'");
+    assert_string_equal(q.val[0], "0");
+    q = query_ok(loop, conn,
+                 "SELECT array_to_string(reloptions, ',') FROM pg_class"
+                 " WHERE oid = 'embedding_cache'::regclass");
+    assert_string_equal(q.val[0], "toast_tuple_target=8160");
     bd_pg_release(conn);
 }
 
