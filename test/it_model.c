@@ -438,6 +438,74 @@ static void test_concurrency_cap_respected(void **state)
     it_texts_free(&t);
 }
 
+/* The dispatcher's order when every slot is taken: priority first (0 high), then rank (the
+ * caller's calls already at the model), then arrival. One slot: a first call takes it,
+ * six more wait, and their callbacks come in dispatch order. */
+struct order_log {
+    int seen[8];
+    int n;
+};
+struct order_call {
+    struct it_call c;
+    struct order_log *log;
+    int tag;
+};
+
+static void on_order_embed(int status, const struct bd_embed_result *res, const char *message,
+                           bool is_retryable, void *arg)
+{
+    struct order_call *oc = arg;
+    it_on_embed(status, res, message, is_retryable, &oc->c);
+    oc->log->seen[oc->log->n++] = oc->tag;
+}
+
+static void test_dispatch_orders_by_priority_then_rank_then_arrival(void **state)
+{
+    static const struct { int priority; unsigned rank; } waiting[6] = {
+        { 1, 2 }, { 1, 0 }, { 0, 5 }, { 2, 0 }, { 1, 0 }, { 0, 1 },
+    };
+    static const int want[7] = { 0, 6, 3, 2, 5, 1, 4 };
+    struct it_env e;
+    struct it_texts t;
+    struct order_log log = { .n = 0 };
+    struct order_call calls[7];
+
+    (void)state;
+    bd_it_fake_reset(it_fake_port, ",\"latency_ms\":30");
+    it_texts_make(&t, 7, 1);
+    env_init(&e);
+    struct bd_model_config *m = env_model(&e, "m", BD_PROVIDER_OLLAMA);
+    m->concurrency = 1;
+    env_start(&e);
+    memset(calls, 0, sizeof(calls));
+    for (int k = 0; k < 7; k++) {
+        struct bd_model_order o = { .priority = 1, .rank = 0 };
+        if (k > 0) {
+            o.priority = waiting[k - 1].priority;
+            o.rank = waiting[k - 1].rank;
+        }
+        calls[k].log = &log;
+        calls[k].tag = k;
+        calls[k].c.is_returned = true;
+        assert_int_equal(bd_model_embed(e.mc, "m", &t.in[k], 1, &o, on_order_embed, &calls[k],
+                                        NULL), BD_OK);
+    }
+    assert_int_equal(it_stats(&e, 0)->in_flight, 1);
+    while (log.n < 7)
+        assert_true(uv_run(&e.loop, UV_RUN_ONCE) != 0 || log.n == 7);
+    for (int k = 0; k < 7; k++) {
+        if (log.seen[k] != want[k])
+            print_message("    position %d: call %d, want %d\n", k, log.seen[k], want[k]);
+        assert_int_equal(log.seen[k], want[k]);
+        assert_int_equal(calls[k].c.status, BD_OK);
+        assert_fake_row(&calls[k].c, 0, t.in[k].text, t.in[k].len);
+        it_call_free(&calls[k].c);
+    }
+    assert_int_equal(bd_it_fake_stat(it_fake_port, "max_in_flight"), 1);
+    env_finish(&e);
+    it_texts_free(&t);
+}
+
 static void test_connections_reused(void **state)
 {
     struct it_env e;
@@ -1268,6 +1336,7 @@ int main(void)
         cmocka_unit_test(test_split_250_into_8_requests),
         cmocka_unit_test(test_split_by_chars),
         cmocka_unit_test(test_concurrency_cap_respected),
+        cmocka_unit_test(test_dispatch_orders_by_priority_then_rank_then_arrival),
         cmocka_unit_test(test_connections_reused),
         cmocka_unit_test(test_5xx_is_retryable_model_error),
         cmocka_unit_test(test_429_waits_retry_after_then_succeeds),
