@@ -11,7 +11,8 @@
 #              (and insert_rss: only the big-vs-small RSS part of insert)
 #
 # Full and quick runs start their own Redis and PostgreSQL (scripts/stack.sh, name "bench",
-# ports 16390 / 15440, wiped first), the fake model server and Release batchd processes,
+# ports 16390 / 15440, or BD_BENCH_REDIS_PORT / BD_BENCH_PG_PORT for a second run on the
+# machine; wiped first), the fake model server and Release batchd processes,
 # install the Debian tools they need (scripts/deps.sh) and the BullMQ peer (npm ci), and
 # stop everything they started on exit. Results go to bench/results/<UTC date>/:
 # results.json, results.md, raw.ndjson (every measurement), *.png plots and logs/.
@@ -21,6 +22,8 @@ set -euo pipefail
 
 mode=full
 only=all
+BENCH_REDIS_PORT=${BD_BENCH_REDIS_PORT:-16390}
+BENCH_PG_PORT=${BD_BENCH_PG_PORT:-15440}
 build=
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -130,7 +133,7 @@ cleanup() {
     psql "$PGURL" -qAt -c "DROP TABLE IF EXISTS bench_bin_$tag, bench_txt_$tag" >/dev/null 2>&1 || true
   fi
   if [ $stack_started = 1 ]; then
-    BD_REDIS_PORT=16390 BD_PG_PORT=15440 "$top/scripts/stack.sh" stop bench >/dev/null 2>&1 || true
+    BD_REDIS_PORT=$BENCH_REDIS_PORT BD_PG_PORT=$BENCH_PG_PORT "$top/scripts/stack.sh" stop bench >/dev/null 2>&1 || true
   fi
   if [ -n "$watchdog" ]; then
     pkill -TERM -P "$watchdog" 2>/dev/null || true    # its sleep
@@ -172,13 +175,13 @@ if [ "$mode" = smoke ]; then
   REDIS_URL=${BATCH_REDIS_URL:?smoke needs BATCH_REDIS_URL (make test sets it)}
   PGURL=${BATCH_POSTGRES_URL:?smoke needs BATCH_POSTGRES_URL (make test sets it)}
 else
-  log "starting the bench stack (Redis 16390, PostgreSQL 15440)"
-  export BD_REDIS_PORT=16390 BD_PG_PORT=15440
+  log "starting the bench stack (Redis $BENCH_REDIS_PORT, PostgreSQL $BENCH_PG_PORT)"
+  export BD_REDIS_PORT=$BENCH_REDIS_PORT BD_PG_PORT=$BENCH_PG_PORT
   "$top/scripts/stack.sh" wipe bench >/dev/null 2>&1 || true
   stack_started=1
   "$top/scripts/stack.sh" start bench 2>>"$out/logs/stack.log" 9>&-   # daemons must not keep the lock
-  REDIS_URL=redis://127.0.0.1:16390/0
-  PGURL=postgresql://batchd@127.0.0.1:15440/batchd
+  REDIS_URL=redis://127.0.0.1:$BENCH_REDIS_PORT/0
+  PGURL=postgresql://batchd@127.0.0.1:$BENCH_PG_PORT/batchd
 fi
 REDIS_PORT=$(sed -E 's#.*:([0-9]+)(/.*)?$#\1#' <<<"$REDIS_URL")
 unset BATCH_REDIS_URL BATCH_POSTGRES_URL   # batchd reads the YAML written below
@@ -295,6 +298,9 @@ base() { echo "http://127.0.0.1:${BD_PORT[$1]}"; }
 # Loop lag: the Prometheus histogram is cumulative; the largest lag seen between two scrapes
 # lies in the smallest bucket whose count grew as much as the total did.
 lag_scrape() { curl -fsS "$(base "$1")/metrics" | grep '^batchd_loop_lag_seconds_bucket' || true; }
+busy_scrape() {  # slot-seconds the model "fake" has used so far (batchd_model_busy_seconds_total)
+  curl -fsS "$(base "$1")/metrics" | awk '/^batchd_model_busy_seconds_total\{model="fake"\}/ { v = $2 } END { print v + 0 }'
+}
 lag_max_ms() {  # lag_max_ms BEFORE AFTER -> upper bound in ms, ">1000" past the last bound
   awk 'NR == FNR { b[$1] = $2; next }
        { d = $2 - b[$1]; le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
@@ -473,13 +479,16 @@ if want embed; then
     for r in $(seq 1 "$RUNS"); do
       nonce="r${r}l${lat}$tag"            # new texts every run: no embedding-cache hits
       [ $r = 1 ] && [ $lat = 0 ] && warm "$(base emb)" embed "emb_$tag" 768
-      before=$(lag_scrape emb)
+      before=$(lag_scrape emb); busy0=$(busy_scrape emb)
       res=$("$BIN/bench_jobs" --base "$(base emb)" --op embed --jobs "$EMB_JOBS" --items "$EMB_ITEMS" \
         --batch-size "$EMB_BATCH" --concurrency "$EMB_CONC" --model fake --nonce "$nonce" \
         --collection "emb_$tag" --label batchd_embed --progress "$out/embed_${lat}ms_progress_r$r.tsv" \
         --rss-pid "${BD_PID[emb]}" --timeout 600)
+      # How busy the model's slots were: slot-seconds used over concurrency x wall time.
+      busy=$(jq -r --argjson b0 "$busy0" --argjson b1 "$(busy_scrape emb)" --argjson c "$EMB_CONC" \
+        'if .total_s > 0 then ((($b1 - $b0) / ($c * .total_s)) * 1000 | round / 10) else 0 end' <<<"$res")
       echo "$res" | record embed "batchd_${lat}ms" "$r" latency_ms="$lat" \
-        loop_lag_max_ms="$(lag_max_ms "$before" "$(lag_scrape emb)")"
+        loop_lag_max_ms="$(lag_max_ms "$before" "$(lag_scrape emb)")" slots_busy_pct="$busy"
       "$BIN/bench_jobs" --op embed --jobs "$EMB_JOBS" --items "$EMB_ITEMS" --batch-size "$EMB_BATCH" \
         --nonce "$nonce" --model fake --emit-ollama "$work/ollama.ndjson"
       "$BIN/bench_load" --url "http://127.0.0.1:$FAKE_PORT/api/embed" -m POST \
@@ -761,6 +770,7 @@ jq -s --arg mode "$mode" --arg stamp "$stamp" --arg commit "$commit$dirty" --arg
       sub_rows("json"; "JSON document"),
       row("embed"; "items/s, model latency 0 ms"; "items/s"; $e0; "direct to the fake model"; $d0; "ratio>=0.6"; 0.6; "same bodies, same concurrency; the fake model, PostgreSQL and batchd share the cores"),
       row("embed"; "items/s, model latency 50 ms"; "items/s"; $e50; "direct to the fake model"; $d50; "ratio>=0.95"; 0.95; "same bodies, same concurrency"),
+      row("embed"; "model slots busy, 50 ms (% of concurrency x wall time)"; "%"; pick("embed"; "batchd_50ms"; .slots_busy_pct); null; null; "-"; null; "batchd_model_busy_seconds_total over the run"),
       row("embed"; "max loop lag (ms, bucket bound)"; "ms"; ($lags | map(ltrimstr(">") | tonumber) | max); null; null; "-"; null; "per run: \($lags | join(", "))"),
       row("lifecycle"; "1-item jobs/s"; "jobs/s"; $life; "BullMQ no-op jobs"; $lbull; "ratio>=1"; 1; "batchd jobs are durable in PostgreSQL"),
       row("lifecycle"; "1-item submits/s (the 202 is the end)"; "jobs/s"; $subs; "BullMQ Queue.add, no worker"; $adds; "ratio>=1"; 1;

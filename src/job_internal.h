@@ -36,6 +36,10 @@
  * uses JOB_WINDOW_INSERT (one batch written while the next is loaded). */
 #define JOB_WINDOW_MAX 16
 #define JOB_WINDOW_INSERT 3
+/* Batches of one job written at once, each in its own transaction: the heavy part of one
+ * (the COPY, the upserts) overlaps the other's; they meet only at the job row's counters,
+ * which the second updates once the first has committed. */
+#define JOB_WRITERS_MAX 2
 
 enum job_phase {
     JOB_PHASE_START,          /* mark processing, read the job, ensure its collection */
@@ -90,6 +94,11 @@ struct bd_job_slot {
     struct bd_buf sql;        /* the cache lookup's statement, reused */
     unsigned write_failures;
     unsigned write_permanent; /* failures PostgreSQL will repeat (bad value, constraint) */
+    bool is_writing;          /* one of the job's writers (SLOT_WRITE_*) */
+    struct bd_pg_conn *conn;  /* the write transaction's connection */
+    struct bd_buf copy;       /* binary COPY payload, reused */
+    struct bd_buf meta;       /* one item's metadata JSON, reused */
+    struct bd_buf wsql;       /* the write's statement text, reused */
     uv_timer_t timer;         /* model back-off, write retry */
 };
 
@@ -133,14 +142,7 @@ struct bd_job {
     bool is_exhausted;        /* no pending batch after cursor */
     bool is_pumping, is_pump_again;
     bool is_interrupted;      /* the stop's interrupt was sent (once per run) */
-    unsigned load_failures;
-    struct bd_job_slot *writer; /* the slot whose write transaction is open (one at a time) */
-
-    /* write transaction (one at a time per job) */
-    struct bd_pg_conn *conn;
-    struct bd_buf copy;       /* binary COPY payload, reused */
-    struct bd_buf meta;       /* one item's metadata JSON, reused */
-    struct bd_buf wsql;       /* the write's statement text, reused */
+    unsigned writers;         /* slots writing (at most JOB_WRITERS_MAX) */
 
     uv_timer_t timer;         /* job-level retries (start, load, finish) */
     unsigned job_failures;    /* consecutive failed job-level store calls */

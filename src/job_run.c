@@ -179,6 +179,9 @@ static void job_slot_free_memory(struct bd_job_slot *s)
     bd_htab_free(&s->cache_index);
     free(s->ht_next);
     bd_buf_free(&s->sql);
+    bd_buf_free(&s->copy);
+    bd_buf_free(&s->meta);
+    bd_buf_free(&s->wsql);
 }
 
 /* The job's timer and its slots' timers are embedded: the memory goes once the last one
@@ -191,9 +194,6 @@ static void job_closed_one(struct bd_job *job)
         return;
     for (unsigned i = 0; i < job->slots_ready; i++)
         job_slot_free_memory(&job->slots[i]);
-    bd_buf_free(&job->copy);
-    bd_buf_free(&job->meta);
-    bd_buf_free(&job->wsql);
     free(job);
     e->jobs_alive--;
     bd__engine_maybe_stopped(e);
@@ -378,6 +378,9 @@ static void job_open_window(struct bd_job *job)
         s->job = job;
         bd_buf_init(&s->payload);
         bd_buf_init(&s->sql);
+        bd_buf_init(&s->copy);
+        bd_buf_init(&s->meta);
+        bd_buf_init(&s->wsql);
         bd_htab_init(&s->cache_index);
         uv_timer_init(job->e->d.loop, &s->timer);
         s->timer.data = s;
@@ -388,7 +391,7 @@ static void job_open_window(struct bd_job *job)
     job->cursor = -1;
     job->is_exhausted = false;
     job->is_interrupted = false;
-    job->writer = NULL;
+    job->writers = 0;
 }
 
 /* A slot is done with its batch (checkpointed, found done by someone else, or dropped
@@ -398,8 +401,10 @@ void bd__job_slot_end(struct bd_job_slot *s)
     struct bd_job *job = s->job;
 
     assert(s->phase != SLOT_FREE && job->busy > 0);
-    if (job->writer == s)
-        job->writer = NULL;
+    if (s->is_writing) {
+        s->is_writing = false;
+        job->writers--;
+    }
     s->phase = SLOT_FREE;
     json_decref(s->items);
     s->items = NULL;
@@ -521,13 +526,13 @@ static void job_load_next(struct bd_job *job)
     }
 }
 
-/* One pass of the window: hand the writer to the ready batch with the lowest number, fill
- * free slots with the next pending batches (one load at a time, in batch order), and end
- * the run once it should stop (or every batch is through) and nothing is in flight.
+/* One pass of the window: hand free writers to the ready batches with the lowest numbers,
+ * fill free slots with the next pending batches (one load at a time, in batch order), and
+ * end the run once it should stop (or every batch is through) and nothing is in flight.
  *
- * Batches are written one at a time per job, each in its own transaction that checks the
- * batch is still pending: every checkpoint is exactly once whatever the order, and a crash
- * never skips a batch (a batch not checkpointed stays pending and is redone). */
+ * Each batch is written in its own transaction that checks the batch is still pending:
+ * every checkpoint is exactly once whatever the order, and a crash never skips a batch (a
+ * batch not checkpointed stays pending and is redone). */
 static void job_pump_once(struct bd_job *job)
 {
     if (bd__job_should_stop(job)) {
@@ -543,20 +548,21 @@ static void job_pump_once(struct bd_job *job)
             job_wind_down(job);
         return;
     }
-    if (job->writer == NULL) {
+    while (job->writers < JOB_WRITERS_MAX) {
         struct bd_job_slot *best = NULL;
         for (unsigned i = 0; i < job->window; i++) {
             struct bd_job_slot *s = &job->slots[i];
             if (s->phase == SLOT_READY && (best == NULL || s->batch_no < best->batch_no))
                 best = s;
         }
-        if (best) {
-            job->writer = best;
-            best->phase = SLOT_WRITE_ACQUIRE;
-            bd__job_slot_step(best);
-            if (job->phase != JOB_PHASE_RUN)
-                return;
-        }
+        if (best == NULL)
+            break;
+        best->is_writing = true;
+        job->writers++;
+        best->phase = SLOT_WRITE_ACQUIRE;
+        bd__job_slot_step(best);
+        if (job->phase != JOB_PHASE_RUN)
+            return;
     }
     if (!job->is_loading && !job->is_exhausted && !job->has_timer_armed &&
         job->busy < job->window)
@@ -1066,9 +1072,6 @@ struct bd_job *bd__job_new(struct bd_job_engine *e, const char *id)
     snprintf(job->id, sizeof(job->id), "%s", id);
     job->claimed_ns = uv_hrtime();
     job->cursor = -1;
-    bd_buf_init(&job->copy);
-    bd_buf_init(&job->meta);
-    bd_buf_init(&job->wsql);
     uv_timer_init(e->d.loop, &job->timer);
     job->timer.data = job;
     job->next = e->jobs;

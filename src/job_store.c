@@ -387,7 +387,10 @@ int bd_job_store_write_commit(struct bd_pg_conn *conn, struct bd_buf *q,
 {
     bd_buf_reset(q);
     /* DISTINCT ON: a batch may repeat an id (a streamed job's batches cut again by
-     * bd_job_store_rebatch); the later item wins, as it does across batches. */
+     * bd_job_store_rebatch); the later item wins, as it does across batches. Rows go in in
+     * key order (vectors by id, cache rows by hash), so two writes that share keys (two
+     * batches of one job written at once, or two jobs) wait on each other in one order and
+     * never deadlock. */
     bd_buf_printf(q,
                   "INSERT INTO vectors (collection, id, embedding, metadata, job_id, "
                   "item_index) SELECT DISTINCT ON (id) '%s', id, embedding, metadata, '%s', "
@@ -397,7 +400,7 @@ int bd_job_store_write_commit(struct bd_pg_conn *conn, struct bd_buf *q,
                   "EXCLUDED.job_id, item_index = EXCLUDED.item_index, updated_at = now(); "
                   "INSERT INTO embedding_cache (text_hash, embedding) SELECT text_hash, "
                   "embedding FROM bd_stage WHERE text_hash IS NOT NULL "
-                  "ON CONFLICT (text_hash) DO NOTHING; "
+                  "ORDER BY text_hash ON CONFLICT (text_hash) DO NOTHING; "
                   "DELETE FROM job_item_errors WHERE job_id = '%s' AND item_index >= %u "
                   "AND item_index < %u; "
                   "INSERT INTO job_item_errors (job_id, item_index, item_id, code, message, "

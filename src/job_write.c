@@ -46,8 +46,10 @@ void bd__job_fail_batch(struct bd_job_slot *s, const char *code, const char *mes
         s->batch_failed++;
     }
     job->e->stats.batches_failed++;
-    if (job->writer == s)
-        job->writer = NULL;                 /* its turn comes again from the pump */
+    if (s->is_writing) {                    /* its turn comes again from the pump */
+        s->is_writing = false;
+        job->writers--;
+    }
     s->phase = SLOT_READY;
     bd__job_pump(job);
 }
@@ -91,7 +93,7 @@ static void job_build_metadata(struct bd_job *job, struct bd_buf *b, json_t *ite
 static int job_build_copy(struct bd_job_slot *s)
 {
     struct bd_job *job = s->job;
-    struct bd_buf *b = &job->copy;
+    struct bd_buf *b = &s->copy;
     char genid[160];
 
     bd_job_store_stage_begin(b);
@@ -111,11 +113,11 @@ static int job_build_copy(struct bd_job_slot *s)
                                       (const char *)pk->vec, pk->vec_len, pk->meta,
                                       pk->meta_len, NULL);
         } else if (s->item_status[i] == BD_OK) {
-            job_build_metadata(job, &job->meta, item);
+            job_build_metadata(job, &s->meta, item);
             /* Only vectors the model just computed go into the cache. */
             bool to_cache = job->op == BD_OP_BULK_EMBED && !s->is_cached[i];
             bd_job_store_stage_vector(b, index, id, id_len, s->vectors + (size_t)i * job->dim,
-                                      job->dim, NULL, 0, job->meta.data, job->meta.len,
+                                      job->dim, NULL, 0, s->meta.data, s->meta.len,
                                       to_cache ? s->hashes + (size_t)i * 65 : NULL);
         } else {
             const char *code = "processing_error";
@@ -129,7 +131,7 @@ static int job_build_copy(struct bd_job_slot *s)
                                      s->item_error[i]);
         }
     }
-    return job->meta.is_failed ? BD_ENOMEM : bd_job_store_stage_end(b);
+    return s->meta.is_failed ? BD_ENOMEM : bd_job_store_stage_end(b);
 }
 
 static void job_write_failed(struct bd_job_slot *s, const char *what,
@@ -142,9 +144,9 @@ static void job_write_failed(struct bd_job_slot *s, const char *what,
     bd_log(BD_LOG_WARN, "job", "job=%s batch=%d event=write_failed step=%s attempt=%u "
            "permanent=%d err=%s", job->id, s->batch_no, what, s->write_failures,
            err && err->is_permanent, msg);
-    if (job->conn) {
-        bd_pg_release(job->conn);               /* rolls the transaction back */
-        job->conn = NULL;
+    if (s->conn) {
+        bd_pg_release(s->conn);                 /* rolls the transaction back */
+        s->conn = NULL;
     }
     s->phase = SLOT_WRITE_ACQUIRE;
     if (bd__job_should_stop(job)) {
@@ -167,8 +169,8 @@ static void job_write_failed(struct bd_job_slot *s, const char *what,
             return;
         }
     }
-    /* Retry the write (the vectors are kept) until PostgreSQL is back; the slot keeps the
-     * job's writer meanwhile. */
+    /* Retry the write (the vectors are kept) until PostgreSQL is back; the slot stays one
+     * of the job's writers meanwhile. */
     bd__job_slot_arm_timer(s, fmin(0.1 * (1u << (s->write_failures > 6 ? 6 : s->write_failures)),
                                    JOB_WRITE_RETRY_MAX_S));
 }
@@ -184,8 +186,8 @@ static void job_on_committed(int status, const struct bd_job_store_err *err, voi
         bd__job_unref(job);
         return;
     }
-    bd_pg_release(job->conn);
-    job->conn = NULL;
+    bd_pg_release(s->conn);
+    s->conn = NULL;
     job->batches_run++;
     e->stats.batches_done++;
     bd_metrics_batch_done(e->d.metrics, job->op, bd_metrics_model_slot(e->d.cfg, job->model),
@@ -226,8 +228,8 @@ static void job_on_locked(int status, bool is_pending, const struct bd_job_store
          * count it again. Roll back; the window goes on with the next batches. */
         bd_log(BD_LOG_INFO, "job", "job=%s batch=%d event=batch_already_done", job->id,
                s->batch_no);
-        bd_pg_release(job->conn);
-        job->conn = NULL;
+        bd_pg_release(s->conn);
+        s->conn = NULL;
         bd__job_slot_end(s);
     } else {
         s->phase = SLOT_WRITE_STAGE;
@@ -244,7 +246,7 @@ static void job_on_conn(int status, struct bd_pg_conn *conn, void *arg)
     if (status < 0) {
         job_write_failed(s, "acquire", NULL);
     } else {
-        job->conn = conn;
+        s->conn = conn;
         s->phase = SLOT_WRITE_BEGIN;
         bd__job_slot_step(s);
     }
@@ -252,7 +254,7 @@ static void job_on_conn(int status, struct bd_pg_conn *conn, void *arg)
 }
 
 /* Start the slot's WRITE phase's operation (the caller holds the operation's reference).
- * Only the job's writer writes: the transaction's connection and buffers are the job's.
+ * Only the job's writers write (at most JOB_WRITERS_MAX at once, each on its connection).
  * A failure to even send is handled here (retry or end) and reported as BD_OK, since the
  * phase moved on; the caller's reference is then dropped here too. */
 int bd__job_write_step(struct bd_job_slot *s)
@@ -260,19 +262,19 @@ int bd__job_write_step(struct bd_job_slot *s)
     struct bd_job *job = s->job;
     int rc;
 
-    assert(job->writer == s);
+    assert(s->is_writing);
     switch (s->phase) {
     case SLOT_WRITE_ACQUIRE:
         rc = bd_pg_acquire(job->e->d.pg, job_on_conn, s);
         break;
     case SLOT_WRITE_BEGIN:
-        rc = bd_job_store_write_begin(job->conn, &job->wsql, job->id, s->batch_no,
+        rc = bd_job_store_write_begin(s->conn, &s->wsql, job->id, s->batch_no,
                                       job_on_locked, s);
         break;
     case SLOT_WRITE_STAGE:
         rc = job_build_copy(s);
         if (rc == BD_OK)
-            rc = bd_job_store_write_stage(job->conn, &job->copy, job_on_staged, s);
+            rc = bd_job_store_write_stage(s->conn, &s->copy, job_on_staged, s);
         break;
     case SLOT_WRITE_COMMIT: {
         struct bd_job_checkpoint cp = {
@@ -283,7 +285,7 @@ int bd__job_write_step(struct bd_job_slot *s)
             .attempts = s->attempts + (s->is_batch_failed ? 0 : 1),
             .duration_ms = (unsigned)((uv_hrtime() - s->batch_start_ns) / 1000000u),
         };
-        rc = bd_job_store_write_commit(job->conn, &job->wsql, &cp, job_on_committed, s);
+        rc = bd_job_store_write_commit(s->conn, &s->wsql, &cp, job_on_committed, s);
         break;
     }
     default:
