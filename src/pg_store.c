@@ -8,6 +8,7 @@
  */
 #include "pg_internal.h"
 
+#include "batchd/buf.h"
 #include "batchd/error.h"
 #include "batchd/log.h"
 
@@ -608,6 +609,48 @@ int bd_pg_query(struct bd_pg *pg, const char *sql, int nparams, const char *cons
     return err;
 }
 
+
+/* ---- binary array parameters ------------------------------------------------------------- */
+
+static void array_put32(struct bd_buf *b, uint32_t v)
+{
+    v = htonl(v);
+    bd_buf_append(b, &v, sizeof(v));
+}
+
+int bd_pg_array_begin(struct bd_buf *b, uint32_t elem_oid, unsigned n)
+{
+    if (n > INT32_MAX)
+        return BD_EINVAL;
+    if (bd_buf_reserve(b, 20) != BD_OK)
+        return BD_ENOMEM;
+    array_put32(b, n > 0 ? 1 : 0);   /* ndim */
+    array_put32(b, 0);               /* has-nulls flag: the server reads -1 lengths anyway */
+    array_put32(b, elem_oid);
+    if (n > 0) {
+        array_put32(b, n);           /* dimension */
+        array_put32(b, 1);           /* lower bound */
+    }
+    return b->is_failed ? BD_ENOMEM : BD_OK;
+}
+
+int bd_pg_array_elem(struct bd_buf *b, const void *p, size_t len)
+{
+    if (p != NULL && len > INT32_MAX)
+        return BD_EINVAL;
+    if (bd_buf_reserve(b, 4 + (p ? len : 0)) != BD_OK)
+        return BD_ENOMEM;
+    array_put32(b, p ? (uint32_t)len : UINT32_MAX);
+    if (p != NULL && len > 0)
+        bd_buf_append(b, p, len);
+    return b->is_failed ? BD_ENOMEM : BD_OK;
+}
+
+int bd_pg_array_int4(struct bd_buf *b, int32_t v)
+{
+    uint32_t be = htonl((uint32_t)v);
+    return bd_pg_array_elem(b, &be, 4);
+}
 
 /* ---- error classes ------------------------------------------------------------------------ */
 

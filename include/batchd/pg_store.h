@@ -157,6 +157,22 @@ int bd_pg_copy_end(struct bd_buf *b);                   /* trailer */
  * non-NULL elements (out may then be partly written). n == 0 accepts '{}'. No allocation. */
 int bd_pg_float4_array_decode(const char *p, size_t len, size_t n, float *out);
 
+/* ---- binary array parameters (src/pg_store.c) -------------------------------------------
+ * A one-dimensional array in PostgreSQL's binary format, for a statement parameter sent
+ * with format 1 (cast in the statement: $3::int4[]):
+ *     bd_pg_array_begin(&b, BD_PG_TEXT_OID, n); then n calls of bd_pg_array_elem;
+ * n == 0 writes the empty array. Elements go out as they are: their binary form (int4 in
+ * network order, text as UTF-8 bytes, float4 as its IEEE bits in network order); p NULL
+ * is SQL NULL. Appends to b (the growable buffer; several arrays may share one buffer,
+ * each at its own offset); errors are sticky in b->is_failed, as for the COPY encoder. */
+#define BD_PG_INT4_OID 23u
+#define BD_PG_TEXT_OID 25u
+#define BD_PG_FLOAT4_OID 700u
+int bd_pg_array_begin(struct bd_buf *b, uint32_t elem_oid, unsigned n);
+int bd_pg_array_elem(struct bd_buf *b, const void *p, size_t len);
+/* An int4 element. */
+int bd_pg_array_int4(struct bd_buf *b, int32_t v);
+
 /* ---- error classes ------------------------------------------------------------------------
  * Whether a failed statement is worth running again. TRANSIENT: the connection was lost
  * (NULL result, or an error libpq made itself, which has no SQLSTATE), class 08 (connection
