@@ -182,24 +182,29 @@ enum start_col {
  * it and the dimension comes back NULL: the caller simply starts again. A run that
  * begins from 'queued' (first run, or a retry) restarts the run clock: timeout_s counts
  * from the start of the current run. $1 job id, $2 worker id, $3 sources (text[]). */
-#define STORE_START_SQL                                                                     \
-    "WITH j AS (UPDATE jobs SET status = 'processing', "                                    \
-    "started_at = CASE WHEN status = 'queued' OR started_at IS NULL THEN now() "            \
-    "ELSE started_at END, lease_owner = $2, updated_at = now() "                            \
-    "WHERE id = $1 AND status = ANY($3::text[]) "                                           \
-    "RETURNING id, operation, model, collection, total_items, total_batches, "              \
+#define STORE_START_SET                                                                     \
+    "status = 'processing', started_at = CASE WHEN status = 'queued' OR started_at IS NULL " \
+    "THEN now() ELSE started_at END, updated_at = now() "
+#define STORE_START_RETURNING                                                               \
+    "RETURNING jobs.id, operation, model, collection, total_items, total_batches, "         \
     "timeout_s, max_retries, cancel_requested, "                                            \
     "extract(epoch FROM started_at)::float8 AS run_started, run_attempt, "                  \
-    "COALESCE((options->>'dimension')::int, 0) AS dim, priority), "                         \
-    "c AS (INSERT INTO collections (name, dimension) SELECT collection, dim "               \
-    "FROM j WHERE NOT EXISTS (SELECT 1 FROM collections x "                                 \
+    "COALESCE((options->>'dimension')::int, 0) AS dim, priority"
+#define STORE_START_COLLECTION                                                              \
+    "c AS (INSERT INTO collections (name, dimension) SELECT DISTINCT ON (collection) "      \
+    "collection, dim FROM j WHERE NOT EXISTS (SELECT 1 FROM collections x "                 \
     "WHERE x.name = j.collection) ON CONFLICT (name) DO NOTHING "                           \
-    "RETURNING dimension) "                                                                 \
+    "RETURNING name, dimension) "
+#define STORE_START_SELECT                                                                  \
     "SELECT j.operation, j.model, j.collection, j.total_items::int8, "                      \
     "j.total_batches::int8, j.timeout_s::float8, j.max_retries::int8, j.cancel_requested, " \
     "j.run_started, j.run_attempt::int8, j.dim::int8, j.priority::int8, "                   \
-    "COALESCE((SELECT dimension FROM c), (SELECT dimension "                                \
+    "COALESCE((SELECT dimension FROM c WHERE c.name = j.collection), (SELECT dimension "    \
     "FROM collections x WHERE x.name = j.collection))::int8 "
+#define STORE_START_SQL                                                                     \
+    "WITH j AS (UPDATE jobs SET " STORE_START_SET ", lease_owner = $2 "                     \
+    "WHERE id = $1 AND status = ANY($3::text[]) " STORE_START_RETURNING "), "               \
+    STORE_START_COLLECTION STORE_START_SELECT
 
 /* Row `row` of a start result (binary) into *out. */
 static void store_start_row(const PGresult *res, int r, struct bd_job_start_row *out)
@@ -253,23 +258,24 @@ enum batch_col {
 
 /* The batch columns (binary) of row 0 of res, BATCH_NO.. at base + (col - BATCH_NO), into
  * *out (whose cancel flag the caller sets). Borrowed from res. */
-static void store_batch_row(const PGresult *res, int base, struct bd_job_batch_row *out)
+static void store_batch_row(const PGresult *res, int r, int base,
+                            struct bd_job_batch_row *out)
 {
 #define BCOL(col) (base + (col) - BATCH_NO)
-    out->has_batch = !PQgetisnull(res, 0, BCOL(BATCH_NO));
+    out->has_batch = !PQgetisnull(res, r, BCOL(BATCH_NO));
     if (!out->has_batch)
         return;
-    out->batch_no = store_int4(res, 0, BCOL(BATCH_NO));
-    out->first_index = (unsigned)store_int4(res, 0, BCOL(BATCH_FIRST_INDEX));
-    out->item_count = (unsigned)store_int4(res, 0, BCOL(BATCH_ITEM_COUNT));
-    out->attempts = (unsigned)store_int4(res, 0, BCOL(BATCH_ATTEMPTS));
-    if (!PQgetisnull(res, 0, BCOL(BATCH_ITEMS))) {
-        out->items_json = PQgetvalue(res, 0, BCOL(BATCH_ITEMS));
-        out->items_len = (size_t)PQgetlength(res, 0, BCOL(BATCH_ITEMS));
+    out->batch_no = store_int4(res, r, BCOL(BATCH_NO));
+    out->first_index = (unsigned)store_int4(res, r, BCOL(BATCH_FIRST_INDEX));
+    out->item_count = (unsigned)store_int4(res, r, BCOL(BATCH_ITEM_COUNT));
+    out->attempts = (unsigned)store_int4(res, r, BCOL(BATCH_ATTEMPTS));
+    if (!PQgetisnull(res, r, BCOL(BATCH_ITEMS))) {
+        out->items_json = PQgetvalue(res, r, BCOL(BATCH_ITEMS));
+        out->items_len = (size_t)PQgetlength(res, r, BCOL(BATCH_ITEMS));
     }
-    if (!PQgetisnull(res, 0, BCOL(BATCH_PAYLOAD))) {
-        out->payload = PQgetvalue(res, 0, BCOL(BATCH_PAYLOAD));
-        out->payload_len = (size_t)PQgetlength(res, 0, BCOL(BATCH_PAYLOAD));
+    if (!PQgetisnull(res, r, BCOL(BATCH_PAYLOAD))) {
+        out->payload = PQgetvalue(res, r, BCOL(BATCH_PAYLOAD));
+        out->payload_len = (size_t)PQgetlength(res, r, BCOL(BATCH_PAYLOAD));
     }
 #undef BCOL
 }
@@ -297,7 +303,7 @@ static void store_on_batch(int status, PGresult *res, void *arg)
     } else {
         memset(&row, 0, sizeof(row));
         row.is_cancel_requested = store_bin_bool(res, 0, BATCH_CANCEL_REQUESTED);
-        store_batch_row(res, BATCH_NO, &row);
+        store_batch_row(res, 0, BATCH_NO, &row);
         c->cb.batch(BD_OK, &row, NULL, c->arg);
     }
     free(c);
@@ -318,39 +324,278 @@ int bd_job_store_load_batch(struct bd_pg *pg, const char *job_id, int after_batc
                            2, params, NULL, NULL, 1, store_on_batch, BD__STORE_CALL(batch));
 }
 
-/* bd_job_store_start_load: the start row, then the batch columns. */
-static void store_on_started_load(int status, PGresult *res, void *arg)
-{
-    struct bd__store_call *c = arg;
-    struct bd_job_start_row row;
-    struct bd_job_batch_row batch;
+/* ---- grouped start and finish ---------------------------------------------------------
+ * Jobs claimed together start together, and jobs that end in the same loop turn finish
+ * together: each call is queued in a pg group (bd_pg_group_add) and one statement answers
+ * every call of the group -- UPDATE ... FROM unnest(the calls' arguments) RETURNING the id
+ * with each row, so each caller gets its own row (or NULL when its job did not qualify).
+ * A job id appears once per statement: a second call for the same id waits for the next. */
+enum store_group { STORE_GROUP_START, STORE_GROUP_FINISH };
 
-    if (status < 0) {
-        struct bd_job_store_err e = store_err(res);
-        c->cb.start_load(status, NULL, NULL, &e, c->arg);
-    } else if (PQntuples(res) == 0) {
-        c->cb.start_load(BD_OK, NULL, NULL, NULL, c->arg);
+struct store_req {
+    struct bd_pg_link link;           /* first: the group's list */
+    union {
+        bd_job_store_start_load_cb start;
+        bd_job_store_finish_cb finish;
+    } cb;
+    void *arg;
+    char job_id[129];
+    const char *a, *b, *c;            /* start: worker, sources; finish: state, code, message */
+    char text[];                      /* the strings a, b, c point into */
+};
+
+/* A flushed group's statement in flight: its requests, for the answer. */
+struct store_group_call {
+    struct bd_pg *pg;
+    enum store_group kind;
+    struct store_req **reqs;
+    unsigned n;
+};
+
+static struct store_req *store_req_new(const char *job_id, const char *a, const char *b,
+                                       const char *c)
+{
+    size_t la = strlen(a) + 1, lb = strlen(b) + 1, lc = strlen(c) + 1;
+    struct store_req *r;
+
+    if (strlen(job_id) >= sizeof(r->job_id))
+        return NULL;
+    r = malloc(sizeof(*r) + la + lb + lc);
+    if (r == NULL)
+        return NULL;
+    snprintf(r->job_id, sizeof(r->job_id), "%s", job_id);
+    memcpy(r->text, a, la);
+    memcpy(r->text + la, b, lb);
+    memcpy(r->text + la + lb, c, lc);
+    r->a = r->text;
+    r->b = r->text + la;
+    r->c = r->text + la + lb;
+    return r;
+}
+
+/* The row of res whose id column is id, or -1. */
+static int store_find_row(const PGresult *res, int id_col, const char *id)
+{
+    for (int r = 0; r < PQntuples(res); r++)
+        if (!PQgetisnull(res, r, id_col) && strcmp(PQgetvalue(res, r, id_col), id) == 0)
+            return r;
+    return -1;
+}
+
+/* Answer one request with status (and row r of res when r >= 0), then free it. */
+static void store_req_answer(enum store_group kind, struct store_req *q, int status,
+                             const PGresult *res, int r, const struct bd_job_store_err *e)
+{
+    if (kind == STORE_GROUP_START) {
+        struct bd_job_start_row row;
+        struct bd_job_batch_row batch;
+        if (status < 0 || r < 0) {
+            q->cb.start(status, NULL, NULL, status < 0 ? e : NULL, q->arg);
+        } else {
+            store_start_row(res, r, &row);
+            memset(&batch, 0, sizeof(batch));
+            batch.is_cancel_requested = row.is_cancel_requested;
+            store_batch_row(res, r, START_NCOLUMNS, &batch);
+            q->cb.start(BD_OK, &row, &batch, NULL, q->arg);
+        }
     } else {
-        store_start_row(res, 0, &row);
-        memset(&batch, 0, sizeof(batch));
-        batch.is_cancel_requested = row.is_cancel_requested;
-        store_batch_row(res, START_NCOLUMNS, &batch);
-        c->cb.start_load(BD_OK, &row, &batch, NULL, c->arg);
+        if (status < 0 || r < 0) {
+            q->cb.finish(status, NULL, status < 0 ? e : NULL, q->arg);
+        } else {
+            struct bd_job_finish_row row = { store_state(PQgetvalue(res, r, 1)),
+                                             bd__store_ll(res, r, 2, 0),
+                                             bd__store_ll(res, r, 3, 0) };
+            q->cb.finish(BD_OK, &row, NULL, q->arg);
+        }
     }
-    free(c);
+    free(q);
+}
+
+/* The id column of each group's result. */
+#define STORE_START_ID_COL (START_NCOLUMNS + (BATCH_PAYLOAD - BATCH_NO) + 1)
+#define STORE_FINISH_ID_COL 0
+
+static void store_on_group(int status, PGresult *res, void *arg)
+{
+    struct store_group_call *g = arg;
+    struct bd_job_store_err e = { NULL, false };
+    int id_col = g->kind == STORE_GROUP_START ? STORE_START_ID_COL : STORE_FINISH_ID_COL;
+
+    if (status < 0)
+        e = store_err(res);
+    for (unsigned i = 0; i < g->n; i++) {
+        int r = status < 0 ? -1 : store_find_row(res, id_col, g->reqs[i]->job_id);
+        store_req_answer(g->kind, g->reqs[i], status, res, r, &e);
+    }
+    bd_pg_group_done(g->pg, g->kind);
+    free(g->reqs);
+    free(g);
+}
+
+static const char store_group_start_sql[] =
+    "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) "
+    "AS u(id, worker, sources)), "
+    "j AS (UPDATE jobs SET " STORE_START_SET ", lease_owner = u.worker FROM u "
+    "WHERE jobs.id = u.id AND jobs.status = ANY(u.sources::text[]) "
+    STORE_START_RETURNING "), " STORE_START_COLLECTION STORE_START_SELECT ", "
+    STORE_BATCH_COLUMNS ", j.id FROM j " STORE_BATCH_JOIN("-1");
+
+/* "completed" is a request to decide by the counters: every item failed -> failed (SPEC
+ * "States"); a cancel that PostgreSQL recorded wins over a completion, so a job a 200
+ * promised to stop never ends 'completed'. Per row: u.st '' (decide) or the state. */
+static const char store_group_finish_sql[] =
+    "UPDATE jobs SET "
+    "status = CASE WHEN u.st <> '' THEN u.st "
+    "  WHEN cancel_requested THEN 'cancelled' "
+    "  WHEN processed_items = 0 AND failed_items > 0 THEN 'failed' "
+    "  ELSE 'completed' END, "
+    "error_code = CASE WHEN u.code <> '' THEN u.code "
+    "  WHEN u.st = '' AND NOT cancel_requested AND processed_items = 0 "
+    "  AND failed_items > 0 THEN 'all_items_failed' ELSE NULL END, "
+    "error_message = CASE WHEN u.msg <> '' THEN u.msg "
+    "  WHEN u.st = '' AND NOT cancel_requested AND processed_items = 0 "
+    "  AND failed_items > 0 THEN 'every item of the job failed' "
+    "  ELSE NULL END, "
+    "completed_at = now(), lease_owner = NULL, updated_at = now() "
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(id, st, code, msg) "
+    "WHERE jobs.id = u.id AND jobs.status = 'processing' "
+    "RETURNING jobs.id, jobs.status, jobs.processed_items, jobs.failed_items";
+
+static void store_flush_start(struct bd_pg *pg, struct bd_pg_link *items, unsigned n);
+static void store_flush_finish(struct bd_pg *pg, struct bd_pg_link *items, unsigned n);
+
+/* Answer every request of a list with status (nothing was sent for them). */
+static void store_answer_all(enum store_group kind, struct bd_pg_link *l, int status)
+{
+    struct bd_job_store_err e = { status == BD_ECANCELED ? "the store is closing"
+                                                         : "could not send the statement",
+                                  false };
+    for (struct bd_pg_link *next; l != NULL; l = next) {
+        next = l->next;
+        store_req_answer(kind, (struct store_req *)l, status, NULL, -1, &e);
+    }
+}
+
+/* The arrays of the group's statement (one text[] per argument) into b; values etc. point
+ * into b once it is complete. */
+static int store_group_params(struct bd_buf *b, struct store_req *const *reqs, unsigned m,
+                              int ncols, const char **values, int *lengths)
+{
+    size_t off[4];
+    for (int col = 0; col < ncols; col++) {
+        off[col] = b->len;
+        bd_pg_array_begin(b, BD_PG_TEXT_OID, m);
+        for (unsigned i = 0; i < m; i++) {
+            const char *v = col == 0 ? reqs[i]->job_id : col == 1 ? reqs[i]->a
+                          : col == 2 ? reqs[i]->b : reqs[i]->c;
+            bd_pg_array_elem(b, v, strlen(v));
+        }
+    }
+    if (b->is_failed)
+        return BD_ENOMEM;
+    for (int col = 0; col < ncols; col++) {
+        values[col] = b->data + off[col];
+        lengths[col] = (int)((col + 1 < ncols ? off[col + 1] : b->len) - off[col]);
+    }
+    return BD_OK;
+}
+
+/* One statement for the requests of a group (pg_store's flush; the list is ours). */
+static void store_group_flush(struct bd_pg *pg, struct bd_pg_link *items, unsigned n,
+                              enum store_group kind)
+{
+    bd_pg_group_flush_cb flush = kind == STORE_GROUP_START ? store_flush_start
+                                                           : store_flush_finish;
+    struct store_group_call *g = malloc(sizeof(*g));
+    struct store_req **reqs = malloc(n * sizeof(*reqs));
+    struct bd_pg_link *later = NULL, **later_tail = &later;
+    int ncols = kind == STORE_GROUP_START ? 3 : 4;
+    const char *values[4];
+    int lengths[4], formats[4] = { 1, 1, 1, 1 };
+    struct bd_buf b;
+    unsigned m = 0;
+    int rc;
+
+    if (g == NULL || reqs == NULL) {
+        free(g);
+        free(reqs);
+        store_answer_all(kind, items, BD_ENOMEM);
+        bd_pg_group_done(pg, kind);
+        return;
+    }
+    /* Requests in order; a job id already in this statement waits for the next one. */
+    for (struct bd_pg_link *l = items, *next; l != NULL; l = next) {
+        struct store_req *q = (struct store_req *)l;
+        bool is_dup = false;
+        next = l->next;
+        for (unsigned i = 0; i < m && !is_dup; i++)
+            is_dup = strcmp(reqs[i]->job_id, q->job_id) == 0;
+        if (is_dup) {
+            l->next = NULL;
+            *later_tail = l;
+            later_tail = &l->next;
+        } else {
+            reqs[m++] = q;
+        }
+    }
+    bd_buf_init(&b);
+    *g = (struct store_group_call){ pg, kind, reqs, m };
+    rc = store_group_params(&b, reqs, m, ncols, values, lengths);
+    if (rc == BD_OK)
+        rc = bd_pg_query(pg, kind == STORE_GROUP_START ? store_group_start_sql
+                                                       : store_group_finish_sql,
+                         ncols, values, lengths, formats, kind == STORE_GROUP_START,
+                         store_on_group, g);
+    bd_buf_free(&b);
+    if (rc < 0) {
+        /* Nothing was sent: each request hears it now (on the group's turn, after its own
+         * call returned). */
+        struct bd_job_store_err e = { rc == BD_ECANCELED ? "the store is closing"
+                                                         : "could not send the statement",
+                                      false };
+        for (unsigned i = 0; i < m; i++)
+            store_req_answer(kind, reqs[i], rc, NULL, -1, &e);
+        free(reqs);
+        free(g);
+        bd_pg_group_done(pg, kind);
+    }
+    for (struct bd_pg_link *l = later, *next; l != NULL; l = next) {
+        next = l->next;
+        int err = bd_pg_group_add(pg, kind, l, flush);
+        if (err < 0) {
+            l->next = NULL;
+            store_answer_all(kind, l, err);
+        }
+    }
+}
+
+static void store_flush_start(struct bd_pg *pg, struct bd_pg_link *items, unsigned n)
+{
+    store_group_flush(pg, items, n, STORE_GROUP_START);
+}
+
+static void store_flush_finish(struct bd_pg *pg, struct bd_pg_link *items, unsigned n)
+{
+    store_group_flush(pg, items, n, STORE_GROUP_FINISH);
 }
 
 /* The start statement with the first pending batch joined on: the batch is read with the
  * statement's snapshot, as a load sent right after the start would read it (the job is
- * ours from here on, so nobody else checkpoints its batches meanwhile). */
+ * ours from here on, so nobody else checkpoints its batches meanwhile). Grouped. */
 int bd_job_store_start_load(struct bd_pg *pg, const char *job_id, const char *worker_id,
                             const char *sources, bd_job_store_start_load_cb cb, void *arg)
 {
-    const char *params[3] = { job_id, worker_id, sources };
-    return bd__store_query(pg, STORE_START_SQL ", " STORE_BATCH_COLUMNS "FROM j "
-                           STORE_BATCH_JOIN("-1"),
-                           3, params, NULL, NULL, 1, store_on_started_load,
-                           BD__STORE_CALL(start_load));
+    if (pg == NULL || job_id == NULL || worker_id == NULL || sources == NULL || cb == NULL)
+        return BD_EINVAL;
+    struct store_req *q = store_req_new(job_id, worker_id, sources, "");
+    if (q == NULL)
+        return BD_ENOMEM;
+    q->cb.start = cb;
+    q->arg = arg;
+    int rc = bd_pg_group_add(pg, STORE_GROUP_START, &q->link, store_flush_start);
+    if (rc < 0)
+        free(q);
+    return rc;
 }
 
 static void store_on_done(int status, PGresult *res, void *arg)
@@ -769,50 +1014,26 @@ int bd_job_store_write_small(struct bd_pg *pg, struct bd_buf *q, const struct bd
                            store_on_written, BD__STORE_CALL(written));
 }
 
-static void store_on_finished(int status, PGresult *res, void *arg)
-{
-    struct bd__store_call *c = arg;
-    if (status < 0) {
-        struct bd_job_store_err e = store_err(res);
-        c->cb.finish(status, NULL, &e, c->arg);
-    } else if (PQntuples(res) == 0) {
-        c->cb.finish(BD_OK, NULL, NULL, c->arg);
-    } else {
-        struct bd_job_finish_row row = {
-            store_state(PQgetvalue(res, 0, 0)), bd__store_ll(res, 0, 1, 0), bd__store_ll(res, 0, 2, 0)
-        };
-        c->cb.finish(BD_OK, &row, NULL, c->arg);
-    }
-    free(c);
-}
-
+/* Grouped (see "grouped start and finish"): jobs ending in the same loop turn share one
+ * UPDATE. */
 int bd_job_store_finish(struct bd_pg *pg, const char *job_id, enum bd_job_state final_state,
                         const char *error_code, const char *error_message,
                         bd_job_store_finish_cb cb, void *arg)
 {
-    /* "completed" is a request to decide by the counters: every item failed -> failed
-     * (SPEC "States"); a cancel that PostgreSQL recorded wins over a completion, so a job
-     * a 200 promised to stop never ends 'completed'. */
-    const char *params[4] = { job_id,
-                              final_state == BD_JOB_COMPLETED ? "" : bd_job_state_name(final_state),
-                              error_code ? error_code : "", error_message ? error_message : "" };
-    int rc = bd__store_query(pg,
-                         "UPDATE jobs SET "
-                         "status = CASE WHEN $2 <> '' THEN $2 "
-                         "  WHEN cancel_requested THEN 'cancelled' "
-                         "  WHEN processed_items = 0 AND failed_items > 0 THEN 'failed' "
-                         "  ELSE 'completed' END, "
-                         "error_code = CASE WHEN $3 <> '' THEN $3 "
-                         "  WHEN $2 = '' AND NOT cancel_requested AND processed_items = 0 "
-                         "  AND failed_items > 0 THEN 'all_items_failed' ELSE NULL END, "
-                         "error_message = CASE WHEN $4 <> '' THEN $4 "
-                         "  WHEN $2 = '' AND NOT cancel_requested AND processed_items = 0 "
-                         "  AND failed_items > 0 THEN 'every item of the job failed' "
-                         "  ELSE NULL END, "
-                         "completed_at = now(), lease_owner = NULL, updated_at = now() "
-                         "WHERE id = $1 AND status = 'processing' "
-                         "RETURNING status, processed_items, failed_items",
-                         4, params, NULL, NULL, 0, store_on_finished, BD__STORE_CALL(finish));
+    if (pg == NULL || job_id == NULL || cb == NULL)
+        return BD_EINVAL;
+    struct store_req *q = store_req_new(job_id,
+                                        final_state == BD_JOB_COMPLETED
+                                            ? "" : bd_job_state_name(final_state),
+                                        error_code ? error_code : "",
+                                        error_message ? error_message : "");
+    if (q == NULL)
+        return BD_ENOMEM;
+    q->cb.finish = cb;
+    q->arg = arg;
+    int rc = bd_pg_group_add(pg, STORE_GROUP_FINISH, &q->link, store_flush_finish);
+    if (rc < 0)
+        free(q);
     return rc;
 }
 

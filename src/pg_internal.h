@@ -84,6 +84,13 @@ struct bd_pg {
     unsigned leased;
     uv_timer_t dispatch_timer;       /* zero timer: hands free connections to waiters */
     uv_timer_t acquire_timer;        /* fires at the head waiter's deadline */
+    uv_timer_t group_timer;          /* zero timer: flushes the groups with items */
+    struct {
+        struct bd_pg_link *head, *tail;
+        unsigned n;
+        bd_pg_group_flush_cb flush;
+        bool is_in_flight;           /* flushed; bd_pg_group_done not called yet */
+    } groups[BD_PG_GROUP_KINDS];
     unsigned pending_closes;
     unsigned pending_reqs;
     bool is_closing;

@@ -111,6 +111,59 @@ void bd__pg_pool_kick(struct bd_pg *pg)
         uv_timer_start(&pg->dispatch_timer, pool_on_dispatch, 0, 0);
 }
 
+/* ---- groups -------------------------------------------------------------------------- */
+
+/* Hand kind's items to its flush (the kind starts empty and is in flight until done). */
+static void group_flush(struct bd_pg *pg, unsigned k)
+{
+    struct bd_pg_link *items = pg->groups[k].head;
+    unsigned n = pg->groups[k].n;
+
+    if (n == 0)
+        return;
+    pg->groups[k].head = pg->groups[k].tail = NULL;
+    pg->groups[k].n = 0;
+    pg->groups[k].is_in_flight = true;
+    pg->groups[k].flush(pg, items, n);
+}
+
+static void group_on_timer(uv_timer_t *timer)
+{
+    struct bd_pg *pg = timer->data;
+
+    for (unsigned k = 0; k < BD_PG_GROUP_KINDS && !pg->is_closing; k++)
+        if (!pg->groups[k].is_in_flight)
+            group_flush(pg, k);
+}
+
+int bd_pg_group_add(struct bd_pg *pg, unsigned kind, struct bd_pg_link *item,
+                    bd_pg_group_flush_cb flush)
+{
+    if (pg == NULL || kind >= BD_PG_GROUP_KINDS || item == NULL || flush == NULL)
+        return BD_EINVAL;
+    if (pg->is_closing)
+        return BD_ECANCELED;
+    item->next = NULL;
+    if (pg->groups[kind].tail)
+        pg->groups[kind].tail->next = item;
+    else
+        pg->groups[kind].head = item;
+    pg->groups[kind].tail = item;
+    pg->groups[kind].flush = flush;
+    if (pg->groups[kind].n++ == 0 && !pg->groups[kind].is_in_flight)
+        uv_timer_start(&pg->group_timer, group_on_timer, 0, 0);
+    return BD_OK;
+}
+
+void bd_pg_group_done(struct bd_pg *pg, unsigned kind)
+{
+    if (kind >= BD_PG_GROUP_KINDS)
+        return;
+    pg->groups[kind].is_in_flight = false;
+    if (pg->groups[kind].n > 0 && !pg->is_closing)
+        uv_timer_start(&pg->group_timer, group_on_timer, 0, 0);
+}
+
 /* ---- pool lifecycle ------------------------------------------------------------------ */
 
 static void pool_on_handle_closed(uv_handle_t *handle)
@@ -208,8 +261,10 @@ int bd_pg_new(uv_loop_t *loop, const struct bd_pg_options *opt, struct bd_pg **o
 
     uv_timer_init(loop, &pg->dispatch_timer);
     uv_timer_init(loop, &pg->acquire_timer);
+    uv_timer_init(loop, &pg->group_timer);
     pg->dispatch_timer.data = pg;
     pg->acquire_timer.data = pg;
+    pg->group_timer.data = pg;
     for (unsigned i = 0; i < pg->pool_size; i++) {
         struct bd_pg_conn *conn = &pg->conns[i];
 
@@ -248,6 +303,7 @@ void bd_pg_close(struct bd_pg *pg, bd_pg_done_cb cb, void *arg)
     pg->close_arg = arg;
     uv_timer_stop(&pg->dispatch_timer);
     uv_timer_stop(&pg->acquire_timer);
+    uv_timer_stop(&pg->group_timer);
 
     /* Callbacks below may call back into the pool; every entry point checks is_closing. */
     while ((w = pool_pop_waiter(pg)) != NULL) {
@@ -269,7 +325,12 @@ void bd_pg_close(struct bd_pg *pg, bd_pg_done_cb cb, void *arg)
     }
     uv_close((uv_handle_t *)&pg->dispatch_timer, pool_on_handle_closed);
     uv_close((uv_handle_t *)&pg->acquire_timer, pool_on_handle_closed);
-    pg->pending_closes += 2;
+    uv_close((uv_handle_t *)&pg->group_timer, pool_on_handle_closed);
+    pg->pending_closes += 3;
+    /* Queued group items are answered by their flush (its statements now fail with
+     * BD_ECANCELED), in flight or not. */
+    for (unsigned k = 0; k < BD_PG_GROUP_KINDS; k++)
+        group_flush(pg, k);
     pg->is_close_started = true;
     if (pg->connected == 0 && pg->has_been_up)
         bd_log(BD_LOG_DEBUG, "pg", "pool closed url=%s", pg->url_log);

@@ -449,6 +449,146 @@ static void starts_a_job_with_its_first_pending_batch(void **state)
     pool_close(&loop, pg);
 }
 
+/* ---- grouped start and finish ---------------------------------------------------------- */
+
+struct fres {
+    int calls;
+    int status;
+    bool has_row;
+    struct bd_job_finish_row row;
+};
+
+static void on_finished(int status, const struct bd_job_finish_row *row,
+                        const struct bd_job_store_err *err, void *arg)
+{
+    struct fres *f = arg;
+    f->calls++;
+    f->status = status;
+    if (status < 0)
+        print_error("finish failed: %s\n", err ? err->message : "?");
+    f->has_row = row != NULL;
+    if (row)
+        f->row = *row;
+    it_wake();
+}
+
+static void starts_a_group_with_one_statement_and_a_row_each(void **state)
+{
+    uv_loop_t loop;
+    const char *sources = bd_job_event_sources(BD_JOB_EV_START);
+    struct sres s[4];
+    (void)state;
+
+    struct bd_pg *pg = pool_open(&loop, 2);
+    make_job("g1", 1, 1, "queued");
+    make_job("g2", 2, 1, "queued");
+    make_job("g3", 3, 1, "queued");
+    make_job("g4", 1, 1, "completed");                  /* not startable */
+    assert_int_equal(SQL("UPDATE job_batches SET status = 'done' WHERE job_id = 'g3' AND "
+                         "batch_no < 2", it_schema), 0);
+    memset(s, 0, sizeof(s));
+    const char *ids[4] = { "g1", "g4", "g2", "g3" };
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(bd_job_store_start_load(pg, ids[i], "w1", sources, on_started_load,
+                                                 &s[i]), BD_OK);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(s[i].calls, 0);
+    int total = 0;
+    while (total < 4) {
+        uv_run(&loop, UV_RUN_ONCE);
+        total = s[0].calls + s[1].calls + s[2].calls + s[3].calls;
+    }
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(s[i].calls, 1);
+        assert_int_equal(s[i].status, BD_OK);
+    }
+    /* Each caller its own job: g1 has 1 item, g2 2, g3 3 (its pending batch is no. 2). */
+    assert_true(s[0].has_row && s[2].has_row && s[3].has_row);
+    assert_int_equal(s[0].row.total_items, 1);
+    assert_int_equal(s[2].row.total_items, 2);
+    assert_int_equal(s[3].row.total_items, 3);
+    assert_true(s[0].batch.has_batch && s[0].batch.batch_no == 0);
+    assert_true(s[2].batch.has_batch && s[2].batch.batch_no == 0);
+    assert_true(s[3].batch.has_batch && s[3].batch.batch_no == 2);
+    assert_int_equal(s[3].batch.first_index, 2);
+    assert_false(s[1].has_row);
+    assert_false(s[1].has_batch_row);
+    /* One statement: one transaction, so one now() for every started job. */
+    assert_int_equal(SQL_LONG("SELECT count(DISTINCT started_at) * 10 + count(*) FROM jobs "
+                              "WHERE id IN ('g1', 'g2', 'g3') AND status = 'processing' AND "
+                              "lease_owner = 'w1'", it_schema), 13);
+
+    /* Finish: g1 completes by its counters (all failed -> failed), g2 is failed with a
+     * code, g3 twice in one turn (the second waits for the next statement and finds it no
+     * longer processing), g4 is not processing. */
+    assert_int_equal(SQL("UPDATE jobs SET failed_items = 1 WHERE id = 'g1'", it_schema), 0);
+    struct fres f[5];
+    memset(f, 0, sizeof(f));
+    assert_int_equal(bd_job_store_finish(pg, "g1", BD_JOB_COMPLETED, NULL, NULL, on_finished,
+                                         &f[0]), BD_OK);
+    assert_int_equal(bd_job_store_finish(pg, "g2", BD_JOB_FAILED, "timeout", "too slow",
+                                         on_finished, &f[1]), BD_OK);
+    assert_int_equal(bd_job_store_finish(pg, "g3", BD_JOB_COMPLETED, NULL, NULL, on_finished,
+                                         &f[2]), BD_OK);
+    assert_int_equal(bd_job_store_finish(pg, "g3", BD_JOB_CANCELLED, NULL, NULL, on_finished,
+                                         &f[3]), BD_OK);
+    assert_int_equal(bd_job_store_finish(pg, "g4", BD_JOB_COMPLETED, NULL, NULL, on_finished,
+                                         &f[4]), BD_OK);
+    total = 0;
+    while (total < 5) {
+        uv_run(&loop, UV_RUN_ONCE);
+        total = f[0].calls + f[1].calls + f[2].calls + f[3].calls + f[4].calls;
+    }
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(f[i].calls, 1);
+        assert_int_equal(f[i].status, BD_OK);
+    }
+    assert_true(f[0].has_row);
+    assert_int_equal(f[0].row.state, BD_JOB_FAILED);
+    assert_int_equal(f[0].row.failed, 1);
+    assert_true(f[1].has_row);
+    assert_int_equal(f[1].row.state, BD_JOB_FAILED);
+    assert_true(f[2].has_row);
+    assert_int_equal(f[2].row.state, BD_JOB_COMPLETED);
+    assert_false(f[3].has_row);
+    assert_false(f[4].has_row);
+    assert_int_equal(SQL_LONG("SELECT count(*) FROM jobs WHERE id = 'g1' AND error_code = "
+                              "'all_items_failed'", it_schema), 1);
+    assert_int_equal(SQL_LONG("SELECT count(*) FROM jobs WHERE id = 'g2' AND error_code = "
+                              "'timeout' AND error_message = 'too slow'", it_schema), 1);
+    assert_int_equal(SQL_LONG("SELECT count(DISTINCT completed_at) * 10 + count(*) FROM jobs "
+                              "WHERE id IN ('g1', 'g2', 'g3') AND lease_owner IS NULL",
+                              it_schema), 13);
+    assert_int_equal(SQL_LONG("SELECT count(*) FROM jobs WHERE id = 'g4' AND status = "
+                              "'completed'", it_schema), 1);
+    pool_close(&loop, pg);
+}
+
+static void answers_queued_group_calls_when_the_pool_closes(void **state)
+{
+    uv_loop_t loop;
+    const char *sources = bd_job_event_sources(BD_JOB_EV_START);
+    struct sres s = { 0 };
+    struct fres f = { 0 };
+    int closed = 0;
+    (void)state;
+
+    struct bd_pg *pg = pool_open(&loop, 1);
+    assert_int_equal(bd_job_store_start_load(pg, "x1", "w1", sources, on_started_load, &s),
+                     BD_OK);
+    assert_int_equal(bd_job_store_finish(pg, "x2", BD_JOB_COMPLETED, NULL, NULL, on_finished,
+                                         &f), BD_OK);
+    bd_pg_close(pg, on_done, &closed);
+    assert_int_equal(s.calls, 1);                      /* from inside bd_pg_close */
+    assert_int_equal(s.status, BD_ECANCELED);
+    assert_int_equal(f.calls, 1);
+    assert_int_equal(f.status, BD_ECANCELED);
+    while (uv_run(&loop, UV_RUN_DEFAULT) != 0)
+        ;
+    assert_int_equal(closed, 1);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 /* ---- claiming several jobs per round trip ---------------------------------------------- */
 
 #define CLAIM_JOBS 300
@@ -702,6 +842,8 @@ int main(void)
         cmocka_unit_test(replaces_old_item_errors_on_a_rerun),
         cmocka_unit_test(refuses_a_buffer_that_is_not_staged_rows),
         cmocka_unit_test(starts_a_job_with_its_first_pending_batch),
+        cmocka_unit_test(starts_a_group_with_one_statement_and_a_row_each),
+        cmocka_unit_test(answers_queued_group_calls_when_the_pool_closes),
         cmocka_unit_test(claims_each_job_once_when_two_processes_claim_many),
         cmocka_unit_test(refuses_a_claim_of_zero_or_too_many),
     };

@@ -115,6 +115,31 @@ int bd_pg_query(struct bd_pg *pg, const char *sql, int nparams, const char *cons
                 const int *lengths, const int *formats, int result_binary,
                 bd_pg_result_cb cb, void *arg);
 
+/* ---- groups: calls made close together, sent as one statement --------------------------
+ * A caller that can answer many requests with one statement (UPDATE ... WHERE id =
+ * ANY($1)) queues each request as an item under a kind it owns (0 .. BD_PG_GROUP_KINDS-1)
+ * with bd_pg_group_add; the first item queued arms a zero timer, and on the next loop turn
+ * flush is called once with every item queued under that kind since (the list in queue
+ * order, n of them), and the kind starts empty again. From then on the items are flush's:
+ * it sends the statement and calls each request's owner back (the callback contract is
+ * the caller's to keep). A kind whose statement is still in flight keeps collecting, and
+ * is flushed on the first turn after bd_pg_group_done(kind) -- so under load each
+ * statement carries what arrived while the previous one ran (group commit), and an idle
+ * pool adds one loop turn. When bd_pg_close runs, every kind with items is flushed from
+ * inside it (pg is closing then, so flush's bd_pg_query returns BD_ECANCELED and flush
+ * answers each item with it). */
+#define BD_PG_GROUP_KINDS 4
+struct bd_pg_link {
+    struct bd_pg_link *next;
+};
+typedef void (*bd_pg_group_flush_cb)(struct bd_pg *pg, struct bd_pg_link *items, unsigned n);
+/* BD_OK, or BD_ECANCELED (closing) / BD_EINVAL, and the item was not taken. */
+int bd_pg_group_add(struct bd_pg *pg, unsigned kind, struct bd_pg_link *item,
+                    bd_pg_group_flush_cb flush);
+/* The statement a flush of kind sent has answered: items queued since go on the next turn.
+ * A flush that sent nothing (its send failed) calls it too. */
+void bd_pg_group_done(struct bd_pg *pg, unsigned kind);
+
 /* Error text of the connection (PQerrorMessage, trailing newline removed), for logs.
  * Borrowed until the next operation on conn. */
 const char *bd_pg_conn_get_error(struct bd_pg_conn *conn);
