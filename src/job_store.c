@@ -500,6 +500,11 @@ static int store_group_params(struct bd_buf *b, struct store_req *const *reqs, u
     return BD_OK;
 }
 
+/* The names the statements sent on every job are prepared under (bd_pg_query_prepared). */
+static const char store_group_start_name[] = "bd_group_start";
+static const char store_group_finish_name[] = "bd_group_finish";
+static const char store_small_name[] = "bd_small_write";
+
 /* One statement for the requests of a group (pg_store's flush; the list is ours). */
 static void store_group_flush(struct bd_pg *pg, struct bd_pg_link *items, unsigned n,
                               enum store_group kind)
@@ -542,10 +547,12 @@ static void store_group_flush(struct bd_pg *pg, struct bd_pg_link *items, unsign
     *g = (struct store_group_call){ pg, kind, reqs, m };
     rc = store_group_params(&b, reqs, m, ncols, values, lengths);
     if (rc == BD_OK)
-        rc = bd_pg_query(pg, kind == STORE_GROUP_START ? store_group_start_sql
-                                                       : store_group_finish_sql,
-                         ncols, values, lengths, formats, kind == STORE_GROUP_START,
-                         store_on_group, g);
+        rc = bd_pg_query_prepared(pg, kind == STORE_GROUP_START ? store_group_start_name
+                                                                : store_group_finish_name,
+                                  kind == STORE_GROUP_START ? store_group_start_sql
+                                                            : store_group_finish_sql,
+                                  ncols, values, lengths, formats, kind == STORE_GROUP_START,
+                                  store_on_group, g);
     bd_buf_free(&b);
     if (rc < 0) {
         /* Nothing was sent: each request hears it now (on the group's turn, after its own
@@ -1010,8 +1017,14 @@ int bd_job_store_write_small(struct bd_pg *pg, struct bd_buf *q, const struct bd
         lengths[11 + a] = (int)(end - off[a]);
         formats[11 + a] = 1;
     }
-    return bd__store_query(pg, store_small_sql, 20, values, lengths, formats, 0,
-                           store_on_written, BD__STORE_CALL(written));
+    struct bd__store_call *c = store_call_copy(BD__STORE_CALL(written));
+    if (c == NULL)
+        return BD_ENOMEM;
+    int rc = bd_pg_query_prepared(pg, store_small_name, store_small_sql, 20, values, lengths,
+                                  formats, 0, store_on_written, c);
+    if (rc < 0)
+        free(c);
+    return rc;
 }
 
 /* Grouped (see "grouped start and finish"): jobs ending in the same loop turn share one

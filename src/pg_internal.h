@@ -15,7 +15,8 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define PG_BACKOFF_MIN_MS 100         /* first reconnect delay, doubled to PG_BACKOFF_MAX_MS */
+#define PG_BACKOFF_MIN_MS 100
+#define BD__PG_PREPARED_MAX 8         /* prepared statements kept per connection */         /* first reconnect delay, doubled to PG_BACKOFF_MAX_MS */
 
 enum bd__pg_conn_state {
     PG_CONN_DOWN,        /* no PGconn; retry timer armed (or about to be) */
@@ -62,6 +63,15 @@ struct bd_pg_conn {
     uv_getaddrinfo_t gai;
     bool is_resolving;
     struct bd__pg_op op;
+    /* Statements prepared on this PGconn (bd_pg_query_prepared), cleared on every new
+     * PGconn. gen goes into the server-side name and moves on when a prepare's pipeline
+     * failed, so a statement the server may or may not have kept is never prepared twice
+     * under one name. */
+    struct {
+        const char *name;            /* the caller's constant name; NULL: free slot */
+        unsigned gen;
+        bool is_prepared;
+    } prepared[BD__PG_PREPARED_MAX];
     char errbuf[256];
 };
 

@@ -563,6 +563,9 @@ struct pg_query_rec {
     struct bd_pg_conn *conn;
     bd_pg_result_cb cb;
     void *arg;
+    const char *name;                /* bd_pg_query_prepared: the statement's name */
+    int slot;                        /* its slot in conn->prepared, or -1 */
+    bool is_preparing;               /* this run carries the PQsendPrepare */
     const char *sql;
     int nparams;
     int result_binary;
@@ -576,9 +579,61 @@ static void query_on_result(int status, PGresult *res, void *arg)
 {
     struct pg_query_rec *rec = arg;
 
+    if (rec->slot >= 0 && rec->is_preparing) {
+        if (status == BD_OK)
+            rec->conn->prepared[rec->slot].is_prepared = true;
+        else
+            rec->conn->prepared[rec->slot].gen++;    /* whatever the server kept: a new name */
+    }
     rec->cb(status, res, rec->arg);
     bd_pg_release(rec->conn);
     free(rec);
+}
+
+/* The slot of name on conn (taken when new), or -1 when every slot is taken. */
+static int conn_prepared_slot(struct bd_pg_conn *conn, const char *name)
+{
+    for (int i = 0; i < BD__PG_PREPARED_MAX; i++) {
+        if (conn->prepared[i].name == name)
+            return i;
+        if (conn->prepared[i].name == NULL) {
+            conn->prepared[i].name = name;
+            conn->prepared[i].gen = 0;
+            conn->prepared[i].is_prepared = false;
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* Execute rec's statement by name on conn, preparing it first (in one pipeline, one round
+ * trip) when this connection has not yet. */
+static int conn_query_prepared(struct bd_pg_conn *conn, struct pg_query_rec *rec)
+{
+    char stmt[80];
+    int err = conn_check_usable(conn, (const void *)query_on_result);
+
+    if (err < 0)
+        return err;
+    snprintf(stmt, sizeof(stmt), "%.60s_%u", rec->name, conn->prepared[rec->slot].gen);
+    rec->is_preparing = !conn->prepared[rec->slot].is_prepared;
+    if (!rec->is_preparing) {
+        if (!PQsendQueryPrepared(conn->pq, stmt, rec->nparams, rec->values, rec->lengths,
+                                 rec->formats, rec->result_binary ? 1 : 0))
+            return conn_send_failed(conn);
+        return conn_op_begin(conn, PG_OP_QUERY, query_on_result, rec);
+    }
+    if (!PQenterPipelineMode(conn->pq))
+        return conn_send_failed(conn);
+    if (!PQsendPrepare(conn->pq, stmt, rec->sql, rec->nparams, NULL) ||
+        !PQsendQueryPrepared(conn->pq, stmt, rec->nparams, rec->values, rec->lengths,
+                             rec->formats, rec->result_binary ? 1 : 0) ||
+        !PQpipelineSync(conn->pq)) {
+        /* Part of the pipeline is queued: start over on a new connection. */
+        bd__pg_conn_break(conn, NULL);
+        return BD_EPG;
+    }
+    return conn_op_begin(conn, PG_OP_PIPELINE, query_on_result, rec);
 }
 
 static void query_on_conn(int status, struct bd_pg_conn *conn, void *arg)
@@ -592,8 +647,12 @@ static void query_on_conn(int status, struct bd_pg_conn *conn, void *arg)
         return;
     }
     rec->conn = conn;
-    err = bd_pg_conn_query(conn, rec->sql, rec->nparams, rec->values, rec->lengths,
-                           rec->formats, rec->result_binary, query_on_result, rec);
+    rec->slot = rec->name != NULL ? conn_prepared_slot(conn, rec->name) : -1;
+    if (rec->slot >= 0)
+        err = conn_query_prepared(conn, rec);
+    else
+        err = bd_pg_conn_query(conn, rec->sql, rec->nparams, rec->values, rec->lengths,
+                               rec->formats, rec->result_binary, query_on_result, rec);
     if (err < 0) {
         bd_pg_release(conn);
         rec->cb(err, NULL, rec->arg);
@@ -601,9 +660,29 @@ static void query_on_conn(int status, struct bd_pg_conn *conn, void *arg)
     }
 }
 
+static int pg_query(struct bd_pg *pg, const char *name, const char *sql, int nparams,
+                    const char *const *values, const int *lengths, const int *formats,
+                    int result_binary, bd_pg_result_cb cb, void *arg);
+
 int bd_pg_query(struct bd_pg *pg, const char *sql, int nparams, const char *const *values,
                 const int *lengths, const int *formats, int result_binary,
                 bd_pg_result_cb cb, void *arg)
+{
+    return pg_query(pg, NULL, sql, nparams, values, lengths, formats, result_binary, cb, arg);
+}
+
+int bd_pg_query_prepared(struct bd_pg *pg, const char *name, const char *sql, int nparams,
+                         const char *const *values, const int *lengths, const int *formats,
+                         int result_binary, bd_pg_result_cb cb, void *arg)
+{
+    if (name == NULL || name[0] == '\0')
+        return BD_EINVAL;
+    return pg_query(pg, name, sql, nparams, values, lengths, formats, result_binary, cb, arg);
+}
+
+static int pg_query(struct bd_pg *pg, const char *name, const char *sql, int nparams,
+                    const char *const *values, const int *lengths, const int *formats,
+                    int result_binary, bd_pg_result_cb cb, void *arg)
 {
     struct pg_query_rec *rec;
     size_t n = (size_t)(nparams > 0 ? nparams : 0);
@@ -636,6 +715,8 @@ int bd_pg_query(struct bd_pg *pg, const char *sql, int nparams, const char *cons
     memset(rec, 0, sizeof(*rec));
     rec->cb = cb;
     rec->arg = arg;
+    rec->name = name;
+    rec->slot = -1;
     rec->nparams = nparams;
     rec->result_binary = result_binary;
     rec->values = (const char **)(rec + 1);

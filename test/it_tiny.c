@@ -139,6 +139,86 @@ static void stage_rows(struct bd_buf *b, unsigned first_index, unsigned n, float
     assert_int_equal(bd_job_store_stage_end(b), BD_OK);
 }
 
+/* ---- prepared statements ------------------------------------------------------------ */
+
+struct pres {
+    int calls;
+    int status;
+    char val[64];
+    char sqlstate[8];
+};
+
+static void on_pq(int status, PGresult *res, void *arg)
+{
+    struct pres *p = arg;
+    p->calls++;
+    p->status = status;
+    p->val[0] = p->sqlstate[0] = '\0';
+    if (res && status == BD_OK && PQntuples(res) > 0)
+        snprintf(p->val, sizeof(p->val), "%s", PQgetvalue(res, 0, 0));
+    if (res && PQresultErrorField(res, PG_DIAG_SQLSTATE))
+        snprintf(p->sqlstate, sizeof(p->sqlstate), "%s", PQresultErrorField(res, PG_DIAG_SQLSTATE));
+    it_wake();
+}
+
+static struct pres prepared(uv_loop_t *loop, struct bd_pg *pg, const char *name,
+                            const char *sql, const char *param)
+{
+    struct pres p = { 0 };
+    const char *values[1] = { param };
+    assert_int_equal(bd_pg_query_prepared(pg, name, sql, 1, values, NULL, NULL, 0, on_pq, &p),
+                     BD_OK);
+    assert_int_equal(p.calls, 0);
+    run_until(loop, &p.calls, 1);
+    return p;
+}
+
+static const char div_name[] = "it_div";
+static const char bad_name[] = "it_bad";
+
+static void prepares_once_and_recovers_from_failed_runs(void **state)
+{
+    uv_loop_t loop;
+    (void)state;
+
+    struct bd_pg *pg = pool_open(&loop, 1);
+    const char *div = "SELECT 100 / $1::int";
+    /* First run on the connection: prepare + execute; the execute fails (division by
+     * zero) after the prepare passed, so the server keeps a statement the pool cannot be
+     * sure of: the next run prepares under a new name instead of failing on the old one. */
+    struct pres p = prepared(&loop, pg, div_name, div, "0");
+    assert_int_equal(p.status, BD_EPG);
+    assert_string_equal(p.sqlstate, "22012");
+    for (int i = 1; i <= 4; i++) {
+        char arg[8];
+        snprintf(arg, sizeof(arg), "%d", i);
+        p = prepared(&loop, pg, div_name, div, arg);
+        assert_int_equal(p.status, BD_OK);
+        assert_int_equal(atoi(p.val), 100 / i);
+    }
+    /* Executed by name now: the server lists the name of each generation. */
+    p = prepared(&loop, pg, div_name, div, "5");
+    assert_string_equal(p.val, "20");
+    struct pres q = { 0 };
+    const char *none[1] = { "it_div%" };
+    assert_int_equal(bd_pg_query(pg, "SELECT count(*) FROM pg_prepared_statements WHERE "
+                                 "name LIKE $1", 1, none, NULL, NULL, 0, on_pq, &q), BD_OK);
+    run_until(&loop, &q.calls, 1);
+    assert_int_equal(q.status, BD_OK);
+    assert_true(atoi(q.val) >= 1 && atoi(q.val) <= 2);
+
+    /* A statement the server refuses to prepare fails every time, cleanly. */
+    for (int i = 0; i < 2; i++) {
+        p = prepared(&loop, pg, bad_name, "SELEC 1 + $1::int", "1");
+        assert_int_equal(p.status, BD_EPG);
+        assert_string_equal(p.sqlstate, "42601");
+    }
+    /* The connection still serves others. */
+    p = prepared(&loop, pg, div_name, div, "50");
+    assert_string_equal(p.val, "2");
+    pool_close(&loop, pg);
+}
+
 /* ---- the small write ---------------------------------------------------------------- */
 
 struct wres {
@@ -836,6 +916,7 @@ static int suite_teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(prepares_once_and_recovers_from_failed_runs),
         cmocka_unit_test(writes_a_small_batch_exactly_once_when_sent_twice),
         cmocka_unit_test(writes_nothing_when_the_batch_is_not_pending),
         cmocka_unit_test(counts_a_batch_once_when_two_writes_race),

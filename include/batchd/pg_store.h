@@ -140,6 +140,16 @@ int bd_pg_group_add(struct bd_pg *pg, unsigned kind, struct bd_pg_link *item,
  * A flush that sent nothing (its send failed) calls it too. */
 void bd_pg_group_done(struct bd_pg *pg, unsigned kind);
 
+/* As bd_pg_query, for a statement sent often: it is prepared once on each connection
+ * (PQsendPrepare, pipelined with its first execution there) and then executed by name, so
+ * the server neither parses nor plans it from scratch on every call. name is a constant
+ * string (the pool keeps the pointer) naming this sql and nothing else; the parameters'
+ * types come from the statement's casts. At most a few names per pool (beyond them, the
+ * statement simply runs unprepared). */
+int bd_pg_query_prepared(struct bd_pg *pg, const char *name, const char *sql, int nparams,
+                         const char *const *values, const int *lengths, const int *formats,
+                         int result_binary, bd_pg_result_cb cb, void *arg);
+
 /* Error text of the connection (PQerrorMessage, trailing newline removed), for logs.
  * Borrowed until the next operation on conn. */
 const char *bd_pg_conn_get_error(struct bd_pg_conn *conn);
