@@ -55,12 +55,21 @@ void bd__engine_maybe_stopped(struct bd_job_engine *e)
 /* ---- claiming ------------------------------------------------------------------------ */
 
 /* One claim for every free slot: a round trip to Redis brings as many jobs as the engine
- * may run, instead of one each. */
+ * may run, instead of one each. The call record remembers how many were asked for: fewer
+ * back means the queues are empty, and no empty claim needs to follow. */
+struct engine_claim {
+    struct bd_job_engine *e;
+    unsigned asked;
+};
+
 static void engine_on_claimed(int status, const char *const *job_ids, unsigned count,
                               void *arg)
 {
-    struct bd_job_engine *e = arg;
+    struct engine_claim *claim = arg;
+    struct bd_job_engine *e = claim->e;
+    unsigned asked = claim->asked;
 
+    free(claim);
     e->is_claiming = false;
     if (e->is_stopping) {
         for (unsigned i = 0; status == BD_OK && i < count; i++) {
@@ -88,7 +97,8 @@ static void engine_on_claimed(int status, const char *const *job_ids, unsigned c
         job->phase = JOB_PHASE_START;
         bd__job_step(job);
     }
-    bd__engine_pump(e);                       /* more capacity? claim again right away */
+    if (count == asked)
+        bd__engine_pump(e);                   /* more capacity? claim again right away */
 }
 
 void bd__engine_pump(struct bd_job_engine *e)
@@ -102,9 +112,15 @@ void bd__engine_pump(struct bd_job_engine *e)
     unsigned want = cap - e->active;
     if (want > BD_RQ_CLAIM_MAX)
         want = BD_RQ_CLAIM_MAX;
+    struct engine_claim *claim = malloc(sizeof(*claim));
+    if (claim == NULL)
+        return;                               /* the claim timer tries again */
+    *claim = (struct engine_claim){ e, want };
     e->is_claiming = true;
-    if (bd_rq_claim_many(e->d.rq, want, engine_on_claimed, e) < 0)
+    if (bd_rq_claim_many(e->d.rq, want, engine_on_claimed, claim) < 0) {
         e->is_claiming = false;
+        free(claim);
+    }
 }
 
 static void engine_on_claim_timer(uv_timer_t *t)
