@@ -54,15 +54,27 @@ void bd__engine_maybe_stopped(struct bd_job_engine *e)
 
 /* ---- claiming ------------------------------------------------------------------------ */
 
-static void engine_on_claimed(int status, const char *job_id, void *arg)
-{
-    struct bd_job_engine *e = arg;
+/* One claim for every free slot: a round trip to Redis brings as many jobs as the engine
+ * may run, instead of one each. The call record remembers how many were asked for: fewer
+ * back means the queues are empty, and no empty claim needs to follow. */
+struct engine_claim {
+    struct bd_job_engine *e;
+    unsigned asked;
+};
 
+static void engine_on_claimed(int status, const char *const *job_ids, unsigned count,
+                              void *arg)
+{
+    struct engine_claim *claim = arg;
+    struct bd_job_engine *e = claim->e;
+    unsigned asked = claim->asked;
+
+    free(claim);
     e->is_claiming = false;
     if (e->is_stopping) {
-        if (status == BD_OK && job_id) {
+        for (unsigned i = 0; status == BD_OK && i < count; i++) {
             /* Claimed just as we stop: hand it straight back. */
-            struct bd_job *job = bd__job_new(e, job_id);
+            struct bd_job *job = bd__job_new(e, job_ids[i]);
             if (job) {
                 job->is_handing_back = true;
                 job->phase = JOB_PHASE_RELEASE;
@@ -73,29 +85,42 @@ static void engine_on_claimed(int status, const char *job_id, void *arg)
         return;
     }
     /* Nothing to claim (or Redis trouble): the repeating claim timer polls again. */
-    if (status < 0 || job_id == NULL)
+    if (status < 0 || count == 0)
         return;
-    if (bd__job_find(e, job_id))              /* ours, back through the reaper: keep going */
-        return;
-    struct bd_job *job = bd__job_new(e, job_id);
-    if (job == NULL)
-        return;
-    e->stats.jobs_claimed++;
-    job->phase = JOB_PHASE_START;
-    bd__job_step(job);
-    bd__engine_pump(e);                       /* more capacity? claim again right away */
+    for (unsigned i = 0; i < count; i++) {
+        if (bd__job_find(e, job_ids[i]))      /* ours, back through the reaper: keep going */
+            continue;
+        struct bd_job *job = bd__job_new(e, job_ids[i]);
+        if (job == NULL)
+            continue;                         /* its lease runs out; the reaper requeues it */
+        e->stats.jobs_claimed++;
+        job->phase = JOB_PHASE_START;
+        bd__job_step(job);
+    }
+    if (count == asked)
+        bd__engine_pump(e);                   /* more capacity? claim again right away */
 }
 
 void bd__engine_pump(struct bd_job_engine *e)
 {
-    if (!e->is_ready || e->is_stopping || e->is_claiming ||
-        e->active >= e->d.cfg->max_concurrent_jobs)
+    unsigned cap = e->d.cfg->max_concurrent_jobs;
+
+    if (!e->is_ready || e->is_stopping || e->is_claiming || e->active >= cap)
         return;
     if (!bd_rq_is_up(e->d.rq))
         return;                               /* the claim timer tries again */
+    unsigned want = cap - e->active;
+    if (want > BD_RQ_CLAIM_MAX)
+        want = BD_RQ_CLAIM_MAX;
+    struct engine_claim *claim = malloc(sizeof(*claim));
+    if (claim == NULL)
+        return;                               /* the claim timer tries again */
+    *claim = (struct engine_claim){ e, want };
     e->is_claiming = true;
-    if (bd_rq_claim(e->d.rq, engine_on_claimed, e) < 0)
+    if (bd_rq_claim_many(e->d.rq, want, engine_on_claimed, claim) < 0) {
         e->is_claiming = false;
+        free(claim);
+    }
 }
 
 static void engine_on_claim_timer(uv_timer_t *t)

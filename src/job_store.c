@@ -114,6 +114,45 @@ static int store_int4(const PGresult *res, int row, int col)
     return (int)be32toh(v);
 }
 
+/* An integer column of a binary-format result (int2, int4 or int8); dflt for NULL. */
+static long long store_bin_ll(const PGresult *res, int row, int col, long long dflt)
+{
+    const unsigned char *p = (const unsigned char *)PQgetvalue(res, row, col);
+    int len = PQgetlength(res, row, col);
+    uint64_t v = 0;
+
+    if (PQgetisnull(res, row, col) || (len != 2 && len != 4 && len != 8))
+        return dflt;
+    for (int i = 0; i < len; i++)
+        v = (v << 8) | p[i];
+    if (len == 2)
+        return (int16_t)v;
+    if (len == 4)
+        return (int32_t)v;
+    return (long long)v;
+}
+
+/* A float8 column of a binary-format result; dflt for NULL. */
+static double store_bin_double(const PGresult *res, int row, int col, double dflt)
+{
+    uint64_t v;
+    double d;
+
+    if (PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 8)
+        return dflt;
+    memcpy(&v, PQgetvalue(res, row, col), 8);
+    v = be64toh(v);
+    memcpy(&d, &v, 8);
+    return d;
+}
+
+/* A bool column of a binary-format result (false for NULL). */
+static bool store_bin_bool(const PGresult *res, int row, int col)
+{
+    return !PQgetisnull(res, row, col) && PQgetlength(res, row, col) == 1 &&
+           PQgetvalue(res, row, col)[0] == 1;
+}
+
 static void store_copy_str(char *out, size_t outlen, const char *v)
 {
     snprintf(out, outlen, "%s", v ? v : "");
@@ -128,11 +167,64 @@ static enum bd_job_state store_state(const char *v)
 
 /* ---- job start, checkpoint, finish --------------------------------------------------- */
 
+/* The start statement's select list, in enum start_col's order, with fixed types so the
+ * binary result reads the same on every server version. */
 enum start_col {
     START_OPERATION, START_MODEL, START_COLLECTION, START_TOTAL_ITEMS, START_TOTAL_BATCHES,
     START_TIMEOUT_S, START_MAX_RETRIES, START_CANCEL_REQUESTED, START_RUN_STARTED,
-    START_RUN_ATTEMPT, START_DIM, START_PRIORITY, START_COLLECTION_DIM,
+    START_RUN_ATTEMPT, START_DIM, START_PRIORITY, START_COLLECTION_DIM, START_NCOLUMNS
 };
+
+/* One round trip: mark the job processing and make sure its output collection exists
+ * with the job's dimension (stored in options at submit). An existing collection is only
+ * read, never rewritten (jobs starting on one collection do not queue on its row). When
+ * another transaction created it after this statement's snapshot, neither branch sees
+ * it and the dimension comes back NULL: the caller simply starts again. A run that
+ * begins from 'queued' (first run, or a retry) restarts the run clock: timeout_s counts
+ * from the start of the current run. $1 job id, $2 worker id, $3 sources (text[]). */
+#define STORE_START_SET                                                                     \
+    "status = 'processing', started_at = CASE WHEN status = 'queued' OR started_at IS NULL " \
+    "THEN now() ELSE started_at END, updated_at = now() "
+#define STORE_START_RETURNING                                                               \
+    "RETURNING jobs.id, operation, model, collection, total_items, total_batches, "         \
+    "timeout_s, max_retries, cancel_requested, "                                            \
+    "extract(epoch FROM started_at)::float8 AS run_started, run_attempt, "                  \
+    "COALESCE((options->>'dimension')::int, 0) AS dim, priority"
+#define STORE_START_COLLECTION                                                              \
+    "c AS (INSERT INTO collections (name, dimension) SELECT DISTINCT ON (collection) "      \
+    "collection, dim FROM j WHERE NOT EXISTS (SELECT 1 FROM collections x "                 \
+    "WHERE x.name = j.collection) ON CONFLICT (name) DO NOTHING "                           \
+    "RETURNING name, dimension) "
+#define STORE_START_SELECT                                                                  \
+    "SELECT j.operation, j.model, j.collection, j.total_items::int8, "                      \
+    "j.total_batches::int8, j.timeout_s::float8, j.max_retries::int8, j.cancel_requested, " \
+    "j.run_started, j.run_attempt::int8, j.dim::int8, j.priority::int8, "                   \
+    "COALESCE((SELECT dimension FROM c WHERE c.name = j.collection), (SELECT dimension "    \
+    "FROM collections x WHERE x.name = j.collection))::int8 "
+#define STORE_START_SQL                                                                     \
+    "WITH j AS (UPDATE jobs SET " STORE_START_SET ", lease_owner = $2 "                     \
+    "WHERE id = $1 AND status = ANY($3::text[]) " STORE_START_RETURNING "), "               \
+    STORE_START_COLLECTION STORE_START_SELECT
+
+/* Row `row` of a start result (binary) into *out. */
+static void store_start_row(const PGresult *res, int r, struct bd_job_start_row *out)
+{
+    memset(out, 0, sizeof(*out));
+    (void)bd_job_operation_parse(bd__store_str(res, r, START_OPERATION), &out->op);
+    store_copy_str(out->model, sizeof(out->model), bd__store_str(res, r, START_MODEL));
+    store_copy_str(out->collection, sizeof(out->collection),
+                   bd__store_str(res, r, START_COLLECTION));
+    out->total_items = (unsigned)store_bin_ll(res, r, START_TOTAL_ITEMS, 0);
+    out->total_batches = (unsigned)store_bin_ll(res, r, START_TOTAL_BATCHES, 0);
+    out->timeout_s = store_bin_double(res, r, START_TIMEOUT_S, -1);
+    out->max_retries = (int)store_bin_ll(res, r, START_MAX_RETRIES, -1);
+    out->is_cancel_requested = store_bin_bool(res, r, START_CANCEL_REQUESTED);
+    out->run_started_unix = store_bin_double(res, r, START_RUN_STARTED, 0);
+    out->run_attempt = (int)store_bin_ll(res, r, START_RUN_ATTEMPT, 1);
+    out->dim = (unsigned)store_bin_ll(res, r, START_DIM, 0);
+    out->priority = (int)store_bin_ll(res, r, START_PRIORITY, 1);
+    out->collection_dim = (long)store_bin_ll(res, r, START_COLLECTION_DIM, -1);
+}
 
 static void store_on_started(int status, PGresult *res, void *arg)
 {
@@ -145,61 +237,56 @@ static void store_on_started(int status, PGresult *res, void *arg)
     } else if (PQntuples(res) == 0) {
         c->cb.start(BD_OK, NULL, NULL, c->arg);
     } else {
-        memset(&row, 0, sizeof(row));
-        (void)bd_job_operation_parse(bd__store_str(res, 0, START_OPERATION), &row.op);
-        store_copy_str(row.model, sizeof(row.model), bd__store_str(res, 0, START_MODEL));
-        store_copy_str(row.collection, sizeof(row.collection),
-                       bd__store_str(res, 0, START_COLLECTION));
-        row.total_items = (unsigned)bd__store_ll(res, 0, START_TOTAL_ITEMS, 0);
-        row.total_batches = (unsigned)bd__store_ll(res, 0, START_TOTAL_BATCHES, 0);
-        row.timeout_s = bd__store_double(res, 0, START_TIMEOUT_S, -1);
-        row.max_retries = (int)bd__store_ll(res, 0, START_MAX_RETRIES, -1);
-        row.is_cancel_requested = bd__store_bool(res, 0, START_CANCEL_REQUESTED);
-        row.run_started_unix = bd__store_double(res, 0, START_RUN_STARTED, 0);
-        row.run_attempt = (int)bd__store_ll(res, 0, START_RUN_ATTEMPT, 1);
-        row.dim = (unsigned)bd__store_ll(res, 0, START_DIM, 0);
-        row.priority = (int)bd__store_ll(res, 0, START_PRIORITY, 1);
-        row.collection_dim = (long)bd__store_ll(res, 0, START_COLLECTION_DIM, -1);
+        store_start_row(res, 0, &row);
         c->cb.start(BD_OK, &row, NULL, c->arg);
     }
     free(c);
 }
 
-/* One round trip: mark the job processing and make sure its output collection exists
- * with the job's dimension (stored in options at submit). An existing collection is only
- * read, never rewritten (jobs starting on one collection do not queue on its row). When
- * another transaction created it after this statement's snapshot, neither branch sees
- * it and the dimension comes back NULL: the caller simply starts again. A run that
- * begins from 'queued' (first run, or a retry) restarts the run clock: timeout_s counts
- * from the start of the current run. */
 int bd_job_store_start(struct bd_pg *pg, const char *job_id, const char *worker_id,
                        const char *sources, bd_job_store_start_cb cb, void *arg)
 {
     const char *params[3] = { job_id, worker_id, sources };
-    int rc = bd__store_query(
-        pg,
-        "WITH j AS (UPDATE jobs SET status = 'processing', "
-        "started_at = CASE WHEN status = 'queued' OR started_at IS NULL THEN now() "
-        "ELSE started_at END, lease_owner = $2, updated_at = now() "
-        "WHERE id = $1 AND status = ANY($3::text[]) "
-        "RETURNING operation, model, collection, total_items, total_batches, "
-        "timeout_s, max_retries, cancel_requested, "
-        "extract(epoch FROM started_at) AS run_started, run_attempt, "
-        "COALESCE((options->>'dimension')::int, 0) AS dim, priority), "
-        "c AS (INSERT INTO collections (name, dimension) SELECT collection, dim "
-        "FROM j WHERE NOT EXISTS (SELECT 1 FROM collections x "
-        "WHERE x.name = j.collection) ON CONFLICT (name) DO NOTHING "
-        "RETURNING dimension) "
-        "SELECT j.*, COALESCE((SELECT dimension FROM c), (SELECT dimension "
-        "FROM collections x WHERE x.name = j.collection)) FROM j",
-        3, params, NULL, NULL, 0, store_on_started, BD__STORE_CALL(start));
-    return rc;
+    return bd__store_query(pg, STORE_START_SQL "FROM j", 3, params, NULL, NULL, 1,
+                           store_on_started, BD__STORE_CALL(start));
 }
 
 enum batch_col {
     BATCH_CANCEL_REQUESTED, BATCH_NO, BATCH_FIRST_INDEX, BATCH_ITEM_COUNT, BATCH_ITEMS,
     BATCH_ATTEMPTS, BATCH_PAYLOAD,
 };
+
+/* The batch columns (binary) of row 0 of res, BATCH_NO.. at base + (col - BATCH_NO), into
+ * *out (whose cancel flag the caller sets). Borrowed from res. */
+static void store_batch_row(const PGresult *res, int r, int base,
+                            struct bd_job_batch_row *out)
+{
+#define BCOL(col) (base + (col) - BATCH_NO)
+    out->has_batch = !PQgetisnull(res, r, BCOL(BATCH_NO));
+    if (!out->has_batch)
+        return;
+    out->batch_no = store_int4(res, r, BCOL(BATCH_NO));
+    out->first_index = (unsigned)store_int4(res, r, BCOL(BATCH_FIRST_INDEX));
+    out->item_count = (unsigned)store_int4(res, r, BCOL(BATCH_ITEM_COUNT));
+    out->attempts = (unsigned)store_int4(res, r, BCOL(BATCH_ATTEMPTS));
+    if (!PQgetisnull(res, r, BCOL(BATCH_ITEMS))) {
+        out->items_json = PQgetvalue(res, r, BCOL(BATCH_ITEMS));
+        out->items_len = (size_t)PQgetlength(res, r, BCOL(BATCH_ITEMS));
+    }
+    if (!PQgetisnull(res, r, BCOL(BATCH_PAYLOAD))) {
+        out->payload = PQgetvalue(res, r, BCOL(BATCH_PAYLOAD));
+        out->payload_len = (size_t)PQgetlength(res, r, BCOL(BATCH_PAYLOAD));
+    }
+#undef BCOL
+}
+
+/* The first pending batch after $2 of the job j.id, as the columns BATCH_NO.. */
+#define STORE_BATCH_COLUMNS                                                                 \
+    "b.batch_no, b.first_index, b.item_count, b.items::text, b.attempts, b.payload "
+#define STORE_BATCH_JOIN(after)                                                             \
+    "LEFT JOIN LATERAL (SELECT * FROM job_batches x WHERE x.job_id = j.id "                 \
+    "AND x.status = 'pending' AND x.batch_no > " after " "                                  \
+    "ORDER BY x.batch_no LIMIT 1) b ON true "
 
 static void store_on_batch(int status, PGresult *res, void *arg)
 {
@@ -215,23 +302,8 @@ static void store_on_batch(int status, PGresult *res, void *arg)
         c->cb.batch(BD_OK, &row, NULL, c->arg);
     } else {
         memset(&row, 0, sizeof(row));
-        row.is_cancel_requested = PQgetlength(res, 0, BATCH_CANCEL_REQUESTED) == 1 &&
-                                  PQgetvalue(res, 0, BATCH_CANCEL_REQUESTED)[0] == 1;
-        row.has_batch = !PQgetisnull(res, 0, BATCH_NO);
-        if (row.has_batch) {
-            row.batch_no = store_int4(res, 0, BATCH_NO);
-            row.first_index = (unsigned)store_int4(res, 0, BATCH_FIRST_INDEX);
-            row.item_count = (unsigned)store_int4(res, 0, BATCH_ITEM_COUNT);
-            row.attempts = (unsigned)store_int4(res, 0, BATCH_ATTEMPTS);
-            if (!PQgetisnull(res, 0, BATCH_ITEMS)) {
-                row.items_json = PQgetvalue(res, 0, BATCH_ITEMS);
-                row.items_len = (size_t)PQgetlength(res, 0, BATCH_ITEMS);
-            }
-            if (!PQgetisnull(res, 0, BATCH_PAYLOAD)) {
-                row.payload = PQgetvalue(res, 0, BATCH_PAYLOAD);
-                row.payload_len = (size_t)PQgetlength(res, 0, BATCH_PAYLOAD);
-            }
-        }
+        row.is_cancel_requested = store_bin_bool(res, 0, BATCH_CANCEL_REQUESTED);
+        store_batch_row(res, 0, BATCH_NO, &row);
         c->cb.batch(BD_OK, &row, NULL, c->arg);
     }
     free(c);
@@ -246,13 +318,290 @@ int bd_job_store_load_batch(struct bd_pg *pg, const char *job_id, int after_batc
     char after[16];
     snprintf(after, sizeof(after), "%d", after_batch_no);
     const char *params[2] = { job_id, after };
-    int rc = bd__store_query(pg,
-                         "SELECT j.cancel_requested, b.batch_no, b.first_index, b.item_count, "
-                         "b.items::text, b.attempts, b.payload FROM jobs j LEFT JOIN LATERAL "
-                         "(SELECT * FROM job_batches x WHERE x.job_id = j.id "
-                         "AND x.status = 'pending' AND x.batch_no > $2::int "
-                         "ORDER BY x.batch_no LIMIT 1) b ON true WHERE j.id = $1",
-                         2, params, NULL, NULL, 1, store_on_batch, BD__STORE_CALL(batch));
+    return bd__store_query(pg,
+                           "SELECT j.cancel_requested, " STORE_BATCH_COLUMNS "FROM jobs j "
+                           STORE_BATCH_JOIN("$2::int") "WHERE j.id = $1",
+                           2, params, NULL, NULL, 1, store_on_batch, BD__STORE_CALL(batch));
+}
+
+/* ---- grouped start and finish ---------------------------------------------------------
+ * Jobs claimed together start together, and jobs that end in the same loop turn finish
+ * together: each call is queued in a pg group (bd_pg_group_add) and one statement answers
+ * every call of the group -- UPDATE ... FROM unnest(the calls' arguments) RETURNING the id
+ * with each row, so each caller gets its own row (or NULL when its job did not qualify).
+ * A job id appears once per statement: a second call for the same id waits for the next. */
+enum store_group { STORE_GROUP_START, STORE_GROUP_FINISH };
+
+struct store_req {
+    struct bd_pg_link link;           /* first: the group's list */
+    union {
+        bd_job_store_start_load_cb start;
+        bd_job_store_finish_cb finish;
+    } cb;
+    void *arg;
+    char job_id[129];
+    const char *a, *b, *c;            /* start: worker, sources; finish: state, code, message */
+    char text[];                      /* the strings a, b, c point into */
+};
+
+/* A flushed group's statement in flight: its requests, for the answer. */
+struct store_group_call {
+    struct bd_pg *pg;
+    enum store_group kind;
+    struct store_req **reqs;
+    unsigned n;
+};
+
+static struct store_req *store_req_new(const char *job_id, const char *a, const char *b,
+                                       const char *c)
+{
+    size_t la = strlen(a) + 1, lb = strlen(b) + 1, lc = strlen(c) + 1;
+    struct store_req *r;
+
+    if (strlen(job_id) >= sizeof(r->job_id))
+        return NULL;
+    r = malloc(sizeof(*r) + la + lb + lc);
+    if (r == NULL)
+        return NULL;
+    snprintf(r->job_id, sizeof(r->job_id), "%s", job_id);
+    memcpy(r->text, a, la);
+    memcpy(r->text + la, b, lb);
+    memcpy(r->text + la + lb, c, lc);
+    r->a = r->text;
+    r->b = r->text + la;
+    r->c = r->text + la + lb;
+    return r;
+}
+
+/* The row of res whose id column is id, or -1. */
+static int store_find_row(const PGresult *res, int id_col, const char *id)
+{
+    for (int r = 0; r < PQntuples(res); r++)
+        if (!PQgetisnull(res, r, id_col) && strcmp(PQgetvalue(res, r, id_col), id) == 0)
+            return r;
+    return -1;
+}
+
+/* Answer one request with status (and row r of res when r >= 0), then free it. */
+static void store_req_answer(enum store_group kind, struct store_req *q, int status,
+                             const PGresult *res, int r, const struct bd_job_store_err *e)
+{
+    if (kind == STORE_GROUP_START) {
+        struct bd_job_start_row row;
+        struct bd_job_batch_row batch;
+        if (status < 0 || r < 0) {
+            q->cb.start(status, NULL, NULL, status < 0 ? e : NULL, q->arg);
+        } else {
+            store_start_row(res, r, &row);
+            memset(&batch, 0, sizeof(batch));
+            batch.is_cancel_requested = row.is_cancel_requested;
+            store_batch_row(res, r, START_NCOLUMNS, &batch);
+            q->cb.start(BD_OK, &row, &batch, NULL, q->arg);
+        }
+    } else {
+        if (status < 0 || r < 0) {
+            q->cb.finish(status, NULL, status < 0 ? e : NULL, q->arg);
+        } else {
+            struct bd_job_finish_row row = { store_state(PQgetvalue(res, r, 1)),
+                                             bd__store_ll(res, r, 2, 0),
+                                             bd__store_ll(res, r, 3, 0) };
+            q->cb.finish(BD_OK, &row, NULL, q->arg);
+        }
+    }
+    free(q);
+}
+
+/* The id column of each group's result. */
+#define STORE_START_ID_COL (START_NCOLUMNS + (BATCH_PAYLOAD - BATCH_NO) + 1)
+#define STORE_FINISH_ID_COL 0
+
+static void store_on_group(int status, PGresult *res, void *arg)
+{
+    struct store_group_call *g = arg;
+    struct bd_job_store_err e = { NULL, false };
+    int id_col = g->kind == STORE_GROUP_START ? STORE_START_ID_COL : STORE_FINISH_ID_COL;
+
+    if (status < 0)
+        e = store_err(res);
+    for (unsigned i = 0; i < g->n; i++) {
+        int r = status < 0 ? -1 : store_find_row(res, id_col, g->reqs[i]->job_id);
+        store_req_answer(g->kind, g->reqs[i], status, res, r, &e);
+    }
+    bd_pg_group_done(g->pg, g->kind);
+    free(g->reqs);
+    free(g);
+}
+
+static const char store_group_start_sql[] =
+    "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) "
+    "AS u(id, worker, sources)), "
+    "j AS (UPDATE jobs SET " STORE_START_SET ", lease_owner = u.worker FROM u "
+    "WHERE jobs.id = u.id AND jobs.status = ANY(u.sources::text[]) "
+    STORE_START_RETURNING "), " STORE_START_COLLECTION STORE_START_SELECT ", "
+    STORE_BATCH_COLUMNS ", j.id FROM j " STORE_BATCH_JOIN("-1");
+
+/* "completed" is a request to decide by the counters: every item failed -> failed (SPEC
+ * "States"); a cancel that PostgreSQL recorded wins over a completion, so a job a 200
+ * promised to stop never ends 'completed'. Per row: u.st '' (decide) or the state. */
+static const char store_group_finish_sql[] =
+    "UPDATE jobs SET "
+    "status = CASE WHEN u.st <> '' THEN u.st "
+    "  WHEN cancel_requested THEN 'cancelled' "
+    "  WHEN processed_items = 0 AND failed_items > 0 THEN 'failed' "
+    "  ELSE 'completed' END, "
+    "error_code = CASE WHEN u.code <> '' THEN u.code "
+    "  WHEN u.st = '' AND NOT cancel_requested AND processed_items = 0 "
+    "  AND failed_items > 0 THEN 'all_items_failed' ELSE NULL END, "
+    "error_message = CASE WHEN u.msg <> '' THEN u.msg "
+    "  WHEN u.st = '' AND NOT cancel_requested AND processed_items = 0 "
+    "  AND failed_items > 0 THEN 'every item of the job failed' "
+    "  ELSE NULL END, "
+    "completed_at = now(), lease_owner = NULL, updated_at = now() "
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(id, st, code, msg) "
+    "WHERE jobs.id = u.id AND jobs.status = 'processing' "
+    "RETURNING jobs.id, jobs.status, jobs.processed_items, jobs.failed_items";
+
+static void store_flush_start(struct bd_pg *pg, struct bd_pg_link *items, unsigned n);
+static void store_flush_finish(struct bd_pg *pg, struct bd_pg_link *items, unsigned n);
+
+/* Answer every request of a list with status (nothing was sent for them). */
+static void store_answer_all(enum store_group kind, struct bd_pg_link *l, int status)
+{
+    struct bd_job_store_err e = { status == BD_ECANCELED ? "the store is closing"
+                                                         : "could not send the statement",
+                                  false };
+    for (struct bd_pg_link *next; l != NULL; l = next) {
+        next = l->next;
+        store_req_answer(kind, (struct store_req *)l, status, NULL, -1, &e);
+    }
+}
+
+/* The arrays of the group's statement (one text[] per argument) into b; values etc. point
+ * into b once it is complete. */
+static int store_group_params(struct bd_buf *b, struct store_req *const *reqs, unsigned m,
+                              int ncols, const char **values, int *lengths)
+{
+    size_t off[4];
+    for (int col = 0; col < ncols; col++) {
+        off[col] = b->len;
+        bd_pg_array_begin(b, BD_PG_TEXT_OID, m);
+        for (unsigned i = 0; i < m; i++) {
+            const char *v = col == 0 ? reqs[i]->job_id : col == 1 ? reqs[i]->a
+                          : col == 2 ? reqs[i]->b : reqs[i]->c;
+            bd_pg_array_elem(b, v, strlen(v));
+        }
+    }
+    if (b->is_failed)
+        return BD_ENOMEM;
+    for (int col = 0; col < ncols; col++) {
+        values[col] = b->data + off[col];
+        lengths[col] = (int)((col + 1 < ncols ? off[col + 1] : b->len) - off[col]);
+    }
+    return BD_OK;
+}
+
+/* The names the statements sent on every job are prepared under (bd_pg_query_prepared). */
+static const char store_group_start_name[] = "bd_group_start";
+static const char store_group_finish_name[] = "bd_group_finish";
+static const char store_small_name[] = "bd_small_write";
+
+/* One statement for the requests of a group (pg_store's flush; the list is ours). */
+static void store_group_flush(struct bd_pg *pg, struct bd_pg_link *items, unsigned n,
+                              enum store_group kind)
+{
+    bd_pg_group_flush_cb flush = kind == STORE_GROUP_START ? store_flush_start
+                                                           : store_flush_finish;
+    struct store_group_call *g = malloc(sizeof(*g));
+    struct store_req **reqs = malloc(n * sizeof(*reqs));
+    struct bd_pg_link *later = NULL, **later_tail = &later;
+    int ncols = kind == STORE_GROUP_START ? 3 : 4;
+    const char *values[4];
+    int lengths[4], formats[4] = { 1, 1, 1, 1 };
+    struct bd_buf b;
+    unsigned m = 0;
+    int rc;
+
+    if (g == NULL || reqs == NULL) {
+        free(g);
+        free(reqs);
+        store_answer_all(kind, items, BD_ENOMEM);
+        bd_pg_group_done(pg, kind);
+        return;
+    }
+    /* Requests in order; a job id already in this statement waits for the next one. */
+    for (struct bd_pg_link *l = items, *next; l != NULL; l = next) {
+        struct store_req *q = (struct store_req *)l;
+        bool is_dup = false;
+        next = l->next;
+        for (unsigned i = 0; i < m && !is_dup; i++)
+            is_dup = strcmp(reqs[i]->job_id, q->job_id) == 0;
+        if (is_dup) {
+            l->next = NULL;
+            *later_tail = l;
+            later_tail = &l->next;
+        } else {
+            reqs[m++] = q;
+        }
+    }
+    bd_buf_init(&b);
+    *g = (struct store_group_call){ pg, kind, reqs, m };
+    rc = store_group_params(&b, reqs, m, ncols, values, lengths);
+    if (rc == BD_OK)
+        rc = bd_pg_query_prepared(pg, kind == STORE_GROUP_START ? store_group_start_name
+                                                                : store_group_finish_name,
+                                  kind == STORE_GROUP_START ? store_group_start_sql
+                                                            : store_group_finish_sql,
+                                  ncols, values, lengths, formats, kind == STORE_GROUP_START,
+                                  store_on_group, g);
+    bd_buf_free(&b);
+    if (rc < 0) {
+        /* Nothing was sent: each request hears it now (on the group's turn, after its own
+         * call returned). */
+        struct bd_job_store_err e = { rc == BD_ECANCELED ? "the store is closing"
+                                                         : "could not send the statement",
+                                      false };
+        for (unsigned i = 0; i < m; i++)
+            store_req_answer(kind, reqs[i], rc, NULL, -1, &e);
+        free(reqs);
+        free(g);
+        bd_pg_group_done(pg, kind);
+    }
+    for (struct bd_pg_link *l = later, *next; l != NULL; l = next) {
+        next = l->next;
+        int err = bd_pg_group_add(pg, kind, l, flush);
+        if (err < 0) {
+            l->next = NULL;
+            store_answer_all(kind, l, err);
+        }
+    }
+}
+
+static void store_flush_start(struct bd_pg *pg, struct bd_pg_link *items, unsigned n)
+{
+    store_group_flush(pg, items, n, STORE_GROUP_START);
+}
+
+static void store_flush_finish(struct bd_pg *pg, struct bd_pg_link *items, unsigned n)
+{
+    store_group_flush(pg, items, n, STORE_GROUP_FINISH);
+}
+
+/* The start statement with the first pending batch joined on: the batch is read with the
+ * statement's snapshot, as a load sent right after the start would read it (the job is
+ * ours from here on, so nobody else checkpoints its batches meanwhile). Grouped. */
+int bd_job_store_start_load(struct bd_pg *pg, const char *job_id, const char *worker_id,
+                            const char *sources, bd_job_store_start_load_cb cb, void *arg)
+{
+    if (pg == NULL || job_id == NULL || worker_id == NULL || sources == NULL || cb == NULL)
+        return BD_EINVAL;
+    struct store_req *q = store_req_new(job_id, worker_id, sources, "");
+    if (q == NULL)
+        return BD_ENOMEM;
+    q->cb.start = cb;
+    q->arg = arg;
+    int rc = bd_pg_group_add(pg, STORE_GROUP_START, &q->link, store_flush_start);
+    if (rc < 0)
+        free(q);
     return rc;
 }
 
@@ -427,50 +776,282 @@ int bd_job_store_write_commit(struct bd_pg_conn *conn, struct bd_buf *q,
     return rc;
 }
 
-static void store_on_finished(int status, PGresult *res, void *arg)
+/* ---- a small batch's write: the staged rows as arrays, in one statement --------------- */
+
+/* A staged row's fields (the stage columns, in order); len -1 is SQL NULL. */
+enum stage_col { STAGE_INDEX, STAGE_ID, STAGE_EMBEDDING, STAGE_META, STAGE_CODE, STAGE_MSG,
+                 STAGE_HASH };
+struct stage_field {
+    const char *p;
+    int32_t len;
+};
+
+static uint32_t stage_get32(const char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return be32toh(v);
+}
+
+/* The offset of the first row of a staged payload, or 0 when it is not one. */
+static size_t stage_first_row(const struct bd_buf *b)
+{
+    static const char sig[11] = "PGCOPY\n\377\r\n";   /* with its NUL: 11 bytes */
+    if (b->is_failed || b->len < 19 + 2 || memcmp(b->data, sig, 11) != 0)
+        return 0;
+    uint32_t ext = stage_get32(b->data + 15);
+    return ext > b->len - 21 ? 0 : 19 + ext;
+}
+
+/* The row at *off into f[]: 1 and *off moved past it, 0 at the trailer, -1 malformed. */
+static int stage_next_row(const struct bd_buf *b, size_t *off, struct stage_field *f)
+{
+    size_t o = *off;
+    if (o + 2 > b->len)
+        return -1;
+    uint16_t n = (uint16_t)(((unsigned char)b->data[o] << 8) | (unsigned char)b->data[o + 1]);
+    o += 2;
+    if (n == UINT16_MAX)
+        return 0;
+    if (n != STAGE_COLUMNS)
+        return -1;
+    for (unsigned i = 0; i < STAGE_COLUMNS; i++) {
+        if (o + 4 > b->len)
+            return -1;
+        f[i].len = (int32_t)stage_get32(b->data + o);
+        o += 4;
+        f[i].p = b->data + o;
+        if (f[i].len < -1 || (f[i].len > 0 && (size_t)f[i].len > b->len - o))
+            return -1;
+        if (f[i].len > 0)
+            o += (size_t)f[i].len;
+    }
+    *off = o;
+    return 1;
+}
+
+/* The elements of a staged binary real[] (one dimension, or empty): their count, and in
+ * *data the (length, value) pairs, which are also the element section of the flat array
+ * the statement slices. -1 when it is not such an array. */
+static long stage_vector(const struct stage_field *f, const char **data)
+{
+    if (f->len < 12 || stage_get32(f->p + 8) != BD_PG_FLOAT4_OID)
+        return -1;
+    uint32_t ndim = stage_get32(f->p);
+    if (ndim == 0) {
+        *data = f->p + 12;
+        return 0;
+    }
+    if (ndim != 1 || f->len < 20)
+        return -1;
+    uint32_t n = stage_get32(f->p + 12);
+    if ((size_t)f->len - 20 != (size_t)n * 8)
+        return -1;
+    *data = f->p + 20;
+    return (long)n;
+}
+
+bool bd_job_store_is_small_batch(const struct bd_buf *stage, unsigned item_count)
+{
+    return item_count <= BD_JOB_STORE_SMALL_ITEMS && stage->len <= BD_JOB_STORE_SMALL_BYTES;
+}
+
+static void store_on_written(int status, PGresult *res, void *arg)
 {
     struct bd__store_call *c = arg;
     if (status < 0) {
         struct bd_job_store_err e = store_err(res);
-        c->cb.finish(status, NULL, &e, c->arg);
-    } else if (PQntuples(res) == 0) {
-        c->cb.finish(BD_OK, NULL, NULL, c->arg);
+        c->cb.written(status, NULL, &e, c->arg);
     } else {
-        struct bd_job_finish_row row = {
-            store_state(PQgetvalue(res, 0, 0)), bd__store_ll(res, 0, 1, 0), bd__store_ll(res, 0, 2, 0)
-        };
-        c->cb.finish(BD_OK, &row, NULL, c->arg);
+        struct bd_job_write_row row = { false, false, false };
+        if (PQntuples(res) == 1) {
+            row.is_pending = bd__store_bool(res, 0, 0);
+            row.has_more = bd__store_bool(res, 0, 1);
+            row.is_cancel_requested = bd__store_bool(res, 0, 2);
+        }
+        c->cb.written(BD_OK, &row, NULL, c->arg);
     }
     free(c);
 }
 
+/* The arrays of the statement, in parameter order from $12. */
+enum small_array { SMALL_INDEX, SMALL_ID, SMALL_OFFSET, SMALL_LENGTH, SMALL_META, SMALL_CODE,
+                   SMALL_MSG, SMALL_HASH, SMALL_FLAT, SMALL_NARRAYS };
+
+/* Every array of the statement into q, one after another; where each starts in off[]. */
+static int store_small_arrays(struct bd_buf *q, const struct bd_buf *stage, size_t first,
+                              unsigned rows, unsigned floats, size_t *off)
+{
+    static const uint32_t oids[SMALL_NARRAYS] = {
+        BD_PG_INT4_OID, BD_PG_TEXT_OID, BD_PG_INT4_OID, BD_PG_INT4_OID, BD_PG_TEXT_OID,
+        BD_PG_TEXT_OID, BD_PG_TEXT_OID, BD_PG_TEXT_OID, BD_PG_FLOAT4_OID };
+    struct stage_field f[STAGE_COLUMNS];
+
+    bd_buf_reset(q);
+    for (int a = 0; a < SMALL_NARRAYS; a++) {
+        size_t o = first;
+        int32_t next = 1;                     /* 1-based index of a row's first float */
+        off[a] = q->len;
+        bd_pg_array_begin(q, oids[a], a == SMALL_FLAT ? floats : rows);
+        while (stage_next_row(stage, &o, f) == 1) {
+            const char *data = NULL;
+            long n = f[STAGE_EMBEDDING].len < 0 ? -1 : stage_vector(&f[STAGE_EMBEDDING], &data);
+            const struct stage_field *t = NULL;
+            switch (a) {
+            case SMALL_INDEX:
+                bd_pg_array_int4(q, (int32_t)stage_get32(f[STAGE_INDEX].p));
+                break;
+            case SMALL_OFFSET:
+                bd_pg_array_int4(q, next);
+                break;
+            case SMALL_LENGTH:
+                if (n < 0)
+                    bd_pg_array_elem(q, NULL, 0);
+                else
+                    bd_pg_array_int4(q, (int32_t)n);
+                break;
+            case SMALL_FLAT:
+                if (n > 0)
+                    bd_buf_append(q, data, (size_t)n * 8);   /* (4, bits) pairs as they are */
+                break;
+            case SMALL_META:                   /* jsonb: version byte 1, then the text */
+                if (f[STAGE_META].len >= 1)
+                    bd_pg_array_elem(q, f[STAGE_META].p + 1, (size_t)f[STAGE_META].len - 1);
+                else
+                    bd_pg_array_elem(q, NULL, 0);
+                break;
+            default:
+                t = &f[a == SMALL_ID ? STAGE_ID : a == SMALL_CODE ? STAGE_CODE
+                       : a == SMALL_MSG ? STAGE_MSG : STAGE_HASH];
+                bd_pg_array_elem(q, t->len < 0 ? NULL : t->p, t->len < 0 ? 0 : (size_t)t->len);
+                break;
+            }
+            if (n > 0)
+                next += (int32_t)n;
+        }
+    }
+    return q->is_failed ? BD_ENOMEM : BD_OK;
+}
+
+/* Every write below is gated on b, the batch row's update: UPDATE takes the row's lock,
+ * waits for a concurrent writer and re-reads the committed status, so when another owner
+ * checkpointed the batch first b is empty and nothing is written (the same check as the
+ * transaction's SELECT ... FOR UPDATE). The errors of items that now succeeded are
+ * deleted and the new ones upserted, so the two touch different rows in the one statement.
+ * The last column looks for pending batches other than this one, so that a one-batch job
+ * needs no further load to learn it is done. */
+static const char store_small_sql[] =
+    "WITH b AS (UPDATE job_batches SET status = CASE WHEN $7::int = 0 AND $8::int > 0 "
+    "THEN 'failed' ELSE 'done' END, processed = $7::int, failed = $8::int, "
+    "attempts = $9::int, duration_ms = $10::int, updated_at = now() "
+    "WHERE job_id = $1 AND batch_no = $2::int AND status = 'pending' RETURNING batch_no), "
+    "s AS MATERIALIZED (SELECT u.i, u.id, CASE WHEN u.n IS NULL THEN NULL "
+    "ELSE ($20::real[])[u.o : u.o + u.n - 1] END AS emb, u.meta, u.code, u.msg, u.hash "
+    "FROM unnest($12::int4[], $13::text[], $14::int4[], $15::int4[], $16::text[], "
+    "$17::text[], $18::text[], $19::text[]) AS u(i, id, o, n, meta, code, msg, hash) "
+    "WHERE EXISTS (SELECT 1 FROM b)), "
+    "v AS (INSERT INTO vectors (collection, id, embedding, metadata, job_id, item_index) "
+    "SELECT DISTINCT ON (id) $3, id, emb, meta::jsonb, $1, i FROM s WHERE emb IS NOT NULL "
+    "ORDER BY id, i DESC ON CONFLICT (collection, id) DO UPDATE SET embedding = "
+    "EXCLUDED.embedding, metadata = EXCLUDED.metadata, job_id = EXCLUDED.job_id, "
+    "item_index = EXCLUDED.item_index, updated_at = now()), "
+    "vc AS (INSERT INTO embedding_cache (text_hash, embedding) SELECT hash, emb FROM s "
+    "WHERE hash IS NOT NULL AND emb IS NOT NULL ON CONFLICT (text_hash) DO NOTHING), "
+    "de AS (DELETE FROM job_item_errors WHERE job_id = $1 AND item_index >= $4::int "
+    "AND item_index < $5::int AND EXISTS (SELECT 1 FROM b) "
+    "AND item_index NOT IN (SELECT i FROM s WHERE emb IS NULL)), "
+    "ie AS (INSERT INTO job_item_errors (job_id, item_index, item_id, code, message, "
+    "run_attempt) SELECT $1, i, id, code, msg, $6::int FROM s WHERE emb IS NULL "
+    "ON CONFLICT (job_id, item_index) DO UPDATE SET item_id = EXCLUDED.item_id, "
+    "code = EXCLUDED.code, message = EXCLUDED.message, run_attempt = EXCLUDED.run_attempt), "
+    "j AS (UPDATE jobs SET next_batch = next_batch + 1, "
+    "processed_items = processed_items + $7::int, failed_items = failed_items + $8::int, "
+    "stored_vectors = stored_vectors + $7::int, cache_hits = cache_hits + $11::int, "
+    "processing_ms = processing_ms + $10::int, updated_at = now() "
+    "WHERE id = $1 AND EXISTS (SELECT 1 FROM b) RETURNING cancel_requested) "
+    "SELECT EXISTS (SELECT 1 FROM b), EXISTS (SELECT 1 FROM job_batches x "
+    "WHERE x.job_id = $1 AND x.status = 'pending' AND x.batch_no <> $2::int), "
+    "COALESCE((SELECT cancel_requested FROM j), false)";
+
+int bd_job_store_write_small(struct bd_pg *pg, struct bd_buf *q, const struct bd_buf *stage,
+                             const struct bd_job_checkpoint *cp, bd_job_store_written_cb cb,
+                             void *arg)
+{
+    struct stage_field f[STAGE_COLUMNS];
+    size_t first = stage_first_row(stage), o = first, off[SMALL_NARRAYS];
+    unsigned rows = 0, floats = 0;
+    int r;
+
+    if (first == 0)
+        return BD_EINVAL;
+    while ((r = stage_next_row(stage, &o, f)) == 1) {
+        const char *data;
+        long n = f[STAGE_EMBEDDING].len < 0 ? 0 : stage_vector(&f[STAGE_EMBEDDING], &data);
+        if (n < 0 || f[STAGE_INDEX].len != 4 || rows >= INT32_MAX / 2 ||
+            (unsigned long)n > (unsigned long)(INT32_MAX / 8) - floats)
+            return BD_EINVAL;
+        rows++;
+        floats += (unsigned)n;
+    }
+    if (r < 0)
+        return BD_EINVAL;
+    int err = store_small_arrays(q, stage, first, rows, floats, off);
+    if (err < 0)
+        return err;
+
+    char num[11][16];
+    const char *values[20];
+    int lengths[20], formats[20];
+    unsigned nums[11] = { 0, (unsigned)cp->batch_no, 0, cp->first_index,
+                          cp->first_index + cp->item_count, (unsigned)cp->run_attempt, cp->ok,
+                          cp->failed, cp->attempts, cp->duration_ms, cp->cache_hits };
+    for (int i = 0; i < 11; i++) {
+        if (i == 1 || i == 5)
+            snprintf(num[i], sizeof(num[i]), "%d", (int)nums[i]);
+        else
+            snprintf(num[i], sizeof(num[i]), "%u", nums[i]);
+        values[i] = num[i];
+        lengths[i] = 0;
+        formats[i] = 0;
+    }
+    values[0] = cp->job_id;
+    values[2] = cp->collection;
+    for (int a = 0; a < SMALL_NARRAYS; a++) {
+        size_t end = a + 1 < SMALL_NARRAYS ? off[a + 1] : q->len;
+        values[11 + a] = q->data + off[a];
+        lengths[11 + a] = (int)(end - off[a]);
+        formats[11 + a] = 1;
+    }
+    struct bd__store_call *c = store_call_copy(BD__STORE_CALL(written));
+    if (c == NULL)
+        return BD_ENOMEM;
+    int rc = bd_pg_query_prepared(pg, store_small_name, store_small_sql, 20, values, lengths,
+                                  formats, 0, store_on_written, c);
+    if (rc < 0)
+        free(c);
+    return rc;
+}
+
+/* Grouped (see "grouped start and finish"): jobs ending in the same loop turn share one
+ * UPDATE. */
 int bd_job_store_finish(struct bd_pg *pg, const char *job_id, enum bd_job_state final_state,
                         const char *error_code, const char *error_message,
                         bd_job_store_finish_cb cb, void *arg)
 {
-    /* "completed" is a request to decide by the counters: every item failed -> failed
-     * (SPEC "States"); a cancel that PostgreSQL recorded wins over a completion, so a job
-     * a 200 promised to stop never ends 'completed'. */
-    const char *params[4] = { job_id,
-                              final_state == BD_JOB_COMPLETED ? "" : bd_job_state_name(final_state),
-                              error_code ? error_code : "", error_message ? error_message : "" };
-    int rc = bd__store_query(pg,
-                         "UPDATE jobs SET "
-                         "status = CASE WHEN $2 <> '' THEN $2 "
-                         "  WHEN cancel_requested THEN 'cancelled' "
-                         "  WHEN processed_items = 0 AND failed_items > 0 THEN 'failed' "
-                         "  ELSE 'completed' END, "
-                         "error_code = CASE WHEN $3 <> '' THEN $3 "
-                         "  WHEN $2 = '' AND NOT cancel_requested AND processed_items = 0 "
-                         "  AND failed_items > 0 THEN 'all_items_failed' ELSE NULL END, "
-                         "error_message = CASE WHEN $4 <> '' THEN $4 "
-                         "  WHEN $2 = '' AND NOT cancel_requested AND processed_items = 0 "
-                         "  AND failed_items > 0 THEN 'every item of the job failed' "
-                         "  ELSE NULL END, "
-                         "completed_at = now(), lease_owner = NULL, updated_at = now() "
-                         "WHERE id = $1 AND status = 'processing' "
-                         "RETURNING status, processed_items, failed_items",
-                         4, params, NULL, NULL, 0, store_on_finished, BD__STORE_CALL(finish));
+    if (pg == NULL || job_id == NULL || cb == NULL)
+        return BD_EINVAL;
+    struct store_req *q = store_req_new(job_id,
+                                        final_state == BD_JOB_COMPLETED
+                                            ? "" : bd_job_state_name(final_state),
+                                        error_code ? error_code : "",
+                                        error_message ? error_message : "");
+    if (q == NULL)
+        return BD_ENOMEM;
+    q->cb.finish = cb;
+    q->arg = arg;
+    int rc = bd_pg_group_add(pg, STORE_GROUP_FINISH, &q->link, store_flush_finish);
+    if (rc < 0)
+        free(q);
     return rc;
 }
 

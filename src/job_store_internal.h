@@ -16,6 +16,7 @@ struct bd__store_call {
     union {
         bd_job_store_done_cb done;
         bd_job_store_start_cb start;
+        bd_job_store_written_cb written;
         bd_job_store_batch_cb batch;
         bd_job_store_cache_cb cache;
         bd_job_store_locked_cb locked;

@@ -289,6 +289,7 @@ static void conn_start_pq(struct bd_pg_conn *conn, const char *hosts, const char
         kw[2] = "hostaddr";
         val[2] = addrs;
     }
+    memset(conn->prepared, 0, sizeof(conn->prepared));   /* a new session prepares anew */
     conn->pq = PQconnectStartParams(kw, val, 1);
     if (conn->pq == NULL) {
         bd__pg_conn_break(conn, "out of memory");

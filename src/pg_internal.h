@@ -15,7 +15,8 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define PG_BACKOFF_MIN_MS 100         /* first reconnect delay, doubled to PG_BACKOFF_MAX_MS */
+#define PG_BACKOFF_MIN_MS 100
+#define BD__PG_PREPARED_MAX 8         /* prepared statements kept per connection */         /* first reconnect delay, doubled to PG_BACKOFF_MAX_MS */
 
 enum bd__pg_conn_state {
     PG_CONN_DOWN,        /* no PGconn; retry timer armed (or about to be) */
@@ -62,6 +63,15 @@ struct bd_pg_conn {
     uv_getaddrinfo_t gai;
     bool is_resolving;
     struct bd__pg_op op;
+    /* Statements prepared on this PGconn (bd_pg_query_prepared), cleared on every new
+     * PGconn. gen goes into the server-side name and moves on when a prepare's pipeline
+     * failed, so a statement the server may or may not have kept is never prepared twice
+     * under one name. */
+    struct {
+        const char *name;            /* the caller's constant name; NULL: free slot */
+        unsigned gen;
+        bool is_prepared;
+    } prepared[BD__PG_PREPARED_MAX];
     char errbuf[256];
 };
 
@@ -84,6 +94,13 @@ struct bd_pg {
     unsigned leased;
     uv_timer_t dispatch_timer;       /* zero timer: hands free connections to waiters */
     uv_timer_t acquire_timer;        /* fires at the head waiter's deadline */
+    uv_timer_t group_timer;          /* zero timer: flushes the groups with items */
+    struct {
+        struct bd_pg_link *head, *tail;
+        unsigned n;
+        bd_pg_group_flush_cb flush;
+        bool is_in_flight;           /* flushed; bd_pg_group_done not called yet */
+    } groups[BD_PG_GROUP_KINDS];
     unsigned pending_closes;
     unsigned pending_reqs;
     bool is_closing;

@@ -8,6 +8,7 @@
  */
 #include "pg_internal.h"
 
+#include "batchd/buf.h"
 #include "batchd/error.h"
 #include "batchd/log.h"
 
@@ -110,6 +111,59 @@ void bd__pg_pool_kick(struct bd_pg *pg)
         uv_timer_start(&pg->dispatch_timer, pool_on_dispatch, 0, 0);
 }
 
+/* ---- groups -------------------------------------------------------------------------- */
+
+/* Hand kind's items to its flush (the kind starts empty and is in flight until done). */
+static void group_flush(struct bd_pg *pg, unsigned k)
+{
+    struct bd_pg_link *items = pg->groups[k].head;
+    unsigned n = pg->groups[k].n;
+
+    if (n == 0)
+        return;
+    pg->groups[k].head = pg->groups[k].tail = NULL;
+    pg->groups[k].n = 0;
+    pg->groups[k].is_in_flight = true;
+    pg->groups[k].flush(pg, items, n);
+}
+
+static void group_on_timer(uv_timer_t *timer)
+{
+    struct bd_pg *pg = timer->data;
+
+    for (unsigned k = 0; k < BD_PG_GROUP_KINDS && !pg->is_closing; k++)
+        if (!pg->groups[k].is_in_flight)
+            group_flush(pg, k);
+}
+
+int bd_pg_group_add(struct bd_pg *pg, unsigned kind, struct bd_pg_link *item,
+                    bd_pg_group_flush_cb flush)
+{
+    if (pg == NULL || kind >= BD_PG_GROUP_KINDS || item == NULL || flush == NULL)
+        return BD_EINVAL;
+    if (pg->is_closing)
+        return BD_ECANCELED;
+    item->next = NULL;
+    if (pg->groups[kind].tail)
+        pg->groups[kind].tail->next = item;
+    else
+        pg->groups[kind].head = item;
+    pg->groups[kind].tail = item;
+    pg->groups[kind].flush = flush;
+    if (pg->groups[kind].n++ == 0 && !pg->groups[kind].is_in_flight)
+        uv_timer_start(&pg->group_timer, group_on_timer, 0, 0);
+    return BD_OK;
+}
+
+void bd_pg_group_done(struct bd_pg *pg, unsigned kind)
+{
+    if (kind >= BD_PG_GROUP_KINDS)
+        return;
+    pg->groups[kind].is_in_flight = false;
+    if (pg->groups[kind].n > 0 && !pg->is_closing)
+        uv_timer_start(&pg->group_timer, group_on_timer, 0, 0);
+}
+
 /* ---- pool lifecycle ------------------------------------------------------------------ */
 
 static void pool_on_handle_closed(uv_handle_t *handle)
@@ -207,8 +261,10 @@ int bd_pg_new(uv_loop_t *loop, const struct bd_pg_options *opt, struct bd_pg **o
 
     uv_timer_init(loop, &pg->dispatch_timer);
     uv_timer_init(loop, &pg->acquire_timer);
+    uv_timer_init(loop, &pg->group_timer);
     pg->dispatch_timer.data = pg;
     pg->acquire_timer.data = pg;
+    pg->group_timer.data = pg;
     for (unsigned i = 0; i < pg->pool_size; i++) {
         struct bd_pg_conn *conn = &pg->conns[i];
 
@@ -247,6 +303,7 @@ void bd_pg_close(struct bd_pg *pg, bd_pg_done_cb cb, void *arg)
     pg->close_arg = arg;
     uv_timer_stop(&pg->dispatch_timer);
     uv_timer_stop(&pg->acquire_timer);
+    uv_timer_stop(&pg->group_timer);
 
     /* Callbacks below may call back into the pool; every entry point checks is_closing. */
     while ((w = pool_pop_waiter(pg)) != NULL) {
@@ -268,7 +325,12 @@ void bd_pg_close(struct bd_pg *pg, bd_pg_done_cb cb, void *arg)
     }
     uv_close((uv_handle_t *)&pg->dispatch_timer, pool_on_handle_closed);
     uv_close((uv_handle_t *)&pg->acquire_timer, pool_on_handle_closed);
-    pg->pending_closes += 2;
+    uv_close((uv_handle_t *)&pg->group_timer, pool_on_handle_closed);
+    pg->pending_closes += 3;
+    /* Queued group items are answered by their flush (its statements now fail with
+     * BD_ECANCELED), in flight or not. */
+    for (unsigned k = 0; k < BD_PG_GROUP_KINDS; k++)
+        group_flush(pg, k);
     pg->is_close_started = true;
     if (pg->connected == 0 && pg->has_been_up)
         bd_log(BD_LOG_DEBUG, "pg", "pool closed url=%s", pg->url_log);
@@ -501,6 +563,9 @@ struct pg_query_rec {
     struct bd_pg_conn *conn;
     bd_pg_result_cb cb;
     void *arg;
+    const char *name;                /* bd_pg_query_prepared: the statement's name */
+    int slot;                        /* its slot in conn->prepared, or -1 */
+    bool is_preparing;               /* this run carries the PQsendPrepare */
     const char *sql;
     int nparams;
     int result_binary;
@@ -514,9 +579,61 @@ static void query_on_result(int status, PGresult *res, void *arg)
 {
     struct pg_query_rec *rec = arg;
 
+    if (rec->slot >= 0 && rec->is_preparing) {
+        if (status == BD_OK)
+            rec->conn->prepared[rec->slot].is_prepared = true;
+        else
+            rec->conn->prepared[rec->slot].gen++;    /* whatever the server kept: a new name */
+    }
     rec->cb(status, res, rec->arg);
     bd_pg_release(rec->conn);
     free(rec);
+}
+
+/* The slot of name on conn (taken when new), or -1 when every slot is taken. */
+static int conn_prepared_slot(struct bd_pg_conn *conn, const char *name)
+{
+    for (int i = 0; i < BD__PG_PREPARED_MAX; i++) {
+        if (conn->prepared[i].name == name)
+            return i;
+        if (conn->prepared[i].name == NULL) {
+            conn->prepared[i].name = name;
+            conn->prepared[i].gen = 0;
+            conn->prepared[i].is_prepared = false;
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* Execute rec's statement by name on conn, preparing it first (in one pipeline, one round
+ * trip) when this connection has not yet. */
+static int conn_query_prepared(struct bd_pg_conn *conn, struct pg_query_rec *rec)
+{
+    char stmt[80];
+    int err = conn_check_usable(conn, (const void *)query_on_result);
+
+    if (err < 0)
+        return err;
+    snprintf(stmt, sizeof(stmt), "%.60s_%u", rec->name, conn->prepared[rec->slot].gen);
+    rec->is_preparing = !conn->prepared[rec->slot].is_prepared;
+    if (!rec->is_preparing) {
+        if (!PQsendQueryPrepared(conn->pq, stmt, rec->nparams, rec->values, rec->lengths,
+                                 rec->formats, rec->result_binary ? 1 : 0))
+            return conn_send_failed(conn);
+        return conn_op_begin(conn, PG_OP_QUERY, query_on_result, rec);
+    }
+    if (!PQenterPipelineMode(conn->pq))
+        return conn_send_failed(conn);
+    if (!PQsendPrepare(conn->pq, stmt, rec->sql, rec->nparams, NULL) ||
+        !PQsendQueryPrepared(conn->pq, stmt, rec->nparams, rec->values, rec->lengths,
+                             rec->formats, rec->result_binary ? 1 : 0) ||
+        !PQpipelineSync(conn->pq)) {
+        /* Part of the pipeline is queued: start over on a new connection. */
+        bd__pg_conn_break(conn, NULL);
+        return BD_EPG;
+    }
+    return conn_op_begin(conn, PG_OP_PIPELINE, query_on_result, rec);
 }
 
 static void query_on_conn(int status, struct bd_pg_conn *conn, void *arg)
@@ -530,8 +647,12 @@ static void query_on_conn(int status, struct bd_pg_conn *conn, void *arg)
         return;
     }
     rec->conn = conn;
-    err = bd_pg_conn_query(conn, rec->sql, rec->nparams, rec->values, rec->lengths,
-                           rec->formats, rec->result_binary, query_on_result, rec);
+    rec->slot = rec->name != NULL ? conn_prepared_slot(conn, rec->name) : -1;
+    if (rec->slot >= 0)
+        err = conn_query_prepared(conn, rec);
+    else
+        err = bd_pg_conn_query(conn, rec->sql, rec->nparams, rec->values, rec->lengths,
+                               rec->formats, rec->result_binary, query_on_result, rec);
     if (err < 0) {
         bd_pg_release(conn);
         rec->cb(err, NULL, rec->arg);
@@ -539,9 +660,29 @@ static void query_on_conn(int status, struct bd_pg_conn *conn, void *arg)
     }
 }
 
+static int pg_query(struct bd_pg *pg, const char *name, const char *sql, int nparams,
+                    const char *const *values, const int *lengths, const int *formats,
+                    int result_binary, bd_pg_result_cb cb, void *arg);
+
 int bd_pg_query(struct bd_pg *pg, const char *sql, int nparams, const char *const *values,
                 const int *lengths, const int *formats, int result_binary,
                 bd_pg_result_cb cb, void *arg)
+{
+    return pg_query(pg, NULL, sql, nparams, values, lengths, formats, result_binary, cb, arg);
+}
+
+int bd_pg_query_prepared(struct bd_pg *pg, const char *name, const char *sql, int nparams,
+                         const char *const *values, const int *lengths, const int *formats,
+                         int result_binary, bd_pg_result_cb cb, void *arg)
+{
+    if (name == NULL || name[0] == '\0')
+        return BD_EINVAL;
+    return pg_query(pg, name, sql, nparams, values, lengths, formats, result_binary, cb, arg);
+}
+
+static int pg_query(struct bd_pg *pg, const char *name, const char *sql, int nparams,
+                    const char *const *values, const int *lengths, const int *formats,
+                    int result_binary, bd_pg_result_cb cb, void *arg)
 {
     struct pg_query_rec *rec;
     size_t n = (size_t)(nparams > 0 ? nparams : 0);
@@ -574,6 +715,8 @@ int bd_pg_query(struct bd_pg *pg, const char *sql, int nparams, const char *cons
     memset(rec, 0, sizeof(*rec));
     rec->cb = cb;
     rec->arg = arg;
+    rec->name = name;
+    rec->slot = -1;
     rec->nparams = nparams;
     rec->result_binary = result_binary;
     rec->values = (const char **)(rec + 1);
@@ -608,6 +751,48 @@ int bd_pg_query(struct bd_pg *pg, const char *sql, int nparams, const char *cons
     return err;
 }
 
+
+/* ---- binary array parameters ------------------------------------------------------------- */
+
+static void array_put32(struct bd_buf *b, uint32_t v)
+{
+    v = htonl(v);
+    bd_buf_append(b, &v, sizeof(v));
+}
+
+int bd_pg_array_begin(struct bd_buf *b, uint32_t elem_oid, unsigned n)
+{
+    if (n > INT32_MAX)
+        return BD_EINVAL;
+    if (bd_buf_reserve(b, 20) != BD_OK)
+        return BD_ENOMEM;
+    array_put32(b, n > 0 ? 1 : 0);   /* ndim */
+    array_put32(b, 0);               /* has-nulls flag: the server reads -1 lengths anyway */
+    array_put32(b, elem_oid);
+    if (n > 0) {
+        array_put32(b, n);           /* dimension */
+        array_put32(b, 1);           /* lower bound */
+    }
+    return b->is_failed ? BD_ENOMEM : BD_OK;
+}
+
+int bd_pg_array_elem(struct bd_buf *b, const void *p, size_t len)
+{
+    if (p != NULL && len > INT32_MAX)
+        return BD_EINVAL;
+    if (bd_buf_reserve(b, 4 + (p ? len : 0)) != BD_OK)
+        return BD_ENOMEM;
+    array_put32(b, p ? (uint32_t)len : UINT32_MAX);
+    if (p != NULL && len > 0)
+        bd_buf_append(b, p, len);
+    return b->is_failed ? BD_ENOMEM : BD_OK;
+}
+
+int bd_pg_array_int4(struct bd_buf *b, int32_t v)
+{
+    uint32_t be = htonl((uint32_t)v);
+    return bd_pg_array_elem(b, &be, 4);
+}
 
 /* ---- error classes ------------------------------------------------------------------------ */
 

@@ -135,23 +135,32 @@ static const char rq_lua_enqueue[] = RQ_LUA_PRELUDE
     "add(P .. 'queued_items', num(items))\n"
     "return position(prio, id)\n";
 
-/* ARGV: prefix, worker, lease_ms. Returns the claimed id or nil. */
+/* ARGV: prefix, worker, lease_ms[, max]. Takes jobs in queue order (high, normal, low;
+ * oldest first within one) and puts each in flight with its own lease. Without max: the
+ * claimed id or nil (bd_rq_claim). With max (bd_rq_claim_many): an array of at most max
+ * ids, empty when every queue is empty. One script run, so each id is taken exactly once
+ * however many processes claim at the same time. */
 static const char rq_lua_claim[] = RQ_LUA_PRELUDE
+    "local limit = tonumber(ARGV[4] or '1')\n"
+    "local deadline = int(now_ms() + tonumber(ARGV[3]))\n"
+    "local out = {}\n"
     "for _, p in ipairs(PRIOS) do\n"
-    "  local r = redis.call('ZPOPMIN', P .. 'q:' .. p)\n"
-    "  if r[1] then\n"
-    "    local id = r[1]\n"
+    "  if #out >= limit then break end\n"
+    "  local r = redis.call('ZPOPMIN', P .. 'q:' .. p, limit - #out)\n"
+    "  for i = 1, #r, 2 do\n"
+    "    local id = r[i]\n"
     "    local jk = P .. 'job:' .. id\n"
-    "    redis.call('ZADD', P .. 'inflight', int(now_ms() + tonumber(ARGV[3])), id)\n"
+    "    redis.call('ZADD', P .. 'inflight', deadline, id)\n"
     "    redis.call('HSET', jk, 'owner', ARGV[2])\n"
     "    redis.call('HDEL', jk, 'requeue')\n"
     "    model_add(jk, 'processing', 1)\n"
     "    model_add(jk, 'pending', -1)\n"
     "    add(P .. 'queued_items', -items_of(jk))\n"
-    "    return id\n"
+    "    out[#out + 1] = id\n"
     "  end\n"
     "end\n"
-    "return false\n";
+    "if ARGV[4] then return out end\n"
+    "return out[1] or false\n";
 
 /* ARGV: prefix, id, worker, lease_ms. Returns 1 renewed, 2 renewed + cancel, 0 lost. */
 static const char rq_lua_renew[] = RQ_LUA_PRELUDE
@@ -563,6 +572,56 @@ int bd_rq_claim(struct bd_rq *rq, bd_rq_claim_cb cb, void *arg)
     if (cb == NULL)
         return BD_EINVAL;
     return bd__rq_eval(rq, BD__RQ_S_CLAIM, BD__RQ_CONV_CLAIM, RQ_CB(claim, cb), arg, 2, args);
+}
+
+/* bd_rq_claim_many's call: the caller's callback, and the ids handed to it. */
+struct rq_claim_many {
+    bd_rq_claim_many_cb cb;
+    void *arg;
+};
+
+static void rq_on_claimed_many(int status, const redisReply *reply, void *arg)
+{
+    struct rq_claim_many *cm = arg;
+    const char *ids[BD_RQ_CLAIM_MAX];
+    unsigned n = 0;
+
+    if (status == BD_OK && (reply->type != REDIS_REPLY_ARRAY ||
+                            reply->elements > BD_RQ_CLAIM_MAX))
+        status = BD_EREDIS;
+    for (size_t i = 0; status == BD_OK && i < reply->elements; i++) {
+        const redisReply *el = reply->element[i];
+        if (el->type != REDIS_REPLY_STRING || el->len == 0)
+            status = BD_EREDIS;
+        else
+            ids[n++] = el->str;
+    }
+    /* A reply we cannot read claimed jobs we cannot name: their leases run out and the
+     * reaper puts them back (as for a reply lost with the connection). */
+    cm->cb(status, ids, status == BD_OK ? n : 0, cm->arg);
+    free(cm);
+}
+
+int bd_rq_claim_many(struct bd_rq *rq, unsigned max, bd_rq_claim_many_cb cb, void *arg)
+{
+    char max_s[16];
+    const char *args[3] = { rq->worker_id, rq->lease_ms, max_s };
+    struct rq_claim_many *cm;
+    int err;
+
+    if (cb == NULL || max == 0 || max > BD_RQ_CLAIM_MAX)
+        return BD_EINVAL;
+    snprintf(max_s, sizeof(max_s), "%u", max);
+    cm = malloc(sizeof(*cm));
+    if (cm == NULL)
+        return BD_ENOMEM;
+    cm->cb = cb;
+    cm->arg = arg;
+    err = bd__rq_eval(rq, BD__RQ_S_CLAIM, BD__RQ_CONV_RAW, RQ_CB(raw, rq_on_claimed_many), cm,
+                      3, args);
+    if (err < 0)
+        free(cm);
+    return err;
 }
 
 int bd_rq_renew(struct bd_rq *rq, const char *job_id, bd_rq_int_cb cb, void *arg)

@@ -84,6 +84,17 @@ typedef void (*bd_job_store_batch_cb)(int status, const struct bd_job_batch_row 
 int bd_job_store_load_batch(struct bd_pg *pg, const char *job_id, int after_batch_no,
                             bd_job_store_batch_cb cb, void *arg);
 
+/* START and the job's first pending batch in one round trip: as bd_job_store_start, and,
+ * when the job was started (row not NULL), its first pending batch as
+ * bd_job_store_load_batch(after_batch_no -1) would give it right after (batch->has_batch
+ * false: none left; batch->is_cancel_requested is row->is_cancel_requested). row and batch
+ * are NULL together (the job is not startable); both borrowed during cb. */
+typedef void (*bd_job_store_start_load_cb)(int status, const struct bd_job_start_row *row,
+                                           const struct bd_job_batch_row *batch,
+                                           const struct bd_job_store_err *err, void *arg);
+int bd_job_store_start_load(struct bd_pg *pg, const char *job_id, const char *worker_id,
+                            const char *sources, bd_job_store_start_load_cb cb, void *arg);
+
 /* Make a batch's attempts and last error visible (/debug) while it is retried. */
 int bd_job_store_record_attempt(struct bd_pg *pg, const char *job_id, int batch_no,
                                 unsigned attempts, const char *message,
@@ -139,6 +150,32 @@ struct bd_job_checkpoint {
 int bd_job_store_write_commit(struct bd_pg_conn *conn, struct bd_buf *sql,
                               const struct bd_job_checkpoint *cp, bd_job_store_done_cb cb,
                               void *arg);
+
+/* ---- a small batch's write: one statement, no staging table, no leased connection -----
+ * For a batch that bd_job_store_is_small_batch accepts: the rows staged as for
+ * bd_job_store_write_stage (stage_begin .. stage_end, into `stage`) go to PostgreSQL as
+ * arrays in ONE statement that checkpoints the batch only if it is still pending (the
+ * batch row's update takes its lock and re-reads its status, in the same statement) and
+ * writes the vectors, cache rows, item errors and the job's counters only then: all or
+ * nothing, exactly once. One round trip on a pooled connection (no BEGIN/COMMIT, no COPY,
+ * no temp table). sql is a scratch buffer the caller owns (its arrays are copied before the
+ * call returns). cp as for bd_job_store_write_commit. */
+#define BD_JOB_STORE_SMALL_ITEMS 128          /* items of a "small" batch, at most */
+#define BD_JOB_STORE_SMALL_BYTES (512 * 1024) /* bytes of its staged rows, at most */
+bool bd_job_store_is_small_batch(const struct bd_buf *stage, unsigned item_count);
+
+struct bd_job_write_row {
+    bool is_pending;             /* false: the batch was not pending; nothing was written */
+    bool has_more;               /* another batch of the job is still pending */
+    bool is_cancel_requested;    /* the job's cancel flag (after a write; else false) */
+};
+/* row borrowed during cb, NULL when status < 0. */
+typedef void (*bd_job_store_written_cb)(int status, const struct bd_job_write_row *row,
+                                        const struct bd_job_store_err *err, void *arg);
+/* BD_EINVAL when stage is not a staged payload of this module's rows. */
+int bd_job_store_write_small(struct bd_pg *pg, struct bd_buf *sql, const struct bd_buf *stage,
+                             const struct bd_job_checkpoint *cp, bd_job_store_written_cb cb,
+                             void *arg);
 
 /* End a run: compare-and-set from 'processing' to the final state. final_state is the
  * state machine's decision (BD_JOB_COMPLETED means "by the counters": every item failed

@@ -115,6 +115,41 @@ int bd_pg_query(struct bd_pg *pg, const char *sql, int nparams, const char *cons
                 const int *lengths, const int *formats, int result_binary,
                 bd_pg_result_cb cb, void *arg);
 
+/* ---- groups: calls made close together, sent as one statement --------------------------
+ * A caller that can answer many requests with one statement (UPDATE ... WHERE id =
+ * ANY($1)) queues each request as an item under a kind it owns (0 .. BD_PG_GROUP_KINDS-1)
+ * with bd_pg_group_add; the first item queued arms a zero timer, and on the next loop turn
+ * flush is called once with every item queued under that kind since (the list in queue
+ * order, n of them), and the kind starts empty again. From then on the items are flush's:
+ * it sends the statement and calls each request's owner back (the callback contract is
+ * the caller's to keep). A kind whose statement is still in flight keeps collecting, and
+ * is flushed on the first turn after bd_pg_group_done(kind) -- so under load each
+ * statement carries what arrived while the previous one ran (group commit), and an idle
+ * pool adds one loop turn. When bd_pg_close runs, every kind with items is flushed from
+ * inside it (pg is closing then, so flush's bd_pg_query returns BD_ECANCELED and flush
+ * answers each item with it). */
+#define BD_PG_GROUP_KINDS 4
+struct bd_pg_link {
+    struct bd_pg_link *next;
+};
+typedef void (*bd_pg_group_flush_cb)(struct bd_pg *pg, struct bd_pg_link *items, unsigned n);
+/* BD_OK, or BD_ECANCELED (closing) / BD_EINVAL, and the item was not taken. */
+int bd_pg_group_add(struct bd_pg *pg, unsigned kind, struct bd_pg_link *item,
+                    bd_pg_group_flush_cb flush);
+/* The statement a flush of kind sent has answered: items queued since go on the next turn.
+ * A flush that sent nothing (its send failed) calls it too. */
+void bd_pg_group_done(struct bd_pg *pg, unsigned kind);
+
+/* As bd_pg_query, for a statement sent often: it is prepared once on each connection
+ * (PQsendPrepare, pipelined with its first execution there) and then executed by name, so
+ * the server neither parses nor plans it from scratch on every call. name is a constant
+ * string (the pool keeps the pointer) naming this sql and nothing else; the parameters'
+ * types come from the statement's casts. At most a few names per pool (beyond them, the
+ * statement simply runs unprepared). */
+int bd_pg_query_prepared(struct bd_pg *pg, const char *name, const char *sql, int nparams,
+                         const char *const *values, const int *lengths, const int *formats,
+                         int result_binary, bd_pg_result_cb cb, void *arg);
+
 /* Error text of the connection (PQerrorMessage, trailing newline removed), for logs.
  * Borrowed until the next operation on conn. */
 const char *bd_pg_conn_get_error(struct bd_pg_conn *conn);
@@ -156,6 +191,22 @@ int bd_pg_copy_end(struct bd_buf *b);                   /* trailer */
  * Returns BD_OK, or BD_EINVAL when p[0..len) is not a one-dimensional float4 array of n
  * non-NULL elements (out may then be partly written). n == 0 accepts '{}'. No allocation. */
 int bd_pg_float4_array_decode(const char *p, size_t len, size_t n, float *out);
+
+/* ---- binary array parameters (src/pg_store.c) -------------------------------------------
+ * A one-dimensional array in PostgreSQL's binary format, for a statement parameter sent
+ * with format 1 (cast in the statement: $3::int4[]):
+ *     bd_pg_array_begin(&b, BD_PG_TEXT_OID, n); then n calls of bd_pg_array_elem;
+ * n == 0 writes the empty array. Elements go out as they are: their binary form (int4 in
+ * network order, text as UTF-8 bytes, float4 as its IEEE bits in network order); p NULL
+ * is SQL NULL. Appends to b (the growable buffer; several arrays may share one buffer,
+ * each at its own offset); errors are sticky in b->is_failed, as for the COPY encoder. */
+#define BD_PG_INT4_OID 23u
+#define BD_PG_TEXT_OID 25u
+#define BD_PG_FLOAT4_OID 700u
+int bd_pg_array_begin(struct bd_buf *b, uint32_t elem_oid, unsigned n);
+int bd_pg_array_elem(struct bd_buf *b, const void *p, size_t len);
+/* An int4 element. */
+int bd_pg_array_int4(struct bd_buf *b, int32_t v);
 
 /* ---- error classes ------------------------------------------------------------------------
  * Whether a failed statement is worth running again. TRANSIENT: the connection was lost

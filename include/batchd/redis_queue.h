@@ -131,6 +131,19 @@ int bd_rq_unreserve_items(struct bd_rq *rq, const char *job_id, bd_rq_int_cb cb,
  * lease of lease_s owned by worker_id. cb gets the id, or NULL when all queues are empty. */
 int bd_rq_claim(struct bd_rq *rq, bd_rq_claim_cb cb, void *arg);
 
+/* bd_rq_claim_many: job_ids[0..count) borrowed during the callback; count 0 when every
+ * queue is empty (or on error). */
+#define BD_RQ_CLAIM_MAX 64
+typedef void (*bd_rq_claim_many_cb)(int status, const char *const *job_ids, unsigned count,
+                                    void *arg);
+
+/* As bd_rq_claim, for up to max jobs (1..BD_RQ_CLAIM_MAX) in one round trip: one script
+ * takes them in the order bd_rq_claim would, one after another, each with its own lease
+ * (renewed, released and reaped one by one as before). Each id goes to exactly one
+ * caller, whichever process claims. BD_EINVAL for max out of range or a NULL cb.
+ * Allocates one small record for the call. */
+int bd_rq_claim_many(struct bd_rq *rq, unsigned max, bd_rq_claim_many_cb cb, void *arg);
+
 /* Extend the lease of job_id if this worker still owns it. cb value: 1 renewed, 0 lost
  * (not in flight or another owner), 2 renewed and a cancel was requested for the job. */
 int bd_rq_renew(struct bd_rq *rq, const char *job_id, bd_rq_int_cb cb, void *arg);
