@@ -56,7 +56,10 @@ enum slot_phase {
     SLOT_CACHE,               /* bulk_embed: vectors of texts already embedded by the model */
     SLOT_EXECUTE,             /* model call in flight or backing off (bulk_embed) */
     SLOT_READY,               /* vectors or item errors in hand: waits for the job's writer */
-    SLOT_WRITE_ACQUIRE,       /* lease a connection for the batch's transaction */
+    SLOT_WRITE_ACQUIRE,       /* stage the rows; a small batch goes in one statement
+                               * (SLOT_WRITE_ONE), else lease a connection for its
+                               * transaction */
+    SLOT_WRITE_ONE,           /* the one-statement write of a small batch */
     SLOT_WRITE_BEGIN,         /* BEGIN, lock the batch row, check it is still pending */
     SLOT_WRITE_STAGE,         /* stage the rows by binary COPY */
     SLOT_WRITE_COMMIT,        /* vectors, item errors, checkpoint, COMMIT */

@@ -111,8 +111,8 @@ static const char *const job_phase_names[] = {
 };
 
 static const char *const slot_phase_names[] = {
-    "free", "cache", "execute", "ready", "write_acquire", "write_begin", "write_stage",
-    "write_commit",
+    "free", "cache", "execute", "ready", "write_acquire", "write_one", "write_begin",
+    "write_stage", "write_commit",
 };
 
 const char *bd__job_phase_name(enum job_phase phase)
@@ -472,6 +472,28 @@ static void job_slot_begin(struct bd_job_slot *s, const struct bd_job_batch_row 
     bd__job_slot_step(s);
 }
 
+/* A loaded batch (or the news that none is left after the cursor) into a free slot. */
+static void job_take_loaded(struct bd_job *job, const struct bd_job_batch_row *row)
+{
+    if (row->is_cancel_requested && !job->is_cancel_requested) {
+        /* Recorded in PostgreSQL by a DELETE that could not reach us through Redis. */
+        bd_log(BD_LOG_INFO, "job", "job=%s event=cancel_seen_in_store", job->id);
+        job->is_cancel_requested = true;
+        bd__job_interrupt(job);
+    }
+    if (!row->has_batch) {
+        job->is_exhausted = true;
+    } else if (!bd__job_should_stop(job)) {
+        struct bd_job_slot *s = NULL;
+        for (unsigned i = 0; i < job->window && s == NULL; i++)
+            if (job->slots[i].phase == SLOT_FREE)
+                s = &job->slots[i];
+        assert(s != NULL);                  /* loads go only into a free slot */
+        job->cursor = row->batch_no;
+        job_slot_begin(s, row);
+    }
+}
+
 static void job_on_batch_loaded(int status, const struct bd_job_batch_row *row,
                                 const struct bd_job_store_err *err, void *arg)
 {
@@ -486,23 +508,7 @@ static void job_on_batch_loaded(int status, const struct bd_job_batch_row *row,
         return;
     }
     job->job_failures = 0;
-    if (row->is_cancel_requested && !job->is_cancel_requested) {
-        /* Recorded in PostgreSQL by a DELETE that could not reach us through Redis. */
-        bd_log(BD_LOG_INFO, "job", "job=%s event=cancel_seen_in_store", job->id);
-        job->is_cancel_requested = true;
-        bd__job_interrupt(job);
-    }
-    if (!row->has_batch) {
-        job->is_exhausted = true;
-    } else if (!bd__job_should_stop(job)) {
-        struct bd_job_slot *s = NULL;
-        for (unsigned i = 0; i < job->window && s == NULL; i++)
-            if (job->slots[i].phase == SLOT_FREE)
-                s = &job->slots[i];
-        assert(s != NULL);                  /* the pump loads only into a free slot */
-        job->cursor = row->batch_no;
-        job_slot_begin(s, row);
-    }
+    job_take_loaded(job, row);
     bd__job_pump(job);
     bd__job_unref(job);
 }
@@ -589,7 +595,9 @@ void bd__job_pump(struct bd_job *job)
 
 /* ---- START: mark processing and read the job ------------------------------------------ */
 
+/* The start comes with the job's first pending batch (one round trip for both). */
 static void job_on_started(int status, const struct bd_job_start_row *row,
+                           const struct bd_job_batch_row *batch,
                            const struct bd_job_store_err *err, void *arg)
 {
     struct bd_job *job = arg;
@@ -643,6 +651,8 @@ static void job_on_started(int status, const struct bd_job_start_row *row,
                "window=%u", job->id, bd_job_operation_name(job->op), job->total_items,
                job->total_batches, job->window);
         job->phase = JOB_PHASE_RUN;
+        if (batch != NULL)
+            job_take_loaded(job, batch);
         bd__job_pump(job);
     }
     bd__job_unref(job);
@@ -899,6 +909,7 @@ void bd__job_slot_step(struct bd_job_slot *s)
         err = job_execute(s);
         break;
     case SLOT_WRITE_ACQUIRE:
+    case SLOT_WRITE_ONE:
     case SLOT_WRITE_BEGIN:
     case SLOT_WRITE_STAGE:
     case SLOT_WRITE_COMMIT:
@@ -1035,8 +1046,9 @@ void bd__job_step(struct bd_job *job)
     bd__job_ref(job);
     switch (job->phase) {
     case JOB_PHASE_START:
-        err = bd_job_store_start(job->e->d.pg, job->id, job->e->d.cfg->worker_id,
-                                 bd_job_event_sources(BD_JOB_EV_START), job_on_started, job);
+        err = bd_job_store_start_load(job->e->d.pg, job->id, job->e->d.cfg->worker_id,
+                                      bd_job_event_sources(BD_JOB_EV_START), job_on_started,
+                                      job);
         break;
     case JOB_PHASE_FINISH:
         err = job_finish_query(job);

@@ -1,6 +1,7 @@
-/* job_write.c -- the WRITE phases of a job: one transaction per batch that stages the
- * batch's rows by binary COPY, then upserts the vectors, records item errors and
- * checkpoints the batch and the job's counters.
+/* job_write.c -- the WRITE phases of a batch: a small batch (bd_job_store_is_small_batch)
+ * in one statement that checkpoints it only if it is still pending; a larger one in one
+ * transaction that stages the batch's rows by binary COPY, then upserts the vectors,
+ * records item errors and checkpoints the batch and the job's counters.
  *
  * Part of the job module (job_internal.h); loop thread only, never blocks. A store error
  * is not the batch's fault: transient ones (connection, serialization, deadlock,
@@ -175,19 +176,26 @@ static void job_write_failed(struct bd_job_slot *s, const char *what,
                                    JOB_WRITE_RETRY_MAX_S));
 }
 
-static void job_on_committed(int status, const struct bd_job_store_err *err, void *arg)
+/* The batch's checkpoint: its counts and its time so far. */
+static struct bd_job_checkpoint job_checkpoint(const struct bd_job_slot *s)
 {
-    struct bd_job_slot *s = arg;
+    const struct bd_job *job = s->job;
+    return (struct bd_job_checkpoint){
+        .job_id = job->id, .collection = job->collection, .batch_no = s->batch_no,
+        .run_attempt = job->run_attempt, .first_index = s->first_index,
+        .item_count = s->item_count, .ok = s->batch_ok, .failed = s->batch_failed,
+        .cache_hits = s->batch_cache_hits,
+        .attempts = s->attempts + (s->is_batch_failed ? 0 : 1),
+        .duration_ms = (unsigned)((uv_hrtime() - s->batch_start_ns) / 1000000u),
+    };
+}
+
+/* The batch is checkpointed (by either write): count it, tell the listeners, free the slot. */
+static void job_checkpointed(struct bd_job_slot *s)
+{
     struct bd_job *job = s->job;
     struct bd_job_engine *e = job->e;
 
-    if (status < 0) {
-        job_write_failed(s, "commit", err);
-        bd__job_unref(job);
-        return;
-    }
-    bd_pg_release(s->conn);
-    s->conn = NULL;
     job->batches_run++;
     e->stats.batches_done++;
     bd_metrics_batch_done(e->d.metrics, job->op, bd_metrics_model_slot(e->d.cfg, job->model),
@@ -198,6 +206,54 @@ static void job_on_committed(int status, const struct bd_job_store_err *err, voi
            (double)(uv_hrtime() - s->batch_start_ns) / 1e6);
     bd__job_notify(e, job->id, false);
     bd__job_slot_end(s);
+}
+
+/* Someone else checkpointed this batch (we lost the job for a while): it is not counted
+ * again, and the window goes on with the next batches. */
+static void job_already_done(struct bd_job_slot *s)
+{
+    bd_log(BD_LOG_INFO, "job", "job=%s batch=%d event=batch_already_done", s->job->id,
+           s->batch_no);
+    bd__job_slot_end(s);
+}
+
+/* The one-statement write of a small batch. */
+static void job_on_written(int status, const struct bd_job_write_row *row,
+                           const struct bd_job_store_err *err, void *arg)
+{
+    struct bd_job_slot *s = arg;
+    struct bd_job *job = s->job;
+
+    if (status < 0) {
+        job_write_failed(s, "write", err);
+    } else if (!row->is_pending) {
+        job_already_done(s);
+    } else {
+        if (row->is_cancel_requested && !job->is_cancel_requested) {
+            bd_log(BD_LOG_INFO, "job", "job=%s event=cancel_seen_in_store", job->id);
+            job->is_cancel_requested = true;
+            bd__job_interrupt(job);
+        }
+        if (!row->has_more)
+            job->is_exhausted = true;       /* no final load to learn it */
+        job_checkpointed(s);
+    }
+    bd__job_unref(job);
+}
+
+static void job_on_committed(int status, const struct bd_job_store_err *err, void *arg)
+{
+    struct bd_job_slot *s = arg;
+    struct bd_job *job = s->job;
+
+    if (status < 0) {
+        job_write_failed(s, "commit", err);
+        bd__job_unref(job);
+        return;
+    }
+    bd_pg_release(s->conn);
+    s->conn = NULL;
+    job_checkpointed(s);
     bd__job_unref(job);
 }
 
@@ -224,13 +280,9 @@ static void job_on_locked(int status, bool is_pending, const struct bd_job_store
     if (status < 0) {
         job_write_failed(s, "begin", err);
     } else if (!is_pending) {
-        /* Someone else checkpointed this batch (we lost the job for a while): do not
-         * count it again. Roll back; the window goes on with the next batches. */
-        bd_log(BD_LOG_INFO, "job", "job=%s batch=%d event=batch_already_done", job->id,
-               s->batch_no);
-        bd_pg_release(s->conn);
+        bd_pg_release(s->conn);               /* rolls back */
         s->conn = NULL;
-        bd__job_slot_end(s);
+        job_already_done(s);
     } else {
         s->phase = SLOT_WRITE_STAGE;
         bd__job_slot_step(s);
@@ -265,26 +317,26 @@ int bd__job_write_step(struct bd_job_slot *s)
     assert(s->is_writing);
     switch (s->phase) {
     case SLOT_WRITE_ACQUIRE:
-        rc = bd_pg_acquire(job->e->d.pg, job_on_conn, s);
+        /* Staged afresh at every try: a failed batch's items changed since the last. */
+        rc = job_build_copy(s);
+        if (rc == BD_OK && bd_job_store_is_small_batch(&s->copy, s->item_count)) {
+            struct bd_job_checkpoint cp = job_checkpoint(s);
+            s->phase = SLOT_WRITE_ONE;
+            rc = bd_job_store_write_small(job->e->d.pg, &s->wsql, &s->copy, &cp,
+                                          job_on_written, s);
+        } else if (rc == BD_OK) {
+            rc = bd_pg_acquire(job->e->d.pg, job_on_conn, s);
+        }
         break;
     case SLOT_WRITE_BEGIN:
         rc = bd_job_store_write_begin(s->conn, &s->wsql, job->id, s->batch_no,
                                       job_on_locked, s);
         break;
     case SLOT_WRITE_STAGE:
-        rc = job_build_copy(s);
-        if (rc == BD_OK)
-            rc = bd_job_store_write_stage(s->conn, &s->copy, job_on_staged, s);
+        rc = bd_job_store_write_stage(s->conn, &s->copy, job_on_staged, s);
         break;
     case SLOT_WRITE_COMMIT: {
-        struct bd_job_checkpoint cp = {
-            .job_id = job->id, .collection = job->collection, .batch_no = s->batch_no,
-            .run_attempt = job->run_attempt, .first_index = s->first_index,
-            .item_count = s->item_count, .ok = s->batch_ok, .failed = s->batch_failed,
-            .cache_hits = s->batch_cache_hits,
-            .attempts = s->attempts + (s->is_batch_failed ? 0 : 1),
-            .duration_ms = (unsigned)((uv_hrtime() - s->batch_start_ns) / 1000000u),
-        };
+        struct bd_job_checkpoint cp = job_checkpoint(s);
         rc = bd_job_store_write_commit(s->conn, &s->wsql, &cp, job_on_committed, s);
         break;
     }
