@@ -851,52 +851,76 @@ static void test_embed_fails_batches_naming_dimension_when_dimension_is_wrong(vo
 
 /* ---- 6. cancel -------------------------------------------------------------------------- */
 
-static void test_embed_cancels_within_1s_when_deleted_during_slow_model_call(void **state)
+/* A config of one model with the given concurrency, 10 inputs per request, timeout 30 s. */
+static void yaml_one_model(struct bd_buf *y, const char *model, int port, unsigned dim,
+                           unsigned concurrency, unsigned max_jobs)
 {
-    struct ite_ctx *c = *state;
+    char extra[160];
+    bd_buf_printf(y,
+                  "jobs:\n"
+                  "  max_concurrent_jobs: %u\n"
+                  "  processing_interval: 0.05\n"
+                  "  retry_attempts: 3\n"
+                  "  retry_delay: 0.05\n"
+                  "  lease: 3\n"
+                  "  reaper_interval: 1\n"
+                  "models:\n", max_jobs);
+    snprintf(extra, sizeof(extra), "    concurrency: %u\n    max_inputs_per_request: 10\n"
+             "    timeout: 30\n", concurrency);
+    yaml_model(y, model, "ollama", port, dim, extra);
+}
+
+/* A job at a model that takes 5 s per request, cancelled (DELETE) once `at_model` of its
+ * batches of 10 are in flight: cancelled within 1 s, every request aborted (the model sees
+ * as many disconnects), nothing stored. */
+static void run_cancel_case(struct ite_ctx *c, const char *what, unsigned items,
+                            unsigned at_model)
+{
     char model[64], path[256];
     struct bd_buf y;
     struct ite_items it;
     long st;
 
     int port = ite_fake(c, "--dim", "16", "--latency-ms", "5000", NULL);
-    model_name(model, sizeof(model), "slow");
+    model_name(model, sizeof(model), what);
     bd_buf_init(&y);
-    yaml_jobs(&y, 3, "0.05");
-    yaml_model(&y, model, "ollama", port, 16, "    timeout: 30\n");
+    yaml_one_model(&y, model, port, 16, 4, 1);
     ite_batchd(c, y.data);
     bd_buf_free(&y);
 
-    items_make(&it, 5, "slow", false, false);
+    items_make(&it, items, what, false, false);
     char *body = embed_body(model, NULL, &it, 10);
     char *id = submit(&c->p, body);
     free(body);
     double deadline = bd_it_now() + 10;
-    while (fm_stat(port, "in_flight") < 1 && bd_it_now() < deadline)
+    while (fm_stat(port, "in_flight") < (long)at_model && bd_it_now() < deadline)
         bd_it_sleep_ms(10);
-    assert_int_equal(fm_stat(port, "in_flight"), 1);
+    assert_int_equal(fm_stat(port, "in_flight"), at_model);
 
     snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s", id);
     double t0 = bd_it_now();
     json_t *j = bd_it_json(&c->p, "DELETE", path, NULL, &st);
     assert_int_equal(st, 200);
     json_decref(j);
-    j = wait_end(&c->p, id, "cancelled", 1.0);
+    json_decref(wait_end(&c->p, id, "cancelled", 1.0));
     double took = bd_it_now() - t0;
-    json_decref(j);
     fprintf(stderr, "  cancelled %.3f s after the DELETE\n", took);
     assert_true(took < 1.0);
-
     deadline = bd_it_now() + 1;
-    while (fm_stat(port, "disconnects") < 1 && bd_it_now() < deadline)
+    while (fm_stat(port, "disconnects") < (long)at_model && bd_it_now() < deadline)
         bd_it_sleep_ms(10);
-    assert_int_equal(fm_stat(port, "disconnects"), 1);
+    assert_int_equal(fm_stat(port, "disconnects"), at_model);
     assert_int_equal(fm_stat(port, "in_flight"), 0);
-    assert_int_equal(fm_stat(port, "requests_total"), 1);
+    assert_int_equal(fm_stat(port, "requests_total"), at_model);
     assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s'", id), 0);
     free(id);
     items_free(&it);
     ite_finish(c);
+}
+
+static void test_embed_cancels_within_1s_when_deleted_during_slow_model_call(void **state)
+{
+    run_cancel_case(*state, "slow", 5, 1);
 }
 
 /* ---- 7. concurrency cap ----------------------------------------------------------------- */
@@ -951,25 +975,6 @@ static void test_embed_keeps_at_most_2_requests_in_flight_when_concurrency_is_2(
 
 /* ---- 8. pipelined batches and the model's dispatcher -------------------------------------- */
 
-/* A config of one model with the given concurrency, 10 inputs per request, timeout 30 s. */
-static void yaml_one_model(struct bd_buf *y, const char *model, int port, unsigned dim,
-                           unsigned concurrency, unsigned max_jobs)
-{
-    char extra[160];
-    bd_buf_printf(y,
-                  "jobs:\n"
-                  "  max_concurrent_jobs: %u\n"
-                  "  processing_interval: 0.05\n"
-                  "  retry_attempts: 3\n"
-                  "  retry_delay: 0.05\n"
-                  "  lease: 3\n"
-                  "  reaper_interval: 1\n"
-                  "models:\n", max_jobs);
-    snprintf(extra, sizeof(extra), "    concurrency: %u\n    max_inputs_per_request: 10\n"
-             "    timeout: 30\n", concurrency);
-    yaml_model(y, model, "ollama", port, dim, extra);
-}
-
 /* One big job alone keeps every one of the model's 4 slots busy: its window holds the
  * model's concurrency + 1 batches (max_concurrent_jobs does not cap it). */
 static void test_embed_one_job_fills_all_4_model_slots_when_concurrency_is_4(void **state)
@@ -1009,47 +1014,7 @@ static void test_embed_one_job_fills_all_4_model_slots_when_concurrency_is_4(voi
  * sees 4 disconnects) and the job is cancelled within 1 s, nothing stored. */
 static void test_embed_cancels_within_1s_when_4_batches_are_at_the_model(void **state)
 {
-    struct ite_ctx *c = *state;
-    char model[64], path[256];
-    struct bd_buf y;
-    struct ite_items it;
-    long st;
-
-    int port = ite_fake(c, "--dim", "16", "--latency-ms", "5000", NULL);
-    model_name(model, sizeof(model), "slow4");
-    bd_buf_init(&y);
-    yaml_one_model(&y, model, port, 16, 4, 1);
-    ite_batchd(c, y.data);
-    bd_buf_free(&y);
-
-    items_make(&it, 80, "slow4", false, false);
-    char *body = embed_body(model, NULL, &it, 10);
-    char *id = submit(&c->p, body);
-    free(body);
-    double deadline = bd_it_now() + 10;
-    while (fm_stat(port, "in_flight") < 4 && bd_it_now() < deadline)
-        bd_it_sleep_ms(10);
-    assert_int_equal(fm_stat(port, "in_flight"), 4);
-
-    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s", id);
-    double t0 = bd_it_now();
-    json_t *j = bd_it_json(&c->p, "DELETE", path, NULL, &st);
-    assert_int_equal(st, 200);
-    json_decref(j);
-    json_decref(wait_end(&c->p, id, "cancelled", 1.0));
-    double took = bd_it_now() - t0;
-    fprintf(stderr, "  cancelled %.3f s after the DELETE\n", took);
-    assert_true(took < 1.0);
-    deadline = bd_it_now() + 1;
-    while (fm_stat(port, "disconnects") < 4 && bd_it_now() < deadline)
-        bd_it_sleep_ms(10);
-    assert_int_equal(fm_stat(port, "disconnects"), 4);
-    assert_int_equal(fm_stat(port, "in_flight"), 0);
-    assert_int_equal(fm_stat(port, "requests_total"), 4);
-    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s'", id), 0);
-    free(id);
-    items_free(&it);
-    ite_finish(c);
+    run_cancel_case(*state, "slow4", 80, 4);
 }
 
 /* Slots scarce (concurrency 1), three jobs running at once, queued low first: the model's
