@@ -490,8 +490,10 @@ double bd_model_client_get_busy_seconds(const struct bd_model_client *mc, unsign
 static void model_fini(struct model *m)
 {
     free(m->url);
+    free(m->url_shown);
     curl_slist_free_all(m->headers);
     m->url = NULL;
+    m->url_shown = NULL;
     m->headers = NULL;
 }
 
@@ -536,6 +538,10 @@ static int model_init(struct bd_model_client *mc, struct model *m,
         return BD_ENOMEM;
     memcpy(m->url, base, blen);
     strcpy(m->url + blen, path);
+    char shown[512];
+    m->url_shown = strdup(bd_log_redact_url(m->url, shown, sizeof(shown)));
+    if (m->url_shown == NULL)
+        return BD_ENOMEM;
 
     /* "Expect:" turns off curl's 100-continue wait for bodies over 1 MiB: servers that do
      * not answer it would cost a second per request. */

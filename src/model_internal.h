@@ -199,6 +199,8 @@ struct model {
     struct bd_model_client *mc;
     const struct bd_model_config *cfg;
     char *url;
+    char *url_shown;               /* url with a password in it replaced: for messages,
+                                    * which are stored with the items and logged */
     struct curl_slist *headers;
     const char *remote_model;
     unsigned dim;

@@ -465,7 +465,8 @@ void bd__model_sub_on_done(struct model_sub *sub, CURLcode result)
     } else {
         m->stats.errors[BD_MODEL_ERR_CONNECTION]++;
         breaker_on_failure(m, was_probe, now);
-        bd__model_call_finish(call, BD_EMODELCONN, true, "model %s at %s: %s", m->cfg->name, m->url,
+        bd__model_call_finish(call, BD_EMODELCONN, true, "model %s at %s: %s", m->cfg->name,
+                              m->url_shown,
                               x->errbuf[0] ? x->errbuf : curl_easy_strerror(result));
     }
     bd__model_xfer_put(mc, x);

@@ -702,12 +702,12 @@ static void test_unreachable_is_connection_error(void **state)
 {
     struct it_env e;
     struct it_call c;
-    char url[64];
+    char url[96];
 
     (void)state;
     /* A port that was free a moment ago: nothing listens there (port 1 is not safe to
      * assume closed on every machine). */
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d", bd_it_free_port());
+    snprintf(url, sizeof(url), "http://user:s3cret@127.0.0.1:%d", bd_it_free_port());
     env_init(&e);
     env_model(&e, "m", BD_PROVIDER_OLLAMA)->base_url = url;
     env_start(&e);
@@ -715,6 +715,10 @@ static void test_unreachable_is_connection_error(void **state)
     it_wait(&e, &c);
     assert_int_equal(c.status, BD_EMODELCONN);
     assert_true(c.is_retryable);
+    /* The message is stored with the items and shown by the API: no password in it. */
+    print_message("    message: %s\n", c.message);
+    assert_null(strstr(c.message, "s3cret"));
+    assert_non_null(strstr(c.message, "user:***@127.0.0.1"));
     assert_int_equal(it_stats(&e, 0)->errors[BD_MODEL_ERR_CONNECTION], 1);
     env_finish(&e);
 }
