@@ -11,7 +11,9 @@
  */
 #include "batchd/job_store.h"
 #include "job_store_internal.h"
+#include "job_store_read.h"
 
+#include "batchd/buf.h"
 #include "batchd/error.h"
 #include "batchd/pg_store.h"
 
@@ -93,6 +95,8 @@ int bd_job_row_from_pg(const PGresult *res, int row, struct bd_job_row *out)
     return store_job_row(res, row, cols, out);
 }
 
+static void store_on_jobs(int status, PGresult *res, void *arg);
+
 /* ---- one call record per statement ------------------------------------------------------ */
 
 /* One statement with a copy of tmpl as its call record (job_store_internal.h). */
@@ -136,6 +140,44 @@ int bd_job_store_get_job(struct bd_pg *pg, const char *job_id, bd_job_store_job_
     const char *values[1] = { job_id };
 
     return store_send(pg, store_sql_job, 1, values, store_on_job, &tmpl);
+}
+
+/* Several jobs' rows in one statement (the status cache's refreshes): one round trip and
+ * one plan for up to a few hundred ids instead of one each. The ids go as one text[]
+ * literal, every element quoted. */
+static const char store_sql_jobs_by_id[] =
+    "SELECT " BD_JOB_ROW_COLUMNS " FROM jobs WHERE id = ANY($1::text[])";
+
+int bd_job_store_get_jobs(struct bd_pg *pg, const char *const *ids, size_t count,
+                          bd_job_store_jobs_cb cb, void *arg)
+{
+    struct bd__store_call tmpl = { .cb.jobs = cb, .arg = arg, .limit = (unsigned)count };
+    struct bd_buf lit;
+    const char *values[1];
+    int rc;
+
+    if (count == 0 || count > BD_JOB_STORE_GET_JOBS_MAX)
+        return BD_EINVAL;
+    bd_buf_init(&lit);
+    bd_buf_puts(&lit, "{");
+    for (size_t i = 0; i < count; i++) {
+        bd_buf_puts(&lit, i ? ",\"" : "\"");
+        for (const char *p = ids[i]; *p; p++) {
+            if (*p == '"' || *p == '\\')
+                bd_buf_append(&lit, "\\", 1);
+            bd_buf_append(&lit, p, 1);
+        }
+        bd_buf_puts(&lit, "\"");
+    }
+    bd_buf_puts(&lit, "}");
+    if (lit.is_failed) {
+        bd_buf_free(&lit);
+        return BD_ENOMEM;
+    }
+    values[0] = lit.data;
+    rc = store_send(pg, store_sql_jobs_by_id, 1, values, store_on_jobs, &tmpl);
+    bd_buf_free(&lit);                        /* libpq copied the parameter */
+    return rc;
 }
 
 /* The job document's columns after the row's, and /debug's after those. */
