@@ -21,4 +21,14 @@
 int bd_job_store_get_jobs(struct bd_pg *pg, const char *const *ids, size_t count,
                           bd_job_store_jobs_cb cb, void *arg);
 
+/* The queue rebuild, page by page (instead of bd_job_store_list_active's one result of
+ * every active job, decoded in one loop turn): up to limit jobs of status (queued or
+ * processing) in priority bucket prio_bucket (0: priority <= 0, 1: priority 1, 2: >= 2)
+ * with seq > after_seq, by seq; max_seq is the largest seq of any job (0 for none). A page
+ * shorter than limit is the bucket's last. Rows are borrowed for the callback. BD_EINVAL
+ * (another status, limit 0) or the pool's error: cb never called; else once, later. */
+int bd_job_store_list_active_page(struct bd_pg *pg, enum bd_job_state status, int prio_bucket,
+                                  long long after_seq, unsigned limit,
+                                  bd_job_store_active_cb cb, void *arg);
+
 #endif
