@@ -17,6 +17,7 @@
 #include "batchd/model_client.h"
 #include "batchd/redis_queue.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -320,7 +321,7 @@ static void engine_on_active_page(int status, const struct bd_job_queue_row *row
     if (count == JOB_REBUILD_PAGE) {
         rb->after_seq = rows[count - 1].seq;
     } else {                                  /* that (status, bucket) is done */
-        rb->after_seq = 0;
+        rb->after_seq = LLONG_MIN;
         if (++rb->bucket == BD_PRIO_COUNT) {
             rb->bucket = 0;
             rb->state++;
@@ -372,6 +373,7 @@ static void engine_rebuild(struct bd_job_engine *e)
     if ((rb = calloc(1, sizeof(*rb))) == NULL)
         return;                               /* the next timer tries again */
     rb->e = e;
+    rb->after_seq = LLONG_MIN;
     e->is_rebuilding = true;
     engine_rebuild_next(rb);
 }
