@@ -454,10 +454,12 @@ static void api_on_status(struct bd_http_request *req, void *arg)
     struct api_status_slot *slot = api_status_slot(srv, id);
     bool is_mine = slot != NULL;
     if (is_mine && slot->body && now < slot->expires_ns) {
-        if (now >= slot->refresh_ns && !slot->is_reading)
-            api_status_queue_refresh(srv, slot, now);
         bd_http_respond(req, slot->http_status, "application/json", NULL, slot->body,
                         slot->len);
+        /* After the answer: a refresh that fills up is sent, and if that fails at once
+         * the slot's answer is dropped. */
+        if (now >= slot->refresh_ns && !slot->is_reading)
+            api_status_queue_refresh(srv, slot, now);
         return;
     }
     if ((call = bd_http_alloc(req, sizeof(*call))) == NULL) {
