@@ -8,6 +8,7 @@
  * SPDX-License-Identifier: MIT
  */
 #include "job_internal.h"
+#include "job_store_read.h"
 
 #include "batchd/config.h"
 #include "batchd/error.h"
@@ -16,7 +17,9 @@
 #include "batchd/model_client.h"
 #include "batchd/redis_queue.h"
 
+#include <limits.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -228,13 +231,6 @@ static void engine_on_reap_timer(uv_timer_t *t)
     }
 }
 
-static void engine_on_enqueued(int status, long long pos, void *arg)
-{
-    (void)status;
-    (void)pos;
-    engine_op_end(arg);
-}
-
 static void engine_on_marked(int status, long long v, void *arg)
 {
     struct bd_job_engine *e = arg;
@@ -263,20 +259,68 @@ static void engine_restore_seq(struct bd_job_engine *e, long long max_seq)
         e->pending_ops--;
 }
 
-/* PostgreSQL is the source of truth: every job it says is queued or processing is put in
- * the Redis queue (enqueue leaves jobs already queued or in flight where they are). */
-static void engine_on_active_jobs(int status, const struct bd_job_queue_row *rows,
+/* ---- the rebuild, page by page -------------------------------------------------------
+ *
+ * PostgreSQL is the source of truth: every job it says is queued or processing is put in
+ * the Redis queue (enqueue leaves jobs already queued or in flight where they are). The
+ * jobs come JOB_REBUILD_PAGE at a time (bd_job_store_list_active_page), one command each,
+ * and the next page is read when every reply of the last one came back: the loop serves
+ * HTTP and runs jobs between pages. One result of every active job, decoded, copied and
+ * sent in one loop turn, kept it busy for a quarter of a second at 200,000 queued jobs,
+ * every JOB_REBUILD_INTERVAL_S (docs/perf/latency-tail.md). Processing jobs come first
+ * (few; this process's own are adopted before a lease renewal can find them gone), then the
+ * queued ones by priority (high first), then seq: a claim between two pages takes a job no
+ * later page would have beaten. */
+
+#define JOB_REBUILD_PAGE 1000
+
+/* One rebuild under way: heap, freed when it ends. */
+struct engine_rebuild {
+    struct bd_job_engine *e;
+    int state;                                /* 0: processing, 1: queued, 2: done */
+    int bucket;                               /* priority bucket of the page being read */
+    long long after_seq;
+    unsigned inflight;                        /* commands whose reply is due */
+    unsigned sent;
+    long long max_seq;
+};
+
+static void engine_rebuild_next(struct engine_rebuild *rb);
+
+static void engine_on_enqueued(int status, long long pos, void *arg)
+{
+    struct engine_rebuild *rb = arg;
+
+    (void)status;
+    (void)pos;
+    rb->inflight--;
+    if (!engine_op_end(rb->e)) {              /* stopping: read nothing more */
+        if (rb->inflight == 0)
+            free(rb);
+        return;
+    }
+    if (rb->inflight == 0)
+        engine_rebuild_next(rb);
+}
+
+static void engine_on_active_page(int status, const struct bd_job_queue_row *rows,
                                   unsigned count, long long max_seq,
                                   const struct bd_job_store_err *err, void *arg)
 {
-    struct bd_job_engine *e = arg;
-    unsigned queued = 0;
+    struct engine_rebuild *rb = arg;
+    struct bd_job_engine *e = rb->e;
 
     (void)err;
-    if (!engine_op_end(e) || status < 0 || !bd_rq_is_up(e->d.rq)) {
-        e->is_rebuilding = false;
+    if (!engine_op_end(e)) {
+        free(rb);
         return;
     }
+    if (status < 0 || !bd_rq_is_up(e->d.rq)) {
+        e->is_rebuilding = false;             /* the next timer, or Redis' return, retries */
+        free(rb);
+        return;
+    }
+    rb->max_seq = max_seq;
     for (unsigned i = 0; i < count; i++) {
         const struct bd_job_queue_row *r = &rows[i];
         struct bd_job *mine = bd__job_find(e, r->id);
@@ -288,16 +332,54 @@ static void engine_on_active_jobs(int status, const struct bd_job_queue_row *row
         int rc = (adopt ? bd_rq_adopt : bd_rq_enqueue)(e->d.rq, r->id,
                                                        (enum bd_priority)r->priority, r->seq,
                                                        r->model, r->total_items,
-                                                       engine_on_enqueued, e);
-        if (rc == BD_OK)
-            queued++;
-        else
+                                                       engine_on_enqueued, rb);
+        if (rc == BD_OK) {
+            rb->inflight++;
+            rb->sent++;
+        } else {
             e->pending_ops--;
+        }
     }
-    e->stats.rebuilt += queued;
-    engine_restore_seq(e, max_seq);
-    if (count > 0)
-        bd_log(BD_LOG_DEBUG, "job", "event=queue_rebuilt jobs=%u", queued);
+    e->stats.rebuilt += rb->inflight;
+    if (count == JOB_REBUILD_PAGE) {
+        rb->after_seq = rows[count - 1].seq;
+    } else {                                  /* that (status, bucket) is done */
+        rb->after_seq = LLONG_MIN;
+        if (++rb->bucket == BD_PRIO_COUNT) {
+            rb->bucket = 0;
+            rb->state++;
+        }
+    }
+    if (rb->inflight == 0)
+        engine_rebuild_next(rb);
+}
+
+/* Read the next page, or end the rebuild: the sequence and the marker go after every
+ * enqueue on the same connection. */
+static void engine_rebuild_next(struct engine_rebuild *rb)
+{
+    struct bd_job_engine *e = rb->e;
+
+    if (!bd_rq_is_up(e->d.rq)) {
+        e->is_rebuilding = false;             /* Redis' return rebuilds */
+        free(rb);
+        return;
+    }
+    if (rb->state < 2) {
+        engine_op_begin(e);
+        if (bd_job_store_list_active_page(e->d.pg, rb->state ? BD_JOB_QUEUED : BD_JOB_PROCESSING,
+                                          rb->bucket, rb->after_seq, JOB_REBUILD_PAGE,
+                                          engine_on_active_page, rb) < 0) {
+            e->pending_ops--;
+            e->is_rebuilding = false;
+            free(rb);
+        }
+        return;
+    }
+    engine_restore_seq(e, rb->max_seq);
+    if (rb->sent > 0)
+        bd_log(BD_LOG_DEBUG, "job", "event=queue_rebuilt jobs=%u", rb->sent);
+    free(rb);
     engine_op_begin(e);
     if (bd_rq_mark_alive(e->d.rq, engine_on_marked, e) < 0) {
         e->pending_ops--;
@@ -307,14 +389,16 @@ static void engine_on_active_jobs(int status, const struct bd_job_queue_row *row
 
 static void engine_rebuild(struct bd_job_engine *e)
 {
+    struct engine_rebuild *rb;
+
     if (e->is_rebuilding || !e->is_ready || e->is_stopping)
         return;
+    if ((rb = calloc(1, sizeof(*rb))) == NULL)
+        return;                               /* the next timer tries again */
+    rb->e = e;
+    rb->after_seq = LLONG_MIN;
     e->is_rebuilding = true;
-    engine_op_begin(e);
-    if (bd_job_store_list_active(e->d.pg, engine_on_active_jobs, e) < 0) {
-        e->pending_ops--;
-        e->is_rebuilding = false;
-    }
+    engine_rebuild_next(rb);
 }
 
 static void engine_on_rebuild_timer(uv_timer_t *t)

@@ -11,7 +11,9 @@
  */
 #include "batchd/job_store.h"
 #include "job_store_internal.h"
+#include "job_store_read.h"
 
+#include "batchd/buf.h"
 #include "batchd/error.h"
 #include "batchd/pg_store.h"
 
@@ -93,6 +95,8 @@ int bd_job_row_from_pg(const PGresult *res, int row, struct bd_job_row *out)
     return store_job_row(res, row, cols, out);
 }
 
+static void store_on_jobs(int status, PGresult *res, void *arg);
+
 /* ---- one call record per statement ------------------------------------------------------ */
 
 /* One statement with a copy of tmpl as its call record (job_store_internal.h). */
@@ -136,6 +140,44 @@ int bd_job_store_get_job(struct bd_pg *pg, const char *job_id, bd_job_store_job_
     const char *values[1] = { job_id };
 
     return store_send(pg, store_sql_job, 1, values, store_on_job, &tmpl);
+}
+
+/* Several jobs' rows in one statement (the status cache's refreshes): one round trip and
+ * one plan for up to a few hundred ids instead of one each. The ids go as one text[]
+ * literal, every element quoted. */
+static const char store_sql_jobs_by_id[] =
+    "SELECT " BD_JOB_ROW_COLUMNS " FROM jobs WHERE id = ANY($1::text[])";
+
+int bd_job_store_get_jobs(struct bd_pg *pg, const char *const *ids, size_t count,
+                          bd_job_store_jobs_cb cb, void *arg)
+{
+    struct bd__store_call tmpl = { .cb.jobs = cb, .arg = arg, .limit = (unsigned)count };
+    struct bd_buf lit;
+    const char *values[1];
+    int rc;
+
+    if (count == 0 || count > BD_JOB_STORE_GET_JOBS_MAX)
+        return BD_EINVAL;
+    bd_buf_init(&lit);
+    bd_buf_puts(&lit, "{");
+    for (size_t i = 0; i < count; i++) {
+        bd_buf_puts(&lit, i ? ",\"" : "\"");
+        for (const char *p = ids[i]; *p; p++) {
+            if (*p == '"' || *p == '\\')
+                bd_buf_append(&lit, "\\", 1);
+            bd_buf_append(&lit, p, 1);
+        }
+        bd_buf_puts(&lit, "\"");
+    }
+    bd_buf_puts(&lit, "}");
+    if (lit.is_failed) {
+        bd_buf_free(&lit);
+        return BD_ENOMEM;
+    }
+    values[0] = lit.data;
+    rc = store_send(pg, store_sql_jobs_by_id, 1, values, store_on_jobs, &tmpl);
+    bd_buf_free(&lit);                        /* libpq copied the parameter */
+    return rc;
 }
 
 /* The job document's columns after the row's, and /debug's after those. */
@@ -260,6 +302,82 @@ int bd_job_store_get_job_debug(struct bd_pg *pg, const char *job_id, unsigned ma
 
     snprintf(limit, sizeof(limit), "%u", max_batches);
     return store_send(pg, store_sql_job_debug, 2, values, store_on_job_debug, &tmpl);
+}
+
+/* ---- the queue rebuild's pages -----------------------------------------------------------
+ * One page: the active jobs of one status and one priority bucket after a seq, by seq, with
+ * max(seq) over every job. An index range scan on (status, seq) per page; the LEFT JOIN
+ * keeps one row (NULL id) when the page is empty, so max_seq still comes back. */
+
+static const char store_sql_active_page[] =
+    "SELECT m.max_seq, j.id, j.priority, j.seq, j.model, j.total_items, j.run_attempt "
+    "FROM (SELECT max(seq) AS max_seq FROM jobs) m LEFT JOIN LATERAL ("
+    "SELECT id, priority, seq, COALESCE(model, '') AS model, total_items, run_attempt "
+    "FROM jobs WHERE status = $1 AND seq > $2::int8 AND CASE $3::int "
+    "WHEN 0 THEN priority <= 0 WHEN 1 THEN priority = 1 ELSE priority >= 2 END "
+    "ORDER BY seq LIMIT $4::int) j ON true ORDER BY j.seq";
+
+enum store_active_col { AC_MAX_SEQ, AC_ID, AC_PRIORITY, AC_SEQ, AC_MODEL, AC_TOTAL_ITEMS,
+                        AC_RUN_ATTEMPT, AC_COUNT };
+static const char *const store_active_col_names[AC_COUNT] = {
+    "max_seq", "id", "priority", "seq", "model", "total_items", "run_attempt",
+};
+
+static void store_on_active_page(int status, PGresult *res, void *arg)
+{
+    struct bd__store_call *call = arg;
+    struct bd_job_queue_row *rows = NULL;
+    int cols[AC_COUNT], n = status == BD_OK ? PQntuples(res) : 0;
+    unsigned count = 0;
+    long long max_seq = 0;
+
+    if (status == BD_OK && n > 0 && store_cols(res, store_active_col_names, AC_COUNT, cols) < 0)
+        status = BD_EINTERNAL;
+    else if (status == BD_OK && n > 0 && (rows = calloc((size_t)n, sizeof(*rows))) == NULL)
+        status = BD_ENOMEM;
+    for (int i = 0; status == BD_OK && i < n; i++) {
+        struct bd_job_queue_row *r = &rows[count];
+        max_seq = bd__store_ll(res, i, cols[AC_MAX_SEQ], 0);
+        if (PQgetisnull(res, i, cols[AC_ID]))   /* an empty page's one row */
+            continue;
+        if (store_len(res, i, cols[AC_ID]) >= sizeof(r->id) ||
+            store_len(res, i, cols[AC_MODEL]) >= sizeof(r->model)) {
+            status = BD_EINTERNAL;
+            break;
+        }
+        memcpy(r->id, PQgetvalue(res, i, cols[AC_ID]), store_len(res, i, cols[AC_ID]) + 1);
+        memcpy(r->model, PQgetvalue(res, i, cols[AC_MODEL]),
+               store_len(res, i, cols[AC_MODEL]) + 1);
+        r->priority = (int)bd__store_ll(res, i, cols[AC_PRIORITY], 1);
+        r->seq = bd__store_ll(res, i, cols[AC_SEQ], 0);
+        r->total_items = bd__store_ll(res, i, cols[AC_TOTAL_ITEMS], 0);
+        r->run_attempt = (int)bd__store_ll(res, i, cols[AC_RUN_ATTEMPT], 1);
+        count++;
+    }
+    if (status < 0) {
+        struct bd_job_store_err e = { store_pg_message(status, res), false };
+        call->cb.active(status, NULL, 0, 0, &e, call->arg);
+    } else {
+        call->cb.active(BD_OK, rows, count, max_seq, NULL, call->arg);
+    }
+    free(rows);
+    free(call);
+}
+
+int bd_job_store_list_active_page(struct bd_pg *pg, enum bd_job_state status, int prio_bucket,
+                                  long long after_seq, unsigned limit,
+                                  bd_job_store_active_cb cb, void *arg)
+{
+    struct bd__store_call tmpl = { .cb.active = cb, .arg = arg };
+    char seq[32], bucket[16], lim[16];
+    const char *values[4] = { bd_job_state_name(status), seq, bucket, lim };
+
+    if (limit == 0 || (status != BD_JOB_QUEUED && status != BD_JOB_PROCESSING))
+        return BD_EINVAL;
+    snprintf(seq, sizeof(seq), "%lld", after_seq);
+    snprintf(bucket, sizeof(bucket), "%d", prio_bucket);
+    snprintf(lim, sizeof(lim), "%u", limit);
+    return store_send(pg, store_sql_active_page, 4, values, store_on_active_page, &tmpl);
 }
 
 /* ---- the job list ------------------------------------------------------------------------ */
