@@ -12,7 +12,6 @@
 #include "batchd/http_server.h"
 #include "batchd/job_engine.h"
 #include "batchd/job_store.h"
-#include "job_store_read.h"
 #include "batchd/log.h"
 #include "batchd/router.h"
 #include "batchd/server.h"

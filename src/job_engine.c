@@ -8,7 +8,6 @@
  * SPDX-License-Identifier: MIT
  */
 #include "job_internal.h"
-#include "job_store_read.h"
 
 #include "batchd/config.h"
 #include "batchd/error.h"

@@ -1170,43 +1170,6 @@ int bd_job_store_retry(struct bd_pg *pg, const char *job_id, enum bd_job_state f
 
 /* ---- maintenance: reap, rebuild, retention, throughput -------------------------------- */
 
-static void store_on_active(int status, PGresult *res, void *arg)
-{
-    struct bd__store_call *c = arg;
-    if (status < 0) {
-        struct bd_job_store_err e = store_err(res);
-        c->cb.active(status, NULL, 0, 0, &e, c->arg);
-        free(c);
-        return;
-    }
-    int n = PQntuples(res);
-    long long max_seq = n > 0 ? bd__store_ll(res, 0, QUEUE_MAX_SEQ, 0) : 0;
-    struct bd_job_queue_row *rows = n > 0 ? calloc((size_t)n, sizeof(*rows)) : NULL;
-    unsigned count = 0;
-    if (n > 0 && rows == NULL) {
-        struct bd_job_store_err e = { "out of memory", false };
-        c->cb.active(BD_ENOMEM, NULL, 0, 0, &e, c->arg);
-        free(c);
-        return;
-    }
-    for (int i = 0; i < n; i++)
-        if (!PQgetisnull(res, i, QUEUE_ID))   /* no active job: the row carries max_seq */
-            store_queue_row(res, i, &rows[count++]);
-    c->cb.active(BD_OK, rows, count, max_seq, NULL, c->arg);
-    free(rows);
-    free(c);
-}
-
-int bd_job_store_list_active(struct bd_pg *pg, bd_job_store_active_cb cb, void *arg)
-{
-    int rc = bd__store_query(pg,
-                         "SELECT j.id, j.priority, j.seq, COALESCE(j.model, ''), j.total_items, "
-                         "j.run_attempt, m.max_seq FROM (SELECT max(seq) AS max_seq FROM jobs) m "
-                         "LEFT JOIN jobs j ON j.status IN ('queued', 'processing') ORDER BY j.seq",
-                         0, NULL, NULL, NULL, 0, store_on_active, BD__STORE_CALL(active));
-    return rc;
-}
-
 static void store_on_count(int status, PGresult *res, void *arg)
 {
     struct bd__store_call *c = arg;

@@ -11,7 +11,6 @@
  */
 #include "batchd/job_store.h"
 #include "job_store_internal.h"
-#include "job_store_read.h"
 
 #include "batchd/buf.h"
 #include "batchd/error.h"

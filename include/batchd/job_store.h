@@ -226,12 +226,19 @@ int bd_job_store_retry(struct bd_pg *pg, const char *job_id, enum bd_job_state f
 
 /* ---- maintenance ----------------------------------------------------------------------- */
 
-/* Every queued or processing job in queue order, then the largest sequence ever used.
- * rows borrowed during cb. */
+/* Active jobs and the largest sequence ever used; rows borrowed during cb. */
 typedef void (*bd_job_store_active_cb)(int status, const struct bd_job_queue_row *rows,
                                        unsigned count, long long max_seq,
                                        const struct bd_job_store_err *err, void *arg);
-int bd_job_store_list_active(struct bd_pg *pg, bd_job_store_active_cb cb, void *arg);
+
+/* The queue rebuild, page by page (no loop turn decodes every active job): up to limit
+ * jobs of status (queued or processing) in priority bucket prio_bucket (0: priority <= 0,
+ * 1: priority 1, 2: >= 2) with seq > after_seq, by seq; max_seq is the largest seq of any
+ * job (0 for none). A page shorter than limit is the bucket's last. BD_EINVAL (another
+ * status, limit 0) or the pool's error: cb never called; else once, later. */
+int bd_job_store_list_active_page(struct bd_pg *pg, enum bd_job_state status, int prio_bucket,
+                                  long long after_seq, unsigned limit,
+                                  bd_job_store_active_cb cb, void *arg);
 
 /* Delete terminal jobs (and their batches/errors) and cache rows older than age_s. */
 typedef void (*bd_job_store_count_cb)(int status, long long n, const struct bd_job_store_err *err,
@@ -429,6 +436,7 @@ typedef void (*bd_job_store_job_cb)(int status, const struct bd_job_row *row,
                                 const char *pg_message, void *arg);
 int bd_job_store_get_job(struct bd_pg *pg, const char *job_id, bd_job_store_job_cb cb, void *arg);
 
+
 /* GET /jobs/{id}: the row plus the job's settings and its latest item errors. */
 struct bd_job_detail {
     struct bd_job_row row;
@@ -482,6 +490,17 @@ typedef void (*bd_job_store_jobs_cb)(int status, const struct bd_job_row *rows, 
                                  bool has_more, const char *pg_message, void *arg);
 int bd_job_store_list_jobs(struct bd_pg *pg, const struct bd_job_filter *filter,
                        bd_job_store_jobs_cb cb, void *arg);
+
+/* Most ids bd_job_store_get_jobs takes at once. */
+#define BD_JOB_STORE_GET_JOBS_MAX 256
+
+/* The rows of the jobs ids[0..count) that exist, in no particular order, in one statement
+ * (the status cache's refreshes). An id without a row is simply absent from rows; cb's
+ * has_more is always false. ids are borrowed for this call only. BD_EINVAL for count 0 or
+ * over BD_JOB_STORE_GET_JOBS_MAX, BD_ENOMEM, or the pool's error: then cb is never called;
+ * else cb is called once, asynchronously, with rows borrowed for the callback. */
+int bd_job_store_get_jobs(struct bd_pg *pg, const char *const *ids, size_t count,
+                          bd_job_store_jobs_cb cb, void *arg);
 
 /* GET /jobs/{id}/items: per-item outcomes, by item index. An item failed when it has a
  * job_item_errors row; it succeeded when its batch is done and it has none. Items of
