@@ -32,6 +32,7 @@
 #define HTTP_DEFAULT_MAX_BODY_BYTES   ((size_t)16 * 1024 * 1024)
 #define HTTP_DEFAULT_IDLE_MS          60000u
 #define HTTP_DEFAULT_REQUEST_MS       30000u
+#define HTTP_DEFAULT_SHUTDOWN_MS      5000u
 
 struct arena_chunk {
     struct arena_chunk *next;
@@ -148,6 +149,8 @@ struct bd_http_server {
     uv_loop_t *loop;
     uv_tcp_t listener;
     uv_idle_t service_idle;            /* runs deferred work: resumed reads, drain callbacks */
+    uv_timer_t close_timer;            /* bd_http_server_close's deadline */
+    unsigned handles_closing;          /* at the end: service_idle, close_timer */
     struct bd_http_options opt;
     llhttp_settings_t settings;
     struct http_conn *conns;

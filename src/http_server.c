@@ -675,6 +675,9 @@ static void srv_on_idle_closed(uv_handle_t *handle)
     bd_http_closed_cb cb = srv->closed_cb;
     void *arg = srv->closed_arg;
 
+    if (--srv->handles_closing > 0)
+        return;
+
     while (srv->free_reqs != NULL) {
         struct http_req *r = srv->free_reqs;
         srv->free_reqs = r->next;
@@ -692,6 +695,8 @@ static void srv_maybe_finish_close(struct bd_http_server *srv)
         return;
     srv->is_finishing = true;
     bd_log(BD_LOG_DEBUG, "http", "server closed");
+    srv->handles_closing = 2;
+    uv_close((uv_handle_t *)&srv->close_timer, srv_on_idle_closed);
     uv_close((uv_handle_t *)&srv->service_idle, srv_on_idle_closed);
 }
 
@@ -727,6 +732,8 @@ int bd_http_server_new(uv_loop_t *loop, const struct bd_http_options *opt,
         srv->opt.idle_timeout_ms = HTTP_DEFAULT_IDLE_MS;
     if (srv->opt.request_timeout_ms == 0)
         srv->opt.request_timeout_ms = HTTP_DEFAULT_REQUEST_MS;
+    if (srv->opt.shutdown_timeout_ms == 0)
+        srv->opt.shutdown_timeout_ms = HTTP_DEFAULT_SHUTDOWN_MS;
 
     bd__http_parser_settings_init(&srv->settings);
 
@@ -736,8 +743,10 @@ int bd_http_server_new(uv_loop_t *loop, const struct bd_http_options *opt,
         return err;
     }
     uv_idle_init(loop, &srv->service_idle);        /* cannot fail */
+    uv_timer_init(loop, &srv->close_timer);        /* cannot fail */
     srv->listener.data = srv;
     srv->service_idle.data = srv;
+    srv->close_timer.data = srv;
     *out = srv;
     return BD_OK;
 }
@@ -784,6 +793,26 @@ unsigned bd_http_server_get_connections(const struct bd_http_server *srv)
     return srv->conn_count;
 }
 
+/* The close's deadline: whatever is still open is cut (a stream whose client stopped
+ * reading, an event stream, a response held by a slow handler). */
+static void srv_on_close_deadline(uv_timer_t *t)
+{
+    struct bd_http_server *srv = t->data;
+    struct http_conn *conn, *next;
+    unsigned n = 0;
+
+    for (conn = srv->conns; conn != NULL; conn = next) {
+        next = conn->next;
+        if (!conn->is_closing) {
+            bd__http_conn_close_now(conn);
+            n++;
+        }
+    }
+    if (n > 0)
+        bd_log(BD_LOG_WARN, "http", "event=shutdown_cut connections=%u after_ms=%llu", n,
+               (unsigned long long)srv->opt.shutdown_timeout_ms);
+}
+
 void bd_http_server_close(struct bd_http_server *srv, bd_http_closed_cb cb, void *arg)
 {
     struct http_conn *conn, *next;
@@ -792,6 +821,7 @@ void bd_http_server_close(struct bd_http_server *srv, bd_http_closed_cb cb, void
     srv->is_closing = true;
     srv->closed_cb = cb;
     srv->closed_arg = arg;
+    uv_timer_start(&srv->close_timer, srv_on_close_deadline, srv->opt.shutdown_timeout_ms, 0);
     uv_close((uv_handle_t *)&srv->listener, srv_on_listener_closed);
     for (conn = srv->conns; conn != NULL; conn = next) {
         next = conn->next;

@@ -107,7 +107,7 @@ void bd__engine_pump(struct bd_job_engine *e)
 {
     unsigned cap = e->d.cfg->max_concurrent_jobs;
 
-    if (!e->is_ready || e->is_stopping || e->is_claiming || e->active >= cap)
+    if (!e->is_ready || e->is_stopping || e->is_draining || e->is_claiming || e->active >= cap)
         return;
     if (!bd_rq_is_up(e->d.rq))
         return;                               /* the claim timer tries again */
@@ -128,6 +128,12 @@ void bd__engine_pump(struct bd_job_engine *e)
 static void engine_on_claim_timer(uv_timer_t *t)
 {
     bd__engine_pump(t->data);
+}
+
+void bd_job_engine_drain(struct bd_job_engine *e)
+{
+    e->is_draining = true;
+    uv_timer_stop(&e->claim_timer);
 }
 
 void bd_job_engine_kick(struct bd_job_engine *e)

@@ -190,6 +190,7 @@ struct bd_job_engine {
     bool is_claiming;
     bool is_rebuilding;
     bool is_stopping;
+    bool is_draining;         /* shutting down: claim nothing more (bd_job_engine_drain) */
     bool has_closed_timers;
     bd_job_engine_stopped_cb stopped_cb;
     void *stopped_arg;

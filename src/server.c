@@ -124,6 +124,8 @@ void bd_server_stop(struct bd_server *srv)
     uv_close((uv_handle_t *)&srv->sig_hup, server_on_handle_closed);
     uv_close((uv_handle_t *)&srv->lag_timer, server_on_handle_closed);
     srv->pending_closes += 4;
+    if (srv->jobs)
+        bd_job_engine_drain(srv->jobs);       /* no new job while HTTP winds down */
     if (srv->http)
         bd_http_server_close(srv->http, server_on_http_closed, srv);
     else

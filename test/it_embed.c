@@ -1017,6 +1017,74 @@ static void test_embed_cancels_within_1s_when_4_batches_are_at_the_model(void **
     run_cancel_case(*state, "slow4", 80, 4);
 }
 
+/* SIGTERM while clients hold streams that would never end by themselves: a results
+ * stream (NDJSON) whose client stopped reading (batchd waits for the socket to drain) and
+ * a job's event stream, with a batch at a model that takes a minute. batchd stops claiming,
+ * cuts the streams after its shutdown deadline, hands the running job back and exits 0
+ * within 10 s. (Before: it kept running as long as the reader stayed.) */
+static void test_embed_exits_within_10s_when_sigterm_with_stalled_streams(void **state)
+{
+    struct ite_ctx *c = *state;
+    char slow[64], fast[64], path[256];
+    struct bd_buf y;
+    struct ite_items big, small;
+    struct bd_it_raw res, sse;
+
+    int port = ite_fake(c, "--dim", "16", "--latency-ms", "60000", NULL);
+    model_name(slow, sizeof(slow), "term");
+    model_name(fast, sizeof(fast), "termh");
+    bd_buf_init(&y);
+    yaml_one_model(&y, slow, port, 16, 4, 2);
+    yaml_model(&y, fast, "hashing", 0, 384, NULL);
+    ite_batchd(c, y.data);
+    bd_buf_free(&y);
+
+    /* A finished job with ~20 MB of results (6,000 vectors of 384 numbers). */
+    items_make(&big, 6000, "termh", false, false);
+    char *body = embed_body(fast, NULL, &big, 500);
+    char *done_id = submit(&c->p, body);
+    free(body);
+    json_decref(wait_end(&c->p, done_id, "completed", 60));
+    items_make(&small, 20, "term", false, false);
+    body = embed_body(slow, NULL, &small, 10);
+    char *run_id = submit(&c->p, body);
+    free(body);
+    double deadline = bd_it_now() + 10;
+    while (fm_stat(port, "in_flight") < 2 && bd_it_now() < deadline)
+        bd_it_sleep_ms(10);
+    assert_int_equal(fm_stat(port, "in_flight"), 2);
+
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s/results?format=ndjson", done_id);
+    bd_it_raw_open(&res, c->p.port, "GET", path, NULL, 4096);   /* and never read on */
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s/events", run_id);
+    bd_it_raw_open(&sse, c->p.port, "GET", path, NULL, 0);
+    assert_true(bd_it_raw_wait(&sse, "event:", 0, 5.0) >= 0);  /* the stream is live */
+    bd_it_sleep_ms(500);                        /* the results stream fills the socket */
+
+    double t0 = bd_it_now();
+    int rc = bd_it_stop(&c->p, SIGTERM, 15);
+    double took = bd_it_now() - t0;
+    fprintf(stderr, "  exit %d %.2f s after SIGTERM\n", rc, took);
+    assert_int_equal(rc, 0);
+    assert_true(took < 10.0);
+    char st[32];
+    bd_it_psql_str(st, sizeof(st), "SELECT status FROM jobs WHERE id = '%s'", run_id);
+    assert_string_equal(st, "processing");      /* handed back: the next claim restarts it */
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM job_batches WHERE job_id = '%s' "
+                                     "AND status = 'pending'", run_id), 2);
+    bd_it_raw_close(&res);
+    bd_it_raw_close(&sse);
+    free(done_id);
+    free(run_id);
+    items_free(&big);
+    items_free(&small);
+    for (unsigned i = 0; i < c->fm_count; i++) {
+        pid_t pid = c->fm_pid[i];
+        c->fm_pid[i] = 0;
+        fake_model_stop(pid);
+    }
+}
+
 /* Slots scarce (concurrency 1), three jobs running at once, queued low first: the model's
  * dispatcher serves high before normal before low, whatever the order the requests came
  * in, so the jobs end in priority order. */
@@ -1540,6 +1608,7 @@ int main(void)
         ITE_TEST(test_embed_keeps_at_most_2_requests_in_flight_when_concurrency_is_2),
         ITE_TEST(test_embed_one_job_fills_all_4_model_slots_when_concurrency_is_4),
         ITE_TEST(test_embed_cancels_within_1s_when_4_batches_are_at_the_model),
+        ITE_TEST(test_embed_exits_within_10s_when_sigterm_with_stalled_streams),
         ITE_TEST(test_embed_serves_high_before_normal_before_low_when_model_slots_are_scarce),
         ITE_TEST(test_embed_stores_each_item_once_when_killed_with_batches_in_flight),
         ITE_TEST(test_embed_completes_when_another_process_creates_the_collection),

@@ -206,6 +206,27 @@ static void h_stream(struct bd_http_request *req, void *arg)
     bd_http_stream_set_drain_cb(req, stream_on_drain, s);
 }
 
+/* GET /forever: a stream that never ends by itself (an event stream, or a client that
+ * stopped reading): only the abort callback ends it. */
+static void forever_on_abort(struct bd_http_request *req, void *arg)
+{
+    struct it_srv *s = arg;
+
+    atomic_fetch_add(&s->aborts, 1);
+    bd_http_stream_end(req);
+}
+
+static void h_forever(struct bd_http_request *req, void *arg)
+{
+    struct it_srv *s = arg;
+
+    bd_http_set_abort_cb(req, forever_on_abort, s);
+    if (bd_http_stream_begin(req, 200, "text/plain", NULL) < 0 ||
+        bd_http_stream_write(req, "tick\n", 5) < 0)
+        return;                                    /* the abort callback ends it */
+    atomic_fetch_add(&s->slow_started, 1);
+}
+
 #define FNV_OFFSET 0xcbf29ce484222325ull
 #define FNV_PRIME  0x100000001b3ull
 
@@ -383,6 +404,7 @@ static struct it_srv *srv_start(const struct bd_http_options *base)
     assert_int_equal(bd_router_add(s->router, "POST", "/echo", h_echo, s), BD_OK);
     assert_int_equal(bd_router_add(s->router, "GET", "/slow", h_slow, s), BD_OK);
     assert_int_equal(bd_router_add(s->router, "GET", "/stream", h_stream, s), BD_OK);
+    assert_int_equal(bd_router_add(s->router, "GET", "/forever", h_forever, s), BD_OK);
     assert_int_equal(bd_router_add(s->router, "GET", "/err", h_err, s), BD_OK);
     assert_int_equal(bd_router_add_stream(s->router, "POST", "/upload", upload_on_headers,
                                           h_echo, s), BD_OK);
@@ -1183,6 +1205,38 @@ static void http_finishes_inflight_request_when_server_closes(void **state)
     srv_free(s);
 }
 
+/* A response that never ends (an event stream, or a client that stopped reading) cannot
+ * hold the server's close: the connection is cut at shutdown_timeout_ms, its handler gets
+ * the abort callback, and the server finishes closing. */
+static void http_cuts_endless_stream_when_server_closes(void **state)
+{
+    struct bd_http_options opt = default_opt;
+    struct bd_it_raw c;
+
+    (void)state;
+    opt.shutdown_timeout_ms = 300;
+    struct it_srv *s = srv_start(&opt);
+    bd_it_raw_connect(&c, s->port);
+    bd_it_raw_send(&c, "GET /forever HTTP/1.1\r\n\r\n");
+    while (atomic_load(&s->slow_started) == 0)
+        bd_it_sleep_ms(5);
+    double t0 = bd_it_now();
+    assert_int_equal(uv_async_send(&s->stop_async), 0);
+    while (atomic_load(&s->closed) == 0 && bd_it_now() < t0 + 3.0)
+        bd_it_sleep_ms(5);
+    double took = bd_it_now() - t0;
+    print_message("    server closed %.3f s after the close (deadline 0.3 s)\n", took);
+    assert_int_equal(atomic_load(&s->closed), 1);          /* before: never, while open */
+    assert_true(took >= 0.25 && took < 2.0);
+    assert_int_equal(pthread_join(s->thread, NULL), 0);
+    assert_int_equal(s->loop_close_rc, 0);
+    assert_int_equal(atomic_load(&s->aborts), 1);
+    assert_true(bd_it_raw_sees_close(&c, 1000));
+    bd_router_free(s->router);
+    bd_it_raw_close(&c);
+    srv_free(s);
+}
+
 /* ---- Streamed request bodies ---------------------------------------------------------- */
 
 /* The byte at offset i of every generated body. */
@@ -1492,6 +1546,7 @@ int main(void)
         cmocka_unit_test(http_answers_503_when_over_max_connections),
         cmocka_unit_test(http_calls_abort_when_client_leaves_early),
         cmocka_unit_test(http_finishes_inflight_request_when_server_closes),
+        cmocka_unit_test(http_cuts_endless_stream_when_server_closes),
         cmocka_unit_test(http_answers_pipelined_requests_when_after_streamed_body),
         cmocka_unit_test(http_delivers_every_byte_once_when_handler_pauses),
         cmocka_unit_test(http_closes_after_answer_when_handler_rejects_mid_body),

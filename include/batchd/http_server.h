@@ -83,6 +83,9 @@ struct bd_http_options {
                                        * per request: bd_http_body_set_limit() */
     uint64_t idle_timeout_ms;         /* no request in progress [60 s] */
     uint64_t request_timeout_ms;      /* first byte to full request; over -> 408 [30 s] */
+    uint64_t shutdown_timeout_ms;     /* bd_http_server_close: connections still open this
+                                       * long after it are cut (a client that stops reading
+                                       * a stream, an event stream) [5 s] */
     bd_http_request_cb on_request;    /* required */
     void *on_request_arg;
     bd_http_response_cb on_response;  /* optional */
@@ -116,7 +119,10 @@ int bd_http_server_get_port(const struct bd_http_server *srv);
 unsigned bd_http_server_get_connections(const struct bd_http_server *srv);
 
 /* Stop accepting, close idle connections, let requests in progress finish (their
- * connections close after the response), then free srv and call cb once (async). */
+ * connections close after the response), then free srv and call cb once (async). A
+ * connection still open after shutdown_timeout_ms is cut (its handler gets the abort
+ * callback and finishes its request), so the close ends in bounded time whatever the
+ * clients do. */
 void bd_http_server_close(struct bd_http_server *srv, bd_http_closed_cb cb, void *arg);
 
 /* ---- Per-request helpers --------------------------------------------------------- */

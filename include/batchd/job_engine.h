@@ -97,6 +97,10 @@ bool bd_job_engine_is_ready(const struct bd_job_engine *e);
  * store), refreshed every 5 s; 0 when unknown. */
 double bd_job_engine_get_throughput(const struct bd_job_engine *e);
 
+/* Shutdown has begun: claim no more jobs from now on (running ones go on until
+ * bd_job_engine_stop, which the server calls once HTTP has closed). */
+void bd_job_engine_drain(struct bd_job_engine *e);
+
 /* Wake the claimer now (a job was just queued by this process). */
 void bd_job_engine_kick(struct bd_job_engine *e);
 
