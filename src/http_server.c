@@ -297,7 +297,9 @@ static void conn_on_shutdown(uv_shutdown_t *req, int status)
 
     if (conn->is_closing)
         return;
-    if (status < 0 || conn->srv->is_closing) {
+    /* A connection refused for max_connections does not linger: its descriptor is wanted
+     * back at once (a burst of refusals must not eat the stores' reserve). */
+    if (status < 0 || conn->srv->is_closing || conn->is_reject) {
         bd__http_conn_close_now(conn);
         return;
     }

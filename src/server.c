@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #define SERVER_LAG_PROBE_MS 100
@@ -170,6 +171,49 @@ static void server_on_http_response(const struct bd_http_request *req, int statu
                                 (double)duration_ns / 1e9);
 }
 
+/* Descriptors batchd needs besides its clients: both PostgreSQL pools, Redis, the models'
+ * connections (curl keeps idle ones), the loop's own, logs and the slack for connections
+ * being refused with a 503. */
+static unsigned server_fd_reserve(const struct bd_config *cfg)
+{
+    unsigned n = 64 + 2 * cfg->postgres_pool_size;
+    for (unsigned i = 0; i < cfg->models_count; i++)
+        n += 2 * cfg->models[i].concurrency;
+    return n;
+}
+
+/* Raise the soft RLIMIT_NOFILE to the hard limit (systemd's default soft limit is 1024,
+ * as was max_connections), and keep the client connections below it with the reserve, so
+ * idle clients can never starve PostgreSQL, Redis or a model call of a descriptor (a model
+ * call failing with EMFILE would spend its items' retries). Returns the connections to
+ * serve. */
+static unsigned server_fd_budget(const struct bd_config *cfg)
+{
+    struct rlimit rl;
+    unsigned want = cfg->http_max_connections;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return want;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < rl.rlim_max) {
+        struct rlimit up = rl;
+        up.rlim_cur = rl.rlim_max == RLIM_INFINITY ? (rlim_t)1 << 20 : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            rl = up;
+    }
+    unsigned reserve = server_fd_reserve(cfg);
+    rlim_t soft = rl.rlim_cur;
+    unsigned cap = soft == RLIM_INFINITY || soft > (rlim_t)want + reserve
+                       ? want : (soft > (rlim_t)reserve + 16 ? (unsigned)(soft - reserve) : 16);
+    if (cap < want)
+        bd_log(BD_LOG_WARN, "server", "event=fd_limit soft=%llu reserve=%u max_connections=%u "
+               "configured=%u note=raise_LimitNOFILE", (unsigned long long)soft, reserve, cap,
+               want);
+    else
+        bd_log(BD_LOG_DEBUG, "server", "event=fd_limit soft=%llu reserve=%u max_connections=%u",
+               (unsigned long long)soft, reserve, cap);
+    return cap;
+}
+
 int bd_server_start(struct bd_server *srv, uv_loop_t *loop, const struct bd_config *cfg)
 {
     char host[256];
@@ -258,7 +302,7 @@ int bd_server_start(struct bd_server *srv, uv_loop_t *loop, const struct bd_conf
         goto fail;
 
     struct bd_http_options ho = {
-        .max_connections = cfg->http_max_connections,
+        .max_connections = server_fd_budget(cfg),
         .max_header_bytes = cfg->http_max_header_bytes,
         .max_url_bytes = cfg->http_max_url_bytes,
         .max_body_bytes = cfg->http_max_body_bytes,

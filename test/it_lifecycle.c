@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "bd_it.h"
@@ -229,6 +230,82 @@ static void test_lifecycle_cancel_stops_peer_job_when_answerer_has_no_redis(void
     assert_int_equal(bd_it_stop(&runner, SIGTERM, 20), 0);
 }
 
+/* Bug: max_connections (1024) equalled systemd's default soft RLIMIT_NOFILE, so idle
+ * clients could take every descriptor: the accept itself failed (the client saw its
+ * connection dropped without an answer) and PostgreSQL, Redis and model connections could
+ * not be opened. batchd now raises the soft limit to the hard one and serves at most the
+ * limit minus a reserve: with a hard limit of 256 and 400 clients, every client is either
+ * served or answered 503, and a job still runs meanwhile. */
+static void test_lifecycle_answers_503_not_emfile_when_clients_exceed_fd_limit(void **state)
+{
+    struct bd_it_proc p;
+    char coll[96], wrapper[256];
+    enum { CLIENTS = 400 };
+    static struct bd_it_raw c[CLIENTS];
+
+    (void)state;
+    /* batchd under a hard limit of 256 descriptors (the test process keeps its own). */
+    snprintf(wrapper, sizeof(wrapper), "/tmp/bd_it_nofile_%d.sh", (int)getpid());
+    FILE *f = fopen(wrapper, "w");
+    assert_non_null(f);
+    fprintf(f, "#!/bin/sh\nexec prlimit --nofile=256:256 -- '%s' \"$@\"\n",
+            bd_it_env("BD_BATCHD_BIN", "./batchd"));
+    fclose(f);
+    assert_int_equal(chmod(wrapper, 0755), 0);
+    char *real = strdup(bd_it_env("BD_BATCHD_BIN", "./batchd"));
+    setenv("BD_BATCHD_BIN", wrapper, 1);
+    int rc = bd_it_start(&p, it_config, NULL);
+    setenv("BD_BATCHD_BIN", real, 1);
+    free(real);
+    unlink(wrapper);
+    assert_int_equal(rc, 0);
+
+    unsigned served = 0, refused = 0, dropped = 0;
+    for (int i = 0; i < CLIENTS; i++) {
+        bd_it_raw_connect(&c[i], p.port);
+        if (i % 16 == 15)
+            bd_it_sleep_ms(10);                 /* clients arrive, not one burst */
+    }
+    bd_it_sleep_ms(500);
+    for (int i = 0; i < CLIENTS; i++) {
+        /* A refused client has its 503 waiting; a served one has nothing yet. */
+        int r = bd_it_raw_read(&c[i], 20, 0);
+        if (r == 0 && strstr(c[i].buf, " 503 ") != NULL)
+            refused++;
+        else if (r == 1 || r == 0)
+            dropped++;
+        else
+            served++;
+    }
+    fprintf(stderr, "  %d clients: %u served, %u answered 503, %u dropped\n", CLIENTS, served,
+            refused, dropped);
+    /* A job still runs: its PostgreSQL and Redis connections were never starved. */
+    snprintf(coll, sizeof(coll), "%s_fd", it_prefix);
+    for (int i = 0; i < CLIENTS / 2; i++)
+        bd_it_raw_close(&c[i]);                 /* room for the submit's connection */
+    char *body = lc_insert_body(coll, 50, 10, 1000, "");
+    long st = 0;
+    char *id = NULL;
+    for (double deadline = bd_it_now() + 5; st != 202 && bd_it_now() < deadline;) {
+        free(id);
+        id = bd_it_submit(&p, body, &st);     /* the closes above are seen shortly */
+        if (st != 202)
+            bd_it_sleep_ms(50);
+    }
+    free(body);
+    assert_int_equal(st, 202);
+    json_t *j = lc_wait_terminal(&p, id, 30);
+    assert_string_equal(json_string_value(json_object_get(j, "status")), "completed");
+    json_decref(j);
+    free(id);
+    for (int i = CLIENTS / 2; i < CLIENTS; i++)
+        bd_it_raw_close(&c[i]);
+    assert_int_equal(dropped, 0);
+    assert_true(refused > 0);
+    assert_true(served > 0 && served < 256);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
 int main(void)
 {
     snprintf(it_prefix, sizeof(it_prefix), "lc%d", (int)getpid());
@@ -239,6 +316,8 @@ int main(void)
                                   bd_it_teardown),
         cmocka_unit_test_teardown(test_lifecycle_cancel_stops_peer_job_when_answerer_has_no_redis,
                                   bd_it_teardown),
+        cmocka_unit_test_teardown(
+            test_lifecycle_answers_503_not_emfile_when_clients_exceed_fd_limit, bd_it_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
