@@ -13,6 +13,7 @@
 #include "batchd/http_server.h"
 #include "batchd/job_engine.h"
 #include "batchd/log.h"
+#include "batchd/router.h"
 #include "batchd/server.h"
 
 #include <math.h>
@@ -36,10 +37,22 @@ void bd__api_respond_json(struct bd_http_request *req, int status, json_t *json,
     free(body);
 }
 
+/* given equals key, in a time that depends on key's length only (not on where they first
+ * differ): a client cannot find a key byte by byte from answer times. */
+static bool api_key_equal(const char *given, size_t given_len, const char *key)
+{
+    size_t len = strlen(key);
+    unsigned char diff = given_len != len;
+    for (size_t i = 0; i < len; i++)
+        diff |= (unsigned char)key[i] ^ (unsigned char)(i < given_len ? given[i] : 0);
+    return diff == 0;
+}
+
 int bd__api_check_auth(struct bd_http_request *req, struct bd_server *srv)
 {
     const struct bd_config *cfg = srv->cfg;
     const char *key;
+    bool is_ok = false;
 
     if (cfg->api_keys_count == 0)
         return 1;
@@ -49,9 +62,11 @@ int bd__api_check_auth(struct bd_http_request *req, struct bd_server *srv)
         if (auth && strncasecmp(auth, "Bearer ", 7) == 0)
             key = auth + 7;
     }
+    /* Every key is compared (no early exit), each in constant time. */
     for (unsigned i = 0; key && i < cfg->api_keys_count; i++)
-        if (strcmp(key, cfg->api_keys[i]) == 0)
-            return 1;
+        is_ok |= api_key_equal(key, strlen(key), cfg->api_keys[i]);
+    if (is_ok)
+        return 1;
     bd_http_respond_error_ex(req, bd_err_http_status(BD_EUNAUTH), "WWW-Authenticate: Bearer\r\n",
                              bd_err_api_code(BD_EUNAUTH), bd_strerror(BD_EUNAUTH), NULL);
     return 0;
@@ -185,4 +200,15 @@ json_t *bd__api_cursor_json(char tag, long long v)
 
     snprintf(buf, sizeof(buf), "%c%lld", tag, v);
     return json_string(buf);
+}
+
+void bd_api_on_headers(struct bd_http_request *req, void *arg)
+{
+    struct bd_server *srv = arg;
+    size_t n = strlen(BD_API_PREFIX);
+
+    if (srv->cfg->api_keys_count > 0 && strncmp(req->path, BD_API_PREFIX, n) == 0 &&
+        (req->path[n] == '/' || req->path[n] == '\0') && !bd__api_check_auth(req, srv))
+        return;                                     /* 401: the body is never read */
+    bd_router_dispatch_headers(req, srv->router);
 }

@@ -309,7 +309,7 @@ int bd_server_start(struct bd_server *srv, uv_loop_t *loop, const struct bd_conf
         .idle_timeout_ms = (uint64_t)(cfg->http_idle_timeout_s * 1000.0),
         .request_timeout_ms = (uint64_t)(cfg->http_request_timeout_s * 1000.0),
         .on_request = bd_router_dispatch, .on_request_arg = srv->router,
-        .on_headers = bd_router_dispatch_headers, .on_headers_arg = srv->router,
+        .on_headers = bd_api_on_headers, .on_headers_arg = srv,
         .on_response = server_on_http_response, .on_response_arg = srv,
     };
     rc = bd_http_server_new(loop, &ho, &srv->http);

@@ -1068,6 +1068,29 @@ static void every_read_route_checks_the_api_key(void **state)
         assert_int_equal(r.status, 200);
         bd_it_resp_free(&r);
     }
+    /* A key of the right length with one byte wrong, and a prefix of the key: 401. */
+    const char *near[] = { "X-API-Key: itread-kez", "X-API-Key: itread-ke",
+                           "Authorization: Bearer itread-key", NULL };
+    for (int k = 0; k < 3; k++) {
+        const char *h[] = { near[k], NULL };
+        char url[512];
+        snprintf(url, sizeof(url), "%s/api/v1/batch/jobs", p.base);
+        assert_int_equal(bd_it_http("GET", url, NULL, h, &r), 0);
+        assert_int_equal(r.status, k == 2 ? 200 : 401);
+        bd_it_resp_free(&r);
+    }
+    /* Without a key, a request's body is never read: a POST announcing 50 MB gets its 401
+     * from the headers alone (before: the server waited for the body, then 408). */
+    struct bd_it_raw c;
+    char path[256];
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%sdone/retry", g_pfx);
+    bd_it_raw_open(&c, p.port, "POST", path,
+                   "Content-Type: application/json\r\nContent-Length: 50000000\r\n", 0);
+    assert_int_equal(bd_it_raw_response(&c, &r, false, 2000), 0);
+    assert_int_equal(r.status, 401);
+    assert_true(r.seconds < 1.0);
+    bd_it_resp_free(&r);
+    bd_it_raw_close(&c);
     assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
 }
 

@@ -24,6 +24,11 @@ struct bd_http_request;
 /* Register every route on r; handlers get srv as their argument. BD_OK or an error. */
 int bd_api_register(struct bd_router *r, struct bd_server *srv);
 
+/* The HTTP server's on_headers hook (arg: srv): with API keys configured, a request under
+ * BD_API_PREFIX without a valid key is answered 401 from its headers, before any byte of
+ * its body is read; then bd_router_dispatch_headers(req, srv->router). */
+void bd_api_on_headers(struct bd_http_request *req, void *srv);
+
 /* Register the admin routes (api_admin.c) / job routes (api_jobs.c). */
 int bd__api_register_admin(struct bd_router *r, struct bd_server *srv);
 int bd__api_register_jobs(struct bd_router *r, struct bd_server *srv);
