@@ -28,10 +28,16 @@ struct bd_http_request;
  * A NULL o or v counts as a failure, so builders can chain calls and check once. */
 void bd__api_set(json_t *o, const char *key, json_t *v, bool *failed);
 
-/* Collections' dimensions as PostgreSQL gave them (api_submit.c). A collection's dimension
- * never changes and batchd never drops one, so once seen it is kept and a submit into it
- * skips the lookup. get: true with *dim when known. put: remembers one (at most 4096; out of
- * memory just means not remembered). free: from bd_api_free. */
+/* Collections default to "<model>_embeddings" with the model name folded into
+ * ^[a-z_][a-z0-9_]*$ (lower case; anything else becomes '_') (api_submit_parse.c). */
+void bd__api_default_collection(const char *model, char *out, size_t outlen);
+
+/* Collections' dimensions (api_submit.c). A configured model's default collection
+ * ("<model>_embeddings") has the model's dimension, whoever writes to it first, so a job
+ * cannot squat it with another; other collections are as PostgreSQL gave them. A
+ * collection's dimension never changes and batchd never drops one, so once seen it is kept
+ * and a submit into it skips the lookup. get: true with *dim when known. put: remembers one
+ * (at most 4096; out of memory just means not remembered). free: from bd_api_free. */
 bool bd__api_collection_get(const struct bd_server *srv, const char *name, unsigned *dim);
 void bd__api_collection_put(struct bd_server *srv, const char *name, unsigned dim);
 void bd__api_collections_free(struct bd_server *srv);

@@ -14,6 +14,7 @@
 #include "api_internal.h"
 
 #include "batchd/buf.h"
+#include "batchd/config.h"
 #include "batchd/error.h"
 #include "batchd/hashtab.h"
 #include "batchd/http_server.h"
@@ -48,6 +49,14 @@ struct bd_api_collections {
 
 bool bd__api_collection_get(const struct bd_server *srv, const char *name, unsigned *dim)
 {
+    for (unsigned i = 0; i < srv->cfg->models_count; i++) {
+        char reserved[sizeof(((struct bd__api_submit *)0)->collection)];
+        bd__api_default_collection(srv->cfg->models[i].name, reserved, sizeof(reserved));
+        if (strcmp(name, reserved) == 0) {
+            *dim = srv->cfg->models[i].dimensions;
+            return true;
+        }
+    }
     const uint32_t *v = srv->api_collections
         ? bd_htab_get(&srv->api_collections->index, name, strlen(name)) : NULL;
     if (v)

@@ -576,9 +576,7 @@ fail:
     return false;
 }
 
-/* Collections default to "<model>_embeddings" with the model name folded into
- * ^[a-z_][a-z0-9_]*$ (lower case; anything else becomes '_'). */
-static void api_default_collection(const char *model, char *out, size_t outlen)
+void bd__api_default_collection(const char *model, char *out, size_t outlen)
 {
     size_t n = 0;
     if (!islower((unsigned char)tolower((unsigned char)model[0])))
@@ -635,7 +633,7 @@ static int api_validate_fields(struct bd__api_submit *s, json_t *b, struct bd__a
     } else if (s->op == BD_OP_BULK_INSERT) {
         return api_fail(inv, "collection", "is required for bulk_insert");
     } else {
-        api_default_collection(s->model, s->collection, sizeof(s->collection));
+        bd__api_default_collection(s->model, s->collection, sizeof(s->collection));
     }
 
     v = json_object_get(b, "metadata");

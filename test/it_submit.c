@@ -236,6 +236,33 @@ static void test_submit_rejects_unconfigured_model_when_bulk_insert(void **state
     json_decref(j);
 }
 
+/* Bug: the first job into a collection fixed its dimension, so a bulk_insert of 1-dimensional
+ * vectors into "hashmodel_embeddings" broke every later default bulk_embed of hashmodel.
+ * A configured model's default collection has the model's dimension, from the start. */
+static void test_submit_rejects_squatting_a_models_default_collection(void **state)
+{
+    long st = 0;
+    (void)state;
+
+    long before = psql_long("SELECT count(*) FROM jobs");
+    json_t *j = post("{\"operation\":\"bulk_insert\",\"collection\":\"hashmodel_embeddings\","
+                     "\"data\":[{\"id\":\"x\",\"embedding\":[1]}]}", &st);
+    assert_int_equal(st, 400);
+    assert_non_null(error_field(j));
+    assert_string_equal(error_field(j), "data[0].embedding");
+    json_decref(j);
+    assert_int_equal(psql_long("SELECT count(*) FROM jobs"), before);
+    j = post("{\"operation\":\"bulk_embed\",\"model\":\"hashmodel\",\"data\":["
+             "{\"text\":\"a squatter-free collection\"}]}", &st);
+    assert_int_equal(st, 202);
+    wait_status(json_string_value(json_object_get(j, "job_id")), "completed");
+    json_decref(j);
+    j = post("{\"operation\":\"bulk_insert\",\"collection\":\"hashmodel_embeddings\","
+             "\"data\":[{\"id\":\"y\",\"embedding\":[1,2,3,4]}]}", &st);
+    assert_int_equal(st, 202);
+    json_decref(j);
+}
+
 /* Bug 5: the connection breaks after PostgreSQL committed the job but before batchd heard
  * so: the job exists, so the client gets the 202 (not a 503 that invites a duplicate), and
  * the job runs to the end. */
@@ -332,6 +359,7 @@ int main(void)
         cmocka_unit_test(test_submit_estimates_completion_when_first_job_on_fresh_stack),
         cmocka_unit_test(test_submit_rejects_invalid_utf8_naming_the_item),
         cmocka_unit_test(test_submit_rejects_unconfigured_model_when_bulk_insert),
+        cmocka_unit_test(test_submit_rejects_squatting_a_models_default_collection),
         cmocka_unit_test(test_submit_answers_202_when_connection_breaks_after_commit),
     };
     return cmocka_run_group_tests(tests, it_setup, it_teardown);
