@@ -394,7 +394,7 @@ static void test_group_isolates_refused_batch(void **state)
     reqs_join(r, N);
     for (int i = 0; i < N; i++)
         assert_int_equal(r[i].status, i == 3 ? 503 : 202);
-    assert_true(log_count(&g_proc, "step=copy", "retry_each_alone") >= 1);
+    assert_true(log_count(&g_proc, "step=write", "retry_each_alone") >= 1);
     assert_int_equal(psql_long("SELECT count(*) FROM jobs WHERE collection = 'itgrp_bad'"), 0);
     assert_int_equal(psql_long("SELECT count(*) FROM jobs WHERE collection = 'itgrp_good'"),
                      N - 1);
