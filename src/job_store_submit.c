@@ -1,6 +1,7 @@
 /* job_store_submit.c -- the statements of a job's creation: the collection and
- * Idempotency-Key lookups, the job row, its batches by binary COPY, the COMMIT, and the
- * lookup that settles a COMMIT whose answer was lost.
+ * Idempotency-Key lookups, the job row, its batches by binary COPY, the COMMIT, the one
+ * statement that creates a group of small jobs with their batches, and the lookup that
+ * settles a commit whose answer was lost.
  *
  * Part of the job store (job_store.h): the one place with this SQL text. Loop thread only;
  * runs on pg_store's nonblocking pool.  SPDX-License-Identifier: MIT
