@@ -1,8 +1,9 @@
 /* job_submit.c -- a job's creation (see job_submit.h): seq, id and room in one Redis call,
  * then the job row and its batches -- small jobs in one statement shared with the others
  * waiting (group commit), a big job in a transaction of its own -- (settled by a lookup when
- * the answer is lost), then the Redis enqueue (a group's in one call). A streamed job's own steps are in
- * job_submit_stream.c; the record and the steps they share, in job_submit_internal.h.
+ * the answer is lost), then the Redis enqueue (a group's in one call). A streamed job's own
+ * steps are in job_submit_stream.c; the record and the steps they share, in
+ * job_submit_internal.h.
  *
  * Owns each submit's record from bd_job_submit to its callback. Loop thread only; never
  * blocks. Reaches PostgreSQL only through job_store.h and Redis through redis_queue.h;
