@@ -1,6 +1,7 @@
 /* job_store_submit.c -- the statements of a job's creation: the collection and
- * Idempotency-Key lookups, the job row, its batches by binary COPY, the COMMIT, and the
- * lookup that settles a COMMIT whose answer was lost.
+ * Idempotency-Key lookups, the job row, its batches by binary COPY, the COMMIT, the one
+ * statement that creates a group of small jobs with their batches, and the lookup that
+ * settles a commit whose answer was lost.
  *
  * Part of the job store (job_store.h): the one place with this SQL text. Loop thread only;
  * runs on pg_store's nonblocking pool.  SPDX-License-Identifier: MIT
@@ -12,6 +13,7 @@
 #include "batchd/error.h"
 #include "batchd/pg_store.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,6 +178,153 @@ out:
     bd_buf_free(&sql);
     free(p);
     free(t);
+    return rc;
+}
+
+/* ---- bd_job_store_create_jobs: rows and batches in one statement -------------------------
+ * The job rows and the batch rows come as binary arrays, one per column (unnest zips
+ * them). The batches' INSERT is the statement and the jobs' INSERT its CTE; the scalar
+ * subquery on the CTE is evaluated before the first batch row is produced, so every job
+ * row is in before any batch row (a trigger on job_batches sees its job; the foreign key
+ * is checked at the statement's end in any case). */
+static const char store_create_name[] = "bd_submit_jobs";
+static const char store_create_sql[] =
+    "WITH j AS (INSERT INTO jobs (id, seq, operation, model, collection, status, priority, "
+    "batch_size, total_items, total_batches, timeout_s, max_retries, options, metadata, "
+    "idempotency_key, request_hash, created_at, updated_at) "
+    "SELECT id, seq, op, model, coll, 'queued', prio::int2, bs, items, nb, timeout, "
+    "retries, opt::jsonb, meta::jsonb, ikey, rhash, to_timestamp(created), now() "
+    "FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int4[], "
+    "$7::int4[], $8::int4[], $9::int4[], $10::float8[], $11::int4[], $12::text[], "
+    "$13::text[], $14::text[], $15::text[], $16::float8[]) AS t(id, seq, op, model, coll, "
+    "prio, bs, items, nb, timeout, retries, opt, meta, ikey, rhash, created) RETURNING 1) "
+    "INSERT INTO job_batches (job_id, batch_no, first_index, item_count, items, payload) "
+    "SELECT * FROM unnest($17::text[], $18::int4[], $19::int4[], $20::int4[], $21::text[], "
+    "$22::bytea[]) WHERE (SELECT count(*) FROM j) > 0";
+enum { CREATE_JOB_ARRAYS = 16, CREATE_NPARAMS = 22 };
+
+/* The element types the arrays need beyond pg_store.h's. */
+#define STORE_INT8_OID 20u
+#define STORE_FLOAT8_OID 701u
+#define STORE_BYTEA_OID 17u
+
+static void store_elem_text(struct bd_buf *b, const char *s)
+{
+    bd_pg_array_elem(b, s, s ? strlen(s) : 0);
+}
+
+static void store_elem_int8(struct bd_buf *b, long long v)
+{
+    unsigned char be[8];
+    uint64_t u = (uint64_t)v;
+    for (int i = 7; i >= 0; i--, u >>= 8)
+        be[i] = (unsigned char)(u & 0xff);
+    bd_pg_array_elem(b, be, sizeof(be));
+}
+
+static void store_elem_float8(struct bd_buf *b, double v)
+{
+    uint64_t u;
+    memcpy(&u, &v, sizeof(u));
+    store_elem_int8(b, (long long)u);
+}
+
+/* Array col of the job rows (NEWJOB order) appended to b. */
+static void store_create_job_array(struct bd_buf *b, int col,
+                                   const struct bd_job_store_new_job *jobs, unsigned n)
+{
+    static const uint32_t oid[CREATE_JOB_ARRAYS] = {
+        [NEWJOB_ID] = BD_PG_TEXT_OID, [NEWJOB_SEQ] = STORE_INT8_OID,
+        [NEWJOB_OPERATION] = BD_PG_TEXT_OID, [NEWJOB_MODEL] = BD_PG_TEXT_OID,
+        [NEWJOB_COLLECTION] = BD_PG_TEXT_OID, [NEWJOB_PRIORITY] = BD_PG_INT4_OID,
+        [NEWJOB_BATCH_SIZE] = BD_PG_INT4_OID, [NEWJOB_TOTAL_ITEMS] = BD_PG_INT4_OID,
+        [NEWJOB_TOTAL_BATCHES] = BD_PG_INT4_OID, [NEWJOB_TIMEOUT_S] = STORE_FLOAT8_OID,
+        [NEWJOB_MAX_RETRIES] = BD_PG_INT4_OID, [NEWJOB_OPTIONS] = BD_PG_TEXT_OID,
+        [NEWJOB_METADATA] = BD_PG_TEXT_OID, [NEWJOB_IDEM_KEY] = BD_PG_TEXT_OID,
+        [NEWJOB_REQUEST_HASH] = BD_PG_TEXT_OID, [NEWJOB_CREATED] = STORE_FLOAT8_OID,
+    };
+
+    bd_pg_array_begin(b, oid[col], n);
+    for (unsigned i = 0; i < n; i++) {
+        const struct bd_job_store_new_job *j = &jobs[i];
+        switch (col) {
+        case NEWJOB_ID: store_elem_text(b, j->id); break;
+        case NEWJOB_SEQ: store_elem_int8(b, j->seq); break;
+        case NEWJOB_OPERATION: store_elem_text(b, j->operation); break;
+        case NEWJOB_MODEL: store_elem_text(b, j->model); break;
+        case NEWJOB_COLLECTION: store_elem_text(b, j->collection); break;
+        case NEWJOB_PRIORITY: bd_pg_array_int4(b, j->priority); break;
+        case NEWJOB_BATCH_SIZE: bd_pg_array_int4(b, (int32_t)j->batch_size); break;
+        case NEWJOB_TOTAL_ITEMS: bd_pg_array_int4(b, (int32_t)j->total_items); break;
+        case NEWJOB_TOTAL_BATCHES: bd_pg_array_int4(b, (int32_t)j->total_batches); break;
+        case NEWJOB_TIMEOUT_S: store_elem_float8(b, j->timeout_s); break;
+        case NEWJOB_MAX_RETRIES: bd_pg_array_int4(b, j->max_retries); break;
+        case NEWJOB_OPTIONS: store_elem_text(b, j->options_json); break;
+        case NEWJOB_METADATA: store_elem_text(b, j->metadata_json); break;
+        case NEWJOB_IDEM_KEY: store_elem_text(b, j->idempotency_key); break;
+        case NEWJOB_REQUEST_HASH:
+            store_elem_text(b, j->idempotency_key ? j->request_hash : NULL);
+            break;
+        case NEWJOB_CREATED: store_elem_float8(b, j->created_unix); break;
+        }
+    }
+}
+
+/* Array col (0: job_id .. 5: payload) of the batch rows appended to b. */
+static void store_create_batch_array(struct bd_buf *b, int col,
+                                     const struct bd_job_store_new_batch *batches, unsigned nb)
+{
+    static const uint32_t oid[6] = { BD_PG_TEXT_OID, BD_PG_INT4_OID, BD_PG_INT4_OID,
+                                     BD_PG_INT4_OID, BD_PG_TEXT_OID, STORE_BYTEA_OID };
+
+    bd_pg_array_begin(b, oid[col], nb);
+    for (unsigned i = 0; i < nb; i++) {
+        const struct bd_job_store_new_batch *t = &batches[i];
+        switch (col) {
+        case 0: store_elem_text(b, t->job_id); break;
+        case 1: bd_pg_array_int4(b, (int32_t)t->batch_no); break;
+        case 2: bd_pg_array_int4(b, (int32_t)t->first_index); break;
+        case 3: bd_pg_array_int4(b, (int32_t)t->item_count); break;
+        case 4: bd_pg_array_elem(b, t->items_json, t->items_len); break;
+        case 5: bd_pg_array_elem(b, t->payload, t->payload_len); break;
+        }
+    }
+}
+
+int bd_job_store_create_jobs(struct bd_pg *pg, const struct bd_job_store_new_job *jobs,
+                             unsigned n, const struct bd_job_store_new_batch *batches,
+                             unsigned nb, bd_pg_result_cb cb, void *arg)
+{
+    const char *values[CREATE_NPARAMS];
+    int lengths[CREATE_NPARAMS], formats[CREATE_NPARAMS];
+    size_t off[CREATE_NPARAMS + 1];
+    struct bd_buf b;
+    int rc;
+
+    if (n == 0 || n > BD_JOB_STORE_NEW_JOBS_MAX || (nb > 0 && batches == NULL))
+        return BD_EINVAL;
+    bd_buf_init(&b);
+    for (int col = 0; col < CREATE_NPARAMS; col++) {
+        off[col] = b.len;
+        if (col < CREATE_JOB_ARRAYS)
+            store_create_job_array(&b, col, jobs, n);
+        else
+            store_create_batch_array(&b, col - CREATE_JOB_ARRAYS, batches, nb);
+    }
+    off[CREATE_NPARAMS] = b.len;
+    if (b.is_failed || b.len > INT32_MAX) {
+        rc = b.is_failed ? BD_ENOMEM : BD_EINVAL;
+        bd_buf_free(&b);
+        return rc;
+    }
+    for (int col = 0; col < CREATE_NPARAMS; col++) {
+        values[col] = b.data + off[col];
+        lengths[col] = (int)(off[col + 1] - off[col]);
+        formats[col] = 1;
+    }
+    rc = bd_pg_query_prepared(pg, store_create_name, store_create_sql, CREATE_NPARAMS, values,
+                              lengths, formats, 0, cb, arg);
+    bd_buf_free(&b);
     return rc;
 }
 

@@ -1,7 +1,9 @@
-/* job_submit.c -- a job's creation (see job_submit.h): room check, id, one transaction for
- * the job row and its batches (shared by small jobs: group commit), COMMIT (settled by a
- * lookup when its answer is lost), then the Redis enqueue. A streamed job's own steps are in
- * job_submit_stream.c; the record and the steps they share, in job_submit_internal.h.
+/* job_submit.c -- a job's creation (see job_submit.h): seq, id and room in one Redis call,
+ * then the job row and its batches -- small jobs in one statement shared with the others
+ * waiting (group commit), a big job in a transaction of its own -- (settled by a lookup when
+ * the answer is lost), then the Redis enqueue (a group's in one call). A streamed job's own
+ * steps are in job_submit_stream.c; the record and the steps they share, in
+ * job_submit_internal.h.
  *
  * Owns each submit's record from bd_job_submit to its callback. Loop thread only; never
  * blocks. Reaches PostgreSQL only through job_store.h and Redis through redis_queue.h;
@@ -16,13 +18,14 @@
 #include "batchd/log.h"
 #include "batchd/pg_store.h"
 #include "batchd/redis_queue.h"
-#include "job_internal.h"                /* the engine's committer (group commit) */
+#include "batchd/job_engine.h"
 #include "job_submit_internal.h"
 
 #include <assert.h>
 #include <ctype.h>
 #include <jansson.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -312,43 +315,51 @@ static void job_submit_on_conn(int status, struct bd_pg_conn *conn, void *arg)
 }
 
 /* ---- group commit ------------------------------------------------------------------------
- * Small jobs share transactions: whatever was reserved while the last group was in flight
- * (or while its connection was being leased) goes into the next one -- BEGIN and all their
- * rows (one multi-row INSERT, pipelined), all their batches (one binary COPY), one COMMIT:
- * three round trips and one WAL flush for the group instead of per job. synchronous_commit
- * stays on: a job is answered only after the COMMIT that holds it returned, so each 202 is
- * still durable, and each job is still all or nothing (its row and batches commit together).
+ * Small jobs share one statement: whatever was reserved while the last group's statement
+ * was in flight goes into the next one -- every job row and every batch row of the group in
+ * one INSERT (bd_job_store_create_jobs: one round trip, no explicit transaction, one WAL
+ * flush), then every job's enqueue in one Redis script call (bd_rq_enqueue_many). The
+ * waiting happens in the pool's group of kind JOB_GROUP_PG_KIND (bd_pg_group_add): the
+ * submits reserved in one loop turn leave together on the next, and while a group's
+ * statement is in flight the next group fills up, so the batching grows with the load and
+ * costs one loop turn when there is none. synchronous_commit stays on: a job is answered
+ * only after the statement that holds it returned (and after its enqueue, or the enqueue's
+ * failure), so each 202 is still durable, and each job is still all or nothing.
  *
- * Failure isolation: when the group's transaction fails before its COMMIT was sent with an
- * error that the same statements would meet again (a permanent one: an Idempotency-Key
- * taken, a value PostgreSQL refuses), nothing of the group was written, and each of its jobs
- * is retried alone in a transaction of its own (the path of a big job), so only the job at
- * fault fails (an Idempotency-Key conflict answers BD_ECONFLICT as before). A transient
- * failure (connection lost, server shutting down) fails every job of the group with BD_EPG,
- * as each would have failed alone. A COMMIT whose answer was lost is settled per job by the
- * lookup of job_submit_on_exists. Each job keeps its own item reservation: taken over by its
- * enqueue, given back by bd__job_submit_free on failure.
+ * Failure isolation: a statement that PostgreSQL refused wrote nothing. When the error is
+ * one the same rows would meet again (a permanent one: an Idempotency-Key taken, a value
+ * PostgreSQL refuses) each job of the group is retried alone in a transaction of its own
+ * (the path of a big job), so only the job at fault fails (an Idempotency-Key conflict
+ * answers BD_ECONFLICT as before). A transient refusal (PostgreSQL shutting down, out of
+ * resources) fails every job of the group with BD_EPG, as each would have failed alone. A
+ * statement that got no answer (connection lost after it was sent; the pool cannot tell
+ * that from no connection within its acquire timeout) may have committed: it is settled per
+ * job by the lookup of job_submit_on_exists. Each job keeps its own item reservation:
+ * taken over by its enqueue, given back by bd__job_submit_free on failure.
  *
- * One group in flight at a time: while its COMMIT waits for the WAL flush the next group
- * fills up, so the batching grows with the load and costs nothing when there is none (a
- * lone submit starts at once; two groups in flight measured no better). Jobs bigger than
- * JOB_GROUP_JOB_MAX_BYTES keep a transaction of their own (their COPY is long; the peak
- * memory of one copy of the job is kept). */
+ * Jobs bigger than JOB_GROUP_JOB_MAX_BYTES keep a transaction of their own (their COPY is
+ * long; the peak memory of one copy of the job is kept). */
 #define JOB_GROUP_JOB_MAX_BYTES (256u * 1024)
 #define JOB_GROUP_MAX_JOBS 512u
 #define JOB_GROUP_MAX_BYTES (8u * 1024 * 1024)
-#define JOB_GROUP_MAX_INFLIGHT 1u
+/* The pool's group kind of the submits' statement. job_store.c's grouped start and finish
+ * use kinds 0 and 1 (on the engine's pool; this is the submits' pool). */
+#define JOB_GROUP_PG_KIND (BD_PG_GROUP_KINDS - 1)
 
+_Static_assert(JOB_GROUP_MAX_JOBS <= BD_RQ_ENQUEUE_MAX, "a group's enqueue is one call");
+_Static_assert(JOB_GROUP_MAX_JOBS <= BD_JOB_STORE_NEW_JOBS_MAX, "a group is one statement");
+
+/* One group from its statement to its enqueue's answer. */
 struct job_group {
-    struct bd_job_engine *e;
+    struct bd_pg *pg;
     struct bd__job_submit *jobs;          /* linked by group_next, in arrival order */
     unsigned n;
-    struct bd_pg_conn *conn;
-    struct bd_buf copy;               /* the batches of every job, one binary COPY */
-    bool is_commit_sent;              /* from here on, a failure may hide a committed group */
 };
 
-static void job_group_pump(struct bd_job_engine *e);
+static struct bd__job_submit *job_group_of(struct bd_pg_link *l)
+{
+    return (struct bd__job_submit *)((char *)l - offsetof(struct bd__job_submit, group_link));
+}
 
 static size_t job_submit_payload_bytes(const struct bd__job_submit *js)
 {
@@ -358,72 +369,99 @@ static size_t job_submit_payload_bytes(const struct bd__job_submit *js)
     return n;
 }
 
-/* Whether js (reserved, not yet written) commits in a group: a buffered job (not a stream)
- * small enough, with an engine to hold the committer. */
+/* Whether js (reserved, not yet written) is written in a group: a buffered job (not a
+ * stream) small enough. */
 static bool job_group_is_for(const struct bd__job_submit *js)
 {
-    return js->deps.engine != NULL && !js->is_stream &&
-           job_submit_payload_bytes(js) <= JOB_GROUP_JOB_MAX_BYTES;
+    return !js->is_stream && job_submit_payload_bytes(js) <= JOB_GROUP_JOB_MAX_BYTES;
 }
 
+static void job_group_on_flush(struct bd_pg *pg, struct bd_pg_link *items, unsigned n);
+
+/* Wait for the next group's statement. */
 static void job_group_add(struct bd__job_submit *js)
 {
-    struct bd__job_committer *c = &js->deps.engine->committer;
-
-    js->group_next = NULL;
-    if (c->tail)
-        c->tail->group_next = js;
-    else
-        c->head = js;
-    c->tail = js;
-    c->waiting++;
-    job_group_pump(js->deps.engine);
+    int rc = bd_pg_group_add(js->deps.pg, JOB_GROUP_PG_KIND, &js->group_link,
+                             job_group_on_flush);
+    if (rc < 0) {
+        bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=write err=%s", js->job_id,
+               bd_err_name(rc));
+        bd__job_submit_finish(js, BD_EPG);
+    }
 }
 
-/* The group's end: its connection back (rolled back unless committed), the committer told,
- * the next group started if jobs wait. Returns the group's jobs (linked by group_next) for
- * the caller to carry on; g is freed. */
-static struct bd__job_submit *job_group_end(struct job_group *g)
+/* The group's jobs, each answered as after its own bd_rq_enqueue. */
+static void job_group_on_enqueued(int status, const long long *positions, unsigned n,
+                                  void *arg)
 {
-    struct bd__job_submit *jobs = g->jobs;
-    struct bd_job_engine *e = g->e;
+    struct job_group *g = arg;
+    struct bd__job_submit *js = g->jobs, *next;
 
-    if (g->conn)
-        bd_pg_release(g->conn);
-    bd_buf_free(&g->copy);
+    (void)n;
     free(g);
-    e->committer.inflight--;
-    job_group_pump(e);
-    return jobs;
+    for (unsigned i = 0; js; js = next, i++) {
+        next = js->group_next;
+        js->group_next = NULL;
+        job_submit_on_enqueued(status, status == BD_OK ? positions[i] : 0, js);
+    }
 }
 
-/* The group's transaction failed at some step (res: the error result, or NULL). */
-static void job_group_fail(struct job_group *g, const char *step, int status,
-                           const PGresult *res)
+/* The group's jobs are in PostgreSQL: all their enqueues in one script call. */
+static void job_group_enqueue(struct job_group *g)
 {
-    const char *msg = res ? PQresultErrorMessage(res)
-                          : g->conn ? bd_pg_conn_get_error(g->conn) : bd_err_name(status);
+    struct bd_rq_enqueue_job *jobs = malloc(g->n * sizeof(*jobs));
+    struct bd__job_submit *js = g->jobs;
+    unsigned i = 0;
+    int rc = BD_ENOMEM;
+
+    for (; jobs && js; js = js->group_next, i++) {
+        js->is_reserved = false;            /* the enqueue takes the reservation over */
+        jobs[i] = (struct bd_rq_enqueue_job){ js->job_id, (enum bd_priority)js->priority,
+                                              js->seq, js->model ? js->model : "", js->items };
+    }
+    if (jobs)
+        rc = bd_rq_enqueue_many(js ? NULL : g->jobs->deps.rq, jobs, g->n,
+                                job_group_on_enqueued, g);
+    free(jobs);
+    if (rc < 0)
+        job_group_on_enqueued(BD_EREDIS, NULL, g->n, g);
+}
+
+/* The group's statement answered (res: the error result, or NULL when none came). */
+static void job_group_on_written(int status, PGresult *res, void *arg)
+{
+    struct job_group *g = arg;
+
+    bd_pg_group_done(g->pg, JOB_GROUP_PG_KIND);     /* the next group may go */
+    if (status == BD_OK) {
+        /* A group of one is a lone submit's: its "submitted" line says enough. */
+        bd_log(g->n > 1 ? BD_LOG_INFO : BD_LOG_DEBUG, "job",
+               "job=%s event=group_committed jobs=%u", g->jobs->job_id, g->n);
+        job_group_enqueue(g);
+        return;
+    }
+    const char *msg = res ? PQresultErrorMessage(res) : "no answer";
     size_t len = strlen(msg);
-    bool is_commit_sent = g->is_commit_sent;
     unsigned n = g->n;
-    /* A permanent error says one job's statements cannot pass: retry each alone. */
-    bool is_isolated = !is_commit_sent && n > 1 && res != NULL &&
-                       bd_pg_classify_error(res) == BD_PG_ERR_PERMANENT;
-    bool is_conflict = !is_commit_sent && n == 1 && g->jobs->idem_key &&
-                       bd_job_store_is_unique_violation(res);
-    const char *outcome = is_commit_sent ? "settle_each" : is_isolated ? "retry_each_alone"
+    bool is_lost = res == NULL && status != BD_ENOMEM;
+    /* A permanent error says one job's rows cannot pass: retry each alone. */
+    bool is_isolated = n > 1 && res != NULL && bd_pg_classify_error(res) == BD_PG_ERR_PERMANENT;
+    bool is_conflict = n == 1 && g->jobs->idem_key && bd_job_store_is_unique_violation(res);
+    const char *outcome = is_lost ? "settle_each" : is_isolated ? "retry_each_alone"
                           : is_conflict ? "conflict" : "failed";
 
     while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == ' '))
         len--;
-    bd_log(BD_LOG_WARN, "job", "job=%s event=group_submit_failed jobs=%u step=%s outcome=%s "
-           "pg=\"%.*s\"", g->jobs->job_id, n, step, outcome, (int)len, msg);
-    struct bd__job_submit *js = job_group_end(g), *next;
+    bd_log(BD_LOG_WARN, "job", "job=%s event=group_submit_failed jobs=%u step=write outcome=%s "
+           "err=%s pg=\"%.*s\"", g->jobs->job_id, n, outcome, bd_err_name(status), (int)len,
+           msg);
+    struct bd__job_submit *js = g->jobs, *next;
+    free(g);
     for (; js; js = next) {
         next = js->group_next;
         js->group_next = NULL;
-        if (is_commit_sent) {
-            /* The COMMIT may have been applied: each job asks whether its row exists. */
+        if (is_lost) {
+            /* The statement may have committed: each job asks whether its row exists. */
             if (bd_job_store_job_exists(js->deps.pg, js->job_id, job_submit_on_exists, js) < 0)
                 bd__job_submit_finish(js, BD_EPG);
         } else if (is_isolated) {
@@ -436,165 +474,105 @@ static void job_group_fail(struct job_group *g, const char *step, int status,
     }
 }
 
-static void job_group_on_committed(int status, PGresult *res, void *arg)
+/* The rows of the group's jobs and batches (borrowed from the jobs and opts), and the
+ * statement sent. BD_OK, or < 0 and job_group_on_written never runs. */
+static int job_group_send(struct job_group *g)
 {
-    struct job_group *g = arg;
-
-    if (status < 0) {
-        job_group_fail(g, "commit", status, res);
-        return;
-    }
-    g->e->committer.groups++;
-    g->e->committer.jobs += g->n;
-    /* A group of one is a lone submit's commit: its "submitted" line says enough. */
-    bd_log(g->n > 1 ? BD_LOG_INFO : BD_LOG_DEBUG, "job", "job=%s event=group_committed jobs=%u",
-           g->jobs->job_id, g->n);
-    struct bd__job_submit *js = job_group_end(g), *next;
-    for (; js; js = next) {
-        next = js->group_next;
-        js->group_next = NULL;
-        job_submit_enqueue(js);
-    }
-}
-
-static void job_group_on_copied(int status, PGresult *res, void *arg)
-{
-    struct job_group *g = arg;
-
-    if (status < 0) {
-        job_group_fail(g, "copy", status, res);
-        return;
-    }
-    g->is_commit_sent = true;
-    if (bd_job_store_commit(g->conn, job_group_on_committed, g) < 0) {
-        g->is_commit_sent = false;             /* never sent: nothing to settle */
-        job_group_fail(g, "commit", BD_EPG, NULL);
-    }
-}
-
-/* Every job's batches in one COPY. The payloads stay (freed with their job): a job may
- * still have to be written alone. */
-static int job_group_build_copy(struct job_group *g)
-{
-    bd_pg_copy_begin(&g->copy);
-    for (const struct bd__job_submit *js = g->jobs; js; js = js->group_next) {
-        bool is_insert = js->op == BD_OP_BULK_INSERT;
-        for (unsigned b = 0; b < js->batches; b++) {
-            unsigned first = b * js->batch_size;
-            unsigned cnt = js->items - first < js->batch_size ? js->items - first
-                                                               : js->batch_size;
-            const struct bd_job_payload *p = &js->batch[b];
-            bd_job_store_put_batch(&g->copy, js->job_id, b, first, cnt,
-                                   is_insert ? NULL : p->data, is_insert ? 0 : p->len,
-                                   is_insert ? p->data : NULL, is_insert ? p->len : 0);
-        }
-    }
-    return bd_pg_copy_end(&g->copy);
-}
-
-static void job_group_on_rows(int status, PGresult *res, void *arg)
-{
-    struct job_group *g = arg;
-    int rc;
-
-    if (status < 0) {
-        job_group_fail(g, "write", status, res);
-        return;
-    }
-    rc = job_group_build_copy(g);
-    if (rc == BD_OK)
-        rc = bd_job_store_copy_batches(g->conn, &g->copy, job_group_on_copied, g);
-    if (rc < 0)
-        job_group_fail(g, "copy", rc, NULL);
-}
-
-/* The group's connection: it takes the jobs waiting now, up to its limits. */
-static void job_group_on_conn(int status, struct bd_pg_conn *conn, void *arg)
-{
-    struct bd_job_engine *e = arg;
-    struct bd__job_committer *c = &e->committer;
-    struct job_group *g = NULL;
-    struct bd_job_store_new_job *rows = NULL;
-    char **options = NULL;
-    size_t bytes = 0;
+    struct bd_job_store_new_job *rows = calloc(g->n, sizeof(*rows));
+    char **opts = calloc(g->n, sizeof(*opts));
+    struct bd_job_store_new_batch *batches = NULL;
+    unsigned nb = 0, i = 0;
     int rc = BD_ENOMEM;
 
-    if (c->head == NULL) {                  /* an earlier group took them all */
-        if (status == BD_OK)
-            bd_pg_release(conn);
-        c->inflight--;
-        return;
-    }
-    if (status == BD_OK)
-        g = calloc(1, sizeof(*g));
-    if (g == NULL) {
-        if (status == BD_OK)
-            bd_pg_release(conn);
-        else
-            bd_log(BD_LOG_WARN, "job", "job=%s event=group_submit_failed jobs=%u step=acquire "
-                   "err=%s", c->head->job_id, c->waiting, bd_err_name(status));
-        /* Every waiting job fails as it would have alone. */
-        struct bd__job_submit *js = c->head, *next;
-        c->head = c->tail = NULL;
-        c->waiting = 0;
-        c->inflight--;
-        for (; js; js = next) {
-            next = js->group_next;
-            js->group_next = NULL;
-            bd__job_submit_finish(js, status == BD_OK ? BD_ENOMEM : BD_EPG);
+    for (const struct bd__job_submit *js = g->jobs; js; js = js->group_next)
+        nb += js->batches;
+    if (nb > 0)
+        batches = calloc(nb, sizeof(*batches));
+    if (rows == NULL || opts == NULL || (nb > 0 && batches == NULL))
+        goto out;
+    nb = 0;
+    for (const struct bd__job_submit *js = g->jobs; js; js = js->group_next, i++) {
+        bool is_insert = js->op == BD_OP_BULK_INSERT;
+        if ((opts[i] = bd__job_submit_options(js)) == NULL)
+            goto out;
+        rows[i] = bd__job_submit_row(js, opts[i]);
+        for (unsigned b = 0; b < js->batches; b++) {
+            unsigned first = b * js->batch_size;
+            const struct bd_job_payload *p = &js->batch[b];
+            batches[nb++] = (struct bd_job_store_new_batch){
+                .job_id = js->job_id,
+                .batch_no = b,
+                .first_index = first,
+                .item_count = js->items - first < js->batch_size ? js->items - first
+                                                                 : js->batch_size,
+                .items_json = is_insert ? NULL : p->data,
+                .items_len = is_insert ? 0 : p->len,
+                .payload = is_insert ? p->data : NULL,
+                .payload_len = is_insert ? p->len : 0,
+            };
         }
+    }
+    rc = bd_job_store_create_jobs(g->pg, rows, g->n, batches, nb, job_group_on_written, g);
+out:
+    for (unsigned k = 0; opts && k < g->n; k++)
+        free(opts[k]);
+    free(opts);
+    free(rows);
+    free(batches);
+    return rc;
+}
+
+/* The pool's flush of the waiting submits: one group of them, within its limits, in
+ * arrival order; the rest wait for the next (queued again first, so they keep their
+ * turn). */
+static void job_group_on_flush(struct bd_pg *pg, struct bd_pg_link *items, unsigned n)
+{
+    struct job_group *g = calloc(1, sizeof(*g));
+    struct bd__job_submit **tail;
+    struct bd_pg_link *l = items, *next;
+    size_t bytes = 0;
+    int rc;
+
+    (void)n;
+    if (g == NULL) {
+        for (; l; l = next) {
+            next = l->next;
+            bd__job_submit_finish(job_group_of(l), BD_ENOMEM);
+        }
+        bd_pg_group_done(pg, JOB_GROUP_PG_KIND);
         return;
     }
-    g->e = e;
-    g->conn = conn;
-    bd_buf_init(&g->copy);
-    /* Take the waiting jobs in arrival order, at least one, within the group's limits. */
-    struct bd__job_submit **tail = &g->jobs;
-    while (c->head && g->n < JOB_GROUP_MAX_JOBS &&
-           (g->n == 0 || bytes + job_submit_payload_bytes(c->head) <= JOB_GROUP_MAX_BYTES)) {
-        struct bd__job_submit *js = c->head;
-        assert(g->jobs == NULL || js->deps.pg == g->jobs->deps.pg);  /* one pool a server */
-        c->head = js->group_next;
-        if (c->head == NULL)
-            c->tail = NULL;
-        c->waiting--;
+    g->pg = pg;
+    tail = &g->jobs;
+    for (; l && g->n < JOB_GROUP_MAX_JOBS; l = next) {
+        struct bd__job_submit *js = job_group_of(l);
+        size_t sz = job_submit_payload_bytes(js);
+        if (g->n > 0 && bytes + sz > JOB_GROUP_MAX_BYTES)
+            break;
+        next = l->next;
+        assert(js->deps.pg == pg);
         js->group_next = NULL;
         *tail = js;
         tail = &js->group_next;
-        bytes += job_submit_payload_bytes(js);
+        bytes += sz;
         g->n++;
     }
-    rows = calloc(g->n, sizeof(*rows));
-    options = calloc(g->n, sizeof(*options));
-    if (rows && options) {
-        unsigned i = 0;
-        for (struct bd__job_submit *js = g->jobs; js; js = js->group_next, i++) {
-            if ((options[i] = bd__job_submit_options(js)) == NULL)
-                break;
-            rows[i] = bd__job_submit_row(js, options[i]);
-        }
-        if (i == g->n)
-            rc = bd_job_store_begin_jobs(conn, rows, g->n, job_group_on_rows, g);
+    for (; l; l = next) {                   /* over the limits: the next group's */
+        next = l->next;
+        job_group_add(job_group_of(l));
     }
-    for (unsigned i = 0; options && i < g->n; i++)
-        free(options[i]);
-    free(options);
-    free(rows);
-    if (rc < 0)
-        job_group_fail(g, "write", rc, NULL);
-}
-
-/* Lease a connection for the next group when jobs wait and no group is in flight. The group
- * takes its jobs when the connection comes, so the submits answered meanwhile join it. */
-static void job_group_pump(struct bd_job_engine *e)
-{
-    struct bd__job_committer *c = &e->committer;
-
-    if (c->head == NULL || c->inflight >= JOB_GROUP_MAX_INFLIGHT)
-        return;
-    c->inflight++;
-    if (bd_pg_acquire(c->head->deps.pg, job_group_on_conn, e) < 0)
-        job_group_on_conn(BD_EPG, NULL, e);     /* fails the waiting jobs */
+    if ((rc = job_group_send(g)) < 0) {
+        bd_log(BD_LOG_WARN, "job", "job=%s event=group_submit_failed jobs=%u step=write "
+               "outcome=failed err=%s", g->jobs->job_id, g->n, bd_err_name(rc));
+        bd_pg_group_done(pg, JOB_GROUP_PG_KIND);
+        struct bd__job_submit *js = g->jobs, *jn;
+        free(g);
+        for (; js; js = jn) {
+            jn = js->group_next;
+            js->group_next = NULL;
+            bd__job_submit_finish(js, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG);
+        }
+    }
 }
 
 /* ---- id and room ----------------------------------------------------------------------- */
@@ -636,50 +614,56 @@ void bd__job_submit_on_reserved(int status, bool is_granted, long long queued_af
     }
 }
 
-static void job_submit_on_seq(int status, long long seq, void *arg)
+/* Redis's answer: the job's seq and id, and (a buffered job) its room. */
+static void job_submit_on_reserved_next(int status, long long seq, const char *job_id,
+                                        bool is_granted, long long queued_after, void *arg)
 {
     struct bd__job_submit *js = arg;
-    char stamp[32], model[64];
-    struct tm tm;
-    time_t t;
 
+    if (status == BD_OK &&
+        (size_t)snprintf(js->job_id, sizeof(js->job_id), "%s", job_id) >= sizeof(js->job_id))
+        status = BD_EREDIS;                 /* cannot be: the prefix leaves room for any seq */
     if (status < 0) {
-        bd_log(BD_LOG_WARN, "job", "event=submit_failed step=next_seq err=%s",
+        bd_log(BD_LOG_WARN, "job", "event=submit_failed step=reserve_next err=%s",
                bd_err_name(status));
         bd__job_submit_finish(js, BD_EREDIS);
         return;
     }
     js->seq = seq;
-    js->created_unix = (double)time(NULL);
-    t = (time_t)js->created_unix;
-    gmtime_r(&t, &tm);
-    strftime(stamp, sizeof(stamp), "%Y%m%d_%H%M%S", &tm);
-    bd_time_rfc3339((long long)js->created_unix * 1000, js->created_at, sizeof(js->created_at));
-    if (js->op == BD_OP_BULK_INSERT) {
-        snprintf(js->job_id, sizeof(js->job_id), "batch_insert_%s_%03lld", stamp, seq);
-    } else {
-        size_t n = 0;
-        for (const char *p = js->model; p && *p && n + 1 < sizeof(model); p++)
-            model[n++] = (isalnum((unsigned char)*p) || *p == '-' || *p == '_') ? *p : '_';
-        model[n] = '\0';
-        snprintf(js->job_id, sizeof(js->job_id), "batch_%s_%s_%03lld", model, stamp, seq);
-    }
     if (js->is_stream) {
         /* Its items are not known yet: they are reserved when the body has ended. */
         if (bd_pg_acquire(js->deps.pg, job_submit_on_conn, js) < 0)
             bd__job_submit_finish(js, BD_EPG);
         return;
     }
-    if (bd_rq_reserve_items(js->deps.rq, js->job_id, js->items, js->deps.cfg->max_queued_items,
-                            bd__job_submit_on_reserved, js) < 0) {
-        bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=reserve", js->job_id);
-        bd__job_submit_finish(js, BD_EREDIS);
-    }
+    bd__job_submit_on_reserved(BD_OK, is_granted, queued_after, js);
 }
 
+/* The job's creation time and the first part of its id: "batch_insert_<UTC stamp>_" for
+ * bulk_insert, "batch_<model>_<UTC stamp>_" otherwise (the model's characters other than
+ * letters, digits, '-' and '_' as '_'); Redis appends the seq (bd_rq_reserve_next). */
 int bd__job_submit_start(struct bd__job_submit *js)
 {
-    return bd_rq_next_seq(js->deps.rq, job_submit_on_seq, js);
+    char stamp[32], model[64], prefix[sizeof(js->job_id) - 24];
+    struct tm tm;
+    time_t t;
+
+    js->created_unix = (double)time(NULL);
+    t = (time_t)js->created_unix;
+    gmtime_r(&t, &tm);
+    strftime(stamp, sizeof(stamp), "%Y%m%d_%H%M%S", &tm);
+    bd_time_rfc3339((long long)js->created_unix * 1000, js->created_at, sizeof(js->created_at));
+    if (js->op == BD_OP_BULK_INSERT) {
+        snprintf(prefix, sizeof(prefix), "batch_insert_%s_", stamp);
+    } else {
+        size_t n = 0;
+        for (const char *p = js->model; p && *p && n + 1 < sizeof(model); p++)
+            model[n++] = (isalnum((unsigned char)*p) || *p == '-' || *p == '_') ? *p : '_';
+        model[n] = '\0';
+        snprintf(prefix, sizeof(prefix), "batch_%s_%s_", model, stamp);
+    }
+    return bd_rq_reserve_next(js->deps.rq, prefix, js->is_stream ? -1 : (long long)js->items,
+                              js->deps.cfg->max_queued_items, job_submit_on_reserved_next, js);
 }
 
 static char *job_submit_strdup(const char *s, bool *is_failed)

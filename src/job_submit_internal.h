@@ -11,6 +11,7 @@
 #include "batchd/buf.h"
 #include "batchd/job_store.h"
 #include "batchd/job_submit.h"
+#include "batchd/pg_store.h"
 
 struct bd_pg_conn;
 
@@ -51,7 +52,9 @@ struct bd__job_submit {
     void *stream_arg;
     unsigned next_index;              /* first item index of the next batch */
 
-    /* Group commit: a small job waits in the engine's committer, then rides in a group. */
+    /* Group commit: a small job waits in the pool's group (bd_pg_group_add), then rides in
+     * a group's statement. */
+    struct bd_pg_link group_link;
     struct bd__job_submit *group_next;
 };
 
@@ -60,7 +63,8 @@ struct bd__job_submit *bd__job_submit_new(const struct bd_job_submit_deps *deps,
                                           const struct bd_job_spec *spec);
 /* Gives reserved items back, releases the connection (rolling back), frees js. */
 void bd__job_submit_free(struct bd__job_submit *js);
-/* The id, then the room: job_submit.c's first steps (BD_OK, or < 0 and nothing started). */
+/* The id and (a buffered job) the room in one Redis call: job_submit.c's first step (BD_OK,
+ * or < 0 and nothing started). */
 int bd__job_submit_start(struct bd__job_submit *js);
 /* Answer the submit's callback with status (a stream still opening: its open's) and free. */
 void bd__job_submit_finish(struct bd__job_submit *js, int status);

@@ -8,6 +8,7 @@
  */
 #include "rq_internal.h"
 
+#include "batchd/buf.h"
 #include "batchd/error.h"
 
 #include <assert.h>
@@ -107,33 +108,55 @@
     "  return total\n"                                                                     \
     "end\n"
 
-/* ARGV: prefix, id, prio name, seq, model ('' = none), items, retry ('1'/'0').
+/* enqueue(id, prio name, seq, model ('' = none), items, retry ('1'/'0')): queue one job.
  * Returns the 1-based position; 0 when the job is in flight. The job's reservation, if
  * any, is taken over by the job's own count (or dropped when it is counted already). A
  * retry of a job still in flight under its previous run is marked 'requeue': the old
  * owner's release (or the reaper) puts it in the queue with these values. */
-static const char rq_lua_enqueue[] = RQ_LUA_PRELUDE
-    "local id, prio, seq, model, items = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]\n"
-    "unreserve(id)\n"
-    "local q = queued_in(id)\n"
-    "if q then return position(q, id) end\n"
-    "local jk = P .. 'job:' .. id\n"
-    "if redis.call('ZSCORE', P .. 'inflight', id) then\n"
-    "  if ARGV[7] ~= '1' then return 0 end\n"
-    "  if (redis.call('HGET', jk, 'model') or '') ~= model then\n"
-    "    model_add(jk, 'processing', -1)\n"
-    "    redis.call('HSET', jk, 'model', model)\n"
-    "    model_add(jk, 'processing', 1)\n"
-    "  end\n"
-    "  redis.call('HSET', jk, 'priority', prio, 'seq', seq, 'items', items, 'requeue', '1')\n"
-    "  return 0\n"
+#define RQ_LUA_ENQUEUE_FN                                                                  \
+    "local function enqueue(id, prio, seq, model, items, retry)\n"                        \
+    "  unreserve(id)\n"                                                                   \
+    "  local q = queued_in(id)\n"                                                         \
+    "  if q then return position(q, id) end\n"                                            \
+    "  local jk = P .. 'job:' .. id\n"                                                    \
+    "  if redis.call('ZSCORE', P .. 'inflight', id) then\n"                               \
+    "    if retry ~= '1' then return 0 end\n"                                             \
+    "    if (redis.call('HGET', jk, 'model') or '') ~= model then\n"                      \
+    "      model_add(jk, 'processing', -1)\n"                                             \
+    "      redis.call('HSET', jk, 'model', model)\n"                                      \
+    "      model_add(jk, 'processing', 1)\n"                                              \
+    "    end\n"                                                                           \
+    "    redis.call('HSET', jk, 'priority', prio, 'seq', seq, 'items', items, 'requeue', '1')\n"\
+    "    return 0\n"                                                                      \
+    "  end\n"                                                                             \
+    "  redis.call('DEL', jk)\n"                                                           \
+    "  redis.call('HSET', jk, 'priority', prio, 'seq', seq, 'model', model, 'items', items)\n"\
+    "  redis.call('ZADD', P .. 'q:' .. prio, seq, id)\n"                                  \
+    "  model_add_name(model, 'pending', 1)\n"                                             \
+    "  add(P .. 'queued_items', num(items))\n"                                            \
+    "  return position(prio, id)\n"                                                       \
     "end\n"
-    "redis.call('DEL', jk)\n"
-    "redis.call('HSET', jk, 'priority', prio, 'seq', seq, 'model', model, 'items', items)\n"
-    "redis.call('ZADD', P .. 'q:' .. prio, seq, id)\n"
-    "model_add_name(model, 'pending', 1)\n"
-    "add(P .. 'queued_items', num(items))\n"
-    "return position(prio, id)\n";
+
+/* ARGV: prefix, id, prio name, seq, model, items, retry: enqueue() of one job. */
+static const char rq_lua_enqueue[] = RQ_LUA_PRELUDE RQ_LUA_ENQUEUE_FN
+    "return enqueue(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])\n";
+
+/* ARGV: prefix, jobs: every job's id, prio name, seq, model and items, each field a
+ * netstring-like "<length>:<bytes>" (so a model name may hold any byte), five per job.
+ * enqueue() of each job in order (not a retry); returns their positions in that order. */
+static const char rq_lua_enqueue_many[] = RQ_LUA_PRELUDE RQ_LUA_ENQUEUE_FN
+    "local s, i, f = ARGV[2], 1, {}\n"
+    "while i <= #s do\n"
+    "  local c = string.find(s, ':', i, true)\n"
+    "  local n = tonumber(string.sub(s, i, c - 1))\n"
+    "  f[#f + 1] = string.sub(s, c + 1, c + n)\n"
+    "  i = c + n + 1\n"
+    "end\n"
+    "local out = {}\n"
+    "for k = 1, #f - 4, 5 do\n"
+    "  out[#out + 1] = enqueue(f[k], f[k + 1], f[k + 2], f[k + 3], f[k + 4], '0')\n"
+    "end\n"
+    "return out\n";
 
 /* ARGV: prefix, worker, lease_ms[, max]. Takes jobs in queue order (high, normal, low;
  * oldest first within one) and puts each in flight with its own lease. Without max: the
@@ -289,17 +312,37 @@ static const char rq_lua_lease[] = RQ_LUA_PRELUDE
     "if not d then return { false, false } end\n"
     "return { d, redis.call('HGET', P .. 'job:' .. ARGV[2], 'owner') }\n";
 
-/* ARGV: prefix, id, n, max, ttl_ms. Check and reserve in one step: granted when the items
- * of queued jobs plus live reservations plus n stay within max. A repeat for the same id
- * replaces its earlier reservation. Returns [granted 0/1, total after (or now, refused)]. */
-static const char rq_lua_reserve[] = RQ_LUA_PRELUDE
-    "local id, n, max = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])\n"
-    "unreserve(id)\n"
-    "local total = num(redis.call('GET', P .. 'queued_items')) + reserved_total()\n"
-    "if total + n > max then return { 0, total } end\n"
-    "redis.call('ZADD', P .. 'reserved', int(now_ms() + tonumber(ARGV[5])), id)\n"
-    "redis.call('HSET', P .. 'reserved_items', id, ARGV[3])\n"
-    "return { 1, total + n }\n";
+/* reserve(id, n, max, ttl_ms): check and reserve in one step: granted when the items of
+ * queued jobs plus live reservations plus n stay within max. A repeat for the same id
+ * replaces its earlier reservation. Returns granted (0/1) and the total after (or now,
+ * refused). */
+#define RQ_LUA_RESERVE_FN                                                                  \
+    "local function reserve(id, n, max, ttl)\n"                                           \
+    "  unreserve(id)\n"                                                                   \
+    "  local total = num(redis.call('GET', P .. 'queued_items')) + reserved_total()\n"     \
+    "  if total + n > max then return 0, total end\n"                                     \
+    "  redis.call('ZADD', P .. 'reserved', int(now_ms() + ttl), id)\n"                    \
+    "  redis.call('HSET', P .. 'reserved_items', id, int(n))\n"                           \
+    "  return 1, total + n\n"                                                             \
+    "end\n"
+
+/* ARGV: prefix, id, n, max, ttl_ms. Returns [granted 0/1, total]: reserve(). */
+static const char rq_lua_reserve[] = RQ_LUA_PRELUDE RQ_LUA_RESERVE_FN
+    "local granted, total = reserve(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),\n"
+    "                               tonumber(ARGV[5]))\n"
+    "return { granted, total }\n";
+
+/* ARGV: prefix, id_prefix, n ('' = take the seq only), max, ttl_ms. The next seq, the job
+ * id it makes (id_prefix, then the seq zero-padded to three digits at least) and, when n
+ * is given, reserve() of n items under that id, in one step. Returns [seq, id, granted
+ * 0/1, total] (granted 1 and total 0 without n). */
+static const char rq_lua_reserve_next[] = RQ_LUA_PRELUDE RQ_LUA_RESERVE_FN
+    "local seq = redis.call('INCR', P .. 'seq')\n"
+    "local id = ARGV[2] .. string.format('%03d', seq)\n"
+    "if ARGV[3] == '' then return { seq, id, 1, 0 } end\n"
+    "local granted, total = reserve(id, tonumber(ARGV[3]), tonumber(ARGV[4]),\n"
+    "                               tonumber(ARGV[5]))\n"
+    "return { seq, id, granted, total }\n";
 
 /* ARGV: prefix, id. Returns the items the dropped reservation held (0: none). */
 static const char rq_lua_unreserve[] = RQ_LUA_PRELUDE
@@ -319,6 +362,8 @@ const struct bd__rq_script_def bd__rq_scripts[BD__RQ_SCRIPT_COUNT] = {
     [BD__RQ_S_LEASE] = { "lease", rq_lua_lease },
     [BD__RQ_S_RESERVE] = { "reserve", rq_lua_reserve },
     [BD__RQ_S_UNRESERVE] = { "unreserve", rq_lua_unreserve },
+    [BD__RQ_S_RESERVE_NEXT] = { "reserve_next", rq_lua_reserve_next },
+    [BD__RQ_S_ENQUEUE_MANY] = { "enqueue_many", rq_lua_enqueue_many },
 };
 
 static const char *const rq_prio_names[BD_PRIO_COUNT] = { "high", "normal", "low" };
@@ -673,6 +718,128 @@ int bd_rq_reserve_items(struct bd_rq *rq, const char *job_id, long long n, long 
     snprintf(max_s, sizeof(max_s), "%lld", max);
     return bd__rq_eval(rq, BD__RQ_S_RESERVE, BD__RQ_CONV_RESERVE, RQ_CB(reserve, cb), arg, 4,
                        args);
+}
+
+/* bd_rq_reserve_next's call: the caller's callback. */
+struct rq_reserve_next {
+    bd_rq_reserve_next_cb cb;
+    void *arg;
+};
+
+static void rq_on_reserved_next(int status, const redisReply *reply, void *arg)
+{
+    struct rq_reserve_next *rn = arg;
+    long long seq = 0, granted = 0, total = 0;
+    const char *id = NULL;
+
+    if (status == BD_OK && (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4 ||
+                            !rq_reply_to_ll(reply->element[0], &seq) ||
+                            reply->element[1]->type != REDIS_REPLY_STRING ||
+                            reply->element[1]->len == 0 ||
+                            !rq_reply_to_ll(reply->element[2], &granted) ||
+                            !rq_reply_to_ll(reply->element[3], &total)))
+        status = BD_EREDIS;
+    if (status == BD_OK)
+        id = reply->element[1]->str;
+    else
+        seq = granted = total = 0;
+    rn->cb(status, seq, id, granted == 1, total, rn->arg);
+    free(rn);
+}
+
+int bd_rq_reserve_next(struct bd_rq *rq, const char *id_prefix, long long n, long long max,
+                       bd_rq_reserve_next_cb cb, void *arg)
+{
+    char n_s[24], max_s[24];
+    const char *args[4] = { id_prefix, n_s, max_s, rq->reserve_ttl_ms };
+    struct rq_reserve_next *rn;
+    int err;
+
+    if (id_prefix == NULL || cb == NULL)
+        return BD_EINVAL;
+    if (n >= 0)
+        snprintf(n_s, sizeof(n_s), "%lld", n);
+    else
+        n_s[0] = '\0';                         /* the seq only */
+    snprintf(max_s, sizeof(max_s), "%lld", max);
+    rn = malloc(sizeof(*rn));
+    if (rn == NULL)
+        return BD_ENOMEM;
+    *rn = (struct rq_reserve_next){ cb, arg };
+    err = bd__rq_eval(rq, BD__RQ_S_RESERVE_NEXT, BD__RQ_CONV_RAW,
+                      RQ_CB(raw, rq_on_reserved_next), rn, 4, args);
+    if (err < 0)
+        free(rn);
+    return err;
+}
+
+/* bd_rq_enqueue_many's call: the caller's callback and room for the positions. */
+struct rq_enqueue_many {
+    bd_rq_enqueue_many_cb cb;
+    void *arg;
+    unsigned n;
+    long long pos[];
+};
+
+static void rq_on_enqueued_many(int status, const redisReply *reply, void *arg)
+{
+    struct rq_enqueue_many *em = arg;
+
+    if (status == BD_OK && (reply->type != REDIS_REPLY_ARRAY || reply->elements != em->n))
+        status = BD_EREDIS;
+    for (unsigned i = 0; status == BD_OK && i < em->n; i++)
+        if (!rq_reply_to_ll(reply->element[i], &em->pos[i]))
+            status = BD_EREDIS;
+    em->cb(status, status == BD_OK ? em->pos : NULL, em->n, em->arg);
+    free(em);
+}
+
+/* One field of bd_rq_enqueue_many's packed argument: "<length>:<bytes>". */
+static void rq_put_field(struct bd_buf *b, const char *s)
+{
+    size_t len = strlen(s);
+    bd_buf_printf(b, "%zu:", len);
+    bd_buf_append(b, s, len);
+}
+
+int bd_rq_enqueue_many(struct bd_rq *rq, const struct bd_rq_enqueue_job *jobs, unsigned n,
+                       bd_rq_enqueue_many_cb cb, void *arg)
+{
+    struct rq_enqueue_many *em;
+    struct bd_buf packed;
+    char num[24];
+    int err = BD_ENOMEM;
+
+    if (jobs == NULL || n == 0 || n > BD_RQ_ENQUEUE_MAX || cb == NULL)
+        return BD_EINVAL;
+    for (unsigned i = 0; i < n; i++)
+        if (!rq_id_ok(jobs[i].job_id) || (unsigned)jobs[i].prio >= BD_PRIO_COUNT ||
+            jobs[i].items < 0)
+            return BD_EINVAL;
+    em = malloc(sizeof(*em) + n * sizeof(em->pos[0]));
+    if (em == NULL)
+        return BD_ENOMEM;
+    *em = (struct rq_enqueue_many){ cb, arg, n };
+    bd_buf_init(&packed);
+    for (unsigned i = 0; i < n; i++) {
+        rq_put_field(&packed, jobs[i].job_id);
+        rq_put_field(&packed, rq_prio_names[jobs[i].prio]);
+        snprintf(num, sizeof(num), "%" PRId64, jobs[i].seq);
+        rq_put_field(&packed, num);
+        rq_put_field(&packed, jobs[i].model != NULL ? jobs[i].model : "");
+        snprintf(num, sizeof(num), "%lld", jobs[i].items);
+        rq_put_field(&packed, num);
+    }
+    bd_buf_append(&packed, "", 1);             /* the NUL that ends the argument */
+    if (!packed.is_failed) {
+        const char *args[1] = { packed.data };
+        err = bd__rq_eval(rq, BD__RQ_S_ENQUEUE_MANY, BD__RQ_CONV_RAW,
+                          RQ_CB(raw, rq_on_enqueued_many), em, 1, args);
+    }
+    bd_buf_free(&packed);
+    if (err < 0)
+        free(em);
+    return err;
 }
 
 int bd_rq_unreserve_items(struct bd_rq *rq, const char *job_id, bd_rq_int_cb cb, void *arg)

@@ -1,11 +1,13 @@
-/* it_group_commit.c -- group commit of small submits (issue 10), end to end against the real
- * batchd binary and the test stack: concurrent one-item submits share transactions and all
+/* it_group_commit.c -- group commit of small submits (issues 10 and 11), end to end against
+ * the real batchd binary and the test stack: concurrent one-item submits share statements
+ * (a group's rows and batches in one statement, its enqueues in one Redis call) and all
  * run; an Idempotency-Key collision inside a group fails only the collider, answered as
- * before (replay 200 or 409); a group whose transaction PostgreSQL refuses answers 503 and
+ * before (replay 200 or 409); a group whose statement PostgreSQL refuses answers 503 and
  * leaves neither rows nor item reservations; a job whose batch is refused fails alone; the
- * queue's room (429) is exact under concurrency; a group's lost COMMIT answer is settled
- * job by job (batchd reaches PostgreSQL through a small proxy in this process that drops
- * the answer to the COMMIT of a marked group, as it_submit.c's does for one job).
+ * queue's room (429) is exact under concurrency; a group statement whose answer is lost is
+ * settled job by job (batchd reaches PostgreSQL through a small proxy in this process that
+ * commits a marked group's statement and then drops the connection instead of its answer,
+ * as it_submit.c's does for one job).
  *
  * Determinism: a "plug" job is held inside its INSERT by a trigger waiting on an advisory
  * lock that this test holds (in a psql session of its own), so the one group in flight is
@@ -63,9 +65,9 @@ static char g_pg_url[640];          /* straight to PostgreSQL, with our search_p
 static char g_pg_proxied[640];      /* batchd's: through the proxy, with our search_path */
 static char g_redis_url[256];
 
-/* The proxy (bd_it_pgproxy) loses the answer of every COMMIT sent on a connection that
- * carried LOST_MARKER, the metadata of the jobs whose group must not hear of its commit,
- * so the engine's own COMMITs pass. */
+/* The proxy (bd_it_pgproxy) loses the answer that ends every transaction whose messages
+ * carried LOST_MARKER, the metadata of the jobs whose group must not hear of its commit, so
+ * the engine's own statements pass. */
 #define LOST_MARKER "itgrp-lost-commit-marker"
 
 
@@ -340,7 +342,7 @@ static void test_group_isolates_idempotency_key_collision(void **state)
     wait_redis(g_redis_url, "HLEN bd:reserved_items", 0, 5);
 }
 
-/* A group whose transaction PostgreSQL refuses with a transient error (53100, as a full
+/* A group whose statement PostgreSQL refuses with a transient error (53100, as a full
  * disk would): every job of it is answered 503, none is left behind, not a row nor a
  * batch, and every item reservation is given back at once. */
 static void test_group_failing_answers_503_and_leaves_nothing(void **state)
@@ -375,8 +377,9 @@ static void test_group_failing_answers_503_and_leaves_nothing(void **state)
     wait_redis(g_redis_url, "GET bd:queued_items", queued_before < 0 ? 0 : queued_before, 20);
 }
 
-/* One job of a group whose batch PostgreSQL refuses (a permanent error in the COPY): only
- * that job fails (503); the others of its group are created and run. */
+/* One job of a group whose batch PostgreSQL refuses (a permanent error on the batch rows of
+ * the group's statement; the trigger sees the job rows the same statement wrote first):
+ * only that job fails (503); the others of its group are created and run. */
 static void test_group_isolates_refused_batch(void **state)
 {
     enum { N = 8 };
@@ -394,7 +397,7 @@ static void test_group_isolates_refused_batch(void **state)
     reqs_join(r, N);
     for (int i = 0; i < N; i++)
         assert_int_equal(r[i].status, i == 3 ? 503 : 202);
-    assert_true(log_count(&g_proc, "step=copy", "retry_each_alone") >= 1);
+    assert_true(log_count(&g_proc, "step=write", "retry_each_alone") >= 1);
     assert_int_equal(psql_long("SELECT count(*) FROM jobs WHERE collection = 'itgrp_bad'"), 0);
     assert_int_equal(psql_long("SELECT count(*) FROM jobs WHERE collection = 'itgrp_good'"),
                      N - 1);
@@ -403,9 +406,9 @@ static void test_group_isolates_refused_batch(void **state)
     wait_redis(g_redis_url, "HLEN bd:reserved_items", 0, 5);
 }
 
-/* The answer to a group's COMMIT is lost (the proxy drops the connection after PostgreSQL
- * answered it): each job of the group is looked up, found, enqueued and answered 202 -- no
- * 503 inviting a duplicate --, and each runs. */
+/* The answer to a group's statement is lost (the proxy drops the connection once
+ * PostgreSQL committed it and said so): each job of the group is looked up, found, enqueued
+ * and answered 202 -- no 503 inviting a duplicate --, and each runs. */
 static void test_group_settles_lost_commit_answer_per_job(void **state)
 {
     enum { N = 6 };

@@ -1351,6 +1351,197 @@ static void parallel_reservations_admit_exactly_what_fits(void **state)
     rq_close_wait(c, rq2);
 }
 
+/* bd_rq_reserve_next's answer, copied. */
+struct xres {
+    struct ctx *c;
+    int calls;
+    int status;
+    long long seq;
+    char id[160];
+    bool is_granted;
+    long long after;
+};
+
+static void on_reserve_next(int status, long long seq, const char *job_id, bool is_granted,
+                            long long queued_after, void *arg)
+{
+    struct xres *r = arg;
+
+    r->calls++;
+    r->c->finished++;
+    r->status = status;
+    r->seq = seq;
+    snprintf(r->id, sizeof(r->id), "%s", job_id ? job_id : "(null)");
+    r->is_granted = is_granted;
+    r->after = queued_after;
+}
+
+static struct xres op_reserve_next(struct ctx *c, struct bd_rq *rq, const char *prefix,
+                                   long long n, long long max)
+{
+    struct xres r = { .c = c };
+
+    STARTED(c, bd_rq_reserve_next(rq, prefix, n, max, on_reserve_next, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    return r;
+}
+
+/* Issue 11: the seq, the id and the room in one script. 10 submits of 30 items race for max
+ * 100 from two processes: each gets its own seq and the id made of it (zero-padded to
+ * three digits, as job ids always were), exactly 3 are admitted, the refused ones keep no
+ * reservation; the seq alone (n < 0, a stream) reserves nothing; a seq past 999 is not
+ * cut. */
+static void reserve_next_names_jobs_and_admits_exactly_what_fits(void **state)
+{
+    struct ctx *c = *state;
+    struct rq_state st2;
+    struct bd_rq *rq2 = rq_open(c, "w2", 30.0, 5.0, &st2);
+    const char *prefix = "batch_m_20260101_000000_";
+    struct xres r[10];
+    bool seen[11] = { false };
+    int granted = 0;
+
+    for (int i = 0; i < 10; i++) {
+        r[i] = (struct xres){ .c = c };
+        assert_int_equal(bd_rq_reserve_next(i % 2 ? rq2 : c->rq, prefix, 30, 100,
+                                            on_reserve_next, &r[i]), BD_OK);
+        c->started++;
+    }
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(r[i].calls, 0);            /* never synchronous */
+    for (int i = 0; i < 10; i++) {
+        char want[64];
+        wait_calls(c, &r[i].calls, 1, WAIT_S);
+        assert_int_equal(r[i].status, BD_OK);
+        assert_true(r[i].seq >= 1 && r[i].seq <= 10 && !seen[r[i].seq]);
+        seen[r[i].seq] = true;
+        snprintf(want, sizeof(want), "%s%03lld", prefix, r[i].seq);
+        assert_string_equal(r[i].id, want);
+        if (r[i].is_granted) {
+            granted++;
+            assert_int_equal(sync_ll(c, "HGET %sreserved_items %s", c->prefix, r[i].id), 30);
+        } else {
+            assert_int_equal(r[i].after, 90);
+            assert_int_equal(sync_ll(c, "HGET %sreserved_items %s", c->prefix, r[i].id), -1);
+        }
+    }
+    assert_int_equal(granted, 3);
+    assert_int_equal(reserved_now(c, c->rq), 90);
+    assert_counts(c, c->rq, 0, 0, 0, 0, 0);
+
+    /* The seq only: named, nothing reserved, even with the queue full. */
+    struct xres s = op_reserve_next(c, c->rq, prefix, -1, 0);
+    assert_int_equal(s.seq, 11);
+    assert_string_equal(s.id, "batch_m_20260101_000000_011");
+    assert_true(s.is_granted);
+    assert_int_equal(s.after, 0);
+    assert_int_equal(reserved_now(c, c->rq), 90);
+    /* Refused seqs are used up too, and the ids share the sequence of bd_rq_next_seq. */
+    assert_int_equal(op_seq(c, c->rq), 12);
+    freeReplyObject(sync_cmd(c, "SET %sseq 12344", c->prefix));
+    s = op_reserve_next(c, rq2, "x_", 11, 100);
+    assert_int_equal(s.seq, 12345);
+    assert_string_equal(s.id, "x_12345");
+    assert_false(s.is_granted);                     /* 90 + 11 > 100 */
+    assert_int_equal(s.after, 90);
+    s = op_reserve_next(c, rq2, "x_", 10, 100);     /* 90 + 10 fits exactly */
+    assert_true(s.is_granted);
+    assert_int_equal(s.after, 100);
+    assert_string_equal(s.id, "x_12346");
+    rq_close_wait(c, rq2);
+}
+
+/* bd_rq_enqueue_many's answer, copied. */
+struct mres {
+    struct ctx *c;
+    int calls;
+    int status;
+    unsigned n;
+    long long pos[8];
+    bool has_pos;
+};
+
+static void on_enqueued_many(int status, const long long *positions, unsigned n, void *arg)
+{
+    struct mres *r = arg;
+
+    r->calls++;
+    r->c->finished++;
+    r->status = status;
+    r->n = n;
+    r->has_pos = positions != NULL;
+    for (unsigned i = 0; positions && i < n && i < 8; i++)
+        r->pos[i] = positions[i];
+}
+
+static struct mres op_enqueue_many(struct ctx *c, struct bd_rq *rq,
+                                   const struct bd_rq_enqueue_job *jobs, unsigned n)
+{
+    struct mres r = { .c = c };
+
+    STARTED(c, bd_rq_enqueue_many(rq, jobs, n, on_enqueued_many, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    assert_true(r.has_pos);
+    assert_int_equal(r.n, n);
+    return r;
+}
+
+/* Issue 11: a group's enqueues in one script call, each as its own bd_rq_enqueue: the
+ * positions in order, reservations taken over, a model name with the packing's own
+ * characters intact, a job already queued or in flight left where it is; bad arguments
+ * refused without a call. */
+static void enqueue_many_queues_each_as_enqueue_would(void **state)
+{
+    struct ctx *c = *state;
+    struct mres ir = { .c = c };
+    char id[128];
+
+    assert_true(op_reserve(c, c->rq, "a", 30, 1000).is_granted);
+    assert_true(op_reserve(c, c->rq, "b", 20, 1000).is_granted);
+    assert_int_equal(reserved_now(c, c->rq), 50);
+    const struct bd_rq_enqueue_job jobs[3] = {
+        { "a", BD_PRIO_NORMAL, 1, "m 5:x|y", 30 },
+        { "b", BD_PRIO_HIGH, 2, "", 20 },
+        { "c", BD_PRIO_LOW, 3, NULL, 1 },
+    };
+    struct mres r = op_enqueue_many(c, c->rq, jobs, 3);
+    assert_int_equal(r.pos[0], 1);                  /* a: alone in normal */
+    assert_int_equal(r.pos[1], 1);                  /* b: high goes first */
+    assert_int_equal(r.pos[2], 3);                  /* c: after b and a */
+    assert_counts(c, c->rq, 1, 1, 1, 0, 51);
+    assert_int_equal(reserved_now(c, c->rq), 0);    /* taken over, not counted twice */
+    assert_models(c, c->rq, "m 5:x|y 1 0");
+    assert_int_equal(sync_ll(c, "HGET %sjob:a seq", c->prefix), 1);
+    assert_int_equal(sync_ll(c, "ZSCORE %sq:low c", c->prefix), 3);
+
+    /* Again, with b in flight and a new one: a and c stay, b is left alone (0). */
+    assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "b");
+    const struct bd_rq_enqueue_job again[4] = {
+        { "a", BD_PRIO_HIGH, 99, "m 5:x|y", 30 },
+        { "b", BD_PRIO_HIGH, 2, "", 20 },
+        { "d", BD_PRIO_NORMAL, 4, "m2", 2 },
+        { "c", BD_PRIO_LOW, 3, NULL, 1 },
+    };
+    r = op_enqueue_many(c, c->rq, again, 4);
+    assert_int_equal(r.pos[0], 1);
+    assert_int_equal(r.pos[1], 0);
+    assert_int_equal(r.pos[2], 2);
+    assert_int_equal(r.pos[3], 3);
+    assert_counts(c, c->rq, 0, 2, 1, 1, 33);
+    assert_models(c, c->rq, "m 5:x|y 1 0 m2 1 0");
+
+    /* Refused at once: nothing to send, no callback. */
+    const struct bd_rq_enqueue_job bad[2] = { { "e", BD_PRIO_LOW, 5, "m", 1 },
+                                              { "", BD_PRIO_LOW, 6, "m", 1 } };
+    assert_int_equal(bd_rq_enqueue_many(c->rq, bad, 2, on_enqueued_many, &ir), BD_EINVAL);
+    assert_int_equal(bd_rq_enqueue_many(c->rq, bad, 0, on_enqueued_many, &ir), BD_EINVAL);
+    assert_int_equal(bd_rq_enqueue_many(c->rq, bad, BD_RQ_ENQUEUE_MAX + 1, on_enqueued_many,
+                                        &ir), BD_EINVAL);
+    assert_int_equal(bd_rq_enqueue_many(c->rq, bad, 1, NULL, &ir), BD_EINVAL);
+    assert_int_equal(ir.calls, 0);
+    assert_int_equal(sync_ll(c, "ZSCORE %sq:low e", c->prefix), -1);
+}
+
 /* A submitter that died between reserve and enqueue: its reservation lapses. */
 static void reservation_lapses_after_its_ttl(void **state)
 {
@@ -1445,6 +1636,8 @@ int main(void)
         T(retry_mark_is_reaped_cancelled_and_not_set_by_enqueue),
         T(parallel_reservations_admit_exactly_what_fits),
         T(reservation_lapses_after_its_ttl),
+        T(reserve_next_names_jobs_and_admits_exactly_what_fits),
+        T(enqueue_many_queues_each_as_enqueue_would),
         T(model_keys_are_removed_at_zero),
 #undef T
     };

@@ -325,6 +325,34 @@ int bd_job_store_begin_job(struct bd_pg_conn *conn, const struct bd_job_store_ne
 int bd_job_store_begin_jobs(struct bd_pg_conn *conn, const struct bd_job_store_new_job *jobs,
                             unsigned n, bd_pg_result_cb cb, void *arg);
 
+/* One batch of a job that bd_job_store_create_jobs writes: bd_job_store_put_batch's
+ * fields (items_json for bulk_embed, payload for bulk_insert, the other NULL). Borrowed. */
+struct bd_job_store_new_batch {
+    const char *job_id;
+    unsigned batch_no, first_index, item_count;
+    const char *items_json;
+    size_t items_len;
+    const void *payload;
+    size_t payload_len;
+};
+
+/* Create jobs[0..n) (1 <= n <= BD_JOB_STORE_NEW_JOBS_MAX), status queued, and their
+ * batches[0..nb) in ONE statement, on a connection of the pool for its duration: one
+ * round trip, no explicit transaction -- the statement is its own (the pool's
+ * synchronous_commit applies: when cb hears BD_OK the rows are durable), so every row of it
+ * is written or none. The statement is prepared on each connection once
+ * (bd_pg_query_prepared, name "bd_submit_jobs") and takes the rows as binary arrays. cb
+ * (bd_pg_result_cb) gets BD_OK; or BD_EPG with the error result, when PostgreSQL refused
+ * the statement and wrote nothing (SQLSTATE 23505: an Idempotency-Key taken); or an error
+ * with res NULL when no answer came (the connection was lost once it was sent, no
+ * connection within the pool's acquire timeout, or BD_ECANCELED: the pool closing): the
+ * rows may or may not be there then (bd_job_store_job_exists tells). Returns BD_EINVAL for
+ * n out of range, BD_ENOMEM, BD_ECANCELED (cb then never runs). Copies the rows into the
+ * call's parameters. */
+int bd_job_store_create_jobs(struct bd_pg *pg, const struct bd_job_store_new_job *jobs,
+                             unsigned n, const struct bd_job_store_new_batch *batches,
+                             unsigned nb, bd_pg_result_cb cb, void *arg);
+
 /* Append one job_batches row to copy, a binary COPY stream that bd_job_store_copy_batches
  * sends (bd_pg_copy_begin before the first row, bd_pg_copy_end after the last). A
  * batch has either items_json (bulk_embed: a JSON array of the items) or payload

@@ -102,6 +102,31 @@ int bd_rq_restore_seq(struct bd_rq *rq, long long at_least, bd_rq_int_cb cb, voi
 int bd_rq_enqueue(struct bd_rq *rq, const char *job_id, enum bd_priority prio, int64_t seq,
                   const char *model, long long items, bd_rq_int_cb cb, void *arg);
 
+/* One job of bd_rq_enqueue_many: bd_rq_enqueue's arguments (strings borrowed for the
+ * call). */
+struct bd_rq_enqueue_job {
+    const char *job_id;
+    enum bd_priority prio;
+    int64_t seq;
+    const char *model;               /* NULL or "": none */
+    long long items;
+};
+/* positions[0..n): each job's bd_rq_enqueue value, in the order given (NULL on error;
+ * borrowed during the callback). */
+typedef void (*bd_rq_enqueue_many_cb)(int status, const long long *positions, unsigned n,
+                                      void *arg);
+#define BD_RQ_ENQUEUE_MAX 1024
+
+/* bd_rq_enqueue of each of jobs[0..n) (1..BD_RQ_ENQUEUE_MAX), in order, in one round trip
+ * (one script run: each job behaves exactly as its own bd_rq_enqueue, its reservation
+ * taken over, one already queued or in flight left where it is). On an error (connection
+ * lost, timeout) any of them may or may not be queued, as for a failed bd_rq_enqueue of
+ * each (the rebuild from PostgreSQL queues what is missing). BD_EINVAL for n out of
+ * range, a NULL cb, or a job bd_rq_enqueue would refuse. Allocates the packed arguments
+ * and one record for the call. */
+int bd_rq_enqueue_many(struct bd_rq *rq, const struct bd_rq_enqueue_job *jobs, unsigned n,
+                       bd_rq_enqueue_many_cb cb, void *arg);
+
 /* As bd_rq_enqueue, for a job that PostgreSQL moved from a terminal state back to queued
  * (retry). Its previous run may not have released it yet: a job still in flight is marked
  * 'requeue' (with these prio, seq, model and items), and the owner's bd_rq_release -- with
@@ -123,6 +148,23 @@ int bd_rq_enqueue_retry(struct bd_rq *rq, const char *job_id, enum bd_priority p
  * BD_EINVAL for an empty job_id or n < 0. */
 int bd_rq_reserve_items(struct bd_rq *rq, const char *job_id, long long n, long long max,
                         bd_rq_reserve_cb cb, void *arg);
+
+/* bd_rq_reserve_next's answer: the job's seq and id (job_id borrowed, valid during the
+ * callback), and the reservation's outcome as bd_rq_reserve_cb's (is_granted true and
+ * queued_after 0 when none was asked). On error seq is 0 and job_id NULL. */
+typedef void (*bd_rq_reserve_next_cb)(int status, long long seq, const char *job_id,
+                                      bool is_granted, long long queued_after, void *arg);
+
+/* A new job's seq, id and room in one round trip (one script run): take the next seq (as
+ * bd_rq_next_seq), name the job id_prefix followed by the seq in decimal, zero-padded to
+ * three digits at least (printf's "%s%03lld": the suffix rule of every job id is here),
+ * and, when n >= 0, reserve n items for that id exactly as bd_rq_reserve_items would (the
+ * same check, in the same script run, so racing submits still never pass max together).
+ * n < 0 takes the seq and names the job only (a streamed job: its items are reserved with
+ * bd_rq_reserve_items once known). A refused reservation still uses its seq up.
+ * BD_EINVAL for a NULL id_prefix or cb. Allocates one small record for the call. */
+int bd_rq_reserve_next(struct bd_rq *rq, const char *id_prefix, long long n, long long max,
+                       bd_rq_reserve_next_cb cb, void *arg);
 
 /* Drop job_id's reservation. cb value: the items it held (0: there was none). */
 int bd_rq_unreserve_items(struct bd_rq *rq, const char *job_id, bd_rq_int_cb cb, void *arg);

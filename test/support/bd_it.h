@@ -249,12 +249,14 @@ void bd_it_fake_reset(int port, const char *extra);
  * test, naming the path, when /stats fails or the value is missing or not an integer. */
 long long bd_it_fake_stat(int port, const char *path);
 
-/* ---- a PostgreSQL proxy that loses COMMIT answers (bd_it_pgproxy.c) -------------------
+/* ---- a PostgreSQL proxy that loses commit answers (bd_it_pgproxy.c) -------------------
  * One per test process, on its own thread, in front of host:port of pg_url
- * (postgresql://user@host:port/db...). A COMMIT it forwards is applied by the server, but
- * the connection is dropped when the server answers it, so the client never hears of it:
- * the next COMMIT on any connection after bd_it_pgproxy_arm(), and every COMMIT on a
- * connection that has carried marker (NULL: none). Returns the port it listens on, or -1. */
+ * (postgresql://user@host:port/db...). A transaction it forwards is applied by the server,
+ * but when the server answers that it has ended (ReadyForQuery, idle) the connection is
+ * dropped instead, so the client never hears of it: the next commit on any connection after
+ * bd_it_pgproxy_arm() (a COMMIT, or batchd's group statement "bd_submit_jobs", a
+ * transaction of its own), and every transaction whose messages carried marker (NULL:
+ * none). Returns the port it listens on, or -1. */
 int bd_it_pgproxy_start(const char *pg_url, const char *marker);
 void bd_it_pgproxy_arm(void);
 void bd_it_pgproxy_disarm(void);

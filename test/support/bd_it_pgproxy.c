@@ -1,6 +1,8 @@
 /* bd_it_pgproxy.c -- a TCP proxy in front of PostgreSQL, on its own thread, that can lose the
- * answer to a COMMIT: the COMMIT reaches the server and is applied, and the connection is
- * dropped when the server answers it, so batchd never hears of it (see bd_it.h).
+ * answer to a write that commits (a COMMIT, or the one statement that creates a group of
+ * submitted jobs): it reaches the server and is applied, and the connection is dropped when
+ * the server answers that its transaction has ended, so batchd never hears of it (see
+ * bd_it.h).
  */
 #define _GNU_SOURCE
 #include "bd_it.h"
@@ -21,8 +23,7 @@
 
 struct proxy_pair {
     int c, s;                       /* client (batchd) and server sockets; -1 when unused */
-    bool is_marked;                 /* carried the marker */
-    bool is_doomed;                 /* forwarded a COMMIT to lose: drop the server's answer */
+    bool is_doomed;                 /* lose the answer that ends the transaction in flight */
 };
 
 static struct {
@@ -31,7 +32,7 @@ static struct {
     struct sockaddr_in target;
     struct proxy_pair pairs[PROXY_PAIRS];
     char marker[128];               /* set before start, read-only after */
-    atomic_int is_armed;            /* the next COMMIT's answer is lost */
+    atomic_int is_armed;            /* the next commit's answer is lost */
     atomic_int fired;               /* how many answers were lost */
     atomic_int is_stopping;
     bool is_started;
@@ -40,12 +41,17 @@ static struct {
 
 /* The simple-protocol message "COMMIT": 'Q', int32 length 11, "COMMIT\0". */
 static const char px_commit[] = { 'Q', 0, 0, 0, 11, 'C', 'O', 'M', 'M', 'I', 'T', 0 };
+/* The name of the statement that writes a group of submitted jobs (job_store_submit.c):
+ * its Bind carries it on every execution. */
+static const char px_submit_stmt[] = "bd_submit_jobs";
+/* ReadyForQuery, idle: the server's last word on a transaction that has ended. */
+static const char px_ready_idle[] = { 'Z', 0, 0, 0, 5, 'I' };
 
 static void px_close_pair(struct proxy_pair *p)
 {
     close(p->c);
     close(p->s);
-    *p = (struct proxy_pair){ -1, -1, false, false };
+    *p = (struct proxy_pair){ -1, -1, false };
 }
 
 static bool px_write_all(int fd, const char *buf, size_t len)
@@ -69,7 +75,7 @@ static void px_accept(void)
         while (i < PROXY_PAIRS && g_px.pairs[i].c >= 0)
             i++;
         if (i < PROXY_PAIRS) {
-            g_px.pairs[i] = (struct proxy_pair){ c, s, false, false };
+            g_px.pairs[i] = (struct proxy_pair){ c, s, false };
             return;
         }
     }
@@ -79,17 +85,18 @@ static void px_accept(void)
         close(s);
 }
 
-/* A client's bytes: does a COMMIT in them have its answer lost? */
+/* A client's bytes: is the answer to the transaction they belong to to be lost? Yes when
+ * they carry the marker, or when armed and they commit (a COMMIT, or the group statement,
+ * which is a transaction of its own). */
 static void px_inspect(struct proxy_pair *p, const char *buf, size_t len)
 {
     size_t mlen = strlen(g_px.marker);
     if (mlen && memmem(buf, len, g_px.marker, mlen))
-        p->is_marked = true;
-    if (memmem(buf, len, px_commit, sizeof(px_commit)) == NULL)
-        return;
-    if (p->is_marked)
         p->is_doomed = true;
-    else if (atomic_exchange(&g_px.is_armed, 0))
+    if (p->is_doomed || (memmem(buf, len, px_commit, sizeof(px_commit)) == NULL &&
+                         memmem(buf, len, px_submit_stmt, strlen(px_submit_stmt)) == NULL))
+        return;
+    if (atomic_exchange(&g_px.is_armed, 0))
         p->is_doomed = true;
 }
 
@@ -125,8 +132,10 @@ static void *px_main(void *arg)
                 px_close_pair(p);
                 continue;
             }
-            if (!from_client && p->is_doomed) {
-                /* The server committed and answered; the client never hears of it. */
+            if (!from_client && p->is_doomed &&
+                memmem(buf, (size_t)got, px_ready_idle, sizeof(px_ready_idle)) != NULL) {
+                /* The transaction ended (committed) and the server said so; the client
+                 * never hears of it. */
                 atomic_fetch_add(&g_px.fired, 1);
                 px_close_pair(p);
                 continue;
@@ -161,7 +170,7 @@ int bd_it_pgproxy_start(const char *pg_url, const char *marker)
     if (inet_pton(AF_INET, host, &g_px.target.sin_addr) != 1)
         return -1;
     for (int i = 0; i < PROXY_PAIRS; i++)
-        g_px.pairs[i] = (struct proxy_pair){ -1, -1, false, false };
+        g_px.pairs[i] = (struct proxy_pair){ -1, -1, false };
     g_px.listen_fd = socket(AF_INET, SOCK_STREAM, 0);
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
