@@ -154,19 +154,6 @@ struct bd_job {
     unsigned batches_run;     /* batches this process checkpointed (for logs) */
 };
 
-struct bd__job_submit;        /* job_submit_internal.h: one submit's record */
-
-/* Group commit (job_submit.c): small submits waiting for a transaction shared with the
- * others. Lives in the engine, the job module's one long-lived object: zeroed when the
- * engine is made, and holding nothing once no submit is in flight, so nothing of it is ever
- * freed or closed (every submit ends before the engine stops: HTTP closes first). */
-struct bd__job_committer {
-    struct bd__job_submit *head, *tail;   /* waiting, in arrival order (linked by group_next) */
-    unsigned waiting;
-    unsigned inflight;                /* groups from their connection's acquire to their end */
-    unsigned long long groups, jobs;  /* groups committed, and their jobs (for the logs) */
-};
-
 struct bd_job_engine {
     struct bd_job_deps d;     /* the engine's dependencies, borrowed */
     struct bd_job *jobs;
@@ -196,7 +183,6 @@ struct bd_job_engine {
     void *stopped_arg;
 
     struct bd_job_engine_stats stats;
-    struct bd__job_committer committer;
 };
 
 /* job_run.c */

@@ -330,7 +330,6 @@ int bd_job_store_load_batch(struct bd_pg *pg, const char *job_id, int after_batc
  * every call of the group -- UPDATE ... FROM unnest(the calls' arguments) RETURNING the id
  * with each row, so each caller gets its own row (or NULL when its job did not qualify).
  * A job id appears once per statement: a second call for the same id waits for the next. */
-enum store_group { STORE_GROUP_START, STORE_GROUP_FINISH };
 
 struct store_req {
     struct bd_pg_link link;           /* first: the group's list */
@@ -347,7 +346,7 @@ struct store_req {
 /* A flushed group's statement in flight: its requests, for the answer. */
 struct store_group_call {
     struct bd_pg *pg;
-    enum store_group kind;
+    enum bd_job_store_group_kind kind;
     struct store_req **reqs;
     unsigned n;
 };
@@ -383,10 +382,10 @@ static int store_find_row(const PGresult *res, int id_col, const char *id)
 }
 
 /* Answer one request with status (and row r of res when r >= 0), then free it. */
-static void store_req_answer(enum store_group kind, struct store_req *q, int status,
+static void store_req_answer(enum bd_job_store_group_kind kind, struct store_req *q, int status,
                              const PGresult *res, int r, const struct bd_job_store_err *e)
 {
-    if (kind == STORE_GROUP_START) {
+    if (kind == BD_JOB_STORE_GROUP_START) {
         struct bd_job_start_row row;
         struct bd_job_batch_row batch;
         if (status < 0 || r < 0) {
@@ -419,7 +418,7 @@ static void store_on_group(int status, PGresult *res, void *arg)
 {
     struct store_group_call *g = arg;
     struct bd_job_store_err e = { NULL, false };
-    int id_col = g->kind == STORE_GROUP_START ? STORE_START_ID_COL : STORE_FINISH_ID_COL;
+    int id_col = g->kind == BD_JOB_STORE_GROUP_START ? STORE_START_ID_COL : STORE_FINISH_ID_COL;
 
     if (status < 0)
         e = store_err(res);
@@ -465,7 +464,7 @@ static void store_flush_start(struct bd_pg *pg, struct bd_pg_link *items, unsign
 static void store_flush_finish(struct bd_pg *pg, struct bd_pg_link *items, unsigned n);
 
 /* Answer every request of a list with status (nothing was sent for them). */
-static void store_answer_all(enum store_group kind, struct bd_pg_link *l, int status)
+static void store_answer_all(enum bd_job_store_group_kind kind, struct bd_pg_link *l, int status)
 {
     struct bd_job_store_err e = { status == BD_ECANCELED ? "the store is closing"
                                                          : "could not send the statement",
@@ -507,14 +506,14 @@ static const char store_small_name[] = "bd_small_write";
 
 /* One statement for the requests of a group (pg_store's flush; the list is ours). */
 static void store_group_flush(struct bd_pg *pg, struct bd_pg_link *items, unsigned n,
-                              enum store_group kind)
+                              enum bd_job_store_group_kind kind)
 {
-    bd_pg_group_flush_cb flush = kind == STORE_GROUP_START ? store_flush_start
+    bd_pg_group_flush_cb flush = kind == BD_JOB_STORE_GROUP_START ? store_flush_start
                                                            : store_flush_finish;
     struct store_group_call *g = malloc(sizeof(*g));
     struct store_req **reqs = malloc(n * sizeof(*reqs));
     struct bd_pg_link *later = NULL, **later_tail = &later;
-    int ncols = kind == STORE_GROUP_START ? 3 : 4;
+    int ncols = kind == BD_JOB_STORE_GROUP_START ? 3 : 4;
     const char *values[4];
     int lengths[4], formats[4] = { 1, 1, 1, 1 };
     struct bd_buf b;
@@ -547,11 +546,11 @@ static void store_group_flush(struct bd_pg *pg, struct bd_pg_link *items, unsign
     *g = (struct store_group_call){ pg, kind, reqs, m };
     rc = store_group_params(&b, reqs, m, ncols, values, lengths);
     if (rc == BD_OK)
-        rc = bd_pg_query_prepared(pg, kind == STORE_GROUP_START ? store_group_start_name
+        rc = bd_pg_query_prepared(pg, kind == BD_JOB_STORE_GROUP_START ? store_group_start_name
                                                                 : store_group_finish_name,
-                                  kind == STORE_GROUP_START ? store_group_start_sql
+                                  kind == BD_JOB_STORE_GROUP_START ? store_group_start_sql
                                                             : store_group_finish_sql,
-                                  ncols, values, lengths, formats, kind == STORE_GROUP_START,
+                                  ncols, values, lengths, formats, kind == BD_JOB_STORE_GROUP_START,
                                   store_on_group, g);
     bd_buf_free(&b);
     if (rc < 0) {
@@ -578,12 +577,12 @@ static void store_group_flush(struct bd_pg *pg, struct bd_pg_link *items, unsign
 
 static void store_flush_start(struct bd_pg *pg, struct bd_pg_link *items, unsigned n)
 {
-    store_group_flush(pg, items, n, STORE_GROUP_START);
+    store_group_flush(pg, items, n, BD_JOB_STORE_GROUP_START);
 }
 
 static void store_flush_finish(struct bd_pg *pg, struct bd_pg_link *items, unsigned n)
 {
-    store_group_flush(pg, items, n, STORE_GROUP_FINISH);
+    store_group_flush(pg, items, n, BD_JOB_STORE_GROUP_FINISH);
 }
 
 /* The start statement with the first pending batch joined on: the batch is read with the
@@ -599,7 +598,7 @@ int bd_job_store_start_load(struct bd_pg *pg, const char *job_id, const char *wo
         return BD_ENOMEM;
     q->cb.start = cb;
     q->arg = arg;
-    int rc = bd_pg_group_add(pg, STORE_GROUP_START, &q->link, store_flush_start);
+    int rc = bd_pg_group_add(pg, BD_JOB_STORE_GROUP_START, &q->link, store_flush_start);
     if (rc < 0)
         free(q);
     return rc;
@@ -1050,7 +1049,7 @@ int bd_job_store_finish(struct bd_pg *pg, const char *job_id, enum bd_job_state 
         return BD_ENOMEM;
     q->cb.finish = cb;
     q->arg = arg;
-    int rc = bd_pg_group_add(pg, STORE_GROUP_FINISH, &q->link, store_flush_finish);
+    int rc = bd_pg_group_add(pg, BD_JOB_STORE_GROUP_FINISH, &q->link, store_flush_finish);
     if (rc < 0)
         free(q);
     return rc;

@@ -142,45 +142,6 @@ int bd_job_store_begin_job(struct bd_pg_conn *conn, const struct bd_job_store_ne
     return bd_pg_conn_pipeline(conn, 2, sqls, np, params, cb, arg);
 }
 
-int bd_job_store_begin_jobs(struct bd_pg_conn *conn, const struct bd_job_store_new_job *jobs,
-                            unsigned n, bd_pg_result_cb cb, void *arg)
-{
-    struct store_new_job_text *t;
-    const char **p;
-    struct bd_buf sql;
-    int rc = BD_ENOMEM;
-
-    if (n == 0 || n > BD_JOB_STORE_NEW_JOBS_MAX)
-        return BD_EINVAL;
-    t = malloc(sizeof(*t) * n);
-    p = malloc(sizeof(*p) * n * NEWJOB_NPARAMS);
-    bd_buf_init(&sql);
-    if (t == NULL || p == NULL)
-        goto out;
-    bd_buf_puts(&sql, STORE_NEW_JOB_INSERT);
-    for (unsigned i = 0; i < n; i++) {
-        int b = (int)(i * NEWJOB_NPARAMS);
-        store_new_job_text(&jobs[i], &t[i]);
-        memcpy(&p[i * NEWJOB_NPARAMS], t[i].p, sizeof(t[i].p));
-        bd_buf_printf(&sql, "%s" STORE_NEW_JOB_TUPLE, i > 0 ? ", " : "", b + 1, b + 2, b + 3,
-                      b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10, b + 11, b + 12, b + 13,
-                      b + 14, b + 15, b + 16);
-    }
-    if (sql.is_failed)
-        goto out;
-    {
-        const char *const sqls[2] = { "BEGIN", sql.data };
-        const int np[2] = { 0, (int)(n * NEWJOB_NPARAMS) };
-        const char *const *params[2] = { NULL, p };
-        rc = bd_pg_conn_pipeline(conn, 2, sqls, np, params, cb, arg);
-    }
-out:
-    bd_buf_free(&sql);
-    free(p);
-    free(t);
-    return rc;
-}
-
 /* ---- bd_job_store_create_jobs: rows and batches in one statement -------------------------
  * The job rows and the batch rows come as binary arrays, one per column (unnest zips
  * them). The batches' INSERT is the statement and the jobs' INSERT its CTE; the scalar

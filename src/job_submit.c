@@ -319,7 +319,7 @@ static void job_submit_on_conn(int status, struct bd_pg_conn *conn, void *arg)
  * was in flight goes into the next one -- every job row and every batch row of the group in
  * one INSERT (bd_job_store_create_jobs: one round trip, no explicit transaction, one WAL
  * flush), then every job's enqueue in one Redis script call (bd_rq_enqueue_many). The
- * waiting happens in the pool's group of kind JOB_GROUP_PG_KIND (bd_pg_group_add): the
+ * waiting happens in the pool's group of kind BD_JOB_STORE_GROUP_SUBMIT (bd_pg_group_add): the
  * submits reserved in one loop turn leave together on the next, and while a group's
  * statement is in flight the next group fills up, so the batching grows with the load and
  * costs one loop turn when there is none. synchronous_commit stays on: a job is answered
@@ -342,9 +342,6 @@ static void job_submit_on_conn(int status, struct bd_pg_conn *conn, void *arg)
 #define JOB_GROUP_JOB_MAX_BYTES (256u * 1024)
 #define JOB_GROUP_MAX_JOBS 512u
 #define JOB_GROUP_MAX_BYTES (8u * 1024 * 1024)
-/* The pool's group kind of the submits' statement. job_store.c's grouped start and finish
- * use kinds 0 and 1 (on the engine's pool; this is the submits' pool). */
-#define JOB_GROUP_PG_KIND (BD_PG_GROUP_KINDS - 1)
 
 _Static_assert(JOB_GROUP_MAX_JOBS <= BD_RQ_ENQUEUE_MAX, "a group's enqueue is one call");
 _Static_assert(JOB_GROUP_MAX_JOBS <= BD_JOB_STORE_NEW_JOBS_MAX, "a group is one statement");
@@ -381,7 +378,7 @@ static void job_group_on_flush(struct bd_pg *pg, struct bd_pg_link *items, unsig
 /* Wait for the next group's statement. */
 static void job_group_add(struct bd__job_submit *js)
 {
-    int rc = bd_pg_group_add(js->deps.pg, JOB_GROUP_PG_KIND, &js->group_link,
+    int rc = bd_pg_group_add(js->deps.pg, BD_JOB_STORE_GROUP_SUBMIT, &js->group_link,
                              job_group_on_flush);
     if (rc < 0) {
         bd_log(BD_LOG_WARN, "job", "job=%s event=submit_failed step=write err=%s", js->job_id,
@@ -432,7 +429,7 @@ static void job_group_on_written(int status, PGresult *res, void *arg)
 {
     struct job_group *g = arg;
 
-    bd_pg_group_done(g->pg, JOB_GROUP_PG_KIND);     /* the next group may go */
+    bd_pg_group_done(g->pg, BD_JOB_STORE_GROUP_SUBMIT);     /* the next group may go */
     if (status == BD_OK) {
         /* A group of one is a lone submit's: its "submitted" line says enough. */
         bd_log(g->n > 1 ? BD_LOG_INFO : BD_LOG_DEBUG, "job",
@@ -539,7 +536,7 @@ static void job_group_on_flush(struct bd_pg *pg, struct bd_pg_link *items, unsig
             next = l->next;
             bd__job_submit_finish(job_group_of(l), BD_ENOMEM);
         }
-        bd_pg_group_done(pg, JOB_GROUP_PG_KIND);
+        bd_pg_group_done(pg, BD_JOB_STORE_GROUP_SUBMIT);
         return;
     }
     g->pg = pg;
@@ -564,7 +561,7 @@ static void job_group_on_flush(struct bd_pg *pg, struct bd_pg_link *items, unsig
     if ((rc = job_group_send(g)) < 0) {
         bd_log(BD_LOG_WARN, "job", "job=%s event=group_submit_failed jobs=%u step=write "
                "outcome=failed err=%s", g->jobs->job_id, g->n, bd_err_name(rc));
-        bd_pg_group_done(pg, JOB_GROUP_PG_KIND);
+        bd_pg_group_done(pg, BD_JOB_STORE_GROUP_SUBMIT);
         struct bd__job_submit *js = g->jobs, *jn;
         free(g);
         for (; js; js = jn) {

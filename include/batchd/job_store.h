@@ -151,6 +151,15 @@ int bd_job_store_write_commit(struct bd_pg_conn *conn, struct bd_buf *sql,
                               const struct bd_job_checkpoint *cp, bd_job_store_done_cb cb,
                               void *arg);
 
+/* The pool group kinds (bd_pg_group_add) the job module's statements use: one list, so no
+ * two callers ever share a kind. start and finish run on the engine's pool, submit on the
+ * API's; all below BD_PG_GROUP_KINDS. */
+enum bd_job_store_group_kind {
+    BD_JOB_STORE_GROUP_START,         /* bd_job_store_start_load (job_store.c) */
+    BD_JOB_STORE_GROUP_FINISH,        /* bd_job_store_finish (job_store.c) */
+    BD_JOB_STORE_GROUP_SUBMIT,        /* small submits' group commit (job_submit.c) */
+};
+
 /* ---- a small batch's write: one statement, no staging table, no leased connection -----
  * For a batch that bd_job_store_is_small_batch accepts: the rows staged as for
  * bd_job_store_write_stage (stage_begin .. stage_end, into `stage`) go to PostgreSQL as
@@ -315,15 +324,8 @@ struct bd_job_store_new_job {
 int bd_job_store_begin_job(struct bd_pg_conn *conn, const struct bd_job_store_new_job *job,
                            bd_pg_result_cb cb, void *arg);
 
-/* Group commit (job_submit.c): open a transaction on conn and insert the rows of n jobs
- * (1 <= n <= BD_JOB_STORE_NEW_JOBS_MAX) in one round trip -- BEGIN and one multi-row
- * INSERT, pipelined. cb as bd_job_store_begin_job's: BD_OK, or BD_EPG with the error result
- * (one row's Idempotency-Key taken: SQLSTATE 23505, no row of the n is written). Returns
- * BD_EINVAL for n out of range, BD_ENOMEM, or the pipeline's error (cb then never runs).
- * Allocates the statement's text and parameters for the call only. */
-#define BD_JOB_STORE_NEW_JOBS_MAX 4000          /* 16 parameters a row, 65535 a statement */
-int bd_job_store_begin_jobs(struct bd_pg_conn *conn, const struct bd_job_store_new_job *jobs,
-                            unsigned n, bd_pg_result_cb cb, void *arg);
+/* The most jobs one group statement (bd_job_store_create_jobs) carries. */
+#define BD_JOB_STORE_NEW_JOBS_MAX 4000
 
 /* One batch of a job that bd_job_store_create_jobs writes: bd_job_store_put_batch's
  * fields (items_json for bulk_embed, payload for bulk_insert, the other NULL). Borrowed. */

@@ -4,8 +4,8 @@
  * The API validates a request and calls bd_job_submit; it never writes a job itself.
  * PostgreSQL holds the truth: a job whose enqueue failed is still created (the engine's
  * rebuild queues it), and a COMMIT whose answer was lost is settled by looking the job up.
- * Small jobs (batches of at most 256 KiB in all) submitted while another group's COMMIT is
- * in flight share one transaction (group commit, job_submit.c; needs deps->engine): still
+ * Small jobs (batches of at most 256 KiB in all) submitted while another group's statement
+ * is in flight share the next one (group commit, job_submit.c, in the pool's group): still
  * durable at the 202 and all or nothing per job, and a failure of one job (an
  * Idempotency-Key conflict, a refused value) fails that job alone.
  * Loop thread only. Callback contract of STYLE.md.
@@ -26,9 +26,8 @@ struct bd_job_submit_deps {
     struct bd_pg *pg;                 /* a synchronous-commit pool: a 202 is durable */
     struct bd_rq *rq;
     const struct bd_config *cfg;      /* max_queued_items, models (for the estimate) */
-    struct bd_job_engine *engine;     /* kicked after an enqueue; its throughput; holds the
-                                       * group commit's queue. May be NULL: then every job
-                                       * has a transaction of its own */
+    struct bd_job_engine *engine;     /* kicked after an enqueue; its throughput for the
+                                       * estimate. May be NULL */
 };
 
 /* A validated job. Strings are borrowed for the call (bd_job_submit copies them). */
