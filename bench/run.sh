@@ -350,7 +350,10 @@ ALL_T0=$(now_s)
 # 1. insert
 # ================================================================================================
 INS_ROWS=$(( INS_JOBS * INS_ITEMS ))
-if want insert || want scale; then
+# Each scenario runs with its own batchd processes only: every process on the stack claims
+# jobs, so one left running would add its workers (and its model slots) to the next
+# scenario's figures.
+if want insert; then
   start_batchd ins "$INS_CONC"
 fi
 if want insert; then
@@ -418,6 +421,7 @@ if want insert || want insert_rss; then
       --progress "$out/insert_rss_$n.tsv" | record insert_rss "items_$n" 1
   done
 fi
+[ -n "${BD_PID[ins]:-}" ] && stop_batchd ins
 want insert && pg -c "DROP TABLE bench_bin_$tag" >/dev/null
 
 # ================================================================================================
@@ -506,7 +510,7 @@ fi
 # ================================================================================================
 # 3. lifecycle
 # ================================================================================================
-if want lifecycle || want api || want scale; then
+if want lifecycle || want api; then
   start_batchd life "$LIFE_CONC"
 fi
 if want lifecycle; then
@@ -624,6 +628,8 @@ fi
 # ================================================================================================
 if want scale; then
   log "scale: insert and lifecycle with 2 batchd processes (2 cores: shows coordination cost)"
+  [ -n "${BD_PID[life]:-}" ] && stop_batchd life
+  start_batchd ins "$INS_CONC"
   start_batchd ins2 "$INS_CONC"
   for r in $(seq 1 "$SCALE_RUNS"); do
     reset_tables
@@ -634,14 +640,6 @@ if want scale; then
       --progress "$out/scale_insert_progress_r$r.tsv" | record scale insert_2proc "$r"
   done
   stop_batchd ins2
-  start_batchd life2 "$LIFE_CONC"
-  for r in $(seq 1 "$SCALE_RUNS"); do
-    warm "$(base life)" insert "scale_life_${r}_$tag" 8
-    "$BIN/bench_jobs" --base "$(base life),$(base life2)" --op insert --jobs "$LIFE_JOBS" --items 1 \
-      --dim 8 --batch-size 1 --concurrency "$LIFE_CONC" --collection "scale_life_${r}_$tag" --poll-ms 20 \
-      --label batchd_lifecycle_2proc --timeout 600 | record scale lifecycle_2proc "$r"
-  done
-  stop_batchd life2
   if ! want insert; then
     for r in $(seq 1 "$SCALE_RUNS"); do
       reset_tables
@@ -651,6 +649,16 @@ if want scale; then
         --collection "scale1_${r}_$tag" --label batchd_insert --timeout 900 | record insert batchd "$r"
     done
   fi
+  stop_batchd ins
+  start_batchd life "$LIFE_CONC"
+  start_batchd life2 "$LIFE_CONC"
+  for r in $(seq 1 "$SCALE_RUNS"); do
+    warm "$(base life)" insert "scale_life_${r}_$tag" 8
+    "$BIN/bench_jobs" --base "$(base life),$(base life2)" --op insert --jobs "$LIFE_JOBS" --items 1 \
+      --dim 8 --batch-size 1 --concurrency "$LIFE_CONC" --collection "scale_life_${r}_$tag" --poll-ms 20 \
+      --label batchd_lifecycle_2proc --timeout 600 | record scale lifecycle_2proc "$r"
+  done
+  stop_batchd life2
   if ! want lifecycle; then
     warm "$(base life)" insert "scale1_life_$tag" 8
     "$BIN/bench_jobs" --base "$(base life)" --op insert --jobs "$LIFE_JOBS" --items 1 --dim 8 \
