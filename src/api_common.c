@@ -202,13 +202,37 @@ json_t *bd__api_cursor_json(char tag, long long v)
     return json_string(buf);
 }
 
+/* A request a web page on another site can make a browser send without asking the server
+ * first (a "simple" cross-origin request): a POST with no Content-Type or one of the three
+ * form types, and no header of ours. Such a POST could retry or cancel jobs on a batchd a
+ * browser can reach; with a JSON type or a key header the browser has to ask first (CORS
+ * preflight), which batchd never allows. */
+static bool api_is_simple_post(const struct bd_http_request *req)
+{
+    if (strcmp(req->method, "POST") != 0 || bd_http_header_get(req, "X-API-Key") ||
+        bd_http_header_get(req, "Authorization"))
+        return false;
+    const char *ct = bd_http_header_get(req, "Content-Type");
+    return ct == NULL || strncasecmp(ct, "text/plain", 10) == 0 ||
+           strncasecmp(ct, "application/x-www-form-urlencoded", 33) == 0 ||
+           strncasecmp(ct, "multipart/form-data", 19) == 0;
+}
+
 void bd_api_on_headers(struct bd_http_request *req, void *arg)
 {
     struct bd_server *srv = arg;
     size_t n = strlen(BD_API_PREFIX);
+    bool is_api = strncmp(req->path, BD_API_PREFIX, n) == 0 &&
+                  (req->path[n] == '/' || req->path[n] == '\0');
 
-    if (srv->cfg->api_keys_count > 0 && strncmp(req->path, BD_API_PREFIX, n) == 0 &&
-        (req->path[n] == '/' || req->path[n] == '\0') && !bd__api_check_auth(req, srv))
+    if (is_api && srv->cfg->api_keys_count > 0 && !bd__api_check_auth(req, srv))
         return;                                     /* 401: the body is never read */
+    /* The submit checks its own Content-Type (JSON or JSON Lines only). */
+    if (is_api && strcmp(req->path + n, "/jobs") != 0 && api_is_simple_post(req)) {
+        bd_http_respond_err(req, BD_EMEDIATYPE, "a POST needs Content-Type: application/json "
+                            "(or an X-API-Key / Authorization header): a form or a page on "
+                            "another site cannot send one", "Content-Type");
+        return;
+    }
     bd_router_dispatch_headers(req, srv->router);
 }

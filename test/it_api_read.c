@@ -1094,6 +1094,47 @@ static void every_read_route_checks_the_api_key(void **state)
     assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
 }
 
+/* A web page on another site can make a browser POST without asking first when the POST
+ * has no Content-Type or a form type and no custom header: batchd refuses such POSTs (415)
+ * before any handler runs, so a page cannot retry or cancel jobs. JSON, or a key header,
+ * is what curl and SDKs send. */
+static void post_without_json_or_key_is_refused_as_cross_site(void **state)
+{
+    static const char *const simple[] = {
+        "Content-Length: 0\r\n",
+        "Content-Type: text/plain\r\nContent-Length: 0\r\n",
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\n",
+    };
+    struct bd_it_resp r;
+    struct bd_it_raw c;
+    char path[256];
+
+    (void)state;
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%sdone/retry", g_pfx);
+    for (size_t i = 0; i < sizeof(simple) / sizeof(simple[0]); i++) {
+        bd_it_raw_open(&c, g_proc.port, "POST", path, simple[i], 0);
+        assert_int_equal(bd_it_raw_response(&c, &r, false, 5000), 0);
+        if (r.status != 415)
+            fprintf(stderr, "%s-> %ld %.200s\n", simple[i], r.status, r.body);
+        assert_int_equal(r.status, 415);
+        json_t *j = json_loads(r.body, 0, NULL);
+        assert_string_equal(bd_it_str(j, "error.field"), "Content-Type");
+        json_decref(j);
+        bd_it_resp_free(&r);
+        bd_it_raw_close(&c);
+    }
+    /* The same POST with a JSON type, or with a key header, reaches the handler. */
+    const char *ok[] = { "Content-Type: application/json\r\nContent-Length: 0\r\n",
+                         "X-API-Key: anything\r\nContent-Length: 0\r\n" };
+    for (size_t i = 0; i < 2; i++) {
+        bd_it_raw_open(&c, g_proc.port, "POST", path, ok[i], 0);
+        assert_int_equal(bd_it_raw_response(&c, &r, false, 5000), 0);
+        assert_true(r.status != 415);
+        bd_it_resp_free(&r);
+        bd_it_raw_close(&c);
+    }
+}
+
 int main(void)
 {
     bd_it_apply_filter();
@@ -1119,6 +1160,7 @@ int main(void)
         cmocka_unit_test(events_follow_a_job_run_here),
         cmocka_unit_test(debug_shows_batches_and_lease),
         cmocka_unit_test(every_read_route_checks_the_api_key),
+        cmocka_unit_test(post_without_json_or_key_is_refused_as_cross_site),
         cmocka_unit_test(every_read_route_answers_503_when_postgres_is_down),
     };
 

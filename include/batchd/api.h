@@ -26,7 +26,9 @@ int bd_api_register(struct bd_router *r, struct bd_server *srv);
 
 /* The HTTP server's on_headers hook (arg: srv): with API keys configured, a request under
  * BD_API_PREFIX without a valid key is answered 401 from its headers, before any byte of
- * its body is read; then bd_router_dispatch_headers(req, srv->router). */
+ * its body is read; a POST under it that a browser could send cross-site without a
+ * preflight (no Content-Type or a form type, no key header) is answered 415; then
+ * bd_router_dispatch_headers(req, srv->router). */
 void bd_api_on_headers(struct bd_http_request *req, void *srv);
 
 /* Register the admin routes (api_admin.c) / job routes (api_jobs.c). */
