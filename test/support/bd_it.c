@@ -308,7 +308,9 @@ CURL *bd_it_easy_new(const char *method, const char *url, const char *body,
         if (strncasecmp(*h, "Content-Type:", 13) == 0)
             has_ct = true;
     }
-    if (body && !has_ct)
+    /* As a JSON client does: a POST without a body (retry) says JSON too (batchd refuses a
+     * POST a browser could send cross-site, one with no type among them). */
+    if ((body || strcmp(method, "POST") == 0) && !has_ct)
         e->headers = curl_slist_append(e->headers, "Content-Type: application/json");
     e->headers = curl_slist_append(e->headers, "Expect:");
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, e->headers);
