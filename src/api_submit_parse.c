@@ -471,7 +471,7 @@ static int api_fast_insert_items(struct bd__api_submit *s, struct bd__api_invali
         return api_fail(inv, "data", "has %zu items; the limit is %u per job", n,
                         cfg->max_items_per_job);
     s->items = (unsigned)n;
-    s->batches = (s->items + s->batch_size - 1) / s->batch_size;
+    s->batches = bd_job_batch_count(s->items, s->batch_size);
     s->packed = calloc(s->batches, sizeof(*s->packed));
     s->kept = json_array();
     float *row = malloc(sizeof(float) * BD_JOB_BATCH_DIM_MAX);
@@ -698,7 +698,7 @@ static int api_validate_submit(struct bd__api_submit *s, struct bd__api_invalid 
         return api_fail(inv, "data", "has %zu items; the limit is %u per job",
                         json_array_size(s->data), cfg->max_items_per_job);
     s->items = (unsigned)json_array_size(s->data);
-    s->batches = (s->items + s->batch_size - 1) / s->batch_size;
+    s->batches = bd_job_batch_count(s->items, s->batch_size);
     return api_validate_items(s, inv);
 }
 

@@ -25,6 +25,7 @@
 #include "batchd/error.h"
 #include "batchd/http_server.h"
 #include "batchd/inflate.h"
+#include "batchd/job_batch.h"
 #include "batchd/job_engine.h"
 #include "batchd/job_store.h"
 #include "batchd/job_submit.h"
@@ -311,7 +312,7 @@ static void stream_body_end(struct bd__api_stream *st)
     }
     st->is_body_done = true;
     st->s->items = (unsigned)st->items;
-    st->s->batches = (unsigned)((st->items + st->s->batch_size - 1) / st->s->batch_size);
+    st->s->batches = bd_job_batch_count(st->items, st->s->batch_size);
     stream_pump(st);
 }
 
@@ -518,8 +519,7 @@ static void stream_on_amended(int status, void *arg)
     if (status == BD_OK && !st->is_answered) {
         struct bd__api_submit *f = st->final;
         f->items = st->s->items;
-        f->batches = (unsigned)(((unsigned long long)f->items + f->batch_size - 1) /
-                                f->batch_size);
+        f->batches = bd_job_batch_count(f->items, f->batch_size);
         bd__api_submit_free(st->s);
         st->s = f;
         st->final = NULL;

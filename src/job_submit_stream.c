@@ -12,6 +12,7 @@
 #include "batchd/buf.h"
 #include "batchd/config.h"
 #include "batchd/error.h"
+#include "batchd/job_batch.h"
 #include "batchd/job_store.h"
 #include "batchd/log.h"
 #include "batchd/pg_store.h"
@@ -195,8 +196,7 @@ int bd_job_stream_amend(struct bd_job_stream *st, const struct bd_job_spec *spec
     if (is_rebatch) {
         rc = bd_job_store_rebatch(js->conn, js->job_id, js->op == BD_OP_BULK_INSERT,
                                   old_size, js->batch_size, job_stream_on_rebatched, js);
-        js->batches = (unsigned)(((unsigned long long)js->items + js->batch_size - 1) /
-                                 js->batch_size);
+        js->batches = bd_job_batch_count(js->items, js->batch_size);
     } else {
         rc = job_stream_send_amend(js);
     }

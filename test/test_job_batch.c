@@ -182,6 +182,19 @@ static void test_job_batch_reports_dimension_when_it_differs_from_expected(void 
     bd_buf_free(&b);
 }
 
+/* Bug: the batch count was items + batch_size - 1 in 32 bits, which wraps near
+ * max_items_per_job's top (4,294,967,295): 0 batches for a job of 4,294,967,295 items. */
+static void test_job_batch_counts_batches_in_64_bits_when_items_near_uint_max(void **state)
+{
+    (void)state;
+    assert_int_equal(bd_job_batch_count(1, 1), 1);
+    assert_int_equal(bd_job_batch_count(100, 10), 10);
+    assert_int_equal(bd_job_batch_count(101, 10), 11);
+    assert_int_equal(bd_job_batch_count(4294967295u, 1000), 4294968u);
+    assert_int_equal(bd_job_batch_count(4294967295u, 1000000), 4295u);
+    assert_int_equal(bd_job_batch_count(4294967295u, 1), 4294967295u);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -189,6 +202,7 @@ int main(void)
         cmocka_unit_test(test_job_batch_rejects_payload_when_truncated_anywhere),
         cmocka_unit_test(test_job_batch_rejects_payload_when_corrupt),
         cmocka_unit_test(test_job_batch_reports_dimension_when_it_differs_from_expected),
+        cmocka_unit_test(test_job_batch_counts_batches_in_64_bits_when_items_near_uint_max),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -23,6 +23,14 @@ struct bd_buf;
 /* Most dimensions an embedding may have (submit checks it; the decoder enforces it). */
 #define BD_JOB_BATCH_DIM_MAX 65536u
 
+/* How many batches of batch_size (>= 1) items hold items: ceil(items / batch_size), counted
+ * in 64 bits (items + batch_size - 1 overflows 32 near max_items_per_job's top). The one
+ * place this is computed. */
+static inline unsigned bd_job_batch_count(unsigned long long items, unsigned batch_size)
+{
+    return (unsigned)((items + batch_size - 1) / batch_size);
+}
+
 /* Append one item to out (which is not a COPY stream: no header, no row markers). id,
  * meta and v are borrowed for the call; meta must be a JSON object's text, v dim floats.
  * Returns BD_OK, or out's sticky error (BD_ENOMEM; BD_EINVAL for dim 0 or above
