@@ -8,6 +8,7 @@
 #include "batchd/error.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -65,35 +66,89 @@ void bd_log_write(enum bd_log_level level, const char *module, const char *fmt, 
     fwrite(line, 1, len, stderr);
 }
 
+/* Append src[0..n) to out at *len (always NUL-terminated, cut at outlen). */
+static void redact_put(char *out, size_t outlen, size_t *len, const char *src, size_t n)
+{
+    if (*len + 1 >= outlen)
+        return;
+    if (n > outlen - 1 - *len)
+        n = outlen - 1 - *len;
+    memcpy(out + *len, src, n);
+    *len += n;
+    out[*len] = '\0';
+}
+
+/* Every "password=" value in s[0..n) replaced with ***: a query parameter (up to '&') or a
+ * conninfo keyword (up to a space; a quoted value up to its closing quote, \' escapes). */
+static void redact_passwords(const char *s, size_t n, char *out, size_t outlen, size_t *len)
+{
+    static const char key[] = "password=";
+    const size_t klen = sizeof(key) - 1;
+    size_t i = 0, from = 0;
+
+    while (i + klen <= n) {
+        bool at_key_start = i == 0 || s[i - 1] == '?' || s[i - 1] == '&' || s[i - 1] == ' ';
+        if (!at_key_start || strncasecmp(s + i, key, klen) != 0) {
+            i++;
+            continue;
+        }
+        size_t v = i + klen, end = v;
+        if (end < n && s[end] == '\'') {
+            for (end++; end < n && s[end] != '\''; end++)
+                if (s[end] == '\\' && end + 1 < n)
+                    end++;
+            if (end < n)
+                end++;                          /* the closing quote */
+        } else {
+            while (end < n && s[end] != '&' && s[end] != ' ')
+                end++;
+        }
+        redact_put(out, outlen, len, s + from, v - from);
+        redact_put(out, outlen, len, "***", 3);
+        i = from = end;
+    }
+    redact_put(out, outlen, len, s + from, n - from);
+}
+
 char *bd_log_redact_url(const char *url, char *out, size_t outlen)
 {
+    size_t len = 0;
+
     if (outlen == 0)
         return out;
+    out[0] = '\0';
     if (url == NULL) {
         snprintf(out, outlen, "(null)");
         return out;
     }
+    size_t n = strlen(url);
     const char *scheme = strstr(url, "://");
-    const char *at = scheme ? strchr(scheme + 3, '@') : NULL;
-    if (scheme && at) {
-        const char *colon = memchr(scheme + 3, ':', (size_t)(at - (scheme + 3)));
-        if (colon) {
-            snprintf(out, outlen, "%.*s:***%s", (int)(colon - url), url, at);
-            return out;
+    if (scheme != NULL) {
+        /* The authority runs to the first '/', '?' or '#'; its userinfo to the LAST '@' in
+         * it (a password may hold an '@' of its own). */
+        const char *auth = scheme + 3;
+        const char *end = auth + strcspn(auth, "/?#");
+        const char *at = NULL;
+        for (const char *p = auth; p < end; p++)
+            if (*p == '@')
+                at = p;
+        if (at != NULL) {
+            const char *colon = memchr(auth, ':', (size_t)(at - auth));
+            if (colon != NULL) {
+                redact_put(out, outlen, &len, url, (size_t)(colon + 1 - url));
+                redact_put(out, outlen, &len, "***", 3);
+                redact_put(out, outlen, &len, at, (size_t)(end - at));
+            } else {
+                redact_put(out, outlen, &len, url, (size_t)(end - url));
+            }
+        } else {
+            redact_put(out, outlen, &len, url, (size_t)(end - url));
         }
-        snprintf(out, outlen, "%s", url);
+        redact_passwords(end, n - (size_t)(end - url), out, outlen, &len);
         return out;
     }
-    /* conninfo "key=value ..." form: hide the password value. */
-    const char *pw = strstr(url, "password=");
-    if (pw) {
-        const char *end = pw + strlen("password=");
-        while (*end && *end != ' ')
-            end++;
-        snprintf(out, outlen, "%.*spassword=***%s", (int)(pw - url), url, end);
-        return out;
-    }
-    snprintf(out, outlen, "%s", url);
+    /* conninfo "key=value ..." form. */
+    redact_passwords(url, n, out, outlen, &len);
     return out;
 }
 
