@@ -329,6 +329,10 @@ static void api_on_prometheus(struct bd_http_request *req, void *arg)
         bd_http_respond_err(req, BD_ENOTFOUND, "metrics are disabled", NULL);
         return;
     }
+    /* A scrape reads PostgreSQL and Redis: operators who expose the port can require a key
+     * (Prometheus sends it with `authorization: {credentials: ...}`). */
+    if (srv->cfg->metrics_require_key && !bd__api_check_auth(req, srv))
+        return;
     sc = calloc(1, sizeof(*sc));
     if (sc == NULL) {
         bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);

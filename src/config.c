@@ -123,6 +123,7 @@ struct raw_jobs {
 
 struct raw_metrics {
     char *enabled;
+    char *require_key;
 };
 
 struct raw_http {
@@ -217,6 +218,7 @@ static const cyaml_schema_field_t raw_jobs_fields[] = {
 
 static const cyaml_schema_field_t raw_metrics_fields[] = {
     RAW_STR(struct raw_metrics, enabled),
+    RAW_STR(struct raw_metrics, require_key),
     CYAML_FIELD_END
 };
 
@@ -312,6 +314,8 @@ const struct cfg_field cfg_fields[] = {
            1, 4294967295.0, "10000000"),
     TOP(metrics, enabled, "BATCH_METRICS_ENABLED", metrics_enabled, CFG_BOOL, 0, 0, "true",
         NULL),
+    TOP(metrics, require_key, "BATCH_METRICS_REQUIRE_KEY", metrics_require_key, CFG_BOOL, 0, 0,
+        "false", NULL),
     T_UINT(http, max_connections, NULL, http_max_connections, 1, 1000000, "1024"),
     T_UINT(http, max_header_bytes, NULL, http_max_header_bytes, 1024, 1048576, "16384"),
     T_UINT(http, max_url_bytes, NULL, http_max_url_bytes, 64, 1048576, "4096"),

@@ -1045,7 +1045,7 @@ static void every_read_route_answers_503_when_postgres_is_down(void **state)
 
 static void every_read_route_checks_the_api_key(void **state)
 {
-    const char *env[] = { "BATCH_API_KEYS=itread-key", NULL };
+    const char *env[] = { "BATCH_API_KEYS=itread-key", "BATCH_METRICS_REQUIRE_KEY=true", NULL };
     const char *key[] = { "X-API-Key: itread-key", NULL };
     const char *routes[] = { "/jobs", "/jobs/%sdone", "/jobs/%sdone/status",
                              "/jobs/%sdone/items", "/jobs/%sdone/results",
@@ -1065,6 +1065,22 @@ static void every_read_route_checks_the_api_key(void **state)
         assert_int_equal(bd_it_http("GET", url, NULL, key, &r), 0);
         if (r.status != 200)
             fprintf(stderr, "%s -> %ld %.200s\n", url, r.status, r.body);
+        assert_int_equal(r.status, 200);
+        bd_it_resp_free(&r);
+    }
+    /* metrics.require_key: the Prometheus scrape needs the key too; health checks do not. */
+    {
+        char url[512];
+        snprintf(url, sizeof(url), "%s/metrics", p.base);
+        assert_int_equal(bd_it_http("GET", url, NULL, NULL, &r), 0);
+        assert_int_equal(r.status, 401);
+        bd_it_resp_free(&r);
+        assert_int_equal(bd_it_http("GET", url, NULL, key, &r), 0);
+        assert_int_equal(r.status, 200);
+        assert_non_null(strstr(r.body, "batchd_jobs"));
+        bd_it_resp_free(&r);
+        snprintf(url, sizeof(url), "%s/healthz", p.base);
+        assert_int_equal(bd_it_http("GET", url, NULL, NULL, &r), 0);
         assert_int_equal(r.status, 200);
         bd_it_resp_free(&r);
     }

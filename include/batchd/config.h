@@ -62,6 +62,8 @@ struct bd_config {
     double job_timeout_s;                   /* BATCH_JOB_TIMEOUT, default 3600 */
     double cleanup_interval_s;              /* BATCH_CLEANUP_INTERVAL, default 86400 */
     bool metrics_enabled;                   /* BATCH_METRICS_ENABLED, default true */
+    bool metrics_require_key;               /* BATCH_METRICS_REQUIRE_KEY: /metrics needs an
+                                             * API key (when keys are set), default false */
     double progress_update_interval_s;      /* BATCH_PROGRESS_UPDATE_INTERVAL, default 1 */
     double lease_s;                         /* job lease, default 30 */
     double reaper_interval_s;               /* expired-lease sweep, default 5 */
