@@ -28,6 +28,9 @@
 #define API_SSE_POLL_MIN_MS  100
 #define API_SSE_POLL_MAX_MS  5000
 #define API_DEBUG_BATCHES    1000           /* /debug lists at most this many batches */
+/* A progress event is skipped while this much of the stream is still unsent (a slow
+ * reader gets the newest progress once it catches up; the final event always goes). */
+#define API_SSE_PENDING_MAX  (64 * 1024)
 
 /* ---- Server-Sent Events ----------------------------------------------------------------- */
 
@@ -58,6 +61,7 @@ static void api_sse_maybe_free(struct api_sse *st)
 {
     if (!st->is_finished || st->pending_closes > 0 || st->is_query_in_flight)
         return;
+    st->srv->event_streams--;
     bd_buf_free(&st->out);
     free(st);
 }
@@ -257,7 +261,10 @@ static void api_sse_on_row(int status, const struct bd_job_row *row, const char 
         st->last_processed = row->processed_items;
         st->last_failed = row->failed_items;
         st->has_snapshot = true;
-        if (api_sse_emit(st, is_terminal ? "final" : "progress", bd__api_status_json(row)) < 0) {
+        if (!is_terminal && bd_http_stream_get_pending(st->req) > API_SSE_PENDING_MAX) {
+            st->has_snapshot = false;          /* the next poll sends the newest instead */
+        } else if (api_sse_emit(st, is_terminal ? "final" : "progress",
+                                bd__api_status_json(row)) < 0) {
             st->is_aborted = true;
             api_sse_finish(st, BD_OK, NULL);
             return;
@@ -279,10 +286,19 @@ static void api_on_events(struct bd_http_request *req, void *arg)
 
     if (!bd__api_check_auth(req, srv) || (id = bd__api_job_id(req)) == NULL)
         return;
+    /* Each stream holds a connection, two timers and PostgreSQL polls: at most a quarter of
+     * the connections may be event streams, so they cannot take the API's pool. */
+    unsigned cap = srv->cfg->http_max_connections / 4 ? srv->cfg->http_max_connections / 4 : 1;
+    if (srv->event_streams >= cap) {
+        bd_http_respond_error_ex(req, bd_err_http_status(BD_ESTREAMS), "Retry-After: 5\r\n",
+                                 bd_err_api_code(BD_ESTREAMS), bd_strerror(BD_ESTREAMS), NULL);
+        return;
+    }
     if ((st = calloc(1, sizeof(*st))) == NULL) {
         bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
         return;
     }
+    srv->event_streams++;
     st->req = req;
     st->srv = srv;
     st->is_head = strcmp(req->method, "HEAD") == 0;

@@ -69,6 +69,7 @@ const char *bd_err_api_code(int err)
     case BD_ESHUTDOWN:     return "shutting_down";
     case BD_ENOTREADY:     return "not_ready";
     case BD_EUPLOADS:      return "too_many_uploads";
+    case BD_ESTREAMS:      return "too_many_streams";
     case BD_EMODEL:        return "processing_error";
     case BD_EMODELTIMEOUT: return "timeout_error";
     case BD_EMODELCONN:    return "connection_error";

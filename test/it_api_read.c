@@ -857,6 +857,53 @@ static void events_end_when_client_leaves_or_job_vanishes(void **state)
     json_decref(bd_it_get_ok(&g_proc, "/healthz"));
 }
 
+/* Event streams are capped at a quarter of max_connections (each holds a connection, two
+ * timers and PostgreSQL polls): with max_connections 8, the third stream gets 503
+ * too_many_streams with Retry-After, and a stream that ends makes room again. */
+static void events_are_capped_at_a_quarter_of_the_connections(void **state)
+{
+    struct bd_it_proc p;
+    struct bd_it_raw c[3];
+    struct bd_it_resp r;
+    char path[256];
+
+    (void)state;
+    assert_int_equal(bd_it_start(&p, "http:\n  max_connections: 8\n", NULL), 0);
+    /* After p's start (its queue rebuild would queue it): a job nobody runs. */
+    assert_int_equal(
+        it_psql("INSERT INTO jobs (id, seq, operation, model, collection, status, priority,"
+                " batch_size, total_items, total_batches) VALUES"
+                " (:'pfx' || 'capped', 3010, 'bulk_embed', 'mixtral', 'itread_c', 'queued', 1,"
+                " 2, 10, 5);"),
+        0);
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%scapped/events", g_pfx);
+    for (int i = 0; i < 2; i++) {
+        bd_it_raw_open(&c[i], p.port, "GET", path, NULL, 0);
+        assert_true(bd_it_raw_wait(&c[i], "event: progress", 0, 5) >= 0);
+    }
+    bd_it_raw_open(&c[2], p.port, "GET", path, NULL, 0);
+    assert_int_equal(bd_it_raw_response(&c[2], &r, false, 5000), 0);
+    assert_int_equal(r.status, 503);
+    assert_non_null(strstr(r.body, "too_many_streams"));
+    char ra[16];
+    assert_non_null(bd_it_resp_header(&r, "Retry-After", ra, sizeof(ra)));
+    bd_it_resp_free(&r);
+    bd_it_raw_close(&c[2]);
+    bd_it_raw_close(&c[0]);                     /* one ends: room for another */
+    bool is_open = false;
+    for (double deadline = bd_it_now() + 5; !is_open && bd_it_now() < deadline;) {
+        bd_it_raw_open(&c[2], p.port, "GET", path, NULL, 0);
+        is_open = bd_it_raw_wait(&c[2], "event: progress", 0, 2) >= 0;
+        bd_it_raw_close(&c[2]);
+        if (!is_open)
+            bd_it_sleep_ms(100);
+    }
+    assert_true(is_open);
+    bd_it_raw_close(&c[1]);
+    assert_int_equal(it_psql("DELETE FROM jobs WHERE id = :'pfx' || 'capped';"), 0);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
 /* HEAD answers at once, with the headers a GET would get and nothing after them, and is
  * done: a GET of the same events would stream for as long as the job runs (sse2 is queued
  * and held) and a GET of the results sends BIG_ROWS rows, yet the head, and then the answer
@@ -1171,6 +1218,7 @@ int main(void)
         cmocka_unit_test(events_follow_progress_to_final),
         cmocka_unit_test(events_send_only_final_when_terminal),
         cmocka_unit_test(events_end_when_client_leaves_or_job_vanishes),
+        cmocka_unit_test(events_are_capped_at_a_quarter_of_the_connections),
         cmocka_unit_test(streams_answer_head_at_once),
         cmocka_unit_test(events_end_when_server_stops),
         cmocka_unit_test(events_follow_a_job_run_here),

@@ -27,6 +27,7 @@
     X(ESHUTDOWN,   -20015, 503, "server is shutting down")                       \
     X(ENOTREADY,   -20016, 503, "not ready")                                     \
     X(EUPLOADS,    -20017, 503, "too many streamed submits in progress")         \
+    X(ESTREAMS,    -20018, 503, "too many event streams open; poll /status instead") \
     X(EMODEL,      -20020, 502, "model request failed")                          \
     X(EMODELTIMEOUT,-20021, 504, "model request timed out")                      \
     X(EMODELCONN,  -20022, 502, "model connection failed")                       \

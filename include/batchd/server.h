@@ -37,6 +37,7 @@ struct bd_server {
     struct bd_api_cache *api_cache;        /* the API's status cache (api_status.c) */
     struct bd_api_collections *api_collections; /* dimensions seen (api_submit.c) */
     unsigned submit_streams;               /* streamed submits holding an API connection */
+    unsigned event_streams;                /* GET /jobs/{id}/events streams open (api_events.c) */
     struct bd__api_stream *uploads_waiting; /* streamed submits waiting for one, in order */
     unsigned uploads_waiting_count;
 
