@@ -372,6 +372,7 @@ int bd_job_store_rebatch(struct bd_pg_conn *conn, const char *job_id, bool is_in
     };
     const int np[4] = { 0, 2, 1, 1 };
     const char *const *params[4] = { NULL, p, p, p };
+    bd_pg_conn_set_deadline(conn, 3600.0 + 60.0);   /* the client's deadline follows it */
     return bd_pg_conn_pipeline(conn, 4, sqls, np, params, cb, arg);
 }
 

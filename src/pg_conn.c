@@ -156,9 +156,37 @@ static void conn_on_timer(uv_timer_t *timer)
     case PG_CONN_SETUP:
         bd__pg_conn_break(conn, "connect timed out");
         break;
+    case PG_CONN_READY:
+        if (conn->op.kind != PG_OP_NONE) {
+            /* PostgreSQL stopped (SIGSTOP), or the link is half open: TCP alone would
+             * wait for hours. The operation fails as a lost connection. */
+            char why[96];
+            snprintf(why, sizeof(why), "no answer from PostgreSQL within %.1f s",
+                     (double)bd__pg_conn_deadline_ms(conn) / 1000.0);
+            bd__pg_conn_break(conn, why);
+        }
+        break;
     default:
         break;
     }
+}
+
+/* The answer deadline: this lease's, or the pool's statement timeout plus a grace (the
+ * server cancels a statement at its timeout and answers; only a server that cannot answer
+ * at all runs past the grace). 0: none. */
+uint64_t bd__pg_conn_deadline_ms(const struct bd_pg_conn *conn)
+{
+    uint64_t t = conn->pg->statement_timeout_ms;
+    if (conn->deadline_ms > 0)
+        return conn->deadline_ms;
+    return t > 0 ? t + 1000 + t / 10 : 0;
+}
+
+void bd__pg_conn_arm_deadline(struct bd_pg_conn *conn)
+{
+    uint64_t ms = bd__pg_conn_deadline_ms(conn);
+    if (conn->state == PG_CONN_READY && ms > 0)
+        uv_timer_start(&conn->timer, conn_on_timer, ms, 0);
 }
 
 void bd__pg_conn_arm_retry(struct bd_pg_conn *conn)
@@ -177,6 +205,9 @@ static void conn_op_done(struct bd_pg_conn *conn, int status)
 {
     struct bd__pg_op op = conn->op;
     PGresult *res = NULL;
+
+    if (conn->state == PG_CONN_READY)
+        uv_timer_stop(&conn->timer);            /* the answer's deadline */
 
     memset(&conn->op, 0, sizeof(conn->op));
     if (conn->pq != NULL && status != BD_ECANCELED)
@@ -629,6 +660,8 @@ static void conn_on_poll(uv_poll_t *handle, int status, int events)
         bd__pg_conn_break(conn, NULL);
         return;
     }
+    if (conn->op.kind != PG_OP_NONE)
+        bd__pg_conn_arm_deadline(conn);         /* progress: the deadline starts again */
     if (conn->is_flushing) {
         r = PQflush(conn->pq);
         if (r < 0) {

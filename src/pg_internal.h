@@ -58,7 +58,9 @@ struct bd_pg_conn {
     int poll_fd;                     /* the fd poll was initialised with */
     int poll_events;                 /* events poll is started with */
     int want_events;                 /* what to watch once poll is reopened */
-    uv_timer_t timer;                /* reconnect backoff, and connect timeout */
+    uv_timer_t timer;                /* reconnect backoff, connect timeout, and (READY)
+                                      * the answer deadline of the operation in flight */
+    uint64_t deadline_ms;            /* this lease's answer deadline; 0 = the pool's */
     uint64_t backoff_ms;
     uv_getaddrinfo_t gai;
     bool is_resolving;
@@ -124,6 +126,10 @@ void bd__pg_conn_break(struct bd_pg_conn *conn, const char *why);
 
 /* Arm the reconnect timer with the current backoff and double it (no-op when closing). */
 void bd__pg_conn_arm_retry(struct bd_pg_conn *conn);
+/* An operation was sent, or its answer made progress: (re)start its deadline
+ * (bd__pg_conn_deadline_ms; 0 = none). */
+void bd__pg_conn_arm_deadline(struct bd_pg_conn *conn);
+uint64_t bd__pg_conn_deadline_ms(const struct bd_pg_conn *conn);
 
 /* Flush what libpq buffered and watch for what comes next. Returns < 0 when broken (the
  * caller decides whether to break the connection). */

@@ -394,6 +394,7 @@ void bd_pg_release(struct bd_pg_conn *conn)
     if (!conn->is_leased)
         return;
     conn->is_leased = false;
+    conn->deadline_ms = 0;                       /* a lease's own deadline ends with it */
     pg->leased--;
     if (pg->is_closing) {
         bd__pg_pool_maybe_free(pg);
@@ -422,7 +423,9 @@ void bd_pg_release(struct bd_pg_conn *conn)
         if (bd__pg_conn_flush_watch(conn) < 0) {
             memset(&conn->op, 0, sizeof(conn->op));
             bd__pg_conn_break(conn, NULL);
+            return;
         }
+        bd__pg_conn_arm_deadline(conn);
         return;
     default:
         bd__pg_conn_break(conn, "released with a statement still running");
@@ -431,6 +434,12 @@ void bd_pg_release(struct bd_pg_conn *conn)
 }
 
 /* ---- operations on a leased connection ------------------------------------------------ */
+
+void bd_pg_conn_set_deadline(struct bd_pg_conn *conn, double seconds)
+{
+    if (conn != NULL && conn->is_leased && seconds > 0)
+        conn->deadline_ms = (uint64_t)(seconds * 1000.0 + 0.5);
+}
 
 static int conn_check_usable(struct bd_pg_conn *conn, const void *cb)
 {
@@ -467,6 +476,7 @@ static int conn_op_begin(struct bd_pg_conn *conn, enum bd__pg_op_kind kind,
         bd__pg_conn_break(conn, NULL);
         return BD_EPG;
     }
+    bd__pg_conn_arm_deadline(conn);
     return BD_OK;
 }
 

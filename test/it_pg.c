@@ -16,12 +16,16 @@
 #include <cmocka.h>
 
 #include <endian.h>
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "batchd/buf.h"
@@ -868,6 +872,141 @@ static void runs_pipelines_and_reports_the_first_error(void **state)
     pool_close_and_finish(&loop, pg);
 }
 
+/* ---- a PostgreSQL that stops answering ------------------------------------------------ */
+
+/* A server that speaks just enough of the protocol to let libpq connect and the pool set
+ * its connection up (the first simple query), then reads everything and answers nothing:
+ * what a SIGSTOPped PostgreSQL or a half-open link looks like from the client. */
+struct silent_pg {
+    int lfd, port, cfd;
+    pthread_t thread;
+};
+
+static bool sp_read(int fd, void *buf, size_t n)
+{
+    for (size_t got = 0; got < n;) {
+        ssize_t r = read(fd, (char *)buf + got, n - got);
+        if (r <= 0)
+            return false;
+        got += (size_t)r;
+    }
+    return true;
+}
+
+static void sp_put(struct bd_buf *b, char type, const void *body, uint32_t len)
+{
+    uint32_t be = htonl(len + 4);
+    bd_buf_append(b, &type, 1);
+    bd_buf_append(b, &be, 4);
+    bd_buf_append(b, body, len);
+}
+
+static void sp_param(struct bd_buf *b, const char *k, const char *v)
+{
+    char kv[128];
+    size_t n = (size_t)snprintf(kv, sizeof(kv), "%s%c%s", k, 0, v) + 1;
+    sp_put(b, 'S', kv, (uint32_t)n);
+}
+
+static void *sp_main(void *arg)
+{
+    struct silent_pg *sp = arg;
+    unsigned char hdr[8], msg[65536];
+    int fd = accept(sp->lfd, NULL, NULL);
+
+    sp->cfd = fd;
+    for (;;) {                                  /* SSL/GSS requests, then the startup */
+        if (fd < 0 || !sp_read(fd, hdr, 8))
+            return NULL;
+        uint32_t len = ntohl(*(uint32_t *)hdr), code = ntohl(*(uint32_t *)(hdr + 4));
+        if (len < 8 || len - 8 > sizeof(msg) || !sp_read(fd, msg, len - 8))
+            return NULL;
+        if (code == 80877103 || code == 80877104) {
+            if (write(fd, "N", 1) != 1)
+                return NULL;
+            continue;
+        }
+        break;
+    }
+    struct bd_buf b;
+    bd_buf_init(&b);
+    uint32_t zero = 0, key[2] = { htonl(4242), htonl(1) };
+    sp_put(&b, 'R', &zero, 4);                  /* AuthenticationOk */
+    sp_param(&b, "server_version", "15.0");
+    sp_param(&b, "client_encoding", "UTF8");
+    sp_param(&b, "standard_conforming_strings", "on");
+    sp_param(&b, "integer_datetimes", "on");
+    sp_put(&b, 'K', key, 8);
+    sp_put(&b, 'Z', "I", 1);
+    bool ok = write(fd, b.data, b.len) == (ssize_t)b.len;
+    /* The pool's setup: one simple query, answered. */
+    if (ok && sp_read(fd, hdr, 5) && hdr[0] == 'Q') {
+        uint32_t len = ntohl(*(uint32_t *)(hdr + 1));
+        ok = len >= 4 && len - 4 <= sizeof(msg) && sp_read(fd, msg, len - 4);
+        bd_buf_reset(&b);
+        sp_put(&b, 'C', "SET", 4);
+        sp_put(&b, 'Z', "I", 1);
+        ok = ok && write(fd, b.data, b.len) == (ssize_t)b.len;
+    }
+    bd_buf_free(&b);
+    while (ok && read(fd, msg, sizeof(msg)) > 0)
+        ;                                        /* and then: silence */
+    return NULL;
+}
+
+static void silent_pg_start(struct silent_pg *sp)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t alen = sizeof(a);
+
+    memset(sp, 0, sizeof(*sp));
+    sp->cfd = -1;
+    sp->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(sp->lfd >= 0);
+    assert_int_equal(bind(sp->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(sp->lfd, 4), 0);
+    assert_int_equal(getsockname(sp->lfd, (struct sockaddr *)&a, &alen), 0);
+    sp->port = ntohs(a.sin_port);
+    assert_int_equal(pthread_create(&sp->thread, NULL, sp_main, sp), 0);
+}
+
+static void silent_pg_stop(struct silent_pg *sp)
+{
+    shutdown(sp->lfd, SHUT_RDWR);
+    if (sp->cfd >= 0)
+        shutdown(sp->cfd, SHUT_RDWR);
+    pthread_join(sp->thread, NULL);
+    close(sp->lfd);
+    if (sp->cfd >= 0)
+        close(sp->cfd);
+}
+
+/* Bug: with PostgreSQL stopped (SIGSTOP) or a half-open link, a statement waited until TCP
+ * gave up (hours): requests, job writes and shutdown hung. Now an operation with no answer
+ * within the statement timeout plus a grace fails with BD_EPG and the connection is
+ * dropped (and reconnected). Statement timeout 1 s here: the deadline is 2.1 s. */
+static void fails_a_statement_postgres_never_answers(void **state)
+{
+    uv_loop_t loop;
+    struct silent_pg sp;
+    char url[160];
+
+    (void)state;
+    silent_pg_start(&sp);
+    snprintf(url, sizeof(url), "host=127.0.0.1 port=%d user=it dbname=it sslmode=disable "
+             "gssencmode=disable", sp.port);
+    assert_int_equal(it_loop_init(&loop), 0);
+    struct bd_pg *pg = pool_open_url(&loop, url, 1, 5.0, 1.0, true);
+    double t0 = bd_it_now();
+    struct qr q = pool_query(&loop, pg, "SELECT 1", 0, NULL);
+    double took = bd_it_now() - t0;
+    print_message("    failed after %.2f s: status %d\n", took, q.status);
+    assert_int_equal(q.status, BD_EPG);
+    assert_true(took > 1.9 && took < 5.0);
+    silent_pg_stop(&sp);
+    pool_close_and_finish(&loop, pg);
+}
+
 static void times_out_acquire_and_serves_waiters_fifo(void **state)
 {
     uv_loop_t loop;
@@ -1254,6 +1393,7 @@ int main(void)
         cmocka_unit_test(copies_20_mb_without_blocking_the_loop),
         cmocka_unit_test(runs_pipelines_and_reports_the_first_error),
         cmocka_unit_test(times_out_acquire_and_serves_waiters_fifo),
+        cmocka_unit_test(fails_a_statement_postgres_never_answers),
         cmocka_unit_test(rolls_back_a_transaction_left_open_on_release),
         cmocka_unit_test(reconnects_after_the_backend_is_terminated),
         cmocka_unit_test(cancels_pending_work_on_close),

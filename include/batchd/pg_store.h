@@ -84,6 +84,12 @@ int bd_pg_acquire(struct bd_pg *pg, bd_pg_conn_cb cb, void *arg);
  * is in flight. */
 void bd_pg_release(struct bd_pg_conn *conn);
 
+/* Operations on a leased conn fail with BD_EPG (the connection is dropped) when PostgreSQL
+ * sends nothing for the pool's statement timeout plus a grace (a stopped server, a half
+ * open link). A holder that raises statement_timeout for its transaction (SET LOCAL) gives
+ * the lease a longer deadline here, in seconds, until bd_pg_release. */
+void bd_pg_conn_set_deadline(struct bd_pg_conn *conn, double seconds);
+
 /* Send one statement with parameters (PQsendQueryParams; params are copied into libpq's
  * buffer before return, so they are borrowed only for the call). values[i] NULL = SQL NULL;
  * lengths/formats may be NULL (all text). result_binary asks for binary results.
