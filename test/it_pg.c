@@ -893,6 +893,13 @@ static bool sp_read(int fd, void *buf, size_t n)
     return true;
 }
 
+static uint32_t sp_be32(const unsigned char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);                           /* p need not be aligned */
+    return ntohl(v);
+}
+
 static void sp_put(struct bd_buf *b, char type, const void *body, uint32_t len)
 {
     uint32_t be = htonl(len + 4);
@@ -918,7 +925,7 @@ static void *sp_main(void *arg)
     for (;;) {                                  /* SSL/GSS requests, then the startup */
         if (fd < 0 || !sp_read(fd, hdr, 8))
             return NULL;
-        uint32_t len = ntohl(*(uint32_t *)hdr), code = ntohl(*(uint32_t *)(hdr + 4));
+        uint32_t len = sp_be32(hdr), code = sp_be32(hdr + 4);
         if (len < 8 || len - 8 > sizeof(msg) || !sp_read(fd, msg, len - 8))
             return NULL;
         if (code == 80877103 || code == 80877104) {
@@ -941,7 +948,7 @@ static void *sp_main(void *arg)
     bool ok = write(fd, b.data, b.len) == (ssize_t)b.len;
     /* The pool's setup: one simple query, answered. */
     if (ok && sp_read(fd, hdr, 5) && hdr[0] == 'Q') {
-        uint32_t len = ntohl(*(uint32_t *)(hdr + 1));
+        uint32_t len = sp_be32(hdr + 1);
         ok = len >= 4 && len - 4 <= sizeof(msg) && sp_read(fd, msg, len - 4);
         bd_buf_reset(&b);
         sp_put(&b, 'C', "SET", 4);
