@@ -272,6 +272,12 @@ static void api_on_collection(int status, const struct bd_job_store_collection_r
         api_submit_step_create(s);
 }
 
+void bd__api_invalid_text(const struct bd__api_invalid *inv, const char *prefix, char *out,
+                          size_t outlen)
+{
+    snprintf(out, outlen, "%s%s %s", prefix, inv->field, inv->message);
+}
+
 /* The job's metadata: the request's, plus who submitted it and how. */
 int bd__api_submit_metadata(struct bd__api_submit *s)
 {
@@ -358,9 +364,9 @@ void bd__api_submit_body(struct bd_http_request *req, struct bd_server *srv, con
     s->idem_key = key;
     int rc = bd__api_submit_parse(s, body, body_len, &inv);
     if (rc == BD_EINVAL || rc == BD_EJSON) {
-        char msg[400];
+        char msg[BD__API_INVALID_TEXT_MAX];
         if (rc == BD_EINVAL)
-            snprintf(msg, sizeof(msg), "%s %s", inv.field, inv.message);
+            bd__api_invalid_text(&inv, "", msg, sizeof(msg));
         else
             snprintf(msg, sizeof(msg), "%s", inv.message);
         api_submit_error(s, rc, msg, inv.field);

@@ -22,6 +22,13 @@ struct bd__api_invalid {
     char message[256];
 };
 
+/* The one text of a validation error: "<prefix><field> <message>" (prefix: "" or, for
+ * JSON Lines, "line N: "), into out (always NUL-terminated). */
+void bd__api_invalid_text(const struct bd__api_invalid *inv, const char *prefix, char *out,
+                          size_t outlen);
+#define BD__API_INVALID_TEXT_MAX (sizeof(((struct bd__api_invalid *)0)->field) +             \
+                                  sizeof(((struct bd__api_invalid *)0)->message) + 64)
+
 /* One POST /jobs from the handler to its answer (calloc'ed by the handler). */
 struct bd__api_submit {
     struct bd_http_request *req;

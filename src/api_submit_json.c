@@ -50,18 +50,18 @@ static int stream_on_data_begin(void *arg)
 {
     struct bd__api_stream *st = arg;
     struct bd__api_invalid inv = { { 0 }, { 0 } };
-    char msg[sizeof(inv.field) + sizeof(inv.message) + 128];
+    char msg[BD__API_INVALID_TEXT_MAX + 128];
     int rc;
 
     st->is_in_data = true;
     rc = bd__api_submit_fields(st->s, st->s->body, &inv);
     if (rc == BD_EINVAL) {
         /* A required field may be further on: say what a big body needs. */
-        snprintf(msg, sizeof(msg), "%s %s%s", inv.field, inv.message,
-                 strstr(inv.message, "is required")
-                     ? " (before \"data\": a JSON body over 1 MiB is read as a stream, and "
-                       "its job is opened when \"data\" begins)"
-                     : "");
+        bd__api_invalid_text(&inv, "", msg, sizeof(msg));
+        if (strstr(inv.message, "is required"))
+            snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), "%s",
+                     " (before \"data\": a JSON body over 1 MiB is read as a stream, and "
+                     "its job is opened when \"data\" begins)");
         bd__stream_fail(st, BD_EINVAL, msg, inv.field);
         return BD_EINVAL;
     }
@@ -113,7 +113,6 @@ int bd__stream_final_fields(struct bd__api_stream *st)
 {
     struct bd__api_invalid inv = { { 0 }, { 0 } };
     struct bd__api_submit *f;
-    char msg[400];
     int rc;
 
     if (json_object_size(st->late) == 0)
@@ -131,15 +130,8 @@ int bd__stream_final_fields(struct bd__api_stream *st)
         rc = bd__api_submit_fields(f, f->body, &inv);
     if (rc == BD_OK)
         rc = bd__api_submit_metadata(f);
-    if (rc == BD_EINVAL) {
-        snprintf(msg, sizeof(msg), "%s %s", inv.field, inv.message);
-        bd__stream_fail(st, BD_EINVAL, msg, inv.field);
-        return rc;
-    }
-    if (rc < 0) {
-        bd__stream_fail(st, rc, NULL, NULL);
-        return rc;
-    }
+    if (rc < 0)
+        return bd__stream_fail_invalid(st, rc, &inv, "");
     if (f->op == BD_OP_BULK_INSERT)
         f->dim = st->s->dim;                   /* the items' */
     return BD_OK;

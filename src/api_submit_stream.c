@@ -117,6 +117,20 @@ void bd__stream_fail(struct bd__api_stream *st, int err, const char *message,
     bd__stream_maybe_free(st);
 }
 
+int bd__stream_fail_invalid(struct bd__api_stream *st, int rc, const struct bd__api_invalid *inv,
+                            const char *prefix)
+{
+    char msg[BD__API_INVALID_TEXT_MAX];
+
+    if (rc != BD_EINVAL) {
+        bd__stream_fail(st, rc, NULL, NULL);
+        return rc;
+    }
+    bd__api_invalid_text(inv, prefix, msg, sizeof(msg));
+    bd__stream_fail(st, BD_EINVAL, msg, inv->field);
+    return rc;
+}
+
 static void stream_on_abort(struct bd_http_request *req, void *arg)
 {
     struct bd__api_stream *st = arg;
@@ -169,17 +183,11 @@ int bd__stream_on_item(void *arg, size_t index, size_t line, const char *p, size
         return BD_EINVAL;
     }
     rc = bd__api_batch_add(st->s, st->batch, p, n, index, &inv);
-    if (rc == BD_EINVAL) {
-        if (st->is_ndjson)
-            snprintf(msg, sizeof(msg), "line %zu: %s %s", line, inv.field, inv.message);
-        else
-            snprintf(msg, sizeof(msg), "%s %s", inv.field, inv.message);
-        bd__stream_fail(st, BD_EINVAL, msg, inv.field);
-        return rc;
-    }
     if (rc < 0) {
-        bd__stream_fail(st, rc, NULL, NULL);
-        return rc;
+        char prefix[40] = "";
+        if (st->is_ndjson)
+            snprintf(prefix, sizeof(prefix), "line %zu: ", line);
+        return bd__stream_fail_invalid(st, rc, &inv, prefix);
     }
     st->items = index + 1;
     if (bd__api_batch_count(st->batch) >= st->s->batch_size &&
@@ -790,8 +798,8 @@ static void api_on_submit_headers(struct bd_http_request *req, void *arg)
             (st->scan = bd_submit_scan_new(BD_SUBMIT_NDJSON, STREAM_LINE_MAX, &cbs, st)) == NULL)
             rc = BD_ENOMEM;
         if (rc < 0) {
-            char msg[400];
-            snprintf(msg, sizeof(msg), "%s %s", inv.field, inv.message);
+            char msg[BD__API_INVALID_TEXT_MAX];
+            bd__api_invalid_text(&inv, "", msg, sizeof(msg));
             st->is_answered = true;
             bd_http_respond_err(req, rc, rc == BD_EINVAL ? msg : NULL,
                                 rc == BD_EINVAL ? inv.field : NULL);

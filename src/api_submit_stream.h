@@ -96,6 +96,10 @@ void bd__stream_maybe_free(struct bd__api_stream *st);
 /* Answer with err (message may be NULL) and give the job up: nothing of it stays. */
 void bd__stream_fail(struct bd__api_stream *st, int err, const char *message,
                      const char *field);
+/* The same for a validation step's rc: BD_EINVAL answers inv's text (prefix as for
+ * bd__api_invalid_text), another error its own message. Returns rc. */
+int bd__stream_fail_invalid(struct bd__api_stream *st, int rc, const struct bd__api_invalid *inv,
+                            const char *prefix);
 /* Pause or resume the body, and schedule the next gzip slice, as st's state asks. */
 void bd__stream_flow(struct bd__api_stream *st);
 /* The scanner's on_item: one item, validated and batched. */
