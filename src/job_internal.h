@@ -98,13 +98,19 @@ struct bd_job_slot {
     struct bd_buf sql;        /* the cache lookup's statement, reused */
     unsigned write_failures;
     unsigned write_permanent; /* failures PostgreSQL will repeat (bad value, constraint) */
-    bool is_writing;          /* one of the job's writers (SLOT_WRITE_*) */
     struct bd_pg_conn *conn;  /* the write transaction's connection */
     struct bd_buf copy;       /* binary COPY payload, reused */
     struct bd_buf meta;       /* one item's metadata JSON, reused */
     struct bd_buf wsql;       /* the write's statement text, reused */
     uv_timer_t timer;         /* model back-off, write retry */
 };
+
+/* One of the job's writers: from the writer's hand-over (SLOT_WRITE_ACQUIRE, kept while
+ * a failed write backs off) to its end. */
+static inline bool bd__job_slot_is_writing(const struct bd_job_slot *s)
+{
+    return s->phase >= SLOT_WRITE_ACQUIRE;
+}
 
 struct bd_job {
     struct bd_job_engine *e;

@@ -401,10 +401,8 @@ void bd__job_slot_end(struct bd_job_slot *s)
     struct bd_job *job = s->job;
 
     assert(s->phase != SLOT_FREE && job->busy > 0);
-    if (s->is_writing) {
-        s->is_writing = false;
+    if (bd__job_slot_is_writing(s))
         job->writers--;
-    }
     s->phase = SLOT_FREE;
     json_decref(s->items);
     s->items = NULL;
@@ -563,7 +561,6 @@ static void job_pump_once(struct bd_job *job)
         }
         if (best == NULL)
             break;
-        best->is_writing = true;
         job->writers++;
         best->phase = SLOT_WRITE_ACQUIRE;
         bd__job_slot_step(best);

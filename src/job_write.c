@@ -47,10 +47,8 @@ void bd__job_fail_batch(struct bd_job_slot *s, const char *code, const char *mes
         s->batch_failed++;
     }
     job->e->stats.batches_failed++;
-    if (s->is_writing) {                    /* its turn comes again from the pump */
-        s->is_writing = false;
+    if (bd__job_slot_is_writing(s))         /* its turn comes again from the pump */
         job->writers--;
-    }
     s->phase = SLOT_READY;
     bd__job_pump(job);
 }
@@ -314,7 +312,7 @@ int bd__job_write_step(struct bd_job_slot *s)
     struct bd_job *job = s->job;
     int rc;
 
-    assert(s->is_writing);
+    assert(bd__job_slot_is_writing(s));
     switch (s->phase) {
     case SLOT_WRITE_ACQUIRE:
         /* Staged afresh at every try: a failed batch's items changed since the last. */

@@ -158,6 +158,13 @@ static void conn_on_timer(uv_timer_t *timer)
         break;
     case PG_CONN_READY:
         if (conn->op.kind != PG_OP_NONE) {
+            /* Bytes came since the timer was armed: the deadline counts from them. */
+            uint64_t ms = bd__pg_conn_deadline_ms(conn);
+            uint64_t quiet = uv_now(conn->pg->loop) - conn->progress_ms;
+            if (quiet < ms) {
+                uv_timer_start(&conn->timer, conn_on_timer, ms - quiet, 0);
+                break;
+            }
             /* PostgreSQL stopped (SIGSTOP), or the link is half open: TCP alone would
              * wait for hours. The operation fails as a lost connection. */
             char why[96];
@@ -185,6 +192,7 @@ uint64_t bd__pg_conn_deadline_ms(const struct bd_pg_conn *conn)
 void bd__pg_conn_arm_deadline(struct bd_pg_conn *conn)
 {
     uint64_t ms = bd__pg_conn_deadline_ms(conn);
+    conn->progress_ms = uv_now(conn->pg->loop);
     if (conn->state == PG_CONN_READY && ms > 0)
         uv_timer_start(&conn->timer, conn_on_timer, ms, 0);
 }
@@ -660,8 +668,7 @@ static void conn_on_poll(uv_poll_t *handle, int status, int events)
         bd__pg_conn_break(conn, NULL);
         return;
     }
-    if (conn->op.kind != PG_OP_NONE)
-        bd__pg_conn_arm_deadline(conn);         /* progress: the deadline starts again */
+    conn->progress_ms = uv_now(conn->pg->loop); /* the deadline counts from here */
     if (conn->is_flushing) {
         r = PQflush(conn->pq);
         if (r < 0) {

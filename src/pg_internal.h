@@ -61,6 +61,7 @@ struct bd_pg_conn {
     uv_timer_t timer;                /* reconnect backoff, connect timeout, and (READY)
                                       * the answer deadline of the operation in flight */
     uint64_t deadline_ms;            /* this lease's answer deadline; 0 = the pool's */
+    uint64_t progress_ms;            /* uv_now of the operation's send or last socket event */
     uint64_t backoff_ms;
     uv_getaddrinfo_t gai;
     bool is_resolving;
@@ -126,8 +127,8 @@ void bd__pg_conn_break(struct bd_pg_conn *conn, const char *why);
 
 /* Arm the reconnect timer with the current backoff and double it (no-op when closing). */
 void bd__pg_conn_arm_retry(struct bd_pg_conn *conn);
-/* An operation was sent, or its answer made progress: (re)start its deadline
- * (bd__pg_conn_deadline_ms; 0 = none). */
+/* An operation was sent: start its deadline (bd__pg_conn_deadline_ms; 0 = none), which
+ * counts from the last socket event (progress_ms) when the timer fires. */
 void bd__pg_conn_arm_deadline(struct bd_pg_conn *conn);
 uint64_t bd__pg_conn_deadline_ms(const struct bd_pg_conn *conn);
 
