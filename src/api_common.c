@@ -218,6 +218,35 @@ static bool api_is_simple_post(const struct bd_http_request *req)
            strncasecmp(ct, "multipart/form-data", 19) == 0;
 }
 
+/* http.allowed_hosts: with a list set, a request must name one of its hosts in Host (port
+ * ignored, case-insensitive). A web page whose own name an attacker points at 127.0.0.1
+ * (DNS rebinding) sends its own name, so batchd never answers it. /healthz and /readyz
+ * answer any Host: probes use the pod's or machine's address. */
+static bool api_is_host_allowed(const struct bd_http_request *req, const char *list)
+{
+    const char *host = bd_http_header_get(req, "Host");
+    size_t len;
+
+    if (list[0] == '\0')
+        return true;
+    if (host == NULL)
+        return false;
+    if (host[0] == '[') {                          /* [v6]:port */
+        const char *end = strchr(host, ']');
+        len = end ? (size_t)(end - host) + 1 : strlen(host);
+    } else {
+        const char *colon = strchr(host, ':');
+        len = colon ? (size_t)(colon - host) : strlen(host);
+    }
+    for (const char *p = list; *p != '\0';) {
+        size_t n = strcspn(p, ",");
+        if (n == len && strncasecmp(p, host, n) == 0)
+            return true;
+        p += n + (p[n] == ',');
+    }
+    return false;
+}
+
 void bd_api_on_headers(struct bd_http_request *req, void *arg)
 {
     struct bd_server *srv = arg;
@@ -225,6 +254,13 @@ void bd_api_on_headers(struct bd_http_request *req, void *arg)
     bool is_api = strncmp(req->path, BD_API_PREFIX, n) == 0 &&
                   (req->path[n] == '/' || req->path[n] == '\0');
 
+    if (!api_is_host_allowed(req, srv->cfg->http_allowed_hosts) &&
+        strcmp(req->path, "/healthz") != 0 && strcmp(req->path, "/readyz") != 0) {
+        bd_http_respond_error(req, 421, "host_not_allowed",
+                              "this server does not answer for the host named in the Host "
+                              "header (http.allowed_hosts)", NULL);
+        return;
+    }
     if (is_api && srv->cfg->api_keys_count > 0 && !bd__api_check_auth(req, srv))
         return;                                     /* 401: the body is never read */
     /* The submit checks its own Content-Type (JSON or JSON Lines only). */

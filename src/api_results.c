@@ -25,6 +25,11 @@
 #define API_ITEMS_DEFAULT    100
 #define API_RESULTS_DEFAULT  100
 #define API_STREAM_PAGE      500            /* rows per query while streaming results */
+/* Stored bytes per page (JSON is 3 to 4 times more): a paged answer stays under ~4 MiB and
+ * a streamed page under ~1 MiB, whatever the vectors' dimension; the page is cut (has_more,
+ * next_cursor) at the row that reaches it. */
+#define API_PAGE_STORED_BYTES   (1u << 20)
+#define API_STREAM_STORED_BYTES (256u * 1024)
 #define API_STREAM_CHUNK     (64u * 1024)   /* JSON Lines bytes per stream write */
 #define API_STREAM_HIGH      (1u << 20)     /* pending bytes above which we wait to drain */
 
@@ -346,7 +351,7 @@ static void api_ndjson_next(struct api_ndjson *st)
         return;
     }
     err = bd_job_store_list_results(st->srv->pg, st->job_id, st->next_index, API_STREAM_PAGE,
-                                api_ndjson_on_rows, st);
+                                    API_STREAM_STORED_BYTES, api_ndjson_on_rows, st);
     if (err < 0) {
         api_ndjson_finish(st, err == BD_ENOMEM ? err : BD_EPG, NULL);
         return;
@@ -429,7 +434,8 @@ static void api_ndjson_on_rows(int status, const struct bd_result_page *page,
         return;
     }
     st->next_index = page->rows[page->count - 1].index + 1;
-    /* Backpressure: a slow reader holds at most ~1 MiB plus one page here, whatever the
+    /* Backpressure: a slow reader holds at most ~1 MiB plus one page (~1 MiB, a page being
+     * cut by bytes too) here, whatever the
      * size of the job. */
     if (bd_http_stream_get_pending(st->req) > API_STREAM_HIGH) {
         bd_log(BD_LOG_DEBUG, "api", "job=%s event=results_stream_wait pending=%zu rows=%llu",
@@ -498,7 +504,8 @@ static void api_on_results(struct bd_http_request *req, void *arg)
         return;
     }
     err = bd_job_store_list_results(srv->pg, call->job_id, call->has_cursor ? call->cursor : 0,
-                                call->limit, api_on_result_rows, call);
+                                    call->limit, API_PAGE_STORED_BYTES, api_on_result_rows,
+                                    call);
     if (err < 0)
         bd__api_fail_store(req, call->job_id, err, NULL);
 }

@@ -55,6 +55,8 @@
  *     max_stream_bytes: 17179869184
  *     idle_timeout: 60
  *     request_timeout: 30
+ *     write_timeout: 60            # a response the client stops reading: cut after this
+ *     allowed_hosts: ""            # comma list of Host names to answer; "" = any (BATCH_ALLOWED_HOSTS)
  *     status_cache_ms: 50          # job status answers reused this long (BATCH_STATUS_CACHE_MS)
  *   models:
  *     - name: mixtral              # ^[A-Za-z0-9_.:-]{1,64}$, unique
@@ -134,6 +136,8 @@ struct raw_http {
     char *max_stream_bytes;
     char *idle_timeout;
     char *request_timeout;
+    char *write_timeout;
+    char *allowed_hosts;
     char *status_cache_ms;
 };
 
@@ -230,6 +234,8 @@ static const cyaml_schema_field_t raw_http_fields[] = {
     RAW_STR(struct raw_http, max_stream_bytes),
     RAW_STR(struct raw_http, idle_timeout),
     RAW_STR(struct raw_http, request_timeout),
+    RAW_STR(struct raw_http, write_timeout),
+    RAW_STR(struct raw_http, allowed_hosts),
     RAW_STR(struct raw_http, status_cache_ms),
     CYAML_FIELD_END
 };
@@ -325,6 +331,9 @@ const struct cfg_field cfg_fields[] = {
         "17179869184", NULL),
     T_SECS(http, idle_timeout, NULL, http_idle_timeout_s, "60"),
     T_SECS(http, request_timeout, NULL, http_request_timeout_s, "30"),
+    T_SECS(http, write_timeout, NULL, http_write_timeout_s, "60"),
+    T_STR(http, allowed_hosts, "BATCH_ALLOWED_HOSTS", http_allowed_hosts, "",
+          bd__config_check_hosts),
     T_UINT(http, status_cache_ms, "BATCH_STATUS_CACHE_MS", http_status_cache_ms, 0, 60000, "50"),
 };
 

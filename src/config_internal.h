@@ -19,7 +19,7 @@
 #define CFG_MAX_FILE_BYTES (1u << 20)     /* a config is a few KiB; refuse anything silly */
 #define CFG_MAX_SECONDS 31536000.0        /* one year: every duration must fit comfortably */
 #define CFG_MAX_FRAMES 16                 /* libcyaml backtrace depth we keep (ours is 3) */
-#define CFG_NFIELDS 29                    /* entries in cfg_fields (checked in config.c) */
+#define CFG_NFIELDS 31                    /* entries in cfg_fields (checked in config.c) */
 
 enum cfg_kind {
     CFG_UINT,       /* unsigned, integer in [min, max] */
@@ -82,6 +82,7 @@ int bd__config_parse_value(const struct cfg_field *f, const char *text, void *ba
 bool bd__config_check_listen(const char *s, char *why, size_t whylen);
 bool bd__config_check_log_level(const char *s, char *why, size_t whylen);
 bool bd__config_check_worker_id(const char *s, char *why, size_t whylen);
+bool bd__config_check_hosts(const char *s, char *why, size_t whylen);
 bool bd__config_check_redis_url(const char *s, char *why, size_t whylen);
 bool bd__config_check_postgres_url(const char *s, char *why, size_t whylen);
 bool bd__config_check_http_url(const char *s, char *why, size_t whylen);

@@ -324,6 +324,42 @@ bool bd__config_check_worker_id(const char *s, char *why, size_t whylen)
     return check_charset(s, 128, why, whylen);
 }
 
+/* http.allowed_hosts: "" or a comma list of host names (DNS names or IP literals, no
+ * port: a Host header's port is ignored when matched), each 1 to 253 characters. */
+bool bd__config_check_hosts(const char *s, char *why, size_t whylen)
+{
+    const char *p = s;
+
+    while (*p != '\0') {
+        size_t n = strcspn(p, ",");
+
+        if (n == 0 || n > 253) {
+            snprintf(why, whylen, "must be a comma list of host names, each 1 to 253 "
+                                  "characters long");
+            return false;
+        }
+        if (p[0] == '[' ? p[n - 1] != ']' : memchr(p, ':', n) != NULL) {
+            snprintf(why, whylen, "host names take no port (IPv6 literals in brackets)");
+            return false;
+        }
+        for (size_t i = 0; i < n; i++) {
+            char c = p[i];
+            if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '-' || c == '_' || c == ':' || c == '[' || c == ']')) {
+                snprintf(why, whylen, "host names may contain only A-Z a-z 0-9 . - _ and, for "
+                                      "IPv6, [ : ] (no spaces, no ports)");
+                return false;
+            }
+        }
+        p += n;
+        if (*p == ',' && *++p == '\0') {
+            snprintf(why, whylen, "must not end with a comma");
+            return false;
+        }
+    }
+    return true;
+}
+
 /* Parse s with bd_url_parse() (url.h, libcurl's URL API), so a URL that a module would
  * refuse at startup fails the config check instead, naming its key. On failure why reads
  * "<what> (<detail>)"; the URL itself is never echoed, it may hold a password. */

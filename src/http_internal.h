@@ -33,6 +33,8 @@
 #define HTTP_DEFAULT_IDLE_MS          60000u
 #define HTTP_DEFAULT_REQUEST_MS       30000u
 #define HTTP_DEFAULT_SHUTDOWN_MS      5000u
+#define HTTP_DEFAULT_WRITE_MS         60000u
+#define HTTP_WRITE_SWEEP_MS           1000u     /* how often stalled writes are looked for */
 
 struct arena_chunk {
     struct arena_chunk *next;
@@ -118,6 +120,10 @@ struct http_conn {
     unsigned queued;
     size_t queued_body_bytes;          /* bodies held by queued requests */
     size_t write_bytes;                /* passed to uv_write, not yet called back */
+    size_t held_bytes;                 /* output of later requests held behind the head */
+    size_t write_left;                 /* tcp.write_queue_size at the last sweep */
+    size_t write_unacked;              /* the kernel's unacknowledged bytes then */
+    uint64_t write_progress_ns;        /* last time the socket took some of our output */
     unsigned long long id;
     enum conn_timer timer_mode;
     int parse_err;                     /* BD_E* from a parser callback that stopped llhttp */
@@ -150,7 +156,8 @@ struct bd_http_server {
     uv_tcp_t listener;
     uv_idle_t service_idle;            /* runs deferred work: resumed reads, drain callbacks */
     uv_timer_t close_timer;            /* bd_http_server_close's deadline */
-    unsigned handles_closing;          /* at the end: service_idle, close_timer */
+    uv_timer_t write_timer;            /* sweep: connections whose output stalled */
+    unsigned handles_closing;          /* at the end: service_idle, close_timer, write_timer */
     struct bd_http_options opt;
     llhttp_settings_t settings;
     struct http_conn *conns;

@@ -51,6 +51,7 @@ static void conn_on_write(uv_write_t *wr, int status)
     free(w);
     if (conn->is_closing)
         return;
+    conn->write_progress_ns = uv_hrtime();
     if (status < 0) {
         bd_log(BD_LOG_DEBUG, "http", "conn=%llu write failed: %s", conn->id, uv_strerror(status));
         bd__http_conn_close_now(conn);
@@ -87,6 +88,11 @@ void bd__http_conn_write(struct http_conn *conn, struct http_wbuf *w)
         bd__http_conn_close_now(conn);
         return;
     }
+    if (conn->write_bytes == 0) {                  /* the write clock starts now */
+        conn->write_progress_ns = uv_hrtime();
+        conn->write_left = 0;
+        conn->write_unacked = 0;
+    }
     conn->write_bytes += w->len;
 }
 
@@ -106,6 +112,7 @@ static void req_output(struct http_req *r, struct http_wbuf *w)
             r->out_head = w;
         r->out_tail = w;
         r->out_bytes += w->len;
+        conn->held_bytes += w->len;
     }
 }
 
@@ -134,6 +141,7 @@ static void conn_advance(struct http_conn *conn)
             struct http_wbuf *w = r->out_head;
 
             r->out_head = r->out_tail = NULL;
+            conn->held_bytes -= r->out_bytes;
             r->out_bytes = 0;
             while (w != NULL) {
                 struct http_wbuf *next = w->next;
@@ -462,6 +470,7 @@ const char *bd_http_status_text(int status)
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
     case 415: return "Unsupported Media Type";
+    case 421: return "Misdirected Request";
     case 422: return "Unprocessable Content";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";

@@ -23,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 
 /* How it fits together.
  *
@@ -188,7 +190,8 @@ uint64_t bd__http_req_body_limit(const struct http_req *r)
 /* Bounds what one connection holds: requests, their bodies and unwritten output. */
 bool bd__http_conn_must_pause(const struct http_conn *conn)
 {
-    return conn->queued >= HTTP_MAX_QUEUED || conn->write_bytes >= HTTP_MAX_WRITE_QUEUE ||
+    return conn->queued >= HTTP_MAX_QUEUED ||
+           conn->write_bytes + conn->held_bytes >= HTTP_MAX_WRITE_QUEUE ||
            conn->queued_body_bytes > conn->srv->opt.max_body_bytes;
 }
 
@@ -697,7 +700,8 @@ static void srv_maybe_finish_close(struct bd_http_server *srv)
         return;
     srv->is_finishing = true;
     bd_log(BD_LOG_DEBUG, "http", "server closed");
-    srv->handles_closing = 2;
+    srv->handles_closing = 3;
+    uv_close((uv_handle_t *)&srv->write_timer, srv_on_idle_closed);
     uv_close((uv_handle_t *)&srv->close_timer, srv_on_idle_closed);
     uv_close((uv_handle_t *)&srv->service_idle, srv_on_idle_closed);
 }
@@ -736,6 +740,8 @@ int bd_http_server_new(uv_loop_t *loop, const struct bd_http_options *opt,
         srv->opt.request_timeout_ms = HTTP_DEFAULT_REQUEST_MS;
     if (srv->opt.shutdown_timeout_ms == 0)
         srv->opt.shutdown_timeout_ms = HTTP_DEFAULT_SHUTDOWN_MS;
+    if (srv->opt.write_timeout_ms == 0)
+        srv->opt.write_timeout_ms = HTTP_DEFAULT_WRITE_MS;
 
     bd__http_parser_settings_init(&srv->settings);
 
@@ -746,16 +752,68 @@ int bd_http_server_new(uv_loop_t *loop, const struct bd_http_options *opt,
     }
     uv_idle_init(loop, &srv->service_idle);        /* cannot fail */
     uv_timer_init(loop, &srv->close_timer);        /* cannot fail */
+    uv_timer_init(loop, &srv->write_timer);
     srv->listener.data = srv;
     srv->service_idle.data = srv;
     srv->close_timer.data = srv;
+    srv->write_timer.data = srv;
     *out = srv;
     return BD_OK;
+}
+
+/* Bytes in the kernel's send queue the client has not acknowledged (SIOCOUTQ): they fall
+ * when the client reads, even while libuv, waiting for the socket to be writable again
+ * (Linux wakes a writer only once half its queue is free), sees nothing. */
+static size_t conn_unacked_bytes(const struct http_conn *conn)
+{
+    uv_os_fd_t fd;
+    int n = 0;
+
+    if (uv_fileno((const uv_handle_t *)&conn->tcp, &fd) < 0 || ioctl(fd, SIOCOUTQ, &n) < 0 ||
+        n < 0)
+        return 0;
+    return (size_t)n;
+}
+
+/* Output that makes no progress: a client that stopped reading a response (or pipelines
+ * without reading) holds its connection, the response's memory and, during a shutdown, the
+ * process. Every sweep looks at each connection with output in the socket: the client took
+ * some of it since the last sweep (a write completed, libuv's queue shrank, or the kernel's
+ * unacknowledged bytes fell) or not; after
+ * write_timeout_ms without progress the connection is cut and its handler gets the abort
+ * callback. This is the one timeout that runs while a handler holds the connection. */
+static void srv_on_write_sweep(uv_timer_t *t)
+{
+    struct bd_http_server *srv = t->data;
+    uint64_t now = uv_hrtime();
+    uint64_t limit_ns = srv->opt.write_timeout_ms * 1000000ull;
+    struct http_conn *conn, *next;
+
+    for (conn = srv->conns; conn != NULL; conn = next) {
+        size_t left, sent;
+
+        next = conn->next;
+        if (conn->is_closing || conn->write_bytes == 0)
+            continue;
+        left = conn->tcp.write_queue_size;
+        sent = conn_unacked_bytes(conn);
+        if (left < conn->write_left || sent < conn->write_unacked)
+            conn->write_progress_ns = now;
+        conn->write_left = left;
+        conn->write_unacked = sent;
+        if (now - conn->write_progress_ns < limit_ns)
+            continue;
+        bd_log(BD_LOG_INFO, "http", "event=write_timeout conn=%llu unwritten=%zu after_ms=%llu",
+               conn->id, conn->write_bytes + conn->held_bytes,
+               (unsigned long long)srv->opt.write_timeout_ms);
+        bd__http_conn_close_now(conn);
+    }
 }
 
 int bd_http_server_listen(struct bd_http_server *srv, const char *host, int port)
 {
     struct sockaddr_storage ss;
+    uint64_t sweep;
     int err;
 
     if (host == NULL || strcmp(host, "localhost") == 0)
@@ -772,6 +830,11 @@ int bd_http_server_listen(struct bd_http_server *srv, const char *host, int port
     if ((err = uv_listen((uv_stream_t *)&srv->listener, HTTP_BACKLOG, srv_on_connection)) < 0)
         return err;
     srv->is_listening = true;
+    sweep = srv->opt.write_timeout_ms / 2;
+    if (sweep > HTTP_WRITE_SWEEP_MS)
+        sweep = HTTP_WRITE_SWEEP_MS;
+    uv_timer_start(&srv->write_timer, srv_on_write_sweep, sweep ? sweep : 1, sweep ? sweep : 1);
+    uv_unref((uv_handle_t *)&srv->write_timer);    /* a sweep alone keeps no loop alive */
     bd_log(BD_LOG_DEBUG, "http", "listening on %s:%d", host, bd_http_server_get_port(srv));
     return BD_OK;
 }

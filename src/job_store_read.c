@@ -542,18 +542,28 @@ int bd_job_store_list_items(struct bd_pg *pg, const char *job_id, enum bd_item_f
     return store_send(pg, store_sql_items[filter], 3, values, store_on_items, &tmpl);
 }
 
+/* A page stops at limit rows or at the row that reaches $4 bytes of stored data, whichever
+ * comes first (always at least one row): a page of 1,000 vectors of 65,536 floats would be
+ * 250 MB in PostgreSQL's result, again as JSON and again in the socket's queue. is_cut says
+ * rows were left out for the bytes: has_more. */
 static const char store_sql_results[] =
     "SELECT j.status AS job_status, j.collection, x.item_index, x.id, "
-    "x.embedding::text AS embedding, x.metadata::text AS metadata "
-    "FROM jobs j LEFT JOIN LATERAL (SELECT item_index, id, embedding, metadata FROM vectors v "
-    "WHERE v.job_id = j.id AND v.item_index >= $2 ORDER BY item_index LIMIT $3) x ON true "
+    "x.embedding::text AS embedding, x.metadata::text AS metadata, x.is_cut "
+    "FROM jobs j LEFT JOIN LATERAL (SELECT * FROM (SELECT w.*, "
+    "bool_or(w.before >= $4) OVER () AS is_cut FROM (SELECT s.*, "
+    "sum(s.size) OVER (ORDER BY s.item_index ROWS UNBOUNDED PRECEDING) - s.size AS before "
+    "FROM (SELECT item_index, id, embedding, metadata, "
+    "pg_column_size(embedding) + COALESCE(pg_column_size(metadata), 0) AS size "
+    "FROM vectors v WHERE v.job_id = j.id AND v.item_index >= $2 ORDER BY item_index "
+    "LIMIT $3) s) w) y WHERE y.before < $4 OR y.before = 0) x ON true "
     "WHERE j.id = $1 ORDER BY x.item_index";
 
 enum store_result_col {
-    RC_JOB_STATUS, RC_COLLECTION, RC_INDEX, RC_ID, RC_EMBEDDING, RC_METADATA, RC_COUNT
+    RC_JOB_STATUS, RC_COLLECTION, RC_INDEX, RC_ID, RC_EMBEDDING, RC_METADATA, RC_IS_CUT,
+    RC_COUNT
 };
 static const char *const store_result_col_names[RC_COUNT] = {
-    "job_status", "collection", "item_index", "id", "embedding", "metadata",
+    "job_status", "collection", "item_index", "id", "embedding", "metadata", "is_cut",
 };
 
 static void store_on_results(int status, PGresult *res, void *arg)
@@ -572,6 +582,8 @@ static void store_on_results(int status, PGresult *res, void *arg)
         status = BD_ENOMEM;
     if (status == BD_OK)
         page.collection = PQgetvalue(res, 0, c[RC_COLLECTION]);
+    if (status == BD_OK && page.count > 0 && PQgetvalue(res, 0, c[RC_IS_CUT])[0] == 't')
+        page.has_more = true;
     for (size_t i = 0; status == BD_OK && i < page.count; i++) {
         int r = (int)i;
         rows[i].index = bd__store_ll(res, r, c[RC_INDEX], 0);
@@ -590,15 +602,17 @@ static void store_on_results(int status, PGresult *res, void *arg)
 }
 
 int bd_job_store_list_results(struct bd_pg *pg, const char *job_id, long long from_index,
-                          unsigned limit, bd_job_store_results_cb cb, void *arg)
+                              unsigned limit, size_t max_bytes, bd_job_store_results_cb cb,
+                              void *arg)
 {
     struct bd__store_call tmpl = { .cb.results = cb, .arg = arg, .limit = limit };
-    char from[32], lim[16];
-    const char *values[3] = { job_id, from, lim };
+    char from[32], lim[16], bytes[32];
+    const char *values[4] = { job_id, from, lim, bytes };
 
     snprintf(from, sizeof(from), "%lld", from_index);
     snprintf(lim, sizeof(lim), "%u", limit + 1);
-    return store_send(pg, store_sql_results, 3, values, store_on_results, &tmpl);
+    snprintf(bytes, sizeof(bytes), "%zu", max_bytes);
+    return store_send(pg, store_sql_results, 4, values, store_on_results, &tmpl);
 }
 
 /* ---- aggregates for the metrics ---------------------------------------------------------- */

@@ -308,6 +308,7 @@ int bd_server_start(struct bd_server *srv, uv_loop_t *loop, const struct bd_conf
         .max_body_bytes = cfg->http_max_body_bytes,
         .idle_timeout_ms = (uint64_t)(cfg->http_idle_timeout_s * 1000.0),
         .request_timeout_ms = (uint64_t)(cfg->http_request_timeout_s * 1000.0),
+        .write_timeout_ms = (uint64_t)(cfg->http_write_timeout_s * 1000.0),
         .on_request = bd_router_dispatch, .on_request_arg = srv->router,
         .on_headers = bd_api_on_headers, .on_headers_arg = srv,
         .on_response = server_on_http_response, .on_response_arg = srv,

@@ -697,6 +697,74 @@ static void results_stream_as_json_lines(void **state)
     bd_it_resp_free(&r);
 }
 
+/* Wide vectors (40 of 16,384 random floats, 64 KiB each as stored): a page stops at the row
+ * that reaches 1 MiB of stored data (~3.5 MB of JSON), with has_more and a cursor, and the
+ * pages still cover every vector once; the JSON Lines stream delivers them all. Before, a
+ * page of limit=1000 such rows would be read, built and queued whole (250 MB at 65,536
+ * dimensions, three times over). */
+#define WIDE_ROWS 40
+#define WIDE_DIMS 16384
+
+static void results_pages_are_cut_by_bytes_when_vectors_are_wide(void **state)
+{
+    char cursor[64] = "", path[256];
+    int total = 0, pages = 0;
+    size_t max_page = 0;
+    struct bd_it_resp r;
+
+    (void)state;
+    assert_int_equal(it_psql(
+        "INSERT INTO collections (name, dimension) VALUES ('itread_wide', %d);"
+        "INSERT INTO jobs (id, seq, operation, model, collection, status, priority, batch_size,"
+        " total_items, total_batches, next_batch, processed_items, failed_items,"
+        " stored_vectors, created_at, started_at, completed_at) VALUES"
+        " (:'pfx' || 'wide', 1007, 'bulk_insert', NULL, 'itread_wide', 'completed', 1, %d, %d,"
+        "  1, 1, %d, 0, %d, now(), now(), now());"
+        "INSERT INTO vectors (collection, id, embedding, metadata, job_id, item_index)"
+        " SELECT 'itread_wide', 'w' || i, ARRAY(SELECT (random() * 2 - 1)::real"
+        "  FROM generate_series(1, %d) WHERE i >= 0), jsonb_build_object('i', i),"
+        " :'pfx' || 'wide', i FROM generate_series(0, %d) i;",
+        WIDE_DIMS, WIDE_ROWS, WIDE_ROWS, WIDE_ROWS, WIDE_ROWS, WIDE_DIMS, WIDE_ROWS - 1), 0);
+    for (;;) {
+        long status = 0;
+        snprintf(path, sizeof(path), "/api/v1/batch/jobs/%swide/results?limit=1000%s%s", g_pfx,
+                 cursor[0] ? "&cursor=" : "", cursor);
+        json_t *j = it_get(path, &status), *row;
+        size_t i, n;
+
+        assert_int_equal(status, 200);
+        n = json_array_size(bd_it_at(j, "results"));
+        pages++;
+        if (n > max_page)
+            max_page = n;
+        json_array_foreach(bd_it_at(j, "results"), i, row) {
+            assert_int_equal(bd_it_int(row, "index"), total);
+            assert_int_equal(json_array_size(bd_it_at(row, "embedding")), WIDE_DIMS);
+            total++;
+        }
+        if (json_is_null(bd_it_at(j, "next_cursor"))) {
+            assert_true(json_is_false(bd_it_at(j, "has_more")));
+            json_decref(j);
+            break;
+        }
+        if (total < WIDE_ROWS)
+            assert_true(json_is_true(bd_it_at(j, "has_more")));
+        snprintf(cursor, sizeof(cursor), "%s", bd_it_str(j, "next_cursor"));
+        json_decref(j);
+        assert_true(pages <= WIDE_ROWS);
+    }
+    print_message("    %d wide vectors in %d pages, at most %zu a page\n", total, pages, max_page);
+    assert_int_equal(total, WIDE_ROWS);
+    assert_true(pages >= 3);
+    assert_true(max_page <= 20);
+
+    snprintf(path, sizeof(path), "/api/v1/batch/jobs/%swide/results?format=ndjson", g_pfx);
+    it_get_raw(path, NULL, 200, &r);
+    assert_int_equal(bd_it_count(r.body, "\n"), WIDE_ROWS);
+    assert_null(strstr(r.body, "\"error\""));
+    bd_it_resp_free(&r);
+}
+
 /* A reader slower than the server: the stream waits for the socket to drain (backpressure)
  * and still delivers every line; a reader that leaves midway is cleaned up. */
 static void results_stream_survives_slow_and_leaving_readers(void **state)
@@ -1157,6 +1225,53 @@ static void every_read_route_checks_the_api_key(void **state)
     assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
 }
 
+/* http.allowed_hosts: a request must name an allowed host (any port, any case) or get a 421
+ * before any handler runs -- a page on a rebound DNS name reaches 127.0.0.1 with its own
+ * name in Host. Health probes answer whatever the Host. */
+static void only_allowed_hosts_are_answered_when_list_set(void **state)
+{
+    const char *env[] = { "BATCH_ALLOWED_HOSTS=batchd.internal,127.0.0.1", NULL };
+    static const struct { const char *path, *host; long want; } cases[] = {
+        { "/api/v1/batch/jobs?limit=1", "127.0.0.1:%d", 200 },
+        { "/api/v1/batch/jobs?limit=1", "BATCHD.Internal", 200 },
+        { "/api/v1/batch/jobs?limit=1", "batchd.internal:%d", 200 },
+        { "/api/v1/batch/jobs?limit=1", "evil.example:%d", 421 },
+        { "/api/v1/batch/jobs?limit=1", "batchd.internal.evil.example", 421 },
+        { "/api/v1/batch/queue/status", "127.0.0.2:%d", 421 },
+        { "/metrics", "evil.example", 421 },
+        { "/healthz", "evil.example", 200 },
+        { "/readyz", "evil.example", 200 },
+        { "/api/v1/batch/jobs?limit=1", NULL, 421 },           /* HTTP/1.0 without Host */
+    };
+    struct bd_it_proc p;
+    struct bd_it_resp r;
+
+    (void)state;
+    assert_int_equal(bd_it_start(&p, NULL, env), 0);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct bd_it_raw c;
+        char host[128], req[512];
+
+        snprintf(host, sizeof(host), cases[i].host ? cases[i].host : "", p.port);
+        if (cases[i].host)
+            snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", cases[i].path,
+                     host);
+        else
+            snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\n\r\n", cases[i].path);
+        bd_it_raw_connect(&c, p.port);
+        bd_it_raw_send(&c, req);
+        assert_int_equal(bd_it_raw_response(&c, &r, false, 5000), 0);
+        if (r.status != cases[i].want)
+            fprintf(stderr, "%s Host %s -> %ld %.200s\n", cases[i].path, host, r.status, r.body);
+        assert_int_equal(r.status, cases[i].want);
+        if (cases[i].want == 421)
+            assert_non_null(strstr(r.body, "\"host_not_allowed\""));
+        bd_it_resp_free(&r);
+        bd_it_raw_close(&c);
+    }
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+}
+
 /* A web page on another site can make a browser POST without asking first when the POST
  * has no Content-Type or a form type and no custom header: batchd refuses such POSTs (415)
  * before any handler runs, so a page cannot retry or cancel jobs. JSON, or a key header,
@@ -1214,6 +1329,7 @@ int main(void)
         cmocka_unit_test(results_convert_embeddings_and_metadata),
         cmocka_unit_test(results_pages_cover_every_vector_once),
         cmocka_unit_test(results_stream_as_json_lines),
+        cmocka_unit_test(results_pages_are_cut_by_bytes_when_vectors_are_wide),
         cmocka_unit_test(results_stream_survives_slow_and_leaving_readers),
         cmocka_unit_test(events_follow_progress_to_final),
         cmocka_unit_test(events_send_only_final_when_terminal),
@@ -1224,6 +1340,7 @@ int main(void)
         cmocka_unit_test(events_follow_a_job_run_here),
         cmocka_unit_test(debug_shows_batches_and_lease),
         cmocka_unit_test(every_read_route_checks_the_api_key),
+        cmocka_unit_test(only_allowed_hosts_are_answered_when_list_set),
         cmocka_unit_test(post_without_json_or_key_is_refused_as_cross_site),
         cmocka_unit_test(every_read_route_answers_503_when_postgres_is_down),
     };

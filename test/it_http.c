@@ -27,8 +27,10 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <uv.h>
 
+#include "batchd/buf.h"
 #include "batchd/error.h"
 #include "batchd/http_server.h"
 #include "batchd/log.h"
@@ -71,6 +73,8 @@ struct it_srv {
     atomic_uint upload_aborts;
     atomic_ullong upload_bytes;        /* body bytes the last upload received */
     atomic_uint upload_pauses;
+    atomic_uint bigs;                  /* GET /big answered */
+    atomic_uint flood_aborts;
 };
 
 /* One streamed upload (POST /upload): counts bytes and a checksum of the body. */
@@ -225,6 +229,59 @@ static void h_forever(struct bd_http_request *req, void *arg)
         bd_http_stream_write(req, "tick\n", 5) < 0)
         return;                                    /* the abort callback ends it */
     atomic_fetch_add(&s->slow_started, 1);
+}
+
+/* GET /big: a 600 KiB answer at once (a results page). */
+#define BIG_BYTES (600 * 1024)
+
+static void h_big(struct bd_http_request *req, void *arg)
+{
+    struct it_srv *s = arg;
+    char *body = malloc(BIG_BYTES);
+
+    LOOP_CHECK(body != NULL);
+    memset(body, 'b', BIG_BYTES);
+    atomic_fetch_add(&s->bigs, 1);
+    bd_http_respond(req, 200, "text/plain", NULL, body, BIG_BYTES);
+    free(body);
+}
+
+/* GET /flood: an endless download that writes 64 KiB more each time the socket drained
+ * (a results stream that keeps up with any reader); only the abort callback ends it. */
+static void flood_write(struct bd_http_request *req, struct it_srv *s);
+
+static void flood_on_drain(struct bd_http_request *req, void *arg)
+{
+    flood_write(req, arg);
+}
+
+static void flood_on_abort(struct bd_http_request *req, void *arg)
+{
+    struct it_srv *s = arg;
+
+    atomic_fetch_add(&s->flood_aborts, 1);
+    bd_http_stream_end(req);
+}
+
+static void flood_write(struct bd_http_request *req, struct it_srv *s)
+{
+    static char chunk[64 * 1024];
+
+    memset(chunk, 'f', sizeof(chunk));
+    if (bd_http_stream_write(req, chunk, sizeof(chunk)) < 0)
+        return;                                    /* the abort callback ends it */
+    bd_http_stream_set_drain_cb(req, flood_on_drain, s);
+}
+
+static void h_flood(struct bd_http_request *req, void *arg)
+{
+    struct it_srv *s = arg;
+
+    bd_http_set_abort_cb(req, flood_on_abort, s);
+    if (bd_http_stream_begin(req, 200, "text/plain", NULL) < 0)
+        return;
+    atomic_fetch_add(&s->slow_started, 1);
+    flood_write(req, s);
 }
 
 #define FNV_OFFSET 0xcbf29ce484222325ull
@@ -406,6 +463,8 @@ static struct it_srv *srv_start(const struct bd_http_options *base)
     assert_int_equal(bd_router_add(s->router, "GET", "/stream", h_stream, s), BD_OK);
     assert_int_equal(bd_router_add(s->router, "GET", "/forever", h_forever, s), BD_OK);
     assert_int_equal(bd_router_add(s->router, "GET", "/err", h_err, s), BD_OK);
+    assert_int_equal(bd_router_add(s->router, "GET", "/big", h_big, s), BD_OK);
+    assert_int_equal(bd_router_add(s->router, "GET", "/flood", h_flood, s), BD_OK);
     assert_int_equal(bd_router_add_stream(s->router, "POST", "/upload", upload_on_headers,
                                           h_echo, s), BD_OK);
     opt.on_request = on_request;
@@ -1237,6 +1296,103 @@ static void http_cuts_endless_stream_when_server_closes(void **state)
     srv_free(s);
 }
 
+/* A client that stops reading a download: once the socket has taken nothing for
+ * write_timeout_ms the connection is cut and the handler aborted, although a handler holds
+ * the request (before: no timer ran while a handler held a connection; the download stayed
+ * open as long as the client did). */
+static void http_cuts_download_when_client_stops_reading(void **state)
+{
+    struct bd_http_options opt = default_opt;
+    struct bd_it_raw c;
+
+    (void)state;
+    opt.write_timeout_ms = 400;
+    struct it_srv *s = srv_start(&opt);
+    bd_it_raw_open(&c, s->port, "GET", "/flood", NULL, 4096);      /* and never read */
+    while (atomic_load(&s->slow_started) == 0)
+        bd_it_sleep_ms(5);
+    double t0 = bd_it_now();
+    while (atomic_load(&s->flood_aborts) == 0 && bd_it_now() < t0 + 10.0)
+        bd_it_sleep_ms(10);
+    double took = bd_it_now() - t0;
+    print_message("    download cut %.2f s after it started (write timeout 0.4 s)\n", took);
+    assert_int_equal(atomic_load(&s->flood_aborts), 1);
+    assert_true(took < 5.0);
+    assert_true(bd_it_raw_sees_close(&c, 2000));
+    bd_it_raw_close(&c);
+    srv_stop(s);
+    srv_free(s);
+}
+
+/* The write timeout counts only output the socket does not take: a stream that writes
+ * nothing for a while (an event stream between events) and a slow reader that keeps
+ * reading are not cut. */
+static void http_keeps_quiet_stream_and_slow_reader_when_write_timeout_short(void **state)
+{
+    struct bd_http_options opt = default_opt;
+    struct bd_it_raw quiet, slow;
+    char buf[16 * 1024];
+    size_t got = 0;
+
+    (void)state;
+    opt.write_timeout_ms = 300;
+    struct it_srv *s = srv_start(&opt);
+    bd_it_raw_open(&quiet, s->port, "GET", "/forever", NULL, 0);
+    bd_it_raw_open(&slow, s->port, "GET", "/flood", NULL, 4096);
+    double t0 = bd_it_now();
+    while (bd_it_now() < t0 + 1.5) {             /* reads a little every 100 ms */
+        ssize_t n = recv(slow.fd, buf, sizeof(buf), MSG_DONTWAIT);
+        if (n > 0)
+            got += (size_t)n;
+        bd_it_sleep_ms(100);
+    }
+    print_message("    slow reader took %zu bytes in 1.5 s\n", got);
+    assert_true(got > 64 * 1024);
+    assert_int_equal(atomic_load(&s->aborts), 0);
+    assert_int_equal(atomic_load(&s->flood_aborts), 0);
+    bd_it_raw_close(&quiet);
+    bd_it_raw_close(&slow);
+    srv_stop(s);
+    srv_free(s);
+}
+
+/* Responses of pipelined requests held behind a slow head count against the connection's
+ * output budget (1 MiB): with 600 KiB answers, reading stops after two of them until the
+ * head has answered (before: only the head's bytes counted, so all 15 were parsed,
+ * answered and held, 9 MiB). Every answer still arrives, in order. */
+static void http_holds_few_pipelined_answers_when_head_is_slow(void **state)
+{
+    struct it_srv *s = srv_start(&default_opt);
+    struct bd_it_raw c;
+    struct bd_it_resp r = { 0 };
+    struct bd_buf req;
+
+    (void)state;
+    bd_buf_init(&req);
+    bd_buf_puts(&req, "GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+    for (int i = 0; i < 15; i++)
+        bd_buf_puts(&req, "GET /big HTTP/1.1\r\nHost: t\r\n\r\n");
+    bd_it_raw_connect(&c, s->port);
+    bd_it_raw_send(&c, req.data);
+    bd_buf_free(&req);
+    while (atomic_load(&s->slow_started) == 0)
+        bd_it_sleep_ms(5);
+    bd_it_sleep_ms(SLOW_MS / 2);
+    unsigned held = atomic_load(&s->bigs);
+    print_message("    answers held behind the slow head: %u of 15\n", held);
+    assert_true(held >= 1 && held <= 2);
+    for (int i = 0; i < 16; i++) {
+        assert_int_equal(read_resp(&c, &r, false), 0);
+        assert_int_equal(r.status, 200);
+        assert_int_equal(r.len, i == 0 ? 4 : BIG_BYTES);
+    }
+    assert_int_equal(atomic_load(&s->bigs), 15);
+    bd_it_resp_free(&r);
+    bd_it_raw_close(&c);
+    srv_stop(s);
+    srv_free(s);
+}
+
 /* ---- Streamed request bodies ---------------------------------------------------------- */
 
 /* The byte at offset i of every generated body. */
@@ -1547,6 +1703,9 @@ int main(void)
         cmocka_unit_test(http_calls_abort_when_client_leaves_early),
         cmocka_unit_test(http_finishes_inflight_request_when_server_closes),
         cmocka_unit_test(http_cuts_endless_stream_when_server_closes),
+        cmocka_unit_test(http_cuts_download_when_client_stops_reading),
+        cmocka_unit_test(http_keeps_quiet_stream_and_slow_reader_when_write_timeout_short),
+        cmocka_unit_test(http_holds_few_pipelined_answers_when_head_is_slow),
         cmocka_unit_test(http_answers_pipelined_requests_when_after_streamed_body),
         cmocka_unit_test(http_delivers_every_byte_once_when_handler_pauses),
         cmocka_unit_test(http_closes_after_answer_when_handler_rejects_mid_body),

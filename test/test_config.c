@@ -780,6 +780,32 @@ static void config_reads_metrics_flag_when_env_uses_any_spelling(void **state)
     }
 }
 
+/* http.allowed_hosts: a comma list of bare host names; ports, spaces and empty entries are
+ * refused at load, naming the key; write_timeout is read in seconds. */
+static void config_checks_allowed_hosts_and_write_timeout(void **state)
+{
+    (void)state;
+    struct bd_config *c = load_ok(STORES "http:\n  allowed_hosts: \"a.example,127.0.0.1,[::1]\"\n"
+                                  "  write_timeout: 2.5\n", no_env);
+    assert_string_equal(c->http_allowed_hosts, "a.example,127.0.0.1,[::1]");
+    assert_true(c->http_write_timeout_s == 2.5);
+    bd_config_free(c);
+    c = load_ok(STORES, no_env);
+    assert_string_equal(c->http_allowed_hosts, "");
+    assert_true(c->http_write_timeout_s == 60);
+    bd_config_free(c);
+    expect_file_error(STORES "http:\n  allowed_hosts: \"a.example:8000\"\n", "http.allowed_hosts",
+                      "no port");
+    expect_file_error(STORES "http:\n  allowed_hosts: \"a.example,,b\"\n", "http.allowed_hosts",
+                      "comma list");
+    expect_file_error(STORES "http:\n  allowed_hosts: \"a.example,\"\n", "http.allowed_hosts",
+                      "must not end with a comma");
+    expect_file_error(STORES "http:\n  allowed_hosts: \"a b\"\n", "http.allowed_hosts",
+                      "may contain only");
+    static const char *const env[] = { "BATCH_ALLOWED_HOSTS", "x.example:1", NULL };
+    expect_env_error(STORES, env, "BATCH_ALLOWED_HOSTS", "no port");
+}
+
 static void config_ignores_variable_when_env_value_is_empty(void **state)
 {
     (void)state;
@@ -903,6 +929,7 @@ int main(void)
         cmocka_unit_test(config_fails_without_echoing_secret_when_api_key_is_bad),
         cmocka_unit_test(config_applies_every_override_when_env_is_set),
         cmocka_unit_test(config_reads_metrics_flag_when_env_uses_any_spelling),
+        cmocka_unit_test(config_checks_allowed_hosts_and_write_timeout),
         cmocka_unit_test(config_ignores_variable_when_env_value_is_empty),
         cmocka_unit_test(config_fails_naming_variable_when_env_value_is_bad),
         cmocka_unit_test(config_loads_repo_files_when_shipped),

@@ -78,6 +78,9 @@ struct bd_config {
     size_t http_max_stream_bytes;           /* streamed submit bodies; default 16 GiB */
     double http_idle_timeout_s;             /* keep-alive idle, default 60 */
     double http_request_timeout_s;          /* whole request must arrive within, default 30 */
+    double http_write_timeout_s;            /* output not taken by the client: cut, default 60 */
+    char *http_allowed_hosts;               /* "a.example,b.example": Host names answered;
+                                             * "" = any (BATCH_ALLOWED_HOSTS) */
     unsigned http_status_cache_ms;          /* GET status answers reused, default 50; 0 = off */
 
     struct bd_model_config *models;

@@ -86,6 +86,9 @@ struct bd_http_options {
     uint64_t shutdown_timeout_ms;     /* bd_http_server_close: connections still open this
                                        * long after it are cut (a client that stops reading
                                        * a stream, an event stream) [5 s] */
+    uint64_t write_timeout_ms;        /* output waiting this long without the client taking
+                                       * a byte of it: the connection is cut, whatever its
+                                       * handler is doing [60 s] */
     bd_http_request_cb on_request;    /* required */
     void *on_request_arg;
     bd_http_response_cb on_response;  /* optional */

@@ -573,8 +573,12 @@ struct bd_result_page {
 };
 typedef void (*bd_job_store_results_cb)(int status, const struct bd_result_page *page,
                                     const char *pg_message, void *arg);
+/* Rows with index >= from_index: at most limit (>= 1), and no more rows after the one that
+ * reaches max_bytes of stored data (vector and metadata as PostgreSQL stores them; their
+ * JSON is about 3 to 4 times bigger); at least one row. Rows left out: has_more. */
 int bd_job_store_list_results(struct bd_pg *pg, const char *job_id, long long from_index,
-                          unsigned limit, bd_job_store_results_cb cb, void *arg);
+                              unsigned limit, size_t max_bytes, bd_job_store_results_cb cb,
+                              void *arg);
 
 /* Prometheus: jobs in each state (all processes). counts[state]. */
 typedef void (*bd_job_store_state_counts_cb)(int status, const long long *counts,
