@@ -314,19 +314,38 @@ void bd__pg_conn_break(struct bd_pg_conn *conn, const char *why)
         conn_op_done(conn, BD_EPG);    /* last: the callback may release the lease */
 }
 
+/* TCP settings every connection gets unless the URL says otherwise (keywords before an
+ * expanded dbname are overridden by it). A peer that vanished without a FIN (a half-open
+ * link, a host that lost power) is noticed by keepalives within ~60 s when idle
+ * (30 s + 3 probes 10 s apart), and data PostgreSQL's host does not acknowledge for 60 s
+ * breaks the connection (tcp_user_timeout); a PostgreSQL that is alive but silent is the
+ * client deadline's case (bd__pg_conn_arm_deadline). */
+static const char *const pg_tcp_kw[] = { "keepalives", "keepalives_idle",
+                                         "keepalives_interval", "keepalives_count",
+                                         "tcp_user_timeout" };
+static const char *const pg_tcp_val[] = { "1", "30", "10", "3", "60000" };
+#define PG_TCP_N (sizeof(pg_tcp_kw) / sizeof(pg_tcp_kw[0]))
+
 static void conn_start_pq(struct bd_pg_conn *conn, const char *hosts, const char *addrs)
 {
     struct bd_pg *pg = conn->pg;
-    const char *kw[4] = { "dbname", NULL, NULL, NULL };
-    const char *val[4] = { pg->conninfo, NULL, NULL, NULL };
+    const char *kw[PG_TCP_N + 4] = { 0 };
+    const char *val[PG_TCP_N + 4] = { 0 };
+    size_t n = 0;
     int err;
 
+    for (; n < PG_TCP_N; n++) {
+        kw[n] = pg_tcp_kw[n];
+        val[n] = pg_tcp_val[n];
+    }
+    kw[n] = "dbname";
+    val[n++] = pg->conninfo;
     /* Keywords after an expanded dbname override what the conninfo string said. */
     if (addrs != NULL) {
-        kw[1] = "host";
-        val[1] = hosts;
-        kw[2] = "hostaddr";
-        val[2] = addrs;
+        kw[n] = "host";
+        val[n++] = hosts;
+        kw[n] = "hostaddr";
+        val[n++] = addrs;
     }
     memset(conn->prepared, 0, sizeof(conn->prepared));   /* a new session prepares anew */
     conn->pq = PQconnectStartParams(kw, val, 1);

@@ -20,10 +20,14 @@
 
 #include <arpa/inet.h>
 #include <assert.h>
+#include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #define RQ_DEFAULT_PREFIX       "bd:"
 #define RQ_DEFAULT_LEASE_S      30.0
@@ -518,6 +522,22 @@ static void rq_ev_del_write(void *privdata)
     rq_ev_update(p);
 }
 
+/* A Redis host that vanished without a FIN: keepalives (hiredis': idle 15 s) notice it on
+ * an idle connection, and data Redis' host does not acknowledge for RQ_TCP_USER_TIMEOUT_MS
+ * breaks the connection. A Redis that is alive but silent is the command timeout's case.
+ * Best effort: a failure leaves the OS defaults. */
+#define RQ_TCP_USER_TIMEOUT_MS 30000
+
+static void rq_tune_socket(redisAsyncContext *ac)
+{
+    unsigned ms = RQ_TCP_USER_TIMEOUT_MS;
+
+    if (redisEnableKeepAlive(&ac->c) != REDIS_OK)
+        bd_log(BD_LOG_DEBUG, "redis", "event=keepalive_failed");
+    if (setsockopt(ac->c.fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms)) < 0)
+        bd_log(BD_LOG_DEBUG, "redis", "event=user_timeout_failed errno=%d", errno);
+}
+
 static void rq_connect_ip(struct bd_rq *rq, const char *ip)
 {
     redisAsyncContext *ac = redisAsyncConnect(ip, rq->port);
@@ -533,6 +553,7 @@ static void rq_connect_ip(struct bd_rq *rq, const char *ip)
         rq_on_lost(rq, why);
         return;
     }
+    rq_tune_socket(ac);
     ac->data = rq;
     if (redisLibuvAttach(ac, rq->loop) != REDIS_OK) {
         redisAsyncFree(ac);

@@ -18,7 +18,9 @@
 #include <endian.h>
 #include <arpa/inet.h>
 #include <errno.h>
+#include <dirent.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -294,6 +296,67 @@ static void connects_and_runs_a_simple_query(void **state)
         assert_int_equal(q.status, BD_OK);
         assert_string_equal(q.val[0], "42");
     }
+    pool_close_and_finish(&loop, pg);
+}
+
+/* The pool's TCP connections to PostgreSQL (this process's sockets whose peer port is the
+ * server's), each checked for the options a half-open link needs: keepalives and a user
+ * timeout; with the URL's own keepalives_idle kept. Returns how many were found. */
+static int check_pg_sockets(int pg_port, int want_idle)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    int found = 0;
+
+    assert_non_null(d);
+    while ((e = readdir(d)) != NULL) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int fd = atoi(e->d_name), on = 0, idle = 0, count = 0;
+        unsigned user_ms = 0;
+        socklen_t il = sizeof(int), ul = sizeof(user_ms);
+
+        if (fd <= 2 || getpeername(fd, (struct sockaddr *)&ss, &len) < 0 ||
+            ss.ss_family != AF_INET || ntohs(((struct sockaddr_in *)&ss)->sin_port) != pg_port)
+            continue;
+        assert_int_equal(getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, &il), 0);
+        assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, &il), 0);
+        assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, &il), 0);
+        assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_ms, &ul), 0);
+        assert_int_equal(on, 1);
+        assert_int_equal(idle, want_idle);
+        assert_int_equal(count, 3);
+        assert_int_equal(user_ms, 60000);
+        found++;
+    }
+    closedir(d);
+    return found;
+}
+
+/* Every connection has TCP keepalives and a user timeout (a PostgreSQL host that vanished
+ * without a FIN breaks the connection in about a minute, not after TCP's two hours); a URL
+ * that sets its own keepalives_idle keeps it. (Before: the OS defaults, no keepalive.) */
+static void sets_tcp_keepalives_and_user_timeout(void **state)
+{
+    uv_loop_t loop;
+    struct bd_pg *pg;
+    char url[1200], base[1024];
+    const char *port_s;
+
+    (void)state;
+    bd_it_pg_schema_url(base, sizeof(base), it_base_url, it_schema);
+    port_s = strrchr(strstr(it_base_url, "@") ? strstr(it_base_url, "@") : it_base_url, ':');
+    assert_non_null(port_s);
+    int port = atoi(port_s + 1);
+    assert_int_equal(it_loop_init(&loop), 0);
+    pg = pool_open(&loop, 2, 5.0, 5.0);
+    assert_int_equal(check_pg_sockets(port, 30), 2);
+    pool_close_and_finish(&loop, pg);
+
+    snprintf(url, sizeof(url), "%s%ckeepalives_idle=7", base, strchr(base, '?') ? '&' : '?');
+    assert_int_equal(it_loop_init(&loop), 0);
+    pg = pool_open_url(&loop, url, 1, 5.0, 5.0, true);
+    assert_int_equal(check_pg_sockets(port, 7), 1);
     pool_close_and_finish(&loop, pg);
 }
 
@@ -1389,6 +1452,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(connects_and_runs_a_simple_query),
+        cmocka_unit_test(sets_tcp_keepalives_and_user_timeout),
         cmocka_unit_test(passes_text_binary_and_null_params),
         cmocka_unit_test(delivers_sql_errors_with_their_sqlstate),
         cmocka_unit_test(classifies_server_errors_by_their_sqlstate),

@@ -22,6 +22,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "bd_it.h"
@@ -583,6 +587,36 @@ static void seq_increases_across_instances(void **state)
     wait_calls(c, &r2.calls, 1, WAIT_S);
     assert_true(r1.v > d && r2.v > d && r1.v != r2.v);
     rq_close_wait(c, rq2);
+}
+
+/* The queue's connection has TCP keepalives and a 30 s user timeout, so a Redis host that
+ * vanished without a FIN breaks it instead of leaving it open for TCP's two hours. (The
+ * test's own blocking connections have neither; before, no socket to Redis had them.) */
+static void connection_has_keepalive_and_user_timeout(void **state)
+{
+    struct ctx *c = *state;
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    int tuned = 0;
+
+    (void)c;
+    assert_non_null(d);
+    while ((e = readdir(d)) != NULL) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss), il = sizeof(int), ul = sizeof(unsigned);
+        int fd = atoi(e->d_name), on = 0;
+        unsigned ms = 0;
+
+        if (fd <= 2 || getpeername(fd, (struct sockaddr *)&ss, &len) < 0 ||
+            ss.ss_family != AF_INET ||
+            getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, &ul) < 0 || ms != 30000)
+            continue;
+        assert_int_equal(getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, &il), 0);
+        assert_int_equal(on, 1);
+        tuned++;
+    }
+    closedir(d);
+    assert_true(tuned >= 1);
 }
 
 static void claim_follows_priority_then_fifo(void **state)
@@ -1611,6 +1645,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
         T(seq_increases_across_instances),
+        T(connection_has_keepalive_and_user_timeout),
         T(claim_follows_priority_then_fifo),
         T(claim_returns_null_when_queues_empty),
         T(enqueue_is_idempotent_and_reports_position),
