@@ -268,8 +268,10 @@ static void engine_restore_seq(struct bd_job_engine *e, long long max_seq)
  *
  * PostgreSQL is the source of truth: every job it says is queued or processing is put in
  * the Redis queue (enqueue leaves jobs already queued or in flight where they are). The
- * jobs come JOB_REBUILD_PAGE at a time (bd_job_store_list_active_page), one command each,
- * and the next page is read when every reply of the last one came back: the loop serves
+ * jobs come JOB_REBUILD_PAGE at a time (bd_job_store_list_active_page), a page's queued
+ * jobs in one script run (bd_rq_enqueue_many; before, one command each: a million queued
+ * jobs were a million commands every minute), and the next page is read when every reply
+ * of the last one came back: the loop serves
  * HTTP and runs jobs between pages. One result of every active job, decoded, copied and
  * sent in one loop turn, kept it busy for a quarter of a second at 200,000 queued jobs,
  * every JOB_REBUILD_INTERVAL_S (docs/perf/latency-tail.md). Processing jobs come first
@@ -308,12 +310,22 @@ static void engine_on_enqueued(int status, long long pos, void *arg)
         engine_rebuild_next(rb);
 }
 
+static void engine_on_enqueued_many(int status, const long long *positions, unsigned n,
+                                    void *arg)
+{
+    (void)positions;
+    (void)n;
+    engine_on_enqueued(status, 0, arg);
+}
+
 static void engine_on_active_page(int status, const struct bd_job_queue_row *rows,
                                   unsigned count, long long max_seq,
                                   const struct bd_job_store_err *err, void *arg)
 {
     struct engine_rebuild *rb = arg;
     struct bd_job_engine *e = rb->e;
+    struct bd_rq_enqueue_job *jobs;
+    unsigned queued = 0, sent_before = rb->sent;
 
     (void)err;
     if (!engine_op_end(e)) {
@@ -326,18 +338,29 @@ static void engine_on_active_page(int status, const struct bd_job_queue_row *row
         return;
     }
     rb->max_seq = max_seq;
+    jobs = count > 0 ? malloc(count * sizeof(*jobs)) : NULL;
     for (unsigned i = 0; i < count; i++) {
         const struct bd_job_queue_row *r = &rows[i];
         struct bd_job *mine = bd__job_find(e, r->id);
         /* A job this process is running goes straight back in flight under our lease
-         * (else its next renewal would report the lease lost); the rest are queued. */
+         * (else its next renewal would report the lease lost); the rest are queued, the
+         * page's in one script run. */
         bool adopt = mine && !mine->is_lease_lost && mine->phase != JOB_PHASE_RELEASE &&
                      mine->phase != JOB_PHASE_DONE;
+        int rc;
+
+        if (!adopt && jobs != NULL) {
+            jobs[queued++] = (struct bd_rq_enqueue_job){
+                .job_id = r->id, .prio = (enum bd_priority)r->priority, .seq = r->seq,
+                .model = r->model, .items = r->total_items,
+            };
+            continue;
+        }
         engine_op_begin(e);
-        int rc = (adopt ? bd_rq_adopt : bd_rq_enqueue)(e->d.rq, r->id,
-                                                       (enum bd_priority)r->priority, r->seq,
-                                                       r->model, r->total_items,
-                                                       engine_on_enqueued, rb);
+        rc = (adopt ? bd_rq_adopt : bd_rq_enqueue)(e->d.rq, r->id,
+                                                   (enum bd_priority)r->priority, r->seq,
+                                                   r->model, r->total_items,
+                                                   engine_on_enqueued, rb);
         if (rc == BD_OK) {
             rb->inflight++;
             rb->sent++;
@@ -345,7 +368,17 @@ static void engine_on_active_page(int status, const struct bd_job_queue_row *row
             e->pending_ops--;
         }
     }
-    e->stats.rebuilt += rb->inflight;
+    if (queued > 0) {
+        engine_op_begin(e);
+        if (bd_rq_enqueue_many(e->d.rq, jobs, queued, engine_on_enqueued_many, rb) == BD_OK) {
+            rb->inflight++;
+            rb->sent += queued;
+        } else {
+            e->pending_ops--;
+        }
+    }
+    free(jobs);
+    e->stats.rebuilt += rb->sent - sent_before;
     if (count == JOB_REBUILD_PAGE) {
         rb->after_seq = rows[count - 1].seq;
     } else {                                  /* that (status, bucket) is done */
