@@ -102,6 +102,7 @@ struct model_xfer *bd__model_xfer_get(struct bd_model_client *mc)
     x->sub = NULL;
     x->is_too_large = false;
     x->is_nomem = false;
+    x->is_no_fd = false;
     x->errbuf[0] = '\0';
     return x;
 }

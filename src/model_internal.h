@@ -143,6 +143,7 @@ struct model_xfer {
     struct model_xfer *next_free;
     bool is_too_large;
     bool is_nomem;
+    bool is_no_fd;                 /* socket() failed: EMFILE/ENFILE (ours, not the model's) */
     char errbuf[CURL_ERROR_SIZE];
 };
 

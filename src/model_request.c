@@ -12,11 +12,13 @@
 #include "batchd/error.h"
 #include "batchd/log.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 /* ---------------------------------------------------------------------------------------
  * Rate limit and circuit breaker
@@ -247,6 +249,22 @@ void bd__model_call_deliver(struct bd_model_call *call)
  * HTTP requests
  */
 
+/* curl's socket(), so that running out of descriptors is told apart from a model that
+ * cannot be reached: the first is this process's state and must not spend the items'
+ * attempts nor open the model's circuit. */
+static curl_socket_t model_open_socket(void *clientp, curlsocktype purpose,
+                                       struct curl_sockaddr *address)
+{
+    struct model_xfer *x = clientp;
+    curl_socket_t fd;
+
+    (void)purpose;
+    fd = socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+    if (fd == CURL_SOCKET_BAD && (errno == EMFILE || errno == ENFILE))
+        x->is_no_fd = true;
+    return fd;
+}
+
 /* Build sub's body and hand it to curl. On failure the call is finished. */
 static void sub_start(struct model *m, struct model_sub *sub, double now)
 {
@@ -298,6 +316,8 @@ static void sub_start(struct model *m, struct model_sub *sub, double now)
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, bd__model_xfer_on_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, model_open_socket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, x);
 
     mrc = curl_multi_add_handle(mc->multi, e);
     if (mrc != CURLM_OK) {
@@ -400,6 +420,21 @@ static void sub_on_429(struct model *m, struct model_sub *sub, struct model_xfer
     model_link_insert_head(&m->waiting, &sub->link);
 }
 
+/* No descriptor for the request: wait MODEL_NO_FD_WAIT_S (the whole model: every request
+ * would fail alike) and send it again, as for a 429, without counting it against the
+ * model or the items. */
+#define MODEL_NO_FD_WAIT_S 1.0
+
+static void sub_on_no_fd(struct model *m, struct model_sub *sub, double now)
+{
+    bd_log(BD_LOG_WARN, "model", "model=%s event=no_descriptors action=retry_in_s=%.0f "
+           "note=raise_LimitNOFILE", m->cfg->name, MODEL_NO_FD_WAIT_S);
+    if (now + MODEL_NO_FD_WAIT_S > m->blocked_until)
+        m->blocked_until = now + MODEL_NO_FD_WAIT_S;
+    sub->state = SUB_WAITING;
+    model_link_insert_head(&m->waiting, &sub->link);
+}
+
 /* curl finished sub's transfer with result: classify, count, and act. */
 void bd__model_sub_on_done(struct model_sub *sub, CURLcode result)
 {
@@ -462,6 +497,8 @@ void bd__model_sub_on_done(struct model_sub *sub, CURLcode result)
     } else if (x->is_nomem) {
         m->stats.errors[BD_MODEL_ERR_PROCESSING]++;
         bd__model_call_finish(call, BD_EMODEL, true, "out of memory reading the model's answer");
+    } else if (x->is_no_fd) {
+        sub_on_no_fd(m, sub, now);
     } else {
         m->stats.errors[BD_MODEL_ERR_CONNECTION]++;
         breaker_on_failure(m, was_probe, now);

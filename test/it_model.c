@@ -16,12 +16,17 @@
 #include <cmocka.h>
 
 #include <curl/curl.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "batchd/config.h"
@@ -723,6 +728,74 @@ static void test_unreachable_is_connection_error(void **state)
     env_finish(&e);
 }
 
+static void on_flag_timer(uv_timer_t *t)
+{
+    *(int *)t->data = 1;
+}
+
+/* Out of descriptors (EMFILE) when a request needs a new connection: not the model's fault
+ * nor the items'. The request waits and is sent again once a descriptor is free: the call
+ * succeeds, no connection error is counted, the circuit stays closed. (Before: the call
+ * failed at once as a connection error, spending the batch's attempt.) */
+static void test_emfile_waits_instead_of_failing(void **state)
+{
+    struct it_env e;
+    struct it_call c;
+    struct rlimit old, low;
+    int fillers[4096], nfill = 0, open_now = 0, fired = 0;
+    uv_timer_t t;
+    DIR *d;
+
+    (void)state;
+    bd_it_fake_reset(it_fake_port, "");
+    env_init(&e);
+    env_model(&e, "m", BD_PROVIDER_OLLAMA);
+    env_start(&e);
+    assert_non_null(d = opendir("/proc/self/fd"));
+    while (readdir(d) != NULL)
+        open_now++;
+    closedir(d);
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+    low = old;
+    low.rlim_cur = (rlim_t)open_now + 16;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+    while (nfill < (int)(sizeof(fillers) / sizeof(fillers[0]))) {
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            break;
+        fillers[nfill++] = fd;
+    }
+    int open_errno = errno;
+    if (open_errno != EMFILE) {
+        for (int i = 0; i < nfill; i++)
+            close(fillers[i]);
+        setrlimit(RLIMIT_NOFILE, &old);
+    }
+    assert_int_equal(open_errno, EMFILE);
+    it_embed(&e, "m", wire_inputs, 2, &c, NULL);
+    uv_timer_init(&e.loop, &t);
+    t.data = &fired;
+    uv_timer_start(&t, on_flag_timer, 1500, 0);
+    while (!fired)
+        uv_run(&e.loop, UV_RUN_ONCE);
+    unsigned calls_while_short = c.calls;
+    for (int i = 0; i < nfill; i++)              /* first: a failed assert must not leave */
+        close(fillers[i]);                       /* the later cases without descriptors */
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+    print_message("    after 1.5 s without descriptors: %s\n",
+                  calls_while_short ? c.message : "still waiting");
+    assert_int_equal(calls_while_short, 0);
+    it_wait(&e, &c);
+    uv_close((uv_handle_t *)&t, NULL);
+    assert_int_equal(c.status, BD_OK);
+    assert_int_equal(c.count, 2);
+    const struct bd_model_stats *s = it_stats(&e, 0);
+    assert_int_equal(s->errors[BD_MODEL_ERR_CONNECTION], 0);
+    assert_false(s->is_circuit_open);
+    it_call_free(&c);
+    env_finish(&e);
+}
+
 /* One failing sub-request fails the call at once and aborts its siblings: with hang_rate
  * 0.5 and fail_rate 1 every request either hangs or fails fast, so the call must end with
  * the first 500 and the fake must see each hung request's connection close. */
@@ -1350,6 +1423,7 @@ int main(void)
         cmocka_unit_test(test_wrong_dimension_is_bad_response),
         cmocka_unit_test(test_4xx_is_fatal),
         cmocka_unit_test(test_unreachable_is_connection_error),
+        cmocka_unit_test(test_emfile_waits_instead_of_failing),
         cmocka_unit_test(test_one_failure_aborts_siblings),
         cmocka_unit_test(test_abort_slow_call),
         cmocka_unit_test(test_close_cancels_calls_in_flight),
