@@ -1,9 +1,9 @@
 /* api_events.c -- a job's progress as Server-Sent Events (GET /jobs/{id}/events) and the
  * operator's view of one job (GET /debug/job/{id}).
  *
- * Owns each SSE client's state (heap: two timers and an engine listener; freed once the
- * stream has ended, both timers are closed and no query is in flight) and each /debug
- * request's state (in the request's arena). Loop thread only; never blocks. Reads
+ * Owns one watch per job that event streams follow (heap: a timer, an engine listener and
+ * the newest answer, shared by the job's streams; in srv->event_watches), each stream's
+ * state (heap; freed when it ends) and each /debug request's state (in the request's arena). Loop thread only; never blocks. Reads
  * PostgreSQL through job_store.h, Redis through redis_queue.h and live job state through
  * job_engine.h; never writes anything.  SPDX-License-Identifier: MIT
  */
@@ -20,6 +20,7 @@
 #include "batchd/router.h"
 #include "batchd/server.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,150 +35,348 @@
 
 /* ---- Server-Sent Events ----------------------------------------------------------------- */
 
-/* One SSE client. */
+/* Every stream of a job in this process shares one watch: one PostgreSQL read at a time
+ * (on the watch's timer, at a checkpoint of the job when it runs here, and when a stream
+ * joins; whatever asks while a read is in flight gets one read right after it), one engine
+ * listener and one timer. Each answer is formatted once, as an event, and each stream sends
+ * it when it differs from what that stream sent last. So N streams of a job cost what one
+ * does in PostgreSQL and in timers; only the writes are per stream. */
+
+/* One SSE client. Heap; freed when it ends (it holds no handle and no query). */
 struct api_sse {
-    struct bd_http_request *req;      /* NULL once finished */
-    struct bd_server *srv;
-    uv_timer_t poll_timer;            /* PostgreSQL poll: jobs running in other processes */
-    uv_timer_t beat_timer;            /* ": keepalive" comments for proxies and clients */
-    struct bd_job_listener listener;  /* checkpoints of the job when it runs here */
-    struct bd_buf out;                /* one event, reused */
-    unsigned pending_closes;
-    bool has_timers;
-    bool is_listening;
+    struct api_sse *next, *prev;      /* its watch's streams */
+    struct bd__api_watch *w;
+    struct bd_http_request *req;
+    uint64_t need;                    /* the first answer of w it may be served from */
     bool is_started;
-    bool is_finished;
     bool is_aborted;
-    bool is_query_in_flight;
-    bool is_dirty;                    /* a change was signalled while a query was in flight */
-    bool has_snapshot;
     bool is_head;                     /* HEAD: headers only, never wait for changes */
+    bool has_sent;
     enum bd_job_state last_status;    /* what the client saw last */
     long long last_next_batch, last_processed, last_failed;
+};
+
+/* One watched job. Heap; from its first stream's arrival until its last stream has ended,
+ * its timer is closed and no query is in flight (it leaves srv->event_watches when its last
+ * stream ends, so no stream joins a watch that is closing). */
+struct bd__api_watch {
+    struct bd__api_watch *next, *prev; /* srv->event_watches */
+    struct bd_server *srv;
+    struct api_sse *streams;
+    uv_timer_t timer;                 /* poll (jobs running elsewhere) and keepalives */
+    struct bd_job_listener listener;  /* checkpoints of the job when it runs here */
+    struct bd_buf event;              /* the newest answer as an event, sent by every stream */
+    uint64_t sent;                    /* reads sent; the n-th answer is answer n */
+    unsigned ticks, beat_ticks;       /* a keepalive every beat_ticks ticks */
+    bool is_query_in_flight;
+    bool is_dirty;                    /* asked again while a read was in flight */
+    bool is_listening;
+    bool is_closing;
+    bool is_timer_closed;
+    bool is_terminal;                 /* of the newest answer: */
+    enum bd_job_state status;
+    long long next_batch, processed, failed;
     char job_id[BD__API_JOB_ID_MAX + 1];
 };
 
-static void api_sse_maybe_free(struct api_sse *st)
+static void api_watch_maybe_free(struct bd__api_watch *w)
 {
-    if (!st->is_finished || st->pending_closes > 0 || st->is_query_in_flight)
+    if (!w->is_closing || !w->is_timer_closed || w->is_query_in_flight)
         return;
-    st->srv->event_streams--;
-    bd_buf_free(&st->out);
+    bd_buf_free(&w->event);
+    free(w);
+}
+
+static void api_watch_on_timer_closed(uv_handle_t *h)
+{
+    struct bd__api_watch *w = h->data;
+
+    w->is_timer_closed = true;
+    api_watch_maybe_free(w);
+}
+
+/* The last stream has ended: leave the server's list, stop listening, close the timer. The
+ * memory goes once the timer has closed and the read in flight (if any) has answered. */
+static void api_watch_close(struct bd__api_watch *w)
+{
+    struct bd_server *srv = w->srv;
+
+    assert(w->streams == NULL && !w->is_closing);
+    w->is_closing = true;
+    if (w->prev != NULL)
+        w->prev->next = w->next;
+    else
+        srv->event_watches = w->next;
+    if (w->next != NULL)
+        w->next->prev = w->prev;
+    w->next = w->prev = NULL;
+    if (w->is_listening) {
+        bd_job_engine_unlisten(srv->jobs, &w->listener);
+        w->is_listening = false;
+    }
+    uv_close((uv_handle_t *)&w->timer, api_watch_on_timer_closed);
+}
+
+/* End the request exactly once and free st (and close its watch when st was the last).
+ * Before the stream started err < 0 becomes the HTTP error (pg_message for the log); after,
+ * BD_ENOTFOUND becomes an "error" event. */
+static void api_sse_finish(struct api_sse *st, int err, const char *pg_message)
+{
+    struct bd__api_watch *w = st->w;
+    struct bd_http_request *req = st->req;
+
+    if (st->prev != NULL)
+        st->prev->next = st->next;
+    else
+        w->streams = st->next;
+    if (st->next != NULL)
+        st->next->prev = st->prev;
+    w->srv->event_streams--;
+    if (!st->is_started && err == BD_ESHUTDOWN) {
+        bd_http_respond_err(req, err, NULL, NULL);
+    } else if (!st->is_started) {
+        bd__api_fail_store(req, w->job_id, err < 0 ? err : BD_EINTERNAL, pg_message);
+    } else {
+        if (err == BD_ENOTFOUND && !st->is_aborted) {
+            json_t *doc = json_pack("{s:{s:s,s:s}}", "error", "code",
+                                    bd_err_api_code(BD_ENOTFOUND), "message",
+                                    "job no longer exists");
+            char *data = doc ? json_dumps(doc, BD__API_JSON_FLAGS) : NULL;
+            struct bd_buf out;
+
+            bd_buf_init(&out);
+            if (data != NULL)
+                bd_buf_printf(&out, "event: error\ndata: %s\n\n", data);
+            if (data != NULL && !out.is_failed)
+                bd_http_stream_write(req, out.data, out.len);
+            bd_buf_free(&out);
+            free(data);
+            json_decref(doc);
+        }
+        bd_http_stream_end(req);
+    }
     free(st);
+    if (w->streams == NULL && !w->is_closing)
+        api_watch_close(w);
 }
 
-static void api_sse_on_timer_closed(uv_handle_t *h)
+/* A read failed (err; answer: the answer it was, or the one that could not be sent): the
+ * streams still waiting for their first answer are answered with the error; started ones
+ * keep going, and the next poll reads again. */
+static void api_watch_fail(struct bd__api_watch *w, int err, const char *pg_message,
+                           uint64_t answer)
 {
-    struct api_sse *st = h->data;
+    struct api_sse *st, *next;
+    bool is_logged = false;
 
-    st->pending_closes--;
-    api_sse_maybe_free(st);
+    for (st = w->streams; st != NULL; st = next) {
+        next = st->next;
+        if (!st->is_started && st->need <= answer)
+            api_sse_finish(st, err, pg_message);
+        else if (st->is_started && !is_logged) {
+            bd_log(BD_LOG_WARN, "api", "job=%s event=store_failed route=events err=%s "
+                   "pg=\"%s\"", w->job_id, bd_err_name(err), pg_message ? pg_message : "");
+            is_logged = true;
+        }
+    }
 }
 
-/* Write "event: <event>\ndata: <doc>\n\n" (doc stolen). BD_OK, or < 0 when the client is
- * gone or memory ran out. */
-static int api_sse_emit(struct api_sse *st, const char *event, json_t *doc)
+static void api_watch_on_row(int status, const struct bd_job_row *row, const char *pg_message,
+                             void *arg);
+
+/* Read the job now, or right after the read already in flight. */
+static void api_watch_query(struct bd__api_watch *w)
 {
+    int err;
+
+    if (w->is_closing)
+        return;
+    if (w->is_query_in_flight) {
+        w->is_dirty = true;
+        return;
+    }
+    w->is_dirty = false;
+    err = bd_job_store_get_job(w->srv->pg, w->job_id, api_watch_on_row, w);
+    if (err < 0) {
+        api_watch_fail(w, err, NULL, w->sent + 1);
+        return;
+    }
+    w->is_query_in_flight = true;
+    w->sent++;
+}
+
+/* Send the newest answer to st when it differs from what st sent last, and end st when the
+ * job has ended (or st is a HEAD). */
+static void api_sse_deliver(struct api_sse *st)
+{
+    struct bd__api_watch *w = st->w;
+    bool is_changed;
+
+    if (!st->is_started) {
+        st->is_started = true;
+        if (bd_http_stream_begin(st->req, 200, "text/event-stream",
+                                 "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n") < 0) {
+            st->is_aborted = true;
+            api_sse_finish(st, BD_OK, NULL);
+            return;
+        }
+    }
+    is_changed = !st->has_sent || st->last_status != w->status ||
+                 st->last_next_batch != w->next_batch || st->last_processed != w->processed ||
+                 st->last_failed != w->failed;
+    /* A progress event waits while too much of the stream is unsent: a later answer sends
+     * the newest once the reader catches up. The final event always goes. */
+    if (is_changed &&
+        (w->is_terminal || bd_http_stream_get_pending(st->req) <= API_SSE_PENDING_MAX)) {
+        if (bd_http_stream_write(st->req, w->event.data, w->event.len) < 0) {
+            st->is_aborted = true;
+            api_sse_finish(st, BD_OK, NULL);
+            return;
+        }
+        st->has_sent = true;
+        st->last_status = w->status;
+        st->last_next_batch = w->next_batch;
+        st->last_processed = w->processed;
+        st->last_failed = w->failed;
+    }
+    if (w->is_terminal || st->is_head)
+        api_sse_finish(st, BD_OK, NULL);
+}
+
+/* Format the answer as the event every stream sends. BD_OK or BD_ENOMEM. */
+static int api_watch_take(struct bd__api_watch *w, const struct bd_job_row *row)
+{
+    json_t *doc = bd__api_status_json(row);
     char *data = doc ? json_dumps(doc, BD__API_JSON_FLAGS) : NULL;
 
     json_decref(doc);
     if (data == NULL)
         return BD_ENOMEM;
-    bd_buf_reset(&st->out);
-    bd_buf_printf(&st->out, "event: %s\ndata: %s\n\n", event, data);
+    w->status = row->status;
+    w->next_batch = row->next_batch;
+    w->processed = row->processed_items;
+    w->failed = row->failed_items;
+    w->is_terminal = bd__api_is_terminal(row->status);
+    bd_buf_reset(&w->event);
+    bd_buf_printf(&w->event, "event: %s\ndata: %s\n\n", w->is_terminal ? "final" : "progress",
+                  data);
     free(data);
-    if (st->out.is_failed)
-        return BD_ENOMEM;
-    return bd_http_stream_write(st->req, st->out.data, st->out.len);
+    return w->event.is_failed ? BD_ENOMEM : BD_OK;
 }
 
-/* End the request exactly once. Before the stream started err < 0 becomes the HTTP error
- * (pg_message for the log); after, BD_ENOTFOUND becomes an "error" event. */
-static void api_sse_finish(struct api_sse *st, int err, const char *pg_message)
+static void api_watch_on_row(int status, const struct bd_job_row *row, const char *pg_message,
+                             void *arg)
 {
-    struct bd_http_request *req = st->req;
+    struct bd__api_watch *w = arg;
+    uint64_t answer = w->sent;
+    struct api_sse *st, *next;
 
-    if (st->is_finished)
+    w->is_query_in_flight = false;
+    if (w->is_closing) {
+        api_watch_maybe_free(w);
         return;
-    st->is_finished = true;
-    if (st->is_listening) {
-        bd_job_engine_unlisten(st->srv->jobs, &st->listener);
-        st->is_listening = false;
     }
-    if (!st->is_started) {
-        bd__api_fail_store(req, st->job_id, err < 0 ? err : BD_EINTERNAL, pg_message);
+    if (status == BD_OK)
+        status = api_watch_take(w, row);
+    if (status == BD_ENOTFOUND) {
+        for (st = w->streams; st != NULL; st = next) {
+            next = st->next;
+            if (st->need <= answer)
+                api_sse_finish(st, BD_ENOTFOUND, NULL);
+        }
+    } else if (status < 0) {
+        api_watch_fail(w, status, pg_message, answer);
     } else {
-        if (err == BD_ENOTFOUND && !st->is_aborted)
-            api_sse_emit(st, "error",
-                         json_pack("{s:{s:s,s:s}}", "error", "code",
-                                   bd_err_api_code(BD_ENOTFOUND), "message",
-                                   "job no longer exists"));
-        bd_http_stream_end(req);
+        /* A stream that ends here only unlinks itself (and, the last, starts closing w,
+         * whose memory outlives this callback until its timer's close callback). */
+        for (st = w->streams; st != NULL; st = next) {
+            next = st->next;
+            if (st->need <= answer)
+                api_sse_deliver(st);
+        }
     }
-    st->req = NULL;
-    if (st->has_timers) {
-        st->pending_closes = 2;
-        uv_close((uv_handle_t *)&st->poll_timer, api_sse_on_timer_closed);
-        uv_close((uv_handle_t *)&st->beat_timer, api_sse_on_timer_closed);
-    }
-    api_sse_maybe_free(st);
+    if (w->is_dirty)
+        api_watch_query(w);
 }
 
-static void api_sse_on_row(int status, const struct bd_job_row *row, const char *pg_message,
-                           void *arg);
-
-/* Read the job now, or right after the query already in flight. */
-static void api_sse_query(struct api_sse *st)
+static void api_watch_on_tick(uv_timer_t *t)
 {
-    int err;
-
-    if (st->is_finished)
-        return;
-    if (st->is_query_in_flight) {
-        st->is_dirty = true;
-        return;
-    }
-    st->is_dirty = false;
-    err = bd_job_store_get_job(st->srv->pg, st->job_id, api_sse_on_row, st);
-    if (err < 0) {
-        if (!st->is_started)
-            api_sse_finish(st, err, NULL);
-        else                           /* started: the next poll tries again */
-            bd_log(BD_LOG_WARN, "api", "job=%s event=store_failed route=events err=%s",
-                   st->job_id, bd_err_name(err));
-        return;
-    }
-    st->is_query_in_flight = true;
-}
-
-static void api_sse_on_poll(uv_timer_t *t)
-{
-    struct api_sse *st = t->data;
+    struct bd__api_watch *w = t->data;
+    static const char beat[] = ": keepalive\n\n";
+    struct api_sse *st, *next;
 
     /* Shutdown waits for open streams; end ours so it does not wait for the job. EventSource
      * clients reconnect by themselves. */
-    if (st->srv->is_stopping)
-        api_sse_finish(st, BD_OK, NULL);
-    else
-        api_sse_query(st);
-}
-
-static void api_sse_on_beat(uv_timer_t *t)
-{
-    struct api_sse *st = t->data;
-    static const char beat[] = ": keepalive\n\n";
-
-    if (bd_http_stream_write(st->req, beat, sizeof(beat) - 1) < 0) {
-        st->is_aborted = true;
-        api_sse_finish(st, BD_OK, NULL);
+    if (w->srv->is_stopping) {
+        for (st = w->streams; st != NULL; st = next) {
+            next = st->next;
+            api_sse_finish(st, st->is_started ? BD_OK : BD_ESHUTDOWN, NULL);
+        }
+        return;
     }
+    /* Keepalives for proxies and clients; a stream with bytes still unsent needs none (and a
+     * reader that does not read gets no more). */
+    if (++w->ticks >= w->beat_ticks) {
+        w->ticks = 0;
+        for (st = w->streams; st != NULL; st = next) {
+            next = st->next;
+            if (!st->is_started || bd_http_stream_get_pending(st->req) > 0)
+                continue;
+            if (bd_http_stream_write(st->req, beat, sizeof(beat) - 1) < 0) {
+                st->is_aborted = true;
+                api_sse_finish(st, BD_OK, NULL);
+            }
+        }
+    }
+    api_watch_query(w);
 }
 
-static void api_sse_on_progress(const char *job_id, bool is_final, void *arg)
+static void api_watch_on_progress(const char *job_id, bool is_final, void *arg)
 {
     (void)job_id;
     (void)is_final;
-    api_sse_query(arg);
+    api_watch_query(arg);
+}
+
+/* The watch of job_id, created (timer started, listening) when there is none. NULL on
+ * ENOMEM. */
+static struct bd__api_watch *api_watch_get(struct bd_server *srv, const char *job_id)
+{
+    const struct bd_config *cfg = srv->cfg;
+    double interval_s = cfg ? cfg->progress_update_interval_s : 1.0;
+    uint64_t poll_ms = (uint64_t)(interval_s * 1000.0);
+    struct bd__api_watch *w;
+
+    /* A list: there are at most as many watches as streams, a quarter of the connections,
+     * and a stream looks once, when it arrives. */
+    for (w = srv->event_watches; w != NULL; w = w->next)
+        if (strcmp(w->job_id, job_id) == 0)
+            return w;
+    if ((w = calloc(1, sizeof(*w))) == NULL)
+        return NULL;
+    if (poll_ms < API_SSE_POLL_MIN_MS)
+        poll_ms = API_SSE_POLL_MIN_MS;
+    if (poll_ms > API_SSE_POLL_MAX_MS)
+        poll_ms = API_SSE_POLL_MAX_MS;
+    w->srv = srv;
+    snprintf(w->job_id, sizeof(w->job_id), "%s", job_id);
+    bd_buf_init(&w->event);
+    w->beat_ticks = (unsigned)((API_SSE_BEAT_MS + poll_ms - 1) / poll_ms);
+    uv_timer_init(srv->loop, &w->timer);
+    w->timer.data = w;
+    uv_timer_start(&w->timer, api_watch_on_tick, poll_ms, poll_ms);
+    if (srv->jobs != NULL) {
+        w->listener.job_id = w->job_id;
+        w->listener.cb = api_watch_on_progress;
+        w->listener.arg = w;
+        bd_job_engine_listen(srv->jobs, &w->listener);
+        w->is_listening = true;
+    }
+    w->next = srv->event_watches;
+    if (w->next != NULL)
+        w->next->prev = w;
+    srv->event_watches = w;
+    return w;
 }
 
 static void api_sse_on_abort(struct bd_http_request *req, void *arg)
@@ -186,126 +385,44 @@ static void api_sse_on_abort(struct bd_http_request *req, void *arg)
 
     (void)req;
     st->is_aborted = true;
-    if (st->is_started)                /* before that, the first query's callback answers */
+    if (st->is_started)                /* before that, its first answer ends it */
         api_sse_finish(st, BD_OK, NULL);
-}
-
-/* First row: start the stream, the timers and the listener. False when finished. */
-static bool api_sse_start(struct api_sse *st)
-{
-    const struct bd_config *cfg = st->srv->cfg;
-    double interval_s = cfg ? cfg->progress_update_interval_s : 1.0;
-    uint64_t poll_ms = (uint64_t)(interval_s * 1000.0);
-
-    if (poll_ms < API_SSE_POLL_MIN_MS)
-        poll_ms = API_SSE_POLL_MIN_MS;
-    if (poll_ms > API_SSE_POLL_MAX_MS)
-        poll_ms = API_SSE_POLL_MAX_MS;
-    st->is_started = true;
-    if (bd_http_stream_begin(st->req, 200, "text/event-stream",
-                             "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n") < 0) {
-        st->is_aborted = true;
-        api_sse_finish(st, BD_OK, NULL);
-        return false;
-    }
-    uv_timer_init(st->srv->loop, &st->poll_timer);
-    uv_timer_init(st->srv->loop, &st->beat_timer);
-    st->poll_timer.data = st->beat_timer.data = st;
-    st->has_timers = true;
-    uv_timer_start(&st->poll_timer, api_sse_on_poll, poll_ms, poll_ms);
-    uv_timer_start(&st->beat_timer, api_sse_on_beat, API_SSE_BEAT_MS, API_SSE_BEAT_MS);
-    if (st->srv->jobs != NULL) {
-        st->listener.job_id = st->job_id;
-        st->listener.cb = api_sse_on_progress;
-        st->listener.arg = st;
-        bd_job_engine_listen(st->srv->jobs, &st->listener);
-        st->is_listening = true;
-    }
-    return true;
-}
-
-static void api_sse_on_row(int status, const struct bd_job_row *row, const char *pg_message,
-                           void *arg)
-{
-    struct api_sse *st = arg;
-    bool is_terminal, is_changed;
-
-    st->is_query_in_flight = false;
-    if (st->is_finished) {
-        api_sse_maybe_free(st);
-        return;
-    }
-    if (status < 0 && status != BD_ENOTFOUND) {
-        if (!st->is_started) {
-            api_sse_finish(st, status, pg_message);
-        } else {                       /* started: transient; the next poll tries again */
-            bd_log(BD_LOG_WARN, "api", "job=%s event=store_failed route=events err=%s "
-                   "pg=\"%s\"", st->job_id, bd_err_name(status), pg_message ? pg_message : "");
-        }
-        return;
-    }
-    if (status == BD_ENOTFOUND) {
-        api_sse_finish(st, BD_ENOTFOUND, NULL);
-        return;
-    }
-    if (!st->is_started && !api_sse_start(st))
-        return;
-    is_terminal = bd__api_is_terminal(row->status);
-    is_changed = !st->has_snapshot || st->last_status != row->status ||
-                 st->last_next_batch != row->next_batch ||
-                 st->last_processed != row->processed_items ||
-                 st->last_failed != row->failed_items;
-    if (is_changed) {
-        st->last_status = row->status;
-        st->last_next_batch = row->next_batch;
-        st->last_processed = row->processed_items;
-        st->last_failed = row->failed_items;
-        st->has_snapshot = true;
-        if (!is_terminal && bd_http_stream_get_pending(st->req) > API_SSE_PENDING_MAX) {
-            st->has_snapshot = false;          /* the next poll sends the newest instead */
-        } else if (api_sse_emit(st, is_terminal ? "final" : "progress",
-                                bd__api_status_json(row)) < 0) {
-            st->is_aborted = true;
-            api_sse_finish(st, BD_OK, NULL);
-            return;
-        }
-    }
-    if (is_terminal || st->is_head) {
-        api_sse_finish(st, BD_OK, NULL);
-        return;
-    }
-    if (st->is_dirty)
-        api_sse_query(st);
 }
 
 static void api_on_events(struct bd_http_request *req, void *arg)
 {
     struct bd_server *srv = arg;
+    struct bd__api_watch *w;
     struct api_sse *st;
     const char *id;
 
     if (!bd__api_check_auth(req, srv) || (id = bd__api_job_id(req)) == NULL)
         return;
-    /* Each stream holds a connection, two timers and PostgreSQL polls: at most a quarter of
-     * the connections may be event streams, so they cannot take the API's pool. */
+    /* Each stream holds a connection: at most a quarter of the connections may be event
+     * streams, so they cannot take the API's pool. */
     unsigned cap = srv->cfg->http_max_connections / 4 ? srv->cfg->http_max_connections / 4 : 1;
     if (srv->event_streams >= cap) {
         bd_http_respond_error_ex(req, bd_err_http_status(BD_ESTREAMS), "Retry-After: 5\r\n",
                                  bd_err_api_code(BD_ESTREAMS), bd_strerror(BD_ESTREAMS), NULL);
         return;
     }
-    if ((st = calloc(1, sizeof(*st))) == NULL) {
+    if ((st = calloc(1, sizeof(*st))) == NULL || (w = api_watch_get(srv, id)) == NULL) {
+        free(st);
         bd_http_respond_err(req, BD_ENOMEM, NULL, NULL);
         return;
     }
     srv->event_streams++;
+    st->w = w;
     st->req = req;
-    st->srv = srv;
     st->is_head = strcmp(req->method, "HEAD") == 0;
-    snprintf(st->job_id, sizeof(st->job_id), "%s", id);
-    bd_buf_init(&st->out);
+    /* Served from a read sent after it arrived, never from one already in flight. */
+    st->need = w->sent + 1;
+    st->next = w->streams;
+    if (st->next != NULL)
+        st->next->prev = st;
+    w->streams = st;
     bd_http_set_abort_cb(req, api_sse_on_abort, st);
-    api_sse_query(st);
+    api_watch_query(w);
 }
 
 /* ---- /debug/job/{id} -------------------------------------------------------------------- */

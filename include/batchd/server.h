@@ -22,6 +22,7 @@ struct bd_model_client;
 struct bd_api_cache;
 struct bd_api_collections;
 struct bd__api_stream;                     /* api_submit_stream.c */
+struct bd__api_watch;                      /* api_events.c */
 
 struct bd_server {
     uv_loop_t *loop;
@@ -38,6 +39,7 @@ struct bd_server {
     struct bd_api_collections *api_collections; /* dimensions seen (api_submit.c) */
     unsigned submit_streams;               /* streamed submits holding an API connection */
     unsigned event_streams;                /* GET /jobs/{id}/events streams open (api_events.c) */
+    struct bd__api_watch *event_watches;   /* one per job those streams watch (api_events.c) */
     struct bd__api_stream *uploads_waiting; /* streamed submits waiting for one, in order */
     unsigned uploads_waiting_count;
 
