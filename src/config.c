@@ -782,12 +782,11 @@ void bd_config_free(struct bd_config *cfg)
     free(cfg->models);
     bd__config_api_keys_clear(cfg);
     free(cfg->source_path);
-    free(cfg->listen);
     free(cfg->listen_host);
-    free(cfg->log_level);
-    free(cfg->worker_id);
-    free(cfg->redis_url);
-    free(cfg->postgres_url);
+    /* Every string setting, from the one table that lists them (a new key cannot leak). */
+    for (size_t i = 0; i < CFG_NFIELDS; i++)
+        if (cfg_fields[i].kind == CFG_STRING)
+            free(*(char **)((char *)cfg + cfg_fields[i].cfg_off));
     free(cfg);
 }
 
