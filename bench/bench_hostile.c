@@ -9,7 +9,8 @@
  * request (GET /healthz, a job's status, the queue status, round robin), its answer, a think
  * time, the next. Every second a fresh connection asks /healthz, and batchd's VmRSS and
  * /proc/<pid>/fd are read. At --duration everything stops; one more fresh connection must get
- * its 200.
+ * its 200. With --sigterm batchd then gets SIGTERM while every connection is still open and
+ * the slow ones still trickle, and must exit within 10 s.
  *
  * Slow connections, each kind reconnecting one second after the server closed it (so their
  * number stays up, and how long the server lets each live is measured):
@@ -19,11 +20,17 @@
  *   noread       pipelined requests, one more every tick, answers never read (small receive
  *                buffer): what a client that stops reading does to the server's buffers
  *
+ * Also a small JSON Lines submit a third of the way in (its status and time: the streamed
+ * submits' slots held by slow bodies show as a 503 or a wait).
+ *
  * A 503 whose body says server_busy (over max_connections) is "refused", not an error. A
- * request unanswered after --req-timeout is a "timeout". Always bounded by --duration plus a
- * few seconds. Prints one JSON object on stdout, a short summary on stderr; exits 1 when
- * /healthz failed (a keep-alive /healthz error, a failed fresh probe or the final check),
- * batchd's descriptors reached its limit, batchd died, or the check job did not complete.
+ * request unanswered after --req-timeout is a "timeout". Always bounded: --duration, then at
+ * most 5 s for the final probe and (--sigterm) 20 s for the exit. Prints one JSON object on
+ * stdout, a short summary on stderr; exits 1 when /healthz failed (a keep-alive /healthz
+ * error, a failed or refused fresh probe, or the final check), batchd's descriptors reached
+ * its limit, batchd died, the check job did not complete, or (--sigterm) batchd took more
+ * than 10 s to exit. The generator raises its own soft RLIMIT_NOFILE to fit every
+ * connection, and scales both populations down (saying so) when the hard limit is too low.
  * Bench code only.  SPDX-License-Identifier: MIT
  */
 #include "bench_common.h"
@@ -130,6 +137,12 @@ struct hs {
     uv_timer_t start_timer, end_timer, sample_timer;   /* end_timer closes itself */
     uint64_t t0;
     bool is_stopping;
+    bool is_draining;                  /* --sigterm: SIGTERM sent, waiting for batchd to exit */
+    bool do_sigterm;
+    bool is_scaled;                    /* populations cut to fit the descriptor limit */
+    uint64_t t_term;
+    double shutdown_s;                 /* SIGTERM to exit; -1 if it did not exit in time */
+    uint64_t shutdown_slow_open;       /* slow connections open when SIGTERM was sent */
     bool is_started;                   /* the keep-alive clients were started */
 
     /* fresh probes */
@@ -226,7 +239,7 @@ static uint64_t total_requests(const struct hs *hs)
 
 static void sample(struct hs *hs)
 {
-    if (hs->pid <= 0)
+    if (hs->pid <= 0 || hs->is_draining)
         return;
     long rss = bb_proc_status_kb(hs->pid, "VmRSS");
     long fds = proc_fd_count(hs->pid);
@@ -382,7 +395,7 @@ static void on_watch_timer(uv_timer_t *t)
     struct hs *hs = t->data;
     char path[256];
 
-    if (hs->is_watch_busy || hs->job_id[0] == '\0' || hs->job_done_s >= 0)
+    if (hs->is_watch_busy || hs->job_id[0] == '\0' || hs->job_done_s >= 0 || hs->is_draining)
         return;
     snprintf(path, sizeof(path), API "/jobs/%s/status", hs->job_id);
     if (bh_conn_request(hs->watch, "GET", path, NULL, NULL, 0, true, watch_on_status, hs) == 0)
@@ -487,7 +500,7 @@ static void client_on_response(struct bh_conn *c, int status, const char *body, 
     uint64_t delay;
 
     (void)len;
-    if (c != kc->http || !kc->is_busy || hs->is_stopping)
+    if (c != kc->http || !kc->is_busy || hs->is_stopping || hs->is_draining)
         return;                        /* a connection given up on, or the end */
     kc->is_busy = false;
     uv_timer_stop(&kc->timer);
@@ -516,7 +529,7 @@ static void client_send(struct kclient *kc)
     struct hs *hs = kc->hs;
     char path[256];
 
-    if (hs->is_stopping)
+    if (hs->is_stopping || hs->is_draining)
         return;
     kc->ep = (int)(kc->n++ % EP_COUNT);
     if (kc->ep == EP_STATUS && hs->nstatus == 0)
@@ -564,6 +577,10 @@ static void slow_on_tcp_closed(uv_handle_t *h)
 
     s->is_open = false;
     s->is_closing = false;
+    if (s->hs->is_draining) {          /* batchd is shutting down: not the storm's figures */
+        s->is_connected = false;
+        return;
+    }
     if (s->is_connected) {
         st->open_now--;
         if (s->by_server) {
@@ -798,6 +815,27 @@ static void on_end(uv_timer_t *t)
     }
     if (hs->final_probe != NULL)
         return (void)uv_timer_start(t, on_end, 50, 0);
+    if (hs->do_sigterm && !hs->is_draining) {
+        /* Every connection is still open and the slow ones still trickle: batchd must exit
+         * within 10 s all the same (issue 12). */
+        for (int k = 0; k < SK_COUNT; k++)
+            hs->shutdown_slow_open += hs->sk[k].open_now;
+        hs->is_draining = true;
+        hs->t_term = uv_hrtime();
+        hs->shutdown_s = -1;
+        if (kill(hs->pid, SIGTERM) < 0)
+            perror("bench_hostile: kill");
+        uv_timer_start(t, on_end, 50, 0);
+        return;
+    }
+    if (hs->is_draining) {
+        double s = (double)(uv_hrtime() - hs->t_term) / 1e9;
+        /* Gone, or a zombie its parent has not reaped yet (no VmRSS line). */
+        if (bb_proc_status_kb(hs->pid, "VmRSS") < 0)
+            hs->shutdown_s = s;
+        else if (s < 20)
+            return (void)uv_timer_start(t, on_end, 50, 0);
+    }
     uv_close((uv_handle_t *)t, NULL);
     stop_all(hs);
 }
@@ -806,7 +844,7 @@ static void on_second(uv_timer_t *t)
 {
     struct hs *hs = t->data;
     sample(hs);
-    if (!hs->is_stopping)
+    if (!hs->is_stopping && !hs->is_draining)
         probe_start(hs, false);
 }
 
@@ -851,6 +889,10 @@ static int report(struct hs *hs)
         is_ok = false;
         bb_printf(&why, "%s\"check job did not complete\"", why.len ? "," : "");
     }
+    if (hs->do_sigterm && !(hs->shutdown_s >= 0 && hs->shutdown_s <= 10)) {
+        is_ok = false;
+        bb_printf(&why, "%s\"shutdown under load over 10 s\"", why.len ? "," : "");
+    }
     if (hs->is_pid_gone) {
         is_ok = false;
         bb_printf(&why, "%s\"batchd died\"", why.len ? "," : "");
@@ -887,6 +929,9 @@ static int report(struct hs *hs)
     bb_printf(&b, "},\"final_fresh\":{\"status\":%d,\"ms\":%.3f},", hs->final_status,
               hs->final_ms);
     bb_printf(&b, "\"ndjson_submit\":{\"status\":%d,\"ms\":%.3f},", hs->nd_status, hs->nd_ms);
+    if (hs->do_sigterm)
+        bb_printf(&b, "\"shutdown\":{\"slow_open\":%llu,\"exit_s\":%.2f},",
+                  (unsigned long long)hs->shutdown_slow_open, hs->shutdown_s);
     bb_puts(&b, "\"slowloris\":{");
     for (int k = 0; k < SK_COUNT; k++) {
         struct slow_stats *st = &hs->sk[k];
@@ -913,7 +958,8 @@ static int report(struct hs *hs)
                   "\"completed\":%s},",
               hs->job_id, hs->submit_status, hs->job_state, hs->job_processed, hs->job_total,
               hs->job_done_s, is_job_ok ? "true" : "false");
-    bb_printf(&b, "\"ok\":%s,\"failures\":[%s]}\n", is_ok ? "true" : "false",
+    bb_printf(&b, "\"scaled_down\":%s,\"ok\":%s,\"failures\":[%s]}\n",
+              hs->is_scaled ? "true" : "false", is_ok ? "true" : "false",
               why.p ? why.p : "");
     fputs(b.p, stdout);
     fflush(stdout);
@@ -925,7 +971,8 @@ static int report(struct hs *hs)
             "  slow: header closed %llu (408: %llu, life p50 %.1f s), body_json closed %llu, "
             "body_ndjson closed %llu, noread closed %llu\n"
             "  batchd fds %ld -> peak %ld (limit %ld); RSS %.1f -> peak %.1f MiB (end %.1f)\n"
-            "  check job %s: %s after %.1f s; a small JSON Lines submit mid-storm: %d in %.0f ms\n",
+            "  check job %s: %s after %.1f s; a small JSON Lines submit mid-storm: %d in %.0f ms\n"
+            "  SIGTERM with every connection open: %s %.2f s\n",
             hs->nclients, hs->nslow, hs->duration_s, is_ok ? "OK" : "FAILED",
             (unsigned long long)hs->ep[EP_HEALTHZ].ok,
             (unsigned long long)(hs->ep[EP_HEALTHZ].requests - hs->ep[EP_HEALTHZ].refused),
@@ -941,7 +988,9 @@ static int report(struct hs *hs)
             hs->fds_peak, hs->fd_limit, (double)hs->rss_start / 1024,
             (double)hs->rss_peak / 1024, (double)hs->rss_end / 1024,
             hs->job_id[0] ? hs->job_id : "(not submitted)", hs->job_state, hs->job_done_s,
-            hs->nd_status, hs->nd_ms);
+            hs->nd_status, hs->nd_ms,
+            !hs->do_sigterm ? "not sent" : hs->shutdown_s >= 0 ? "exited after" : "NOT EXITED after",
+            hs->do_sigterm ? (hs->shutdown_s >= 0 ? hs->shutdown_s : 20.0) : 0.0);
     bb_free(&b);
     bb_free(&why);
     return is_ok ? 0 : 1;
@@ -1015,6 +1064,8 @@ static void usage(void)
             "      --noread-path P    what noread connections ask for (default " API "/jobs?limit=100)\n"
             "      --timeseries F     per second: t rss_kb fds requests slow_open and the\n"
             "                         slowest healthz, status, queue_status answer (ms)\n"
+            "      --sigterm          at the end, SIGTERM batchd with every connection still open\n"
+            "                         and time its exit (must be within 10 s)\n"
             "      --label L\n");
 }
 
@@ -1025,7 +1076,6 @@ int main(int argc, char **argv)
     char host[64];
     int port = 0, ch;
     unsigned nslow = 1000;
-    bool is_scaled;
     static const struct option opts[] = {
         { "base", required_argument, NULL, 'b' },
         { "pid", required_argument, NULL, 'p' },
@@ -1043,6 +1093,7 @@ int main(int argc, char **argv)
         { "noread-path", required_argument, NULL, 'N' },
         { "timeseries", required_argument, NULL, 'S' },
         { "label", required_argument, NULL, 'l' },
+        { "sigterm", no_argument, NULL, 'K' },
         { "help", no_argument, NULL, 'h' },
         { 0, 0, 0, 0 },
     };
@@ -1076,6 +1127,7 @@ int main(int argc, char **argv)
         case 'N': hs.noread_path = optarg; break;
         case 'S': hs.ts_path = optarg; break;
         case 'l': hs.label = optarg; break;
+        case 'K': hs.do_sigterm = true; break;
         default: usage(); return ch == 'h' ? 0 : 2;
         }
     }
@@ -1095,7 +1147,7 @@ int main(int argc, char **argv)
     snprintf(hs.nonce, sizeof(hs.nonce), "%d_%llu", (int)getpid(),
              (unsigned long long)(uv_hrtime() % 1000000));
 
-    fit_fd_limit(&hs.nclients, &nslow, &is_scaled);
+    fit_fd_limit(&hs.nclients, &nslow, &hs.is_scaled);
     unsigned shares[SK_COUNT] = { 0 }, total_share = 0;
     if (sscanf(mix, "%u,%u,%u,%u", &shares[0], &shares[1], &shares[2], &shares[3]) != 4) {
         fprintf(stderr, "bench_hostile: --slow-mix wants four numbers, e.g. 5,2,1,2\n");
@@ -1153,7 +1205,7 @@ int main(int argc, char **argv)
     uv_run(hs.loop, UV_RUN_DEFAULT);
     if (hs.ts)
         fclose(hs.ts);
-    if (is_scaled)
+    if (hs.is_scaled)
         fprintf(stderr, "bench_hostile: NOTE: scaled down for the descriptor limit\n");
     return report(&hs);
 }
