@@ -107,6 +107,7 @@ struct slow_stats {
 
 struct probe {                         /* a fresh connection asking /healthz once */
     struct hs *hs;
+    struct probe *next;                /* every probe, freed after the loop ends */
     struct bh_conn *http;
     uv_timer_t timer;                  /* its timeout, then its deferred free */
     uint64_t sent_ns;
@@ -149,6 +150,7 @@ struct hs {
     uint64_t probes, probes_ok, probes_refused;
     struct bb_lat probe_lat;
     struct probe *final_probe;
+    struct probe *all_probes;
     int final_status;
     double final_ms;
 
@@ -278,8 +280,8 @@ static void sample(struct hs *hs)
 
 /* ---- fresh probes --------------------------------------------------------------------- */
 
-/* A probe's record is never freed: its bh_conn may still call back from a close callback
- * after the probe is done, and a run makes one probe a second (a few KB in all). */
+/* A probe's record is freed only after the loop ends: its bh_conn may still call back from a
+ * close callback after the probe is done (one probe a second: a few KB in all). */
 static void probe_on_free_timer(uv_timer_t *t)
 {
     struct probe *p = t->data;
@@ -329,6 +331,8 @@ static void probe_start(struct hs *hs, bool is_final)
     memset(p, 0, sizeof(*p));
     p->hs = hs;
     p->is_final = is_final;
+    p->next = hs->all_probes;
+    hs->all_probes = p;
     p->http = bh_conn_new(hs->loop, &hs->addr);
     uv_timer_init(hs->loop, &p->timer);
     p->timer.data = p;
@@ -453,7 +457,7 @@ static void on_nd_timer(uv_timer_t *t)
         uv_timer_start(t, on_nd_timer, (uint64_t)hs->req_timeout_ms, 0);
         return;
     }
-    if (hs->nd_status == 0) {          /* no answer within the request timeout */
+    if (hs->nd_status == 0) {          /* no answer within --req-timeout */
         hs->nd_status = UV_ETIMEDOUT;
         hs->nd_ms = (double)(uv_hrtime() - hs->nd_sent_ns) / 1e6;
     }
@@ -802,12 +806,17 @@ static void stop_all(struct hs *hs)
     }
 }
 
-/* The storm is over: one last fresh connection, then stop (at most FRESH_TIMEOUT_MS). */
+/* The storm is over: one last fresh connection (at most FRESH_TIMEOUT_MS); with --sigterm,
+ * SIGTERM and wait for batchd's exit (at most 20 s); then close everything. */
 static void on_end(uv_timer_t *t)
 {
     struct hs *hs = t->data;
 
     if (hs->final_probe == NULL && hs->final_status == 0) {
+        if (hs->nd != NULL && hs->nd_status == 0) {   /* still unanswered at the end */
+            hs->nd_status = UV_ETIMEDOUT;
+            hs->nd_ms = (double)(uv_hrtime() - hs->nd_sent_ns) / 1e6;
+        }
         sample(hs);
         probe_start(hs, true);
         uv_timer_start(t, on_end, 50, 0);
@@ -1207,5 +1216,25 @@ int main(int argc, char **argv)
         fclose(hs.ts);
     if (hs.is_scaled)
         fprintf(stderr, "bench_hostile: NOTE: scaled down for the descriptor limit\n");
-    return report(&hs);
+    int rc = report(&hs);
+
+    /* Every handle is closed and every callback has run: free the rest (LSan runs this). */
+    if (uv_loop_close(hs.loop) != 0)
+        fprintf(stderr, "bench_hostile: handles left open at the end\n");
+    while (hs.all_probes) {
+        struct probe *p = hs.all_probes;
+        hs.all_probes = p->next;
+        free(p);
+    }
+    for (int e = 0; e < EP_COUNT; e++)
+        bb_lat_free(&hs.ep[e].lat);
+    for (int k = 0; k < SK_COUNT; k++)
+        bb_lat_free(&hs.sk[k].life);
+    bb_lat_free(&hs.probe_lat);
+    for (unsigned i = 0; i < hs.nstatus; i++)
+        free(hs.status_urls[i]);
+    bb_free(&hs.job_body);
+    free(hs.clients);
+    free(hs.slows);
+    return rc;
 }
