@@ -746,7 +746,7 @@ static void slow_connect(struct slow *s)
     struct hs *hs = s->hs;
     int rc;
 
-    if (hs->is_stopping || s->is_open)
+    if (hs->is_stopping || hs->is_draining || s->is_open)
         return;
     uv_tcp_init(hs->loop, &s->tcp);
     s->tcp.data = s;

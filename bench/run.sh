@@ -11,8 +11,10 @@
 #              hostile (and insert_rss: only the big-vs-small RSS part of insert)
 #   hostile    1,000 keep-alive clients + 1,000 slowloris connections against one batchd for
 #              60 s (quick: 15 s; `make load`); the run exits 1 if /healthz failed, batchd ran
-#              out of descriptors or the job run meanwhile did not finish. Not in --smoke
-#              unless named in --only.
+#              out of descriptors, the job run meanwhile did not finish or SIGTERM took over
+#              10 s. Not in --smoke unless named in --only. BD_HOSTILE_CLIENTS, _SLOW,
+#              _DURATION, _MAX_CONNECTIONS (4096), _MIX (header,body_json,body_ndjson,noread
+#              shares: 5,2,1,2) and _ARGS (more bench_hostile options) change it.
 #
 # Full and quick runs start their own Redis and PostgreSQL (scripts/stack.sh, name "bench",
 # ports 16390 / 15440, or BD_BENCH_REDIS_PORT / BD_BENCH_PG_PORT for a second run on the
@@ -34,7 +36,7 @@ while [ $# -gt 0 ]; do
     --quick) mode=quick ;;
     --smoke) mode=smoke ;;
     --only) only=${2:?--only needs a list}; shift ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) build=$1 ;;
   esac
