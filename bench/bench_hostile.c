@@ -231,6 +231,28 @@ static long proc_fd_limit(int pid)
     return v;
 }
 
+/* Exited: no such process, or a zombie its parent has not reaped yet. (Not "no VmRSS line":
+ * an exiting process loses its memory map before it has finished exiting.) */
+static bool proc_is_gone(int pid)
+{
+    char path[64], line[256];
+    bool is_gone = true;
+    snprintf(path, sizeof(path), "/proc/%d/status", pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return true;
+    while (fgets(line, sizeof(line), f))
+        if (strncmp(line, "State:", 6) == 0) {
+            const char *v = line + 6;
+            while (*v == ' ' || *v == '\t')
+                v++;
+            is_gone = *v == 'Z' || *v == 'X';
+            break;
+        }
+    fclose(f);
+    return is_gone;
+}
+
 static uint64_t total_requests(const struct hs *hs)
 {
     uint64_t n = 0;
@@ -839,8 +861,7 @@ static void on_end(uv_timer_t *t)
     }
     if (hs->is_draining) {
         double s = (double)(uv_hrtime() - hs->t_term) / 1e9;
-        /* Gone, or a zombie its parent has not reaped yet (no VmRSS line). */
-        if (bb_proc_status_kb(hs->pid, "VmRSS") < 0)
+        if (proc_is_gone(hs->pid))
             hs->shutdown_s = s;
         else if (s < 20)
             return (void)uv_timer_start(t, on_end, 50, 0);

@@ -735,10 +735,10 @@ if want hostile && { [ "$mode" != smoke ] || [ "$only" != all ]; }; then
   rejected=$(grep -c 'rejected: .* connections open' "$out/logs/batchd-host.log" || true)
   # bench_hostile sent SIGTERM at the end (--sigterm): batchd must have exited, with 0.
   bd_rc=0
-  if kill -0 "${BD_PID[host]}" 2>/dev/null && ! grep -q '^ *Z' <(awk '/^State:/ { print $2 }' "/proc/${BD_PID[host]}/status" 2>/dev/null); then
-    bd_rc=running
-  else
+  if [ "$(jq -r '(.shutdown.exit_s // -1) >= 0' "$work/hostile.json" 2>/dev/null)" = true ]; then
     wait "${BD_PID[host]}" || bd_rc=$?
+  else
+    bd_rc=running
   fi
   record hostile batchd 1 max_connections="$HOST_MAXCONN" log_emfile="$emfile" \
     log_rejected="$rejected" exit_code="$host_rc" batchd_exit="$bd_rc" < "$work/hostile.json" || host_rc=1
