@@ -4,7 +4,7 @@ BUILD_TYPE ?= Debug
 CMAKE_ARGS ?=
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps configure build run test test-asan stop clean release bench
+.PHONY: all deps configure build run test test-asan stop clean release bench load
 
 all: build
 
@@ -39,6 +39,12 @@ stop:
 bench: deps
 	@$(MAKE) --no-print-directory build BUILD=build-release BUILD_TYPE=Release
 	@bench/run.sh build-release
+
+# Hostile clients (not in `make test`: about two minutes): 1,000 keep-alive clients and 1,000
+# slowloris connections for 60 s against one batchd; figures in docs/reliability.md.
+load: deps
+	@$(MAKE) --no-print-directory build BUILD=build-release BUILD_TYPE=Release
+	@bench/run.sh --only hostile build-release
 
 clean:
 	rm -rf build build-release build-asan

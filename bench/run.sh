@@ -7,8 +7,14 @@
 #   --quick    smaller sizes, 1 run; under 3 minutes
 #   --smoke    tiny sizes against the stack that scripts/test.sh started (BATCH_REDIS_URL,
 #              BATCH_POSTGRES_URL); no npm, nginx or gnuplot needed; seconds (ctest bench_smoke)
-#   --only     a comma list of scenarios: insert,submit_rss,embed,lifecycle,api,scale,memory
-#              (and insert_rss: only the big-vs-small RSS part of insert)
+#   --only     a comma list of scenarios: insert,submit_rss,embed,lifecycle,api,scale,memory,
+#              hostile (and insert_rss: only the big-vs-small RSS part of insert)
+#   hostile    1,000 keep-alive clients + 1,000 slowloris connections against one batchd for
+#              60 s (quick: 15 s; `make load`); the run exits 1 if /healthz failed, batchd ran
+#              out of descriptors, the job run meanwhile did not finish or SIGTERM took over
+#              10 s. Not in --smoke unless named in --only. BD_HOSTILE_CLIENTS, _SLOW,
+#              _DURATION, _MAX_CONNECTIONS (4096), _MIX (header,body_json,body_ndjson,noread
+#              shares: 5,2,1,2) and _ARGS (more bench_hostile options) change it.
 #
 # Full and quick runs start their own Redis and PostgreSQL (scripts/stack.sh, name "bench",
 # ports 16390 / 15440, or BD_BENCH_REDIS_PORT / BD_BENCH_PG_PORT for a second run on the
@@ -30,7 +36,7 @@ while [ $# -gt 0 ]; do
     --quick) mode=quick ;;
     --smoke) mode=smoke ;;
     --only) only=${2:?--only needs a list}; shift ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) build=$1 ;;
   esac
@@ -43,7 +49,7 @@ case "$build" in /*) ;; *) build="$top/$build" ;; esac
 BATCHD=${BD_BATCHD_BIN:-$build/batchd}
 FAKE=${BD_FAKE_MODEL_BIN:-$build/test/fake_model/fake_model}
 BIN=${BD_BENCH_BIN_DIR:-$build/bench}
-for b in "$BATCHD" "$FAKE" "$BIN/bench_load" "$BIN/bench_jobs" "$BIN/bench_copy"; do
+for b in "$BATCHD" "$FAKE" "$BIN/bench_load" "$BIN/bench_jobs" "$BIN/bench_copy" "$BIN/bench_hostile"; do
   [ -x "$b" ] || { echo "run.sh: $b not found: build first (make release)" >&2; exit 2; }
 done
 
@@ -64,6 +70,7 @@ case "$mode" in
     API_RATES="1000 2500 5000 10000 15000 20000"; API_DUR=5; API_CONNS=64
     SCALE_RUNS=1
     MEM_BIG=1000000; MEM_SMALL=1000; MEM_DIM=8; MEM_BATCH=1000
+    HOST_CLIENTS=1000; HOST_SLOW=1000; HOST_DUR=60
     ;;
   quick)
     RUNS=1; LIMIT_S=300
@@ -75,6 +82,7 @@ case "$mode" in
     API_RATES="1000 5000 10000"; API_DUR=3; API_CONNS=64
     SCALE_RUNS=1
     MEM_BIG=100000; MEM_SMALL=1000; MEM_DIM=8; MEM_BATCH=1000
+    HOST_CLIENTS=1000; HOST_SLOW=1000; HOST_DUR=15
     ;;
   smoke)
     RUNS=1; LIMIT_S=100
@@ -86,9 +94,17 @@ case "$mode" in
     API_RATES="200"; API_DUR=1; API_CONNS=8
     SCALE_RUNS=1
     MEM_BIG=5000; MEM_SMALL=100; MEM_DIM=8; MEM_BATCH=1000
+    HOST_CLIENTS=50; HOST_SLOW=50; HOST_DUR=5
     ;;
 esac
 want() { [ "$only" = all ] || [[ ",$only," == *",$1,"* ]]; }
+# The hostile scenario's sizes can be set from outside (make load passes them through).
+HOST_CLIENTS=${BD_HOSTILE_CLIENTS:-$HOST_CLIENTS}; HOST_SLOW=${BD_HOSTILE_SLOW:-$HOST_SLOW}
+HOST_DUR=${BD_HOSTILE_DURATION:-$HOST_DUR}
+HOST_MAXCONN=${BD_HOSTILE_MAX_CONNECTIONS:-4096}   # batchd's http.max_connections for it
+HOST_MIX=${BD_HOSTILE_MIX:-5,2,1,2}   # slow connections: header,body_json,body_ndjson,noread
+read -r -a HOST_ARGS <<<"${BD_HOSTILE_ARGS:-}"     # more bench_hostile options (--help)
+HOSTILE_FAILED=0
 
 # ---- output and cleanup ----------------------------------------------------------------------
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -222,10 +238,12 @@ fake_config() { curl -fsS -X POST -H 'Content-Type: application/json' -d "$1" \
                   "http://127.0.0.1:$FAKE_PORT/config" >/dev/null; }
 
 declare -A BD_PID BD_PORT
-# start_batchd NAME MAX_CONCURRENT_JOBS [default-limits] (three tries, in case a port is
-# taken). The bench raises http.max_body_bytes to 8 GiB so that big JSON jobs fit; with
+# start_batchd NAME MAX_CONCURRENT_JOBS [default-limits|hostile] (three tries, in case a port
+# is taken). The bench raises http.max_body_bytes to 8 GiB so that big JSON jobs fit; with
 # "default-limits" batchd keeps its own default body limits (the submit_rss scenario
-# measures what a stock batchd accepts).
+# measures what a stock batchd accepts); with "hostile" it keeps its default body limits and
+# timeouts (request_timeout 30 s, idle_timeout 60 s: what slow clients meet) and serves
+# HOST_MAXCONN connections.
 start_batchd() {
   local try
   for try in 1 2 3; do
@@ -238,7 +256,14 @@ start_batchd() {
 }
 start_batchd_once() {
   local name=$1 jobs=$2 port conf body_limit="  max_body_bytes: 8589934592"
+  local timeouts="  request_timeout: 600
+  idle_timeout: 600"
   [ "${3:-}" = default-limits ] && body_limit="  # max_body_bytes: batchd's default"
+  if [ "${3:-}" = hostile ]; then
+    body_limit="  # max_body_bytes: batchd's default"
+    timeouts="  # request_timeout, idle_timeout: batchd's defaults
+  max_connections: $HOST_MAXCONN"
+  fi
   port=$(free_port)
   conf="$work/batchd-$name.yaml"
   cat >"$conf" <<YAML
@@ -261,8 +286,7 @@ jobs:
   progress_update_interval: 1
 http:
 $body_limit
-  request_timeout: 600
-  idle_timeout: 600
+$timeouts
 metrics:
   enabled: true
 models:
@@ -685,6 +709,45 @@ if want memory; then
     stop_batchd mem
   done
 fi
+# ================================================================================================
+# 7. hostile: keep-alive clients and slowloris connections at once (docs/reliability.md)
+# ================================================================================================
+# One batchd with its default timeouts; bench_hostile opens the slow connections first (the
+# attack under way), then the keep-alive clients (a third each /healthz, a job's status, the
+# queue status; a second's think time), submits a small bulk_embed job that must complete
+# during the storm, asks /healthz on a fresh connection every second and at the end, and
+# samples batchd's VmRSS and open descriptors every second.
+if want hostile && { [ "$mode" != smoke ] || [ "$only" != all ]; }; then
+  start_batchd host "$EMB_CONC" hostile
+  "$BIN/bench_jobs" --base "$(base host)" --op insert --jobs 50 --items 1 --dim 8 --batch-size 1 \
+    --collection "host_$tag" --label hostile_setup --timeout 120 >/dev/null
+  pg -c "SELECT '/api/v1/batch/jobs/' || id || '/status' FROM jobs ORDER BY seq DESC LIMIT 100" \
+    > "$work/host_status_urls.txt"
+  log "hostile: $HOST_CLIENTS keep-alive clients + $HOST_SLOW slowloris connections ($HOST_MIX) for $HOST_DUR s (max_connections $HOST_MAXCONN)"
+  host_rc=0
+  "$BIN/bench_hostile" --base "$(base host)" --pid "${BD_PID[host]}" -c "$HOST_CLIENTS" \
+    -s "$HOST_SLOW" --slow-mix "$HOST_MIX" -d "$HOST_DUR" --status-urls "$work/host_status_urls.txt" --model fake \
+    --timeseries "$out/hostile.tsv" --label batchd_hostile --sigterm ${HOST_ARGS[@]+"${HOST_ARGS[@]}"} \
+    > "$work/hostile.json" \
+    2> "$out/logs/hostile.txt" || host_rc=$?
+  cat "$out/logs/hostile.txt" >&2
+  emfile=$(grep -ci 'too many open files\|EMFILE' "$out/logs/batchd-host.log" || true)
+  rejected=$(grep -c 'rejected: .* connections open' "$out/logs/batchd-host.log" || true)
+  # bench_hostile sent SIGTERM at the end (--sigterm): batchd must have exited, with 0.
+  bd_rc=0
+  if [ "$(jq -r '(.shutdown.exit_s // -1) >= 0' "$work/hostile.json" 2>/dev/null)" = true ]; then
+    wait "${BD_PID[host]}" || bd_rc=$?
+  else
+    bd_rc=running
+  fi
+  record hostile batchd 1 max_connections="$HOST_MAXCONN" log_emfile="$emfile" \
+    log_rejected="$rejected" exit_code="$host_rc" batchd_exit="$bd_rc" < "$work/hostile.json" || host_rc=1
+  if [ "$host_rc" != 0 ] || [ "$bd_rc" != 0 ]; then
+    HOSTILE_FAILED=1
+    log "hostile: FAILED (bench_hostile exit $host_rc, batchd exit $bd_rc); see logs/hostile.txt"
+  fi
+  stop_batchd host
+fi
 ALL_T1=$(now_s)
 
 # ================================================================================================
@@ -804,6 +867,19 @@ jq -s --arg mode "$mode" --arg stamp "$stamp" --arg commit "$commit$dirty" --arg
        else empty end),
       row("scale"; "insert items/s, 2 processes vs 1"; "items/s"; $ins2; "1 process"; $ins; "-"; null; "2 cores: coordination cost, not speed-up"),
       row("scale"; "lifecycle jobs/s, 2 processes vs 1"; "jobs/s"; $life2; "1 process"; $life; "-"; null; "2 cores: coordination cost, not speed-up"),
+      ($raw | [.[] | select(.scenario == "hostile")] | .[0] // null) as $h
+      | (if $h != null then
+        row("hostile"; "/healthz ok of answered (\($h.clients) keep-alive + \($h.slow) slow connections, \($h.duration_s) s)"; "%";
+            (if $h.healthz_total > 0 then ($h.healthz_ok / $h.healthz_total * 1000 | round) / 10 else null end);
+            null; null; "abs>=100"; null;
+            "\($h.healthz_ok)/\($h.healthz_total); fresh probes \($h.fresh_probes.ok)/\($h.fresh_probes.total); final fresh \($h.final_fresh.status); refused \($h.refused)"),
+        row("hostile"; "job status GET p99 under the storm"; "ms"; $h.status_p99_ms; null; null; "-"; null;
+            "p50 \($h.status_p50_ms) ms, max \($h.status_max_ms) ms"),
+        row("hostile"; "peak open fds (limit \($h.batchd.fd_limit))"; "fds"; $h.batchd.fds_peak; null; null; "-"; null;
+            "start \($h.batchd.fds_start), end \($h.batchd.fds_end)"),
+        row("hostile"; "peak RSS"; "MiB"; ($h.batchd.rss_peak_kb / 1024 | r1); null; null; "-"; null;
+            "start \($h.batchd.rss_start_kb / 1024 | r1), end \($h.batchd.rss_end_kb / 1024 | r1) MiB; check job \($h.job.status) after \($h.job.completed_after_s) s")
+       else empty end),
       (if ($mem | length) == 2 then
         row("memory"; "peak RSS, processing (\($mem[1].items) vs \($mem[0].items) items, dim \($mem[1].dim))"; "MiB";
             ($mem[1].hwm_process_kb / 1024 | r1); "same, \($mem[0].items) items"; ($mem[0].hwm_process_kb / 1024 | r1); "ratio<=1.25"; 1.25; "batch \($mem[1].batch_size)"),
@@ -877,15 +953,23 @@ if [ "$bad" != 0 ]; then
   echo "**Warning: $bad measured run(s) had failed jobs or items; see raw.ndjson.**" >> "$out/results.md"
 fi
 
+if [ "$HOSTILE_FAILED" = 1 ]; then
+  echo "**hostile: FAILED: see logs/hostile.txt and raw.ndjson.**" >> "$out/results.md"
+  log "hostile: FAILED"
+  exit 1
+fi
+
 # The smoke run checks that every scenario produced a figure.
 if [ "$mode" = smoke ]; then
   [ "$bad" = 0 ] || { echo "bench smoke: jobs failed" >&2; exit 1; }
-  jq -e '[.rows[] | select(.batchd != null and .batchd > 0)] | length >= 6' "$out/results.json" >/dev/null \
-    || { echo "bench smoke: too few figures in results.json" >&2; exit 1; }
-  jq -e '[.rows[] | select(.scenario == "submit" and .unit == "MiB" and .batchd > 0)] | length == 2' \
-    "$out/results.json" >/dev/null || { echo "bench smoke: no submit RSS rows" >&2; exit 1; }
-  jq -e '[.raw[] | select(.scenario == "insert" and .variant == "check")][0].rows_differing == 0' \
-    "$out/results.json" >/dev/null || { echo "bench smoke: batchd and COPY rows differ" >&2; exit 1; }
+  if [ "$only" = all ]; then      # (--smoke --only hostile: its own checks, above)
+    jq -e '[.rows[] | select(.batchd != null and .batchd > 0)] | length >= 6' "$out/results.json" >/dev/null \
+      || { echo "bench smoke: too few figures in results.json" >&2; exit 1; }
+    jq -e '[.rows[] | select(.scenario == "submit" and .unit == "MiB" and .batchd > 0)] | length == 2' \
+      "$out/results.json" >/dev/null || { echo "bench smoke: no submit RSS rows" >&2; exit 1; }
+    jq -e '[.raw[] | select(.scenario == "insert" and .variant == "check")][0].rows_differing == 0' \
+      "$out/results.json" >/dev/null || { echo "bench smoke: batchd and COPY rows differ" >&2; exit 1; }
+  fi
   echo "bench smoke: 1 passed, 0 failed"
   # A passing smoke leaves nothing behind in /tmp unless BD_BENCH_OUT chose the folder.
   [ -n "${BD_BENCH_OUT:-}" ] || rm -rf "$out"
