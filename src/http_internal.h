@@ -137,6 +137,7 @@ struct http_conn {
     bool is_input_done;                /* parse no more requests */
     bool is_reading;
     bool is_paused;                    /* reading stopped for backpressure */
+    bool is_parse_held;                /* a request is in its handler: parse no further */
     bool is_processing;                /* conn_process_input() is on the stack */
     bool is_shutting;                  /* uv_shutdown() requested */
     bool is_lingering;                 /* write side shut; dropping input until EOF */
@@ -195,8 +196,12 @@ struct http_req *bd__http_req_new(struct http_conn *conn);
 /* Drop one reference; the last one frees the request (output it never sent included). */
 void bd__http_req_unref(struct http_req *r);
 
-/* True when conn holds as much as it may (requests, bodies, unwritten output). */
+/* True when conn holds as much as it may (requests, bodies, unwritten output, or a full
+ * input buffer while a request is in its handler). */
 bool bd__http_conn_must_pause(const struct http_conn *conn);
+
+/* True when the last request parsed is still in its handler: the next is parsed after. */
+bool bd__http_conn_is_busy(const struct http_conn *conn);
 
 /* Run conn's deferred work (resumed reads, drain callbacks) from the server's idle handle. */
 void bd__http_conn_schedule_service(struct http_conn *conn);

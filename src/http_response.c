@@ -155,7 +155,8 @@ static void conn_advance(struct http_conn *conn)
         return;
     if (conn->head == NULL && conn->is_input_done && conn->parsing == NULL)
         bd__http_conn_close_graceful(conn);
-    else if (conn->is_paused && !bd__http_conn_must_pause(conn))
+    else if ((conn->is_paused && !bd__http_conn_must_pause(conn)) ||
+             (conn->is_parse_held && !bd__http_conn_is_busy(conn)))
         bd__http_conn_schedule_service(conn);
     bd__http_conn_update_timer(conn);
 }
