@@ -53,13 +53,20 @@ static void run_put(struct run *r, const char *p, size_t n)
     r->len += n;
 }
 
+static void run_putc(struct run *r, char c)
+{
+    if (r->len < FUZZ_LOG_MAX)
+        r->log[r->len++] = c;
+}
+
 static void run_field(struct run *r, const char *s)
 {
     size_t n = s ? strlen(s) : 0;
     FUZZ_CHECK(n < FUZZ_HDR_MAX, "header field of %zu bytes", n);
-    run_put(r, s ? "[" : "-", 1);
+    run_putc(r, s ? '[' : '-');
     if (s) {
-        run_put(r, s, n + 1);         /* with its NUL, so fields cannot run together */
+        run_put(r, s, n);
+        run_putc(r, '\0');            /* so fields cannot run together */
     }
 }
 
@@ -71,7 +78,7 @@ static int run_on_begin(void *arg, const struct bd_multipart_part *p)
     FUZZ_CHECK(p->index == r->begins, "part index %u, expected %u", p->index, r->begins);
     r->is_in_part = true;
     r->begins++;
-    run_put(r, "B", 1);
+    run_putc(r, 'B');
     run_field(r, p->disposition);
     run_field(r, p->name);
     run_field(r, p->filename);
@@ -98,7 +105,7 @@ static int run_on_end(void *arg)
     FUZZ_CHECK(r->is_in_part, "end without a part");
     r->is_in_part = false;
     r->ends++;
-    run_put(r, "E", 1);
+    run_putc(r, 'E');
     return BD_OK;
 }
 
