@@ -14,6 +14,7 @@
  */
 #include "batchd/api.h"
 #include "api_internal.h"
+#include "api_submit_stream.h"
 #include "api_v1.h"
 
 #include "batchd/buf.h"
@@ -125,6 +126,18 @@ struct files_upload {
 
 static void upload_pump(struct files_upload *u);
 
+/* Give the upload's slot back once it is answered: what it still holds (a connection
+ * rolling back, a COMMIT's answer) comes back within moments, and a client that goes on at
+ * once with its next upload must not find the slot taken. */
+static void upload_uncount(struct files_upload *u)
+{
+    if (!u->is_counted)
+        return;
+    u->is_counted = false;
+    u->srv->submit_streams--;
+    bd__stream_release_slot(u->srv);   /* a streamed submit waiting in line goes on */
+}
+
 static void upload_maybe_free(struct files_upload *u)
 {
     if (!u->is_answered || u->is_writing || u->is_in_body || u->is_freeing)
@@ -134,8 +147,7 @@ static void upload_maybe_free(struct files_upload *u)
         bd_file_upload_abort(u->up);   /* nothing in flight: rolls back now */
         u->up = NULL;
     }
-    if (u->is_counted)
-        u->srv->submit_streams--;
+    upload_uncount(u);
     bd_multipart_free(u->mp);
     bd_buf_free(&u->chunk);
     free(u->filename);
@@ -153,8 +165,12 @@ static void upload_fail(struct files_upload *u, int err, const char *message, co
                    bd_err_name(err), message ? message : "");
         bd__v1_respond_error(u->req, u->rid, err, err == BD_EPG ? NULL : message, param, NULL,
                              err == BD_EUPLOADS ? "Retry-After: 5\r\n" : NULL);
+        upload_uncount(u);
     }
-    if (u->up && u->is_writing) {
+    /* The COMMIT in flight is let be: it ends through upload_on_committed, which frees
+     * what is left (the client is gone or answered; the file may or may not have been
+     * stored, as with any answer lost on the way). */
+    if (u->up && u->is_writing && !u->is_closing) {
         bd_file_upload_abort(u->up);   /* its callback comes with BD_ECANCELED */
         u->up = NULL;
     }
@@ -341,6 +357,7 @@ static void upload_on_committed(int status, const char *message, void *arg)
     u->is_answered = true;
     bd_http_set_abort_cb(u->req, NULL, NULL);
     bd__v1_respond_json(u->req, u->rid, 200, files_object(&row));
+    upload_uncount(u);
     upload_maybe_free(u);
 }
 

@@ -612,6 +612,39 @@ static void test_files_answers_401_when_keys_set_and_no_bearer(void **state)
     bd_it_resp_free(&r);
 }
 
+/* File uploads share the long-upload slots with streamed job submits (half the API pool: 2
+ * here). A submit waiting in line for a slot goes on when a file upload gives its slot
+ * back, not only when another submit does. */
+static void test_files_hands_slot_to_waiting_submit_when_upload_ends(void **state)
+{
+    struct bd_it_raw up1, up2, sub;
+    struct bd_it_resp r;
+    size_t blen;
+    (void)state;
+
+    char *body = multipart_body("openai-slot", "batch", "{}\n", 3, &blen);
+    send_chunked(&up1, g_proc.port, "openai-slot", body, blen, AUTH, 10);
+    send_chunked(&up2, g_proc.port, "openai-slot", body, blen, AUTH, 10);
+    bd_it_sleep_ms(200);               /* both hold a slot now */
+    static const char line[] = "{\"text\": \"waiting for a slot\", \"id\": \"w1\"}\n";
+    char hdrs[256];
+    snprintf(hdrs, sizeof(hdrs), "Content-Type: application/x-ndjson\r\n"
+             "Content-Length: %zu\r\n", sizeof(line) - 1);
+    bd_it_raw_open(&sub, g_proc.port, "POST",
+                   "/api/v1/batch/jobs?operation=bulk_embed&model=hashmodel", hdrs, 0);
+    bd_it_raw_send(&sub, line);
+    /* In line: no answer while both uploads hold their slots. */
+    assert_int_equal(bd_it_raw_read(&sub, 300, 0), -1);
+    bd_it_raw_close(&up1);             /* the upload goes away: its slot frees */
+    assert_int_equal(bd_it_raw_response(&sub, &r, false, 5000), 0);
+    if (r.status != 202)
+        fail_msg("waiting submit: %ld %s", r.status, r.body);
+    bd_it_resp_free(&r);
+    bd_it_raw_close(&sub);
+    bd_it_raw_close(&up2);
+    free(body);
+}
+
 /* ---- setup ------------------------------------------------------------------------------ */
 
 static int it_setup(void **state)
@@ -638,7 +671,8 @@ static int it_setup(void **state)
     bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
     setenv("BATCH_POSTGRES_URL", g_pg_url, 1);
     setenv("BATCH_REDIS_URL", g_redis_url, 1);
-    if (bd_it_start(&g_proc, NULL, NULL) != 0)
+    if (bd_it_start(&g_proc, "models:\n  - name: hashmodel\n    provider: hashing\n"
+                             "    dimensions: 4\n", NULL) != 0)
         return -1;
     g_started = true;
     if (bd_it_start(&g_small, "openai:\n  max_file_bytes: 1000\n", small_env) != 0)
@@ -676,6 +710,7 @@ int main(void)
         cmocka_unit_test(test_files_refuses_bad_multipart_in_openai_shape),
         cmocka_unit_test(test_files_leaves_nothing_when_too_large_or_cut),
         cmocka_unit_test(test_files_answers_401_when_keys_set_and_no_bearer),
+        cmocka_unit_test(test_files_hands_slot_to_waiting_submit_when_upload_ends),
     };
     bd_it_apply_filter();
     return cmocka_run_group_tests(tests, it_setup, it_teardown);
