@@ -29,7 +29,8 @@ int bd_api_register(struct bd_router *r, struct bd_server *srv);
 /* The HTTP server's on_headers hook (arg: srv): with API keys configured, a request under
  * BD_API_PREFIX without a valid key is answered 401 from its headers, before any byte of
  * its body is read; a POST under it that a browser could send cross-site without a
- * preflight (no Content-Type or a form type, no key header) is answered 415; then
+ * preflight (no Content-Type or a form type, no key header) is answered 415; a request
+ * under /v1 gets the same two checks answered in OpenAI's error shape (api_v1.c); then
  * bd_router_dispatch_headers(req, srv->router). */
 void bd_api_on_headers(struct bd_http_request *req, void *srv);
 
