@@ -7,6 +7,7 @@
  * SPDX-License-Identifier: MIT
  */
 #include "api_internal.h"
+#include "api_v1.h"
 
 #include "batchd/config.h"
 #include "batchd/error.h"
@@ -48,14 +49,14 @@ static bool api_key_equal(const char *given, size_t given_len, const char *key)
     return diff == 0;
 }
 
-int bd__api_check_auth(struct bd_http_request *req, struct bd_server *srv)
+bool bd__api_is_key_valid(const struct bd_http_request *req, const struct bd_server *srv)
 {
     const struct bd_config *cfg = srv->cfg;
     const char *key;
     bool is_ok = false;
 
     if (cfg->api_keys_count == 0)
-        return 1;
+        return true;
     key = bd_http_header_get(req, "X-API-Key");
     if (key == NULL) {
         const char *auth = bd_http_header_get(req, "Authorization");
@@ -65,7 +66,12 @@ int bd__api_check_auth(struct bd_http_request *req, struct bd_server *srv)
     /* Every key is compared (no early exit), each in constant time. */
     for (unsigned i = 0; key && i < cfg->api_keys_count; i++)
         is_ok |= api_key_equal(key, strlen(key), cfg->api_keys[i]);
-    if (is_ok)
+    return is_ok;
+}
+
+int bd__api_check_auth(struct bd_http_request *req, struct bd_server *srv)
+{
+    if (bd__api_is_key_valid(req, srv))
         return 1;
     bd_http_respond_error_ex(req, bd_err_http_status(BD_EUNAUTH), "WWW-Authenticate: Bearer\r\n",
                              bd_err_api_code(BD_EUNAUTH), bd_strerror(BD_EUNAUTH), NULL);
@@ -207,7 +213,7 @@ json_t *bd__api_cursor_json(char tag, long long v)
  * form types, and no header of ours. Such a POST could retry or cancel jobs on a batchd a
  * browser can reach; with a JSON type or a key header the browser has to ask first (CORS
  * preflight), which batchd never allows. */
-static bool api_is_simple_post(const struct bd_http_request *req)
+bool bd__api_is_simple_post(const struct bd_http_request *req)
 {
     if (strcmp(req->method, "POST") != 0 || bd_http_header_get(req, "X-API-Key") ||
         bd_http_header_get(req, "Authorization"))
@@ -261,10 +267,12 @@ void bd_api_on_headers(struct bd_http_request *req, void *arg)
                               "header (http.allowed_hosts)", NULL);
         return;
     }
+    if (bd__v1_is_path(req->path) && !bd__v1_admit(req, srv))
+        return;                                     /* 401 or 415 in OpenAI's shape */
     if (is_api && srv->cfg->api_keys_count > 0 && !bd__api_check_auth(req, srv))
         return;                                     /* 401: the body is never read */
     /* The submit checks its own Content-Type (JSON or JSON Lines only). */
-    if (is_api && strcmp(req->path + n, "/jobs") != 0 && api_is_simple_post(req)) {
+    if (is_api && strcmp(req->path + n, "/jobs") != 0 && bd__api_is_simple_post(req)) {
         bd_http_respond_err(req, BD_EMEDIATYPE, "a POST needs Content-Type: application/json "
                             "(or an X-API-Key / Authorization header): a form or a page on "
                             "another site cannot send one", "Content-Type");

@@ -58,6 +58,8 @@
  *     write_timeout: 60            # a response the client stops reading: cut after this
  *     allowed_hosts: ""            # comma list of Host names to answer; "" = any (BATCH_ALLOWED_HOSTS)
  *     status_cache_ms: 50          # job status answers reused this long (BATCH_STATUS_CACHE_MS)
+ *   openai:
+ *     max_file_bytes: 209715200    # POST /v1/files: largest file (200 MiB)
  *   models:
  *     - name: mixtral              # ^[A-Za-z0-9_.:-]{1,64}$, unique
  *       provider: ollama           # ollama | openai | tei | hashing
@@ -141,6 +143,10 @@ struct raw_http {
     char *status_cache_ms;
 };
 
+struct raw_openai {
+    char *max_file_bytes;
+};
+
 struct raw_model {
     char *name;
     char *provider;
@@ -165,6 +171,7 @@ struct raw_config {
     struct raw_jobs *jobs;
     struct raw_metrics *metrics;
     struct raw_http *http;
+    struct raw_openai *openai;
     struct raw_model *models;
     unsigned models_count;
 };
@@ -240,6 +247,11 @@ static const cyaml_schema_field_t raw_http_fields[] = {
     CYAML_FIELD_END
 };
 
+static const cyaml_schema_field_t raw_openai_fields[] = {
+    RAW_STR(struct raw_openai, max_file_bytes),
+    CYAML_FIELD_END
+};
+
 static const cyaml_schema_field_t raw_model_fields[] = {
     RAW_STR(struct raw_model, name),
     RAW_STR(struct raw_model, provider),
@@ -269,6 +281,7 @@ static const cyaml_schema_field_t raw_config_fields[] = {
     RAW_SECTION(jobs, raw_jobs_fields),
     RAW_SECTION(metrics, raw_metrics_fields),
     RAW_SECTION(http, raw_http_fields),
+    RAW_SECTION(openai, raw_openai_fields),
     CYAML_FIELD_SEQUENCE("models", CYAML_FLAG_POINTER_NULL | CYAML_FLAG_OPTIONAL,
                          struct raw_config, models, &raw_model_entry, 0, CYAML_UNLIMITED),
     CYAML_FIELD_END
@@ -335,6 +348,8 @@ const struct cfg_field cfg_fields[] = {
     T_STR(http, allowed_hosts, "BATCH_ALLOWED_HOSTS", http_allowed_hosts, "",
           bd__config_check_hosts),
     T_UINT(http, status_cache_ms, "BATCH_STATUS_CACHE_MS", http_status_cache_ms, 0, 60000, "50"),
+    TOP(openai, max_file_bytes, NULL, openai_max_file_bytes, CFG_SIZE, 1, 17179869184.0,
+        "209715200", NULL),
 };
 
 _Static_assert(sizeof(cfg_fields) / sizeof(cfg_fields[0]) == CFG_NFIELDS,

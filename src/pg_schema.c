@@ -136,12 +136,35 @@ static const char pg_schema_v5_vector_storage[] =
     "ALTER TABLE vectors SET (toast_tuple_target = 8160);\n"
     "ALTER TABLE embedding_cache SET (toast_tuple_target = 8160);\n";
 
+/* OpenAI-compatible files (file_store.c): a file's row, and its content in chunks of up to
+ * BD_FILE_CHUNK_BYTES in order (seq from 0), so a file is written and read as a stream and
+ * never held whole. line_start is the number of newlines before the chunk, so a reader can
+ * start at a given line without reading the chunks before it. The chunks of a file under
+ * upload are written before its row (one transaction): the foreign key is checked at the
+ * COMMIT. Uploads that do not commit leave nothing. */
+static const char pg_schema_v6_files[] =
+    "CREATE TABLE files (\n"
+    "  id text PRIMARY KEY, seq bigserial NOT NULL UNIQUE,\n"
+    "  purpose text NOT NULL, filename text NOT NULL,\n"
+    "  bytes bigint NOT NULL, lines bigint NOT NULL, chunks int NOT NULL,\n"
+    "  status text NOT NULL DEFAULT 'processed',\n"
+    "  created_at timestamptz NOT NULL DEFAULT now());\n"
+    "CREATE INDEX files_purpose_seq_idx ON files (purpose, seq);\n"
+    "CREATE TABLE file_chunks (\n"
+    "  file_id text NOT NULL REFERENCES files(id) ON DELETE CASCADE\n"
+    "    DEFERRABLE INITIALLY DEFERRED,\n"
+    "  seq int NOT NULL, line_start bigint NOT NULL, data bytea NOT NULL,\n"
+    "  PRIMARY KEY (file_id, seq));\n"
+    "ALTER TABLE file_chunks ALTER COLUMN data SET STORAGE EXTERNAL;\n"
+    "ALTER TABLE file_chunks ALTER COLUMN data SET STATISTICS 0;\n";
+
 static const struct pg_migration pg_migrations[] = {
     { 1, "initial", pg_schema_v1_initial },
     { 2, "embedding_cache", pg_schema_v2_embedding_cache },
     { 3, "packed_batches", pg_schema_v3_packed_batches },
     { 4, "packed_items", pg_schema_v4_packed_items },
     { 5, "vector_storage", pg_schema_v5_vector_storage },
+    { 6, "files", pg_schema_v6_files },
 };
 
 #define PG_MIGRATIONS_COUNT (sizeof(pg_migrations) / sizeof(pg_migrations[0]))

@@ -7,6 +7,7 @@
  * api_results.c: GET /jobs/{id}/items and /jobs/{id}/results (paged JSON, JSON Lines).
  * api_events.c: GET /jobs/{id}/events (Server-Sent Events) and /debug/job/{id}.
  * api_common.c: helpers the handlers share (declared here and in src/api_internal.h).
+ * api_files.c: the OpenAI-compatible files under /v1/files (api_v1.c: what /v1 shares).
  * Handlers reach jobs only through job_engine.h and job_store.h, Redis through
  * redis_queue.h; no SQL text and no literal HTTP error status in any of them.
  */
@@ -14,6 +15,7 @@
 #define BATCHD_API_H
 
 #include <jansson.h>
+#include <stdbool.h>
 
 struct bd_router;
 struct bd_server;
@@ -27,7 +29,8 @@ int bd_api_register(struct bd_router *r, struct bd_server *srv);
 /* The HTTP server's on_headers hook (arg: srv): with API keys configured, a request under
  * BD_API_PREFIX without a valid key is answered 401 from its headers, before any byte of
  * its body is read; a POST under it that a browser could send cross-site without a
- * preflight (no Content-Type or a form type, no key header) is answered 415; then
+ * preflight (no Content-Type or a form type, no key header) is answered 415; a request
+ * under /v1 gets the same two checks answered in OpenAI's error shape (api_v1.c); then
  * bd_router_dispatch_headers(req, srv->router). */
 void bd_api_on_headers(struct bd_http_request *req, void *srv);
 
@@ -46,6 +49,9 @@ int bd__api_register_events(struct bd_router *r, struct bd_server *srv);
 
 /* Register GET /api/v1/batch/queue/status and GET /api/v1/batch/metrics (api_metrics.c). */
 int bd__api_register_metrics(struct bd_router *r, struct bd_server *srv);
+
+/* Register the OpenAI-compatible files under /v1/files (api_files.c). */
+int bd__api_register_files(struct bd_router *r, struct bd_server *srv);
 
 /* 1 when id is a valid job id (^[A-Za-z0-9_-]{1,128}$), else 0. */
 #define BD__API_JOB_ID_MAX 128
@@ -76,5 +82,13 @@ void bd__api_respond_json(struct bd_http_request *req, int status, json_t *json,
 /* Reject requests without a valid API key when keys are configured (EUNAUTH answered here).
  * Returns 1 when the request may proceed. */
 int bd__api_check_auth(struct bd_http_request *req, struct bd_server *srv);
+
+/* True when no keys are configured or req carries one (X-API-Key, or Authorization: Bearer),
+ * compared in constant time. Answers nothing. */
+bool bd__api_is_key_valid(const struct bd_http_request *req, const struct bd_server *srv);
+
+/* True when req is a POST a web page on another site could make a browser send without a
+ * preflight (no key header; no Content-Type, or a form or text/plain one). */
+bool bd__api_is_simple_post(const struct bd_http_request *req);
 
 #endif

@@ -83,6 +83,9 @@ struct bd_config {
                                              * "" = any (BATCH_ALLOWED_HOSTS) */
     unsigned http_status_cache_ms;          /* GET status answers reused, default 50; 0 = off */
 
+    /* OpenAI-compatible API (/v1) */
+    size_t openai_max_file_bytes;           /* POST /v1/files: largest file, default 200 MiB */
+
     struct bd_model_config *models;
     unsigned models_count;
 };

@@ -1,0 +1,113 @@
+/* api_v1.c -- what the OpenAI-compatible handlers under /v1 share: the request id, OpenAI's
+ * error shape {"error":{"message","type","param","code"}}, the x-request-id and
+ * x-should-retry headers, and the admission of a /v1 request from its headers (the API key
+ * as a Bearer token, no cross-site form POST).
+ *
+ * Owns nothing beyond a call: no state. Loop thread only. Statuses come from the error map
+ * (error.h), never as literals.  SPDX-License-Identifier: MIT
+ */
+#include "api_v1.h"
+#include "api_internal.h"
+
+#include "batchd/config.h"
+#include "batchd/error.h"
+#include "batchd/http_server.h"
+#include "batchd/server.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <uv.h>
+
+void bd__v1_request_id(char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char r[16];
+
+    if (uv_random(NULL, NULL, r, sizeof(r), 0, NULL) < 0) {
+        /* No random source (a sandbox without getrandom): unique within this process is
+         * enough for an id that only ties an answer to a log line. */
+        uint64_t t = uv_hrtime();
+        memcpy(r, &t, sizeof(t));
+        memcpy(r + 8, &out, sizeof(out) < 8 ? sizeof(out) : 8);
+    }
+    memcpy(out, "req_", 4);
+    for (size_t i = 0; i < sizeof(r); i++) {
+        out[4 + 2 * i] = hex[r[i] >> 4];
+        out[5 + 2 * i] = hex[r[i] & 15];
+    }
+    out[BD__V1_REQUEST_ID_LEN] = '\0';
+}
+
+bool bd__v1_is_path(const char *path)
+{
+    size_t n = sizeof(BD__V1_PREFIX) - 1;
+    return strncmp(path, BD__V1_PREFIX, n) == 0 && (path[n] == '/' || path[n] == '\0');
+}
+
+void bd__v1_headers(const char *request_id, int status, char *out, size_t outlen)
+{
+    bool is_final = status >= 400 && status < 500 && status != 408 && status != 409 &&
+                    status != 429;
+    snprintf(out, outlen, "x-request-id: %s\r\n%s", request_id,
+             is_final ? "x-should-retry: false\r\n" : "");
+}
+
+void bd__v1_respond_error(struct bd_http_request *req, const char *request_id, int err,
+                          const char *message, const char *param, const char *code,
+                          const char *extra)
+{
+    int status = bd_err_http_status(err);
+    char rid[BD__V1_REQUEST_ID_LEN + 1], headers[512];
+    json_t *e, *body;
+
+    if (status == 0)                           /* an internal-only code reached an answer */
+        status = bd_err_http_status(BD_EINTERNAL);
+    if (request_id == NULL) {
+        bd__v1_request_id(rid);
+        request_id = rid;
+    }
+    bd__v1_headers(request_id, status, headers, sizeof(headers));
+    if (extra)
+        snprintf(headers + strlen(headers), sizeof(headers) - strlen(headers), "%s", extra);
+    e = json_pack("{s:s, s:s, s:s?, s:s?}", "message", message ? message : bd_strerror(err),
+                  "type", status < 500 ? "invalid_request_error" : "server_error",
+                  "param", param, "code", code);
+    body = e ? json_pack("{s:o}", "error", e) : NULL;
+    bd__api_respond_json(req, status, body, headers);
+}
+
+void bd__v1_respond_json(struct bd_http_request *req, const char *request_id, int status,
+                         json_t *json)
+{
+    char rid[BD__V1_REQUEST_ID_LEN + 1], headers[160];
+
+    if (request_id == NULL) {
+        bd__v1_request_id(rid);
+        request_id = rid;
+    }
+    bd__v1_headers(request_id, status, headers, sizeof(headers));
+    bd__api_respond_json(req, status, json, headers);
+}
+
+bool bd__v1_admit(struct bd_http_request *req, struct bd_server *srv)
+{
+    if (!bd__api_is_key_valid(req, srv)) {
+        bool has_key = bd_http_header_get(req, "Authorization") != NULL ||
+                       bd_http_header_get(req, "X-API-Key") != NULL;
+        bd__v1_respond_error(req, NULL, BD_EUNAUTH,
+                             has_key ? "Incorrect API key provided."
+                                     : "You didn't provide an API key. Send it as "
+                                       "'Authorization: Bearer <key>'.",
+                             NULL, "invalid_api_key", "WWW-Authenticate: Bearer\r\n");
+        return false;
+    }
+    if (bd__api_is_simple_post(req)) {
+        bd__v1_respond_error(req, NULL, BD_EMEDIATYPE,
+                             "a POST under /v1 needs an Authorization (or X-API-Key) header: "
+                             "a form on another site cannot send one", NULL, NULL, NULL);
+        return false;
+    }
+    return true;
+}
