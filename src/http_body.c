@@ -164,6 +164,7 @@ void bd_http_body_resume(struct bd_http_request *req)
     r->is_body_paused = false;
     r->paused_ns += uv_hrtime() - r->pause_start_ns;
     if (conn != NULL && !conn->is_closing) {
+        conn->input_ns = uv_hrtime();              /* the client's idle clock restarts */
         conn->is_body_resumed = true;
         bd__http_conn_schedule_service(conn);      /* delivers from the loop, not from here */
     }

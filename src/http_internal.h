@@ -124,6 +124,7 @@ struct http_conn {
     size_t write_left;                 /* tcp.write_queue_size at the last sweep */
     size_t write_unacked;              /* the kernel's unacknowledged bytes then */
     uint64_t write_progress_ns;        /* last time the socket took some of our output */
+    uint64_t input_ns;                 /* last time bytes arrived (or a paused body resumed) */
     unsigned long long id;
     enum conn_timer timer_mode;
     int parse_err;                     /* BD_E* from a parser callback that stopped llhttp */

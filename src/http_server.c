@@ -344,6 +344,26 @@ void bd__http_conn_close_graceful(struct http_conn *conn)
         bd__http_conn_update_timer(conn);
 }
 
+/* Milliseconds the client has left to deliver the request being parsed: the whole request
+ * within its timeout (request_timeout_ms, or the route's: a streamed upload may take an
+ * hour), and, whatever the route allows in total, some bytes within request_timeout_ms of
+ * the last ones (nginx's client_body_timeout): a body trickled a byte at a time cannot
+ * hold a connection and an upload slot for the route's whole hour. Time the handler keeps
+ * the body paused counts for neither. */
+static uint64_t conn_request_time_left(const struct http_conn *conn)
+{
+    const struct bd_http_options *opt = &conn->srv->opt;
+    const struct http_req *r = conn->parsing;
+    uint64_t now = uv_hrtime();
+    uint64_t limit = r->timeout_ms ? r->timeout_ms : opt->request_timeout_ms;
+    uint64_t elapsed = (now - r->pub.start_ns - r->paused_ns) / 1000000;
+    uint64_t since = conn->input_ns > now ? 0 : (now - conn->input_ns) / 1000000;
+    uint64_t left = elapsed < limit ? limit - elapsed : 0;
+    uint64_t idle_left = since < opt->request_timeout_ms ? opt->request_timeout_ms - since : 0;
+
+    return left < idle_left ? left : idle_left;
+}
+
 void bd__http_conn_update_timer(struct http_conn *conn)
 {
     const struct bd_http_options *opt = &conn->srv->opt;
@@ -355,12 +375,8 @@ void bd__http_conn_update_timer(struct http_conn *conn)
     if (conn->parsing != NULL && conn->parsing->is_body_paused) {
         mode = CONN_TIMER_NONE;                    /* the server's time, not the client's */
     } else if (conn->parsing != NULL && !conn->is_input_done && !conn->is_paused) {
-        const struct http_req *r = conn->parsing;
-        uint64_t limit = r->timeout_ms ? r->timeout_ms : opt->request_timeout_ms;
-        uint64_t elapsed = (uv_hrtime() - r->pub.start_ns - r->paused_ns) / 1000000;
-
         mode = CONN_TIMER_REQUEST;
-        ms = elapsed < limit ? limit - elapsed : 0;
+        ms = conn_request_time_left(conn);
     } else if (conn->head == NULL) {
         mode = CONN_TIMER_IDLE;                    /* also bounds a shutdown's final writes */
         ms = opt->idle_timeout_ms;
@@ -417,6 +433,11 @@ static void conn_on_timer(uv_timer_t *timer)
         bd__http_conn_close_now(conn);
         break;
     case CONN_TIMER_REQUEST:
+        if (conn->parsing != NULL && conn_request_time_left(conn) > 0) {
+            conn->timer_mode = CONN_TIMER_REQUEST;   /* bytes came meanwhile: wait on */
+            uv_timer_start(timer, conn_on_timer, conn_request_time_left(conn), 0);
+            break;
+        }
         bd__http_conn_fail(conn, BD_ETIMEOUT, NULL);
         break;
     case CONN_TIMER_LINGER:
@@ -553,6 +574,7 @@ static void conn_service(struct http_conn *conn)
     }
     if (conn->is_paused && !bd__http_conn_must_pause(conn)) {
         conn->is_paused = false;
+        conn->input_ns = uv_hrtime();              /* the pause was ours, not the client's */
         is_resume = true;
     }
     if (is_resume && !conn->is_paused) {
@@ -608,6 +630,7 @@ static void conn_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
     }
     if (conn->is_lingering)
         return;                                    /* dropped: we have said our last word */
+    conn->input_ns = uv_hrtime();
     conn->in_len += (size_t)nread;
     conn_process_input(conn);
 }

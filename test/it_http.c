@@ -396,6 +396,8 @@ static void upload_on_headers(struct bd_http_request *req, void *arg)
 
     LOOP_CHECK(strcmp(req->route, "/upload") == 0);
     bd_http_body_set_limit(req, limit ? strtoull(limit, NULL, 10) : 256ull << 20);
+    if (bd_http_query_get(req, "timeout") != NULL)
+        bd_http_body_set_timeout(req, strtoull(bd_http_query_get(req, "timeout"), NULL, 10));
     if (bd_http_query_get(req, "buffer") != NULL)
         return;
     LOOP_CHECK((u = calloc(1, sizeof(*u))) != NULL);
@@ -1640,6 +1642,47 @@ static void http_calls_abort_when_client_leaves_mid_body(void **state)
 /* A per-request limit below max_body_bytes: 413 by Content-Length before any byte is read,
  * and 413 for a chunked body once it passes the limit. A route may also decline to stream
  * (buffer=1): then its on_request gets the buffered body. */
+/* A route may allow its body an hour (a big upload), but not an hour of silence: a body
+ * with no byte for request_timeout_ms gets 408, while one that trickles a byte more often
+ * than that runs past request_timeout_ms and completes. (Before: 200 trickled JSON bodies
+ * held their connections, and the upload slots, for the route's whole hour.) */
+static void http_cuts_silent_body_but_not_slow_one_when_route_allows_long(void **state)
+{
+    struct bd_http_options opt = default_opt;
+    struct bd_it_raw c;
+    struct bd_it_resp r = { 0 };
+
+    (void)state;
+    opt.request_timeout_ms = 400;
+    struct it_srv *s = srv_start(&opt);
+
+    bd_it_raw_connect(&c, s->port);
+    double t0 = bd_it_now();
+    bd_it_raw_send(&c, "POST /upload?timeout=60000 HTTP/1.1\r\nHost: t\r\n"
+                       "Content-Length: 100\r\n\r\nabc");
+    assert_int_equal(read_resp(&c, &r, false), 0);
+    double took = bd_it_now() - t0;
+    print_message("    silent body: %ld after %.2f s (idle limit 0.4 s, route 60 s)\n", r.status,
+                  took);
+    assert_int_equal(r.status, 408);
+    assert_true(took < 3.0);
+    bd_it_raw_close(&c);
+
+    bd_it_raw_connect(&c, s->port);
+    bd_it_raw_send(&c, "POST /upload?timeout=60000 HTTP/1.1\r\nHost: t\r\n"
+                       "Content-Length: 10\r\n\r\n");
+    for (int i = 0; i < 10; i++) {               /* 10 bytes over ~1.5 s: one per 150 ms */
+        bd_it_sleep_ms(150);
+        bd_it_raw_send(&c, "x");
+    }
+    assert_int_equal(read_resp(&c, &r, false), 0);
+    assert_int_equal(r.status, 200);
+    bd_it_raw_close(&c);
+    bd_it_resp_free(&r);
+    srv_stop(s);
+    srv_free(s);
+}
+
 static void http_answers_413_when_streamed_body_over_route_limit(void **state)
 {
     struct it_srv *s = srv_start(&default_opt);
@@ -1711,6 +1754,7 @@ int main(void)
         cmocka_unit_test(http_closes_after_answer_when_handler_rejects_mid_body),
         cmocka_unit_test(http_calls_abort_when_client_leaves_mid_body),
         cmocka_unit_test(http_answers_413_when_streamed_body_over_route_limit),
+        cmocka_unit_test(http_cuts_silent_body_but_not_slow_one_when_route_allows_long),
     };
 
     signal(SIGPIPE, SIG_IGN);              /* as batchd does: libuv writes with write(2) */
