@@ -35,6 +35,7 @@
 #define HTTP_DEFAULT_SHUTDOWN_MS      5000u
 #define HTTP_DEFAULT_WRITE_MS         60000u
 #define HTTP_WRITE_SWEEP_MS           1000u     /* how often stalled writes are looked for */
+#define HTTP_EVICT_AGE_MS             1000u     /* silent this long: may make room (srv_evict) */
 
 struct arena_chunk {
     struct arena_chunk *next;
@@ -169,6 +170,9 @@ struct bd_http_server {
     unsigned conn_count;               /* all open connections */
     unsigned serving_count;            /* those counted against max_connections */
     unsigned req_count;                /* live requests, attached or not */
+    unsigned long long rejected;       /* connections refused for max_connections */
+    unsigned long long evicted;        /* connections closed to make room (srv_evict) */
+    uint64_t full_logged_ns;           /* last "connections_full" warning */
     unsigned long long next_conn_id;
     bool is_listening;
     bool is_closing;

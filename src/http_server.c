@@ -651,6 +651,59 @@ static void conn_start_reading(struct http_conn *conn)
     conn->is_reading = true;
 }
 
+/* Full: make room for a newcomer by closing a connection that costs a client nothing to
+ * lose and may be an attacker's: the one that has been sending its request's headers the
+ * longest (slowloris), else one with no request at all (idle keep-alive, or connected and
+ * silent). Only headers begun, or silence, HTTP_EVICT_AGE_MS ago or more (a real client
+ * sends its request's headers at once), and never a request being handled or a body being
+ * received. Returns
+ * true when one was closed (no longer counted as serving). */
+static bool srv_evict(struct bd_http_server *srv, const struct http_conn *newcomer)
+{
+    struct http_conn *conn, *victim = NULL;
+    bool is_victim_in_headers = false;
+
+    uint64_t before = uv_hrtime() - HTTP_EVICT_AGE_MS * 1000000ull;
+
+    for (conn = srv->conns; conn != NULL; conn = conn->next) {
+        if (conn == newcomer || conn->is_reject || conn->is_closing || conn->is_shutting ||
+            conn->head != NULL)
+            continue;
+        if (conn->parsing != NULL && conn->parsing->pub.method[0] == '\0') {
+            if (conn->parsing->pub.start_ns > before)
+                continue;                          /* headers begun < 1 s ago */
+            if (!is_victim_in_headers ||
+                conn->parsing->pub.start_ns < victim->parsing->pub.start_ns) {
+                victim = conn;
+                is_victim_in_headers = true;
+            }
+        } else if (conn->parsing == NULL && victim == NULL && conn->input_ns <= before) {
+            victim = conn;
+        }
+    }
+    if (victim == NULL)
+        return false;
+    srv->evicted++;
+    victim->is_reject = true;                      /* no longer serving, from now */
+    srv->serving_count--;
+    bd__http_conn_close_now(victim);
+    return true;
+}
+
+/* Warnings about refused or evicted connections: at most one a second, with counts (a
+ * storm of refusals must not become a storm of log lines). */
+static void srv_log_full(struct bd_http_server *srv)
+{
+    uint64_t now = uv_hrtime();
+
+    if (now - srv->full_logged_ns < 1000000000ull && srv->full_logged_ns != 0)
+        return;
+    bd_log(BD_LOG_WARN, "http", "event=connections_full open=%u max_connections=%u "
+           "refused=%llu evicted=%llu (since start)", srv->serving_count,
+           srv->opt.max_connections, srv->rejected, srv->evicted);
+    srv->full_logged_ns = now;
+}
+
 /* Over max_connections: answer 503 and close, without parsing. */
 static void conn_reject(struct http_conn *conn)
 {
@@ -658,6 +711,8 @@ static void conn_reject(struct http_conn *conn)
 
     conn->is_reject = true;
     conn->is_input_done = true;
+    conn->srv->rejected++;
+    srv_log_full(conn->srv);
     if ((r = bd__http_req_new(conn)) == NULL) {
         bd__http_conn_close_now(conn);
         return;
@@ -665,8 +720,6 @@ static void conn_reject(struct http_conn *conn)
     bd__http_conn_queue_push(conn, r);
     r->is_last = true;
     r->refs++;
-    bd_log(BD_LOG_WARN, "http", "conn=%llu rejected: %u connections open (max_connections)",
-           conn->id, conn->srv->serving_count);
     bd_http_respond_error_ex(&r->pub, 503, "Retry-After: 1\r\n", "server_busy",
                              "too many open connections", NULL);
 }
@@ -707,10 +760,13 @@ static void srv_on_connection(uv_stream_t *listener, int status)
         return;
     }
     uv_tcp_nodelay(&conn->tcp, 1);
-    if (srv->serving_count >= srv->opt.max_connections) {
+    conn->input_ns = uv_hrtime();
+    if (srv->serving_count >= srv->opt.max_connections && !srv_evict(srv, conn)) {
         conn_reject(conn);
         return;
     }
+    if (srv->evicted > 0 && srv->serving_count + 1 >= srv->opt.max_connections)
+        srv_log_full(srv);
     srv->serving_count++;
     bd_log(BD_LOG_DEBUG, "http", "conn=%llu open (%u open)", conn->id, srv->conn_count);
     conn_start_reading(conn);

@@ -1179,10 +1179,11 @@ static void http_answers_503_when_over_max_connections(void **state)
     (void)state;
     opt.max_connections = 4;
     s = srv_start(&opt);
-    for (int i = 0; i < 4; i++) {                      /* accepted and counted, in order */
+    for (int i = 0; i < 4; i++) {    /* each busy with a request: none can be made room of */
         bd_it_raw_connect(&c[i], s->port);
-        request(&c[i], GET_HEALTHZ, &r);
-        assert_int_equal(r.status, 200);
+        bd_it_raw_send(&c[i], "GET /forever HTTP/1.1\r\nHost: t\r\n\r\n");
+        while (atomic_load(&s->slow_started) < (unsigned)i + 1)
+            bd_it_sleep_ms(5);
     }
     bd_it_raw_connect(&extra, s->port);
     bd_it_raw_send(&extra, GET_HEALTHZ);
@@ -1208,6 +1209,64 @@ static void http_answers_503_when_over_max_connections(void **state)
     assert_true(is_served);
     for (int i = 1; i < 4; i++)
         bd_it_raw_close(&c[i]);
+    srv_stop(s);
+    bd_it_resp_free(&r);
+    srv_free(s);
+}
+
+/* Full, a newcomer takes the place of the connection that has been sending its headers the
+ * longest (slowloris), then of one with no request (idle keep-alive), once they have been
+ * silent for a second; one busy with a request is never closed for it. (Before: every newcomer got 503 while 1,000 slowloris
+ * connections held the server, bench_hostile.) */
+static void http_evicts_slowloris_then_idle_when_full(void **state)
+{
+    struct bd_http_options opt = default_opt;
+    struct bd_it_raw busy, slow_old, slow_new, idle, n1, n2, n3;
+    struct bd_it_resp r = { 0 };
+
+    (void)state;
+    opt.max_connections = 4;
+    struct it_srv *s = srv_start(&opt);
+    bd_it_raw_connect(&slow_old, s->port);
+    bd_it_raw_send(&slow_old, "GET /healthz HTTP/1.1\r\nHost: t\r\n");   /* never ends */
+    bd_it_sleep_ms(50);
+    bd_it_raw_connect(&slow_new, s->port);
+    bd_it_raw_send(&slow_new, "GET /healthz HTTP/1.1\r\nX-A: 1\r\n");
+    bd_it_raw_connect(&busy, s->port);
+    bd_it_raw_send(&busy, "GET /forever HTTP/1.1\r\nHost: t\r\n\r\n");
+    while (atomic_load(&s->slow_started) < 1)
+        bd_it_sleep_ms(5);
+    bd_it_raw_connect(&idle, s->port);
+    request(&idle, GET_HEALTHZ, &r);
+    assert_int_equal(r.status, 200);
+    bd_it_raw_connect(&n1, s->port);                   /* all sent something < 1 s ago */
+    bd_it_raw_send(&n1, GET_HEALTHZ);
+    assert_int_equal(read_resp(&n1, &r, false), 0);
+    assert_int_equal(r.status, 503);
+    bd_it_raw_close(&n1);
+    bd_it_sleep_ms(1100);
+
+    bd_it_raw_connect(&n1, s->port);                   /* takes slow_old's place */
+    request(&n1, GET_HEALTHZ, &r);
+    assert_int_equal(r.status, 200);
+    assert_true(bd_it_raw_sees_close(&slow_old, 2000));
+    bd_it_raw_connect(&n2, s->port);                   /* then slow_new's */
+    request(&n2, GET_HEALTHZ, &r);
+    assert_int_equal(r.status, 200);
+    assert_true(bd_it_raw_sees_close(&slow_new, 2000));
+    bd_it_raw_connect(&n3, s->port);                   /* then an idle one's */
+    request(&n3, GET_HEALTHZ, &r);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(atomic_load(&s->aborts), 0);      /* the busy request lives on */
+    bd_it_raw_send(&busy, "");
+    assert_false(bd_it_raw_sees_close(&busy, 200));
+    bd_it_raw_close(&slow_old);
+    bd_it_raw_close(&slow_new);
+    bd_it_raw_close(&idle);
+    bd_it_raw_close(&n1);
+    bd_it_raw_close(&n2);
+    bd_it_raw_close(&n3);
+    bd_it_raw_close(&busy);
     srv_stop(s);
     bd_it_resp_free(&r);
     srv_free(s);
@@ -1743,6 +1802,7 @@ int main(void)
         cmocka_unit_test(http_closes_connection_when_idle_timeout),
         cmocka_unit_test(http_answers_408_when_request_never_completes),
         cmocka_unit_test(http_answers_503_when_over_max_connections),
+        cmocka_unit_test(http_evicts_slowloris_then_idle_when_full),
         cmocka_unit_test(http_calls_abort_when_client_leaves_early),
         cmocka_unit_test(http_finishes_inflight_request_when_server_closes),
         cmocka_unit_test(http_cuts_endless_stream_when_server_closes),
