@@ -732,7 +732,12 @@ if want hostile && { [ "$mode" != smoke ] || [ "$only" != all ]; }; then
     2> "$out/logs/hostile.txt" || host_rc=$?
   cat "$out/logs/hostile.txt" >&2
   emfile=$(grep -ci 'too many open files\|EMFILE' "$out/logs/batchd-host.log" || true)
-  rejected=$(grep -c 'rejected: .* connections open' "$out/logs/batchd-host.log" || true)
+  # batchd logs its running totals once a second at most: the last line has them.
+  full_line=$(grep 'event=connections_full' "$out/logs/batchd-host.log" | tail -n 1 || true)
+  rejected=$(printf '%s' "$full_line" | sed -n 's/.* refused=\([0-9]*\).*/\1/p')
+  evicted=$(printf '%s' "$full_line" | sed -n 's/.* evicted=\([0-9]*\).*/\1/p')
+  rejected=${rejected:-0}
+  evicted=${evicted:-0}
   # bench_hostile sent SIGTERM at the end (--sigterm): batchd must have exited, with 0.
   bd_rc=0
   if [ "$(jq -r '(.shutdown.exit_s // -1) >= 0' "$work/hostile.json" 2>/dev/null)" = true ]; then
@@ -741,7 +746,7 @@ if want hostile && { [ "$mode" != smoke ] || [ "$only" != all ]; }; then
     bd_rc=running
   fi
   record hostile batchd 1 max_connections="$HOST_MAXCONN" log_emfile="$emfile" \
-    log_rejected="$rejected" exit_code="$host_rc" batchd_exit="$bd_rc" < "$work/hostile.json" || host_rc=1
+    log_rejected="$rejected" log_evicted="$evicted" exit_code="$host_rc" batchd_exit="$bd_rc" < "$work/hostile.json" || host_rc=1
   if [ "$host_rc" != 0 ] || [ "$bd_rc" != 0 ]; then
     HOSTILE_FAILED=1
     log "hostile: FAILED (bench_hostile exit $host_rc, batchd exit $bd_rc); see logs/hostile.txt"

@@ -48,7 +48,7 @@
  *   metrics:
  *     enabled: true                # BATCH_METRICS_ENABLED
  *   http:
- *     max_connections: 1024
+ *     max_connections: 4096
  *     max_header_bytes: 16384
  *     max_url_bytes: 4096
  *     max_body_bytes: 268435456
@@ -335,7 +335,7 @@ const struct cfg_field cfg_fields[] = {
         NULL),
     TOP(metrics, require_key, "BATCH_METRICS_REQUIRE_KEY", metrics_require_key, CFG_BOOL, 0, 0,
         "false", NULL),
-    T_UINT(http, max_connections, NULL, http_max_connections, 1, 1000000, "1024"),
+    T_UINT(http, max_connections, NULL, http_max_connections, 1, 1000000, "4096"),
     T_UINT(http, max_header_bytes, NULL, http_max_header_bytes, 1024, 1048576, "16384"),
     T_UINT(http, max_url_bytes, NULL, http_max_url_bytes, 64, 1048576, "4096"),
     TOP(http, max_body_bytes, NULL, http_max_body_bytes, CFG_SIZE, 1, 17179869184.0,

@@ -26,7 +26,7 @@
 #define HTTP_BACKLOG         511
 #define HTTP_ALIGN           _Alignof(max_align_t)
 
-#define HTTP_DEFAULT_MAX_CONNECTIONS  1024u
+#define HTTP_DEFAULT_MAX_CONNECTIONS  4096u
 #define HTTP_DEFAULT_MAX_HEADER_BYTES (16u * 1024)
 #define HTTP_DEFAULT_MAX_URL_BYTES    (8u * 1024)
 #define HTTP_DEFAULT_MAX_BODY_BYTES   ((size_t)16 * 1024 * 1024)

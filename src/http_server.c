@@ -677,8 +677,10 @@ static bool srv_evict(struct bd_http_server *srv, const struct http_conn *newcom
                 victim = conn;
                 is_victim_in_headers = true;
             }
-        } else if (conn->parsing == NULL && victim == NULL && conn->input_ns <= before) {
-            victim = conn;
+        } else if (conn->parsing == NULL && !is_victim_in_headers &&
+                   conn->input_ns <= before &&
+                   (victim == NULL || conn->input_ns < victim->input_ns)) {
+            victim = conn;                         /* the longest silent */
         }
     }
     if (victim == NULL)

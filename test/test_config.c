@@ -289,7 +289,7 @@ static void config_uses_defaults_when_keys_are_missing(void **state)
     assert_float_equal(c->reaper_interval_s, 5, 1e-9);
     assert_int_equal(c->max_queued_items, 10000000);
     assert_true(c->metrics_enabled);
-    assert_int_equal(c->http_max_connections, 1024);
+    assert_int_equal(c->http_max_connections, 4096);
     assert_int_equal(c->http_max_header_bytes, 16384);
     assert_int_equal(c->http_max_url_bytes, 4096);
     assert_int_equal(c->http_max_body_bytes, 268435456);

@@ -71,7 +71,7 @@ struct bd_config {
     unsigned max_items_per_job;             /* default 1000000 */
 
     /* HTTP limits */
-    unsigned http_max_connections;          /* default 1024 */
+    unsigned http_max_connections;          /* default 4096 */
     unsigned http_max_header_bytes;         /* default 16384 */
     unsigned http_max_url_bytes;            /* default 4096 */
     size_t http_max_body_bytes;             /* default 256 MiB */

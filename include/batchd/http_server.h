@@ -76,7 +76,7 @@ typedef void (*bd_http_closed_cb)(struct bd_http_server *srv, void *arg);
 
 /* A zero limit or timeout below picks the default in brackets. */
 struct bd_http_options {
-    unsigned max_connections;         /* more are accepted and closed at once with 503 [1024] */
+    unsigned max_connections;         /* when full: make room (a slowloris, a silent one) or 503 [4096] */
     unsigned max_header_bytes;        /* sum of header names+values; over -> 431, close [16 KiB] */
     unsigned max_url_bytes;           /* over -> 414, close [8 KiB] */
     size_t max_body_bytes;            /* over (Content-Length or chunked) -> 413, close [16 MiB];
