@@ -34,6 +34,7 @@
 #define HTTP_DEFAULT_REQUEST_MS       30000u
 #define HTTP_DEFAULT_SHUTDOWN_MS      5000u
 #define HTTP_DEFAULT_WRITE_MS         60000u
+#define HTTP_DEFAULT_MIN_BODY_RATE    1024u     /* bytes/s a long streamed body averages */
 #define HTTP_WRITE_SWEEP_MS           1000u     /* how often stalled writes are looked for */
 #define HTTP_EVICT_AGE_MS             1000u     /* silent this long: may make room (srv_evict) */
 

@@ -347,9 +347,9 @@ void bd__http_conn_close_graceful(struct http_conn *conn)
 /* Milliseconds the client has left to deliver the request being parsed: the whole request
  * within its timeout (request_timeout_ms, or the route's: a streamed upload may take an
  * hour), and, whatever the route allows in total, some bytes within request_timeout_ms of
- * the last ones (nginx's client_body_timeout): a body trickled a byte at a time cannot
- * hold a connection and an upload slot for the route's whole hour. Time the handler keeps
- * the body paused counts for neither. */
+ * the last ones (nginx's client_body_timeout) and, for a long route, an average rate: a
+ * body trickled a byte at a time cannot hold a connection and an upload slot for the
+ * route's whole hour. Time the handler keeps the body paused counts for none of them. */
 static uint64_t conn_request_time_left(const struct http_conn *conn)
 {
     const struct bd_http_options *opt = &conn->srv->opt;
@@ -361,7 +361,18 @@ static uint64_t conn_request_time_left(const struct http_conn *conn)
     uint64_t left = elapsed < limit ? limit - elapsed : 0;
     uint64_t idle_left = since < opt->request_timeout_ms ? opt->request_timeout_ms - since : 0;
 
-    return left < idle_left ? left : idle_left;
+    if (idle_left < left)
+        left = idle_left;
+    /* A streamed body (a route that allows more than request_timeout_ms) must also average
+     * min_body_rate after its first request_timeout_ms: it is due by then plus one second per
+     * min_body_rate bytes received (Apache's mod_reqtimeout MinRate). */
+    if (r->is_body_stream && limit > opt->request_timeout_ms) {
+        uint64_t due = opt->request_timeout_ms + r->body_received * 1000 / opt->min_body_rate;
+        uint64_t rate_left = elapsed < due ? due - elapsed : 0;
+        if (rate_left < left)
+            left = rate_left;
+    }
+    return left;
 }
 
 void bd__http_conn_update_timer(struct http_conn *conn)
@@ -845,6 +856,8 @@ int bd_http_server_new(uv_loop_t *loop, const struct bd_http_options *opt,
         srv->opt.shutdown_timeout_ms = HTTP_DEFAULT_SHUTDOWN_MS;
     if (srv->opt.write_timeout_ms == 0)
         srv->opt.write_timeout_ms = HTTP_DEFAULT_WRITE_MS;
+    if (srv->opt.min_body_rate == 0)
+        srv->opt.min_body_rate = HTTP_DEFAULT_MIN_BODY_RATE;
 
     bd__http_parser_settings_init(&srv->settings);
 

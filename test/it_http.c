@@ -1701,10 +1701,11 @@ static void http_calls_abort_when_client_leaves_mid_body(void **state)
 /* A per-request limit below max_body_bytes: 413 by Content-Length before any byte is read,
  * and 413 for a chunked body once it passes the limit. A route may also decline to stream
  * (buffer=1): then its on_request gets the buffered body. */
-/* A route may allow its body an hour (a big upload), but not an hour of silence: a body
- * with no byte for request_timeout_ms gets 408, while one that trickles a byte more often
- * than that runs past request_timeout_ms and completes. (Before: 200 trickled JSON bodies
- * held their connections, and the upload slots, for the route's whole hour.) */
+/* A route may allow its body an hour (a big upload), but not an hour of silence nor of
+ * trickling: a body with no byte for request_timeout_ms gets 408, and so does one slower
+ * than min_body_rate on average after its first request_timeout_ms; one fast enough runs
+ * past request_timeout_ms and completes. (Before: 200 trickled JSON bodies held their
+ * connections, and the upload slots, for the route's whole hour.) */
 static void http_cuts_silent_body_but_not_slow_one_when_route_allows_long(void **state)
 {
     struct bd_http_options opt = default_opt;
@@ -1713,6 +1714,7 @@ static void http_cuts_silent_body_but_not_slow_one_when_route_allows_long(void *
 
     (void)state;
     opt.request_timeout_ms = 400;
+    opt.min_body_rate = 5;                       /* bytes/s after the first 0.4 s */
     struct it_srv *s = srv_start(&opt);
 
     bd_it_raw_connect(&c, s->port);
@@ -1736,6 +1738,25 @@ static void http_cuts_silent_body_but_not_slow_one_when_route_allows_long(void *
     }
     assert_int_equal(read_resp(&c, &r, false), 0);
     assert_int_equal(r.status, 200);
+    bd_it_raw_close(&c);
+
+    /* Never silent for 0.4 s, but slower than 5 bytes/s on average: 408 once it falls
+     * behind (about 1.2 s in), although the route allows a minute. */
+    bd_it_raw_connect(&c, s->port);
+    t0 = bd_it_now();
+    bd_it_raw_send(&c, "POST /upload?timeout=60000 HTTP/1.1\r\nHost: t\r\n"
+                       "Content-Length: 100\r\n\r\n");
+    bool is_cut = false;
+    for (int i = 0; i < 20 && !is_cut; i++) {    /* one byte per 300 ms: 3.3 bytes/s */
+        bd_it_sleep_ms(300);
+        is_cut = send(c.fd, "y", 1, MSG_NOSIGNAL) != 1 || bd_it_raw_read(&c, 0, 0) >= 0;
+    }
+    assert_int_equal(read_resp(&c, &r, false), 0);
+    took = bd_it_now() - t0;
+    print_message("    trickle at 3.3 bytes/s: %ld after %.2f s (minimum 5 bytes/s)\n", r.status,
+                  took);
+    assert_int_equal(r.status, 408);
+    assert_true(took < 4.0);
     bd_it_raw_close(&c);
     bd_it_resp_free(&r);
     srv_stop(s);

@@ -89,6 +89,9 @@ struct bd_http_options {
     uint64_t write_timeout_ms;        /* output waiting this long without the client taking
                                        * a byte of it: the connection is cut, whatever its
                                        * handler is doing [60 s] */
+    uint64_t min_body_rate;           /* bytes/s a streamed body whose route allows it more
+                                       * than request_timeout_ms must average after its
+                                       * first request_timeout_ms; slower -> 408 [1 KiB/s] */
     bd_http_request_cb on_request;    /* required */
     void *on_request_arg;
     bd_http_response_cb on_response;  /* optional */
