@@ -66,6 +66,7 @@ struct ch {
     unsigned starts;
     char *logs[CH_MAX_LOGS];     /* every batchd log and config file, removed after a pass */
     unsigned logs_count;
+    unsigned logs_first;         /* the first of the random run's */
 
     pid_t fake_pid;
     int fake_port;
@@ -369,6 +370,9 @@ static enum ch_fault ch_pick(unsigned n, const enum ch_fault *first)
 
 /* ---- the checks ------------------------------------------------------------------------- */
 
+/* The jobs (and rows) of the random run: other cases of this suite use other collections. */
+#define CH_OURS "collection ~ '^chaos_[0-9]+$'"
+
 static void ch_print_failure_context(void)
 {
     fprintf(stderr, "chaos: seed %llu (BD_CHAOS_SEED=%llu replays the fault sequence); "
@@ -377,6 +381,22 @@ static void ch_print_failure_context(void)
     for (unsigned k = 0; k < ch.logs_count; k += 2)
         fprintf(stderr, " %s", ch.logs[k]);
     fprintf(stderr, "\n");
+}
+
+/* Lines of the random run's batchd logs that contain needle. */
+static unsigned ch_count_log_lines(const char *needle)
+{
+    unsigned n = 0;
+    char line[4096];
+    for (unsigned k = ch.logs_first; k < ch.logs_count; k += 2) {
+        FILE *f = fopen(ch.logs[k], "r");
+        if (f == NULL)
+            continue;
+        while (fgets(line, sizeof(line), f))
+            n += strstr(line, needle) != NULL;
+        fclose(f);
+    }
+    return n;
 }
 
 /* Rows (one JSON object per job) where an invariant does not hold; "[]" when all hold. */
@@ -456,6 +476,7 @@ static void test_chaos_keeps_every_item_exactly_once_when_faults_hit_running_job
     enum ch_fault first[CH_FAULT_KINDS];
 
     ch.tests_run++;
+    ch.logs_first = ch.logs_count;
     ch.t0 = bd_it_now();
     for (unsigned i = 0; i < CH_PROCS; i++)
         ch_start(i);
@@ -513,7 +534,7 @@ static void test_chaos_keeps_every_item_exactly_once_when_faults_hit_running_job
         fail_msg("chaos: invariants broken for these jobs:\n%s", bad);
     }
     free(bad);
-    long db_jobs = bd_it_psql_long("SELECT count(*) FROM jobs");
+    long db_jobs = bd_it_psql_long("SELECT count(*) FROM jobs WHERE " CH_OURS);
     if (db_jobs != (long)ch.jobs_count) {
         ch_print_failure_context();
         fail_msg("chaos: %u submits made %ld jobs", ch.jobs_count, db_jobs);
@@ -525,12 +546,17 @@ static void test_chaos_keeps_every_item_exactly_once_when_faults_hit_running_job
         fail_msg("chaos: the API's status differs from PostgreSQL's for %u jobs", mismatches);
     }
 
-    long items = bd_it_psql_long("SELECT coalesce(sum(total_items), 0) FROM jobs");
-    long processed = bd_it_psql_long("SELECT coalesce(sum(processed_items), 0) FROM jobs");
-    long failed = bd_it_psql_long("SELECT coalesce(sum(failed_items), 0) FROM jobs");
-    long rows = bd_it_psql_long("SELECT count(*) FROM vectors");
-    long completed = bd_it_psql_long("SELECT count(*) FROM jobs WHERE status = 'completed'");
-    long embeds = bd_it_psql_long("SELECT count(*) FROM jobs WHERE operation = 'bulk_embed'");
+    long items = bd_it_psql_long("SELECT coalesce(sum(total_items), 0) FROM jobs WHERE "
+                                 CH_OURS);
+    long processed = bd_it_psql_long("SELECT coalesce(sum(processed_items), 0) FROM jobs "
+                                     "WHERE " CH_OURS);
+    long failed = bd_it_psql_long("SELECT coalesce(sum(failed_items), 0) FROM jobs WHERE "
+                                  CH_OURS);
+    long rows = bd_it_psql_long("SELECT count(*) FROM vectors WHERE " CH_OURS);
+    long completed = bd_it_psql_long("SELECT count(*) FROM jobs WHERE status = 'completed' "
+                                     "AND " CH_OURS);
+    long embeds = bd_it_psql_long("SELECT count(*) FROM jobs WHERE operation = 'bulk_embed' "
+                                  "AND " CH_OURS);
     unsigned total_faults = 0;
     for (unsigned k = 0; k < CH_FAULT_KINDS; k++)
         total_faults += ch.injected[k];
@@ -538,13 +564,15 @@ static void test_chaos_keeps_every_item_exactly_once_when_faults_hit_running_job
             "chaos: seed %llu: %u faults (kill %u, stop %u, redis %u [%u flushes], pg %u "
             "[%u immediate]), %u while jobs were processing; %u batchd starts; %ld jobs "
             "(%ld bulk_insert, %ld bulk_embed; %ld completed, %ld failed); %ld items "
-            "(%ld processed, %ld failed), %ld rows; lost 0, duplicates 0; %u submit retries; "
+            "(%ld processed, %ld failed), %ld rows; lost 0, duplicates 0; %u submit retries, "
+            "%u lost checkpoints run again; "
             "model: %lld requests, %lld errors 500, %lld 429, %lld hangs, %lld disconnects; "
             "wall %.0f s (faults %.0f s, drain %.0f s)\n",
             ch.seed, total_faults, ch.injected[CH_KILL], ch.injected[CH_STOP],
             ch.injected[CH_REDIS], ch.redis_flushes, ch.injected[CH_PG], ch.pg_immediate,
             ch.while_running, ch.starts, db_jobs, db_jobs - embeds, embeds, completed,
             db_jobs - completed, items, processed, failed, rows, ch.submit_retries,
+            ch_count_log_lines("event=finish_deferred"),
             bd_it_fake_stat(ch.fake_port, "requests_total"),
             bd_it_fake_stat(ch.fake_port, "errors_500"),
             bd_it_fake_stat(ch.fake_port, "rate_limited_429"),
