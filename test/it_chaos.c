@@ -578,6 +578,16 @@ static void test_chaos_keeps_every_item_exactly_once_when_faults_hit_running_job
             bd_it_fake_stat(ch.fake_port, "rate_limited_429"),
             bd_it_fake_stat(ch.fake_port, "hangs"), bd_it_fake_stat(ch.fake_port, "disconnects"),
             drained - ch.t0, faults_done - ch.t0, drained - faults_done);
+    if (failed > 0) {
+        /* Why items failed (allowed: a batch whose retries ran out), for the report. */
+        char *why = bd_it_psql_url(ch.pg_url, NULL,
+            "SELECT j.operation || ' ' || j.status || ' ' || coalesce(j.error_code, '-') || "
+            "': ' || e.code || ' x' || count(*) || ' (' || min(e.message) || ')' "
+            "FROM job_item_errors e JOIN jobs j ON j.id = e.job_id WHERE j.%s "
+            "GROUP BY j.operation, j.status, j.error_code, e.code ORDER BY 1;", CH_OURS);
+        fprintf(stderr, "chaos: failed items:\n%s", why ? why : "(psql failed)\n");
+        free(why);
+    }
     assert_int_equal(rows, processed);
     assert_int_equal(processed + failed, items);
     /* Faults landed while jobs ran, not into an idle system. */
