@@ -4,7 +4,7 @@ BUILD_TYPE ?= Debug
 CMAKE_ARGS ?=
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps configure build run test test-asan stop clean release bench load
+.PHONY: all deps configure build run test test-asan stop clean release bench load chaos
 
 all: build
 
@@ -32,6 +32,13 @@ test-asan:
 	@$(MAKE) --no-print-directory build BUILD=build-asan \
 	    CMAKE_ARGS="-DBATCHD_ASAN=ON -DBATCHD_UBSAN=ON"
 	@ASAN_OPTIONS=detect_leaks=1 scripts/test.sh build-asan
+
+# The chaos test at full length (test/it_chaos.c: 200 random faults, ~15-20 min) on its own
+# Redis and PostgreSQL; BD_CHAOS_FAULTS and BD_CHAOS_SEED override.
+chaos: build
+	@cd $(BUILD)/test && BD_SOURCE_DIR=$(CURDIR) BD_BATCHD_BIN=$(CURDIR)/$(BUILD)/batchd \
+	    BD_FAKE_MODEL_BIN=$(CURDIR)/$(BUILD)/test/fake_model/fake_model \
+	    BD_CHAOS_FAULTS=$${BD_CHAOS_FAULTS:-200} ./it_chaos
 
 stop:
 	@scripts/stack.sh stop dev

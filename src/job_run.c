@@ -951,6 +951,16 @@ static void job_on_finished(int status, const struct bd_job_finish_row *row,
         } else {
             bd__job_arm_timer(job, fmin(0.1 * job->job_failures, JOB_WRITE_RETRY_MAX_S));
         }
+    } else if (row && row->state == BD_JOB_PROCESSING) {
+        /* A batch this run checkpointed is pending again: PostgreSQL lost the commit (the
+         * engine's are asynchronous) in a crash. Hand the job back to the head of its
+         * queue; the next claim loads the pending batches and runs them. */
+        bd_log(BD_LOG_WARN, "job", "job=%s event=finish_deferred reason=pending_batches "
+               "processed=%lld failed=%lld note=checkpoint_lost_rerun", job->id,
+               row->processed, row->failed);
+        job->is_handing_back = true;
+        job->phase = JOB_PHASE_RELEASE;
+        bd__job_step(job);
     } else {
         const char *st = row ? bd_job_state_name(row->state) : "(not processing)";
         bd_log(BD_LOG_INFO, "job", "job=%s event=finished status=%s processed=%lld failed=%lld "

@@ -441,9 +441,19 @@ static const char store_group_start_sql[] =
 
 /* "completed" is a request to decide by the counters: every item failed -> failed (SPEC
  * "States"); a cancel that PostgreSQL recorded wins over a completion, so a job a 200
- * promised to stop never ends 'completed'. Per row: u.st '' (decide) or the state. */
+ * promised to stop never ends 'completed'. Per row: u.st '' (decide) or the state.
+ * A job to decide that still has a pending batch is not finished but returned as
+ * 'processing' (p): its run believed every batch checkpointed, but a checkpoint it was
+ * told committed is gone -- the engine commits asynchronously, so a PostgreSQL crash loses
+ * the last ones -- and the batch must run again. */
 static const char store_group_finish_sql[] =
-    "UPDATE jobs SET "
+    "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) "
+    "AS u(id, st, code, msg)), "
+    "p AS (SELECT jobs.id, jobs.status, jobs.processed_items, jobs.failed_items "
+    "  FROM jobs JOIN u ON jobs.id = u.id WHERE u.st = '' AND jobs.status = 'processing' "
+    "  AND NOT jobs.cancel_requested AND EXISTS (SELECT 1 FROM job_batches b "
+    "  WHERE b.job_id = jobs.id AND b.status = 'pending')), "
+    "f AS (UPDATE jobs SET "
     "status = CASE WHEN u.st <> '' THEN u.st "
     "  WHEN cancel_requested THEN 'cancelled' "
     "  WHEN processed_items = 0 AND failed_items > 0 THEN 'failed' "
@@ -456,9 +466,10 @@ static const char store_group_finish_sql[] =
     "  AND failed_items > 0 THEN 'every item of the job failed' "
     "  ELSE NULL END, "
     "completed_at = now(), lease_owner = NULL, updated_at = now() "
-    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(id, st, code, msg) "
-    "WHERE jobs.id = u.id AND jobs.status = 'processing' "
-    "RETURNING jobs.id, jobs.status, jobs.processed_items, jobs.failed_items";
+    "FROM u WHERE jobs.id = u.id AND jobs.status = 'processing' "
+    "AND jobs.id NOT IN (SELECT id FROM p) "
+    "RETURNING jobs.id, jobs.status, jobs.processed_items, jobs.failed_items) "
+    "SELECT * FROM f UNION ALL SELECT * FROM p";
 
 static void store_flush_start(struct bd_pg *pg, struct bd_pg_link *items, unsigned n);
 static void store_flush_finish(struct bd_pg *pg, struct bd_pg_link *items, unsigned n);

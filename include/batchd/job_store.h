@@ -189,7 +189,9 @@ int bd_job_store_write_small(struct bd_pg *pg, struct bd_buf *sql, const struct 
 /* End a run: compare-and-set from 'processing' to the final state. final_state is the
  * state machine's decision (BD_JOB_COMPLETED means "by the counters": every item failed
  * -> failed); a cancel recorded in PostgreSQL turns a completion into 'cancelled'.
- * row NULL: the job was not processing any more. */
+ * row NULL: the job was not processing any more. row->state BD_JOB_PROCESSING: not
+ * finished, a completion was asked but a batch is still pending in PostgreSQL (a
+ * checkpoint lost in a PostgreSQL crash): the job must run again. */
 struct bd_job_finish_row {
     enum bd_job_state state;
     long long processed, failed;
