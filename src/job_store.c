@@ -72,10 +72,12 @@ int bd__store_copy_in(struct bd_pg_conn *conn, const char *copy_sql, const char 
 /* The error of a failed statement: its text, and whether a retry could pass. */
 static struct bd_job_store_err store_err(const PGresult *res)
 {
-    struct bd_job_store_err e = { "connection lost", false };
+    struct bd_job_store_err e = { .message = "connection lost" };
     if (res != NULL) {
         const char *msg = PQresultErrorMessage(res);
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         e.message = msg && *msg ? msg : "statement failed";
+        e.is_parent_lost = state != NULL && strcmp(state, "23503") == 0;
     }
     e.is_permanent = bd_pg_classify_error(res) == BD_PG_ERR_PERMANENT;
     return e;
@@ -417,7 +419,7 @@ static void store_req_answer(enum bd_job_store_group_kind kind, struct store_req
 static void store_on_group(int status, PGresult *res, void *arg)
 {
     struct store_group_call *g = arg;
-    struct bd_job_store_err e = { NULL, false };
+    struct bd_job_store_err e = { .message = NULL };
     int id_col = g->kind == BD_JOB_STORE_GROUP_START ? STORE_START_ID_COL : STORE_FINISH_ID_COL;
 
     if (status < 0)
@@ -477,9 +479,9 @@ static void store_flush_finish(struct bd_pg *pg, struct bd_pg_link *items, unsig
 /* Answer every request of a list with status (nothing was sent for them). */
 static void store_answer_all(enum bd_job_store_group_kind kind, struct bd_pg_link *l, int status)
 {
-    struct bd_job_store_err e = { status == BD_ECANCELED ? "the store is closing"
-                                                         : "could not send the statement",
-                                  false };
+    struct bd_job_store_err e = { .message = status == BD_ECANCELED
+                                                 ? "the store is closing"
+                                                 : "could not send the statement" };
     for (struct bd_pg_link *next; l != NULL; l = next) {
         next = l->next;
         store_req_answer(kind, (struct store_req *)l, status, NULL, -1, &e);
@@ -567,9 +569,9 @@ static void store_group_flush(struct bd_pg *pg, struct bd_pg_link *items, unsign
     if (rc < 0) {
         /* Nothing was sent: each request hears it now (on the group's turn, after its own
          * call returned). */
-        struct bd_job_store_err e = { rc == BD_ECANCELED ? "the store is closing"
-                                                         : "could not send the statement",
-                                      false };
+        struct bd_job_store_err e = { .message = rc == BD_ECANCELED
+                                                     ? "the store is closing"
+                                                     : "could not send the statement" };
         for (unsigned i = 0; i < m; i++)
             store_req_answer(kind, reqs[i], rc, NULL, -1, &e);
         free(reqs);

@@ -354,7 +354,7 @@ static void store_on_active_page(int status, PGresult *res, void *arg)
         count++;
     }
     if (status < 0) {
-        struct bd_job_store_err e = { store_pg_message(status, res), false };
+        struct bd_job_store_err e = { .message = store_pg_message(status, res) };
         call->cb.active(status, NULL, 0, 0, &e, call->arg);
     } else {
         call->cb.active(BD_OK, rows, count, max_seq, NULL, call->arg);

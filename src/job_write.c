@@ -148,6 +148,15 @@ static void job_write_failed(struct bd_job_slot *s, const char *what,
         s->conn = NULL;
     }
     s->phase = SLOT_WRITE_ACQUIRE;
+    if (err && err->is_parent_lost && !job->is_handing_back) {
+        /* The collection row is gone: the job's start, which created it, was committed
+         * asynchronously and lost in a PostgreSQL crash. Not the items' fault: hand the job
+         * back; the next claim starts it again (and creates the row) and redoes the batch. */
+        bd_log(BD_LOG_WARN, "job", "job=%s batch=%d event=write_parent_lost "
+               "action=hand_back note=start_lost_rerun", job->id, s->batch_no);
+        job->is_handing_back = true;
+        bd__job_interrupt(job);
+    }
     if (bd__job_should_stop(job)) {
         bd__job_slot_end(s);                    /* the batch is redone by the next owner */
         return;

@@ -1232,6 +1232,50 @@ static void test_embed_completes_when_another_process_creates_the_collection(voi
     ite_finish(c);
 }
 
+/* The job's collection row vanishes under a running job, as when PostgreSQL crashes and
+ * loses the job's start (the engine commits asynchronously; the start is what creates the
+ * row): the batch write is refused with a foreign-key error (23503). That is not the
+ * items' fault: the job is handed back, started again (the row is created again) and
+ * every item is stored, none failed. (Before: the batch was tried 3 times, then its items
+ * failed with store_error; found by it_chaos.) */
+static void test_embed_reruns_start_when_collection_row_is_lost(void **state)
+{
+    struct ite_ctx *c = *state;
+    char model[64], coll[96];
+    struct bd_buf y;
+    struct ite_items it;
+
+    int port = ite_fake(c, "--dim", "16", "--latency-ms", "800", NULL);
+    model_name(model, sizeof(model), "lostc");
+    snprintf(coll, sizeof(coll), "%s_lostc", ite_prefix);
+    bd_buf_init(&y);
+    yaml_one_model(&y, model, port, 16, 1, 1);
+    ite_batchd(c, y.data);
+    bd_buf_free(&y);
+
+    items_make(&it, 20, "lostc", false, false);
+    char *body = embed_body(model, coll, &it, 10);
+    char *id = submit(&c->p, body);
+    free(body);
+    double deadline = bd_it_now() + 10;
+    while (fm_stat(port, "in_flight") < 1 && bd_it_now() < deadline)
+        bd_it_sleep_ms(10);
+    assert_int_equal(fm_stat(port, "in_flight"), 1);          /* batch 0 at the model */
+    assert_int_equal(bd_it_psql_long("WITH d AS (DELETE FROM collections WHERE name = '%s' "
+                                     "RETURNING 1) SELECT count(*) FROM d", coll), 1);
+    json_t *st = wait_end(&c->p, id, "completed", 30);
+    assert_int_equal(jint(st, "progress", "processed_items"), 20);
+    assert_int_equal(jint(st, "progress", "failed_items"), 0);
+    json_decref(st);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM vectors WHERE job_id = '%s' AND "
+                                     "collection = '%s'", id, coll), 20);
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM collections WHERE name = '%s'",
+                                     coll), 1);
+    free(id);
+    items_free(&it);
+    ite_finish(c);
+}
+
 /* ---- 8. splitting, overlong texts ------------------------------------------------------- */
 
 static void test_embed_sends_8_requests_when_250_texts_split_by_32(void **state)
@@ -1612,6 +1656,7 @@ int main(void)
         ITE_TEST(test_embed_serves_high_before_normal_before_low_when_model_slots_are_scarce),
         ITE_TEST(test_embed_stores_each_item_once_when_killed_with_batches_in_flight),
         ITE_TEST(test_embed_completes_when_another_process_creates_the_collection),
+        ITE_TEST(test_embed_reruns_start_when_collection_row_is_lost),
         ITE_TEST(test_embed_sends_8_requests_when_250_texts_split_by_32),
         ITE_TEST(test_embed_truncates_overlong_text_when_overlong_is_truncate),
         ITE_TEST(test_embed_fails_only_overlong_item_when_overlong_is_fail),

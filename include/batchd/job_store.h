@@ -36,6 +36,8 @@ struct bd_buf;
 struct bd_job_store_err {
     const char *message;
     bool is_permanent;
+    bool is_parent_lost;     /* 23503: a row the write needs is gone (the job's start, which
+                              * creates its collection, lost with an asynchronous commit) */
 };
 
 /* Result of a statement that returns no row the caller needs. err is NULL on success. */
