@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# deps.sh -- install the Debian packages batchd needs to build, run and test.
+# deps.sh [--sanitizers] [package...] -- install the Debian packages batchd needs to build,
+# run and test (--sanitizers: also what `make test-asan` needs; see below).
 # Idempotent and silent when everything is already there. Debian 12 (bookworm).
 set -euo pipefail
 
@@ -12,6 +13,13 @@ PKGS=(
   jq          # scripts/test_batch_processing.sh
   prometheus  # promtool: the metrics tests check the exposition with `promtool check metrics`
 )
+# --sanitizers (make test-asan): clang, and the ASan/UBSan/libFuzzer runtimes
+# (libclang_rt.*.a), which clang-14 only recommends and recommends are not installed here.
+SAN_PKGS=(clang libclang-rt-14-dev)
+if [ "${1:-}" = --sanitizers ]; then
+  PKGS+=("${SAN_PKGS[@]}")
+  shift
+fi
 PKGS+=("$@")
 
 missing=()

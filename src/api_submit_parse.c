@@ -782,12 +782,20 @@ struct api_look {
     json_t *fields;                   /* the top-level members but "data", parsed one by one */
     size_t items;
     bool is_failed;                   /* out of memory */
+    char refused[JSON_ERROR_TEXT_LENGTH + BD_SUBMIT_SCAN_KEY_MAX + 8]; /* jansson's "why" */
 };
 
 static int api_look_member(void *arg, const char *key, const char *value, size_t len)
 {
     struct api_look *l = arg;
-    json_t *v = json_loadb(value, len, JSON_DECODE_ANY, NULL);   /* the scanner checked it */
+    json_error_t jerr;
+    /* The scanner checked the grammar; jansson still refuses what it cannot hold, e.g. an
+     * integer over 64 bits: the body is then not JSON to batchd, as on the jansson path. */
+    json_t *v = json_loadb(value, len, JSON_DECODE_ANY, &jerr);
+    if (v == NULL && json_error_code(&jerr) != json_error_out_of_memory) {
+        snprintf(l->refused, sizeof(l->refused), "\"%s\": %s", key, jerr.text);
+        return BD_EJSON;
+    }
     if (v == NULL || json_object_set_new(l->fields, key, v) != 0) {
         l->is_failed = true;
         return BD_ENOMEM;
@@ -827,6 +835,11 @@ static int api_look_first(struct bd__api_submit *s, const char *body, size_t len
     why = scan ? bd_submit_scan_why(scan) : "";
     if (rc == BD_ENOMEM || l.is_failed) {
         rc = BD_ENOMEM;
+    } else if (l.refused[0] != '\0') {
+        snprintf(inv->field, sizeof(inv->field), "body");
+        snprintf(inv->message, sizeof(inv->message), "body is not valid JSON: %.200s",
+                 l.refused);
+        rc = BD_EJSON;
     } else if (rc < 0 && api_locate_bad_utf8(body, len, inv)) {
         rc = BD_EINVAL;
     } else if (rc < 0 && strstr(why, "must be a JSON object")) {

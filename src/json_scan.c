@@ -232,7 +232,7 @@ const char *bd_json_find_member(const char *p, const char *end, const char *key)
             return NULL;
         p = bd_json_skip_ws(p + 1, end);
         if ((size_t)(kend - 1 - k) == klen && memcmp(k, key, klen) == 0)
-            return p;
+            return p < end ? p : NULL;          /* no value after the colon: malformed */
         if ((p = bd_json_skip_value(p, end)) == NULL)
             return NULL;
         p = bd_json_skip_ws(p, end);

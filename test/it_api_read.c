@@ -126,7 +126,10 @@ static void it_expect_error(const char *path, long want, const char *code, const
 
 /* ---- fixtures ----------------------------------------------------------------------- */
 
-/* The fixture rows; see it_fixtures. */
+/* The fixture rows; see it_fixtures. The job "done" finished at fixed times in the future:
+ * one finished in the past would be deleted by batchd's retention sweep (every 60 s, jobs
+ * finished over cleanup_interval = 1 day ago) while the suite runs, which takes over 60 s in
+ * the sanitizer build. */
 static const char it_fixture_sql[] =
     "INSERT INTO collections (name, dimension) VALUES ('itread_c', 3), ('itread_big', :dims);\n"
     "INSERT INTO jobs (id, seq, operation, model, collection, status, priority, batch_size,"
@@ -136,8 +139,8 @@ static const char it_fixture_sql[] =
     " (:'pfx' || 'done', 1001, 'bulk_embed', 'mixtral', 'itread_c', 'completed', 0, 3, 5, 2,"
     "  2, 4, 1, 4, 1, 1000, '{\"batch_size\":3,\"priority\":\"high\"}',"
     "  '{\"submitted_by\":\"api_gateway\",\"integration_pattern\":\"bulk_only\"}',"
-    "  'k-' || :'pid', '2025-07-15 14:30:00+00', '2025-07-15 14:32:00+00',"
-    "  '2025-07-15 14:34:30+00', 1, 600, 2),"
+    "  'k-' || :'pid', '2099-07-15 14:30:00+00', '2099-07-15 14:32:00+00',"
+    "  '2099-07-15 14:34:30+00', 1, 600, 2),"
     " (:'pfx' || 'run', 1002, 'bulk_embed', 'mixtral', 'itread_c', 'processing', 1, 2, 10, 5,"
     "  2, 3, 1, 3, 0, 800, '{}', '{}', NULL, now() - interval '60 s',"
     "  now() - interval '40 s', NULL, 1, NULL, NULL),"
@@ -284,9 +287,9 @@ static void status_has_seed_shape_when_completed(void **state)
     assert_true(bd_it_real(j, "progress.percentage") == 100.0);
     assert_int_equal(bd_it_int(j, "progress.current_batch"), 2);
     assert_int_equal(bd_it_int(j, "progress.total_batches"), 2);
-    assert_string_equal(bd_it_str(j, "timing.created_at"), "2025-07-15T14:30:00Z");
-    assert_string_equal(bd_it_str(j, "timing.started_at"), "2025-07-15T14:32:00Z");
-    assert_string_equal(bd_it_str(j, "timing.completed_at"), "2025-07-15T14:34:30Z");
+    assert_string_equal(bd_it_str(j, "timing.created_at"), "2099-07-15T14:30:00Z");
+    assert_string_equal(bd_it_str(j, "timing.started_at"), "2099-07-15T14:32:00Z");
+    assert_string_equal(bd_it_str(j, "timing.completed_at"), "2099-07-15T14:34:30Z");
     assert_int_equal(bd_it_int(j, "timing.total_processing_time_ms"), 150000);
     assert_null(bd_it_at(j, "timing.estimated_completion"));
     assert_null(bd_it_at(j, "timing.processing_time_ms"));

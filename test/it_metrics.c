@@ -626,7 +626,7 @@ static void batch_test_script_totals_equal_the_api_when_run(void **state)
         json_t *st;
         snprintf(path, sizeof(path), "/api/v1/batch/jobs/%s/status",
                  json_string_value(json_object_get(v, "job_id")));
-        st = bd_it_get_ok(&g_proc, path);
+        st = bd_it_get_ok(&g_proc, "%s", path);
         assert_string_equal(json_string_value(json_object_get(v, "status")),
                             json_string_value(json_object_get(st, "status")));
         assert_int_equal(json_integer_value(json_object_get(v, "processed_items")),

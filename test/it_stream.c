@@ -239,9 +239,14 @@ static long it_hwm_kb(void)
 
 /* Under AddressSanitizer freed memory waits in a quarantine (256 MB), so batchd's resident
  * size says nothing about what it holds: the memory bounds are checked in normal builds. */
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__)                  /* gcc */
 #define IT_RSS_IS_MEANINGFUL 0
-#else
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)               /* clang */
+#define IT_RSS_IS_MEANINGFUL 0
+#endif
+#endif
+#ifndef IT_RSS_IS_MEANINGFUL
 #define IT_RSS_IS_MEANINGFUL 1
 #endif
 

@@ -116,6 +116,8 @@ static void test_json_scan_find_member_returns_value_when_key_present(void **sta
     assert_null(bd_json_find_member(o, scan_end(o), "missing"));
     assert_null(bd_json_find_member("[1]", scan_end("[1]"), "a"));
     assert_null(bd_json_find_member("{}", scan_end("{}"), "a"));
+    /* The key ends the text: no value to point at (the caller would read past the end). */
+    assert_null(bd_json_find_member("{\"a\" : ", scan_end("{\"a\" : "), "a"));
 }
 
 int main(void)

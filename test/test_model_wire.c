@@ -61,7 +61,7 @@ static json_t *build(enum bd_model_provider p, const char *const *texts, const s
 }
 
 static const char *const body_texts[] = {
-    "plain", "q\"uote\\", "ctl\n\t\x01", "caf\xc3\xa9", "bad\xff" "byte", "nul\0in",
+    "plain", "q\"uote\\", "ctl\n\t\x01", "caf\xc3\xa9", ("bad\xff" "byte"), "nul\0in",
 };
 static const size_t body_lens[] = {5, 7, 6, 5, 8, 6};
 #define BODY_N 6
