@@ -237,25 +237,12 @@ static long it_hwm_kb(void)
     return kb;
 }
 
-/* Under AddressSanitizer freed memory waits in a quarantine (256 MB), so batchd's resident
- * size says nothing about what it holds: the memory bounds are checked in normal builds. */
-#if defined(__SANITIZE_ADDRESS__)                  /* gcc */
-#define IT_RSS_IS_MEANINGFUL 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)               /* clang */
-#define IT_RSS_IS_MEANINGFUL 0
-#endif
-#endif
-#ifndef IT_RSS_IS_MEANINGFUL
-#define IT_RSS_IS_MEANINGFUL 1
-#endif
-
 /* Assert that batchd's peak RSS grew by less than limit_kb since before_kb. */
 static void it_assert_grew_less(long before_kb, long limit_kb, const char *what)
 {
     long grew_kb = it_hwm_kb() - before_kb;
     print_message("%s: batchd's peak RSS grew by %ld KiB\n", what, grew_kb);
-    if (IT_RSS_IS_MEANINGFUL && grew_kb >= limit_kb)
+    if (BD_IT_RSS_IS_MEANINGFUL && grew_kb >= limit_kb)
         fail_msg("%s: peak RSS grew by %ld KiB, limit %ld KiB", what, grew_kb, limit_kb);
 }
 

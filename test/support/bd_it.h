@@ -264,4 +264,18 @@ void bd_it_pgproxy_disarm(void);
 int bd_it_pgproxy_fired(void);
 void bd_it_pgproxy_stop(void);
 
+/* Under AddressSanitizer freed memory waits in a quarantine (256 MB), so a process's
+ * resident size says nothing about what it holds: memory bounds are checked in normal
+ * builds only. gcc defines __SANITIZE_ADDRESS__, clang answers __has_feature. */
+#if defined(__SANITIZE_ADDRESS__)
+#define BD_IT_RSS_IS_MEANINGFUL 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define BD_IT_RSS_IS_MEANINGFUL 0
+#endif
+#endif
+#ifndef BD_IT_RSS_IS_MEANINGFUL
+#define BD_IT_RSS_IS_MEANINGFUL 1
+#endif
+
 #endif
