@@ -816,8 +816,13 @@ static void job_on_model_done(int status, const struct bd_embed_result *res, con
                "retryable=%d msg=\"%s\"", job->id, s->batch_no, bd_err_api_code(status),
                s->attempts, job->max_retries + 1, is_retryable, message ? message : "");
         if (is_retryable && s->attempts <= job->max_retries) {
+            /* Not before the model's circuit lets a request through again: a retry refused
+             * by an open circuit would spend an attempt without trying the model, and a
+             * short outage would fail the batch's items. */
+            double wait = job_backoff_s(e, s->attempts);
+            double open_s = bd_model_get_wait_s(e->d.models, job->model);
             e->stats.batch_retries++;
-            bd__job_slot_arm_timer(s, job_backoff_s(e, s->attempts));
+            bd__job_slot_arm_timer(s, open_s > wait ? open_s + 0.1 * wait : wait);
         } else {
             char msg[512];
             snprintf(msg, sizeof(msg), "%s", message ? message : bd_strerror(status));

@@ -484,6 +484,18 @@ double bd_model_client_get_busy_seconds(const struct bd_model_client *mc, unsign
     return (double)busy / 1e9;
 }
 
+double bd_model_get_wait_s(const struct bd_model_client *mc, const char *name)
+{
+    for (unsigned i = 0; i < mc->models_count; i++) {
+        const struct model *m = &mc->models[i];
+        if (strcmp(m->cfg->name, name) == 0) {
+            double left = m->open_until - model_now();
+            return m->breaker == BREAKER_OPEN && left > 0 ? left : 0;
+        }
+    }
+    return 0;
+}
+
 /* ---------------------------------------------------------------------------------------
  * Life cycle
  */

@@ -145,6 +145,12 @@ const struct bd_model_stats *bd_model_client_get_stats(const struct bd_model_cli
  * kept. HTTP providers; 0 for the built-in hashing one, which computes on the loop. */
 double bd_model_client_get_busy_seconds(const struct bd_model_client *mc, unsigned i);
 
+/* Seconds until model `name` takes a request again: while its circuit is open (after
+ * repeated failures) calls are refused without a request, so a caller retrying a failed
+ * call should wait at least this long for the retry to be a real try. 0 when the circuit
+ * is closed (or half open), or for an unknown model. */
+double bd_model_get_wait_s(const struct bd_model_client *mc, const char *name);
+
 /* The built-in hashing embedder, exposed for tests: deterministic feature hashing of word
  * unigrams and character 3-grams into dim buckets with signed hashes, L2-normalised.
  * See model_hashing.c for the exact features. A text with no features (empty, or only
