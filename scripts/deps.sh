@@ -21,6 +21,10 @@ if [ "${1:-}" = --sanitizers ]; then
   shift
 fi
 PKGS+=("$@")
+# Node.js and npm run the official openai package against batchd (it_files); a node or npm
+# installed some other way is used as it is, not replaced by Debian's.
+command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
+command -v npm >/dev/null 2>&1 || PKGS+=(npm)
 
 missing=()
 for p in "${PKGS[@]}"; do

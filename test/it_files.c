@@ -650,6 +650,23 @@ static void test_files_hands_slot_to_waiting_submit_when_upload_ends(void **stat
 
 /* ---- setup ------------------------------------------------------------------------------ */
 
+/* The official openai npm package (test/openai/package.json pins it; `npm ci` installs it
+ * from the lock file on first use), unchanged but for baseURL and the key, drives the Files
+ * API: a 30,000-line file streamed with fs.createReadStream (chunked multipart) and one
+ * made with toFile, read back byte for byte, listed with the SDK's auto-pagination,
+ * deleted, then 404 (NotFoundError) and a refused purpose (BadRequestError). */
+static void test_files_work_with_the_official_openai_sdk(void **state)
+{
+    const char *src = bd_it_env("BD_SOURCE_DIR", ".");
+
+    (void)state;
+    assert_int_equal(bd_it_sh("cd '%s/test/openai' && { [ -f node_modules/openai/package.json ] "
+                              "|| npm ci --no-audit --no-fund --loglevel=error; }", src), 0);
+    int rc = bd_it_sh("cd '%s/test/openai' && BATCHD_URL='%s' BATCHD_KEY=sk-anything "
+                      "node files.mjs >&2", src, g_proc.base);
+    assert_int_equal(rc, 0);
+}
+
 static int it_setup(void **state)
 {
     const char *redis = bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0");
@@ -714,6 +731,7 @@ int main(void)
         cmocka_unit_test(test_files_leaves_nothing_when_too_large_or_cut),
         cmocka_unit_test(test_files_answers_401_when_keys_set_and_no_bearer),
         cmocka_unit_test(test_files_hands_slot_to_waiting_submit_when_upload_ends),
+        cmocka_unit_test(test_files_work_with_the_official_openai_sdk),
     };
     bd_it_apply_filter();
     return cmocka_run_group_tests(tests, it_setup, it_teardown);
