@@ -4,11 +4,16 @@
 // is printed and the exit code is 1. Only baseURL and the key differ from a script written
 // for api.openai.com.  SPDX-License-Identifier: MIT
 import OpenAI, { toFile } from 'openai';
+import { File } from 'node:buffer';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+
+// The SDK's own requirement on Node 18 (Debian 12's), whatever the server: uploads need a
+// global File, which Node 20 has and Node 18 keeps in node:buffer (the SDK's error says so).
+globalThis.File ??= File;
 
 const client = new OpenAI({
   baseURL: `${process.env.BATCHD_URL}/v1`,
