@@ -470,14 +470,6 @@ static int upload_on_body(struct bd_http_request *req, const char *data, size_t 
     return rc < 0 ? -1 : BD_OK;
 }
 
-/* How many long uploads may hold an API connection at once: the streamed submits' budget
- * (api_submit_uploads.c), which file uploads share, so that status reads and small
- * submits keep a connection. */
-static unsigned files_max_uploads(const struct bd_server *srv)
-{
-    return srv->cfg->postgres_pool_size / 2 ? srv->cfg->postgres_pool_size / 2 : 1;
-}
-
 static void files_on_upload_headers(struct bd_http_request *req, void *arg)
 {
     struct bd_server *srv = arg;
@@ -502,7 +494,7 @@ static void files_on_upload_headers(struct bd_http_request *req, void *arg)
         bd__v1_respond_error(req, rid, BD_ESHUTDOWN, NULL, NULL, NULL, NULL);
         return;
     }
-    if (srv->submit_streams >= files_max_uploads(srv) || srv->uploads_waiting != NULL) {
+    if (srv->submit_streams >= bd__stream_max_uploads(srv) || srv->uploads_waiting != NULL) {
         bd__v1_respond_error(req, rid, BD_EUPLOADS, "too many uploads in progress; retry",
                              NULL, NULL, "Retry-After: 5\r\n");
         return;

@@ -118,6 +118,10 @@ int bd__stream_final_fields(struct bd__api_stream *st);
 
 /* api_submit_uploads.c */
 /* Whether another upload may start or wait in line. */
+/* Long uploads (streamed submits and file uploads) that may hold an API connection at once:
+ * half the pool, at least one. */
+unsigned bd__stream_max_uploads(const struct bd_server *srv);
+
 bool bd__stream_has_room(const struct bd_server *srv);
 /* A slot for st (BD_OK: counted), a place in line (1), or BD_EUPLOADS. */
 int bd__stream_take_slot(struct bd__api_stream *st);

@@ -24,14 +24,14 @@
 /* How many streamed uploads may run at once: each holds one connection of the API's pool
  * for its whole upload, so at most half of the pool goes to them and status reads and
  * small submits keep working. The others wait in line, their bodies paused. */
-static unsigned stream_max_uploads(const struct bd_server *srv)
+unsigned bd__stream_max_uploads(const struct bd_server *srv)
 {
     return srv->cfg->postgres_pool_size / 2 ? srv->cfg->postgres_pool_size / 2 : 1;
 }
 
 bool bd__stream_has_room(const struct bd_server *srv)
 {
-    return srv->submit_streams < stream_max_uploads(srv) ||
+    return srv->submit_streams < bd__stream_max_uploads(srv) ||
            srv->uploads_waiting_count < STREAM_WAITING_MAX;
 }
 
@@ -51,7 +51,7 @@ int bd__stream_take_slot(struct bd__api_stream *st)
     struct bd_server *srv = st->srv;
     struct bd__api_stream **tail = &srv->uploads_waiting;
 
-    if (srv->submit_streams < stream_max_uploads(srv) && srv->uploads_waiting == NULL) {
+    if (srv->submit_streams < bd__stream_max_uploads(srv) && srv->uploads_waiting == NULL) {
         st->is_counted = true;
         srv->submit_streams++;
         return BD_OK;
@@ -84,7 +84,7 @@ void bd__stream_unwait(struct bd__api_stream *st)
 /* A slot freed: the uploads first in line go on. */
 void bd__stream_release_slot(struct bd_server *srv)
 {
-    while (srv->uploads_waiting && srv->submit_streams < stream_max_uploads(srv)) {
+    while (srv->uploads_waiting && srv->submit_streams < bd__stream_max_uploads(srv)) {
         struct bd__api_stream *w = srv->uploads_waiting;
         bd__stream_unwait(w);
         w->is_counted = true;

@@ -11,6 +11,7 @@
  * by a CRLF, so a first delimiter without one is found by the same matcher.
  */
 #include "batchd/multipart.h"
+#include "batchd/url.h"
 #include "batchd/error.h"
 
 #include <stdbool.h>
@@ -141,38 +142,13 @@ static char *mp_trim(char *s)
     return s;
 }
 
-static int mp_hex(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* RFC 8187 ext-value ("UTF-8''na%C3%AFve.jsonl") decoded in place; false when malformed. */
+/* RFC 8187 ext-value ("UTF-8''na%C3%AFve.jsonl") decoded in place with the one
+ * percent-decoder (it writes behind where it reads); false when malformed. */
 static bool mp_ext_value(char *v)
 {
     char *q = strstr(v, "''");
-    char *w = v;
 
-    if (q == NULL)
-        return false;
-    for (const char *r = q + 2; *r; r++) {
-        if (*r == '%') {
-            int hi = mp_hex(r[1]), lo = hi < 0 ? -1 : mp_hex(r[2]);
-            if (lo < 0 || (hi == 0 && lo == 0))
-                return false;
-            *w++ = (char)(hi * 16 + lo);
-            r += 2;
-        } else {
-            *w++ = *r;
-        }
-    }
-    *w = '\0';
-    return true;
+    return q != NULL && bd_url_decode(q + 2, strlen(q + 2), v, strlen(v) + 1, 0) >= 0;
 }
 
 /* Content-Disposition's value, parsed in place: its type, then name, filename (filename*

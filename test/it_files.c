@@ -42,18 +42,7 @@ static char g_redis_url[256];
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
-static long psql_long(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static long psql_long(const char *fmt, ...)
-{
-    char sql[2048], out[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(sql, sizeof(sql), fmt, ap);
-    va_end(ap);
-    if (bd_it_sh_out(out, sizeof(out), "psql '%s' -Atqc \"%s\"", g_pg_url, sql) != 0)
-        return -1;
-    return strtol(out, NULL, 10);
-}
+#define psql_long(...) bd_it_psql_long_url(g_pg_url, __VA_ARGS__)
 
 /* A peak or current memory figure of batchd in KiB ("VmHWM", "VmRSS"), from /proc. */
 static long proc_kib(pid_t pid, const char *field)

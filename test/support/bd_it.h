@@ -164,6 +164,9 @@ char *bd_it_psql_url(const char *url, const char *psql_args, const char *fmt, ..
  * fails the test when psql fails or a line is not JSON). */
 int bd_it_psql_exec(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 long bd_it_psql_long(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* bd_it_psql_long against url (a suite's own schema, a proxy). */
+long bd_it_psql_long_url(const char *url, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 int bd_it_psql_str(char *out, size_t outlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 json_t *bd_it_psql_json_rows(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

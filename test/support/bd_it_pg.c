@@ -111,6 +111,20 @@ long bd_it_psql_long(const char *fmt, ...)
     return v;
 }
 
+long bd_it_psql_long_url(const char *url, const char *fmt, ...)
+{
+    va_list ap;
+    char *end;
+    va_start(ap, fmt);
+    char *out = pg_vrun(url, NULL, fmt, ap);
+    va_end(ap);
+    long v = out ? strtol(out, &end, 10) : -1;
+    if (out && end == out)
+        v = -1;
+    free(out);
+    return v;
+}
+
 int bd_it_psql_str(char *out, size_t outlen, const char *fmt, ...)
 {
     va_list ap;
