@@ -435,6 +435,7 @@ static void conn_on_timer(uv_timer_t *timer)
 {
     struct http_conn *conn = timer->data;
     enum conn_timer mode = conn->timer_mode;
+    uint64_t left;
 
     conn->timer_mode = CONN_TIMER_NONE;
     uv_timer_stop(timer);
@@ -444,9 +445,10 @@ static void conn_on_timer(uv_timer_t *timer)
         bd__http_conn_close_now(conn);
         break;
     case CONN_TIMER_REQUEST:
-        if (conn->parsing != NULL && conn_request_time_left(conn) > 0) {
+        left = conn->parsing != NULL ? conn_request_time_left(conn) : 0;
+        if (left > 0) {
             conn->timer_mode = CONN_TIMER_REQUEST;   /* bytes came meanwhile: wait on */
-            uv_timer_start(timer, conn_on_timer, conn_request_time_left(conn), 0);
+            uv_timer_start(timer, conn_on_timer, left, 0);
             break;
         }
         bd__http_conn_fail(conn, BD_ETIMEOUT, NULL);
