@@ -158,6 +158,34 @@ static const char pg_schema_v6_files[] =
     "ALTER TABLE file_chunks ALTER COLUMN data SET STORAGE EXTERNAL;\n"
     "ALTER TABLE file_chunks ALTER COLUMN data SET STATISTICS 0;\n";
 
+/* OpenAI-compatible batches (batch_store.c). A batch is a bulk_embed job (job_id; NULL when
+ * its input failed validation, or once retention deleted the job) plus what the OpenAI shape
+ * needs: the input file, its lines (batch_lines: per line its custom_id and the job's items
+ * it became, first_item .. first_item + items - 1), the cancel and expiry requests, and the
+ * outcome written by the finalizer in one transaction: final_status (completed, failed,
+ * expired, cancelled), finalized_at, the output and error files and the per-line counts.
+ * Until then the status is derived from the job's (batch_store.c, one place). lease_owner /
+ * lease_until let one process finalize a batch while others skip it. */
+static const char pg_schema_v7_batches[] =
+    "CREATE TABLE batches (\n"
+    "  id text PRIMARY KEY, seq bigserial NOT NULL UNIQUE,\n"
+    "  job_id text UNIQUE REFERENCES jobs(id) ON DELETE SET NULL,\n"
+    "  input_file_id text NOT NULL, endpoint text NOT NULL,\n"
+    "  completion_window text NOT NULL, model text, metadata jsonb,\n"
+    "  lines int NOT NULL DEFAULT 0, errors jsonb,\n"
+    "  created_at timestamptz NOT NULL DEFAULT now(), expires_at timestamptz NOT NULL,\n"
+    "  cancelling_at timestamptz, expired_at timestamptz, finalizing_at timestamptz,\n"
+    "  final_status text, finalized_at timestamptz,\n"
+    "  output_file_id text, error_file_id text,\n"
+    "  request_completed int, request_failed int,\n"
+    "  lease_owner text, lease_until timestamptz);\n"
+    "CREATE INDEX batches_open_idx ON batches (expires_at) WHERE finalized_at IS NULL;\n"
+    "CREATE TABLE batch_lines (\n"
+    "  batch_id text NOT NULL REFERENCES batches(id) ON DELETE CASCADE,\n"
+    "  ord int NOT NULL, line int NOT NULL, custom_id text NOT NULL,\n"
+    "  first_item int NOT NULL, items int NOT NULL, is_base64 boolean NOT NULL,\n"
+    "  PRIMARY KEY (batch_id, ord));\n";
+
 static const struct pg_migration pg_migrations[] = {
     { 1, "initial", pg_schema_v1_initial },
     { 2, "embedding_cache", pg_schema_v2_embedding_cache },
@@ -165,6 +193,7 @@ static const struct pg_migration pg_migrations[] = {
     { 4, "packed_items", pg_schema_v4_packed_items },
     { 5, "vector_storage", pg_schema_v5_vector_storage },
     { 6, "files", pg_schema_v6_files },
+    { 7, "batches", pg_schema_v7_batches },
 };
 
 #define PG_MIGRATIONS_COUNT (sizeof(pg_migrations) / sizeof(pg_migrations[0]))
