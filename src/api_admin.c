@@ -373,5 +373,6 @@ int bd_api_register(struct bd_router *r, struct bd_server *srv)
     rc = rc ? rc : bd__api_register_events(r, srv);
     rc = rc ? rc : bd__api_register_metrics(r, srv);
     rc = rc ? rc : bd__api_register_files(r, srv);
+    rc = rc ? rc : bd__api_register_batches(r, srv);
     return rc;
 }

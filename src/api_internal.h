@@ -28,10 +28,6 @@ struct bd_http_request;
  * A NULL o or v counts as a failure, so builders can chain calls and check once. */
 void bd__api_set(json_t *o, const char *key, json_t *v, bool *failed);
 
-/* Collections default to "<model>_embeddings" with the model name folded into
- * ^[a-z_][a-z0-9_]*$ (lower case; anything else becomes '_') (api_submit_parse.c). */
-void bd__api_default_collection(const char *model, char *out, size_t outlen);
-
 /* Collections' dimensions (api_submit.c). A configured model's default collection
  * ("<model>_embeddings") has the model's dimension, whoever writes to it first, so a job
  * cannot squat it with another; other collections are as PostgreSQL gave them. A

@@ -162,51 +162,6 @@ static void api_on_items(struct bd_http_request *req, void *arg)
 
 /* ---- results: one JSON object per stored vector --------------------------------------- */
 
-/* Append PostgreSQL's text form of a real[] ("{0.1,-2e-05,NaN}") as a JSON array
- * ("[0.1,-2e-05,null]"). No allocation beyond the buffer's: float4out already writes the
- * shortest exact decimal, which is valid JSON, so the text is copied once and its braces
- * turned into brackets in place. Only NaN, Infinity and NULL elements, which JSON cannot
- * express, need a second, token-by-token pass (they become null). */
-static void api_put_real_array(struct bd_buf *b, const char *s, size_t len)
-{
-    size_t start = b->len, i = 0;
-    bool is_special = false;
-    char *p;
-
-    bd_buf_append(b, s, len);
-    if (b->is_failed)
-        return;
-    p = b->data + start;
-    for (i = 0; i < len; i++) {
-        switch (p[i]) {
-        case '{': p[i] = '['; break;
-        case '}': p[i] = ']'; break;
-        case 'N': case 'I': case '"': is_special = true; break;
-        default: break;
-        }
-    }
-    if (!is_special)
-        return;
-    b->len = start;
-    for (i = 0; i < len;) {
-        char c = s[i];
-        size_t j = i;
-
-        if (c == '{' || c == '}' || c == ',') {
-            bd_buf_append(b, c == '{' ? "[" : c == '}' ? "]" : ",", 1);
-            i++;
-            continue;
-        }
-        while (j < len && s[j] != ',' && s[j] != '}')
-            j++;
-        if ((c >= '0' && c <= '9') || (c == '-' && i + 1 < j && s[i + 1] >= '0' && s[i + 1] <= '9'))
-            bd_buf_append(b, s + i, j - i);
-        else
-            bd_buf_append(b, "null", 4);
-        i = j;
-    }
-}
-
 /* {"index":N,"id":"..","embedding":[..],"metadata":{..}}. The metadata is jsonb's own text
  * output, already JSON: it is copied, not parsed. */
 static void api_put_result(struct bd_buf *b, const struct bd_result_row *r)
@@ -217,7 +172,7 @@ static void api_put_result(struct bd_buf *b, const struct bd_result_row *r)
     if (r->embedding == NULL)
         bd_buf_puts(b, "null");
     else
-        api_put_real_array(b, r->embedding, r->embedding_len);
+        bd_pg_real_array_to_json(b, r->embedding, r->embedding_len);
     bd_buf_puts(b, ",\"metadata\":");
     if (r->metadata_json == NULL)
         bd_buf_puts(b, "null");

@@ -51,7 +51,7 @@ bool bd__api_collection_get(const struct bd_server *srv, const char *name, unsig
 {
     for (unsigned i = 0; i < srv->cfg->models_count; i++) {
         char reserved[sizeof(((struct bd__api_submit *)0)->collection)];
-        bd__api_default_collection(srv->cfg->models[i].name, reserved, sizeof(reserved));
+        bd_job_default_collection(srv->cfg->models[i].name, reserved, sizeof(reserved));
         if (strcmp(name, reserved) == 0) {
             *dim = srv->cfg->models[i].dimensions;
             return true;

@@ -576,18 +576,6 @@ fail:
     return false;
 }
 
-void bd__api_default_collection(const char *model, char *out, size_t outlen)
-{
-    size_t n = 0;
-    if (!islower((unsigned char)tolower((unsigned char)model[0])))
-        out[n++] = '_';
-    for (const char *p = model; *p && n + 12 < outlen; p++) {
-        unsigned char c = (unsigned char)tolower((unsigned char)*p);
-        out[n++] = (islower(c) || isdigit(c)) ? (char)c : '_';
-    }
-    snprintf(out + n, outlen - n, "_embeddings");
-}
-
 /* The job's fields of b (everything but "data"): operation, model, collection, metadata,
  * options. Fills s. */
 static int api_validate_fields(struct bd__api_submit *s, json_t *b, struct bd__api_invalid *inv)
@@ -633,7 +621,7 @@ static int api_validate_fields(struct bd__api_submit *s, json_t *b, struct bd__a
     } else if (s->op == BD_OP_BULK_INSERT) {
         return api_fail(inv, "collection", "is required for bulk_insert");
     } else {
-        bd__api_default_collection(s->model, s->collection, sizeof(s->collection));
+        bd_job_default_collection(s->model, s->collection, sizeof(s->collection));
     }
 
     v = json_object_get(b, "metadata");

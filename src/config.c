@@ -60,6 +60,8 @@
  *     status_cache_ms: 50          # job status answers reused this long (BATCH_STATUS_CACHE_MS)
  *   openai:
  *     max_file_bytes: 209715200    # POST /v1/files: largest file (200 MiB)
+ *     max_batch_lines: 50000       # POST /v1/batches: most requests in one input file
+ *     batch_expiry: 86400          # a batch not finished this long after creation expires
  *   models:
  *     - name: mixtral              # ^[A-Za-z0-9_.:-]{1,64}$, unique
  *       provider: ollama           # ollama | openai | tei | hashing
@@ -145,6 +147,8 @@ struct raw_http {
 
 struct raw_openai {
     char *max_file_bytes;
+    char *max_batch_lines;
+    char *batch_expiry;
 };
 
 struct raw_model {
@@ -249,6 +253,8 @@ static const cyaml_schema_field_t raw_http_fields[] = {
 
 static const cyaml_schema_field_t raw_openai_fields[] = {
     RAW_STR(struct raw_openai, max_file_bytes),
+    RAW_STR(struct raw_openai, max_batch_lines),
+    RAW_STR(struct raw_openai, batch_expiry),
     CYAML_FIELD_END
 };
 
@@ -350,6 +356,9 @@ const struct cfg_field cfg_fields[] = {
     T_UINT(http, status_cache_ms, "BATCH_STATUS_CACHE_MS", http_status_cache_ms, 0, 60000, "50"),
     TOP(openai, max_file_bytes, NULL, openai_max_file_bytes, CFG_SIZE, 1, 17179869184.0,
         "209715200", NULL),
+    T_UINT(openai, max_batch_lines, NULL, openai_max_batch_lines, 1, 10000000, "50000"),
+    TOP(openai, batch_expiry, NULL, openai_batch_expiry_s, CFG_SECONDS, 1, CFG_MAX_SECONDS,
+        "86400", NULL),
 };
 
 _Static_assert(sizeof(cfg_fields) / sizeof(cfg_fields[0]) == CFG_NFIELDS,

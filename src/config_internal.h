@@ -19,7 +19,7 @@
 #define CFG_MAX_FILE_BYTES (1u << 20)     /* a config is a few KiB; refuse anything silly */
 #define CFG_MAX_SECONDS 31536000.0        /* one year: every duration must fit comfortably */
 #define CFG_MAX_FRAMES 16                 /* libcyaml backtrace depth we keep (ours is 3) */
-#define CFG_NFIELDS 32                    /* entries in cfg_fields (checked in config.c) */
+#define CFG_NFIELDS 34                    /* entries in cfg_fields (checked in config.c) */
 
 enum cfg_kind {
     CFG_UINT,       /* unsigned, integer in [min, max] */

@@ -5,6 +5,8 @@
 #include "batchd/error.h"
 #include "batchd/job_types.h"
 
+#include <ctype.h>
+#include <stdio.h>
 #include <string.h>
 
 static const char *const job_state_names[BD_JOB_STATE_COUNT] = {
@@ -61,4 +63,16 @@ int bd_job_priority_parse(const char *s, int *out)
         return BD_EINVAL;
     *out = i;
     return BD_OK;
+}
+
+void bd_job_default_collection(const char *model, char *out, size_t outlen)
+{
+    size_t n = 0;
+    if (!islower((unsigned char)tolower((unsigned char)model[0])))
+        out[n++] = '_';
+    for (const char *p = model; *p && n + 12 < outlen; p++) {
+        unsigned char c = (unsigned char)tolower((unsigned char)*p);
+        out[n++] = (islower(c) || isdigit(c)) ? (char)c : '_';
+    }
+    snprintf(out + n, outlen - n, "_embeddings");
 }

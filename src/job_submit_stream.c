@@ -70,6 +70,12 @@ const char *bd_job_stream_get_id(const struct bd_job_stream *st)
     return ((const struct bd__job_submit *)st)->job_id;
 }
 
+struct bd_pg_conn *bd_job_stream_get_conn(struct bd_job_stream *st)
+{
+    struct bd__job_submit *js = (struct bd__job_submit *)st;
+    return js->is_busy ? NULL : js->conn;
+}
+
 static void job_stream_on_copied(int status, PGresult *res, void *arg)
 {
     struct bd__job_submit *js = arg;

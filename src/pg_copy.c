@@ -236,3 +236,48 @@ int bd_pg_copy_end(struct bd_buf *b)
     copy_put16(b, UINT16_MAX);       /* field count -1: end of data */
     return BD_OK;
 }
+
+/* Append PostgreSQL's text form of a real[] ("{0.1,-2e-05,NaN}") as a JSON array
+ * ("[0.1,-2e-05,null]"). No allocation beyond the buffer's: float4out already writes the
+ * shortest exact decimal, which is valid JSON, so the text is copied once and its braces
+ * turned into brackets in place. Only NaN, Infinity and NULL elements, which JSON cannot
+ * express, need a second, token-by-token pass (they become null). */
+void bd_pg_real_array_to_json(struct bd_buf *b, const char *s, size_t len)
+{
+    size_t start = b->len, i = 0;
+    bool is_special = false;
+    char *p;
+
+    bd_buf_append(b, s, len);
+    if (b->is_failed)
+        return;
+    p = b->data + start;
+    for (i = 0; i < len; i++) {
+        switch (p[i]) {
+        case '{': p[i] = '['; break;
+        case '}': p[i] = ']'; break;
+        case 'N': case 'I': case '"': is_special = true; break;
+        default: break;
+        }
+    }
+    if (!is_special)
+        return;
+    b->len = start;
+    for (i = 0; i < len;) {
+        char c = s[i];
+        size_t j = i;
+
+        if (c == '{' || c == '}' || c == ',') {
+            bd_buf_append(b, c == '{' ? "[" : c == '}' ? "]" : ",", 1);
+            i++;
+            continue;
+        }
+        while (j < len && s[j] != ',' && s[j] != '}')
+            j++;
+        if ((c >= '0' && c <= '9') || (c == '-' && i + 1 < j && s[i + 1] >= '0' && s[i + 1] <= '9'))
+            bd_buf_append(b, s + i, j - i);
+        else
+            bd_buf_append(b, "null", 4);
+        i = j;
+    }
+}

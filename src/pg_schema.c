@@ -165,7 +165,9 @@ static const char pg_schema_v6_files[] =
  * outcome written by the finalizer in one transaction: final_status (completed, failed,
  * expired, cancelled), finalized_at, the output and error files and the per-line counts.
  * Until then the status is derived from the job's (batch_store.c, one place). lease_owner /
- * lease_until let one process finalize a batch while others skip it. */
+ * lease_until let one process finalize a batch while others skip it. A batch's lines are
+ * written before its row (one transaction, the row's figures known last): the foreign key
+ * is checked at the COMMIT. */
 static const char pg_schema_v7_batches[] =
     "CREATE TABLE batches (\n"
     "  id text PRIMARY KEY, seq bigserial NOT NULL UNIQUE,\n"
@@ -181,7 +183,8 @@ static const char pg_schema_v7_batches[] =
     "  lease_owner text, lease_until timestamptz);\n"
     "CREATE INDEX batches_open_idx ON batches (expires_at) WHERE finalized_at IS NULL;\n"
     "CREATE TABLE batch_lines (\n"
-    "  batch_id text NOT NULL REFERENCES batches(id) ON DELETE CASCADE,\n"
+    "  batch_id text NOT NULL REFERENCES batches(id) ON DELETE CASCADE\n"
+    "    DEFERRABLE INITIALLY DEFERRED,\n"
     "  ord int NOT NULL, line int NOT NULL, custom_id text NOT NULL,\n"
     "  first_item int NOT NULL, items int NOT NULL, is_base64 boolean NOT NULL,\n"
     "  PRIMARY KEY (batch_id, ord));\n";

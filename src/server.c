@@ -5,6 +5,7 @@
  * close. Loop thread only.  SPDX-License-Identifier: MIT
  */
 #include "batchd/server.h"
+#include "batchd/batch.h"
 
 #include "batchd/api.h"
 #include "batchd/config.h"
@@ -100,6 +101,17 @@ static void server_on_jobs_stopped(void *arg)
     server_close_stores(srv);
 }
 
+static void server_on_batches_stopped(void *arg)
+{
+    struct bd_server *srv = arg;
+
+    srv->batches = NULL;
+    if (srv->jobs)
+        bd_job_engine_stop(srv->jobs, server_on_jobs_stopped, srv);
+    else
+        server_close_stores(srv);
+}
+
 static void server_on_http_closed(struct bd_http_server *http, void *arg)
 {
     struct bd_server *srv = arg;
@@ -108,6 +120,10 @@ static void server_on_http_closed(struct bd_http_server *http, void *arg)
     bd_router_free(srv->router);
     srv->router = NULL;
     bd_api_free(srv);
+    if (srv->batches) {                   /* it cancels through the engine: stops first */
+        bd_batch_finalizer_stop(srv->batches, server_on_batches_stopped, srv);
+        return;
+    }
     if (srv->jobs)
         bd_job_engine_stop(srv->jobs, server_on_jobs_stopped, srv);
     else
@@ -323,6 +339,14 @@ int bd_server_start(struct bd_server *srv, uv_loop_t *loop, const struct bd_conf
         goto fail;
     }
     bd_job_engine_start(srv->jobs);
+    struct bd_batch_final_deps fd = {
+        .loop = loop, .pg = srv->pg, .jobs = srv->jobs, .owner = cfg->worker_id,
+        .interval_s = 1.0,
+    };
+    if ((srv->batches = bd_batch_finalizer_start(&fd)) == NULL) {
+        rc = BD_ENOMEM;
+        goto fail;
+    }
     bd_log(BD_LOG_INFO, "server", "event=listening url=http://%s:%d version=%s worker=%s",
            host, bd_http_server_get_port(srv->http), BATCHD_VERSION, cfg->worker_id);
     return BD_OK;

@@ -53,6 +53,9 @@ int bd__api_register_metrics(struct bd_router *r, struct bd_server *srv);
 /* Register the OpenAI-compatible files under /v1/files (api_files.c). */
 int bd__api_register_files(struct bd_router *r, struct bd_server *srv);
 
+/* Register the OpenAI-compatible batches under /v1/batches (api_batches.c). */
+int bd__api_register_batches(struct bd_router *r, struct bd_server *srv);
+
 /* 1 when id is a valid job id (^[A-Za-z0-9_-]{1,128}$), else 0. */
 #define BD__API_JOB_ID_MAX 128
 int bd__api_is_job_id_valid(const char *id);

@@ -85,6 +85,8 @@ struct bd_config {
 
     /* OpenAI-compatible API (/v1) */
     size_t openai_max_file_bytes;           /* POST /v1/files: largest file, default 200 MiB */
+    unsigned openai_max_batch_lines;        /* POST /v1/batches: most requests, default 50000 */
+    double openai_batch_expiry_s;           /* a batch's time to finish ("24h"), default 86400 */
 
     struct bd_model_config *models;
     unsigned models_count;

@@ -18,6 +18,7 @@
 #include "batchd/job_engine.h"       /* enum bd_job_operation */
 
 struct bd_pg;
+struct bd_pg_conn;
 struct bd_rq;
 struct bd_config;
 
@@ -96,6 +97,13 @@ int bd_job_stream_open(const struct bd_job_submit_deps *deps, const struct bd_jo
 
 /* The job's id (valid once open's cb said BD_OK). Borrowed from st. */
 const char *bd_job_stream_get_id(const struct bd_job_stream *st);
+
+/* The stream's connection, inside the job's transaction, for rows of the same job that
+ * other stores own (an OpenAI batch's, batch_store.h), so they commit or roll back with
+ * it: use it only while no operation of the stream is in flight, one statement at a time,
+ * and wait for that statement's callback before the stream's next operation. NULL before
+ * open's cb said BD_OK. Borrowed from st. */
+struct bd_pg_conn *bd_job_stream_get_conn(struct bd_job_stream *st);
 
 /* Write the next n batches, in order, in one COPY (batch i holds items[i] > 0 items;
  * payloads as bd_job_submit's, their data taken: freed here, also on error; the arrays are

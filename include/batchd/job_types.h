@@ -6,6 +6,8 @@
 #ifndef BATCHD_JOB_TYPES_H
 #define BATCHD_JOB_TYPES_H
 
+#include <stddef.h>
+
 /* Job states as stored in jobs.status. */
 enum bd_job_state {
     BD_JOB_QUEUED = 0,
@@ -25,5 +27,9 @@ const char *bd_job_operation_name(enum bd_job_operation op);
 int bd_job_operation_parse(const char *s, enum bd_job_operation *out);
 const char *bd_job_priority_name(int prio);
 int bd_job_priority_parse(const char *s, int *out);
+
+/* A bulk_embed job's default collection: "<model>_embeddings" with the model name folded
+ * into ^[a-z_][a-z0-9_]*$ (lower case; anything else becomes '_'), into out[outlen]. */
+void bd_job_default_collection(const char *model, char *out, size_t outlen);
 
 #endif

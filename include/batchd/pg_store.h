@@ -198,6 +198,11 @@ int bd_pg_copy_end(struct bd_buf *b);                   /* trailer */
  * non-NULL elements (out may then be partly written). n == 0 accepts '{}'. No allocation. */
 int bd_pg_float4_array_decode(const char *p, size_t len, size_t n, float *out);
 
+/* Append PostgreSQL's text form of a real[] ("{0.1,-2e-05,NaN}") to b as a JSON array
+ * ("[0.1,-2e-05,null]"): float4out's shortest exact decimals copied as they are; NaN,
+ * Infinity and NULL elements, which JSON cannot express, become null. */
+void bd_pg_real_array_to_json(struct bd_buf *b, const char *s, size_t len);
+
 /* ---- binary array parameters (src/pg_store.c) -------------------------------------------
  * A one-dimensional array in PostgreSQL's binary format, for a statement parameter sent
  * with format 1 (cast in the statement: $3::int4[]):

@@ -17,6 +17,7 @@ struct bd_router;
 struct bd_rq;
 struct bd_pg;
 struct bd_job_engine;
+struct bd_batch_finalizer;
 struct bd_metrics;
 struct bd_model_client;
 struct bd_api_cache;
@@ -33,10 +34,12 @@ struct bd_server {
     struct bd_pg *pg;                      /* API: synchronous commit (a 202 is durable) */
     struct bd_pg *pg_jobs;                 /* job engine: asynchronous commit, see server.c */
     struct bd_job_engine *jobs;
+    struct bd_batch_finalizer *batches;    /* OpenAI batches' finalizer (batch.h) */
     struct bd_metrics *metrics;
     struct bd_model_client *models;
     struct bd_api_cache *api_cache;        /* the API's status cache (api_status.c) */
     struct bd_api_collections *api_collections; /* dimensions seen (api_submit.c) */
+    unsigned batch_creates;                /* POST /v1/batches in flight (api_batches.c) */
     unsigned submit_streams;               /* streamed submits holding an API connection */
     unsigned event_streams;                /* GET /jobs/{id}/events streams open (api_events.c) */
     struct bd__api_watch *event_watches;   /* one per job those streams watch (api_events.c) */
