@@ -673,6 +673,9 @@ static void final_on_claim(int status, const struct bd_batch_claim *c, const cha
     struct final_run *r;
     int rc;
 
+    if (status == BD_OK && c != NULL && f->is_stopping)   /* claimed as the stop came */
+        (void)bd_batch_store_release(f->deps.pg, c->id, f->deps.owner,
+                                     final_on_release_ignored, NULL);
     if (status < 0 || c == NULL || f->is_stopping) {
         if (status < 0 && status != BD_ECANCELED)
             bd_log(BD_LOG_WARN, "batch", "event=claim_failed error=%s%s%s", bd_strerror(status),
