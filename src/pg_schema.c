@@ -158,6 +158,13 @@ static const char pg_schema_v6_files[] =
     "ALTER TABLE file_chunks ALTER COLUMN data SET STORAGE EXTERNAL;\n"
     "ALTER TABLE file_chunks ALTER COLUMN data SET STATISTICS 0;\n";
 
+/* The queue's pause state (POST /queue/pause, /queue/resume), shared by every process and
+ * surviving restarts: one row per pause in force. model '' is the whole queue, any other
+ * value one model. Every process reads the table twice a second (job_pause.c). */
+static const char pg_schema_v9_queue_pauses[] =
+    "CREATE TABLE queue_pauses (\n"
+    "  model text PRIMARY KEY, paused_at timestamptz NOT NULL DEFAULT now());\n";
+
 static const struct pg_migration pg_migrations[] = {
     { 1, "initial", pg_schema_v1_initial },
     { 2, "embedding_cache", pg_schema_v2_embedding_cache },
@@ -165,6 +172,7 @@ static const struct pg_migration pg_migrations[] = {
     { 4, "packed_items", pg_schema_v4_packed_items },
     { 5, "vector_storage", pg_schema_v5_vector_storage },
     { 6, "files", pg_schema_v6_files },
+    { 9, "queue_pauses", pg_schema_v9_queue_pauses },
 };
 
 #define PG_MIGRATIONS_COUNT (sizeof(pg_migrations) / sizeof(pg_migrations[0]))
