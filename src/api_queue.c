@@ -147,17 +147,19 @@ static void api_on_retried_one(int status, enum bd_job_state state, bool is_canc
     api_retry_all_next(c);
 }
 
+/* One job at a time: each retry is a few statements on the API's synchronous pool, and a
+ * call is bounded by limit, so the pool is never flooded by one request. */
 static void api_retry_all_next(struct api_retry_all *c)
 {
-    while (c->next < c->count) {
-        int rc = bd_job_retry(c->srv->jobs, c->ids[c->next++], api_on_retried_one, c);
-        if (rc == BD_OK)
-            return;
-        json_decref(c->done);
-        bd_http_respond_err(c->req, rc, NULL, NULL);
+    if (c->next == c->count) {
+        api_retry_all_respond(c);
         return;
     }
-    api_retry_all_respond(c);
+    int rc = bd_job_retry(c->srv->jobs, c->ids[c->next++], api_on_retried_one, c);
+    if (rc < 0) {
+        json_decref(c->done);
+        bd_http_respond_err(c->req, rc, NULL, NULL);
+    }
 }
 
 static void api_on_retryable(int status, const char *const *ids, unsigned count, bool has_more,

@@ -82,6 +82,7 @@ struct bd_metrics {
     struct metrics_work work[METRICS_OPS][METRICS_SLOTS];
     bool is_queue_paused;
     bool is_model_paused[BD_METRICS_MAX_MODELS];
+    bool has_model_paused[BD_METRICS_MAX_MODELS];   /* paused once: its series is written */
 
     /* CPU window: from sample a to now; b is the newer sample that becomes a after 5 s. */
     double cpu_a_s, cpu_b_s;
@@ -304,8 +305,10 @@ void bd_metrics_set_queue_paused(struct bd_metrics *m, bool is_paused)
 
 void bd_metrics_set_model_paused(struct bd_metrics *m, unsigned model_index, bool is_paused)
 {
-    if (m && model_index < BD_METRICS_MAX_MODELS)
+    if (m && model_index < BD_METRICS_MAX_MODELS) {
         m->is_model_paused[model_index] = is_paused;
+        m->has_model_paused[model_index] |= is_paused;
+    }
 }
 
 void bd_metrics_render_jobs(const struct bd_metrics *m, struct bd_buf *out,
@@ -321,6 +324,8 @@ void bd_metrics_render_jobs(const struct bd_metrics *m, struct bd_buf *out,
     bd_buf_puts(out, "# HELP batchd_model_paused Whether the model is paused on its own "
                      "(shared by all processes).\n# TYPE batchd_model_paused gauge\n");
     for (unsigned i = 0; cfg && i < cfg->models_count && i < BD_METRICS_MAX_MODELS; i++) {
+        if (!m->has_model_paused[i])
+            continue;                         /* never paused: absent, as unrecorded counters */
         bd_buf_puts(out, "batchd_model_paused{model=\"");
         bd_metrics_escape_label(out, cfg->models[i].name);
         bd_buf_printf(out, "\"} %d\n", m->is_model_paused[i] ? 1 : 0);

@@ -84,9 +84,11 @@ void bd_metrics_render_jobs(const struct bd_metrics *m, struct bd_buf *out,
                             const struct bd_config *cfg);
 
 /* The queue's pause state as the job engine last read it (all processes share it):
- * batchd_queue_paused (the whole queue) and batchd_model_paused{model} (each configured
- * model, by its index in cfg->models; indexes from BD_METRICS_MAX_MODELS on are not
- * kept), written by bd_metrics_render_jobs. m may be NULL. No allocation. */
+ * batchd_queue_paused (the whole queue, always written) and batchd_model_paused{model}
+ * (a configured model, by its index in cfg->models; written once the model has been
+ * paused, 0 again after its resume, absent before, as unrecorded counters; indexes from
+ * BD_METRICS_MAX_MODELS on are not kept), by bd_metrics_render_jobs. m may be NULL. No
+ * allocation. */
 void bd_metrics_set_queue_paused(struct bd_metrics *m, bool is_paused);
 void bd_metrics_set_model_paused(struct bd_metrics *m, unsigned model_index, bool is_paused);
 
