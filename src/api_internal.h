@@ -65,6 +65,16 @@ bool bd__api_get_limit(struct bd_http_request *req, unsigned def, unsigned *out)
 bool bd__api_get_cursor(struct bd_http_request *req, char tag, long long max, bool *has,
                         long long *out);
 
+/* The queue's pause state as the API shows it: {"paused", "paused_at", "paused_models"}
+ * (api_queue.c). A new reference, NULL on ENOMEM. */
+struct bd_job_pause_state;
+json_t *bd__api_pause_json(const struct bd_job_pause_state *st);
+
+/* Register POST /queue/pause, /queue/resume and /jobs/retry-failed (api_queue.c; called
+ * from bd__api_register_metrics, next to the queue's other routes). */
+struct bd_router;
+int bd__api_register_queue(struct bd_router *r, struct bd_server *srv);
+
 /* The cursor tag + v as a JSON string (NULL on ENOMEM). */
 json_t *bd__api_cursor_json(char tag, long long v);
 

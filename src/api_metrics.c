@@ -224,17 +224,29 @@ static json_t *api_model_slots(const struct api_gather *g, const char *model)
     return json_null();
 }
 
+/* The pause state this process holds (read from PostgreSQL twice a second); all clear
+ * while the engine has not read it yet. */
+static const struct bd_job_pause_state *api_pause_state(const struct api_gather *g)
+{
+    static const struct bd_job_pause_state none;
+    return g->srv->jobs ? bd_job_engine_get_pause(g->srv->jobs) : &none;
+}
+
 static int api_model_queue(const struct api_gather *g, const char *model, json_t *obj)
 {
     struct api_model_sum s;
+    long long paused_at = bd_job_pause_model_at(api_pause_state(g), model);
 
     api_model_sum(g, model, &s);
     return json_object_set_new(obj, model,
-                               json_pack("{s:I,s:I,s:o,s:o}", "pending", (json_int_t)s.pending,
-                                         "processing", (json_int_t)s.processing,
-                                         "avg_time_seconds",
+                               json_pack("{s:I,s:I,s:o,s:o,s:b,s:o}", "pending",
+                                         (json_int_t)s.pending, "processing",
+                                         (json_int_t)s.processing, "avg_time_seconds",
                                          api_real1(s.ran ? s.run_s / (double)s.ran : 0.0),
-                                         "slots", api_model_slots(g, model)));
+                                         "slots", api_model_slots(g, model), "paused",
+                                         paused_at != 0, "paused_at",
+                                         paused_at != 0 ? bd__api_time_json(paused_at)
+                                                        : json_null()));
 }
 
 static int api_model_perf(const struct api_gather *g, const char *model, json_t *obj)
@@ -290,6 +302,17 @@ static json_t *api_queue_status_json(const struct api_gather *g)
         "throughput_items_per_minute", api_real1(api_window_per_minute(g)), "success_rate",
         api_real1(api_success_rate(t.processed, t.failed)),
         "model_queues", models, "queue_depth", depth);
+    if (j != NULL) {
+        const struct bd_job_pause_state *p = api_pause_state(g);
+        bool is_failed = false;
+        bd__api_set(j, "paused", json_boolean(p->is_paused), &is_failed);
+        bd__api_set(j, "paused_at", p->is_paused ? bd__api_time_json(p->paused_at_ms)
+                                                 : json_null(), &is_failed);
+        if (is_failed) {
+            json_decref(j);
+            j = NULL;
+        }
+    }
     return j;
 }
 
@@ -327,7 +350,7 @@ static json_t *api_metrics_json(struct api_gather *g)
     redis_mb = g->has_memory ? api_real1((double)g->used_memory / (1024.0 * 1024.0))
                              : json_null();
     return json_pack(
-        "{s:{s:{s:I,s:I,s:o,s:o,s:o},s:{s:o,s:o,s:o,s:i},s:{s:I,s:I,s:I,s:I,s:I,s:o},s:o}}",
+        "{s:{s:{s:I,s:I,s:o,s:o,s:o},s:{s:o,s:o,s:o,s:i},s:{s:I,s:I,s:I,s:I,s:I,s:o},s:o,s:o}}",
         "batch_metrics",
         "performance", "total_jobs_processed",
         (json_int_t)(t.by_state[BD_JOB_COMPLETED] + t.by_state[BD_JOB_FAILED]),
@@ -347,7 +370,7 @@ static json_t *api_metrics_json(struct api_gather *g)
         (json_int_t)errs[BD_MODEL_ERR_CONNECTION], "processing_errors",
         (json_int_t)errs[BD_MODEL_ERR_PROCESSING], "rate_limited_responses",
         (json_int_t)errs[BD_MODEL_ERR_RATE_LIMITED], "most_common_error", common,
-        "model_performance", models);
+        "model_performance", models, "queue_pause", bd__api_pause_json(api_pause_state(g)));
 }
 
 /* ---- gathering ------------------------------------------------------------------------ */
@@ -488,5 +511,6 @@ int bd__api_register_metrics(struct bd_router *r, struct bd_server *srv)
     rc = rc ? rc : bd_router_add(r, "GET", BD_API_PREFIX "/queue/status", api_on_queue_status,
                                  srv);
     rc = rc ? rc : bd_router_add(r, "GET", BD_API_PREFIX "/metrics", api_on_metrics, srv);
+    rc = rc ? rc : bd__api_register_queue(r, srv);
     return rc;
 }

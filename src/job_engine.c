@@ -109,6 +109,9 @@ void bd__engine_pump(struct bd_job_engine *e)
 
     if (!e->is_ready || e->is_stopping || e->is_draining || e->is_claiming || e->active >= cap)
         return;
+    /* Paused, or not yet known whether (a restart must not claim before it read it). */
+    if (!e->pause.is_known || e->pause.is_paused)
+        return;
     if (!bd_rq_is_up(e->d.rq))
         return;                               /* the claim timer tries again */
     unsigned want = cap - e->active;
@@ -119,7 +122,8 @@ void bd__engine_pump(struct bd_job_engine *e)
         return;                               /* the claim timer tries again */
     *claim = (struct engine_claim){ e, want };
     e->is_claiming = true;
-    if (bd_rq_claim_many(e->d.rq, want, engine_on_claimed, claim) < 0) {
+    if (bd_rq_claim_many_skip(e->d.rq, want, e->skip_models, e->pause.models_count,
+                              engine_on_claimed, claim) < 0) {
         e->is_claiming = false;
         free(claim);
     }
@@ -539,6 +543,7 @@ static void engine_on_migrated(int status, void *arg)
     uv_timer_start(&e->rebuild_timer, engine_on_rebuild_timer, 0,
                    engine_ms(JOB_REBUILD_INTERVAL_S));
     uv_timer_start(&e->tput_timer, engine_on_tput_timer, 0, 5000);
+    bd__engine_pause_start(e);
 }
 
 struct bd_job_engine *bd_job_engine_new(const struct bd_job_deps *deps, int *err)
@@ -551,7 +556,7 @@ struct bd_job_engine *bd_job_engine_new(const struct bd_job_deps *deps, int *err
     e->d = *deps;
     uv_timer_t *timers[] = { &e->claim_timer, &e->renew_timer, &e->reap_timer,
                              &e->sweep_timer, &e->rebuild_timer, &e->migrate_timer,
-                             &e->tput_timer };
+                             &e->tput_timer, &e->pause_timer };
     for (size_t i = 0; i < sizeof(timers) / sizeof(timers[0]); i++) {
         uv_timer_init(e->d.loop, timers[i]);
         timers[i]->data = e;
@@ -590,7 +595,7 @@ static void engine_maybe_stopped(struct bd_job_engine *e)
         e->has_closed_timers = true;
         uv_timer_t *timers[] = { &e->claim_timer, &e->renew_timer, &e->reap_timer,
                                  &e->sweep_timer, &e->rebuild_timer, &e->migrate_timer,
-                                 &e->tput_timer };
+                                 &e->tput_timer, &e->pause_timer };
         for (size_t i = 0; i < sizeof(timers) / sizeof(timers[0]); i++) {
             e->pending_closes++;
             uv_close((uv_handle_t *)timers[i], engine_on_timer_closed);
@@ -616,6 +621,7 @@ void bd_job_engine_stop(struct bd_job_engine *e, bd_job_engine_stopped_cb cb, vo
     uv_timer_stop(&e->rebuild_timer);
     uv_timer_stop(&e->migrate_timer);
     uv_timer_stop(&e->tput_timer);
+    uv_timer_stop(&e->pause_timer);
     bd_log(BD_LOG_INFO, "job", "event=engine_stopping active=%u", e->active);
     /* Jobs finish the operation in flight (a write commits its checkpoint), then hand
      * themselves back to the queue. Model calls and back-off waits are cut short: the

@@ -135,6 +135,8 @@ struct bd_job {
     bool is_cancel_requested;
     bool is_lease_lost;
     bool is_handing_back;     /* engine stopping or lease lost: give the job back */
+    bool is_pausing;          /* the queue or the job's model paused: no new batch; hand
+                               * the job back once nothing is in flight (sticky per run) */
     bool has_timer_armed;
     bool has_final_state;     /* final_state decided (fatal error, timeout, cancel) */
     enum bd_job_state final_state;
@@ -174,6 +176,7 @@ struct bd_job_engine {
     uv_timer_t rebuild_timer;
     uv_timer_t migrate_timer;
     uv_timer_t tput_timer;
+    uv_timer_t pause_timer;   /* reads the pause state (job_pause.c) */
     unsigned pending_closes;
     unsigned pending_ops;     /* engine-level store calls whose callback is still due */
     unsigned jobs_alive;      /* struct bd_job not yet freed (active or winding down) */
@@ -190,6 +193,12 @@ struct bd_job_engine {
     void *stopped_arg;
 
     struct bd_job_engine_stats stats;
+
+    /* The pause state (job_pause.c): this process's copy, and the paused models' names
+     * as the claim's skip list (pointing into pause.models). */
+    struct bd_job_pause_state pause;
+    const char *skip_models[BD_JOB_PAUSED_MODELS_MAX];
+    bool is_pause_reading;
 };
 
 /* job_run.c */
@@ -214,6 +223,15 @@ void bd__job_slot_end(struct bd_job_slot *s);
 /* job_write.c: the WRITE phases of one slot. */
 int bd__job_write_step(struct bd_job_slot *s);
 void bd__job_fail_batch(struct bd_job_slot *s, const char *code, const char *message);
+
+/* job_run.c: the job is paused (whole queue, or its model for bulk_embed). Cheap: two
+ * loads when nothing is paused. */
+bool bd__job_is_paused(const struct bd_job *job);
+/* The pause state changed: pause the jobs it concerns (they hand themselves back). */
+void bd__job_pause_check(struct bd_job *job);
+
+/* job_pause.c */
+void bd__engine_pause_start(struct bd_job_engine *e);   /* first read now, then every poll */
 
 /* job_maint.c */
 void bd__engine_pump(struct bd_job_engine *e);

@@ -311,6 +311,41 @@ bool bd__job_should_stop(struct bd_job *job)
     return false;
 }
 
+bool bd__job_is_paused(const struct bd_job *job)
+{
+    const struct bd_job_pause_state *p = &job->e->pause;
+
+    if (p->is_paused)
+        return true;
+    if (p->models_count == 0 || job->op != BD_OP_BULK_EMBED)
+        return false;
+    return bd_job_pause_model_at(p, job->model) != 0;
+}
+
+/* From now on this run sends no new batch: batches at the model finish and are written, a
+ * model retry's back-off is cut short (the slot then ends at its step, its batch left
+ * pending), and once nothing is in flight the pump hands the job back. Sticky for the run:
+ * a resume meanwhile only means the job is claimed again sooner. */
+static void job_begin_pause(struct bd_job *job)
+{
+    job->is_pausing = true;
+    bd_log(BD_LOG_INFO, "job", "job=%s event=pausing model=%s", job->id,
+           *job->model ? job->model : "-");
+    for (unsigned i = 0; i < job->slots_ready; i++) {
+        struct bd_job_slot *s = &job->slots[i];
+        if (s->has_timer_armed && s->phase == SLOT_EXECUTE) {
+            uv_timer_stop(&s->timer);
+            uv_timer_start(&s->timer, job_slot_on_timer, 0, 0);
+        }
+    }
+}
+
+void bd__job_pause_check(struct bd_job *job)
+{
+    if (job->phase == JOB_PHASE_RUN && !job->is_pausing && bd__job_is_paused(job))
+        bd__job_pump(job);
+}
+
 /* Go to FINISH (terminal state) or RELEASE (hand back), from between operations. */
 static void job_wind_down(struct bd_job *job)
 {
@@ -481,7 +516,7 @@ static void job_take_loaded(struct bd_job *job, const struct bd_job_batch_row *r
     }
     if (!row->has_batch) {
         job->is_exhausted = true;
-    } else if (!bd__job_should_stop(job)) {
+    } else if (!bd__job_should_stop(job) && !job->is_pausing) {
         struct bd_job_slot *s = NULL;
         for (unsigned i = 0; i < job->window && s == NULL; i++)
             if (job->slots[i].phase == SLOT_FREE)
@@ -552,6 +587,8 @@ static void job_pump_once(struct bd_job *job)
             job_wind_down(job);
         return;
     }
+    if (!job->is_pausing && bd__job_is_paused(job))
+        job_begin_pause(job);
     while (job->writers < JOB_WRITERS_MAX) {
         struct bd_job_slot *best = NULL;
         for (unsigned i = 0; i < job->window; i++) {
@@ -566,6 +603,16 @@ static void job_pump_once(struct bd_job *job)
         bd__job_slot_step(best);
         if (job->phase != JOB_PHASE_RUN)
             return;
+    }
+    if (job->is_pausing) {
+        /* Paused: what is at the model is written; then the job goes back to its queue. */
+        if (job->busy == 0 && !job->is_loading && !job->has_timer_armed) {
+            bd_log(BD_LOG_INFO, "job", "job=%s event=paused_hand_back batches_run=%u",
+                   job->id, job->batches_run);
+            job->is_handing_back = true;
+            job_wind_down(job);
+        }
+        return;
     }
     if (!job->is_loading && !job->is_exhausted && !job->has_timer_armed &&
         job->busy < job->window)
@@ -896,6 +943,13 @@ void bd__job_slot_step(struct bd_job_slot *s)
     if ((s->phase == SLOT_CACHE || s->phase == SLOT_EXECUTE ||
          s->phase == SLOT_WRITE_ACQUIRE) && bd__job_should_stop(job)) {
         bd__job_slot_end(s);
+        return;
+    }
+    if ((s->phase == SLOT_CACHE || s->phase == SLOT_EXECUTE) &&
+        (job->is_pausing || bd__job_is_paused(job))) {
+        if (!job->is_pausing)
+            job_begin_pause(job);
+        bd__job_slot_end(s);                  /* not sent: the batch stays pending */
         return;
     }
     if (s->phase == SLOT_READY) {

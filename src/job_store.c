@@ -83,6 +83,11 @@ static struct bd_job_store_err store_err(const PGresult *res)
     return e;
 }
 
+struct bd_job_store_err bd__store_err(const PGresult *res)
+{
+    return store_err(res);
+}
+
 const char *bd__store_str(const PGresult *res, int row, int col)
 {
     return PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col);

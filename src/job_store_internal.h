@@ -39,6 +39,8 @@ struct bd__store_call {
         bd_job_store_state_counts_cb counts;
         bd_job_store_job_groups_cb groups;
         bd_job_store_window_cb window;
+        bd_job_store_pauses_cb pauses;
+        bd_job_store_ids_cb ids;
     } cb;
     void *arg;
     unsigned limit;                   /* pages: rows asked for (one more was fetched) */
@@ -59,6 +61,10 @@ int bd__store_conn_query(struct bd_pg_conn *conn, const char *sql, int nparams,
                          const struct bd__store_call *tmpl);
 int bd__store_copy_in(struct bd_pg_conn *conn, const char *copy_sql, const char *data,
                       size_t len, bd_pg_result_cb on_result, const struct bd__store_call *tmpl);
+
+/* The error of a failed statement (res may be NULL: connection lost); message borrowed
+ * from res. (job_store.c) */
+struct bd_job_store_err bd__store_err(const PGresult *res);
 
 /* A text-format column: its value, NULL for SQL NULL; as a number (dflt for NULL); a
  * boolean ('t'). Borrowed from res. (job_store.c) */

@@ -80,6 +80,9 @@ struct bd_metrics {
     struct bd_hist http_duration;
     struct bd_hist loop_lag;
     struct metrics_work work[METRICS_OPS][METRICS_SLOTS];
+    bool is_queue_paused;
+    bool is_model_paused[BD_METRICS_MAX_MODELS];
+    bool has_model_paused[BD_METRICS_MAX_MODELS];   /* paused once: its series is written */
 
     /* CPU window: from sample a to now; b is the newer sample that becomes a after 5 s. */
     double cpu_a_s, cpu_b_s;
@@ -294,6 +297,20 @@ static void metrics_render_work_counter(const struct bd_metrics *m, const struct
     }
 }
 
+void bd_metrics_set_queue_paused(struct bd_metrics *m, bool is_paused)
+{
+    if (m)
+        m->is_queue_paused = is_paused;
+}
+
+void bd_metrics_set_model_paused(struct bd_metrics *m, unsigned model_index, bool is_paused)
+{
+    if (m && model_index < BD_METRICS_MAX_MODELS) {
+        m->is_model_paused[model_index] = is_paused;
+        m->has_model_paused[model_index] |= is_paused;
+    }
+}
+
 void bd_metrics_render_jobs(const struct bd_metrics *m, struct bd_buf *out,
                             const struct bd_config *cfg)
 {
@@ -301,6 +318,18 @@ void bd_metrics_render_jobs(const struct bd_metrics *m, struct bd_buf *out,
     struct bd_buf lab;
 
     bd_buf_init(&lab);
+    bd_buf_printf(out, "# HELP batchd_queue_paused Whether the whole queue is paused (shared "
+                       "by all processes).\n# TYPE batchd_queue_paused gauge\n"
+                       "batchd_queue_paused %d\n", m->is_queue_paused ? 1 : 0);
+    bd_buf_puts(out, "# HELP batchd_model_paused Whether the model is paused on its own "
+                     "(shared by all processes).\n# TYPE batchd_model_paused gauge\n");
+    for (unsigned i = 0; cfg && i < cfg->models_count && i < BD_METRICS_MAX_MODELS; i++) {
+        if (!m->has_model_paused[i])
+            continue;                         /* never paused: absent, as unrecorded counters */
+        bd_buf_puts(out, "batchd_model_paused{model=\"");
+        bd_metrics_escape_label(out, cfg->models[i].name);
+        bd_buf_printf(out, "\"} %d\n", m->is_model_paused[i] ? 1 : 0);
+    }
     bd_buf_puts(out, "# HELP batchd_jobs_total Jobs that reached a terminal state in this "
                      "process.\n# TYPE batchd_jobs_total counter\n");
     for (unsigned op = 0; op < METRICS_OPS; op++) {

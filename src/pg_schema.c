@@ -188,6 +188,12 @@ static const char pg_schema_v7_batches[] =
     "  ord int NOT NULL, line int NOT NULL, custom_id text NOT NULL,\n"
     "  first_item int NOT NULL, items int NOT NULL, is_base64 boolean NOT NULL,\n"
     "  PRIMARY KEY (batch_id, ord));\n";
+/* The queue's pause state (POST /queue/pause, /queue/resume), shared by every process and
+ * surviving restarts: one row per pause in force. model '' is the whole queue, any other
+ * value one model. Every process reads the table twice a second (job_pause.c). */
+static const char pg_schema_v8_queue_pauses[] =
+    "CREATE TABLE queue_pauses (\n"
+    "  model text PRIMARY KEY, paused_at timestamptz NOT NULL DEFAULT now());\n";
 
 static const struct pg_migration pg_migrations[] = {
     { 1, "initial", pg_schema_v1_initial },
@@ -197,6 +203,7 @@ static const struct pg_migration pg_migrations[] = {
     { 5, "vector_storage", pg_schema_v5_vector_storage },
     { 6, "files", pg_schema_v6_files },
     { 7, "batches", pg_schema_v7_batches },
+    { 8, "queue_pauses", pg_schema_v8_queue_pauses },
 };
 
 #define PG_MIGRATIONS_COUNT (sizeof(pg_migrations) / sizeof(pg_migrations[0]))

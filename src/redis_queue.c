@@ -158,28 +158,62 @@ static const char rq_lua_enqueue_many[] = RQ_LUA_PRELUDE RQ_LUA_ENQUEUE_FN
     "end\n"
     "return out\n";
 
-/* ARGV: prefix, worker, lease_ms[, max]. Takes jobs in queue order (high, normal, low;
- * oldest first within one) and puts each in flight with its own lease. Without max: the
- * claimed id or nil (bd_rq_claim). With max (bd_rq_claim_many): an array of at most max
- * ids, empty when every queue is empty. One script run, so each id is taken exactly once
- * however many processes claim at the same time. */
+/* ARGV: prefix, worker, lease_ms[, max[, skip]]. Takes jobs in queue order (high, normal,
+ * low; oldest first within one) and puts each in flight with its own lease. Without max:
+ * the claimed id or nil (bd_rq_claim). With max (bd_rq_claim_many): an array of at most max
+ * ids, empty when every queue is empty. skip: model names, each "<length>:<bytes>", whose
+ * jobs are left where they are (paused models); then each queue is looked at no deeper
+ * than RQ_CLAIM_SCAN jobs, a model lookup each (without skip: one ZPOPMIN per queue, as
+ * ever). One script run, so each id is taken exactly once however many processes claim
+ * at the same time. */
+#define RQ_CLAIM_SCAN "1000"
 static const char rq_lua_claim[] = RQ_LUA_PRELUDE
     "local limit = tonumber(ARGV[4] or '1')\n"
     "local deadline = int(now_ms() + tonumber(ARGV[3]))\n"
     "local out = {}\n"
+    "local skip = nil\n"
+    "if ARGV[5] and ARGV[5] ~= '' then\n"
+    "  skip = {}\n"
+    "  local s, i = ARGV[5], 1\n"
+    "  while i <= #s do\n"
+    "    local c = string.find(s, ':', i, true)\n"
+    "    local n = tonumber(string.sub(s, i, c - 1))\n"
+    "    skip[string.sub(s, c + 1, c + n)] = true\n"
+    "    i = c + n + 1\n"
+    "  end\n"
+    "end\n"
+    "local function take(id)\n"
+    "  local jk = P .. 'job:' .. id\n"
+    "  redis.call('ZADD', P .. 'inflight', deadline, id)\n"
+    "  redis.call('HSET', jk, 'owner', ARGV[2])\n"
+    "  redis.call('HDEL', jk, 'requeue')\n"
+    "  model_add(jk, 'processing', 1)\n"
+    "  model_add(jk, 'pending', -1)\n"
+    "  add(P .. 'queued_items', -items_of(jk))\n"
+    "  out[#out + 1] = id\n"
+    "end\n"
     "for _, p in ipairs(PRIOS) do\n"
     "  if #out >= limit then break end\n"
-    "  local r = redis.call('ZPOPMIN', P .. 'q:' .. p, limit - #out)\n"
-    "  for i = 1, #r, 2 do\n"
-    "    local id = r[i]\n"
-    "    local jk = P .. 'job:' .. id\n"
-    "    redis.call('ZADD', P .. 'inflight', deadline, id)\n"
-    "    redis.call('HSET', jk, 'owner', ARGV[2])\n"
-    "    redis.call('HDEL', jk, 'requeue')\n"
-    "    model_add(jk, 'processing', 1)\n"
-    "    model_add(jk, 'pending', -1)\n"
-    "    add(P .. 'queued_items', -items_of(jk))\n"
-    "    out[#out + 1] = id\n"
+    "  local q = P .. 'q:' .. p\n"
+    "  if not skip then\n"
+    "    local r = redis.call('ZPOPMIN', q, limit - #out)\n"
+    "    for i = 1, #r, 2 do take(r[i]) end\n"
+    "  else\n"
+    "    local at, seen = 0, 0\n"
+    "    while #out < limit and seen < " RQ_CLAIM_SCAN " do\n"
+    "      local ids = redis.call('ZRANGE', q, at, at + 63)\n"
+    "      if #ids == 0 then break end\n"
+    "      for _, id in ipairs(ids) do\n"
+    "        if #out >= limit or seen >= " RQ_CLAIM_SCAN " then break end\n"
+    "        seen = seen + 1\n"
+    "        if skip[redis.call('HGET', P .. 'job:' .. id, 'model') or ''] then\n"
+    "          at = at + 1\n"
+    "        else\n"
+    "          redis.call('ZREM', q, id)\n"
+    "          take(id)\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
     "  end\n"
     "end\n"
     "if ARGV[4] then return out end\n"
@@ -647,26 +681,50 @@ static void rq_on_claimed_many(int status, const redisReply *reply, void *arg)
     free(cm);
 }
 
-int bd_rq_claim_many(struct bd_rq *rq, unsigned max, bd_rq_claim_many_cb cb, void *arg)
+int bd_rq_claim_many_skip(struct bd_rq *rq, unsigned max, const char *const *skip_models,
+                          unsigned skip_count, bd_rq_claim_many_cb cb, void *arg)
 {
     char max_s[16];
-    const char *args[3] = { rq->worker_id, rq->lease_ms, max_s };
+    char skip_small[512];
+    char *skip = skip_small;
+    size_t skip_len = 0, need = 1;
+    const char *args[4] = { rq->worker_id, rq->lease_ms, max_s, "" };
     struct rq_claim_many *cm;
     int err;
 
-    if (cb == NULL || max == 0 || max > BD_RQ_CLAIM_MAX)
+    if (cb == NULL || max == 0 || max > BD_RQ_CLAIM_MAX || (skip_count > 0 && !skip_models))
         return BD_EINVAL;
     snprintf(max_s, sizeof(max_s), "%u", max);
-    cm = malloc(sizeof(*cm));
-    if (cm == NULL)
+    for (unsigned i = 0; i < skip_count; i++)
+        need += 24 + strlen(skip_models[i]);
+    if (need > sizeof(skip_small) && (skip = malloc(need)) == NULL)
         return BD_ENOMEM;
+    skip[0] = '\0';
+    for (unsigned i = 0; i < skip_count; i++)
+        skip_len += (size_t)snprintf(skip + skip_len, need - skip_len, "%zu:%s",
+                                     strlen(skip_models[i]), skip_models[i]);
+    args[3] = skip;
+    cm = malloc(sizeof(*cm));
+    if (cm == NULL) {
+        err = BD_ENOMEM;
+        goto out;
+    }
     cm->cb = cb;
     cm->arg = arg;
+    /* Without a skip list the script gets the three arguments it always had. */
     err = bd__rq_eval(rq, BD__RQ_S_CLAIM, BD__RQ_CONV_RAW, RQ_CB(raw, rq_on_claimed_many), cm,
-                      3, args);
+                      skip_count > 0 ? 4 : 3, args);
     if (err < 0)
         free(cm);
+out:
+    if (skip != skip_small)
+        free(skip);
     return err;
+}
+
+int bd_rq_claim_many(struct bd_rq *rq, unsigned max, bd_rq_claim_many_cb cb, void *arg)
+{
+    return bd_rq_claim_many_skip(rq, max, NULL, 0, cb, arg);
 }
 
 int bd_rq_renew(struct bd_rq *rq, const char *job_id, bd_rq_int_cb cb, void *arg)

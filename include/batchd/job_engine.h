@@ -137,6 +137,48 @@ void bd_job_engine_unlisten(struct bd_job_engine *e, struct bd_job_listener *l);
 struct json_t;
 struct json_t *bd_job_engine_debug_json(const struct bd_job_engine *e, const char *job_id);
 
+/* ---- pausing the queue (job_pause.c) ---------------------------------------------------
+ *
+ * PostgreSQL holds the pause state (every process, surviving restarts); each engine reads
+ * it every BD_JOB_PAUSE_POLL_MS and keeps a copy, which is all the claim path looks at.
+ * Whole queue paused: no claim, and no running job sends a new batch anywhere. One model
+ * paused: no new batch goes to that model (bulk_embed jobs naming it), and claims skip its
+ * queued jobs. A running job that is paused lets its batches at the model finish and be
+ * written, then hands its lease back (its job goes back to its queue, still processing in
+ * PostgreSQL, and resumes at its first batch not checkpointed once claimed again). */
+#define BD_JOB_PAUSE_POLL_MS 500
+#define BD_JOB_PAUSED_MODELS_MAX 64       /* models paused one by one (more are ignored) */
+
+struct bd_job_paused_model {
+    char name[129];
+    long long paused_at_ms;
+};
+struct bd_job_pause_state {
+    bool is_known;                        /* read from PostgreSQL at least once */
+    bool is_paused;                       /* the whole queue */
+    long long paused_at_ms;               /* when the whole queue was paused; 0 if not */
+    unsigned models_count;                /* models paused one by one, sorted by name */
+    struct bd_job_paused_model models[BD_JOB_PAUSED_MODELS_MAX];
+};
+
+/* This process's copy of the pause state (at most BD_JOB_PAUSE_POLL_MS old, or the state
+ * this process just wrote). Borrowed, valid until the next loop turn. */
+const struct bd_job_pause_state *bd_job_engine_get_pause(const struct bd_job_engine *e);
+
+/* When model was paused on its own in p, or 0 when it is not. */
+long long bd_job_pause_model_at(const struct bd_job_pause_state *p, const char *model);
+
+/* Pause (is_paused) or resume model (NULL: the whole queue) for every process: written
+ * to PostgreSQL (synchronous commit), then the state is read back, applied here at once
+ * and handed to cb with is_changed (false when it already was so). The caller validates
+ * model (a configured one). cb: BD_OK, or BD_EPG (nothing changed, or the change is made
+ * but could not be read back: state is then this process's copy). Callback contract as
+ * usual; state borrowed during cb. */
+typedef void (*bd_job_pause_cb)(int status, const struct bd_job_pause_state *state,
+                                bool is_changed, void *arg);
+int bd_job_pause(struct bd_job_engine *e, const char *model, bool is_paused,
+                 bd_job_pause_cb cb, void *arg);
+
 /* Counters since start for /metrics (monotonic). */
 struct bd_job_engine_stats {
     uint64_t jobs_claimed;

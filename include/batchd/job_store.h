@@ -264,6 +264,38 @@ typedef void (*bd_job_store_rate_cb)(int status, double items_per_s,
 int bd_job_store_throughput(struct bd_pg *pg, bd_job_store_rate_cb cb, void *arg);
 
 
+/* ---- the queue's pause state and the bulk retry (job_store_queue.c) -------------------- */
+
+/* One pause in force: model "" is the whole queue. Borrowed during the callback. */
+struct bd_job_pause_row {
+    const char *model;
+    long long paused_at_ms;            /* PostgreSQL's clock, ms since the epoch */
+};
+typedef void (*bd_job_store_pauses_cb)(int status, const struct bd_job_pause_row *rows,
+                                       unsigned count, const struct bd_job_store_err *err,
+                                       void *arg);
+
+/* Every pause in force (table queue_pauses), by model name ("" first). Callback contract
+ * as usual; rows borrowed during cb. */
+int bd_job_store_get_pauses(struct bd_pg *pg, bd_job_store_pauses_cb cb, void *arg);
+
+/* Pause (is_paused) or resume model ("" = the whole queue): insert or delete its row. cb's
+ * n is 1 when the row changed, 0 when it already was so. model borrowed for the call.
+ * BD_EINVAL for a NULL model. */
+int bd_job_store_set_pause(struct bd_pg *pg, const char *model, bool is_paused,
+                           bd_job_store_count_cb cb, void *arg);
+
+/* The jobs POST /jobs/retry-failed retries: ended in one of the states of state_mask (bit
+ * 1u << enum bd_job_state; only completed, failed and cancelled count) and failed (status
+ * failed, or failed_items > 0), of model (NULL: any) and operation (has_operation), newest
+ * first, at most limit (>= 1). ids borrowed during cb; has_more: more matched. */
+typedef void (*bd_job_store_ids_cb)(int status, const char *const *ids, unsigned count,
+                                    bool has_more, const struct bd_job_store_err *err,
+                                    void *arg);
+int bd_job_store_list_retryable(struct bd_pg *pg, unsigned state_mask, const char *model,
+                                bool has_operation, enum bd_job_operation operation,
+                                unsigned limit, bd_job_store_ids_cb cb, void *arg);
+
 /* ------------------------------------------------------------------------------------
  * Writes: submit (the job row, its batches, idempotency lookups).
  * ------------------------------------------------------------------------------------ */

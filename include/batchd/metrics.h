@@ -6,6 +6,7 @@
 #ifndef BATCHD_METRICS_H
 #define BATCHD_METRICS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct bd_buf;
@@ -76,11 +77,20 @@ struct bd_metrics_job_totals {
 void bd_metrics_get_job_totals(const struct bd_metrics *m, struct bd_metrics_job_totals *out);
 
 /* Append batchd_jobs_total, batchd_items_total, batchd_batches_total,
- * batchd_cache_hits_total and the job and batch duration histograms to out (allocates a
+ * batchd_cache_hits_total, the pause gauges and the job and batch duration histograms to out (allocates a
  * small label buffer; scrape time only). Model labels come from cfg->models (borrowed). Label
  * combinations never recorded are not written (a counter absent from a scrape is 0). */
 void bd_metrics_render_jobs(const struct bd_metrics *m, struct bd_buf *out,
                             const struct bd_config *cfg);
+
+/* The queue's pause state as the job engine last read it (all processes share it):
+ * batchd_queue_paused (the whole queue, always written) and batchd_model_paused{model}
+ * (a configured model, by its index in cfg->models; written once the model has been
+ * paused, 0 again after its resume, absent before, as unrecorded counters; indexes from
+ * BD_METRICS_MAX_MODELS on are not kept), by bd_metrics_render_jobs. m may be NULL. No
+ * allocation. */
+void bd_metrics_set_queue_paused(struct bd_metrics *m, bool is_paused);
+void bd_metrics_set_model_paused(struct bd_metrics *m, unsigned model_index, bool is_paused);
 
 /* ---- this process ---------------------------------------------------------------------- */
 

@@ -186,6 +186,14 @@ typedef void (*bd_rq_claim_many_cb)(int status, const char *const *job_ids, unsi
  * Allocates one small record for the call. */
 int bd_rq_claim_many(struct bd_rq *rq, unsigned max, bd_rq_claim_many_cb cb, void *arg);
 
+/* bd_rq_claim_many that leaves the jobs of skip_models[0..skip_count) (paused models;
+ * borrowed for the call, may be NULL when skip_count is 0) where they are, in their
+ * place. With a skip list the script looks at most 1000 jobs deep into each priority's
+ * queue (a model lookup each), so jobs behind more than that many skipped ones wait; with
+ * skip_count 0 it is exactly bd_rq_claim_many. Also allocates the packed list when long. */
+int bd_rq_claim_many_skip(struct bd_rq *rq, unsigned max, const char *const *skip_models,
+                          unsigned skip_count, bd_rq_claim_many_cb cb, void *arg);
+
 /* Extend the lease of job_id if this worker still owns it. cb value: 1 renewed, 0 lost
  * (not in flight or another owner), 2 renewed and a cancel was requested for the job. */
 int bd_rq_renew(struct bd_rq *rq, const char *job_id, bd_rq_int_cb cb, void *arg);
