@@ -19,8 +19,9 @@ PKGS=(
 # --sanitizers (make test-asan): clang, and the ASan/UBSan/libFuzzer runtimes
 # (libclang_rt.*.a), which clang-14 only recommends and recommends are not installed here.
 SAN_PKGS=(clang libclang-rt-14-dev)
-# --deb (make deb): dpkg-buildpackage and debhelper (compat 13), fakeroot for its binary step.
-DEB_PKGS=(dpkg-dev debhelper fakeroot)
+# --deb (make deb): dpkg-buildpackage and debhelper (compat 13). No fakeroot: the package
+# says Rules-Requires-Root: no.
+DEB_PKGS=(dpkg-dev debhelper)
 while [ $# -gt 0 ]; do
   case "$1" in
     --sanitizers) PKGS+=("${SAN_PKGS[@]}") ;;

@@ -9,12 +9,14 @@
 #   3. the config it starts batchd with (conf/batchd.yaml, installed as
 #      /etc/batchd/batchd.yaml) passes `batchd --check-config`, with the unit's own flags.
 # Exit 77 (ctest: skipped) only when systemd-analyze is missing (scripts/deps.sh installs
-# the systemd package). Env: BD_SOURCE_DIR, BD_BATCHD_BIN (ctest sets both).
+# the systemd package). Env: BD_SOURCE_DIR, BD_BATCHD_BIN (ctest sets both); BD_UNIT and
+# BD_CONFIG check another unit and config (packaging/deb.sh: those of the built .deb).
 set -euo pipefail
 MAX_EXPOSURE=${MAX_EXPOSURE:-1.2}
 src=${BD_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 bin=$(realpath "${BD_BATCHD_BIN:-$src/build/batchd}")
-unit=$src/packaging/batchd.service
+unit=${BD_UNIT:-$src/packaging/batchd.service}
+config=${BD_CONFIG:-$src/conf/batchd.yaml}
 
 if ! command -v systemd-analyze >/dev/null 2>&1; then
   echo "pkg_unit: SKIP: systemd-analyze not found (install the 'systemd' package)"
@@ -48,5 +50,5 @@ case "$exec_line" in
   "/usr/bin/batchd --config /etc/batchd/batchd.yaml") ;;
   *) echo "pkg_unit: FAIL: unexpected ExecStart=$exec_line"; exit 1 ;;
 esac
-"$bin" --config "$src/conf/batchd.yaml" --check-config
+"$bin" --config "$config" --check-config
 echo "pkg_unit: ok"
