@@ -47,7 +47,8 @@ list=$(dpkg-deb -c "$deb" | awk '{print $NF}')
 expect=(./usr/bin/batchd ./etc/batchd/batchd.yaml ./lib/systemd/system/batchd.service
         ./usr/share/man/man8/batchd.8.gz)
 if [ -f docs/batchctl.1 ]; then expect+=(./usr/share/man/man1/batchctl.1.gz); fi
-if grep -q 'add_executable(batchctl' CMakeLists.txt */CMakeLists.txt 2>/dev/null; then
+# batchctl when the tree builds it (its target may live in any CMakeLists.txt).
+if find "$stage"/obj-* -name batchctl -type f -perm -u+x 2>/dev/null | grep -q .; then
   expect+=(./usr/bin/batchctl)
 fi
 for f in "${expect[@]}"; do

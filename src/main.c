@@ -135,7 +135,7 @@ int main(int argc, char **argv)
     uv_run(loop, UV_RUN_DEFAULT);
     rc = srv.exit_code;
     bd_svc_notify_close(notify);
-    uv_run(loop, UV_RUN_DEFAULT);            /* the notify timers' close callbacks */
+    uv_run(loop, UV_RUN_NOWAIT);             /* the notify timers' close callbacks */
     if (uv_loop_close(loop) != 0)
         bd_log(BD_LOG_WARN, "main", "event=loop_close_busy");
     bd_config_free(cfg);

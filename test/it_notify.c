@@ -117,6 +117,8 @@ static void test_notify_ready_watchdog_stopping_when_run_by_systemd(void **state
     /* Signal 0: wait only (a second SIGTERM would meet the default action, since batchd
      * closed its signal handlers when it began to stop). */
     assert_int_equal(bd_it_stop(&p, 0, 15.0), 0);
+    /* The notify timers were closed before the loop was: no handle left behind. */
+    assert_int_equal(bd_it_sh("grep -q loop_close_busy '%s'", p.log_path), 1);
     nt_close(&s);
 }
 
