@@ -4,7 +4,7 @@ BUILD_TYPE ?= Debug
 CMAKE_ARGS ?=
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps configure build run test test-asan stop clean release bench load chaos
+.PHONY: all deps configure build run test test-asan stop clean release bench load chaos deb
 
 all: build
 
@@ -64,5 +64,14 @@ load: deps
 	@$(MAKE) --no-print-directory build BUILD=build-release BUILD_TYPE=Release
 	@bench/run.sh --only hostile build-release
 
+# The Debian package (packaging/deb.sh): built with dpkg-buildpackage from a staged copy of
+# the tree into build-deb/, then unpacked into build-deb/root, where its batchd checks its
+# config and systemd-analyze verifies and scores its unit. Only the unit tests run in the
+# package build (no Redis or PostgreSQL there).
+DEB_DIR ?= build-deb
+deb:
+	@scripts/deps.sh --deb
+	@packaging/deb.sh $(DEB_DIR)
+
 clean:
-	rm -rf build build-release build-asan
+	rm -rf build build-release build-asan build-deb

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# deps.sh [--sanitizers] [package...] -- install the Debian packages batchd needs to build,
-# run and test (--sanitizers: also what `make test-asan` needs; see below).
+# deps.sh [--sanitizers] [--deb] [package...] -- install the Debian packages batchd needs to
+# build, run and test (--sanitizers: also what `make test-asan` needs; --deb: also what
+# `make deb` needs to build the Debian package; see below).
 # Idempotent and silent when everything is already there. Debian 12 (bookworm).
 set -euo pipefail
 
@@ -8,6 +9,8 @@ PKGS=(
   gcc make cmake pkg-config libc6-dev
   libuv1-dev node-llhttp libhiredis-dev libpq-dev libjansson-dev libcyaml-dev
   libcurl4-openssl-dev libcmocka-dev libssl-dev zlib1g-dev
+  libsystemd-dev  # sd_notify: READY/STATUS/STOPPING/WATCHDOG under systemd (src/svc_notify.c)
+  systemd     # systemd-analyze: test/pkg_unit.sh verifies and scores packaging/batchd.service
   redis-server redis-tools postgresql postgresql-client
   curl ca-certificates procps
   jq          # scripts/test_batch_processing.sh
@@ -16,10 +19,17 @@ PKGS=(
 # --sanitizers (make test-asan): clang, and the ASan/UBSan/libFuzzer runtimes
 # (libclang_rt.*.a), which clang-14 only recommends and recommends are not installed here.
 SAN_PKGS=(clang libclang-rt-14-dev)
-if [ "${1:-}" = --sanitizers ]; then
-  PKGS+=("${SAN_PKGS[@]}")
+# --deb (make deb): dpkg-buildpackage and debhelper (compat 13). No fakeroot: the package
+# says Rules-Requires-Root: no.
+DEB_PKGS=(dpkg-dev debhelper)
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --sanitizers) PKGS+=("${SAN_PKGS[@]}") ;;
+    --deb) PKGS+=("${DEB_PKGS[@]}") ;;
+    *) break ;;
+  esac
   shift
-fi
+done
 PKGS+=("$@")
 # Node.js and npm run the official openai package against batchd (it_files); a node or npm
 # installed some other way is used as it is, not replaced by Debian's.

@@ -1,12 +1,18 @@
 /* main.c -- command line, configuration, and the one libuv loop.
  *
  * Loads and validates the configuration before uv_run (the only file reads), sets the log
- * level once, then hands everything to bd_server.  SPDX-License-Identifier: MIT
+ * level once, then hands everything to bd_server, and tells systemd (svc_notify.h) when it
+ * is ready.  SPDX-License-Identifier: MIT
  */
 #include "batchd/config.h"
 #include "batchd/error.h"
+#include "batchd/http_server.h"
+#include "batchd/job_engine.h"
 #include "batchd/log.h"
+#include "batchd/pg_store.h"
+#include "batchd/redis_queue.h"
 #include "batchd/server.h"
+#include "batchd/svc_notify.h"
 
 #include <getopt.h>
 #include <malloc.h>
@@ -33,6 +39,24 @@ static void main_usage(FILE *out)
             "BATCH_RETRY_ATTEMPTS, BATCH_RETRY_DELAY, BATCH_JOB_TIMEOUT, BATCH_CLEANUP_INTERVAL,\n"
             "BATCH_METRICS_ENABLED, BATCH_PROGRESS_UPDATE_INTERVAL, BATCH_API_KEYS\n"
             "(see docs/configuration.md).\n");
+}
+
+/* What batchd still waits for before it is ready, for systemd's STATUS= (NULL: ready). The
+ * same conditions as GET /readyz (api_admin.c). */
+static const char *main_waiting_for(void *arg)
+{
+    const struct bd_server *srv = arg;
+
+    if (srv->is_stopping)
+        return "stopping";
+    if (srv->rq == NULL || !bd_rq_is_up(srv->rq))
+        return "waiting for Redis";
+    if (srv->pg == NULL || !bd_pg_is_up(srv->pg) ||
+        (srv->pg_jobs != NULL && !bd_pg_is_up(srv->pg_jobs)))
+        return "waiting for PostgreSQL";
+    if (srv->jobs == NULL || !bd_job_engine_is_ready(srv->jobs))
+        return "waiting for the PostgreSQL schema migration";
+    return NULL;
 }
 
 int main(int argc, char **argv)
@@ -102,8 +126,16 @@ int main(int argc, char **argv)
         bd_config_free(cfg);
         return 1;
     }
+    char ready[320];
+    const char *host = cfg->listen_host;
+    snprintf(ready, sizeof(ready), "ready, listening on http://%s%s%s:%d",
+             strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "",
+             bd_http_server_get_port(srv.http));
+    struct bd_svc_notify *notify = bd_svc_notify_start(loop, main_waiting_for, &srv, ready);
     uv_run(loop, UV_RUN_DEFAULT);
     rc = srv.exit_code;
+    bd_svc_notify_close(notify);
+    uv_run(loop, UV_RUN_NOWAIT);             /* the notify timers' close callbacks */
     if (uv_loop_close(loop) != 0)
         bd_log(BD_LOG_WARN, "main", "event=loop_close_busy");
     bd_config_free(cfg);

@@ -18,6 +18,7 @@
 #include "batchd/pg_store.h"
 #include "batchd/redis_queue.h"
 #include "batchd/router.h"
+#include "batchd/svc_notify.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -136,6 +137,7 @@ void bd_server_stop(struct bd_server *srv)
         return;
     srv->is_stopping = true;
     bd_log(BD_LOG_INFO, "server", "event=stopping");
+    bd_svc_notify_stopping();                 /* systemd: STOPPING=1 */
     uv_close((uv_handle_t *)&srv->sig_term, server_on_handle_closed);
     uv_close((uv_handle_t *)&srv->sig_int, server_on_handle_closed);
     uv_close((uv_handle_t *)&srv->sig_hup, server_on_handle_closed);
