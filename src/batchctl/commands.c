@@ -298,9 +298,11 @@ int bctl_cmd_retry(struct bctl_ctx *c)
     if (st != NULL) {
         if (c->args->is_json)
             bctl_print_body(&resp);
-        else if (!c->args->is_quiet)
+        else if (!c->args->is_quiet && jint(st, "run_attempt") > 0)
             printf("%s %s again (run %lld)\n", c->args->id, jstr(st, "status", "?"),
                    jint(st, "run_attempt"));
+        else if (!c->args->is_quiet)
+            printf("%s %s again\n", c->args->id, jstr(st, "status", "?"));
         json_decref(st);
     }
     bctl_resp_free(&resp);
