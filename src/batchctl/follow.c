@@ -56,27 +56,31 @@ struct watch {
 static void watch_show(struct watch *w, json_t *st)
 {
     const struct bctl_args *a = w->c->args;
-    char text[200], eta[32];
+    char counts[160], text[240], eta[48] = "", dur[32];
     double fraction, now = bctl_now();
     long long total = jint2(st, "progress", "total_items");
     long long ended = jint2(st, "progress", "processed_items") +
                       jint2(st, "progress", "failed_items");
     const char *state = json_string_value(json_object_get(st, "status"));
-    size_t n;
 
-    bctl_job_progress_text(st, text, sizeof(text), &fraction);
-    n = strlen(text);
+    bctl_job_progress_text(st, counts, sizeof(counts), &fraction);
+    /* The ETA from the rate seen here (items ended since the first event / time). */
     if (!w->has_t0 || ended < w->ended0) {
         w->has_t0 = true;
         w->t0 = now;
         w->ended0 = ended;
     } else if (ended > w->ended0 && total > ended && now > w->t0) {
         double rate = (double)(ended - w->ended0) / (now - w->t0);
-        snprintf(text + n, sizeof(text) - n, ", ETA %s",
-                 bctl_fmt_duration(eta, sizeof(eta), (double)(total - ended) / rate));
+        snprintf(eta, sizeof(eta), "ETA %s, ",
+                 bctl_fmt_duration(dur, sizeof(dur), (double)(total - ended) / rate));
     }
-    n = strlen(text);
-    snprintf(text + n, sizeof(text) - n, "  %s", state ? state : "?");
+    /* "processing 4530/10000 items, 12 failed, ETA 1m20s, batch 45/100": what a narrow
+     * terminal cuts off comes last. */
+    char *batch = strstr(counts, ", batch ");
+    if (batch != NULL)
+        *batch = '\0';
+    snprintf(text, sizeof(text), "%s %s, %s%s", state ? state : "?", counts, eta,
+             batch ? batch + 2 : "");
     if (w->bar.is_enabled)
         bctl_progress_draw(&w->bar, fraction, text, bctl_job_exit(state) >= 0);
     else if (!a->is_quiet && !a->is_json)

@@ -1,11 +1,13 @@
 /* progress.c -- progress bars on stderr (see progress.h).
  *
- * Owns nothing but the terminal line it draws on. Single-threaded CLI code.
+ * Owns nothing but the terminal line it draws on, and SIGINT/SIGTERM while a bar may be
+ * drawn (to end its line first). Single-threaded CLI code.
  * SPDX-License-Identifier: MIT
  */
 #include "progress.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -13,6 +15,21 @@
 #include <unistd.h>
 
 #define BAR_CELLS_MAX 40
+
+/* The one mutable file static, because a signal handler can reach nothing else: true while
+ * a bar is on the terminal's line, so that Ctrl-C ends that line before the shell's prompt
+ * comes back. */
+static volatile sig_atomic_t progress_is_line_open;
+
+static void progress_on_signal(int sig)
+{
+    if (progress_is_line_open) {
+        ssize_t n = write(STDERR_FILENO, "\n", 1);
+        (void)n;
+    }
+    signal(sig, SIG_DFL);
+    raise(sig);                                   /* die of it, as the shell expects */
+}
 
 double bctl_now(void)
 {
@@ -32,6 +49,13 @@ void bctl_progress_init(struct bctl_progress *p, bool want)
     p->width = 80;
     if (p->is_enabled && ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col >= 20)
         p->width = ws.ws_col;
+    /* The bar keeps one width while its text changes: 10 to BAR_CELLS_MAX cells. */
+    p->cells = p->width >= 120 ? BAR_CELLS_MAX : p->width >= 100 ? 30 : p->width >= 80 ? 16
+                                                                                 : 10;
+    if (p->is_enabled) {
+        signal(SIGINT, progress_on_signal);
+        signal(SIGTERM, progress_on_signal);
+    }
 }
 
 double bctl_progress_elapsed(const struct bctl_progress *p)
@@ -108,12 +132,7 @@ void bctl_progress_draw(struct bctl_progress *p, double fraction, const char *te
     if (!force && p->is_drawn && now - p->last_draw < 0.1)
         return;
     p->last_draw = now;
-    /* The bar takes what the text leaves, between 10 and BAR_CELLS_MAX cells. */
-    cells = p->width - (int)strlen(text) - 12;
-    if (cells > BAR_CELLS_MAX)
-        cells = BAR_CELLS_MAX;
-    if (cells < 10)
-        cells = 10;
+    cells = p->cells;
     if (fraction >= 0)
         snprintf(pct, sizeof(pct), "%5.1f%%", fraction > 1 ? 100.0 : fraction * 100);
     else
@@ -123,6 +142,7 @@ void bctl_progress_draw(struct bctl_progress *p, double fraction, const char *te
             pct, p->width > cells + 12 ? p->width - cells - 12 : 0, text);
     fflush(stderr);
     p->is_drawn = true;
+    progress_is_line_open = 1;
 }
 
 void bctl_progress_end(struct bctl_progress *p)
@@ -132,4 +152,5 @@ void bctl_progress_end(struct bctl_progress *p)
         fflush(stderr);
     }
     p->is_drawn = false;
+    progress_is_line_open = 0;
 }

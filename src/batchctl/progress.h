@@ -17,6 +17,7 @@ struct bctl_progress {
     double last_draw;            /* monotonic seconds */
     double started;
     int width;                   /* the terminal's columns */
+    int cells;                   /* the bar's width */
 };
 
 /* Set p up: enabled when want and stderr is a terminal. Allocates nothing. */
