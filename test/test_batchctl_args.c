@@ -199,14 +199,14 @@ static void test_progress_formats_bar_bytes_and_time_when_given_values(void **st
     assert_string_equal(bctl_progress_bar(s, sizeof(s), 10, 7.0), "[##########]");
     assert_string_equal(bctl_progress_bar(s, sizeof(s), 4, -1), "[    ]");
     assert_string_equal(bctl_progress_bar(s, sizeof(s), 10, 0.3), "[###       ]");
-    assert_string_equal(bctl_fmt_bytes(s, sizeof(s), 512), "512 B");
-    assert_string_equal(bctl_fmt_bytes(s, sizeof(s), 1536), "1.5 KiB");
-    assert_string_equal(bctl_fmt_bytes(s, sizeof(s), 20.0 * 1048576), "20.0 MiB");
-    assert_string_equal(bctl_fmt_bytes(s, sizeof(s), 3.25 * 1073741824.0), "3.2 GiB");
-    assert_string_equal(bctl_fmt_duration(s, sizeof(s), 45.2), "45s");
-    assert_string_equal(bctl_fmt_duration(s, sizeof(s), 185), "3m05s");
-    assert_string_equal(bctl_fmt_duration(s, sizeof(s), 7800), "2h10m");
-    assert_string_equal(bctl_fmt_duration(s, sizeof(s), -1), "?");
+    assert_string_equal(bctl_progress_fmt_bytes(s, sizeof(s), 512), "512 B");
+    assert_string_equal(bctl_progress_fmt_bytes(s, sizeof(s), 1536), "1.5 KiB");
+    assert_string_equal(bctl_progress_fmt_bytes(s, sizeof(s), 20.0 * 1048576), "20.0 MiB");
+    assert_string_equal(bctl_progress_fmt_bytes(s, sizeof(s), 3.25 * 1073741824.0), "3.2 GiB");
+    assert_string_equal(bctl_progress_fmt_duration(s, sizeof(s), 45.2), "45s");
+    assert_string_equal(bctl_progress_fmt_duration(s, sizeof(s), 185), "3m05s");
+    assert_string_equal(bctl_progress_fmt_duration(s, sizeof(s), 7800), "2h10m");
+    assert_string_equal(bctl_progress_fmt_duration(s, sizeof(s), -1), "?");
 }
 
 int main(void)

@@ -50,7 +50,7 @@ static const char *jstr2(json_t *o, const char *a, const char *b, const char *df
     return s ? s : dflt;
 }
 
-int bctl_job_exit(const char *state)
+int bctl_cmd_job_exit(const char *state)
 {
     if (state == NULL)
         return -1;
@@ -63,12 +63,12 @@ int bctl_job_exit(const char *state)
     return -1;
 }
 
-void bctl_job_path(char *out, size_t outlen, const char *id, const char *suffix)
+void bctl_cmd_job_path(char *out, size_t outlen, const char *id, const char *suffix)
 {
     snprintf(out, outlen, "/jobs/%s%s", id, suffix ? suffix : "");
 }
 
-void bctl_job_progress_text(json_t *st, char *out, size_t outlen, double *fraction)
+void bctl_cmd_job_progress_text(json_t *st, char *out, size_t outlen, double *fraction)
 {
     long long total = jint(st, "progress.total_items");
     long long done = jint(st, "progress.processed_items");
@@ -83,12 +83,12 @@ void bctl_job_progress_text(json_t *st, char *out, size_t outlen, double *fracti
              batches < 0 ? 0 : batches);
 }
 
-void bctl_print_job_end(json_t *st)
+void bctl_cmd_print_job_end(json_t *st)
 {
     char took[32];
     long long ms = jint(st, "timing.total_processing_time_ms");
 
-    bctl_fmt_duration(took, sizeof(took), ms < 0 ? -1 : (double)ms / 1000);
+    bctl_progress_fmt_duration(took, sizeof(took), ms < 0 ? -1 : (double)ms / 1000);
     printf("%s %s: %lld/%lld items, %lld failed, in %s", jstr(st, "job_id", "?"),
            jstr(st, "status", "?"), jint(st, "progress.processed_items"),
            jint(st, "progress.total_items"), jint(st, "progress.failed_items"), took);
@@ -98,7 +98,7 @@ void bctl_print_job_end(json_t *st)
     putchar('\n');
 }
 
-void bctl_print_body(const struct bctl_resp *r)
+void bctl_cmd_print_body(const struct bctl_http_resp *r)
 {
     if (r->body.len == 0)
         return;
@@ -110,7 +110,7 @@ void bctl_print_body(const struct bctl_resp *r)
 /* GET or body-less POST/DELETE on path; the parsed answer (caller decrefs) or NULL with
  * *exit_code set (reported). */
 static json_t *cmd_call(struct bctl_ctx *c, const char *method, const char *path,
-                        const char *const *query, const char *what, struct bctl_resp *resp,
+                        const char *const *query, const char *what, struct bctl_http_resp *resp,
                         int *exit_code)
 {
     char *url = bctl_http_url(&c->http, path, query);
@@ -140,7 +140,7 @@ static void print_status(json_t *st)
 
     if (ms < 0)
         ms = jint(timing, "processing_time_ms");
-    bctl_job_progress_text(st, text, sizeof(text), &fraction);
+    bctl_cmd_job_progress_text(st, text, sizeof(text), &fraction);
     printf("%s  %s%s\n", jstr(st, "job_id", "?"), jstr(st, "status", "?"),
            json_is_true(json_object_get(st, "cancel_requested")) ? " (cancel requested)" : "");
     printf("  operation   %s", jstr(st, "operation", "?"));
@@ -157,7 +157,7 @@ static void print_status(json_t *st)
         printf("   estimated %s", jstr(timing, "estimated_completion", ""));
     putchar('\n');
     printf("  time        %s   success %.1f%%   stored %lld   cache hits %lld\n",
-           bctl_fmt_duration(took, sizeof(took), ms < 0 ? -1 : (double)ms / 1000),
+           bctl_progress_fmt_duration(took, sizeof(took), ms < 0 ? -1 : (double)ms / 1000),
            jnum(st, "results", "success_rate"), jint(results, "stored_vectors"),
            jint(results, "cache_hits") < 0 ? 0 : jint(results, "cache_hits"));
     if (json_is_object(err))
@@ -167,20 +167,20 @@ static void print_status(json_t *st)
 int bctl_cmd_status(struct bctl_ctx *c)
 {
     char path[192], what[192];
-    struct bctl_resp resp;
+    struct bctl_http_resp resp;
     int rc;
 
-    bctl_job_path(path, sizeof(path), c->args->id, "/status");
+    bctl_cmd_job_path(path, sizeof(path), c->args->id, "/status");
     snprintf(what, sizeof(what), "status %s", c->args->id);
     json_t *st = cmd_call(c, "GET", path, NULL, what, &resp, &rc);
     if (st != NULL) {
         if (c->args->is_json)
-            bctl_print_body(&resp);
+            bctl_cmd_print_body(&resp);
         else if (!c->args->is_quiet)
             print_status(st);
         json_decref(st);
     }
-    bctl_resp_free(&resp);
+    bctl_http_resp_free(&resp);
     return rc;
 }
 
@@ -230,15 +230,15 @@ int bctl_cmd_list(struct bctl_ctx *c)
         const char *query[] = {"status",    a->status,  "model",  a->model,
                                "operation", a->operation, "limit", a->limit ? limit : NULL,
                                "cursor",    cursor,      NULL};
-        struct bctl_resp resp;
+        struct bctl_http_resp resp;
         json_t *page = cmd_call(c, "GET", "/jobs", query, "list", &resp, &rc);
         if (page == NULL) {
-            bctl_resp_free(&resp);
+            bctl_http_resp_free(&resp);
             break;
         }
         if (!a->is_all && a->is_json)
-            bctl_print_body(&resp);
-        bctl_resp_free(&resp);
+            bctl_cmd_print_body(&resp);
+        bctl_http_resp_free(&resp);
         json_array_extend(all, json_object_get(page, "jobs"));
         const char *next = json_string_value(json_object_get(page, "next_cursor"));
         free(cursor);
@@ -267,37 +267,37 @@ int bctl_cmd_list(struct bctl_ctx *c)
 int bctl_cmd_cancel(struct bctl_ctx *c)
 {
     char path[192], what[192];
-    struct bctl_resp resp;
+    struct bctl_http_resp resp;
     int rc;
 
-    bctl_job_path(path, sizeof(path), c->args->id, NULL);
+    bctl_cmd_job_path(path, sizeof(path), c->args->id, NULL);
     snprintf(what, sizeof(what), "cancel %s", c->args->id);
     json_t *st = cmd_call(c, "DELETE", path, NULL, what, &resp, &rc);
     if (st != NULL) {
         if (c->args->is_json)
-            bctl_print_body(&resp);
+            bctl_cmd_print_body(&resp);
         else if (!c->args->is_quiet && json_is_true(json_object_get(st, "cancel_requested")))
             printf("%s: cancel requested; it stops after the batch in flight\n", c->args->id);
         else if (!c->args->is_quiet)
             printf("%s %s\n", c->args->id, jstr(st, "status", "?"));
         json_decref(st);
     }
-    bctl_resp_free(&resp);
+    bctl_http_resp_free(&resp);
     return rc;
 }
 
 int bctl_cmd_retry(struct bctl_ctx *c)
 {
     char path[192], what[192];
-    struct bctl_resp resp;
+    struct bctl_http_resp resp;
     int rc;
 
-    bctl_job_path(path, sizeof(path), c->args->id, "/retry");
+    bctl_cmd_job_path(path, sizeof(path), c->args->id, "/retry");
     snprintf(what, sizeof(what), "retry %s", c->args->id);
     json_t *st = cmd_call(c, "POST", path, NULL, what, &resp, &rc);
     if (st != NULL) {
         if (c->args->is_json)
-            bctl_print_body(&resp);
+            bctl_cmd_print_body(&resp);
         else if (!c->args->is_quiet && jint(st, "run_attempt") > 0)
             printf("%s %s again (run %lld)\n", c->args->id, jstr(st, "status", "?"),
                    jint(st, "run_attempt"));
@@ -305,7 +305,7 @@ int bctl_cmd_retry(struct bctl_ctx *c)
             printf("%s %s again\n", c->args->id, jstr(st, "status", "?"));
         json_decref(st);
     }
-    bctl_resp_free(&resp);
+    bctl_http_resp_free(&resp);
     return rc;
 }
 
@@ -371,18 +371,18 @@ static void print_queue(json_t *q)
 
 int bctl_cmd_queue(struct bctl_ctx *c)
 {
-    struct bctl_resp resp;
+    struct bctl_http_resp resp;
     int rc;
 
     json_t *q = cmd_call(c, "GET", "/queue/status", NULL, "queue", &resp, &rc);
     if (q != NULL) {
         if (c->args->is_json)
-            bctl_print_body(&resp);
+            bctl_cmd_print_body(&resp);
         else if (!c->args->is_quiet)
             print_queue(q);
         json_decref(q);
     }
-    bctl_resp_free(&resp);
+    bctl_http_resp_free(&resp);
     return rc;
 }
 
@@ -394,7 +394,7 @@ int bctl_cmd_pause(struct bctl_ctx *c, bool is_pause)
     const char *verb = is_pause ? "pause" : "resume";
     const char *query[] = {"model", a->model, NULL};
     char path[32];
-    struct bctl_resp resp;
+    struct bctl_http_resp resp;
     int rc = BCTL_EXIT_OK;
     char *url;
 
@@ -418,14 +418,14 @@ int bctl_cmd_pause(struct bctl_ctx *c, bool is_pause)
         bool is_cut = sent == 0 && resp.status >= 200 && resp.status < 300;
         rc = bctl_http_fail(&c->http, verb, is_cut ? -1 : sent, &resp);
     } else if (a->is_json) {
-        bctl_print_body(&resp);
+        bctl_cmd_print_body(&resp);
     } else if (!a->is_quiet) {
         if (a->model != NULL)
             printf("model %s %s\n", a->model, is_pause ? "paused" : "resumed");
         else
             printf("queue %s\n", is_pause ? "paused" : "resumed");
     }
-    bctl_resp_free(&resp);
+    bctl_http_resp_free(&resp);
     curl_free(url);
     return rc;
 }

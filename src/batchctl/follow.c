@@ -6,6 +6,7 @@
  * event or one line at a time, never the stream.  SPDX-License-Identifier: MIT
  */
 #include "commands.h"
+#include "follow.h"
 
 #include "bctl.h"
 #include "progress.h"
@@ -57,13 +58,13 @@ static void watch_show(struct watch *w, json_t *st)
 {
     const struct bctl_args *a = w->c->args;
     char counts[160], text[240], eta[48] = "", dur[32];
-    double fraction, now = bctl_now();
+    double fraction, now = bctl_progress_now();
     long long total = jint2(st, "progress", "total_items");
     long long ended = jint2(st, "progress", "processed_items") +
                       jint2(st, "progress", "failed_items");
     const char *state = json_string_value(json_object_get(st, "status"));
 
-    bctl_job_progress_text(st, counts, sizeof(counts), &fraction);
+    bctl_cmd_job_progress_text(st, counts, sizeof(counts), &fraction);
     /* The ETA from the rate seen here (items ended since the first event / time). */
     if (!w->has_t0 || ended < w->ended0) {
         w->has_t0 = true;
@@ -72,7 +73,7 @@ static void watch_show(struct watch *w, json_t *st)
     } else if (ended > w->ended0 && total > ended && now > w->t0) {
         double rate = (double)(ended - w->ended0) / (now - w->t0);
         snprintf(eta, sizeof(eta), "ETA %s, ",
-                 bctl_fmt_duration(dur, sizeof(dur), (double)(total - ended) / rate));
+                 bctl_progress_fmt_duration(dur, sizeof(dur), (double)(total - ended) / rate));
     }
     /* "processing 4530/10000 items, 12 failed, ETA 1m20s, batch 45/100": what a narrow
      * terminal cuts off comes last. */
@@ -82,7 +83,7 @@ static void watch_show(struct watch *w, json_t *st)
     snprintf(text, sizeof(text), "%s %s, %s%s", state ? state : "?", counts, eta,
              batch ? batch + 2 : "");
     if (w->bar.is_enabled)
-        bctl_progress_draw(&w->bar, fraction, text, bctl_job_exit(state) >= 0);
+        bctl_progress_draw(&w->bar, fraction, text, bctl_cmd_job_exit(state) >= 0);
     else if (!a->is_quiet && !a->is_json)
         fprintf(stderr, "%s: %.1f%% %s\n", w->id, fraction < 0 ? 0.0 : fraction * 100, text);
 }
@@ -136,14 +137,14 @@ static int watch_poll(struct watch *w)
     char *url;
     int rc = BCTL_EXIT_OK;
 
-    bctl_job_path(path, sizeof(path), w->id, "/status");
+    bctl_cmd_job_path(path, sizeof(path), w->id, "/status");
     url = bctl_http_url(&c->http, path, NULL);
     if (url == NULL)
         return BCTL_EXIT_USAGE;
     for (;;) {
-        struct bctl_resp resp;
+        struct bctl_http_resp resp;
         json_t *st = bctl_http_json(&c->http, "GET", url, w->id, &resp, &rc);
-        bctl_resp_free(&resp);
+        bctl_http_resp_free(&resp);
         if (st == NULL)
             break;
         if (c->args->is_json) {
@@ -154,7 +155,7 @@ static int watch_poll(struct watch *w)
             fflush(stdout);
         }
         watch_show(w, st);
-        if (bctl_job_exit(json_string_value(json_object_get(st, "status"))) >= 0) {
+        if (bctl_cmd_job_exit(json_string_value(json_object_get(st, "status"))) >= 0) {
             w->final = st;
             break;
         }
@@ -165,7 +166,7 @@ static int watch_poll(struct watch *w)
     return rc;
 }
 
-int bctl_follow_job(struct bctl_ctx *c, const char *id)
+int bctl_cmd_follow_job(struct bctl_ctx *c, const char *id)
 {
     const struct bctl_args *a = c->args;
     static const char *const headers[] = {"Accept: text/event-stream", NULL};
@@ -175,7 +176,7 @@ int bctl_follow_job(struct bctl_ctx *c, const char *id)
     int rc = BCTL_EXIT_OK;
     char *url;
 
-    bctl_job_path(path, sizeof(path), id, "/events");
+    bctl_cmd_job_path(path, sizeof(path), id, "/events");
     url = bctl_http_url(&c->http, path, NULL);
     if (url == NULL) {
         fprintf(stderr, "batchctl: cannot build a URL from '%s'\n", a->url);
@@ -185,7 +186,7 @@ int bctl_follow_job(struct bctl_ctx *c, const char *id)
     for (;;) {
         struct bctl_xfer x = {.method = "GET", .url = url, .headers = headers,
                               .is_stream = true, .on_data = watch_on_data, .data_arg = &w};
-        struct bctl_resp resp;
+        struct bctl_http_resp resp;
         unsigned before = w.events;
 
         x.idle_s = a->timeout_s > WATCH_IDLE_MIN_S ? a->timeout_s : WATCH_IDLE_MIN_S;
@@ -195,24 +196,24 @@ int bctl_follow_job(struct bctl_ctx *c, const char *id)
         bool is_ok_status = sent == 0 && resp.status >= 200 && resp.status < 300;
 
         if (w.final != NULL || w.has_error_event) {
-            bctl_resp_free(&resp);
+            bctl_http_resp_free(&resp);
             break;
         }
         if (sent == 0 && resp.status == 503 && w.events == 0) {
-            bctl_resp_free(&resp);
+            bctl_http_resp_free(&resp);
             rc = watch_poll(&w);     /* the server's cap on streams: poll instead */
             break;
         }
         if (sent == 0 && !is_ok_status) {
             bctl_progress_end(&w.bar);
             rc = bctl_http_fail(&c->http, id, sent, &resp);
-            bctl_resp_free(&resp);
+            bctl_http_resp_free(&resp);
             break;
         }
         if (resp.stopped < 0) {
             bctl_progress_end(&w.bar);
             fprintf(stderr, "batchctl: %s: the event stream is not Server-Sent Events\n", id);
-            bctl_resp_free(&resp);
+            bctl_http_resp_free(&resp);
             rc = BCTL_EXIT_SERVER;
             break;
         }
@@ -229,20 +230,20 @@ int bctl_follow_job(struct bctl_ctx *c, const char *id)
                         id);
                 rc = BCTL_EXIT_CONNECT;
             }
-            bctl_resp_free(&resp);
+            bctl_http_resp_free(&resp);
             break;
         }
-        bctl_resp_free(&resp);
+        bctl_http_resp_free(&resp);
         sleep_s(fruitless > 0 ? fruitless : 0.2);
     }
     bctl_progress_end(&w.bar);
     if (w.final != NULL) {
         const char *state = json_string_value(json_object_get(w.final, "status"));
-        rc = bctl_job_exit(state);
+        rc = bctl_cmd_job_exit(state);
         if (rc < 0)
             rc = BCTL_EXIT_SERVER;
         if (!a->is_json && !a->is_quiet)
-            bctl_print_job_end(w.final);
+            bctl_cmd_print_job_end(w.final);
         json_decref(w.final);
     } else if (w.has_error_event) {
         fprintf(stderr, "batchctl: %s: %s\n", id, w.error);
@@ -254,7 +255,7 @@ int bctl_follow_job(struct bctl_ctx *c, const char *id)
 
 int bctl_cmd_watch(struct bctl_ctx *c)
 {
-    return bctl_follow_job(c, c->args->id);
+    return bctl_cmd_follow_job(c, c->args->id);
 }
 
 /* ---- results ------------------------------------------------------------------------ */
@@ -290,7 +291,8 @@ static int results_line(struct results *r, const char *s, size_t n)
     }
     json_t *doc = json_loadb(s, n, 0, NULL);
     const char *m = json_string_value(json_object_get(json_object_get(doc, "error"), "message"));
-    snprintf(r->error, sizeof(r->error), "%s", m ? m : "the stream sent a line that is not a result");
+    snprintf(r->error, sizeof(r->error), "%s",
+             m ? m : "the stream sent a line that is not a result");
     r->has_error = true;
     json_decref(doc);
     return 0;
@@ -326,7 +328,7 @@ static int results_on_data(const char *data, size_t n, void *arg)
         data = nl + 1;
     }
     snprintf(text, sizeof(text), "%lld/%lld results, %s", r->count, r->total < 0 ? 0 : r->total,
-             bctl_fmt_bytes(sz, sizeof(sz), r->bytes));
+             bctl_progress_fmt_bytes(sz, sizeof(sz), r->bytes));
     bctl_progress_draw(&r->bar, r->total > 0 ? (double)r->count / (double)r->total : -1, text,
                        false);
     return 0;
@@ -339,17 +341,17 @@ int bctl_cmd_results(struct bctl_ctx *c)
     bool is_stdout = a->output == NULL || strcmp(a->output, "-") == 0;
     struct results r = {.total = -1};
     char path[192], cursor[32];
-    struct bctl_resp resp;
+    struct bctl_http_resp resp;
     int rc = BCTL_EXIT_OK;
 
     /* The status first: a 404 before a file is made, and the count to expect. */
-    bctl_job_path(path, sizeof(path), a->id, "/status");
+    bctl_cmd_job_path(path, sizeof(path), a->id, "/status");
     char *url = bctl_http_url(&c->http, path, NULL);
     if (url == NULL)
         return BCTL_EXIT_USAGE;
     json_t *st = bctl_http_json(&c->http, "GET", url, a->id, &resp, &rc);
     curl_free(url);
-    bctl_resp_free(&resp);
+    bctl_http_resp_free(&resp);
     if (st == NULL)
         return rc;
     r.total = jint2(st, "progress", "processed_items");
@@ -362,7 +364,7 @@ int bctl_cmd_results(struct bctl_ctx *c)
     }
     bd_buf_init(&r.line);
     bctl_progress_init(&r.bar, !a->is_quiet);
-    bctl_job_path(path, sizeof(path), a->id, "/results");
+    bctl_cmd_job_path(path, sizeof(path), a->id, "/results");
     for (int attempt = 0;; attempt++) {
         const char *query[] = {"cursor", NULL, NULL};
         if (r.next_index > 0) {
@@ -383,14 +385,14 @@ int bctl_cmd_results(struct bctl_ctx *c)
         if (sent == 0 && (resp.status < 200 || resp.status >= 300)) {
             bctl_progress_end(&r.bar);
             rc = bctl_http_fail(&c->http, a->id, sent, &resp);
-            bctl_resp_free(&resp);
+            bctl_http_resp_free(&resp);
             break;
         }
         if (resp.stopped == -1) {
             bctl_progress_end(&r.bar);
             fprintf(stderr, "batchctl: %s: %s\n", is_stdout ? "stdout" : a->output,
                     strerror(r.write_errno));
-            bctl_resp_free(&resp);
+            bctl_http_resp_free(&resp);
             rc = BCTL_EXIT_LOCAL;
             break;
         }
@@ -398,13 +400,13 @@ int bctl_cmd_results(struct bctl_ctx *c)
             bctl_progress_end(&r.bar);
             fprintf(stderr, "batchctl: %s: a result line is over %u MiB or memory ran out\n",
                     a->id, RESULTS_LINE_MAX >> 20);
-            bctl_resp_free(&resp);
+            bctl_http_resp_free(&resp);
             rc = BCTL_EXIT_SERVER;
             break;
         }
         bool is_cut = sent < 0 || resp.curl_code != CURLE_OK || r.has_error;
         if (!is_cut) {
-            bctl_resp_free(&resp);
+            bctl_http_resp_free(&resp);
             break;
         }
         /* The stream broke (the server's error line, or the connection): go on from the
@@ -416,10 +418,10 @@ int bctl_cmd_results(struct bctl_ctx *c)
             else
                 bctl_http_fail(&c->http, a->id, -1, &resp);
             rc = r.has_error ? BCTL_EXIT_SERVER : BCTL_EXIT_CONNECT;
-            bctl_resp_free(&resp);
+            bctl_http_resp_free(&resp);
             break;
         }
-        bctl_resp_free(&resp);
+        bctl_http_resp_free(&resp);
         sleep_s(1.0);
     }
     bctl_progress_end(&r.bar);

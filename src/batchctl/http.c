@@ -23,7 +23,7 @@
 struct http_call {
     struct bctl_http *h;
     const struct bctl_xfer *x;
-    struct bctl_resp *resp;
+    struct bctl_http_resp *resp;
 };
 
 int bctl_http_init(struct bctl_http *h, const struct bctl_args *a)
@@ -57,7 +57,7 @@ void bctl_http_close(struct bctl_http *h)
     memset(h, 0, sizeof(*h));
 }
 
-void bctl_resp_free(struct bctl_resp *r)
+void bctl_http_resp_free(struct bctl_http_resp *r)
 {
     bd_buf_free(&r->body);
 }
@@ -151,7 +151,7 @@ static size_t http_on_body(char *data, size_t size, size_t nmemb, void *arg)
     return c->resp->body.is_failed ? 0 : n;
 }
 
-int bctl_http_perform(struct bctl_http *h, const struct bctl_xfer *x, struct bctl_resp *resp)
+int bctl_http_perform(struct bctl_http *h, const struct bctl_xfer *x, struct bctl_http_resp *resp)
 {
     const struct bctl_args *a = h->args;
     struct http_call call = {h, x, resp};
@@ -239,7 +239,7 @@ int bctl_http_status_exit(long status)
 }
 
 int bctl_http_fail(const struct bctl_http *h, const char *what, int rc,
-                   const struct bctl_resp *r)
+                   const struct bctl_http_resp *r)
 {
     const struct bctl_args *a = h->args;
 
@@ -277,7 +277,7 @@ int bctl_http_fail(const struct bctl_http *h, const char *what, int rc,
 }
 
 json_t *bctl_http_json(struct bctl_http *h, const char *method, const char *url,
-                       const char *what, struct bctl_resp *resp, int *exit_code)
+                       const char *what, struct bctl_http_resp *resp, int *exit_code)
 {
     struct bctl_xfer x = {.method = method, .url = url};
     json_error_t jerr;

@@ -48,7 +48,7 @@ struct bctl_xfer {
     void *progress_arg;
 };
 
-struct bctl_resp {
+struct bctl_http_resp {
     long status;                      /* 0: no answer */
     struct bd_buf body;               /* the body, unless on_data took a 2xx body */
     int curl_code;                    /* CURLE_OK or why the transfer ended early */
@@ -68,10 +68,10 @@ char *bctl_http_url(const struct bctl_http *h, const char *path, const char *con
 /* Run x. Returns 0 when an answer arrived (any status; resp->status set), or -1 when none
  * did (resp->curl_code says why). A transfer that on_data stopped, or that broke after the
  * status arrived, returns 0 with curl_code set. resp is zeroed first; the caller frees it
- * with bctl_resp_free() in every case. */
-int bctl_http_perform(struct bctl_http *h, const struct bctl_xfer *x, struct bctl_resp *resp);
+ * with bctl_http_resp_free() in every case. */
+int bctl_http_perform(struct bctl_http *h, const struct bctl_xfer *x, struct bctl_http_resp *resp);
 
-void bctl_resp_free(struct bctl_resp *r);
+void bctl_http_resp_free(struct bctl_http_resp *r);
 
 /* The exit code of an HTTP status that is not a success (401/403 AUTH, 404 NOT_FOUND, other
  * 4xx REFUSED, else SERVER). */
@@ -83,12 +83,12 @@ int bctl_http_status_exit(long status);
  * errors are not chatter). With --json the server's JSON body also goes to stdout. Returns
  * the exit code. */
 int bctl_http_fail(const struct bctl_http *h, const char *what, int rc,
-                   const struct bctl_resp *r);
+                   const struct bctl_http_resp *r);
 
 /* A GET or body-less POST/DELETE answered with JSON: runs it and parses the body. Returns
  * the parsed 2xx body (caller decrefs) with *exit_code 0, or NULL with *exit_code set and
  * the failure reported (bctl_http_fail). The raw body stays in resp for --json printing. */
 json_t *bctl_http_json(struct bctl_http *h, const char *method, const char *url,
-                       const char *what, struct bctl_resp *resp, int *exit_code);
+                       const char *what, struct bctl_http_resp *resp, int *exit_code);
 
 #endif

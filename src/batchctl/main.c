@@ -7,6 +7,7 @@
 #include "args.h"
 #include "bctl.h"
 #include "commands.h"
+#include "follow.h"
 
 #include <curl/curl.h>
 #include <stdio.h>

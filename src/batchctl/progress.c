@@ -31,7 +31,7 @@ static void progress_on_signal(int sig)
     raise(sig);                                   /* die of it, as the shell expects */
 }
 
-double bctl_now(void)
+double bctl_progress_now(void)
 {
     struct timespec ts;
 
@@ -45,7 +45,7 @@ void bctl_progress_init(struct bctl_progress *p, bool want)
 
     memset(p, 0, sizeof(*p));
     p->is_enabled = want && isatty(STDERR_FILENO);
-    p->started = bctl_now();
+    p->started = bctl_progress_now();
     p->width = 80;
     if (p->is_enabled && ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col >= 20)
         p->width = ws.ws_col;
@@ -60,7 +60,7 @@ void bctl_progress_init(struct bctl_progress *p, bool want)
 
 double bctl_progress_elapsed(const struct bctl_progress *p)
 {
-    return bctl_now() - p->started;
+    return bctl_progress_now() - p->started;
 }
 
 char *bctl_progress_bar(char *out, size_t outlen, int width, double fraction)
@@ -84,7 +84,7 @@ char *bctl_progress_bar(char *out, size_t outlen, int width, double fraction)
     return out;
 }
 
-char *bctl_fmt_bytes(char *out, size_t outlen, double bytes)
+char *bctl_progress_fmt_bytes(char *out, size_t outlen, double bytes)
 {
     static const char *const units[] = {"KiB", "MiB", "GiB", "TiB"};
     int u = -1;
@@ -101,7 +101,7 @@ char *bctl_fmt_bytes(char *out, size_t outlen, double bytes)
     return out;
 }
 
-char *bctl_fmt_duration(char *out, size_t outlen, double seconds)
+char *bctl_progress_fmt_duration(char *out, size_t outlen, double seconds)
 {
     long s;
 
@@ -128,7 +128,7 @@ void bctl_progress_draw(struct bctl_progress *p, double fraction, const char *te
 
     if (!p->is_enabled)
         return;
-    now = bctl_now();
+    now = bctl_progress_now();
     if (!force && p->is_drawn && now - p->last_draw < 0.1)
         return;
     p->last_draw = now;

@@ -38,12 +38,12 @@ double bctl_progress_elapsed(const struct bctl_progress *p);
 char *bctl_progress_bar(char *out, size_t outlen, int width, double fraction);
 
 /* "512 B", "1.5 KiB", "20.0 MiB", "3.2 GiB". Returns out. */
-char *bctl_fmt_bytes(char *out, size_t outlen, double bytes);
+char *bctl_progress_fmt_bytes(char *out, size_t outlen, double bytes);
 
 /* "45s", "3m05s", "2h10m". Negative or NaN: "?". Returns out. */
-char *bctl_fmt_duration(char *out, size_t outlen, double seconds);
+char *bctl_progress_fmt_duration(char *out, size_t outlen, double seconds);
 
 /* Monotonic seconds. */
-double bctl_now(void);
+double bctl_progress_now(void);
 
 #endif

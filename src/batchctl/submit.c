@@ -6,6 +6,7 @@
  * Blocking CLI code.  SPDX-License-Identifier: MIT
  */
 #include "commands.h"
+#include "follow.h"
 
 #include "bctl.h"
 #include "progress.h"
@@ -100,10 +101,10 @@ static int upload_on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow,
     (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
     if (!u->bar.is_enabled)
         return 0;
-    bctl_fmt_bytes(a, sizeof(a), (double)u->read);
-    bctl_fmt_bytes(rate, sizeof(rate), elapsed > 0 ? (double)u->read / elapsed : 0);
+    bctl_progress_fmt_bytes(a, sizeof(a), (double)u->read);
+    bctl_progress_fmt_bytes(rate, sizeof(rate), elapsed > 0 ? (double)u->read / elapsed : 0);
     if (u->size >= 0)
-        snprintf(text, sizeof(text), "%s / %s, %s/s%s", a, bctl_fmt_bytes(b, sizeof(b),
+        snprintf(text, sizeof(text), "%s / %s, %s/s%s", a, bctl_progress_fmt_bytes(b, sizeof(b),
                  (double)u->size), rate, is_read ? ", waiting for the server" : "");
     else
         snprintf(text, sizeof(text), "%s, %s/s%s", a, rate,
@@ -111,7 +112,7 @@ static int upload_on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow,
     if (u->is_deflate) {
         size_t n = strlen(text);
         snprintf(text + n, sizeof(text) - n, " (%s sent)",
-                 bctl_fmt_bytes(b, sizeof(b), (double)u->sent));
+                 bctl_progress_fmt_bytes(b, sizeof(b), (double)u->sent));
     }
     bctl_progress_draw(&u->bar, u->size > 0 ? (double)u->read / (double)u->size : -1, text,
                        false);
@@ -125,13 +126,13 @@ static bool has_suffix(const char *s, const char *suffix)
 }
 
 /* Print the 202 (or the 200 of an idempotent replay) as the user asked. */
-static void submit_print(const struct bctl_args *a, const struct bctl_resp *resp, json_t *doc)
+static void submit_print(const struct bctl_args *a, const struct bctl_http_resp *resp, json_t *doc)
 {
     const char *id = json_string_value(json_object_get(doc, "job_id"));
     json_t *pos = json_object_get(doc, "queue_position");
 
     if (a->is_json) {
-        bctl_print_body(resp);
+        bctl_cmd_print_body(resp);
     } else if (a->is_quiet) {
         printf("%s\n", id);           /* the one thing a script needs */
     } else if (json_is_true(json_object_get(doc, "idempotent_replay"))) {
@@ -158,7 +159,7 @@ int bctl_cmd_submit(struct bctl_ctx *c)
     char batch[24], idem[300];
     const char *headers[4];
     size_t nh = 0;
-    struct bctl_resp resp;
+    struct bctl_http_resp resp;
     struct stat sb;
     char *url = NULL;
     int rc = BCTL_EXIT_OK;
@@ -244,11 +245,11 @@ int bctl_cmd_submit(struct bctl_ctx *c)
         } else {
             submit_print(a, &resp, doc);
             if (a->is_wait)
-                rc = bctl_follow_job(c, id);
+                rc = bctl_cmd_follow_job(c, id);
         }
         json_decref(doc);
     }
-    bctl_resp_free(&resp);
+    bctl_http_resp_free(&resp);
 done:
     curl_free(url);
     if (u->is_z_init)
