@@ -3,6 +3,10 @@
  * models. Each case runs batchctl as a user would (its own process, its environment, its
  * exit code, stdout and stderr) and checks the outcome through the API as well.
  *
+ * What the real server cannot be made to do on cue (cut a results stream with an error line,
+ * end an event stream early, refuse streams, lack an endpoint, fail with a 500) comes from a
+ * scripted server in this process: canned answers, one per connection, in order.
+ *
  * Isolation: the models are named after this process (ctlh<pid>, ...), so the jobs listed
  * by model are this run's only.  SPDX-License-Identifier: MIT
  */
@@ -13,8 +17,13 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/socket.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
@@ -216,6 +225,108 @@ static size_t count_lines(const char *s)
         n += *s == '\n';
     return n;
 }
+
+
+/* ---- a scripted HTTP server ------------------------------------------------------------
+ * Serves answers[i] (raw HTTP, with "Connection: close") to the i-th connection and closes
+ * it, on a thread; records each request's first line. */
+
+#define SCRIPT_MAX 8
+
+struct script {
+    int fd, port;
+    const char *const *answers;       /* NULL-terminated */
+    int served;
+    char requests[SCRIPT_MAX][512];
+    pthread_t thread;
+};
+
+static void *script_main(void *arg)
+{
+    struct script *s = arg;
+
+    for (int i = 0; s->answers[i] != NULL && i < SCRIPT_MAX; i++) {
+        struct pollfd pfd = {.fd = s->fd, .events = POLLIN};
+        if (poll(&pfd, 1, 20000) != 1)
+            break;                    /* batchctl asked for less than scripted */
+        int c = accept(s->fd, NULL, NULL);
+        if (c < 0)
+            break;
+        char head[4096];
+        size_t len = 0;
+        while (len < sizeof(head) - 1) {
+            ssize_t n = recv(c, head + len, sizeof(head) - 1 - len, 0);
+            if (n <= 0)
+                break;
+            len += (size_t)n;
+            head[len] = '\0';
+            if (strstr(head, "\r\n\r\n") != NULL)
+                break;
+        }
+        head[len] = '\0';
+        char *eol = strstr(head, "\r\n");
+        snprintf(s->requests[i], sizeof(s->requests[i]), "%.*s",
+                 eol ? (int)(eol - head) : (int)len, head);
+        const char *a = s->answers[i];
+        size_t left = strlen(a);
+        while (left > 0) {
+            ssize_t n = send(c, a, left, MSG_NOSIGNAL);
+            if (n <= 0)
+                break;
+            a += n;
+            left -= (size_t)n;
+        }
+        shutdown(c, SHUT_WR);
+        char sink[256];
+        while (recv(c, sink, sizeof(sink), 0) > 0) {
+        }
+        close(c);
+        s->served = i + 1;
+    }
+    return NULL;
+}
+
+static void script_start(struct script *s, const char *const *answers)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof(a);
+
+    memset(s, 0, sizeof(*s));
+    s->answers = answers;
+    s->fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(s->fd >= 0);
+    assert_int_equal(bind(s->fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(s->fd, 8), 0);
+    assert_int_equal(getsockname(s->fd, (struct sockaddr *)&a, &alen), 0);
+    s->port = ntohs(a.sin_port);
+    assert_int_equal(pthread_create(&s->thread, NULL, script_main, s), 0);
+}
+
+static void script_stop(struct script *s)
+{
+    pthread_join(s->thread, NULL);
+    close(s->fd);
+}
+
+/* "BATCHD_URL=http://127.0.0.1:<port>" of a script (static buffer). */
+static const char *script_env(const struct script *s)
+{
+    static char env[64];
+    snprintf(env, sizeof(env), "BATCHD_URL=http://127.0.0.1:%d", s->port);
+    return env;
+}
+
+#define JSON_OK(body) \
+    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n" body
+#define SSE_OK \
+    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+#define NDJSON_OK \
+    "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n"
+#define STATUS_DOC(state, done) \
+    "{\"job_id\":\"batch_s_1\",\"status\":\"" state "\",\"progress\":{\"total_items\":4," \
+    "\"processed_items\":" #done ",\"failed_items\":0,\"percentage\":" #done "0.0," \
+    "\"current_batch\":1,\"total_batches\":2}}"
+#define RESULT(i) "{\"index\":" #i ",\"id\":\"v" #i "\",\"embedding\":[0.5],\"metadata\":{}}\n"
 
 /* ---- setup -------------------------------------------------------------------------- */
 
@@ -559,6 +670,113 @@ static void test_batchctl_sends_api_key_when_server_requires_one(void **state)
     assert_int_equal(bd_it_stop(&p, SIGTERM, 10), 0);
 }
 
+
+/* results: a stream the server ends with an error line is resumed from the first result not
+ * written (cursor=i<next>), and the file has every result once. */
+static void test_batchctl_resumes_results_when_stream_ends_with_error(void **state)
+{
+    static const char *const answers[] = {
+        JSON_OK(STATUS_DOC("completed", 4)),
+        NDJSON_OK RESULT(0) RESULT(1)
+            "{\"error\":{\"code\":\"store_unavailable\",\"message\":\"gone\"}}\n",
+        NDJSON_OK RESULT(2) RESULT(3),
+        NULL,
+    };
+    struct script s;
+    char *out = scratch("resumed.jsonl");
+    (void)state;
+
+    script_start(&s, answers);
+    const char *env[] = {script_env(&s), NULL};
+    struct ctl_run r = ctl(env, (const char *[]){"results", "batch_s_1", "-o", out, NULL});
+    script_stop(&s);
+    expect_code(&r, EX_OK, "results resumed");
+    ctl_run_free(&r);
+    assert_int_equal(s.served, 3);
+    assert_non_null(strstr(s.requests[1], "GET /api/v1/batch/jobs/batch_s_1/results "));
+    assert_non_null(strstr(s.requests[2], "/results?cursor=i2 "));
+    char *lines = read_file(out);
+    assert_string_equal(lines, RESULT(0) RESULT(1) RESULT(2) RESULT(3));
+    free(lines);
+    free(out);
+}
+
+/* watch: an event stream that ends without its final event (a server restarting) is opened
+ * again, and the job's outcome is the exit code. */
+static void test_batchctl_reconnects_watch_when_stream_ends_early(void **state)
+{
+    static const char *const answers[] = {
+        SSE_OK "event: progress\ndata: " STATUS_DOC("processing", 2) "\n\n",
+        SSE_OK ": keepalive\n\nevent: final\ndata: " STATUS_DOC("failed", 2) "\n\n",
+        NULL,
+    };
+    struct script s;
+    (void)state;
+
+    script_start(&s, answers);
+    const char *env[] = {script_env(&s), NULL};
+    struct ctl_run r = ctl(env, (const char *[]){"watch", "batch_s_1", NULL});
+    script_stop(&s);
+    expect_code(&r, EX_FAILED, "watch of a job that fails, across a reconnect");
+    assert_int_equal(s.served, 2);
+    assert_non_null(strstr(s.requests[1], "GET /api/v1/batch/jobs/batch_s_1/events "));
+    ctl_run_free(&r);
+}
+
+/* watch: a server at its cap on event streams (503) is polled for the status instead. */
+static void test_batchctl_polls_status_when_streams_are_refused(void **state)
+{
+    static const char *const answers[] = {
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        "Retry-After: 5\r\nConnection: close\r\n\r\n"
+        "{\"error\":{\"code\":\"too_many_streams\",\"message\":\"too many\"}}",
+        JSON_OK(STATUS_DOC("processing", 2)),
+        JSON_OK(STATUS_DOC("completed", 4)),
+        NULL,
+    };
+    struct script s;
+    (void)state;
+
+    script_start(&s, answers);
+    const char *env[] = {script_env(&s), NULL};
+    struct ctl_run r = ctl(env, (const char *[]){"watch", "--json", "batch_s_1", NULL});
+    script_stop(&s);
+    expect_code(&r, EX_OK, "watch by polling");
+    assert_int_equal(s.served, 3);
+    assert_non_null(strstr(s.requests[2], "GET /api/v1/batch/jobs/batch_s_1/status "));
+    assert_int_equal(count_lines(r.out), 2);          /* --json: one status per line */
+    ctl_run_free(&r);
+}
+
+/* pause against a batchd without the endpoint (its router's 404 "no such route"): the
+ * unsupported code and a message that says so; a 500 is the server error code. */
+static void test_batchctl_reports_unsupported_when_server_lacks_pause(void **state)
+{
+    static const char *const answers[] = {
+        "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        "\r\n{\"error\":{\"code\":\"not_found\",\"message\":\"no such route\"}}",
+        "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+        "Connection: close\r\n\r\n{\"error\":{\"code\":\"internal\",\"message\":\"boom\"}}",
+        NULL,
+    };
+    struct script s;
+    (void)state;
+
+    script_start(&s, answers);
+    const char *env[] = {script_env(&s), NULL};
+    struct ctl_run r = ctl(env, (const char *[]){"pause", "--model", "m 1", NULL});
+    expect_code(&r, 10, "pause on a batchd without it");
+    assert_non_null(strstr(r.err, "upgrade"));
+    ctl_run_free(&r);
+    r = ctl(env, (const char *[]){"resume", NULL});
+    expect_code(&r, EX_SERVER, "resume answered 500");
+    assert_non_null(strstr(r.err, "boom"));
+    ctl_run_free(&r);
+    script_stop(&s);
+    assert_non_null(strstr(s.requests[0], "POST /api/v1/batch/queue/pause?model=m+1 "));
+    assert_non_null(strstr(s.requests[1], "POST /api/v1/batch/queue/resume "));
+}
+
 int main(void)
 {
     bd_it_apply_filter();
@@ -569,6 +787,10 @@ int main(void)
         cmocka_unit_test(test_batchctl_exits_failed_when_every_item_fails),
         cmocka_unit_test(test_batchctl_exit_codes_say_what_happened_when_requests_fail),
         cmocka_unit_test(test_batchctl_sends_api_key_when_server_requires_one),
+        cmocka_unit_test(test_batchctl_resumes_results_when_stream_ends_with_error),
+        cmocka_unit_test(test_batchctl_reconnects_watch_when_stream_ends_early),
+        cmocka_unit_test(test_batchctl_polls_status_when_streams_are_refused),
+        cmocka_unit_test(test_batchctl_reports_unsupported_when_server_lacks_pause),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
