@@ -702,11 +702,14 @@ static void test_batchctl_resumes_results_when_stream_ends_with_error(void **sta
 }
 
 /* watch: an event stream that ends without its final event (a server restarting) is opened
- * again, and the job's outcome is the exit code. */
+ * again, through a 503 of the server going down, and the job's outcome is the exit code. */
 static void test_batchctl_reconnects_watch_when_stream_ends_early(void **state)
 {
     static const char *const answers[] = {
         SSE_OK "event: progress\ndata: " STATUS_DOC("processing", 2) "\n\n",
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        "Connection: close\r\n\r\n"
+        "{\"error\":{\"code\":\"shutting_down\",\"message\":\"stopping\"}}",
         SSE_OK ": keepalive\n\nevent: final\ndata: " STATUS_DOC("failed", 2) "\n\n",
         NULL,
     };
@@ -718,8 +721,8 @@ static void test_batchctl_reconnects_watch_when_stream_ends_early(void **state)
     struct ctl_run r = ctl(env, (const char *[]){"watch", "batch_s_1", NULL});
     script_stop(&s);
     expect_code(&r, EX_FAILED, "watch of a job that fails, across a reconnect");
-    assert_int_equal(s.served, 2);
-    assert_non_null(strstr(s.requests[1], "GET /api/v1/batch/jobs/batch_s_1/events "));
+    assert_int_equal(s.served, 3);
+    assert_non_null(strstr(s.requests[2], "GET /api/v1/batch/jobs/batch_s_1/events "));
     ctl_run_free(&r);
 }
 

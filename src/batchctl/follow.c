@@ -204,7 +204,10 @@ int bctl_cmd_follow_job(struct bctl_ctx *c, const char *id)
             rc = watch_poll(&w);     /* the server's cap on streams: poll instead */
             break;
         }
-        if (sent == 0 && !is_ok_status) {
+        /* After the stream worked, a 5xx is a server on its way down or up: retried below
+         * like a refused connection. */
+        bool is_retryable = w.events > 0 && (sent < 0 || resp.status >= 500);
+        if (sent == 0 && !is_ok_status && !is_retryable) {
             bctl_progress_end(&w.bar);
             rc = bctl_http_fail(&c->http, id, sent, &resp);
             bctl_http_resp_free(&resp);
@@ -223,8 +226,8 @@ int bctl_cmd_follow_job(struct bctl_ctx *c, const char *id)
         fruitless = w.events > before ? 0 : fruitless + 1;
         if (w.events == 0 || fruitless > WATCH_RECONNECTS) {
             bctl_progress_end(&w.bar);
-            if (sent < 0)
-                rc = bctl_http_fail(&c->http, id, -1, &resp);
+            if (sent < 0 || !is_ok_status)
+                rc = bctl_http_fail(&c->http, id, sent, &resp);
             else {
                 fprintf(stderr, "batchctl: %s: the event stream ended before the job did\n",
                         id);
