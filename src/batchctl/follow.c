@@ -21,6 +21,7 @@
 
 #define WATCH_IDLE_MIN_S   45.0   /* batchd sends a keepalive every 15 s on a quiet stream */
 #define WATCH_RECONNECTS   5      /* attempts in a row that bring no event */
+#define WATCH_LINE_EVERY_S 5.0    /* without a terminal: a progress line at most this often */
 #define RESULTS_RESUMES    3
 #define RESULTS_LINE_MAX   (64u << 20)
 
@@ -51,6 +52,8 @@ struct watch {
     double t0;                        /* when the first count was seen, for the ETA */
     long long ended0;
     bool has_t0;
+    unsigned lines;                   /* progress lines written (no terminal) */
+    double last_line;
 };
 
 /* Show one status object: the bar on a terminal, else a line on stderr. */
@@ -82,10 +85,16 @@ static void watch_show(struct watch *w, json_t *st)
         *batch = '\0';
     snprintf(text, sizeof(text), "%s %s, %s%s", state ? state : "?", counts, eta,
              batch ? batch + 2 : "");
-    if (w->bar.is_enabled)
-        bctl_progress_draw(&w->bar, fraction, text, bctl_cmd_job_exit(state) >= 0);
-    else if (!a->is_quiet && !a->is_json)
+    bool is_end = bctl_cmd_job_exit(state) >= 0;
+    if (w->bar.is_enabled) {
+        bctl_progress_draw(&w->bar, fraction, text, is_end);
+    } else if (!a->is_quiet && !a->is_json &&
+               (is_end || w->lines == 0 || now - w->last_line >= WATCH_LINE_EVERY_S)) {
+        /* A log gets a line now and then, not one per checkpoint. */
         fprintf(stderr, "%s: %.1f%% %s\n", w->id, fraction < 0 ? 0.0 : fraction * 100, text);
+        w->lines++;
+        w->last_line = now;
+    }
 }
 
 static int watch_on_event(const char *type, const char *data, size_t len, void *arg)
