@@ -1,0 +1,272 @@
+// dashboard.mjs -- drives the /ui dashboard in Debian's chromium (playwright-core, pinned in
+// package.json with its lock file; no browser is downloaded) against a running batchd.
+//
+//   BATCHD_URL=http://127.0.0.1:PORT BATCHD_KEY=<a configured key> \
+//   BD_UI_SLOW_MODEL=<model with latency> BD_UI_FAST_MODEL=<hashing model> \
+//   BD_UI_ARTIFACTS=<dir for screenshots> node dashboard.mjs <scenario>
+//
+// Scenarios (test/it_ui.c runs each as a cmocka case): key, progress, cancel, pause, xss,
+// list. Each opens a fresh browser context (so sessionStorage starts empty and the page has
+// to ask for the key), fails on any page error or Content-Security-Policy violation, and
+// exits 0 only when every check passed.  SPDX-License-Identifier: MIT
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const BASE = process.env.BATCHD_URL;
+const KEY = process.env.BATCHD_KEY || '';
+const SLOW = process.env.BD_UI_SLOW_MODEL || 'fake';
+const FAST = process.env.BD_UI_FAST_MODEL || 'hashmodel';
+const ARTIFACTS = process.env.BD_UI_ARTIFACTS || 'artifacts';
+const CHROMIUM = process.env.BD_CHROMIUM || '/usr/bin/chromium';
+const API = `${BASE}/api/v1/batch`;
+const RUN = `${process.pid}_${Date.now()}`;        // texts unique to this run: no cache hits
+
+function check(cond, msg) {
+  if (!cond) throw new Error('check failed: ' + msg);
+}
+
+async function api(method, path, body) {
+  const headers = { 'Content-Type': 'application/json' };
+  if (KEY) headers['X-API-Key'] = KEY;
+  const res = await fetch(API + path, { method, headers,
+                                        body: body === undefined ? undefined : JSON.stringify(body) });
+  const json = await res.json().catch(() => null);
+  return { status: res.status, json };
+}
+
+async function submit(model, n, batchSize, metadata) {
+  const data = Array.from({ length: n }, (_, i) => ({ text: `ui ${RUN} ${model} ${n} ${i}` }));
+  const r = await api('POST', '/jobs', { operation: 'bulk_embed', model, data,
+                                         options: { batch_size: batchSize }, metadata });
+  check(r.status === 202, `submit answered ${r.status} ${JSON.stringify(r.json)}`);
+  return r.json.job_id;
+}
+
+async function jobStatus(id) {
+  const r = await api('GET', `/jobs/${id}/status`);
+  check(r.status === 200, `status of ${id}: ${r.status}`);
+  return r.json.status;
+}
+
+// A page of the dashboard with the key entered (the page must ask for it: keys are set).
+async function open(browser, path = '/ui') {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
+  const page = await context.newPage();
+  const problems = [];
+  page.on('pageerror', (e) => problems.push('page error: ' + e.message));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && /Content Security Policy|Refused to/i.test(m.text()))
+      problems.push('CSP: ' + m.text());
+  });
+  const res = await page.goto(BASE + path);
+  check(res.status() === 200, `GET ${path}: ${res.status()}`);
+  if (KEY) {
+    await page.locator('#key-dialog').waitFor({ state: 'visible', timeout: 10000 });
+    await page.fill('#key-input', KEY);
+    await page.click('#key-submit');
+    await page.locator('#key-dialog').waitFor({ state: 'hidden', timeout: 5000 });
+  }
+  await page.waitForFunction(() => document.getElementById('st-total').textContent !== '–',
+                             null, { timeout: 10000 });
+  await page.selectOption('#interval', '2000');    // auto-refresh every 2 s
+  return { context, page, res, problems };
+}
+
+async function badge(page) {
+  return (await page.textContent('#job-status')).trim();
+}
+
+// ---- scenarios -------------------------------------------------------------------------------
+
+const scenarios = {
+  // With API keys configured: /ui itself needs none, the API does; the page asks for the key,
+  // refuses a wrong one, works with the right one and keeps it for the tab.
+  async key(browser) {
+    const noKey = await fetch(`${API}/queue/status`);
+    check(noKey.status === 401, `queue/status without a key: ${noKey.status}`);
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.goto(BASE + '/ui');
+    await page.locator('#key-dialog').waitFor({ state: 'visible', timeout: 10000 });
+    await page.fill('#key-input', 'not-the-key');
+    await page.click('#key-submit');
+    await page.locator('#key-error').waitFor({ state: 'visible', timeout: 10000 });
+    check(/refused/.test(await page.textContent('#key-error')), 'a wrong key is said refused');
+    await page.fill('#key-input', KEY);
+    await page.click('#key-submit');
+    await page.locator('#key-dialog').waitFor({ state: 'hidden', timeout: 5000 });
+    await page.waitForFunction(() => document.getElementById('st-total').textContent !== '–',
+                               null, { timeout: 10000 });
+    check(await page.evaluate(() => sessionStorage.getItem('batchd.apiKey')) === KEY,
+          'the key is kept in sessionStorage');
+    await page.reload();
+    await page.waitForFunction(() => document.getElementById('st-total').textContent !== '–',
+                               null, { timeout: 10000 });
+    check(!(await page.locator('#key-dialog').isVisible()), 'no second question after a reload');
+    await context.close();
+  },
+
+  // A job submitted through the API appears in the list; opened, its bar reaches 100 % live.
+  async progress(browser) {
+    const { context, page, problems } = await open(browser);
+    const id = await submit(SLOW, 24, 2, { note: 'progress' });
+    const row = page.locator(`tr[data-job="${id}"]`);
+    await row.waitFor({ timeout: 10000 });         // the next auto-refresh (2 s) at the latest
+    await page.evaluate(() => {                    // every value the bar takes, in order
+      window.__seen = [];
+      const bar = document.getElementById('job-bar');
+      new MutationObserver(() => window.__seen.push(Number(bar.getAttribute('aria-valuenow'))))
+        .observe(bar, { attributes: true, attributeFilter: ['aria-valuenow'] });
+    });
+    await row.click();
+    await page.waitForFunction(() => document.getElementById('job-bar')
+      .getAttribute('aria-valuenow') === '100', null, { timeout: 30000 });
+    await page.waitForFunction(() => document.getElementById('job-status').textContent ===
+      'completed', null, { timeout: 10000 });
+    const seen = await page.evaluate(() => window.__seen);
+    check(seen.some((v) => v > 0 && v < 100), `the bar moved through values below 100: ${seen}`);
+    check(/24 succeeded/.test(await page.textContent('#job-counts')), 'counts say 24 succeeded');
+    check(await jobStatus(id) === 'completed', 'the API says completed');
+    await page.waitForTimeout(4500);               // two more samples for the metrics chart
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: join(ARTIFACTS, 'dashboard.png'), fullPage: true });
+    check(problems.length === 0, problems.join('; '));
+    await context.close();
+  },
+
+  // Cancel asks first: dismissed, nothing happens; accepted, the job ends cancelled.
+  async cancel(browser) {
+    const id = await submit(SLOW, 400, 1, { note: 'cancel me' });
+    const { context, page, problems } = await open(browser, `/ui?job=${id}`);
+    await page.waitForFunction(() => document.getElementById('job-status').textContent ===
+      'processing', null, { timeout: 20000 });
+    let asked = 0;
+    page.once('dialog', (d) => { asked++; d.dismiss(); });
+    await page.click('#job-cancel');
+    await page.waitForTimeout(500);
+    check(asked === 1, 'cancel asked for a confirmation');
+    check(await jobStatus(id) === 'processing', 'dismissed: the job still runs');
+    page.once('dialog', (d) => { asked++; check(/Cancel job/.test(d.message()), 'message'); d.accept(); });
+    await page.click('#job-cancel');
+    await page.waitForFunction(() => document.getElementById('job-status').textContent ===
+      'cancelled', null, { timeout: 20000 });
+    check(asked === 2, 'asked again');
+    check(await jobStatus(id) === 'cancelled', 'the API says cancelled');
+    check(problems.length === 0, problems.join('; '));
+    await context.close();
+  },
+
+  // Pause and resume from the queue card, each confirmed; a job submitted while paused waits
+  // and runs after the resume. Skipped (exit 0, said so) on a server without pause.
+  async pause(browser) {
+    const q = await api('GET', '/queue/status');
+    const { context, page, problems } = await open(browser);
+    if (typeof q.json.paused !== 'boolean') {
+      check(await page.locator('#queue-pause').isHidden(), 'no pause button without pause');
+      check(await page.locator('#retry-failed').isHidden(), 'no retry-all without pause');
+      console.error('dashboard.mjs pause: this batchd has no pause (queue status has no ' +
+                    '"paused"): buttons hidden, checked; the rest skipped');
+      await context.close();
+      return;
+    }
+    check(q.json.paused === false, 'the queue starts running');
+    page.once('dialog', (d) => d.accept());
+    await page.click('#queue-pause');
+    await page.locator('#paused-badge').waitFor({ state: 'visible', timeout: 10000 });
+    check((await api('GET', '/queue/status')).json.paused === true, 'the API says paused');
+    const id = await submit(FAST, 4, 2, { note: 'while paused' });
+    await page.click('#refresh-now');
+    await page.locator(`tr[data-job="${id}"]`).waitFor({ timeout: 10000 });
+    await page.waitForTimeout(1500);
+    check(await jobStatus(id) === 'queued', 'a job submitted while paused stays queued');
+    page.once('dialog', (d) => d.accept());
+    await page.click('#queue-resume');
+    await page.locator('#paused-badge').waitFor({ state: 'hidden', timeout: 10000 });
+    check((await api('GET', '/queue/status')).json.paused === false, 'the API says running');
+    const t0 = Date.now();
+    while (await jobStatus(id) !== 'completed') {
+      check(Date.now() - t0 < 15000, 'the job runs after the resume');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await page.click('#refresh-now');
+    await page.waitForFunction((jid) => {
+      const r = document.querySelector(`tr[data-job="${jid}"]`);
+      return r && r.dataset.status === 'completed';
+    }, id, { timeout: 10000 });
+    check(problems.length === 0, problems.join('; '));
+    await context.close();
+  },
+
+  // Text from a job is shown as text: markup in its metadata is neither parsed nor run; the
+  // page itself comes with the strict CSP; an OpenAI batch id is shown.
+  async xss(browser) {
+    const evil = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>';
+    const id = await submit(FAST, 2, 1, { note: evil, openai_batch_id: 'batch_ui_test' });
+    const { context, page, res, problems } = await open(browser, `/ui?job=${id}`);
+    const csp = res.headers()['content-security-policy'] || '';
+    check(/default-src 'none'/.test(csp) && /script-src 'self'/.test(csp) &&
+          /frame-ancestors 'none'/.test(csp), `CSP header: ${csp}`);
+    check(res.headers()['x-content-type-options'] === 'nosniff', 'nosniff');
+    await page.waitForFunction(() => document.getElementById('job-metadata').textContent
+      .includes('onerror'), null, { timeout: 10000 });
+    check((await page.textContent('#job-metadata')).includes(evil.replace(/"/g, '\\"')),
+          'the metadata is shown as its text');
+    check(await page.evaluate(() => document.querySelectorAll('img, main script').length) === 0,
+          'no element was made from the metadata');
+    check(await page.evaluate(() => window.__xss) === undefined, 'nothing ran');
+    check((await page.textContent('#job-info')).includes('batch_ui_test'), 'the OpenAI batch id');
+    check(problems.length === 0, problems.join('; '));
+    await context.close();
+  },
+
+  // Filters and the id search live in the URL; a reload keeps them.
+  async list(browser) {
+    const { context, page, problems } = await open(browser);
+    await page.selectOption('#f-status', 'completed');
+    await page.waitForFunction(() => location.search.includes('status=completed'));
+    await page.waitForFunction(() => {
+      const rows = [...document.querySelectorAll('#job-list tbody tr')];
+      return rows.length > 0 && rows.every((r) => r.dataset.status === 'completed');
+    }, null, { timeout: 10000 });
+    const first = await page.getAttribute('#job-list tbody tr', 'data-job');
+    await page.fill('#f-q', first);
+    await page.press('#f-q', 'Enter');
+    await page.waitForFunction((jid) => {
+      const rows = document.querySelectorAll('#job-list tbody tr');
+      return rows.length === 1 && rows[0].dataset.job === jid;
+    }, first, { timeout: 10000 });
+    check(new URL(page.url()).searchParams.get('q') === first, 'the search is in the URL');
+    await page.reload();
+    await page.waitForFunction((jid) => {
+      const rows = document.querySelectorAll('#job-list tbody tr');
+      return rows.length === 1 && rows[0].dataset.job === jid;
+    }, first, { timeout: 10000 });
+    check(await page.inputValue('#f-status') === 'completed', 'the status filter survives');
+    await page.fill('#f-q', 'no_such_job_' + RUN);
+    await page.press('#f-q', 'Enter');
+    await page.waitForFunction(() => /No job with id/.test(
+      document.getElementById('list-note').textContent), null, { timeout: 10000 });
+    check(problems.length === 0, problems.join('; '));
+    await context.close();
+  },
+};
+
+const name = process.argv[2];
+if (!BASE || !scenarios[name]) {
+  console.error(`usage: BATCHD_URL=... node dashboard.mjs <${Object.keys(scenarios).join('|')}>`);
+  process.exit(2);
+}
+const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true });
+let rc = 0;
+try {
+  const t0 = Date.now();
+  await scenarios[name](browser);
+  console.error(`dashboard.mjs ${name}: ok (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+} catch (e) {
+  console.error(`dashboard.mjs ${name}: ${e.stack || e}`);
+  rc = 1;
+} finally {
+  await browser.close();
+}
+process.exit(rc);
