@@ -10,7 +10,8 @@
  * and to cancel) and "uihash" (the built-in hashing provider, instant).
  *
  * Needs /usr/bin/chromium (scripts/deps.sh installs it) and npm: `npm ci` installs the pinned
- * playwright-core from test/ui/package-lock.json on first use (no browser download). The
+ * playwright-core from test/ui/package-lock.json on first use (no browser download). One
+ * `node dashboard.mjs --serve` runs every scenario in one chromium, a case at a time. The
  * screenshot of a finished job goes to <build>/test/artifacts/dashboard.png.
  *
  * Isolation: a PostgreSQL schema of its own ("itui_<pid>", through search_path) and a Redis
@@ -29,6 +30,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "bd_it.h"
@@ -47,7 +51,8 @@ static char g_schema[64];
 static char g_pg_base[512];
 static char g_pg_url[640];
 static char g_redis_url[256];
-static bool g_npm_done;
+static pid_t g_node_pid;               /* node dashboard.mjs --serve */
+static FILE *g_node_in, *g_node_out;
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
@@ -68,30 +73,73 @@ static void expect_header(const struct bd_it_resp *r, const char *name, const ch
         fail_msg("%s: want \"%s\", got \"%s\"", name, want, v ? v : "(absent)");
 }
 
-/* Run one scenario of test/ui/dashboard.mjs in chromium; fails the test unless it passes.
- * `npm ci` runs once (and only when playwright-core is not installed yet). */
-static void run_scenario(const char *name)
+/* Start `node dashboard.mjs --serve` once (after `npm ci`, only when playwright-core is not
+ * installed yet): one chromium for every scenario, since starting one costs seconds. Its
+ * stdin takes scenario names, its stdout answers "ok <name>" / "fail <name>"; its stderr is
+ * the test's. */
+static void node_start(void)
 {
     const char *src = bd_it_env("BD_SOURCE_DIR", ".");
-    char cwd[512];
+    char cwd[512], dir[768], artifacts[600];
+    int in[2], out[2];
 
     if (access("/usr/bin/chromium", X_OK) != 0)
         fail_msg("/usr/bin/chromium is missing: run scripts/deps.sh (it installs Debian's "
                  "chromium for this test)");
-    if (!g_npm_done) {
-        assert_int_equal(bd_it_sh("cd '%s/test/ui' && { [ -f node_modules/playwright-core/"
-                                  "package.json ] || PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci "
-                                  "--no-audit --no-fund --loglevel=error; }", src), 0);
-        g_npm_done = true;
-    }
+    assert_int_equal(bd_it_sh("cd '%s/test/ui' && { [ -f node_modules/playwright-core/"
+                              "package.json ] || PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci "
+                              "--no-audit --no-fund --loglevel=error; }", src), 0);
     assert_non_null(getcwd(cwd, sizeof(cwd)));
+    snprintf(artifacts, sizeof(artifacts), "%s/artifacts", cwd);
+    snprintf(dir, sizeof(dir), "%s/test/ui", src);
+    signal(SIGPIPE, SIG_IGN);                      /* a node that died fails its case */
+    assert_int_equal(pipe(in), 0);
+    assert_int_equal(pipe(out), 0);
+    fflush(NULL);
+    g_node_pid = fork();
+    assert_true(g_node_pid >= 0);
+    if (g_node_pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);          /* a crashed test leaves no node behind */
+        dup2(in[0], 0);
+        dup2(out[1], 1);
+        close(in[0]), close(in[1]), close(out[0]), close(out[1]);
+        setenv("BATCHD_URL", g_proc.base, 1);
+        setenv("BATCHD_KEY", KEY, 1);
+        setenv("BD_UI_SLOW_MODEL", "uifake", 1);
+        setenv("BD_UI_FAST_MODEL", "uihash", 1);
+        setenv("BD_UI_ARTIFACTS", artifacts, 1);
+        if (chdir(dir) == 0)
+            execlp("node", "node", "dashboard.mjs", "--serve", (char *)NULL);
+        perror("it_ui: node");
+        _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    g_node_in = fdopen(in[1], "w");
+    g_node_out = fdopen(out[0], "r");
+    assert_non_null(g_node_in);
+    assert_non_null(g_node_out);
+}
+
+/* Run one scenario of test/ui/dashboard.mjs; fails the test unless it passes (within 120 s). */
+static void run_scenario(const char *name)
+{
+    char line[256], want[128];
+    struct pollfd pfd;
+
+    if (g_node_in == NULL)
+        node_start();
     double t0 = bd_it_now();
-    int rc = bd_it_sh("cd '%s/test/ui' && BATCHD_URL='%s' BATCHD_KEY='" KEY "' "
-                      "BD_UI_SLOW_MODEL=uifake BD_UI_FAST_MODEL=uihash "
-                      "BD_UI_ARTIFACTS='%s/artifacts' node dashboard.mjs %s >&2",
-                      src, g_proc.base, cwd, name);
+    fprintf(g_node_in, "%s\n", name);
+    fflush(g_node_in);
+    pfd = (struct pollfd){ .fd = fileno(g_node_out), .events = POLLIN };
+    if (poll(&pfd, 1, 120000) != 1 || fgets(line, sizeof(line), g_node_out) == NULL)
+        fail_msg("dashboard.mjs gave no answer for %s", name);
+    line[strcspn(line, "\n")] = '\0';
     fprintf(stderr, "it_ui: scenario %s took %.1f s\n", name, bd_it_now() - t0);
-    assert_int_equal(rc, 0);
+    snprintf(want, sizeof(want), "ok %s", name);
+    if (strcmp(line, want) != 0)
+        fail_msg("dashboard.mjs: %s (its stderr above says why)", line);
 }
 
 /* ---- cases ------------------------------------------------------------------------------------ */
@@ -231,6 +279,11 @@ static int it_setup(void **state)
 static int it_teardown(void **state)
 {
     (void)state;
+    if (g_node_in != NULL) {
+        fclose(g_node_in);                         /* end of its stdin: node closes chromium */
+        fclose(g_node_out);
+        waitpid(g_node_pid, NULL, 0);
+    }
     if (g_started)
         bd_it_stop(&g_proc, SIGTERM, 20);
     if (g_fake_pid > 0)

@@ -19,7 +19,7 @@
 (() => {
   const API = '/api/v1/batch';
   const KEY_STORE = 'batchd.apiKey';
-  const PAGE = 25;                 /* jobs per page */
+  const PAGE = 25;                 /* jobs per page unless the URL says limit= */
   const SAMPLES = 120;             /* metrics samples kept for the chart */
   const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 
@@ -188,6 +188,7 @@
 
   const state = {
     filters: { status: 'all', operation: '', model: '', q: '' },
+    limit: PAGE,
     cursor: '',
     older: [],                     /* cursors of the pages before this one ('' = first) */
     job: '',                       /* the open job */
@@ -214,13 +215,16 @@
     };
     state.cursor = u.get('cursor') || '';
     state.job = u.get('job') || '';
+    const limit = Number(u.get('limit'));
+    state.limit = Number.isInteger(limit) && limit >= 1 && limit <= 1000 ? limit : PAGE;
     if (u.get('refresh') === 'off') state.refreshing = false;
   }
 
   function writeUrl(push) {
     const f = state.filters;
     const q = qs({ status: f.status === 'all' ? '' : f.status, operation: f.operation,
-                   model: f.model, q: f.q, cursor: state.cursor, job: state.job });
+                   model: f.model, q: f.q, limit: state.limit === PAGE ? '' : state.limit,
+                   cursor: state.cursor, job: state.job });
     const url = location.pathname + q;
     if (url !== location.pathname + location.search) {
       if (push) history.pushState(null, '', url);
@@ -373,6 +377,7 @@
       $('queue-msg').textContent = `Retried ${r.retried} job${r.retried === 1 ? '' : 's'}` +
         (r.has_more ? '; more match: press again.' : '.');
       await Promise.allSettled([refreshQueue(), refreshList()]);
+      if (state.job && (r.job_ids || []).includes(state.job)) openJob(state.job, false);
     } catch (e) {
       $('queue-msg').textContent = 'Failed: ' + e.message;
     }
@@ -479,6 +484,13 @@
         started = true;
       });
       g.stroke();
+      const lastV = values[values.length - 1];
+      if (lastV !== null) {                        /* the latest point, visible when alone */
+        g.fillStyle = color;
+        g.beginPath();
+        g.arc(w - 4, h - 6 - ((h - 20) * lastV) / max, 2.5, 0, 2 * Math.PI);
+        g.fill();
+      }
       return max;
     };
     const maxT = line(pts.map((p) => p.perMin), css.getPropertyValue('--accent').trim());
@@ -536,7 +548,7 @@
       return;
     }
     const r = await api('GET', '/jobs', { query: {
-      status: f.status, operation: f.operation, model: f.model, limit: PAGE,
+      status: f.status, operation: f.operation, model: f.model, limit: state.limit,
       cursor: state.cursor } });
     tbody.replaceChildren(...(r.jobs || []).map(jobRow));
     state.nextCursor = r.next_cursor || '';

@@ -3,15 +3,20 @@
 //
 //   BATCHD_URL=http://127.0.0.1:PORT BATCHD_KEY=<a configured key> \
 //   BD_UI_SLOW_MODEL=<model with latency> BD_UI_FAST_MODEL=<hashing model> \
-//   BD_UI_ARTIFACTS=<dir for screenshots> node dashboard.mjs <scenario>
+//   BD_UI_ARTIFACTS=<dir for screenshots> node dashboard.mjs <scenario>...
+//   ... node dashboard.mjs --serve     (one scenario name per line on stdin)
 //
-// Scenarios (test/it_ui.c runs each as a cmocka case): key, progress, cancel, pause, xss,
-// list. Each opens a fresh browser context (so sessionStorage starts empty and the page has
-// to ask for the key), fails on any page error or Content-Security-Policy violation, and
-// exits 0 only when every check passed.  SPDX-License-Identifier: MIT
+// Scenarios: key, progress, cancel, pause, xss, list. Each opens a fresh browser context (so
+// sessionStorage starts empty and the page has to ask for the key) and fails on any page
+// error or Content-Security-Policy violation. Given names, runs them and exits 0 only when
+// all passed. With --serve (test/it_ui.c: one cmocka case per scenario, one browser for them
+// all, since starting chromium costs seconds), reads names from stdin and answers each with
+// one line on stdout, "ok <name>" or "fail <name>"; diagnostics go to stderr.
+// SPDX-License-Identifier: MIT
 import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 
 const BASE = process.env.BATCHD_URL;
 const KEY = process.env.BATCHD_KEY || '';
@@ -128,7 +133,14 @@ const scenarios = {
     check(seen.some((v) => v > 0 && v < 100), `the bar moved through values below 100: ${seen}`);
     check(/24 succeeded/.test(await page.textContent('#job-counts')), 'counts say 24 succeeded');
     check(await jobStatus(id) === 'completed', 'the API says completed');
-    await page.waitForTimeout(4500);               // two more samples for the metrics chart
+    // The results link: with a key it cannot be a plain link, the page fetches and saves.
+    const [download] = await Promise.all([page.waitForEvent('download', { timeout: 10000 }),
+                                          page.click('#job-download')]);
+    check(download.suggestedFilename() === `${id}.jsonl`, 'named after the job');
+    const lines = readFileSync(await download.path(), 'utf8').trim().split('\n').map(JSON.parse);
+    check(lines.length === 24 && lines.every((l, i) => l.index === i && l.embedding.length === 16),
+          `the download holds the 24 results (${lines.length} lines)`);
+    await page.waitForTimeout(2200);               // one more sample for the metrics chart
     mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: join(ARTIFACTS, 'dashboard.png'), fullPage: true });
     check(problems.length === 0, problems.join('; '));
@@ -247,25 +259,71 @@ const scenarios = {
     await page.press('#f-q', 'Enter');
     await page.waitForFunction(() => /No job with id/.test(
       document.getElementById('list-note').textContent), null, { timeout: 10000 });
+
+    // Paging with the cursor, two jobs a page (limit= in the URL): older, then newer again.
+    const ids = async () => page.$$eval('#job-list tbody tr', (rs) => rs.map((r) => r.dataset.job));
+    await page.goto(BASE + '/ui?limit=2');
+    await page.waitForFunction(() => document.querySelectorAll('#job-list tbody tr').length === 2,
+                               null, { timeout: 10000 });
+    const page1 = await ids();
+    await page.click('#page-next');
+    await page.waitForFunction(() => new URL(location.href).searchParams.has('cursor'));
+    await page.waitForFunction((p1) => {
+      const rs = [...document.querySelectorAll('#job-list tbody tr')].map((r) => r.dataset.job);
+      return rs.length > 0 && !rs.some((j) => p1.includes(j));
+    }, page1, { timeout: 10000 });
+    await page.click('#page-prev');
+    await page.waitForFunction((p1) => [...document.querySelectorAll('#job-list tbody tr')]
+      .map((r) => r.dataset.job).join() === p1.join(), page1, { timeout: 10000 });
+
+    // Auto-refresh can be paused: nothing is fetched until it is resumed.
+    await page.selectOption('#interval', '2000');
+    await page.click('#refresh-toggle');
+    check(await page.getAttribute('#refresh-toggle', 'aria-pressed') === 'true', 'pressed');
+    const before = await page.textContent('#updated');
+    await page.waitForTimeout(3000);
+    check(await page.textContent('#updated') === before, 'no refresh while paused');
+    await page.click('#refresh-toggle');
+    await page.waitForFunction((b) => document.getElementById('updated').textContent !== b,
+                               before, { timeout: 5000 });
     check(problems.length === 0, problems.join('; '));
     await context.close();
   },
 };
 
-const name = process.argv[2];
-if (!BASE || !scenarios[name]) {
-  console.error(`usage: BATCHD_URL=... node dashboard.mjs <${Object.keys(scenarios).join('|')}>`);
+async function run(browser, name) {
+  const t0 = Date.now();
+  try {
+    if (!scenarios[name]) throw new Error('no such scenario');
+    await scenarios[name](browser);
+    console.error(`dashboard.mjs ${name}: ok (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+    return true;
+  } catch (e) {
+    console.error(`dashboard.mjs ${name}: ${e.stack || e}`);
+    return false;
+  }
+}
+
+const names = process.argv.slice(2);
+if (!BASE || names.length === 0 ||
+    names.some((n) => n !== '--serve' && !Object.hasOwn(scenarios, n))) {
+  console.error(`usage: BATCHD_URL=... node dashboard.mjs --serve | ` +
+                `<${Object.keys(scenarios).join('|')}>...`);
   process.exit(2);
 }
 const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true });
 let rc = 0;
 try {
-  const t0 = Date.now();
-  await scenarios[name](browser);
-  console.error(`dashboard.mjs ${name}: ok (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
-} catch (e) {
-  console.error(`dashboard.mjs ${name}: ${e.stack || e}`);
-  rc = 1;
+  if (names[0] === '--serve') {
+    for await (const line of createInterface({ input: process.stdin })) {
+      const name = line.trim();
+      if (name !== '')
+        process.stdout.write(`${(await run(browser, name)) ? 'ok' : 'fail'} ${name}\n`);
+    }
+  } else {
+    for (const name of names)
+      if (!(await run(browser, name))) rc = 1;
+  }
 } finally {
   await browser.close();
 }
