@@ -153,10 +153,10 @@
 
   const enc = encodeURIComponent;
 
-  /* method path (under /api/v1/batch) with query; the key header when one is kept; JSON
-   * Content-Type on POST/DELETE (batchd refuses a POST a form could send). Resolves to the
-   * parsed JSON (or the Response itself with raw), rejects with ApiError on an error status.
-   * On 401 asks for a key and tries again. */
+  /* method path (under /api/v1/batch; at the root with opt.root) with query; the key header
+   * when one is kept; JSON Content-Type on POST/DELETE (batchd refuses a POST a form could
+   * send). Resolves to the parsed JSON (or the Response itself with raw), rejects with
+   * ApiError on an error status. On 401 asks for a key and tries again. */
   async function api(method, path, opt = {}) {
     for (;;) {
       const key = getKey();
@@ -164,7 +164,7 @@
       if (key) headers['X-API-Key'] = key;
       if (method !== 'GET') headers['Content-Type'] = 'application/json';
       if (opt.accept) headers.Accept = opt.accept;
-      const res = await fetch(API + path + qs(opt.query), {
+      const res = await fetch((opt.root ? '' : API) + path + qs(opt.query), {
         method, headers, signal: opt.signal, cache: 'no-store', credentials: 'same-origin',
       });
       if (res.status === 401) {
@@ -407,12 +407,14 @@
   }
 
   async function sampleMetrics() {
-    const res = await fetch('/metrics', { cache: 'no-store' });
-    if (res.status === 404) {
+    let res;
+    try {                          /* with metrics.require_key it wants the key too */
+      res = await api('GET', '/metrics', { root: true, raw: true });
+    } catch (e) {
+      if (e.status !== 404) throw e;
       $('metrics-note').textContent = 'Metrics are disabled on this server (metrics.enabled).';
       return;
     }
-    if (!res.ok) throw new Error('/metrics: HTTP ' + res.status);
     const s = parseMetrics(await res.text());
     s.t = performance.now() / 1000;
     const prev = state.samples[state.samples.length - 1];
