@@ -1,13 +1,14 @@
 /* it_ui.c -- integration tests of the web dashboard (GET /ui, src/api_ui.c, ui/): its headers
  * from C, then the page itself in a real browser, Debian's chromium driven by playwright-core
  * (test/ui/dashboard.mjs, one scenario per case): the key question, a job's live progress to
- * 100 %, cancel with its confirmation, pause and resume, job text shown as text, the filters
- * in the URL. Against the real batchd binary, the fake model server and the test stack.
+ * 100 %, cancel with its confirmation, failed items and retry, pause and resume, job text
+ * shown as text, the filters in the URL. Against the real batchd binary, the fake model server and the test stack.
  *
  * batchd runs with an API key configured, so every scenario goes through the page's key
  * dialog. Models: "uifake" (the fake model server, 150 ms per request, one request at a
  * time, one text per request: a job of n items takes about n x 150 ms, slow enough to watch
- * and to cancel) and "uihash" (the built-in hashing provider, instant).
+ * and to cancel), "uihash" (the built-in hashing provider, instant) and "uidead" (a port
+ * nobody listens on: its items fail).
  *
  * Needs /usr/bin/chromium (scripts/deps.sh installs it) and npm: `npm ci` installs the pinned
  * playwright-core from test/ui/package-lock.json on first use (no browser download). One
@@ -107,6 +108,7 @@ static void node_start(void)
         setenv("BATCHD_KEY", KEY, 1);
         setenv("BD_UI_SLOW_MODEL", "uifake", 1);
         setenv("BD_UI_FAST_MODEL", "uihash", 1);
+        setenv("BD_UI_DEAD_MODEL", "uidead", 1);
         setenv("BD_UI_ARTIFACTS", artifacts, 1);
         if (chdir(dir) == 0)
             execlp("node", "node", "dashboard.mjs", "--serve", (char *)NULL);
@@ -212,6 +214,12 @@ static void ui_cancels_a_running_job_after_confirmation(void **state)
     run_scenario("cancel");
 }
 
+static void ui_shows_failed_items_and_retries_a_failed_job(void **state)
+{
+    (void)state;
+    run_scenario("retry");
+}
+
 static void ui_pauses_and_resumes_the_queue(void **state)
 {
     (void)state;
@@ -268,8 +276,10 @@ static int it_setup(void **state)
              "  - name: uifake\n    provider: ollama\n    base_url: http://127.0.0.1:%d\n"
              "    dimensions: 16\n    concurrency: 1\n    max_inputs_per_request: 1\n"
              "    timeout: 10\n"
-             "  - name: uihash\n    provider: hashing\n    dimensions: 16\n",
-             g_fake_port);
+             "  - name: uihash\n    provider: hashing\n    dimensions: 16\n"
+             "  - name: uidead\n    provider: ollama\n    base_url: http://127.0.0.1:%d\n"
+             "    dimensions: 16\n    timeout: 2\n",
+             g_fake_port, bd_it_free_port());
     if (bd_it_start(&g_proc, yaml, env) != 0)
         return -1;
     g_started = true;
@@ -300,6 +310,7 @@ int main(void)
         cmocka_unit_test(ui_asks_for_the_key_and_keeps_it_for_the_tab),
         cmocka_unit_test(ui_shows_a_submitted_job_and_its_progress_to_100),
         cmocka_unit_test(ui_cancels_a_running_job_after_confirmation),
+        cmocka_unit_test(ui_shows_failed_items_and_retries_a_failed_job),
         cmocka_unit_test(ui_pauses_and_resumes_the_queue),
         cmocka_unit_test(ui_renders_job_text_as_text),
         cmocka_unit_test(ui_keeps_filters_and_search_in_the_url),

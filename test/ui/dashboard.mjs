@@ -6,7 +6,7 @@
 //   BD_UI_ARTIFACTS=<dir for screenshots> node dashboard.mjs <scenario>...
 //   ... node dashboard.mjs --serve     (one scenario name per line on stdin)
 //
-// Scenarios: key, progress, cancel, pause, xss, list. Each opens a fresh browser context (so
+// Scenarios: key, progress, cancel, retry, pause, xss, list. Each opens a fresh browser context (so
 // sessionStorage starts empty and the page has to ask for the key) and fails on any page
 // error or Content-Security-Policy violation. Given names, runs them and exits 0 only when
 // all passed. With --serve (test/it_ui.c: one cmocka case per scenario, one browser for them
@@ -22,6 +22,7 @@ const BASE = process.env.BATCHD_URL;
 const KEY = process.env.BATCHD_KEY || '';
 const SLOW = process.env.BD_UI_SLOW_MODEL || 'fake';
 const FAST = process.env.BD_UI_FAST_MODEL || 'hashmodel';
+const DEAD = process.env.BD_UI_DEAD_MODEL || 'dead';        // a model nobody answers for
 const ARTIFACTS = process.env.BD_UI_ARTIFACTS || 'artifacts';
 const CHROMIUM = process.env.BD_CHROMIUM || '/usr/bin/chromium';
 const API = `${BASE}/api/v1/batch`;
@@ -40,10 +41,10 @@ async function api(method, path, body) {
   return { status: res.status, json };
 }
 
-async function submit(model, n, batchSize, metadata) {
+async function submit(model, n, batchSize, metadata, options = {}) {
   const data = Array.from({ length: n }, (_, i) => ({ text: `ui ${RUN} ${model} ${n} ${i}` }));
   const r = await api('POST', '/jobs', { operation: 'bulk_embed', model, data,
-                                         options: { batch_size: batchSize }, metadata });
+                                         options: { batch_size: batchSize, ...options }, metadata });
   check(r.status === 202, `submit answered ${r.status} ${JSON.stringify(r.json)}`);
   return r.json.job_id;
 }
@@ -168,6 +169,50 @@ const scenarios = {
     await context.close();
   },
 
+  // A job whose items all failed: the failed items with their errors, Retry (confirmed) runs
+  // it again; with the pause endpoints, "Retry all failed" too.
+  async retry(browser) {
+    const id = await submit(DEAD, 2, 1, { note: 'fails' }, { max_retries: 0 });
+    const t0 = Date.now();
+    while (await jobStatus(id) !== 'failed') {
+      check(Date.now() - t0 < 20000, 'the job on a dead model fails');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const { context, page, problems } = await open(browser, `/ui?job=${id}`);
+    await page.waitForFunction(() => document.querySelectorAll('#job-failed tbody tr').length === 2,
+                               null, { timeout: 10000 });
+    check(/connection_error|processing_error|timeout_error/.test(
+      await page.textContent('#job-failed tbody')), 'each failed item shows its error code');
+    check(!(await page.locator('#job-error').isHidden()), 'the job\'s error is shown');
+    page.once('dialog', (d) => d.accept());
+    await page.click('#job-retry');
+    const t1 = Date.now();
+    for (;;) {
+      const j = (await api('GET', `/jobs/${id}`)).json;
+      if (j.run_attempt === 2 && j.status === 'failed') break;
+      check(Date.now() - t1 < 20000, `the retried job runs again and fails (${j.status})`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await page.waitForFunction(() => /run\s*2/.test(document.getElementById('job-info')
+      .textContent) && document.getElementById('job-status').textContent === 'failed', null,
+    { timeout: 15000 });
+    if (await page.locator('#retry-failed').isVisible()) {
+      page.once('dialog', (d) => d.accept());
+      await page.click('#retry-failed');
+      await page.waitForFunction(() => /Retried [1-9]/.test(
+        document.getElementById('queue-msg').textContent), null, { timeout: 10000 });
+      const t2 = Date.now();
+      for (;;) {
+        const j = (await api('GET', `/jobs/${id}`)).json;
+        if (j.run_attempt === 3) break;
+        check(Date.now() - t2 < 20000, 'retry all failed queued the job again');
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+    check(problems.length === 0, problems.join('; '));
+    await context.close();
+  },
+
   // Pause and resume from the queue card, each confirmed; a job submitted while paused waits
   // and runs after the resume. Skipped (exit 0, said so) on a server without pause.
   async pause(browser) {
@@ -195,6 +240,18 @@ const scenarios = {
     await page.click('#queue-resume');
     await page.locator('#paused-badge').waitFor({ state: 'hidden', timeout: 10000 });
     check((await api('GET', '/queue/status')).json.paused === false, 'the API says running');
+    // One model: its row's button, confirmed; the row and the API say paused, then running.
+    const modelRow = page.locator(`tr[data-model="${FAST}"]`);
+    page.once('dialog', (d) => d.accept());
+    await modelRow.locator('button').click();
+    await modelRow.locator('.status.paused').waitFor({ timeout: 10000 });
+    check((await api('GET', '/queue/status')).json.model_queues[FAST].paused === true,
+          'the API says the model is paused');
+    page.once('dialog', (d) => d.accept());
+    await modelRow.locator('button', { hasText: 'Resume' }).click();
+    await modelRow.locator('.status.paused').waitFor({ state: 'detached', timeout: 10000 });
+    check((await api('GET', '/queue/status')).json.model_queues[FAST].paused === false,
+          'the API says the model runs again');
     const t0 = Date.now();
     while (await jobStatus(id) !== 'completed') {
       check(Date.now() - t0 < 15000, 'the job runs after the resume');
