@@ -35,6 +35,9 @@ PKGS+=("$@")
 # installed some other way is used as it is, not replaced by Debian's.
 command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
 command -v npm >/dev/null 2>&1 || PKGS+=(npm)
+# Debian's chromium, driven by playwright-core, runs the dashboard test (it_ui; the test
+# uses /usr/bin/chromium, since browser downloads are not possible here). Only when missing.
+[ -x /usr/bin/chromium ] || PKGS+=(chromium)
 
 missing=()
 for p in "${PKGS[@]}"; do

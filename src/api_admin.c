@@ -6,6 +6,7 @@
  * SPDX-License-Identifier: MIT
  */
 #include "api_internal.h"
+#include "api_ui.h"
 
 #include "batchd/buf.h"
 #include "batchd/config.h"
@@ -374,5 +375,6 @@ int bd_api_register(struct bd_router *r, struct bd_server *srv)
     rc = rc ? rc : bd__api_register_metrics(r, srv);
     rc = rc ? rc : bd__api_register_files(r, srv);
     rc = rc ? rc : bd__api_register_batches(r, srv);
+    rc = rc ? rc : bd__api_register_ui(r, srv);
     return rc;
 }
