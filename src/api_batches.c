@@ -177,7 +177,7 @@ static void api_on_batch_page(int status, const struct bd_batch_row *rows, unsig
                               bool has_more, const char *message, void *arg)
 {
     struct bd_http_request *req = arg;
-    json_t *data, *page;
+    json_t *data;
     bool failed = false;
 
     if (status < 0) {
@@ -187,37 +187,22 @@ static void api_on_batch_page(int status, const struct bd_batch_row *rows, unsig
     data = json_array();
     for (unsigned i = 0; data && i < n && !failed; i++)
         failed = json_array_append_new(data, api_batch_object(&rows[i])) < 0;
-    page = json_object();
-    bd__api_set(page, "object", json_string("list"), &failed);
-    bd__api_set(page, "data", data, &failed);
-    bd__api_set(page, "first_id", n ? json_string(rows[0].id) : json_null(), &failed);
-    bd__api_set(page, "last_id", n ? json_string(rows[n - 1].id) : json_null(), &failed);
-    bd__api_set(page, "has_more", json_boolean(has_more), &failed);
     if (failed) {
-        json_decref(page);
-        page = NULL;
+        json_decref(data);
+        data = NULL;
     }
-    bd__v1_respond_json(req, NULL, 200, page);
+    bd__v1_respond_list(req, data, n ? rows[0].id : NULL, n ? rows[n - 1].id : NULL, has_more);
 }
 
 static void api_on_batch_list(struct bd_http_request *req, void *arg)
 {
     struct bd_server *srv = arg;
-    const char *limit = bd_http_query_get(req, "limit");
     const char *after = bd_http_query_get(req, "after");
-    unsigned n = API_BATCH_PAGE_DEFAULT;
+    unsigned n;
     int rc;
 
-    if (limit) {
-        char *end;
-        unsigned long v = strtoul(limit, &end, 10);
-        if (*limit < '0' || *limit > '9' || *end != '\0' || v < 1 || v > API_BATCH_PAGE_MAX) {
-            bd__v1_respond_error(req, NULL, BD_EINVAL, "limit must be an integer from 1 to "
-                                 "100", "limit", NULL, NULL);
-            return;
-        }
-        n = (unsigned)v;
-    }
+    if (!bd__v1_get_limit(req, API_BATCH_PAGE_DEFAULT, API_BATCH_PAGE_MAX, &n))
+        return;
     if (after && *after && !api_is_batch_id(after)) {
         bd__v1_respond_error(req, NULL, BD_EINVAL, "after must be a batch id", "after", NULL,
                              NULL);

@@ -609,7 +609,7 @@ static void files_on_page(int status, const struct bd_file_row *rows, unsigned n
                           bool has_more, const char *message, void *arg)
 {
     struct bd_http_request *req = arg;
-    json_t *data, *page;
+    json_t *data;
     bool failed = false;
 
     if (status < 0) {
@@ -619,39 +619,24 @@ static void files_on_page(int status, const struct bd_file_row *rows, unsigned n
     data = json_array();
     for (unsigned i = 0; data && i < n && !failed; i++)
         failed = json_array_append_new(data, files_object(&rows[i])) < 0;
-    page = json_object();
-    bd__api_set(page, "object", json_string("list"), &failed);
-    bd__api_set(page, "data", data, &failed);
-    bd__api_set(page, "first_id", n ? json_string(rows[0].id) : json_null(), &failed);
-    bd__api_set(page, "last_id", n ? json_string(rows[n - 1].id) : json_null(), &failed);
-    bd__api_set(page, "has_more", json_boolean(has_more), &failed);
     if (failed) {
-        json_decref(page);
-        page = NULL;
+        json_decref(data);
+        data = NULL;
     }
-    bd__v1_respond_json(req, NULL, 200, page);
+    bd__v1_respond_list(req, data, n ? rows[0].id : NULL, n ? rows[n - 1].id : NULL, has_more);
 }
 
 static void files_on_list(struct bd_http_request *req, void *arg)
 {
     struct bd_server *srv = arg;
-    const char *limit = bd_http_query_get(req, "limit");
     const char *order = bd_http_query_get(req, "order");
     const char *after = bd_http_query_get(req, "after");
     const char *purpose = bd_http_query_get(req, "purpose");
     struct bd_file_list_query q = { .limit = FILES_PAGE_MAX, .is_asc = false };
     int rc;
 
-    if (limit) {
-        char *end;
-        unsigned long v = strtoul(limit, &end, 10);
-        if (*limit < '0' || *limit > '9' || *end != '\0' || v < 1 || v > FILES_PAGE_MAX) {
-            bd__v1_respond_error(req, NULL, BD_EINVAL, "limit must be an integer from 1 to "
-                                 "10000", "limit", NULL, NULL);
-            return;
-        }
-        q.limit = (unsigned)v;
-    }
+    if (!bd__v1_get_limit(req, FILES_PAGE_MAX, FILES_PAGE_MAX, &q.limit))
+        return;
     if (order && strcmp(order, "asc") != 0 && strcmp(order, "desc") != 0) {
         bd__v1_respond_error(req, NULL, BD_EINVAL, "order must be 'asc' or 'desc'", "order",
                              NULL, NULL);

@@ -91,6 +91,43 @@ void bd__v1_respond_json(struct bd_http_request *req, const char *request_id, in
     bd__api_respond_json(req, status, json, headers);
 }
 
+void bd__v1_respond_list(struct bd_http_request *req, json_t *data, const char *first_id,
+                         const char *last_id, bool has_more)
+{
+    bool failed = data == NULL;
+    json_t *page = json_object();
+
+    bd__api_set(page, "object", json_string("list"), &failed);
+    bd__api_set(page, "data", data, &failed);
+    bd__api_set(page, "first_id", first_id ? json_string(first_id) : json_null(), &failed);
+    bd__api_set(page, "last_id", last_id ? json_string(last_id) : json_null(), &failed);
+    bd__api_set(page, "has_more", json_boolean(has_more), &failed);
+    if (failed) {
+        json_decref(page);
+        page = NULL;
+    }
+    bd__v1_respond_json(req, NULL, 200, page);
+}
+
+bool bd__v1_get_limit(struct bd_http_request *req, unsigned def, unsigned max, unsigned *out)
+{
+    const char *limit = bd_http_query_get(req, "limit");
+    char *end, msg[80];
+    unsigned long v;
+
+    *out = def;
+    if (limit == NULL)
+        return true;
+    v = strtoul(limit, &end, 10);
+    if (*limit < '0' || *limit > '9' || *end != '\0' || v < 1 || v > max) {
+        snprintf(msg, sizeof(msg), "limit must be an integer from 1 to %u", max);
+        bd__v1_respond_error(req, NULL, BD_EINVAL, msg, "limit", NULL, NULL);
+        return false;
+    }
+    *out = (unsigned)v;
+    return true;
+}
+
 bool bd__v1_admit(struct bd_http_request *req, struct bd_server *srv)
 {
     if (!bd__api_is_key_valid(req, srv)) {

@@ -43,6 +43,16 @@ void bd__v1_respond_error(struct bd_http_request *req, const char *request_id, i
 void bd__v1_respond_json(struct bd_http_request *req, const char *request_id, int status,
                          json_t *json);
 
+/* Answer a page in OpenAI's list shape, {"object": "list", "data", "first_id", "last_id",
+ * "has_more"}, 200: data (stolen; NULL answers ENOMEM) holds the page's objects, first_id
+ * and last_id their ids (NULL for an empty page; borrowed). */
+void bd__v1_respond_list(struct bd_http_request *req, json_t *data, const char *first_id,
+                         const char *last_id, bool has_more);
+
+/* limit= in [1, max], or def when absent, into *out. False after answering 400 (param
+ * limit). */
+bool bd__v1_get_limit(struct bd_http_request *req, unsigned def, unsigned max, unsigned *out);
+
 /* From the server's on_headers, for a /v1 request: with API keys configured, one must come
  * as "Authorization: Bearer <key>" (or X-API-Key) -- else 401 in OpenAI's shape; and a POST
  * a browser could send cross-site without a preflight (no key header, a form or no

@@ -439,16 +439,24 @@ static void create_fail_batch(struct batch_create *bc)
         create_finish(bc, rc, NULL);
 }
 
+/* A stream operation's failure ends the create (BD_ECANCELED: the stream is gone already).
+ * True when it did. */
+static bool create_stream_failed(struct batch_create *bc, int status)
+{
+    if (status >= 0)
+        return false;
+    if (status == BD_ECANCELED)
+        bc->st = NULL;
+    create_finish(bc, status, NULL);
+    return true;
+}
+
 static void create_on_stream_open(int status, void *arg)
 {
     struct batch_create *bc = arg;
 
-    if (status < 0) {
-        if (status == BD_ECANCELED)
-            bc->st = NULL;
-        create_finish(bc, status, NULL);
+    if (create_stream_failed(bc, status))
         return;
-    }
     bc->next_chunk = 0;
     create_read_next(bc);
 }
@@ -562,12 +570,8 @@ static void create_on_put(int status, void *arg)
 {
     struct batch_create *bc = arg;
 
-    if (status < 0) {
-        if (status == BD_ECANCELED)
-            bc->st = NULL;
-        create_finish(bc, status, NULL);
+    if (create_stream_failed(bc, status))
         return;
-    }
     create_flush(bc);
 }
 

@@ -423,21 +423,26 @@ static void final_end_pass(struct bd_batch_finalizer *f)
         final_run_end(f, rc, "close", NULL);
 }
 
+/* After a page or a put: put the next full chunk, else read on, else end the pass. */
+static void final_go_on(struct bd_batch_finalizer *f)
+{
+    if (final_put_chunk(f, false))
+        return;
+    if (f->run->is_page_last)
+        final_end_pass(f);
+    else
+        final_next_page(f);
+}
+
 static void final_on_put(int status, const char *message, void *arg)
 {
     struct bd_batch_finalizer *f = arg;
-    struct final_run *r = f->run;
 
     if (status < 0) {
         final_run_end(f, status, "put", message);
         return;
     }
-    if (final_put_chunk(f, false))
-        return;
-    if (r->is_page_last)
-        final_end_pass(f);
-    else
-        final_next_page(f);
+    final_go_on(f);
 }
 
 /* ---- the pages of lines ------------------------------------------------------------------ */
@@ -482,12 +487,7 @@ static void final_format_page(struct bd_batch_finalizer *f)
     r->bytes += (int64_t)(r->out.len - before);
     r->newlines += (int64_t)final_count_newlines(r->out.data + before, r->out.len - before);
     final_page_free(r);
-    if (final_put_chunk(f, false))
-        return;
-    if (r->is_page_last)
-        final_end_pass(f);
-    else
-        final_next_page(f);
+    final_go_on(f);
 }
 
 static void final_on_vectors(int status, const struct bd_batch_vector *v, unsigned n,

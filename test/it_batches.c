@@ -35,13 +35,10 @@ static struct bd_it_proc g_small;      /* max_batch_lines 5, batch_expiry 3 s, b
 static bool g_started, g_small_started;
 static pid_t g_fake_pid;
 static int g_fake_port;
-static char g_schema[64];
-static char g_pg_base[512];
-static char g_pg_url[640];
-static char g_redis_url[256];
+static struct bd_it_scratch g_scr;   /* own schema and Redis db */
 static char g_models_yaml[1024];
 
-#define psql_long(...) bd_it_psql_long_url(g_pg_url, __VA_ARGS__)
+#define psql_long(...) bd_it_psql_long_url(g_scr.pg_url, __VA_ARGS__)
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
@@ -447,44 +444,24 @@ static void test_batch_finalized_once_with_two_processes(void **state)
 
 static void test_batches_work_with_the_official_openai_sdk(void **state)
 {
-    const char *src = bd_it_env("BD_SOURCE_DIR", ".");
+    char env[256];
 
     (void)state;
-    assert_int_equal(bd_it_sh("cd '%s/test/openai' && { [ -f node_modules/openai/package.json ] "
-                              "|| npm ci --no-audit --no-fund --loglevel=error; }", src), 0);
-    int rc = bd_it_sh("cd '%s/test/openai' && BATCHD_URL='%s' BATCHD_KEY=sk-anything "
-                      "BATCHD_MODEL=" MODEL " FAKE_URL=http://127.0.0.1:%d "
-                      "node batches.mjs >&2", src, g_proc.base, g_fake_port);
-    assert_int_equal(rc, 0);
+    snprintf(env, sizeof(env), "BATCHD_URL='%s' BATCHD_KEY=sk-anything BATCHD_MODEL=" MODEL
+             " FAKE_URL=http://127.0.0.1:%d", g_proc.base, g_fake_port);
+    assert_int_equal(bd_it_openai_sdk("batches.mjs", env), 0);
 }
 
 /* ---- setup ------------------------------------------------------------------------------ */
 
 static int it_setup(void **state)
 {
-    const char *redis = bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0");
-    const char *db = bd_it_env("BD_IT_BATCHES_REDIS_DB", "12");
-    const char *slash;
     const char *const fake_args[] = { "--dim", "16", NULL };
     char small_yaml[1400];
 
     (void)state;
-    snprintf(g_schema, sizeof(g_schema), "itbatches_%d", (int)getpid());
-    snprintf(g_pg_base, sizeof(g_pg_base), "%s",
-             bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd"));
-    snprintf(g_pg_url, sizeof(g_pg_url), "%s%coptions=-csearch_path%%3D%s", g_pg_base,
-             strchr(g_pg_base, '?') ? '&' : '?', g_schema);
-    slash = strchr(redis + strlen("redis://"), '/');
-    snprintf(g_redis_url, sizeof(g_redis_url), "%.*s/%s",
-             (int)(slash ? slash - redis : (long)strlen(redis)), redis, db);
-    if (bd_it_sh("psql '%s' -Atqc 'DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s;' "
-                 ">/dev/null", g_pg_base, g_schema, g_schema) != 0) {
-        fprintf(stderr, "cannot reach PostgreSQL at %s (is the test stack up?)\n", g_pg_base);
+    if (bd_it_scratch_open(&g_scr, "itbatches", "BD_IT_BATCHES_REDIS_DB", "12") != 0)
         return -1;
-    }
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
-    setenv("BATCH_POSTGRES_URL", g_pg_url, 1);
-    setenv("BATCH_REDIS_URL", g_redis_url, 1);
     if (fake_model_spawn(NULL, fake_args, &g_fake_pid, &g_fake_port) != 0)
         return -1;
     snprintf(g_models_yaml, sizeof(g_models_yaml),
@@ -524,9 +501,7 @@ static int it_teardown(void **state)
     }
     if (g_fake_pid > 0)
         fake_model_stop(g_fake_pid);
-    bd_it_sh("psql '%s' -Atqc 'DROP SCHEMA IF EXISTS %s CASCADE;' >/dev/null", g_pg_base,
-             g_schema);
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
+    bd_it_scratch_close(&g_scr);
     return rc;
 }
 

@@ -35,14 +35,11 @@
 static struct bd_it_proc g_proc;       /* no keys, the default limit */
 static struct bd_it_proc g_small;      /* API keys, openai.max_file_bytes: 1000 */
 static bool g_started, g_small_started;
-static char g_schema[64];
-static char g_pg_base[512];
-static char g_pg_url[640];
-static char g_redis_url[256];
+static struct bd_it_scratch g_scr;   /* own schema and Redis db */
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
-#define psql_long(...) bd_it_psql_long_url(g_pg_url, __VA_ARGS__)
+#define psql_long(...) bd_it_psql_long_url(g_scr.pg_url, __VA_ARGS__)
 
 /* A peak or current memory figure of batchd in KiB ("VmHWM", "VmRSS"), from /proc. */
 static long proc_kib(pid_t pid, const char *field)
@@ -646,40 +643,20 @@ static void test_files_hands_slot_to_waiting_submit_when_upload_ends(void **stat
  * deleted, then 404 (NotFoundError) and a refused purpose (BadRequestError). */
 static void test_files_work_with_the_official_openai_sdk(void **state)
 {
-    const char *src = bd_it_env("BD_SOURCE_DIR", ".");
+    char env[256];
 
     (void)state;
-    assert_int_equal(bd_it_sh("cd '%s/test/openai' && { [ -f node_modules/openai/package.json ] "
-                              "|| npm ci --no-audit --no-fund --loglevel=error; }", src), 0);
-    int rc = bd_it_sh("cd '%s/test/openai' && BATCHD_URL='%s' BATCHD_KEY=sk-anything "
-                      "node files.mjs >&2", src, g_proc.base);
-    assert_int_equal(rc, 0);
+    snprintf(env, sizeof(env), "BATCHD_URL='%s' BATCHD_KEY=sk-anything", g_proc.base);
+    assert_int_equal(bd_it_openai_sdk("files.mjs", env), 0);
 }
 
 static int it_setup(void **state)
 {
-    const char *redis = bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0");
-    const char *db = bd_it_env("BD_IT_FILES_REDIS_DB", "13");
-    const char *slash;
     static const char *const small_env[] = { "BATCH_API_KEYS=" KEY, NULL };
 
     (void)state;
-    snprintf(g_schema, sizeof(g_schema), "itfiles_%d", (int)getpid());
-    snprintf(g_pg_base, sizeof(g_pg_base), "%s",
-             bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd"));
-    snprintf(g_pg_url, sizeof(g_pg_url), "%s%coptions=-csearch_path%%3D%s", g_pg_base,
-             strchr(g_pg_base, '?') ? '&' : '?', g_schema);
-    slash = strchr(redis + strlen("redis://"), '/');
-    snprintf(g_redis_url, sizeof(g_redis_url), "%.*s/%s",
-             (int)(slash ? slash - redis : (long)strlen(redis)), redis, db);
-    if (bd_it_sh("psql '%s' -Atqc 'DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s;' "
-                 ">/dev/null", g_pg_base, g_schema, g_schema) != 0) {
-        fprintf(stderr, "cannot reach PostgreSQL at %s (is the test stack up?)\n", g_pg_base);
+    if (bd_it_scratch_open(&g_scr, "itfiles", "BD_IT_FILES_REDIS_DB", "13") != 0)
         return -1;
-    }
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
-    setenv("BATCH_POSTGRES_URL", g_pg_url, 1);
-    setenv("BATCH_REDIS_URL", g_redis_url, 1);
     if (bd_it_start(&g_proc, "models:\n  - name: hashmodel\n    provider: hashing\n"
                              "    dimensions: 4\n", NULL) != 0)
         return -1;
@@ -702,9 +679,7 @@ static int it_teardown(void **state)
         fprintf(stderr, "batchd did not exit cleanly; log: %s\n", g_small.log_path);
         rc = -1;
     }
-    bd_it_sh("psql '%s' -Atqc 'DROP SCHEMA IF EXISTS %s CASCADE;' >/dev/null", g_pg_base,
-             g_schema);
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
+    bd_it_scratch_close(&g_scr);
     return rc;
 }
 

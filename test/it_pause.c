@@ -30,10 +30,7 @@
 #include "bd_it.h"
 #include "fake_model/fake_model_client.h"
 
-static char g_schema[64];
-static char g_pg_base[512];
-static char g_pg_url[640];
-static char g_redis_url[256];
+static struct bd_it_scratch g_scr;   /* own schema and Redis db */
 static pid_t g_fm_pid = -1;
 static int g_fm_port;
 
@@ -242,7 +239,7 @@ static void running_job_finishes_its_batch_then_waits_while_paused(void **state)
     assert_int_equal(bd_it_fake_stat(g_fm_port, "disconnects"), 0);
     /* Handed back: waiting in its queue, claimed by nobody. */
     char out[64];
-    bd_it_sh_out(out, sizeof(out), "redis-cli -u '%s' ZSCORE bd:q:normal %s", g_redis_url, id);
+    bd_it_sh_out(out, sizeof(out), "redis-cli -u '%s' ZSCORE bd:q:normal %s", g_scr.redis_url, id);
     assert_true(out[0] >= '0' && out[0] <= '9');
 
     json_decref(it_post(&a, Q "/resume", 200));
@@ -412,33 +409,17 @@ static void retry_failed_retries_only_jobs_with_failed_items(void **state)
 static int it_case_teardown(void **state)
 {
     bd_it_teardown(state);
-    free(bd_it_psql_url(g_pg_url, NULL, "DELETE FROM queue_pauses;"));
+    free(bd_it_psql_url(g_scr.pg_url, NULL, "DELETE FROM queue_pauses;"));
     return 0;
 }
 
 static int it_setup(void **state)
 {
-    const char *redis = bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0");
-    const char *db = bd_it_env("BD_IT_PAUSE_REDIS_DB", "10");
-    const char *slash;
     const char *const fm_args[] = { "--dim", "4", NULL };
 
     (void)state;
-    snprintf(g_schema, sizeof(g_schema), "itpa_%d", (int)getpid());
-    snprintf(g_pg_base, sizeof(g_pg_base), "%s",
-             bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd"));
-    bd_it_pg_schema_url(g_pg_url, sizeof(g_pg_url), g_pg_base, g_schema);
-    slash = strchr(redis + strlen("redis://"), '/');
-    snprintf(g_redis_url, sizeof(g_redis_url), "%.*s/%s",
-             (int)(slash ? slash - redis : (long)strlen(redis)), redis, db);
-    char *out = bd_it_psql_url(g_pg_base, NULL, "DROP SCHEMA IF EXISTS %s CASCADE; "
-                                                "CREATE SCHEMA %s;", g_schema, g_schema);
-    if (out == NULL)
+    if (bd_it_scratch_open(&g_scr, "itpa", "BD_IT_PAUSE_REDIS_DB", "10") != 0)
         return -1;
-    free(out);
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
-    setenv("BATCH_POSTGRES_URL", g_pg_url, 1);
-    setenv("BATCH_REDIS_URL", g_redis_url, 1);
     if (fake_model_spawn(NULL, fm_args, &g_fm_pid, &g_fm_port) < 0)
         return -1;
     return 0;
@@ -449,8 +430,7 @@ static int it_teardown(void **state)
     (void)state;
     if (g_fm_pid > 0)
         fake_model_stop(g_fm_pid);
-    free(bd_it_psql_url(g_pg_base, NULL, "DROP SCHEMA IF EXISTS %s CASCADE;", g_schema));
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
+    bd_it_scratch_close(&g_scr);
     return 0;
 }
 

@@ -24,10 +24,7 @@
 
 #define REBUILD_JOBS 200000
 
-static char g_schema[64];
-static char g_pg_base[512];
-static char g_pg_url[640];
-static char g_redis_url[256];
+static struct bd_it_scratch g_scr;   /* own schema and Redis db */
 
 /* The loop-lag histogram's cumulative bucket counts (le = 0.001 ... 1, +Inf) from /metrics. */
 #define LAG_BUCKETS 11
@@ -54,7 +51,7 @@ static void it_lag_scrape(struct bd_it_proc *p, long long counts[LAG_BUCKETS])
 static long long it_redis_long(const char *cmd)
 {
     char out[64];
-    bd_it_sh_out(out, sizeof(out), "redis-cli -u '%s' %s", g_redis_url, cmd);
+    bd_it_sh_out(out, sizeof(out), "redis-cli -u '%s' %s", g_scr.redis_url, cmd);
     return strtoll(out, NULL, 10);
 }
 
@@ -64,7 +61,7 @@ static long long it_redis_script_calls(void)
     char out[256];
     long long n = 0;
     bd_it_sh_out(out, sizeof(out), "redis-cli -u '%s' INFO commandstats | "
-                 "sed -n 's/^cmdstat_evalsha:calls=\\([0-9]*\\).*/\\1/p'", g_redis_url);
+                 "sed -n 's/^cmdstat_evalsha:calls=\\([0-9]*\\).*/\\1/p'", g_scr.redis_url);
     n = strtoll(out, NULL, 10);
     return n;
 }
@@ -104,7 +101,7 @@ static void rebuild_queues_every_job_in_pages_when_redis_lost_its_keys(void **st
     json_decref(bd_it_wait_status(&p, blocker, "processing", 20));
     free(blocker);
 
-    char *out = bd_it_psql_url(g_pg_url, NULL,
+    char *out = bd_it_psql_url(g_scr.pg_url, NULL,
         "INSERT INTO jobs (id, seq, operation, model, collection, status, priority,"
         " batch_size, total_items, total_batches)"
         " SELECT 'rb' || i, 1000 + i, 'bulk_embed', 'slow', 'itrb', 'queued', i %% 3, 10, 1, 1"
@@ -114,7 +111,7 @@ static void rebuild_queues_every_job_in_pages_when_redis_lost_its_keys(void **st
     it_lag_scrape(&p, before);
     long long calls0 = it_redis_script_calls();
     double t0 = bd_it_now();
-    assert_int_equal(bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url), 0);
+    assert_int_equal(bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_scr.redis_url), 0);
     /* The marker comes back when the rebuild sent its last page. */
     while (it_redis_long("EXISTS bd:alive") != 1 && bd_it_now() - t0 < 120)
         bd_it_sleep_ms(50);
@@ -141,35 +138,17 @@ static void rebuild_queues_every_job_in_pages_when_redis_lost_its_keys(void **st
 
 static int it_setup(void **state)
 {
-    const char *redis = bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0");
-    const char *db = bd_it_env("BD_IT_REBUILD_REDIS_DB", "13");
-    const char *slash;
-
+    
     (void)state;
-    snprintf(g_schema, sizeof(g_schema), "itrb_%d", (int)getpid());
-    snprintf(g_pg_base, sizeof(g_pg_base), "%s",
-             bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd"));
-    bd_it_pg_schema_url(g_pg_url, sizeof(g_pg_url), g_pg_base, g_schema);
-    slash = strchr(redis + strlen("redis://"), '/');
-    snprintf(g_redis_url, sizeof(g_redis_url), "%.*s/%s",
-             (int)(slash ? slash - redis : (long)strlen(redis)), redis, db);
-    char *out = bd_it_psql_url(g_pg_base, NULL, "DROP SCHEMA IF EXISTS %s CASCADE; "
-                                                "CREATE SCHEMA %s;", g_schema, g_schema);
-    if (out == NULL)
+    if (bd_it_scratch_open(&g_scr, "itrb", "BD_IT_REBUILD_REDIS_DB", "13") != 0)
         return -1;
-    free(out);
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
-    /* bd_it_start writes these URLs into batchd's config. */
-    setenv("BATCH_POSTGRES_URL", g_pg_url, 1);
-    setenv("BATCH_REDIS_URL", g_redis_url, 1);
     return 0;
 }
 
 static int it_teardown(void **state)
 {
     (void)state;
-    free(bd_it_psql_url(g_pg_base, NULL, "DROP SCHEMA IF EXISTS %s CASCADE;", g_schema));
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
+    bd_it_scratch_close(&g_scr);
     return 0;
 }
 

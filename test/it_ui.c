@@ -48,10 +48,7 @@ static struct bd_it_proc g_proc;
 static bool g_started;
 static pid_t g_fake_pid;
 static int g_fake_port;
-static char g_schema[64];
-static char g_pg_base[512];
-static char g_pg_url[640];
-static char g_redis_url[256];
+static struct bd_it_scratch g_scr;   /* own schema and Redis db */
 static pid_t g_node_pid;               /* node dashboard.mjs --serve */
 static FILE *g_node_in, *g_node_out;
 
@@ -242,31 +239,13 @@ static void ui_keeps_filters_and_search_in_the_url(void **state)
 
 static int it_setup(void **state)
 {
-    const char *redis = bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0");
-    const char *db = bd_it_env("BD_IT_UI_REDIS_DB", "9");
     const char *const fake_args[] = { "--dim", "16", "--latency-ms", "150", NULL };
     static const char *const env[] = { "BATCH_API_KEYS=" KEY, NULL };
-    const char *slash;
     char yaml[1024];
 
     (void)state;
-    snprintf(g_schema, sizeof(g_schema), "itui_%d", (int)getpid());
-    snprintf(g_pg_base, sizeof(g_pg_base), "%s",
-             bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd"));
-    bd_it_pg_schema_url(g_pg_url, sizeof(g_pg_url), g_pg_base, g_schema);
-    slash = strchr(redis + strlen("redis://"), '/');
-    snprintf(g_redis_url, sizeof(g_redis_url), "%.*s/%s",
-             (int)(slash ? slash - redis : (long)strlen(redis)), redis, db);
-    char *out = bd_it_psql_url(g_pg_base, NULL, "DROP SCHEMA IF EXISTS %s CASCADE;"
-                               " CREATE SCHEMA %s;", g_schema, g_schema);
-    if (out == NULL) {
-        fprintf(stderr, "cannot reach PostgreSQL at %s (is the test stack up?)\n", g_pg_base);
+    if (bd_it_scratch_open(&g_scr, "itui", "BD_IT_UI_REDIS_DB", "9") != 0)
         return -1;
-    }
-    free(out);
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
-    setenv("BATCH_POSTGRES_URL", g_pg_url, 1);
-    setenv("BATCH_REDIS_URL", g_redis_url, 1);
     if (fake_model_spawn(NULL, fake_args, &g_fake_pid, &g_fake_port) != 0)
         return -1;
     snprintf(yaml, sizeof(yaml),
@@ -298,8 +277,7 @@ static int it_teardown(void **state)
         bd_it_stop(&g_proc, SIGTERM, 20);
     if (g_fake_pid > 0)
         fake_model_stop(g_fake_pid);
-    free(bd_it_psql_url(g_pg_base, NULL, "DROP SCHEMA IF EXISTS %s CASCADE;", g_schema));
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
+    bd_it_scratch_close(&g_scr);
     return 0;
 }
 

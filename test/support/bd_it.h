@@ -152,6 +152,26 @@ const char *bd_it_pg_url(void);
  * how a suite puts batchd, a pool or psql in a scratch schema of its own. */
 void bd_it_pg_schema_url(char *out, size_t outlen, const char *base, const char *schema);
 
+/* Run node on script in test/openai/ (the official openai npm package, pinned; `npm ci` the
+ * first time) with env ("NAME='value' ..." shell assignments) in its environment; its
+ * output goes to the test's stderr. Returns node's exit status (0: every check passed). */
+int bd_it_openai_sdk(const char *script, const char *env);
+
+/* A suite's own scratch stores: a schema "<prefix>_<pid>" created empty in the test
+ * database and a Redis database of its own ($db_env, else db_default) flushed, with
+ * BATCH_POSTGRES_URL / BATCH_REDIS_URL set to them so that every batchd the suite starts
+ * uses them. open: 0, or -1 (printed) when PostgreSQL cannot be reached. close: drops the
+ * schema and flushes the Redis database. */
+struct bd_it_scratch {
+    char schema[64];
+    char pg_base[512];               /* the test database as the stack gave it */
+    char pg_url[640];                /* the same with search_path = schema */
+    char redis_url[256];             /* the stack's Redis, the suite's database */
+};
+int bd_it_scratch_open(struct bd_it_scratch *s, const char *prefix, const char *db_env,
+                       const char *db_default);
+void bd_it_scratch_close(const struct bd_it_scratch *s);
+
 /* Run the SQL against url (NULL: bd_it_pg_url()). psql_args: NULL or more psql arguments
  * passed verbatim (e.g. "-v pfx=abc"). Returns psql's whole stdout (caller frees) or NULL
  * when psql failed. */

@@ -31,6 +31,50 @@ void bd_it_pg_schema_url(char *out, size_t outlen, const char *base, const char 
         snprintf(out, outlen, "%s options='-c search_path=%s'", base, schema);
 }
 
+int bd_it_scratch_open(struct bd_it_scratch *s, const char *prefix, const char *db_env,
+                       const char *db_default)
+{
+    const char *redis = bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0");
+    const char *db = bd_it_env(db_env, db_default);
+    const char *slash = strchr(redis + strlen("redis://"), '/');
+    char *out;
+
+    snprintf(s->schema, sizeof(s->schema), "%s_%d", prefix, (int)getpid());
+    snprintf(s->pg_base, sizeof(s->pg_base), "%s",
+             bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd"));
+    bd_it_pg_schema_url(s->pg_url, sizeof(s->pg_url), s->pg_base, s->schema);
+    snprintf(s->redis_url, sizeof(s->redis_url), "%.*s/%s",
+             (int)(slash ? slash - redis : (long)strlen(redis)), redis, db);
+    out = bd_it_psql_url(s->pg_base, NULL, "DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s;",
+                         s->schema, s->schema);
+    if (out == NULL) {
+        fprintf(stderr, "cannot reach PostgreSQL at %s (is the test stack up?)\n", s->pg_base);
+        return -1;
+    }
+    free(out);
+    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", s->redis_url);
+    /* bd_it_start writes these URLs into batchd's config. */
+    setenv("BATCH_POSTGRES_URL", s->pg_url, 1);
+    setenv("BATCH_REDIS_URL", s->redis_url, 1);
+    return 0;
+}
+
+int bd_it_openai_sdk(const char *script, const char *env)
+{
+    const char *src = bd_it_env("BD_SOURCE_DIR", ".");
+
+    if (bd_it_sh("cd '%s/test/openai' && { [ -f node_modules/openai/package.json ] "
+                 "|| npm ci --no-audit --no-fund --loglevel=error; }", src) != 0)
+        return -1;
+    return bd_it_sh("cd '%s/test/openai' && %s node %s >&2", src, env, script);
+}
+
+void bd_it_scratch_close(const struct bd_it_scratch *s)
+{
+    free(bd_it_psql_url(s->pg_base, NULL, "DROP SCHEMA IF EXISTS %s CASCADE;", s->schema));
+    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", s->redis_url);
+}
+
 static char *pg_vrun(const char *url, const char *psql_args, const char *fmt, va_list ap)
 {
     static unsigned counter;
