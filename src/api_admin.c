@@ -33,17 +33,15 @@ static void api_on_healthz(struct bd_http_request *req, void *arg)
 
 static void api_on_readyz(struct bd_http_request *req, void *arg)
 {
-    struct bd_server *srv = arg;
-    bool redis_up = srv->rq && bd_rq_is_up(srv->rq);
-    bool pg_up = srv->pg && bd_pg_is_up(srv->pg) && (!srv->pg_jobs || bd_pg_is_up(srv->pg_jobs));
-    bool migrated = srv->jobs && bd_job_engine_is_ready(srv->jobs);
-    bool ready = redis_up && pg_up && migrated && !srv->is_stopping;
+    struct bd_server_readiness r;
+    bool ready = bd_server_waiting_for(arg) == NULL;
 
+    bd_server_get_readiness(arg, &r);
     bd__api_respond_json(req, ready ? 200 : bd_err_http_status(BD_ENOTREADY),
                          json_pack("{s:s,s:b,s:b,s:b,s:b}", "status",
-                                   ready ? "ready" : "not_ready", "redis", redis_up,
-                                   "postgres", pg_up, "schema", migrated, "stopping",
-                                   srv->is_stopping),
+                                   ready ? "ready" : "not_ready", "redis", r.is_redis_up,
+                                   "postgres", r.is_postgres_up, "schema", r.is_migrated,
+                                   "stopping", r.is_stopping),
                          ready ? NULL : "Retry-After: 1\r\n");
 }
 

@@ -45,18 +45,7 @@ static void main_usage(FILE *out)
  * same conditions as GET /readyz (api_admin.c). */
 static const char *main_waiting_for(void *arg)
 {
-    const struct bd_server *srv = arg;
-
-    if (srv->is_stopping)
-        return "stopping";
-    if (srv->rq == NULL || !bd_rq_is_up(srv->rq))
-        return "waiting for Redis";
-    if (srv->pg == NULL || !bd_pg_is_up(srv->pg) ||
-        (srv->pg_jobs != NULL && !bd_pg_is_up(srv->pg_jobs)))
-        return "waiting for PostgreSQL";
-    if (srv->jobs == NULL || !bd_job_engine_is_ready(srv->jobs))
-        return "waiting for the PostgreSQL schema migration";
-    return NULL;
+    return bd_server_waiting_for(arg);
 }
 
 int main(int argc, char **argv)

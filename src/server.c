@@ -131,6 +131,31 @@ static void server_on_http_closed(struct bd_http_server *http, void *arg)
         server_close_stores(srv);
 }
 
+void bd_server_get_readiness(const struct bd_server *srv, struct bd_server_readiness *out)
+{
+    out->is_redis_up = srv->rq != NULL && bd_rq_is_up(srv->rq);
+    out->is_postgres_up = srv->pg != NULL && bd_pg_is_up(srv->pg) &&
+                          (srv->pg_jobs == NULL || bd_pg_is_up(srv->pg_jobs));
+    out->is_migrated = srv->jobs != NULL && bd_job_engine_is_ready(srv->jobs);
+    out->is_stopping = srv->is_stopping;
+}
+
+const char *bd_server_waiting_for(const struct bd_server *srv)
+{
+    struct bd_server_readiness r;
+
+    bd_server_get_readiness(srv, &r);
+    if (r.is_stopping)
+        return "stopping";
+    if (!r.is_redis_up)
+        return "waiting for Redis";
+    if (!r.is_postgres_up)
+        return "waiting for PostgreSQL";
+    if (!r.is_migrated)
+        return "waiting for the PostgreSQL schema migration";
+    return NULL;
+}
+
 void bd_server_stop(struct bd_server *srv)
 {
     if (srv->is_stopping)

@@ -61,6 +61,16 @@ struct bd_server {
  * everything created so far is closed again before return). */
 int bd_server_start(struct bd_server *srv, uv_loop_t *loop, const struct bd_config *cfg);
 
+/* Readiness, as /readyz and systemd's READY=1 mean it: Redis and both PostgreSQL pools up,
+ * the schema migrated, not stopping. */
+struct bd_server_readiness {
+    bool is_redis_up, is_postgres_up, is_migrated, is_stopping;
+};
+void bd_server_get_readiness(const struct bd_server *srv, struct bd_server_readiness *out);
+
+/* NULL when ready, else what it waits for ("waiting for Redis", ...; constant). */
+const char *bd_server_waiting_for(const struct bd_server *srv);
+
 /* Begin an orderly shutdown (idempotent); uv_run returns when it is complete. */
 void bd_server_stop(struct bd_server *srv);
 
