@@ -790,7 +790,9 @@ if want openai_batch; then
                                      round(extract(epoch FROM b.finalized_at - b.finalizing_at)::numeric, 3)
                               FROM batches b JOIN jobs j ON j.id = b.job_id
                               WHERE b.id = '$(jq -r '.batch_id // ""' <<<"$res")'" 2>/dev/null || true)
-        echo "$res" | record openai_batch openai "$r" sweep_wait_s="${split%% *}" write_s="${split##* }"
+        extra=()
+        [[ "$split" =~ ^[0-9.]+\ [0-9.]+$ ]] && extra=(sweep_wait_s="${split%% *}" write_s="${split##* }")
+        echo "$res" | record openai_batch openai "$r" ${extra[@]+"${extra[@]}"}
       else
         echo "$res" | record openai_batch native "$r"
       fi
