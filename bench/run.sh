@@ -8,7 +8,11 @@
 #   --smoke    tiny sizes against the stack that scripts/test.sh started (BATCH_REDIS_URL,
 #              BATCH_POSTGRES_URL); no npm, nginx or gnuplot needed; seconds (ctest bench_smoke)
 #   --only     a comma list of scenarios: insert,submit_rss,embed,lifecycle,api,scale,memory,
-#              hostile (and insert_rss: only the big-vs-small RSS part of insert)
+#              hostile,openai_batch (and insert_rss: only the big-vs-small RSS part of insert)
+#   openai_batch  N one-input embedding requests (full 50,000, quick 20,000, smoke 500) through
+#              the OpenAI Batch API (upload, create, poll, download the output file) and the
+#              same inputs through a native streamed bulk_embed job (submit, wait, results as
+#              NDJSON), on the built-in hashing model (384 dims); phases, peak RSS, loop lag.
 #   hostile    1,000 keep-alive clients + 1,000 slowloris connections against one batchd for
 #              60 s (quick: 15 s; `make load`); the run exits 1 if /healthz failed, batchd ran
 #              out of descriptors, the job run meanwhile did not finish or SIGTERM took over
@@ -36,7 +40,7 @@ while [ $# -gt 0 ]; do
     --quick) mode=quick ;;
     --smoke) mode=smoke ;;
     --only) only=${2:?--only needs a list}; shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) build=$1 ;;
   esac
@@ -49,7 +53,8 @@ case "$build" in /*) ;; *) build="$top/$build" ;; esac
 BATCHD=${BD_BATCHD_BIN:-$build/batchd}
 FAKE=${BD_FAKE_MODEL_BIN:-$build/test/fake_model/fake_model}
 BIN=${BD_BENCH_BIN_DIR:-$build/bench}
-for b in "$BATCHD" "$FAKE" "$BIN/bench_load" "$BIN/bench_jobs" "$BIN/bench_copy" "$BIN/bench_hostile"; do
+for b in "$BATCHD" "$FAKE" "$BIN/bench_load" "$BIN/bench_jobs" "$BIN/bench_copy" "$BIN/bench_hostile" \
+         "$BIN/bench_openai"; do
   [ -x "$b" ] || { echo "run.sh: $b not found: build first (make release)" >&2; exit 2; }
 done
 
@@ -71,6 +76,7 @@ case "$mode" in
     SCALE_RUNS=1
     MEM_BIG=1000000; MEM_SMALL=1000; MEM_DIM=8; MEM_BATCH=1000
     HOST_CLIENTS=1000; HOST_SLOW=1000; HOST_DUR=60
+    OAI_LINES=50000
     ;;
   quick)
     RUNS=1; LIMIT_S=300
@@ -83,6 +89,7 @@ case "$mode" in
     SCALE_RUNS=1
     MEM_BIG=100000; MEM_SMALL=1000; MEM_DIM=8; MEM_BATCH=1000
     HOST_CLIENTS=1000; HOST_SLOW=1000; HOST_DUR=15
+    OAI_LINES=20000
     ;;
   smoke)
     RUNS=1; LIMIT_S=100
@@ -95,6 +102,7 @@ case "$mode" in
     SCALE_RUNS=1
     MEM_BIG=5000; MEM_SMALL=100; MEM_DIM=8; MEM_BATCH=1000
     HOST_CLIENTS=50; HOST_SLOW=50; HOST_DUR=5
+    OAI_LINES=500
     ;;
 esac
 want() { [ "$only" = all ] || [[ ",$only," == *",$1,"* ]]; }
@@ -102,6 +110,7 @@ want() { [ "$only" = all ] || [[ ",$only," == *",$1,"* ]]; }
 HOST_CLIENTS=${BD_HOSTILE_CLIENTS:-$HOST_CLIENTS}; HOST_SLOW=${BD_HOSTILE_SLOW:-$HOST_SLOW}
 HOST_DUR=${BD_HOSTILE_DURATION:-$HOST_DUR}
 HOST_MAXCONN=${BD_HOSTILE_MAX_CONNECTIONS:-4096}   # batchd's http.max_connections for it
+OAI_LINES=${BD_OPENAI_BATCH_LINES:-$OAI_LINES}     # openai_batch's requests (50,000 at most)
 HOST_MIX=${BD_HOSTILE_MIX:-5,2,1,2}   # slow connections: header,body_json,body_ndjson,noread
 read -r -a HOST_ARGS <<<"${BD_HOSTILE_ARGS:-}"     # more bench_hostile options (--help)
 HOSTILE_FAILED=0
@@ -297,6 +306,9 @@ models:
     max_inputs_per_request: 100
     concurrency: $EMB_CONC
     timeout: 30
+  - name: hash
+    provider: hashing
+    dimensions: 384
 YAML
   "$BATCHD" --config "$conf" >>"$out/logs/batchd-$name.log" 2>&1 &
   BD_PID[$name]=$!; BD_PORT[$name]=$port; pids+=("${BD_PID[$name]}")
@@ -753,6 +765,41 @@ if want hostile && { [ "$mode" != smoke ] || [ "$only" != all ]; }; then
   fi
   stop_batchd host
 fi
+# ================================================================================================
+# 8. openai_batch: the OpenAI Batch API path against the native streamed job, same inputs
+# ================================================================================================
+# OAI_LINES one-input /v1/embeddings requests on the built-in hashing model (384 dims: no
+# model server, so the figures are batchd's and PostgreSQL's own work, and the model is the
+# same in every run). Per run, on one batchd: (a) upload the JSON Lines file, create the
+# batch, poll it every 50 ms to completed, download the output file; (b) the same texts (a
+# new nonce: no embedding-cache hits) as a streamed JSON Lines bulk_embed job, polled to
+# completed, every result downloaded as NDJSON. From PostgreSQL afterwards: how the finalize
+# splits into waiting for the finalizer's sweep (job completed_at -> batch finalizing_at)
+# and writing the files (finalizing_at -> finalized_at).
+if want openai_batch; then
+  start_batchd oai 2
+  log "openai_batch: $OAI_LINES requests, OpenAI Batch API vs native streamed job, $RUNS run(s)"
+  for r in $(seq 1 "$RUNS"); do
+    for path in openai native; do
+      reset_tables
+      res=$("$BIN/bench_openai" --base "$(base oai)" --path "$path" --lines "$OAI_LINES" \
+        --model hash --nonce "oai${r}${path}$tag" --rss-pid "${BD_PID[oai]}" --poll-ms 50 \
+        --timeout 600 --label "batchd_$path") || log "openai_batch: $path run $r failed"
+      if [ "$path" = openai ]; then
+        split=$(pg -F ' ' -c "SELECT round(extract(epoch FROM b.finalizing_at - j.completed_at)::numeric, 3),
+                                     round(extract(epoch FROM b.finalized_at - b.finalizing_at)::numeric, 3)
+                              FROM batches b JOIN jobs j ON j.id = b.job_id
+                              WHERE b.id = '$(jq -r '.batch_id // ""' <<<"$res")'" 2>/dev/null || true)
+        extra=()
+        [[ "$split" =~ ^[0-9.]+\ [0-9.]+$ ]] && extra=(sweep_wait_s="${split%% *}" write_s="${split##* }")
+        echo "$res" | record openai_batch openai "$r" ${extra[@]+"${extra[@]}"}
+      else
+        echo "$res" | record openai_batch native "$r"
+      fi
+    done
+  done
+  stop_batchd oai
+fi
 ALL_T1=$(now_s)
 
 # ================================================================================================
@@ -839,6 +886,10 @@ jq -s --arg mode "$mode" --arg stamp "$stamp" --arg commit "$commit$dirty" --arg
              | map(select(.lag != "null"))) as $alags
   | ($raw | pick("scale"; "insert_2proc"; .items_per_s) | r1) as $ins2
   | ($raw | pick("scale"; "lifecycle_2proc"; .jobs_per_s) | r1) as $life2
+  | def lagnum: if type == "string" then ltrimstr(">") | tonumber else . end;
+    def oai(v; f): $raw | pick("openai_batch"; v; f);
+    .
+  | ($raw | [.[] | select(.scenario == "openai_batch")] | .[0].lines // null) as $oan
   | [ row("insert"; "items/s (\($raw | [.[] | select(.scenario == "insert" and .variant == "batchd")][0].items // 0) vectors)"; "items/s"; $ins; "binary COPY"; $bin; "ratio>=0.5"; 0.5; "ceiling: one COPY, one connection"),
       row("insert"; "items/s, same rows"; "items/s"; $ins; "text COPY (psql \\copy)"; $txt; "-"; null; "ceiling"),
       row("insert"; "items/s, same rows"; "items/s"; $ins; "BullMQ + node-pg COPY"; $bull; "ratio>=5"; 5; "peer"),
@@ -884,6 +935,23 @@ jq -s --arg mode "$mode" --arg stamp "$stamp" --arg commit "$commit$dirty" --arg
             "start \($h.batchd.fds_start), end \($h.batchd.fds_end)"),
         row("hostile"; "peak RSS"; "MiB"; ($h.batchd.rss_peak_kb / 1024 | r1); null; null; "-"; null;
             "start \($h.batchd.rss_start_kb / 1024 | r1), end \($h.batchd.rss_end_kb / 1024 | r1) MiB; check job \($h.job.status) after \($h.job.completed_after_s) s")
+       else empty end),
+      (if $oan != null then
+        row("openai_batch"; "seconds for \($oan) requests, upload to output downloaded (OpenAI Batch API)"; "s";
+            (oai("openai"; .total_s) | r3); "native streamed job, same inputs"; (oai("native"; .total_s) | r3); "-"; null;
+            "upload \(oai("openai"; .upload_s) | r3), create \(oai("openai"; .create_s) | r3), job \(oai("openai"; .job_s) | r3), finalize \(oai("openai"; .finalize_s) | r3) (sweep wait \(oai("openai"; .sweep_wait_s) | r3) + writing \(oai("openai"; .write_s) | r3)), download \(oai("openai"; .download_s) | r3) s; native: submit \(oai("native"; .upload_s) | r3), job \(oai("native"; .job_s) | r3), NDJSON results \(oai("native"; .download_s) | r3) s; hashing model, 384 dims"),
+        row("openai_batch"; "finalize: output file MB/s (job completed to batch completed)"; "MB/s";
+            (oai("openai"; .finalize_mb_s) | r1); null; null; "-"; null;
+            "output file \(oai("openai"; .output_bytes) / 1e6 | r1) MB; writing alone (finalizing_at to finalized_at) \(oai("openai"; if (.write_s | type) == "number" and .write_s > 0 then .output_bytes / 1e6 / .write_s else null end) | r1) MB/s; native NDJSON results \(oai("native"; if .download_s > 0 then .output_bytes / 1e6 / .download_s else null end) | r1) MB/s"),
+        row("openai_batch"; "peak RSS during the run"; "MiB"; (oai("openai"; .hwm_kb) / 1024 | r1);
+            "native streamed job"; (oai("native"; .hwm_kb) / 1024 | r1); "-"; null; "VmHWM, reset at the first byte of each run"),
+        row("openai_batch"; "loop lag max during the run (ms, bucket bound)"; "ms";
+            ($raw | [.[] | select(.scenario == "openai_batch" and .variant == "openai") | .loop_lag_max_ms | lagnum] | max);
+            "native streamed job"; ($raw | [.[] | select(.scenario == "openai_batch" and .variant == "native") | .loop_lag_max_ms | lagnum] | max);
+            "-"; null;
+            ($raw | [.[] | select(.scenario == "openai_batch" and .variant == "openai")][0] as $o
+             | [.[] | select(.scenario == "openai_batch" and .variant == "native")][0] as $n
+             | "p99 \($o.loop_lag_p99_ms) (native \($n.loop_lag_p99_ms)); max by phase: upload \($o.upload_loop_lag_max_ms), create \($o.create_loop_lag_max_ms), job \($o.job_loop_lag_max_ms), finalize \($o.finalize_loop_lag_max_ms) (p99 \($o.finalize_loop_lag_p99_ms)), download \($o.download_loop_lag_max_ms); native: submit \($n.upload_loop_lag_max_ms), job \($n.job_loop_lag_max_ms), results \($n.download_loop_lag_max_ms) (first run)"))
        else empty end),
       (if ($mem | length) == 2 then
         row("memory"; "peak RSS, processing (\($mem[1].items) vs \($mem[0].items) items, dim \($mem[1].dim))"; "MiB";
@@ -952,7 +1020,8 @@ log "done in $(awk -v a="$ALL_T0" -v b="$(now_s)" 'BEGIN { printf "%.0f", b - a 
 bad=$(jq -c '[.raw[] | select((.op != null and (.jobs_failed > 0 or .failed_items > 0 or .submit_errors > 0
                                               or .timed_out == true))
                               or (.scenario == "submit_rss" and (.variant | endswith("_refused") | not)
-                                  and .status != 202))] | length' "$out/results.json")
+                                  and .status != 202)
+                              or (.scenario == "openai_batch" and .ok != true))] | length' "$out/results.json")
 if [ "$bad" != 0 ]; then
   log "WARNING: $bad measured run(s) had failed jobs or items (see raw.ndjson)"
   echo "**Warning: $bad measured run(s) had failed jobs or items; see raw.ndjson.**" >> "$out/results.md"
@@ -974,6 +1043,8 @@ if [ "$mode" = smoke ]; then
       "$out/results.json" >/dev/null || { echo "bench smoke: no submit RSS rows" >&2; exit 1; }
     jq -e '[.raw[] | select(.scenario == "insert" and .variant == "check")][0].rows_differing == 0' \
       "$out/results.json" >/dev/null || { echo "bench smoke: batchd and COPY rows differ" >&2; exit 1; }
+    jq -e '[.raw[] | select(.scenario == "openai_batch" and .ok == true)] | length == 2' \
+      "$out/results.json" >/dev/null || { echo "bench smoke: no openai_batch figures" >&2; exit 1; }
   fi
   echo "bench smoke: 1 passed, 0 failed"
   # A passing smoke leaves nothing behind in /tmp unless BD_BENCH_OUT chose the folder.

@@ -57,6 +57,7 @@ struct final_run {
     bool is_expired, is_cancelled;
     bool has_not_run;                 /* a line neither succeeded nor failed */
     bool is_cancel_path;              /* the run only asked the job to stop */
+    int64_t lines;                    /* the batch's lines (requests) */
     enum final_pass pass;
     char file_id[2][BD_FILE_ID_LEN + 1];
     bool has_file[2];
@@ -584,6 +585,12 @@ static void final_next_page(struct bd_batch_finalizer *f)
         final_run_end(f, BD_ECANCELED, "stop", NULL);
         return;
     }
+    /* Every line went to the output file: the error pass would read them all again to
+     * find none, so it ends here, with no error file, as it would have. */
+    if (r->pass == PASS_ERROR && r->counts[PASS_OUTPUT] == r->lines) {
+        final_end_pass(f);
+        return;
+    }
     rc = bd_batch_store_read_lines(f->deps.pg, r->id, r->job_id, r->next_ord,
                                        FINAL_PAGE_LINES, FINAL_PAGE_ITEMS, final_on_lines, f);
     if (rc < 0)
@@ -697,6 +704,7 @@ static void final_on_claim(int status, const struct bd_batch_claim *c, const cha
     snprintf(r->id, sizeof(r->id), "%s", c->id);
     snprintf(r->job_id, sizeof(r->job_id), "%s", c->job_id);
     snprintf(r->model, sizeof(r->model), "%s", c->model ? c->model : "");
+    r->lines = c->lines;
     r->is_expired = c->is_expired;
     r->is_cancelled = c->is_cancelling || strcmp(c->job_status, "cancelled") == 0;
     if (!c->is_job_terminal) {

@@ -507,6 +507,12 @@ int bd_batch_store_read_lines(struct bd_pg *pg, const char *batch_id, const char
                               int32_t from_ord, unsigned max_lines, unsigned max_items,
                               bd_batch_store_lines_cb cb, void *arg)
 {
+    /* ords are dense from 0 and every line has at least one item, so a line starting
+     * within max_items items of line $3 has ord < $3 + max_items: the bound on ord (implied
+     * by the first_item test; <= keeps line $3 when max_items is 0) keeps the index range
+     * to the page, where the first_item test alone scanned every line after $3 (quadratic
+     * in the batch's lines; a bitmap scan of all of them while the table's statistics are
+     * stale, as right after the batch's COPY). */
     static const char sql[] =
         "SELECT l.ord, l.line, l.custom_id, l.first_item, l.items, l.is_base64,"
         " (SELECT count(*) FROM vectors v WHERE v.job_id = $2"
@@ -515,7 +521,7 @@ int bd_batch_store_read_lines(struct bd_pg *pg, const char *batch_id, const char
         " FROM batch_lines l LEFT JOIN LATERAL (SELECT x.code, x.message FROM job_item_errors x"
         " WHERE x.job_id = $2 AND x.item_index >= l.first_item"
         " AND x.item_index < l.first_item + l.items ORDER BY x.item_index LIMIT 1) e ON true"
-        " WHERE l.batch_id = $1 AND l.ord >= $3::int"
+        " WHERE l.batch_id = $1 AND l.ord >= $3::int AND l.ord <= $3::int + $5::int"
         " AND (l.ord = $3::int OR l.first_item < (SELECT f.first_item FROM batch_lines f"
         " WHERE f.batch_id = $1 AND f.ord = $3::int) + $5::int)"
         " ORDER BY l.ord LIMIT $4::int";
