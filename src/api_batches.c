@@ -404,7 +404,7 @@ static void api_on_batch_create(struct bd_http_request *req, void *arg)
     json_t *window = json_object_get(body, "completion_window");
     json_t *meta = json_object_get(body, "metadata");
     const char *bad_meta = api_check_metadata(meta);
-    struct bd_batch_request br = { .priority = BD_PRIO_NORMAL };
+    struct bd_batch_request br = { .loop = srv->loop, .priority = BD_PRIO_NORMAL };
     struct api_create *c = NULL;
     char *meta_json = NULL;
     int rc;

@@ -36,8 +36,11 @@
 #define CREATE_CUSTOM_ID_MAX 512
 #define CREATE_INPUTS_MAX 2048
 #define CREATE_TEXT_MAX (1u << 20)
-/* Lines per COPY into batch_lines, and arena blocks for custom_ids. */
+/* Arena blocks for custom_ids. */
 #define CREATE_ARENA_BLOCK (64u * 1024u)
+/* A chunk's lines are parsed this many bytes per loop turn (about 400 lines, a few ms), so
+ * a 1 MiB chunk never holds the loop for its whole parse. */
+#define CREATE_SLICE_BYTES (64u * 1024u)
 
 struct create_arena {
     struct create_arena *next;
@@ -56,6 +59,9 @@ struct create_line {
 
 struct batch_create {
     struct bd_job_submit_deps deps;
+    uv_timer_t slice_timer;           /* the next slice of the chunk in hand, next turn */
+    struct bd_buf chunk;              /* the chunk in hand (the store's is borrowed) */
+    size_t chunk_pos;
     bd_batch_created_cb cb;
     void *arg;
     char id[BD_BATCH_ID_LEN + 1];
@@ -93,8 +99,10 @@ struct batch_create {
 static void create_read_next(struct batch_create *bc);
 static void create_flush(struct batch_create *bc);
 
-static void create_free(struct batch_create *bc)
+static void create_on_timer_closed(uv_handle_t *h)
 {
+    struct batch_create *bc = h->data;
+
     while (bc->arena) {
         struct create_arena *n = bc->arena->next;
         free(bc->arena);
@@ -110,7 +118,14 @@ static void create_free(struct batch_create *bc)
     free(bc->pending);
     free(bc->pending_items);
     free(bc->metadata_json);
+    bd_buf_free(&bc->chunk);
     free(bc);
+}
+
+/* The record goes once its timer has closed (next loop turn). */
+static void create_free(struct batch_create *bc)
+{
+    uv_close((uv_handle_t *)&bc->slice_timer, create_on_timer_closed);
 }
 
 static void create_finish(struct batch_create *bc, int status, const char *message)
@@ -622,21 +637,12 @@ static void create_flush(struct batch_create *bc)
 
 /* ---- reading the file -------------------------------------------------------------------- */
 
-static void create_on_chunk(int status, const char *data, size_t len, const char *message,
-                            void *arg)
+/* The chunk in hand was parsed whole: on to the next, or to the pass's end. */
+static void create_chunk_done(struct batch_create *bc)
 {
-    struct batch_create *bc = arg;
-    int rc;
+    int rc = BD_OK;
 
-    if (status < 0) {
-        /* the file was deleted between its row and this chunk */
-        create_finish(bc, status == BD_ENOTFOUND ? BD_EINVAL : status,
-                      status == BD_ENOTFOUND ? "the input file was deleted meanwhile" : message);
-        return;
-    }
-    bc->next_chunk++;
-    rc = create_feed(bc, data, len);
-    if (rc == BD_OK && bc->next_chunk == bc->chunks)
+    if (bc->next_chunk == bc->chunks)
         rc = create_feed_end(bc);
     if (rc < 0) {
         create_finish(bc, rc, rc == BD_EINVAL ? "the input file changed while it was read"
@@ -652,6 +658,55 @@ static void create_on_chunk(int status, const char *data, size_t len, const char
     }
     bc->is_last_chunk = bc->next_chunk == bc->chunks;
     create_flush(bc);
+}
+
+/* Parse the next slice of the chunk in hand: up to CREATE_SLICE_BYTES and on to the end
+ * of the line there; the rest waits for the next loop turn. */
+static void create_on_slice(uv_timer_t *t)
+{
+    struct batch_create *bc = t->data;
+    const char *p = bc->chunk.data + bc->chunk_pos;
+    size_t left = bc->chunk.len - bc->chunk_pos, n = left;
+    int rc;
+
+    if (left > CREATE_SLICE_BYTES) {
+        const char *nl = memchr(p + CREATE_SLICE_BYTES, '\n', left - CREATE_SLICE_BYTES);
+        n = nl ? (size_t)(nl - p) + 1 : left;
+    }
+    rc = create_feed(bc, p, n);
+    if (rc < 0) {
+        create_finish(bc, rc, rc == BD_EINVAL ? "the input file changed while it was read"
+                                              : NULL);
+        return;
+    }
+    bc->chunk_pos += n;
+    if (bc->chunk_pos < bc->chunk.len) {
+        uv_timer_start(&bc->slice_timer, create_on_slice, 0, 0);
+        return;
+    }
+    create_chunk_done(bc);
+}
+
+static void create_on_chunk(int status, const char *data, size_t len, const char *message,
+                            void *arg)
+{
+    struct batch_create *bc = arg;
+
+    if (status < 0) {
+        /* the file was deleted between its row and this chunk */
+        create_finish(bc, status == BD_ENOTFOUND ? BD_EINVAL : status,
+                      status == BD_ENOTFOUND ? "the input file was deleted meanwhile" : message);
+        return;
+    }
+    bc->next_chunk++;
+    bd_buf_reset(&bc->chunk);
+    bd_buf_append(&bc->chunk, data, len);
+    if (bc->chunk.is_failed) {
+        create_finish(bc, BD_ENOMEM, NULL);
+        return;
+    }
+    bc->chunk_pos = 0;
+    create_on_slice(&bc->slice_timer);
 }
 
 static void create_read_next(struct batch_create *bc)
@@ -704,6 +759,9 @@ int bd_batch_create(const struct bd_job_submit_deps *deps, const struct bd_batch
         return BD_ENOTFOUND;
     if ((bc = calloc(1, sizeof(*bc))) == NULL)
         return BD_ENOMEM;
+    uv_timer_init(r->loop, &bc->slice_timer);
+    bc->slice_timer.data = bc;
+    bd_buf_init(&bc->chunk);
     bc->deps = *deps;
     bc->cb = cb;
     bc->arg = arg;

@@ -34,6 +34,9 @@
 /* A claim's lease: longer than any finalize we expect (a 50,000-line batch of 1,536-dim
  * vectors is written in well under a minute). */
 #define FINAL_LEASE_S 900.0
+/* Claims a kick starts are at least this far apart (a stream of tiny jobs ending must not
+ * turn into a stream of claim statements). */
+#define FINAL_KICK_SPACING_MS 50
 /* A page: at most this many lines, and lines starting within this many items. */
 #define FINAL_PAGE_LINES 256u
 #define FINAL_PAGE_ITEMS 1024u
@@ -78,6 +81,8 @@ struct final_run {
 struct bd_batch_finalizer {
     struct bd_batch_final_deps deps;
     uv_timer_t timer;
+    struct bd_job_listener ended;     /* every job's end here kicks a look */
+    uint64_t last_claim_ms;
     struct final_run *run;
     bool is_busy;                     /* a claim or a run is in flight */
     bool is_stopping;
@@ -733,6 +738,7 @@ static void final_on_timer(uv_timer_t *t)
     }
     f->is_kicked = false;
     f->is_busy = true;
+    f->last_claim_ms = uv_now(f->deps.loop);
     rc = bd_batch_store_claim(f->deps.pg, f->deps.owner, FINAL_LEASE_S, final_on_claim, f);
     if (rc < 0) {
         f->is_busy = false;
@@ -761,6 +767,15 @@ static void final_schedule(struct bd_batch_finalizer *f, uint64_t ms)
     uv_timer_start(&f->timer, final_on_timer, ms, 0);
 }
 
+/* A job that ran here ended: if it was a batch's, its batch can be finalized now rather
+ * than at the next sweep. */
+static void final_on_job_progress(const char *job_id, bool is_final, void *arg)
+{
+    (void)job_id;
+    if (is_final)
+        bd_batch_finalizer_kick(arg);
+}
+
 struct bd_batch_finalizer *bd_batch_finalizer_start(const struct bd_batch_final_deps *deps)
 {
     struct bd_batch_finalizer *f = calloc(1, sizeof(*f));
@@ -770,17 +785,24 @@ struct bd_batch_finalizer *bd_batch_finalizer_start(const struct bd_batch_final_
     f->deps = *deps;
     uv_timer_init(deps->loop, &f->timer);
     f->timer.data = f;
+    f->ended = (struct bd_job_listener){ .job_id = NULL, .cb = final_on_job_progress, .arg = f };
+    bd_job_engine_listen(deps->jobs, &f->ended);
     final_schedule(f, (uint64_t)(deps->interval_s * 1000.0));
     return f;
 }
 
 void bd_batch_finalizer_kick(struct bd_batch_finalizer *f)
 {
-    if (f == NULL || f->is_stopping)
+    uint64_t since, wait;
+
+    if (f == NULL || f->is_stopping || f->is_kicked)
         return;
-    f->is_kicked = true;
-    if (!f->is_busy)
-        uv_timer_start(&f->timer, final_on_timer, 0, 0);
+    f->is_kicked = true;                    /* a claim in flight looks again after it */
+    if (f->is_busy)
+        return;
+    since = uv_now(f->deps.loop) - f->last_claim_ms;
+    wait = since >= FINAL_KICK_SPACING_MS ? 0 : FINAL_KICK_SPACING_MS - since;
+    uv_timer_start(&f->timer, final_on_timer, wait, 0);
 }
 
 void bd_batch_finalizer_stop(struct bd_batch_finalizer *f, void (*cb)(void *arg), void *arg)
@@ -788,6 +810,7 @@ void bd_batch_finalizer_stop(struct bd_batch_finalizer *f, void (*cb)(void *arg)
     f->is_stopping = true;
     f->stop_cb = cb;
     f->stop_arg = arg;
+    bd_job_engine_unlisten(f->deps.jobs, &f->ended);
     uv_timer_stop(&f->timer);
     if (!f->is_busy)
         uv_close((uv_handle_t *)&f->timer, final_on_timer_closed);

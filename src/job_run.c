@@ -227,7 +227,7 @@ void bd__job_notify(struct bd_job_engine *e, const char *job_id, bool is_final)
     struct bd_job_listener *l = e->listeners, *next;
     for (; l != NULL; l = next) {
         next = l->next;                 /* a listener may unregister itself */
-        if (strcmp(l->job_id, job_id) == 0)
+        if (l->job_id == NULL || strcmp(l->job_id, job_id) == 0)
             l->cb(job_id, is_final, l->arg);
     }
 }

@@ -31,6 +31,7 @@ struct bd_metrics;
 /* A create request, validated by the API (endpoint and window checked; metadata an object's
  * JSON text or NULL; priority enum bd_priority). Strings borrowed for the call. */
 struct bd_batch_request {
+    uv_loop_t *loop;
     const char *input_file_id;
     const char *metadata_json;
     int priority;

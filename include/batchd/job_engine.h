@@ -125,7 +125,7 @@ unsigned bd_job_engine_get_capacity(const struct bd_job_engine *e);
 typedef void (*bd_job_progress_cb)(const char *job_id, bool is_final, void *arg);
 struct bd_job_listener {
     struct bd_job_listener *next, *prev;      /* engine's list; caller storage */
-    const char *job_id;                       /* borrowed while registered */
+    const char *job_id;                       /* borrowed while registered; NULL: every job */
     bd_job_progress_cb cb;
     void *arg;
 };
