@@ -17,6 +17,7 @@
 #include "batchd/pg_store.h"
 #include "batchd/redis_queue.h"
 #include "batchd/router.h"
+#include "batchd/webhook.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,8 +85,21 @@ static void server_on_models_closed(void *arg)
     server_close_redis_pg(srv);
 }
 
+static void server_close_stores(struct bd_server *srv);
+
+static void server_on_webhooks_closed(void *arg)
+{
+    struct bd_server *srv = arg;
+    srv->webhooks = NULL;
+    server_close_stores(srv);
+}
+
 static void server_close_stores(struct bd_server *srv)
 {
+    if (srv->webhooks) {                      /* before the pool its statements use */
+        bd_webhook_close(srv->webhooks, server_on_webhooks_closed, srv);
+        return;
+    }
     if (srv->models)
         bd_model_client_close(srv->models, server_on_models_closed, srv);
     else
@@ -292,6 +306,15 @@ int bd_server_start(struct bd_server *srv, uv_loop_t *loop, const struct bd_conf
         goto fail;
     }
 
+    struct bd_webhook_deps whd = {
+        .loop = loop, .cfg = cfg, .pg = srv->pg, .metrics = srv->metrics,
+    };
+    srv->webhooks = bd_webhook_new(&whd, &rc);
+    if (srv->webhooks == NULL) {
+        bd_log(BD_LOG_ERROR, "server", "event=webhook_init_failed err=%s", bd_strerror(rc));
+        goto fail;
+    }
+
     srv->router = bd_router_new();
     if (srv->router == NULL) {
         rc = BD_ENOMEM;
@@ -323,6 +346,7 @@ int bd_server_start(struct bd_server *srv, uv_loop_t *loop, const struct bd_conf
         goto fail;
     }
     bd_job_engine_start(srv->jobs);
+    bd_webhook_start(srv->webhooks);
     bd_log(BD_LOG_INFO, "server", "event=listening url=http://%s:%d version=%s worker=%s",
            host, bd_http_server_get_port(srv->http), BATCHD_VERSION, cfg->worker_id);
     return BD_OK;

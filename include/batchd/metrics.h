@@ -82,6 +82,28 @@ void bd_metrics_get_job_totals(const struct bd_metrics *m, struct bd_metrics_job
 void bd_metrics_render_jobs(const struct bd_metrics *m, struct bd_buf *out,
                             const struct bd_config *cfg);
 
+/* ---- webhooks (webhook.c) ----------------------------------------------------------------
+ * Each delivery attempt of this process by result; the outbox's pending deliveries (all
+ * processes; -1 until first counted); time from event to delivery. Rendered by
+ * bd_metrics_render as batchd_webhook_deliveries_total{result}, batchd_webhook_pending and
+ * batchd_webhook_delivery_seconds. m may be NULL (nothing recorded). No allocation. */
+enum bd_metrics_webhook_result {
+    BD_METRICS_WEBHOOK_DELIVERED = 0,  /* 2xx */
+    BD_METRICS_WEBHOOK_FAILED_ATTEMPT, /* not 2xx or no answer; will be retried */
+    BD_METRICS_WEBHOOK_GAVE_UP,        /* the last attempt failed: marked failed */
+    BD_METRICS_WEBHOOK_RESULTS
+};
+struct bd_metrics_webhooks {
+    uint64_t results[BD_METRICS_WEBHOOK_RESULTS];
+    int64_t pending;
+    struct bd_hist delivery_seconds;  /* observed for delivered ones */
+};
+void bd_metrics_webhook_result(struct bd_metrics *m, enum bd_metrics_webhook_result r,
+                               double seconds);
+void bd_metrics_webhook_set_pending(struct bd_metrics *m, int64_t pending);
+/* Borrowed from m. */
+const struct bd_metrics_webhooks *bd_metrics_get_webhooks(const struct bd_metrics *m);
+
 /* ---- this process ---------------------------------------------------------------------- */
 
 /* CPU use of this process in percent of one core, over the last 5 to 10 seconds: the

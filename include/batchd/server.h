@@ -19,6 +19,7 @@ struct bd_pg;
 struct bd_job_engine;
 struct bd_metrics;
 struct bd_model_client;
+struct bd_webhook;
 struct bd_api_cache;
 struct bd_api_collections;
 struct bd__api_stream;                     /* api_submit_stream.c */
@@ -35,6 +36,7 @@ struct bd_server {
     struct bd_job_engine *jobs;
     struct bd_metrics *metrics;
     struct bd_model_client *models;
+    struct bd_webhook *webhooks;           /* the outbox's delivery worker (webhook.c) */
     struct bd_api_cache *api_cache;        /* the API's status cache (api_status.c) */
     struct bd_api_collections *api_collections; /* dimensions seen (api_submit.c) */
     unsigned submit_streams;               /* streamed submits holding an API connection */
