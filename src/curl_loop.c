@@ -49,8 +49,8 @@ static void curl_loop_check_info(struct bd_curl_loop *cl)
 
 static void curl_loop_on_closed(struct bd_curl_loop *cl)
 {
-    if (--cl->pending_closes > 0)
-        return;
+    if (--cl->pending_closes > 0 || !cl->is_closing)
+        return;                           /* a socket closed while in use: not the end */
     bd_curl_closed_cb cb = cl->closed_cb;
     void *arg = cl->closed_arg;
     free(cl);

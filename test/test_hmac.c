@@ -1,5 +1,6 @@
 /* test_hmac.c -- HMAC-SHA256 against the RFC 4231 test vectors (cases 1 to 7), fed whole
- * and in pieces, and a key of exactly one block.
+ * and in pieces, and a key of exactly one block; the webhook signature against Standard
+ * Webhooks' published example (the one its libraries test with).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -9,7 +10,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "batchd/error.h"
 #include "batchd/hmac.h"
+#include "batchd/webhook.h"
 
 static void to_hex(const unsigned char *d, size_t n, char *hex)
 {
@@ -102,11 +105,33 @@ static void test_hmac_uses_key_as_is_when_exactly_one_block(void **state)
     assert_string_equal(hex, "135c4f4927b552d74e271423f4aec0f70f321b38aa3a5b9d213bb9d81658818a");
 }
 
+/* standard-webhooks' example: secret, msg id, timestamp and payload with their signature
+ * (also checked with `openssl dgst -sha256 -mac HMAC ... | base64`). */
+static void test_hmac_signs_like_standard_webhooks_when_given_its_example(void **state)
+{
+    static const char body[] = "{\"test\": 2432232314}";
+    unsigned char key[BD_WEBHOOK_KEY_MAX];
+    size_t klen = 0;
+    char sig[BD_WEBHOOK_SIGNATURE_LEN + 1];
+
+    (void)state;
+    assert_int_equal(bd_webhook_secret_decode("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", key,
+                                              &klen), BD_OK);
+    assert_int_equal(klen, 24);
+    assert_int_equal(bd_webhook_sign(key, klen, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330,
+                                     body, strlen(body), sig), BD_OK);
+    assert_string_equal(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    assert_int_equal(bd_webhook_secret_decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", key, &klen),
+                     BD_EINVAL);
+    assert_int_equal(bd_webhook_secret_decode("whsec_Mf!Q", key, &klen), BD_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hmac_matches_rfc4231_when_given_its_vectors),
         cmocka_unit_test(test_hmac_uses_key_as_is_when_exactly_one_block),
+        cmocka_unit_test(test_hmac_signs_like_standard_webhooks_when_given_its_example),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
