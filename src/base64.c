@@ -58,8 +58,7 @@ static int b64_value(char c)
     return -1;
 }
 
-int bd_base64_decode(const char *s, size_t len, unsigned char *out, size_t outcap,
-                     size_t *outlen)
+int bd_base64_decode(const char *s, size_t len, unsigned char *out, size_t outcap, size_t *outlen)
 {
     uint32_t acc = 0;
     unsigned bits = 0;
@@ -84,7 +83,7 @@ int bd_base64_decode(const char *s, size_t len, unsigned char *out, size_t outca
             acc &= (1u << bits) - 1;
         }
     }
-    if (acc != 0)                        /* bits that belong to no byte must be zero */
+    if (acc != 0) /* bits that belong to no byte must be zero */
         return BD_EINVAL;
     *outlen = o;
     return BD_OK;

@@ -16,7 +16,7 @@ struct curl_sock {
     uv_poll_t poll;
     curl_socket_t fd;
     struct bd_curl_loop *cl;
-    struct curl_sock *prev, *next;     /* cl->socks */
+    struct curl_sock *prev, *next; /* cl->socks */
 };
 
 struct bd_curl_loop {
@@ -50,7 +50,7 @@ static void curl_loop_check_info(struct bd_curl_loop *cl)
 static void curl_loop_on_closed(struct bd_curl_loop *cl)
 {
     if (--cl->pending_closes > 0 || !cl->is_closing)
-        return;                           /* a socket closed while in use: not the end */
+        return; /* a socket closed while in use: not the end */
     bd_curl_closed_cb cb = cl->closed_cb;
     void *arg = cl->closed_arg;
     free(cl);
@@ -101,8 +101,7 @@ static void sock_on_poll(uv_poll_t *h, int status, int events)
 
 /* CURLMOPT_SOCKETFUNCTION: start, change or stop watching fd. Must not call back into
  * curl beyond curl_multi_assign. */
-static int curl_loop_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp,
-                               void *socketp)
+static int curl_loop_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
     struct bd_curl_loop *cl = userp;
     struct curl_sock *s = socketp;
@@ -111,7 +110,7 @@ static int curl_loop_on_socket(CURL *easy, curl_socket_t fd, int what, void *use
     (void)easy;
     if (what == CURL_POLL_REMOVE) {
         if (s != NULL)
-            sock_close(cl, s);             /* curl drops its entry (and socketp) itself */
+            sock_close(cl, s); /* curl drops its entry (and socketp) itself */
         return 0;
     }
     if (s == NULL) {
@@ -164,8 +163,7 @@ static int curl_loop_on_timer(CURLM *multi, long timeout_ms, void *userp)
     return 0;
 }
 
-struct bd_curl_loop *bd_curl_loop_new(uv_loop_t *loop, bd_curl_done_cb on_done, void *arg,
-                                      int *err)
+struct bd_curl_loop *bd_curl_loop_new(uv_loop_t *loop, bd_curl_done_cb on_done, void *arg, int *err)
 {
     struct bd_curl_loop *cl = calloc(1, sizeof(*cl));
 
@@ -202,7 +200,7 @@ void bd_curl_loop_close(struct bd_curl_loop *cl, bd_curl_closed_cb cb, void *arg
     cl->is_closing = true;
     cl->closed_cb = cb;
     cl->closed_arg = arg;
-    cl->pending_closes++;                     /* held until every close below is queued */
+    cl->pending_closes++; /* held until every close below is queued */
     /* Cached keep-alive connections close here; curl may report CURL_POLL_REMOVE for them,
      * and any poll it does not report is closed just after. */
     curl_multi_cleanup(cl->multi);
@@ -211,5 +209,5 @@ void bd_curl_loop_close(struct bd_curl_loop *cl, bd_curl_closed_cb cb, void *arg
         sock_close(cl, cl->socks);
     cl->pending_closes++;
     uv_close((uv_handle_t *)&cl->timer, curl_loop_on_timer_close);
-    curl_loop_on_closed(cl);                  /* drop the hold; frees once all have closed */
+    curl_loop_on_closed(cl); /* drop the hold; frees once all have closed */
 }

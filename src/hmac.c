@@ -9,7 +9,7 @@
 
 #include <string.h>
 
-#define HMAC_BLOCK 64                    /* SHA-256's block size */
+#define HMAC_BLOCK 64 /* SHA-256's block size */
 
 /* A memset the compiler may not drop as a dead store. */
 static void hmac_wipe(void *p, size_t n)
@@ -21,7 +21,7 @@ static void hmac_wipe(void *p, size_t n)
 
 int bd_hmac_sha256_init(struct bd_hmac_sha256 *h, const void *key, size_t klen)
 {
-    unsigned char k[HMAC_BLOCK] = { 0 };
+    unsigned char k[HMAC_BLOCK] = {0};
     unsigned char pad[HMAC_BLOCK];
     int err, err2;
 
@@ -29,7 +29,7 @@ int bd_hmac_sha256_init(struct bd_hmac_sha256 *h, const void *key, size_t klen)
         struct bd_sha256 s;
         bd_sha256_init(&s);
         bd_sha256_update(&s, key, klen);
-        err = bd_sha256_final(&s, k);    /* 32 bytes, the rest stays zero */
+        err = bd_sha256_final(&s, k); /* 32 bytes, the rest stays zero */
     } else {
         if (klen > 0)
             memcpy(k, key, klen);
@@ -46,7 +46,7 @@ int bd_hmac_sha256_init(struct bd_hmac_sha256 *h, const void *key, size_t klen)
     hmac_wipe(k, sizeof(k));
     hmac_wipe(pad, sizeof(pad));
     if (err < 0 && h->inner.err == BD_OK)
-        h->inner.err = err;              /* a failed key digest fails the MAC */
+        h->inner.err = err; /* a failed key digest fails the MAC */
     return err < 0 ? err : err2 < 0 ? err2 : err3;
 }
 

@@ -38,11 +38,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define WH_FANOUT_BATCH "500"             /* events copied per poll at most */
-#define WH_LEASE_GRACE_S 30.0             /* lease = the longest timeout plus this */
-#define WH_COUNT_EVERY_S 5.0              /* the pending gauge's refresh */
-#define WH_ERROR_MAX 200                  /* bytes of last_error kept */
-#define WH_BACKOFF_FACTOR 6.0             /* 5 s, 30 s, 3 min, 18 min, ... up to retry_max */
+#define WH_FANOUT_BATCH "500" /* events copied per poll at most */
+#define WH_LEASE_GRACE_S 30.0 /* lease = the longest timeout plus this */
+#define WH_COUNT_EVERY_S 5.0  /* the pending gauge's refresh */
+#define WH_ERROR_MAX 200      /* bytes of last_error kept */
+#define WH_BACKOFF_FACTOR 6.0 /* 5 s, 30 s, 3 min, 18 min, ... up to retry_max */
 
 struct wh_endpoint {
     const struct bd_webhook_endpoint_config *cfg;
@@ -57,14 +57,14 @@ struct wh_delivery {
     char *event_id;
     char *body;
     size_t blen;
-    int attempts;                         /* before this one */
-    double created_at;                    /* the event's, unix seconds */
+    int attempts;      /* before this one */
+    double created_at; /* the event's, unix seconds */
     CURL *easy;
     struct curl_slist *headers;
-    char resp[WH_ERROR_MAX];              /* the start of the answer, for last_error */
+    char resp[WH_ERROR_MAX]; /* the start of the answer, for last_error */
     size_t resp_len;
     char errbuf[CURL_ERROR_SIZE];
-    struct wh_delivery *prev, *next;      /* w->sending while the POST runs */
+    struct wh_delivery *prev, *next; /* w->sending while the POST runs */
 };
 
 struct bd_webhook {
@@ -76,18 +76,18 @@ struct bd_webhook {
     uv_timer_t timer;
     struct wh_endpoint *eps;
     unsigned eps_count;
-    char *names_param;                    /* '{"a","b"}': the endpoints' names, text[] */
-    char *types_param;                    /* per endpoint "*" or "job.completed,...", text[] */
+    char *names_param; /* '{"a","b"}': the endpoints' names, text[] */
+    char *types_param; /* per endpoint "*" or "job.completed,...", text[] */
     char lease_param[32];
     char max_age_param[32];
     struct wh_delivery *sending;
-    unsigned in_flight;                   /* claimed and not yet recorded */
-    unsigned pg_ops;                      /* statements in flight */
+    unsigned in_flight; /* claimed and not yet recorded */
+    unsigned pg_ops;    /* statements in flight */
     uint64_t rng;
-    double last_count;                    /* monotonic seconds of the last pending count */
+    double last_count; /* monotonic seconds of the last pending count */
     double last_prune;
     bool is_polling;
-    bool is_poll_failing;                 /* logged once per failing streak */
+    bool is_poll_failing; /* logged once per failing streak */
     bool is_closing;
     bool is_started;
     bd_webhook_closed_cb closed_cb;
@@ -208,14 +208,15 @@ static void wh_on_recorded(int status, PGresult *res, void *arg)
     struct bd_webhook *w = arg;
 
     if (status < 0 && status != BD_ECANCELED)
-        bd_log(BD_LOG_WARN, "webhook", "event=record_failed err=%s pg=\"%s\" note=resent_after_lease",
-               bd_strerror(status), res ? PQresultErrorMessage(res) : "connection lost");
+        bd_log(BD_LOG_WARN, "webhook",
+               "event=record_failed err=%s pg=\"%s\" note=resent_after_lease", bd_strerror(status),
+               res ? PQresultErrorMessage(res) : "connection lost");
     w->pg_ops--;
     w->in_flight--;
     if (w->is_closing)
         wh_check_closed(w);
     else if (w->in_flight + 1 == w->cfg->webhook_concurrency)
-        wh_schedule_poll(w, 0);       /* a slot opened while the quota was full */
+        wh_schedule_poll(w, 0); /* a slot opened while the quota was full */
 }
 
 /* The UPDATE for one outcome: delivered, failed for good, or pending until next_in_s. */
@@ -270,7 +271,7 @@ static size_t wh_on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 
     memcpy(d->resp + d->resp_len, ptr, take);
     d->resp_len += take;
-    return n;                              /* the rest is read and dropped */
+    return n; /* the rest is read and dropped */
 }
 
 static void wh_unlink(struct bd_webhook *w, struct wh_delivery *d)
@@ -310,11 +311,12 @@ static void wh_on_sent(CURL *easy, CURLcode result, void *arg)
     if (result != CURLE_OK) {
         snprintf(error, sizeof(error), "%s", d->errbuf[0] ? d->errbuf : curl_easy_strerror(result));
     } else {
-        for (size_t i = 0; i < d->resp_len; i++)     /* one line in logs and in the row */
+        for (size_t i = 0; i < d->resp_len; i++) /* one line in logs and in the row */
             if ((unsigned char)d->resp[i] < 0x20 || d->resp[i] == 0x7f)
                 d->resp[i] = ' ';
         d->resp[d->resp_len] = '\0';
-        snprintf(error, sizeof(error), "HTTP %ld: %s", code, d->resp_len ? d->resp : "(empty body)");
+        snprintf(error, sizeof(error), "HTTP %ld: %s", code,
+                 d->resp_len ? d->resp : "(empty body)");
     }
     if (is_ok) {
         bd_metrics_webhook_result(w->metrics, BD_METRICS_WEBHOOK_DELIVERED, now - d->created_at);
@@ -326,8 +328,10 @@ static void wh_on_sent(CURL *easy, CURLcode result, void *arg)
                d->event_id, d->ep->cfg->name, attempt, error);
     } else {
         bd_metrics_webhook_result(w->metrics, BD_METRICS_WEBHOOK_FAILED_ATTEMPT, 0);
-        bd_log(BD_LOG_INFO, "webhook", "event=attempt_failed id=%s endpoint=%s attempt=%d "
-               "retry_in_s=%.1f error=\"%s\"", d->event_id, d->ep->cfg->name, attempt, next, error);
+        bd_log(BD_LOG_INFO, "webhook",
+               "event=attempt_failed id=%s endpoint=%s attempt=%d "
+               "retry_in_s=%.1f error=\"%s\"",
+               d->event_id, d->ep->cfg->name, attempt, next, error);
     }
     wh_record(d, result == CURLE_OK ? code : 0, error, is_ok, is_given_up, next);
     wh_delivery_free(d);
@@ -345,7 +349,7 @@ static int wh_send(struct bd_webhook *w, struct wh_delivery *d)
     err = bd_webhook_sign(d->ep->key, d->ep->klen, d->event_id, ts, d->body, d->blen, sig);
     if (err < 0)
         return err;
-    const char *fixed[] = { "Content-Type: application/json", "Expect:", NULL, NULL, NULL };
+    const char *fixed[] = {"Content-Type: application/json", "Expect:", NULL, NULL, NULL};
     char id_line[96], ts_line[48];
     snprintf(id_line, sizeof(id_line), "webhook-id: %s", d->event_id);
     snprintf(ts_line, sizeof(ts_line), "webhook-timestamp: %lld", ts);
@@ -411,7 +415,7 @@ static void wh_start_row(struct bd_webhook *w, const PGresult *res, int r, int c
 
     w->in_flight++;
     if (d == NULL) {
-        w->in_flight--;                    /* unrecorded: the lease brings it back */
+        w->in_flight--; /* unrecorded: the lease brings it back */
         return;
     }
     d->w = w;
@@ -427,7 +431,7 @@ static void wh_start_row(struct bd_webhook *w, const PGresult *res, int r, int c
     }
     if (err == BD_OK)
         return;
-    if (d->ep == NULL || d->event_id == NULL) {   /* claimed by name from our own list */
+    if (d->ep == NULL || d->event_id == NULL) { /* claimed by name from our own list */
         w->in_flight--;
         wh_delivery_free(d);
         return;
@@ -514,11 +518,11 @@ static void wh_on_poll_conn(int status, struct bd_pg_conn *conn, void *arg)
 {
     struct wh_poll_ctx *ctx = arg;
     struct bd_webhook *w = ctx->w;
-    const char *const fan_params[] = { w->names_param, w->types_param, w->max_age_param };
-    const char *const claim_params[] = { w->names_param, ctx->limit, w->lease_param };
-    const char *const sqls[] = { wh_fanout_sql, wh_claim_sql };
-    const int nparams[] = { 3, 3 };
-    const char *const *const params[] = { fan_params, claim_params };
+    const char *const fan_params[] = {w->names_param, w->types_param, w->max_age_param};
+    const char *const claim_params[] = {w->names_param, ctx->limit, w->lease_param};
+    const char *const sqls[] = {wh_fanout_sql, wh_claim_sql};
+    const int nparams[] = {3, 3};
+    const char *const *const params[] = {fan_params, claim_params};
 
     if (status < 0) {
         free(ctx);
@@ -548,10 +552,9 @@ static void wh_poll(struct bd_webhook *w)
         return;
     ctx = calloc(1, sizeof(*ctx));
     if (ctx == NULL)
-        return;                           /* the next tick tries again */
+        return; /* the next tick tries again */
     ctx->w = w;
-    snprintf(ctx->limit, sizeof(ctx->limit), "%u",
-             w->cfg->webhook_concurrency - w->in_flight);
+    snprintf(ctx->limit, sizeof(ctx->limit), "%u", w->cfg->webhook_concurrency - w->in_flight);
     if (bd_pg_acquire(w->pg, wh_on_poll_conn, ctx) < 0) {
         free(ctx);
         return;
@@ -592,20 +595,21 @@ static void wh_housekeep(struct bd_webhook *w)
 {
     double now = wh_mono();
     char secs[32];
-    const char *values[1] = { secs };
+    const char *values[1] = {secs};
 
     if (w->metrics != NULL && w->eps_count > 0 && now - w->last_count >= WH_COUNT_EVERY_S) {
         w->last_count = now;
-        if (bd_pg_query(w->pg, "SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'",
-                        0, NULL, NULL, NULL, 0, wh_on_counted, w) == BD_OK)
+        if (bd_pg_query(w->pg, "SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'", 0,
+                        NULL, NULL, NULL, 0, wh_on_counted, w) == BD_OK)
             w->pg_ops++;
     }
     /* Deliveries go with their event (ON DELETE CASCADE). */
     if (w->last_prune == 0 || now - w->last_prune >= w->cfg->cleanup_interval_s) {
         w->last_prune = now;
         snprintf(secs, sizeof(secs), "%.0f", w->cfg->webhook_retention_s);
-        if (bd_pg_query(w->pg, "DELETE FROM webhook_events"
-                               " WHERE created_at < now() - make_interval(secs => $1::float8)",
+        if (bd_pg_query(w->pg,
+                        "DELETE FROM webhook_events"
+                        " WHERE created_at < now() - make_interval(secs => $1::float8)",
                         1, values, NULL, NULL, 0, wh_on_pruned, w) == BD_OK)
             w->pg_ops++;
     }
@@ -649,7 +653,7 @@ static int wh_build_params(struct bd_webhook *w)
             bd_buf_puts(&types, "*");
         for (unsigned k = 0; k < ec->events_count; k++) {
             bd_buf_puts(&types, k == 0 ? "" : ",");
-            bd_buf_puts(&types, ec->events[k]);       /* checked names: no quoting needed */
+            bd_buf_puts(&types, ec->events[k]); /* checked names: no quoting needed */
         }
         bd_buf_puts(&types, "\"");
         if (ec->timeout_s > lease)

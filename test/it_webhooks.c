@@ -44,12 +44,12 @@ static char g_redis_url[256];
 
 struct rx_req {
     char path[64];
-    char id[128];                 /* webhook-id */
-    char ts[32];                  /* webhook-timestamp */
-    char sig[256];                /* webhook-signature */
+    char id[128];  /* webhook-id */
+    char ts[32];   /* webhook-timestamp */
+    char sig[256]; /* webhook-signature */
     char *body;
-    double at;                    /* bd_it_now() when it arrived */
-    int answered;                 /* the status we sent */
+    double at;    /* bd_it_now() when it arrived */
+    int answered; /* the status we sent */
     bool is_sig_ok;
 };
 
@@ -61,8 +61,8 @@ static struct {
     volatile bool is_stopping;
     struct rx_req reqs[RX_MAX];
     unsigned count;
-    int fail_next;                /* answer 500 to this many more requests (-1: all) */
-} rx = { .mu = PTHREAD_MUTEX_INITIALIZER, .fd = -1 };
+    int fail_next; /* answer 500 to this many more requests (-1: all) */
+} rx = {.mu = PTHREAD_MUTEX_INITIALIZER, .fd = -1};
 
 /* Standard Webhooks' signature computed here with OpenSSL: base64(HMAC-SHA256(key,
  * "id.ts.body")) where key is the base64 after "whsec_". */
@@ -75,7 +75,7 @@ static bool rx_verify(const char *id, const char *ts, const char *body, const ch
     int klen = EVP_DecodeBlock(key, (const unsigned char *)b64, (int)strlen(b64));
     struct bd_buf msg;
 
-    if (klen != 24)               /* 32 characters, no padding: 24 bytes */
+    if (klen != 24) /* 32 characters, no padding: 24 bytes */
         return false;
     bd_buf_init(&msg);
     bd_buf_printf(&msg, "%s.%s.%s", id, ts, body);
@@ -110,10 +110,10 @@ static void rx_serve(int c)
     size_t len = 0;
     char *end = NULL;
     char cl[32];
-    struct rx_req r = { .answered = 200 };
+    struct rx_req r = {.answered = 200};
 
     while (len < sizeof(buf) - 1) {
-        struct pollfd pf = { .fd = c, .events = POLLIN };
+        struct pollfd pf = {.fd = c, .events = POLLIN};
         if (poll(&pf, 1, 5000) <= 0)
             return;
         ssize_t k = recv(c, buf + len, sizeof(buf) - 1 - len, 0);
@@ -149,8 +149,10 @@ static void rx_serve(int c)
         free(r.body);
     pthread_mutex_unlock(&rx.mu);
     char out[160];
-    int n = snprintf(out, sizeof(out), "HTTP/1.1 %d %s\r\nContent-Length: 2\r\n"
-                     "Connection: close\r\n\r\nok", r.answered, r.answered == 200 ? "OK" : "Oops");
+    int n = snprintf(out, sizeof(out),
+                     "HTTP/1.1 %d %s\r\nContent-Length: 2\r\n"
+                     "Connection: close\r\n\r\nok",
+                     r.answered, r.answered == 200 ? "OK" : "Oops");
     (void)!send(c, out, (size_t)n, MSG_NOSIGNAL);
 }
 
@@ -158,7 +160,7 @@ static void *rx_main(void *arg)
 {
     (void)arg;
     while (!rx.is_stopping) {
-        struct pollfd pf = { .fd = rx.fd, .events = POLLIN };
+        struct pollfd pf = {.fd = rx.fd, .events = POLLIN};
         if (poll(&pf, 1, 100) <= 0)
             continue;
         int c = accept(rx.fd, NULL, NULL);
@@ -172,7 +174,7 @@ static void *rx_main(void *arg)
 
 static int rx_start(void)
 {
-    struct sockaddr_in a = { .sin_family = AF_INET };
+    struct sockaddr_in a = {.sin_family = AF_INET};
     socklen_t alen = sizeof(a);
     int one = 1;
 
@@ -239,7 +241,7 @@ static unsigned rx_wait(const char *path, const char *type, const char *subject,
 /* A copy of the i-th request for (type, subject), or fails the test. */
 static struct rx_req rx_get(const char *type, const char *subject, unsigned nth)
 {
-    struct rx_req out = { .answered = 0 };
+    struct rx_req out = {.answered = 0};
     unsigned n = 0;
 
     pthread_mutex_lock(&rx.mu);
@@ -289,10 +291,11 @@ static char *run_job(struct bd_it_proc *p, const char *coll)
 {
     char body[512];
 
-    snprintf(body, sizeof(body),
-             "{\"operation\":\"bulk_insert\",\"collection\":\"%s\",\"data\":["
-             "{\"id\":\"a\",\"embedding\":[0.1,0.2,0.3]},{\"id\":\"b\",\"embedding\":[0.3,0.2,0.1]}]}",
-             coll);
+    snprintf(
+        body, sizeof(body),
+        "{\"operation\":\"bulk_insert\",\"collection\":\"%s\",\"data\":["
+        "{\"id\":\"a\",\"embedding\":[0.1,0.2,0.3]},{\"id\":\"b\",\"embedding\":[0.3,0.2,0.1]}]}",
+        coll);
     char *id = bd_it_submit(p, body, NULL);
     assert_non_null(id);
     json_decref(bd_it_expect_status(p, id, "completed", 30));
@@ -304,19 +307,22 @@ static char *run_job(struct bd_it_proc *p, const char *coll)
 static void finalize_batch(const char *id, const char *final_status, bool is_update)
 {
     if (!is_update) {
-        assert_int_equal(bd_it_psql_exec(
-                             "INSERT INTO batches (id, input_file_id, endpoint, completion_window,"
-                             " expires_at, final_status, finalized_at) VALUES ('%s', 'file-x',"
-                             " '/v1/embeddings', '24h', now() + interval '1 day', '%s', now());",
-                             id, final_status), 0);
+        assert_int_equal(
+            bd_it_psql_exec("INSERT INTO batches (id, input_file_id, endpoint, completion_window,"
+                            " expires_at, final_status, finalized_at) VALUES ('%s', 'file-x',"
+                            " '/v1/embeddings', '24h', now() + interval '1 day', '%s', now());",
+                            id, final_status),
+            0);
         return;
     }
-    assert_int_equal(bd_it_psql_exec(
-                         "INSERT INTO batches (id, input_file_id, endpoint, completion_window,"
-                         " expires_at) VALUES ('%s', 'file-x', '/v1/embeddings', '24h',"
-                         " now() + interval '1 day');\n"
-                         "UPDATE batches SET final_status = '%s', finalized_at = now()"
-                         " WHERE id = '%s';", id, final_status, id), 0);
+    assert_int_equal(
+        bd_it_psql_exec("INSERT INTO batches (id, input_file_id, endpoint, completion_window,"
+                        " expires_at) VALUES ('%s', 'file-x', '/v1/embeddings', '24h',"
+                        " now() + interval '1 day');\n"
+                        "UPDATE batches SET final_status = '%s', finalized_at = now()"
+                        " WHERE id = '%s';",
+                        id, final_status, id),
+        0);
 }
 
 /* ---- cases ------------------------------------------------------------------------------ */
@@ -380,7 +386,8 @@ static void test_webhooks_retries_with_backoff_when_receiver_fails(void **state)
     assert_true(c.at - b.at >= 1.44);
     assert_true(c.at - b.at > b.at - a.at);
     assert_int_equal(bd_it_psql_long("SELECT attempts FROM webhook_deliveries WHERE event_id = "
-                                     "'%s' AND state = 'delivered' AND last_status = 200", a.id),
+                                     "'%s' AND state = 'delivered' AND last_status = 200",
+                                     a.id),
                      3);
 
     /* Recorded before the row is: wait for the metric rather than assume. */
@@ -391,10 +398,11 @@ static void test_webhooks_retries_with_backoff_when_receiver_fails(void **state)
         char url[128];
         snprintf(url, sizeof(url), "%s/metrics", p.base);
         assert_int_equal(bd_it_http("GET", url, NULL, NULL, &m), 0);
-        is_seen = strstr(m.body, "batchd_webhook_deliveries_total{result=\"failed_attempt\"} 2\n") &&
-                  strstr(m.body, "batchd_webhook_deliveries_total{result=\"delivered\"} 1\n") &&
-                  strstr(m.body, "batchd_webhook_delivery_seconds_count 1\n") &&
-                  strstr(m.body, "batchd_webhook_pending 0\n");
+        is_seen =
+            strstr(m.body, "batchd_webhook_deliveries_total{result=\"failed_attempt\"} 2\n") &&
+            strstr(m.body, "batchd_webhook_deliveries_total{result=\"delivered\"} 1\n") &&
+            strstr(m.body, "batchd_webhook_delivery_seconds_count 1\n") &&
+            strstr(m.body, "batchd_webhook_pending 0\n");
         bd_it_resp_free(&m);
         if (!is_seen)
             bd_it_sleep_ms(200);
@@ -429,12 +437,15 @@ static void test_webhooks_delivers_after_restart_when_killed_with_pending_delive
     double until = bd_it_now() + 10;
     while (bd_it_psql_long("SELECT count(*) FROM webhook_deliveries d JOIN webhook_events e ON "
                            "e.id = d.event_id WHERE e.subject_id = '%s' AND d.attempts = 1",
-                           job) != 1 && bd_it_now() < until)
+                           job) != 1 &&
+           bd_it_now() < until)
         bd_it_sleep_ms(20);
     assert_int_equal(bd_it_stop(&p, SIGKILL, 5), 128 + SIGKILL);
     assert_int_equal(bd_it_psql_long("SELECT count(*) FROM webhook_deliveries d JOIN "
                                      "webhook_events e ON e.id = d.event_id WHERE "
-                                     "e.subject_id = '%s' AND d.state = 'pending'", job), 1);
+                                     "e.subject_id = '%s' AND d.state = 'pending'",
+                                     job),
+                     1);
     rx_set_fail(0);
     assert_int_equal(start_batchd(&q, 2.0, ep), 0);
     assert_int_equal(rx_wait("/restart", "job.completed", job, 200, 1, 15), 1);
@@ -474,20 +485,23 @@ static void test_webhooks_sends_only_wanted_types_when_endpoints_filter(void **s
     assert_int_equal(bd_it_psql_long("SELECT count(*) FROM webhook_events WHERE "
                                      "type = 'batch.failed' AND subject_id = 'batch_filter2'"),
                      1);
-    bd_it_sleep_ms(1000);                 /* ten polls: anything else would have come */
+    bd_it_sleep_ms(1000); /* ten polls: anything else would have come */
     assert_int_equal(rx_count("/jobs", NULL, NULL, 0), 1);
     assert_int_equal(rx_count("/batches", NULL, NULL, 0), 1);
 
     /* A job that belongs to a batch: completing it is the batch's news, not a job.* event. */
     char *bjob = run_job(&p, "wh_filter");
-    assert_int_equal(bd_it_psql_exec("UPDATE jobs SET status = 'processing' WHERE id = '%s';\n"
-                                     "INSERT INTO batches (id, job_id, input_file_id, endpoint,"
-                                     " completion_window, expires_at) VALUES ('batch_owned', '%s',"
-                                     " 'file-x', '/v1/embeddings', '24h', now() + interval '1 day');\n"
-                                     "UPDATE jobs SET status = 'completed' WHERE id = '%s';",
-                                     bjob, bjob, bjob), 0);
-    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM webhook_events WHERE subject_id = '%s'",
-                                     bjob), 1);   /* the first completion, before it was owned */
+    assert_int_equal(
+        bd_it_psql_exec("UPDATE jobs SET status = 'processing' WHERE id = '%s';\n"
+                        "INSERT INTO batches (id, job_id, input_file_id, endpoint,"
+                        " completion_window, expires_at) VALUES ('batch_owned', '%s',"
+                        " 'file-x', '/v1/embeddings', '24h', now() + interval '1 day');\n"
+                        "UPDATE jobs SET status = 'completed' WHERE id = '%s';",
+                        bjob, bjob, bjob),
+        0);
+    assert_int_equal(
+        bd_it_psql_long("SELECT count(*) FROM webhook_events WHERE subject_id = '%s'", bjob),
+        1); /* the first completion, before it was owned */
     assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
     free(bjob);
     free(job);
@@ -511,7 +525,7 @@ static void test_webhooks_delivers_each_event_once_when_two_processes_run(void *
         jobs[i] = run_job(i % 2 ? &q : &p, "wh_pair");
     for (int i = 0; i < 12; i++)
         assert_int_equal(rx_wait("/pair", "job.completed", jobs[i], 200, 1, 15), 1);
-    bd_it_sleep_ms(1000);                 /* ten polls of each: a double would have come */
+    bd_it_sleep_ms(1000); /* ten polls of each: a double would have come */
     for (int i = 0; i < 12; i++) {
         assert_int_equal(rx_count("/pair", "job.completed", jobs[i], 0), 1);
         free(jobs[i]);
@@ -542,7 +556,8 @@ static void test_webhooks_sends_batch_events_when_batch_row_finalized(void **sta
     assert_true(r.is_sig_ok);
     free(r.body);
     assert_int_equal(bd_it_psql_exec("UPDATE batches SET finalized_at = now() "
-                                     "WHERE id = 'batch_final1';"), 0);
+                                     "WHERE id = 'batch_final1';"),
+                     0);
     bd_it_sleep_ms(1000);
     assert_int_equal(rx_count("/b", NULL, "batch_final1", 0), 1);
     assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
@@ -553,12 +568,15 @@ static void test_webhooks_sends_batch_events_when_batch_row_finalized(void **sta
  * URL, naming the key; the good one passes. */
 static void test_webhooks_refuses_config_when_secret_or_url_malformed(void **state)
 {
-    static const struct { const char *url, *secret, *want; int rc; } cases[] = {
-        { "http://127.0.0.1:9/ok", SECRET, "configuration is valid", 0 },
-        { "http://127.0.0.1:9/ok", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-          "webhooks.endpoints[0].secret: must start with", 1 },
-        { "http://127.0.0.1:9/ok", "whsec_not*base64", "webhooks.endpoints[0].secret: the part", 1 },
-        { "ftp://127.0.0.1/x", SECRET, "webhooks.endpoints[0].url: must be an http", 1 },
+    static const struct {
+        const char *url, *secret, *want;
+        int rc;
+    } cases[] = {
+        {"http://127.0.0.1:9/ok", SECRET, "configuration is valid", 0},
+        {"http://127.0.0.1:9/ok", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+         "webhooks.endpoints[0].secret: must start with", 1},
+        {"http://127.0.0.1:9/ok", "whsec_not*base64", "webhooks.endpoints[0].secret: the part", 1},
+        {"ftp://127.0.0.1/x", SECRET, "webhooks.endpoints[0].url: must be an http", 1},
     };
     const char *bin = bd_it_env("BD_BATCHD_BIN", "./batchd");
     char path[128], out[512];
@@ -568,9 +586,11 @@ static void test_webhooks_refuses_config_when_secret_or_url_malformed(void **sta
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         FILE *f = fopen(path, "w");
         assert_non_null(f);
-        fprintf(f, "redis: {url: \"redis://127.0.0.1:1/0\"}\npostgres: {url: \"postgresql://x@"
-                   "127.0.0.1:1/db\"}\nwebhooks:\n  endpoints:\n    - url: \"%s\"\n      "
-                   "secret: \"%s\"\n", cases[i].url, cases[i].secret);
+        fprintf(f,
+                "redis: {url: \"redis://127.0.0.1:1/0\"}\npostgres: {url: \"postgresql://x@"
+                "127.0.0.1:1/db\"}\nwebhooks:\n  endpoints:\n    - url: \"%s\"\n      "
+                "secret: \"%s\"\n",
+                cases[i].url, cases[i].secret);
         fclose(f);
         int rc = bd_it_sh_out(out, sizeof(out), "'%s' --check-config -c '%s' 2>&1", bin, path);
         assert_int_equal(rc, cases[i].rc);
@@ -594,7 +614,9 @@ static void test_webhooks_verify_with_official_openai_sdk(void **state)
 
     (void)state;
     assert_int_equal(bd_it_sh("cd '%s/test/openai' && { [ -f node_modules/openai/package.json ] "
-                              "|| npm ci --no-audit --no-fund --loglevel=error; }", src), 0);
+                              "|| npm ci --no-audit --no-fund --loglevel=error; }",
+                              src),
+                     0);
     snprintf(dir, sizeof(dir), "/tmp/it_webhooks_sdk_%d", (int)getpid());
     assert_int_equal(bd_it_sh("rm -rf '%s' && mkdir -p '%s'", dir, dir), 0);
     /* In the background, with none of popen's pipe: bd_it_sh reads it to its end. */
@@ -602,7 +624,8 @@ static void test_webhooks_verify_with_official_openai_sdk(void **state)
                               "EXPECT=job.completed,batch.completed node webhooks.mjs "
                               ">'%s/out' 2>'%s/err'; echo $? >'%s/rc') "
                               "</dev/null >/dev/null 2>&1 &",
-                              src, port, SECRET, dir, dir, dir), 0);
+                              src, port, SECRET, dir, dir, dir),
+                     0);
     snprintf(ep, sizeof(ep), "    - url: http://127.0.0.1:%d/sdk\n      secret: %s\n", port,
              SECRET);
     assert_int_equal(start_batchd(&p, 0.2, ep), 0);
@@ -638,8 +661,10 @@ static int it_setup(void **state)
     slash = strchr(redis + strlen("redis://"), '/');
     snprintf(g_redis_url, sizeof(g_redis_url), "%.*s/%s",
              (int)(slash ? slash - redis : (long)strlen(redis)), redis, db);
-    char *out = bd_it_psql_url(g_pg_base, NULL, "DROP SCHEMA IF EXISTS %s CASCADE;"
-                               " CREATE SCHEMA %s;", g_schema, g_schema);
+    char *out = bd_it_psql_url(g_pg_base, NULL,
+                               "DROP SCHEMA IF EXISTS %s CASCADE;"
+                               " CREATE SCHEMA %s;",
+                               g_schema, g_schema);
     if (out == NULL) {
         fprintf(stderr, "cannot reach PostgreSQL at %s (is the test stack up?)\n", g_pg_base);
         return -1;

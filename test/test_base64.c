@@ -13,9 +13,9 @@
 
 static void test_base64_matches_rfc4648_when_encoding_and_decoding(void **state)
 {
-    static const char *const plain[] = { "", "f", "fo", "foo", "foob", "fooba", "foobar" };
-    static const char *const coded[] = { "", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=",
-                                         "Zm9vYmFy" };
+    static const char *const plain[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
+    static const char *const coded[] = {"",         "Zg==",     "Zm8=",    "Zm9v",
+                                        "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
     char out[16];
     unsigned char dec[16];
     size_t n;
@@ -25,8 +25,7 @@ static void test_base64_matches_rfc4648_when_encoding_and_decoding(void **state)
         assert_int_equal(bd_base64_encoded_len(strlen(plain[i])), strlen(coded[i]));
         assert_int_equal(bd_base64_encode(plain[i], strlen(plain[i]), out), strlen(coded[i]));
         assert_string_equal(out, coded[i]);
-        assert_int_equal(bd_base64_decode(coded[i], strlen(coded[i]), dec, sizeof(dec), &n),
-                         BD_OK);
+        assert_int_equal(bd_base64_decode(coded[i], strlen(coded[i]), dec, sizeof(dec), &n), BD_OK);
         assert_int_equal(n, strlen(plain[i]));
         assert_memory_equal(dec, plain[i], n);
     }
@@ -56,15 +55,14 @@ static void test_base64_round_trips_when_bytes_are_all_values(void **state)
 
 static void test_base64_refuses_input_when_not_base64(void **state)
 {
-    static const char *const bad[] = { "Zm9v!", "Zm9v Yg==", "Z", "Zm9vY", "Zg=a", "Z===",
-                                       "Zh==", "Zm9-", "Zm_v", "=Zm9" };
+    static const char *const bad[] = {"Zm9v!", "Zm9v Yg==", "Z",    "Zm9vY", "Zg=a",
+                                      "Z===",  "Zh==",      "Zm9-", "Zm_v",  "=Zm9"};
     unsigned char dec[16];
     size_t n;
 
     (void)state;
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        assert_int_equal(bd_base64_decode(bad[i], strlen(bad[i]), dec, sizeof(dec), &n),
-                         BD_EINVAL);
+        assert_int_equal(bd_base64_decode(bad[i], strlen(bad[i]), dec, sizeof(dec), &n), BD_EINVAL);
     /* Too small an output buffer is refused, not overrun. */
     assert_int_equal(bd_base64_decode("Zm9vYmFy", 8, dec, 5, &n), BD_EINVAL);
 }

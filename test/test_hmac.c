@@ -23,10 +23,10 @@ static void to_hex(const unsigned char *d, size_t n, char *hex)
 struct rfc4231_case {
     unsigned char key[131];
     size_t klen;
-    const char *data;                  /* NULL: data_byte repeated data_len times */
+    const char *data; /* NULL: data_byte repeated data_len times */
     unsigned char data_byte;
     size_t data_len;
-    const char *want;                  /* hex; case 5 is truncated to 128 bits */
+    const char *want; /* hex; case 5 is truncated to 128 bits */
 };
 
 static void hmac_case(const struct rfc4231_case *c, size_t piece)
@@ -56,23 +56,30 @@ static void hmac_case(const struct rfc4231_case *c, size_t piece)
 static void test_hmac_matches_rfc4231_when_given_its_vectors(void **state)
 {
     static struct rfc4231_case cases[7] = {
-        { .klen = 20, .data = "Hi There",
-          .want = "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7" },
-        { .key = "Jefe", .klen = 4, .data = "what do ya want for nothing?",
-          .want = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843" },
-        { .klen = 20, .data_byte = 0xdd, .data_len = 50,
-          .want = "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe" },
-        { .klen = 25, .data_byte = 0xcd, .data_len = 50,
-          .want = "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b" },
-        { .klen = 20, .data = "Test With Truncation",
-          .want = "a3b6167473100ee06e0c796c2955552b" },
-        { .klen = 131, .data = "Test Using Larger Than Block-Size Key - Hash Key First",
-          .want = "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54" },
-        { .klen = 131,
-          .data = "This is a test using a larger than block-size key and a larger than "
-                  "block-size data. The key needs to be hashed before being used by the HMAC "
-                  "algorithm.",
-          .want = "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2" },
+        {.klen = 20,
+         .data = "Hi There",
+         .want = "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"},
+        {.key = "Jefe",
+         .klen = 4,
+         .data = "what do ya want for nothing?",
+         .want = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"},
+        {.klen = 20,
+         .data_byte = 0xdd,
+         .data_len = 50,
+         .want = "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe"},
+        {.klen = 25,
+         .data_byte = 0xcd,
+         .data_len = 50,
+         .want = "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b"},
+        {.klen = 20, .data = "Test With Truncation", .want = "a3b6167473100ee06e0c796c2955552b"},
+        {.klen = 131,
+         .data = "Test Using Larger Than Block-Size Key - Hash Key First",
+         .want = "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"},
+        {.klen = 131,
+         .data = "This is a test using a larger than block-size key and a larger than "
+                 "block-size data. The key needs to be hashed before being used by the HMAC "
+                 "algorithm.",
+         .want = "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2"},
     };
     (void)state;
     memset(cases[0].key, 0x0b, 20);
@@ -115,11 +122,12 @@ static void test_hmac_signs_like_standard_webhooks_when_given_its_example(void *
     char sig[BD_WEBHOOK_SIGNATURE_LEN + 1];
 
     (void)state;
-    assert_int_equal(bd_webhook_secret_decode("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", key,
-                                              &klen), BD_OK);
+    assert_int_equal(bd_webhook_secret_decode("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", key, &klen),
+                     BD_OK);
     assert_int_equal(klen, 24);
-    assert_int_equal(bd_webhook_sign(key, klen, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330,
-                                     body, strlen(body), sig), BD_OK);
+    assert_int_equal(bd_webhook_sign(key, klen, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body,
+                                     strlen(body), sig),
+                     BD_OK);
     assert_string_equal(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     assert_int_equal(bd_webhook_secret_decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", key, &klen),
                      BD_EINVAL);

@@ -22,7 +22,6 @@ size_t bd_base64_decoded_max(size_t len);
  * (whitespace, "-_", a lone trailing character, padding in the middle, non-zero bits left
  * over in the last character). Returns BD_OK with *outlen set, or BD_EINVAL (out may then be
  * partly written). */
-int bd_base64_decode(const char *s, size_t len, unsigned char *out, size_t outcap,
-                     size_t *outlen);
+int bd_base64_decode(const char *s, size_t len, unsigned char *out, size_t outcap, size_t *outlen);
 
 #endif

@@ -12,8 +12,8 @@
 #include "batchd/sha256.h"
 
 struct bd_hmac_sha256 {
-    struct bd_sha256 inner;          /* H((K ^ ipad) || message...) */
-    struct bd_sha256 outer;          /* H((K ^ opad) || inner digest), started at init */
+    struct bd_sha256 inner; /* H((K ^ ipad) || message...) */
+    struct bd_sha256 outer; /* H((K ^ opad) || inner digest), started at init */
 };
 
 /* Start a MAC under key[0..klen) (any length; a key over 64 bytes is hashed first, as RFC

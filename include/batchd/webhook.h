@@ -22,8 +22,8 @@ struct bd_pg;
 struct bd_metrics;
 struct bd_webhook;
 
-#define BD_WEBHOOK_KEY_MAX 128               /* bytes of a decoded whsec_ key (config.h) */
-#define BD_WEBHOOK_SIGNATURE_LEN 47          /* "v1," + 44 characters of base64 */
+#define BD_WEBHOOK_KEY_MAX 128      /* bytes of a decoded whsec_ key (config.h) */
+#define BD_WEBHOOK_SIGNATURE_LEN 47 /* "v1," + 44 characters of base64 */
 
 /* The key of a "whsec_<base64>" secret into key[0..BD_WEBHOOK_KEY_MAX), its length into
  * *klen. BD_OK, or BD_EINVAL when s is not of that form. Pure. */
@@ -37,9 +37,9 @@ int bd_webhook_sign(const unsigned char *key, size_t klen, const char *id, long 
 
 struct bd_webhook_deps {
     uv_loop_t *loop;
-    const struct bd_config *cfg;        /* borrowed; outlives the worker */
-    struct bd_pg *pg;                   /* the synchronous-commit pool; borrowed */
-    struct bd_metrics *metrics;         /* may be NULL */
+    const struct bd_config *cfg; /* borrowed; outlives the worker */
+    struct bd_pg *pg;            /* the synchronous-commit pool; borrowed */
+    struct bd_metrics *metrics;  /* may be NULL */
 };
 
 /* Create the worker (nothing runs until bd_webhook_start). NULL with *err on failure
