@@ -265,15 +265,21 @@ static struct rx_req rx_get(const char *type, const char *subject, unsigned nth)
 /* ---- batchd ----------------------------------------------------------------------------- */
 
 /* A webhooks section: retry_base, then endpoints as YAML list items (already indented). */
-static int start_batchd(struct bd_it_proc *p, double retry_base, const char *endpoints)
+static int start_batchd_ex(struct bd_it_proc *p, double retry_base, unsigned max_attempts,
+                           const char *endpoints)
 {
     char yaml[2048];
 
     snprintf(yaml, sizeof(yaml),
              "jobs:\n  processing_interval: 0.1\nwebhooks:\n  poll_interval: 0.1\n"
-             "  retry_base: %g\n  retry_max: 60\n  max_attempts: 10\n  endpoints:\n%s",
-             retry_base, endpoints);
+             "  retry_base: %g\n  retry_max: 60\n  max_attempts: %u\n  endpoints:\n%s",
+             retry_base, max_attempts, endpoints);
     return bd_it_start(p, yaml, NULL);
+}
+
+static int start_batchd(struct bd_it_proc *p, double retry_base, const char *endpoints)
+{
+    return start_batchd_ex(p, retry_base, 10, endpoints);
 }
 
 static char *endpoint_yaml(const char *path, const char *extra)
@@ -415,6 +421,42 @@ static void test_webhooks_retries_with_backoff_when_receiver_fails(void **state)
     free(a.body);
     free(b.body);
     free(c.body);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+    free(job);
+    free(ep);
+}
+
+/* With max_attempts 2 and a receiver that always answers 500, the delivery is tried twice
+ * and then given up: marked failed with the last answer, counted, and not tried again. */
+static void test_webhooks_gives_up_when_attempts_run_out(void **state)
+{
+    struct bd_it_proc p;
+    char *ep = endpoint_yaml("/down", NULL);
+    char url[128];
+
+    (void)state;
+    rx_reset(-1);
+    assert_int_equal(start_batchd_ex(&p, 0.2, 2, ep), 0);
+    char *job = run_job(&p, "wh_giveup");
+    assert_int_equal(rx_wait("/down", "job.completed", job, 500, 2, 15), 2);
+    double until = bd_it_now() + 10;
+    while (bd_it_psql_long("SELECT count(*) FROM webhook_deliveries d JOIN webhook_events e ON "
+                           "e.id = d.event_id WHERE e.subject_id = '%s' AND d.state = 'failed' "
+                           "AND d.attempts = 2 AND d.last_status = 500 AND d.last_error LIKE "
+                           "'HTTP 500:%%'",
+                           job) != 1 &&
+           bd_it_now() < until)
+        bd_it_sleep_ms(20);
+    assert_true(bd_it_now() < until);
+    snprintf(url, sizeof(url), "%s/metrics", p.base);
+    struct bd_it_resp m;
+    assert_int_equal(bd_it_http("GET", url, NULL, NULL, &m), 0);
+    assert_non_null(strstr(m.body, "batchd_webhook_deliveries_total{result=\"gave_up\"} 1\n"));
+    assert_non_null(
+        strstr(m.body, "batchd_webhook_deliveries_total{result=\"failed_attempt\"} 1\n"));
+    bd_it_resp_free(&m);
+    bd_it_sleep_ms(1000); /* ten polls: a third attempt would have come */
+    assert_int_equal(rx_count("/down", "job.completed", job, 0), 2);
     assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
     free(job);
     free(ep);
@@ -698,6 +740,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         WH_TEST(test_webhooks_sends_signed_job_completed_when_job_completes),
         WH_TEST(test_webhooks_retries_with_backoff_when_receiver_fails),
+        WH_TEST(test_webhooks_gives_up_when_attempts_run_out),
         WH_TEST(test_webhooks_delivers_after_restart_when_killed_with_pending_delivery),
         WH_TEST(test_webhooks_sends_only_wanted_types_when_endpoints_filter),
         WH_TEST(test_webhooks_delivers_each_event_once_when_two_processes_run),
