@@ -68,7 +68,7 @@ static struct {
  * "id.ts.body")) where key is the base64 after "whsec_". */
 static bool rx_verify(const char *id, const char *ts, const char *body, const char *sig)
 {
-    const char *b64 = SECRET + strlen("whsec_");
+    const char *b64 = &SECRET[strlen("whsec_")];
     unsigned char key[64], mac[32];
     unsigned int maclen = 0;
     char want[64];
