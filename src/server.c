@@ -186,11 +186,11 @@ static void server_on_http_response(const struct bd_http_request *req, int statu
 }
 
 /* Descriptors batchd needs besides its clients: both PostgreSQL pools, Redis, the models'
- * connections (curl keeps idle ones), the loop's own, logs and the slack for connections
- * being refused with a 503. */
+ * and the webhook endpoints' connections (curl keeps idle ones), the loop's own, logs and
+ * the slack for connections being refused with a 503. */
 static unsigned server_fd_reserve(const struct bd_config *cfg)
 {
-    unsigned n = 64 + 2 * cfg->postgres_pool_size;
+    unsigned n = 64 + 2 * cfg->postgres_pool_size + 2 * cfg->webhook_concurrency;
     for (unsigned i = 0; i < cfg->models_count; i++)
         n += 2 * cfg->models[i].concurrency;
     return n;
