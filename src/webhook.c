@@ -311,9 +311,11 @@ static void wh_on_sent(CURL *easy, CURLcode result, void *arg)
     if (result != CURLE_OK) {
         snprintf(error, sizeof(error), "%s", d->errbuf[0] ? d->errbuf : curl_easy_strerror(result));
     } else {
-        for (size_t i = 0; i < d->resp_len; i++) /* one line in logs and in the row */
-            if ((unsigned char)d->resp[i] < 0x20 || d->resp[i] == 0x7f)
-                d->resp[i] = ' ';
+        /* One line of ASCII in logs and in the row: bytes of a cut or non-UTF-8 body would
+         * make PostgreSQL refuse the record (and the delivery would never be given up). */
+        for (size_t i = 0; i < d->resp_len; i++)
+            if ((unsigned char)d->resp[i] < 0x20 || (unsigned char)d->resp[i] >= 0x7f)
+                d->resp[i] = '?';
         d->resp[d->resp_len] = '\0';
         snprintf(error, sizeof(error), "HTTP %ld: %s", code,
                  d->resp_len ? d->resp : "(empty body)");
