@@ -316,6 +316,22 @@ static json_t *api_queue_status_json(const struct api_gather *g)
     return j;
 }
 
+/* This process's webhook deliveries by result, and the outbox's pending count (null until
+ * first counted). */
+static json_t *api_webhooks_json(const struct bd_metrics *m)
+{
+    const struct bd_metrics_webhooks *w = bd_metrics_get_webhooks(m);
+    const struct bd_hist *h = &w->delivery_seconds;
+
+    return json_pack("{s:I,s:I,s:I,s:o,s:o}", "delivered",
+                     (json_int_t)w->results[BD_METRICS_WEBHOOK_DELIVERED], "failed_attempts",
+                     (json_int_t)w->results[BD_METRICS_WEBHOOK_FAILED_ATTEMPT], "gave_up",
+                     (json_int_t)w->results[BD_METRICS_WEBHOOK_GAVE_UP], "pending",
+                     w->pending >= 0 ? json_integer(w->pending) : json_null(),
+                     "average_delivery_seconds",
+                     api_real1(h->count ? h->sum / (double)h->count : 0.0));
+}
+
 static json_t *api_metrics_json(struct api_gather *g)
 {
     struct bd_server *srv = g->srv;
@@ -349,7 +365,7 @@ static json_t *api_metrics_json(struct api_gather *g)
     common = best_kind >= 0 ? json_string(bd_model_error_kind_name(best_kind)) : json_null();
     redis_mb = g->has_memory ? api_real1((double)g->used_memory / (1024.0 * 1024.0))
                              : json_null();
-    return json_pack(
+    json_t *out = json_pack(
         "{s:{s:{s:I,s:I,s:o,s:o,s:o},s:{s:o,s:o,s:o,s:i},s:{s:I,s:I,s:I,s:I,s:I,s:o},s:o,s:o}}",
         "batch_metrics",
         "performance", "total_jobs_processed",
@@ -371,6 +387,9 @@ static json_t *api_metrics_json(struct api_gather *g)
         (json_int_t)errs[BD_MODEL_ERR_PROCESSING], "rate_limited_responses",
         (json_int_t)errs[BD_MODEL_ERR_RATE_LIMITED], "most_common_error", common,
         "model_performance", models, "queue_pause", bd__api_pause_json(api_pause_state(g)));
+    if (out != NULL && srv->metrics != NULL)
+        json_object_set_new(out, "webhooks", api_webhooks_json(srv->metrics));
+    return out;
 }
 
 /* ---- gathering ------------------------------------------------------------------------ */

@@ -16,6 +16,7 @@
  */
 #include "batchd/batch.h"
 
+#include "batchd/base64.h"
 #include "batchd/buf.h"
 #include "batchd/error.h"
 #include "batchd/file_store.h"
@@ -189,33 +190,13 @@ static void final_line_id(const struct final_run *r, int32_t ord, const char *pr
     bd_buf_printf(b, "\"%s%.24s\"", prefix, hex);
 }
 
-static void final_base64(struct bd_buf *b, const unsigned char *p, size_t n)
-{
-    static const char tab[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    char q[4];
-
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16;
-        if (i + 1 < n)
-            v |= (uint32_t)p[i + 1] << 8;
-        if (i + 2 < n)
-            v |= p[i + 2];
-        q[0] = tab[(v >> 18) & 63];
-        q[1] = tab[(v >> 12) & 63];
-        q[2] = i + 1 < n ? tab[(v >> 6) & 63] : '=';
-        q[3] = i + 2 < n ? tab[v & 63] : '=';
-        bd_buf_append(b, q, 4);
-    }
-}
-
 /* A stored vector's text ("{0.1,-2e-05}") as OpenAI's base64: its float32s, little-endian.
  * float4out wrote the shortest text that reads back as the same float, so strtof gives
  * back exactly the stored value. */
 static void final_put_base64(struct bd_buf *b, const char *s, size_t len)
 {
     unsigned char *bytes = malloc(len * 2 + 8);   /* a float's text takes >= 2 bytes: "0," */
-    size_t n = 0;
+    size_t n = 0, enc;
     const char *p = s + 1, *end = s + len;
 
     if (bytes == NULL) {
@@ -231,9 +212,13 @@ static void final_put_base64(struct bd_buf *b, const char *s, size_t len)
             bytes[n++] = (unsigned char)(u >> (8 * k));
         p = e < end && *e == ',' ? e + 1 : (e == p ? end : e);
     }
-    bd_buf_append(b, "\"", 1);
-    final_base64(b, bytes, n);
-    bd_buf_append(b, "\"", 1);
+    enc = bd_base64_encoded_len(n);
+    if (bd_buf_reserve(b, enc + 2) == BD_OK) {
+        b->data[b->len++] = '"';
+        b->len += bd_base64_encode(bytes, n, b->data + b->len);
+        b->data[b->len++] = '"';
+        b->data[b->len] = '\0';
+    }
     free(bytes);
 }
 

@@ -62,6 +62,21 @@
  *     max_file_bytes: 209715200    # POST /v1/files: largest file (200 MiB)
  *     max_batch_lines: 50000       # POST /v1/batches: most requests in one input file
  *     batch_expiry: 86400          # a batch not finished this long after creation expires
+ *   webhooks:                      # docs/webhooks.md
+ *     poll_interval: 1             # seconds between looks for due deliveries
+ *     retry_base: 5                # first retry delay; x6 per attempt (jittered) ...
+ *     retry_max: 3600              # ... up to this
+ *     max_attempts: 20             # then a delivery is given up (failed)
+ *     max_age: 86400               # or once its event is this old
+ *     concurrency: 8               # deliveries in flight per process
+ *     timeout: 10                  # endpoints' default
+ *     retention: 604800            # events and their deliveries deleted after (>= max_age)
+ *     endpoints:
+ *       - url: https://example.com/hook   # http or https, required
+ *         secret: whsec_<base64>   # required, as Standard Webhooks (never logged)
+ *         events: [job.completed]  # default: every type
+ *         name: ops                # the outbox's key; default: the url; unique
+ *         timeout: 10
  *   models:
  *     - name: mixtral              # ^[A-Za-z0-9_.:-]{1,64}$, unique
  *       provider: ollama           # ollama | openai | tei | hashing
@@ -151,6 +166,28 @@ struct raw_openai {
     char *batch_expiry;
 };
 
+struct raw_webhook_endpoint {
+    char *name;
+    char *url;
+    char *secret;
+    char **events;
+    unsigned events_count;
+    char *timeout;
+};
+
+struct raw_webhooks {
+    char *poll_interval;
+    char *retry_base;
+    char *retry_max;
+    char *max_attempts;
+    char *max_age;
+    char *concurrency;
+    char *timeout;
+    char *retention;
+    struct raw_webhook_endpoint *endpoints;
+    unsigned endpoints_count;
+};
+
 struct raw_model {
     char *name;
     char *provider;
@@ -176,6 +213,7 @@ struct raw_config {
     struct raw_metrics *metrics;
     struct raw_http *http;
     struct raw_openai *openai;
+    struct raw_webhooks *webhooks;
     struct raw_model *models;
     unsigned models_count;
 };
@@ -258,6 +296,37 @@ static const cyaml_schema_field_t raw_openai_fields[] = {
     CYAML_FIELD_END
 };
 
+static const cyaml_schema_field_t raw_webhook_endpoint_fields[] = {
+    RAW_STR(struct raw_webhook_endpoint, name),
+    RAW_STR(struct raw_webhook_endpoint, url),
+    RAW_STR(struct raw_webhook_endpoint, secret),
+    CYAML_FIELD_SEQUENCE("events", CYAML_FLAG_POINTER_NULL | CYAML_FLAG_OPTIONAL,
+                         struct raw_webhook_endpoint, events, &raw_string_entry, 0,
+                         CYAML_UNLIMITED),
+    RAW_STR(struct raw_webhook_endpoint, timeout),
+    CYAML_FIELD_END
+};
+
+static const cyaml_schema_value_t raw_webhook_endpoint_entry = {
+    CYAML_VALUE_MAPPING(CYAML_FLAG_DEFAULT, struct raw_webhook_endpoint,
+                        raw_webhook_endpoint_fields),
+};
+
+static const cyaml_schema_field_t raw_webhooks_fields[] = {
+    RAW_STR(struct raw_webhooks, poll_interval),
+    RAW_STR(struct raw_webhooks, retry_base),
+    RAW_STR(struct raw_webhooks, retry_max),
+    RAW_STR(struct raw_webhooks, max_attempts),
+    RAW_STR(struct raw_webhooks, max_age),
+    RAW_STR(struct raw_webhooks, concurrency),
+    RAW_STR(struct raw_webhooks, timeout),
+    RAW_STR(struct raw_webhooks, retention),
+    CYAML_FIELD_SEQUENCE("endpoints", CYAML_FLAG_POINTER_NULL | CYAML_FLAG_OPTIONAL,
+                         struct raw_webhooks, endpoints, &raw_webhook_endpoint_entry, 0,
+                         CYAML_UNLIMITED),
+    CYAML_FIELD_END
+};
+
 static const cyaml_schema_field_t raw_model_fields[] = {
     RAW_STR(struct raw_model, name),
     RAW_STR(struct raw_model, provider),
@@ -288,6 +357,7 @@ static const cyaml_schema_field_t raw_config_fields[] = {
     RAW_SECTION(metrics, raw_metrics_fields),
     RAW_SECTION(http, raw_http_fields),
     RAW_SECTION(openai, raw_openai_fields),
+    RAW_SECTION(webhooks, raw_webhooks_fields),
     CYAML_FIELD_SEQUENCE("models", CYAML_FLAG_POINTER_NULL | CYAML_FLAG_OPTIONAL,
                          struct raw_config, models, &raw_model_entry, 0, CYAML_UNLIMITED),
     CYAML_FIELD_END
@@ -359,6 +429,14 @@ const struct cfg_field cfg_fields[] = {
     T_UINT(openai, max_batch_lines, NULL, openai_max_batch_lines, 1, 10000000, "50000"),
     TOP(openai, batch_expiry, NULL, openai_batch_expiry_s, CFG_SECONDS, 1, CFG_MAX_SECONDS,
         "86400", NULL),
+    T_SECS(webhooks, poll_interval, NULL, webhook_poll_interval_s, "1"),
+    T_SECS(webhooks, retry_base, NULL, webhook_retry_base_s, "5"),
+    T_SECS(webhooks, retry_max, NULL, webhook_retry_max_s, "3600"),
+    T_UINT(webhooks, max_attempts, NULL, webhook_max_attempts, 1, 1000, "20"),
+    T_SECS(webhooks, max_age, NULL, webhook_max_age_s, "86400"),
+    T_UINT(webhooks, concurrency, NULL, webhook_concurrency, 1, 1024, "8"),
+    T_SECS(webhooks, timeout, NULL, webhook_timeout_s, "10"),
+    T_SECS(webhooks, retention, NULL, webhook_retention_s, "604800"),
 };
 
 _Static_assert(sizeof(cfg_fields) / sizeof(cfg_fields[0]) == CFG_NFIELDS,
@@ -390,6 +468,22 @@ static const struct cfg_field model_fields[] = {
 };
 
 #define MODEL_NFIELDS (sizeof(model_fields) / sizeof(model_fields[0]))
+
+#define ENDPOINT(fld, member, kind_, def_, check_, req)                                    \
+    { .key = #fld, .raw_off = offsetof(struct raw_webhook_endpoint, fld),                  \
+      .cfg_off = offsetof(struct bd_webhook_endpoint_config, member), .kind = (kind_),     \
+      .max = CFG_MAX_SECONDS, .def = (def_), .check = (check_), .is_required = (req) }
+
+/* name's default (the url, redacted) and timeout's (webhooks.timeout) are filled in after
+ * this table has run; events, a list, are read on their own. */
+static const struct cfg_field endpoint_fields[] = {
+    ENDPOINT(name, name, CFG_STRING, NULL, bd__config_check_name, false),
+    ENDPOINT(url, url, CFG_STRING, NULL, bd__config_check_webhook_url, true),
+    ENDPOINT(secret, secret, CFG_STRING, NULL, bd__config_check_webhook_secret, true),
+    ENDPOINT(timeout, timeout_s, CFG_SECONDS, NULL, NULL, false),
+};
+
+#define ENDPOINT_NFIELDS (sizeof(endpoint_fields) / sizeof(endpoint_fields[0]))
 
 /* -- Reading the file with libcyaml ------------------------------------------------------ */
 
@@ -731,6 +825,75 @@ static int cfg_apply_file_models(struct cfg_load *ld, struct bd_config *cfg,
     return BD_OK;
 }
 
+static int cfg_apply_endpoint_events(struct cfg_load *ld, struct bd_webhook_endpoint_config *ec,
+                                     const struct raw_webhook_endpoint *re, unsigned e)
+{
+    char why[160];
+    char key[96];
+
+    if (re->events_count == 0)
+        return BD_OK;
+    ec->events = calloc(re->events_count, sizeof(*ec->events));
+    if (ec->events == NULL)
+        return bd__config_fail_oom(ld);
+    for (unsigned i = 0; i < re->events_count; i++) {
+        const char *t = re->events[i];
+        snprintf(key, sizeof(key), "webhooks.endpoints[%u].events[%u]", e, i);
+        if (t == NULL)
+            return bd__config_fail_value(ld, key, NULL, "must not be empty");
+        if (!bd__config_check_webhook_event(t, why, sizeof(why)))
+            return bd__config_fail_value(ld, key, NULL, why);
+        if ((ec->events[i] = strdup(t)) == NULL)
+            return bd__config_fail_oom(ld);
+        ec->events_count = i + 1;
+    }
+    return BD_OK;
+}
+
+/* webhooks.endpoints: each through endpoint_fields, then its events list and defaults. */
+static int cfg_apply_file_webhooks(struct cfg_load *ld, struct bd_config *cfg,
+                                   const struct raw_config *raw)
+{
+    char why[256];
+    char key[96];
+    char shown[512];
+    int err;
+
+    if (raw == NULL || raw->webhooks == NULL || raw->webhooks->endpoints_count == 0)
+        return BD_OK;
+    const struct raw_webhooks *rw = raw->webhooks;
+    cfg->webhook_endpoints = calloc(rw->endpoints_count, sizeof(*cfg->webhook_endpoints));
+    if (cfg->webhook_endpoints == NULL)
+        return bd__config_fail_oom(ld);
+    cfg->webhook_endpoints_count = rw->endpoints_count;
+
+    for (unsigned e = 0; e < rw->endpoints_count; e++) {
+        const struct raw_webhook_endpoint *re = &rw->endpoints[e];
+        struct bd_webhook_endpoint_config *ec = &cfg->webhook_endpoints[e];
+        for (size_t i = 0; i < ENDPOINT_NFIELDS; i++) {
+            const struct cfg_field *f = &endpoint_fields[i];
+            const char *text = *(char *const *)((const char *)re + f->raw_off);
+            snprintf(key, sizeof(key), "webhooks.endpoints[%u].%s", e, f->key);
+            if (text == NULL && f->is_required)
+                return bd__config_fail_value(ld, key, NULL, "required");
+            if (text == NULL)
+                continue;
+            err = bd__config_parse_value(f, text, ec, why, sizeof(why));
+            if (err == BD_ENOMEM)
+                return bd__config_fail_oom(ld);
+            if (err < 0)
+                return bd__config_fail_value(ld, key, NULL, why);
+        }
+        err = cfg_apply_endpoint_events(ld, ec, re, e);
+        if (err < 0)
+            return err;
+        if (ec->name == NULL &&
+            (ec->name = strdup(bd_log_redact_url(ec->url, shown, sizeof(shown)))) == NULL)
+            return bd__config_fail_oom(ld);
+    }
+    return BD_OK;
+}
+
 /* -- Public API -------------------------------------------------------------------------- */
 
 static const char *config_on_getenv(const char *name, void *arg)
@@ -775,6 +938,9 @@ int bd_config_load(const char *path, bd_config_getenv_fn getenv_fn, void *getenv
     err = cfg_apply_file_models(&ld, cfg, raw);
     if (err < 0)
         goto fail;
+    err = cfg_apply_file_webhooks(&ld, cfg, raw);
+    if (err < 0)
+        goto fail;
     err = bd__config_apply_env(&ld, cfg);
     if (err < 0)
         goto fail;
@@ -804,6 +970,7 @@ void bd_config_free(struct bd_config *cfg)
         free(mc->version);
     }
     free(cfg->models);
+    bd__config_webhooks_free(cfg);
     bd__config_api_keys_clear(cfg);
     free(cfg->source_path);
     free(cfg->listen_host);

@@ -19,7 +19,7 @@
 #define CFG_MAX_FILE_BYTES (1u << 20)     /* a config is a few KiB; refuse anything silly */
 #define CFG_MAX_SECONDS 31536000.0        /* one year: every duration must fit comfortably */
 #define CFG_MAX_FRAMES 16                 /* libcyaml backtrace depth we keep (ours is 3) */
-#define CFG_NFIELDS 34                    /* entries in cfg_fields (checked in config.c) */
+#define CFG_NFIELDS 42                    /* entries in cfg_fields (checked in config.c) */
 
 enum cfg_kind {
     CFG_UINT,       /* unsigned, integer in [min, max] */
@@ -89,6 +89,10 @@ bool bd__config_check_http_url(const char *s, char *why, size_t whylen);
 bool bd__config_check_name(const char *s, char *why, size_t whylen);
 bool bd__config_check_printable(const char *s, char *why, size_t whylen);
 bool bd__config_check_token(const char *s, char *why, size_t whylen);
+/* webhooks.endpoints[]: any http(s) URL (a query allowed); "whsec_<base64>"; an event type. */
+bool bd__config_check_webhook_url(const char *s, char *why, size_t whylen);
+bool bd__config_check_webhook_secret(const char *s, char *why, size_t whylen);
+bool bd__config_check_webhook_event(const char *s, char *why, size_t whylen);
 
 /* Append a copy of key[0..len) to cfg->api_keys; BD_OK or BD_ENOMEM. */
 int bd__config_api_keys_add(struct bd_config *cfg, const char *key, size_t len);
@@ -98,6 +102,9 @@ void bd__config_api_keys_clear(struct bd_config *cfg);
 
 /* Apply every BATCH_* variable that is set and not empty over what the file said. */
 int bd__config_apply_env(struct cfg_load *ld, struct bd_config *cfg);
+
+/* Free the webhook endpoints (and their strings) of cfg. */
+void bd__config_webhooks_free(struct bd_config *cfg);
 
 /* Rules between settings, run last: required URLs, batch size within max, unique model
  * names, the listen address split, the default worker id. */

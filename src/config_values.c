@@ -8,6 +8,7 @@
  * SPDX-License-Identifier: MIT
  */
 #include "config_internal.h"
+#include "batchd/base64.h"
 #include "batchd/error.h"
 #include "batchd/log.h"
 #include "batchd/url.h"
@@ -429,6 +430,80 @@ bool bd__config_check_http_url(const char *s, char *why, size_t whylen)
                      why, whylen);
 }
 
+/* A webhook endpoint: the URL is used as it is (a query is fine), so only the scheme and
+ * the form are checked; ftp:// and the like are refused here, never tried. */
+bool bd__config_check_webhook_url(const char *s, char *why, size_t whylen)
+{
+    return check_url(s, bd_url_http_schemes, "must be an http:// or https:// URL", true, false,
+                     why, whylen);
+}
+
+/* Standard Webhooks' secret form: "whsec_" and the key in base64. The key's length bounds
+ * are ours: under 16 bytes is too weak for HMAC-SHA256, over 128 is a paste error. The
+ * value is never echoed (it is the key). */
+bool bd__config_check_webhook_secret(const char *s, char *why, size_t whylen)
+{
+    static const char prefix[] = "whsec_";
+    unsigned char key[200];
+    size_t n = 0;
+    size_t len = strlen(s);
+
+    if (strncmp(s, prefix, strlen(prefix)) != 0) {
+        snprintf(why, whylen, "must start with \"whsec_\" followed by the key in base64");
+        return false;
+    }
+    len -= strlen(prefix);
+    if (len > 4 * sizeof(key) / 3 ||
+        bd_base64_decode(s + strlen(prefix), len, key, sizeof(key), &n) < 0) {
+        snprintf(why, whylen, "the part after \"whsec_\" must be base64 (A-Z a-z 0-9 + /, "
+                              "= padding)");
+        return false;
+    }
+    memset(key, 0, sizeof(key));
+    if (n < 16 || n > 128) {
+        snprintf(why, whylen, "the key must be 16 to 128 bytes (got %zu)", n);
+        return false;
+    }
+    return true;
+}
+
+/* The event types, as the triggers of schema version 8 (pg_schema.c) name them. */
+static const char *const webhook_event_types[] = {
+    "batch.completed", "batch.failed", "batch.expired", "batch.cancelled",
+    "job.completed",   "job.failed",   "job.cancelled",
+};
+
+bool bd__config_check_webhook_event(const char *s, char *why, size_t whylen)
+{
+    char q[48];
+
+    for (size_t i = 0; i < sizeof(webhook_event_types) / sizeof(webhook_event_types[0]); i++)
+        if (strcmp(s, webhook_event_types[i]) == 0)
+            return true;
+    snprintf(why, whylen, "unknown event type \"%s\" (one of batch.completed, batch.failed, "
+             "batch.expired, batch.cancelled, job.completed, job.failed, job.cancelled)",
+             cfg_quote(s, q, sizeof(q)));
+    return false;
+}
+
+void bd__config_webhooks_free(struct bd_config *cfg)
+{
+    for (unsigned e = 0; e < cfg->webhook_endpoints_count; e++) {
+        struct bd_webhook_endpoint_config *ec = &cfg->webhook_endpoints[e];
+        free(ec->name);
+        free(ec->url);
+        if (ec->secret != NULL)
+            memset(ec->secret, 0, strlen(ec->secret));   /* the key does not linger */
+        free(ec->secret);
+        for (unsigned i = 0; i < ec->events_count; i++)
+            free(ec->events[i]);
+        free(ec->events);
+    }
+    free(cfg->webhook_endpoints);
+    cfg->webhook_endpoints = NULL;
+    cfg->webhook_endpoints_count = 0;
+}
+
 /* Printable ASCII, spaces allowed (a remote model name such as "BAAI/bge small"). */
 bool bd__config_check_printable(const char *s, char *why, size_t whylen)
 {
@@ -624,6 +699,32 @@ static int cfg_validate_models(struct cfg_load *ld, struct bd_config *cfg)
     return BD_OK;
 }
 
+static int cfg_validate_webhooks(struct cfg_load *ld, struct bd_config *cfg)
+{
+    char key[96];
+    char why[160];
+
+    if (cfg->webhook_retry_base_s > cfg->webhook_retry_max_s)
+        return cfg_fail_setting(ld, "webhooks.retry_base", "must not exceed webhooks.retry_max");
+    if (cfg->webhook_retention_s < cfg->webhook_max_age_s)
+        return cfg_fail_setting(ld, "webhooks.retention", "must not be less than "
+                                "webhooks.max_age (an event is kept while it may be sent)");
+    for (unsigned e = 0; e < cfg->webhook_endpoints_count; e++) {
+        struct bd_webhook_endpoint_config *ec = &cfg->webhook_endpoints[e];
+        if (ec->timeout_s <= 0)
+            ec->timeout_s = cfg->webhook_timeout_s;
+        for (unsigned o = 0; o < e; o++) {
+            if (strcmp(cfg->webhook_endpoints[o].name, ec->name) == 0) {
+                snprintf(key, sizeof(key), "webhooks.endpoints[%u].name", e);
+                snprintf(why, sizeof(why), "duplicate endpoint name (also endpoints[%u]); give "
+                         "each endpoint its own name", o);
+                return bd__config_fail_value(ld, key, NULL, why);
+            }
+        }
+    }
+    return BD_OK;
+}
+
 int bd__config_validate(struct cfg_load *ld, struct bd_config *cfg)
 {
     char host[256];
@@ -655,7 +756,7 @@ int bd__config_validate(struct cfg_load *ld, struct bd_config *cfg)
     err = cfg_validate_models(ld, cfg);
     if (err < 0)
         return err;
-    return BD_OK;
+    return cfg_validate_webhooks(ld, cfg);
 }
 
 /* -- Names --------------------------------------------------------------------------- */

@@ -42,6 +42,13 @@ static const double metrics_job_bounds[] = { 0.1, 0.25, 0.5, 1,    2.5,  5,    1
 static const double metrics_batch_bounds[] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                                                2.5,   5,    10,    30,   60,  120,  300 };
 
+/* Webhook delivery buckets (seconds), event to 2xx: 100 ms .. 1 day (retries included). */
+static const double metrics_webhook_bounds[] = { 0.1, 0.25, 0.5, 1,    2.5,   5,    10,
+                                                 30,  60,   300, 900, 3600, 14400, 86400 };
+static const char *const metrics_webhook_results[BD_METRICS_WEBHOOK_RESULTS] = {
+    "delivered", "failed_attempt", "gave_up",
+};
+
 #define METRICS_COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Model slots: 0..BD_METRICS_MAX_MODELS-1 are config indexes, then these three. */
@@ -83,6 +90,7 @@ struct bd_metrics {
     bool is_queue_paused;
     bool is_model_paused[BD_METRICS_MAX_MODELS];
     bool has_model_paused[BD_METRICS_MAX_MODELS];   /* paused once: its series is written */
+    struct bd_metrics_webhooks webhooks;
 
     /* CPU window: from sample a to now; b is the newer sample that becomes a after 5 s. */
     double cpu_a_s, cpu_b_s;
@@ -124,6 +132,9 @@ struct bd_metrics *bd_metrics_new(void)
                       sizeof(metrics_latency_bounds) / sizeof(double));
     metrics_hist_init(&m->loop_lag, metrics_lag_bounds,
                       sizeof(metrics_lag_bounds) / sizeof(double));
+    metrics_hist_init(&m->webhooks.delivery_seconds, metrics_webhook_bounds,
+                      METRICS_COUNT(metrics_webhook_bounds));
+    m->webhooks.pending = -1;
     for (unsigned op = 0; op < METRICS_OPS; op++) {
         for (unsigned i = 0; i < METRICS_SLOTS; i++) {
             metrics_hist_init(&m->work[op][i].job_seconds, metrics_job_bounds,
@@ -481,6 +492,45 @@ static long metrics_open_fds(void)
     return n - 1;                     /* the directory handle itself */
 }
 
+void bd_metrics_webhook_result(struct bd_metrics *m, enum bd_metrics_webhook_result r,
+                               double seconds)
+{
+    if (m == NULL || (unsigned)r >= BD_METRICS_WEBHOOK_RESULTS)
+        return;
+    m->webhooks.results[r]++;
+    if (r == BD_METRICS_WEBHOOK_DELIVERED)
+        bd_hist_observe(&m->webhooks.delivery_seconds, seconds > 0 ? seconds : 0);
+}
+
+void bd_metrics_webhook_set_pending(struct bd_metrics *m, int64_t pending)
+{
+    if (m != NULL)
+        m->webhooks.pending = pending;
+}
+
+const struct bd_metrics_webhooks *bd_metrics_get_webhooks(const struct bd_metrics *m)
+{
+    return &m->webhooks;
+}
+
+static void metrics_render_webhooks(const struct bd_metrics *m, struct bd_buf *out)
+{
+    const struct bd_metrics_webhooks *w = &m->webhooks;
+
+    bd_buf_puts(out, "# HELP batchd_webhook_deliveries_total Webhook delivery attempts by "
+                     "result.\n# TYPE batchd_webhook_deliveries_total counter\n");
+    for (unsigned r = 0; r < BD_METRICS_WEBHOOK_RESULTS; r++)
+        bd_buf_printf(out, "batchd_webhook_deliveries_total{result=\"%s\"} %llu\n",
+                      metrics_webhook_results[r], (unsigned long long)w->results[r]);
+    if (w->pending >= 0)
+        bd_buf_printf(out, "# HELP batchd_webhook_pending Webhook deliveries not yet delivered "
+                           "or given up (the outbox, all processes).\n"
+                           "# TYPE batchd_webhook_pending gauge\nbatchd_webhook_pending %lld\n",
+                      (long long)w->pending);
+    bd_hist_render(&w->delivery_seconds, out, "batchd_webhook_delivery_seconds",
+                   "Time from a webhook event to its delivery (2xx), retries included.", "", 1);
+}
+
 void bd_metrics_render(const struct bd_metrics *m, struct bd_buf *out, uint64_t start_time_unix)
 {
     bd_buf_puts(out, "# HELP batchd_http_requests_total HTTP responses by route pattern, "
@@ -498,6 +548,7 @@ void bd_metrics_render(const struct bd_metrics *m, struct bd_buf *out, uint64_t 
                    "Time from a request's first byte to its response being queued.", "", 1);
     bd_hist_render(&m->loop_lag, out, "batchd_loop_lag_seconds",
                    "How late a 100 ms loop timer fired: time the loop spent blocked.", "", 1);
+    metrics_render_webhooks(m, out);
 
     double cpu = metrics_cpu_seconds();
     bd_buf_printf(out, "# HELP process_cpu_seconds_total User and system CPU time spent.\n"

@@ -1,11 +1,11 @@
 /* model_client.c -- embedding requests to model servers on libcurl multi inside the libuv loop:
- * splitting a batch into requests, the curl multi glue, the transfer pool, stats; and the
+ * splitting a batch into requests, the transfer pool, stats; and the
  * built-in hashing model, computed on the loop in bounded slices. Each model's requests
  * (FIFO under a concurrency cap, adaptive rate limit, 429 back-off, circuit breaker) are
  * model_request.c's; model_internal.h holds the structs both files share.
  *
- * Owns the CURLM, the pooled transfers (easy handle + request body + response buffer, reset
- * and reused), one uv_poll per curl socket, one uv_timer for curl, one uv_timer per model
+ * Owns a curl loop (curl_loop.h: the CURLM on the loop), the pooled transfers (easy handle +
+ * request body + response buffer, reset and reused), one uv_timer per model
  * (token and Retry-After waits), one uv_idle that computes hashing slices and delivers
  * callbacks, and every struct bd_model_call from bd_model_embed until its callback returned.
  * Loop thread only; never blocks (curl resolves names asynchronously). Never calls a user
@@ -17,6 +17,7 @@
 #include "model_internal.h"
 
 #include "batchd/config.h"
+#include "batchd/curl_loop.h"
 #include "batchd/error.h"
 #include "batchd/log.h"
 
@@ -138,127 +139,22 @@ size_t bd__model_xfer_on_write(char *ptr, size_t size, size_t nmemb, void *userd
 }
 
 /* ---------------------------------------------------------------------------------------
- * curl multi glue: one uv_poll per socket, one uv_timer
+ * Finished transfers (the curl multi glue is curl_loop.c's)
  */
 
 static void client_on_handle_closed(struct bd_model_client *mc);
 
-static void model_check_info(struct bd_model_client *mc)
+/* curl_loop's done callback: hand the transfer to its request. */
+static void model_on_curl_done(CURL *easy, CURLcode result, void *arg)
 {
-    CURLMsg *msg;
-    int left;
+    struct bd_model_client *mc = arg;
+    struct model_xfer *x = NULL;
 
-    while ((msg = curl_multi_info_read(mc->multi, &left)) != NULL) {
-        if (msg->msg != CURLMSG_DONE)
-            continue;
-        /* msg dies at the next curl call: copy what is needed. */
-        CURL *easy = msg->easy_handle;
-        CURLcode result = msg->data.result;
-        struct model_xfer *x = NULL;
-        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&x);
-        if (x != NULL && x->sub != NULL)
-            bd__model_sub_on_done(x->sub, result);
-        else
-            curl_multi_remove_handle(mc->multi, easy);   /* not ours to finish; drop it */
-    }
-}
-
-static void sock_on_close(uv_handle_t *h)
-{
-    struct model_sock *s = h->data;
-    struct bd_model_client *mc = s->mc;
-
-    free(s);
-    client_on_handle_closed(mc);
-}
-
-static void sock_close(struct bd_model_client *mc, struct model_sock *s)
-{
-    model_link_remove(&s->link);
-    mc->pending_closes++;
-    uv_close((uv_handle_t *)&s->poll, sock_on_close);
-}
-
-static void sock_on_poll(uv_poll_t *h, int status, int events)
-{
-    struct model_sock *s = h->data;
-    struct bd_model_client *mc = s->mc;
-    int flags = 0;
-    int running;
-
-    if (status < 0)
-        flags = CURL_CSELECT_ERR;
-    else {
-        if (events & UV_READABLE)
-            flags |= CURL_CSELECT_IN;
-        if (events & UV_WRITABLE)
-            flags |= CURL_CSELECT_OUT;
-    }
-    /* s may be closed during the action (CURL_POLL_REMOVE); only mc is used after. */
-    curl_multi_socket_action(mc->multi, s->fd, flags, &running);
-    model_check_info(mc);
-}
-
-/* CURLMOPT_SOCKETFUNCTION: start, change or stop watching fd. Must not call back into
- * curl beyond curl_multi_assign. */
-static int model_on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp,
-                                void *socketp)
-{
-    struct bd_model_client *mc = userp;
-    struct model_sock *s = socketp;
-    int events = 0;
-
-    (void)easy;
-    if (what == CURL_POLL_REMOVE) {
-        if (s != NULL)
-            sock_close(mc, s);             /* curl drops its entry (and socketp) itself */
-        return 0;
-    }
-    if (s == NULL) {
-        s = calloc(1, sizeof(*s));
-        if (s == NULL)
-            return -1;
-        if (uv_poll_init_socket(mc->loop, &s->poll, fd) < 0) {
-            free(s);
-            return -1;
-        }
-        s->fd = fd;
-        s->mc = mc;
-        s->poll.data = s;
-        model_link_insert_tail(&mc->socks, &s->link);
-        curl_multi_assign(mc->multi, fd, s);
-    }
-    if (what & CURL_POLL_IN)
-        events |= UV_READABLE;
-    if (what & CURL_POLL_OUT)
-        events |= UV_WRITABLE;
-    uv_poll_start(&s->poll, events, sock_on_poll);
-    return 0;
-}
-
-static void model_on_curl_timeout(uv_timer_t *t)
-{
-    struct bd_model_client *mc = t->data;
-    int running;
-
-    curl_multi_socket_action(mc->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    model_check_info(mc);
-}
-
-/* CURLMOPT_TIMERFUNCTION: -1 stops the timer; 0 means "as soon as possible", which must
- * still be a later loop turn (curl may not be re-entered from here). */
-static int model_on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
-{
-    struct bd_model_client *mc = userp;
-
-    (void)multi;
-    if (mc->is_torn_down)
-        return 0;
-    if (timeout_ms < 0)
-        uv_timer_stop(&mc->curl_timer);
+    curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&x);
+    if (x != NULL && x->sub != NULL)
+        bd__model_sub_on_done(x->sub, result);
     else
-        uv_timer_start(&mc->curl_timer, model_on_curl_timeout, (uint64_t)timeout_ms, 0);
-    return 0;
+        curl_multi_remove_handle(mc->multi, easy);   /* not ours to finish; drop it */
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -603,7 +499,6 @@ struct bd_model_client *bd_model_client_new(uv_loop_t *loop, const struct bd_con
     model_link_init(&mc->calls);
     model_link_init(&mc->done);
     model_link_init(&mc->hashing);
-    model_link_init(&mc->socks);
     mc->models_count = cfg->models_count;
     mc->models = calloc(cfg->models_count ? cfg->models_count : 1, sizeof(*mc->models));
     if (mc->models == NULL)
@@ -613,17 +508,10 @@ struct bd_model_client *bd_model_client_new(uv_loop_t *loop, const struct bd_con
         if (rc < 0)
             goto fail_model;
     }
-    rc = BD_ENOMEM;
-    mc->multi = curl_multi_init();
-    if (mc->multi == NULL)
+    mc->curl = bd_curl_loop_new(loop, model_on_curl_done, mc, &rc);
+    if (mc->curl == NULL)
         goto fail_multi;
-    curl_multi_setopt(mc->multi, CURLMOPT_SOCKETFUNCTION, model_on_curl_socket);
-    curl_multi_setopt(mc->multi, CURLMOPT_SOCKETDATA, mc);
-    curl_multi_setopt(mc->multi, CURLMOPT_TIMERFUNCTION, model_on_curl_timer);
-    curl_multi_setopt(mc->multi, CURLMOPT_TIMERDATA, mc);
-
-    uv_timer_init(loop, &mc->curl_timer);
-    mc->curl_timer.data = mc;
+    mc->multi = bd_curl_loop_get_multi(mc->curl);
     uv_idle_init(loop, &mc->idle);
     mc->idle.data = mc;
     for (unsigned i = 0; i < mc->models_count; i++) {
@@ -670,6 +558,11 @@ static void client_on_close(uv_handle_t *h)
     client_on_handle_closed(h->data);
 }
 
+static void client_on_curl_closed(void *arg)
+{
+    client_on_handle_closed(arg);
+}
+
 static void model_on_timer_close(uv_handle_t *h)
 {
     struct model *m = h->data;
@@ -683,13 +576,12 @@ static void model_on_timer_close(uv_handle_t *h)
 static void client_teardown(struct bd_model_client *mc)
 {
     mc->is_torn_down = true;
-    mc->pending_closes++;                     /* held until every close below is queued */
-    /* Cached keep-alive connections close here; curl may report CURL_POLL_REMOVE for them,
-     * and any poll it does not report is closed just after. */
-    curl_multi_cleanup(mc->multi);
+    mc->pending_closes += 2;                  /* the curl loop, and a hold until every
+                                               * close below is queued */
+    /* Cached keep-alive connections close here, with curl's sockets and timer. */
+    bd_curl_loop_close(mc->curl, client_on_curl_closed, mc);
+    mc->curl = NULL;
     mc->multi = NULL;
-    while (!model_link_is_empty(&mc->socks))
-        sock_close(mc, MODEL_OF(mc->socks.next, struct model_sock, link));
     while (mc->free_xfers != NULL) {
         struct model_xfer *x = mc->free_xfers;
         mc->free_xfers = x->next_free;
@@ -702,8 +594,7 @@ static void client_teardown(struct bd_model_client *mc)
         mc->pending_closes++;
         uv_close((uv_handle_t *)&mc->models[i].timer, model_on_timer_close);
     }
-    mc->pending_closes += 2;
-    uv_close((uv_handle_t *)&mc->curl_timer, client_on_close);
+    mc->pending_closes++;
     uv_close((uv_handle_t *)&mc->idle, client_on_close);
     client_on_handle_closed(mc);              /* drop the hold */
 }

@@ -18,6 +18,7 @@
 
 #include "batchd/buf.h"
 #include "batchd/config.h"
+#include "batchd/curl_loop.h"
 #include "batchd/model_client.h"
 
 /* The path appended to base_url: "/api/embed", "/v1/embeddings", "/embed"; NULL for
@@ -239,19 +240,12 @@ struct model {
     struct bd_model_stats stats;
 };
 
-struct model_sock {
-    uv_poll_t poll;
-    curl_socket_t fd;
-    struct bd_model_client *mc;
-    struct model_link link;        /* mc->socks */
-};
-
 struct bd_model_client {
     uv_loop_t *loop;
     const struct bd_config *cfg;
     struct bd_model_tuning tuning;
-    CURLM *multi;
-    uv_timer_t curl_timer;
+    struct bd_curl_loop *curl;     /* curl_loop.h: the multi on the loop */
+    CURLM *multi;                  /* curl's, borrowed from it */
     uv_idle_t idle;
     struct model *models;
     unsigned models_count;
@@ -259,7 +253,6 @@ struct bd_model_client {
     struct model_link calls;       /* running */
     struct model_link done;        /* finished, callback not yet run */
     struct model_link hashing;     /* running hashing calls, served round robin */
-    struct model_link socks;
     float *scratch;                /* parse target, reused */
     size_t scratch_cap;
     int pending_closes;

@@ -195,6 +195,70 @@ static const char pg_schema_v8_queue_pauses[] =
     "CREATE TABLE queue_pauses (\n"
     "  model text PRIMARY KEY, paused_at timestamptz NOT NULL DEFAULT now());\n";
 
+/* Webhooks' outbox (webhook.c; docs/webhooks.md). Events are written by triggers, in the
+ * transaction that changes the state, so an event exists exactly when the change committed:
+ *   jobs: status becomes completed, failed or cancelled (and differs from before), for a
+ *     job that is not an OpenAI batch's (no batches row names it) -> job.<status>;
+ *   batches: finalized_at set, by an UPDATE from NULL or an INSERT with it (a batch whose
+ *     input failed validation) -> batch.<final_status>.
+ * body is the JSON that is sent, fixed at the event (retries send the same bytes; receivers
+ * dedupe by its id, the webhook-id header). Each process's worker copies new events into
+ * webhook_deliveries, one row per configured endpoint that wants the type (dispatched_at
+ * marks an event done so), then claims due rows with FOR UPDATE SKIP LOCKED, pushing
+ * next_attempt_at past the send's timeout as a lease, and records each outcome there. */
+static const char pg_schema_v9_webhooks[] =
+    "CREATE TABLE webhook_events (\n"
+    "  id text PRIMARY KEY, seq bigserial NOT NULL UNIQUE, type text NOT NULL,\n"
+    "  subject_id text NOT NULL, body text NOT NULL,\n"
+    "  created_at timestamptz NOT NULL DEFAULT now(), dispatched_at timestamptz);\n"
+    "CREATE INDEX webhook_events_new_idx ON webhook_events (seq) WHERE dispatched_at IS NULL;\n"
+    "CREATE INDEX webhook_events_created_idx ON webhook_events (created_at);\n"
+    "CREATE TABLE webhook_deliveries (\n"
+    "  event_id text NOT NULL REFERENCES webhook_events(id) ON DELETE CASCADE,\n"
+    "  endpoint text NOT NULL, state text NOT NULL DEFAULT 'pending',\n"
+    "  attempts int NOT NULL DEFAULT 0, next_attempt_at timestamptz NOT NULL DEFAULT now(),\n"
+    "  last_attempt_at timestamptz, delivered_at timestamptz, last_status int,\n"
+    "  last_error text, PRIMARY KEY (event_id, endpoint));\n"
+    "CREATE INDEX webhook_deliveries_due_idx ON webhook_deliveries (next_attempt_at)\n"
+    "  WHERE state = 'pending';\n"
+    "CREATE FUNCTION webhook_event_add(etype text, subject text, data json) RETURNS void\n"
+    "LANGUAGE plpgsql AS $$\n"
+    "DECLARE eid text := 'evt_' || replace(gen_random_uuid()::text, '-', '');\n"
+    "BEGIN\n"
+    "  INSERT INTO webhook_events (id, type, subject_id, body) VALUES (eid, etype, subject,\n"
+    "    json_build_object('id', eid, 'object', 'event',\n"
+    "      'created_at', floor(extract(epoch FROM now()))::bigint, 'type', etype,\n"
+    "      'data', data)::text);\n"
+    "END $$;\n"
+    "CREATE FUNCTION webhook_on_job_status() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+    "BEGIN\n"
+    "  IF NOT EXISTS (SELECT 1 FROM batches WHERE job_id = NEW.id) THEN\n"
+    "    PERFORM webhook_event_add('job.' || NEW.status, NEW.id, json_build_object(\n"
+    "      'id', NEW.id, 'status', NEW.status, 'operation', NEW.operation,\n"
+    "      'total_items', NEW.total_items, 'processed_items', NEW.processed_items,\n"
+    "      'failed_items', NEW.failed_items));\n"
+    "  END IF;\n"
+    "  RETURN NULL;\n"
+    "END $$;\n"
+    "CREATE TRIGGER jobs_webhook AFTER UPDATE OF status ON jobs FOR EACH ROW\n"
+    "  WHEN (NEW.status IN ('completed', 'failed', 'cancelled')\n"
+    "        AND NEW.status IS DISTINCT FROM OLD.status)\n"
+    "  EXECUTE FUNCTION webhook_on_job_status();\n"
+    "CREATE FUNCTION webhook_on_batch_final() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+    "BEGIN\n"
+    "  PERFORM webhook_event_add('batch.' || NEW.final_status, NEW.id,\n"
+    "    json_build_object('id', NEW.id));\n"
+    "  RETURN NULL;\n"
+    "END $$;\n"
+    "CREATE TRIGGER batches_webhook_insert AFTER INSERT ON batches FOR EACH ROW\n"
+    "  WHEN (NEW.finalized_at IS NOT NULL\n"
+    "        AND NEW.final_status IN ('completed', 'failed', 'expired', 'cancelled'))\n"
+    "  EXECUTE FUNCTION webhook_on_batch_final();\n"
+    "CREATE TRIGGER batches_webhook_update AFTER UPDATE OF finalized_at ON batches\n"
+    "  FOR EACH ROW WHEN (OLD.finalized_at IS NULL AND NEW.finalized_at IS NOT NULL\n"
+    "        AND NEW.final_status IN ('completed', 'failed', 'expired', 'cancelled'))\n"
+    "  EXECUTE FUNCTION webhook_on_batch_final();\n";
+
 static const struct pg_migration pg_migrations[] = {
     { 1, "initial", pg_schema_v1_initial },
     { 2, "embedding_cache", pg_schema_v2_embedding_cache },
@@ -204,6 +268,7 @@ static const struct pg_migration pg_migrations[] = {
     { 6, "files", pg_schema_v6_files },
     { 7, "batches", pg_schema_v7_batches },
     { 8, "queue_pauses", pg_schema_v8_queue_pauses },
+    { 9, "webhooks", pg_schema_v9_webhooks },
 };
 
 #define PG_MIGRATIONS_COUNT (sizeof(pg_migrations) / sizeof(pg_migrations[0]))

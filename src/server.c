@@ -19,6 +19,7 @@
 #include "batchd/redis_queue.h"
 #include "batchd/router.h"
 #include "batchd/svc_notify.h"
+#include "batchd/webhook.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,8 +87,21 @@ static void server_on_models_closed(void *arg)
     server_close_redis_pg(srv);
 }
 
+static void server_close_stores(struct bd_server *srv);
+
+static void server_on_webhooks_closed(void *arg)
+{
+    struct bd_server *srv = arg;
+    srv->webhooks = NULL;
+    server_close_stores(srv);
+}
+
 static void server_close_stores(struct bd_server *srv)
 {
+    if (srv->webhooks) {                      /* before the pool its statements use */
+        bd_webhook_close(srv->webhooks, server_on_webhooks_closed, srv);
+        return;
+    }
     if (srv->models)
         bd_model_client_close(srv->models, server_on_models_closed, srv);
     else
@@ -215,11 +229,11 @@ static void server_on_http_response(const struct bd_http_request *req, int statu
 }
 
 /* Descriptors batchd needs besides its clients: both PostgreSQL pools, Redis, the models'
- * connections (curl keeps idle ones), the loop's own, logs and the slack for connections
- * being refused with a 503. */
+ * and the webhook endpoints' connections (curl keeps idle ones), the loop's own, logs and
+ * the slack for connections being refused with a 503. */
 static unsigned server_fd_reserve(const struct bd_config *cfg)
 {
-    unsigned n = 64 + 2 * cfg->postgres_pool_size;
+    unsigned n = 64 + 2 * cfg->postgres_pool_size + 2 * cfg->webhook_concurrency;
     for (unsigned i = 0; i < cfg->models_count; i++)
         n += 2 * cfg->models[i].concurrency;
     return n;
@@ -335,6 +349,15 @@ int bd_server_start(struct bd_server *srv, uv_loop_t *loop, const struct bd_conf
         goto fail;
     }
 
+    struct bd_webhook_deps whd = {
+        .loop = loop, .cfg = cfg, .pg = srv->pg, .metrics = srv->metrics,
+    };
+    srv->webhooks = bd_webhook_new(&whd, &rc);
+    if (srv->webhooks == NULL) {
+        bd_log(BD_LOG_ERROR, "server", "event=webhook_init_failed err=%s", bd_strerror(rc));
+        goto fail;
+    }
+
     srv->router = bd_router_new();
     if (srv->router == NULL) {
         rc = BD_ENOMEM;
@@ -374,6 +397,7 @@ int bd_server_start(struct bd_server *srv, uv_loop_t *loop, const struct bd_conf
         rc = BD_ENOMEM;
         goto fail;
     }
+    bd_webhook_start(srv->webhooks);
     bd_log(BD_LOG_INFO, "server", "event=listening url=http://%s:%d version=%s worker=%s",
            host, bd_http_server_get_port(srv->http), BATCHD_VERSION, cfg->worker_id);
     return BD_OK;

@@ -35,6 +35,18 @@ struct bd_model_config {
     double rate_limit_rps;            /* ceiling, 0 = unlimited */
 };
 
+/* One webhook endpoint (webhooks.endpoints[i]); see docs/webhooks.md. */
+struct bd_webhook_endpoint_config {
+    char *name;                       /* the outbox's key for its deliveries; default: the
+                                       * url with any password redacted; unique */
+    char *url;                        /* http:// or https:// */
+    char *secret;                     /* "whsec_" + base64 of 16..128 bytes; never logged */
+    char **events;                    /* event types it receives ("job.completed"); none =
+                                       * every type */
+    unsigned events_count;
+    double timeout_s;                 /* one delivery attempt; default webhooks.timeout */
+};
+
 struct bd_config {
     char *source_path;                /* file it was loaded from (for messages) */
 
@@ -87,6 +99,18 @@ struct bd_config {
     size_t openai_max_file_bytes;           /* POST /v1/files: largest file, default 200 MiB */
     unsigned openai_max_batch_lines;        /* POST /v1/batches: most requests, default 50000 */
     double openai_batch_expiry_s;           /* a batch's time to finish ("24h"), default 86400 */
+
+    /* webhooks (docs/webhooks.md): the outbox's delivery worker in this process */
+    double webhook_poll_interval_s;         /* due deliveries looked for, default 1 */
+    double webhook_retry_base_s;            /* delay after the first failure, default 5 */
+    double webhook_retry_max_s;             /* delays grow x6 up to this, default 3600 */
+    unsigned webhook_max_attempts;          /* then the delivery is given up, default 20 */
+    double webhook_max_age_s;               /* or when the event is this old, default 86400 */
+    unsigned webhook_concurrency;           /* deliveries in flight per process, default 8 */
+    double webhook_timeout_s;               /* endpoints' default timeout, default 10 */
+    double webhook_retention_s;             /* events and deliveries kept, default 7 days */
+    struct bd_webhook_endpoint_config *webhook_endpoints;
+    unsigned webhook_endpoints_count;
 
     struct bd_model_config *models;
     unsigned models_count;

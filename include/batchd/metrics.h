@@ -91,6 +91,27 @@ void bd_metrics_render_jobs(const struct bd_metrics *m, struct bd_buf *out,
  * allocation. */
 void bd_metrics_set_queue_paused(struct bd_metrics *m, bool is_paused);
 void bd_metrics_set_model_paused(struct bd_metrics *m, unsigned model_index, bool is_paused);
+/* ---- webhooks (webhook.c) ----------------------------------------------------------------
+ * Each delivery attempt of this process by result; the outbox's pending deliveries (all
+ * processes; -1 until first counted); time from event to delivery. Rendered by
+ * bd_metrics_render as batchd_webhook_deliveries_total{result}, batchd_webhook_pending and
+ * batchd_webhook_delivery_seconds. m may be NULL (nothing recorded). No allocation. */
+enum bd_metrics_webhook_result {
+    BD_METRICS_WEBHOOK_DELIVERED = 0,  /* 2xx */
+    BD_METRICS_WEBHOOK_FAILED_ATTEMPT, /* not 2xx or no answer; will be retried */
+    BD_METRICS_WEBHOOK_GAVE_UP,        /* the last attempt failed: marked failed */
+    BD_METRICS_WEBHOOK_RESULTS
+};
+struct bd_metrics_webhooks {
+    uint64_t results[BD_METRICS_WEBHOOK_RESULTS];
+    int64_t pending;
+    struct bd_hist delivery_seconds;  /* observed for delivered ones */
+};
+void bd_metrics_webhook_result(struct bd_metrics *m, enum bd_metrics_webhook_result r,
+                               double seconds);
+void bd_metrics_webhook_set_pending(struct bd_metrics *m, int64_t pending);
+/* Borrowed from m. */
+const struct bd_metrics_webhooks *bd_metrics_get_webhooks(const struct bd_metrics *m);
 
 /* ---- this process ---------------------------------------------------------------------- */
 

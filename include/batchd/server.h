@@ -20,6 +20,7 @@ struct bd_job_engine;
 struct bd_batch_finalizer;
 struct bd_metrics;
 struct bd_model_client;
+struct bd_webhook;
 struct bd_api_cache;
 struct bd_api_collections;
 struct bd__api_stream;                     /* api_submit_stream.c */
@@ -37,6 +38,7 @@ struct bd_server {
     struct bd_batch_finalizer *batches;    /* OpenAI batches' finalizer (batch.h) */
     struct bd_metrics *metrics;
     struct bd_model_client *models;
+    struct bd_webhook *webhooks;           /* the outbox's delivery worker (webhook.c) */
     struct bd_api_cache *api_cache;        /* the API's status cache (api_status.c) */
     struct bd_api_collections *api_collections; /* dimensions seen (api_submit.c) */
     unsigned batch_creates;                /* POST /v1/batches in flight (api_batches.c) */
