@@ -612,6 +612,53 @@ static void test_webhooks_sends_batch_events_when_batch_row_finalized(void **sta
     free(ep);
 }
 
+/* A real OpenAI batch through /v1/files and /v1/batches: the finalizer's final row is what
+ * sends its batch.completed, signed. */
+static void test_webhooks_sends_batch_completed_when_openai_batch_finishes(void **state)
+{
+    struct bd_it_proc p;
+    char *ep = endpoint_yaml("/real", "      events: [batch.completed]\n");
+    char yaml[2048], path[128], out[4096], url[256], body[256];
+    const char *hdrs[] = { "Authorization: Bearer x", "Content-Type: application/json", NULL };
+    struct bd_it_resp r = { 0 };
+    FILE *f;
+
+    (void)state;
+    rx_reset(0);
+    snprintf(yaml, sizeof(yaml),
+             "webhooks:\n  poll_interval: 0.1\n  endpoints:\n%s"
+             "models:\n  - name: hm\n    provider: hashing\n    dimensions: 4\n", ep);
+    assert_int_equal(bd_it_start(&p, yaml, NULL), 0);
+    snprintf(path, sizeof(path), "/tmp/it_webhooks_%d.jsonl", (int)getpid());
+    assert_non_null(f = fopen(path, "w"));
+    for (int i = 0; i < 3; i++)
+        fprintf(f, "{\"custom_id\":\"r%d\",\"method\":\"POST\",\"url\":\"/v1/embeddings\","
+                   "\"body\":{\"model\":\"hm\",\"input\":\"text %d\"}}\n", i, i);
+    fclose(f);
+    assert_int_equal(bd_it_sh_out(out, sizeof(out), "curl -s -H 'Authorization: Bearer x' "
+                                  "-F purpose=batch -F file=@%s %s/v1/files", path, p.base), 0);
+    unlink(path);
+    json_t *file = json_loads(out, 0, NULL);
+    assert_non_null(bd_it_str(file, "id"));
+    snprintf(url, sizeof(url), "%s/v1/batches", p.base);
+    snprintf(body, sizeof(body), "{\"input_file_id\":\"%s\",\"endpoint\":\"/v1/embeddings\","
+             "\"completion_window\":\"24h\"}", bd_it_str(file, "id"));
+    assert_int_equal(bd_it_http("POST", url, body, hdrs, &r), 0);
+    assert_int_equal(r.status, 200);
+    json_t *batch = json_loads(r.body, 0, NULL);
+    const char *id = bd_it_str(batch, "id");
+    assert_non_null(id);
+    assert_int_equal(rx_wait("/real", "batch.completed", id, 200, 1, 30), 1);
+    struct rx_req got = rx_get("batch.completed", id, 0);
+    assert_true(got.is_sig_ok);
+    free(got.body);
+    json_decref(batch);
+    json_decref(file);
+    bd_it_resp_free(&r);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+    free(ep);
+}
+
 /* --check-config refuses a secret without whsec_, one that is not base64, and an ftp://
  * URL, naming the key; the good one passes. */
 static void test_webhooks_refuses_config_when_secret_or_url_malformed(void **state)
@@ -751,6 +798,7 @@ int main(void)
         WH_TEST(test_webhooks_sends_only_wanted_types_when_endpoints_filter),
         WH_TEST(test_webhooks_delivers_each_event_once_when_two_processes_run),
         WH_TEST(test_webhooks_sends_batch_events_when_batch_row_finalized),
+        WH_TEST(test_webhooks_sends_batch_completed_when_openai_batch_finishes),
         WH_TEST(test_webhooks_refuses_config_when_secret_or_url_malformed),
         WH_TEST(test_webhooks_verify_with_official_openai_sdk),
     };
