@@ -462,14 +462,15 @@ int bd__pg_conn_flush_watch(struct bd_pg_conn *conn)
 static void conn_on_connected(struct bd_pg_conn *conn)
 {
     struct bd_pg *pg = conn->pg;
-    char sql[192];
+    char sql[256];
 
     if (PQsetnonblocking(conn->pq, 1) != 0) {
         bd__pg_conn_break(conn, NULL);
         return;
     }
-    snprintf(sql, sizeof(sql), "SET application_name = 'batchd'%s",
-             pg->is_async_commit ? "; SET synchronous_commit = off" : "");
+    snprintf(sql, sizeof(sql), "SET application_name = 'batchd'%s%s",
+             pg->is_async_commit ? "; SET synchronous_commit = off" : "",
+             pg->is_webhooks_on ? "; SET batchd.webhooks = on" : "");
     if (pg->statement_timeout_ms > 0)
         snprintf(sql + strlen(sql), sizeof(sql) - strlen(sql), "; SET statement_timeout = %llu",
                  (unsigned long long)pg->statement_timeout_ms);

@@ -89,6 +89,7 @@ struct bd_pg {
     uint64_t acquire_timeout_ms;     /* 0 = wait forever */
     uint64_t statement_timeout_ms;   /* 0 = server default */
     bool is_async_commit;            /* SET synchronous_commit = off on each connection */
+    bool is_webhooks_on;             /* SET batchd.webhooks = on on each connection */
     struct bd_pg_conn *conns;
     struct bd__pg_waiter *wait_head;
     struct bd__pg_waiter *wait_tail;

@@ -205,7 +205,10 @@ static const char pg_schema_v8_queue_pauses[] =
  * dedupe by its id, the webhook-id header). Each process's worker copies new events into
  * webhook_deliveries, one row per configured endpoint that wants the type (dispatched_at
  * marks an event done so), then claims due rows with FOR UPDATE SKIP LOCKED, pushing
- * next_attempt_at past the send's timeout as a lease, and records each outcome there. */
+ * next_attempt_at past the send's timeout as a lease, and records each outcome there.
+ * The triggers fire only in sessions with batchd.webhooks = on (set on every connection of
+ * a process that has endpoints, bd_pg_options.is_webhooks_on): without webhooks configured,
+ * finishing a job costs no event row. */
 static const char pg_schema_v9_webhooks[] =
     "CREATE TABLE webhook_events (\n"
     "  id text PRIMARY KEY, seq bigserial NOT NULL UNIQUE, type text NOT NULL,\n"
@@ -241,7 +244,8 @@ static const char pg_schema_v9_webhooks[] =
     "  RETURN NULL;\n"
     "END $$;\n"
     "CREATE TRIGGER jobs_webhook AFTER UPDATE OF status ON jobs FOR EACH ROW\n"
-    "  WHEN (NEW.status IN ('completed', 'failed', 'cancelled')\n"
+    "  WHEN (current_setting('batchd.webhooks', true) = 'on'\n"
+    "        AND NEW.status IN ('completed', 'failed', 'cancelled')\n"
     "        AND NEW.status IS DISTINCT FROM OLD.status)\n"
     "  EXECUTE FUNCTION webhook_on_job_status();\n"
     "CREATE FUNCTION webhook_on_batch_final() RETURNS trigger LANGUAGE plpgsql AS $$\n"
@@ -251,11 +255,12 @@ static const char pg_schema_v9_webhooks[] =
     "  RETURN NULL;\n"
     "END $$;\n"
     "CREATE TRIGGER batches_webhook_insert AFTER INSERT ON batches FOR EACH ROW\n"
-    "  WHEN (NEW.finalized_at IS NOT NULL\n"
+    "  WHEN (current_setting('batchd.webhooks', true) = 'on' AND NEW.finalized_at IS NOT NULL\n"
     "        AND NEW.final_status IN ('completed', 'failed', 'expired', 'cancelled'))\n"
     "  EXECUTE FUNCTION webhook_on_batch_final();\n"
     "CREATE TRIGGER batches_webhook_update AFTER UPDATE OF finalized_at ON batches\n"
-    "  FOR EACH ROW WHEN (OLD.finalized_at IS NULL AND NEW.finalized_at IS NOT NULL\n"
+    "  FOR EACH ROW WHEN (current_setting('batchd.webhooks', true) = 'on'\n"
+    "        AND OLD.finalized_at IS NULL AND NEW.finalized_at IS NOT NULL\n"
     "        AND NEW.final_status IN ('completed', 'failed', 'expired', 'cancelled'))\n"
     "  EXECUTE FUNCTION webhook_on_batch_final();\n";
 

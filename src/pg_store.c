@@ -226,6 +226,7 @@ int bd_pg_new(uv_loop_t *loop, const struct bd_pg_options *opt, struct bd_pg **o
     pg->acquire_timeout_ms = (uint64_t)(opt->acquire_timeout_s * 1000.0 + 0.5);
     pg->statement_timeout_ms = (uint64_t)(opt->statement_timeout_s * 1000.0 + 0.5);
     pg->is_async_commit = opt->is_async_commit;
+    pg->is_webhooks_on = opt->is_webhooks_on;
     if (opt->statement_timeout_s > 0 && pg->statement_timeout_ms == 0)
         pg->statement_timeout_ms = 1;
     if (opt->acquire_timeout_s > 0 && pg->acquire_timeout_ms == 0)

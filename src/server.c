@@ -315,6 +315,9 @@ int bd_server_start(struct bd_server *srv, uv_loop_t *loop, const struct bd_conf
     struct bd_pg_options pgo = {
         .conninfo = cfg->postgres_url, .pool_size = cfg->postgres_pool_size,
         .acquire_timeout_s = 5.0, .statement_timeout_s = 60.0,
+        /* jobs and batches that end through this process's sessions make webhook events
+         * only when this process has endpoints to send them to */
+        .is_webhooks_on = cfg->webhook_endpoints_count > 0,
     };
     rc = bd_pg_new(loop, &pgo, &srv->pg);
     if (rc < 0) {

@@ -81,7 +81,7 @@ static struct bd_pg *pool_open_url(uv_loop_t *loop, const char *url, unsigned si
                                    double acquire_timeout_s, double statement_timeout_s,
                                    bool wait_up)
 {
-    struct bd_pg_options opt = { url, size, acquire_timeout_s, statement_timeout_s, false };
+    struct bd_pg_options opt = { url, size, acquire_timeout_s, statement_timeout_s, false, false };
     struct bd_pg *pg = NULL;
 
     assert_int_equal(bd_pg_new(loop, &opt, &pg), BD_OK);
@@ -1322,7 +1322,7 @@ static void keeps_retrying_an_unreachable_server(void **state)
 
     /* a bad conninfo is refused up front */
     {
-        struct bd_pg_options opt = { "host='unterminated", 1, 1.0, 0, false };
+        struct bd_pg_options opt = { "host='unterminated", 1, 1.0, 0, false, false };
         struct bd_pg *none = NULL;
 
         assert_int_equal(bd_pg_new(&loop, &opt, &none), BD_EINVAL);

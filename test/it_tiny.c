@@ -75,7 +75,7 @@ static void on_done(int status, void *arg)
 
 static struct bd_pg *pool_open(uv_loop_t *loop, unsigned size)
 {
-    struct bd_pg_options opt = { it_url, size, 10, 0, false };
+    struct bd_pg_options opt = { it_url, size, 10, 0, false, false };
     struct bd_pg *pg = NULL;
     int migrated = 0;
 

@@ -311,22 +311,26 @@ static char *run_job(struct bd_it_proc *p, const char *coll)
     return id;
 }
 
+/* psql stands in for batchd's sessions: those of a process with endpoints say so, and the
+ * triggers write events only for them. */
+#define WH_SESSION "SET batchd.webhooks = on;\n"
+
 /* Insert a batches row (no job) finalized with final_status, as the finalizer does for a
  * batch whose input failed validation, or (is_update) open, then finalized by an UPDATE. */
 static void finalize_batch(const char *id, const char *final_status, bool is_update)
 {
     if (!is_update) {
         assert_int_equal(
-            bd_it_psql_exec("INSERT INTO batches (id, input_file_id, endpoint, completion_window,"
-                            " expires_at, final_status, finalized_at) VALUES ('%s', 'file-x',"
+            bd_it_psql_exec(WH_SESSION "INSERT INTO batches (id, input_file_id, endpoint,"
+                            " completion_window, expires_at, final_status, finalized_at) VALUES ('%s', 'file-x',"
                             " '/v1/embeddings', '24h', now() + interval '1 day', '%s', now());",
                             id, final_status),
             0);
         return;
     }
     assert_int_equal(
-        bd_it_psql_exec("INSERT INTO batches (id, input_file_id, endpoint, completion_window,"
-                        " expires_at) VALUES ('%s', 'file-x', '/v1/embeddings', '24h',"
+        bd_it_psql_exec(WH_SESSION "INSERT INTO batches (id, input_file_id, endpoint,"
+                        " completion_window, expires_at) VALUES ('%s', 'file-x', '/v1/embeddings', '24h',"
                         " now() + interval '1 day');\n"
                         "UPDATE batches SET final_status = '%s', finalized_at = now()"
                         " WHERE id = '%s';",
@@ -537,7 +541,7 @@ static void test_webhooks_sends_only_wanted_types_when_endpoints_filter(void **s
     /* A job that belongs to a batch: completing it is the batch's news, not a job.* event. */
     char *bjob = run_job(&p, "wh_filter");
     assert_int_equal(
-        bd_it_psql_exec("UPDATE jobs SET status = 'processing' WHERE id = '%s';\n"
+        bd_it_psql_exec(WH_SESSION "UPDATE jobs SET status = 'processing' WHERE id = '%s';\n"
                         "INSERT INTO batches (id, job_id, input_file_id, endpoint,"
                         " completion_window, expires_at) VALUES ('batch_owned', '%s',"
                         " 'file-x', '/v1/embeddings', '24h', now() + interval '1 day');\n"
@@ -603,7 +607,7 @@ static void test_webhooks_sends_batch_events_when_batch_row_finalized(void **sta
     struct rx_req r = rx_get("batch.completed", "batch_final1", 0);
     assert_true(r.is_sig_ok);
     free(r.body);
-    assert_int_equal(bd_it_psql_exec("UPDATE batches SET finalized_at = now() "
+    assert_int_equal(bd_it_psql_exec(WH_SESSION "UPDATE batches SET finalized_at = now() "
                                      "WHERE id = 'batch_final1';"),
                      0);
     bd_it_sleep_ms(1000);
@@ -657,6 +661,22 @@ static void test_webhooks_sends_batch_completed_when_openai_batch_finishes(void 
     bd_it_resp_free(&r);
     assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
     free(ep);
+}
+
+/* A process without endpoints: its jobs finish without writing any event (the triggers
+ * look at the session's batchd.webhooks). */
+static void test_webhooks_writes_no_event_when_no_endpoint_configured(void **state)
+{
+    struct bd_it_proc p;
+    char *job;
+
+    (void)state;
+    assert_int_equal(bd_it_start(&p, "jobs:\n  processing_interval: 0.1\n", NULL), 0);
+    job = run_job(&p, "wh_none");
+    assert_int_equal(bd_it_psql_long("SELECT count(*) FROM webhook_events WHERE subject_id = '%s'",
+                                     job), 0);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+    free(job);
 }
 
 /* --check-config refuses a secret without whsec_, one that is not base64, and an ftp://
@@ -799,6 +819,7 @@ int main(void)
         WH_TEST(test_webhooks_delivers_each_event_once_when_two_processes_run),
         WH_TEST(test_webhooks_sends_batch_events_when_batch_row_finalized),
         WH_TEST(test_webhooks_sends_batch_completed_when_openai_batch_finishes),
+        WH_TEST(test_webhooks_writes_no_event_when_no_endpoint_configured),
         WH_TEST(test_webhooks_refuses_config_when_secret_or_url_malformed),
         WH_TEST(test_webhooks_verify_with_official_openai_sdk),
     };

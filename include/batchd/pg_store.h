@@ -33,6 +33,9 @@ struct bd_pg_options {
     bool is_async_commit;            /* SET synchronous_commit = off on each connection: commits
                                       * return before the WAL is flushed. Only for work that is
                                       * safe to redo after a PostgreSQL crash (job checkpoints). */
+    bool is_webhooks_on;             /* SET batchd.webhooks = on on each connection: the
+                                      * webhook triggers (schema v9) write events only for
+                                      * sessions that say so, i.e. processes with endpoints */
 };
 
 /* Called once when a pool-level operation completes (connect, migrate, close). */
