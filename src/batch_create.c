@@ -353,7 +353,9 @@ static int create_line(struct batch_create *bc, const char *s, size_t n)
         i++;
     if (i == n)
         return BD_OK;                       /* blank lines are skipped, as OpenAI does */
-    root = json_loadb(s, n, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+    /* Without JSON_ALLOW_NUL a "\\u0000" is refused here, with its line: PostgreSQL's text
+     * (custom_id) and jsonb (the vectors' metadata) cannot hold it. */
+    root = json_loadb(s, n, JSON_REJECT_DUPLICATES, &jerr);
     if (root == NULL) {
         rc = create_error(bc, "invalid_json_line", NULL, "line %d is not valid JSON: %s",
                           bc->line_no, jerr.text);
@@ -722,7 +724,12 @@ static void create_read_next(struct batch_create *bc)
         }
         return;
     }
-    rc = bd_file_store_read_chunk(bc->deps.pg, bc->file_id, bc->next_chunk, create_on_chunk, bc);
+    /* Pass 2 holds the job's transaction connection: it reads there too, never waiting
+     * for a second connection of the same pool (two creates could wait on each other). */
+    rc = bc->pass == 2 ? bd_file_store_read_chunk_on(bd_job_stream_get_conn(bc->st), bc->file_id,
+                                                     bc->next_chunk, create_on_chunk, bc)
+                       : bd_file_store_read_chunk(bc->deps.pg, bc->file_id, bc->next_chunk,
+                                                  create_on_chunk, bc);
     if (rc < 0)
         create_finish(bc, rc, NULL);
 }

@@ -35,6 +35,10 @@
 /* A claim's lease: longer than any finalize we expect (a 50,000-line batch of 1,536-dim
  * vectors is written in well under a minute). */
 #define FINAL_LEASE_S 900.0
+/* A run renews its lease when this much of it has passed. */
+#define FINAL_RENEW_MS 60000u
+/* A finalize that failed is retried after this, other batches first. */
+#define FINAL_RETRY_S 30.0
 /* Claims a kick starts are at least this far apart (a stream of tiny jobs ending must not
  * turn into a stream of claim statements). */
 #define FINAL_KICK_SPACING_MS 50
@@ -61,12 +65,14 @@ struct final_run {
     bool is_expired, is_cancelled;
     bool has_not_run;                 /* a line neither succeeded nor failed */
     bool is_cancel_path;              /* the run only asked the job to stop */
+    uint64_t renewed_ms;              /* the lease's last renewal (uv_now), or its claim */
     int64_t lines;                    /* the batch's lines (requests) */
     enum final_pass pass;
     char file_id[2][BD_FILE_ID_LEN + 1];
     bool has_file[2];
     struct bd_file_upload *up;
     struct bd_buf out;                /* formatted lines not yet put */
+    struct bd_buf scratch;            /* one vector's float32 bytes (base64 lines) */
     int64_t bytes, newlines;          /* of the current file, put or not */
     int64_t put_newlines;             /* newlines in the chunks put */
     int64_t counts[2];                /* lines written: output (completed), error (failed) */
@@ -141,6 +147,7 @@ static void final_run_free(struct final_run *r)
         bd_file_upload_abort(r->up);
     final_page_free(r);
     bd_buf_free(&r->out);
+    bd_buf_free(&r->scratch);
     free(r->job_error_code);
     free(r->job_error_message);
     free(r);
@@ -167,8 +174,9 @@ static void final_run_end(struct bd_batch_finalizer *f, int err, const char *wha
         bd_log(BD_LOG_WARN, "batch", "batch=%s event=finalize_failed step=%s error=%s%s%s",
                r ? r->id : "-", what, bd_strerror(err), message ? " message=" : "",
                message ? message : "");
-    if (err < 0 && r && r->id[0])
+    if (err < 0 && r && r->id[0])          /* a stop gives it back at once */
         (void)bd_batch_store_release(f->deps.pg, r->id, f->deps.owner,
+                                     err == BD_ECANCELED ? 0 : FINAL_RETRY_S,
                                      final_on_release_ignored, NULL);
     final_run_free(r);
     f->run = NULL;
@@ -193,33 +201,34 @@ static void final_line_id(const struct final_run *r, int32_t ord, const char *pr
 /* A stored vector's text ("{0.1,-2e-05}") as OpenAI's base64: its float32s, little-endian.
  * float4out wrote the shortest text that reads back as the same float, so strtof gives
  * back exactly the stored value. */
-static void final_put_base64(struct bd_buf *b, const char *s, size_t len)
+static void final_put_base64(struct bd_buf *b, struct bd_buf *scratch, const char *s, size_t len)
 {
-    unsigned char *bytes = malloc(len * 2 + 8);   /* a float's text takes >= 2 bytes: "0," */
-    size_t n = 0, enc;
     const char *p = s + 1, *end = s + len;
+    size_t enc;
 
-    if (bytes == NULL) {
-        b->is_failed = true;
-        return;
-    }
+    bd_buf_reset(scratch);
     while (p < end && *p != '}') {
         char *e;
         float v = strtof(p, &e);
         uint32_t u;
+        unsigned char le[4];
         memcpy(&u, &v, 4);
         for (int k = 0; k < 4; k++)
-            bytes[n++] = (unsigned char)(u >> (8 * k));
+            le[k] = (unsigned char)(u >> (8 * k));
+        bd_buf_append(scratch, le, 4);
         p = e < end && *e == ',' ? e + 1 : (e == p ? end : e);
     }
-    enc = bd_base64_encoded_len(n);
+    if (scratch->is_failed) {
+        b->is_failed = true;
+        return;
+    }
+    enc = bd_base64_encoded_len(scratch->len);
     if (bd_buf_reserve(b, enc + 2) == BD_OK) {
         b->data[b->len++] = '"';
-        b->len += bd_base64_encode(bytes, n, b->data + b->len);
+        b->len += bd_base64_encode(scratch->data, scratch->len, b->data + b->len);
         b->data[b->len++] = '"';
         b->data[b->len] = '\0';
     }
-    free(bytes);
 }
 
 /* An output line: every input's vector, in input order. */
@@ -239,7 +248,7 @@ static void final_put_output(struct final_run *r, const struct final_line *l,
         bd_buf_printf(b, "%s{\"object\":\"embedding\",\"index\":%d,\"embedding\":",
                       i ? "," : "", (int)i);
         if (l->is_base64)
-            final_put_base64(b, v[i].text, v[i].len);
+            final_put_base64(b, &r->scratch, v[i].text, v[i].len);
         else
             bd_pg_real_array_to_json(b, v[i].text, v[i].len);
         bd_buf_puts(b, "}");
@@ -326,6 +335,9 @@ static void final_on_finished(int status, const char *message, void *arg)
     struct bd_batch_finalizer *f = arg;
     struct final_run *r = f->run;
 
+    if (status == BD_ENOTFOUND)          /* final already, or the lease was lost */
+        bd_log(BD_LOG_WARN, "batch", "batch=%s event=finalize_lost (final already or lease "
+               "taken over): this run's files are kept only if its row names them", r->id);
     if (status == BD_OK)
         bd_log(BD_LOG_INFO, "batch", "batch=%s job=%s event=finalized completed=%lld "
                "failed=%lld", r->id, r->job_id, (long long)r->counts[PASS_OUTPUT],
@@ -430,6 +442,8 @@ static void final_on_put(int status, const char *message, void *arg)
     struct bd_batch_finalizer *f = arg;
 
     if (status < 0) {
+        if (status == BD_ECANCELED)
+            f->run->up = NULL;              /* the upload is gone after this callback */
         final_run_end(f, status, "put", message);
         return;
     }
@@ -457,8 +471,14 @@ static void final_format_page(struct bd_batch_finalizer *f)
         if (r->pass == PASS_OUTPUT && is_ok) {
             while (v < r->vec_n && r->vec[v].item_index < l->first_item)
                 v++;
-            if (v + (unsigned)l->items > r->vec_n) {
-                is_ok = false;              /* a vector went missing meanwhile: an error */
+            for (int32_t k = 0; is_ok && k < l->items; k++)
+                is_ok = v + (unsigned)k < r->vec_n &&
+                        r->vec[v + (unsigned)k].item_index == l->first_item + k;
+            if (!is_ok) {
+                /* a vector went missing between the two reads (a retry of the job?): the
+                 * line is not written rather than written with another line's vectors */
+                bd_log(BD_LOG_WARN, "batch", "batch=%s line=%d event=vectors_changed",
+                       r->id, (int)l->ord);
             } else {
                 final_put_output(r, l, &r->vec[v]);
                 v += (unsigned)l->items;
@@ -561,7 +581,8 @@ static void final_on_lines(int status, const struct bd_batch_line *lines, unsign
         final_format_page(f);
         return;
     }
-    rc = bd_batch_store_read_vectors(f->deps.pg, r->job_id, from, to, final_on_vectors, f);
+    rc = bd_batch_store_read_vectors(f->deps.pg, bd_file_upload_get_conn(r->up), r->job_id, from,
+                                     to, final_on_vectors, f);
     if (rc < 0)
         final_run_end(f, rc, "read_vectors", NULL);
 }
@@ -581,8 +602,14 @@ static void final_next_page(struct bd_batch_finalizer *f)
         final_end_pass(f);
         return;
     }
-    rc = bd_batch_store_read_lines(f->deps.pg, r->id, r->job_id, r->next_ord,
-                                       FINAL_PAGE_LINES, FINAL_PAGE_ITEMS, final_on_lines, f);
+    if (uv_now(f->deps.loop) - r->renewed_ms >= FINAL_RENEW_MS) {   /* a long finalize */
+        r->renewed_ms = uv_now(f->deps.loop);
+        (void)bd_batch_store_renew(f->deps.pg, r->id, f->deps.owner, FINAL_LEASE_S,
+                                   final_on_release_ignored, NULL);
+    }
+    rc = bd_batch_store_read_lines(f->deps.pg, bd_file_upload_get_conn(r->up), r->id, r->job_id,
+                                   r->next_ord, FINAL_PAGE_LINES, FINAL_PAGE_ITEMS,
+                                   final_on_lines, f);
     if (rc < 0)
         final_run_end(f, rc, "read_lines", NULL);
 }
@@ -658,7 +685,7 @@ static void final_on_job_cancelled(int status, enum bd_job_state state, bool is_
     }
     bd_log(BD_LOG_INFO, "batch", "batch=%s job=%s event=%s", r->id, r->job_id,
            r->is_expired ? "expired" : "cancel_redone");
-    rc = bd_batch_store_release(f->deps.pg, r->id, f->deps.owner, final_on_released, f);
+    rc = bd_batch_store_release(f->deps.pg, r->id, f->deps.owner, 0, final_on_released, f);
     if (rc < 0)
         final_run_end(f, rc, "release", NULL);
 }
@@ -671,15 +698,17 @@ static void final_on_claim(int status, const struct bd_batch_claim *c, const cha
     int rc;
 
     if (status == BD_OK && c != NULL && f->is_stopping)   /* claimed as the stop came */
-        (void)bd_batch_store_release(f->deps.pg, c->id, f->deps.owner,
+        (void)bd_batch_store_release(f->deps.pg, c->id, f->deps.owner, 0,
                                      final_on_release_ignored, NULL);
     if (status < 0 || c == NULL || f->is_stopping) {
         if (status < 0 && status != BD_ECANCELED)
             bd_log(BD_LOG_WARN, "batch", "event=claim_failed error=%s%s%s", bd_strerror(status),
                    message ? " message=" : "", message ? message : "");
         f->is_busy = false;
-        final_schedule(f, c == NULL && status == BD_OK && !f->is_kicked
-                              ? (uint64_t)(f->deps.interval_s * 1000.0) : 0);
+        /* nothing to do, or the claim failed (a store down, read-only): wait an interval;
+         * a kick that came meanwhile looks again at once */
+        final_schedule(f, status == BD_OK && f->is_kicked && !f->is_stopping
+                              ? 0 : (uint64_t)(f->deps.interval_s * 1000.0));
         return;
     }
     if ((r = calloc(1, sizeof(*r))) == NULL ||
@@ -691,6 +720,8 @@ static void final_on_claim(int status, const struct bd_batch_claim *c, const cha
     }
     f->run = r;
     bd_buf_init(&r->out);
+    bd_buf_init(&r->scratch);
+    r->renewed_ms = uv_now(f->deps.loop);
     snprintf(r->id, sizeof(r->id), "%s", c->id);
     snprintf(r->job_id, sizeof(r->job_id), "%s", c->job_id);
     snprintf(r->model, sizeof(r->model), "%s", c->model ? c->model : "");

@@ -150,6 +150,22 @@ static int batch_query(struct bd_pg *pg, const char *sql, int n, const char *con
     return BD_OK;
 }
 
+/* On conn when it is not NULL (a connection the caller holds), else on the pool. */
+static int batch_query_on(struct bd_pg *pg, struct bd_pg_conn *conn, const char *sql, int n,
+                          const char *const *values, bd_pg_result_cb on, struct batch_call *c)
+{
+    int rc;
+
+    if (conn == NULL)
+        return batch_query(pg, sql, n, values, on, c);
+    rc = bd_pg_conn_query(conn, sql, n, values, NULL, NULL, 0, on, c);
+    if (rc < 0) {
+        free(c);
+        return rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG;
+    }
+    return BD_OK;
+}
+
 static const char *batch_str(const PGresult *res, int r, int c)
 {
     return PQgetisnull(res, r, c) ? NULL : PQgetvalue(res, r, c);
@@ -460,17 +476,38 @@ int bd_batch_store_claim(struct bd_pg *pg, const char *owner, double lease_s,
 }
 
 int bd_batch_store_release(struct bd_pg *pg, const char *id, const char *owner,
-                           bd_batch_store_done_cb cb, void *arg)
+                           double retry_after_s, bd_batch_store_done_cb cb, void *arg)
 {
-    static const char sql[] = "UPDATE batches SET lease_owner = NULL, lease_until = NULL"
-                              " WHERE id = $1 AND lease_owner = $2";
-    const char *values[2] = { id, owner };
+    static const char sql[] = "UPDATE batches SET lease_owner = NULL, lease_until = CASE"
+                              " WHEN $3::float8 > 0 THEN now() + $3::float8 * interval '1 second'"
+                              " END WHERE id = $1 AND lease_owner = $2";
+    char after[40];
+    const char *values[3] = { id, owner, after };
     struct batch_call *c = batch_call_new(arg);
 
     if (c == NULL)
         return BD_ENOMEM;
     c->cb.done = cb;
-    return batch_query(pg, sql, 2, values, batch_on_done, c);
+    snprintf(after, sizeof(after), "%.3f", retry_after_s);
+    return batch_query(pg, sql, 3, values, batch_on_done, c);
+}
+
+int bd_batch_store_renew(struct bd_pg *pg, const char *id, const char *owner, double lease_s,
+                         bd_batch_store_done_cb cb, void *arg)
+{
+    static const char sql[] = "UPDATE batches SET lease_until = now() + $3::float8 *"
+                              " interval '1 second' WHERE id = $1 AND lease_owner = $2"
+                              " AND finalized_at IS NULL";
+    char lease[40];
+    const char *values[3] = { id, owner, lease };
+    struct batch_call *c = batch_call_new(arg);
+
+    if (c == NULL)
+        return BD_ENOMEM;
+    c->cb.done = cb;
+    c->is_not_found_on_zero = true;
+    snprintf(lease, sizeof(lease), "%.3f", lease_s);
+    return batch_query(pg, sql, 3, values, batch_on_done, c);
 }
 
 static void batch_on_lines(int status, PGresult *res, void *arg)
@@ -503,9 +540,9 @@ static void batch_on_lines(int status, PGresult *res, void *arg)
     free(c);
 }
 
-int bd_batch_store_read_lines(struct bd_pg *pg, const char *batch_id, const char *job_id,
-                              int32_t from_ord, unsigned max_lines, unsigned max_items,
-                              bd_batch_store_lines_cb cb, void *arg)
+int bd_batch_store_read_lines(struct bd_pg *pg, struct bd_pg_conn *conn, const char *batch_id,
+                              const char *job_id, int32_t from_ord, unsigned max_lines,
+                              unsigned max_items, bd_batch_store_lines_cb cb, void *arg)
 {
     /* ords are dense from 0 and every line has at least one item, so a line starting
      * within max_items items of line $3 has ord < $3 + max_items: the bound on ord (implied
@@ -535,7 +572,7 @@ int bd_batch_store_read_lines(struct bd_pg *pg, const char *batch_id, const char
     snprintf(from, sizeof(from), "%" PRId32, from_ord);
     snprintf(lim, sizeof(lim), "%u", max_lines);
     snprintf(items, sizeof(items), "%u", max_items);
-    return batch_query(pg, sql, 5, values, batch_on_lines, c);
+    return batch_query_on(pg, conn, sql, 5, values, batch_on_lines, c);
 }
 
 static void batch_on_vectors(int status, PGresult *res, void *arg)
@@ -560,8 +597,9 @@ static void batch_on_vectors(int status, PGresult *res, void *arg)
     free(c);
 }
 
-int bd_batch_store_read_vectors(struct bd_pg *pg, const char *job_id, int32_t from, int32_t to,
-                                bd_batch_store_vectors_cb cb, void *arg)
+int bd_batch_store_read_vectors(struct bd_pg *pg, struct bd_pg_conn *conn, const char *job_id,
+                                int32_t from, int32_t to, bd_batch_store_vectors_cb cb,
+                                void *arg)
 {
     static const char sql[] = "SELECT item_index, embedding::text FROM vectors"
                               " WHERE job_id = $1 AND item_index >= $2::int"
@@ -575,7 +613,7 @@ int bd_batch_store_read_vectors(struct bd_pg *pg, const char *job_id, int32_t fr
     c->cb.vectors = cb;
     snprintf(f, sizeof(f), "%" PRId32, from);
     snprintf(t, sizeof(t), "%" PRId32, to);
-    return batch_query(pg, sql, 3, values, batch_on_vectors, c);
+    return batch_query_on(pg, conn, sql, 3, values, batch_on_vectors, c);
 }
 
 int bd_batch_store_finish(struct bd_pg *pg, const struct bd_batch_final *f,

@@ -389,7 +389,7 @@ const struct cfg_field cfg_fields[] = {
     T_STR(server, worker_id, "BATCH_WORKER_ID", worker_id, NULL, bd__config_check_worker_id),
     T_STR(redis, url, "BATCH_REDIS_URL", redis_url, NULL, bd__config_check_redis_url),
     T_STR(postgres, url, "BATCH_POSTGRES_URL", postgres_url, NULL, bd__config_check_postgres_url),
-    T_UINT(postgres, pool_size, NULL, postgres_pool_size, 2, 64, "4"),
+    T_UINT(postgres, pool_size, "BATCH_POSTGRES_POOL_SIZE", postgres_pool_size, 2, 64, "4"),
     T_UINT(jobs, max_concurrent_jobs, "BATCH_MAX_CONCURRENT_JOBS", max_concurrent_jobs,
            1, 1024, "3"),
     T_UINT(jobs, default_batch_size, "BATCH_DEFAULT_SIZE", default_batch_size, 1, 1000000,

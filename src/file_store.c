@@ -262,16 +262,25 @@ static struct file_call *file_call_new(void *arg)
     return c;
 }
 
-static int file_query(struct bd_pg *pg, const char *sql, int n, const char *const *values,
-                      int binary, bd_pg_result_cb on, struct file_call *c)
+/* On the pool, or on conn when it is not NULL (a connection the caller holds). */
+static int file_query_on(struct bd_pg *pg, struct bd_pg_conn *conn, const char *sql, int n,
+                         const char *const *values, int binary, bd_pg_result_cb on,
+                         struct file_call *c)
 {
-    int rc = bd_pg_query(pg, sql, n, values, NULL, NULL, binary, on, c);
+    int rc = conn ? bd_pg_conn_query(conn, sql, n, values, NULL, NULL, binary, on, c)
+                  : bd_pg_query(pg, sql, n, values, NULL, NULL, binary, on, c);
 
     if (rc < 0) {
         free(c);
         return rc == BD_ENOMEM || rc == BD_ECANCELED ? rc : BD_EPG;
     }
     return BD_OK;
+}
+
+static int file_query(struct bd_pg *pg, const char *sql, int n, const char *const *values,
+                      int binary, bd_pg_result_cb on, struct file_call *c)
+{
+    return file_query_on(pg, NULL, sql, n, values, binary, on, c);
 }
 
 static void file_on_row(int status, PGresult *res, void *arg)
@@ -388,8 +397,8 @@ static void file_on_chunk(int status, PGresult *res, void *arg)
     free(c);
 }
 
-int bd_file_store_read_chunk(struct bd_pg *pg, const char *file_id, unsigned seq,
-                             bd_file_store_chunk_cb cb, void *arg)
+static int file_read_chunk(struct bd_pg *pg, struct bd_pg_conn *conn, const char *file_id,
+                           unsigned seq, bd_file_store_chunk_cb cb, void *arg)
 {
     static const char sql[] = "SELECT data FROM file_chunks WHERE file_id = $1 AND seq = $2::int";
     char s[16];
@@ -400,5 +409,22 @@ int bd_file_store_read_chunk(struct bd_pg *pg, const char *file_id, unsigned seq
         return BD_ENOMEM;
     snprintf(s, sizeof(s), "%u", seq);
     c->cb.chunk = cb;
-    return file_query(pg, sql, 2, values, 1, file_on_chunk, c);
+    return file_query_on(pg, conn, sql, 2, values, 1, file_on_chunk, c);
+}
+
+int bd_file_store_read_chunk(struct bd_pg *pg, const char *file_id, unsigned seq,
+                             bd_file_store_chunk_cb cb, void *arg)
+{
+    return file_read_chunk(pg, NULL, file_id, seq, cb, arg);
+}
+
+int bd_file_store_read_chunk_on(struct bd_pg_conn *conn, const char *file_id, unsigned seq,
+                                bd_file_store_chunk_cb cb, void *arg)
+{
+    return conn ? file_read_chunk(NULL, conn, file_id, seq, cb, arg) : BD_EINVAL;
+}
+
+struct bd_pg_conn *bd_file_upload_get_conn(struct bd_file_upload *up)
+{
+    return up->is_busy || !up->is_open || up->is_aborted ? NULL : up->conn;
 }

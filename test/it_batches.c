@@ -210,11 +210,12 @@ static void test_batch_fails_validation_with_line_numbers(void **state)
         "   \n"
         "{\"custom_id\":\"g\",\"method\":\"POST\",\"url\":\"/v1/embeddings\",\"body\":{\"model\":\"" MODEL "\",\"input\":[1,2,3]}}\n"
         "{\"custom_id\":\"h\",\"method\":\"GET\",\"url\":\"/v1/embeddings\",\"body\":{\"model\":\"" MODEL "\",\"input\":\"x\"}}\n"
-        "{\"custom_id\":\"i\",\"method\":\"POST\",\"url\":\"/v1/embeddings\",\"body\":{\"model\":\"" MODEL "\",\"input\":\"x\",\"dimensions\":3}}";
+        "{\"custom_id\":\"i\",\"method\":\"POST\",\"url\":\"/v1/embeddings\",\"body\":{\"model\":\"" MODEL "\",\"input\":\"x\",\"dimensions\":3}}\n"
+        "{\"custom_id\":\"j\\u0000\",\"method\":\"POST\",\"url\":\"/v1/embeddings\",\"body\":{\"model\":\"" MODEL "\",\"input\":\"x\"}}";
     static const struct { int line; const char *code; } want[] = {
         { 2, "duplicate_custom_id" }, { 3, "invalid_json_line" }, { 4, "invalid_url" },
         { 5, "mismatched_model" }, { 7, "invalid_request" }, { 8, "invalid_request" },
-        { 9, "invalid_request" },
+        { 9, "invalid_request" }, { 10, "invalid_json_line" },
     };
     char fid[64];
     long jobs_before = psql_long("SELECT count(*) FROM jobs");
@@ -440,6 +441,67 @@ static void test_batch_finalized_once_with_two_processes(void **state)
     free(reqs);
 }
 
+/* Two batches created at once by a process whose API pool has two connections: each create
+ * holds one for its job's transaction and reads the input file on it, so neither waits for
+ * the other's (before, both waited for a second connection until the 5 s acquire timeout
+ * and answered 503). The file is several chunks, so the second pass reads many times. */
+static void test_batch_creates_do_not_wait_on_each_other_with_small_pool(void **state)
+{
+    static const char *const env[] = { "BATCH_POSTGRES_POOL_SIZE=2", NULL };
+    struct bd_it_proc p;
+    char fid[64], url[256], body[256];
+    const char *hdrs[] = { AUTH, "Content-Type: application/json", NULL };
+    struct bd_it_resp r[2] = { { 0 }, { 0 } };
+    CURL *h[2];
+    CURLM *m = curl_multi_init();
+    int running = 0;
+    size_t cap = (size_t)30000 * 200 + 1, len = 0;
+    char *reqs = malloc(cap);
+
+    (void)state;
+    assert_non_null(reqs);
+    for (unsigned i = 0; i < 30000; i++)   /* ~5 MB: five chunks */
+        len += (size_t)snprintf(reqs + len, cap - len, "{\"custom_id\":\"pool-%u\","
+                                "\"method\":\"POST\",\"url\":\"/v1/embeddings\",\"body\":"
+                                "{\"model\":\"hashmodel\",\"input\":\"a text long enough "
+                                "to fill the file, number %u\"}}\n", i, i);
+    assert_int_equal(bd_it_start(&p, g_models_yaml, env), 0);
+    upload(&p, reqs, fid, sizeof(fid));
+    snprintf(url, sizeof(url), "%s/v1/batches", p.base);
+    snprintf(body, sizeof(body), "{\"input_file_id\":\"%s\",\"endpoint\":\"/v1/embeddings\","
+             "\"completion_window\":\"24h\"}", fid);
+    for (int i = 0; i < 2; i++) {
+        assert_non_null(h[i] = bd_it_easy_new("POST", url, body, hdrs, 60000, &r[i]));
+        curl_multi_add_handle(m, h[i]);
+    }
+    do {
+        curl_multi_perform(m, &running);
+        if (running)
+            curl_multi_poll(m, NULL, 0, 100, NULL);
+    } while (running);
+    for (int i = 0; i < 2; i++) {
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(m, &left)) != NULL) {
+            if (msg->msg != CURLMSG_DONE)
+                continue;
+            curl_multi_remove_handle(m, msg->easy_handle);
+            bd_it_easy_finish(msg->easy_handle, msg->data.result);
+        }
+    }
+    curl_multi_cleanup(m);
+    for (int i = 0; i < 2; i++) {
+        if (r[i].status != 200)
+            fail_msg("create %d: %ld %s", i, r[i].status, r[i].body ? r[i].body : "");
+        json_t *b = json_loads(r[i].body, 0, NULL);
+        assert_string_equal(bd_it_str(b, "status"), "in_progress");
+        json_decref(b);
+        bd_it_resp_free(&r[i]);
+    }
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
+    free(reqs);
+}
+
 /* ---- the official SDK ------------------------------------------------------------------- */
 
 static void test_batches_work_with_the_official_openai_sdk(void **state)
@@ -515,6 +577,7 @@ int main(void)
         cmocka_unit_test(test_batch_expires_keeping_what_finished),
         cmocka_unit_test(test_batch_finalized_once_with_two_processes),
         cmocka_unit_test(test_batch_completes_after_sigkill_mid_run),
+        cmocka_unit_test(test_batch_creates_do_not_wait_on_each_other_with_small_pool),
         cmocka_unit_test(test_batches_work_with_the_official_openai_sdk),
     };
     bd_it_apply_filter();

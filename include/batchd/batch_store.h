@@ -144,9 +144,16 @@ typedef void (*bd_batch_store_claim_cb)(int status, const struct bd_batch_claim 
 int bd_batch_store_claim(struct bd_pg *pg, const char *owner, double lease_s,
                          bd_batch_store_claim_cb cb, void *arg);
 
-/* Give owner's lease on a batch back (an expired batch waits for its job to stop). */
+/* Give owner's lease on a batch back: at once (retry_after_s 0: an expired batch waits for
+ * its job to stop), or for another claim only after retry_after_s (a finalize that failed:
+ * the other batches go first). */
 int bd_batch_store_release(struct bd_pg *pg, const char *id, const char *owner,
-                           bd_batch_store_done_cb cb, void *arg);
+                           double retry_after_s, bd_batch_store_done_cb cb, void *arg);
+
+/* Extend owner's lease on a batch not yet final to lease_s from now (a long finalize).
+ * BD_ENOTFOUND when owner no longer holds it. */
+int bd_batch_store_renew(struct bd_pg *pg, const char *id, const char *owner, double lease_s,
+                         bd_batch_store_done_cb cb, void *arg);
 
 /* One line as the finalizer reads it, with its first item error if any. */
 struct bd_batch_line {
@@ -162,10 +169,12 @@ typedef void (*bd_batch_store_lines_cb)(int status, const struct bd_batch_line *
                                         unsigned n, const char *message, void *arg);
 
 /* Lines from ord on, in order: at most max_lines, and no more once a line would start
- * max_items items or more past the first line's first item (always at least one line). */
-int bd_batch_store_read_lines(struct bd_pg *pg, const char *batch_id, const char *job_id,
-                              int32_t from_ord, unsigned max_lines, unsigned max_items,
-                              bd_batch_store_lines_cb cb, void *arg);
+ * max_items items or more past the first line's first item (always at least one line).
+ * On conn when it is not NULL (a connection the caller holds: the finalizer reads on its
+ * upload's, never waiting for a second one of the pool), else on pg. */
+int bd_batch_store_read_lines(struct bd_pg *pg, struct bd_pg_conn *conn, const char *batch_id,
+                              const char *job_id, int32_t from_ord, unsigned max_lines,
+                              unsigned max_items, bd_batch_store_lines_cb cb, void *arg);
 
 /* A stored vector of the job's items [from, to), in PostgreSQL's text form of real[]
  * ("{0.1,-2e-05}"), by item index. */
@@ -176,8 +185,9 @@ struct bd_batch_vector {
 };
 typedef void (*bd_batch_store_vectors_cb)(int status, const struct bd_batch_vector *v,
                                           unsigned n, const char *message, void *arg);
-int bd_batch_store_read_vectors(struct bd_pg *pg, const char *job_id, int32_t from, int32_t to,
-                                bd_batch_store_vectors_cb cb, void *arg);
+int bd_batch_store_read_vectors(struct bd_pg *pg, struct bd_pg_conn *conn, const char *job_id,
+                                int32_t from, int32_t to, bd_batch_store_vectors_cb cb,
+                                void *arg);
 
 /* The finalizer's outcome, written at once (only by the lease's owner, only once). */
 struct bd_batch_final {

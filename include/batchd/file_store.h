@@ -118,4 +118,15 @@ typedef void (*bd_file_store_chunk_cb)(int status, const char *data, size_t len,
 int bd_file_store_read_chunk(struct bd_pg *pg, const char *file_id, unsigned seq,
                              bd_file_store_chunk_cb cb, void *arg);
 
+/* The same on a connection the caller holds (leased, idle), e.g. inside its own
+ * transaction: a caller that holds one connection of a pool must not wait for a second
+ * (with a small pool, two such callers wait on each other). BD_EINVAL when conn is NULL. */
+struct bd_pg_conn;
+int bd_file_store_read_chunk_on(struct bd_pg_conn *conn, const char *file_id, unsigned seq,
+                                bd_file_store_chunk_cb cb, void *arg);
+
+/* The upload's connection, inside its transaction, for reads between its operations (see
+ * above); NULL while an operation is in flight or when it is not open. Borrowed. */
+struct bd_pg_conn *bd_file_upload_get_conn(struct bd_file_upload *up);
+
 #endif
