@@ -335,7 +335,19 @@ static void api_on_batch_cancel(struct bd_http_request *req, void *arg)
 struct api_create {
     struct bd_http_request *req;
     struct bd_server *srv;
+    struct bd_batch_create *bc;       /* until api_on_created */
 };
+
+/* The client left (or the server is stopping and cut it): stop the create, whose callback
+ * then finishes the request. */
+static void api_on_create_abort(struct bd_http_request *req, void *arg)
+{
+    struct api_create *c = arg;
+
+    (void)req;
+    if (c->bc)
+        bd_batch_create_abort(c->bc);
+}
 
 static void api_on_created(int status, const char *batch_id, const char *message, void *arg)
 {
@@ -345,6 +357,7 @@ static void api_on_created(int status, const char *batch_id, const char *message
     int rc;
 
     srv->batch_creates--;
+    bd_http_set_abort_cb(req, NULL, NULL);
     free(c);
     switch (status) {
     case BD_OK:
@@ -452,9 +465,10 @@ static void api_on_batch_create(struct bd_http_request *req, void *arg)
     }
     c->req = req;
     c->srv = srv;
+    c->bc = NULL;
     br.input_file_id = json_string_value(file);
     br.metadata_json = meta_json;
-    rc = bd_batch_create(&deps, &br, api_on_created, c);
+    rc = bd_batch_create(&deps, &br, api_on_created, c, &c->bc);
     if (rc < 0) {
         free(c);
         c = NULL;
@@ -469,6 +483,7 @@ static void api_on_batch_create(struct bd_http_request *req, void *arg)
         goto out;
     }
     srv->batch_creates++;
+    bd_http_set_abort_cb(req, api_on_create_abort, c);
 out:
     free(meta_json);
     json_decref(body);

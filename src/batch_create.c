@@ -57,7 +57,7 @@ struct create_line {
     bool is_base64;
 };
 
-struct batch_create {
+struct bd_batch_create {
     struct bd_job_submit_deps deps;
     uv_timer_t slice_timer;           /* the next slice of the chunk in hand, next turn */
     struct bd_buf chunk;              /* the chunk in hand (the store's is borrowed) */
@@ -93,15 +93,16 @@ struct batch_create {
     unsigned copy_rows;
     int32_t ord, next_item;
     bool is_last_chunk;
+    bool is_aborted;                  /* bd_batch_create_abort: stop at the next step */
     int failed;                       /* pass 2: the first error (< 0) */
 };
 
-static void create_read_next(struct batch_create *bc);
-static void create_flush(struct batch_create *bc);
+static void create_read_next(struct bd_batch_create *bc);
+static void create_flush(struct bd_batch_create *bc);
 
 static void create_on_timer_closed(uv_handle_t *h)
 {
-    struct batch_create *bc = h->data;
+    struct bd_batch_create *bc = h->data;
 
     while (bc->arena) {
         struct create_arena *n = bc->arena->next;
@@ -123,27 +124,31 @@ static void create_on_timer_closed(uv_handle_t *h)
 }
 
 /* The record goes once its timer has closed (next loop turn). */
-static void create_free(struct batch_create *bc)
+static void create_free(struct bd_batch_create *bc)
 {
     uv_close((uv_handle_t *)&bc->slice_timer, create_on_timer_closed);
 }
 
-static void create_finish(struct batch_create *bc, int status, const char *message)
+static void create_finish(struct bd_batch_create *bc, int status, const char *message)
 {
     if (bc->st) {
         bd_job_stream_abort(bc->st);
         bc->st = NULL;
     }
-    if (status < 0 && status != BD_ENOTFOUND && status != BD_EINVAL && status != BD_EBUSY)
+    if (status < 0 && status != BD_ENOTFOUND && status != BD_EINVAL && status != BD_EBUSY &&
+        status != BD_ECANCELED)
         bd_log(BD_LOG_WARN, "batch", "batch=%s file=%s event=create_failed error=%s%s%s",
                bc->id, bc->file_id, bd_strerror(status), message ? " message=" : "",
                message ? message : "");
+    if (status == BD_ECANCELED)
+        bd_log(BD_LOG_INFO, "batch", "batch=%s file=%s event=create_cancelled pass=%d",
+               bc->id, bc->file_id, bc->pass);
     bc->cb(status, status == BD_OK ? bc->id : NULL, message, bc->arg);
     create_free(bc);
 }
 
 /* A copy of s[0..n) that lives as long as bc (the custom_id set's keys). */
-static const char *create_keep(struct batch_create *bc, const char *s, size_t n)
+static const char *create_keep(struct bd_batch_create *bc, const char *s, size_t n)
 {
     struct create_arena *a = bc->arena;
 
@@ -164,9 +169,9 @@ static const char *create_keep(struct batch_create *bc, const char *s, size_t n)
 /* ---- one line ---------------------------------------------------------------------------- */
 
 /* Record a validation error (the first BD_BATCH_MAX_ERRORS are kept). BD_OK or BD_ENOMEM. */
-static int create_error(struct batch_create *bc, const char *code, const char *param,
+static int create_error(struct bd_batch_create *bc, const char *code, const char *param,
                         const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static int create_error(struct batch_create *bc, const char *code, const char *param,
+static int create_error(struct bd_batch_create *bc, const char *code, const char *param,
                         const char *fmt, ...)
 {
     char msg[512];
@@ -190,7 +195,7 @@ static bool create_is_text(json_t *t)
 }
 
 /* Check one parsed line into *out. BD_OK, BD_EINVAL (recorded in pass 1), BD_ENOMEM. */
-static int create_check(struct batch_create *bc, json_t *root, struct create_line *out)
+static int create_check(struct bd_batch_create *bc, json_t *root, struct create_line *out)
 {
     const struct bd_config *cfg = bc->deps.cfg;
     json_t *v, *body;
@@ -272,7 +277,7 @@ static int create_check(struct batch_create *bc, json_t *root, struct create_lin
 }
 
 /* Pass 1: a valid line counts, and its custom_id must be new. */
-static int create_validate_line(struct batch_create *bc, const struct create_line *l)
+static int create_validate_line(struct bd_batch_create *bc, const struct create_line *l)
 {
     bool is_new;
     const char *key;
@@ -301,7 +306,7 @@ static int create_validate_line(struct batch_create *bc, const struct create_lin
 }
 
 /* Pass 2: the line's inputs join the batches, the line its COPY. */
-static int create_build_line(struct batch_create *bc, const struct create_line *l)
+static int create_build_line(struct bd_batch_create *bc, const struct create_line *l)
 {
     for (unsigned i = 0; i < l->inputs; i++) {
         json_t *t = json_is_string(l->input) ? l->input : json_array_get(l->input, i);
@@ -341,7 +346,7 @@ static int create_build_line(struct batch_create *bc, const struct create_line *
 
 /* One whole line (without its newline). BD_OK or BD_ENOMEM; in pass 2 any other failure
  * is a surprise (the file changed between the passes?) and stops the create. */
-static int create_line(struct batch_create *bc, const char *s, size_t n)
+static int create_line(struct bd_batch_create *bc, const char *s, size_t n)
 {
     json_error_t jerr;
     struct create_line l;
@@ -371,7 +376,7 @@ static int create_line(struct batch_create *bc, const char *s, size_t n)
 }
 
 /* A chunk's bytes: whole lines are handled, a cut one waits in carry. */
-static int create_feed(struct batch_create *bc, const char *data, size_t len)
+static int create_feed(struct bd_batch_create *bc, const char *data, size_t len)
 {
     size_t pos = 0;
     int rc;
@@ -415,7 +420,7 @@ static int create_feed(struct batch_create *bc, const char *data, size_t len)
 }
 
 /* The file ended: its last line may have had no newline. */
-static int create_feed_end(struct batch_create *bc)
+static int create_feed_end(struct bd_batch_create *bc)
 {
     int rc = BD_OK;
 
@@ -430,7 +435,7 @@ static int create_feed_end(struct batch_create *bc)
 
 static void create_on_failed_row(int status, const char *message, void *arg)
 {
-    struct batch_create *bc = arg;
+    struct bd_batch_create *bc = arg;
 
     if (status == BD_OK)
         bd_log(BD_LOG_INFO, "batch", "batch=%s file=%s event=invalid errors=%u", bc->id,
@@ -438,7 +443,7 @@ static void create_on_failed_row(int status, const char *message, void *arg)
     create_finish(bc, status == BD_OK ? BD_OK : status, message);
 }
 
-static void create_fail_batch(struct batch_create *bc)
+static void create_fail_batch(struct bd_batch_create *bc)
 {
     struct bd_batch_new b = {
         .id = bc->id, .input_file_id = bc->file_id, .endpoint = BD_BATCH_ENDPOINT,
@@ -458,7 +463,7 @@ static void create_fail_batch(struct batch_create *bc)
 
 /* A stream operation's failure ends the create (BD_ECANCELED: the stream is gone already).
  * True when it did. */
-static bool create_stream_failed(struct batch_create *bc, int status)
+static bool create_stream_failed(struct bd_batch_create *bc, int status)
 {
     if (status >= 0)
         return false;
@@ -470,7 +475,7 @@ static bool create_stream_failed(struct batch_create *bc, int status)
 
 static void create_on_stream_open(int status, void *arg)
 {
-    struct batch_create *bc = arg;
+    struct bd_batch_create *bc = arg;
 
     if (create_stream_failed(bc, status))
         return;
@@ -478,7 +483,7 @@ static void create_on_stream_open(int status, void *arg)
     create_read_next(bc);
 }
 
-static void create_start_pass2(struct batch_create *bc)
+static void create_start_pass2(struct bd_batch_create *bc)
 {
     const struct bd_config *cfg = bc->deps.cfg;
     char collection[160];
@@ -513,7 +518,7 @@ static void create_start_pass2(struct batch_create *bc)
     }
 }
 
-static void create_end_pass1(struct batch_create *bc)
+static void create_end_pass1(struct bd_batch_create *bc)
 {
     if (bc->error_count == 0 && bc->lines == 0)
         create_error(bc, "empty_file", NULL, "the input file holds no requests");
@@ -532,7 +537,7 @@ static void create_end_pass1(struct batch_create *bc)
 
 static void create_on_closed(int status, const struct bd_job_submitted *res, void *arg)
 {
-    struct batch_create *bc = arg;
+    struct bd_batch_create *bc = arg;
 
     bc->st = NULL;                          /* close owns it, whatever the status */
     if (status == BD_OK)
@@ -545,7 +550,7 @@ static void create_on_closed(int status, const struct bd_job_submitted *res, voi
 
 static void create_on_row(int status, const char *message, void *arg)
 {
-    struct batch_create *bc = arg;
+    struct bd_batch_create *bc = arg;
     int rc;
 
     if (status < 0) {
@@ -557,7 +562,7 @@ static void create_on_row(int status, const char *message, void *arg)
         create_finish(bc, rc, NULL);
 }
 
-static void create_write_row(struct batch_create *bc)
+static void create_write_row(struct bd_batch_create *bc)
 {
     struct bd_batch_new b = {
         .id = bc->id, .input_file_id = bc->file_id, .endpoint = BD_BATCH_ENDPOINT,
@@ -573,7 +578,7 @@ static void create_write_row(struct batch_create *bc)
 
 static void create_on_lines_copied(int status, const char *message, void *arg)
 {
-    struct batch_create *bc = arg;
+    struct bd_batch_create *bc = arg;
 
     bd_buf_reset(&bc->copy);                /* sent: the COPY borrowed it until now */
     if (status < 0) {
@@ -585,7 +590,7 @@ static void create_on_lines_copied(int status, const char *message, void *arg)
 
 static void create_on_put(int status, void *arg)
 {
-    struct batch_create *bc = arg;
+    struct bd_batch_create *bc = arg;
 
     if (create_stream_failed(bc, status))
         return;
@@ -594,10 +599,14 @@ static void create_on_put(int status, void *arg)
 
 /* Write what the chunk gave (its full batches, then its lines), then read on; after the
  * last chunk, the last partial batch, the lines, the batch's row and the COMMIT. */
-static void create_flush(struct batch_create *bc)
+static void create_flush(struct bd_batch_create *bc)
 {
     int rc;
 
+    if (bc->is_aborted) {
+        create_finish(bc, BD_ECANCELED, NULL);
+        return;
+    }
     if (bc->is_last_chunk && bc->batch_items > 0 && bc->pending_count == 0) {
         bd_buf_puts(&bc->batch, "]");
         if (bc->batch.is_failed || (bc->pending == NULL &&
@@ -640,7 +649,7 @@ static void create_flush(struct batch_create *bc)
 /* ---- reading the file -------------------------------------------------------------------- */
 
 /* The chunk in hand was parsed whole: on to the next, or to the pass's end. */
-static void create_chunk_done(struct batch_create *bc)
+static void create_chunk_done(struct bd_batch_create *bc)
 {
     int rc = BD_OK;
 
@@ -666,11 +675,15 @@ static void create_chunk_done(struct batch_create *bc)
  * of the line there; the rest waits for the next loop turn. */
 static void create_on_slice(uv_timer_t *t)
 {
-    struct batch_create *bc = t->data;
+    struct bd_batch_create *bc = t->data;
     const char *p = bc->chunk.data + bc->chunk_pos;
     size_t left = bc->chunk.len - bc->chunk_pos, n = left;
     int rc;
 
+    if (bc->is_aborted) {
+        create_finish(bc, BD_ECANCELED, NULL);
+        return;
+    }
     if (left > CREATE_SLICE_BYTES) {
         const char *nl = memchr(p + CREATE_SLICE_BYTES, '\n', left - CREATE_SLICE_BYTES);
         n = nl ? (size_t)(nl - p) + 1 : left;
@@ -692,7 +705,7 @@ static void create_on_slice(uv_timer_t *t)
 static void create_on_chunk(int status, const char *data, size_t len, const char *message,
                             void *arg)
 {
-    struct batch_create *bc = arg;
+    struct bd_batch_create *bc = arg;
 
     if (status < 0) {
         /* the file was deleted between its row and this chunk */
@@ -711,10 +724,14 @@ static void create_on_chunk(int status, const char *data, size_t len, const char
     create_on_slice(&bc->slice_timer);
 }
 
-static void create_read_next(struct batch_create *bc)
+static void create_read_next(struct bd_batch_create *bc)
 {
     int rc;
 
+    if (bc->is_aborted) {
+        create_finish(bc, BD_ECANCELED, NULL);
+        return;
+    }
     if (bc->next_chunk >= bc->chunks) {       /* an empty file: no chunk at all */
         if (bc->pass == 1) {
             create_end_pass1(bc);
@@ -737,7 +754,7 @@ static void create_read_next(struct batch_create *bc)
 static void create_on_file(int status, const struct bd_file_row *f, const char *message,
                            void *arg)
 {
-    struct batch_create *bc = arg;
+    struct bd_batch_create *bc = arg;
     char msg[160];
 
     if (status < 0) {
@@ -756,10 +773,15 @@ static void create_on_file(int status, const struct bd_file_row *f, const char *
     create_read_next(bc);
 }
 
-int bd_batch_create(const struct bd_job_submit_deps *deps, const struct bd_batch_request *r,
-                    bd_batch_created_cb cb, void *arg)
+void bd_batch_create_abort(struct bd_batch_create *bc)
 {
-    struct batch_create *bc;
+    bc->is_aborted = true;
+}
+
+int bd_batch_create(const struct bd_job_submit_deps *deps, const struct bd_batch_request *r,
+                    bd_batch_created_cb cb, void *arg, struct bd_batch_create **out)
+{
+    struct bd_batch_create *bc;
     int rc;
 
     if (r->input_file_id == NULL || strlen(r->input_file_id) != BD_FILE_ID_LEN)
@@ -790,5 +812,6 @@ int bd_batch_create(const struct bd_job_submit_deps *deps, const struct bd_batch
         create_free(bc);
         return rc;
     }
+    *out = bc;
     return BD_OK;
 }

@@ -230,7 +230,9 @@ static void wh_record(struct wh_delivery *d, long http_status, const char *error
         " ELSE 'pending' END,"
         " delivered_at = CASE WHEN $5::bool THEN now() END,"
         " next_attempt_at = now() + make_interval(secs => $7::float8)"
-        " WHERE event_id = $1 AND endpoint = $2";
+        /* a late outcome (this process's lease ran out and another delivered it) never
+         * turns a delivered or given-up row back */
+        " WHERE event_id = $1 AND endpoint = $2 AND state = 'pending'";
     struct bd_webhook *w = d->w;
     char st[16], next[32];
     const char *values[7];

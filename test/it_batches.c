@@ -502,6 +502,45 @@ static void test_batch_creates_do_not_wait_on_each_other_with_small_pool(void **
     free(reqs);
 }
 
+/* The client leaves while its batch is being created (a big file, two passes): the create
+ * stops at its next step and rolls back: no batch, no job, no lines. */
+static void test_batch_create_stops_when_client_leaves(void **state)
+{
+    char fid[64], head[512], body[256];
+    size_t cap = (size_t)60000 * 200 + 1, len = 0;
+    char *reqs = malloc(cap);
+    struct bd_it_raw c;
+
+    (void)state;
+    assert_non_null(reqs);
+    for (unsigned i = 0; i < 60000; i++)   /* ~11 MB: two passes of eleven chunks */
+        len += (size_t)snprintf(reqs + len, cap - len, "{\"custom_id\":\"gone-%u\","
+                                "\"method\":\"POST\",\"url\":\"/v1/embeddings\",\"body\":"
+                                "{\"model\":\"hashmodel\",\"input\":\"a text long enough "
+                                "to fill the file, number %u\"}}\n", i, i);
+    upload(&g_proc, reqs, fid, sizeof(fid));
+    long before = psql_long("SELECT count(*) FROM jobs");
+    snprintf(body, sizeof(body), "{\"input_file_id\":\"%s\",\"endpoint\":\"/v1/embeddings\","
+             "\"completion_window\":\"24h\"}", fid);
+    snprintf(head, sizeof(head), "POST /v1/batches HTTP/1.1\r\nHost: t\r\n" AUTH "\r\n"
+             "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+             strlen(body), body);
+    bd_it_raw_connect(&c, g_proc.port);
+    bd_it_raw_send(&c, head);
+    bd_it_sleep_ms(50);
+    bd_it_raw_close(&c);
+    /* the create notices at its next step (a slice, a chunk) and rolls back */
+    double deadline = bd_it_now() + 20;
+    while (bd_it_now() < deadline &&
+           bd_it_sh("grep -q 'file=%s event=create' %s", fid, g_proc.log_path) != 0)
+        bd_it_sleep_ms(100);
+    assert_int_equal(bd_it_sh("grep -q 'file=%s event=create_cancelled' %s", fid,
+                              g_proc.log_path), 0);
+    assert_int_equal(psql_long("SELECT count(*) FROM batches WHERE input_file_id = '%s'", fid), 0);
+    assert_int_equal(psql_long("SELECT count(*) FROM jobs"), before);
+    free(reqs);
+}
+
 /* ---- the official SDK ------------------------------------------------------------------- */
 
 static void test_batches_work_with_the_official_openai_sdk(void **state)
@@ -578,6 +617,7 @@ int main(void)
         cmocka_unit_test(test_batch_finalized_once_with_two_processes),
         cmocka_unit_test(test_batch_completes_after_sigkill_mid_run),
         cmocka_unit_test(test_batch_creates_do_not_wait_on_each_other_with_small_pool),
+        cmocka_unit_test(test_batch_create_stops_when_client_leaves),
         cmocka_unit_test(test_batches_work_with_the_official_openai_sdk),
     };
     bd_it_apply_filter();

@@ -47,9 +47,16 @@ typedef void (*bd_batch_created_cb)(int status, const char *batch_id, const char
 
 /* Validate the file's lines (a first pass, nothing written), then create the job, its
  * batches, the batch's lines and its row in one transaction (a second pass), and queue it.
- * deps must outlive the call (the server's). Allocates. */
+ * deps must outlive the call (the server's). *out (valid until cb) may be given to
+ * bd_batch_create_abort. Allocates. */
+struct bd_batch_create;
 int bd_batch_create(const struct bd_job_submit_deps *deps, const struct bd_batch_request *r,
-                    bd_batch_created_cb cb, void *arg);
+                    bd_batch_created_cb cb, void *arg, struct bd_batch_create **out);
+
+/* The client went away (or the server stops): the create stops at its next step, rolls back
+ * what it wrote, and calls back BD_ECANCELED -- unless its COMMIT is already on its way, in
+ * which case the batch exists and cb says BD_OK. Only before cb. */
+void bd_batch_create_abort(struct bd_batch_create *bc);
 
 /* ---- the finalizer ------------------------------------------------------------------------
  * Every interval each process claims, one at a time, batches that need attention
