@@ -8,6 +8,8 @@
 
 #include "batchd/buf.h"
 #include "batchd/error.h"
+#include "batchd/job_engine.h"
+#include "batchd/job_types.h"
 #include "batchd/pg_store.h"
 
 #include <inttypes.h>
@@ -16,7 +18,9 @@
 #include <string.h>
 #include <uv.h>
 
-#define BATCH_TERMINAL "('completed','failed','cancelled')"
+/* A job has ended when a retry may leave its state: the job engine's transition table is
+ * the one list of those states ($3 below, bd_job_event_sources(BD_JOB_EV_RETRY)). */
+#define BATCH_TERMINAL_SOURCES bd_job_event_sources(BD_JOB_EV_RETRY)
 
 #define BATCH_EPOCH(col) "extract(epoch FROM b." col ")::bigint AS " col
 
@@ -66,8 +70,10 @@ int bd_batch_new_id(char *out)
 
 static bool batch_job_is_terminal(const char *s)
 {
-    return s && (strcmp(s, "completed") == 0 || strcmp(s, "failed") == 0 ||
-                 strcmp(s, "cancelled") == 0);
+    enum bd_job_state st, to;
+
+    return s && bd_job_state_parse(s, &st) == BD_OK &&
+           bd_job_transition(st, false, BD_JOB_EV_RETRY, &to, NULL) == BD_OK;
 }
 
 const char *bd_batch_status(const struct bd_batch_row *b)
@@ -449,7 +455,7 @@ int bd_batch_store_claim(struct bd_pg *pg, const char *owner, double lease_s,
         "WITH c AS (SELECT b.id FROM batches b JOIN jobs j ON j.id = b.job_id"
         " WHERE b.finalized_at IS NULL"
         " AND (b.lease_until IS NULL OR b.lease_until < now())"
-        " AND (j.status IN " BATCH_TERMINAL
+        " AND (j.status = ANY($3::text[])"
         " OR (b.expires_at <= now() AND b.expired_at IS NULL)"
         " OR ((b.expired_at IS NOT NULL OR b.cancelling_at IS NOT NULL)"
         " AND NOT j.cancel_requested))"
@@ -457,22 +463,22 @@ int bd_batch_store_claim(struct bd_pg *pg, const char *owner, double lease_s,
         " UPDATE batches b SET lease_owner = $1,"
         " lease_until = now() + $2::float8 * interval '1 second',"
         " expired_at = CASE WHEN b.expired_at IS NULL AND b.expires_at <= now()"
-        " AND j.status NOT IN " BATCH_TERMINAL " THEN now() ELSE b.expired_at END,"
-        " finalizing_at = CASE WHEN j.status IN " BATCH_TERMINAL
+        " AND j.status <> ALL($3::text[]) THEN now() ELSE b.expired_at END,"
+        " finalizing_at = CASE WHEN j.status = ANY($3::text[])"
         " THEN COALESCE(b.finalizing_at, now()) ELSE b.finalizing_at END"
         " FROM c, jobs j WHERE b.id = c.id AND j.id = b.job_id"
         " RETURNING b.id, b.job_id, b.model, b.lines, j.status, j.error_code,"
-        " j.error_message, j.status IN " BATCH_TERMINAL ", b.expired_at IS NOT NULL,"
+        " j.error_message, j.status = ANY($3::text[]), b.expired_at IS NOT NULL,"
         " b.cancelling_at IS NOT NULL";
     char lease[40];
-    const char *values[2] = { owner, lease };
+    const char *values[3] = { owner, lease, BATCH_TERMINAL_SOURCES };
     struct batch_call *c = batch_call_new(arg);
 
     if (c == NULL)
         return BD_ENOMEM;
     c->cb.claim = cb;
     snprintf(lease, sizeof(lease), "%.3f", lease_s);
-    return batch_query(pg, sql, 2, values, batch_on_claim, c);
+    return batch_query(pg, sql, 3, values, batch_on_claim, c);
 }
 
 int bd_batch_store_release(struct bd_pg *pg, const char *id, const char *owner,
