@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
 
@@ -39,8 +41,37 @@ int bd_log_level_parse(const char *s, enum bd_log_level *level)
     return BD_EINVAL;
 }
 
+/* 1 when stderr is the journal's stream (systemd sets JOURNAL_STREAM to its device and
+ * inode): lines then start with their syslog priority ("<4>" for warn), which journald
+ * takes off and keeps as the entry's priority, so `journalctl -p warning` works. 0 when
+ * not; -1 until first looked at (bd_log_reset_journal looks again). */
+static int log_is_journal = -1;
+
+void bd_log_reset_journal(void)
+{
+    log_is_journal = -1;
+}
+
+static bool log_to_journal(void)
+{
+    const char *js;
+    struct stat st;
+    unsigned long long dev, ino;
+
+    if (log_is_journal < 0) {
+        js = getenv("JOURNAL_STREAM");
+        log_is_journal = js != NULL && sscanf(js, "%llu:%llu", &dev, &ino) == 2 &&
+                         fstat(fileno(stderr), &st) == 0 &&
+                         (unsigned long long)st.st_dev == dev &&
+                         (unsigned long long)st.st_ino == ino;
+    }
+    return log_is_journal == 1;
+}
+
 void bd_log_write(enum bd_log_level level, const char *module, const char *fmt, ...)
 {
+    /* syslog priorities: debug 7, info 6, warning 4, err 3 */
+    static const char *const journal_prefix[] = { "<7>", "<6>", "<4>", "<3>", "" };
     char line[2048];
     struct timeval tv;
     struct tm tm;
@@ -49,8 +80,9 @@ void bd_log_write(enum bd_log_level level, const char *module, const char *fmt, 
 
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
-    n = snprintf(line, sizeof(line), "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s mod=%s ",
-                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+    n = snprintf(line, sizeof(line), "%sts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s mod=%s ",
+                 log_to_journal() ? journal_prefix[level] : "", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
                  tm.tm_sec, (long)(tv.tv_usec / 1000), log_level_names[level], module);
     if (n < 0)
         return;

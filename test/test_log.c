@@ -8,7 +8,11 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "batchd/log.h"
 
@@ -62,12 +66,53 @@ static void test_log_redaction_stays_in_its_buffer_when_output_is_short(void **s
     assert_string_equal(out, "");
 }
 
+/* Logging to a file: with JOURNAL_STREAM naming that file (as systemd names the journal's
+ * stream), each line starts with its syslog priority; with another file's, it does not. */
+static void test_log_prefixes_priority_when_stderr_is_the_journal(void **state)
+{
+    char path[64], env[64], buf[512];
+    struct stat st;
+    int saved = dup(fileno(stderr));
+    FILE *f;
+
+    (void)state;
+    snprintf(path, sizeof(path), "/tmp/test_log_%d.txt", (int)getpid());
+    assert_non_null(freopen(path, "w", stderr));
+    assert_int_equal(fstat(fileno(stderr), &st), 0);
+    snprintf(env, sizeof(env), "%llu:%llu", (unsigned long long)st.st_dev,
+             (unsigned long long)st.st_ino);
+    setenv("JOURNAL_STREAM", env, 1);
+    bd_log_reset_journal();
+    bd_log(BD_LOG_WARN, "test", "event=one");
+    bd_log(BD_LOG_ERROR, "test", "event=two");
+    snprintf(env, sizeof(env), "%llu:%llu", (unsigned long long)st.st_dev,
+             (unsigned long long)st.st_ino + 1);
+    setenv("JOURNAL_STREAM", env, 1);
+    bd_log_reset_journal();
+    bd_log(BD_LOG_WARN, "test", "event=three");
+    fflush(stderr);
+    dup2(saved, fileno(stderr));
+    close(saved);
+    unsetenv("JOURNAL_STREAM");
+    bd_log_reset_journal();
+    assert_non_null(f = fopen(path, "r"));
+    assert_non_null(fgets(buf, sizeof(buf), f));
+    assert_int_equal(strncmp(buf, "<4>ts=", 6), 0);
+    assert_non_null(fgets(buf, sizeof(buf), f));
+    assert_int_equal(strncmp(buf, "<3>ts=", 6), 0);
+    assert_non_null(fgets(buf, sizeof(buf), f));
+    assert_int_equal(strncmp(buf, "ts=", 3), 0);
+    fclose(f);
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_log_redacts_userinfo_password_when_url),
         cmocka_unit_test(test_log_redacts_password_when_it_holds_at_or_sits_in_query_or_quotes),
         cmocka_unit_test(test_log_redaction_stays_in_its_buffer_when_output_is_short),
+        cmocka_unit_test(test_log_prefixes_priority_when_stderr_is_the_journal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

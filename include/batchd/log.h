@@ -40,4 +40,8 @@ char *bd_log_redact_url(const char *url, char *out, size_t outlen);
  * small or the time cannot be represented. */
 size_t bd_time_rfc3339(long long unix_ms, char *out, size_t outlen);
 
+/* Look again at whether stderr is systemd's journal stream (JOURNAL_STREAM; lines then
+ * carry their syslog priority, "<4>ts=..."). Tests, after changing stderr. */
+void bd_log_reset_journal(void);
+
 #endif
