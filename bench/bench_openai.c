@@ -296,18 +296,24 @@ static const char *jstr(json_t *o, const char *k)
     return json_string_value(json_object_get(o, k));
 }
 
-static int run_openai(struct bo *b, struct result *r)
+/* A run's start: the input's size, the lag histogram and batchd's RSS as they are now
+ * (its peak reset). Returns the start time. */
+static uint64_t run_begin(struct bo *b, struct result *r, const struct bb_buf *in)
 {
-    struct bb_buf in = {0}, resp = {0};
-    gen_openai(b, &in);
-    r->in_bytes = in.len;
-
+    r->in_bytes = in->len;
     bo_lag(b, &r->lag0);
     if (b->rss_pid > 0) {
         bb_proc_reset_hwm(b->rss_pid);
         b->rss_start_kb = b->rss_max_kb = bb_proc_status_kb(b->rss_pid, "VmRSS");
     }
-    uint64_t t0 = bb_now_ns();
+    return bb_now_ns();
+}
+
+static int run_openai(struct bo *b, struct result *r)
+{
+    struct bb_buf in = {0}, resp = {0};
+    gen_openai(b, &in);
+    uint64_t t0 = run_begin(b, r, &in);
 
     /* upload */
     curl_mime *mime = curl_mime_init(b->curl);
@@ -424,14 +430,7 @@ static int run_native(struct bo *b, struct result *r)
 {
     struct bb_buf in = {0}, resp = {0};
     gen_native(b, &in);
-    r->in_bytes = in.len;
-
-    bo_lag(b, &r->lag0);
-    if (b->rss_pid > 0) {
-        bb_proc_reset_hwm(b->rss_pid);
-        b->rss_start_kb = b->rss_max_kb = bb_proc_status_kb(b->rss_pid, "VmRSS");
-    }
-    uint64_t t0 = bb_now_ns();
+    uint64_t t0 = run_begin(b, r, &in);
 
     /* submit, streamed */
     char path[512];

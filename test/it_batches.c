@@ -592,14 +592,8 @@ static int it_teardown(void **state)
 {
     int rc = 0;
     (void)state;
-    if (g_started && bd_it_stop(&g_proc, SIGTERM, 20) != 0) {
-        fprintf(stderr, "batchd did not exit cleanly; log: %s\n", g_proc.log_path);
-        rc = -1;
-    }
-    if (g_small_started && bd_it_stop(&g_small, SIGTERM, 20) != 0) {
-        fprintf(stderr, "batchd did not exit cleanly; log: %s\n", g_small.log_path);
-        rc = -1;
-    }
+    rc |= bd_it_stop_started(&g_proc, &g_started);
+    rc |= bd_it_stop_started(&g_small, &g_small_started);
     if (g_fake_pid > 0)
         fake_model_stop(g_fake_pid);
     bd_it_scratch_close(&g_scr);

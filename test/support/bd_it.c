@@ -205,6 +205,17 @@ int bd_it_start(struct bd_it_proc *p, const char *extra_yaml, const char *const 
     return -1;
 }
 
+int bd_it_stop_started(struct bd_it_proc *p, bool *started)
+{
+    if (!*started)
+        return 0;
+    *started = false;
+    if (bd_it_stop(p, SIGTERM, 20) == 0)
+        return 0;
+    fprintf(stderr, "batchd did not exit cleanly; log: %s\n", p->log_path);
+    return -1;
+}
+
 int bd_it_stop(struct bd_it_proc *p, int sig, double timeout_s)
 {
     int status = 0;

@@ -54,6 +54,10 @@ int bd_it_teardown(void **state);
  * 128+signal if killed by a signal, or -1 if it did not exit (then SIGKILLed). */
 int bd_it_stop(struct bd_it_proc *p, int sig, double timeout_s);
 
+/* A suite's teardown: if p was started (*started), SIGTERM it and wait (20 s); print its
+ * log's path when it did not exit with 0, and clear *started. Returns 0, or -1 then. */
+int bd_it_stop_started(struct bd_it_proc *p, bool *started);
+
 /* HTTP request with libcurl easy. headers: NULL or NULL-terminated "Name: value" list.
  * body may be NULL. Returns 0 when a response arrived (any status), -1 otherwise. */
 int bd_it_http(const char *method, const char *url, const char *body,
