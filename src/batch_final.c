@@ -495,8 +495,11 @@ static void final_format_page(struct bd_batch_finalizer *f)
         final_run_end(f, BD_ENOMEM, "format", NULL);
         return;
     }
-    r->bytes += (int64_t)(r->out.len - before);
-    r->newlines += (int64_t)final_count_newlines(r->out.data + before, r->out.len - before);
+    if (r->out.len > before) {              /* out.data is NULL until a first line */
+        r->bytes += (int64_t)(r->out.len - before);
+        r->newlines += (int64_t)final_count_newlines(r->out.data + before,
+                                                     r->out.len - before);
+    }
     final_page_free(r);
     final_go_on(f);
 }
