@@ -453,6 +453,7 @@ static void test_batchctl_streams_gzip_json_lines_when_submitted_with_wait(void 
 
     struct ctl_run r = ctl(env, (const char *[]){"submit", path, "--gzip", "--model", g_hash,
                                                  "--batch-size", "700", "--priority", "high",
+                                                 "--max-retries", "1", "--job-timeout", "600",
                                                  "--wait", NULL});
     expect_code(&r, EX_OK, "submit --gzip --wait");
     char id[160] = "";
@@ -465,6 +466,8 @@ static void test_batchctl_streams_gzip_json_lines_when_submitted_with_wait(void 
     assert_string_equal(bd_it_str(job, "model"), g_hash);
     assert_string_equal(bd_it_str(job, "priority"), "high");
     assert_int_equal(bd_it_int(job, "batch_size"), 700);
+    assert_int_equal(bd_it_int(job, "max_retries"), 1);
+    assert_true(bd_it_num(job, "timeout_s") == 600.0);
     assert_int_equal(bd_it_int(job, "progress.total_items"), N);
     assert_int_equal(bd_it_int(job, "progress.processed_items"), N);
     json_decref(job);

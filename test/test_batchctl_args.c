@@ -128,9 +128,12 @@ static void test_args_implies_operation_when_json_lines_omit_it(void **state)
     PARSE_OK(&a, NULL, NULL, "submit", "x.jsonl", "--model", "m", "--collection", "c");
     assert_string_equal(a.operation, "bulk_embed");
     PARSE_OK(&a, NULL, NULL, "submit", "x.jsonl", "--operation", "bulk_insert",
-             "--collection", "c", "--batch-size", "50", "--priority", "low", "--gzip", "-w");
+             "--collection", "c", "--batch-size", "50", "--priority", "low", "--gzip", "-w",
+             "--max-retries", "0", "--job-timeout", "90.5");
     assert_string_equal(a.operation, "bulk_insert");
     assert_int_equal(a.batch_size, 50);
+    assert_string_equal(a.max_retries_s, "0");
+    assert_string_equal(a.job_timeout, "90.5");
     assert_string_equal(a.priority, "low");
     assert_true(a.is_gzip);
     assert_true(a.is_wait);
@@ -158,6 +161,10 @@ static void test_args_refuses_with_reason_when_line_is_wrong(void **state)
     PARSE_FAIL("--status", "list", "--status", "done");
     PARSE_FAIL("--priority", "submit", "x.jsonl", "--priority", "urgent");
     PARSE_FAIL("--batch-size", "submit", "x.jsonl", "--batch-size", "0");
+    PARSE_FAIL("--max-retries", "submit", "x.jsonl", "--max-retries", "-1");
+    PARSE_FAIL("--job-timeout", "submit", "x.jsonl", "--job-timeout", "0");
+    PARSE_FAIL("--job-timeout", "submit", "x.jsonl", "--job-timeout", "1h");
+    PARSE_FAIL("are for JSON Lines", "submit", "x.json", "--max-retries", "2");
     PARSE_FAIL("--operation", "submit", "x.jsonl", "--operation", "embed");
     PARSE_FAIL("--format", "submit", "x", "--format", "csv");
     PARSE_FAIL("--timeout", "queue", "--timeout", "0");

@@ -23,6 +23,7 @@ enum opt_key {
     OPT_URL, OPT_API_KEY, OPT_TIMEOUT, OPT_JSON, OPT_QUIET, OPT_HELP, OPT_VERSION,
     OPT_FORMAT, OPT_GZIP, OPT_WAIT, OPT_MODEL, OPT_OPERATION, OPT_COLLECTION, OPT_BATCH_SIZE,
     OPT_PRIORITY, OPT_IDEMPOTENCY_KEY, OPT_STATUS, OPT_LIMIT, OPT_ALL, OPT_OUTPUT,
+    OPT_MAX_RETRIES, OPT_JOB_TIMEOUT,
 };
 
 struct opt {
@@ -53,6 +54,8 @@ static const struct opt opts[] = {
     {"batch-size", 0, true, CMD_BIT(BCTL_CMD_SUBMIT), OPT_BATCH_SIZE},
     {"priority", 0, true, CMD_BIT(BCTL_CMD_SUBMIT), OPT_PRIORITY},
     {"idempotency-key", 0, true, CMD_BIT(BCTL_CMD_SUBMIT), OPT_IDEMPOTENCY_KEY},
+    {"max-retries", 0, true, CMD_BIT(BCTL_CMD_SUBMIT), OPT_MAX_RETRIES},
+    {"job-timeout", 0, true, CMD_BIT(BCTL_CMD_SUBMIT), OPT_JOB_TIMEOUT},
     {"status", 0, true, CMD_BIT(BCTL_CMD_LIST), OPT_STATUS},
     {"limit", 0, true, CMD_BIT(BCTL_CMD_LIST), OPT_LIMIT},
     {"all", 'a', false, CMD_BIT(BCTL_CMD_LIST), OPT_ALL},
@@ -71,6 +74,7 @@ static const struct cmd_info cmds[] = {
      "batchctl submit FILE [--format json|jsonl] [--gzip] [--wait]\n"
      "                [--model M] [--operation bulk_embed|bulk_insert] [--collection C]\n"
      "                [--batch-size N] [--priority high|normal|low] [--idempotency-key K]\n"
+     "                [--max-retries N] [--job-timeout SECONDS]\n"
      "    Submit a job from FILE (\"-\": standard input), streamed. A .jsonl or .ndjson file\n"
      "    is JSON Lines: one item per line, the job's fields from the options. A .gz file\n"
      "    is sent as it is, compressed; --gzip compresses on the fly. --wait follows the\n"
@@ -297,6 +301,20 @@ static int apply_opt(struct bctl_args *a, const struct opt *o, const char *v, ch
             return args_fail(err, errlen, "--priority: '%s' is not high, normal or low", v);
         a->priority = v;
         break;
+    case OPT_MAX_RETRIES:
+        if (!parse_long(v, 0, 100, &a->max_retries))
+            return args_fail(err, errlen, "--max-retries: '%s' is not a number from 0 to 100", v);
+        a->max_retries_s = v;
+        break;
+    case OPT_JOB_TIMEOUT: {
+        char *t_end;
+        double t = strtod(v, &t_end);
+        if (*v == '\0' || *t_end != '\0' || !(t > 0) || t > 604800)
+            return args_fail(err, errlen, "--job-timeout: '%s' is not a number of seconds "
+                                          "above 0 (at most 604800)", v);
+        a->job_timeout = v;
+        break;
+    }
     case OPT_IDEMPOTENCY_KEY:
         if (*v == '\0' || strlen(v) > 255)
             return args_fail(err, errlen, "--idempotency-key: 1 to 255 characters");
@@ -350,10 +368,12 @@ static int args_check(struct bctl_args *a, const struct cmd_info *ci, unsigned g
             a->format = is_lines ? BCTL_FORMAT_JSONL : BCTL_FORMAT_JSON;
         }
         if (a->format == BCTL_FORMAT_JSON &&
-            (a->model || a->operation || a->collection || a->priority || a->batch_size))
-            return args_fail(err, errlen, "--model, --operation, --collection, --batch-size "
-                                          "and --priority are for JSON Lines; a JSON file "
-                                          "carries the job's fields itself");
+            (a->model || a->operation || a->collection || a->priority || a->batch_size ||
+             a->max_retries_s || a->job_timeout))
+            return args_fail(err, errlen, "--model, --operation, --collection, --batch-size, "
+                                          "--priority, --max-retries and --job-timeout are for "
+                                          "JSON Lines; a JSON file carries the job's fields "
+                                          "itself");
         if (a->format == BCTL_FORMAT_JSONL && a->operation == NULL)
             a->operation = a->model != NULL || a->collection == NULL ? "bulk_embed"
                                                                      : "bulk_insert";

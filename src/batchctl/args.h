@@ -58,6 +58,9 @@ struct bctl_args {
     const char *priority;
     const char *idempotency_key;
     long batch_size;             /* 0: not given */
+    long max_retries;            /* as given in max_retries_s */
+    const char *max_retries_s;   /* NULL: not given (the server's retry_attempts) */
+    const char *job_timeout;     /* seconds, NULL: not given (the server's job_timeout) */
     /* list */
     const char *status;
     long limit;                  /* 0: not given */

@@ -195,6 +195,8 @@ int bctl_cmd_submit(struct bctl_ctx *c)
                                "collection", is_lines ? a->collection : NULL,
                                "batch_size", is_lines && a->batch_size ? batch : NULL,
                                "priority",   is_lines ? a->priority : NULL,
+                               "max_retries", is_lines ? a->max_retries_s : NULL,
+                               "timeout_s",  is_lines ? a->job_timeout : NULL,
                                NULL};
         url = bctl_http_url(&c->http, "/jobs", query);
     }
