@@ -22,7 +22,7 @@ release:
 
 run: deps
 	@cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null
-	@cmake --build build-release -j $(JOBS) --target batchd
+	@cmake --build build-release -j $(JOBS) --target batchd batchctl
 	@scripts/run.sh build-release/batchd conf/dev.yaml
 
 test: build

@@ -38,5 +38,9 @@ batchd is running at $base   (Ctrl-C stops it and the dev stack)
     "options": {"batch_size": 10, "priority": "normal"}}'
   curl -s $base/api/v1/batch/queue/status
 
+  dashboard:     $base/ui
+  command line:  $(dirname "$bin")/batchctl --url $base queue
+  OpenAI SDKs:   baseURL $base/v1   (docs/openai-compat.md)
+
 MSG
 wait "$pid"
