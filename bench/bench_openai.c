@@ -250,6 +250,18 @@ static void bo_sleep_ms(double ms)
     nanosleep(&ts, NULL);
 }
 
+/* Between two polls: true (b->error set) once the run's deadline passed, else sleep. */
+static bool bo_poll_wait(struct bo *b)
+{
+    if (b->is_timed_out || bb_now_ns() >= b->deadline) {
+        b->is_timed_out = true;
+        b->error = "timed out";
+        return true;
+    }
+    bo_sleep_ms(b->poll_ms);
+    return false;
+}
+
 static bool bo_is_terminal(const char *st, bool is_batch)
 {
     if (st == NULL)
@@ -393,12 +405,8 @@ static int run_openai(struct bo *b, struct result *r)
             break;
         }
         json_decref(j);
-        if (b->is_timed_out || bb_now_ns() >= b->deadline) {
-            b->is_timed_out = true;
-            b->error = "timed out";
+        if (bo_poll_wait(b))
             return 1;
-        }
-        bo_sleep_ms(b->poll_ms);
     }
     r->final_status = r->status_buf;
 
@@ -475,12 +483,8 @@ static int run_native(struct bo *b, struct result *r)
             break;
         }
         json_decref(j);
-        if (b->is_timed_out || bb_now_ns() >= b->deadline) {
-            b->is_timed_out = true;
-            b->error = "timed out";
+        if (bo_poll_wait(b))
             return 1;
-        }
-        bo_sleep_ms(b->poll_ms);
     }
     r->final_status = r->status_buf;
     bo_lag(b, &r->lag_job);

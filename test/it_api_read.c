@@ -40,11 +40,8 @@
 
 static struct bd_it_proc g_proc;
 static bool g_started;
-static char g_schema[64];             /* itread_<pid> */
+static struct bd_it_scratch g_scr;    /* schema itread_<pid>, our Redis database */
 static char g_pfx[64];                /* job id prefix: itread_<pid>_ */
-static char g_pg_base[512];           /* the stack's URL */
-static char g_pg_url[640];            /* with search_path=g_schema */
-static char g_redis_url[256];         /* the stack's Redis, our database */
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -72,7 +69,7 @@ static int it_psql_url(const char *url, const char *fmt, ...)
     return rc;
 }
 
-#define it_psql(...) it_psql_url(g_pg_url, __VA_ARGS__)
+#define it_psql(...) it_psql_url(g_scr.pg_url, __VA_ARGS__)
 
 static long long it_now_ms(void)
 {
@@ -85,7 +82,7 @@ static long long it_now_ms(void)
 static void it_hold(const char *id)
 {
     assert_int_equal(bd_it_sh("redis-cli -u '%s' ZADD bd:inflight %lld '%s' >/dev/null",
-                              g_redis_url, it_now_ms() + 86400000LL, id),
+                              g_scr.redis_url, it_now_ms() + 86400000LL, id),
                      0);
 }
 
@@ -205,30 +202,12 @@ static void it_fixtures(void)
 
 static int it_setup(void **state)
 {
-    const char *redis = bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0");
-    const char *db = bd_it_env("BD_IT_READ_REDIS_DB", "11");
-    const char *slash;
     double deadline;
 
     (void)state;
-    snprintf(g_schema, sizeof(g_schema), "itread_%d", (int)getpid());
     snprintf(g_pfx, sizeof(g_pfx), "itread_%d_", (int)getpid());
-    snprintf(g_pg_base, sizeof(g_pg_base), "%s",
-             bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd"));
-    snprintf(g_pg_url, sizeof(g_pg_url), "%s%coptions=-csearch_path%%3D%s", g_pg_base,
-             strchr(g_pg_base, '?') ? '&' : '?', g_schema);
-    slash = strchr(redis + strlen("redis://"), '/');
-    snprintf(g_redis_url, sizeof(g_redis_url), "%.*s/%s",
-             (int)(slash ? slash - redis : (long)strlen(redis)), redis, db);
-
-    if (it_psql_url(g_pg_base, "DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s;", g_schema,
-                    g_schema) != 0) {
-        fprintf(stderr, "cannot reach PostgreSQL at %s (is the test stack up?)\n", g_pg_base);
+    if (bd_it_scratch_open(&g_scr, "itread", "BD_IT_READ_REDIS_DB", "11") != 0)
         return -1;
-    }
-    /* bd_it_start writes these URLs into batchd's config. */
-    setenv("BATCH_POSTGRES_URL", g_pg_url, 1);
-    setenv("BATCH_REDIS_URL", g_redis_url, 1);
     if (bd_it_start(&g_proc, "jobs:\n  max_concurrent_jobs: 1\n  progress_update_interval: 0.2\n",
                     NULL) != 0)
         return -1;
@@ -256,14 +235,14 @@ static int it_teardown(void **state)
     (void)state;
     if (g_started)
         bd_it_stop(&g_proc, SIGTERM, 20);
-    it_psql_url(g_pg_base, "DROP SCHEMA IF EXISTS %s CASCADE;", g_schema);
+    bd_it_scratch_close(&g_scr);
     {
         char path[128];
         snprintf(path, sizeof(path), "/tmp/itread_%d.sql", (int)getpid());
         unlink(path);
     }
     bd_it_sh("redis-cli -u '%s' --scan --pattern 'bd:*' | grep -v '^$' | "
-             "xargs -r redis-cli -u '%s' DEL >/dev/null", g_redis_url, g_redis_url);
+             "xargs -r redis-cli -u '%s' DEL >/dev/null", g_scr.redis_url, g_scr.redis_url);
     return 0;
 }
 
@@ -1140,7 +1119,7 @@ static void every_read_route_answers_503_when_postgres_is_down(void **state)
     setenv("BD_IT_WAIT", "healthz", 1);              /* it will never be ready */
     assert_int_equal(bd_it_start(&p, NULL, NULL), 0);
     unsetenv("BD_IT_WAIT");
-    setenv("BATCH_POSTGRES_URL", g_pg_url, 1);
+    setenv("BATCH_POSTGRES_URL", g_scr.pg_url, 1);
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         char url[512];
         struct bd_it_resp r;

@@ -40,11 +40,8 @@
 
 static struct bd_it_proc g_proc;
 static bool g_started;
-static char g_schema[64];             /* itev_<pid> */
+static struct bd_it_scratch g_scr;    /* schema itev_<pid>, own Redis db */
 static char g_pfx[64];                /* job id prefix: itev_<pid>_ */
-static char g_pg_base[512];
-static char g_pg_url[640];            /* with search_path=g_schema */
-static char g_redis_url[256];
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -62,7 +59,7 @@ static int it_sql(const char *fmt, ...)
     if (n < 0)
         return -1;
     snprintf(vars, sizeof(vars), "-v pfx=%s", g_pfx);
-    char *out = bd_it_psql_url(g_pg_url, vars, "%s", sql);
+    char *out = bd_it_psql_url(g_scr.pg_url, vars, "%s", sql);
     int rc = out ? 0 : -1;
     free(sql);
     free(out);
@@ -83,7 +80,7 @@ static void it_job(const char *name, const char *state, int seq)
 
     snprintf(id, sizeof(id), "%s%s", g_pfx, name);
     assert_int_equal(bd_it_sh("redis-cli -u '%s' ZADD bd:inflight %lld '%s' >/dev/null",
-                              g_redis_url, it_now_ms() + 86400000LL, id),
+                              g_scr.redis_url, it_now_ms() + 86400000LL, id),
                      0);
     assert_int_equal(
         it_sql("INSERT INTO collections (name, dimension) VALUES ('itev_c', 3)"
@@ -104,7 +101,7 @@ static long it_job_reads(void)
 {
     long n = bd_it_psql_long("SELECT coalesce(idx_scan, 0) FROM pg_stat_user_indexes"
                              " WHERE schemaname = '%s' AND indexrelname = 'jobs_pkey'",
-                             g_schema);
+                             g_scr.schema);
     assert_true(n >= 0);
     return n;
 }
@@ -223,29 +220,11 @@ static void it_open_slow(struct bd_it_raw *c, int port, const char *path)
 
 static int it_setup(void **state)
 {
-    const char *redis = bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0");
-    const char *db = bd_it_env("BD_IT_EVENTS_REDIS_DB", "15");
-    const char *slash;
 
     (void)state;
-    snprintf(g_schema, sizeof(g_schema), "itev_%d", (int)getpid());
     snprintf(g_pfx, sizeof(g_pfx), "itev_%d_", (int)getpid());
-    snprintf(g_pg_base, sizeof(g_pg_base), "%s",
-             bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd"));
-    bd_it_pg_schema_url(g_pg_url, sizeof(g_pg_url), g_pg_base, g_schema);
-    slash = strchr(redis + strlen("redis://"), '/');
-    snprintf(g_redis_url, sizeof(g_redis_url), "%.*s/%s",
-             (int)(slash ? slash - redis : (long)strlen(redis)), redis, db);
-    char *out = bd_it_psql_url(g_pg_base, NULL, "DROP SCHEMA IF EXISTS %s CASCADE;"
-                               " CREATE SCHEMA %s;", g_schema, g_schema);
-    if (out == NULL) {
-        fprintf(stderr, "cannot reach PostgreSQL at %s (is the test stack up?)\n", g_pg_base);
+    if (bd_it_scratch_open(&g_scr, "itev", "BD_IT_EVENTS_REDIS_DB", "15") != 0)
         return -1;
-    }
-    free(out);
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
-    setenv("BATCH_POSTGRES_URL", g_pg_url, 1);
-    setenv("BATCH_REDIS_URL", g_redis_url, 1);
     if (bd_it_start(&g_proc, "jobs:\n  max_concurrent_jobs: 2\n  progress_update_interval: 0.2\n",
                     NULL) != 0)
         return -1;
@@ -258,8 +237,7 @@ static int it_teardown(void **state)
     (void)state;
     if (g_started)
         bd_it_stop(&g_proc, SIGTERM, 20);
-    free(bd_it_psql_url(g_pg_base, NULL, "DROP SCHEMA IF EXISTS %s CASCADE;", g_schema));
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
+    bd_it_scratch_close(&g_scr);
     return 0;
 }
 

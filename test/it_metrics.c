@@ -38,10 +38,7 @@ static bool g_started;
 static struct bd_it_proc g_aux;        /* a second batchd some tests start; stopped in teardown */
 static bool g_aux_started;
 static pid_t g_fake_pid;
-static char g_schema[64];
-static char g_pg_base[512];
-static char g_pg_url[640];
-static char g_redis_url[256];
+static struct bd_it_scratch g_scr;   /* own schema and Redis db */
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -185,34 +182,14 @@ static long long fm_in_flight(int port)
 
 static int it_setup(void **state)
 {
-    const char *redis = bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0");
-    const char *db = bd_it_env("BD_IT_METRICS_REDIS_DB", "13");
-    const char *slash;
     const char *const fake_args[] = { "--dim", "16", "--fail-rate", "1", NULL };
     char yaml[2048];
     int fake_port = 0;
     double deadline;
 
     (void)state;
-    snprintf(g_schema, sizeof(g_schema), "itmon_%d", (int)getpid());
-    snprintf(g_pg_base, sizeof(g_pg_base), "%s",
-             bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd"));
-    snprintf(g_pg_url, sizeof(g_pg_url), "%s%coptions=-csearch_path%%3D%s", g_pg_base,
-             strchr(g_pg_base, '?') ? '&' : '?', g_schema);
-    slash = strchr(redis + strlen("redis://"), '/');
-    snprintf(g_redis_url, sizeof(g_redis_url), "%.*s/%s",
-             (int)(slash ? slash - redis : (long)strlen(redis)), redis, db);
-
-    char *out = bd_it_psql_url(g_pg_base, NULL,
-                               "DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s;", g_schema,
-                               g_schema);
-    if (out == NULL) {
-        fprintf(stderr, "cannot reach PostgreSQL at %s (is the test stack up?)\n", g_pg_base);
+    if (bd_it_scratch_open(&g_scr, "itmon", "BD_IT_METRICS_REDIS_DB", "13") != 0)
         return -1;
-    }
-    free(out);
-    bd_it_sh("redis-cli -u '%s' --scan --pattern 'bd:*' | xargs -r redis-cli -u '%s' DEL "
-             ">/dev/null", g_redis_url, g_redis_url);
     if (fake_model_spawn(NULL, fake_args, &g_fake_pid, &fake_port) != 0)
         return -1;
 
@@ -225,8 +202,6 @@ static int it_setup(void **state)
              "  - name: itmon_broken\n    provider: ollama\n    base_url: http://127.0.0.1:%d\n"
              "    dimensions: %d\n    timeout: 5\n",
              DIM, DIM, fake_port, DIM);
-    setenv("BATCH_POSTGRES_URL", g_pg_url, 1);
-    setenv("BATCH_REDIS_URL", g_redis_url, 1);
     if (bd_it_start(&g_proc, yaml, NULL) != 0)
         return -1;
     g_started = true;
@@ -254,9 +229,7 @@ static int it_teardown(void **state)
         bd_it_stop(&g_aux, SIGTERM, 20);
     if (g_fake_pid > 0)
         fake_model_stop(g_fake_pid);
-    free(bd_it_psql_url(g_pg_base, NULL, "DROP SCHEMA IF EXISTS %s CASCADE;", g_schema));
-    bd_it_sh("redis-cli -u '%s' --scan --pattern 'bd:*' | xargs -r redis-cli -u '%s' DEL "
-             ">/dev/null", g_redis_url, g_redis_url);
+    bd_it_scratch_close(&g_scr);
     return 0;
 }
 

@@ -35,10 +35,7 @@
 #define SECRET "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 #define RX_MAX 512
 
-static char g_schema[64];
-static char g_pg_base[512];
-static char g_pg_url[640];
-static char g_redis_url[256];
+static struct bd_it_scratch g_scr;   /* own schema and Redis db */
 
 /* ---- the receiver ---------------------------------------------------------------------- */
 
@@ -728,10 +725,7 @@ static void test_webhooks_verify_with_official_openai_sdk(void **state)
     int port = bd_it_free_port();
 
     (void)state;
-    assert_int_equal(bd_it_sh("cd '%s/test/openai' && { [ -f node_modules/openai/package.json ] "
-                              "|| npm ci --no-audit --no-fund --loglevel=error; }",
-                              src),
-                     0);
+    assert_int_equal(bd_it_openai_sdk_install(), 0);
     snprintf(dir, sizeof(dir), "/tmp/it_webhooks_sdk_%d", (int)getpid());
     assert_int_equal(bd_it_sh("rm -rf '%s' && mkdir -p '%s'", dir, dir), 0);
     /* In the background, with none of popen's pipe: bd_it_sh reads it to its end. */
@@ -764,30 +758,10 @@ static void test_webhooks_verify_with_official_openai_sdk(void **state)
 
 static int it_setup(void **state)
 {
-    const char *redis = bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0");
-    const char *db = bd_it_env("BD_IT_WEBHOOKS_REDIS_DB", "10");
-    const char *slash;
 
     (void)state;
-    snprintf(g_schema, sizeof(g_schema), "itwh_%d", (int)getpid());
-    snprintf(g_pg_base, sizeof(g_pg_base), "%s",
-             bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd"));
-    bd_it_pg_schema_url(g_pg_url, sizeof(g_pg_url), g_pg_base, g_schema);
-    slash = strchr(redis + strlen("redis://"), '/');
-    snprintf(g_redis_url, sizeof(g_redis_url), "%.*s/%s",
-             (int)(slash ? slash - redis : (long)strlen(redis)), redis, db);
-    char *out = bd_it_psql_url(g_pg_base, NULL,
-                               "DROP SCHEMA IF EXISTS %s CASCADE;"
-                               " CREATE SCHEMA %s;",
-                               g_schema, g_schema);
-    if (out == NULL) {
-        fprintf(stderr, "cannot reach PostgreSQL at %s (is the test stack up?)\n", g_pg_base);
+    if (bd_it_scratch_open(&g_scr, "itwh", "BD_IT_WEBHOOKS_REDIS_DB", "10") != 0)
         return -1;
-    }
-    free(out);
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
-    setenv("BATCH_POSTGRES_URL", g_pg_url, 1);
-    setenv("BATCH_REDIS_URL", g_redis_url, 1);
     return rx_start();
 }
 
@@ -801,8 +775,7 @@ static int it_teardown(void **state)
         close(rx.fd);
     }
     rx_reset(0);
-    free(bd_it_psql_url(g_pg_base, NULL, "DROP SCHEMA IF EXISTS %s CASCADE;", g_schema));
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
+    bd_it_scratch_close(&g_scr);
     return 0;
 }
 

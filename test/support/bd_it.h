@@ -160,6 +160,8 @@ void bd_it_pg_schema_url(char *out, size_t outlen, const char *base, const char 
  * first time) with env ("NAME='value' ..." shell assignments) in its environment; its
  * output goes to the test's stderr. Returns node's exit status (0: every check passed). */
 int bd_it_openai_sdk(const char *script, const char *env);
+/* Only the `npm ci` of test/openai/ (the first time); 0 when the package is there. */
+int bd_it_openai_sdk_install(void);
 
 /* A suite's own scratch stores: a schema "<prefix>_<pid>" created empty in the test
  * database and a Redis database of its own ($db_env, else db_default) flushed, with

@@ -59,14 +59,19 @@ int bd_it_scratch_open(struct bd_it_scratch *s, const char *prefix, const char *
     return 0;
 }
 
+int bd_it_openai_sdk_install(void)
+{
+    return bd_it_sh("cd '%s/test/openai' && { [ -f node_modules/openai/package.json ] "
+                    "|| npm ci --no-audit --no-fund --loglevel=error; }",
+                    bd_it_env("BD_SOURCE_DIR", "."));
+}
+
 int bd_it_openai_sdk(const char *script, const char *env)
 {
-    const char *src = bd_it_env("BD_SOURCE_DIR", ".");
-
-    if (bd_it_sh("cd '%s/test/openai' && { [ -f node_modules/openai/package.json ] "
-                 "|| npm ci --no-audit --no-fund --loglevel=error; }", src) != 0)
+    if (bd_it_openai_sdk_install() != 0)
         return -1;
-    return bd_it_sh("cd '%s/test/openai' && %s node %s >&2", src, env, script);
+    return bd_it_sh("cd '%s/test/openai' && %s node %s >&2", bd_it_env("BD_SOURCE_DIR", "."),
+                    env, script);
 }
 
 void bd_it_scratch_close(const struct bd_it_scratch *s)
@@ -141,32 +146,34 @@ int bd_it_psql_exec(const char *fmt, ...)
     return rc;
 }
 
-long bd_it_psql_long(const char *fmt, ...)
+/* The first value psql printed as a number, -1 when it failed or printed none. Frees out. */
+static long pg_take_long(char *out)
 {
-    va_list ap;
     char *end;
-    va_start(ap, fmt);
-    char *out = pg_vrun(NULL, NULL, fmt, ap);
-    va_end(ap);
     long v = out ? strtol(out, &end, 10) : -1;
+
     if (out && end == out)
         v = -1;
     free(out);
     return v;
 }
 
+long bd_it_psql_long(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *out = pg_vrun(NULL, NULL, fmt, ap);
+    va_end(ap);
+    return pg_take_long(out);
+}
+
 long bd_it_psql_long_url(const char *url, const char *fmt, ...)
 {
     va_list ap;
-    char *end;
     va_start(ap, fmt);
     char *out = pg_vrun(url, NULL, fmt, ap);
     va_end(ap);
-    long v = out ? strtol(out, &end, 10) : -1;
-    if (out && end == out)
-        v = -1;
-    free(out);
-    return v;
+    return pg_take_long(out);
 }
 
 int bd_it_psql_str(char *out, size_t outlen, const char *fmt, ...)
