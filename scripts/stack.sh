@@ -63,7 +63,8 @@ start_redis() {
   mkdir -p "$var/redis"
   local persist=(--save "" --appendonly no)
   [ "$name" = dev ] && persist=(--save "" --appendonly yes)
-  redis-server --port "$redis_port" --bind 127.0.0.1 --daemonize yes \
+  # 32 databases: the test suites take one each (test/support/bd_it.h).
+  redis-server --port "$redis_port" --bind 127.0.0.1 --daemonize yes --databases 32 \
     --dir "$var/redis" --pidfile "$var/redis/redis.pid" --logfile "$var/redis/redis.log" \
     "${persist[@]}" >/dev/null
   wait_for redis redis_up 10

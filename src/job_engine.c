@@ -167,6 +167,11 @@ static void engine_on_renewed(int status, long long value, void *arg)
             bd__job_interrupt(job);
         } else if (value == 2 && !job->is_cancel_requested) {
             bd_job_engine_cancel_local(e, job->id);
+        } else if (value == 3) {
+            /* Redis lost its keys, the lease with them: not lost to another worker. The
+             * rebuild (under way, or started by the reaper's check) adopts the job. */
+            bd_log(BD_LOG_DEBUG, "job", "job=%s event=lease_unknown note=redis_lost_keys",
+                   job->id);
         }
     }
     free(rc);
@@ -219,7 +224,7 @@ static void engine_on_empty_checked(int status, long long is_empty, void *arg)
     struct bd_job_engine *e = arg;
     if (!engine_op_end(e))
         return;
-    if (status == BD_OK && is_empty == 1) {
+    if (status == BD_OK && is_empty == 1 && uv_now(e->reap_timer.loop) >= e->rebuild_retry_ms) {
         bd_log(BD_LOG_WARN, "job", "event=redis_state_lost action=rebuild_from_postgres");
         engine_rebuild(e);
     }
@@ -240,14 +245,20 @@ static void engine_on_reap_timer(uv_timer_t *t)
     }
 }
 
-static void engine_on_marked(int status, long long v, void *arg)
+/* The rebuild's end: marked alive (1), or Redis lost its keys again while the pages went in
+ * (0: a FLUSHALL took the jobs queued so far), so the queue is rebuilt once more. */
+static void engine_on_rebuild_ended(int status, long long is_marked, void *arg)
 {
     struct bd_job_engine *e = arg;
-    (void)status;
-    (void)v;
+
     e->is_rebuilding = false;
-    if (engine_op_end(e))
-        bd__engine_pump(e);
+    if (!engine_op_end(e))
+        return;
+    if (status == BD_OK && is_marked == 0) {
+        bd_log(BD_LOG_WARN, "job", "event=redis_state_lost_during_rebuild action=rebuild_again");
+        engine_rebuild(e);
+    }
+    bd__engine_pump(e);
 }
 
 static void engine_on_seq_restored(int status, long long seq, void *arg)
@@ -281,7 +292,10 @@ static void engine_restore_seq(struct bd_job_engine *e, long long max_seq)
  * every JOB_REBUILD_INTERVAL_S (docs/perf/latency-tail.md). Processing jobs come first
  * (few; this process's own are adopted before a lease renewal can find them gone), then the
  * queued ones by priority (high first), then seq: a claim between two pages takes a job no
- * later page would have beaten. */
+ * later page would have beaten. The rebuild sets this worker's mark first and ends by
+ * marking Redis alive only if the mark survived (bd_rq_rebuild_begin/_end): a flush in the
+ * middle would otherwise leave the queue without the pages sent before it, looking whole.
+ * An enqueue that failed leaves the marker unset, so the reaper's check rebuilds again. */
 
 #define JOB_REBUILD_PAGE 1000
 
@@ -294,6 +308,7 @@ struct engine_rebuild {
     unsigned inflight;                        /* commands whose reply is due */
     unsigned sent;
     long long max_seq;
+    bool is_failed;                           /* an enqueue or adopt failed */
 };
 
 static void engine_rebuild_next(struct engine_rebuild *rb);
@@ -302,8 +317,9 @@ static void engine_on_enqueued(int status, long long pos, void *arg)
 {
     struct engine_rebuild *rb = arg;
 
-    (void)status;
     (void)pos;
+    if (status < 0)
+        rb->is_failed = true;
     rb->inflight--;
     if (!engine_op_end(rb->e)) {              /* stopping: read nothing more */
         if (rb->inflight == 0)
@@ -419,14 +435,39 @@ static void engine_rebuild_next(struct engine_rebuild *rb)
         return;
     }
     engine_restore_seq(e, rb->max_seq);
+    if (rb->is_failed) {
+        bd_log(BD_LOG_WARN, "job", "event=queue_rebuild_incomplete jobs=%u "
+               "note=an_enqueue_failed_rebuilt_again_later", rb->sent);
+        e->rebuild_retry_ms = uv_now(e->reap_timer.loop) + engine_ms(JOB_REBUILD_RETRY_S);
+        e->is_rebuilding = false;
+        free(rb);
+        return;
+    }
     if (rb->sent > 0)
         bd_log(BD_LOG_DEBUG, "job", "event=queue_rebuilt jobs=%u", rb->sent);
     free(rb);
     engine_op_begin(e);
-    if (bd_rq_mark_alive(e->d.rq, engine_on_marked, e) < 0) {
+    if (bd_rq_rebuild_end(e->d.rq, engine_on_rebuild_ended, e) < 0) {
         e->pending_ops--;
         e->is_rebuilding = false;
     }
+}
+
+static void engine_on_rebuild_begun(int status, long long v, void *arg)
+{
+    struct engine_rebuild *rb = arg;
+
+    (void)v;
+    if (!engine_op_end(rb->e)) {
+        free(rb);
+        return;
+    }
+    if (status < 0) {
+        rb->e->is_rebuilding = false;         /* the next timer, or Redis' return, retries */
+        free(rb);
+        return;
+    }
+    engine_rebuild_next(rb);
 }
 
 static void engine_rebuild(struct bd_job_engine *e)
@@ -440,7 +481,12 @@ static void engine_rebuild(struct bd_job_engine *e)
     rb->e = e;
     rb->after_seq = LLONG_MIN;
     e->is_rebuilding = true;
-    engine_rebuild_next(rb);
+    engine_op_begin(e);
+    if (bd_rq_rebuild_begin(e->d.rq, engine_on_rebuild_begun, rb) < 0) {
+        e->pending_ops--;
+        e->is_rebuilding = false;
+        free(rb);
+    }
 }
 
 static void engine_on_rebuild_timer(uv_timer_t *t)

@@ -24,6 +24,7 @@
 #include <uv.h>
 
 #define JOB_REBUILD_INTERVAL_S 60.0
+#define JOB_REBUILD_RETRY_S 5.0         /* after a rebuild whose enqueue failed */
 #define JOB_WRITE_RETRY_MAX_S 5.0
 #define JOB_RETRY_DELAY_MAX_S 300.0
 /* A batch whose write PostgreSQL refuses for a reason a retry cannot fix (a value the
@@ -186,6 +187,8 @@ struct bd_job_engine {
     bool is_started;
     bool is_claiming;
     bool is_rebuilding;
+    uint64_t rebuild_retry_ms; /* loop time before which the reaper's empty check does not
+                                * start another rebuild (one whose enqueue failed) */
     bool is_stopping;
     bool is_draining;         /* shutting down: claim nothing more (bd_job_engine_drain) */
     bool has_closed_timers;

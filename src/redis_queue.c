@@ -219,11 +219,16 @@ static const char rq_lua_claim[] = RQ_LUA_PRELUDE
     "if ARGV[4] then return out end\n"
     "return out[1] or false\n";
 
-/* ARGV: prefix, id, worker, lease_ms. Returns 1 renewed, 2 renewed + cancel, 0 lost. */
+/* ARGV: prefix, id, worker, lease_ms. Returns 1 renewed, 2 renewed + cancel, 0 lost, 3 not
+ * known: Redis lost its keys (no alive marker) and nobody queued the job since, so the
+ * lease is not another worker's; the owner's rebuild adopts it. */
 static const char rq_lua_renew[] = RQ_LUA_PRELUDE
     "local id = ARGV[2]\n"
     "local jk = P .. 'job:' .. id\n"
-    "if not redis.call('ZSCORE', P .. 'inflight', id) then return 0 end\n"
+    "if not redis.call('ZSCORE', P .. 'inflight', id) then\n"
+    "  if redis.call('EXISTS', P .. 'alive') == 0 and not queued_in(id) then return 3 end\n"
+    "  return 0\n"
+    "end\n"
     "if redis.call('HGET', jk, 'owner') ~= ARGV[3] then return 0 end\n"
     "redis.call('ZADD', P .. 'inflight', 'XX', int(now_ms() + tonumber(ARGV[4])), id)\n"
     "if redis.call('HGET', jk, 'cancel') == '1' then return 2 end\n"
@@ -382,6 +387,20 @@ static const char rq_lua_reserve_next[] = RQ_LUA_PRELUDE RQ_LUA_RESERVE_FN
 static const char rq_lua_unreserve[] = RQ_LUA_PRELUDE
     "return unreserve(ARGV[2])\n";
 
+/* ARGV: prefix, worker. A rebuild's start: this worker's mark, which a FLUSHALL during the
+ * rebuild takes away with the jobs queued so far. A day's expiry: a process that died
+ * mid-rebuild leaves nothing for good. Returns 1. */
+static const char rq_lua_rebuild_begin[] = RQ_LUA_PRELUDE
+    "redis.call('SET', P .. 'rebuilding:' .. ARGV[2], '1', 'EX', 86400)\n"
+    "return 1\n";
+
+/* ARGV: prefix, worker. A rebuild's end: the alive marker goes in only when the worker's
+ * mark is still there. Returns 1 marked, 0 when Redis lost its keys during the rebuild. */
+static const char rq_lua_rebuild_end[] = RQ_LUA_PRELUDE
+    "if redis.call('DEL', P .. 'rebuilding:' .. ARGV[2]) == 0 then return 0 end\n"
+    "redis.call('SET', P .. 'alive', '1')\n"
+    "return 1\n";
+
 const struct bd__rq_script_def bd__rq_scripts[BD__RQ_SCRIPT_COUNT] = {
     [BD__RQ_S_ENQUEUE] = { "enqueue", rq_lua_enqueue },
     [BD__RQ_S_CLAIM] = { "claim", rq_lua_claim },
@@ -398,6 +417,8 @@ const struct bd__rq_script_def bd__rq_scripts[BD__RQ_SCRIPT_COUNT] = {
     [BD__RQ_S_UNRESERVE] = { "unreserve", rq_lua_unreserve },
     [BD__RQ_S_RESERVE_NEXT] = { "reserve_next", rq_lua_reserve_next },
     [BD__RQ_S_ENQUEUE_MANY] = { "enqueue_many", rq_lua_enqueue_many },
+    [BD__RQ_S_REBUILD_BEGIN] = { "rebuild_begin", rq_lua_rebuild_begin },
+    [BD__RQ_S_REBUILD_END] = { "rebuild_end", rq_lua_rebuild_end },
 };
 
 static const char *const rq_prio_names[BD_PRIO_COUNT] = { "high", "normal", "low" };
@@ -950,11 +971,22 @@ int bd_rq_is_empty(struct bd_rq *rq, bd_rq_int_cb cb, void *arg)
     return bd__rq_command(rq, BD__RQ_CONV_NOT, RQ_CB(num, cb), arg, 2, argv, NULL);
 }
 
-int bd_rq_mark_alive(struct bd_rq *rq, bd_rq_int_cb cb, void *arg)
+int bd_rq_rebuild_begin(struct bd_rq *rq, bd_rq_int_cb cb, void *arg)
 {
-    const char *argv[3] = { "SET", rq->alive_key, "1" };
+    const char *args[1] = { rq->worker_id };
 
     if (cb == NULL)
         return BD_EINVAL;
-    return bd__rq_command(rq, BD__RQ_CONV_OK, RQ_CB(num, cb), arg, 3, argv, NULL);
+    return bd__rq_eval(rq, BD__RQ_S_REBUILD_BEGIN, BD__RQ_CONV_INT, RQ_CB(num, cb), arg, 1,
+                       args);
+}
+
+int bd_rq_rebuild_end(struct bd_rq *rq, bd_rq_int_cb cb, void *arg)
+{
+    const char *args[1] = { rq->worker_id };
+
+    if (cb == NULL)
+        return BD_EINVAL;
+    return bd__rq_eval(rq, BD__RQ_S_REBUILD_END, BD__RQ_CONV_INT, RQ_CB(num, cb), arg, 1,
+                       args);
 }

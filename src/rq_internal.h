@@ -31,6 +31,8 @@ enum bd__rq_script {
     BD__RQ_S_UNRESERVE,
     BD__RQ_S_RESERVE_NEXT,
     BD__RQ_S_ENQUEUE_MANY,
+    BD__RQ_S_REBUILD_BEGIN,
+    BD__RQ_S_REBUILD_END,
     BD__RQ_SCRIPT_COUNT
 };
 

@@ -1650,7 +1650,7 @@ static void ite_isolate(void)
     snprintf(ite_private_db, sizeof(ite_private_db), "%s", db);
     url_with_db(url, sizeof(url), ite_orig_pg, db);
     setenv("BATCH_POSTGRES_URL", url, 1);
-    snprintf(rdb, sizeof(rdb), "%d", 1 + (int)getpid() % 15);
+    snprintf(rdb, sizeof(rdb), "%s", bd_it_env("BD_IT_EMBED_REDIS_DB", "20"));
     url_with_db(url, sizeof(url), ite_orig_redis, rdb);
     setenv("BATCH_REDIS_URL", url, 1);
     bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null 2>&1", url);

@@ -7,7 +7,7 @@
  * PostgreSQL; bad multipart answered 400 in OpenAI's shape; 401 without a Bearer key.
  *
  * Isolation: a PostgreSQL schema of its own ("itfiles_<pid>", through search_path in the
- * URL) and a Redis database of its own (BD_IT_FILES_REDIS_DB, default 13). A second batchd
+ * URL) and a Redis database of its own (BD_IT_FILES_REDIS_DB, default 16). A second batchd
  * on the same schema has API keys and a 1000-byte file limit.
  * SPDX-License-Identifier: MIT
  */
@@ -655,7 +655,7 @@ static int it_setup(void **state)
     static const char *const small_env[] = { "BATCH_API_KEYS=" KEY, NULL };
 
     (void)state;
-    if (bd_it_scratch_open(&g_scr, "itfiles", "BD_IT_FILES_REDIS_DB", "13") != 0)
+    if (bd_it_scratch_open(&g_scr, "itfiles", "BD_IT_FILES_REDIS_DB", "16") != 0)
         return -1;
     if (bd_it_start(&g_proc, "models:\n  - name: hashmodel\n    provider: hashing\n"
                              "    dimensions: 4\n", NULL) != 0)

@@ -10,7 +10,7 @@
  *
  * Isolation: the stack is shared, so the suite works in a PostgreSQL schema of its own
  * ("itmon_<pid>", through search_path in the URL; batchd migrates it at start) and a Redis
- * database of its own (BD_IT_METRICS_REDIS_DB, default 13); both are dropped at the end.
+ * database of its own (BD_IT_METRICS_REDIS_DB, default 17); both are dropped at the end.
  * SPDX-License-Identifier: MIT
  */
 #include <setjmp.h>
@@ -57,23 +57,6 @@ static char *it_scrape(struct bd_it_proc *p)
     bd_it_resp_free(&r);
     assert_non_null(body);
     return body;
-}
-
-/* The value of the sample whose name and labels are exactly key ("name{a=\"x\"}"), or 0
- * when the exposition has no such sample (a counter not yet written is 0). */
-static double it_sample(const char *text, const char *key)
-{
-    size_t klen = strlen(key);
-    const char *p = text;
-
-    while (p && *p) {
-        if (strncmp(p, key, klen) == 0 && p[klen] == ' ')
-            return strtod(p + klen + 1, NULL);
-        p = strchr(p, '\n');
-        if (p)
-            p++;
-    }
-    return 0;
 }
 
 static bool it_has_sample(const char *text, const char *key)
@@ -188,7 +171,7 @@ static int it_setup(void **state)
     double deadline;
 
     (void)state;
-    if (bd_it_scratch_open(&g_scr, "itmon", "BD_IT_METRICS_REDIS_DB", "13") != 0)
+    if (bd_it_scratch_open(&g_scr, "itmon", "BD_IT_METRICS_REDIS_DB", "17") != 0)
         return -1;
     if (fake_model_spawn(NULL, fake_args, &g_fake_pid, &fake_port) != 0)
         return -1;
@@ -261,13 +244,13 @@ static void prometheus_parses_when_idle(void **state)
         assert_non_null(strstr(text, help));
         assert_non_null(strstr(text, type));
     }
-    assert_true(it_sample(text, "batchd_redis_up") == 1);
-    assert_true(it_sample(text, "batchd_postgres_up") == 1);
-    assert_true(it_sample(text, "batchd_postgres_pool_connections{state=\"connected\"}") >= 1);
-    assert_true(it_sample(text, "process_resident_memory_bytes") > 1e6);
-    assert_true(it_sample(text, "process_open_fds") > 3);
-    assert_true(it_sample(text, "process_start_time_seconds") > 1.6e9);
-    assert_true(it_sample(text, "batchd_model_circuit_open{model=\"itmon_broken\"}") == 0);
+    assert_true(bd_it_sample(text, "batchd_redis_up") == 1);
+    assert_true(bd_it_sample(text, "batchd_postgres_up") == 1);
+    assert_true(bd_it_sample(text, "batchd_postgres_pool_connections{state=\"connected\"}") >= 1);
+    assert_true(bd_it_sample(text, "process_resident_memory_bytes") > 1e6);
+    assert_true(bd_it_sample(text, "process_open_fds") > 3);
+    assert_true(bd_it_sample(text, "process_start_time_seconds") > 1.6e9);
+    assert_true(bd_it_sample(text, "batchd_model_circuit_open{model=\"itmon_broken\"}") == 0);
     assert_true(it_has_sample(text, "batchd_jobs_in_state{state=\"queued\"}"));
     assert_true(it_has_sample(text, "batchd_queue_depth{priority=\"high\"}"));
     free(text);
@@ -293,7 +276,7 @@ static void counters_rise_by_the_workload_when_three_jobs_ran(void **state)
     after = it_scrape(&g_proc);
     it_promtool_ok(after);
 
-#define DELTA(key) (it_sample(after, key) - it_sample(g_before, key))
+#define DELTA(key) (bd_it_sample(after, key) - bd_it_sample(g_before, key))
     assert_true(DELTA("batchd_jobs_total{operation=\"bulk_embed\",model=\"itmon_a\","
                       "status=\"completed\"}") == 1);
     assert_true(DELTA("batchd_jobs_total{operation=\"bulk_embed\",model=\"itmon_b\","
@@ -326,7 +309,7 @@ static void counters_rise_by_the_workload_when_three_jobs_ran(void **state)
                     it_family_sum(g_before, "batchd_batch_duration_seconds_count") == 4);
     assert_true(DELTA("batchd_batch_duration_seconds_count{operation=\"bulk_embed\","
                       "model=\"itmon_a\"}") == 2);
-    assert_true(it_sample(after, "batchd_job_duration_seconds_sum{operation=\"bulk_embed\","
+    assert_true(bd_it_sample(after, "batchd_job_duration_seconds_sum{operation=\"bulk_embed\","
                                  "model=\"itmon_a\"}") > 0);
 
     /* The failing model: two requests (first try and one retry), both processing errors,
@@ -338,23 +321,23 @@ static void counters_rise_by_the_workload_when_three_jobs_ran(void **state)
                       "kind=\"timeout_error\"}") == 0);
     assert_true(DELTA("batchd_model_request_duration_seconds_count{model=\"itmon_broken\"}") ==
                 2);
-    assert_true(it_sample(after, "batchd_model_circuit_open{model=\"itmon_broken\"}") == 0);
+    assert_true(bd_it_sample(after, "batchd_model_circuit_open{model=\"itmon_broken\"}") == 0);
     assert_true(DELTA("batchd_model_inputs_total{model=\"itmon_a\"}") == 10);
 
     /* HTTP: three submits answered 202; the duration histogram saw every response. */
     assert_true(DELTA("batchd_http_requests_total{route=\"/api/v1/batch/jobs\",method=\"POST\","
                       "code=\"202\"}") == 3);
-    assert_true(it_sample(after, "batchd_http_request_duration_seconds_count") ==
+    assert_true(bd_it_sample(after, "batchd_http_request_duration_seconds_count") ==
                 it_family_sum(after, "batchd_http_requests_total"));
-    assert_true(it_sample(after, "batchd_loop_lag_seconds_count") ==
-                it_sample(after, "batchd_loop_lag_seconds_bucket{le=\"+Inf\"}"));
+    assert_true(bd_it_sample(after, "batchd_loop_lag_seconds_count") ==
+                bd_it_sample(after, "batchd_loop_lag_seconds_bucket{le=\"+Inf\"}"));
 
     /* The store's view (this suite's own schema): exactly the workload. */
-    assert_true(it_sample(after, "batchd_jobs_in_state{state=\"completed\"}") == 2);
-    assert_true(it_sample(after, "batchd_jobs_in_state{state=\"failed\"}") == 1);
-    assert_true(it_sample(after, "batchd_jobs_in_state{state=\"queued\"}") == 0);
-    assert_true(it_sample(after, "batchd_queue_depth{priority=\"normal\"}") == 0);
-    assert_true(it_sample(after, "batchd_model_queue_jobs{model=\"itmon_a\","
+    assert_true(bd_it_sample(after, "batchd_jobs_in_state{state=\"completed\"}") == 2);
+    assert_true(bd_it_sample(after, "batchd_jobs_in_state{state=\"failed\"}") == 1);
+    assert_true(bd_it_sample(after, "batchd_jobs_in_state{state=\"queued\"}") == 0);
+    assert_true(bd_it_sample(after, "batchd_queue_depth{priority=\"normal\"}") == 0);
+    assert_true(bd_it_sample(after, "batchd_model_queue_jobs{model=\"itmon_a\","
                                  "state=\"processing\"}") == 0);
 #undef DELTA
     free(after);
@@ -495,16 +478,16 @@ static void queue_status_counts_waiting_jobs_when_workers_are_busy(void **state)
 
     text = it_scrape(p);
     it_promtool_ok(text);
-    assert_true(it_sample(text, "batchd_jobs_in_state{state=\"processing\"}") == 1);
-    assert_true(it_sample(text, "batchd_jobs_in_state{state=\"queued\"}") == 1);
-    assert_true(it_sample(text, "batchd_queue_depth{priority=\"normal\"}") == 1);
-    assert_true(it_sample(text, "batchd_model_queue_jobs{model=\"itmon_slow\","
+    assert_true(bd_it_sample(text, "batchd_jobs_in_state{state=\"processing\"}") == 1);
+    assert_true(bd_it_sample(text, "batchd_jobs_in_state{state=\"queued\"}") == 1);
+    assert_true(bd_it_sample(text, "batchd_queue_depth{priority=\"normal\"}") == 1);
+    assert_true(bd_it_sample(text, "batchd_model_queue_jobs{model=\"itmon_slow\","
                                 "state=\"pending\"}") == 1);
-    assert_true(it_sample(text, "batchd_model_queue_jobs{model=\"itmon_slow\","
+    assert_true(bd_it_sample(text, "batchd_model_queue_jobs{model=\"itmon_slow\","
                                 "state=\"processing\"}") == 1);
-    assert_true(it_sample(text, "batchd_model_in_flight{model=\"itmon_slow\"}") == 1);
-    assert_true(it_sample(text, "batchd_jobs_active") == 1);
-    assert_true(it_sample(text, "batchd_jobs_capacity") == 1);
+    assert_true(bd_it_sample(text, "batchd_model_in_flight{model=\"itmon_slow\"}") == 1);
+    assert_true(bd_it_sample(text, "batchd_jobs_active") == 1);
+    assert_true(bd_it_sample(text, "batchd_jobs_capacity") == 1);
     free(text);
     /* Still inside the window: the figures above were read while the job was running. */
     assert_int_equal(fm_in_flight(slow_port), 1);
@@ -518,7 +501,7 @@ static void queue_status_counts_waiting_jobs_when_workers_are_busy(void **state)
      * than the time since the request was seen in flight plus the part before (< 3 s). */
     double span = bd_it_now() - t_first;
     text = it_scrape(p);
-    double busy = it_sample(text, "batchd_model_busy_seconds_total{model=\"itmon_slow\"}");
+    double busy = bd_it_sample(text, "batchd_model_busy_seconds_total{model=\"itmon_slow\"}");
     free(text);
     if (!(busy >= 2.9 && busy <= span + 3.0))
         fail_msg("busy seconds %.3f for a 3 s request, %.3f s after it was seen", busy, span);

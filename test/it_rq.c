@@ -383,6 +383,18 @@ static long long op_renew(struct ctx *c, struct bd_rq *rq, const char *id)
     return r.v;
 }
 
+/* Redis is whole: a rebuild's begin and end with nothing between, as batchd does first. */
+static void op_mark_alive(struct ctx *c, struct bd_rq *rq)
+{
+    struct ires r = { .c = c };
+
+    STARTED(c, bd_rq_rebuild_begin(rq, on_int, &r), r);
+    r.calls = 0;
+    STARTED(c, bd_rq_rebuild_end(rq, on_int, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    assert_int_equal(r.v, 1);
+}
+
 static long long op_release(struct ctx *c, struct bd_rq *rq, const char *id, bool requeue)
 {
     struct ires r = { .c = c };
@@ -536,9 +548,10 @@ static int setup(void **state)
     return 0;
 }
 
-static int teardown(void **state)
+/* Delete every key of this case's prefix: its end, or Redis losing the keys (as a FLUSHDB
+ * would, without touching the suites that share the database). */
+static void del_prefix_keys(struct ctx *c)
 {
-    struct ctx *c = *state;
     redisReply *r = sync_cmd(c, "EVAL %s 0 %s",
                              "for _, k in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do\n"
                              "  redis.call('DEL', k)\n"
@@ -547,6 +560,13 @@ static int teardown(void **state)
 
     assert_int_equal(r->type, REDIS_REPLY_INTEGER);
     freeReplyObject(r);
+}
+
+static int teardown(void **state)
+{
+    struct ctx *c = *state;
+
+    del_prefix_keys(c);
     redisFree(c->sync);
     if (c->rq != NULL)
         rq_close_wait(c, c->rq);
@@ -674,6 +694,7 @@ static void renew_reports_owner_and_cancel(void **state)
     struct bd_rq *rq2 = rq_open(c, "w2", 30.0, 5.0, &st2);
     char id[128];
 
+    op_mark_alive(c, c->rq);
     op_enqueue(c, c->rq, "j", BD_PRIO_NORMAL, 1, "m", 3);
     assert_string_equal(op_claim(c, c->rq, id, sizeof(id)), "j");
     assert_int_equal(op_renew(c, c->rq, "j"), 1);
@@ -1018,7 +1039,7 @@ static void survives_redis_restart(void **state)
     snprintf(url, sizeof(url), "redis://localhost:%d/0", port);
     rq = rq_open_url(c, url, "w-restart", 30.0, 2.0, &st);
     wait_calls(c, &st.ups, 1, WAIT_S);
-    STARTED(c, bd_rq_mark_alive(rq, on_int, &ir), ir);
+    op_mark_alive(c, rq);
     op_enqueue(c, rq, "j", BD_PRIO_NORMAL, 1, "m", 1);
 
     assert_int_equal(bd_it_sh("redis-cli -p %d shutdown nosave >/dev/null 2>&1", port), 0);
@@ -1038,9 +1059,15 @@ static void survives_redis_restart(void **state)
     STARTED(c, bd_rq_is_empty(rq, on_int, &ir), ir);
     assert_int_equal(ir.v, 1);      /* started empty: the owner rebuilds from PostgreSQL */
     assert_string_equal(op_claim(c, rq, id, sizeof(id)), "");
-    assert_int_equal(op_renew(c, rq, "running"), 0);          /* its lease went with Redis */
+    /* Its lease went with Redis, not to another worker: "unknown" (3), so the owner keeps
+     * running it until its rebuild adopts it; once queued by someone (another process's
+     * rebuild), it is lost (0). */
+    assert_int_equal(op_renew(c, rq, "running"), 3);
     assert_int_equal(op_adopt(c, rq, "running", BD_PRIO_HIGH, 2, "m", 4), 1);
     assert_int_equal(op_renew(c, rq, "running"), 1);
+    assert_int_equal(op_enqueue(c, rq, "other", BD_PRIO_LOW, 3, "m", 1), 1);
+    assert_int_equal(op_renew(c, rq, "other"), 0);
+    assert_int_equal(op_cancel(c, rq, "other"), 1);
     assert_int_equal(op_enqueue(c, rq, "j", BD_PRIO_NORMAL, 1, "m", 1), 1);
     assert_counts(c, rq, 0, 1, 0, 1, 1);
     assert_models(c, rq, "m 1 1");
@@ -1152,11 +1179,31 @@ static void alive_marker_and_memory(void **state)
     STARTED(c, bd_rq_is_empty(c->rq, on_int, &r), r);
     assert_int_equal(r.status, BD_OK);
     assert_int_equal(r.v, 1);
+    /* A rebuild that saw Redis flushed in its middle marks nothing: the jobs it queued
+     * before the flush are gone, so the queue is not whole. */
     r.calls = 0;
-    STARTED(c, bd_rq_mark_alive(c->rq, on_int, &r), r);
+    STARTED(c, bd_rq_rebuild_begin(c->rq, on_int, &r), r);
+    assert_int_equal(r.v, 1);
+    op_enqueue(c, c->rq, "before-flush", BD_PRIO_NORMAL, 1, "m", 1);
+    del_prefix_keys(c);
+    r.calls = 0;
+    STARTED(c, bd_rq_rebuild_end(c->rq, on_int, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    assert_int_equal(r.v, 0);
+    r.calls = 0;
+    STARTED(c, bd_rq_is_empty(c->rq, on_int, &r), r);
+    assert_int_equal(r.v, 1);
+    /* An undisturbed one marks Redis alive, once: a second end without a begin does not. */
+    r.calls = 0;
+    STARTED(c, bd_rq_rebuild_begin(c->rq, on_int, &r), r);
+    r.calls = 0;
+    STARTED(c, bd_rq_rebuild_end(c->rq, on_int, &r), r);
     assert_int_equal(r.v, 1);
     r.calls = 0;
     STARTED(c, bd_rq_is_empty(c->rq, on_int, &r), r);
+    assert_int_equal(r.v, 0);
+    r.calls = 0;
+    STARTED(c, bd_rq_rebuild_end(c->rq, on_int, &r), r);
     assert_int_equal(r.v, 0);
     r.calls = 0;
     STARTED(c, bd_rq_get_used_memory(c->rq, on_int, &r), r);

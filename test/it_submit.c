@@ -4,7 +4,7 @@
  * (bug 8), against the real batchd binary and the test stack.
  *
  * Isolation: a PostgreSQL schema of its own ("itsub_<pid>", through search_path in the
- * URL) and a Redis database of its own (BD_IT_SUBMIT_REDIS_DB, default 12), so the first
+ * URL) and a Redis database of its own (BD_IT_SUBMIT_REDIS_DB, default 19), so the first
  * job of this suite really is the first job its batchd has seen (no recent throughput).
  * batchd reaches PostgreSQL through a small TCP proxy in this process, which can drop a
  * connection right after the server answered its COMMIT: the commit happened, the client
@@ -286,7 +286,7 @@ static void test_submit_answers_202_when_connection_breaks_after_commit(void **s
 static int it_setup(void **state)
 {
     const char *redis = bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0");
-    const char *db = bd_it_env("BD_IT_SUBMIT_REDIS_DB", "12");
+    const char *db = bd_it_env("BD_IT_SUBMIT_REDIS_DB", "19");
     const char *slash, *after_port;
 
     (void)state;

@@ -4,7 +4,7 @@
  * SDK's client.webhooks.unwrap() (test/openai/webhooks.mjs).
  *
  * PostgreSQL: a schema of its own (batchd migrates it at start), so no other suite's events
- * reach the receiver; Redis: a database of its own (BD_IT_WEBHOOKS_REDIS_DB, default 10).
+ * reach the receiver; Redis: a database of its own (BD_IT_WEBHOOKS_REDIS_DB, default 18).
  * Each case starts the batchd processes it needs with its webhooks section.
  */
 #include <setjmp.h>
@@ -760,7 +760,7 @@ static int it_setup(void **state)
 {
 
     (void)state;
-    if (bd_it_scratch_open(&g_scr, "itwh", "BD_IT_WEBHOOKS_REDIS_DB", "10") != 0)
+    if (bd_it_scratch_open(&g_scr, "itwh", "BD_IT_WEBHOOKS_REDIS_DB", "18") != 0)
         return -1;
     return rx_start();
 }

@@ -13,6 +13,7 @@
  *   {p}reserved            ZSET job_id -> reservation deadline (ms, Redis server time)
  *   {p}reserved_items      HASH job_id -> items reserved for a job being submitted
  *   {p}alive               marker: absent after Redis lost its data (bd_rq_is_empty)
+ *   {p}rebuilding:<worker> a rebuild from PostgreSQL under way (bd_rq_rebuild_begin)
  * No other module names a key: everything goes through bd_rq_* (STYLE.md).
  * Atomic operations are Lua scripts loaded once (SCRIPT LOAD, EVALSHA, reloaded on
  * NOSCRIPT). The connection is re-established with backoff when Redis goes away; the owner
@@ -195,7 +196,9 @@ int bd_rq_claim_many_skip(struct bd_rq *rq, unsigned max, const char *const *ski
                           unsigned skip_count, bd_rq_claim_many_cb cb, void *arg);
 
 /* Extend the lease of job_id if this worker still owns it. cb value: 1 renewed, 0 lost
- * (not in flight or another owner), 2 renewed and a cancel was requested for the job. */
+ * (not in flight or another owner), 2 renewed and a cancel was requested for the job, 3
+ * unknown: Redis lost its keys (bd_rq_is_empty would give 1) and the job is neither in
+ * flight nor queued, so keep running it and rebuild (bd_rq_adopt puts it back in flight). */
 int bd_rq_renew(struct bd_rq *rq, const char *job_id, bd_rq_int_cb cb, void *arg);
 
 /* Job finished (or handed back when requeue): drop it from in flight if we own it (another
@@ -224,9 +227,16 @@ int bd_rq_get_model_counts(struct bd_rq *rq, bd_rq_reply_cb cb, void *arg);
 int bd_rq_get_used_memory(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
 
 /* 1 when the queue keys are absent (Redis was flushed or restarted empty): the caller then
- * rebuilds from PostgreSQL. Uses a marker key {p}alive set by bd_rq_mark_alive. */
+ * rebuilds from PostgreSQL. Uses a marker key {p}alive set by bd_rq_rebuild_end. */
 int bd_rq_is_empty(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
-int bd_rq_mark_alive(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
+
+/* A rebuild from PostgreSQL goes between these two. begin sets this worker's mark
+ * ({p}rebuilding:<worker>; cb value 1); end, sent after the rebuild's last enqueue on the same
+ * connection, sets the alive marker only when that mark survived: cb value 1 marked, 0 when
+ * Redis lost its keys meanwhile (a FLUSHALL took the jobs queued so far with it, so the
+ * caller rebuilds again rather than mark a partial queue whole). */
+int bd_rq_rebuild_begin(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
+int bd_rq_rebuild_end(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
 
 /* The lease of job_id, for GET /debug/job/{id}: its deadline and owner when in flight. */
 int bd_rq_get_lease(struct bd_rq *rq, const char *job_id, bd_rq_lease_cb cb, void *arg);

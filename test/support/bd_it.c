@@ -451,6 +451,35 @@ json_t *bd_it_get_ok(struct bd_it_proc *p, const char *fmt, ...)
     return j;
 }
 
+double bd_it_sample(const char *text, const char *key)
+{
+    size_t klen = strlen(key);
+    const char *p = text;
+
+    while (p && *p) {
+        if (strncmp(p, key, klen) == 0 && p[klen] == ' ')
+            return strtod(p + klen + 1, NULL);
+        p = strchr(p, '\n');
+        if (p)
+            p++;
+    }
+    return 0;
+}
+
+double bd_it_metric(struct bd_it_proc *p, const char *key)
+{
+    char url[160];
+    struct bd_it_resp r;
+    double v;
+
+    snprintf(url, sizeof(url), "%s/metrics", p->base);
+    assert_int_equal(bd_it_http("GET", url, NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    v = bd_it_sample(r.body, key);
+    bd_it_resp_free(&r);
+    return v;
+}
+
 char *bd_it_submit(struct bd_it_proc *p, const char *body, long *status)
 {
     long st = 0;

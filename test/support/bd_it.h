@@ -95,6 +95,12 @@ json_t *bd_it_json_url(const char *method, const char *url, const char *body, lo
 json_t *bd_it_get_ok(struct bd_it_proc *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* The value of the Prometheus sample whose name and labels are exactly key
+ * ("name{a=\"x\"}") in an exposition text, or 0 when there is no such sample (a counter not
+ * yet written is 0). bd_it_metric: the same on p's GET /metrics (fails the test unless 200). */
+double bd_it_sample(const char *text, const char *key);
+double bd_it_metric(struct bd_it_proc *p, const char *key);
+
 /* POST body to /api/v1/batch/jobs. Returns the job_id (caller frees) or NULL, printing the
  * answer when it is not a 202 with a job_id; the status goes to *status when not NULL. */
 char *bd_it_submit(struct bd_it_proc *p, const char *body, long *status);
@@ -167,7 +173,13 @@ int bd_it_openai_sdk_install(void);
  * database and a Redis database of its own ($db_env, else db_default) flushed, with
  * BATCH_POSTGRES_URL / BATCH_REDIS_URL set to them so that every batchd the suite starts
  * uses them. open: 0, or -1 (printed) when PostgreSQL cannot be reached. close: drops the
- * schema and flushes the Redis database. */
+ * schema and flushes the Redis database.
+ *
+ * Redis databases, one per suite (ctest runs two suites at once, and a suite's FLUSHDB must
+ * not empty another's queue; scripts/stack.sh starts Redis with 32): 0 the suites on the
+ * shared stores, 9 it_ui, 10 it_pause, 11 it_api_read, 12 it_batches, 13 it_rebuild,
+ * 14 it_group_commit, 15 it_events, 16 it_files, 17 it_metrics, 18 it_webhooks,
+ * 19 it_submit, 20 it_embed's private run. */
 struct bd_it_scratch {
     char schema[64];
     char pg_base[512];               /* the test database as the stack gave it */
