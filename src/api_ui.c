@@ -1,6 +1,8 @@
 /* api_ui.c -- the web dashboard: GET /ui and GET /ui/{file}, the files of ui/ embedded in the
  * binary at build time (ui/embed.cmake, api_ui.h).
  *
+ * GET / and GET /ui/ send the browser to /ui.
+ *
  * Owns nothing: the files are constant arrays, each answer is one bd_http_respond. Loop
  * thread only; never blocks, never reads a file. The page is static and the same for
  * everyone, so it needs no API key (the API calls it makes do; it asks for a key on 401).
@@ -28,6 +30,8 @@
     "X-Frame-Options: DENY\r\n"                                                             \
     "Referrer-Policy: no-referrer\r\n"                                                      \
     "Cache-Control: no-cache\r\n"
+
+#define UI_LOCATION_MAX 2048                /* a longer query is dropped from the redirect */
 
 static const struct bd__api_ui_asset *ui_find(const char *name)
 {
@@ -80,8 +84,22 @@ static void api_on_ui_file(struct bd_http_request *req, void *arg)
     ui_respond(req, a);
 }
 
+/* / and /ui/ (what people type): 301 to /ui, the query kept (the page's filters live
+ * there). */
+static void api_on_ui_redirect(struct bd_http_request *req, void *arg)
+{
+    char headers[UI_LOCATION_MAX + 32];
+    const char *q = strlen(req->query) < UI_LOCATION_MAX - 8 ? req->query : "";
+
+    (void)arg;
+    snprintf(headers, sizeof(headers), "Location: /ui%s%s\r\n", *q ? "?" : "", q);
+    bd_http_respond(req, 301, "text/plain; charset=utf-8", headers, "/ui\n", 4);
+}
+
 int bd__api_register_ui(struct bd_router *r, struct bd_server *srv)
 {
     int rc = bd_router_add(r, "GET", "/ui", api_on_ui_page, srv);
+    rc = rc ? rc : bd_router_add(r, "GET", "/ui/", api_on_ui_redirect, srv);
+    rc = rc ? rc : bd_router_add(r, "GET", "/", api_on_ui_redirect, srv);
     return rc ? rc : bd_router_add(r, "GET", "/ui/{file}", api_on_ui_file, srv);
 }

@@ -92,7 +92,8 @@ static int route_parse(struct route *rt)
         size_t len = slash ? (size_t)(slash - p) : strlen(p);
         struct route_seg *seg;
 
-        if (len == 0 || rt->nsegs == ROUTER_MAX_SEGS)
+        /* An empty segment only at the end: "/a/" is a route of its own (not "/a"). */
+        if ((len == 0 && slash != NULL) || rt->nsegs == ROUTER_MAX_SEGS)
             return BD_EINVAL;
         seg = &rt->segs[rt->nsegs++];
         if (slash != NULL)

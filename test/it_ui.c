@@ -144,7 +144,8 @@ static void run_scenario(const char *name)
 /* ---- cases ------------------------------------------------------------------------------------ */
 
 /* /ui and its files need no key (the API does), come with the strict CSP, nosniff, their
- * content types and an ETag that answers 304; an unknown file and /ui/ are 404. */
+ * content types and an ETag that answers 304; an unknown file is 404, / and /ui/ send to
+ * /ui. */
 static void ui_is_served_without_a_key_with_csp_and_etag(void **state)
 {
     struct bd_it_resp r;
@@ -183,8 +184,17 @@ static void ui_is_served_without_a_key_with_csp_and_etag(void **state)
     get("/ui/nope.js", NULL, &r);
     assert_int_equal(r.status, 404);
     bd_it_resp_free(&r);
+    get("/ui/?status=failed", NULL, &r);               /* what people type: sent on */
+    assert_int_equal(r.status, 301);
+    expect_header(&r, "Location", "/ui?status=failed");
+    bd_it_resp_free(&r);
     get("/ui/", NULL, &r);
-    assert_int_equal(r.status, 404);
+    assert_int_equal(r.status, 301);
+    expect_header(&r, "Location", "/ui");
+    bd_it_resp_free(&r);
+    get("/", NULL, &r);                                 /* the server's root: the same */
+    assert_int_equal(r.status, 301);
+    expect_header(&r, "Location", "/ui");
     bd_it_resp_free(&r);
 
     /* The API behind it still wants the key. */

@@ -243,13 +243,31 @@ static void router_returns_notfound_when_trailing_slash_added(void **state)
     assert_int_equal(m.rc, BD_ENOTFOUND);
 }
 
+/* A route with a trailing slash is a route of its own (the dashboard's "/ui/" redirect). */
+static void router_matches_trailing_slash_only_when_registered_with_it(void **state)
+{
+    struct bd_router *r = *state;
+    struct match m;
+    int tag_slash;
+
+    assert_int_equal(bd_router_add(r, "GET", "/ui/", handler_b, &tag_slash), BD_OK);
+    match_run(r, "GET", "/ui/", &m);
+    assert_int_equal(m.rc, BD_OK);
+    assert_ptr_equal(m.arg, &tag_slash);
+    match_free(&m);
+    match_run(r, "GET", "/ui", &m);
+    assert_int_equal(m.rc, BD_ENOTFOUND);
+    match_run(r, "GET", "/ui//", &m);
+    assert_int_equal(m.rc, BD_ENOTFOUND);
+}
+
 static void router_rejects_pattern_when_malformed(void **state)
 {
     struct bd_router *r = *state;
 
     assert_int_equal(bd_router_add(r, "GET", "no-slash", handler_a, NULL), BD_EINVAL);
     assert_int_equal(bd_router_add(r, "GET", "/a//b", handler_a, NULL), BD_EINVAL);
-    assert_int_equal(bd_router_add(r, "GET", "/a/", handler_a, NULL), BD_EINVAL);
+    assert_int_equal(bd_router_add(r, "GET", "/a//", handler_a, NULL), BD_EINVAL);
     assert_int_equal(bd_router_add(r, "GET", "/a/{}", handler_a, NULL), BD_EINVAL);
     assert_int_equal(bd_router_add(r, "GET", "/a/{x", handler_a, NULL), BD_EINVAL);
     assert_int_equal(bd_router_add(r, "GET", "/a/{x-y}", handler_a, NULL), BD_EINVAL);
@@ -413,6 +431,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(router_serves_head_with_get_when_no_head_route, setup,
                                         teardown),
         cmocka_unit_test(router_prefers_head_route_when_registered),
+        cmocka_unit_test_setup_teardown(router_matches_trailing_slash_only_when_registered_with_it,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(router_returns_notfound_when_trailing_slash_added, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(router_rejects_pattern_when_malformed, setup, teardown),

@@ -1,6 +1,7 @@
 /* router.h -- method + path pattern -> handler, with {param} segments.
  *
  * Patterns are literal segments and "{name}" segments ("/api/v1/batch/jobs/{id}/status").
+ * A trailing slash is part of the path: "/a/" matches only a route "/a/", never "/a".
  * Parameters are percent-decoded per segment, so "%2F" never splits a path. The table is
  * built before uv_run and constant after. Knows nothing of jobs.
  */
