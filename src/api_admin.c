@@ -373,6 +373,7 @@ int bd_api_register(struct bd_router *r, struct bd_server *srv)
     rc = rc ? rc : bd__api_register_metrics(r, srv);
     rc = rc ? rc : bd__api_register_files(r, srv);
     rc = rc ? rc : bd__api_register_batches(r, srv);
+    rc = rc ? rc : bd__api_register_models(r, srv);
     rc = rc ? rc : bd__api_register_ui(r, srv);
     return rc;
 }

@@ -282,6 +282,37 @@ static void test_batch_refuses_bad_requests(void **state)
     free(reqs);
 }
 
+/* GET /v1/models lists the configured models in their order, in OpenAI's shape (owned_by:
+ * the provider); GET /v1/models/{id} is one of them, an unknown one 404 model_not_found. */
+static void test_models_list_the_configured_models(void **state)
+{
+    long st = 0;
+
+    (void)state;
+    json_t *l = v1(&g_proc, "GET", "/v1/models", NULL, &st);
+    assert_int_equal(st, 200);
+    assert_string_equal(bd_it_str(l, "object"), "list");
+    json_t *data = json_object_get(l, "data");
+    assert_int_equal(json_array_size(data), 2);
+    assert_string_equal(bd_it_str(json_array_get(data, 0), "id"), MODEL);
+    assert_string_equal(bd_it_str(json_array_get(data, 0), "object"), "model");
+    assert_string_equal(bd_it_str(json_array_get(data, 0), "owned_by"), "openai");
+    assert_true(json_integer_value(json_object_get(json_array_get(data, 0), "created")) >
+                1700000000);
+    assert_string_equal(bd_it_str(json_array_get(data, 1), "id"), "hashmodel");
+    assert_string_equal(bd_it_str(json_array_get(data, 1), "owned_by"), "hashing");
+    json_decref(l);
+    json_t *m = v1(&g_proc, "GET", "/v1/models/hashmodel", NULL, &st);
+    assert_int_equal(st, 200);
+    assert_string_equal(bd_it_str(m, "id"), "hashmodel");
+    json_decref(m);
+    json_t *e = v1(&g_proc, "GET", "/v1/models/gpt-4o", NULL, &st);
+    assert_int_equal(st, 404);
+    assert_string_equal(bd_it_str(e, "error.code"), "model_not_found");
+    assert_string_equal(bd_it_str(e, "error.param"), "model");
+    json_decref(e);
+}
+
 /* A batch is a batchd job: it shows in the native API with its batch's id; its output file
  * has one line per request in file order, and a completed batch cannot be cancelled. */
 static void test_batch_is_a_job_and_completes_in_order(void **state)
@@ -605,6 +636,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_fails_validation_with_line_numbers),
         cmocka_unit_test(test_batch_refuses_bad_requests),
+        cmocka_unit_test(test_models_list_the_configured_models),
         cmocka_unit_test(test_batch_is_a_job_and_completes_in_order),
         cmocka_unit_test(test_batch_refuses_more_lines_than_the_limit),
         cmocka_unit_test(test_batch_expires_keeping_what_finished),

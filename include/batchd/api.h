@@ -56,6 +56,9 @@ int bd__api_register_files(struct bd_router *r, struct bd_server *srv);
 /* Register the OpenAI-compatible batches under /v1/batches (api_batches.c). */
 int bd__api_register_batches(struct bd_router *r, struct bd_server *srv);
 
+/* Register the configured models under /v1/models (api_v1_models.c). */
+int bd__api_register_models(struct bd_router *r, struct bd_server *srv);
+
 /* 1 when id is a valid job id (^[A-Za-z0-9_-]{1,128}$), else 0. */
 #define BD__API_JOB_ID_MAX 128
 int bd__api_is_job_id_valid(const char *id);

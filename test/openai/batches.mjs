@@ -63,6 +63,17 @@ function decode(e) {
   return Array.from(new Float32Array(b.buffer, b.byteOffset, b.length / 4));
 }
 
+// 0. The model is there (scripts often check first): models.list() and models.retrieve().
+const models = [];
+for await (const m of client.models.list()) models.push(m);
+const listed = models.find((m) => m.id === MODEL);
+assert.ok(listed, `${MODEL} in models.list()`);
+assert.equal(listed.object, 'model');
+assert.ok(Number.isInteger(listed.created) && listed.created > 1.7e9, 'created is unix seconds');
+assert.equal((await client.models.retrieve(MODEL)).id, MODEL);
+await assert.rejects(client.models.retrieve('no-such-model'),
+                     (e) => e instanceof OpenAI.NotFoundError && e.code === 'model_not_found');
+
 // 1. A 300-request file streamed with fs.createReadStream; create; poll to completed.
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bd-batches-'));
 const reqs = lines(300, 'main');
@@ -155,4 +166,5 @@ await assert.rejects(client.batches.retrieve('batch_000000000000000000000000'),
 fs.rmSync(dir, { recursive: true, force: true });
 const sdk = JSON.parse(fs.readFileSync(new URL('./node_modules/openai/package.json', import.meta.url))).version;
 console.log(`openai ${sdk} on node ${process.version}: batch of 300 (vectors match the model, ` +
-            `1 error line), validation failure at line 3, cancel (${rc.completed} kept), list, 404: ok`);
+            `1 error line), validation failure at line 3, cancel (${rc.completed} kept), list, 404, ` +
+            `models (${models.length}): ok`);
