@@ -69,9 +69,16 @@
     "  model_add_name(redis.call('HGET', jk, 'model'), field, n)\n"                        \
     "end\n"                                                                                \
     "local function items_of(jk) return num(redis.call('HGET', jk, 'items')) end\n"        \
+    "local function parked_key(prio, m) return P .. 'pq:' .. prio .. ':' .. m end\n"       \
     "local function queued_in(id)\n"                                                       \
     "  for _, p in ipairs(PRIOS) do\n"                                                     \
     "    if redis.call('ZSCORE', P .. 'q:' .. p, id) then return p end\n"                  \
+    "  end\n"                                                                              \
+    "  local m = redis.call('HGET', P .. 'job:' .. id, 'model')\n"                         \
+    "  if m and redis.call('SISMEMBER', P .. 'parked', m) == 1 then\n"                     \
+    "    for _, p in ipairs(PRIOS) do\n"                                                   \
+    "      if redis.call('ZSCORE', parked_key(p, m), id) then return p end\n"              \
+    "    end\n"                                                                            \
     "  end\n"                                                                              \
     "  return nil\n"                                                                       \
     "end\n"                                                                                \
@@ -79,7 +86,11 @@
     "  local pos = 0\n"                                                                    \
     "  for _, p in ipairs(PRIOS) do\n"                                                     \
     "    local q = P .. 'q:' .. p\n"                                                       \
-    "    if p == prio then return pos + redis.call('ZRANK', q, id) + 1 end\n"              \
+    "    if p == prio then\n"                                                              \
+    "      local r = redis.call('ZRANK', q, id)\n"                                         \
+    "      if r then return pos + r + 1 end\n"                                             \
+    "      return pos + redis.call('ZCARD', q) + 1\n"   /* parked: behind its queue */     \
+    "    end\n"                                                                            \
     "    pos = pos + redis.call('ZCARD', q)\n"                                             \
     "  end\n"                                                                              \
     "  return 0\n"                                                                         \
@@ -162,11 +173,16 @@ static const char rq_lua_enqueue_many[] = RQ_LUA_PRELUDE RQ_LUA_ENQUEUE_FN
  * low; oldest first within one) and puts each in flight with its own lease. Without max:
  * the claimed id or nil (bd_rq_claim). With max (bd_rq_claim_many): an array of at most max
  * ids, empty when every queue is empty. skip: model names, each "<length>:<bytes>", whose
- * jobs are left where they are (paused models); then each queue is looked at no deeper
- * than RQ_CLAIM_SCAN jobs, a model lookup each (without skip: one ZPOPMIN per queue, as
- * ever). One script run, so each id is taken exactly once however many processes claim
- * at the same time. */
+ * jobs are not taken (paused models): a job of one met at the head of a queue is parked,
+ * moved to {p}pq:<prio>:<model> with its seq, so it is looked at once, not on every claim;
+ * each run parks at most RQ_CLAIM_SCAN jobs (a model lookup each), the next run goes on
+ * (without skip: one ZPOPMIN per queue, as ever). First, the parked jobs of every model
+ * not in skip (resumed) go back in their queues, RQ_UNPARK_MAX per model and priority per
+ * run, in seq order. Parked jobs stay pending: in the counts, cancellable, found by
+ * queued_in. One script run, so each id is taken exactly once however many processes
+ * claim at the same time. */
 #define RQ_CLAIM_SCAN "1000"
+#define RQ_UNPARK_MAX "5000"
 static const char rq_lua_claim[] = RQ_LUA_PRELUDE
     "local limit = tonumber(ARGV[4] or '1')\n"
     "local deadline = int(now_ms() + tonumber(ARGV[3]))\n"
@@ -180,6 +196,19 @@ static const char rq_lua_claim[] = RQ_LUA_PRELUDE
     "    local n = tonumber(string.sub(s, i, c - 1))\n"
     "    skip[string.sub(s, c + 1, c + n)] = true\n"
     "    i = c + n + 1\n"
+    "  end\n"
+    "end\n"
+    "for _, m in ipairs(redis.call('SMEMBERS', P .. 'parked')) do\n"
+    "  if not (skip and skip[m]) then\n"
+    "    local left = false\n"
+    "    for _, p in ipairs(PRIOS) do\n"
+    "      local pk = parked_key(p, m)\n"
+    "      local r = redis.call('ZRANGE', pk, 0, " RQ_UNPARK_MAX " - 1, 'WITHSCORES')\n"
+    "      for i = 1, #r, 2 do redis.call('ZADD', P .. 'q:' .. p, r[i + 1], r[i]) end\n"
+    "      if #r > 0 then redis.call('ZREMRANGEBYRANK', pk, 0, #r / 2 - 1) end\n"
+    "      if redis.call('EXISTS', pk) == 1 then left = true end\n"
+    "    end\n"
+    "    if not left then redis.call('SREM', P .. 'parked', m) end\n"
     "  end\n"
     "end\n"
     "local function take(id)\n"
@@ -199,17 +228,20 @@ static const char rq_lua_claim[] = RQ_LUA_PRELUDE
     "    local r = redis.call('ZPOPMIN', q, limit - #out)\n"
     "    for i = 1, #r, 2 do take(r[i]) end\n"
     "  else\n"
-    "    local at, seen = 0, 0\n"
+    "    local seen = 0\n"
     "    while #out < limit and seen < " RQ_CLAIM_SCAN " do\n"
-    "      local ids = redis.call('ZRANGE', q, at, at + 63)\n"
-    "      if #ids == 0 then break end\n"
-    "      for _, id in ipairs(ids) do\n"
+    "      local r = redis.call('ZRANGE', q, 0, 63, 'WITHSCORES')\n"
+    "      if #r == 0 then break end\n"
+    "      for i = 1, #r, 2 do\n"
     "        if #out >= limit or seen >= " RQ_CLAIM_SCAN " then break end\n"
+    "        local id = r[i]\n"
+    "        local m = redis.call('HGET', P .. 'job:' .. id, 'model') or ''\n"
     "        seen = seen + 1\n"
-    "        if skip[redis.call('HGET', P .. 'job:' .. id, 'model') or ''] then\n"
-    "          at = at + 1\n"
+    "        redis.call('ZREM', q, id)\n"
+    "        if skip[m] then\n"
+    "          redis.call('ZADD', parked_key(p, m), r[i + 1], id)\n"
+    "          redis.call('SADD', P .. 'parked', m)\n"
     "        else\n"
-    "          redis.call('ZREM', q, id)\n"
     "          take(id)\n"
     "        end\n"
     "      end\n"
@@ -265,8 +297,10 @@ static const char rq_lua_release[] = RQ_LUA_PRELUDE
 static const char rq_lua_cancel[] = RQ_LUA_PRELUDE
     "local id = ARGV[2]\n"
     "local jk = P .. 'job:' .. id\n"
+    "local m = redis.call('HGET', jk, 'model') or ''\n"
     "for _, p in ipairs(PRIOS) do\n"
-    "  if redis.call('ZREM', P .. 'q:' .. p, id) == 1 then\n"
+    "  if redis.call('ZREM', P .. 'q:' .. p, id) == 1 or\n"
+    "     redis.call('ZREM', parked_key(p, m), id) == 1 then\n"
     "    model_add(jk, 'pending', -1)\n"
     "    add(P .. 'queued_items', -items_of(jk))\n"
     "    redis.call('DEL', jk)\n"
@@ -297,8 +331,12 @@ static const char rq_lua_reap[] = RQ_LUA_PRELUDE
 /* ARGV: prefix. Returns [high, normal, low, inflight, queued_items, reserved_items]. */
 static const char rq_lua_counts[] = RQ_LUA_PRELUDE
     "local reserved = reserved_total()\n"
-    "return { redis.call('ZCARD', P .. 'q:high'), redis.call('ZCARD', P .. 'q:normal'),\n"
-    "         redis.call('ZCARD', P .. 'q:low'), redis.call('ZCARD', P .. 'inflight'),\n"
+    "local n = {}\n"
+    "for i, p in ipairs(PRIOS) do n[i] = redis.call('ZCARD', P .. 'q:' .. p) end\n"
+    "for _, m in ipairs(redis.call('SMEMBERS', P .. 'parked')) do\n"
+    "  for i, p in ipairs(PRIOS) do n[i] = n[i] + redis.call('ZCARD', parked_key(p, m)) end\n"
+    "end\n"
+    "return { n[1], n[2], n[3], redis.call('ZCARD', P .. 'inflight'),\n"
     "         num(redis.call('GET', P .. 'queued_items')), reserved }\n";
 
 /* ARGV: prefix. Returns [model, pending, processing, ...] sorted by model name: only the

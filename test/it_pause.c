@@ -296,6 +296,40 @@ static void model_pause_leaves_other_models_running(void **state)
     assert_int_equal(bd_it_stop(&a, SIGTERM, 20), 0);
 }
 
+/* A paused model's backlog deeper than one claim looks (1,000 jobs) does not hold back the
+ * other models' jobs queued behind it (claims park it); resumed, every one of it runs. */
+#define DEEP_BACKLOG 1200
+static void model_pause_does_not_block_jobs_behind_a_deep_backlog(void **state)
+{
+    struct bd_it_proc a;
+    char yaml[1024];
+    (void)state;
+
+    it_yaml(yaml, sizeof(yaml), 4);
+    assert_int_equal(bd_it_start(&a, yaml, NULL), 0);
+    json_decref(it_post(&a, Q "/pause?model=ma", 200));
+    long seq0 = bd_it_psql_long_url(g_scr.pg_url, "SELECT COALESCE(max(seq), 0) FROM jobs");
+    for (unsigned i = 0; i < DEEP_BACKLOG; i++)
+        free(it_submit(&a, "ma", 1, 10, -1));
+    char *jb = it_submit(&a, "mb", 1, 10, -1);
+    json_decref(bd_it_expect_status(&a, jb, "completed", 30));
+    json_t *j = bd_it_get_ok(&a, Q "/status");
+    assert_int_equal(json_integer_value(bd_it_at(j, "model_queues.ma.pending")), DEEP_BACKLOG);
+    json_decref(j);
+
+    json_decref(it_post(&a, Q "/resume?model=ma", 200));
+    double t0 = bd_it_now();
+    long done = 0;
+    while ((done = bd_it_psql_long_url(g_scr.pg_url, "SELECT count(*) FROM jobs WHERE model = "
+                                       "'ma' AND status = 'completed' AND seq > %ld",
+                                       seq0)) < DEEP_BACKLOG &&
+           bd_it_now() - t0 < 120)
+        bd_it_sleep_ms(200);
+    assert_int_equal(done, DEEP_BACKLOG);
+    free(jb);
+    assert_int_equal(bd_it_stop(&a, SIGTERM, 20), 0);
+}
+
 /* PostgreSQL holds the pause: a restarted batchd is paused before it claims anything. */
 static void pause_survives_a_restart(void **state)
 {
@@ -443,6 +477,8 @@ int main(void)
         cmocka_unit_test_teardown(running_job_finishes_its_batch_then_waits_while_paused,
                                   it_case_teardown),
         cmocka_unit_test_teardown(model_pause_leaves_other_models_running, it_case_teardown),
+        cmocka_unit_test_teardown(model_pause_does_not_block_jobs_behind_a_deep_backlog,
+                                  it_case_teardown),
         cmocka_unit_test_teardown(pause_survives_a_restart, it_case_teardown),
         cmocka_unit_test_teardown(unknown_model_or_filter_is_refused_with_400,
                                   it_case_teardown),

@@ -1171,6 +1171,73 @@ static void close_from_inside_a_callback(void **state)
     c->rq = NULL;
 }
 
+static void on_claim_many_text(int status, const char *const *job_ids, unsigned count,
+                               void *arg)
+{
+    struct rres *r = arg;
+    size_t len = 0;
+
+    r->calls++;
+    r->c->finished++;
+    r->status = status;
+    r->text[0] = '\0';
+    for (unsigned i = 0; status == BD_OK && i < count; i++)
+        len += (size_t)snprintf(r->text + len, len < sizeof(r->text) ? sizeof(r->text) - len : 0,
+                                "%s%s", i ? " " : "", job_ids[i]);
+}
+
+/* bd_rq_claim_many_skip: the claimed ids, space-separated, in buf. */
+static const char *op_claim_skip(struct ctx *c, struct bd_rq *rq, unsigned max,
+                                 const char *const *skip, unsigned skip_count, char *buf,
+                                 size_t len)
+{
+    struct rres r = { .c = c };
+
+    STARTED(c, bd_rq_claim_many_skip(rq, max, skip, skip_count, on_claim_many_text, &r), r);
+    assert_int_equal(r.status, BD_OK);
+    snprintf(buf, len, "%s", r.text);
+    return buf;
+}
+
+/* A paused model's backlog deeper than one claim looks (1,000 jobs) no longer holds back the
+ * jobs behind it: a claim parks the paused model's jobs it meets, so the next one reaches the
+ * other model's job. Parked jobs stay pending (counted, cancellable, not queued twice), and
+ * a claim without the model in its skip list (resumed) puts them back in their order. */
+static void claim_skip_parks_paused_backlog_and_unparks_on_resume(void **state)
+{
+    struct ctx *c = *state;
+    const char *const paused[] = { "paused" };
+    char got[512], id[32];
+    int calls = 0;
+
+    for (int i = 1; i <= 1500; i++) {
+        snprintf(id, sizeof(id), "p%d", i);
+        op_enqueue(c, c->rq, id, BD_PRIO_NORMAL, i, "paused", 2);
+    }
+    op_enqueue(c, c->rq, "other", BD_PRIO_NORMAL, 2000, "free", 1);
+    op_enqueue(c, c->rq, "hi", BD_PRIO_HIGH, 3000, "paused", 1);
+    do {
+        op_claim_skip(c, c->rq, 4, paused, 1, got, sizeof(got));
+        calls++;
+    } while (got[0] == '\0' && calls < 5);
+    assert_string_equal(got, "other");
+    assert_int_equal(calls, 2);                  /* 1,000 parked by the first, the rest next */
+    assert_int_equal(sync_ll(c, "ZCARD %spq:normal:paused", c->prefix), 1500);
+    assert_counts(c, c->rq, 1, 1500, 0, 1, 3001);
+    assert_int_equal(op_cancel(c, c->rq, "p7"), 1);             /* a parked job cancelled */
+    assert_counts(c, c->rq, 1, 1499, 0, 1, 2999);
+    assert_true(op_enqueue(c, c->rq, "p3", BD_PRIO_NORMAL, 3, "paused", 2) > 0);
+    assert_counts(c, c->rq, 1, 1499, 0, 1, 2999);               /* not queued twice */
+    assert_string_equal(op_claim_skip(c, c->rq, 4, paused, 1, got, sizeof(got)), "");
+
+    /* Resumed: back in their queues, high first, then by seq. */
+    assert_string_equal(op_claim_skip(c, c->rq, 4, NULL, 0, got, sizeof(got)), "hi p1 p2 p3");
+    assert_string_equal(op_claim_skip(c, c->rq, 4, NULL, 0, got, sizeof(got)), "p4 p5 p6 p8");
+    assert_int_equal(sync_ll(c, "EXISTS %spq:normal:paused", c->prefix), 0);
+    assert_int_equal(sync_ll(c, "SCARD %sparked", c->prefix), 0);
+    assert_counts(c, c->rq, 0, 1492, 0, 9, 2984);
+}
+
 static void alive_marker_and_memory(void **state)
 {
     struct ctx *c = *state;
@@ -1712,6 +1779,7 @@ int main(void)
         T(close_fails_pending_with_canceled),
         T(close_from_inside_a_callback),
         T(alive_marker_and_memory),
+        T(claim_skip_parks_paused_backlog_and_unparks_on_resume),
         T(lease_reports_deadline_and_owner),
         T(restore_seq_raises_never_lowers),
         T(retry_while_in_flight_is_queued_after_old_release),

@@ -12,6 +12,8 @@
  *   {p}queued_items        counter of items in queued jobs (backpressure)
  *   {p}reserved            ZSET job_id -> reservation deadline (ms, Redis server time)
  *   {p}reserved_items      HASH job_id -> items reserved for a job being submitted
+ *   {p}pq:<prio>:<model>   ZSET job_id -> seq: jobs of a paused model, parked by a claim
+ *   {p}parked              SET of model names with parked jobs
  *   {p}alive               marker: absent after Redis lost its data (bd_rq_is_empty)
  *   {p}rebuilding:<worker> a rebuild from PostgreSQL under way (bd_rq_rebuild_begin)
  * No other module names a key: everything goes through bd_rq_* (STYLE.md).
@@ -187,11 +189,14 @@ typedef void (*bd_rq_claim_many_cb)(int status, const char *const *job_ids, unsi
  * Allocates one small record for the call. */
 int bd_rq_claim_many(struct bd_rq *rq, unsigned max, bd_rq_claim_many_cb cb, void *arg);
 
-/* bd_rq_claim_many that leaves the jobs of skip_models[0..skip_count) (paused models;
- * borrowed for the call, may be NULL when skip_count is 0) where they are, in their
- * place. With a skip list the script looks at most 1000 jobs deep into each priority's
- * queue (a model lookup each), so jobs behind more than that many skipped ones wait; with
- * skip_count 0 it is exactly bd_rq_claim_many. Also allocates the packed list when long. */
+/* bd_rq_claim_many that takes no job of skip_models[0..skip_count) (paused models;
+ * borrowed for the call, may be NULL when skip_count is 0): such a job met at the head of
+ * a queue is parked ({p}pq:<prio>:<model>), up to 1000 per call (a model lookup each), so
+ * a paused model's backlog is looked at once and the jobs behind it are claimed. Every
+ * claim first puts the parked jobs of models not in its skip list (resumed) back in their
+ * queues in their order (5,000 per model and priority per call). Parked jobs stay pending:
+ * counted, cancellable, never lost. With skip_count 0 it is bd_rq_claim_many (which also
+ * unparks). Also allocates the packed list when long. */
 int bd_rq_claim_many_skip(struct bd_rq *rq, unsigned max, const char *const *skip_models,
                           unsigned skip_count, bd_rq_claim_many_cb cb, void *arg);
 
