@@ -1181,9 +1181,9 @@ static void on_claim_many_text(int status, const char *const *job_ids, unsigned 
     r->c->finished++;
     r->status = status;
     r->text[0] = '\0';
-    for (unsigned i = 0; status == BD_OK && i < count; i++)
-        len += (size_t)snprintf(r->text + len, len < sizeof(r->text) ? sizeof(r->text) - len : 0,
-                                "%s%s", i ? " " : "", job_ids[i]);
+    for (unsigned i = 0; status == BD_OK && i < count && len < sizeof(r->text); i++)
+        len += (size_t)snprintf(r->text + len, sizeof(r->text) - len, "%s%s", i ? " " : "",
+                                job_ids[i]);
 }
 
 /* bd_rq_claim_many_skip: the claimed ids, space-separated, in buf. */
