@@ -12,6 +12,7 @@
 #include "batchd/config.h"
 #include "batchd/error.h"
 #include "batchd/http_server.h"
+#include "batchd/random_id.h"
 #include "batchd/server.h"
 
 #include <stdio.h>
@@ -22,22 +23,15 @@
 
 void bd__v1_request_id(char *out)
 {
-    static const char hex[] = "0123456789abcdef";
-    unsigned char r[16];
+    static uint64_t counter;
 
-    if (uv_random(NULL, NULL, r, sizeof(r), 0, NULL) < 0) {
+    memcpy(out, "req_", 4);
+    if (bd_random_hex(out + 4, (BD__V1_REQUEST_ID_LEN - 4) / 2) < 0) {
         /* No random source (a sandbox without getrandom): unique within this process is
          * enough for an id that only ties an answer to a log line. */
-        uint64_t t = uv_hrtime();
-        memcpy(r, &t, sizeof(t));
-        memcpy(r + 8, &out, sizeof(out) < 8 ? sizeof(out) : 8);
+        snprintf(out + 4, BD__V1_REQUEST_ID_LEN - 3, "%016llx%016llx",
+                 (unsigned long long)uv_hrtime(), (unsigned long long)++counter);
     }
-    memcpy(out, "req_", 4);
-    for (size_t i = 0; i < sizeof(r); i++) {
-        out[4 + 2 * i] = hex[r[i] >> 4];
-        out[5 + 2 * i] = hex[r[i] & 15];
-    }
-    out[BD__V1_REQUEST_ID_LEN] = '\0';
 }
 
 bool bd__v1_is_path(const char *path)

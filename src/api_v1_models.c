@@ -65,7 +65,15 @@ static void api_on_model_get(struct bd_http_request *req, void *arg)
             return;
         }
     }
-    snprintf(msg, sizeof(msg), "The model '%.64s' does not exist", id);
+    /* The id is decoded from the path (any bytes): named only when it is plain ASCII, as
+     * the message must be valid UTF-8. */
+    bool is_plain = strlen(id) <= 64;
+    for (const char *p = id; is_plain && *p != '\0'; p++)
+        is_plain = *p >= 0x20 && *p < 0x7f;
+    if (is_plain)
+        snprintf(msg, sizeof(msg), "The model '%s' does not exist", id);
+    else
+        snprintf(msg, sizeof(msg), "The model does not exist");
     bd__v1_respond_error(req, NULL, BD_ENOTFOUND, msg, "model", "model_not_found", NULL);
 }
 

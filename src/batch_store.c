@@ -11,6 +11,7 @@
 #include "batchd/job_engine.h"
 #include "batchd/job_types.h"
 #include "batchd/pg_store.h"
+#include "batchd/random_id.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -51,19 +52,8 @@ static const char *const batch_col_names[BC_COUNT] = {
 
 int bd_batch_new_id(char *out)
 {
-    static const char hex[] = "0123456789abcdef";
-    unsigned char r[12];
-    int rc = uv_random(NULL, NULL, r, sizeof(r), 0, NULL);   /* getrandom(2): no wait */
-
-    if (rc < 0)
-        return rc;
     memcpy(out, "batch_", 6);
-    for (size_t i = 0; i < sizeof(r); i++) {
-        out[6 + 2 * i] = hex[r[i] >> 4];
-        out[7 + 2 * i] = hex[r[i] & 15];
-    }
-    out[BD_BATCH_ID_LEN] = '\0';
-    return BD_OK;
+    return bd_random_hex(out + 6, (BD_BATCH_ID_LEN - 6) / 2);
 }
 
 /* ---- the status, one place -------------------------------------------------------------- */

@@ -25,7 +25,7 @@
  *     listen: 127.0.0.1:8000       # host:port, [v6]:port; port 0 picks one (BATCH_LISTEN)
  *     log_level: info              # debug | info | warn | error | off (BATCH_LOG_LEVEL)
  *     api_keys: []                 # none = no authentication (BATCH_API_KEYS, comma list)
- *     worker_id: <hostname>-<pid>  # lease owner name (BATCH_WORKER_ID)
+ *     worker_id: <hostname>-<pid>-<rand>  # lease owner name (BATCH_WORKER_ID)
  *   redis:
  *     url: redis://host:port/db    # required (BATCH_REDIS_URL)
  *   postgres:

@@ -11,6 +11,7 @@
 #include "batchd/base64.h"
 #include "batchd/error.h"
 #include "batchd/log.h"
+#include "batchd/random_id.h"
 #include "batchd/url.h"
 
 #include <assert.h>
@@ -24,6 +25,7 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+#include <uv.h>
 
 /* -- Errors --------------------------------------------------------------------------- */
 
@@ -641,11 +643,14 @@ static int cfg_fail_setting(struct cfg_load *ld, const char *key, const char *wh
     return bd__config_fail_value(ld, key, ld->is_from_env[i] ? cfg_fields[i].env : NULL, why);
 }
 
-/* "<hostname>-<pid>", with anything a worker id may not hold replaced by '_'. */
+/* "<hostname>-<pid>-<4 random hex>", with anything a worker id may not hold replaced by
+ * '_'. The random part keeps ids apart where hostname and pid repeat (containers started
+ * from one image with a fixed hostname all run batchd as pid 1): two processes with one id
+ * would renew each other's leases. */
 static int cfg_default_worker_id(struct bd_config *cfg)
 {
     char host[200];
-    char id[232];
+    char id[240], rnd[5];
 
     if (gethostname(host, sizeof(host)) != 0 || host[0] == '\0')
         snprintf(host, sizeof(host), "batchd");
@@ -653,7 +658,9 @@ static int cfg_default_worker_id(struct bd_config *cfg)
     for (char *p = host; *p != '\0'; p++)
         if (!is_name_char(*p))
             *p = '_';
-    snprintf(id, sizeof(id), "%.100s-%ld", host, (long)getpid());
+    if (bd_random_hex(rnd, 2) < 0)
+        snprintf(rnd, sizeof(rnd), "%04x", (unsigned)(uv_hrtime() & 0xffff));
+    snprintf(id, sizeof(id), "%.100s-%ld-%s", host, (long)getpid(), rnd);
     cfg->worker_id = strdup(id);
     return cfg->worker_id != NULL ? BD_OK : BD_ENOMEM;
 }

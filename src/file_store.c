@@ -9,6 +9,7 @@
 
 #include "batchd/error.h"
 #include "batchd/pg_store.h"
+#include "batchd/random_id.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -29,19 +30,8 @@ static const char *const file_col_names[FC_COUNT] = {
 
 int bd_file_new_id(char *out)
 {
-    static const char hex[] = "0123456789abcdef";
-    unsigned char r[12];
-    int rc = uv_random(NULL, NULL, r, sizeof(r), 0, NULL);   /* getrandom(2): no wait */
-
-    if (rc < 0)
-        return rc;
     memcpy(out, "file-", 5);
-    for (size_t i = 0; i < sizeof(r); i++) {
-        out[5 + 2 * i] = hex[r[i] >> 4];
-        out[6 + 2 * i] = hex[r[i] & 15];
-    }
-    out[BD_FILE_ID_LEN] = '\0';
-    return BD_OK;
+    return bd_random_hex(out + 5, (BD_FILE_ID_LEN - 5) / 2);
 }
 
 static const char *file_message(const PGresult *res)

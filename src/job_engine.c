@@ -14,6 +14,7 @@
 #include "batchd/job_store.h"
 #include "batchd/log.h"
 #include "batchd/model_client.h"
+#include "batchd/random_id.h"
 #include "batchd/redis_queue.h"
 
 #include <limits.h>
@@ -65,7 +66,7 @@ struct engine_claim {
 };
 
 static void engine_on_claimed(int status, const char *const *job_ids, unsigned count,
-                              void *arg)
+                              bool is_cut, void *arg)
 {
     struct engine_claim *claim = arg;
     struct bd_job_engine *e = claim->e;
@@ -86,8 +87,9 @@ static void engine_on_claimed(int status, const char *const *job_ids, unsigned c
         engine_maybe_stopped(e);
         return;
     }
-    /* Nothing to claim (or Redis trouble): the repeating claim timer polls again. */
-    if (status < 0 || count == 0)
+    /* Nothing to claim (or Redis trouble): the repeating claim timer polls again; a claim
+     * cut while it parked a paused model's jobs goes on at once. */
+    if (status < 0 || (count == 0 && !is_cut))
         return;
     for (unsigned i = 0; i < count; i++) {
         if (bd__job_find(e, job_ids[i]))      /* ours, back through the reaper: keep going */
@@ -99,7 +101,7 @@ static void engine_on_claimed(int status, const char *const *job_ids, unsigned c
         job->phase = JOB_PHASE_START;
         bd__job_step(job);
     }
-    if (count == asked)
+    if (count == asked || is_cut)
         bd__engine_pump(e);                   /* more capacity? claim again right away */
 }
 
@@ -152,6 +154,16 @@ struct renew_call {
     char id[129];
 };
 
+static void engine_rebuild(struct bd_job_engine *e);
+
+/* A rebuild now, unless one failed or was undone twice lately: then not before
+ * rebuild_retry_ms (the reaper's check starts it while the marker is missing). */
+static void engine_rebuild_soon(struct bd_job_engine *e)
+{
+    if (uv_now(e->reap_timer.loop) >= e->rebuild_retry_ms)
+        engine_rebuild(e);
+}
+
 static void engine_on_renewed(int status, long long value, void *arg)
 {
     struct renew_call *rc = arg;
@@ -172,6 +184,7 @@ static void engine_on_renewed(int status, long long value, void *arg)
              * rebuild (under way, or started by the reaper's check) adopts the job. */
             bd_log(BD_LOG_DEBUG, "job", "job=%s event=lease_unknown note=redis_lost_keys",
                    job->id);
+            engine_rebuild_soon(e);
         }
     }
     free(rc);
@@ -215,8 +228,6 @@ static void engine_on_reaped(int status, long long n, void *arg)
     }
 }
 
-static void engine_rebuild(struct bd_job_engine *e);
-
 /* Redis lost its keys (FLUSHALL, or a restart without persistence) while the connection
  * stayed up: the marker key is gone, so rebuild the queue from PostgreSQL. */
 static void engine_on_empty_checked(int status, long long is_empty, void *arg)
@@ -224,7 +235,8 @@ static void engine_on_empty_checked(int status, long long is_empty, void *arg)
     struct bd_job_engine *e = arg;
     if (!engine_op_end(e))
         return;
-    if (status == BD_OK && is_empty == 1 && uv_now(e->reap_timer.loop) >= e->rebuild_retry_ms) {
+    if (status == BD_OK && is_empty == 1 && !e->is_rebuilding &&
+        uv_now(e->reap_timer.loop) >= e->rebuild_retry_ms) {
         bd_log(BD_LOG_WARN, "job", "event=redis_state_lost action=rebuild_from_postgres");
         engine_rebuild(e);
     }
@@ -245,8 +257,11 @@ static void engine_on_reap_timer(uv_timer_t *t)
     }
 }
 
-/* The rebuild's end: marked alive (1), or Redis lost its keys again while the pages went in
- * (0: a FLUSHALL took the jobs queued so far), so the queue is rebuilt once more. */
+/* The rebuild's end: marked alive (1), or its mark was gone (0: a FLUSHALL during the
+ * rebuild took the jobs queued so far, or a rebuild under the same worker id replaced it),
+ * so the queue is rebuilt once more at once; a second undone rebuild in a row waits
+ * JOB_REBUILD_RETRY_S (two processes sharing a worker id would otherwise undo each other's
+ * without end). */
 static void engine_on_rebuild_ended(int status, long long is_marked, void *arg)
 {
     struct bd_job_engine *e = arg;
@@ -255,8 +270,15 @@ static void engine_on_rebuild_ended(int status, long long is_marked, void *arg)
     if (!engine_op_end(e))
         return;
     if (status == BD_OK && is_marked == 0) {
-        bd_log(BD_LOG_WARN, "job", "event=redis_state_lost_during_rebuild action=rebuild_again");
-        engine_rebuild(e);
+        bool is_again = e->rebuilds_undone++ > 0;
+        bd_log(BD_LOG_WARN, "job", "event=rebuild_mark_lost action=rebuild_again%s",
+               is_again ? " delay_s=5 note=check_worker_ids_are_unique" : "");
+        if (is_again)
+            e->rebuild_retry_ms = uv_now(e->reap_timer.loop) + engine_ms(JOB_REBUILD_RETRY_S);
+        else
+            engine_rebuild(e);
+    } else if (status == BD_OK) {
+        e->rebuilds_undone = 0;
     }
     bd__engine_pump(e);
 }
@@ -309,6 +331,7 @@ struct engine_rebuild {
     unsigned sent;
     long long max_seq;
     bool is_failed;                           /* an enqueue or adopt failed */
+    char token[17];                           /* this rebuild's mark in Redis */
 };
 
 static void engine_rebuild_next(struct engine_rebuild *rb);
@@ -362,6 +385,9 @@ static void engine_on_active_page(int status, const struct bd_job_queue_row *row
     for (unsigned i = 0; i < count; i++) {
         const struct bd_job_queue_row *r = &rows[i];
         struct bd_job *mine = bd__job_find(e, r->id);
+        /* As the pages' buckets: 0 and below high, 2 and above low. */
+        enum bd_priority prio = r->priority <= 0 ? BD_PRIO_HIGH
+                                : r->priority >= 2 ? BD_PRIO_LOW : BD_PRIO_NORMAL;
         /* A job this process is running goes straight back in flight under our lease
          * (else its next renewal would report the lease lost); the rest are queued, the
          * page's in one script run. */
@@ -371,21 +397,20 @@ static void engine_on_active_page(int status, const struct bd_job_queue_row *row
 
         if (!adopt && jobs != NULL) {
             jobs[queued++] = (struct bd_rq_enqueue_job){
-                .job_id = r->id, .prio = (enum bd_priority)r->priority, .seq = r->seq,
+                .job_id = r->id, .prio = prio, .seq = r->seq,
                 .model = r->model, .items = r->total_items,
             };
             continue;
         }
         engine_op_begin(e);
-        rc = (adopt ? bd_rq_adopt : bd_rq_enqueue)(e->d.rq, r->id,
-                                                   (enum bd_priority)r->priority, r->seq,
-                                                   r->model, r->total_items,
-                                                   engine_on_enqueued, rb);
+        rc = (adopt ? bd_rq_adopt : bd_rq_enqueue)(e->d.rq, r->id, prio, r->seq, r->model,
+                                                   r->total_items, engine_on_enqueued, rb);
         if (rc == BD_OK) {
             rb->inflight++;
             rb->sent++;
         } else {
             e->pending_ops--;
+            rb->is_failed = true;
         }
     }
     if (queued > 0) {
@@ -395,6 +420,7 @@ static void engine_on_active_page(int status, const struct bd_job_queue_row *row
             rb->sent += queued;
         } else {
             e->pending_ops--;
+            rb->is_failed = true;
         }
     }
     free(jobs);
@@ -445,9 +471,11 @@ static void engine_rebuild_next(struct engine_rebuild *rb)
     }
     if (rb->sent > 0)
         bd_log(BD_LOG_DEBUG, "job", "event=queue_rebuilt jobs=%u", rb->sent);
+    char token[sizeof(rb->token)];
+    memcpy(token, rb->token, sizeof(token));
     free(rb);
     engine_op_begin(e);
-    if (bd_rq_rebuild_end(e->d.rq, engine_on_rebuild_ended, e) < 0) {
+    if (bd_rq_rebuild_end(e->d.rq, token, engine_on_rebuild_ended, e) < 0) {
         e->pending_ops--;
         e->is_rebuilding = false;
     }
@@ -480,9 +508,11 @@ static void engine_rebuild(struct bd_job_engine *e)
         return;                               /* the next timer tries again */
     rb->e = e;
     rb->after_seq = LLONG_MIN;
+    if (bd_random_hex(rb->token, (sizeof(rb->token) - 1) / 2) < 0)
+        snprintf(rb->token, sizeof(rb->token), "%016llx", (unsigned long long)uv_hrtime());
     e->is_rebuilding = true;
     engine_op_begin(e);
-    if (bd_rq_rebuild_begin(e->d.rq, engine_on_rebuild_begun, rb) < 0) {
+    if (bd_rq_rebuild_begin(e->d.rq, rb->token, engine_on_rebuild_begun, rb) < 0) {
         e->pending_ops--;
         e->is_rebuilding = false;
         free(rb);

@@ -189,6 +189,7 @@ struct bd_job_engine {
     bool is_rebuilding;
     uint64_t rebuild_retry_ms; /* loop time before which the reaper's empty check does not
                                 * start another rebuild (one whose enqueue failed) */
+    unsigned rebuilds_undone;  /* rebuilds in a row whose mark was gone at their end */
     bool is_stopping;
     bool is_draining;         /* shutting down: claim nothing more (bd_job_engine_drain) */
     bool has_closed_timers;

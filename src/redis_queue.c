@@ -187,7 +187,7 @@ static const char rq_lua_claim[] = RQ_LUA_PRELUDE
     "local limit = tonumber(ARGV[4] or '1')\n"
     "local deadline = int(now_ms() + tonumber(ARGV[3]))\n"
     "local out = {}\n"
-    "local skip = nil\n"
+    "local skip, cut = nil, false\n"
     "if ARGV[5] and ARGV[5] ~= '' then\n"
     "  skip = {}\n"
     "  local s, i = ARGV[5], 1\n"
@@ -227,7 +227,7 @@ static const char rq_lua_claim[] = RQ_LUA_PRELUDE
     "  if not skip then\n"
     "    local r = redis.call('ZPOPMIN', q, limit - #out)\n"
     "    for i = 1, #r, 2 do take(r[i]) end\n"
-    "  else\n"
+    "  elseif not cut then\n"
     "    local seen = 0\n"
     "    while #out < limit and seen < " RQ_CLAIM_SCAN " do\n"
     "      local r = redis.call('ZRANGE', q, 0, 63, 'WITHSCORES')\n"
@@ -246,9 +246,13 @@ static const char rq_lua_claim[] = RQ_LUA_PRELUDE
     "        end\n"
     "      end\n"
     "    end\n"
+    "    cut = #out < limit and seen >= " RQ_CLAIM_SCAN "\n"
     "  end\n"
     "end\n"
-    "if ARGV[4] then return out end\n"
+    "if ARGV[4] then\n"
+    "  if cut then out[#out + 1] = '' end\n"   /* not an id: the scan bound was hit */
+    "  return out\n"
+    "end\n"
     "return out[1] or false\n";
 
 /* ARGV: prefix, id, worker, lease_ms. Returns 1 renewed, 2 renewed + cancel, 0 lost, 3 not
@@ -425,17 +429,29 @@ static const char rq_lua_reserve_next[] = RQ_LUA_PRELUDE RQ_LUA_RESERVE_FN
 static const char rq_lua_unreserve[] = RQ_LUA_PRELUDE
     "return unreserve(ARGV[2])\n";
 
-/* ARGV: prefix, worker. A rebuild's start: this worker's mark, which a FLUSHALL during the
- * rebuild takes away with the jobs queued so far. A day's expiry: a process that died
- * mid-rebuild leaves nothing for good. Returns 1. */
+/* ARGV: prefix, worker, token. A rebuild's start: this worker's mark, field worker of the
+ * hash {p}rebuilding = "<token>:<ms>", which a FLUSHALL during the rebuild takes away with
+ * the jobs queued so far. No TTL (a volatile-* eviction policy would evict the only key
+ * with one); marks over a day old (a process that died mid-rebuild) are dropped here.
+ * Returns 1. */
 static const char rq_lua_rebuild_begin[] = RQ_LUA_PRELUDE
-    "redis.call('SET', P .. 'rebuilding:' .. ARGV[2], '1', 'EX', 86400)\n"
+    "local h, now = P .. 'rebuilding', now_ms()\n"
+    "local all = redis.call('HGETALL', h)\n"
+    "for i = 1, #all, 2 do\n"
+    "  local t = tonumber(string.match(all[i + 1], ':(%d+)$') or '0')\n"
+    "  if t < now - 86400000 then redis.call('HDEL', h, all[i]) end\n"
+    "end\n"
+    "redis.call('HSET', h, ARGV[2], ARGV[3] .. ':' .. int(now))\n"
     "return 1\n";
 
-/* ARGV: prefix, worker. A rebuild's end: the alive marker goes in only when the worker's
- * mark is still there. Returns 1 marked, 0 when Redis lost its keys during the rebuild. */
+/* ARGV: prefix, worker, token. A rebuild's end: the alive marker goes in only when the
+ * worker's mark with this token is still there. Returns 1 marked, 0 when Redis lost its
+ * keys during the rebuild (or another rebuild under the same worker id took the mark). */
 static const char rq_lua_rebuild_end[] = RQ_LUA_PRELUDE
-    "if redis.call('DEL', P .. 'rebuilding:' .. ARGV[2]) == 0 then return 0 end\n"
+    "local h = P .. 'rebuilding'\n"
+    "local v = redis.call('HGET', h, ARGV[2])\n"
+    "if not v or string.sub(v, 1, #ARGV[3] + 1) ~= ARGV[3] .. ':' then return 0 end\n"
+    "redis.call('HDEL', h, ARGV[2])\n"
     "redis.call('SET', P .. 'alive', '1')\n"
     "return 1\n";
 
@@ -723,20 +739,23 @@ static void rq_on_claimed_many(int status, const redisReply *reply, void *arg)
     struct rq_claim_many *cm = arg;
     const char *ids[BD_RQ_CLAIM_MAX];
     unsigned n = 0;
+    bool is_cut = false;
 
     if (status == BD_OK && (reply->type != REDIS_REPLY_ARRAY ||
-                            reply->elements > BD_RQ_CLAIM_MAX))
+                            reply->elements > BD_RQ_CLAIM_MAX + 1))
         status = BD_EREDIS;
     for (size_t i = 0; status == BD_OK && i < reply->elements; i++) {
         const redisReply *el = reply->element[i];
-        if (el->type != REDIS_REPLY_STRING || el->len == 0)
+        if (el->type == REDIS_REPLY_STRING && el->len == 0 && i + 1 == reply->elements)
+            is_cut = true;                    /* the scan bound's mark, not an id */
+        else if (el->type != REDIS_REPLY_STRING || el->len == 0 || n == BD_RQ_CLAIM_MAX)
             status = BD_EREDIS;
         else
             ids[n++] = el->str;
     }
     /* A reply we cannot read claimed jobs we cannot name: their leases run out and the
      * reaper puts them back (as for a reply lost with the connection). */
-    cm->cb(status, ids, status == BD_OK ? n : 0, cm->arg);
+    cm->cb(status, ids, status == BD_OK ? n : 0, status == BD_OK && is_cut, cm->arg);
     free(cm);
 }
 
@@ -1009,22 +1028,22 @@ int bd_rq_is_empty(struct bd_rq *rq, bd_rq_int_cb cb, void *arg)
     return bd__rq_command(rq, BD__RQ_CONV_NOT, RQ_CB(num, cb), arg, 2, argv, NULL);
 }
 
-int bd_rq_rebuild_begin(struct bd_rq *rq, bd_rq_int_cb cb, void *arg)
+static int rq_rebuild_mark(struct bd_rq *rq, enum bd__rq_script script, const char *token,
+                           bd_rq_int_cb cb, void *arg)
 {
-    const char *args[1] = { rq->worker_id };
+    const char *args[2] = { rq->worker_id, token };
 
-    if (cb == NULL)
+    if (cb == NULL || token == NULL || token[0] == '\0' || strchr(token, ':') != NULL)
         return BD_EINVAL;
-    return bd__rq_eval(rq, BD__RQ_S_REBUILD_BEGIN, BD__RQ_CONV_INT, RQ_CB(num, cb), arg, 1,
-                       args);
+    return bd__rq_eval(rq, script, BD__RQ_CONV_INT, RQ_CB(num, cb), arg, 2, args);
 }
 
-int bd_rq_rebuild_end(struct bd_rq *rq, bd_rq_int_cb cb, void *arg)
+int bd_rq_rebuild_begin(struct bd_rq *rq, const char *token, bd_rq_int_cb cb, void *arg)
 {
-    const char *args[1] = { rq->worker_id };
+    return rq_rebuild_mark(rq, BD__RQ_S_REBUILD_BEGIN, token, cb, arg);
+}
 
-    if (cb == NULL)
-        return BD_EINVAL;
-    return bd__rq_eval(rq, BD__RQ_S_REBUILD_END, BD__RQ_CONV_INT, RQ_CB(num, cb), arg, 1,
-                       args);
+int bd_rq_rebuild_end(struct bd_rq *rq, const char *token, bd_rq_int_cb cb, void *arg)
+{
+    return rq_rebuild_mark(rq, BD__RQ_S_REBUILD_END, token, cb, arg);
 }

@@ -7,8 +7,9 @@
  * Matching rules. A path is split on '/' and each segment is percent-decoded on its own, so
  * "%2F" stays inside a segment (and a parameter). Literal segments compare against the decoded
  * segment; parameters match any non-empty segment. A trailing slash is significant: "/a/" has
- * an empty last segment, so it does not match "/a" and gets 404 (no redirect). Patterns may
- * not contain empty segments, except the root pattern "/". When several patterns match, the
+ * an empty last segment, so it does not match "/a" and gets 404 (no redirect), unless a
+ * pattern "/a/" is registered: a pattern may end with an empty segment (and the root
+ * pattern is "/"), never have one in the middle. When several patterns match, the
  * one with a literal at the first position where they differ wins ("/jobs/stats" beats
  * "/jobs/{id}"), whatever the insertion order. HEAD is served by a GET route unless a HEAD
  * route exists for the path.

@@ -311,6 +311,10 @@ static void test_models_list_the_configured_models(void **state)
     assert_string_equal(bd_it_str(e, "error.code"), "model_not_found");
     assert_string_equal(bd_it_str(e, "error.param"), "model");
     json_decref(e);
+    e = v1(&g_proc, "GET", "/v1/models/%FF%FE", NULL, &st);       /* not UTF-8: still 404 */
+    assert_int_equal(st, 404);
+    assert_string_equal(bd_it_str(e, "error.code"), "model_not_found");
+    json_decref(e);
 }
 
 /* A batch is a batchd job: it shows in the native API with its batch's id; its output file

@@ -272,8 +272,12 @@ static void config_uses_defaults_when_keys_are_missing(void **state)
         if (strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-", *p) ==
             NULL)
             *p = '_';
-    snprintf(want_prefix, sizeof(want_prefix), "%.100s-%ld", host, (long)getpid());
-    assert_string_equal(c->worker_id, want_prefix);
+    snprintf(want_prefix, sizeof(want_prefix), "%.100s-%ld-", host, (long)getpid());
+    /* "<host>-<pid>-" and 4 random hex digits: unique where hostname and pid repeat. */
+    size_t plen = strlen(want_prefix);
+    assert_int_equal(strncmp(c->worker_id, want_prefix, plen), 0);
+    assert_int_equal(strlen(c->worker_id), plen + 4);
+    assert_int_equal(strspn(c->worker_id + plen, "0123456789abcdef"), 4);
     assert_int_equal(c->postgres_pool_size, 4);
     assert_int_equal(c->max_concurrent_jobs, 3);
     assert_int_equal(c->default_batch_size, 100);

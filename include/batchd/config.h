@@ -57,7 +57,7 @@ struct bd_config {
     char *log_level;                  /* debug|info|warn|error */
     char **api_keys;                  /* BATCH_API_KEYS (comma separated); none = open */
     unsigned api_keys_count;
-    char *worker_id;                  /* default "<hostname>-<pid>" filled at load */
+    char *worker_id;                  /* default "<hostname>-<pid>-<4 hex>" filled at load */
 
     /* stores */
     char *redis_url;                  /* BATCH_REDIS_URL    redis://host:port[/db] */

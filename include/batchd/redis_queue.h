@@ -15,7 +15,7 @@
  *   {p}pq:<prio>:<model>   ZSET job_id -> seq: jobs of a paused model, parked by a claim
  *   {p}parked              SET of model names with parked jobs
  *   {p}alive               marker: absent after Redis lost its data (bd_rq_is_empty)
- *   {p}rebuilding:<worker> a rebuild from PostgreSQL under way (bd_rq_rebuild_begin)
+ *   {p}rebuilding          HASH worker -> "<token>:<ms>": rebuilds under way
  * No other module names a key: everything goes through bd_rq_* (STYLE.md).
  * Atomic operations are Lua scripts loaded once (SCRIPT LOAD, EVALSHA, reloaded on
  * NOSCRIPT). The connection is re-established with backoff when Redis goes away; the owner
@@ -177,10 +177,12 @@ int bd_rq_unreserve_items(struct bd_rq *rq, const char *job_id, bd_rq_int_cb cb,
 int bd_rq_claim(struct bd_rq *rq, bd_rq_claim_cb cb, void *arg);
 
 /* bd_rq_claim_many: job_ids[0..count) borrowed during the callback; count 0 when every
- * queue is empty (or on error). */
+ * queue is empty (or on error). is_cut: a claim with a skip list stopped at its scan bound
+ * (it parked that many jobs) before it had max jobs: jobs may wait behind, claim again at
+ * once rather than at the next poll. */
 #define BD_RQ_CLAIM_MAX 64
 typedef void (*bd_rq_claim_many_cb)(int status, const char *const *job_ids, unsigned count,
-                                    void *arg);
+                                    bool is_cut, void *arg);
 
 /* As bd_rq_claim, for up to max jobs (1..BD_RQ_CLAIM_MAX) in one round trip: one script
  * takes them in the order bd_rq_claim would, one after another, each with its own lease
@@ -235,13 +237,15 @@ int bd_rq_get_used_memory(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
  * rebuilds from PostgreSQL. Uses a marker key {p}alive set by bd_rq_rebuild_end. */
 int bd_rq_is_empty(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
 
-/* A rebuild from PostgreSQL goes between these two. begin sets this worker's mark
- * ({p}rebuilding:<worker>; cb value 1); end, sent after the rebuild's last enqueue on the same
- * connection, sets the alive marker only when that mark survived: cb value 1 marked, 0 when
- * Redis lost its keys meanwhile (a FLUSHALL took the jobs queued so far with it, so the
- * caller rebuilds again rather than mark a partial queue whole). */
-int bd_rq_rebuild_begin(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
-int bd_rq_rebuild_end(struct bd_rq *rq, bd_rq_int_cb cb, void *arg);
+/* A rebuild from PostgreSQL goes between these two, with one token (a fresh random word per
+ * rebuild, no ':'). begin sets this worker's mark (field worker of {p}rebuilding = the
+ * token; cb value 1); end, sent after the rebuild's last enqueue on the same connection,
+ * sets the alive marker only when that mark survived: cb value 1 marked, 0 when Redis lost
+ * its keys meanwhile (a FLUSHALL took the jobs queued so far with it, so the caller
+ * rebuilds again rather than mark a partial queue whole) or another rebuild under the same
+ * worker id replaced the mark. BD_EINVAL for a missing or bad token. */
+int bd_rq_rebuild_begin(struct bd_rq *rq, const char *token, bd_rq_int_cb cb, void *arg);
+int bd_rq_rebuild_end(struct bd_rq *rq, const char *token, bd_rq_int_cb cb, void *arg);
 
 /* The lease of job_id, for GET /debug/job/{id}: its deadline and owner when in flight. */
 int bd_rq_get_lease(struct bd_rq *rq, const char *job_id, bd_rq_lease_cb cb, void *arg);
