@@ -1,9 +1,9 @@
-/* rq_internal.h -- what the two files of the Redis queue module share (not a public header).
+/* rq_internal.h -- what the files of the Redis queue module share (not a public header).
  *
  * rq_conn.c owns the connection: call records, sending, reply dispatch (with the NOSCRIPT
- * retry), reconnect, command timeouts, create and close. redis_queue.c owns the keys: the
- * Lua scripts, the queue operations and the conversion of each reply into what the
- * caller's callback takes. Loop thread only.  SPDX-License-Identifier: MIT
+ * retry), reconnect, command timeouts, create and close. rq_scripts.c owns the keys: the
+ * Lua scripts. redis_queue.c the queue operations and the conversion of each reply into
+ * what the caller's callback takes. Loop thread only.  SPDX-License-Identifier: MIT
  */
 #ifndef BATCHD_RQ_INTERNAL_H
 #define BATCHD_RQ_INTERNAL_H
@@ -14,7 +14,7 @@
 
 #define BD__RQ_MAX_ARGS 12          /* EVALSHA sha numkeys prefix + at most 8 script args */
 
-/* The Lua scripts (redis_queue.c), loaded by rq_conn.c at every (re)connect. */
+/* The Lua scripts (rq_scripts.c), loaded by rq_conn.c at every (re)connect. */
 enum bd__rq_script {
     BD__RQ_S_ENQUEUE,
     BD__RQ_S_CLAIM,
