@@ -4,7 +4,7 @@
  * completes, is cancelled, or batchd stops. Against the real batchd binary and the test stack.
  *
  * Isolation: a PostgreSQL schema of its own ("itev_<pid>", through search_path; batchd
- * migrates it at start) and a Redis database of its own (BD_IT_EVENTS_REDIS_DB, default 15).
+ * migrates it at start) and a Redis database of its own (BD_IT_EVENTS_REDIS_DB, default 21).
  * Jobs inserted with psql are marked in flight in Redis for a day first, so no engine claims
  * them. The PostgreSQL reads are counted by the server itself (pg_stat_user_indexes of the
  * schema's jobs table), not by batchd.  SPDX-License-Identifier: MIT
@@ -223,7 +223,7 @@ static int it_setup(void **state)
 
     (void)state;
     snprintf(g_pfx, sizeof(g_pfx), "itev_%d_", (int)getpid());
-    if (bd_it_scratch_open(&g_scr, "itev", "BD_IT_EVENTS_REDIS_DB", "15") != 0)
+    if (bd_it_scratch_open(&g_scr, "itev", "BD_IT_EVENTS_REDIS_DB", "21") != 0)
         return -1;
     if (bd_it_start(&g_proc, "jobs:\n  max_concurrent_jobs: 2\n  progress_update_interval: 0.2\n",
                     NULL) != 0)

@@ -59,11 +59,8 @@ static const char *it_config =
 
 static struct bd_it_proc g_proc;
 static bool g_started;
-static char g_schema[64];
-static char g_pg_base[512];
-static char g_pg_url[640];          /* straight to PostgreSQL, with our search_path */
+static struct bd_it_scratch g_scr;  /* own schema and Redis db; g_scr.pg_url is direct */
 static char g_pg_proxied[640];      /* batchd's: through the proxy, with our search_path */
-static char g_redis_url[256];
 
 /* The proxy (bd_it_pgproxy) loses the answer that ends every transaction whose messages
  * carried LOST_MARKER, the metadata of the jobs whose group must not hear of its commit, so
@@ -86,7 +83,7 @@ static long psql_long_url(const char *url, const char *fmt, ...)
         return -1;
     return strtol(out, NULL, 10);
 }
-#define psql_long(...) psql_long_url(g_pg_url, __VA_ARGS__)
+#define psql_long(...) psql_long_url(g_scr.pg_url, __VA_ARGS__)
 
 static long redis_long(const char *redis_url, const char *cmd)
 {
@@ -218,7 +215,7 @@ static struct req g_plug;
 static void plug_begin(void)
 {
     bd_it_sh("PGAPPNAME=itgrp_hold psql '%s' -Atqc 'SELECT pg_advisory_lock(%d); "
-             "SELECT pg_sleep(300)' >/dev/null 2>&1 &", g_pg_url, LOCK_KEY);
+             "SELECT pg_sleep(300)' >/dev/null 2>&1 &", g_scr.pg_url, LOCK_KEY);
     wait_sql(1, 10, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = "
                     "77201 AND granted");
     req_init(&g_plug, &g_proc, "itgrp_plug", "plug", NULL);
@@ -233,7 +230,7 @@ static void plug_release(long waiting)
 {
     char cmd[64];
     snprintf(cmd, sizeof(cmd), "HLEN bd:reserved_items");
-    wait_redis(g_redis_url, cmd, 1 + waiting, 20);
+    wait_redis(g_scr.redis_url, cmd, 1 + waiting, 20);
     assert_int_equal(psql_long("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM "
                                "pg_stat_activity WHERE application_name = 'itgrp_hold') t"), 1);
     reqs_join(&g_plug, 1);
@@ -275,7 +272,7 @@ static void test_group_commits_concurrent_one_item_submits_and_runs_them(void **
     assert_true(log_count(&g_proc, "event=group_committed", NULL) > shared_before);
     wait_sql(N, 60, "SELECT count(*) FROM jobs WHERE collection = 'itgrp_many' AND "
                     "status = 'completed' AND processed_items = 1");
-    wait_redis(g_redis_url, "HLEN bd:reserved_items", 0, 5);
+    wait_redis(g_scr.redis_url, "HLEN bd:reserved_items", 0, 5);
 }
 
 /* Two new requests with one Idempotency-Key and the same body, and two with another key
@@ -339,7 +336,7 @@ static void test_group_isolates_idempotency_key_collision(void **state)
                                "j.id = b.job_id WHERE j.collection = 'itgrp_idem'"), PLAIN + 2);
     wait_sql(PLAIN + 2, 60, "SELECT count(*) FROM jobs WHERE collection = 'itgrp_idem' AND "
                             "status = 'completed'");
-    wait_redis(g_redis_url, "HLEN bd:reserved_items", 0, 5);
+    wait_redis(g_scr.redis_url, "HLEN bd:reserved_items", 0, 5);
 }
 
 /* A group whose statement PostgreSQL refuses with a transient error (53100, as a full
@@ -351,7 +348,7 @@ static void test_group_failing_answers_503_and_leaves_nothing(void **state)
     static struct req r[N];
     (void)state;
 
-    long queued_before = redis_long(g_redis_url, "GET bd:queued_items");
+    long queued_before = redis_long(g_scr.redis_url, "GET bd:queued_items");
     for (int i = 0; i < N; i++) {
         char text[32];
         snprintf(text, sizeof(text), "f%d", i);
@@ -372,9 +369,9 @@ static void test_group_failing_answers_503_and_leaves_nothing(void **state)
     assert_int_equal(psql_long("SELECT count(*) FROM jobs WHERE collection = 'itgrp_full'"), 0);
     assert_int_equal(psql_long("SELECT count(*) FROM job_batches b LEFT JOIN jobs j ON "
                                "j.id = b.job_id WHERE j.id IS NULL"), 0);
-    wait_redis(g_redis_url, "HLEN bd:reserved_items", 0, 5);
+    wait_redis(g_scr.redis_url, "HLEN bd:reserved_items", 0, 5);
     /* The plug's item ran and left the queue: nothing else was counted. */
-    wait_redis(g_redis_url, "GET bd:queued_items", queued_before < 0 ? 0 : queued_before, 20);
+    wait_redis(g_scr.redis_url, "GET bd:queued_items", queued_before < 0 ? 0 : queued_before, 20);
 }
 
 /* One job of a group whose batch PostgreSQL refuses (a permanent error on the batch rows of
@@ -403,7 +400,7 @@ static void test_group_isolates_refused_batch(void **state)
                      N - 1);
     wait_sql(N - 1, 60, "SELECT count(*) FROM jobs WHERE collection = 'itgrp_good' AND "
                         "status = 'completed'");
-    wait_redis(g_redis_url, "HLEN bd:reserved_items", 0, 5);
+    wait_redis(g_scr.redis_url, "HLEN bd:reserved_items", 0, 5);
 }
 
 /* The answer to a group's statement is lost (the proxy drops the connection once
@@ -437,7 +434,7 @@ static void test_group_settles_lost_commit_answer_per_job(void **state)
     assert_int_equal(psql_long("SELECT count(*) FROM jobs WHERE collection = 'itgrp_lost'"), N);
     wait_sql(N, 60, "SELECT count(*) FROM jobs WHERE collection = 'itgrp_lost' AND "
                     "status = 'completed'");
-    wait_redis(g_redis_url, "HLEN bd:reserved_items", 0, 5);
+    wait_redis(g_scr.redis_url, "HLEN bd:reserved_items", 0, 5);
 }
 
 /* The queue's room under concurrency: with max_queued_items 10 and the one worker held by a
@@ -462,14 +459,13 @@ static void test_group_keeps_queue_room_exact_under_concurrency(void **state)
     assert_int_equal(listen(held, 16), 0);
     assert_int_equal(getsockname(held, (struct sockaddr *)&a, &alen), 0);
 
-    snprintf(schema, sizeof(schema), "%s_q", g_schema);
-    snprintf(pg_url, sizeof(pg_url), "%s%coptions=-csearch_path%%3D%s", g_pg_base,
-             strchr(g_pg_base, '?') ? '&' : '?', schema);
-    const char *slash = strrchr(g_redis_url, '/');
-    snprintf(redis_url, sizeof(redis_url), "%.*s/%ld", (int)(slash - g_redis_url), g_redis_url,
-             strtol(slash + 1, NULL, 10) + 1);
+    snprintf(schema, sizeof(schema), "%s_q", g_scr.schema);
+    bd_it_pg_schema_url(pg_url, sizeof(pg_url), g_scr.pg_base, schema);
+    const char *slash = strrchr(g_scr.redis_url, '/');
+    snprintf(redis_url, sizeof(redis_url), "%.*s/%ld", (int)(slash - g_scr.redis_url),
+             g_scr.redis_url, strtol(slash + 1, NULL, 10) + 1);
     assert_int_equal(bd_it_sh("psql '%s' -Atqc 'DROP SCHEMA IF EXISTS %s CASCADE; CREATE "
-                              "SCHEMA %s;' >/dev/null", g_pg_base, schema, schema), 0);
+                              "SCHEMA %s;' >/dev/null", g_scr.pg_base, schema, schema), 0);
     bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", redis_url);
     snprintf(yaml, sizeof(yaml),
              "jobs:\n"
@@ -530,7 +526,7 @@ static void test_group_keeps_queue_room_exact_under_concurrency(void **state)
 
     bd_it_stop(&p, SIGKILL, 5);     /* the held model call would delay a clean stop */
     close(held);
-    bd_it_sh("psql '%s' -Atqc 'DROP SCHEMA IF EXISTS %s CASCADE;' >/dev/null", g_pg_base,
+    bd_it_sh("psql '%s' -Atqc 'DROP SCHEMA IF EXISTS %s CASCADE;' >/dev/null", g_scr.pg_base,
              schema);
     bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", redis_url);
 }
@@ -554,47 +550,16 @@ static const char *it_triggers =
 
 static int it_setup(void **state)
 {
-    const char *redis = bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0");
-    const char *db = bd_it_env("BD_IT_GROUP_REDIS_DB", "14");
-    const char *slash;
-
     (void)state;
     curl_global_init(CURL_GLOBAL_ALL);  /* before any thread makes a handle */
-    snprintf(g_schema, sizeof(g_schema), "itgrp_%d", (int)getpid());
-    snprintf(g_pg_base, sizeof(g_pg_base), "%s",
-             bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd"));
-    snprintf(g_pg_url, sizeof(g_pg_url), "%s%coptions=-csearch_path%%3D%s", g_pg_base,
-             strchr(g_pg_base, '?') ? '&' : '?', g_schema);
-    int px_port = bd_it_pgproxy_start(g_pg_base, LOST_MARKER);
-    if (px_port < 0) {
-        fprintf(stderr, "cannot start the PostgreSQL proxy for %s\n", g_pg_base);
+    if (bd_it_scratch_open(&g_scr, "itgrp", "BD_IT_GROUP_REDIS_DB", "14") != 0 ||
+        bd_it_scratch_proxy(&g_scr, LOST_MARKER, g_pg_proxied, sizeof(g_pg_proxied)) != 0)
         return -1;
-    }
-    /* The same URL with the proxy's port. */
-    const char *at = strchr(g_pg_base, '@');
-    const char *colon = strchr(at ? at : g_pg_base + strlen("postgresql://"), ':');
-    const char *after_port = colon ? strpbrk(colon, "/?") : NULL;
-    if (colon == NULL || after_port == NULL)
-        return -1;
-    snprintf(g_pg_proxied, sizeof(g_pg_proxied), "%.*s:%d%s%coptions=-csearch_path%%3D%s",
-             (int)(colon - g_pg_base), g_pg_base, px_port, after_port,
-             strchr(after_port, '?') ? '&' : '?', g_schema);
-    slash = strchr(redis + strlen("redis://"), '/');
-    snprintf(g_redis_url, sizeof(g_redis_url), "%.*s/%s",
-             (int)(slash ? slash - redis : (long)strlen(redis)), redis, db);
-    if (bd_it_sh("psql '%s' -Atqc 'DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s;' "
-                 ">/dev/null", g_pg_base, g_schema, g_schema) != 0) {
-        fprintf(stderr, "cannot reach PostgreSQL at %s (is the test stack up?)\n", g_pg_base);
-        return -1;
-    }
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
-    setenv("BATCH_POSTGRES_URL", g_pg_proxied, 1);
-    setenv("BATCH_REDIS_URL", g_redis_url, 1);
     if (bd_it_start(&g_proc, it_config, NULL) != 0)
         return -1;
     g_started = true;
     /* batchd made the schema; the triggers go on its tables. */
-    if (bd_it_sh("psql '%s' -Atqc \"%s\" >/dev/null", g_pg_url, it_triggers) != 0) {
+    if (bd_it_sh("psql '%s' -Atqc \"%s\" >/dev/null", g_scr.pg_url, it_triggers) != 0) {
         fprintf(stderr, "cannot create the test triggers\n");
         return -1;
     }
@@ -606,15 +571,13 @@ static int it_teardown(void **state)
     int rc = 0;
     (void)state;
     bd_it_sh("psql '%s' -Atqc \"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-             "WHERE application_name = 'itgrp_hold'\" >/dev/null 2>&1", g_pg_url);
+             "WHERE application_name = 'itgrp_hold'\" >/dev/null 2>&1", g_scr.pg_url);
     if (g_started && bd_it_stop(&g_proc, SIGTERM, 20) != 0) {
         fprintf(stderr, "batchd did not exit cleanly; log: %s\n", g_proc.log_path);
         rc = -1;
     }
     bd_it_pgproxy_stop();
-    bd_it_sh("psql '%s' -Atqc 'DROP SCHEMA IF EXISTS %s CASCADE;' >/dev/null", g_pg_base,
-             g_schema);
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
+    bd_it_scratch_close(&g_scr);
     return rc;
 }
 

@@ -42,16 +42,13 @@ static const char *it_config =
 
 static struct bd_it_proc g_proc;
 static bool g_started;
-static char g_schema[64];
-static char g_pg_base[512];
+static struct bd_it_scratch g_scr;  /* own schema and Redis db; g_scr.pg_url is direct */
 static char g_pg_url[640];          /* through the proxy, with our search_path */
-static char g_pg_direct[640];       /* straight to PostgreSQL, with our search_path */
-static char g_redis_url[256];
 
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
-#define psql_long(...) bd_it_psql_long_url(g_pg_direct, __VA_ARGS__)
+#define psql_long(...) bd_it_psql_long_url(g_scr.pg_url, __VA_ARGS__)
 
 /* POST body (raw bytes, may hold invalid UTF-8); returns the parsed answer (caller
  * json_decref()s) and the status in *status. */
@@ -285,41 +282,10 @@ static void test_submit_answers_202_when_connection_breaks_after_commit(void **s
 
 static int it_setup(void **state)
 {
-    const char *redis = bd_it_env("BATCH_REDIS_URL", "redis://127.0.0.1:16380/0");
-    const char *db = bd_it_env("BD_IT_SUBMIT_REDIS_DB", "19");
-    const char *slash, *after_port;
-
     (void)state;
-    snprintf(g_schema, sizeof(g_schema), "itsub_%d", (int)getpid());
-    snprintf(g_pg_base, sizeof(g_pg_base), "%s",
-             bd_it_env("BATCH_POSTGRES_URL", "postgresql://batchd@127.0.0.1:15433/batchd"));
-    snprintf(g_pg_direct, sizeof(g_pg_direct), "%s%coptions=-csearch_path%%3D%s", g_pg_base,
-             strchr(g_pg_base, '?') ? '&' : '?', g_schema);
-    int px_port = bd_it_pgproxy_start(g_pg_base, NULL);
-    if (px_port < 0) {
-        fprintf(stderr, "cannot start the PostgreSQL proxy for %s\n", g_pg_base);
+    if (bd_it_scratch_open(&g_scr, "itsub", "BD_IT_SUBMIT_REDIS_DB", "19") != 0 ||
+        bd_it_scratch_proxy(&g_scr, NULL, g_pg_url, sizeof(g_pg_url)) != 0)
         return -1;
-    }
-    /* The same URL with the proxy's port. */
-    const char *at = strchr(g_pg_base, '@');
-    const char *colon = strchr(at ? at : g_pg_base + strlen("postgresql://"), ':');
-    after_port = colon ? strpbrk(colon, "/?") : NULL;
-    if (colon == NULL || after_port == NULL)
-        return -1;
-    snprintf(g_pg_url, sizeof(g_pg_url), "%.*s:%d%s%coptions=-csearch_path%%3D%s",
-             (int)(colon - g_pg_base), g_pg_base, px_port, after_port,
-             strchr(after_port, '?') ? '&' : '?', g_schema);
-    slash = strchr(redis + strlen("redis://"), '/');
-    snprintf(g_redis_url, sizeof(g_redis_url), "%.*s/%s",
-             (int)(slash ? slash - redis : (long)strlen(redis)), redis, db);
-    if (bd_it_sh("psql '%s' -Atqc 'DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s;' "
-                 ">/dev/null", g_pg_base, g_schema, g_schema) != 0) {
-        fprintf(stderr, "cannot reach PostgreSQL at %s (is the test stack up?)\n", g_pg_base);
-        return -1;
-    }
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
-    setenv("BATCH_POSTGRES_URL", g_pg_url, 1);
-    setenv("BATCH_REDIS_URL", g_redis_url, 1);
     if (bd_it_start(&g_proc, it_config, NULL) != 0)
         return -1;
     g_started = true;
@@ -336,9 +302,7 @@ static int it_teardown(void **state)
         rc = -1;
     }
     bd_it_pgproxy_stop();
-    bd_it_sh("psql '%s' -Atqc 'DROP SCHEMA IF EXISTS %s CASCADE;' >/dev/null", g_pg_base,
-             g_schema);
-    bd_it_sh("redis-cli -u '%s' FLUSHDB >/dev/null", g_redis_url);
+    bd_it_scratch_close(&g_scr);
     return rc;
 }
 

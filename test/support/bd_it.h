@@ -178,8 +178,8 @@ int bd_it_openai_sdk_install(void);
  * Redis databases, one per suite (ctest runs two suites at once, and a suite's FLUSHDB must
  * not empty another's queue; scripts/stack.sh starts Redis with 32): 0 the suites on the
  * shared stores, 9 it_ui, 10 it_pause, 11 it_api_read, 12 it_batches, 13 it_rebuild,
- * 14 it_group_commit, 15 it_events, 16 it_files, 17 it_metrics, 18 it_webhooks,
- * 19 it_submit, 20 it_embed's private run. */
+ * 14 and 15 it_group_commit (its 429 case's second process), 16 it_files, 17 it_metrics,
+ * 18 it_webhooks, 19 it_submit, 20 it_embed's private run, 21 it_events. */
 struct bd_it_scratch {
     char schema[64];
     char pg_base[512];               /* the test database as the stack gave it */
@@ -189,6 +189,12 @@ struct bd_it_scratch {
 int bd_it_scratch_open(struct bd_it_scratch *s, const char *prefix, const char *db_env,
                        const char *db_default);
 void bd_it_scratch_close(const struct bd_it_scratch *s);
+
+/* For suites that put a PostgreSQL proxy between batchd and the store: start the proxy on
+ * s's database (bd_it_pgproxy_start(pg_base, marker)), write s's schema URL through it into
+ * out and point BATCH_POSTGRES_URL at it (s->pg_url stays direct). 0, or -1 (printed). */
+int bd_it_scratch_proxy(const struct bd_it_scratch *s, const char *marker, char *out,
+                        size_t outlen);
 
 /* Run the SQL against url (NULL: bd_it_pg_url()). psql_args: NULL or more psql arguments
  * passed verbatim (e.g. "-v pfx=abc"). Returns psql's whole stdout (caller frees) or NULL

@@ -59,6 +59,27 @@ int bd_it_scratch_open(struct bd_it_scratch *s, const char *prefix, const char *
     return 0;
 }
 
+int bd_it_scratch_proxy(const struct bd_it_scratch *s, const char *marker, char *out,
+                        size_t outlen)
+{
+    char base[600];
+    int port = bd_it_pgproxy_start(s->pg_base, marker);
+    /* The same URL with the proxy's port: postgresql://[user@]host:port/db[?params]. */
+    const char *at = strchr(s->pg_base, '@');
+    const char *colon = strchr(at ? at : s->pg_base + strlen("postgresql://"), ':');
+    const char *after_port = colon ? strpbrk(colon, "/?") : NULL;
+
+    if (port < 0 || colon == NULL || after_port == NULL) {
+        fprintf(stderr, "cannot start a PostgreSQL proxy for %s\n", s->pg_base);
+        return -1;
+    }
+    snprintf(base, sizeof(base), "%.*s:%d%s", (int)(colon - s->pg_base), s->pg_base, port,
+             after_port);
+    bd_it_pg_schema_url(out, outlen, base, s->schema);
+    setenv("BATCH_POSTGRES_URL", out, 1);
+    return 0;
+}
+
 int bd_it_openai_sdk_install(void)
 {
     return bd_it_sh("cd '%s/test/openai' && { [ -f node_modules/openai/package.json ] "
