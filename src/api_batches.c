@@ -5,7 +5,9 @@
  * finalizer) and the SQL batch_store.h's; here requests are checked and batches rendered
  * in OpenAI's shapes (api_v1.c). A create reads the input file twice as a stream and holds
  * a PostgreSQL connection for its transaction meanwhile, so at most API_BATCH_CREATES run
- * at once (more get 503 with Retry-After; the SDKs retry). Loop thread only.
+ * at once; the next API_BATCH_WAITING wait in line (their requests open, first come first
+ * served; a client that leaves drops out), more get 503 with Retry-After. Loop thread
+ * only.
  * SPDX-License-Identifier: MIT
  */
 #include "batchd/api.h"
@@ -29,8 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Batch creations in flight per process. */
+/* Batch creations in flight per process, and waiting for one of those places. */
 #define API_BATCH_CREATES 2
+#define API_BATCH_WAITING 64
 /* GET /v1/batches: limit= from 1 to 100, default 20 (as OpenAI's). */
 #define API_BATCH_PAGE_MAX 100
 #define API_BATCH_PAGE_DEFAULT 20
@@ -332,33 +335,76 @@ static void api_on_batch_cancel(struct bd_http_request *req, void *arg)
 
 /* ==== POST /v1/batches ==================================================================== */
 
-struct api_create {
+struct bd__api_create {
     struct bd_http_request *req;
     struct bd_server *srv;
     struct bd_batch_create *bc;       /* until api_on_created */
+    char *input_file_id;
+    char *metadata_json;              /* NULL: none */
+    int priority;
+    struct bd__api_create *wait_next; /* in srv->batch_waiting */
+    bool is_waiting;
 };
 
-/* The client left (or the server is stopping and cut it): stop the create, whose callback
- * then finishes the request. */
+static void api_create_free(struct bd__api_create *c)
+{
+    free(c->input_file_id);
+    free(c->metadata_json);
+    free(c);
+}
+
+static void api_create_unwait(struct bd__api_create *c)
+{
+    struct bd__api_create **p = &c->srv->batch_waiting;
+
+    while (*p && *p != c)
+        p = &(*p)->wait_next;
+    if (*p)
+        *p = c->wait_next;
+    c->is_waiting = false;
+    c->srv->batch_waiting_count--;
+}
+
+/* The client left (or the server is stopping and cut it): a running create stops, and its
+ * callback then finishes the request; a waiting one leaves the line and is finished here. */
 static void api_on_create_abort(struct bd_http_request *req, void *arg)
 {
-    struct api_create *c = arg;
+    struct bd__api_create *c = arg;
 
-    (void)req;
+    if (c->is_waiting) {
+        api_create_unwait(c);
+        bd_http_set_abort_cb(req, NULL, NULL);
+        api_create_free(c);
+        bd__v1_respond_error(req, NULL, BD_ECANCELED, NULL, NULL, NULL, NULL);
+        return;
+    }
     if (c->bc)
         bd_batch_create_abort(c->bc);
 }
 
+static void api_create_start(struct bd__api_create *c);
+
+/* A place freed: the creates first in line go on. */
+static void api_create_next(struct bd_server *srv)
+{
+    while (srv->batch_waiting && srv->batch_creates < API_BATCH_CREATES) {
+        struct bd__api_create *w = srv->batch_waiting;
+        api_create_unwait(w);
+        api_create_start(w);
+    }
+}
+
 static void api_on_created(int status, const char *batch_id, const char *message, void *arg)
 {
-    struct api_create *c = arg;
+    struct bd__api_create *c = arg;
     struct bd_http_request *req = c->req;
     struct bd_server *srv = c->srv;
     int rc;
 
     srv->batch_creates--;
     bd_http_set_abort_cb(req, NULL, NULL);
-    free(c);
+    api_create_free(c);
+    api_create_next(srv);
     switch (status) {
     case BD_OK:
         req->params[0] = bd_http_strdup(req, batch_id);
@@ -398,8 +444,9 @@ static const char *api_check_metadata(json_t *m)
     if (!json_is_object(m) || json_object_size(m) > API_META_PAIRS)
         return "metadata must be an object of at most 16 key-value pairs";
     json_object_foreach(m, k, v) {
-        if (strlen(k) > API_META_KEY || !json_is_string(v) ||
-            json_string_length(v) > API_META_VALUE)
+        /* characters, not bytes: "é" is one */
+        if (bd_utf8_count(k, strlen(k)) > API_META_KEY || !json_is_string(v) ||
+            bd_utf8_count(json_string_value(v), json_string_length(v)) > API_META_VALUE)
             return "metadata keys must be at most 64 characters and values strings of at "
                    "most 512";
     }
@@ -409,7 +456,6 @@ static const char *api_check_metadata(json_t *m)
 static void api_on_batch_create(struct bd_http_request *req, void *arg)
 {
     struct bd_server *srv = arg;
-    struct bd_job_submit_deps deps = { srv->pg, srv->rq, srv->cfg, srv->jobs };
     json_error_t jerr;
     json_t *body = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
     json_t *file = json_object_get(body, "input_file_id");
@@ -417,10 +463,8 @@ static void api_on_batch_create(struct bd_http_request *req, void *arg)
     json_t *window = json_object_get(body, "completion_window");
     json_t *meta = json_object_get(body, "metadata");
     const char *bad_meta = api_check_metadata(meta);
-    struct bd_batch_request br = { .loop = srv->loop, .priority = BD_PRIO_NORMAL };
-    struct api_create *c = NULL;
-    char *meta_json = NULL;
-    int rc;
+    int priority = BD_PRIO_NORMAL;
+    struct bd__api_create *c = NULL;
 
     if (!json_is_object(body)) {
         bd__v1_respond_error(req, NULL, BD_EINVAL, "the body must be a JSON object", NULL,
@@ -448,45 +492,69 @@ static void api_on_batch_create(struct bd_http_request *req, void *arg)
     }
     /* batchd's own: metadata.priority (high, normal, low) sets the job's priority */
     json_t *prio = json_object_get(meta, "priority");
-    if (prio && bd_job_priority_parse(json_string_value(prio), &br.priority) != BD_OK) {
+    if (prio && bd_job_priority_parse(json_string_value(prio), &priority) != BD_OK) {
         bd__v1_respond_error(req, NULL, BD_EINVAL, "metadata.priority must be high, normal or "
                              "low", "metadata", NULL, NULL);
         goto out;
     }
-    if (srv->batch_creates >= API_BATCH_CREATES) {
+    bool is_now = srv->batch_creates < API_BATCH_CREATES && srv->batch_waiting == NULL;
+    if (!is_now && srv->batch_waiting_count >= API_BATCH_WAITING) {
         bd__v1_respond_error(req, NULL, BD_EUPLOADS, "too many batches are being created at "
-                             "once; retry shortly", NULL, NULL, "Retry-After: 1\r\n");
+                             "once; retry shortly", NULL, NULL, "Retry-After: 5\r\n");
         goto out;
     }
-    if ((json_is_object(meta) && (meta_json = json_dumps(meta, JSON_COMPACT)) == NULL) ||
-        (c = malloc(sizeof(*c))) == NULL) {
+    if ((c = calloc(1, sizeof(*c))) == NULL ||
+        (c->input_file_id = strdup(json_string_value(file))) == NULL ||
+        (json_is_object(meta) && (c->metadata_json = json_dumps(meta, JSON_COMPACT)) == NULL)) {
+        if (c)
+            api_create_free(c);
         bd__v1_respond_error(req, NULL, BD_ENOMEM, NULL, NULL, NULL, NULL);
         goto out;
     }
     c->req = req;
     c->srv = srv;
-    c->bc = NULL;
-    br.input_file_id = json_string_value(file);
-    br.metadata_json = meta_json;
-    rc = bd_batch_create(&deps, &br, api_on_created, c, &c->bc);
-    if (rc < 0) {
-        free(c);
-        c = NULL;
-        if (rc == BD_ENOTFOUND) {
-            char msg[160];
-            snprintf(msg, sizeof(msg), "No such File object: %.64s", br.input_file_id);
-            bd__v1_respond_error(req, NULL, BD_ENOTFOUND, msg, "input_file_id", NULL, NULL);
-        } else {
-            bd__v1_respond_error(req, NULL, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG, NULL, NULL,
-                                 NULL, NULL);
-        }
+    c->priority = priority;
+    bd_http_set_abort_cb(req, api_on_create_abort, c);
+    if (is_now) {
+        api_create_start(c);
         goto out;
     }
-    srv->batch_creates++;
-    bd_http_set_abort_cb(req, api_on_create_abort, c);
+    struct bd__api_create **tail = &srv->batch_waiting;
+    while (*tail)
+        tail = &(*tail)->wait_next;
+    *tail = c;
+    c->is_waiting = true;
+    srv->batch_waiting_count++;
+    bd_log(BD_LOG_DEBUG, "api", "event=batch_create_waiting waiting=%u",
+           srv->batch_waiting_count);
 out:
-    free(meta_json);
     json_decref(body);
+}
+
+/* c holds a place now: the create runs, and its callback finishes the request. */
+static void api_create_start(struct bd__api_create *c)
+{
+    struct bd_server *srv = c->srv;
+    struct bd_http_request *req = c->req;
+    struct bd_job_submit_deps deps = { srv->pg, srv->rq, srv->cfg, srv->jobs };
+    struct bd_batch_request br = { .loop = srv->loop, .input_file_id = c->input_file_id,
+                                   .metadata_json = c->metadata_json,
+                                   .priority = c->priority };
+    int rc = bd_batch_create(&deps, &br, api_on_created, c, &c->bc);
+
+    if (rc < 0) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "No such File object: %.64s", c->input_file_id);
+        bd_http_set_abort_cb(req, NULL, NULL);
+        api_create_free(c);
+        if (rc == BD_ENOTFOUND)
+            bd__v1_respond_error(req, NULL, BD_ENOTFOUND, msg, "input_file_id", NULL, NULL);
+        else
+            bd__v1_respond_error(req, NULL, rc == BD_ENOMEM ? BD_ENOMEM : BD_EPG, NULL, NULL,
+                                 NULL, NULL);
+        return;
+    }
+    srv->batch_creates++;
 }
 
 int bd__api_register_batches(struct bd_router *r, struct bd_server *srv)

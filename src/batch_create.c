@@ -183,8 +183,9 @@ static int create_error(struct bd_batch_create *bc, const char *code, const char
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    e = json_pack("{s:s, s:s, s:s?, s:i}", "code", code, "message", msg, "param", param,
-                  "line", (int)bc->line_no);
+    /* line_no 0: an error of the whole file (line null) */
+    e = json_pack("{s:s, s:s, s:s?, s:o}", "code", code, "message", msg, "param", param,
+                  "line", bc->line_no > 0 ? json_integer(bc->line_no) : json_null());
     return e && json_array_append_new(bc->errors, e) == 0 ? BD_OK : BD_ENOMEM;
 }
 
@@ -361,6 +362,11 @@ static int create_line(struct bd_batch_create *bc, const char *s, size_t n)
     /* Without JSON_ALLOW_NUL a "\\u0000" is refused here, with its line: PostgreSQL's text
      * (custom_id) and jsonb (the vectors' metadata) cannot hold it. */
     root = json_loadb(s, n, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL && json_error_code(&jerr) == json_error_null_character) {
+        rc = create_error(bc, "invalid_request", NULL, "line %d holds a string with \\u0000 "
+                          "(NUL), which batchd cannot store", bc->line_no);
+        return bc->pass == 1 ? rc : BD_EINVAL;
+    }
     if (root == NULL) {
         rc = create_error(bc, "invalid_json_line", NULL, "line %d is not valid JSON: %s",
                           bc->line_no, jerr.text);
@@ -520,6 +526,7 @@ static void create_start_pass2(struct bd_batch_create *bc)
 
 static void create_end_pass1(struct bd_batch_create *bc)
 {
+    bc->line_no = 0;                          /* what follows is about the whole file */
     if (bc->error_count == 0 && bc->lines == 0)
         create_error(bc, "empty_file", NULL, "the input file holds no requests");
     if (bc->error_count == 0 && (uint64_t)bc->items > bc->deps.cfg->max_items_per_job)

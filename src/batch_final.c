@@ -32,11 +32,12 @@
 #include <string.h>
 #include <time.h>
 
-/* A claim's lease: longer than any finalize we expect (a 50,000-line batch of 1,536-dim
- * vectors is written in well under a minute). */
-#define FINAL_LEASE_S 900.0
+/* A claim's lease, renewed between pages: what a batch waits after its finalizer died
+ * (SIGKILL; a restart gets a new worker id). A lost release costs nothing: the owner's
+ * next claim takes its own stale lease back (bd_batch_store_claim). */
+#define FINAL_LEASE_S 120.0
 /* A run renews its lease when this much of it has passed. */
-#define FINAL_RENEW_MS 60000u
+#define FINAL_RENEW_MS 30000u
 /* A finalize that failed is retried after this, other batches first. */
 #define FINAL_RETRY_S 30.0
 /* Claims a kick starts are at least this far apart (a stream of tiny jobs ending must not

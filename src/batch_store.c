@@ -396,16 +396,20 @@ int bd_batch_store_list(struct bd_pg *pg, const char *after, unsigned limit,
 int bd_batch_store_request_cancel(struct bd_pg *pg, const char *id, bd_batch_store_done_cb cb,
                                   void *arg)
 {
-    static const char sql[] = "UPDATE batches SET cancelling_at = COALESCE(cancelling_at, now())"
-                              " WHERE id = $1 AND finalized_at IS NULL";
-    const char *values[1] = { id };
+    /* Not once its job ended (but for a cancel): the batch is finalizing, and a cancel
+     * recorded now would turn its status back to cancelling and still end completed. */
+    static const char sql[] = "UPDATE batches b SET cancelling_at = COALESCE(b.cancelling_at,"
+                              " now()) WHERE b.id = $1 AND b.finalized_at IS NULL"
+                              " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = b.job_id"
+                              " AND j.status = ANY($2::text[]) AND j.status <> 'cancelled')";
+    const char *values[2] = { id, BATCH_TERMINAL_SOURCES };
     struct batch_call *c = batch_call_new(arg);
 
     if (c == NULL)
         return BD_ENOMEM;
     c->cb.done = cb;
     c->is_not_found_on_zero = true;
-    return batch_query(pg, sql, 1, values, batch_on_done, c);
+    return batch_query(pg, sql, 2, values, batch_on_done, c);
 }
 
 /* ---- the finalizer ---------------------------------------------------------------------- */
@@ -440,11 +444,13 @@ int bd_batch_store_claim(struct bd_pg *pg, const char *owner, double lease_s,
 {
     /* A batch needs attention when its job ended (finalize), when it is past expires_at
      * (expire: cancel the job), or when a cancel or expiry was recorded but the job's
-     * cancel was not (the process that recorded it died in between). */
+     * cancel was not (the process that recorded it died in between). A lease still held
+     * by owner is stale (the caller claims only when it has no run): its release was
+     * lost, so the batch is the owner's to take again. */
     static const char sql[] =
         "WITH c AS (SELECT b.id FROM batches b JOIN jobs j ON j.id = b.job_id"
         " WHERE b.finalized_at IS NULL"
-        " AND (b.lease_until IS NULL OR b.lease_until < now())"
+        " AND (b.lease_until IS NULL OR b.lease_until < now() OR b.lease_owner = $1)"
         " AND (j.status = ANY($3::text[])"
         " OR (b.expires_at <= now() AND b.expired_at IS NULL)"
         " OR ((b.expired_at IS NOT NULL OR b.cancelling_at IS NOT NULL)"

@@ -124,6 +124,15 @@ static size_t utf8_seq_len(const unsigned char *s, size_t n)
     return need + 1;
 }
 
+size_t bd_utf8_count(const char *s, size_t n)
+{
+    size_t count = 0;
+
+    for (size_t i = 0; i < n; i++)
+        count += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return count;
+}
+
 bool bd_utf8_is_valid(const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s;

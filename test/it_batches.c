@@ -215,7 +215,7 @@ static void test_batch_fails_validation_with_line_numbers(void **state)
     static const struct { int line; const char *code; } want[] = {
         { 2, "duplicate_custom_id" }, { 3, "invalid_json_line" }, { 4, "invalid_url" },
         { 5, "mismatched_model" }, { 7, "invalid_request" }, { 8, "invalid_request" },
-        { 9, "invalid_request" }, { 10, "invalid_json_line" },
+        { 9, "invalid_request" }, { 10, "invalid_request" },      /* \u0000: NUL */
     };
     char fid[64];
     long jobs_before = psql_long("SELECT count(*) FROM jobs");
@@ -235,7 +235,15 @@ static void test_batch_fails_validation_with_line_numbers(void **state)
                      json_dumps(e, 0));
     }
     assert_non_null(strstr(bd_it_str(json_array_get(errs, 0), "message"), "line 1"));
+    assert_non_null(strstr(bd_it_str(json_array_get(errs, 7), "message"), "(NUL)"));
     assert_int_equal(psql_long("SELECT count(*) FROM jobs"), jobs_before);
+    json_decref(b);
+    /* Only blank lines: an error of the whole file, with no line. */
+    upload(&g_proc, "\n  \n\n", fid, sizeof(fid));
+    b = create_batch(&g_proc, fid);
+    assert_string_equal(bd_it_str(b, "status"), "failed");
+    assert_string_equal(bd_it_str(b, "errors.data.0.code"), "empty_file");
+    assert_true(json_is_null(bd_it_at(b, "errors.data.0.line")));
     json_decref(b);
 }
 
@@ -264,6 +272,26 @@ static void test_batch_refuses_bad_requests(void **state)
             fail_msg("case %zu: %ld %s", i, st, e ? json_dumps(e, 0) : "-");
         json_decref(e);
     }
+    /* metadata limits count characters: 300 "é" (600 bytes) pass, 513 do not */
+    for (int n = 300; n <= 513; n += 213) {
+        char big[1600];
+        int len = snprintf(big, sizeof(big), "{\"input_file_id\":\"%s\",\"endpoint\":"
+                           "\"/v1/embeddings\",\"completion_window\":\"24h\",\"metadata\":"
+                           "{\"k\":\"", fid);
+        for (int i = 0; i < n; i++)
+            len += snprintf(big + len, sizeof(big) - (size_t)len, "\xc3\xa9");
+        snprintf(big + len, sizeof(big) - (size_t)len, "\"}}");
+        json_t *r = v1(&g_proc, "POST", "/v1/batches", big, &st);
+        assert_int_equal(st, n == 300 ? 200 : 400);
+        if (n == 300) {                    /* a real batch: cancel it, nothing to run */
+            char path[128];
+            snprintf(path, sizeof(path), "/v1/batches/%s/cancel", bd_it_str(r, "id"));
+            json_decref(v1(&g_proc, "POST", path, NULL, &st));
+            assert_int_equal(st, 200);
+        }
+        json_decref(r);
+    }
+    before = psql_long("SELECT count(*) FROM batches");
     json_t *e = v1(&g_proc, "POST", "/v1/batches", "{\"input_file_id\":\"file-000000000000000000000000\","
                    "\"endpoint\":\"/v1/embeddings\",\"completion_window\":\"24h\"}", &st);
     assert_int_equal(st, 404);
@@ -280,6 +308,55 @@ static void test_batch_refuses_bad_requests(void **state)
     json_decref(e);
     assert_int_equal(psql_long("SELECT count(*) FROM batches"), before);
     free(reqs);
+}
+
+/* A batch held finalizing by another process's lease cannot be cancelled (400: a cancel
+ * recorded then would turn it back to cancelling and it would still end completed). And a
+ * finalizer whose lease release was lost (the connection dropped as it sent it) takes its
+ * own batch back at its next claim instead of leaving it finalizing until the lease runs
+ * out. Both leases are set by hand on the batch's row, an hour ahead. */
+static void test_batch_finalized_when_its_lease_release_was_lost(void **state)
+{
+    struct bd_it_proc p;
+    char fid[64], path[128];
+    long st = 0;
+    const char *const env[] = { "BATCH_WORKER_ID=itb-own-lease", NULL };
+    char *reqs = requests(10, "own", "hashmodel");
+
+    (void)state;
+    assert_int_equal(bd_it_start(&p, g_models_yaml, env), 0);
+    json_decref(bd_it_json(&p, "POST", "/api/v1/batch/queue/pause", "", &st));
+    assert_int_equal(st, 200);
+    upload(&p, reqs, fid, sizeof(fid));
+    json_t *b = create_batch(&p, fid);
+    const char *id = bd_it_str(b, "id");
+    free(bd_it_psql_url(g_scr.pg_url, NULL, "UPDATE batches SET lease_owner = 'itb-elsewhere',"
+                        " lease_until = now() + interval '1 hour' WHERE id = '%s'", id));
+    json_decref(bd_it_json(&p, "POST", "/api/v1/batch/queue/resume", "", &st));
+    assert_int_equal(st, 200);
+    double t0 = bd_it_now();
+    while (psql_long("SELECT count(*) FROM jobs WHERE id = '%s' AND status = 'completed'",
+                     bd_it_str(b, "batchd_job_id")) != 1 && bd_it_now() - t0 < 30)
+        bd_it_sleep_ms(50);
+    snprintf(path, sizeof(path), "/v1/batches/%s/cancel", id);
+    json_t *e = v1(&p, "POST", path, NULL, &st);
+    assert_int_equal(st, 400);
+    assert_string_equal(bd_it_str(e, "error.code"), "batch_not_cancellable");
+    json_decref(e);
+    snprintf(path, sizeof(path), "/v1/batches/%s", id);
+    e = v1(&p, "GET", path, NULL, &st);
+    assert_string_equal(bd_it_str(e, "status"), "finalizing");
+    json_decref(e);
+
+    free(bd_it_psql_url(g_scr.pg_url, NULL, "UPDATE batches SET lease_owner = 'itb-own-lease'"
+                        " WHERE id = '%s'", id));
+    json_t *done = wait_batch(&p, id, 30);
+    assert_string_equal(bd_it_str(done, "status"), "completed");
+    assert_int_equal(bd_it_int(done, "request_counts.completed"), 10);
+    json_decref(done);
+    json_decref(b);
+    free(reqs);
+    assert_int_equal(bd_it_stop(&p, SIGTERM, 20), 0);
 }
 
 /* GET /v1/models lists the configured models in their order, in OpenAI's shape (owned_by:
@@ -476,18 +553,21 @@ static void test_batch_finalized_once_with_two_processes(void **state)
     free(reqs);
 }
 
-/* Two batches created at once by a process whose API pool has two connections: each create
- * holds one for its job's transaction and reads the input file on it, so neither waits for
- * the other's (before, both waited for a second connection until the 5 s acquire timeout
- * and answered 503). The file is several chunks, so the second pass reads many times. */
+/* Six batches created at once by a process whose API pool has two connections: two run at
+ * a time, each holding one connection for its job's transaction and reading the input file
+ * on it, so neither waits for the other's (before, both waited for a second connection
+ * until the 5 s acquire timeout and answered 503); the other four wait in line and run
+ * next (before, they got 503 too_many_uploads, which an SDK's two retries did not outlast).
+ * The file is several chunks, so the second pass reads many times. */
+#define CREATES 6
 static void test_batch_creates_do_not_wait_on_each_other_with_small_pool(void **state)
 {
     static const char *const env[] = { "BATCH_POSTGRES_POOL_SIZE=2", NULL };
     struct bd_it_proc p;
     char fid[64], url[256], body[256];
     const char *hdrs[] = { AUTH, "Content-Type: application/json", NULL };
-    struct bd_it_resp r[2] = { { 0 }, { 0 } };
-    CURL *h[2];
+    struct bd_it_resp r[CREATES] = { { 0 } };
+    CURL *h[CREATES];
     CURLM *m = curl_multi_init();
     int running = 0;
     size_t cap = (size_t)30000 * 200 + 1, len = 0;
@@ -505,7 +585,7 @@ static void test_batch_creates_do_not_wait_on_each_other_with_small_pool(void **
     snprintf(url, sizeof(url), "%s/v1/batches", p.base);
     snprintf(body, sizeof(body), "{\"input_file_id\":\"%s\",\"endpoint\":\"/v1/embeddings\","
              "\"completion_window\":\"24h\"}", fid);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < CREATES; i++) {
         assert_non_null(h[i] = bd_it_easy_new("POST", url, body, hdrs, 60000, &r[i]));
         curl_multi_add_handle(m, h[i]);
     }
@@ -514,7 +594,7 @@ static void test_batch_creates_do_not_wait_on_each_other_with_small_pool(void **
         if (running)
             curl_multi_poll(m, NULL, 0, 100, NULL);
     } while (running);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < CREATES; i++) {
         CURLMsg *msg;
         int left;
         while ((msg = curl_multi_info_read(m, &left)) != NULL) {
@@ -525,7 +605,7 @@ static void test_batch_creates_do_not_wait_on_each_other_with_small_pool(void **
         }
     }
     curl_multi_cleanup(m);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < CREATES; i++) {
         if (r[i].status != 200)
             fail_msg("create %d: %ld %s", i, r[i].status, r[i].body ? r[i].body : "");
         json_t *b = json_loads(r[i].body, 0, NULL);
@@ -641,6 +721,7 @@ int main(void)
         cmocka_unit_test(test_batch_fails_validation_with_line_numbers),
         cmocka_unit_test(test_batch_refuses_bad_requests),
         cmocka_unit_test(test_models_list_the_configured_models),
+        cmocka_unit_test(test_batch_finalized_when_its_lease_release_was_lost),
         cmocka_unit_test(test_batch_is_a_job_and_completes_in_order),
         cmocka_unit_test(test_batch_refuses_more_lines_than_the_limit),
         cmocka_unit_test(test_batch_expires_keeping_what_finished),

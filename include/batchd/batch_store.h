@@ -112,9 +112,9 @@ int bd_batch_store_get(struct bd_pg *pg, const char *id, bd_batch_store_row_cb c
 int bd_batch_store_list(struct bd_pg *pg, const char *after, unsigned limit,
                         bd_batch_store_list_cb cb, void *arg);
 
-/* Record a cancel request (cancelling_at, kept if already set) on a batch not yet final.
- * cb: BD_OK, or BD_ENOTFOUND when there is no such batch or it is final already (read it
- * to tell which). */
+/* Record a cancel request (cancelling_at, kept if already set) on a batch not yet final
+ * whose job has not ended (or ended cancelled). cb: BD_OK, or BD_ENOTFOUND when there is
+ * no such batch, it is final already or finalizing (read it to tell which). */
 int bd_batch_store_request_cancel(struct bd_pg *pg, const char *id, bd_batch_store_done_cb cb,
                                   void *arg);
 

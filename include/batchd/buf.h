@@ -31,6 +31,8 @@ void bd_buf_printf(struct bd_buf *b, const char *fmt, ...) __attribute__((format
 void bd_buf_json_string(struct bd_buf *b, const char *s, size_t len);
 /* True when s[0..n) is valid UTF-8 (RFC 3629), the one validator. */
 bool bd_utf8_is_valid(const char *s, size_t n);
+/* Characters (code points) in valid UTF-8 s[0..n): the bytes that do not continue one. */
+size_t bd_utf8_count(const char *s, size_t n);
 /* Take the memory out (caller frees); b is left empty. */
 char *bd_buf_steal(struct bd_buf *b, size_t *len);
 

@@ -24,6 +24,7 @@ struct bd_webhook;
 struct bd_api_cache;
 struct bd_api_collections;
 struct bd__api_stream;                     /* api_submit_stream.c */
+struct bd__api_create;                     /* api_batches.c */
 struct bd__api_watch;                      /* api_events.c */
 
 struct bd_server {
@@ -42,6 +43,8 @@ struct bd_server {
     struct bd_api_cache *api_cache;        /* the API's status cache (api_status.c) */
     struct bd_api_collections *api_collections; /* dimensions seen (api_submit.c) */
     unsigned batch_creates;                /* POST /v1/batches in flight (api_batches.c) */
+    struct bd__api_create *batch_waiting;  /* creates waiting for one of those, in order */
+    unsigned batch_waiting_count;
     unsigned submit_streams;               /* streamed submits holding an API connection */
     unsigned event_streams;                /* GET /jobs/{id}/events streams open (api_events.c) */
     struct bd__api_watch *event_watches;   /* one per job those streams watch (api_events.c) */
