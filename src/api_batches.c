@@ -387,7 +387,8 @@ static void api_create_start(struct bd__api_create *c);
 /* A place freed: the creates first in line go on. */
 static void api_create_next(struct bd_server *srv)
 {
-    while (srv->batch_waiting && srv->batch_creates < API_BATCH_CREATES) {
+    /* stopping: the waiting ones are cut with their connections */
+    while (srv->batch_waiting && srv->batch_creates < API_BATCH_CREATES && !srv->is_stopping) {
         struct bd__api_create *w = srv->batch_waiting;
         api_create_unwait(w);
         api_create_start(w);
