@@ -1202,7 +1202,13 @@ static const char *op_claim_skip(struct ctx *c, struct bd_rq *rq, unsigned max,
 
     STARTED(c, bd_rq_claim_many_skip(rq, max, skip, skip_count, on_claim_many_text, &r), r);
     assert_int_equal(r.status, BD_OK);
-    snprintf(buf, len, "%s%s", r.text, r.integer ? "+" : "");
+    size_t n = strlen(r.text);
+    if (n > len - 2)
+        n = len - 2;
+    memcpy(buf, r.text, n);
+    if (r.integer)
+        buf[n++] = '+';
+    buf[n] = '\0';
     return buf;
 }
 
