@@ -19,19 +19,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <uv.h>
 
 void bd__v1_request_id(char *out)
 {
-    static uint64_t counter;
-
+    /* unique within this process is enough for an id that ties an answer to a log line */
     memcpy(out, "req_", 4);
-    if (bd_random_hex(out + 4, (BD__V1_REQUEST_ID_LEN - 4) / 2) < 0) {
-        /* No random source (a sandbox without getrandom): unique within this process is
-         * enough for an id that only ties an answer to a log line. */
-        snprintf(out + 4, BD__V1_REQUEST_ID_LEN - 3, "%016llx%016llx",
-                 (unsigned long long)uv_hrtime(), (unsigned long long)++counter);
-    }
+    bd_random_hex_or_clock(out + 4, (BD__V1_REQUEST_ID_LEN - 4) / 2);
 }
 
 bool bd__v1_is_path(const char *path)

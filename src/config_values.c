@@ -25,7 +25,6 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
-#include <uv.h>
 
 /* -- Errors --------------------------------------------------------------------------- */
 
@@ -658,8 +657,7 @@ static int cfg_default_worker_id(struct bd_config *cfg)
     for (char *p = host; *p != '\0'; p++)
         if (!is_name_char(*p))
             *p = '_';
-    if (bd_random_hex(rnd, 2) < 0)
-        snprintf(rnd, sizeof(rnd), "%04x", (unsigned)(uv_hrtime() & 0xffff));
+    bd_random_hex_or_clock(rnd, 2);
     snprintf(id, sizeof(id), "%.100s-%ld-%s", host, (long)getpid(), rnd);
     cfg->worker_id = strdup(id);
     return cfg->worker_id != NULL ? BD_OK : BD_ENOMEM;

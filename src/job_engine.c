@@ -508,8 +508,7 @@ static void engine_rebuild(struct bd_job_engine *e)
         return;                               /* the next timer tries again */
     rb->e = e;
     rb->after_seq = LLONG_MIN;
-    if (bd_random_hex(rb->token, (sizeof(rb->token) - 1) / 2) < 0)
-        snprintf(rb->token, sizeof(rb->token), "%016llx", (unsigned long long)uv_hrtime());
+    bd_random_hex_or_clock(rb->token, (sizeof(rb->token) - 1) / 2);
     e->is_rebuilding = true;
     engine_op_begin(e);
     if (bd_rq_rebuild_begin(e->d.rq, rb->token, engine_on_rebuild_begun, rb) < 0) {

@@ -3,6 +3,8 @@
 
 #include "batchd/error.h"
 
+#include <stdint.h>
+#include <stdio.h>
 #include <uv.h>
 
 int bd_random_hex(char *out, size_t nbytes)
@@ -26,4 +28,19 @@ int bd_random_hex(char *out, size_t nbytes)
     }
     out[2 * nbytes] = '\0';
     return BD_OK;
+}
+
+void bd_random_hex_or_clock(char *out, size_t nbytes)
+{
+    static uint64_t counter;
+    char clock[40];
+    size_t n;
+
+    if (bd_random_hex(out, nbytes) == BD_OK)
+        return;
+    n = (size_t)snprintf(clock, sizeof(clock), "%016llx%016llx",
+                         (unsigned long long)uv_hrtime(), (unsigned long long)++counter);
+    for (size_t i = 0; i < 2 * nbytes; i++)   /* the clock's low digits first */
+        out[i] = clock[(n - 1 - i % n)];
+    out[2 * nbytes] = '\0';
 }

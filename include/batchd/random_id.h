@@ -11,4 +11,10 @@
  * BD_OK, or the error of uv_random (out is then "" ). */
 int bd_random_hex(char *out, size_t nbytes);
 
+/* bd_random_hex for ids that need only differ within this process and from run to run
+ * (request ids, rebuild tokens, the worker id's suffix): when the random source fails
+ * (a sandbox without getrandom), hex of the monotonic clock and a counter instead. Never
+ * fails; nbytes at most 64. */
+void bd_random_hex_or_clock(char *out, size_t nbytes);
+
 #endif
